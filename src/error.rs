@@ -1,0 +1,295 @@
+//! The one error type of pg-ghost.
+//!
+//! Every failure carries an [`ErrorKind`]; SQLSTATE codes are mapped to kinds here and
+//! nowhere else, and [`ErrorKind::is_retryable`] is the one retry policy. Context is added
+//! where an error is raised (`.context("copying chunk 12")`); the error is logged once,
+//! at the boundary (`main`), with its whole chain.
+
+use std::fmt;
+use std::time::Duration;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Flags or input that cannot be used as given.
+    Config,
+    /// A preflight check refused the table, the server or the ALTER.
+    Refused,
+    /// The connection failed or was lost; the operation may be retried on a new one.
+    Connection,
+    /// Authentication failed.
+    Auth,
+    /// The role lacks a privilege.
+    Privilege,
+    /// The server said something the protocol does not allow here.
+    Protocol,
+    /// A lock could not be had within `lock_timeout`.
+    LockTimeout,
+    /// Deadlock or serialization failure: the transaction may simply be run again.
+    Serialization,
+    /// The object is in use (e.g. a replication slot still active after a disconnect).
+    Busy,
+    /// Data violates a constraint of the ghost table (e.g. a UNIQUE the ALTER adds).
+    Constraint,
+    /// The original table's definition changed during the run.
+    SchemaChanged,
+    /// Any other error reported by PostgreSQL.
+    Sql,
+    /// Local I/O (files, sockets, hooks).
+    Io,
+    /// The run was stopped on purpose: panic flag, signal, critical load.
+    Aborted,
+    /// A broken invariant inside pg-ghost.
+    Internal,
+}
+
+impl ErrorKind {
+    /// The retry policy: which failures are worth trying again after a back-off.
+    pub fn is_retryable(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::Connection | ErrorKind::LockTimeout | ErrorKind::Serialization | ErrorKind::Busy
+        )
+    }
+
+    /// Maps a SQLSTATE code to a kind. The single place where codes are interpreted.
+    pub fn from_sqlstate(code: &str) -> ErrorKind {
+        match code {
+            "55P03" => ErrorKind::LockTimeout,
+            "40001" | "40P01" => ErrorKind::Serialization,
+            "55006" => ErrorKind::Busy,
+            "42501" => ErrorKind::Privilege,
+            "57P01" | "57P02" | "57P03" => ErrorKind::Connection,
+            c if c.starts_with("08") => ErrorKind::Connection,
+            c if c.starts_with("28") => ErrorKind::Auth,
+            c if c.starts_with("23") => ErrorKind::Constraint,
+            _ => ErrorKind::Sql,
+        }
+    }
+}
+
+pub struct Error {
+    kind: ErrorKind,
+    /// Context, outermost first.
+    context: Vec<String>,
+    message: String,
+    sqlstate: Option<String>,
+    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+impl Error {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Error { kind, context: Vec::new(), message: message.into(), sqlstate: None, source: None }
+    }
+
+    pub fn with_source(
+        kind: ErrorKind,
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Error { source: Some(Box::new(source)), ..Error::new(kind, message) }
+    }
+
+    pub fn refused(message: impl Into<String>) -> Self {
+        Error::new(ErrorKind::Refused, message)
+    }
+
+    pub fn config(message: impl Into<String>) -> Self {
+        Error::new(ErrorKind::Config, message)
+    }
+
+    pub fn protocol(message: impl Into<String>) -> Self {
+        Error::new(ErrorKind::Protocol, message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Error::new(ErrorKind::Internal, message)
+    }
+
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    pub fn sqlstate(&self) -> Option<&str> {
+        self.sqlstate.as_deref()
+    }
+
+    pub fn is_retryable(&self) -> bool {
+        self.kind.is_retryable()
+    }
+
+    /// The innermost message, without context.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// Adds what was being done when the error happened.
+    pub fn context(mut self, ctx: impl Into<String>) -> Self {
+        self.context.insert(0, ctx.into());
+        self
+    }
+
+    pub(crate) fn set_sqlstate(mut self, code: impl Into<String>) -> Self {
+        self.sqlstate = Some(code.into());
+        self
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for c in &self.context {
+            write!(f, "{c}: ")?;
+        }
+        f.write_str(&self.message)?;
+        if let Some(code) = &self.sqlstate {
+            write!(f, " (SQLSTATE {code})")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}: {}", self.kind, self)
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl From<tokio_postgres::Error> for Error {
+    fn from(e: tokio_postgres::Error) -> Self {
+        if let Some(db) = e.as_db_error() {
+            let code = db.code().code().to_string();
+            let mut message = db.message().to_string();
+            if let Some(detail) = db.detail() {
+                message.push_str(". ");
+                message.push_str(detail);
+            }
+            if let Some(hint) = db.hint() {
+                message.push_str(". Hint: ");
+                message.push_str(hint);
+            }
+            return Error::new(ErrorKind::from_sqlstate(&code), message).set_sqlstate(code);
+        }
+        let kind = if e.is_closed() || std::error::Error::source(&e).map_or(false, |s| s.is::<std::io::Error>()) {
+            ErrorKind::Connection
+        } else {
+            ErrorKind::Sql
+        };
+        let message = match std::error::Error::source(&e) {
+            Some(s) => format!("{e}: {s}"),
+            None => e.to_string(),
+        };
+        Error::new(kind, message)
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        let kind = match e.kind() {
+            std::io::ErrorKind::ConnectionRefused
+            | std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::BrokenPipe
+            | std::io::ErrorKind::UnexpectedEof
+            | std::io::ErrorKind::TimedOut => ErrorKind::Connection,
+            _ => ErrorKind::Io,
+        };
+        Error::new(kind, e.to_string())
+    }
+}
+
+/// Adds context to any result whose error converts into [`Error`].
+pub trait Context<T> {
+    fn context(self, ctx: impl Into<String>) -> Result<T>;
+    fn with_context<S: Into<String>>(self, f: impl FnOnce() -> S) -> Result<T>;
+}
+
+impl<T, E: Into<Error>> Context<T> for std::result::Result<T, E> {
+    fn context(self, ctx: impl Into<String>) -> Result<T> {
+        self.map_err(|e| e.into().context(ctx))
+    }
+    fn with_context<S: Into<String>>(self, f: impl FnOnce() -> S) -> Result<T> {
+        self.map_err(|e| e.into().context(f()))
+    }
+}
+
+/// Exponential back-off for retryable errors.
+#[derive(Clone, Copy, Debug)]
+pub struct Backoff {
+    pub initial: Duration,
+    pub max: Duration,
+    pub attempts: u32,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(5), attempts: 8 }
+    }
+}
+
+impl Backoff {
+    /// Delay before retry number `attempt` (1-based): doubles each time, capped at `max`.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let factor = 1u32.checked_shl(attempt.saturating_sub(1)).unwrap_or(u32::MAX);
+        self.initial.saturating_mul(factor).min(self.max)
+    }
+
+    /// Runs `op` until it succeeds, fails with a non-retryable error, or the attempts run out.
+    pub async fn retry<T, F, Fut>(&self, what: &str, mut op: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match op().await {
+                Ok(v) => return Ok(v),
+                Err(e) if e.is_retryable() && attempt < self.attempts => {
+                    let delay = self.delay(attempt);
+                    tracing::warn!(what, attempt, delay_ms = delay.as_millis() as u64, error = %e, "retrying");
+                    tokio::time::sleep(delay).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_sqlstates() {
+        assert_eq!(ErrorKind::from_sqlstate("55P03"), ErrorKind::LockTimeout);
+        assert_eq!(ErrorKind::from_sqlstate("23505"), ErrorKind::Constraint);
+        assert_eq!(ErrorKind::from_sqlstate("08006"), ErrorKind::Connection);
+        assert_eq!(ErrorKind::from_sqlstate("28P01"), ErrorKind::Auth);
+        assert_eq!(ErrorKind::from_sqlstate("42501"), ErrorKind::Privilege);
+        assert_eq!(ErrorKind::from_sqlstate("42601"), ErrorKind::Sql);
+        assert!(ErrorKind::LockTimeout.is_retryable());
+        assert!(!ErrorKind::Constraint.is_retryable());
+    }
+
+    #[test]
+    fn context_reads_outermost_first() {
+        let e = Error::new(ErrorKind::Sql, "boom").context("inner").context("outer");
+        assert_eq!(e.to_string(), "outer: inner: boom");
+    }
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let b = Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(1), attempts: 10 };
+        assert_eq!(b.delay(1), Duration::from_millis(100));
+        assert_eq!(b.delay(2), Duration::from_millis(200));
+        assert_eq!(b.delay(5), Duration::from_secs(1));
+        assert_eq!(b.delay(40), Duration::from_secs(1));
+    }
+}

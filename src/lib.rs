@@ -1,0 +1,7 @@
+//! pg-ghost: online schema changes for PostgreSQL.
+pub mod error;
+pub mod lsn;
+
+pub use error::{Error, ErrorKind, Result};
+pub mod conn;
+pub mod replication;

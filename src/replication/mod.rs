@@ -1,0 +1,6 @@
+//! Logical replication in three layers: `transport` speaks the walsender protocol over a
+//! socket, `pgoutput` turns message bytes into typed messages without any I/O, and `slot`
+//! manages publications and slots over ordinary SQL.
+
+pub mod pgoutput;
+pub mod transport;

@@ -1,0 +1,1 @@
+//! Walsender transport (to be written).

@@ -1,0 +1,4 @@
+//! pg-ghost's integration tests: one binary, one shared primary cluster, a fresh database per test.
+
+mod harness;
+mod smoke;
