@@ -5,3 +5,5 @@ pub mod lsn;
 pub use error::{Error, ErrorKind, Result};
 pub mod conn;
 pub mod replication;
+pub mod sql;
+pub mod schema;
