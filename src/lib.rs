@@ -7,3 +7,4 @@ pub mod conn;
 pub mod replication;
 pub mod sql;
 pub mod schema;
+pub mod alter;
