@@ -131,7 +131,7 @@ fn read_command(
             plan.rewrites = true;
             if let Some(N::ColumnDef(def)) = cmd.def.as_ref().and_then(|d| d.node.as_ref()) {
                 if let Some(expr) = &def.raw_default {
-                    plan.using.insert(cmd.name.clone(), deparse_expression(expr)?);
+                    plan.using.insert(cmd.name.clone(), crate::sqltree::deparse_expression(expr)?);
                 }
             }
         }
@@ -212,32 +212,6 @@ fn is_constant(node: &protobuf::Node) -> bool {
         Some(N::TypeCast(c)) => c.arg.as_deref().map_or(false, is_constant),
         _ => false,
     }
-}
-
-/// Deparses an expression by placing it as the only target of `SELECT` and deparsing that.
-fn deparse_expression(expr: &protobuf::Node) -> Result<String> {
-    let mut select = pg_query::parse("SELECT 1", pg_query::ParserOptions::DEFAULT)
-        .map_err(|e| Error::internal(format!("parsing a template: {e}")))?
-        .protobuf;
-    let target = select
-        .stmts
-        .first_mut()
-        .and_then(|s| s.stmt.as_mut())
-        .and_then(|s| match s.node.as_mut() {
-            Some(N::SelectStmt(sel)) => sel.target_list.first_mut(),
-            _ => None,
-        })
-        .and_then(|t| match t.node.as_mut() {
-            Some(N::ResTarget(rt)) => Some(rt),
-            _ => None,
-        })
-        .ok_or_else(|| Error::internal("unexpected parse tree for SELECT 1"))?;
-    target.val = Some(Box::new(expr.clone()));
-    let sql = pg_query::deparse(&select, Default::default())
-        .map_err(|e| Error::config(format!("cannot read the USING expression: {e}")))?;
-    sql.strip_prefix("SELECT ")
-        .map(|s| format!("({s})"))
-        .ok_or_else(|| Error::internal(format!("unexpected deparse output {sql:?}")))
 }
 
 #[cfg(test)]

@@ -8,3 +8,5 @@ pub mod replication;
 pub mod sql;
 pub mod schema;
 pub mod alter;
+pub mod sqltree;
+pub mod ghost;
