@@ -10,3 +10,6 @@ pub mod schema;
 pub mod alter;
 pub mod sqltree;
 pub mod ghost;
+pub mod keysql;
+pub mod apply;
+pub mod copy;
