@@ -13,3 +13,4 @@ pub mod ghost;
 pub mod keysql;
 pub mod apply;
 pub mod copy;
+pub mod cutover;

@@ -28,6 +28,15 @@ pub struct Mapping {
     pub key_ghost_types: Vec<String>,
     /// `format_type`s of the original's key columns.
     pub key_source_types: Vec<String>,
+    /// Every original column that lives on in the ghost: (original name, ghost name).
+    pub carried: Vec<(String, String)>,
+}
+
+impl Mapping {
+    /// The ghost's name for an original column, if the ALTER kept it.
+    pub fn ghost_name_of(&self, source: &str) -> Option<&str> {
+        self.carried.iter().find(|(s, _)| s == source).map(|(_, g)| g.as_str())
+    }
 }
 
 impl Mapping {
@@ -44,9 +53,11 @@ impl Mapping {
         let mut source_exprs = Vec::new();
         let mut overriding_system_value = false;
         let mut ghost_name_of = HashMap::new();
+        let mut carried = Vec::new();
         for col in ghost_after {
             let Some(source) = attnum_names.get(&col.attnum) else { continue };
             ghost_name_of.insert(source.as_str(), col);
+            carried.push((source.clone(), col.name.clone()));
             if col.generated {
                 continue;
             }
@@ -80,6 +91,7 @@ impl Mapping {
             key_source_types: source_key.iter().map(|(_, t)| t.clone()).collect(),
             key_ghost,
             key_ghost_types,
+            carried,
         })
     }
 }
@@ -120,6 +132,8 @@ mod tests {
         assert_eq!(m.key_ghost, ["id"]);
         assert_eq!(m.key_ghost_types, ["bigint"]);
         assert_eq!(m.key_source_types, ["integer"]);
+        assert_eq!(m.ghost_name_of("old name"), Some("new name"));
+        assert_eq!(m.ghost_name_of("gone"), None);
     }
 
     #[test]
