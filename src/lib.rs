@@ -7,3 +7,5 @@ pub mod conn;
 pub mod replication;
 pub mod sql;
 pub mod schema;
+pub mod inspect;
+pub mod names;
