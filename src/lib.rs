@@ -14,3 +14,5 @@ pub mod keysql;
 pub mod apply;
 pub mod copy;
 pub mod cutover;
+pub mod inspect;
+pub mod names;

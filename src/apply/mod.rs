@@ -2,6 +2,7 @@
 //! batches by re-reading the original (see `flush`), guarded against the copy race
 //! (`race`), by one loop with explicit priorities (`writer`).
 
+pub mod changes;
 pub mod flush;
 pub mod race;
 pub mod writer;
