@@ -76,9 +76,15 @@ impl KeyCols {
         self.names.iter().map(|n| format!("{}{dir}", ident(n))).collect::<Vec<_>>().join(", ")
     }
 
-    /// Each key column as text, for reading boundaries.
+    /// Each key column as text, for reading boundaries. The output columns get names of
+    /// their own: `ORDER BY "id"` would otherwise sort by the text output column `id`.
     pub fn as_text(&self) -> String {
-        self.names.iter().map(|n| format!("{}::text", ident(n))).collect::<Vec<_>>().join(", ")
+        self.names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| format!("{}::text AS _pg_ghost_b{i}", ident(n)))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -121,6 +127,6 @@ mod tests {
             k.in_set(1),
             "(\"Tenant\", \"id\") IN (SELECT _pg_ghost_k0::integer, _pg_ghost_k1::bigint FROM unnest($1::text[], $2::text[]) AS _pg_ghost_k(_pg_ghost_k0, _pg_ghost_k1))"
         );
-        assert_eq!(k.as_text(), "\"Tenant\"::text, \"id\"::text");
+        assert_eq!(k.as_text(), "\"Tenant\"::text AS _pg_ghost_b0, \"id\"::text AS _pg_ghost_b1");
     }
 }

@@ -142,9 +142,9 @@ pub async fn swap(tx: &impl GenericClient, orig: &TableInfo, ghost: &Ghost, old_
 /// Sets the ghost's identity sequence to where the original's stands.
 async fn carry_sequence_value(tx: &impl GenericClient, from: &QualifiedName, to: &QualifiedName) -> Result<()> {
     tx.execute(
-        "SELECT setval($2::regclass, coalesce(pg_sequence_last_value($1::regclass), s.seqstart),
-                       pg_sequence_last_value($1::regclass) IS NOT NULL)
-           FROM pg_sequence s WHERE s.seqrelid = $1::regclass",
+        "SELECT setval($2::text::regclass, coalesce(pg_sequence_last_value($1::text::regclass), s.seqstart),
+                       pg_sequence_last_value($1::text::regclass) IS NOT NULL)
+           FROM pg_sequence s WHERE s.seqrelid = $1::text::regclass",
         &[&from.sql(), &to.sql()],
     )
     .await
