@@ -3,4 +3,5 @@
 //! manages publications and slots over ordinary SQL.
 
 pub mod pgoutput;
+pub mod slot;
 pub mod transport;

@@ -1,0 +1,158 @@
+//! Startup and authentication of a walsender connection: trust, cleartext, md5 and
+//! SCRAM-SHA-256 (without channel binding: this transport does not speak TLS).
+
+use super::framing::{log_notice, server_error, Backend, Framed};
+use crate::conn::ConnInfo;
+use crate::error::{Error, ErrorKind, Result};
+use fallible_iterator::FallibleIterator;
+use postgres_protocol::authentication::md5_hash;
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+use postgres_protocol::message::backend::{AuthenticationSaslBody, Message};
+use postgres_protocol::message::frontend;
+use std::collections::HashMap;
+
+const SCRAM_SHA_256: &str = "SCRAM-SHA-256";
+
+/// How the server made us prove who we are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthMethod {
+    /// No password asked (`trust`, or `peer` on a Unix socket).
+    Trust,
+    Cleartext,
+    Md5,
+    ScramSha256,
+}
+
+/// What the server told us during startup.
+pub(crate) struct Session {
+    pub auth: AuthMethod,
+    pub backend_pid: i32,
+    pub params: HashMap<String, String>,
+}
+
+/// Sends the startup packet, authenticates, and reads up to the first ReadyForQuery.
+pub(crate) async fn startup(framed: &mut Framed, info: &ConnInfo) -> Result<Session> {
+    let params = [
+        ("user", info.user.as_str()),
+        ("database", info.dbname.as_str()),
+        // `database` (not `true`): a logical walsender bound to the database, which also
+        // accepts plain SQL.
+        ("replication", "database"),
+        ("application_name", info.application_name.as_str()),
+        ("client_encoding", "UTF8"),
+    ];
+    frontend::startup_message(params, framed.write_buf())
+        .map_err(|e| Error::config(format!("cannot encode the startup packet: {e}")))?;
+    framed.flush().await?;
+    let auth = authenticate(framed, info).await?;
+
+    let mut backend_pid = 0;
+    let mut params = HashMap::new();
+    loop {
+        match framed.recv().await? {
+            Backend::Message(Message::BackendKeyData(b)) => backend_pid = b.process_id(),
+            Backend::Message(Message::ParameterStatus(p)) => {
+                if let (Ok(k), Ok(v)) = (p.name(), p.value()) {
+                    params.insert(k.to_string(), v.to_string());
+                }
+            }
+            Backend::Message(Message::NoticeResponse(n)) => log_notice(n.fields()),
+            Backend::Message(Message::ReadyForQuery(_)) => return Ok(Session { auth, backend_pid, params }),
+            Backend::Message(Message::ErrorResponse(e)) => return Err(server_error(e.fields())),
+            other => return Err(Error::protocol(format!("unexpected {} during startup", other.describe()))),
+        }
+    }
+}
+
+async fn authenticate(framed: &mut Framed, info: &ConnInfo) -> Result<AuthMethod> {
+    let mut method = AuthMethod::Trust;
+    loop {
+        match framed.recv().await? {
+            Backend::Message(Message::AuthenticationOk) => return Ok(method),
+            Backend::Message(Message::AuthenticationCleartextPassword) => {
+                method = AuthMethod::Cleartext;
+                frontend::password_message(password(info)?, framed.write_buf()).map_err(encode_error)?;
+                framed.flush().await?;
+            }
+            Backend::Message(Message::AuthenticationMd5Password(body)) => {
+                method = AuthMethod::Md5;
+                let hash = md5_hash(info.user.as_bytes(), password(info)?, body.salt());
+                frontend::password_message(hash.as_bytes(), framed.write_buf()).map_err(encode_error)?;
+                framed.flush().await?;
+            }
+            Backend::Message(Message::AuthenticationSasl(body)) => {
+                method = AuthMethod::ScramSha256;
+                scram(framed, info, body).await?;
+            }
+            Backend::Message(Message::ErrorResponse(e)) => return Err(server_error(e.fields())),
+            Backend::Message(
+                Message::AuthenticationGss
+                | Message::AuthenticationGssContinue(_)
+                | Message::AuthenticationKerberosV5
+                | Message::AuthenticationSspi
+                | Message::AuthenticationScmCredential,
+            ) => {
+                return Err(Error::new(
+                    ErrorKind::Auth,
+                    "the server asks for GSSAPI, SSPI, Kerberos or SCM authentication, which pg-ghost does not support; \
+                     use scram-sha-256, md5, password or trust for this role in pg_hba.conf",
+                ))
+            }
+            other => return Err(Error::protocol(format!("unexpected {} during authentication", other.describe()))),
+        }
+    }
+}
+
+async fn scram(framed: &mut Framed, info: &ConnInfo, body: AuthenticationSaslBody) -> Result<()> {
+    let mut offered = Vec::new();
+    let mut mechanisms = body.mechanisms();
+    while let Some(m) = mechanisms.next().map_err(|e| Error::protocol(format!("malformed SASL mechanism list: {e}")))? {
+        offered.push(m.to_string());
+    }
+    if !offered.iter().any(|m| m == SCRAM_SHA_256) {
+        return Err(Error::new(
+            ErrorKind::Auth,
+            format!("the server offers SASL mechanisms {offered:?} but not {SCRAM_SHA_256}"),
+        ));
+    }
+    // Without TLS there is no channel to bind to: say so ("n") rather than "y", which
+    // would claim we could bind but believe the server cannot.
+    let mut scram = ScramSha256::new(password(info)?, ChannelBinding::unsupported());
+    frontend::sasl_initial_response(SCRAM_SHA_256, scram.message(), framed.write_buf()).map_err(encode_error)?;
+    framed.flush().await?;
+
+    match framed.recv().await? {
+        Backend::Message(Message::AuthenticationSaslContinue(b)) => scram
+            .update(b.data())
+            .map_err(|e| Error::new(ErrorKind::Auth, format!("invalid SCRAM challenge from the server: {e}")))?,
+        Backend::Message(Message::ErrorResponse(e)) => return Err(server_error(e.fields())),
+        other => return Err(Error::protocol(format!("unexpected {} during SCRAM authentication", other.describe()))),
+    }
+    frontend::sasl_response(scram.message(), framed.write_buf()).map_err(encode_error)?;
+    framed.flush().await?;
+
+    match framed.recv().await? {
+        Backend::Message(Message::AuthenticationSaslFinal(b)) => scram.finish(b.data()).map_err(|e| {
+            // The server proved it does not know the password: it is not the server we think.
+            Error::new(ErrorKind::Auth, format!("the server's SCRAM signature does not verify: {e}"))
+        }),
+        Backend::Message(Message::ErrorResponse(e)) => Err(server_error(e.fields())),
+        other => Err(Error::protocol(format!("unexpected {} during SCRAM authentication", other.describe()))),
+    }
+}
+
+fn password(info: &ConnInfo) -> Result<&[u8]> {
+    info.password.as_deref().ok_or_else(|| {
+        Error::new(
+            ErrorKind::Auth,
+            format!(
+                "the server asks for a password for role {:?} but none was given (password= in the connection string, or PGPASSWORD)",
+                info.user
+            ),
+        )
+    })
+}
+
+fn encode_error(e: std::io::Error) -> Error {
+    Error::config(format!("cannot encode the password message: {e}"))
+}
