@@ -28,6 +28,9 @@ pub struct ChangeExtractor {
     /// Positions of the key columns in tuples, known once the Relation message arrived.
     key_positions: Option<Vec<usize>>,
     in_transaction: bool,
+    /// The open transaction's xid, and whether it changed the original.
+    xid: Option<Xid>,
+    touched: bool,
     /// Keys of streamed transactions not yet committed, by top-level xid.
     streamed: HashMap<Xid, HashSet<Key>>,
     current_block: Option<Xid>,
@@ -41,6 +44,8 @@ impl ChangeExtractor {
             key_names,
             key_positions: None,
             in_transaction: false,
+            xid: None,
+            touched: false,
             streamed: HashMap::new(),
             current_block: None,
         }
@@ -54,11 +59,16 @@ impl ChangeExtractor {
     /// Feeds one message; appends keys and markers to `out`.
     pub fn on_message(&mut self, message: Message, keys: &mut Vec<Key>, out: &mut Vec<StreamItem>) -> Result<()> {
         match message {
-            Message::Begin(_) => self.in_transaction = true,
+            Message::Begin(b) => {
+                self.in_transaction = true;
+                self.xid = Some(b.xid);
+                self.touched = false;
+            }
             Message::Commit(c) => {
                 self.in_transaction = false;
                 self.emit_keys(keys, out);
-                out.push(StreamItem::Committed(c.end_lsn));
+                let xid = self.xid.take().filter(|_| self.touched);
+                out.push(StreamItem::Committed { end_lsn: c.end_lsn, xid });
             }
             Message::Relation(r) => self.on_relation(&r)?,
             Message::Insert(m) if m.relation_id == self.relation_oid => {
@@ -97,11 +107,15 @@ impl ChangeExtractor {
             Message::StreamStart(s) => self.current_block = Some(s.xid),
             Message::StreamStop => self.current_block = None,
             Message::StreamCommit(c) => {
-                if let Some(set) = self.streamed.remove(&c.xid) {
-                    keys.extend(set);
-                }
+                let touched = match self.streamed.remove(&c.xid) {
+                    Some(set) => {
+                        keys.extend(set);
+                        true
+                    }
+                    None => false,
+                };
                 self.emit_keys(keys, out);
-                out.push(StreamItem::Committed(c.end_lsn));
+                out.push(StreamItem::Committed { end_lsn: c.end_lsn, xid: touched.then_some(c.xid) });
             }
             Message::StreamAbort(a) => {
                 if a.xid == a.subtransaction_xid {
@@ -127,6 +141,7 @@ impl ChangeExtractor {
     }
 
     fn collect(&mut self, xid: Option<Xid>, key: Key, keys: &mut Vec<Key>) {
+        self.touched = true;
         match xid.or(self.current_block) {
             Some(xid) if self.current_block.is_some() => {
                 self.streamed.entry(xid).or_default().insert(key);

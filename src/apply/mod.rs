@@ -4,6 +4,7 @@
 
 pub mod changes;
 pub mod flush;
+pub mod pump;
 pub mod race;
 pub mod writer;
 

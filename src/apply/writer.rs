@@ -24,8 +24,9 @@ use tokio_postgres::Client;
 pub enum StreamItem {
     /// Keys touched by changes to the original.
     Keys(Vec<Key>),
-    /// Every change of the transactions that end at or before this LSN was sent.
-    Committed(Lsn),
+    /// Every change of the transactions that end at or before this LSN was sent. `xid` is
+    /// the transaction's, when it changed the original.
+    Committed { end_lsn: Lsn, xid: Option<u32> },
     /// No transaction is open and the server is at this LSN: nothing more before it.
     Idle(Lsn),
     /// A control message (the cut-over sentinel) passed the stream.
@@ -106,6 +107,8 @@ pub struct Writer {
     race: Arc<RaceGuard>,
     ack: Acker,
     pending: HashSet<Key>,
+    /// Transactions whose keys are pending: a flush waits until they are visible.
+    xids: Vec<u32>,
     /// Highest LSN up to which every change is in `pending` or already flushed.
     complete_to: Lsn,
     stats: ApplyStats,
@@ -133,6 +136,7 @@ impl Writer {
             race,
             ack,
             pending: HashSet::new(),
+            xids: Vec::new(),
             complete_to: Lsn::ZERO,
             stats: ApplyStats::default(),
             paused: false,
@@ -204,9 +208,10 @@ impl Writer {
     fn item(&mut self, item: StreamItem) {
         match item {
             StreamItem::Keys(keys) => self.pending.extend(keys),
-            StreamItem::Committed(lsn) => {
-                self.complete_to = self.complete_to.max(lsn);
-                self.stats.received = self.stats.received.max(lsn);
+            StreamItem::Committed { end_lsn, xid } => {
+                self.complete_to = self.complete_to.max(end_lsn);
+                self.stats.received = self.stats.received.max(end_lsn);
+                self.xids.extend(xid);
             }
             StreamItem::Idle(lsn) => {
                 self.complete_to = self.complete_to.max(lsn);
@@ -232,9 +237,11 @@ impl Writer {
             return;
         }
         let keys: Arc<Vec<Key>> = Arc::new(self.pending.drain().collect());
+        let xids = std::mem::take(&mut self.xids);
         let upto = self.complete_to;
         let (client, sql) = (self.client.clone(), self.sql.clone());
         let task = tokio::spawn(async move {
+            wait_until_visible(&client, &xids).await?;
             let written = flush_in_transaction(&client, &sql, &keys).await?;
             Ok((written, keys))
         });
@@ -286,6 +293,45 @@ async fn wait_flush(
         None => std::future::pending().await,
     }
 }
+
+/// Waits until every transaction in `xids` is visible to new snapshots.
+///
+/// The walsender decodes a commit once its WAL record is flushed, but the transaction
+/// becomes visible to other sessions a moment later (and only after synchronous standbys
+/// confirmed it, when there are any). Re-reading the original before then would read the
+/// row as it was, and nothing would come to correct it.
+async fn wait_until_visible(client: &Client, xids: &[u32]) -> Result<()> {
+    if xids.is_empty() {
+        return Ok(());
+    }
+    let xids: Vec<i64> = xids.iter().map(|x| *x as i64).collect();
+    let started = std::time::Instant::now();
+    let mut warned = false;
+    loop {
+        let invisible: i64 = client
+            .query_one(INVISIBLE_XIDS, &[&xids])
+            .await
+            .context("checking that streamed transactions are visible")?
+            .try_get(0)?;
+        if invisible == 0 {
+            return Ok(());
+        }
+        if !warned && started.elapsed() > std::time::Duration::from_secs(5) {
+            warned = true;
+            tracing::warn!(invisible, "streamed transactions are committed in WAL but not yet visible (waiting for synchronous standbys?)");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+}
+
+/// How many of the 32-bit xids in `$1` a new snapshot would not see: still listed as running,
+/// or at or past the snapshot's xmax (compared modulo 2^32).
+const INVISIBLE_XIDS: &str = "
+    WITH s AS (SELECT pg_current_snapshot() AS snap),
+         m AS (SELECT pg_snapshot_xmax(snap)::text::bigint & 4294967295 AS xmax_lo FROM s)
+    SELECT count(*) FROM unnest($1::bigint[]) AS t(x), m
+     WHERE ((x - m.xmax_lo) & 4294967295) < 2147483648
+        OR x IN (SELECT xip::text::bigint & 4294967295 FROM s, pg_snapshot_xip(s.snap) AS xip)";
 
 async fn flush_in_transaction(client: &Client, sql: &FlushSql, keys: &[Key]) -> Result<u64> {
     client.batch_execute("BEGIN").await.context("starting a flush")?;
