@@ -93,9 +93,7 @@ pub(super) async fn require_supported_version(client: &Client) -> Result<i32> {
 /// Checks 2 to 5: a primary, logical WAL, room for one more slot and one more walsender.
 pub(super) fn check_replication(s: &ServerInfo) -> Result<()> {
     if s.in_recovery {
-        return Err(Error::refused(
-            "the server is a standby (in recovery): connect pg-ghost to the primary",
-        ));
+        return Err(Error::refused("the server is a standby (in recovery): connect pg-ghost to the primary"));
     }
     if s.wal_level != "logical" {
         return Err(Error::refused(format!(
