@@ -1,5 +1,7 @@
 //! pg-ghost's integration tests: one binary, one shared primary cluster, a fresh database per test.
 
 mod harness;
+
 mod engine_parts;
+mod inspect;
 mod smoke;
