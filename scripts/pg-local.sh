@@ -160,7 +160,7 @@ cmd_watch() {
   local dir=${1:?DIR} pid=${2:?PID}
   ( trap '' HUP
     while kill -0 "$pid" 2>/dev/null; do sleep 1; done
-    cmd_destroy "$dir" ) </dev/null >/dev/null 2>&1 &
+    cmd_destroy "$dir"; rmdir "$(dirname "$dir")" 2>/dev/null ) </dev/null >/dev/null 2>&1 &
   disown || true
 }
 

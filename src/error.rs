@@ -166,7 +166,9 @@ impl From<tokio_postgres::Error> for Error {
         if let Some(db) = e.as_db_error() {
             let code = db.code().code().to_string();
             let mut message = db.message().to_string();
-            if let Some(detail) = db.detail() {
+            // Check and NOT NULL violations detail the whole failing row: row values stay
+            // out of messages and logs.
+            if let Some(detail) = db.detail().filter(|_| !matches!(code.as_str(), "23514" | "23502")) {
                 message.push_str(". ");
                 message.push_str(detail);
             }

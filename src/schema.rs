@@ -36,7 +36,22 @@ pub struct Key {
     pub types: Vec<String>,
 }
 
-/// Objects that depend on the table by OID and would not follow a rename.
+/// How pgoutput identifies the old row of an UPDATE or DELETE (`pg_class.relreplident`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReplicaIdentity {
+    /// The primary key's columns (none when there is no primary key).
+    Default,
+    /// No old row at all: UPDATE and DELETE fail on a published table.
+    Nothing,
+    /// Every column of the old row.
+    Full,
+    /// The columns of this unique index (`REPLICA IDENTITY USING INDEX`).
+    Index(String),
+}
+
+/// Objects that depend on the table by OID and would not follow a rename. Each entry is
+/// written as a DBA reads it, with quoted identifiers: views as `"schema"."view"`, foreign
+/// keys as `"constraint" on "schema"."table"`, the rest (which live on the table) by name.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Dependents {
     pub views: Vec<String>,
@@ -67,6 +82,7 @@ pub struct TableInfo {
     pub key: Key,
     /// `reltuples`, or -1 when the table was never analyzed.
     pub estimated_rows: i64,
+    pub replica_identity: ReplicaIdentity,
     pub dependents: Dependents,
 }
 

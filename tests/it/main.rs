@@ -1,5 +1,6 @@
 //! pg-ghost's integration tests: one binary, one shared primary cluster, a fresh database per test.
 
 mod harness;
+mod engine_parts;
 mod smoke;
 mod replication;

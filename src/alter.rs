@@ -1,0 +1,280 @@
+//! Reading the user's ALTER with PostgreSQL's own parser (`pg_query`).
+//!
+//! The ALTER is given as the clauses that follow `ALTER TABLE name`. It is placed after the
+//! ghost's quoted name, parsed, and accepted only when the result is exactly one statement
+//! that alters that table in a way an online change can carry: one `ALTER TABLE` with
+//! supported sub-commands, or one `RENAME COLUMN` / `RENAME CONSTRAINT`. From the parse
+//! tree we learn the `USING` expression of each type change (the copy and the apply must
+//! use the very same expression) and whether the change would rewrite the table at all.
+//! The text that runs on the ghost is the user's own, unless constraint names must be
+//! redirected to the ghost's temporary names, in which case it is deparsed from the tree.
+
+use crate::error::{Error, Result};
+use crate::sql::QualifiedName;
+use pg_query::protobuf::{self, node::Node as N, AlterTableType, ObjectType};
+use std::collections::HashMap;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AlterPlan {
+    /// The statement to run on the ghost table.
+    pub ghost_sql: String,
+    /// Column name (as before the ALTER) → the `USING` expression of its type change.
+    pub using: HashMap<String, String>,
+    /// Whether a plain `ALTER TABLE` would rewrite or scan the whole table. When false the
+    /// change is catalog-only and a plain ALTER would be instant.
+    pub rewrites: bool,
+    /// Names the ALTER gives to constraints or columns it renames (old → new).
+    pub renamed_constraints: HashMap<String, String>,
+}
+
+/// Parses `alter` as it would apply to `ghost`. `constraint_names` maps constraint names of
+/// the original table to the temporary names they carry on the ghost, so that clauses such
+/// as `DROP CONSTRAINT orders_pkey` find what they name.
+pub fn plan(alter: &str, ghost: &QualifiedName, constraint_names: &HashMap<String, String>) -> Result<AlterPlan> {
+    let alter = alter.trim().trim_end_matches(';').trim();
+    if alter.is_empty() {
+        return Err(Error::config("--alter is empty: give the clauses that follow ALTER TABLE <name>"));
+    }
+    let text = format!("ALTER TABLE {} {}", ghost.sql(), alter);
+    let parsed = pg_query::parse(&text, pg_query::ParserOptions::DEFAULT)
+        .map_err(|e| Error::config(format!("--alter is not valid SQL: {}", parse_message(&e))))?;
+    let mut tree = parsed.protobuf;
+    if tree.stmts.len() != 1 {
+        return Err(Error::config(format!(
+            "--alter must be the clauses of one ALTER TABLE statement; it makes {} statements",
+            tree.stmts.len()
+        )));
+    }
+    let stmt = tree.stmts[0]
+        .stmt
+        .as_mut()
+        .and_then(|n| n.node.as_mut())
+        .ok_or_else(|| Error::config("--alter parsed to an empty statement"))?;
+    let mut plan = AlterPlan {
+        ghost_sql: text.clone(),
+        using: HashMap::new(),
+        rewrites: false,
+        renamed_constraints: HashMap::new(),
+    };
+    let mut redirected = false;
+    match stmt {
+        N::AlterTableStmt(s) => {
+            check_target(s.relation.as_ref(), ghost)?;
+            if s.objtype != ObjectType::ObjectTable as i32 {
+                return Err(Error::config("--alter must alter a table"));
+            }
+            for cmd in &mut s.cmds {
+                let Some(N::AlterTableCmd(cmd)) = cmd.node.as_mut() else {
+                    return Err(Error::config("--alter has a clause pg-ghost does not understand"));
+                };
+                redirected |= read_command(cmd, constraint_names, &mut plan)?;
+            }
+        }
+        N::RenameStmt(s) => {
+            check_target(s.relation.as_ref(), ghost)?;
+            match ObjectType::try_from(s.rename_type) {
+                Ok(ObjectType::ObjectColumn) => {}
+                Ok(ObjectType::ObjectTabconstraint) => {
+                    plan.renamed_constraints.insert(s.subname.clone(), s.newname.clone());
+                    if let Some(tmp) = constraint_names.get(&s.subname) {
+                        s.subname = tmp.clone();
+                        redirected = true;
+                    }
+                }
+                Ok(ObjectType::ObjectTable) => {
+                    return Err(Error::refused(
+                        "--alter renames the table (RENAME TO); that is not a schema change pg-ghost performs: rename the table with a plain ALTER TABLE, it is instant",
+                    ))
+                }
+                _ => return Err(Error::refused("--alter renames something pg-ghost does not support; only RENAME COLUMN and RENAME CONSTRAINT are")),
+            }
+        }
+        N::AlterObjectSchemaStmt(_) => {
+            return Err(Error::refused(
+                "--alter moves the table to another schema (SET SCHEMA); do that with a plain ALTER TABLE, it is instant",
+            ))
+        }
+        _ => return Err(Error::config("--alter must be the clauses of an ALTER TABLE statement")),
+    }
+    if redirected {
+        plan.ghost_sql = pg_query::deparse(&tree, Default::default())
+            .map_err(|e| Error::internal(format!("cannot deparse the ALTER after redirecting constraint names: {e}")))?;
+    }
+    Ok(plan)
+}
+
+fn parse_message(e: &pg_query::Error) -> String {
+    match e {
+        pg_query::Error::Parse(m) => m.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn check_target(relation: Option<&protobuf::RangeVar>, ghost: &QualifiedName) -> Result<()> {
+    match relation {
+        Some(r) if r.relname == ghost.name && r.schemaname == ghost.schema => Ok(()),
+        _ => Err(Error::config("--alter must apply to the table itself")),
+    }
+}
+
+/// Reads one sub-command; returns whether a constraint name in it was redirected.
+fn read_command(
+    cmd: &mut protobuf::AlterTableCmd,
+    constraint_names: &HashMap<String, String>,
+    plan: &mut AlterPlan,
+) -> Result<bool> {
+    use AlterTableType as T;
+    let subtype = T::try_from(cmd.subtype).map_err(|_| Error::config("--alter has an unknown clause"))?;
+    let refuse = |what: &str, why: &str| Err(Error::refused(format!("--alter {what}: {why}")));
+    match subtype {
+        T::AtAlterColumnType => {
+            plan.rewrites = true;
+            if let Some(N::ColumnDef(def)) = cmd.def.as_ref().and_then(|d| d.node.as_ref()) {
+                if let Some(expr) = &def.raw_default {
+                    plan.using.insert(cmd.name.clone(), crate::sqltree::deparse_expression(expr)?);
+                }
+            }
+        }
+        T::AtAddColumn => {
+            if let Some(N::ColumnDef(def)) = cmd.def.as_ref().and_then(|d| d.node.as_ref()) {
+                // A constant default is catalog-only since PostgreSQL 11; anything else rewrites.
+                let volatile_or_constraint = def.constraints.iter().any(|c| match c.node.as_ref() {
+                    Some(N::Constraint(c)) => {
+                        let kind = protobuf::ConstrType::try_from(c.contype).ok();
+                        !matches!(kind, Some(protobuf::ConstrType::ConstrDefault) | Some(protobuf::ConstrType::ConstrNull))
+                            || c.raw_expr.as_ref().map_or(false, |e| !is_constant(e))
+                    }
+                    _ => true,
+                });
+                plan.rewrites |= volatile_or_constraint || !def.identity.is_empty() || !def.generated.is_empty();
+            }
+        }
+        T::AtSetNotNull | T::AtAddConstraint | T::AtAddIndex | T::AtValidateConstraint | T::AtAddIdentity => {
+            plan.rewrites = true;
+        }
+        T::AtDropColumn
+        | T::AtColumnDefault
+        | T::AtDropNotNull
+        | T::AtSetStatistics
+        | T::AtSetOptions
+        | T::AtResetOptions
+        | T::AtSetStorage
+        | T::AtSetCompression
+        | T::AtSetRelOptions
+        | T::AtResetRelOptions
+        | T::AtSetIdentity
+        | T::AtDropIdentity
+        | T::AtDropExpression
+        | T::AtReplicaIdentity
+        | T::AtChangeOwner
+        | T::AtSetTableSpace
+        | T::AtSetAccessMethod => {}
+        T::AtSetExpression => plan.rewrites = true,
+        T::AtDropConstraint | T::AtAlterConstraint => {
+            let name = match (subtype, cmd.def.as_mut().and_then(|d| d.node.as_mut())) {
+                (T::AtAlterConstraint, Some(N::AtalterConstraint(c))) => &mut c.conname,
+                _ => &mut cmd.name,
+            };
+            if let Some(tmp) = constraint_names.get(name.as_str()) {
+                *name = tmp.clone();
+                return Ok(true);
+            }
+        }
+        T::AtSetLogged | T::AtSetUnLogged => return refuse("changes persistence (SET LOGGED/UNLOGGED)", "unlogged tables cannot be streamed; use a plain ALTER TABLE"),
+        T::AtAddInherit | T::AtDropInherit | T::AtAddOf | T::AtDropOf => return refuse("changes inheritance or the table's type", "not supported"),
+        T::AtAttachPartition | T::AtDetachPartition | T::AtDetachPartitionFinalize => return refuse("attaches or detaches partitions", "partitioned tables are not supported"),
+        T::AtEnableTrig
+        | T::AtEnableAlwaysTrig
+        | T::AtEnableReplicaTrig
+        | T::AtDisableTrig
+        | T::AtEnableTrigAll
+        | T::AtDisableTrigAll
+        | T::AtEnableTrigUser
+        | T::AtDisableTrigUser
+        | T::AtEnableRule
+        | T::AtEnableAlwaysRule
+        | T::AtEnableReplicaRule
+        | T::AtDisableRule
+        | T::AtEnableRowSecurity
+        | T::AtDisableRowSecurity
+        | T::AtForceRowSecurity
+        | T::AtNoForceRowSecurity
+        | T::AtClusterOn
+        | T::AtDropCluster => return refuse("changes triggers, rules, row security or clustering", "these are instant with a plain ALTER TABLE and need no copy"),
+        _ => return refuse("has a clause pg-ghost does not support", "use a plain ALTER TABLE for it"),
+    }
+    Ok(false)
+}
+
+fn is_constant(node: &protobuf::Node) -> bool {
+    match node.node.as_ref() {
+        Some(N::AConst(_)) => true,
+        Some(N::TypeCast(c)) => c.arg.as_deref().map_or(false, is_constant),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ghost() -> QualifiedName {
+        QualifiedName::new("public", "_orders_gho")
+    }
+
+    fn ok(alter: &str) -> AlterPlan {
+        plan(alter, &ghost(), &HashMap::new()).unwrap_or_else(|e| panic!("{alter}: {e}"))
+    }
+
+    fn err(alter: &str) -> String {
+        plan(alter, &ghost(), &HashMap::new()).expect_err(alter).to_string()
+    }
+
+    #[test]
+    fn accepts_several_clauses_and_keeps_the_text() {
+        let p = ok("ALTER COLUMN n TYPE bigint, ADD COLUMN f boolean NOT NULL DEFAULT false");
+        assert_eq!(p.ghost_sql, "ALTER TABLE \"public\".\"_orders_gho\" ALTER COLUMN n TYPE bigint, ADD COLUMN f boolean NOT NULL DEFAULT false");
+        assert!(p.rewrites);
+        assert!(p.using.is_empty());
+    }
+
+    #[test]
+    fn reads_using_expressions() {
+        let p = ok("ALTER COLUMN body TYPE int USING length(body), ALTER COLUMN \"Odd \"\"Name\" TYPE text USING \"Odd \"\"Name\"::text || 'x'");
+        assert_eq!(p.using["body"], "(length(body))");
+        assert_eq!(p.using["Odd \"Name"], "(\"Odd \"\"Name\"::text || 'x')");
+    }
+
+    #[test]
+    fn tells_catalog_only_changes() {
+        assert!(!ok("ADD COLUMN note text").rewrites);
+        assert!(!ok("ADD COLUMN flag boolean DEFAULT false").rewrites);
+        assert!(ok("ADD COLUMN t timestamptz DEFAULT clock_timestamp()").rewrites);
+        assert!(!ok("DROP COLUMN note").rewrites);
+        assert!(ok("ADD CONSTRAINT c CHECK (n > 0)").rewrites);
+        assert!(!ok("RENAME COLUMN a TO b").rewrites);
+    }
+
+    #[test]
+    fn refuses_what_is_not_an_online_change() {
+        assert!(err("RENAME TO other").contains("RENAME TO"));
+        assert!(err("SET SCHEMA other").contains("SET SCHEMA"));
+        assert!(err("ADD COLUMN x int; DROP TABLE users").contains("2 statements"));
+        assert!(err("ADD COLUMN x int); DROP TABLE users; --").contains("not valid SQL"));
+        assert!(err("SET UNLOGGED").contains("persistence"));
+        assert!(err("DISABLE TRIGGER ALL").contains("triggers"));
+        assert!(err("").contains("empty"));
+        assert!(err("ADD COLUMN").contains("not valid SQL"));
+    }
+
+    #[test]
+    fn redirects_constraint_names_to_the_ghost() {
+        let names = HashMap::from([("orders_pkey".to_string(), "_orders_pkey_gho".to_string())]);
+        let p = plan("DROP CONSTRAINT orders_pkey, ADD PRIMARY KEY (id, n)", &ghost(), &names).unwrap();
+        assert!(p.ghost_sql.contains("DROP CONSTRAINT _orders_pkey_gho"), "{}", p.ghost_sql);
+        assert!(p.ghost_sql.contains("ADD PRIMARY KEY (id, n)"), "{}", p.ghost_sql);
+        let p = plan("RENAME CONSTRAINT orders_pkey TO pk", &ghost(), &names).unwrap();
+        assert!(p.ghost_sql.contains("_orders_pkey_gho"), "{}", p.ghost_sql);
+        assert_eq!(p.renamed_constraints["orders_pkey"], "pk");
+    }
+}

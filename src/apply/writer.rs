@@ -1,0 +1,350 @@
+//! The apply loop: collects changed keys from the stream and flushes them to the ghost.
+//!
+//! Priorities, highest first: commands from the runner (pause, drain for cut-over, stop),
+//! a finished flush, then new stream items. A flush starts as soon as keys are pending and
+//! none is running, so keys accumulate (and deduplicate) while one runs.
+//!
+//! Invariants: the flushed LSN reported to the slot is the end LSN of a transaction all of
+//! whose keys were flushed in a committed ghost transaction, and it never goes backwards.
+//! While paused no flush runs, so a cut-over can lock the original without queueing the
+//! flusher's reads behind it.
+
+use super::flush::{FlushSql, Key};
+use super::race::RaceGuard;
+use crate::error::{Context, Error, Result};
+use crate::lsn::Lsn;
+use std::collections::HashSet;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio_postgres::Client;
+
+/// What the stream consumer tells the writer, in stream order.
+#[derive(Debug)]
+pub enum StreamItem {
+    /// Keys touched by changes to the original.
+    Keys(Vec<Key>),
+    /// Every change of the transactions that end at or before this LSN was sent. `xid` is
+    /// the transaction's, when it changed the original.
+    Committed { end_lsn: Lsn, xid: Option<u32> },
+    /// No transaction is open and the server is at this LSN: nothing more before it.
+    Idle(Lsn),
+    /// A control message (the cut-over sentinel) passed the stream.
+    Sentinel(String),
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ApplyStats {
+    /// Keys flushed so far (a key changed twice between flushes counts once).
+    pub applied_keys: u64,
+    pub backlog_keys: usize,
+    pub flushing: bool,
+    /// Last LSN acknowledged to the slot.
+    pub acked: Lsn,
+    /// Last commit LSN seen on the stream.
+    pub received: Lsn,
+}
+
+/// Reports the flushed LSN to the replication stream.
+pub type Acker = Arc<dyn Fn(Lsn) + Send + Sync>;
+
+enum Command {
+    Pause(oneshot::Sender<()>),
+    Resume,
+    DrainUntil(String, oneshot::Sender<Vec<Key>>),
+    Requeue(Vec<Key>),
+    Stop(oneshot::Sender<()>),
+}
+
+#[derive(Clone)]
+pub struct WriterHandle {
+    commands: mpsc::Sender<Command>,
+    pub stats: watch::Receiver<ApplyStats>,
+}
+
+impl WriterHandle {
+    async fn send(&self, c: Command) -> Result<()> {
+        self.commands.send(c).await.map_err(|_| Error::internal("the apply loop has stopped"))
+    }
+
+    /// Stops flushing; returns once no flush is running.
+    pub async fn pause(&self) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Pause(tx)).await?;
+        rx.await.map_err(|_| Error::internal("the apply loop stopped while pausing"))
+    }
+
+    pub async fn resume(&self) -> Result<()> {
+        self.send(Command::Resume).await
+    }
+
+    /// Waits for `sentinel` to pass the stream and hands over every key still pending then.
+    pub async fn drain_until(&self, sentinel: &str) -> Result<Vec<Key>> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::DrainUntil(sentinel.to_string(), tx)).await?;
+        rx.await.map_err(|_| Error::internal("the apply loop stopped before the sentinel arrived"))
+    }
+
+    /// Gives back keys taken by `drain_until` whose flush did not commit.
+    pub async fn requeue(&self, keys: Vec<Key>) -> Result<()> {
+        self.send(Command::Requeue(keys)).await
+    }
+
+    pub async fn stop(&self) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Stop(tx)).await?;
+        let _ = rx.await;
+        Ok(())
+    }
+}
+
+/// Keys are flushed in statements of at most this many keys.
+const MAX_KEYS_PER_STATEMENT: usize = 20_000;
+
+pub struct Writer {
+    client: Arc<Client>,
+    sql: Arc<FlushSql>,
+    race: Arc<RaceGuard>,
+    ack: Acker,
+    pending: HashSet<Key>,
+    /// Transactions whose keys are pending: a flush waits until they are visible.
+    xids: Vec<u32>,
+    /// Highest LSN up to which every change is in `pending` or already flushed.
+    complete_to: Lsn,
+    stats: ApplyStats,
+    paused: bool,
+    pause_waiters: Vec<oneshot::Sender<()>>,
+    draining: Option<(String, oneshot::Sender<Vec<Key>>)>,
+    flush: Option<(JoinHandle<Result<(u64, Arc<Vec<Key>>)>>, Lsn)>,
+}
+
+impl Writer {
+    /// Starts the apply loop. It ends on `stop`, when the stream's channel closes, or on the
+    /// first failed flush, which it returns.
+    pub fn spawn(
+        client: Client,
+        sql: FlushSql,
+        race: Arc<RaceGuard>,
+        ack: Acker,
+        items: mpsc::Receiver<StreamItem>,
+    ) -> (WriterHandle, JoinHandle<Result<()>>) {
+        let (cmd_tx, cmd_rx) = mpsc::channel(16);
+        let (stats_tx, stats_rx) = watch::channel(ApplyStats::default());
+        let writer = Writer {
+            client: Arc::new(client),
+            sql: Arc::new(sql),
+            race,
+            ack,
+            pending: HashSet::new(),
+            xids: Vec::new(),
+            complete_to: Lsn::ZERO,
+            stats: ApplyStats::default(),
+            paused: false,
+            pause_waiters: Vec::new(),
+            draining: None,
+            flush: None,
+        };
+        let task = tokio::spawn(writer.run(cmd_rx, items, stats_tx));
+        (WriterHandle { commands: cmd_tx, stats: stats_rx }, task)
+    }
+
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut items: mpsc::Receiver<StreamItem>,
+        stats: watch::Sender<ApplyStats>,
+    ) -> Result<()> {
+        let race = self.race.clone();
+        loop {
+            for key in race.take_requeued() {
+                self.pending.insert(key);
+            }
+            self.maybe_start_flush();
+            self.stats.backlog_keys = self.pending.len();
+            self.stats.flushing = self.flush.is_some();
+            stats.send_replace(self.stats.clone());
+            tokio::select! {
+                biased;
+                cmd = commands.recv() => match cmd {
+                    Some(Command::Stop(done)) => {
+                        self.finish_flush().await?;
+                        let _ = done.send(());
+                        return Ok(());
+                    }
+                    Some(c) => self.command(c).await?,
+                    None => return Ok(()),
+                },
+                done = wait_flush(&mut self.flush) => self.flush_done(done)?,
+                item = items.recv() => match item {
+                    Some(item) => self.item(item),
+                    None => {
+                        self.finish_flush().await?;
+                        return Err(Error::new(crate::ErrorKind::Connection, "the replication stream ended"));
+                    }
+                },
+                _ = race.requeued.notified() => {}
+            }
+        }
+    }
+
+    async fn command(&mut self, c: Command) -> Result<()> {
+        match c {
+            Command::Pause(done) => {
+                self.paused = true;
+                if self.flush.is_some() {
+                    self.pause_waiters.push(done);
+                } else {
+                    let _ = done.send(());
+                }
+            }
+            Command::Resume => self.paused = false,
+            Command::DrainUntil(id, reply) => self.draining = Some((id, reply)),
+            Command::Requeue(keys) => self.pending.extend(keys),
+            Command::Stop(_) => {}
+        }
+        Ok(())
+    }
+
+    fn item(&mut self, item: StreamItem) {
+        match item {
+            StreamItem::Keys(keys) => self.pending.extend(keys),
+            StreamItem::Committed { end_lsn, xid } => {
+                self.complete_to = self.complete_to.max(end_lsn);
+                self.stats.received = self.stats.received.max(end_lsn);
+                self.xids.extend(xid);
+            }
+            StreamItem::Idle(lsn) => {
+                self.complete_to = self.complete_to.max(lsn);
+                if self.pending.is_empty() && self.flush.is_none() {
+                    self.acknowledge(lsn);
+                }
+            }
+            StreamItem::Sentinel(id) => {
+                if self.draining.as_ref().map_or(false, |(want, _)| *want == id) {
+                    if let Some((_, reply)) = self.draining.take() {
+                        let keys: Vec<Key> = self.pending.drain().collect();
+                        if let Err(keys) = reply.send(keys) {
+                            self.pending.extend(keys);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn maybe_start_flush(&mut self) {
+        if self.paused || self.flush.is_some() || self.pending.is_empty() {
+            return;
+        }
+        let keys: Arc<Vec<Key>> = Arc::new(self.pending.drain().collect());
+        let xids = std::mem::take(&mut self.xids);
+        let upto = self.complete_to;
+        let (client, sql) = (self.client.clone(), self.sql.clone());
+        let task = tokio::spawn(async move {
+            wait_until_visible(&client, &xids).await?;
+            let written = flush_in_transaction(&client, &sql, &keys).await?;
+            Ok((written, keys))
+        });
+        self.flush = Some((task, upto));
+    }
+
+    fn flush_done(&mut self, done: (Result<(u64, Arc<Vec<Key>>)>, Lsn)) -> Result<()> {
+        let (result, upto) = done;
+        let (_, keys) = result?;
+        self.stats.applied_keys += keys.len() as u64;
+        self.race.flushed(keys);
+        self.acknowledge(upto);
+        for w in self.pause_waiters.drain(..) {
+            let _ = w.send(());
+        }
+        Ok(())
+    }
+
+    async fn finish_flush(&mut self) -> Result<()> {
+        if self.flush.is_some() {
+            let done = wait_flush(&mut self.flush).await;
+            self.flush_done(done)?;
+        }
+        Ok(())
+    }
+
+    fn acknowledge(&mut self, lsn: Lsn) {
+        if lsn > self.stats.acked {
+            self.stats.acked = lsn;
+            (self.ack)(lsn);
+        }
+    }
+}
+
+/// Resolves when the running flush ends; pending forever when none runs.
+async fn wait_flush(
+    flush: &mut Option<(JoinHandle<Result<(u64, Arc<Vec<Key>>)>>, Lsn)>,
+) -> (Result<(u64, Arc<Vec<Key>>)>, Lsn) {
+    match flush {
+        Some((task, upto)) => {
+            let result = match task.await {
+                Ok(r) => r,
+                Err(e) => Err(Error::internal(format!("flush task failed: {e}"))),
+            };
+            let upto = *upto;
+            *flush = None;
+            (result, upto)
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Waits until every transaction in `xids` is visible to new snapshots.
+///
+/// The walsender decodes a commit once its WAL record is flushed, but the transaction
+/// becomes visible to other sessions a moment later (and only after synchronous standbys
+/// confirmed it, when there are any). Re-reading the original before then would read the
+/// row as it was, and nothing would come to correct it.
+async fn wait_until_visible(client: &Client, xids: &[u32]) -> Result<()> {
+    if xids.is_empty() {
+        return Ok(());
+    }
+    let xids: Vec<i64> = xids.iter().map(|x| *x as i64).collect();
+    let started = std::time::Instant::now();
+    let mut warned = false;
+    loop {
+        let invisible: i64 = client
+            .query_one(INVISIBLE_XIDS, &[&xids])
+            .await
+            .context("checking that streamed transactions are visible")?
+            .try_get(0)?;
+        if invisible == 0 {
+            return Ok(());
+        }
+        if !warned && started.elapsed() > std::time::Duration::from_secs(5) {
+            warned = true;
+            tracing::warn!(invisible, "streamed transactions are committed in WAL but not yet visible (waiting for synchronous standbys?)");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+}
+
+/// How many of the 32-bit xids in `$1` a new snapshot would not see: still listed as running,
+/// or at or past the snapshot's xmax (compared modulo 2^32).
+const INVISIBLE_XIDS: &str = "
+    WITH s AS (SELECT pg_current_snapshot() AS snap),
+         m AS (SELECT pg_snapshot_xmax(snap)::text::bigint & 4294967295 AS xmax_lo FROM s)
+    SELECT count(*) FROM unnest($1::bigint[]) AS t(x), m
+     WHERE ((x - m.xmax_lo) & 4294967295) < 2147483648
+        OR x IN (SELECT xip::text::bigint & 4294967295 FROM s, pg_snapshot_xip(s.snap) AS xip)";
+
+async fn flush_in_transaction(client: &Client, sql: &FlushSql, keys: &[Key]) -> Result<u64> {
+    client.batch_execute("BEGIN").await.context("starting a flush")?;
+    let mut written = 0;
+    for batch in keys.chunks(MAX_KEYS_PER_STATEMENT) {
+        match sql.run(client, batch).await {
+            Ok(n) => written += n,
+            Err(e) => {
+                let _ = client.batch_execute("ROLLBACK").await;
+                return Err(e);
+            }
+        }
+    }
+    client.batch_execute("COMMIT").await.context("committing a flush")?;
+    Ok(written)
+}

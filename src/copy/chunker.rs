@@ -1,0 +1,99 @@
+//! Keyset chunking of the original: ranges `(lo, hi]` on the key, up to the key's maximum
+//! taken when the copy starts (rows inserted later arrive through the stream).
+//!
+//! Boundaries are read by the server (`ORDER BY key OFFSET n-1 LIMIT 1`, an index-only walk
+//! of the key index), so ranges follow PostgreSQL's own ordering of the key's type and
+//! collation; composite keys compare as rows.
+
+use crate::error::{Context, Result};
+use crate::keysql::KeyCols;
+use crate::sql::QualifiedName;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Client;
+
+/// A key as text values, in key order.
+pub type Bound = Vec<String>;
+
+/// The rows with `lo < key <= hi` (no lower bound for the first range).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Range {
+    pub lo: Option<Bound>,
+    pub hi: Bound,
+}
+
+pub struct Chunker {
+    client: Client,
+    boundary_from_start: String,
+    boundary_after: String,
+    max: Option<Bound>,
+    lo: Option<Bound>,
+    done: bool,
+}
+
+/// Reads a row of `key::text` columns as a bound.
+fn bound(row: &tokio_postgres::Row) -> Result<Bound> {
+    (0..row.len()).map(|i| row.try_get::<_, String>(i).map_err(Into::into)).collect()
+}
+
+fn params(values: &[&Bound]) -> Vec<String> {
+    values.iter().flat_map(|b| b.iter().cloned()).collect()
+}
+
+impl Chunker {
+    /// Reads the key's current maximum; an empty table gives a chunker with no ranges.
+    pub async fn start(client: Client, orig: &QualifiedName, key: &KeyCols, resume_after: Option<Bound>) -> Result<Chunker> {
+        let max_sql = format!("SELECT {} FROM {} ORDER BY {} LIMIT 1", key.as_text(), orig.sql(), key.order_by(true));
+        let max = match client.query_opt(&max_sql, &[]).await.context("reading the key's maximum")? {
+            Some(row) => Some(bound(&row)?),
+            None => None,
+        };
+        let n = key.len();
+        let select = |filter: String| {
+            format!(
+                "SELECT {} FROM {} WHERE {filter} ORDER BY {} OFFSET $1::bigint LIMIT 1",
+                key.as_text(),
+                orig.sql(),
+                key.order_by(false)
+            )
+        };
+        let upto = format!("{} <= {}", key.tuple(), key.params(2));
+        let boundary_from_start = select(upto.clone());
+        let boundary_after = select(format!("{} > {} AND {upto}", key.tuple(), key.params(2 + n)));
+        Ok(Chunker { client, boundary_from_start, boundary_after, done: max.is_none(), max, lo: resume_after })
+    }
+
+    pub fn max(&self) -> Option<&Bound> {
+        self.max.as_ref()
+    }
+
+    /// The next range of about `size` rows, or None when the copy has reached the maximum.
+    pub async fn next(&mut self, size: u64) -> Result<Option<Range>> {
+        let Some(max) = self.max.clone().filter(|_| !self.done) else { return Ok(None) };
+        let offset = size.saturating_sub(1).min(i64::MAX as u64) as i64;
+        let row = match &self.lo {
+            None => {
+                let values = params(&[&max]);
+                let mut p: Vec<&(dyn ToSql + Sync)> = vec![&offset];
+                p.extend(values.iter().map(|v| v as &(dyn ToSql + Sync)));
+                self.client.query_opt(&self.boundary_from_start, &p).await
+            }
+            Some(lo) => {
+                let values = params(&[&max, lo]);
+                let mut p: Vec<&(dyn ToSql + Sync)> = vec![&offset];
+                p.extend(values.iter().map(|v| v as &(dyn ToSql + Sync)));
+                self.client.query_opt(&self.boundary_after, &p).await
+            }
+        }
+        .context("finding the next chunk boundary")?;
+        let hi = match row {
+            Some(row) => bound(&row)?,
+            None => max.clone(),
+        };
+        if hi == max {
+            self.done = true;
+        }
+        let range = Range { lo: self.lo.replace(hi.clone()), hi };
+        // An empty remainder (lo already at the maximum) still yields one harmless range.
+        Ok(Some(range))
+    }
+}

@@ -1,0 +1,206 @@
+use super::chunker::{Chunker, Range};
+use super::sizing::next_chunk_size;
+use crate::apply::RaceGuard;
+use crate::conn::ConnInfo;
+use crate::error::{Error, ErrorKind, Result};
+use crate::ghost::Mapping;
+use crate::keysql::{insert_select, KeyCols};
+use crate::sql::{ident_list, QualifiedName};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{watch, Mutex};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Client;
+
+/// What to copy and how.
+#[derive(Clone)]
+pub struct CopyJob {
+    pub conn: ConnInfo,
+    pub orig: QualifiedName,
+    pub ghost: QualifiedName,
+    pub mapping: Mapping,
+    pub workers: usize,
+    pub chunk_time: Duration,
+}
+
+/// Shared counters, read by the status line and written by the workers.
+#[derive(Debug, Default)]
+pub struct CopyProgress {
+    pub rows: AtomicU64,
+    pub chunks: AtomicU64,
+    /// The size of the next chunk; the control socket may set it.
+    pub chunk_size: AtomicU64,
+    pub done: AtomicBool,
+}
+
+impl CopyProgress {
+    pub fn new(initial_chunk: u64) -> Arc<CopyProgress> {
+        let p = CopyProgress::default();
+        p.chunk_size.store(initial_chunk.max(1), Ordering::Relaxed);
+        Arc::new(p)
+    }
+}
+
+/// Gate consulted before each chunk: `Ok` to go on, an error to stop the copy. It may wait
+/// (throttling).
+pub type Gate = watch::Receiver<GateState>;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum GateState {
+    #[default]
+    Open,
+    /// Wait; the reason is for the status line.
+    Throttled(String),
+    /// Stop copying.
+    Abort(String),
+}
+
+struct Statements {
+    first: String,
+    after: String,
+}
+
+fn statements(job: &CopyJob) -> Statements {
+    let source = KeyCols::source(&job.mapping);
+    let n = source.len();
+    let head = insert_select(&job.orig, &job.ghost, &job.mapping);
+    let conflict = format!("ON CONFLICT ({}) DO NOTHING", ident_list(job.mapping.key_ghost.iter().map(String::as_str)));
+    let upto = format!("{} <= {}", source.tuple(), source.params(1));
+    Statements {
+        first: format!("{head} WHERE {upto} {conflict}"),
+        after: format!("{head} WHERE {} > {} AND {upto} {conflict}", source.tuple(), source.params(1 + n)),
+    }
+}
+
+/// Copies every row up to the key's maximum at the start. Returns when all chunks are
+/// committed, or with the first error (the other workers stop at their next chunk).
+pub async fn copy_table(
+    job: CopyJob,
+    race: Arc<RaceGuard>,
+    progress: Arc<CopyProgress>,
+    gate: Gate,
+) -> Result<()> {
+    let chunker_client = job.conn.with_application_name("pg-ghost copy").connect().await?;
+    let chunker = Chunker::start(chunker_client, &job.orig, &KeyCols::source(&job.mapping), None).await?;
+    if chunker.max().is_none() {
+        progress.done.store(true, Ordering::Relaxed);
+        return Ok(());
+    }
+    let chunker = Arc::new(Mutex::new(chunker));
+    let sql = Arc::new(statements(&job));
+    let failed = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for worker in 0..job.workers.max(1) {
+        let client = job.conn.with_application_name("pg-ghost copy").connect().await?;
+        let ctx = WorkerCtx {
+            worker,
+            client,
+            chunker: chunker.clone(),
+            sql: sql.clone(),
+            race: race.clone(),
+            progress: progress.clone(),
+            gate: gate.clone(),
+            failed: failed.clone(),
+            chunk_time: job.chunk_time,
+        };
+        tasks.push(tokio::spawn(ctx.run()));
+    }
+    let mut first_error = None;
+    for t in tasks {
+        let result = t.await.unwrap_or_else(|e| Err(Error::internal(format!("copy worker failed: {e}"))));
+        if let Err(e) = result {
+            first_error.get_or_insert(e);
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => {
+            progress.done.store(true, Ordering::Relaxed);
+            Ok(())
+        }
+    }
+}
+
+struct WorkerCtx {
+    worker: usize,
+    client: Client,
+    chunker: Arc<Mutex<Chunker>>,
+    sql: Arc<Statements>,
+    race: Arc<RaceGuard>,
+    progress: Arc<CopyProgress>,
+    gate: Gate,
+    failed: Arc<AtomicBool>,
+    chunk_time: Duration,
+}
+
+impl WorkerCtx {
+    async fn run(mut self) -> Result<()> {
+        let result = self.copy_chunks().await;
+        if result.is_err() {
+            self.failed.store(true, Ordering::Relaxed);
+        }
+        result
+    }
+
+    async fn copy_chunks(&mut self) -> Result<()> {
+        loop {
+            self.pass_gate().await?;
+            if self.failed.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            let size = self.progress.chunk_size.load(Ordering::Relaxed);
+            let Some(range) = self.chunker.lock().await.next(size).await? else { return Ok(()) };
+            let started = Instant::now();
+            let rows = self.copy_range(&range).await?;
+            let took = started.elapsed();
+            self.progress.rows.fetch_add(rows, Ordering::Relaxed);
+            self.progress.chunks.fetch_add(1, Ordering::Relaxed);
+            // Only adapt when nobody set the size meanwhile (the control socket wins).
+            let _ = self.progress.chunk_size.compare_exchange(
+                size,
+                next_chunk_size(size, took, self.chunk_time),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+            tracing::trace!(worker = self.worker, rows, ms = took.as_millis() as u64, "chunk copied");
+        }
+    }
+
+    async fn pass_gate(&mut self) -> Result<()> {
+        loop {
+            let state = self.gate.borrow_and_update().clone();
+            match state {
+                GateState::Open => return Ok(()),
+                GateState::Abort(why) => return Err(Error::new(ErrorKind::Aborted, why)),
+                GateState::Throttled(_) => {
+                    if self.gate.changed().await.is_err() {
+                        return Err(Error::new(ErrorKind::Aborted, "the throttler stopped"));
+                    }
+                }
+            }
+        }
+    }
+
+    async fn copy_range(&self, range: &Range) -> Result<u64> {
+        let mut values: Vec<&str> = range.hi.iter().map(String::as_str).collect();
+        if let Some(lo) = &range.lo {
+            values.extend(lo.iter().map(String::as_str));
+        }
+        let params: Vec<&(dyn ToSql + Sync)> = values.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+        let sql = if range.lo.is_some() { &self.sql.after } else { &self.sql.first };
+        let ticket = self.race.chunk_started();
+        match self.client.execute(sql.as_str(), &params).await {
+            Ok(rows) => {
+                self.race.chunk_committed(ticket);
+                Ok(rows)
+            }
+            Err(e) => {
+                self.race.chunk_abandoned(ticket);
+                let e = Error::from(e);
+                let lo = range.lo.as_ref().map(|b| b.join(", ")).unwrap_or_else(|| "start".into());
+                Err(e.context(format!("copying rows with key in ({lo}, {}]", range.hi.join(", "))))
+            }
+        }
+    }
+}

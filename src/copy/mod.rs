@@ -1,0 +1,10 @@
+//! Copying the original's rows into the ghost in keyset chunks, by one or more workers on
+//! disjoint ranges, with a chunk size that adapts to a target time per chunk.
+
+pub mod chunker;
+mod copier;
+mod sizing;
+
+pub use chunker::{Bound, Chunker, Range};
+pub use copier::{copy_table, CopyJob, CopyProgress, Gate, GateState};
+pub use sizing::next_chunk_size;

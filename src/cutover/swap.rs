@@ -1,0 +1,169 @@
+//! The statements of the swap, read from the catalog inside the locked transaction.
+//!
+//! Afterwards the table under the original name must be what a plain `ALTER TABLE` would
+//! have left: every index, constraint and identity sequence under its original name. The
+//! original's objects step aside first (`_<name>_del`), then the ghost's take their names:
+//! an object that came from the original (`_<name>_gho`) gets `<name>` back; one the ALTER
+//! created gets the name PostgreSQL would have chosen on the original (the ghost table's
+//! name prefix replaced by the original's).
+
+use crate::error::{Context, Result};
+use crate::ghost::{temp_name, Ghost};
+use crate::schema::TableInfo;
+use crate::sql::{fit_ident, ident, QualifiedName};
+use tokio_postgres::GenericClient;
+
+/// Where a name goes: the original's objects step aside with this.
+pub fn old_object_name(name: &str) -> String {
+    fit_ident(&format!("_{name}_del"))
+}
+
+/// The name a ghost object takes at the swap, or None when it keeps its own.
+pub fn final_name(object: &str, ghost_table: &str, orig_table: &str, orig_names: &[String]) -> Option<String> {
+    if let Some(original) = orig_names.iter().find(|n| temp_name(n) == object) {
+        return Some(original.clone());
+    }
+    object
+        .strip_prefix(ghost_table)
+        .filter(|rest| rest.starts_with('_'))
+        .map(|rest| fit_ident(&format!("{orig_table}{rest}")))
+}
+
+async fn names(tx: &impl GenericClient, sql: &str, oid: u32) -> Result<Vec<String>> {
+    let rows = tx.query(sql, &[&oid]).await?;
+    rows.iter().map(|r| r.try_get::<_, String>(0).map_err(Into::into)).collect()
+}
+
+const INDEXES: &str = "SELECT c.relname::text FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = $1 ORDER BY 1";
+const PLAIN_CONSTRAINTS: &str = "SELECT conname::text FROM pg_constraint WHERE conrelid = $1 AND contype IN ('c', 'f') ORDER BY 1";
+
+/// Identity sequences of a table: (column, sequence's relation name).
+async fn identity_sequences(tx: &impl GenericClient, oid: u32) -> Result<Vec<(String, String, String)>> {
+    let rows = tx
+        .query(
+            "SELECT a.attname::text, s.relname::text, n.nspname::text
+               FROM pg_attribute a
+               JOIN pg_depend d ON d.refobjid = a.attrelid AND d.refobjsubid = a.attnum AND d.classid = 'pg_class'::regclass AND d.deptype = 'i'
+               JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+               JOIN pg_namespace n ON n.oid = s.relnamespace
+              WHERE a.attrelid = $1 AND a.attidentity <> '' AND NOT a.attisdropped",
+            &[&oid],
+        )
+        .await
+        .context("reading identity sequences")?;
+    rows.iter()
+        .map(|r| Ok((r.try_get::<_, String>(0)?, r.try_get::<_, String>(1)?, r.try_get::<_, String>(2)?)))
+        .collect()
+}
+
+/// Serial sequences: owned by a column (`OWNED BY`) without being an identity.
+async fn owned_sequences(tx: &impl GenericClient, oid: u32) -> Result<Vec<(String, QualifiedName)>> {
+    let rows = tx
+        .query(
+            "SELECT a.attname::text, n.nspname::text, s.relname::text
+               FROM pg_depend d
+               JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+               JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+               JOIN pg_namespace n ON n.oid = s.relnamespace
+              WHERE d.refobjid = $1 AND d.classid = 'pg_class'::regclass AND d.deptype = 'a'",
+            &[&oid],
+        )
+        .await
+        .context("reading serial sequences")?;
+    rows.iter()
+        .map(|r| Ok((r.try_get::<_, String>(0)?, QualifiedName::new(r.try_get::<_, String>(1)?, r.try_get::<_, String>(2)?))))
+        .collect()
+}
+
+/// Runs the swap inside the caller's transaction, which holds ACCESS EXCLUSIVE on both tables.
+pub async fn swap(tx: &impl GenericClient, orig: &TableInfo, ghost: &Ghost, old_table: &str) -> Result<Vec<String>> {
+    let mut sql = Vec::new();
+    let o = &orig.name;
+    let g = &ghost.name;
+
+    // Sequences first: serial ownership moves before anything could drop the original.
+    for (column, seq) in owned_sequences(tx, orig.oid).await? {
+        if let Some(ghost_col) = ghost.mapping.ghost_name_of(&column) {
+            sql.push(format!("ALTER SEQUENCE {} OWNED BY {}.{}", seq.sql(), g.sql(), ident(ghost_col)));
+        }
+    }
+    let orig_identity = identity_sequences(tx, orig.oid).await?;
+    let ghost_identity = identity_sequences(tx, ghost.oid).await?;
+    let mut identity_renames = Vec::new();
+    for (ghost_col, ghost_seq, schema) in &ghost_identity {
+        let source = ghost.mapping.carried.iter().find(|(_, gc)| gc == ghost_col).map(|(s, _)| s);
+        let orig_seq = source.and_then(|s| orig_identity.iter().find(|(c, _, _)| c == s));
+        let ghost_seq_name = QualifiedName::new(schema.clone(), ghost_seq.clone());
+        if let Some((_, orig_seq, orig_schema)) = orig_seq {
+            let orig_seq_name = QualifiedName::new(orig_schema.clone(), orig_seq.clone());
+            carry_sequence_value(tx, &orig_seq_name, &ghost_seq_name).await?;
+            sql.push(format!("ALTER SEQUENCE {} RENAME TO {}", orig_seq_name.sql(), ident(&old_object_name(orig_seq))));
+            identity_renames.push((ghost_seq_name, orig_seq.clone()));
+        } else if let Some(name) = final_name(ghost_seq, &g.name, &o.name, &[]) {
+            identity_renames.push((ghost_seq_name, name));
+        }
+    }
+
+    // The original steps aside.
+    let orig_indexes = names(tx, INDEXES, orig.oid).await?;
+    for index in &orig_indexes {
+        sql.push(format!("ALTER INDEX {} RENAME TO {}", o.sibling(index.clone()).sql(), ident(&old_object_name(index))));
+    }
+    sql.push(format!("ALTER TABLE {} RENAME TO {}", o.sql(), ident(old_table)));
+
+    // The ghost takes the original's names.
+    if let Some(temp) = &ghost.temp_key_index {
+        sql.push(format!("DROP INDEX {}", g.sibling(temp.clone()).sql()));
+    }
+    for index in names(tx, INDEXES, ghost.oid).await? {
+        if Some(&index) == ghost.temp_key_index.as_ref() {
+            continue;
+        }
+        if let Some(new) = final_name(&index, &g.name, &o.name, &orig_indexes) {
+            sql.push(format!("ALTER INDEX {} RENAME TO {}", g.sibling(index.clone()).sql(), ident(&new)));
+        }
+    }
+    for constraint in names(tx, PLAIN_CONSTRAINTS, ghost.oid).await? {
+        if let Some(new) = final_name(&constraint, &g.name, &o.name, &[]) {
+            sql.push(format!("ALTER TABLE {} RENAME CONSTRAINT {} TO {}", g.sql(), ident(&constraint), ident(&new)));
+        }
+    }
+    for (seq, new) in identity_renames {
+        sql.push(format!("ALTER SEQUENCE {} RENAME TO {}", seq.sql(), ident(&new)));
+    }
+    sql.push(format!("ALTER TABLE {} RENAME TO {}", g.sql(), ident(&o.name)));
+
+    for s in &sql {
+        tx.batch_execute(s).await.with_context(|| format!("swapping the tables ({s})"))?;
+    }
+    Ok(sql)
+}
+
+/// Sets the ghost's identity sequence to where the original's stands.
+async fn carry_sequence_value(tx: &impl GenericClient, from: &QualifiedName, to: &QualifiedName) -> Result<()> {
+    tx.execute(
+        "SELECT setval($2::text::regclass, coalesce(pg_sequence_last_value($1::text::regclass), s.seqstart),
+                       pg_sequence_last_value($1::text::regclass) IS NOT NULL)
+           FROM pg_sequence s WHERE s.seqrelid = $1::text::regclass",
+        &[&from.sql(), &to.sql()],
+    )
+    .await
+    .with_context(|| format!("carrying the value of {from} over to {to}"))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_come_back_or_follow_the_original() {
+        let orig = vec!["orders_pkey".to_string(), "orders_email_idx".to_string()];
+        assert_eq!(final_name("_orders_pkey_gho", "_orders_gho", "orders", &orig).as_deref(), Some("orders_pkey"));
+        assert_eq!(final_name("_orders_gho_n_check", "_orders_gho", "orders", &orig).as_deref(), Some("orders_n_check"));
+        assert_eq!(final_name("_orders_gho_id_seq", "_orders_gho", "orders", &orig).as_deref(), Some("orders_id_seq"));
+        assert_eq!(final_name("my_own_idx", "_orders_gho", "orders", &orig), None);
+        assert_eq!(final_name("_orders_ghostly", "_orders_gho", "orders", &orig), None);
+        assert_eq!(old_object_name("orders_pkey"), "_orders_pkey_del");
+    }
+}

@@ -1,0 +1,12 @@
+//! The ghost table: created empty in the original's image, the ALTER applied to it, every
+//! index but the key's set aside to be built after the copy.
+//!
+//! Invariants: the ghost always has a unique index on the (mapped) key, so copy and apply
+//! can use `ON CONFLICT (key)`; the original is only read; everything is created in one
+//! transaction, so a failing ALTER leaves nothing behind.
+
+mod create;
+mod mapping;
+
+pub use create::{create, rebuild_deferred, temp_name, Deferred, Ghost};
+pub use mapping::Mapping;

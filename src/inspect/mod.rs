@@ -1,0 +1,64 @@
+//! Phase 1, Inspect: read-only discovery of the table and the server, and the checks that
+//! refuse what pg-ghost cannot change online.
+//!
+//! Invariants:
+//! - Inspect never writes: every statement here is a `SELECT` over catalogs and settings
+//!   with bind parameters. A refusal leaves the database exactly as it was.
+//! - Names from the user are read by PostgreSQL's own parser (`parse_ident`) and looked up
+//!   with `to_regclass`, never split or case-folded by hand.
+//! - Every refusal is an [`ErrorKind::Refused`](crate::ErrorKind::Refused) whose message
+//!   names the object at fault and what the DBA can do about it.
+//!
+//! A caller runs the three steps in this order, and the checks run in this fixed order
+//! (the first failing check refuses; dependents are gathered into one message):
+//!
+//! 1. [`resolve_table`]: the `[schema.]name` argument; a missing table is refused.
+//! 2. [`table_info`]: (a) server version, (b) the relation: a system catalog, a view,
+//!    materialized view, foreign table, partitioned table, partition, inheritance parent
+//!    or child, an unlogged or temporary table are refused; (c) the key: the primary key,
+//!    or the `--key` index, which must be unique, valid, immediate, non-partial, without
+//!    expressions and on NOT NULL columns. These live here rather than in `preflight`
+//!    because a [`TableInfo`](crate::schema::TableInfo) only ever describes an ordinary
+//!    table with a usable key.
+//! 3. [`preflight`]: (1) server version >= 13, (2) not a standby, (3) `wal_level =
+//!    logical`, (4) a free replication slot, (5) a free walsender, (6) privileges,
+//!    (7) replica identity matches the key, (8) no `FOR ALL TABLES` or `FOR TABLES IN
+//!    SCHEMA` publication covers the table, (9) no leftovers of an earlier run,
+//!    (10) no dependent objects pg-ghost cannot carry over yet, all listed at once.
+
+mod dependents;
+mod key;
+mod preflight;
+mod relation;
+mod resolve;
+mod server;
+mod table;
+
+pub use preflight::{preflight, PreflightOptions};
+pub use resolve::resolve_table;
+pub use server::{ServerInfo, MIN_SERVER_VERSION_NUM};
+pub use table::{columns, table_info};
+
+use crate::error::{Context, Result};
+use tokio_postgres::types::FromSql;
+use tokio_postgres::Row;
+
+/// Reads one column of a catalog row, naming the column if its type is not what we expect.
+fn get<'a, T: FromSql<'a>>(row: &'a Row, column: &str) -> Result<T> {
+    row.try_get(column).with_context(|| format!("reading column {column}"))
+}
+
+/// Runs a query whose rows have a single text column and collects it.
+async fn texts(
+    client: &tokio_postgres::Client,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<Vec<String>> {
+    let rows = client.query(sql, params).await?;
+    rows.iter().map(|r| r.try_get::<_, String>(0).context("reading a name")).collect()
+}
+
+/// Quotes an argument for a POSIX shell, so that a suggested command can be pasted as is.
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
