@@ -5,3 +5,4 @@ mod harness;
 mod engine_parts;
 mod inspect;
 mod smoke;
+mod replication;
