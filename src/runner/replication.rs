@@ -56,31 +56,31 @@ pub async fn create_slot(conn: &ConnInfo, monitor: &Client, names: &Names) -> Re
 }
 
 async fn report_open_transactions(monitor: &Client) {
-    let rows = monitor
-        .query(
-            "SELECT pid, coalesce(datname, ''), coalesce(date_trunc('second', now() - xact_start)::text, ''),
-                    left(regexp_replace(coalesce(query, ''), '\\s+', ' ', 'g'), 200)
-               FROM pg_stat_activity WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid() ORDER BY xact_start",
-            &[],
-        )
-        .await;
-    if let Ok(rows) = rows {
-        for r in rows {
-            let pid: i32 = r.try_get(0).unwrap_or_default();
-            let db: String = r.try_get(1).unwrap_or_default();
-            let age: String = r.try_get(2).unwrap_or_default();
-            let query: String = r.try_get(3).unwrap_or_default();
-            tracing::warn!(pid, database = %db, transaction_age = %age, query = %query, "slot creation is waiting for this transaction to end");
+    if let Ok(blockers) = slot::slot_creation_blockers(monitor).await {
+        for b in blockers {
+            tracing::warn!(
+                pid = b.pid,
+                database = b.database.as_deref().unwrap_or(""),
+                user = b.user.as_deref().unwrap_or(""),
+                application = b.application_name.as_deref().unwrap_or(""),
+                transaction_age_secs = b.xact_age_secs.round(),
+                "slot creation is waiting for this transaction to end"
+            );
         }
     }
 }
 
-/// The running stream and apply loop.
+/// Handles on the running stream and apply loop.
 pub struct Replication {
     pub writer: WriterHandle,
     pub race: Arc<RaceGuard>,
     pub positions: Arc<StreamPositions>,
     pub flush: FlushSql,
+}
+
+/// The stream's and the apply loop's tasks: watched for failure, stopped at the end.
+pub struct Background {
+    writer: WriterHandle,
     stop_pump: Option<oneshot::Sender<()>>,
     pump: JoinHandle<Result<ReplicationStream>>,
     writer_task: JoinHandle<Result<()>>,
@@ -88,7 +88,7 @@ pub struct Replication {
 }
 
 impl Replication {
-    pub async fn start(conn: &ConnInfo, names: &Names, orig: &TableInfo, ghost: &Ghost) -> Result<Replication> {
+    pub async fn start(conn: &ConnInfo, names: &Names, orig: &TableInfo, ghost: &Ghost) -> Result<(Replication, Background)> {
         let repl = ReplicationConnection::connect(&conn.with_application_name("pg-ghost stream")).await?;
         let mut options = StreamOptions::new([names.publication.clone()]);
         options.proto_version = ProtoVersion::V2;
@@ -116,9 +116,18 @@ impl Replication {
         let flush = FlushSql::new(&orig.name, &ghost.name, &ghost.mapping);
         let apply_client = conn.with_application_name("pg-ghost apply").connect().await?;
         let (writer, writer_task) = Writer::spawn(apply_client, flush.clone(), race.clone(), ack, items_rx);
-        Ok(Replication { writer, race, positions, flush, stop_pump: Some(stop_tx), pump, writer_task, slot: names.slot.clone() })
+        let background = Background {
+            writer: writer.clone(),
+            stop_pump: Some(stop_tx),
+            pump,
+            writer_task,
+            slot: names.slot.clone(),
+        };
+        Ok((Replication { writer, race, positions, flush }, background))
     }
+}
 
+impl Background {
     /// Resolves with the error of whichever background task failed first; never resolves
     /// while both run.
     pub async fn failed(&mut self) -> Error {
