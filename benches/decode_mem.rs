@@ -2,6 +2,9 @@
 //! decoded through `Decoder` as the stream reader would, timed with `std::time::Instant`.
 //!
 //! Run: `cargo bench --bench decode_mem [-- MESSAGES]` (default 1,000,000 messages).
+//! The first run builds every dependency in release mode (~5 min on 2 cores). For a quick
+//! figure from the already-built dev dependencies, optimise only this crate:
+//! `cargo bench --bench decode_mem --profile dev --config 'profile.dev.package.pg-ghost.opt-level=3'`.
 //! The messages are slices of one buffer, as they are when the transport reads many
 //! CopyData frames at once; decoding them involves no copy of column values.
 
