@@ -10,3 +10,4 @@ pub mod schema;
 pub mod alter;
 pub mod sqltree;
 pub mod ghost;
+pub mod phase;
