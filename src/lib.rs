@@ -11,3 +11,4 @@ pub mod alter;
 pub mod sqltree;
 pub mod ghost;
 pub mod phase;
+pub mod status;
