@@ -12,3 +12,4 @@ pub mod sqltree;
 pub mod ghost;
 pub mod phase;
 pub mod status;
+pub mod cli;
