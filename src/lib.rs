@@ -13,3 +13,4 @@ pub mod ghost;
 pub mod phase;
 pub mod status;
 pub mod cli;
+pub mod config;
