@@ -14,3 +14,5 @@ pub mod phase;
 pub mod status;
 pub mod cli;
 pub mod config;
+pub mod signals;
+pub mod runner;
