@@ -345,12 +345,17 @@ async fn guard<T>(
     };
     tokio::select! {
         biased;
-        _ = abort.wait_for(Option::is_some) => {
-            let why = abort.borrow().clone().unwrap_or_default();
-            Err(Error::new(ErrorKind::Aborted, why))
-        }
+        why = aborted(abort) => Err(Error::new(ErrorKind::Aborted, why)),
         e = failed => Err(e),
         r = fut => r,
+    }
+}
+
+/// Resolves with the abort reason once there is one.
+pub(crate) async fn aborted(abort: &mut watch::Receiver<Option<String>>) -> String {
+    match abort.wait_for(Option::is_some).await {
+        Ok(why) => why.clone().unwrap_or_default(),
+        Err(_) => std::future::pending().await,
     }
 }
 
