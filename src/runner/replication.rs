@@ -31,7 +31,6 @@ pub async fn create_publication(client: &Client, names: &Names, orig: &TableInfo
 /// Creates the persistent slot, reporting the transactions its creation waits for.
 pub async fn create_slot(conn: &ConnInfo, monitor: &Client, names: &Names) -> Result<Lsn> {
     let mut repl = ReplicationConnection::connect(&conn.with_application_name("pg-ghost stream")).await?;
-    tracing::info!(slot = %names.slot, "creating the replication slot; this waits for every transaction open right now to end");
     let create = repl.create_slot(&names.slot, SlotKind::Persistent, SlotSnapshot::Nothing);
     tokio::pin!(create);
     let started = std::time::Instant::now();
@@ -40,7 +39,6 @@ pub async fn create_slot(conn: &ConnInfo, monitor: &Client, names: &Names) -> Re
         tokio::select! {
             created = &mut create => {
                 let created = created.context("creating the replication slot")?;
-                tracing::info!(slot = %names.slot, consistent_point = %created.consistent_point, "replication slot created");
                 return Ok(created.consistent_point);
             }
             _ = report.tick() => {
