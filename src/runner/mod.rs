@@ -197,7 +197,7 @@ impl Run {
             chunk_time: self.cfg.copy.chunk_time,
         };
         let started = std::time::Instant::now();
-        let copied = guard(copy_table(job, repl.race.clone(), progress.clone(), gate), &mut self.abort.clone(), Some(&mut *bg)).await;
+        let copied = guard(copy_table(job, repl.inflight.clone(), progress.clone(), gate), &mut self.abort.clone(), Some(&mut *bg)).await;
         if let Err(e) = copied {
             gate_tx.send_replace(GateState::Abort(e.to_string()));
             return Err(e);

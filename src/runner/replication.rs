@@ -3,7 +3,7 @@
 
 use crate::apply::changes::{ChangeExtractor, ExpectedColumn};
 use crate::apply::pump::{pump, StreamPositions};
-use crate::apply::{Acker, FlushSql, RaceGuard, Writer, WriterHandle};
+use crate::apply::{Acker, FlushSql, InFlight, Writer, WriterHandle};
 use crate::conn::ConnInfo;
 use crate::error::{Context, Error, ErrorKind, Result};
 use crate::ghost::Ghost;
@@ -71,7 +71,7 @@ async fn report_open_transactions(monitor: &Client) {
 /// Handles on the running stream and apply loop.
 pub struct Replication {
     pub writer: WriterHandle,
-    pub race: Arc<RaceGuard>,
+    pub inflight: Arc<InFlight>,
     pub positions: Arc<StreamPositions>,
     pub flush: FlushSql,
 }
@@ -110,10 +110,10 @@ impl Replication {
         let positions = Arc::new(StreamPositions::default());
         let (stop_tx, stop_rx) = oneshot::channel();
         let pump = tokio::spawn(pump(stream, extractor, items_tx, positions.clone(), stop_rx));
-        let race = RaceGuard::new();
+        let inflight = InFlight::new();
         let flush = FlushSql::new(&orig.name, &ghost.name, &ghost.mapping);
         let apply_client = conn.with_application_name("pg-ghost apply").connect().await?;
-        let (writer, writer_task) = Writer::spawn(apply_client, flush.clone(), race.clone(), ack, items_rx);
+        let (writer, writer_task) = Writer::spawn(apply_client, flush.clone(), inflight.clone(), ack, items_rx);
         let background = Background {
             writer: writer.clone(),
             stop_pump: Some(stop_tx),
@@ -121,7 +121,7 @@ impl Replication {
             writer_task,
             slot: names.slot.clone(),
         };
-        Ok((Replication { writer, race, positions, flush }, background))
+        Ok((Replication { writer, inflight, positions, flush }, background))
     }
 }
 
