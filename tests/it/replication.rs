@@ -1,6 +1,7 @@
 //! The walsender transport and slot management against real PostgreSQL (and, for the
 //! failure modes a real server will not produce on demand, a scripted fake walsender).
 
+mod decoded;
 mod fake;
 
 use crate::harness::{Cluster, TestDb};
