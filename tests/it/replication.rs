@@ -1,6 +1,7 @@
 //! The walsender transport and slot management against real PostgreSQL (and, for the
 //! failure modes a real server will not produce on demand, a scripted fake walsender).
 
+mod decoded;
 mod fake;
 
 use crate::harness::{Cluster, TestDb};
@@ -220,7 +221,7 @@ async fn identify_system_and_simple_query() {
     assert_eq!(r[1].value(0, "c"), Some("x"));
 
     // A failed command leaves the connection usable, and the error has its SQLSTATE.
-    let err = conn.simple_query("SELECT * FROM no_such_table").await.err().expect("must fail");
+    let err = conn.simple_query("SELECT * FROM no_such_table").await.expect_err("must fail");
     assert_eq!(err.sqlstate(), Some("42P01"));
     assert!(err.to_string().contains("no_such_table"), "{err}");
     assert_eq!(conn.identify_system().await.expect("still usable").timeline, 1);
@@ -243,7 +244,7 @@ async fn persistent_and_temporary_slots() {
     assert_eq!(info.confirmed_flush_lsn, Some(created.consistent_point));
 
     // The same name again is refused with the server's error.
-    let err = conn.create_slot(&name, SlotKind::Persistent, SlotSnapshot::Nothing).await.err().expect("duplicate");
+    let err = conn.create_slot(&name, SlotKind::Persistent, SlotSnapshot::Nothing).await.expect_err("duplicate");
     assert_eq!(err.sqlstate(), Some("42710"), "{err}");
 
     let temp = format!("{name}_tmp");
@@ -263,7 +264,7 @@ async fn persistent_and_temporary_slots() {
 
     conn.drop_slot(&name, true).await.expect("drop");
     assert!(!slot::slot_exists(&client, &name).await.expect("slot_exists"));
-    let err = conn.drop_slot(&name, false).await.err().expect("already gone");
+    let err = conn.drop_slot(&name, false).await.expect_err("already gone");
     assert_eq!(err.sqlstate(), Some("42704"), "{err}");
 }
 

@@ -197,7 +197,7 @@ async fn error_response_mid_stream_is_mapped() {
     fake.send(b'E', b"SFATAL\0VFATAL\0C57P01\0Mterminating connection due to administrator command\0\0").await;
     let first = stream.recv().await.expect("data first");
     assert_eq!(first.map(|b| b.len()), Some(1));
-    let err = stream.recv().await.err().expect("then the error");
+    let err = stream.recv().await.expect_err("then the error");
     assert_eq!(err.kind(), ErrorKind::Connection);
     assert_eq!(err.sqlstate(), Some("57P01"));
     assert!(err.to_string().contains("administrator command"), "{err}");
