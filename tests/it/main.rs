@@ -1,4 +1,5 @@
 //! pg-ghost's integration tests: one binary, one shared primary cluster, a fresh database per test.
 
 mod harness;
+mod oracle;
 mod smoke;
