@@ -55,9 +55,17 @@
 #![allow(dead_code)]
 
 pub mod compare;
+pub mod table;
+pub mod values;
+pub mod workload;
+mod writer;
 
 #[allow(unused_imports)]
 pub use compare::{assert_same_rows, assert_sequences_ahead, compare_rows, RowDiff};
+#[allow(unused_imports)]
+pub use table::{KeyKind, OracleTable};
+#[allow(unused_imports)]
+pub use workload::{TargetRange, Workload, WorkloadOptions, WorkloadReport};
 
 use std::path::PathBuf;
 
