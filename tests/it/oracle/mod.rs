@@ -54,12 +54,15 @@
 
 #![allow(dead_code)]
 
+pub mod catalog;
 pub mod compare;
 pub mod table;
 pub mod values;
 pub mod workload;
 mod writer;
 
+#[allow(unused_imports)]
+pub use catalog::{assert_catalog_unchanged, assert_no_slots_or_publications, CatalogSnapshot};
 #[allow(unused_imports)]
 pub use compare::{assert_same_rows, assert_sequences_ahead, compare_rows, RowDiff};
 #[allow(unused_imports)]
