@@ -56,6 +56,7 @@
 
 pub mod catalog;
 pub mod compare;
+pub mod dump;
 pub mod table;
 pub mod values;
 pub mod workload;
@@ -65,6 +66,8 @@ mod writer;
 pub use catalog::{assert_catalog_unchanged, assert_no_slots_or_publications, CatalogSnapshot};
 #[allow(unused_imports)]
 pub use compare::{assert_same_rows, assert_sequences_ahead, compare_rows, RowDiff};
+#[allow(unused_imports)]
+pub use dump::{assert_dump_equal, compare_dump, expected_after_plain_alter, DumpDiff, ExpectedData, OriginalDump, PlainAlter};
 #[allow(unused_imports)]
 pub use table::{KeyKind, OracleTable};
 #[allow(unused_imports)]
