@@ -2,4 +2,5 @@
 
 mod harness;
 mod oracle;
+mod oracle_selftest;
 mod smoke;
