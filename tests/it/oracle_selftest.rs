@@ -301,17 +301,17 @@ async fn dump_contract_accepts_a_plain_alter_and_catches_a_renamed_index_and_cha
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dump_contract_takes_the_expected_rows_from_the_control() {
     let db = Cluster::primary().fresh_db("oracle_dumpctl");
-    let table = OracleTable::create(&db, "ctl", KeyKind::Composite, 300).await;
-    let original = OriginalDump::take(&db, "public", "ctl").await;
+    let table = OracleTable::create_in(&db, "Sch.ema \"q\"", "ctl", KeyKind::Composite, 300).await;
+    let original = OriginalDump::take(&db, &table.schema, &table.name).await;
     let report = run_for(&db, &table, WorkloadOptions::new(2).rate(Some(100)), 700).await;
     assert!(report.errors.is_empty(), "{:#?}", report.errors);
     let alter = "ALTER COLUMN label TYPE int USING length(label), DROP COLUMN spare";
     db.client().await.batch_execute(&format!("ALTER TABLE {} {alter}", table.qualified())).await.unwrap();
     let expected = expected_after_plain_alter(&db, &original, alter, ExpectedData::Query(table.control_rows_query())).await;
-    assert_dump_equal(&db, "public", "ctl", &expected).await;
+    assert_dump_equal(&db, &table.schema, &table.name, &expected).await;
     // And the dumped rows (the seed) are not the rows at the end.
     let stale = expected_after_plain_alter(&db, &original, alter, ExpectedData::AsDumped).await;
-    let diff = compare_dump(&db, "public", "ctl", &stale).await;
+    let diff = compare_dump(&db, &table.schema, &table.name, &stale).await;
     assert!(diff.schema.is_empty() && diff.only_in_actual > 0 && diff.only_in_expected > 0, "{diff}");
 }
 
