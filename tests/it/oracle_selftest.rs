@@ -180,6 +180,30 @@ async fn workload_reports_rows_the_table_lost_and_aims_at_the_target_range() {
     );
 }
 
+/// Writers blocked by a lock show it in `max_txn_latency` (what the lock-contention scenario
+/// bounds by pg-ghost's lock timeout), and the workload resumes once the lock goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workload_measures_how_long_writers_waited_for_a_lock() {
+    let db = Cluster::primary().fresh_db("oracle_latency");
+    let table = OracleTable::create(&db, "locked", KeyKind::Identity, 500).await;
+    let workload = Workload::start(&db, &table, WorkloadOptions::new(2).rate(None)).await;
+    workload.wait_for_more_commits(20, Duration::from_secs(20)).await;
+    let client = db.client().await;
+    client.batch_execute(&format!("BEGIN; LOCK TABLE {} IN SHARE MODE", table.qualified())).await.unwrap();
+    let committed = workload.committed();
+    // The time the lock is held is the quantity under test, not a synchronization.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(workload.committed() <= committed + 2, "writers were not blocked by the SHARE lock");
+    client.batch_execute("COMMIT").await.unwrap();
+    workload.wait_for_more_commits(20, Duration::from_secs(20)).await;
+    let report = workload.stop().await;
+    assert!(report.errors.is_empty(), "{:#?}", report.errors);
+    assert!(
+        report.max_txn_latency >= Duration::from_millis(450) && report.max_txn_latency < Duration::from_secs(10),
+        "{report:?}"
+    );
+}
+
 #[tokio::test]
 async fn comparison_catches_a_changed_a_deleted_and_an_added_row() {
     let db = Cluster::primary().fresh_db("oracle_compare");

@@ -118,7 +118,8 @@ pub struct WorkloadReport {
     pub committed_after_swap_by_op: BTreeMap<&'static str, u64>,
     /// Deadlocks, serialization failures and lock timeouts that were retried.
     pub retried: u64,
-    /// The longest transaction, from `BEGIN` to the end of `COMMIT` (lock waits included).
+    /// The longest transaction attempt, from `BEGIN` to the end of `COMMIT` or to its error
+    /// (lock waits included).
     pub max_txn_latency: Duration,
     /// Every other error, and every row-count disagreement between table and control.
     pub errors: Vec<String>,

@@ -123,10 +123,11 @@ impl ClientLoop {
             loop {
                 attempts += 1;
                 let started = Instant::now();
-                match self.txn(&client, op).await {
+                let outcome = self.txn(&client, op).await;
+                // Every attempt counts: one that waited on a lock and then failed waited too.
+                self.shared.max_latency_us.fetch_max(started.elapsed().as_micros() as u64, Ordering::SeqCst);
+                match outcome {
                     Ok(after_swap) => {
-                        let us = started.elapsed().as_micros() as u64;
-                        self.shared.max_latency_us.fetch_max(us, Ordering::SeqCst);
                         *self.shared.by_op.lock().unwrap().entry(op.name()).or_default() += 1;
                         if after_swap {
                             *self.shared.after_swap_by_op.lock().unwrap().entry(op.name()).or_default() += 1;
