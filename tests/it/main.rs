@@ -4,5 +4,7 @@ mod harness;
 
 mod engine_parts;
 mod inspect;
-mod smoke;
+mod oracle;
+mod oracle_selftest;
 mod replication;
+mod smoke;
