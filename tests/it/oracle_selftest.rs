@@ -20,11 +20,8 @@ async fn workload_writes_table_and_control_alike() {
     let db = Cluster::primary().fresh_db("oracle_workload");
     let table = OracleTable::create(&db, "Orders \"x\" ü", KeyKind::Identity, 2_000).await;
     let client = db.client().await;
-    let toasted: i64 = client
-        .query_one(&format!("SELECT count(*) FROM {} WHERE length(big) >= 8192", table.qualified()), &[])
-        .await
-        .unwrap()
-        .get(0);
+    let toasted: i64 =
+        client.query_one(&format!("SELECT count(*) FROM {} WHERE length(big) >= 8192", table.qualified()), &[]).await.unwrap().get(0);
     assert!(toasted >= 900, "seed should hold ~1000 values of 8 kB+, has {toasted}");
     table.assert_matches_control(&client, &table.projection()).await;
 
@@ -38,11 +35,7 @@ async fn workload_writes_table_and_control_alike() {
     table.assert_matches_control(&client, &table.projection()).await;
 
     // The workload really changed things: rows were inserted and keys moved past the seed.
-    let moved: i64 = client
-        .query_one(&format!("SELECT count(*) FROM {} WHERE id > 2000", table.qualified()), &[])
-        .await
-        .unwrap()
-        .get(0);
+    let moved: i64 = client.query_one(&format!("SELECT count(*) FROM {} WHERE id > 2000", table.qualified()), &[]).await.unwrap().get(0);
     assert!(moved > 50, "only {moved} rows have keys past the seed");
     // Inserts still work through the identity default, and keys moved up.
     let max_id: i64 = client.query_one(&format!("SELECT max(id) FROM {}", table.qualified()), &[]).await.unwrap().get(0);
@@ -54,19 +47,12 @@ async fn composite_key_workload_moves_rows_between_tenants() {
     let db = Cluster::primary().fresh_db("oracle_composite");
     let table = OracleTable::create_in(&db, "Sch ema", "tenants", KeyKind::Composite, 1_000).await;
     let client = db.client().await;
-    let before: i64 = client
-        .query_one(&format!("SELECT count(*) FROM {} WHERE tenant > 4", table.qualified()), &[])
-        .await
-        .unwrap()
-        .get(0);
+    let before: i64 = client.query_one(&format!("SELECT count(*) FROM {} WHERE tenant > 4", table.qualified()), &[]).await.unwrap().get(0);
     assert_eq!(before, 0, "the seed uses tenants 1..4");
     let report = run_for(&db, &table, WorkloadOptions::new(3).rate(Some(150)), 1_500).await;
     assert!(report.errors.is_empty(), "workload errors (seed {}): {:#?}", report.seed, report.errors);
-    let moved: i64 = client
-        .query_one(&format!("SELECT count(*) FROM {} WHERE tenant > 4 AND id <= 1000", table.qualified()), &[])
-        .await
-        .unwrap()
-        .get(0);
+    let moved: i64 =
+        client.query_one(&format!("SELECT count(*) FROM {} WHERE tenant > 4 AND id <= 1000", table.qualified()), &[]).await.unwrap().get(0);
     assert!(moved > 0, "no seeded row changed tenant");
     table.assert_matches_control(&client, &table.projection()).await;
 }
@@ -109,12 +95,9 @@ async fn workload_survives_a_correct_swap_and_freezes_the_changed_column() {
     table.assert_matches_control(&client, &table.projection().map("label", "length(label)")).await;
     assert_sequences_ahead(&client, &q).await;
     // Without the transformation the same comparison fails: the projection matters.
-    let wrong = compare_rows(
-        &client,
-        &format!("SELECT id, label::text FROM {q}"),
-        &format!("SELECT id, label FROM {}", table.control_qualified()),
-    )
-    .await;
+    let wrong =
+        compare_rows(&client, &format!("SELECT id, label::text FROM {q}"), &format!("SELECT id, label FROM {}", table.control_qualified()))
+            .await;
     assert!(wrong.only_in_table > 500 && wrong.only_in_control > 500, "{wrong}");
 }
 
@@ -198,10 +181,7 @@ async fn workload_measures_how_long_writers_waited_for_a_lock() {
     workload.wait_for_more_commits(20, Duration::from_secs(20)).await;
     let report = workload.stop().await;
     assert!(report.errors.is_empty(), "{:#?}", report.errors);
-    assert!(
-        report.max_txn_latency >= Duration::from_millis(450) && report.max_txn_latency < Duration::from_secs(10),
-        "{report:?}"
-    );
+    assert!(report.max_txn_latency >= Duration::from_millis(450) && report.max_txn_latency < Duration::from_secs(10), "{report:?}");
 }
 
 #[tokio::test]
@@ -291,7 +271,15 @@ async fn dump_contract_accepts_a_plain_alter_and_catches_a_renamed_index_and_cha
     let expected = expected_after_plain_alter(&db, &original, alter, ExpectedData::AsDumped).await;
     assert_dump_equal(&db, "public", name, &expected).await;
     let schema = dump::schema_dump(&db, "public", name).await;
-    for needle in ["n bigint", "flag boolean DEFAULT true NOT NULL", "STORAGE EXTERNAL", "fillfactor='90'", "_label_idx", "COMMENT ON COLUMN", "GRANT SELECT"] {
+    for needle in [
+        "n bigint",
+        "flag boolean DEFAULT true NOT NULL",
+        "STORAGE EXTERNAL",
+        "fillfactor='90'",
+        "_label_idx",
+        "COMMENT ON COLUMN",
+        "GRANT SELECT",
+    ] {
         assert!(schema.contains(needle), "the dump should show {needle:?}:\n{schema}");
     }
     assert!(!schema.contains("we.ixxrd"), "the pattern matched another table:\n{schema}");
@@ -351,7 +339,10 @@ async fn catalog_snapshot_sees_tables_slots_and_publications_and_nothing_else() 
     assert!(before.sequences.iter().any(|s| s.name == "cat_id_seq" && s.owned_by.as_deref() == Some("public.cat.id (i)")));
     assert_catalog_unchanged(&before, &CatalogSnapshot::take(&client).await);
     // Data and sequence positions are not catalog.
-    client.batch_execute(&format!("INSERT INTO {} (n) VALUES (1); DELETE FROM {} WHERE id < 5", table.qualified(), table.qualified())).await.unwrap();
+    client
+        .batch_execute(&format!("INSERT INTO {} (n) VALUES (1); DELETE FROM {} WHERE id < 5", table.qualified(), table.qualified()))
+        .await
+        .unwrap();
     assert_catalog_unchanged(&before, &CatalogSnapshot::take(&client).await);
 
     let changes = [

@@ -59,10 +59,7 @@ pub async fn compare_rows(client: &Client, table_query: &str, control_query: &st
                 (SELECT count(*) FROM (TABLE a EXCEPT ALL TABLE b) x), \
                 (SELECT count(*) FROM (TABLE b EXCEPT ALL TABLE a) x)"
     );
-    let row = client
-        .query_one(&counts, &[])
-        .await
-        .unwrap_or_else(|e| panic!("comparison query failed: {}\n{counts}", db_message(&e)));
+    let row = client.query_one(&counts, &[]).await.unwrap_or_else(|e| panic!("comparison query failed: {}\n{counts}", db_message(&e)));
     let mut diff = RowDiff {
         table_rows: row.get(0),
         control_rows: row.get(1),
@@ -80,10 +77,7 @@ pub async fn compare_rows(client: &Client, table_query: &str, control_query: &st
 }
 
 async fn samples(client: &Client, ctes: &str, from: &str, minus: &str) -> Vec<String> {
-    let sql = format!(
-        "{ctes} SELECT {} FROM (TABLE {from} EXCEPT ALL TABLE {minus}) x ORDER BY 1 LIMIT {SAMPLES}",
-        render_row_sql("x")
-    );
+    let sql = format!("{ctes} SELECT {} FROM (TABLE {from} EXCEPT ALL TABLE {minus}) x ORDER BY 1 LIMIT {SAMPLES}", render_row_sql("x"));
     client
         .query(&sql, &[])
         .await
@@ -108,12 +102,7 @@ pub async fn assert_same_rows(client: &Client, table: &str, control: &str, proje
 /// A PostgreSQL error with its SQLSTATE, message and detail, or the client error.
 pub(crate) fn db_message(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
-        Some(db) => format!(
-            "{} ({}){}",
-            db.message(),
-            db.code().code(),
-            db.detail().map(|d| format!(" DETAIL: {d}")).unwrap_or_default()
-        ),
+        Some(db) => format!("{} ({}){}", db.message(), db.code().code(), db.detail().map(|d| format!(" DETAIL: {d}")).unwrap_or_default()),
         None => e.to_string(),
     }
 }

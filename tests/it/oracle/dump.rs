@@ -103,7 +103,12 @@ impl OriginalDump {
 /// What a plain `ALTER TABLE <table> <alter>` leaves: the original restored into a second
 /// database, with `data`, then altered there. `alter` is the text given to pg-ghost's
 /// `--alter`. Panics with PostgreSQL's message if the plain ALTER fails.
-pub async fn expected_after_plain_alter<'c>(source: &TestDb<'c>, original: &OriginalDump, alter: &str, data: ExpectedData) -> PlainAlter<'c> {
+pub async fn expected_after_plain_alter<'c>(
+    source: &TestDb<'c>,
+    original: &OriginalDump,
+    alter: &str,
+    data: ExpectedData,
+) -> PlainAlter<'c> {
     assert_eq!(source.name, original.source_db, "the dump was taken from another database");
     let port = source.cluster.port;
     let db = source.cluster.fresh_db("expected");
@@ -260,12 +265,7 @@ pub async fn compare_dump(actual: &TestDb<'_>, schema: &str, table: &str, expect
 /// Panics unless the migrated table's schema dump and data equal the plain ALTER's.
 pub async fn assert_dump_equal(actual: &TestDb<'_>, schema: &str, table: &str, expected: &PlainAlter<'_>) {
     let diff = compare_dump(actual, schema, table, expected).await;
-    assert!(
-        diff.is_empty(),
-        "{} is not what a plain `ALTER TABLE ... {}` leaves:\n{diff}",
-        qualified(schema, table),
-        expected.alter
-    );
+    assert!(diff.is_empty(), "{} is not what a plain `ALTER TABLE ... {}` leaves:\n{diff}", qualified(schema, table), expected.alter);
 }
 
 async fn row_hashes(client: &Client, table: &str) -> Vec<String> {

@@ -63,7 +63,9 @@ impl OracleTable {
         let qc = self.control_qualified();
         let (key_cols, id_col, pk) = match self.kind {
             KeyKind::Identity => ("", "id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY", String::new()),
-            KeyKind::Composite => ("tenant int NOT NULL,", "id bigint GENERATED ALWAYS AS IDENTITY", ", PRIMARY KEY (tenant, id)".to_string()),
+            KeyKind::Composite => {
+                ("tenant int NOT NULL,", "id bigint GENERATED ALWAYS AS IDENTITY", ", PRIMARY KEY (tenant, id)".to_string())
+            }
         };
         let (ctl_key_cols, ctl_pk) = match self.kind {
             KeyKind::Identity => ("", "PRIMARY KEY (id)"),
@@ -115,7 +117,8 @@ impl OracleTable {
              INSERT INTO {qc} ({all_cols}) SELECT {all_cols} FROM {q};
              COMMIT;
              ANALYZE {q}; ANALYZE {qc};",
-            create_schema = if self.schema == "public" { String::new() } else { format!("CREATE SCHEMA IF NOT EXISTS {};", ident(&self.schema)) },
+            create_schema =
+                if self.schema == "public" { String::new() } else { format!("CREATE SCHEMA IF NOT EXISTS {};", ident(&self.schema)) },
         )
     }
 

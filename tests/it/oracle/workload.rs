@@ -182,11 +182,8 @@ impl Workload {
             .await
             .unwrap_or_else(|e| panic!("table {} not found: {}", table.qualified(), db_message(&e)))
             .get(0);
-        let max_id: i64 = client
-            .query_one(&format!("SELECT coalesce(max(id), 0) FROM {}", table.control_qualified()), &[])
-            .await
-            .unwrap()
-            .get(0);
+        let max_id: i64 =
+            client.query_one(&format!("SELECT coalesce(max(id), 0) FROM {}", table.control_qualified()), &[]).await.unwrap().get(0);
         let sql = Arc::new(TableSql {
             q: table.qualified(),
             qc: table.control_qualified(),
@@ -211,7 +208,14 @@ impl Workload {
         let tasks = (0..options.clients)
             .map(|i| {
                 let conninfo = format!("{} application_name=oracle_workload_{i}", db.conninfo());
-                let client = ClientLoop::new(i, conninfo, sql.clone(), shared.clone(), options.seed.wrapping_add(i as u64), options.ops_per_sec_per_client);
+                let client = ClientLoop::new(
+                    i,
+                    conninfo,
+                    sql.clone(),
+                    shared.clone(),
+                    options.seed.wrapping_add(i as u64),
+                    options.ops_per_sec_per_client,
+                );
                 tokio::spawn(client.run(stop_rx.clone()))
             })
             .collect();

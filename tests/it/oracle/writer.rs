@@ -13,10 +13,10 @@ use tokio::sync::watch;
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
 use super::compare::db_message;
+use super::ident;
 use super::table::{KeyKind, DATA_COLUMNS};
 use super::values::value;
 use super::workload::{Shared, TableSql};
-use super::ident;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Op {
@@ -166,9 +166,13 @@ impl ClientLoop {
     /// One transaction; returns whether it wrote the swapped-in table.
     async fn txn(&mut self, client: &Client, op: Op) -> Result<bool, TxnError> {
         let s = self.sql.clone();
-        let head = format!("BEGIN ISOLATION LEVEL REPEATABLE READ; LOCK TABLE {} IN ROW EXCLUSIVE MODE; SELECT {}::regclass::oid::text", s.q, s.regclass);
+        let head = format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ; LOCK TABLE {} IN ROW EXCLUSIVE MODE; SELECT {}::regclass::oid::text",
+            s.q, s.regclass
+        );
         let msgs = client.simple_query(&head).await.map_err(|e| classify(&e, &head))?;
-        let oid = rows(&msgs).first().and_then(|r| r.first().cloned().flatten()).ok_or_else(|| TxnError::Fatal("no OID returned".into()))?;
+        let oid =
+            rows(&msgs).first().and_then(|r| r.first().cloned().flatten()).ok_or_else(|| TxnError::Fatal("no OID returned".into()))?;
         let swapped = oid != s.original_oid;
         let (sql, check) = self.render(op, swapped);
         let batch = format!("{sql}; COMMIT");
@@ -211,9 +215,7 @@ impl ClientLoop {
                 let n = |i: usize| row[i].as_deref().and_then(|v| v.parse::<i64>().ok());
                 let (t, expected, c) = (n(0).unwrap_or(-1), n(1).unwrap_or(-1), n(2).unwrap_or(-1));
                 if t != expected || c != expected {
-                    return Err(mismatch(format!(
-                        "key update changed {t} rows in the table, {c} in the control, which had {expected}"
-                    )));
+                    return Err(mismatch(format!("key update changed {t} rows in the table, {c} in the control, which had {expected}")));
                 }
                 if let Some(id) = n(3) {
                     self.shared.max_id.fetch_max(id, Ordering::SeqCst);
@@ -338,7 +340,9 @@ fn rows(msgs: &[SimpleQueryMessage]) -> Vec<Vec<Option<String>>> {
 fn classify(e: &tokio_postgres::Error, sql: &str) -> TxnError {
     use tokio_postgres::error::SqlState;
     match e.code() {
-        Some(c) if *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::LOCK_NOT_AVAILABLE => {
+        Some(c)
+            if *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::LOCK_NOT_AVAILABLE =>
+        {
             TxnError::Retry
         }
         _ => TxnError::Fatal(format!("{} in {}", db_message(e), abbreviate(sql))),
