@@ -1,9 +1,11 @@
 //! From decoded pgoutput messages to what the apply loop needs: the keys each change
 //! touched, where transactions end, and pg-ghost's own control messages.
 //!
-//! Pure: no I/O. Invariants: keys of a streamed (protocol v2) transaction are released only
-//! at its Stream Commit, after the commit is visible to a re-read of the original, and
-//! dropped at its Stream Abort; a Relation message for the original that does not match the
+//! Pure: no I/O. Invariants: a transaction's keys leave only together with its commit (one
+//! `Committed` item carrying the keys, the end LSN and the xid), so the apply loop never
+//! flushes a key without knowing which transaction it must first see committed; keys of a
+//! streamed (protocol v2) transaction wait for its Stream Commit and are dropped at its
+//! Stream Abort; a Relation message for the original that does not match the
 //! shape seen at the start, or a TRUNCATE of it, stops the run (someone changed the table).
 
 use super::flush::Key;
@@ -66,9 +68,8 @@ impl ChangeExtractor {
             }
             Message::Commit(c) => {
                 self.in_transaction = false;
-                self.emit_keys(keys, out);
                 let xid = self.xid.take().filter(|_| self.touched);
-                out.push(StreamItem::Committed { end_lsn: c.end_lsn, xid });
+                out.push(StreamItem::Committed { keys: std::mem::take(keys), end_lsn: c.end_lsn, xid });
             }
             Message::Relation(r) => self.on_relation(&r)?,
             Message::Insert(m) if m.relation_id == self.relation_oid => {
@@ -101,21 +102,14 @@ impl ChangeExtractor {
                 ));
             }
             Message::LogicalMessage(m) if m.prefix.as_ref() == MESSAGE_PREFIX.as_bytes() => {
-                self.emit_keys(keys, out);
                 out.push(StreamItem::Sentinel(String::from_utf8_lossy(&m.content).into_owned()));
             }
             Message::StreamStart(s) => self.current_block = Some(s.xid),
             Message::StreamStop => self.current_block = None,
             Message::StreamCommit(c) => {
-                let touched = match self.streamed.remove(&c.xid) {
-                    Some(set) => {
-                        keys.extend(set);
-                        true
-                    }
-                    None => false,
-                };
-                self.emit_keys(keys, out);
-                out.push(StreamItem::Committed { end_lsn: c.end_lsn, xid: touched.then_some(c.xid) });
+                let streamed: Vec<Key> = self.streamed.remove(&c.xid).map(|set| set.into_iter().collect()).unwrap_or_default();
+                let xid = (!streamed.is_empty()).then_some(c.xid);
+                out.push(StreamItem::Committed { keys: streamed, end_lsn: c.end_lsn, xid });
             }
             Message::StreamAbort(a) => {
                 if a.xid == a.subtransaction_xid {
@@ -126,13 +120,6 @@ impl ChangeExtractor {
             _ => {}
         }
         Ok(())
-    }
-
-    /// Moves collected keys into `out` as one item.
-    pub fn emit_keys(&self, keys: &mut Vec<Key>, out: &mut Vec<StreamItem>) {
-        if !keys.is_empty() {
-            out.push(StreamItem::Keys(std::mem::take(keys)));
-        }
     }
 
     /// The position to acknowledge for a keepalive at `wal_end`, when nothing is open.

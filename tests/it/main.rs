@@ -1,5 +1,6 @@
 //! pg-ghost's integration tests: one binary, one shared primary cluster, a fresh database per test.
 
+mod binary;
 mod harness;
 
 mod engine_parts;
@@ -7,4 +8,5 @@ mod inspect;
 mod oracle;
 mod oracle_selftest;
 mod replication;
+mod scenarios;
 mod smoke;
