@@ -195,6 +195,7 @@ impl Run {
             mapping: ghost.mapping.clone(),
             workers: self.cfg.copy.workers,
             chunk_time: self.cfg.copy.chunk_time,
+            changelog: Some(names.changelog.clone()),
         };
         let started = std::time::Instant::now();
         let copied = guard(copy_table(job, repl.inflight.clone(), progress.clone(), gate), &mut self.abort.clone(), Some(&mut *bg)).await;
