@@ -3,6 +3,7 @@
 mod binary;
 mod harness;
 
+mod copy_race;
 mod engine_parts;
 mod inspect;
 mod oracle;
