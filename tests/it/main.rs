@@ -4,6 +4,7 @@ mod binary;
 mod harness;
 
 mod copy_race;
+mod cutover_lock;
 mod engine_parts;
 mod inspect;
 mod oracle;
