@@ -12,3 +12,4 @@ mod oracle_selftest;
 mod replication;
 mod scenarios;
 mod smoke;
+mod streaming;
