@@ -133,9 +133,8 @@ pub async fn swap(tx: &impl GenericClient, orig: &TableInfo, ghost: &Ghost, old_
     }
     sql.push(format!("ALTER TABLE {} RENAME TO {}", g.sql(), ident(&o.name)));
 
-    for s in &sql {
-        tx.batch_execute(s).await.with_context(|| format!("swapping the tables ({s})"))?;
-    }
+    // One round trip: every statement here runs while writers wait on the lock.
+    tx.batch_execute(&sql.join(";\n")).await.context("swapping the tables")?;
     Ok(sql)
 }
 
