@@ -12,12 +12,18 @@
 //! cut-over holds its locks. What cannot be measured throttles (fail closed) and the reason
 //! says so; only measured values at a critical limit abort.
 
+mod collect;
 mod decide;
+pub mod heartbeat;
 pub mod human;
 mod inputs;
+mod lag;
+mod throttler;
 
+pub use collect::{query_value, throttle_query_sql, WalRate};
 pub use decide::{decide, Cause, Decision, Limits, Reason};
 pub use inputs::{Inputs, Load, Override, Reading, ReplicaLag};
+pub use throttler::{ThrottleHandle, ThrottleJob, Throttler, TICK};
 
 use crate::copy::GateState;
 use std::time::Duration;
