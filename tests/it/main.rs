@@ -10,3 +10,4 @@ mod oracle_selftest;
 mod replication;
 mod scenarios;
 mod smoke;
+mod throttle;
