@@ -1,6 +1,6 @@
 //! The heartbeat: every `--heartbeat-interval-millis`, the row `('heartbeat', <now>)` is
 //! upserted into the changelog table on the primary. Standbys replay it, and reading it
-//! back there tells how far behind they are (see [`super::lag`]).
+//! back there tells how far behind they are (see `lag.rs`, which explains how).
 //!
 //! Invariants: `value` and `updated_at` hold the same instant of the primary's clock
 //! (`value` as text for a DBA, `updated_at` typed for the lag query). The write commits

@@ -1,7 +1,7 @@
 //! Throttling: slow the copy down while replicas lag, the server is busy, the DBA asks,
 //! or this run's slot holds too much WAL; stop the run at a critical limit.
 //!
-//! Split by role: the collectors ([`collect`], [`lag`]) read the servers and the flag
+//! Split by role: the collectors (`collect`, `lag`) read the servers and the flag
 //! files into [`Inputs`]; [`decide`] is a pure function of those inputs and the [`Limits`];
 //! the [`Throttler`] task runs both every [`TICK`], publishes the [`Decision`] on a `watch`
 //! and logs each change of state once. A [`heartbeat`] row written on the primary and read
