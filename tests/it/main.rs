@@ -13,3 +13,4 @@ mod replication;
 mod scenarios;
 mod smoke;
 mod streaming;
+mod throttle;
