@@ -77,11 +77,13 @@ impl WriterHandle {
         self.send(Command::Resume).await
     }
 
-    /// Waits for `sentinel` to pass the stream and hands over every key still pending then.
-    pub async fn drain_until(&self, sentinel: &str) -> Result<Vec<Key>> {
+    /// Registers `sentinel` with the apply loop; the returned receiver yields every key still
+    /// pending once the sentinel has passed the stream. Register before emitting the
+    /// sentinel: one that arrives before anyone waits for it is not recognised.
+    pub async fn expect_sentinel(&self, sentinel: &str) -> Result<oneshot::Receiver<Vec<Key>>> {
         let (tx, rx) = oneshot::channel();
         self.send(Command::DrainUntil(sentinel.to_string(), tx)).await?;
-        rx.await.map_err(|_| Error::internal("the apply loop stopped before the sentinel arrived"))
+        Ok(rx)
     }
 
     /// Gives back keys taken by `drain_until` whose flush did not commit.

@@ -167,7 +167,7 @@ impl CutOver<'_> {
         self.check_definition_unchanged(client).await.map_err(fail)?;
 
         let sentinel = format!("cut-over {} {}", std::process::id(), attempt);
-        let drain = self.writer.drain_until(&sentinel);
+        let drain = self.writer.expect_sentinel(&sentinel).await.map_err(fail)?;
         monitor
             .execute("SELECT pg_logical_emit_message(true, $1, $2)", &[&MESSAGE_PREFIX, &sentinel])
             .await
@@ -175,7 +175,7 @@ impl CutOver<'_> {
         let limit = (self.lock_timeout * 3).max(Duration::from_secs(2));
         let keys = match tokio::time::timeout(limit, drain).await {
             Ok(Ok(keys)) => keys,
-            Ok(Err(e)) => return Err(fail(e)),
+            Ok(Err(_)) => return Err(fail(Error::internal("the apply loop stopped before the sentinel arrived"))),
             Err(_) => {
                 return Err(fail(Error::new(
                     ErrorKind::LockTimeout,

@@ -64,7 +64,8 @@ struct Run {
     abort: watch::Receiver<Option<String>>,
     created: Created,
     names: Option<Names>,
-    cut_over: bool,
+    /// The name the original took at the cut-over, once it committed.
+    old_table: Option<String>,
 }
 
 /// Flags that are accepted by the command line but whose feature this version lacks: a DBA
@@ -87,7 +88,7 @@ pub async fn run(cfg: Config) -> Result<Outcome> {
     let (phase_tx, phase_rx) = watch::channel(Phase::Inspect);
     let (abort_tx, abort_rx) = watch::channel(None);
     let watchers = watchers::spawn(cfg.panic_flag_file.clone(), abort_tx);
-    let mut run = Run { cfg, client, phase: phase_tx, abort: abort_rx, created: Created::default(), names: None, cut_over: false };
+    let mut run = Run { cfg, client, phase: phase_tx, abort: abort_rx, created: Created::default(), names: None, old_table: None };
     let mut background = None;
     let result = run.phases(&mut background, phase_rx).await;
     run.phase.send_replace(Phase::Cleanup);
@@ -257,7 +258,7 @@ impl Run {
             abort: self.abort.clone(),
         };
         let report = guard(cut_over.run(), &mut self.abort.clone(), Some(&mut *bg)).await?;
-        self.cut_over = true;
+        self.old_table = Some(old_table.clone());
         tracing::info!(
             attempts = report.attempts,
             lock_wait_ms = report.lock_wait.as_millis() as u64,
@@ -322,14 +323,11 @@ impl Run {
         if self.created.changelog {
             note("changelog table", drop_table(&self.client, &names.changelog).await);
         }
-        if self.created.ghost && !self.cut_over && !self.cfg.execute {
+        if self.created.ghost && self.old_table.is_none() && !self.cfg.execute {
             note("ghost table", drop_table(&self.client, &names.ghost).await);
         }
-        if self.cut_over && self.cfg.cut_over.ok_to_drop_table {
-            // The old table's name was chosen at cut-over; with a timestamp it is only in the log.
-            if !self.cfg.cut_over.timestamp_old_table {
-                note("old table", drop_table(&self.client, &names.old).await);
-            }
+        if let (Some(old), true) = (&self.old_table, self.cfg.cut_over.ok_to_drop_table) {
+            note("old table", drop_table(&self.client, &names.old.sibling(old.clone())).await);
         } else if !succeeded && self.created.ghost && self.cfg.execute {
             tracing::warn!(
                 ghost = %names.ghost,

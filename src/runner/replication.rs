@@ -76,12 +76,14 @@ pub struct Replication {
     pub flush: FlushSql,
 }
 
-/// The stream's and the apply loop's tasks: watched for failure, stopped at the end.
+/// The background tasks of a run (stream, apply loop, throttler): watched for failure,
+/// stopped at the end. A task that finished is polled no more.
 pub struct Background {
     writer: WriterHandle,
     stop_pump: Option<oneshot::Sender<()>>,
-    pump: JoinHandle<Result<ReplicationStream>>,
-    writer_task: JoinHandle<Result<()>>,
+    pump: Option<JoinHandle<Result<ReplicationStream>>>,
+    writer_task: Option<JoinHandle<Result<()>>>,
+    throttle: Option<JoinHandle<Result<()>>>,
     slot: String,
 }
 
@@ -117,8 +119,9 @@ impl Replication {
         let background = Background {
             writer: writer.clone(),
             stop_pump: Some(stop_tx),
-            pump,
-            writer_task,
+            pump: Some(pump),
+            writer_task: Some(writer_task),
+            throttle: None,
             slot: names.slot.clone(),
         };
         Ok((Replication { writer, inflight, positions, flush }, background))
@@ -126,35 +129,64 @@ impl Replication {
 }
 
 impl Background {
-    /// Resolves with the error of whichever background task failed first; never resolves
-    /// while both run.
+    /// Watches the throttler's task too: a critical limit ends it with an error.
+    pub fn watch_throttler(&mut self, task: JoinHandle<Result<()>>) {
+        self.throttle = Some(task);
+    }
+
+    /// Resolves with the error of whichever background task ended first; never resolves
+    /// while all of them run.
     pub async fn failed(&mut self) -> Error {
         tokio::select! {
-            r = &mut self.pump => match r {
-                Ok(Ok(_)) => Error::new(ErrorKind::Connection, "the replication stream stopped"),
-                Ok(Err(e)) => e,
-                Err(e) => Error::internal(format!("the stream task failed: {e}")),
-            },
-            r = &mut self.writer_task => match r {
-                Ok(Ok(())) => Error::internal("the apply loop stopped"),
-                Ok(Err(e)) => e,
-                Err(e) => Error::internal(format!("the apply task failed: {e}")),
-            },
+            r = async { self.pump.as_mut().expect("guarded by the branch condition").await }, if self.pump.is_some() => {
+                self.pump = None;
+                match r {
+                    Ok(Ok(_)) => Error::new(ErrorKind::Connection, "the replication stream stopped"),
+                    Ok(Err(e)) => e,
+                    Err(e) => Error::internal(format!("the stream task failed: {e}")),
+                }
+            }
+            r = async { self.writer_task.as_mut().expect("guarded by the branch condition").await }, if self.writer_task.is_some() => {
+                self.writer_task = None;
+                match r {
+                    Ok(Ok(())) => Error::internal("the apply loop stopped"),
+                    Ok(Err(e)) => e,
+                    Err(e) => Error::internal(format!("the apply task failed: {e}")),
+                }
+            }
+            r = async { self.throttle.as_mut().expect("guarded by the branch condition").await }, if self.throttle.is_some() => {
+                self.throttle = None;
+                match r {
+                    Ok(Ok(())) => Error::internal("the throttler stopped"),
+                    Ok(Err(e)) => e,
+                    Err(e) => Error::internal(format!("the throttler failed: {e}")),
+                }
+            }
+            else => std::future::pending().await,
         }
     }
 
-    /// Stops the apply loop and the stream, and drops the slot on the stream's own
-    /// connection; when that is not possible the caller drops it over SQL.
+    /// Stops every task, then drops the slot on the stream's own connection; when that is
+    /// not possible (the stream failed) the caller drops it over SQL.
     pub async fn shutdown(mut self) -> Result<()> {
+        if let Some(task) = self.throttle.take() {
+            task.abort();
+            let _ = task.await;
+        }
         let _ = self.writer.stop().await;
-        self.writer_task.abort();
+        if let Some(task) = self.writer_task.take() {
+            task.abort();
+        }
         if let Some(stop) = self.stop_pump.take() {
             let _ = stop.send(());
         }
-        let stream = match tokio::time::timeout(Duration::from_secs(10), &mut self.pump).await {
+        let Some(mut pump) = self.pump.take() else {
+            return Err(Error::new(ErrorKind::Connection, "the stream had already ended"));
+        };
+        let stream = match tokio::time::timeout(Duration::from_secs(10), &mut pump).await {
             Ok(Ok(Ok(stream))) => stream,
             _ => {
-                self.pump.abort();
+                pump.abort();
                 return Err(Error::new(ErrorKind::Connection, "the stream did not stop cleanly"));
             }
         };

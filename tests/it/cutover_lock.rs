@@ -22,7 +22,7 @@ async fn retries_the_lock_and_names_the_blocker_without_stalling_writers() {
 
     let flag = tempfile_path("postpone");
     std::fs::write(&flag, b"").unwrap();
-    let mut child = binary::command(
+    let child = binary::command(
         &db,
         "run",
         &["--table", "orders", "--alter", "ALTER COLUMN n TYPE bigint", "--execute", "--cut-over-lock-timeout", "300ms", "--postpone-cut-over-flag-file", flag.to_str().unwrap()],
@@ -30,8 +30,15 @@ async fn retries_the_lock_and_names_the_blocker_without_stalling_writers() {
     .stderr(std::process::Stdio::piped())
     .spawn()
     .unwrap();
-    let state_sql = "SELECT value FROM _orders_ghc WHERE key = 'state'";
-    wait_until(|| async { db.psql(&format!("SELECT coalesce(({state_sql}), '')")) == "postponed" }).await;
+    let watcher = db.client().await;
+    wait_until(|| async {
+        // The changelog table appears once pg-ghost has prepared.
+        match watcher.query_opt("SELECT value FROM _orders_ghc WHERE key = 'state'", &[]).await {
+            Ok(Some(row)) => row.get::<_, String>(0) == "postponed",
+            _ => false,
+        }
+    })
+    .await;
     std::fs::remove_file(&flag).unwrap();
     // Let a few attempts time out against the blocker, then release it.
     wait_until(|| async {
