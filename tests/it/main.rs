@@ -10,5 +10,6 @@ mod inspect;
 mod oracle;
 mod oracle_selftest;
 mod replication;
+mod run_refusals;
 mod scenarios;
 mod smoke;
