@@ -10,6 +10,8 @@ mod inspect;
 mod oracle;
 mod oracle_selftest;
 mod replication;
+mod run_faults;
+mod run_refusals;
 mod scenarios;
 mod smoke;
 mod streaming;
