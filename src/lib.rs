@@ -22,3 +22,4 @@ pub mod cli;
 pub mod config;
 pub mod signals;
 pub mod runner;
+pub mod control;
