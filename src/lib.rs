@@ -23,3 +23,4 @@ pub mod config;
 pub mod signals;
 pub mod runner;
 pub mod control;
+pub mod hooks;
