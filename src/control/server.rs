@@ -121,15 +121,15 @@ trait Listener: Send + 'static {
 
 impl Listener for tokio::net::UnixListener {
     type Stream = tokio::net::UnixStream;
-    fn accept_one(&self) -> impl Future<Output = io::Result<Self::Stream>> + Send {
-        async move { self.accept().await.map(|(s, _)| s) }
+    async fn accept_one(&self) -> io::Result<Self::Stream> {
+        self.accept().await.map(|(s, _)| s)
     }
 }
 
 impl Listener for tokio::net::TcpListener {
     type Stream = tokio::net::TcpStream;
-    fn accept_one(&self) -> impl Future<Output = io::Result<Self::Stream>> + Send {
-        async move { self.accept().await.map(|(s, _)| s) }
+    async fn accept_one(&self) -> io::Result<Self::Stream> {
+        self.accept().await.map(|(s, _)| s)
     }
 }
 
