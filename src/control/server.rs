@@ -11,8 +11,9 @@
 //! - the socket file is removed when the handle shuts down or is dropped, but only if it is
 //!   still the one this process created;
 //! - a connection is bounded: one line of at most [`MAX_LINE`] bytes, read within
-//!   [`READ_TIMEOUT`], answered within [`WRITE_TIMEOUT`]; at most [`MAX_CONNECTIONS`] are
-//!   served at once, the others are closed unanswered.
+//!   [`READ_TIMEOUT`], answered within [`WRITE_TIMEOUT`], then the rest of its input is
+//!   discarded (so closing does not reset the connection under the answer); at most
+//!   [`MAX_CONNECTIONS`] are served at once, the others are closed unanswered.
 
 use super::{ControlContext, Dispatcher};
 use crate::config::ControlConfig;
@@ -25,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -39,6 +40,8 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const MAX_CONNECTIONS: usize = 16;
 /// At shutdown, answers in flight (a `panic`'s among them) get this long to be written.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// Input discarded after the answer, at most.
+const DRAIN_LIMIT: u64 = 1 << 20;
 /// After a failed accept (e.g. out of file descriptors), wait this long before the next,
 /// rather than spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -163,7 +166,8 @@ async fn accept_loop<L: Listener>(listener: L, dispatcher: Arc<Dispatcher>, mut 
 /// One connection: read a line, answer it, close.
 async fn serve<S: AsyncRead + AsyncWrite + Unpin>(stream: S, dispatcher: Arc<Dispatcher>) {
     let (read, mut write) = tokio::io::split(stream);
-    let answer = match tokio::time::timeout(READ_TIMEOUT, read_line(read)).await {
+    let mut read = BufReader::new(read);
+    let answer = match tokio::time::timeout(READ_TIMEOUT, read_line(&mut read)).await {
         Ok(Ok(line)) => dispatcher.answer(&line).await,
         Ok(Err(why)) => format!("error: {why}\n"),
         Err(_) => format!("error: no command within {READ_TIMEOUT:?}\n"),
@@ -175,14 +179,19 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(stream: S, dispatcher: Arc<Dis
     .await;
     if !matches!(written, Ok(Ok(()))) {
         tracing::debug!("a control client left before reading its answer");
+        return;
     }
+    // Closing with input unread makes the kernel reset the connection, and the client may
+    // lose the answer with it (an overlong line, or a second line gh-ost would ignore too):
+    // discard what is left, within bounds, until the client closes its side.
+    let (mut rest, mut sink) = ((&mut read).take(DRAIN_LIMIT), tokio::io::sink());
+    let _ = tokio::time::timeout(READ_TIMEOUT, tokio::io::copy(&mut rest, &mut sink)).await;
 }
 
 /// Reads up to a newline or the end of input, at most [`MAX_LINE`] bytes.
-async fn read_line<R: AsyncRead + Unpin>(read: R) -> std::result::Result<String, String> {
+async fn read_line<R: AsyncBufRead + Unpin>(read: &mut R) -> std::result::Result<String, String> {
     let mut buf = Vec::new();
-    let mut limited = BufReader::new(read.take(MAX_LINE as u64 + 1));
-    limited.read_until(b'\n', &mut buf).await.map_err(|e| format!("reading the command: {e}"))?;
+    (&mut *read).take(MAX_LINE as u64 + 1).read_until(b'\n', &mut buf).await.map_err(|e| format!("reading the command: {e}"))?;
     if buf.last() != Some(&b'\n') && buf.len() > MAX_LINE {
         return Err(format!("the command is longer than {MAX_LINE} bytes"));
     }
@@ -294,14 +303,19 @@ mod tests {
 
     #[tokio::test]
     async fn reads_one_bounded_line() {
-        assert_eq!(read_line(&b"status\nmore"[..]).await, Ok("status\n".into()));
-        assert_eq!(read_line(&b"sup"[..]).await, Ok("sup".into()));
-        assert_eq!(read_line(&b""[..]).await, Ok(String::new()));
+        async fn line(input: &[u8]) -> std::result::Result<String, String> {
+            read_line(&mut &input[..]).await
+        }
+        let mut two = &b"status\nmore"[..];
+        assert_eq!(read_line(&mut two).await, Ok("status\n".into()));
+        assert_eq!(two, b"more", "the rest is left for the drain");
+        assert_eq!(line(b"sup").await, Ok("sup".into()));
+        assert_eq!(line(b"").await, Ok(String::new()));
         let exact = "x".repeat(MAX_LINE);
-        assert_eq!(read_line(exact.as_bytes()).await, Ok(exact.clone()));
-        assert_eq!(read_line(format!("{exact}\n").as_bytes()).await, Ok(format!("{exact}\n")));
+        assert_eq!(line(exact.as_bytes()).await, Ok(exact.clone()));
+        assert_eq!(line(format!("{exact}\n").as_bytes()).await, Ok(format!("{exact}\n")));
         let long = "x".repeat(MAX_LINE + 1);
-        assert_eq!(read_line(long.as_bytes()).await, Err(format!("the command is longer than {MAX_LINE} bytes")));
-        assert_eq!(read_line(&b"st\xffatus\n"[..]).await, Err("the command is not UTF-8".into()));
+        assert_eq!(line(long.as_bytes()).await, Err(format!("the command is longer than {MAX_LINE} bytes")));
+        assert_eq!(line(b"st\xffatus\n").await, Err("the command is not UTF-8".into()));
     }
 }
