@@ -2,7 +2,9 @@
 
 mod harness;
 
+mod control;
 mod engine_parts;
+mod hooks;
 mod inspect;
 mod oracle;
 mod oracle_selftest;
