@@ -23,3 +23,5 @@ pub mod config;
 pub mod signals;
 pub mod runner;
 pub mod throttle;
+pub mod control;
+pub mod hooks;

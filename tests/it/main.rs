@@ -5,7 +5,9 @@ mod harness;
 
 mod copy_race;
 mod cutover_lock;
+mod control;
 mod engine_parts;
+mod hooks;
 mod inspect;
 mod oracle;
 mod oracle_selftest;
