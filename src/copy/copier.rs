@@ -33,6 +33,9 @@ pub struct CopyProgress {
     pub chunks: AtomicU64,
     /// The size of the next chunk; the control socket may set it.
     pub chunk_size: AtomicU64,
+    /// `--nice-ratio`, as the bits of an f64: the pause after each chunk, as a fraction of
+    /// the time it took.
+    nice_ratio: AtomicU64,
     pub done: AtomicBool,
 }
 
@@ -41,6 +44,14 @@ impl CopyProgress {
         let p = CopyProgress::default();
         p.chunk_size.store(initial_chunk.max(1), Ordering::Relaxed);
         Arc::new(p)
+    }
+
+    pub fn set_nice_ratio(&self, ratio: f64) {
+        self.nice_ratio.store(ratio.max(0.0).to_bits(), Ordering::Relaxed);
+    }
+
+    pub fn nice_ratio(&self) -> f64 {
+        f64::from_bits(self.nice_ratio.load(Ordering::Relaxed))
     }
 }
 
@@ -173,6 +184,10 @@ impl WorkerCtx {
                 Ordering::Relaxed,
             );
             tracing::trace!(worker = self.worker, rows, ms = took.as_millis() as u64, "chunk copied");
+            let pause = crate::throttle::nice_pause(took, self.progress.nice_ratio());
+            if !pause.is_zero() {
+                tokio::time::sleep(pause).await;
+            }
         }
     }
 

@@ -8,6 +8,7 @@
 //! dry run and kept for inspection after a failure.
 
 mod cleanup;
+mod controls;
 mod replication;
 mod status;
 mod watchers;
@@ -20,6 +21,7 @@ use crate::copy::{copy_table, CopyJob, CopyProgress, GateState};
 use crate::cutover::{CutOver, MESSAGE_PREFIX};
 use crate::error::{Context, Error, ErrorKind, Result};
 use crate::ghost::{self, Ghost};
+use crate::hooks::HookEvent;
 use crate::inspect::{self, PreflightOptions};
 use crate::lsn::Lsn;
 use crate::names::Names;
@@ -27,6 +29,8 @@ use crate::phase::Phase;
 use crate::schema::TableInfo;
 use crate::replication::slot;
 use crate::sql::QualifiedName;
+use crate::throttle::{forward_gate, ThrottleJob, Throttler};
+use controls::Controls;
 use replication::{Background, Replication};
 use std::collections::HashMap;
 use std::future::Future;
@@ -62,6 +66,8 @@ struct Run {
     client: Client,
     phase: watch::Sender<Phase>,
     abort: watch::Receiver<Option<String>>,
+    abort_tx: Arc<watch::Sender<Option<String>>>,
+    controls: Controls,
     created: Created,
     names: Option<Names>,
     /// The name the original took at the cut-over, once it committed.
@@ -84,17 +90,42 @@ fn refuse_unavailable(cfg: &Config) -> Result<()> {
 
 pub async fn run(cfg: Config) -> Result<Outcome> {
     refuse_unavailable(&cfg)?;
-    let client = cfg.conn.with_application_name("pg-ghost").connect().await?;
+    let controls = Controls::new(&cfg)?;
     let (phase_tx, phase_rx) = watch::channel(Phase::Inspect);
     let (abort_tx, abort_rx) = watch::channel(None);
-    let watchers = watchers::spawn(cfg.panic_flag_file.clone(), abort_tx);
-    let mut run = Run { cfg, client, phase: phase_tx, abort: abort_rx, created: Created::default(), names: None, old_table: None };
+    let abort_tx = Arc::new(abort_tx);
+    let watchers = watchers::spawn(cfg.panic_flag_file.clone(), abort_tx.clone());
+    controls.fire(HookEvent::Startup).await?;
+    let client = cfg.conn.with_application_name("pg-ghost").connect().await?;
+    let mut run = Run {
+        cfg,
+        client,
+        phase: phase_tx,
+        abort: abort_rx,
+        abort_tx,
+        controls,
+        created: Created::default(),
+        names: None,
+        old_table: None,
+    };
     let mut background = None;
     let result = run.phases(&mut background, phase_rx).await;
     run.phase.send_replace(Phase::Cleanup);
     let cleaned = run.cleanup(background, result.is_ok()).await;
     watchers.abort();
     run.phase.send_replace(if result.is_ok() { Phase::Done } else { Phase::Failed });
+    let final_hook = match &result {
+        Ok(_) => run.controls.fire(HookEvent::Success).await,
+        Err(e) => {
+            run.controls.update_env(|env| env.with_error(e.to_string()));
+            run.controls.fire(HookEvent::Failure).await
+        }
+    };
+    if let Err(e) = final_hook {
+        // A failing hook at the end must not hide how the run ended.
+        tracing::warn!(error = %e, "the final hook failed");
+    }
+    run.controls.shutdown().await;
     let outcome = result?;
     cleaned?;
     Ok(outcome)
@@ -111,6 +142,10 @@ impl Run {
         let info = self.inspect().await?;
         let names = Names::for_table(&info.name, info.oid);
         self.names = Some(names.clone());
+        self.controls.update_env(|env| env.resolved(&info.name, &names));
+        self.controls.serve(&self.cfg, &info, &names, self.phase.subscribe(), self.abort_tx.clone())?;
+        self.fire(HookEvent::Validated, None).await?;
+        self.fire(HookEvent::RowCountComplete, None).await?;
 
         self.enter(Phase::Prepare);
         let ghost = self.prepare(&info, &names).await?;
@@ -124,18 +159,47 @@ impl Run {
         let (repl, bg) = Replication::start(&self.cfg.conn, &names, &info, &ghost).await?;
         let bg = background.insert(bg);
 
+        let throttler = Throttler::spawn(ThrottleJob {
+            conn: self.cfg.conn.clone(),
+            changelog: names.changelog.clone(),
+            slot: names.slot.clone(),
+            cfg: self.cfg.throttle.clone(),
+            tunables: self.controls.tunables.clone(),
+            overrides: self.controls.overrides.clone(),
+            cut_over_locked: self.controls.cut_over_locked.subscribe(),
+        });
+        let decision = throttler.decision.clone();
+        bg.watch_throttler(throttler.task);
+        let (gate_tx, gate) = watch::channel(GateState::Open);
+        self.controls.spawn_task(tokio::spawn(forward_gate(decision.clone(), gate_tx)));
+
         let progress = CopyProgress::new(self.cfg.tunables.chunk_size);
+        self.controls.follow_tunables(progress.clone());
         let status = status::spawn(
-            self.cfg.status_interval,
-            phase_rx,
-            progress.clone(),
-            repl.writer.stats.clone(),
-            repl.positions.clone(),
-            info.estimated_rows,
+            status::Sources {
+                phase: phase_rx,
+                copy: progress.clone(),
+                apply: repl.writer.stats.clone(),
+                stream: repl.positions.clone(),
+                throttle: decision,
+                estimated_rows: info.estimated_rows,
+            },
+            status::Outputs {
+                progress: self.controls.progress.clone(),
+                log_every: self.cfg.status_interval,
+                hooks: self.controls.hooks.clone(),
+                env: self.controls.env.clone(),
+                hooks_every: self.cfg.hooks.status_interval,
+            },
         );
-        let result = self.stream_and_swap(&info, &names, &ghost, &repl, bg, progress).await;
+        let result = self.stream_and_swap(&info, &names, &ghost, &repl, bg, progress, gate).await;
         status.abort();
         result
+    }
+
+    /// Fires a hook under the guard, so that an abort does not wait for a hanging hook.
+    async fn fire(&self, event: HookEvent, bg: Option<&mut Background>) -> Result<()> {
+        guard(self.controls.fire(event), &mut self.abort.clone(), bg).await
     }
 
     async fn inspect(&mut self) -> Result<TableInfo> {
@@ -200,10 +264,11 @@ impl Run {
         repl: &Replication,
         bg: &mut Background,
         progress: Arc<crate::copy::CopyProgress>,
+        gate: watch::Receiver<GateState>,
     ) -> Result<Outcome> {
+        self.fire(HookEvent::BeforeRowCopy, Some(&mut *bg)).await?;
         self.enter(Phase::Copy);
         self.record_state(names, "copy").await;
-        let (gate_tx, gate) = watch::channel(GateState::Open);
         let job = CopyJob {
             conn: self.cfg.conn.clone(),
             orig: info.name.clone(),
@@ -214,12 +279,9 @@ impl Run {
             changelog: Some(names.changelog.clone()),
         };
         let started = std::time::Instant::now();
-        let copied = guard(copy_table(job, repl.inflight.clone(), progress.clone(), gate), &mut self.abort.clone(), Some(&mut *bg)).await;
-        if let Err(e) = copied {
-            gate_tx.send_replace(GateState::Abort(e.to_string()));
-            return Err(e);
-        }
+        guard(copy_table(job, repl.inflight.clone(), progress.clone(), gate), &mut self.abort.clone(), Some(&mut *bg)).await?;
         tracing::info!(rows = progress.rows.load(Ordering::Relaxed), secs = started.elapsed().as_secs_f64(), "row copy complete");
+        self.fire(HookEvent::RowCopyComplete, Some(&mut *bg)).await?;
 
         self.enter(Phase::BuildIndexes);
         self.record_state(names, "build-indexes").await;
@@ -232,8 +294,10 @@ impl Run {
             if flag.exists() {
                 self.enter(Phase::Postponed);
                 self.record_state(names, "postponed").await;
-                tracing::info!(flag = %flag.display(), "cut-over postponed while the flag file exists");
-                guard(wait_while_exists(flag), &mut self.abort.clone(), Some(&mut *bg)).await?;
+                tracing::info!(flag = %flag.display(), "cut-over postponed while the flag file exists (or until `unpostpone`)");
+                self.fire(HookEvent::BeginPostponed, Some(&mut *bg)).await?;
+                let unpostpone = self.controls.unpostpone.clone();
+                guard(wait_while_postponed(flag, unpostpone), &mut self.abort.clone(), Some(&mut *bg)).await?;
                 guard(self.catch_up(repl), &mut self.abort.clone(), Some(&mut *bg)).await?;
             }
         }
@@ -243,9 +307,14 @@ impl Run {
             return Ok(Outcome::DryRunComplete);
         }
 
+        self.fire(HookEvent::BeforeCutOver, Some(&mut *bg)).await?;
         self.enter(Phase::CutOver);
         self.record_state(names, "cut-over").await;
-        let old_table = self.old_table_name(names).await?;
+        let old_table = self.old_table_name(info).await?;
+        self.controls.update_env(|mut env| {
+            env.old_table = Some(old_table.clone());
+            env
+        });
         let cut_over = CutOver {
             conn: &self.cfg.conn,
             orig: info,
@@ -257,7 +326,10 @@ impl Run {
             retries: self.cfg.cut_over.retries,
             abort: self.abort.clone(),
         };
-        let report = guard(cut_over.run(), &mut self.abort.clone(), Some(&mut *bg)).await?;
+        self.controls.cut_over_locked.send_replace(true);
+        let report = guard(cut_over.run(), &mut self.abort.clone(), Some(&mut *bg)).await;
+        self.controls.cut_over_locked.send_replace(false);
+        let report = report?;
         self.old_table = Some(old_table.clone());
         tracing::info!(
             attempts = report.attempts,
@@ -290,13 +362,13 @@ impl Run {
         Ok(())
     }
 
-    async fn old_table_name(&self, names: &Names) -> Result<String> {
+    async fn old_table_name(&self, info: &TableInfo) -> Result<String> {
+        let names = Names::for_table(&info.name, info.oid);
         if !self.cfg.cut_over.timestamp_old_table {
-            return Ok(names.old.name.clone());
+            return Ok(names.old.name);
         }
         let stamp: String = self.client.query_one("SELECT to_char(now(), 'YYYYMMDDHH24MISS')", &[]).await?.try_get(0)?;
-        let orig = names.ghost.name.trim_start_matches('_').trim_end_matches("_gho").to_string();
-        Ok(crate::sql::fit_ident(&format!("_{orig}_{stamp}_del")))
+        Ok(crate::sql::fit_ident(&format!("_{}_{stamp}_del", info.name.name)))
     }
 
     async fn cleanup(&mut self, background: Option<Background>, succeeded: bool) -> Result<()> {
@@ -377,10 +449,16 @@ async fn drop_table(client: &Client, table: &QualifiedName) -> Result<()> {
     client.batch_execute(&format!("DROP TABLE IF EXISTS {}", table.sql())).await.map_err(Error::from)
 }
 
-async fn wait_while_exists(path: std::path::PathBuf) -> Result<()> {
-    while tokio::fs::try_exists(&path).await.unwrap_or(false) {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+/// Waits while the postpone flag file exists, or until `unpostpone` comes through the socket.
+async fn wait_while_postponed(path: std::path::PathBuf, unpostpone: Arc<tokio::sync::Notify>) -> Result<()> {
+    let removed = async {
+        while tokio::fs::try_exists(&path).await.unwrap_or(false) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::select! {
+        _ = removed => tracing::info!(flag = %path.display(), "postpone flag removed: proceeding to the cut-over"),
+        _ = unpostpone.notified() => tracing::info!("unpostpone: proceeding to the cut-over"),
     }
-    tracing::info!(flag = %path.display(), "postpone flag removed: proceeding to the cut-over");
     Ok(())
 }

@@ -1,57 +1,86 @@
-//! The periodic status line, in gh-ost's shape, from the counters the workers publish.
+//! The progress snapshot, refreshed every second for the control socket, written as a
+//! status line in gh-ost's shape every `--status-interval`, and handed to the `on-status`
+//! hooks every `--hooks-status-interval`.
 
 use crate::apply::pump::StreamPositions;
 use crate::apply::ApplyStats;
 use crate::copy::CopyProgress;
+use crate::hooks::{HookEnv, HookEvent, Hooks};
 use crate::phase::Phase;
 use crate::status::{status_line, Progress, RateEstimator};
+use crate::throttle::Decision;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub fn spawn(
-    interval: Duration,
-    phase: watch::Receiver<Phase>,
-    copy: Arc<CopyProgress>,
-    apply: watch::Receiver<ApplyStats>,
-    stream: Arc<StreamPositions>,
-    estimated_rows: i64,
-) -> JoinHandle<()> {
+pub struct Sources {
+    pub phase: watch::Receiver<Phase>,
+    pub copy: Arc<CopyProgress>,
+    pub apply: watch::Receiver<ApplyStats>,
+    pub stream: Arc<StreamPositions>,
+    pub throttle: watch::Receiver<Decision>,
+    pub estimated_rows: i64,
+}
+
+pub struct Outputs {
+    pub progress: watch::Sender<Progress>,
+    pub log_every: Duration,
+    pub hooks: Arc<dyn Hooks>,
+    pub env: Arc<Mutex<HookEnv>>,
+    pub hooks_every: Duration,
+}
+
+const REFRESH: Duration = Duration::from_secs(1);
+
+pub fn spawn(src: Sources, out: Outputs) -> JoinHandle<()> {
     tokio::spawn(async move {
         let started = Instant::now();
         let mut rate = RateEstimator::new(Duration::from_secs(30));
         let mut copy_started: Option<Instant> = None;
-        let mut tick = tokio::time::interval(interval);
-        tick.tick().await;
+        let mut last_log = Instant::now();
+        let mut last_hook = Instant::now();
+        let mut tick = tokio::time::interval(REFRESH);
         loop {
             tick.tick().await;
             let now = Instant::now();
-            let current = *phase.borrow();
-            if current == Phase::Copy && copy_started.is_none() {
+            let phase = *src.phase.borrow();
+            if phase == Phase::Copy && copy_started.is_none() {
                 copy_started = Some(now);
             }
-            let rows = copy.rows.load(Ordering::Relaxed);
-            rate.record(now, rows);
-            let stats = apply.borrow().clone();
-            let mut p = Progress::new(current);
-            p.rows_copied = rows;
-            p.rows_estimated = u64::try_from(estimated_rows).ok().filter(|n| *n > 0);
-            p.copy_rate = rate.rate();
-            p.applied = stats.applied_keys;
-            p.backlog_keys = stats.backlog_keys as u64;
-            p.lag_bytes = Some(stream.server_wal_end().bytes_since(stats.acked));
-            p.elapsed = now.duration_since(started);
-            p.copy_elapsed = copy_started.map(|s| now.duration_since(s)).unwrap_or_default();
-            tracing::info!(
-                phase = current.name(),
-                rows_copied = rows,
-                applied = stats.applied_keys,
-                backlog = stats.backlog_keys,
-                "{}",
-                status_line(&p)
-            );
+            let p = snapshot(&src, &mut rate, now, started, copy_started);
+            out.progress.send_replace(p.clone());
+            if now.duration_since(last_log) >= out.log_every {
+                last_log = now;
+                tracing::info!(phase = phase.name(), rows_copied = p.rows_copied, applied = p.applied, backlog = p.backlog_keys, "{}", status_line(&p));
+            }
+            if now.duration_since(last_hook) >= out.hooks_every {
+                last_hook = now;
+                let env = out.env.lock().unwrap_or_else(|e| e.into_inner()).clone().with_progress(&p).with_status(status_line(&p));
+                if let Err(e) = out.hooks.fire(HookEvent::Status, &env).await {
+                    tracing::warn!(error = %e, "on-status hook failed");
+                }
+            }
         }
     })
+}
+
+fn snapshot(src: &Sources, rate: &mut RateEstimator, now: Instant, started: Instant, copy_started: Option<Instant>) -> Progress {
+    let rows = src.copy.rows.load(Ordering::Relaxed);
+    rate.record(now, rows);
+    let stats = src.apply.borrow().clone();
+    let decision = src.throttle.borrow().clone();
+    let mut p = Progress::new(*src.phase.borrow());
+    p.rows_copied = rows;
+    p.rows_estimated = u64::try_from(src.estimated_rows).ok().filter(|n| *n > 0);
+    p.copy_rate = rate.rate();
+    p.applied = stats.applied_keys;
+    p.backlog_keys = stats.backlog_keys as u64;
+    p.lag = decision.lag;
+    p.lag_bytes = Some(src.stream.server_wal_end().bytes_since(stats.acked));
+    p.throttle_reason = decision.reason.filter(|_| decision.throttled);
+    p.elapsed = now.duration_since(started);
+    p.copy_elapsed = copy_started.map(|s| now.duration_since(s)).unwrap_or_default();
+    p
 }

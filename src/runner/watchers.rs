@@ -8,7 +8,7 @@ use tokio::task::JoinHandle;
 
 pub const PANIC_FLAG_POLL: Duration = Duration::from_millis(100);
 
-pub fn spawn(panic_flag: Option<PathBuf>, abort: watch::Sender<Option<String>>) -> JoinHandle<()> {
+pub fn spawn(panic_flag: Option<PathBuf>, abort: std::sync::Arc<watch::Sender<Option<String>>>) -> JoinHandle<()> {
     tokio::spawn(async move {
         let flag = async {
             match panic_flag {

@@ -1,0 +1,186 @@
+//! What a DBA steers a run with, gathered for the runner: the hot-tunable settings, the
+//! throttler's inputs and decision, the control socket and its events, the hooks, and the
+//! progress snapshot that the status line, the socket and the hooks read.
+
+use crate::config::{Config, Tunables};
+use crate::control::{ControlContext, ControlEvent, ControlHandle, ControlServer, CoordinatesSource, TableGuard, ThrottleOverride};
+use crate::copy::CopyProgress;
+use crate::error::Result;
+use crate::hooks::{self, HookEnv, HookEvent, Hooks};
+use crate::names::Names;
+use crate::phase::Phase;
+use crate::schema::TableInfo;
+use crate::status::Progress;
+use crate::throttle::Override;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::task::JoinHandle;
+
+pub struct Controls {
+    pub hooks: Arc<dyn Hooks>,
+    /// What the hooks are told; completed as the run learns more.
+    pub env: Arc<Mutex<HookEnv>>,
+    tunables_tx: Option<watch::Sender<Tunables>>,
+    pub tunables: watch::Receiver<Tunables>,
+    overrides_tx: Arc<watch::Sender<Override>>,
+    pub overrides: watch::Receiver<Override>,
+    pub cut_over_locked: watch::Sender<bool>,
+    /// `unpostpone` from the socket.
+    pub unpostpone: Arc<Notify>,
+    pub progress: watch::Sender<Progress>,
+    server: Option<ControlHandle>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Controls {
+    pub fn new(cfg: &Config) -> Result<Controls> {
+        let hooks = hooks::from_config(&cfg.hooks)?;
+        let env = HookEnv::new(&cfg.conn.dbname, &cfg.table, &cfg.alter, !cfg.execute);
+        let (tunables_tx, tunables) = watch::channel(cfg.tunables.clone());
+        let (overrides_tx, overrides) = watch::channel(Override::None);
+        let (cut_over_locked, _) = watch::channel(false);
+        let (progress, _) = watch::channel(Progress::new(Phase::Inspect));
+        Ok(Controls {
+            hooks,
+            env: Arc::new(Mutex::new(env)),
+            tunables_tx: Some(tunables_tx),
+            tunables,
+            overrides_tx: Arc::new(overrides_tx),
+            overrides,
+            cut_over_locked,
+            unpostpone: Arc::new(Notify::new()),
+            progress,
+            server: None,
+            tasks: Vec::new(),
+        })
+    }
+
+    pub fn env(&self) -> HookEnv {
+        self.env.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn update_env(&self, f: impl FnOnce(HookEnv) -> HookEnv) {
+        let mut env = self.env.lock().unwrap_or_else(|p| p.into_inner());
+        *env = f(env.clone());
+    }
+
+    /// Fires `event`; a failing hook fails the run.
+    pub async fn fire(&self, event: HookEvent) -> Result<()> {
+        let env = self.env().with_progress(&self.progress.borrow());
+        self.hooks.fire(event, &env).await
+    }
+
+    /// Starts the control socket (when asked for) once the table and the run's names are
+    /// known, and the task that carries out its events.
+    pub fn serve(
+        &mut self,
+        cfg: &Config,
+        info: &TableInfo,
+        names: &Names,
+        phase: watch::Receiver<Phase>,
+        abort: Arc<watch::Sender<Option<String>>>,
+    ) -> Result<()> {
+        let Some(tunables) = self.tunables_tx.take() else { return Ok(()) };
+        if cfg.control.socket_file.is_none() && cfg.control.tcp_port.is_none() {
+            self.tunables_tx = Some(tunables);
+            return Ok(());
+        }
+        let (events_tx, events) = mpsc::channel(64);
+        let ctx = ControlContext {
+            tunables,
+            progress: self.progress.subscribe(),
+            phase,
+            coordinates: Some(CoordinatesSource { conn: cfg.conn.clone(), slot: names.slot.clone() }),
+            table: TableGuard::new(&cfg.table, &info.name),
+            events: events_tx,
+        };
+        let server = ControlServer::spawn(&cfg.control, ctx)?;
+        if let Some(path) = server.socket_file() {
+            tracing::info!(socket = %path.display(), "serving interactive commands");
+        }
+        if let Some(addr) = server.tcp_addr() {
+            tracing::info!(%addr, "serving interactive commands");
+        }
+        self.server = Some(server);
+        let carry_out = EventHandler {
+            overrides: self.overrides_tx.clone(),
+            unpostpone: self.unpostpone.clone(),
+            abort,
+            hooks: self.hooks.clone(),
+            env: self.env.clone(),
+        };
+        self.tasks.push(tokio::spawn(carry_out.run(events)));
+        Ok(())
+    }
+
+    /// Keeps the copy's chunk size and nice ratio in step with the tunables.
+    pub fn follow_tunables(&mut self, copy: Arc<CopyProgress>) {
+        let mut tunables = self.tunables.clone();
+        self.tasks.push(tokio::spawn(async move {
+            let mut last_chunk = tunables.borrow().chunk_size;
+            copy.set_nice_ratio(tunables.borrow().nice_ratio);
+            while tunables.changed().await.is_ok() {
+                let t = tunables.borrow_and_update().clone();
+                if t.chunk_size != last_chunk {
+                    last_chunk = t.chunk_size;
+                    copy.chunk_size.store(t.chunk_size, Ordering::Relaxed);
+                    tracing::info!(chunk_size = t.chunk_size, "chunk size set");
+                }
+                copy.set_nice_ratio(t.nice_ratio);
+            }
+        }));
+    }
+
+    pub fn spawn_task(&mut self, task: JoinHandle<()>) {
+        self.tasks.push(task);
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await;
+        }
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+    }
+}
+
+/// Carries out what the socket asks for.
+struct EventHandler {
+    overrides: Arc<watch::Sender<Override>>,
+    unpostpone: Arc<Notify>,
+    abort: Arc<watch::Sender<Option<String>>>,
+    hooks: Arc<dyn Hooks>,
+    env: Arc<Mutex<HookEnv>>,
+}
+
+impl EventHandler {
+    async fn run(self, mut events: mpsc::Receiver<ControlEvent>) {
+        while let Some(event) = events.recv().await {
+            match event {
+                ControlEvent::Throttle(ThrottleOverride::Force) => {
+                    self.overrides.send_replace(Override::ForceThrottle);
+                }
+                ControlEvent::Throttle(ThrottleOverride::Release) => {
+                    self.overrides.send_replace(Override::None);
+                }
+                ControlEvent::Unpostpone => self.unpostpone.notify_one(),
+                ControlEvent::Panic => {
+                    tracing::error!("panic command on the control socket");
+                    self.abort.send_replace(Some("panic command on the control socket".into()));
+                }
+                ControlEvent::Command(command) => {
+                    // A slow hook must not delay a `panic` that follows.
+                    let (hooks, env) = (self.hooks.clone(), self.env.lock().unwrap_or_else(|p| p.into_inner()).clone());
+                    tokio::spawn(async move {
+                        let env = env.with_command(command);
+                        if let Err(e) = hooks.fire(HookEvent::InteractiveCommand, &env).await {
+                            tracing::warn!(error = %e, "on-interactive-command hook failed");
+                        }
+                    });
+                }
+            }
+        }
+    }
+}
