@@ -44,6 +44,83 @@ impl Socket {
     }
 }
 
+impl Socket {
+    /// Leaves tokio's reactor: a socket in no epoll set wakes nobody when data arrives,
+    /// which is what lets a sleeping reader thread leave the walsender undisturbed.
+    pub(crate) fn into_std(self) -> io::Result<StdSocket> {
+        let s = match self {
+            Socket::Tcp(s) => StdSocket::Tcp(s.into_std()?),
+            Socket::Unix(s) => StdSocket::Unix(s.into_std()?),
+        };
+        s.set_nonblocking(false)?;
+        Ok(s)
+    }
+}
+
+/// The same socket in blocking mode, for the reader and writer threads of a stream.
+pub(crate) enum StdSocket {
+    Tcp(std::net::TcpStream),
+    Unix(std::os::unix::net::UnixStream),
+}
+
+impl StdSocket {
+    fn set_nonblocking(&self, on: bool) -> io::Result<()> {
+        match self {
+            StdSocket::Tcp(s) => s.set_nonblocking(on),
+            StdSocket::Unix(s) => s.set_nonblocking(on),
+        }
+    }
+
+    pub(crate) fn try_clone(&self) -> io::Result<StdSocket> {
+        Ok(match self {
+            StdSocket::Tcp(s) => StdSocket::Tcp(s.try_clone()?),
+            StdSocket::Unix(s) => StdSocket::Unix(s.try_clone()?),
+        })
+    }
+
+    pub(crate) fn set_read_timeout(&self, t: Option<std::time::Duration>) -> io::Result<()> {
+        match self {
+            StdSocket::Tcp(s) => s.set_read_timeout(t),
+            StdSocket::Unix(s) => s.set_read_timeout(t),
+        }
+    }
+
+    /// Back into tokio's reactor (needs a runtime context).
+    pub(crate) fn into_tokio(self) -> io::Result<Socket> {
+        self.set_read_timeout(None)?;
+        self.set_nonblocking(true)?;
+        Ok(match self {
+            StdSocket::Tcp(s) => Socket::Tcp(TcpStream::from_std(s)?),
+            StdSocket::Unix(s) => Socket::Unix(UnixStream::from_std(s)?),
+        })
+    }
+}
+
+impl io::Read for StdSocket {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            StdSocket::Tcp(s) => s.read(buf),
+            StdSocket::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl io::Write for StdSocket {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            StdSocket::Tcp(s) => s.write(buf),
+            StdSocket::Unix(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            StdSocket::Tcp(s) => s.flush(),
+            StdSocket::Unix(s) => s.flush(),
+        }
+    }
+}
+
 impl AsyncRead for Socket {
     fn poll_read(self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
@@ -116,7 +193,17 @@ pub(crate) struct Framed {
 
 impl Framed {
     pub(crate) fn new(socket: Socket) -> Framed {
-        Framed { socket, rbuf: BytesMut::with_capacity(READ_CHUNK), wbuf: BytesMut::with_capacity(1024) }
+        Framed::from_parts(socket, BytesMut::with_capacity(READ_CHUNK))
+    }
+
+    /// The socket and what was read from it but not parsed yet. Anything unsent in the
+    /// write buffer is dropped: callers detach only between commands.
+    pub(crate) fn into_parts(self) -> (Socket, BytesMut) {
+        (self.socket, self.rbuf)
+    }
+
+    pub(crate) fn from_parts(socket: Socket, rbuf: BytesMut) -> Framed {
+        Framed { socket, rbuf, wbuf: BytesMut::with_capacity(1024) }
     }
 
     /// Where frontend messages are encoded before [`Framed::flush`] sends them.
