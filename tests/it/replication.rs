@@ -376,6 +376,25 @@ async fn stop_then_drop_slot_on_the_same_connection() {
 }
 
 #[tokio::test]
+async fn dropping_a_stream_closes_its_connection() {
+    let db = Cluster::primary().fresh_db("dropped");
+    table_and_publication(&db);
+    let client = db.client().await;
+    let mut conn = connect(&db).await;
+    conn.create_slot(&db.name, SlotKind::Temporary, SlotSnapshot::Nothing).await.expect("slot");
+    let stream = conn.start_replication(&db.name, Lsn::ZERO, &StreamOptions::new(["pub"])).await.expect("start");
+    drop(stream);
+    // The walsender sees the connection close, and its temporary slot goes with it.
+    timeout(WAIT, async {
+        while slot::slot_exists(&client, &db.name).await.expect("slot_exists") {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the connection of a dropped stream stays open");
+}
+
+#[tokio::test]
 async fn terminated_walsender_is_a_clear_error() {
     let db = Cluster::primary().fresh_db("killed");
     table_and_publication(&db);
