@@ -70,6 +70,17 @@ impl KeyCols {
         )
     }
 
+    /// The given columns (holding this key's values as text) cast to the key's types, as one
+    /// comparable value.
+    pub fn typed(&self, columns: &[String]) -> String {
+        let casts: Vec<String> = columns.iter().zip(&self.types).map(|(c, t)| format!("{c}::{t}")).collect();
+        if casts.len() == 1 {
+            casts.into_iter().next().unwrap_or_default()
+        } else {
+            format!("({})", casts.join(", "))
+        }
+    }
+
     /// `ORDER BY` list, ascending or descending, in key order.
     pub fn order_by(&self, descending: bool) -> String {
         let dir = if descending { " DESC" } else { "" };

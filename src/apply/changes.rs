@@ -100,7 +100,7 @@ impl ChangeExtractor {
                     "the original table was truncated during the run; pg-ghost cannot carry a TRUNCATE over, so it stops (the original is untouched)",
                 ));
             }
-            Message::Message(m) if m.prefix.as_ref() == MESSAGE_PREFIX.as_bytes() => {
+            Message::LogicalMessage(m) if m.prefix.as_ref() == MESSAGE_PREFIX.as_bytes() => {
                 self.emit_keys(keys, out);
                 out.push(StreamItem::Sentinel(String::from_utf8_lossy(&m.content).into_owned()));
             }

@@ -6,6 +6,7 @@
 //! the key because a copy chunk may have written the row meanwhile.
 
 use crate::error::{Context, Result};
+use crate::copy::Range;
 use crate::ghost::Mapping;
 use crate::keysql::{insert_select, KeyCols};
 use crate::sql::{ident, QualifiedName};
@@ -20,6 +21,7 @@ pub struct FlushSql {
     pub delete: String,
     pub upsert: String,
     key_len: usize,
+    source_key: KeyCols,
 }
 
 impl FlushSql {
@@ -45,7 +47,53 @@ impl FlushSql {
             crate::sql::ident_list(m.key_ghost.iter().map(String::as_str)),
             on_conflict
         );
-        FlushSql { delete, upsert, key_len: m.key_ghost.len() }
+        FlushSql { delete, upsert, key_len: m.key_ghost.len(), source_key }
+    }
+
+    /// For each key, the index of the range in `ranges` it falls in, if any; asked of the
+    /// server, which orders keys by their type and collation.
+    pub async fn ranges_of(&self, client: &impl GenericClient, keys: &[Key], ranges: &[Range]) -> Result<Vec<Option<usize>>> {
+        let mut found = vec![None; keys.len()];
+        if keys.is_empty() || ranges.is_empty() {
+            return Ok(found);
+        }
+        let n = self.key_len;
+        let cols: Vec<String> = (0..n).map(|i| format!("_pg_ghost_k{i}")).collect();
+        let key = self.source_key.typed(&cols);
+        let mut next = n + 1;
+        let mut values: Vec<&str> = Vec::new();
+        let mut conditions = Vec::new();
+        for range in ranges {
+            let mut cond = format!("{key} <= {}", self.source_key.params(next));
+            next += n;
+            values.extend(range.hi.iter().map(String::as_str));
+            if let Some(lo) = &range.lo {
+                cond.push_str(&format!(" AND {key} > {}", self.source_key.params(next)));
+                next += n;
+                values.extend(lo.iter().map(String::as_str));
+            }
+            conditions.push(cond);
+        }
+        let arrays: Vec<String> = (1..=n).map(|i| format!("${i}::text[]")).collect();
+        let cases: Vec<String> = conditions.iter().enumerate().map(|(i, c)| format!("WHEN {c} THEN {i}")).collect();
+        let sql = format!(
+            "SELECT _pg_ghost_ord::int8, CASE {} END::int8 FROM unnest({}) WITH ORDINALITY AS _pg_ghost_k({}, _pg_ghost_ord) WHERE {}",
+            cases.join(" "),
+            arrays.join(", "),
+            cols.join(", "),
+            conditions.iter().map(|c| format!("({c})")).collect::<Vec<_>>().join(" OR ")
+        );
+        let key_cols = self.columns(keys);
+        let mut params: Vec<&(dyn ToSql + Sync)> = key_cols.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
+        params.extend(values.iter().map(|v| v as &(dyn ToSql + Sync)));
+        for row in client.query(&sql, &params).await.context("finding changed keys inside copy chunks in flight")? {
+            let ord: i64 = row.try_get(0)?;
+            let range: i64 = row.try_get(1)?;
+            if let (Some(slot), Ok(range)) = (usize::try_from(ord - 1).ok().and_then(|i| found.get_mut(i)), usize::try_from(range)) {
+                *slot = Some(range);
+            }
+        }
+        Ok(found)
     }
 
     /// Column-wise arrays of the keys: one `Vec<&str>` per key column.

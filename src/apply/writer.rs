@@ -10,10 +10,10 @@
 //! flusher's reads behind it.
 
 use super::flush::{FlushSql, Key};
-use super::race::RaceGuard;
+use super::inflight::InFlight;
 use crate::error::{Context, Error, Result};
 use crate::lsn::Lsn;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -101,10 +101,22 @@ impl WriterHandle {
 /// Keys are flushed in statements of at most this many keys.
 const MAX_KEYS_PER_STATEMENT: usize = 20_000;
 
+/// What a flush task hands back.
+struct Flushed {
+    keys: usize,
+    /// Keys inside copy chunks in flight, by chunk: flushed once the chunk ended.
+    deferred: Vec<(u64, Vec<Key>)>,
+}
+
+type FlushTask = JoinHandle<Result<Flushed>>;
+
 pub struct Writer {
     client: Arc<Client>,
     sql: Arc<FlushSql>,
-    race: Arc<RaceGuard>,
+    inflight: Arc<InFlight>,
+    /// Deferred keys by chunk, with the acknowledged LSN when they were first deferred: the
+    /// slot may not pass it while they wait.
+    deferred: HashMap<u64, (Vec<Key>, Lsn)>,
     ack: Acker,
     pending: HashSet<Key>,
     /// Transactions whose keys are pending: a flush waits until they are visible.
@@ -115,7 +127,7 @@ pub struct Writer {
     paused: bool,
     pause_waiters: Vec<oneshot::Sender<()>>,
     draining: Option<(String, oneshot::Sender<Vec<Key>>)>,
-    flush: Option<(JoinHandle<Result<(u64, Arc<Vec<Key>>)>>, Lsn)>,
+    flush: Option<(FlushTask, Lsn)>,
 }
 
 impl Writer {
@@ -124,7 +136,7 @@ impl Writer {
     pub fn spawn(
         client: Client,
         sql: FlushSql,
-        race: Arc<RaceGuard>,
+        inflight: Arc<InFlight>,
         ack: Acker,
         items: mpsc::Receiver<StreamItem>,
     ) -> (WriterHandle, JoinHandle<Result<()>>) {
@@ -133,7 +145,8 @@ impl Writer {
         let writer = Writer {
             client: Arc::new(client),
             sql: Arc::new(sql),
-            race,
+            inflight,
+            deferred: HashMap::new(),
             ack,
             pending: HashSet::new(),
             xids: Vec::new(),
@@ -154,10 +167,10 @@ impl Writer {
         mut items: mpsc::Receiver<StreamItem>,
         stats: watch::Sender<ApplyStats>,
     ) -> Result<()> {
-        let race = self.race.clone();
+        let inflight = self.inflight.clone();
         loop {
-            for key in race.take_requeued() {
-                self.pending.insert(key);
+            for chunk in inflight.take_ended() {
+                self.release(chunk);
             }
             self.maybe_start_flush();
             self.stats.backlog_keys = self.pending.len();
@@ -182,7 +195,7 @@ impl Writer {
                         return Err(Error::new(crate::ErrorKind::Connection, "the replication stream ended"));
                     }
                 },
-                _ = race.requeued.notified() => {}
+                _ = inflight.chunk_ended.notified() => {}
             }
         }
     }
@@ -236,24 +249,39 @@ impl Writer {
         if self.paused || self.flush.is_some() || self.pending.is_empty() {
             return;
         }
-        let keys: Arc<Vec<Key>> = Arc::new(self.pending.drain().collect());
+        let keys: Vec<Key> = self.pending.drain().collect();
         let xids = std::mem::take(&mut self.xids);
         let upto = self.complete_to;
-        let (client, sql) = (self.client.clone(), self.sql.clone());
+        let ranges = self.inflight.flush_starting();
+        let (client, sql, inflight) = (self.client.clone(), self.sql.clone(), self.inflight.clone());
         let task = tokio::spawn(async move {
-            wait_until_visible(&client, &xids).await?;
-            let written = flush_in_transaction(&client, &sql, &keys).await?;
-            Ok((written, keys))
+            let result = flush_outside_chunks(&client, &sql, keys, &xids, ranges).await;
+            inflight.flush_ended();
+            result
         });
         self.flush = Some((task, upto));
     }
 
-    fn flush_done(&mut self, done: (Result<(u64, Arc<Vec<Key>>)>, Lsn)) -> Result<()> {
+    /// Keys deferred for a chunk that has ended go back to the pending set.
+    fn release(&mut self, chunk: u64) {
+        if let Some((keys, _)) = self.deferred.remove(&chunk) {
+            self.pending.extend(keys);
+        }
+    }
+
+    fn flush_done(&mut self, done: (Result<Flushed>, Lsn)) -> Result<()> {
         let (result, upto) = done;
-        let (_, keys) = result?;
-        self.stats.applied_keys += keys.len() as u64;
-        self.race.flushed(keys);
-        self.acknowledge(upto);
+        let flushed = result?;
+        self.stats.applied_keys += flushed.keys as u64;
+        for (chunk, keys) in flushed.deferred {
+            let acked = self.stats.acked;
+            self.deferred.entry(chunk).or_insert_with(|| (Vec::new(), acked)).0.extend(keys);
+            if !self.inflight.is_in_flight(chunk) {
+                self.release(chunk);
+            }
+        }
+        let floor = self.deferred.values().map(|(_, floor)| *floor).min();
+        self.acknowledge(floor.map_or(upto, |f| f.min(upto)));
         for w in self.pause_waiters.drain(..) {
             let _ = w.send(());
         }
@@ -277,9 +305,7 @@ impl Writer {
 }
 
 /// Resolves when the running flush ends; pending forever when none runs.
-async fn wait_flush(
-    flush: &mut Option<(JoinHandle<Result<(u64, Arc<Vec<Key>>)>>, Lsn)>,
-) -> (Result<(u64, Arc<Vec<Key>>)>, Lsn) {
+async fn wait_flush(flush: &mut Option<(FlushTask, Lsn)>) -> (Result<Flushed>, Lsn) {
     match flush {
         Some((task, upto)) => {
             let result = match task.await {
@@ -333,7 +359,40 @@ const INVISIBLE_XIDS: &str = "
      WHERE ((x - m.xmax_lo) & 4294967295) < 2147483648
         OR x IN (SELECT xip::text::bigint & 4294967295 FROM s, pg_snapshot_xip(s.snap) AS xip)";
 
+/// Flushes `keys` but those inside `ranges` (copy chunks in flight), which it hands back.
+/// Deadlocks and serialization failures are retried.
+async fn flush_outside_chunks(
+    client: &Client,
+    sql: &FlushSql,
+    keys: Vec<Key>,
+    xids: &[u32],
+    ranges: Vec<(u64, crate::copy::Range)>,
+) -> Result<Flushed> {
+    wait_until_visible(client, xids).await?;
+    let mut deferred: HashMap<u64, Vec<Key>> = HashMap::new();
+    let keys = if ranges.is_empty() {
+        keys
+    } else {
+        let only_ranges: Vec<_> = ranges.iter().map(|(_, r)| r.clone()).collect();
+        let found = sql.ranges_of(client, &keys, &only_ranges).await?;
+        let mut now = Vec::with_capacity(keys.len());
+        for (key, range) in keys.into_iter().zip(found) {
+            match range.and_then(|i| ranges.get(i)) {
+                Some((chunk, _)) => deferred.entry(*chunk).or_default().push(key),
+                None => now.push(key),
+            }
+        }
+        now
+    };
+    let backoff = crate::error::Backoff { initial: std::time::Duration::from_millis(20), ..Default::default() };
+    backoff.retry("flushing changed keys", || flush_in_transaction(client, sql, &keys)).await?;
+    Ok(Flushed { keys: keys.len(), deferred: deferred.into_iter().collect() })
+}
+
 async fn flush_in_transaction(client: &Client, sql: &FlushSql, keys: &[Key]) -> Result<u64> {
+    if keys.is_empty() {
+        return Ok(0);
+    }
     client.batch_execute("BEGIN").await.context("starting a flush")?;
     let mut written = 0;
     for batch in keys.chunks(MAX_KEYS_PER_STATEMENT) {

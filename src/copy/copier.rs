@@ -1,6 +1,6 @@
 use super::chunker::{Chunker, Range};
 use super::sizing::next_chunk_size;
-use crate::apply::RaceGuard;
+use crate::apply::InFlight;
 use crate::conn::ConnInfo;
 use crate::error::{Error, ErrorKind, Result};
 use crate::ghost::Mapping;
@@ -77,7 +77,7 @@ fn statements(job: &CopyJob) -> Statements {
 /// committed, or with the first error (the other workers stop at their next chunk).
 pub async fn copy_table(
     job: CopyJob,
-    race: Arc<RaceGuard>,
+    inflight: Arc<InFlight>,
     progress: Arc<CopyProgress>,
     gate: Gate,
 ) -> Result<()> {
@@ -98,7 +98,7 @@ pub async fn copy_table(
             client,
             chunker: chunker.clone(),
             sql: sql.clone(),
-            race: race.clone(),
+            inflight: inflight.clone(),
             progress: progress.clone(),
             gate: gate.clone(),
             failed: failed.clone(),
@@ -122,12 +122,16 @@ pub async fn copy_table(
     }
 }
 
+/// A chunk that hit a deadlock or a serialization failure is simply copied again.
+const RETRY: crate::error::Backoff =
+    crate::error::Backoff { initial: Duration::from_millis(50), max: Duration::from_secs(2), attempts: 5 };
+
 struct WorkerCtx {
     worker: usize,
     client: Client,
     chunker: Arc<Mutex<Chunker>>,
     sql: Arc<Statements>,
-    race: Arc<RaceGuard>,
+    inflight: Arc<InFlight>,
     progress: Arc<CopyProgress>,
     gate: Gate,
     failed: Arc<AtomicBool>,
@@ -152,7 +156,7 @@ impl WorkerCtx {
             let size = self.progress.chunk_size.load(Ordering::Relaxed);
             let Some(range) = self.chunker.lock().await.next(size).await? else { return Ok(()) };
             let started = Instant::now();
-            let rows = self.copy_range(&range).await?;
+            let rows = RETRY.retry("copying a chunk", || self.copy_range(&range)).await?;
             let took = started.elapsed();
             self.progress.rows.fetch_add(rows, Ordering::Relaxed);
             self.progress.chunks.fetch_add(1, Ordering::Relaxed);
@@ -189,18 +193,12 @@ impl WorkerCtx {
         }
         let params: Vec<&(dyn ToSql + Sync)> = values.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
         let sql = if range.lo.is_some() { &self.sql.after } else { &self.sql.first };
-        let ticket = self.race.chunk_started();
-        match self.client.execute(sql.as_str(), &params).await {
-            Ok(rows) => {
-                self.race.chunk_committed(ticket);
-                Ok(rows)
-            }
-            Err(e) => {
-                self.race.chunk_abandoned(ticket);
-                let e = Error::from(e);
-                let lo = range.lo.as_ref().map(|b| b.join(", ")).unwrap_or_else(|| "start".into());
-                Err(e.context(format!("copying rows with key in ({lo}, {}]", range.hi.join(", "))))
-            }
-        }
+        let ticket = self.inflight.chunk_starting(range).await;
+        let result = self.client.execute(sql.as_str(), &params).await;
+        self.inflight.chunk_ended(ticket);
+        result.map_err(|e| {
+            let lo = range.lo.as_ref().map(|b| b.join(", ")).unwrap_or_else(|| "start".into());
+            Error::from(e).context(format!("copying rows with key in ({lo}, {}]", range.hi.join(", ")))
+        })
     }
 }

@@ -70,7 +70,9 @@ async fn views(client: &Client, oid: u32) -> Result<Vec<String>> {
         )
         .await
         .context("reading dependent views")?;
-    rows.iter().map(|r| Ok(QualifiedName::new(get::<String>(r, "schema")?, get::<String>(r, "name")?).to_string())).collect()
+    rows.iter()
+        .map(|r| Ok(QualifiedName::new(get::<String>(r, "schema")?, get::<String>(r, "name")?).to_string()))
+        .collect()
 }
 
 /// Foreign keys of any table (this one included) that reference the table.

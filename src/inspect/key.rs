@@ -128,13 +128,17 @@ pub(super) fn choose_key(table: &QualifiedName, indexes: &[Index], wanted: Optio
                     candidates(indexes)
                 ))
             })?;
-            usable(table, pk, "its primary key")
+            usable(table, pk, "the primary key")
         }
         Some(name) => {
             let index = indexes.iter().find(|i| i.name == name).ok_or_else(|| {
-                Error::refused(format!("--key {}: {table} has no index of that name{}", ident(name), candidates(indexes)))
+                Error::refused(format!(
+                    "--key {}: {table} has no index of that name{}",
+                    ident(name),
+                    candidates(indexes)
+                ))
             })?;
-            usable(table, index, &format!("--key {}", ident(name)))
+            usable(table, index, "--key")
         }
     }
 }
@@ -153,8 +157,7 @@ fn usable(table: &QualifiedName, index: &Index, what: &str) -> Result<Key> {
 
 /// "; usable with --key: ..." when some index qualifies, to save the DBA a catalog search.
 fn candidates(indexes: &[Index]) -> String {
-    let names: Vec<String> =
-        indexes.iter().filter(|i| i.problems().is_empty()).map(|i| ident(&i.name)).collect();
+    let names: Vec<String> = indexes.iter().filter(|i| i.problems().is_empty()).map(|i| ident(&i.name)).collect();
     if names.is_empty() {
         String::new()
     } else {
@@ -227,6 +230,6 @@ mod tests {
     fn a_deferrable_primary_key_is_refused() {
         let pk = Index { is_primary: true, is_immediate: false, ..unique("t_pkey") };
         let m = choose_key(&t(), &[pk], None).unwrap_err().message().to_string();
-        assert!(m.contains("its primary key \"t_pkey\""), "{m}");
+        assert!(m.contains("the primary key \"t_pkey\" on \"public\".\"t\" cannot serve"), "{m}");
     }
 }

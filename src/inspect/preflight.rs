@@ -159,8 +159,8 @@ fn check_replica_identity(table: &TableInfo) -> Result<()> {
     };
     Err(Error::refused(format!(
         "the replica identity of {t} is {current}, so the change stream would not carry the old value of the key {} \
-         for updates and deletes (and once published, UPDATE and DELETE fail when there is no identity at all): \
-         run {fix} (or REPLICA IDENTITY FULL, which logs whole old rows)",
+         for updates and deletes (and where there is no identity at all, UPDATE and DELETE fail once the table is \
+         published): run {fix} (or REPLICA IDENTITY FULL, which logs whole old rows)",
         ident(&key.index_name)
     )))
 }
@@ -221,13 +221,19 @@ struct Leftovers {
 impl Leftovers {
     async fn read(client: &Client, opts: &PreflightOptions) -> Result<Leftovers> {
         let slot = client
-            .query_opt("SELECT database::text AS database FROM pg_replication_slots WHERE slot_name = $1", &[&opts.slot_name])
+            .query_opt(
+                "SELECT database::text AS database FROM pg_replication_slots WHERE slot_name = $1",
+                &[&opts.slot_name],
+            )
             .await
             .context("reading replication slots")?
             .map(|row| get::<Option<String>>(&row, "database"))
             .transpose()?;
         let publication = client
-            .query_one("SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1) AS found", &[&opts.publication_name])
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1) AS found",
+                &[&opts.publication_name],
+            )
             .await
             .context("reading publications")?;
         Ok(Leftovers {
@@ -272,30 +278,28 @@ fn check_leftovers(table: &TableInfo, opts: &PreflightOptions, found: &Leftovers
         items.push(format!("publication {}", ident(&opts.publication_name)));
     }
     if found.old {
-        items.push(format!("old table {}", opts.old_name));
+        items.push(format!("old table {} (the original kept by an earlier cut-over)", opts.old_name));
     }
     if items.is_empty() {
         return Ok(());
     }
     let mut hints = Vec::new();
-    if ghost || found.changelog || found.slot.is_some() || found.publication {
-        hints.push(format!(
-            "remove them with `pg-ghost cleanup --table {}` (a leftover slot keeps WAL on the server until it is dropped)",
-            shell_quote(&table.name.to_string())
-        ));
-    }
-    if ghost && !(found.changelog || found.slot.is_some() || found.publication) {
-        hints.push("or pass --initially-drop-ghost-table to drop the ghost table".to_string());
+    let stream_or_state = found.changelog || found.slot.is_some() || found.publication;
+    if ghost || stream_or_state {
+        let mut hint = format!("remove them with `pg-ghost cleanup --table {}`", shell_quote(&table.name.to_string()));
+        if found.slot.is_some() {
+            hint.push_str(" soon: a leftover slot keeps WAL on the server until it is dropped");
+        }
+        if ghost && !stream_or_state {
+            hint.push_str(", or pass --initially-drop-ghost-table to drop the ghost table");
+        }
+        hints.push(hint);
     }
     if found.old {
-        hints.push(format!(
-            "{} is the original table kept by an earlier cut-over: drop it once it is no longer needed, \
-             or use --timestamp-old-table",
-            opts.old_name
-        ));
+        hints.push(format!("drop {} once it is no longer needed, or use --timestamp-old-table", opts.old_name));
     }
     Err(Error::refused(format!(
-        "an earlier pg-ghost run on {} left {}: {}",
+        "an earlier pg-ghost run on {} left {}; {}",
         table.name,
         items.join(", "),
         hints.join("; ")

@@ -74,6 +74,7 @@ pub(super) async fn parse_name(client: &Client, arg: &str, flag: &str) -> Result
 async fn missing(client: &Client, parts: &[String]) -> Error {
     match parts {
         [name] => {
+            // Only decorates the refusal: an error reading the setting must not replace it.
             let path = client
                 .query_one("SELECT current_setting('search_path') AS path", &[])
                 .await

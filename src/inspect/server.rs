@@ -4,10 +4,10 @@ use super::get;
 use crate::error::{Context, Error, Result};
 use tokio_postgres::Client;
 
-/// PostgreSQL 13, the oldest release pg-ghost supports. Everything inspect reads exists
-/// there (`attgenerated`, `indnkeyatts`, `conparentid`). Note that pgoutput carries logical
-/// messages (`messages 'true'`) only from 14 on: a sentinel sent that way needs 14.
-pub const MIN_SERVER_VERSION_NUM: i32 = 130000;
+/// PostgreSQL 14, the oldest release pg-ghost supports: the cut-over sentinel travels as a
+/// logical message, which pgoutput carries (`messages 'true'`) from 14 on, and large
+/// transactions are streamed with protocol version 2, also new in 14.
+pub const MIN_SERVER_VERSION_NUM: i32 = 140000;
 
 /// What preflight learned about the server; returned once every check passed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -69,7 +69,7 @@ impl ServerInfo {
 pub(super) fn check_version(version_num: i32, version: &str) -> Result<()> {
     if version_num < MIN_SERVER_VERSION_NUM {
         return Err(Error::refused(format!(
-            "the server runs PostgreSQL {version} (server_version_num {version_num}); pg-ghost needs PostgreSQL 13 or later"
+            "the server runs PostgreSQL {version} (server_version_num {version_num}); pg-ghost needs PostgreSQL 14 or later"
         )));
     }
     Ok(())
@@ -93,9 +93,7 @@ pub(super) async fn require_supported_version(client: &Client) -> Result<i32> {
 /// Checks 2 to 5: a primary, logical WAL, room for one more slot and one more walsender.
 pub(super) fn check_replication(s: &ServerInfo) -> Result<()> {
     if s.in_recovery {
-        return Err(Error::refused(
-            "the server is a standby (in recovery): connect pg-ghost to the primary",
-        ));
+        return Err(Error::refused("the server is a standby (in recovery): connect pg-ghost to the primary"));
     }
     if s.wal_level != "logical" {
         return Err(Error::refused(format!(
@@ -144,10 +142,10 @@ mod tests {
 
     #[test]
     fn refuses_old_servers() {
-        assert!(check_version(130000, "13.0").is_ok());
-        let e = check_version(120015, "12.15").unwrap_err();
+        assert!(check_version(140000, "14.0").is_ok());
+        let e = check_version(130015, "13.15").unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Refused);
-        assert!(e.message().contains("12.15"), "{e}");
+        assert!(e.message().contains("13.15"), "{e}");
     }
 
     #[test]

@@ -78,7 +78,7 @@ pub fn decode(data: &Bytes, block: StreamBlock) -> Result<Message, DecodeError> 
         b'U' => Message::Update(parse::update(&mut r, block)?),
         b'D' => Message::Delete(parse::delete(&mut r, block)?),
         b'T' => Message::Truncate(parse::truncate(&mut r, block)?),
-        b'M' => Message::Message(parse::logical_message(&mut r, block)?),
+        b'M' => Message::LogicalMessage(parse::logical_message(&mut r, block)?),
         b'S' => Message::StreamStart(parse::stream_start(&mut r)?),
         b'E' => Message::StreamStop,
         b'c' => Message::StreamCommit(parse::stream_commit(&mut r)?),

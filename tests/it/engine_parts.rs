@@ -2,7 +2,7 @@
 //! key flush and the swap, without the stream (the full runs are in the scenario tests).
 
 use crate::harness::Cluster;
-use pg_ghost::apply::{FlushSql, Key, RaceGuard};
+use pg_ghost::apply::{FlushSql, Key, InFlight};
 use pg_ghost::conn::ConnInfo;
 use pg_ghost::copy::{copy_table, CopyJob, CopyProgress, GateState};
 use pg_ghost::ghost;
@@ -66,7 +66,7 @@ async fn ghost_copy_flush_and_swap_keep_data_and_names() {
     };
     let progress = CopyProgress::new(300);
     let (_gate_tx, gate) = tokio::sync::watch::channel(GateState::Open);
-    copy_table(job, RaceGuard::new(), progress.clone(), gate).await.unwrap();
+    copy_table(job, InFlight::new(), progress.clone(), gate).await.unwrap();
     assert_eq!(db.psql(&format!("SELECT count(*) FROM {}", g.name.sql())), "5000");
     assert_eq!(progress.rows.load(std::sync::atomic::Ordering::Relaxed), 5000);
     ghost::rebuild_deferred(&client, &g).await.unwrap();

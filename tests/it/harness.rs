@@ -96,6 +96,32 @@ impl Cluster {
         Cluster { dir, port, owned: true }
     }
 
+    /// Restarts the server (e.g. after a change to `postgresql.conf` that needs one), as the
+    /// cluster's owner: `postgres` when the tests run as root.
+    pub fn restart(&self) {
+        let bindir = std::env::var("PG_BINDIR").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".to_string());
+        let pg_ctl = Path::new(&bindir).join("pg_ctl");
+        let log = self.dir.join("server.log");
+        // -l: without a log file the server would inherit our stdout pipe and output() would
+        // wait for it forever.
+        let args = ["-D", self.dir.to_str().unwrap(), "-l", log.to_str().unwrap(), "-w", "-t", "60", "restart"];
+        let is_root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+        let out = if is_root {
+            Command::new("runuser").args(["-u", "postgres", "--"]).arg(&pg_ctl).args(args).output()
+        } else {
+            Command::new(&pg_ctl).args(args).output()
+        }
+        .expect("cannot run pg_ctl");
+        if !out.status.success() {
+            panic!(
+                "pg_ctl restart of {} failed:\n{}{}",
+                self.dir.display(),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+
     pub fn conninfo(&self, db: &str) -> String {
         format!("host=127.0.0.1 port={} user={ROLE} password={PASSWORD} dbname={db}", self.port)
     }

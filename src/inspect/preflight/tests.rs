@@ -8,7 +8,12 @@ fn table() -> TableInfo {
         name: QualifiedName::new("public", "orders"),
         owner: "app".into(),
         columns: vec![],
-        key: Key { index_name: "orders_pkey".into(), is_primary: true, columns: vec!["id".into()], types: vec!["bigint".into()] },
+        key: Key {
+            index_name: "orders_pkey".into(),
+            is_primary: true,
+            columns: vec!["id".into()],
+            types: vec!["bigint".into()],
+        },
         estimated_rows: -1,
         replica_identity: ReplicaIdentity::Default,
         dependents: Dependents::default(),
@@ -45,7 +50,8 @@ fn refusal(r: Result<()>) -> String {
 #[test]
 fn privileges() {
     let all = Privileges { owns_table: true, create_on_schema: true, create_on_database: true, database: "d".into() };
-    let none = Privileges { owns_table: false, create_on_schema: false, create_on_database: false, database: "d".into() };
+    let none =
+        Privileges { owns_table: false, create_on_schema: false, create_on_database: false, database: "d".into() };
     assert!(check_privileges(&table(), &server(true, false), &none).is_ok());
     assert!(check_privileges(&table(), &server(false, true), &all).is_ok());
     let m = refusal(check_privileges(&table(), &server(false, false), &none));
@@ -64,7 +70,12 @@ fn privileges() {
 fn replica_identity() {
     let unique_key = Key { index_name: "orders_code_key".into(), is_primary: false, ..table().key };
     assert!(check_replica_identity(&table()).is_ok());
-    assert!(check_replica_identity(&TableInfo { replica_identity: ReplicaIdentity::Full, key: unique_key.clone(), ..table() }).is_ok());
+    assert!(check_replica_identity(&TableInfo {
+        replica_identity: ReplicaIdentity::Full,
+        key: unique_key.clone(),
+        ..table()
+    })
+    .is_ok());
     let using = ReplicaIdentity::Index("orders_code_key".into());
     assert!(check_replica_identity(&TableInfo { replica_identity: using, key: unique_key.clone(), ..table() }).is_ok());
 
@@ -93,7 +104,8 @@ fn leftovers() {
     assert!(m.contains("pg-ghost cleanup --table '\"public\".\"orders\"'"), "{m}");
     assert!(check_leftovers(&table(), &opts(true), &ghost).is_ok());
 
-    let stream = Leftovers { ghost: true, slot: Some(Some("db".into())), publication: true, changelog: true, ..none.clone() };
+    let stream =
+        Leftovers { ghost: true, slot: Some(Some("db".into())), publication: true, changelog: true, ..none.clone() };
     let m = refusal(check_leftovers(&table(), &opts(true), &stream));
     assert!(!m.contains("_orders_gho"), "{m}");
     assert!(m.contains("replication slot \"pg_ghost_16384\" (database \"db\")"), "{m}");

@@ -6,8 +6,14 @@ use crate::error::{Error, ErrorKind};
 
 /// A message that could not be decoded: which message, at which byte offset of it, and
 /// why. Offsets count from the message type byte (offset 0).
+///
+/// Boxed so that every `Result` the decoder passes around stays one word wide: errors
+/// are rare, successful reads are the hot path.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DecodeError {
+pub struct DecodeError(Box<Details>);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Details {
     tag: Option<u8>,
     offset: usize,
     /// The tuple or relation column being read, when the problem is inside one.
@@ -40,32 +46,32 @@ pub enum DecodeErrorKind {
 
 impl DecodeError {
     pub(super) fn new(tag: Option<u8>, offset: usize, kind: DecodeErrorKind) -> Self {
-        DecodeError { tag, offset, column: None, kind }
+        DecodeError(Box::new(Details { tag, offset, column: None, kind }))
     }
 
     /// Notes the column being read; the innermost column wins.
     pub(super) fn in_column(mut self, index: usize) -> Self {
-        self.column.get_or_insert(index);
+        self.0.column.get_or_insert(index);
         self
     }
 
     /// The message type byte, if the message had one.
     pub fn tag(&self) -> Option<u8> {
-        self.tag
+        self.0.tag
     }
 
     /// Byte offset within the message where the problem was found.
     pub fn offset(&self) -> usize {
-        self.offset
+        self.0.offset
     }
 
     /// Zero-based index of the column being decoded, if the problem is inside a column.
     pub fn column(&self) -> Option<usize> {
-        self.column
+        self.0.column
     }
 
     pub fn kind(&self) -> &DecodeErrorKind {
-        &self.kind
+        &self.0.kind
     }
 }
 
@@ -126,18 +132,18 @@ impl fmt::Display for DecodeErrorKind {
 impl fmt::Display for DecodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("pgoutput ")?;
-        match self.tag {
+        match self.tag() {
             Some(tag) => match message_name(tag) {
                 Some(name) => write!(f, "{name} ({}) message", ShowByte(tag))?,
                 None => write!(f, "message {}", ShowByte(tag))?,
             },
             None => f.write_str("message")?,
         }
-        write!(f, " at byte {}", self.offset)?;
-        if let Some(column) = self.column {
+        write!(f, " at byte {}", self.offset())?;
+        if let Some(column) = self.column() {
             write!(f, " (column {column})")?;
         }
-        write!(f, ": {}", self.kind)
+        write!(f, ": {}", self.kind())
     }
 }
 

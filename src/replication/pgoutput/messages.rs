@@ -48,7 +48,7 @@ pub enum Message {
     Delete(Delete),
     Truncate(Truncate),
     /// A `pg_logical_emit_message` record (sentinels and heartbeats travel this way).
-    Message(LogicalMessage),
+    LogicalMessage(LogicalMessage),
     StreamStart(StreamStart),
     StreamStop,
     StreamCommit(StreamCommit),
@@ -66,7 +66,7 @@ impl Message {
             Message::Update(m) => m.xid,
             Message::Delete(m) => m.xid,
             Message::Truncate(m) => m.xid,
-            Message::Message(m) => m.xid,
+            Message::LogicalMessage(m) => m.xid,
             _ => None,
         }
     }
@@ -83,7 +83,7 @@ impl Message {
             Message::Update(_) => "Update",
             Message::Delete(_) => "Delete",
             Message::Truncate(_) => "Truncate",
-            Message::Message(_) => "Message",
+            Message::LogicalMessage(_) => "Message",
             Message::StreamStart(_) => "Stream Start",
             Message::StreamStop => "Stream Stop",
             Message::StreamCommit(_) => "Stream Commit",

@@ -43,33 +43,29 @@ impl<'a> Reader<'a> {
         DecodeError::new(self.tag, offset, kind)
     }
 
-    /// Advances past `len` bytes and returns where they start and end.
-    fn advance(&mut self, len: usize, field: &'static str) -> Result<(usize, usize), DecodeError> {
-        let start = self.pos;
-        match start.checked_add(len) {
-            Some(end) if end <= self.data.len() => {
-                self.pos = end;
-                Ok((start, end))
-            }
-            _ => {
-                Err(self
-                    .error_at(start, DecodeErrorKind::Truncated { field, needed: len, available: self.remaining() }))
-            }
-        }
+    fn truncated(&self, field: &'static str, needed: usize) -> DecodeError {
+        self.error_at(self.pos, DecodeErrorKind::Truncated { field, needed, available: self.remaining() })
     }
 
-    fn take(&mut self, len: usize, field: &'static str) -> Result<&'a [u8], DecodeError> {
-        let (start, end) = self.advance(len, field)?;
+    fn rest(&self) -> &'a [u8] {
         let data: &'a Bytes = self.data;
-        data.get(start..end)
-            .ok_or_else(|| self.error_at(start, DecodeErrorKind::Truncated { field, needed: len, available: 0 }))
+        data.get(self.pos..).unwrap_or_default()
+    }
+
+    /// Advances past `len` bytes and returns where they start and end.
+    fn advance(&mut self, len: usize, field: &'static str) -> Result<(usize, usize), DecodeError> {
+        if len > self.remaining() {
+            return Err(self.truncated(field, len));
+        }
+        let start = self.pos;
+        self.pos += len;
+        Ok((start, self.pos))
     }
 
     fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], DecodeError> {
-        let start = self.pos;
-        let bytes = self.take(N, field)?;
-        <[u8; N]>::try_from(bytes)
-            .map_err(|_| self.error_at(start, DecodeErrorKind::Truncated { field, needed: N, available: bytes.len() }))
+        let bytes = *self.rest().first_chunk::<N>().ok_or_else(|| self.truncated(field, N))?;
+        self.pos += N;
+        Ok(bytes)
     }
 
     pub(super) fn u8(&mut self, field: &'static str) -> Result<u8, DecodeError> {
@@ -98,10 +94,8 @@ impl<'a> Reader<'a> {
 
     /// Advances past a NUL-terminated string and returns its range, without the NUL.
     fn cstring_range(&mut self, field: &'static str) -> Result<(usize, usize), DecodeError> {
-        let start = self.pos;
-        let rest = self.data.get(start..).unwrap_or_default();
-        let Some(len) = rest.iter().position(|&b| b == 0) else {
-            return Err(self.error_at(start, DecodeErrorKind::Unterminated { field }));
+        let Some(len) = self.rest().iter().position(|&b| b == 0) else {
+            return Err(self.error_at(self.pos, DecodeErrorKind::Unterminated { field }));
         };
         let range = self.advance(len, field)?;
         self.advance(1, field)?;

@@ -188,14 +188,14 @@ fn truncate() {
 #[test]
 fn logical_message() {
     for (xid, block) in [(None, Outside), (Some(901), Inside)] {
-        let Message::Message(m) = decoded(&build::logical_message(xid), block) else { panic!("not a Message") };
+        let Message::LogicalMessage(m) = decoded(&build::logical_message(xid), block) else { panic!("not a Message") };
         assert_eq!((m.xid, m.flags, m.lsn), (xid, 1, Lsn(LSN_A)));
         assert!(m.is_transactional());
         assert_eq!((&m.prefix[..], &m.content[..]), (&b"pg-ghost"[..], &b"cutover:42"[..]));
     }
     // Non-transactional, empty content, a prefix that is not UTF-8: still decoded.
     let data = Msg::new(b'M').u8(0).u64(LSN_B).cstr(&[0xFF, b'x']).counted(b"").bytes();
-    let Message::Message(m) = decoded(&data, Outside) else { panic!("not a Message") };
+    let Message::LogicalMessage(m) = decoded(&data, Outside) else { panic!("not a Message") };
     assert!(!m.is_transactional());
     assert_eq!((&m.prefix[..], m.content.len()), (&[0xFF, b'x'][..], 0));
 }

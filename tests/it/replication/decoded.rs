@@ -241,7 +241,7 @@ async fn two_relations_truncate_and_logical_messages() {
 
     let (_, inside, commit) = s.txn().await;
     match &inside[..] {
-        [Message::Message(m)] => {
+        [Message::LogicalMessage(m)] => {
             assert!(m.is_transactional());
             assert_eq!((&m.prefix[..], &m.content[..]), (&b"pg-ghost"[..], &b"sentinel-7"[..]));
             assert!(m.lsn < commit.end_lsn);
@@ -250,7 +250,7 @@ async fn two_relations_truncate_and_logical_messages() {
     }
     // A non-transactional message comes on its own, outside any Begin/Commit.
     match s.next().await {
-        Message::Message(m) => {
+        Message::LogicalMessage(m) => {
             assert!(!m.is_transactional());
             assert_eq!(&m.content[..], b"heartbeat");
         }

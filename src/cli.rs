@@ -1,0 +1,249 @@
+//! The command line as the user types it: gh-ost's flag names, no logic.
+//!
+//! This is the first of two stages. Values that carry units (durations, byte sizes) and
+//! lists (`--max-load`, `--throttle-control-replicas`) are kept as the text given, and
+//! [`crate::config`] turns them into typed values with messages that name the flag. Only
+//! plain numbers and switches are parsed here, by clap, so a usage error and a bad value
+//! both end with exit code 2.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "pg-ghost",
+    version,
+    about = "Online schema changes for PostgreSQL: a ghost table fed by logical replication, \
+             chunked copy, atomic cut-over",
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    /// Log format on stderr: `text` for people, `json` for one JSON object per line.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+
+    /// More detail in pg-ghost's log: `-v` for debug, `-vv` for trace. Without -v, RUST_LOG
+    /// (when set) chooses the levels.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Change a table's schema online. Without --execute this is a dry run: every step
+    /// but the swap, then a full cleanup.
+    Run(Box<RunArgs>),
+    /// Remove the leftovers of a run that died: slot, publication, ghost and changelog tables.
+    Cleanup(CleanupArgs),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The connection and the table, shared by `run` and `cleanup`.
+#[derive(Clone, Debug, Args)]
+pub struct Target {
+    /// Connection: a libpq `key=value` string (`host=db1 user=dba dbname=app`) or a
+    /// `postgres://` URL. PGHOST, PGPORT, PGUSER, PGPASSWORD and PGDATABASE fill in what
+    /// it leaves out, as with psql.
+    #[arg(long, value_name = "CONNINFO", default_value = "")]
+    pub conn: String,
+
+    /// The table, `[schema.]name`, in SQL syntax: unquoted parts fold to lower case, quote
+    /// the rest (`'"Sales"."Orders 2024"'`). Without a schema, the search_path decides.
+    #[arg(long, value_name = "[SCHEMA.]NAME")]
+    pub table: String,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct CleanupArgs {
+    #[command(flatten)]
+    pub target: Target,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub target: Target,
+
+    /// The change, as the clauses that follow `ALTER TABLE name`; several separated by
+    /// commas (`ALTER COLUMN id TYPE bigint, ADD COLUMN flag boolean NOT NULL DEFAULT false`).
+    #[arg(long, value_name = "CLAUSES")]
+    pub alter: String,
+
+    /// Really swap the tables. Without it, pg-ghost does everything but the cut-over, then
+    /// cleans up, and the database ends exactly as it started.
+    #[arg(long)]
+    pub execute: bool,
+
+    /// The unique NOT NULL index to copy and apply rows by, by name. Default: the primary key.
+    #[arg(long, value_name = "INDEX")]
+    pub key: Option<String>,
+
+    /// Continue an interrupted run from its checkpoint (copy cursor and confirmed LSN in the
+    /// changelog table) instead of starting over.
+    #[arg(long)]
+    pub resume: bool,
+
+    /// Drop a ghost table left by an earlier run before starting, instead of refusing.
+    #[arg(long)]
+    pub initially_drop_ghost_table: bool,
+
+    /// Skip the row-for-row checksum of the ghost against the original before the swap.
+    #[arg(long)]
+    pub skip_checksum: bool,
+
+    /// How often to print the status line on stderr. Units: ms, s, m, h (`5s`, `1m30s`).
+    #[arg(long, value_name = "DURATION", default_value = "5s")]
+    pub status_interval: String,
+
+    // ---- copy -------------------------------------------------------------------------
+    /// Rows per copy chunk to start with (1 to 1,000,000); the size then adapts to
+    /// --chunk-time. Hot-tunable through the socket (`chunk-size=N`).
+    #[arg(long, value_name = "ROWS", default_value_t = 10_000, help_heading = "Copy")]
+    pub chunk_size: u64,
+
+    /// The time one copy chunk should take; the chunk size grows or shrinks towards it.
+    /// Units: ms, s, m (`500ms`, `2s`).
+    #[arg(long, value_name = "DURATION", default_value = "500ms", help_heading = "Copy")]
+    pub chunk_time: String,
+
+    /// Copy workers (1 to 64), each on its own connection and a disjoint key range.
+    #[arg(long, value_name = "N", default_value_t = 1, help_heading = "Copy")]
+    pub copy_workers: u32,
+
+    // ---- cut-over ---------------------------------------------------------------------
+    /// lock_timeout for the ACCESS EXCLUSIVE lock at the swap. Keep it short: a waiting lock
+    /// request stalls every later query on the table. Units: ms, s (`1s`, `500ms`).
+    #[arg(long, value_name = "DURATION", default_value = "1s", help_heading = "Cut-over")]
+    pub cut_over_lock_timeout: String,
+
+    /// How many times to try the cut-over lock (with back-off between tries) before giving up.
+    #[arg(long, value_name = "N", default_value_t = 60, help_heading = "Cut-over")]
+    pub cut_over_retries: u32,
+
+    /// Terminate the backends that block the cut-over lock once they have held it this long
+    /// (pg_terminate_backend). Default: never, only report them. Units: ms, s, m.
+    #[arg(long, value_name = "DURATION", help_heading = "Cut-over")]
+    pub cut_over_kill_blockers_after: Option<String>,
+
+    /// Drop the old table after a successful cut-over. Default: keep it as `_<table>_del`.
+    #[arg(long, help_heading = "Cut-over")]
+    pub ok_to_drop_table: bool,
+
+    /// Name the old table `_<table>_<YYYYMMDDhhmmss>_del`, so that several runs can keep theirs.
+    #[arg(long, help_heading = "Cut-over")]
+    pub timestamp_old_table: bool,
+
+    /// While this file exists after the copy, keep applying changes and wait before the
+    /// cut-over. Remove it (or send `unpostpone` to the socket) to proceed.
+    #[arg(long, value_name = "PATH", help_heading = "Cut-over")]
+    pub postpone_cut_over_flag_file: Option<PathBuf>,
+
+    /// When this file appears, abort at once in any phase: roll back, drop slot and
+    /// publication, leave the original untouched, keep the ghost for inspection.
+    #[arg(long, value_name = "PATH", help_heading = "Cut-over")]
+    pub panic_flag_file: Option<PathBuf>,
+
+    // ---- throttling -------------------------------------------------------------------
+    /// Throttle the copy while replica replay lag exceeds this. A plain number is
+    /// milliseconds (units work too: `2s`); `0` turns the check off. Hot-tunable
+    /// (`max-lag-millis=N`).
+    #[arg(long, value_name = "MILLIS", default_value = "1500", help_heading = "Throttling")]
+    pub max_lag_millis: String,
+
+    /// Physical standbys to measure lag on, `host[:port],...` (port 5432 when left out; a
+    /// host starting with `/` is a socket directory). User, password and database are
+    /// those of --conn. Default: `replay_lag` from pg_stat_replication.
+    #[arg(long, value_name = "HOST:PORT,...", help_heading = "Throttling")]
+    pub throttle_control_replicas: Option<String>,
+
+    /// How often to write the heartbeat row that replicas are checked with. A plain number
+    /// is milliseconds. Must be below --max-lag-millis.
+    #[arg(long, value_name = "MILLIS", default_value = "100", help_heading = "Throttling")]
+    pub heartbeat_interval_millis: String,
+
+    /// Throttle the copy while a server metric reaches its threshold: `name=threshold,...`.
+    /// Metrics: active_sessions, waiting_sessions, replication_slot_lag_bytes (of other
+    /// slots), wal_bytes_per_sec; byte metrics take units (`1GB`). Hot-tunable.
+    #[arg(long, value_name = "NAME=THRESHOLD,...", default_value = "", help_heading = "Throttling")]
+    pub max_load: String,
+
+    /// Abort (or hibernate, see --critical-load-hibernate-seconds) when a metric reaches
+    /// its threshold. Same syntax as --max-load. Hot-tunable.
+    #[arg(long, value_name = "NAME=THRESHOLD,...", default_value = "", help_heading = "Throttling")]
+    pub critical_load: String,
+
+    /// On critical load, pause everything for this long and check again instead of
+    /// aborting. A plain number is seconds; `0` means abort.
+    #[arg(long, value_name = "SECONDS", default_value = "0", help_heading = "Throttling")]
+    pub critical_load_hibernate_seconds: String,
+
+    /// Throttle while this single SELECT returns a positive number in its first column.
+    /// Hot-tunable.
+    #[arg(long, value_name = "SELECT", help_heading = "Throttling")]
+    pub throttle_query: Option<String>,
+
+    /// Throttle while this file exists.
+    #[arg(long, value_name = "PATH", help_heading = "Throttling")]
+    pub throttle_flag_file: Option<PathBuf>,
+
+    /// Throttle while this file exists; shared by all runs on the host, to pause them all.
+    /// Give an empty value to ignore it.
+    #[arg(long, value_name = "PATH", default_value = "/tmp/pg-ghost.throttle", help_heading = "Throttling")]
+    pub throttle_additional_flag_file: String,
+
+    /// After each chunk, sleep this fraction of the time it took (`0.5`: copy runs at most
+    /// two thirds of the time). Hot-tunable (`nice-ratio=X`).
+    #[arg(long, value_name = "RATIO", default_value_t = 0.0, help_heading = "Throttling")]
+    pub nice_ratio: f64,
+
+    /// Throttle the copy while this run's slot retains more WAL than this (the apply is
+    /// behind). Units as in postgresql.conf, powers of 1024: kB, MB, GB, TB; `0` turns it off.
+    #[arg(long, value_name = "BYTES", default_value = "10GB", help_heading = "Throttling")]
+    pub max_retained_wal: String,
+
+    /// Abort, dropping the slot, before it retains more WAL than this, so the disk never
+    /// fills. Same units as --max-retained-wal; default: off.
+    #[arg(long, value_name = "BYTES", help_heading = "Throttling")]
+    pub critical_retained_wal: Option<String>,
+
+    // ---- control ----------------------------------------------------------------------
+    /// Serve the interactive commands (`status`, `sup`, `throttle`, `chunk-size=N`, `panic`,
+    /// `help`, ...) on this Unix socket (mode 0600, removed at exit).
+    #[arg(long, value_name = "PATH", help_heading = "Control")]
+    pub serve_socket_file: Option<PathBuf>,
+
+    /// Serve the same commands on this TCP port, on 127.0.0.1 only.
+    #[arg(long, value_name = "PORT", help_heading = "Control")]
+    pub serve_tcp_port: Option<u16>,
+
+    /// Directory of hook executables (`pg-ghost-on-startup*`, `-on-before-cut-over*`, ...),
+    /// run with PG_GHOST_* environment variables; a hook exiting non-zero fails the run.
+    #[arg(long, value_name = "DIR", help_heading = "Control")]
+    pub hooks_path: Option<PathBuf>,
+
+    /// Kill a hook that runs longer than this, and fail the run. Units: ms, s, m.
+    #[arg(long, value_name = "DURATION", default_value = "60s", help_heading = "Control")]
+    pub hooks_timeout: String,
+
+    /// How often to run the `on-status` hooks. Units: ms, s, m.
+    #[arg(long, value_name = "DURATION", default_value = "60s", help_heading = "Control")]
+    pub hooks_status_interval: String,
+
+    // ---- testing on a replica ---------------------------------------------------------
+    /// Run on a writable replica (a logical subscriber): stop its subscription at the
+    /// cut-over, compare checksums, and leave both tables to inspect.
+    #[arg(long, help_heading = "Testing on a replica")]
+    pub test_on_replica: bool,
+
+    /// With --test-on-replica: leave the subscription running at the cut-over.
+    #[arg(long, help_heading = "Testing on a replica")]
+    pub test_on_replica_skip_replica_stop: bool,
+}

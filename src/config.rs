@@ -1,0 +1,370 @@
+//! The second stage of the command line: the flags of [`crate::cli`] validated and turned
+//! into typed values (`Duration`, byte counts, [`LoadLimits`], [`ConnInfo`]).
+//!
+//! Invariants: a [`Config`] is only ever built through [`Config::from_cli`], so every value
+//! in it has been checked; it is immutable for the whole run, and each component receives
+//! its own part (`config.copy`, `config.cut_over`, ...). What a DBA may change while the run
+//! is under way is [`Tunables`]: `config.tunables` holds the starting values, which the
+//! runner moves into a `tokio::sync::watch`. Every error is [`ErrorKind::Config`] and names
+//! the flag and the value (never the connection string: it may hold a password).
+//!
+//! [`ErrorKind::Config`]: crate::error::ErrorKind::Config
+
+mod load;
+mod replicas;
+mod tunables;
+mod units;
+
+pub use load::{LoadLimit, LoadLimits, LoadMetric};
+pub use replicas::{format_replicas, parse_replicas, replica_conn};
+pub use tunables::{chunk_size, max_lag, nice_ratio, throttle_query, Tunables, MAX_CHUNK_SIZE, TUNABLE_NAMES};
+pub use units::{format_bytes, parse_bytes, parse_duration, Bare};
+
+use crate::cli::{CleanupArgs, RunArgs, Target};
+use crate::conn::ConnInfo;
+use crate::error::{Error, Result};
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The most copy workers: each holds a connection and a transaction at a time.
+pub const MAX_COPY_WORKERS: u32 = 64;
+
+/// Everything `pg-ghost run` was asked to do, validated.
+#[derive(Clone)]
+pub struct Config {
+    pub conn: ConnInfo,
+    /// `--table` as given (`[schema.]name` in SQL syntax); `inspect` resolves it.
+    pub table: String,
+    /// The clauses that follow `ALTER TABLE name`.
+    pub alter: String,
+    /// Index to copy and apply by; `None`: the primary key.
+    pub key: Option<String>,
+    /// `false`: dry run, everything but the cut-over, then cleanup.
+    pub execute: bool,
+    pub resume: bool,
+    pub initially_drop_ghost_table: bool,
+    pub skip_checksum: bool,
+    pub status_interval: Duration,
+    /// Checked in every phase; when it appears the run aborts.
+    pub panic_flag_file: Option<PathBuf>,
+    pub copy: CopyConfig,
+    pub cut_over: CutOverConfig,
+    pub throttle: ThrottleConfig,
+    pub control: ControlConfig,
+    pub hooks: HooksConfig,
+    /// `Some` with `--test-on-replica`.
+    pub test_on_replica: Option<ReplicaTest>,
+    /// Starting values of the hot-tunable settings.
+    pub tunables: Tunables,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CopyConfig {
+    /// Target time per chunk; the chunk size adapts towards it.
+    pub chunk_time: Duration,
+    /// At least 1, at most [`MAX_COPY_WORKERS`].
+    pub workers: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CutOverConfig {
+    /// `lock_timeout` for the swap's lock; at least 1 ms (PostgreSQL reads 0 as "wait forever").
+    pub lock_timeout: Duration,
+    /// Attempts at the lock before giving up; at least 1.
+    pub retries: u32,
+    /// Terminate blockers that held the lock this long; `None`: only report them.
+    pub kill_blockers_after: Option<Duration>,
+    pub ok_to_drop_table: bool,
+    pub timestamp_old_table: bool,
+    pub postpone_flag_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ThrottleConfig {
+    /// How often the heartbeat row is written; below `tunables.max_lag` when that is set.
+    pub heartbeat_interval: Duration,
+    /// On critical load, pause this long and check again; `None`: abort.
+    pub critical_load_hibernate: Option<Duration>,
+    pub flag_file: Option<PathBuf>,
+    /// Shared by all runs on the host; `None` when given as empty.
+    pub additional_flag_file: Option<PathBuf>,
+    /// Throttle while this run's slot retains more WAL (bytes); `None`: off.
+    pub max_retained_wal: Option<u64>,
+    /// Abort before the slot retains this much WAL (bytes); above `max_retained_wal`.
+    pub critical_retained_wal: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ControlConfig {
+    pub socket_file: Option<PathBuf>,
+    /// A port on 127.0.0.1, never 0.
+    pub tcp_port: Option<u16>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HooksConfig {
+    /// `None`: no hooks run.
+    pub path: Option<PathBuf>,
+    pub timeout: Duration,
+    pub status_interval: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaTest {
+    /// Stop the subscription at the cut-over (`false` with `--test-on-replica-skip-replica-stop`).
+    pub stop_replication: bool,
+}
+
+/// What `pg-ghost cleanup` needs.
+#[derive(Clone)]
+pub struct CleanupConfig {
+    pub conn: ConnInfo,
+    /// `--table` as given; resolved like `run`'s.
+    pub table: String,
+}
+
+impl Config {
+    /// Validates the flags of `run`; the libpq environment fills what `--conn` leaves out.
+    pub fn from_cli(args: &RunArgs) -> Result<Config> {
+        Config::from_cli_with_env(args, |k| std::env::var(k).ok())
+    }
+
+    /// [`Config::from_cli`] with the environment given, for tests.
+    pub fn from_cli_with_env(args: &RunArgs, env: impl Fn(&str) -> Option<String>) -> Result<Config> {
+        let (conn, table) = target(&args.target, env)?;
+        let tunables = tunables_from(args)?;
+        let throttle = throttle_from(args, &tunables)?;
+        Ok(Config {
+            conn,
+            table,
+            alter: required("alter", &args.alter)?,
+            key: args.key.as_deref().map(|k| required("key", k)).transpose()?,
+            execute: args.execute,
+            resume: resume(args)?,
+            initially_drop_ghost_table: args.initially_drop_ghost_table,
+            skip_checksum: args.skip_checksum,
+            status_interval: positive("status-interval", &args.status_interval, Bare::Refuse)?,
+            panic_flag_file: args.panic_flag_file.clone(),
+            copy: copy_from(args)?,
+            cut_over: cut_over_from(args)?,
+            throttle,
+            control: control_from(args)?,
+            hooks: hooks_from(args)?,
+            test_on_replica: test_on_replica(args)?,
+            tunables,
+        })
+    }
+}
+
+impl CleanupConfig {
+    pub fn from_cli(args: &CleanupArgs) -> Result<CleanupConfig> {
+        CleanupConfig::from_cli_with_env(args, |k| std::env::var(k).ok())
+    }
+
+    pub fn from_cli_with_env(args: &CleanupArgs, env: impl Fn(&str) -> Option<String>) -> Result<CleanupConfig> {
+        let (conn, table) = target(&args.target, env)?;
+        Ok(CleanupConfig { conn, table })
+    }
+}
+
+fn target(t: &Target, env: impl Fn(&str) -> Option<String>) -> Result<(ConnInfo, String)> {
+    // The error must not repeat the connection string: it may carry a password.
+    let conn = ConnInfo::parse_with_env(&t.conn, env).map_err(|e| e.context("--conn"))?;
+    Ok((conn, required("table", &t.table)?))
+}
+
+fn tunables_from(args: &RunArgs) -> Result<Tunables> {
+    Ok(Tunables {
+        chunk_size: chunk_size("chunk-size", args.chunk_size)?,
+        nice_ratio: nice_ratio("nice-ratio", args.nice_ratio)?,
+        max_lag: max_lag("max-lag-millis", &args.max_lag_millis)?,
+        max_load: LoadLimits::parse("max-load", &args.max_load)?,
+        critical_load: LoadLimits::parse("critical-load", &args.critical_load)?,
+        throttle_query: args
+            .throttle_query
+            .as_deref()
+            .map(|q| throttle_query("throttle-query", q))
+            .transpose()?
+            .flatten(),
+        throttle_control_replicas: match &args.throttle_control_replicas {
+            Some(list) => parse_replicas("throttle-control-replicas", list)?,
+            None => Vec::new(),
+        },
+    })
+}
+
+fn copy_from(args: &RunArgs) -> Result<CopyConfig> {
+    if !(1..=MAX_COPY_WORKERS).contains(&args.copy_workers) {
+        return Err(Error::config(format!(
+            "--copy-workers {}: give between 1 and {MAX_COPY_WORKERS} workers",
+            args.copy_workers
+        )));
+    }
+    Ok(CopyConfig {
+        chunk_time: positive("chunk-time", &args.chunk_time, Bare::Refuse)?,
+        workers: args.copy_workers as usize,
+    })
+}
+
+fn cut_over_from(args: &RunArgs) -> Result<CutOverConfig> {
+    let lock_timeout = parse_duration("cut-over-lock-timeout", &args.cut_over_lock_timeout, Bare::Refuse)?;
+    if lock_timeout < Duration::from_millis(1) {
+        // lock_timeout counts whole milliseconds and 0 disables it: the lock would queue
+        // for ever and stall every query on the table behind it.
+        return Err(Error::config(format!(
+            "--cut-over-lock-timeout {:?}: give at least 1ms; a lock_timeout of 0 waits for ever",
+            args.cut_over_lock_timeout
+        )));
+    }
+    if args.cut_over_retries == 0 {
+        return Err(Error::config("--cut-over-retries 0: give at least 1 attempt"));
+    }
+    let kill_blockers_after = match &args.cut_over_kill_blockers_after {
+        Some(text) => Some(positive("cut-over-kill-blockers-after", text, Bare::Refuse)?),
+        None => None,
+    };
+    Ok(CutOverConfig {
+        lock_timeout,
+        retries: args.cut_over_retries,
+        kill_blockers_after,
+        ok_to_drop_table: args.ok_to_drop_table,
+        timestamp_old_table: args.timestamp_old_table,
+        postpone_flag_file: args.postpone_cut_over_flag_file.clone(),
+    })
+}
+
+fn throttle_from(args: &RunArgs, tunables: &Tunables) -> Result<ThrottleConfig> {
+    let heartbeat_interval = positive("heartbeat-interval-millis", &args.heartbeat_interval_millis, Bare::Millis)?;
+    if let Some(max_lag) = tunables.max_lag {
+        // Lag read from a heartbeat is up to one interval old even on an idle, current
+        // replica: with an interval at or above the limit, the copy would never run.
+        if heartbeat_interval >= max_lag {
+            return Err(Error::config(format!(
+                "--heartbeat-interval-millis {:?} must be below --max-lag-millis {:?}",
+                args.heartbeat_interval_millis, args.max_lag_millis
+            )));
+        }
+    }
+    let hibernate =
+        parse_duration("critical-load-hibernate-seconds", &args.critical_load_hibernate_seconds, Bare::Seconds)?;
+    let max_retained_wal = non_zero(parse_bytes("max-retained-wal", &args.max_retained_wal)?);
+    let critical_retained_wal = match &args.critical_retained_wal {
+        Some(text) => non_zero(parse_bytes("critical-retained-wal", text)?),
+        None => None,
+    };
+    if let (Some(max), Some(critical)) = (max_retained_wal, critical_retained_wal) {
+        if critical <= max {
+            return Err(Error::config(format!(
+                "--critical-retained-wal {} must be above --max-retained-wal {}: throttling has to come first",
+                format_bytes(critical),
+                format_bytes(max)
+            )));
+        }
+    }
+    Ok(ThrottleConfig {
+        heartbeat_interval,
+        critical_load_hibernate: Some(hibernate).filter(|d| !d.is_zero()),
+        flag_file: args.throttle_flag_file.clone(),
+        additional_flag_file: Some(args.throttle_additional_flag_file.trim())
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from),
+        max_retained_wal,
+        critical_retained_wal,
+    })
+}
+
+fn control_from(args: &RunArgs) -> Result<ControlConfig> {
+    if args.serve_tcp_port == Some(0) {
+        return Err(Error::config("--serve-tcp-port 0: give a port between 1 and 65535"));
+    }
+    Ok(ControlConfig { socket_file: args.serve_socket_file.clone(), tcp_port: args.serve_tcp_port })
+}
+
+fn hooks_from(args: &RunArgs) -> Result<HooksConfig> {
+    Ok(HooksConfig {
+        path: args.hooks_path.clone(),
+        timeout: positive("hooks-timeout", &args.hooks_timeout, Bare::Refuse)?,
+        status_interval: positive("hooks-status-interval", &args.hooks_status_interval, Bare::Refuse)?,
+    })
+}
+
+fn test_on_replica(args: &RunArgs) -> Result<Option<ReplicaTest>> {
+    match (args.test_on_replica, args.test_on_replica_skip_replica_stop) {
+        (false, true) => Err(Error::config("--test-on-replica-skip-replica-stop needs --test-on-replica")),
+        (false, false) => Ok(None),
+        (true, skip) => Ok(Some(ReplicaTest { stop_replication: !skip })),
+    }
+}
+
+fn resume(args: &RunArgs) -> Result<bool> {
+    if args.resume && args.initially_drop_ghost_table {
+        // Resuming continues with the ghost table; dropping it first would lose the copy.
+        return Err(Error::config("--resume and --initially-drop-ghost-table contradict each other: choose one"));
+    }
+    Ok(args.resume)
+}
+
+fn required(flag: &str, text: &str) -> Result<String> {
+    if text.trim().is_empty() {
+        return Err(Error::config(format!("--{flag} is empty")));
+    }
+    Ok(text.to_string())
+}
+
+/// A duration above zero: intervals and timeouts of 0 would spin or never wait.
+fn positive(flag: &str, text: &str, bare: Bare) -> Result<Duration> {
+    let d = parse_duration(flag, text, bare)?;
+    if d.is_zero() {
+        return Err(Error::config(format!("--{flag} {text:?}: must be more than 0")));
+    }
+    Ok(d)
+}
+
+fn non_zero(bytes: u64) -> Option<u64> {
+    Some(bytes).filter(|b| *b != 0)
+}
+
+impl fmt::Debug for Config {
+    /// Shows where pg-ghost connects but never the password (`ConnInfo`'s derived `Debug`
+    /// would print it).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("conn", &Redacted(&self.conn))
+            .field("table", &self.table)
+            .field("alter", &self.alter)
+            .field("key", &self.key)
+            .field("execute", &self.execute)
+            .field("resume", &self.resume)
+            .field("initially_drop_ghost_table", &self.initially_drop_ghost_table)
+            .field("skip_checksum", &self.skip_checksum)
+            .field("status_interval", &self.status_interval)
+            .field("panic_flag_file", &self.panic_flag_file)
+            .field("copy", &self.copy)
+            .field("cut_over", &self.cut_over)
+            .field("throttle", &self.throttle)
+            .field("control", &self.control)
+            .field("hooks", &self.hooks)
+            .field("test_on_replica", &self.test_on_replica)
+            .field("tunables", &self.tunables)
+            .finish()
+    }
+}
+
+impl fmt::Debug for CleanupConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CleanupConfig").field("conn", &Redacted(&self.conn)).field("table", &self.table).finish()
+    }
+}
+
+struct Redacted<'a>(&'a ConnInfo);
+
+impl fmt::Debug for Redacted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = self.0;
+        write!(f, "{} user={} dbname={}", c.endpoint.describe(), c.user, c.dbname)
+    }
+}
+
+#[cfg(test)]
+mod tests;

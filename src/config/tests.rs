@@ -1,0 +1,283 @@
+//! Both stages together: argv → clap → `Config`, with a fixed environment.
+
+use super::*;
+use crate::cli::{Cli, Command};
+use crate::conn::Endpoint;
+use crate::error::ErrorKind;
+use clap::Parser;
+
+const ENV: [(&str, &str); 2] = [("PGUSER", "dba"), ("PGHOST", "db1")];
+
+fn env(k: &str) -> Option<String> {
+    ENV.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+}
+
+fn run_args(extra: &[&str]) -> RunArgs {
+    let mut argv = vec!["pg-ghost", "run", "--table", "orders", "--alter", "ADD COLUMN f int"];
+    argv.extend_from_slice(extra);
+    match Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{extra:?}: {e}")).command {
+        Command::Run(args) => *args,
+        Command::Cleanup(_) => unreachable!(),
+    }
+}
+
+fn config(extra: &[&str]) -> Result<Config> {
+    Config::from_cli_with_env(&run_args(extra), env)
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+#[test]
+fn defaults() {
+    let c = config(&[]).unwrap();
+    assert_eq!(c.conn.endpoint, Endpoint::Tcp { host: "db1".into(), port: 5432 });
+    assert_eq!(c.conn.user, "dba");
+    assert_eq!((c.table.as_str(), c.alter.as_str()), ("orders", "ADD COLUMN f int"));
+    assert!(!c.execute && !c.resume && !c.skip_checksum && !c.initially_drop_ghost_table);
+    assert_eq!(c.key, None);
+    assert_eq!(c.status_interval, ms(5_000));
+    assert_eq!(c.copy, CopyConfig { chunk_time: ms(500), workers: 1 });
+    assert_eq!(
+        c.cut_over,
+        CutOverConfig {
+            lock_timeout: ms(1_000),
+            retries: 60,
+            kill_blockers_after: None,
+            ok_to_drop_table: false,
+            timestamp_old_table: false,
+            postpone_flag_file: None,
+        }
+    );
+    assert_eq!(
+        c.throttle,
+        ThrottleConfig {
+            heartbeat_interval: ms(100),
+            critical_load_hibernate: None,
+            flag_file: None,
+            additional_flag_file: Some("/tmp/pg-ghost.throttle".into()),
+            max_retained_wal: Some(10 << 30),
+            critical_retained_wal: None,
+        }
+    );
+    assert_eq!(c.control, ControlConfig { socket_file: None, tcp_port: None });
+    assert_eq!(c.hooks, HooksConfig { path: None, timeout: ms(60_000), status_interval: ms(60_000) });
+    assert_eq!(c.test_on_replica, None);
+    assert_eq!(
+        c.tunables,
+        Tunables {
+            chunk_size: 10_000,
+            nice_ratio: 0.0,
+            max_lag: Some(ms(1_500)),
+            max_load: LoadLimits::default(),
+            critical_load: LoadLimits::default(),
+            throttle_query: None,
+            throttle_control_replicas: vec![],
+        }
+    );
+}
+
+/// Flag and value pairs on one line, as a DBA would write them.
+#[rustfmt::skip]
+const EVERY_FLAG: &[&str] = &[
+    "--conn", "host=10.0.0.1 port=6000 user=u dbname=app",
+    "--execute", "--key", "orders_uk", "--resume", "--skip-checksum",
+    "--status-interval", "2s",
+    "--chunk-size", "2000", "--chunk-time", "1.5s", "--copy-workers", "4",
+    "--cut-over-lock-timeout", "250ms", "--cut-over-retries", "5",
+    "--cut-over-kill-blockers-after", "30s", "--ok-to-drop-table", "--timestamp-old-table",
+    "--postpone-cut-over-flag-file", "/tmp/p", "--panic-flag-file", "/tmp/x",
+    "--max-lag-millis", "3000", "--throttle-control-replicas", "r1:5433,r2",
+    "--heartbeat-interval-millis", "250", "--max-load", "active_sessions=40",
+    "--critical-load", "waiting_sessions=100", "--critical-load-hibernate-seconds", "30",
+    "--throttle-query", "SELECT 0", "--throttle-flag-file", "/tmp/t",
+    "--throttle-additional-flag-file", "", "--nice-ratio", "0.5",
+    "--max-retained-wal", "512MB", "--critical-retained-wal", "20GB",
+    "--serve-socket-file", "/tmp/s.sock", "--serve-tcp-port", "9001",
+    "--hooks-path", "/etc/hooks", "--hooks-timeout", "10s", "--hooks-status-interval", "1m",
+    "--test-on-replica", "--test-on-replica-skip-replica-stop",
+];
+
+#[test]
+fn every_flag_reaches_its_field() {
+    let c = config(EVERY_FLAG).unwrap();
+    assert_eq!(c.conn.endpoint, Endpoint::Tcp { host: "10.0.0.1".into(), port: 6000 });
+    assert_eq!((c.conn.user.as_str(), c.conn.dbname.as_str()), ("u", "app"));
+    assert!(c.execute && c.resume && c.skip_checksum);
+    assert_eq!(c.key.as_deref(), Some("orders_uk"));
+    assert_eq!(c.status_interval, ms(2_000));
+    assert_eq!(c.copy, CopyConfig { chunk_time: ms(1_500), workers: 4 });
+    assert_eq!(c.cut_over.lock_timeout, ms(250));
+    assert_eq!(c.cut_over.retries, 5);
+    assert_eq!(c.cut_over.kill_blockers_after, Some(ms(30_000)));
+    assert!(c.cut_over.ok_to_drop_table && c.cut_over.timestamp_old_table);
+    assert_eq!(c.cut_over.postpone_flag_file, Some("/tmp/p".into()));
+    assert_eq!(c.panic_flag_file, Some("/tmp/x".into()));
+    assert_eq!(c.tunables.max_lag, Some(ms(3_000)));
+    assert_eq!(
+        c.tunables.throttle_control_replicas,
+        [Endpoint::Tcp { host: "r1".into(), port: 5433 }, Endpoint::Tcp { host: "r2".into(), port: 5432 }]
+    );
+    assert_eq!(c.throttle.heartbeat_interval, ms(250));
+    assert_eq!(c.tunables.max_load.get(LoadMetric::ActiveSessions), Some(40));
+    assert_eq!(c.tunables.critical_load.get(LoadMetric::WaitingSessions), Some(100));
+    assert_eq!(c.throttle.critical_load_hibernate, Some(ms(30_000)));
+    assert_eq!(c.tunables.throttle_query.as_deref(), Some("SELECT 0"));
+    assert_eq!(c.throttle.flag_file, Some("/tmp/t".into()));
+    assert_eq!(c.throttle.additional_flag_file, None);
+    assert_eq!(c.tunables.nice_ratio, 0.5);
+    assert_eq!(c.tunables.chunk_size, 2_000);
+    assert_eq!((c.throttle.max_retained_wal, c.throttle.critical_retained_wal), (Some(512 << 20), Some(20 << 30)));
+    assert_eq!(c.control, ControlConfig { socket_file: Some("/tmp/s.sock".into()), tcp_port: Some(9001) });
+    assert_eq!(
+        c.hooks,
+        HooksConfig { path: Some("/etc/hooks".into()), timeout: ms(10_000), status_interval: ms(60_000) }
+    );
+    assert_eq!(c.test_on_replica, Some(ReplicaTest { stop_replication: false }));
+}
+
+#[test]
+fn zero_turns_optional_checks_off() {
+    let c = config(&["--max-lag-millis", "0", "--max-retained-wal", "0", "--critical-retained-wal", "0"]).unwrap();
+    assert_eq!(c.tunables.max_lag, None);
+    assert_eq!((c.throttle.max_retained_wal, c.throttle.critical_retained_wal), (None, None));
+    // Without a lag limit, any heartbeat interval is acceptable.
+    assert!(config(&["--max-lag-millis", "0", "--heartbeat-interval-millis", "5000"]).is_ok());
+    assert_eq!(config(&["--test-on-replica"]).unwrap().test_on_replica, Some(ReplicaTest { stop_replication: true }));
+}
+
+/// Each case: the flags, and what the message must contain (it always names a flag).
+#[test]
+fn invalid_values_are_config_errors_naming_the_flag() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["--chunk-size", "0"], "--chunk-size 0: give between 1 and 1000000 rows"),
+        (&["--chunk-size", "1000001"], "--chunk-size 1000001"),
+        (&["--chunk-time", "500"], "--chunk-time \"500\": a unit is required"),
+        (&["--chunk-time", "0s"], "--chunk-time \"0s\": must be more than 0"),
+        (&["--chunk-time", "fast"], "--chunk-time \"fast\""),
+        (&["--copy-workers", "0"], "--copy-workers 0: give between 1 and 64"),
+        (&["--copy-workers", "65"], "--copy-workers 65"),
+        (&["--cut-over-lock-timeout", "0ms"], "--cut-over-lock-timeout \"0ms\": give at least 1ms"),
+        (&["--cut-over-lock-timeout", "0.5ms"], "give at least 1ms"),
+        (&["--cut-over-lock-timeout", "1"], "--cut-over-lock-timeout \"1\": a unit is required"),
+        (&["--cut-over-retries", "0"], "--cut-over-retries 0"),
+        (&["--cut-over-kill-blockers-after", "0s"], "--cut-over-kill-blockers-after \"0s\": must be more than 0"),
+        (&["--status-interval", "0s"], "--status-interval \"0s\""),
+        (&["--status-interval", "5 parsecs"], "unknown unit \"parsecs\""),
+        (&["--nice-ratio=-0.5"], "--nice-ratio -0.5: give a number of 0 or more"),
+        (&["--nice-ratio", "NaN"], "--nice-ratio NaN"),
+        (&["--max-lag-millis", "lots"], "--max-lag-millis \"lots\""),
+        (&["--heartbeat-interval-millis", "0"], "--heartbeat-interval-millis \"0\": must be more than 0"),
+        (
+            &["--heartbeat-interval-millis", "1500"],
+            "--heartbeat-interval-millis \"1500\" must be below --max-lag-millis \"1500\"",
+        ),
+        (&["--max-load", "load_average=5"], "--max-load \"load_average=5\": unknown metric"),
+        (&["--max-load", "active_sessions=0"], "at least 1"),
+        (&["--critical-load", "active_sessions"], "--critical-load \"active_sessions\": expected name=threshold"),
+        (&["--critical-load-hibernate-seconds", "soon"], "--critical-load-hibernate-seconds \"soon\""),
+        (&["--throttle-query", "DROP TABLE orders"], "--throttle-query \"DROP TABLE orders\": must be a SELECT"),
+        (&["--throttle-control-replicas", "r1:http"], "--throttle-control-replicas \"r1:http\""),
+        (&["--max-retained-wal", "10 parsecs"], "--max-retained-wal \"10 parsecs\": unknown unit"),
+        (&["--max-retained-wal=-1"], "--max-retained-wal \"-1\""),
+        (&["--critical-retained-wal", "5GB"], "--critical-retained-wal 5GB must be above --max-retained-wal 10GB"),
+        (&["--critical-retained-wal", "10GB"], "must be above"),
+        (&["--serve-tcp-port", "0"], "--serve-tcp-port 0"),
+        (&["--hooks-timeout", "0s"], "--hooks-timeout"),
+        (&["--hooks-status-interval", "1"], "--hooks-status-interval \"1\": a unit is required"),
+        (&["--test-on-replica-skip-replica-stop"], "needs --test-on-replica"),
+        (&["--resume", "--initially-drop-ghost-table"], "--resume and --initially-drop-ghost-table"),
+        (&["--key", " "], "--key is empty"),
+        (&["--conn", "host='unterminated"], "--conn: cannot read the connection string"),
+    ];
+    for (flags, want) in cases {
+        let e = config(flags).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Config, "{flags:?}");
+        assert!(e.to_string().contains(want), "{flags:?}: got {e:?}, want {want:?}");
+    }
+}
+
+#[test]
+fn empty_table_and_alter_are_refused() {
+    for (table, alter, want) in [("", "ADD COLUMN f int", "--table is empty"), ("t", "  ", "--alter is empty")] {
+        let cli = Cli::try_parse_from(["pg-ghost", "run", "--table", table, "--alter", alter]).unwrap();
+        let Command::Run(args) = cli.command else { unreachable!() };
+        let e = Config::from_cli_with_env(&args, env).unwrap_err();
+        assert_eq!(e.to_string(), want);
+    }
+}
+
+#[test]
+fn connection_errors_never_echo_the_password() {
+    let e = config(&["--conn", "postgres://u:s3cret@h:notaport/db"]).unwrap_err();
+    assert!(!e.to_string().contains("s3cret"), "{e}");
+    let c = config(&["--conn", "host=h user=u password=s3cret"]).unwrap();
+    let shown = format!("{c:?}");
+    assert!(!shown.contains("s3cret") && shown.contains("h:5432 user=u"), "{shown}");
+}
+
+#[test]
+fn clap_refuses_what_it_cannot_read_with_usage_errors() {
+    for argv in [
+        vec!["pg-ghost", "run", "--alter", "x"],
+        vec!["pg-ghost", "run", "--table", "t"],
+        vec!["pg-ghost", "run", "--table", "t", "--alter", "x", "--chunk-size", "-5"],
+        vec!["pg-ghost", "run", "--table", "t", "--alter", "x", "--copy-workers", "many"],
+        vec!["pg-ghost", "run", "--table", "t", "--alter", "x", "--log-format", "xml"],
+        vec!["pg-ghost", "run", "--table", "t", "--alter", "x", "--serve-tcp-port", "70000"],
+        vec!["pg-ghost", "cleanup", "--table", "t", "--alter", "x"],
+    ] {
+        let e = Cli::try_parse_from(&argv).unwrap_err();
+        assert_eq!(e.exit_code(), 2, "{argv:?}");
+    }
+}
+
+#[test]
+fn cleanup_takes_conn_table_and_log_format() {
+    let cli = Cli::try_parse_from([
+        "pg-ghost",
+        "cleanup",
+        "--conn",
+        "user=u",
+        "--table",
+        "s.t",
+        "--log-format",
+        "json",
+        "-v",
+    ])
+    .unwrap();
+    assert_eq!(cli.log_format, crate::cli::LogFormat::Json);
+    assert_eq!(cli.verbose, 1);
+    let Command::Cleanup(args) = cli.command else { unreachable!() };
+    let c = CleanupConfig::from_cli_with_env(&args, env).unwrap();
+    assert_eq!((c.conn.user.as_str(), c.table.as_str()), ("u", "s.t"));
+}
+
+#[test]
+fn the_clap_definition_is_consistent() {
+    use clap::CommandFactory;
+    Cli::command().debug_assert();
+}
+
+/// Flags that cannot join [`EVERY_FLAG`] (it has `--resume`), with their own tests.
+const TESTED_ALONE: [&str; 3] = ["--table", "--alter", "--initially-drop-ghost-table"];
+
+#[test]
+fn initially_drop_ghost_table() {
+    assert!(config(&["--initially-drop-ghost-table"]).unwrap().initially_drop_ghost_table);
+}
+
+/// A flag added to `run` without a value in [`EVERY_FLAG`] would go untested.
+#[test]
+fn every_run_flag_is_exercised() {
+    use clap::CommandFactory;
+    let cli = Cli::command();
+    let run = cli.find_subcommand("run").unwrap();
+    let global = ["help", "version", "log-format", "verbose"];
+    for long in run.get_arguments().filter_map(|a| a.get_long()).filter(|l| !global.contains(l)) {
+        let flag = format!("--{long}");
+        let covered = EVERY_FLAG.contains(&flag.as_str()) || TESTED_ALONE.contains(&flag.as_str());
+        assert!(covered, "{flag} is missing from EVERY_FLAG");
+    }
+}

@@ -1,0 +1,63 @@
+//! `pg-ghost cleanup`: removes what a run that died left behind (slot, publication, ghost
+//! and changelog tables), for the table as it is now and for its old table after a
+//! cut-over that committed but did not finish cleaning up. It never touches the original.
+
+use crate::config::CleanupConfig;
+use crate::error::{Error, ErrorKind, Result};
+use crate::inspect;
+use crate::names::Names;
+use crate::replication::slot;
+use tokio_postgres::Client;
+
+pub async fn cleanup(cfg: CleanupConfig) -> Result<()> {
+    let client = cfg.conn.with_application_name("pg-ghost cleanup").connect().await?;
+    let table = inspect::resolve_table(&client, &cfg.table).await?;
+    let oid: u32 = client
+        .query_one("SELECT $1::text::regclass::oid", &[&table.sql()])
+        .await?
+        .try_get(0)?;
+    let names = Names::for_table(&table, oid);
+    let mut stream_names = vec![names.slot.clone()];
+    // After a committed cut-over the original lives on as the old table, under its old OID.
+    if let Some(old_oid) = oid_of(&client, &names.old.sql()).await? {
+        stream_names.push(Names::for_table(&table, old_oid).slot);
+    }
+    for name in &stream_names {
+        if let Some(pid) = slot::slot_info(&client, name).await?.and_then(|s| s.active_pid) {
+            return Err(Error::refused(format!(
+                "replication slot {name} is in use by walsender pid {pid}: a pg-ghost run on {table} is still streaming; stop it (its panic flag file, or SIGTERM) before cleaning up"
+            )));
+        }
+    }
+    let backoff = crate::error::Backoff::default();
+    let mut removed = Vec::new();
+    for name in &stream_names {
+        if slot::drop_slot(&client, name, &backoff).await? {
+            removed.push(format!("replication slot {name}"));
+        }
+        if slot::publication_exists(&client, name).await? {
+            slot::drop_publication(&client, name).await?;
+            removed.push(format!("publication {name}"));
+        }
+    }
+    for t in [&names.ghost, &names.changelog] {
+        if oid_of(&client, &t.sql()).await?.is_some() {
+            client.batch_execute(&format!("DROP TABLE {}", t.sql())).await.map_err(Error::from)?;
+            removed.push(format!("table {t}"));
+        }
+    }
+    if removed.is_empty() {
+        tracing::info!(table = %table, "nothing to clean up");
+    } else {
+        tracing::info!(table = %table, removed = %removed.join(", "), "cleaned up");
+    }
+    Ok(())
+}
+
+async fn oid_of(client: &Client, sql_name: &str) -> Result<Option<u32>> {
+    let row = client
+        .query_one("SELECT to_regclass($1)::oid", &[&sql_name])
+        .await
+        .map_err(|e| Error::from(e).context("looking up a table"))?;
+    row.try_get::<_, Option<u32>>(0).map_err(|e| Error::new(ErrorKind::Sql, e.to_string()))
+}

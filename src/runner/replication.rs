@@ -1,0 +1,166 @@
+//! The stream side of a run: publication, slot, the pump from the walsender and the apply
+//! loop, started together and stopped together.
+
+use crate::apply::changes::{ChangeExtractor, ExpectedColumn};
+use crate::apply::pump::{pump, StreamPositions};
+use crate::apply::{Acker, FlushSql, InFlight, Writer, WriterHandle};
+use crate::conn::ConnInfo;
+use crate::error::{Context, Error, ErrorKind, Result};
+use crate::ghost::Ghost;
+use crate::lsn::Lsn;
+use crate::names::Names;
+use crate::replication::slot;
+use crate::replication::transport::{
+    ProtoVersion, ReplicationConnection, ReplicationStream, SlotKind, SlotSnapshot, StreamOptions,
+};
+use crate::schema::TableInfo;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_postgres::Client;
+
+/// How long slot creation may wait for open transactions before the run gives up.
+const SLOT_CREATION_LIMIT: Duration = Duration::from_secs(600);
+
+/// Creates the publication (FOR TABLE the original only).
+pub async fn create_publication(client: &Client, names: &Names, orig: &TableInfo) -> Result<()> {
+    slot::create_publication(client, &names.publication, std::slice::from_ref(&orig.name)).await
+}
+
+/// Creates the persistent slot, reporting the transactions its creation waits for.
+pub async fn create_slot(conn: &ConnInfo, monitor: &Client, names: &Names) -> Result<Lsn> {
+    let mut repl = ReplicationConnection::connect(&conn.with_application_name("pg-ghost stream")).await?;
+    let create = repl.create_slot(&names.slot, SlotKind::Persistent, SlotSnapshot::Nothing);
+    tokio::pin!(create);
+    let started = std::time::Instant::now();
+    let mut report = tokio::time::interval_at(tokio::time::Instant::now() + Duration::from_secs(2), Duration::from_secs(10));
+    loop {
+        tokio::select! {
+            created = &mut create => {
+                let created = created.context("creating the replication slot")?;
+                return Ok(created.consistent_point);
+            }
+            _ = report.tick() => {
+                if started.elapsed() > SLOT_CREATION_LIMIT {
+                    return Err(Error::new(ErrorKind::Aborted, format!(
+                        "the replication slot could not be created within {SLOT_CREATION_LIMIT:?}: transactions stayed open (see the warnings above)"
+                    )));
+                }
+                report_open_transactions(monitor).await;
+            }
+        }
+    }
+}
+
+async fn report_open_transactions(monitor: &Client) {
+    if let Ok(blockers) = slot::slot_creation_blockers(monitor).await {
+        for b in blockers {
+            tracing::warn!(
+                pid = b.pid,
+                database = b.database.as_deref().unwrap_or(""),
+                user = b.user.as_deref().unwrap_or(""),
+                application = b.application_name.as_deref().unwrap_or(""),
+                transaction_age_secs = b.xact_age_secs.round(),
+                "slot creation is waiting for this transaction to end"
+            );
+        }
+    }
+}
+
+/// Handles on the running stream and apply loop.
+pub struct Replication {
+    pub writer: WriterHandle,
+    pub inflight: Arc<InFlight>,
+    pub positions: Arc<StreamPositions>,
+    pub flush: FlushSql,
+}
+
+/// The stream's and the apply loop's tasks: watched for failure, stopped at the end.
+pub struct Background {
+    writer: WriterHandle,
+    stop_pump: Option<oneshot::Sender<()>>,
+    pump: JoinHandle<Result<ReplicationStream>>,
+    writer_task: JoinHandle<Result<()>>,
+    slot: String,
+}
+
+impl Replication {
+    pub async fn start(conn: &ConnInfo, names: &Names, orig: &TableInfo, ghost: &Ghost) -> Result<(Replication, Background)> {
+        let repl = ReplicationConnection::connect(&conn.with_application_name("pg-ghost stream")).await?;
+        let mut options = StreamOptions::new([names.publication.clone()]);
+        options.proto_version = ProtoVersion::V2;
+        options.streaming = true;
+        let stream = repl.start_replication(&names.slot, Lsn::ZERO, &options).await.context("starting the stream")?;
+        let feedback = stream.feedback();
+        let ack: Acker = Arc::new(move |lsn| {
+            feedback.set_written(lsn);
+            feedback.set_flushed(lsn);
+            feedback.set_applied(lsn);
+            feedback.send_status_now();
+        });
+        let expected = orig
+            .columns
+            .iter()
+            .filter(|c| !c.generated)
+            .map(|c| ExpectedColumn { name: c.name.clone(), type_oid: c.type_oid })
+            .collect();
+        let extractor = ChangeExtractor::new(orig.oid, expected, orig.key.columns.clone());
+        let (items_tx, items_rx) = mpsc::channel(1024);
+        let positions = Arc::new(StreamPositions::default());
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let pump = tokio::spawn(pump(stream, extractor, items_tx, positions.clone(), stop_rx));
+        let inflight = InFlight::new();
+        let flush = FlushSql::new(&orig.name, &ghost.name, &ghost.mapping);
+        let apply_client = conn.with_application_name("pg-ghost apply").connect().await?;
+        let (writer, writer_task) = Writer::spawn(apply_client, flush.clone(), inflight.clone(), ack, items_rx);
+        let background = Background {
+            writer: writer.clone(),
+            stop_pump: Some(stop_tx),
+            pump,
+            writer_task,
+            slot: names.slot.clone(),
+        };
+        Ok((Replication { writer, inflight, positions, flush }, background))
+    }
+}
+
+impl Background {
+    /// Resolves with the error of whichever background task failed first; never resolves
+    /// while both run.
+    pub async fn failed(&mut self) -> Error {
+        tokio::select! {
+            r = &mut self.pump => match r {
+                Ok(Ok(_)) => Error::new(ErrorKind::Connection, "the replication stream stopped"),
+                Ok(Err(e)) => e,
+                Err(e) => Error::internal(format!("the stream task failed: {e}")),
+            },
+            r = &mut self.writer_task => match r {
+                Ok(Ok(())) => Error::internal("the apply loop stopped"),
+                Ok(Err(e)) => e,
+                Err(e) => Error::internal(format!("the apply task failed: {e}")),
+            },
+        }
+    }
+
+    /// Stops the apply loop and the stream, and drops the slot on the stream's own
+    /// connection; when that is not possible the caller drops it over SQL.
+    pub async fn shutdown(mut self) -> Result<()> {
+        let _ = self.writer.stop().await;
+        self.writer_task.abort();
+        if let Some(stop) = self.stop_pump.take() {
+            let _ = stop.send(());
+        }
+        let stream = match tokio::time::timeout(Duration::from_secs(10), &mut self.pump).await {
+            Ok(Ok(Ok(stream))) => stream,
+            _ => {
+                self.pump.abort();
+                return Err(Error::new(ErrorKind::Connection, "the stream did not stop cleanly"));
+            }
+        };
+        let mut conn = stream.stop().await?;
+        conn.drop_slot(&self.slot, true).await?;
+        let _ = conn.close().await;
+        Ok(())
+    }
+}
