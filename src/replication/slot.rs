@@ -40,12 +40,18 @@ pub async fn create_publication(client: &Client, name: &str, tables: &[Qualified
 
 /// Drops the publication if it exists.
 pub async fn drop_publication(client: &Client, name: &str) -> Result<()> {
-    client.batch_execute(&drop_publication_sql(name)).await.with_context(|| format!("dropping publication {name:?}"))
+    client
+        .batch_execute(&drop_publication_sql(name))
+        .await
+        .with_context(|| format!("dropping publication {name:?}"))
 }
 
 pub async fn publication_exists(client: &Client, name: &str) -> Result<bool> {
     let row = client
-        .query_one("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1)", &[&name])
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1)",
+            &[&name],
+        )
         .await
         .with_context(|| format!("looking up publication {name:?}"))?;
     Ok(row.get(0))
@@ -53,7 +59,10 @@ pub async fn publication_exists(client: &Client, name: &str) -> Result<bool> {
 
 pub async fn slot_exists(client: &Client, name: &str) -> Result<bool> {
     let row = client
-        .query_one("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = $1)", &[&name])
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = $1)",
+            &[&name],
+        )
         .await
         .with_context(|| format!("looking up slot {name:?}"))?;
     Ok(row.get(0))
@@ -219,7 +228,8 @@ pub async fn slot_creation_blockers(client: &Client) -> Result<Vec<Blocker>> {
 }
 
 fn parse_lsn(text: Option<String>) -> Result<Option<Lsn>> {
-    text.map(|t| t.parse::<Lsn>().map_err(|e| Error::protocol(e.to_string()))).transpose()
+    text.map(|t| t.parse::<Lsn>().map_err(|e| Error::protocol(e.to_string())))
+        .transpose()
 }
 
 #[cfg(test)]
@@ -228,7 +238,10 @@ mod tests {
 
     #[test]
     fn publication_sql_quotes_everything() {
-        let tables = [QualifiedName::new("public", "orders"), QualifiedName::new("Sales", "Line \"Items\"")];
+        let tables = [
+            QualifiedName::new("public", "orders"),
+            QualifiedName::new("Sales", "Line \"Items\""),
+        ];
         assert_eq!(
             create_publication_sql("pg_ghost_1", &tables).unwrap(),
             "CREATE PUBLICATION \"pg_ghost_1\" FOR TABLE \"public\".\"orders\", \"Sales\".\"Line \"\"Items\"\"\""

@@ -177,7 +177,9 @@ impl ReplicationConnection {
     /// statement that completed. An error is returned once the server is ready again, so
     /// the connection stays usable.
     pub async fn simple_query(&mut self, sql: &str) -> Result<Vec<QueryResult>> {
-        self.run(sql).await.with_context(|| format!("running {} on {}", first_word(sql), self.meta.peer))
+        self.run(sql)
+            .await
+            .with_context(|| format!("running {} on {}", first_word(sql), self.meta.peer))
     }
 
     /// `IDENTIFY_SYSTEM`.
@@ -198,7 +200,11 @@ impl ReplicationConnection {
     /// before it answers; a caller that wants a deadline wraps this in a timeout, drops
     /// the connection when it fires, and reports the blockers (see `slot::slot_creation_blockers`).
     pub async fn create_slot(&mut self, name: &str, kind: SlotKind, snapshot: SlotSnapshot) -> Result<CreatedSlot> {
-        tracing::info!(slot = name, ?kind, "creating replication slot; this waits for transactions that hold an xid to end");
+        tracing::info!(
+            slot = name,
+            ?kind,
+            "creating replication slot; this waits for transactions that hold an xid to end"
+        );
         let command = options::create_slot_command(name, kind, snapshot);
         let r = self.one_row(&command).await?;
         let what = "CREATE_REPLICATION_SLOT";
@@ -245,8 +251,9 @@ impl ReplicationConnection {
                 Backend::Message(Message::NoticeResponse(n)) => log_notice(n.fields()),
                 Backend::Message(Message::ParameterStatus(_)) => {}
                 other => {
-                    return Err(Error::protocol(format!("unexpected {} in answer to START_REPLICATION", other.describe()))
-                        .context(context()))
+                    return Err(
+                        Error::protocol(format!("unexpected {} in answer to START_REPLICATION", other.describe())).context(context()),
+                    )
                 }
             }
         }
@@ -269,8 +276,7 @@ impl ReplicationConnection {
                 "the replication connection is unusable: an earlier command was interrupted before its end",
             ));
         }
-        frontend::query(sql, self.framed.write_buf())
-            .map_err(|e| Error::config(format!("cannot send this command: {e}")))?;
+        frontend::query(sql, self.framed.write_buf()).map_err(|e| Error::config(format!("cannot send this command: {e}")))?;
         self.busy = true;
         self.framed.flush().await
     }
@@ -296,7 +302,10 @@ impl ReplicationConnection {
                 },
                 Backend::Message(Message::CommandComplete(body)) => {
                     let mut r = current.take().unwrap_or_default();
-                    r.tag = body.tag().map_err(|e| Error::protocol(format!("malformed command tag: {e}")))?.to_string();
+                    r.tag = body
+                        .tag()
+                        .map_err(|e| Error::protocol(format!("malformed command tag: {e}")))?
+                        .to_string();
                     if let Some(results) = results.as_deref_mut() {
                         results.push(r);
                     }
@@ -343,8 +352,11 @@ impl ReplicationConnection {
              WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_publication p WHERE p.pubname = n)"
         );
         let results = self.simple_query(&sql).await?;
-        let missing: Vec<&str> =
-            results.iter().flat_map(|r| r.rows.iter()).filter_map(|row| row.first()?.as_deref()).collect();
+        let missing: Vec<&str> = results
+            .iter()
+            .flat_map(|r| r.rows.iter())
+            .filter_map(|row| row.first()?.as_deref())
+            .collect();
         if missing.is_empty() {
             return Ok(());
         }
@@ -352,7 +364,7 @@ impl ReplicationConnection {
             ErrorKind::from_sqlstate("42704"),
             format!("publication {missing:?} does not exist in database {:?}", self.meta.dbname),
         )
-            .set_sqlstate("42704"))
+        .set_sqlstate("42704"))
     }
 
     async fn fit_status_interval(&mut self, o: &StreamOptions) -> Result<Duration> {
@@ -380,10 +392,16 @@ fn first_word(sql: &str) -> &str {
 fn columns(body: &RowDescriptionBody) -> Result<QueryResult> {
     let mut columns = Vec::new();
     let mut fields = body.fields();
-    while let Some(f) = fields.next().map_err(|e| Error::protocol(format!("malformed RowDescription: {e}")))? {
+    while let Some(f) = fields
+        .next()
+        .map_err(|e| Error::protocol(format!("malformed RowDescription: {e}")))?
+    {
         columns.push(f.name().to_string());
     }
-    Ok(QueryResult { columns, ..QueryResult::default() })
+    Ok(QueryResult {
+        columns,
+        ..QueryResult::default()
+    })
 }
 
 fn row(body: &DataRowBody) -> Result<Vec<Option<String>>> {
@@ -394,9 +412,11 @@ fn row(body: &DataRowBody) -> Result<Vec<Option<String>>> {
         let value = match range {
             None => None,
             Some(r) => {
-                let bytes = buf.get(r).ok_or_else(|| Error::protocol("malformed DataRow: value out of bounds"))?;
-                let text = std::str::from_utf8(bytes)
-                    .map_err(|_| Error::protocol("a value is not UTF-8 although client_encoding is UTF8"))?;
+                let bytes = buf
+                    .get(r)
+                    .ok_or_else(|| Error::protocol("malformed DataRow: value out of bounds"))?;
+                let text =
+                    std::str::from_utf8(bytes).map_err(|_| Error::protocol("a value is not UTF-8 although client_encoding is UTF8"))?;
                 Some(text.to_string())
             }
         };
@@ -406,9 +426,11 @@ fn row(body: &DataRowBody) -> Result<Vec<Option<String>>> {
 }
 
 fn required<'a>(r: &'a QueryResult, what: &str, column: &str) -> Result<&'a str> {
-    r.value(0, column).ok_or_else(|| Error::protocol(format!("{what} returned no {column}")))
+    r.value(0, column)
+        .ok_or_else(|| Error::protocol(format!("{what} returned no {column}")))
 }
 
 fn parse_field<T: std::str::FromStr>(text: &str, what: &str, column: &str) -> Result<T> {
-    text.parse().map_err(|_| Error::protocol(format!("{what} returned {column} = {text:?}, which cannot be read")))
+    text.parse()
+        .map_err(|_| Error::protocol(format!("{what} returned {column} = {text:?}, which cannot be read")))
 }

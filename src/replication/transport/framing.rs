@@ -37,9 +37,7 @@ impl Socket {
                 stream.set_nodelay(true)?;
                 Ok(Socket::Tcp(stream))
             }
-            Endpoint::Unix { dir, port } => {
-                Ok(Socket::Unix(UnixStream::connect(dir.join(format!(".s.PGSQL.{port}"))).await?))
-            }
+            Endpoint::Unix { dir, port } => Ok(Socket::Unix(UnixStream::connect(dir.join(format!(".s.PGSQL.{port}"))).await?)),
         }
     }
 }
@@ -203,7 +201,11 @@ impl Framed {
     }
 
     pub(crate) fn from_parts(socket: Socket, rbuf: BytesMut) -> Framed {
-        Framed { socket, rbuf, wbuf: BytesMut::with_capacity(1024) }
+        Framed {
+            socket,
+            rbuf,
+            wbuf: BytesMut::with_capacity(1024),
+        }
     }
 
     /// Where frontend messages are encoded before [`Framed::flush`] sends them.
@@ -215,7 +217,10 @@ impl Framed {
         if self.wbuf.is_empty() {
             return Ok(());
         }
-        self.socket.write_all(&self.wbuf).await.map_err(|e| io_error(e, "sending to the server"))?;
+        self.socket
+            .write_all(&self.wbuf)
+            .await
+            .map_err(|e| io_error(e, "sending to the server"))?;
         self.wbuf.clear();
         Ok(())
     }
@@ -225,7 +230,11 @@ impl Framed {
     /// server never closes a healthy connection on its own.
     pub(crate) async fn read_some(&mut self) -> Result<usize> {
         self.rbuf.reserve(READ_CHUNK);
-        let n = self.socket.read_buf(&mut self.rbuf).await.map_err(|e| io_error(e, "reading from the server"))?;
+        let n = self
+            .socket
+            .read_buf(&mut self.rbuf)
+            .await
+            .map_err(|e| io_error(e, "reading from the server"))?;
         if n == 0 {
             return Err(Error::new(ErrorKind::Connection, "the server closed the connection (EOF)"));
         }
@@ -309,7 +318,10 @@ impl ServerMessage {
     }
 
     pub(crate) fn text(&self) -> String {
-        let mut text = self.message.clone().unwrap_or_else(|| "the server reported an error without a message".into());
+        let mut text = self
+            .message
+            .clone()
+            .unwrap_or_else(|| "the server reported an error without a message".into());
         if let Some(d) = &self.detail {
             text.push_str(". ");
             text.push_str(d);
@@ -337,7 +349,12 @@ pub(crate) fn server_error(fields: ErrorFields<'_>) -> Error {
 
 pub(crate) fn log_notice(fields: ErrorFields<'_>) {
     let m = ServerMessage::read(fields);
-    tracing::info!(severity = m.severity.as_deref().unwrap_or(""), code = m.code.as_deref().unwrap_or(""), "server notice: {}", m.text());
+    tracing::info!(
+        severity = m.severity.as_deref().unwrap_or(""),
+        code = m.code.as_deref().unwrap_or(""),
+        "server notice: {}",
+        m.text()
+    );
 }
 
 #[cfg(test)]
