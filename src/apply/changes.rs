@@ -1,9 +1,11 @@
 //! From decoded pgoutput messages to what the apply loop needs: the keys each change
 //! touched, where transactions end, and pg-ghost's own control messages.
 //!
-//! Pure: no I/O. Invariants: keys of a streamed (protocol v2) transaction are released only
-//! at its Stream Commit, after the commit is visible to a re-read of the original, and
-//! dropped at its Stream Abort; a Relation message for the original that does not match the
+//! Pure: no I/O. Invariants: a transaction's keys leave only together with its commit (one
+//! `Committed` item carrying the keys, the end LSN and the xid), so the apply loop never
+//! flushes a key without knowing which transaction it must first see committed; keys of a
+//! streamed (protocol v2) transaction wait for its Stream Commit and are dropped at its
+//! Stream Abort; a Relation message for the original that does not match the
 //! shape seen at the start, or a TRUNCATE of it, stops the run (someone changed the table).
 
 use super::flush::Key;
@@ -66,9 +68,8 @@ impl ChangeExtractor {
             }
             Message::Commit(c) => {
                 self.in_transaction = false;
-                self.emit_keys(keys, out);
                 let xid = self.xid.take().filter(|_| self.touched);
-                out.push(StreamItem::Committed { end_lsn: c.end_lsn, xid });
+                out.push(StreamItem::Committed { keys: std::mem::take(keys), end_lsn: c.end_lsn, xid });
             }
             Message::Relation(r) => self.on_relation(&r)?,
             Message::Insert(m) if m.relation_id == self.relation_oid => {
@@ -101,21 +102,14 @@ impl ChangeExtractor {
                 ));
             }
             Message::LogicalMessage(m) if m.prefix.as_ref() == MESSAGE_PREFIX.as_bytes() => {
-                self.emit_keys(keys, out);
                 out.push(StreamItem::Sentinel(String::from_utf8_lossy(&m.content).into_owned()));
             }
             Message::StreamStart(s) => self.current_block = Some(s.xid),
             Message::StreamStop => self.current_block = None,
             Message::StreamCommit(c) => {
-                let touched = match self.streamed.remove(&c.xid) {
-                    Some(set) => {
-                        keys.extend(set);
-                        true
-                    }
-                    None => false,
-                };
-                self.emit_keys(keys, out);
-                out.push(StreamItem::Committed { end_lsn: c.end_lsn, xid: touched.then_some(c.xid) });
+                let streamed: Vec<Key> = self.streamed.remove(&c.xid).map(|set| set.into_iter().collect()).unwrap_or_default();
+                let xid = (!streamed.is_empty()).then_some(c.xid);
+                out.push(StreamItem::Committed { keys: streamed, end_lsn: c.end_lsn, xid });
             }
             Message::StreamAbort(a) => {
                 if a.xid == a.subtransaction_xid {
@@ -128,25 +122,20 @@ impl ChangeExtractor {
         Ok(())
     }
 
-    /// Moves collected keys into `out` as one item.
-    pub fn emit_keys(&self, keys: &mut Vec<Key>, out: &mut Vec<StreamItem>) {
-        if !keys.is_empty() {
-            out.push(StreamItem::Keys(std::mem::take(keys)));
-        }
-    }
-
     /// The position to acknowledge for a keepalive at `wal_end`, when nothing is open.
     pub fn idle_item(&self, wal_end: Lsn) -> Option<StreamItem> {
         self.idle().then_some(StreamItem::Idle(wal_end))
     }
 
-    fn collect(&mut self, xid: Option<Xid>, key: Key, keys: &mut Vec<Key>) {
+    /// Inside a stream block the keys wait under the block's top-level xid (a data message's
+    /// own xid may be a subtransaction's, which Stream Commit does not name).
+    fn collect(&mut self, _xid: Option<Xid>, key: Key, keys: &mut Vec<Key>) {
         self.touched = true;
-        match xid.or(self.current_block) {
-            Some(xid) if self.current_block.is_some() => {
-                self.streamed.entry(xid).or_default().insert(key);
+        match self.current_block {
+            Some(top) => {
+                self.streamed.entry(top).or_default().insert(key);
             }
-            _ => keys.push(key),
+            None => keys.push(key),
         }
     }
 
@@ -204,5 +193,243 @@ impl ChangeExtractor {
             })
             .collect::<Result<Vec<_>>>()
             .map(Vec::into_boxed_slice)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replication::pgoutput::Decoder;
+    use bytes::{BufMut, Bytes, BytesMut};
+
+    const REL: u32 = 16384;
+
+    fn cstr(b: &mut BytesMut, s: &str) {
+        b.put_slice(s.as_bytes());
+        b.put_u8(0);
+    }
+
+    fn relation(xid: Option<u32>, cols: &[(&str, u32)]) -> Bytes {
+        let mut b = BytesMut::new();
+        b.put_u8(b'R');
+        if let Some(x) = xid {
+            b.put_u32(x);
+        }
+        b.put_u32(REL);
+        cstr(&mut b, "public");
+        cstr(&mut b, "orders");
+        b.put_u8(b'd');
+        b.put_u16(cols.len() as u16);
+        for (i, (name, ty)) in cols.iter().enumerate() {
+            b.put_u8(u8::from(i == 0));
+            cstr(&mut b, name);
+            b.put_u32(*ty);
+            b.put_i32(-1);
+        }
+        b.freeze()
+    }
+
+    fn tuple(b: &mut BytesMut, values: &[Option<&str>]) {
+        b.put_u16(values.len() as u16);
+        for v in values {
+            match v {
+                Some(t) => {
+                    b.put_u8(b't');
+                    b.put_u32(t.len() as u32);
+                    b.put_slice(t.as_bytes());
+                }
+                None => b.put_u8(b'n'),
+            }
+        }
+    }
+
+    fn insert(xid: Option<u32>, id: &str) -> Bytes {
+        let mut b = BytesMut::new();
+        b.put_u8(b'I');
+        if let Some(x) = xid {
+            b.put_u32(x);
+        }
+        b.put_u32(REL);
+        b.put_u8(b'N');
+        tuple(&mut b, &[Some(id), Some("v")]);
+        b.freeze()
+    }
+
+    fn update_key(old: &str, new: &str) -> Bytes {
+        let mut b = BytesMut::new();
+        b.put_u8(b'U');
+        b.put_u32(REL);
+        b.put_u8(b'K');
+        tuple(&mut b, &[Some(old), None]);
+        b.put_u8(b'N');
+        tuple(&mut b, &[Some(new), Some("v")]);
+        b.freeze()
+    }
+
+    fn begin(xid: u32) -> Bytes {
+        let mut b = BytesMut::new();
+        b.put_u8(b'B');
+        b.put_u64(0x100);
+        b.put_i64(0);
+        b.put_u32(xid);
+        b.freeze()
+    }
+
+    fn commit(end: u64) -> Bytes {
+        let mut b = BytesMut::new();
+        b.put_u8(b'C');
+        b.put_u8(0);
+        b.put_u64(end - 8);
+        b.put_u64(end);
+        b.put_i64(0);
+        b.freeze()
+    }
+
+    fn stream_start(xid: u32) -> Bytes {
+        let mut b = BytesMut::new();
+        b.put_u8(b'S');
+        b.put_u32(xid);
+        b.put_u8(1);
+        b.freeze()
+    }
+
+    fn stream_stop() -> Bytes {
+        Bytes::from_static(b"E")
+    }
+
+    fn stream_commit(xid: u32, end: u64) -> Bytes {
+        let mut b = BytesMut::new();
+        b.put_u8(b'c');
+        b.put_u32(xid);
+        b.put_u8(0);
+        b.put_u64(end - 8);
+        b.put_u64(end);
+        b.put_i64(0);
+        b.freeze()
+    }
+
+    fn stream_abort(xid: u32) -> Bytes {
+        let mut b = BytesMut::new();
+        b.put_u8(b'A');
+        b.put_u32(xid);
+        b.put_u32(xid);
+        b.freeze()
+    }
+
+    fn message(prefix: &str, content: &str) -> Bytes {
+        let mut b = BytesMut::new();
+        b.put_u8(b'M');
+        b.put_u8(1);
+        b.put_u64(0x200);
+        cstr(&mut b, prefix);
+        b.put_u32(content.len() as u32);
+        b.put_slice(content.as_bytes());
+        b.freeze()
+    }
+
+    fn expected() -> Vec<ExpectedColumn> {
+        vec![ExpectedColumn { name: "id".into(), type_oid: 20 }, ExpectedColumn { name: "v".into(), type_oid: 25 }]
+    }
+
+    struct Feed {
+        decoder: Decoder,
+        extractor: ChangeExtractor,
+        keys: Vec<Key>,
+    }
+
+    impl Feed {
+        fn new() -> Feed {
+            Feed { decoder: Decoder::new(), extractor: ChangeExtractor::new(REL, expected(), vec!["id".into()]), keys: Vec::new() }
+        }
+
+        fn feed(&mut self, messages: &[Bytes]) -> Result<Vec<StreamItem>> {
+            let mut out = Vec::new();
+            for m in messages {
+                let msg = self.decoder.decode(m).map_err(Error::from)?;
+                self.extractor.on_message(msg, &mut self.keys, &mut out)?;
+            }
+            Ok(out)
+        }
+    }
+
+    fn key(s: &str) -> Key {
+        vec![s.to_string()].into_boxed_slice()
+    }
+
+    fn committed(items: &[StreamItem]) -> Vec<(Vec<Key>, u64, Option<u32>)> {
+        items
+            .iter()
+            .filter_map(|i| match i {
+                StreamItem::Committed { keys, end_lsn, xid } => {
+                    let mut k = keys.clone();
+                    k.sort();
+                    Some((k, end_lsn.0, *xid))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn keys_leave_only_with_their_commit() {
+        let mut f = Feed::new();
+        let cols = [("id", 20), ("v", 25)];
+        // A transaction split across reads: nothing leaves before its commit.
+        let first = f.feed(&[begin(7), relation(None, &cols), insert(None, "1")]).unwrap();
+        assert!(first.is_empty());
+        assert!(!f.extractor.idle());
+        let rest = f.feed(&[update_key("2", "3"), commit(0x500)]).unwrap();
+        assert_eq!(committed(&rest), vec![(vec![key("1"), key("2"), key("3")], 0x500, Some(7))]);
+        assert!(f.extractor.idle());
+        // A transaction that did not touch the table carries no xid to wait for.
+        let other = f.feed(&[begin(8), commit(0x600)]).unwrap();
+        assert_eq!(committed(&other), vec![(vec![], 0x600, None)]);
+    }
+
+    #[test]
+    fn streamed_transactions_wait_for_their_commit_and_vanish_on_abort() {
+        let mut f = Feed::new();
+        let cols = [("id", 20), ("v", 25)];
+        let out = f
+            .feed(&[
+                stream_start(9),
+                relation(Some(9), &cols),
+                insert(Some(9), "5"),
+                // A subtransaction of 9 carries its own xid.
+                insert(Some(11), "7"),
+                stream_stop(),
+                stream_start(10),
+                insert(Some(10), "6"),
+                stream_stop(),
+            ])
+            .unwrap();
+        assert!(out.is_empty());
+        assert!(!f.extractor.idle());
+        let out = f.feed(&[stream_abort(10), stream_commit(9, 0x700)]).unwrap();
+        assert_eq!(committed(&out), vec![(vec![key("5"), key("7")], 0x700, Some(9))]);
+        assert!(f.extractor.idle());
+    }
+
+    #[test]
+    fn sentinels_pass_and_foreign_messages_do_not() {
+        let mut f = Feed::new();
+        let out = f.feed(&[begin(3), message("other", "x"), message(MESSAGE_PREFIX, "cut-over 1"), commit(0x800)]).unwrap();
+        assert!(matches!(&out[0], StreamItem::Sentinel(s) if s == "cut-over 1"), "{out:?}");
+        assert_eq!(out.len(), 2);
+    }
+
+    #[test]
+    fn a_changed_definition_or_truncate_stops_the_run() {
+        let mut f = Feed::new();
+        let e = f.feed(&[begin(1), relation(None, &[("id", 20), ("v", 25), ("added", 23)])]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::SchemaChanged);
+        let mut f = Feed::new();
+        let mut t = BytesMut::new();
+        t.put_u8(b'T');
+        t.put_u32(1);
+        t.put_u8(0);
+        t.put_u32(REL);
+        let e = f.feed(&[begin(1), t.freeze()]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::SchemaChanged);
     }
 }

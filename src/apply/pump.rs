@@ -38,6 +38,7 @@ pub async fn pump(
     mut stop: oneshot::Receiver<()>,
 ) -> Result<ReplicationStream> {
     let mut decoder = Decoder::new();
+    // Keys of the transaction being read; they leave with its commit.
     let mut keys = Vec::new();
     let mut out = Vec::new();
     loop {
@@ -65,7 +66,6 @@ pub async fn pump(
                 }
             }
         }
-        extractor.emit_keys(&mut keys, &mut out);
         for item in out.drain(..) {
             if items.send(item).await.is_err() {
                 return Ok(stream);

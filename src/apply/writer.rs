@@ -22,11 +22,10 @@ use tokio_postgres::Client;
 /// What the stream consumer tells the writer, in stream order.
 #[derive(Debug)]
 pub enum StreamItem {
-    /// Keys touched by changes to the original.
-    Keys(Vec<Key>),
-    /// Every change of the transactions that end at or before this LSN was sent. `xid` is
-    /// the transaction's, when it changed the original.
-    Committed { end_lsn: Lsn, xid: Option<u32> },
+    /// A transaction committed: the keys it changed in the original, its end LSN, and its
+    /// xid when it changed the original (a flush of its keys first waits until it is
+    /// visible). Every transaction ending at or before `end_lsn` has been sent.
+    Committed { keys: Vec<Key>, end_lsn: Lsn, xid: Option<u32> },
     /// No transaction is open and the server is at this LSN: nothing more before it.
     Idle(Lsn),
     /// A control message (the cut-over sentinel) passed the stream.
@@ -220,8 +219,8 @@ impl Writer {
 
     fn item(&mut self, item: StreamItem) {
         match item {
-            StreamItem::Keys(keys) => self.pending.extend(keys),
-            StreamItem::Committed { end_lsn, xid } => {
+            StreamItem::Committed { keys, end_lsn, xid } => {
+                self.pending.extend(keys);
                 self.complete_to = self.complete_to.max(end_lsn);
                 self.stats.received = self.stats.received.max(end_lsn);
                 self.xids.extend(xid);

@@ -23,6 +23,9 @@ pub struct Range {
 
 pub struct Chunker {
     client: Client,
+    /// `INSERT ... ON CONFLICT` recording the range handed out last in the changelog table,
+    /// for DBAs watching the copy (and for tests that aim writes at the chunk in flight).
+    record: Option<String>,
     boundary_from_start: String,
     boundary_after: String,
     max: Option<Bound>,
@@ -59,7 +62,15 @@ impl Chunker {
         let upto = format!("{} <= {}", key.tuple(), key.params(2));
         let boundary_from_start = select(upto.clone());
         let boundary_after = select(format!("{} > {} AND {upto}", key.tuple(), key.params(2 + n)));
-        Ok(Chunker { client, boundary_from_start, boundary_after, done: max.is_none(), max, lo: resume_after })
+        Ok(Chunker { client, record: None, boundary_from_start, boundary_after, done: max.is_none(), max, lo: resume_after })
+    }
+
+    /// Records each range handed out as `copy_range` = `<lo>..<hi>` in `changelog`.
+    pub fn record_ranges_in(&mut self, changelog: &QualifiedName) {
+        self.record = Some(format!(
+            "INSERT INTO {} (key, value) VALUES ('copy_range', $1) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, updated_at = clock_timestamp()",
+            changelog.sql()
+        ));
     }
 
     pub fn max(&self) -> Option<&Bound> {
@@ -93,7 +104,10 @@ impl Chunker {
             self.done = true;
         }
         let range = Range { lo: self.lo.replace(hi.clone()), hi };
-        // An empty remainder (lo already at the maximum) still yields one harmless range.
+        if let Some(sql) = &self.record {
+            let text = format!("{}..{}", range.lo.as_ref().map(|b| b.join(",")).unwrap_or_default(), range.hi.join(","));
+            self.client.execute(sql.as_str(), &[&text]).await.context("recording the copy range")?;
+        }
         Ok(Some(range))
     }
 }

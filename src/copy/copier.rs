@@ -22,6 +22,8 @@ pub struct CopyJob {
     pub mapping: Mapping,
     pub workers: usize,
     pub chunk_time: Duration,
+    /// Where to record the range in flight; None: nowhere.
+    pub changelog: Option<QualifiedName>,
 }
 
 /// Shared counters, read by the status line and written by the workers.
@@ -82,7 +84,10 @@ pub async fn copy_table(
     gate: Gate,
 ) -> Result<()> {
     let chunker_client = job.conn.with_application_name("pg-ghost copy").connect().await?;
-    let chunker = Chunker::start(chunker_client, &job.orig, &KeyCols::source(&job.mapping), None).await?;
+    let mut chunker = Chunker::start(chunker_client, &job.orig, &KeyCols::source(&job.mapping), None).await?;
+    if let Some(changelog) = &job.changelog {
+        chunker.record_ranges_in(changelog);
+    }
     if chunker.max().is_none() {
         progress.done.store(true, Ordering::Relaxed);
         return Ok(());

@@ -106,6 +106,20 @@ impl CutOver<'_> {
         }
     }
 
+    /// A DDL on the original that no later change announced on the stream is caught here,
+    /// under the lock, before anything is swapped.
+    async fn check_definition_unchanged(&self, client: &Client) -> Result<()> {
+        let shape = |cols: &[crate::schema::Column]| cols.iter().map(|c| (c.name.clone(), c.type_sql.clone())).collect::<Vec<_>>();
+        let now = crate::inspect::columns(client, self.orig.oid).await?;
+        if shape(&now) != shape(&self.orig.columns) {
+            return Err(Error::new(
+                ErrorKind::SchemaChanged,
+                format!("the definition of {} changed during the run; the cut-over is abandoned and the original is untouched", self.orig.name),
+            ));
+        }
+        Ok(())
+    }
+
     async fn locked_swap(
         &self,
         client: &Client,
@@ -150,6 +164,7 @@ impl CutOver<'_> {
         let lock_wait = wait_started.elapsed();
         let locked_at = Instant::now();
         tracing::info!(attempt, wait_ms = lock_wait.as_millis() as u64, "cut-over lock acquired");
+        self.check_definition_unchanged(client).await.map_err(fail)?;
 
         let sentinel = format!("cut-over {} {}", std::process::id(), attempt);
         let drain = self.writer.drain_until(&sentinel);

@@ -54,7 +54,7 @@ pub async fn publication_exists(client: &Client, name: &str) -> Result<bool> {
         )
         .await
         .with_context(|| format!("looking up publication {name:?}"))?;
-    Ok(row.get(0))
+    Ok(row.try_get(0)?)
 }
 
 pub async fn slot_exists(client: &Client, name: &str) -> Result<bool> {
@@ -65,7 +65,7 @@ pub async fn slot_exists(client: &Client, name: &str) -> Result<bool> {
         )
         .await
         .with_context(|| format!("looking up slot {name:?}"))?;
-    Ok(row.get(0))
+    Ok(row.try_get(0)?)
 }
 
 /// What `pg_replication_slots` says about one slot.
@@ -96,14 +96,14 @@ pub async fn slot_info(client: &Client, name: &str) -> Result<Option<SlotInfo>> 
         .with_context(|| format!("reading slot {name:?}"))?;
     let Some(row) = row else { return Ok(None) };
     Ok(Some(SlotInfo {
-        name: row.get(0),
-        plugin: row.get(1),
-        database: row.get(2),
-        temporary: row.get(3),
-        active_pid: row.get(4),
-        restart_lsn: parse_lsn(row.get(5))?,
-        confirmed_flush_lsn: parse_lsn(row.get(6))?,
-        retained_wal_bytes: row.get::<_, Option<i64>>(7).map(|b| b.max(0) as u64),
+        name: row.try_get(0)?,
+        plugin: row.try_get(1)?,
+        database: row.try_get(2)?,
+        temporary: row.try_get(3)?,
+        active_pid: row.try_get(4)?,
+        restart_lsn: parse_lsn(row.try_get(5)?)?,
+        confirmed_flush_lsn: parse_lsn(row.try_get(6)?)?,
+        retained_wal_bytes: row.try_get::<_, Option<i64>>(7)?.map(|b| b.max(0) as u64),
     }))
 }
 
@@ -131,7 +131,7 @@ pub async fn confirmed_flush_lsn(client: &Client, name: &str) -> Result<Option<L
         .await
         .with_context(|| format!("reading confirmed_flush_lsn of slot {name:?}"))?;
     match row {
-        Some(r) => parse_lsn(r.get(0)),
+        Some(r) => parse_lsn(r.try_get(0)?),
         None => Ok(None),
     }
 }
@@ -214,17 +214,18 @@ pub async fn slot_creation_blockers(client: &Client) -> Result<Vec<Blocker>> {
         )
         .await
         .context("listing transactions that hold an xid")?;
-    Ok(rows
-        .iter()
-        .map(|r| Blocker {
-            pid: r.get(0),
-            database: r.get(1),
-            user: r.get(2),
-            application_name: r.get(3),
-            xact_age_secs: r.get(4),
-            state: r.get(5),
+    rows.iter()
+        .map(|r| {
+            Ok(Blocker {
+                pid: r.try_get(0)?,
+                database: r.try_get(1)?,
+                user: r.try_get(2)?,
+                application_name: r.try_get(3)?,
+                xact_age_secs: r.try_get(4)?,
+                state: r.try_get(5)?,
+            })
         })
-        .collect())
+        .collect()
 }
 
 fn parse_lsn(text: Option<String>) -> Result<Option<Lsn>> {

@@ -67,7 +67,22 @@ struct Run {
     cut_over: bool,
 }
 
+/// Flags that are accepted by the command line but whose feature this version lacks: a DBA
+/// must not believe a safety net is there when it is not.
+fn refuse_unavailable(cfg: &Config) -> Result<()> {
+    let unavailable = [
+        (cfg.resume, "--resume"),
+        (cfg.test_on_replica.is_some(), "--test-on-replica"),
+        (cfg.cut_over.kill_blockers_after.is_some(), "--cut-over-kill-blockers-after"),
+    ];
+    match unavailable.iter().find(|(given, _)| *given) {
+        Some((_, flag)) => Err(Error::config(format!("{flag} is not available in this version of pg-ghost"))),
+        None => Ok(()),
+    }
+}
+
 pub async fn run(cfg: Config) -> Result<Outcome> {
+    refuse_unavailable(&cfg)?;
     let client = cfg.conn.with_application_name("pg-ghost").connect().await?;
     let (phase_tx, phase_rx) = watch::channel(Phase::Inspect);
     let (abort_tx, abort_rx) = watch::channel(None);
@@ -195,6 +210,7 @@ impl Run {
             mapping: ghost.mapping.clone(),
             workers: self.cfg.copy.workers,
             chunk_time: self.cfg.copy.chunk_time,
+            changelog: Some(names.changelog.clone()),
         };
         let started = std::time::Instant::now();
         let copied = guard(copy_table(job, repl.inflight.clone(), progress.clone(), gate), &mut self.abort.clone(), Some(&mut *bg)).await;

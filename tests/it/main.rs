@@ -1,10 +1,15 @@
 //! pg-ghost's integration tests: one binary, one shared primary cluster, a fresh database per test.
 
+mod binary;
 mod harness;
 
+mod copy_race;
+mod cutover_lock;
 mod engine_parts;
 mod inspect;
 mod oracle;
 mod oracle_selftest;
 mod replication;
+mod scenarios;
 mod smoke;
+mod streaming;

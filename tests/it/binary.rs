@@ -1,0 +1,41 @@
+//! Running the `pg-ghost` binary as a DBA would, asynchronously so that a workload keeps
+//! writing meanwhile.
+
+use crate::harness::TestDb;
+use std::process::Output;
+use tokio::process::Command;
+
+pub fn command(db: &TestDb<'_>, subcommand: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pg-ghost"));
+    cmd.arg(subcommand).arg("--conn").arg(db.conninfo()).args(args);
+    cmd.env_remove("PGHOST").env_remove("PGPORT").env_remove("PGUSER").env_remove("PGPASSWORD").env_remove("PGDATABASE");
+    cmd.kill_on_drop(true);
+    cmd
+}
+
+/// Runs `pg-ghost run --conn <db> <args>` to the end.
+pub async fn run(db: &TestDb<'_>, args: &[&str]) -> Output {
+    command(db, "run", args).output().await.expect("start pg-ghost")
+}
+
+/// Runs `pg-ghost cleanup --conn <db> <args>` to the end.
+pub async fn cleanup(db: &TestDb<'_>, args: &[&str]) -> Output {
+    command(db, "cleanup", args).output().await.expect("start pg-ghost cleanup")
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Panics with pg-ghost's log unless it exited with 0.
+pub fn assert_success(out: &Output) {
+    assert!(out.status.success(), "pg-ghost failed ({}):\n{}", out.status, stderr(out));
+}
+
+/// Panics unless pg-ghost exited with `code` and its one-line reason contains `needle`.
+pub fn assert_failure(out: &Output, code: i32, needle: &str) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(code), "expected exit code {code}:\n{err}");
+    let reason = err.lines().rev().find(|l| l.starts_with("pg-ghost: ")).unwrap_or_else(|| panic!("no one-line reason on stderr:\n{err}"));
+    assert!(reason.contains(needle), "the reason does not mention {needle:?}: {reason}\n{err}");
+}
