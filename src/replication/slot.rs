@@ -118,7 +118,7 @@ pub async fn retained_wal_bytes(client: &Client, name: &str) -> Result<Option<u6
         )
         .await
         .with_context(|| format!("measuring WAL retained by slot {name:?}"))?;
-    Ok(row.map(|r| r.get::<_, i64>(0).max(0) as u64))
+    Ok(row.map(|r| r.try_get::<_, i64>(0)).transpose()?.map(|b| b.max(0) as u64))
 }
 
 /// The slot's `confirmed_flush_lsn`; `None` if the slot does not exist or has none yet.
@@ -181,7 +181,7 @@ pub async fn terminate_walsender(client: &Client, name: &str) -> Result<Option<i
         )
         .await
         .with_context(|| format!("terminating the walsender of slot {name:?}"))?;
-    let pid = row.map(|r| r.get::<_, i32>(0));
+    let pid = row.map(|r| r.try_get::<_, i32>(0)).transpose()?;
     if let Some(pid) = pid {
         tracing::info!(slot = name, pid, "terminated the walsender still using the slot");
     }
