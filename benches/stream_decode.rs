@@ -78,17 +78,41 @@ fn repo_root() -> PathBuf {
 }
 
 fn pg_local(args: &[&str]) -> String {
+    try_pg_local(args).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn try_pg_local(args: &[&str]) -> Result<String, String> {
     let out = Command::new("bash")
         .arg(repo_root().join("scripts/pg-local.sh"))
         .args(args)
         .output()
-        .expect("run scripts/pg-local.sh");
-    assert!(
-        out.status.success(),
-        "pg-local.sh {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+        .map_err(|e| format!("cannot run scripts/pg-local.sh: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("pg-local.sh {args:?} failed: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// A port the kernel just handed out: unlike probing upwards from a fixed number, two
+/// clusters started at the same moment by different processes do not pick the same one.
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local address").port()
+}
+
+/// Starts (or reuses) the cluster in `dir`; a failed fresh start leaves nothing behind.
+fn start_cluster(dir: &str, fresh: bool) -> String {
+    let port = free_port().to_string();
+    let args: Vec<&str> = if fresh { vec!["start", dir, &port] } else { vec!["start", dir] };
+    match try_pg_local(&args) {
+        Ok(conninfo) => conninfo,
+        Err(e) => {
+            if fresh {
+                let _ = try_pg_local(&["destroy", dir]);
+            }
+            panic!("{e}")
+        }
+    }
 }
 
 fn pg_bindir() -> PathBuf {
@@ -434,7 +458,8 @@ async fn main() {
         .keep_dir
         .clone()
         .unwrap_or_else(|| std::env::temp_dir().join(format!("pg-ghost-bench-{}", std::process::id())));
-    let cluster_conninfo = pg_local(&["start", dir.to_str().expect("utf-8 path")]);
+    let fresh = !dir.join("PG_VERSION").exists();
+    let cluster_conninfo = start_cluster(dir.to_str().expect("utf-8 path"), fresh);
     // Whatever happens to this process, the cluster goes with it (unless --dir keeps it).
     if args.keep_dir.is_none() {
         pg_local(&["watch", dir.to_str().expect("utf-8 path"), &std::process::id().to_string()]);
