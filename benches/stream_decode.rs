@@ -14,9 +14,7 @@
 use pg_ghost::conn::ConnInfo;
 use pg_ghost::lsn::Lsn;
 use pg_ghost::replication::pgoutput::{Decoder, Message};
-use pg_ghost::replication::transport::{
-    ReplicationConnection, SlotKind, SlotSnapshot, StreamEvent, StreamOptions, StreamStats,
-};
+use pg_ghost::replication::transport::{ReplicationConnection, SlotKind, SlotSnapshot, StreamEvent, StreamOptions, StreamStats};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -31,7 +29,10 @@ struct Args {
 }
 
 fn parse_args() -> Args {
-    let mut args = Args { changes: 200_000, runs: 3, keep_dir: None,
+    let mut args = Args {
+        changes: 200_000,
+        runs: 3,
+        keep_dir: None,
         coalesce: StreamOptions::new(["p"]).coalesce_delay,
         shapes: vec![Shape::OneTransaction, Shape::SmallTransactions],
         consumers: Consumer::ALL.to_vec(),
@@ -77,20 +78,52 @@ fn repo_root() -> PathBuf {
 }
 
 fn pg_local(args: &[&str]) -> String {
+    try_pg_local(args).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn try_pg_local(args: &[&str]) -> Result<String, String> {
     let out = Command::new("bash")
         .arg(repo_root().join("scripts/pg-local.sh"))
         .args(args)
         .output()
-        .expect("run scripts/pg-local.sh");
-    assert!(out.status.success(), "pg-local.sh {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+        .map_err(|e| format!("cannot run scripts/pg-local.sh: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("pg-local.sh {args:?} failed: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// A port the kernel just handed out: unlike probing upwards from a fixed number, two
+/// clusters started at the same moment by different processes do not pick the same one.
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local address").port()
+}
+
+/// Starts (or reuses) the cluster in `dir`; a failed fresh start leaves nothing behind.
+fn start_cluster(dir: &str, fresh: bool) -> String {
+    let port = free_port().to_string();
+    let args: Vec<&str> = if fresh { vec!["start", dir, &port] } else { vec!["start", dir] };
+    match try_pg_local(&args) {
+        Ok(conninfo) => conninfo,
+        Err(e) => {
+            if fresh {
+                let _ = try_pg_local(&["destroy", dir]);
+            }
+            panic!("{e}")
+        }
+    }
 }
 
 fn pg_bindir() -> PathBuf {
     if let Some(d) = std::env::var_os("PG_BINDIR") {
         return d.into();
     }
-    for d in ["/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/16/bin", "/usr/lib/postgresql/17/bin"] {
+    for d in [
+        "/usr/lib/postgresql/15/bin",
+        "/usr/lib/postgresql/16/bin",
+        "/usr/lib/postgresql/17/bin",
+    ] {
         if PathBuf::from(d).join("pg_recvlogical").exists() {
             return d.into();
         }
@@ -168,10 +201,15 @@ struct Measured {
 
 /// Voluntary context switches of all our threads so far (each one a wake-up from a wait).
 fn our_wakeups() -> u64 {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return 0 };
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
     tasks
         .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("status")).ok())
-        .filter_map(|s| s.lines().find_map(|l| l.strip_prefix("voluntary_ctxt_switches:")?.trim().parse::<u64>().ok()))
+        .filter_map(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:")?.trim().parse::<u64>().ok())
+        })
         .sum()
 }
 
@@ -215,9 +253,9 @@ impl Bench {
                 format!("INSERT INTO t SELECT g, 'value-' || g FROM generate_series(1, {n}) g")
             }
             // COMMIT inside DO: one transaction per row, generated server-side in seconds.
-            Shape::SmallTransactions => format!(
-                "DO $$ BEGIN FOR i IN 1..{n} LOOP INSERT INTO t VALUES (i, 'value-' || i); COMMIT; END LOOP; END $$"
-            ),
+            Shape::SmallTransactions => {
+                format!("DO $$ BEGIN FOR i IN 1..{n} LOOP INSERT INTO t VALUES (i, 'value-' || i); COMMIT; END LOOP; END $$")
+            }
         };
         self.client.batch_execute(&sql).await.expect("burst");
         let row = self.client.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.expect("lsn");
@@ -226,12 +264,16 @@ impl Bench {
 
     async fn create_slot(&self, name: &str) {
         let mut conn = ReplicationConnection::connect(&self.info).await.expect("connect");
-        conn.create_slot(name, SlotKind::Persistent, SlotSnapshot::Nothing).await.expect("create slot");
+        conn.create_slot(name, SlotKind::Persistent, SlotSnapshot::Nothing)
+            .await
+            .expect("create slot");
         conn.close().await.expect("close");
     }
 
     async fn drop_slot(&self, name: &str) {
-        pg_ghost::replication::slot::drop_slot(&self.client, name, &Default::default()).await.expect("drop slot");
+        pg_ghost::replication::slot::drop_slot(&self.client, name, &Default::default())
+            .await
+            .expect("drop slot");
     }
 
     /// Streams until the Commit that follows the N-th Insert; returns the time from
@@ -269,7 +311,13 @@ impl Bench {
         assert_eq!(inserts, self.changes, "every change arrived");
         let stats = stream.stats();
         stream.stop().await.expect("stop").close().await.expect("close");
-        Measured { elapsed, stats: Some(stats), client_cpu, server_cpu, wakeups: Some(wakeups) }
+        Measured {
+            elapsed,
+            stats: Some(stats),
+            client_cpu,
+            server_cpu,
+            wakeups: Some(wakeups),
+        }
     }
 
     fn pg_recvlogical(&self, slot: &str, endpos: Lsn) -> Measured {
@@ -277,13 +325,26 @@ impl Bench {
         let started = Instant::now();
         let out = Command::new(pg_bindir().join("pg_recvlogical"))
             .args(["-d", &self.conninfo, "--slot", slot, "--start", "--no-loop", "-f", "/dev/null"])
-            .args(["-o", "proto_version=1", "-o", "publication_names=pub", "--endpos", &endpos.to_string()])
+            .args([
+                "-o",
+                "proto_version=1",
+                "-o",
+                "publication_names=pub",
+                "--endpos",
+                &endpos.to_string(),
+            ])
             .output()
             .expect("run pg_recvlogical");
         let elapsed = started.elapsed();
         assert!(out.status.success(), "pg_recvlogical: {}", String::from_utf8_lossy(&out.stderr));
         let client_cpu = proc_cpu("self", true).unwrap_or_default().saturating_sub(client_before);
-        Measured { elapsed, stats: None, client_cpu, server_cpu: None, wakeups: None }
+        Measured {
+            elapsed,
+            stats: None,
+            client_cpu,
+            server_cpu: None,
+            wakeups: None,
+        }
     }
 
     async fn run_once(&self, shape: Shape, run: usize, consumers: &[Consumer], samples: &mut Vec<Sample>) {
@@ -308,7 +369,9 @@ impl Bench {
                 m.elapsed.as_secs_f64(),
                 self.changes as f64 / m.elapsed.as_secs_f64(),
                 m.client_cpu.as_secs_f64(),
-                m.server_cpu.map(|s| format!(", walsender cpu {:.2} s", s.as_secs_f64())).unwrap_or_default(),
+                m.server_cpu
+                    .map(|s| format!(", walsender cpu {:.2} s", s.as_secs_f64()))
+                    .unwrap_or_default(),
                 m.stats.map(|s| format!(", {} reads", s.reads)).unwrap_or_default()
                     + &m.wakeups.map(|w| format!(", {w} wake-ups")).unwrap_or_default()
             );
@@ -350,18 +413,26 @@ fn report(changes: u64, runs: usize, samples: &[Sample]) {
             let median = secs[secs.len() / 2];
             let rate = |s: f64| changes as f64 / s;
             let count = |f: &dyn Fn(&Sample) -> Option<u64>| {
-                let mut v: Vec<u64> =
-                    samples.iter().filter(|s| s.shape == shape && s.consumer == c).filter_map(f).collect();
+                let mut v: Vec<u64> = samples
+                    .iter()
+                    .filter(|s| s.shape == shape && s.consumer == c)
+                    .filter_map(f)
+                    .collect();
                 v.sort_unstable();
                 v.get(v.len() / 2).map(|r| r.to_string()).unwrap_or_else(|| "-".into())
             };
             let reads = count(&|s| s.stats.map(|st| st.reads));
             let wakeups = count(&|s| s.wakeups);
             let cpu = |f: &dyn Fn(&Sample) -> Option<Duration>| {
-                let mut v: Vec<Duration> =
-                    samples.iter().filter(|s| s.shape == shape && s.consumer == c).filter_map(f).collect();
+                let mut v: Vec<Duration> = samples
+                    .iter()
+                    .filter(|s| s.shape == shape && s.consumer == c)
+                    .filter_map(f)
+                    .collect();
                 v.sort_unstable();
-                v.get(v.len() / 2).map(|d| format!("{:.2} s", d.as_secs_f64())).unwrap_or_else(|| "-".into())
+                v.get(v.len() / 2)
+                    .map(|d| format!("{:.2} s", d.as_secs_f64()))
+                    .unwrap_or_else(|| "-".into())
             };
             println!(
                 "{:<24} {:<40} {:>10.0} {:>10.0} {:>10.0} {:>9.3} {:>8} {:>8} {:>11} {:>11}",
@@ -387,21 +458,39 @@ async fn main() {
         .keep_dir
         .clone()
         .unwrap_or_else(|| std::env::temp_dir().join(format!("pg-ghost-bench-{}", std::process::id())));
-    let cluster_conninfo = pg_local(&["start", dir.to_str().expect("utf-8 path")]);
+    let fresh = !dir.join("PG_VERSION").exists();
+    let cluster_conninfo = start_cluster(dir.to_str().expect("utf-8 path"), fresh);
     // Whatever happens to this process, the cluster goes with it (unless --dir keeps it).
     if args.keep_dir.is_none() {
         pg_local(&["watch", dir.to_str().expect("utf-8 path"), &std::process::id().to_string()]);
     }
     let conninfo = cluster_conninfo.replace("dbname=postgres", "dbname=bench");
-    let admin = ConnInfo::parse(&cluster_conninfo).expect("conninfo").connect().await.expect("connect");
+    let admin = ConnInfo::parse(&cluster_conninfo)
+        .expect("conninfo")
+        .connect()
+        .await
+        .expect("connect");
     admin.batch_execute("DROP DATABASE IF EXISTS bench").await.expect("drop db");
     admin.batch_execute("CREATE DATABASE bench").await.expect("create db");
-    let info = ConnInfo::parse(&conninfo).expect("conninfo").with_application_name("pg-ghost-bench");
+    let info = ConnInfo::parse(&conninfo)
+        .expect("conninfo")
+        .with_application_name("pg-ghost-bench");
     let client = info.connect().await.expect("connect bench db");
-    let bench = Bench { info, conninfo, client, changes: args.changes, coalesce: args.coalesce };
+    let bench = Bench {
+        info,
+        conninfo,
+        client,
+        changes: args.changes,
+        coalesce: args.coalesce,
+    };
     bench.setup().await;
 
-    let version = bench.client.query_one("SHOW server_version", &[]).await.expect("version").get::<_, String>(0);
+    let version = bench
+        .client
+        .query_one("SHOW server_version", &[])
+        .await
+        .expect("version")
+        .get::<_, String>(0);
     eprintln!("PostgreSQL {version}, cluster in {}", dir.display());
     let mut samples = Vec::new();
     for &shape in &args.shapes {

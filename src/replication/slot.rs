@@ -40,12 +40,18 @@ pub async fn create_publication(client: &Client, name: &str, tables: &[Qualified
 
 /// Drops the publication if it exists.
 pub async fn drop_publication(client: &Client, name: &str) -> Result<()> {
-    client.batch_execute(&drop_publication_sql(name)).await.with_context(|| format!("dropping publication {name:?}"))
+    client
+        .batch_execute(&drop_publication_sql(name))
+        .await
+        .with_context(|| format!("dropping publication {name:?}"))
 }
 
 pub async fn publication_exists(client: &Client, name: &str) -> Result<bool> {
     let row = client
-        .query_one("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1)", &[&name])
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1)",
+            &[&name],
+        )
         .await
         .with_context(|| format!("looking up publication {name:?}"))?;
     Ok(row.try_get(0)?)
@@ -53,7 +59,10 @@ pub async fn publication_exists(client: &Client, name: &str) -> Result<bool> {
 
 pub async fn slot_exists(client: &Client, name: &str) -> Result<bool> {
     let row = client
-        .query_one("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = $1)", &[&name])
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = $1)",
+            &[&name],
+        )
         .await
         .with_context(|| format!("looking up slot {name:?}"))?;
     Ok(row.try_get(0)?)
@@ -109,7 +118,7 @@ pub async fn retained_wal_bytes(client: &Client, name: &str) -> Result<Option<u6
         )
         .await
         .with_context(|| format!("measuring WAL retained by slot {name:?}"))?;
-    Ok(row.map(|r| r.get::<_, i64>(0).max(0) as u64))
+    Ok(row.map(|r| r.try_get::<_, i64>(0)).transpose()?.map(|b| b.max(0) as u64))
 }
 
 /// The slot's `confirmed_flush_lsn`; `None` if the slot does not exist or has none yet.
@@ -172,7 +181,7 @@ pub async fn terminate_walsender(client: &Client, name: &str) -> Result<Option<i
         )
         .await
         .with_context(|| format!("terminating the walsender of slot {name:?}"))?;
-    let pid = row.map(|r| r.get::<_, i32>(0));
+    let pid = row.map(|r| r.try_get::<_, i32>(0)).transpose()?;
     if let Some(pid) = pid {
         tracing::info!(slot = name, pid, "terminated the walsender still using the slot");
     }
@@ -220,7 +229,8 @@ pub async fn slot_creation_blockers(client: &Client) -> Result<Vec<Blocker>> {
 }
 
 fn parse_lsn(text: Option<String>) -> Result<Option<Lsn>> {
-    text.map(|t| t.parse::<Lsn>().map_err(|e| Error::protocol(e.to_string()))).transpose()
+    text.map(|t| t.parse::<Lsn>().map_err(|e| Error::protocol(e.to_string())))
+        .transpose()
 }
 
 #[cfg(test)]
@@ -229,7 +239,10 @@ mod tests {
 
     #[test]
     fn publication_sql_quotes_everything() {
-        let tables = [QualifiedName::new("public", "orders"), QualifiedName::new("Sales", "Line \"Items\"")];
+        let tables = [
+            QualifiedName::new("public", "orders"),
+            QualifiedName::new("Sales", "Line \"Items\""),
+        ];
         assert_eq!(
             create_publication_sql("pg_ghost_1", &tables).unwrap(),
             "CREATE PUBLICATION \"pg_ghost_1\" FOR TABLE \"public\".\"orders\", \"Sales\".\"Line \"\"Items\"\"\""

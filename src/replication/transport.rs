@@ -26,20 +26,21 @@
 //! - A [`ReplicationConnection`] is in command mode: one simple-query command at a time
 //!   (walsenders refuse the extended protocol). If a command's future is dropped before
 //!   its end, the connection refuses further commands: drop it and connect again.
-//! - [`ReplicationConnection::start_replication`] hands the socket to a reader task and
-//!   returns a [`ReplicationStream`]; [`ReplicationStream::stop`] gives it back in command
-//!   mode, so `DROP_REPLICATION_SLOT` can run on the same connection.
-//! - The reader task answers every keepalive that asks for a reply as soon as it reads it,
-//!   and sends a status update at least every `status_interval` (by default no more than
-//!   half the server's `wal_sender_timeout`), whether or not the consumer keeps up.
+//! - [`ReplicationConnection::start_replication`] hands the socket to a reader thread and
+//!   a writer thread (out of tokio's reactor, so that packets arriving while the reader
+//!   waits wake nobody) and returns a [`ReplicationStream`]; [`ReplicationStream::stop`]
+//!   gives the connection back in command mode, so `DROP_REPLICATION_SLOT` can run on it.
+//! - Every keepalive that asks for a reply is answered as soon as it is read, and a status
+//!   update goes out at least every `status_interval` (by default no more than half the
+//!   server's `wal_sender_timeout`), whether or not the consumer keeps up.
 //! - The positions reported are only the ones the consumer set (write, flush, apply), and
 //!   each only moves forward. The transport never acknowledges anything on its own: the
 //!   slot advances exactly as far as the consumer says it has durably applied.
-//! - Memory is bounded: a bounded channel of batches plus at most about 1 MiB read ahead;
-//!   beyond that the task stops reading the socket (but keeps sending status updates).
-//! - Reads are coalesced: after a read that found the socket nearly empty, the task waits
-//!   `coalesce_delay` (1 ms) before reading again, so the walsender fills the socket
-//!   instead of being woken for every message.
+//! - Memory is bounded: a bounded channel of batches plus about 1 MiB read ahead; beyond
+//!   that the reader stops reading the socket (status updates continue).
+//! - Reads are coalesced: after a read that found the socket nearly empty, the reader
+//!   sleeps `coalesce_delay` (1 ms) before reading again, so the walsender fills the socket
+//!   instead of waking us for every message (it is the bottleneck, and each wake-up costs it).
 //! - The end of a stream is never silent: EOF is an `ErrorKind::Connection` error, an
 //!   ErrorResponse is an error of the kind its SQLSTATE maps to, both naming the slot.
 //! - An exported snapshot is valid only until the next command on the same connection.
@@ -112,13 +113,18 @@ pub struct CreatedSlot {
 /// A walsender connection in command mode.
 pub struct ReplicationConnection {
     framed: Framed,
+    meta: ConnMeta,
+    /// A command was sent and its answer not read to ReadyForQuery.
+    busy: bool,
+}
+
+/// What a connection knows about itself, kept aside while a stream owns the socket.
+struct ConnMeta {
     auth: AuthMethod,
     backend_pid: i32,
     params: HashMap<String, String>,
     peer: String,
     dbname: String,
-    /// A command was sent and its answer not read to ReadyForQuery.
-    busy: bool,
 }
 
 impl ReplicationConnection {
@@ -142,37 +148,38 @@ impl ReplicationConnection {
         }
         .with_context(|| format!("opening a replication connection to {peer}, database {:?}", info.dbname))?;
         tracing::debug!(peer = %peer, pid = session.backend_pid, auth = ?session.auth, "replication connection open");
-        Ok(ReplicationConnection {
-            framed,
+        let meta = ConnMeta {
             auth: session.auth,
             backend_pid: session.backend_pid,
             params: session.params,
             peer,
             dbname: info.dbname.clone(),
-            busy: false,
-        })
+        };
+        Ok(ReplicationConnection { framed, meta, busy: false })
     }
 
     /// The walsender's process id.
     pub fn backend_pid(&self) -> i32 {
-        self.backend_pid
+        self.meta.backend_pid
     }
 
     /// How the server authenticated us.
     pub fn auth_method(&self) -> AuthMethod {
-        self.auth
+        self.meta.auth
     }
 
     /// A parameter the server reported (`server_version`, `server_encoding`, ...).
     pub fn parameter(&self, name: &str) -> Option<&str> {
-        self.params.get(name).map(String::as_str)
+        self.meta.params.get(name).map(String::as_str)
     }
 
     /// Runs replication commands or SQL through the simple query protocol; one result per
     /// statement that completed. An error is returned once the server is ready again, so
     /// the connection stays usable.
     pub async fn simple_query(&mut self, sql: &str) -> Result<Vec<QueryResult>> {
-        self.run(sql).await.with_context(|| format!("running {} on {}", first_word(sql), self.peer))
+        self.run(sql)
+            .await
+            .with_context(|| format!("running {} on {}", first_word(sql), self.meta.peer))
     }
 
     /// `IDENTIFY_SYSTEM`.
@@ -193,7 +200,11 @@ impl ReplicationConnection {
     /// before it answers; a caller that wants a deadline wraps this in a timeout, drops
     /// the connection when it fires, and reports the blockers (see `slot::slot_creation_blockers`).
     pub async fn create_slot(&mut self, name: &str, kind: SlotKind, snapshot: SlotSnapshot) -> Result<CreatedSlot> {
-        tracing::info!(slot = name, ?kind, "creating replication slot; this waits for transactions that hold an xid to end");
+        tracing::info!(
+            slot = name,
+            ?kind,
+            "creating replication slot; this waits for transactions that hold an xid to end"
+        );
         let command = options::create_slot_command(name, kind, snapshot);
         let r = self.one_row(&command).await?;
         let what = "CREATE_REPLICATION_SLOT";
@@ -240,14 +251,14 @@ impl ReplicationConnection {
                 Backend::Message(Message::NoticeResponse(n)) => log_notice(n.fields()),
                 Backend::Message(Message::ParameterStatus(_)) => {}
                 other => {
-                    return Err(Error::protocol(format!("unexpected {} in answer to START_REPLICATION", other.describe()))
-                        .context(context()))
+                    return Err(
+                        Error::protocol(format!("unexpected {} in answer to START_REPLICATION", other.describe())).context(context()),
+                    )
                 }
             }
         }
-        tracing::info!(slot, %start, pid = self.backend_pid, ?status_interval, "replication started");
-        // `busy` stays set while the stream owns the connection; stop() clears it.
-        Ok(stream::spawn(self, slot, status_interval, options))
+        tracing::info!(slot, %start, pid = self.meta.backend_pid, ?status_interval, "replication started");
+        stream::spawn(self, slot, status_interval, options).with_context(context)
     }
 
     /// Says goodbye (Terminate) and closes the socket.
@@ -258,10 +269,6 @@ impl ReplicationConnection {
         sent
     }
 
-    fn set_idle(&mut self) {
-        self.busy = false;
-    }
-
     async fn begin(&mut self, sql: &str) -> Result<()> {
         if self.busy {
             return Err(Error::new(
@@ -269,8 +276,7 @@ impl ReplicationConnection {
                 "the replication connection is unusable: an earlier command was interrupted before its end",
             ));
         }
-        frontend::query(sql, self.framed.write_buf())
-            .map_err(|e| Error::config(format!("cannot send this command: {e}")))?;
+        frontend::query(sql, self.framed.write_buf()).map_err(|e| Error::config(format!("cannot send this command: {e}")))?;
         self.busy = true;
         self.framed.flush().await
     }
@@ -296,7 +302,10 @@ impl ReplicationConnection {
                 },
                 Backend::Message(Message::CommandComplete(body)) => {
                     let mut r = current.take().unwrap_or_default();
-                    r.tag = body.tag().map_err(|e| Error::protocol(format!("malformed command tag: {e}")))?.to_string();
+                    r.tag = body
+                        .tag()
+                        .map_err(|e| Error::protocol(format!("malformed command tag: {e}")))?
+                        .to_string();
                     if let Some(results) = results.as_deref_mut() {
                         results.push(r);
                     }
@@ -306,7 +315,7 @@ impl ReplicationConnection {
                 Backend::Message(Message::NoticeResponse(n)) => log_notice(n.fields()),
                 Backend::Message(Message::ParameterStatus(p)) => {
                     if let (Ok(k), Ok(v)) = (p.name(), p.value()) {
-                        self.params.insert(k.to_string(), v.to_string());
+                        self.meta.params.insert(k.to_string(), v.to_string());
                     }
                 }
                 Backend::Message(Message::ReadyForQuery(_)) => {
@@ -343,16 +352,19 @@ impl ReplicationConnection {
              WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_publication p WHERE p.pubname = n)"
         );
         let results = self.simple_query(&sql).await?;
-        let missing: Vec<&str> =
-            results.iter().flat_map(|r| r.rows.iter()).filter_map(|row| row.first()?.as_deref()).collect();
+        let missing: Vec<&str> = results
+            .iter()
+            .flat_map(|r| r.rows.iter())
+            .filter_map(|row| row.first()?.as_deref())
+            .collect();
         if missing.is_empty() {
             return Ok(());
         }
         Err(Error::new(
             ErrorKind::from_sqlstate("42704"),
-            format!("publication {missing:?} does not exist in database {:?}", self.dbname),
+            format!("publication {missing:?} does not exist in database {:?}", self.meta.dbname),
         )
-            .set_sqlstate("42704"))
+        .set_sqlstate("42704"))
     }
 
     async fn fit_status_interval(&mut self, o: &StreamOptions) -> Result<Duration> {
@@ -380,10 +392,16 @@ fn first_word(sql: &str) -> &str {
 fn columns(body: &RowDescriptionBody) -> Result<QueryResult> {
     let mut columns = Vec::new();
     let mut fields = body.fields();
-    while let Some(f) = fields.next().map_err(|e| Error::protocol(format!("malformed RowDescription: {e}")))? {
+    while let Some(f) = fields
+        .next()
+        .map_err(|e| Error::protocol(format!("malformed RowDescription: {e}")))?
+    {
         columns.push(f.name().to_string());
     }
-    Ok(QueryResult { columns, ..QueryResult::default() })
+    Ok(QueryResult {
+        columns,
+        ..QueryResult::default()
+    })
 }
 
 fn row(body: &DataRowBody) -> Result<Vec<Option<String>>> {
@@ -394,9 +412,11 @@ fn row(body: &DataRowBody) -> Result<Vec<Option<String>>> {
         let value = match range {
             None => None,
             Some(r) => {
-                let bytes = buf.get(r).ok_or_else(|| Error::protocol("malformed DataRow: value out of bounds"))?;
-                let text = std::str::from_utf8(bytes)
-                    .map_err(|_| Error::protocol("a value is not UTF-8 although client_encoding is UTF8"))?;
+                let bytes = buf
+                    .get(r)
+                    .ok_or_else(|| Error::protocol("malformed DataRow: value out of bounds"))?;
+                let text =
+                    std::str::from_utf8(bytes).map_err(|_| Error::protocol("a value is not UTF-8 although client_encoding is UTF8"))?;
                 Some(text.to_string())
             }
         };
@@ -406,9 +426,11 @@ fn row(body: &DataRowBody) -> Result<Vec<Option<String>>> {
 }
 
 fn required<'a>(r: &'a QueryResult, what: &str, column: &str) -> Result<&'a str> {
-    r.value(0, column).ok_or_else(|| Error::protocol(format!("{what} returned no {column}")))
+    r.value(0, column)
+        .ok_or_else(|| Error::protocol(format!("{what} returned no {column}")))
 }
 
 fn parse_field<T: std::str::FromStr>(text: &str, what: &str, column: &str) -> Result<T> {
-    text.parse().map_err(|_| Error::protocol(format!("{what} returned {column} = {text:?}, which cannot be read")))
+    text.parse()
+        .map_err(|_| Error::protocol(format!("{what} returned {column} = {text:?}, which cannot be read")))
 }

@@ -11,8 +11,7 @@ use pg_ghost::error::{Backoff, ErrorKind};
 use pg_ghost::lsn::Lsn;
 use pg_ghost::replication::slot;
 use pg_ghost::replication::transport::{
-    AuthMethod, ProtoVersion, ReplicationConnection, ReplicationStream, SlotKind, SlotSnapshot, StreamEvent,
-    StreamOptions,
+    AuthMethod, ProtoVersion, ReplicationConnection, ReplicationStream, SlotKind, SlotSnapshot, StreamEvent, StreamOptions,
 };
 use pg_ghost::sql::QualifiedName;
 use std::collections::VecDeque;
@@ -67,7 +66,9 @@ struct Txn {
 
 impl Txn {
     fn contains(&self, needle: &str) -> bool {
-        self.messages.iter().any(|m| m.windows(needle.len()).any(|w| w == needle.as_bytes()))
+        self.messages
+            .iter()
+            .any(|m| m.windows(needle.len()).any(|w| w == needle.as_bytes()))
     }
 
     fn kinds(&self) -> String {
@@ -90,7 +91,11 @@ struct Txns {
 
 impl Txns {
     fn new(stream: ReplicationStream) -> Self {
-        Txns { stream, queue: VecDeque::new(), current: None }
+        Txns {
+            stream,
+            queue: VecDeque::new(),
+            current: None,
+        }
     }
 
     async fn next(&mut self) -> Txn {
@@ -102,7 +107,10 @@ impl Txns {
                         Some(b'B') => self.current = Some(Vec::new()),
                         Some(b'C') => {
                             let messages = self.current.take().expect("Commit without Begin");
-                            return Txn { end_lsn: commit_end_lsn(&data), messages };
+                            return Txn {
+                                end_lsn: commit_end_lsn(&data),
+                                messages,
+                            };
                         }
                         _ => self.current.as_mut().expect("change outside a transaction").push(data),
                     }
@@ -140,7 +148,9 @@ async fn start(conn: ReplicationConnection, slot: &str, options: &StreamOptions)
 
 async fn auth_as(user: &str, password: Option<&str>, expected: AuthMethod) {
     let db = Cluster::primary().fresh_db("auth");
-    let mut conn = ReplicationConnection::connect(&info_as(&db, user, password)).await.expect("connect");
+    let mut conn = ReplicationConnection::connect(&info_as(&db, user, password))
+        .await
+        .expect("connect");
     assert_eq!(conn.auth_method(), expected);
     let id = conn.identify_system().await.expect("IDENTIFY_SYSTEM");
     assert_eq!(id.dbname.as_deref(), Some(db.name.as_str()));
@@ -182,10 +192,16 @@ async fn wrong_password_is_an_auth_error() {
         assert_eq!(err.kind(), ErrorKind::Auth, "{err}");
         assert_eq!(err.sqlstate(), Some("28P01"), "{err}");
         let text = err.to_string();
-        assert!(text.contains(&format!("password authentication failed for user \"{user}\"")), "{text}");
+        assert!(
+            text.contains(&format!("password authentication failed for user \"{user}\"")),
+            "{text}"
+        );
         assert!(text.contains("opening a replication connection"), "{text}");
     }
-    let err = ReplicationConnection::connect(&info_as(&db, "ghost", None)).await.err().expect("no password");
+    let err = ReplicationConnection::connect(&info_as(&db, "ghost", None))
+        .await
+        .err()
+        .expect("no password");
     assert_eq!(err.kind(), ErrorKind::Auth, "{err}");
 }
 
@@ -194,7 +210,10 @@ async fn unix_socket_connection() {
     let cluster = Cluster::primary();
     let db = cluster.fresh_db("unix");
     let mut info = info(&db);
-    info.endpoint = Endpoint::Unix { dir: cluster.dir.clone(), port: cluster.port };
+    info.endpoint = Endpoint::Unix {
+        dir: cluster.dir.clone(),
+        port: cluster.port,
+    };
     info.password = None;
     let mut conn = ReplicationConnection::connect(&info).await.expect("connect over the Unix socket");
     // pg_hba.conf: `local replication all trust`.
@@ -215,9 +234,15 @@ async fn identify_system_and_simple_query() {
     assert_eq!(id.dbname.as_deref(), Some(db.name.as_str()));
     assert!(conn.parameter("server_version").is_some_and(|v| v.starts_with("15")));
 
-    let r = conn.simple_query("SELECT 1 AS a, NULL::text AS b; SELECT 'x' AS c").await.expect("SQL");
+    let r = conn
+        .simple_query("SELECT 1 AS a, NULL::text AS b; SELECT 'x' AS c")
+        .await
+        .expect("SQL");
     assert_eq!(r.len(), 2);
-    assert_eq!((r[0].value(0, "a"), r[0].value(0, "b"), r[0].tag.as_str()), (Some("1"), None, "SELECT 1"));
+    assert_eq!(
+        (r[0].value(0, "a"), r[0].value(0, "b"), r[0].tag.as_str()),
+        (Some("1"), None, "SELECT 1")
+    );
     assert_eq!(r[1].value(0, "c"), Some("x"));
 
     // A failed command leaves the connection usable, and the error has its SQLSTATE.
@@ -233,7 +258,10 @@ async fn persistent_and_temporary_slots() {
     let client = db.client().await;
     let name = db.name.clone();
     let mut conn = connect(&db).await;
-    let created = conn.create_slot(&name, SlotKind::Persistent, SlotSnapshot::Nothing).await.expect("create");
+    let created = conn
+        .create_slot(&name, SlotKind::Persistent, SlotSnapshot::Nothing)
+        .await
+        .expect("create");
     assert_eq!((created.name.as_str(), created.plugin.as_str()), (name.as_str(), "pgoutput"));
     assert!(created.consistent_point > Lsn::ZERO);
     assert_eq!(created.snapshot, None);
@@ -244,12 +272,18 @@ async fn persistent_and_temporary_slots() {
     assert_eq!(info.confirmed_flush_lsn, Some(created.consistent_point));
 
     // The same name again is refused with the server's error.
-    let err = conn.create_slot(&name, SlotKind::Persistent, SlotSnapshot::Nothing).await.expect_err("duplicate");
+    let err = conn
+        .create_slot(&name, SlotKind::Persistent, SlotSnapshot::Nothing)
+        .await
+        .expect_err("duplicate");
     assert_eq!(err.sqlstate(), Some("42710"), "{err}");
 
     let temp = format!("{name}_tmp");
     let mut other = connect(&db).await;
-    let t = other.create_slot(&temp, SlotKind::Temporary, SlotSnapshot::Nothing).await.expect("temporary");
+    let t = other
+        .create_slot(&temp, SlotKind::Temporary, SlotSnapshot::Nothing)
+        .await
+        .expect("temporary");
     assert!(t.consistent_point > Lsn::ZERO);
     assert!(slot::slot_info(&client, &temp).await.expect("slot_info").expect("exists").temporary);
     other.close().await.expect("close");
@@ -273,7 +307,10 @@ async fn exported_snapshot_is_importable() {
     let db = Cluster::primary().fresh_db("snapshot");
     db.psql("CREATE TABLE t(id int PRIMARY KEY); INSERT INTO t VALUES (1)");
     let mut conn = connect(&db).await;
-    let created = conn.create_slot(&db.name, SlotKind::Temporary, SlotSnapshot::Export).await.expect("create");
+    let created = conn
+        .create_slot(&db.name, SlotKind::Temporary, SlotSnapshot::Export)
+        .await
+        .expect("create");
     let snapshot = created.snapshot.expect("an exported snapshot");
     // Committed after the consistent point: in the stream, not in the snapshot.
     db.psql("INSERT INTO t VALUES (2)");
@@ -303,10 +340,16 @@ async fn streams_an_insert() {
     let db = Cluster::primary().fresh_db("stream");
     table_and_publication(&db);
     let mut conn = connect(&db).await;
-    let created = conn.create_slot(&db.name, SlotKind::Persistent, SlotSnapshot::Nothing).await.expect("slot");
+    let created = conn
+        .create_slot(&db.name, SlotKind::Persistent, SlotSnapshot::Nothing)
+        .await
+        .expect("slot");
     let mut txns = start(conn, &db.name, &StreamOptions::new(["pub"])).await;
     let client = db.client().await;
-    client.batch_execute("INSERT INTO t VALUES (1, 'hello-stream')").await.expect("insert");
+    client
+        .batch_execute("INSERT INTO t VALUES (1, 'hello-stream')")
+        .await
+        .expect("insert");
     let txn = txns.next().await;
     assert_eq!(txn.kinds(), "RI", "Relation, then Insert");
     assert!(txn.contains("hello-stream"));
@@ -322,7 +365,9 @@ async fn reconnect_resumes_after_the_flushed_commit() {
     let client = db.client().await;
     let name = db.name.clone();
     let mut conn = connect(&db).await;
-    conn.create_slot(&name, SlotKind::Persistent, SlotSnapshot::Nothing).await.expect("slot");
+    conn.create_slot(&name, SlotKind::Persistent, SlotSnapshot::Nothing)
+        .await
+        .expect("slot");
     let mut txns = start(conn, &name, &StreamOptions::new(["pub"])).await;
     for (id, v) in [(1, "txn-A"), (2, "txn-B")] {
         client.execute("INSERT INTO t VALUES ($1, $2)", &[&id, &v]).await.expect("insert");
@@ -344,7 +389,10 @@ async fn reconnect_resumes_after_the_flushed_commit() {
     let mut txns = Txns::new(
         Backoff::default()
             .retry("restarting replication", || async {
-                ReplicationConnection::connect(&info(&db)).await?.start_replication(&name, Lsn::ZERO, &StreamOptions::new(["pub"])).await
+                ReplicationConnection::connect(&info(&db))
+                    .await?
+                    .start_replication(&name, Lsn::ZERO, &StreamOptions::new(["pub"]))
+                    .await
             })
             .await
             .expect("restart"),
@@ -363,10 +411,15 @@ async fn stop_then_drop_slot_on_the_same_connection() {
     table_and_publication(&db);
     let client = db.client().await;
     let mut conn = connect(&db).await;
-    conn.create_slot(&db.name, SlotKind::Persistent, SlotSnapshot::Nothing).await.expect("slot");
+    conn.create_slot(&db.name, SlotKind::Persistent, SlotSnapshot::Nothing)
+        .await
+        .expect("slot");
     let mut txns = start(conn, &db.name, &StreamOptions::new(["pub"])).await;
     // A burst still in flight when we stop: the drain must get past it.
-    client.batch_execute("INSERT INTO t SELECT g, 'x' FROM generate_series(1, 20000) g").await.expect("insert");
+    client
+        .batch_execute("INSERT INTO t SELECT g, 'x' FROM generate_series(1, 20000) g")
+        .await
+        .expect("insert");
     let first = txns.next().await;
     assert!(first.contains("x"));
     let mut conn = timeout(WAIT, txns.stream.stop()).await.expect("stop in time").expect("stop");
@@ -376,12 +429,41 @@ async fn stop_then_drop_slot_on_the_same_connection() {
 }
 
 #[tokio::test]
+async fn dropping_a_stream_closes_its_connection() {
+    let db = Cluster::primary().fresh_db("dropped");
+    table_and_publication(&db);
+    let client = db.client().await;
+    let mut conn = connect(&db).await;
+    conn.create_slot(&db.name, SlotKind::Temporary, SlotSnapshot::Nothing)
+        .await
+        .expect("slot");
+    let stream = conn
+        .start_replication(&db.name, Lsn::ZERO, &StreamOptions::new(["pub"]))
+        .await
+        .expect("start");
+    drop(stream);
+    // The walsender sees the connection close, and its temporary slot goes with it.
+    timeout(WAIT, async {
+        while slot::slot_exists(&client, &db.name).await.expect("slot_exists") {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the connection of a dropped stream stays open");
+}
+
+#[tokio::test]
 async fn terminated_walsender_is_a_clear_error() {
     let db = Cluster::primary().fresh_db("killed");
     table_and_publication(&db);
     let mut conn = connect(&db).await;
-    conn.create_slot(&db.name, SlotKind::Temporary, SlotSnapshot::Nothing).await.expect("slot");
-    let mut stream = conn.start_replication(&db.name, Lsn::ZERO, &StreamOptions::new(["pub"])).await.expect("start");
+    conn.create_slot(&db.name, SlotKind::Temporary, SlotSnapshot::Nothing)
+        .await
+        .expect("slot");
+    let mut stream = conn
+        .start_replication(&db.name, Lsn::ZERO, &StreamOptions::new(["pub"]))
+        .await
+        .expect("start");
     let pid = stream.backend_pid();
     db.psql(&format!("SELECT pg_terminate_backend({pid})"));
     let err = timeout(WAIT, async {
@@ -408,7 +490,9 @@ async fn missing_publication_fails_at_start() {
     let db = Cluster::primary().fresh_db("nopub");
     table_and_publication(&db);
     let mut conn = connect(&db).await;
-    conn.create_slot(&db.name, SlotKind::Temporary, SlotSnapshot::Nothing).await.expect("slot");
+    conn.create_slot(&db.name, SlotKind::Temporary, SlotSnapshot::Nothing)
+        .await
+        .expect("slot");
     let err = conn
         .start_replication(&db.name, Lsn::ZERO, &StreamOptions::new(["pub", "nope"]))
         .await
@@ -424,17 +508,24 @@ async fn odd_publication_names_and_protocol_options() {
     let publication = "Odd \"Pub\", it's";
     db.psql("CREATE TABLE t(id int PRIMARY KEY, v text)");
     let client = db.client().await;
-    slot::create_publication(&client, publication, &[QualifiedName::new("public", "t")]).await.expect("publication");
+    slot::create_publication(&client, publication, &[QualifiedName::new("public", "t")])
+        .await
+        .expect("publication");
     assert!(slot::publication_exists(&client, publication).await.expect("exists"));
     let mut conn = connect(&db).await;
-    conn.create_slot(&db.name, SlotKind::Temporary, SlotSnapshot::Nothing).await.expect("slot");
+    conn.create_slot(&db.name, SlotKind::Temporary, SlotSnapshot::Nothing)
+        .await
+        .expect("slot");
     let mut options = StreamOptions::new([publication]);
     options.proto_version = ProtoVersion::V2;
     options.streaming = true;
     options.binary = true;
     options.messages = true;
     let mut txns = start(conn, &db.name, &options).await;
-    client.batch_execute("INSERT INTO t VALUES (7, 'odd-name-row')").await.expect("insert");
+    client
+        .batch_execute("INSERT INTO t VALUES (7, 'odd-name-row')")
+        .await
+        .expect("insert");
     client
         .batch_execute("SELECT pg_logical_emit_message(true, 'pg-ghost', 'sentinel-1')")
         .await
@@ -459,12 +550,23 @@ async fn slot_progress_and_forced_drop() {
     let client = db.client().await;
     let name = db.name.clone();
     let mut conn = connect(&db).await;
-    conn.create_slot(&name, SlotKind::Persistent, SlotSnapshot::Nothing).await.expect("slot");
-    let retained_before = slot::retained_wal_bytes(&client, &name).await.expect("retained").expect("slot exists");
+    conn.create_slot(&name, SlotKind::Persistent, SlotSnapshot::Nothing)
+        .await
+        .expect("slot");
+    let retained_before = slot::retained_wal_bytes(&client, &name)
+        .await
+        .expect("retained")
+        .expect("slot exists");
     let mut txns = start(conn, &name, &StreamOptions::new(["pub"])).await;
-    client.batch_execute("INSERT INTO t SELECT g, repeat('w', 100) FROM generate_series(1, 5000) g").await.expect("insert");
+    client
+        .batch_execute("INSERT INTO t SELECT g, repeat('w', 100) FROM generate_series(1, 5000) g")
+        .await
+        .expect("insert");
     let txn = txns.next().await;
-    let retained = slot::retained_wal_bytes(&client, &name).await.expect("retained").expect("slot exists");
+    let retained = slot::retained_wal_bytes(&client, &name)
+        .await
+        .expect("retained")
+        .expect("slot exists");
     assert!(retained > retained_before + 500_000, "{retained_before} -> {retained}");
 
     // Acknowledged on request, not at the next interval.
@@ -502,7 +604,10 @@ async fn slot_creation_blockers_are_listed() {
     let db = Cluster::primary().fresh_db("blockers");
     db.psql("CREATE TABLE t(id int)");
     let writer = db.client().await;
-    writer.batch_execute("BEGIN; INSERT INTO t VALUES (1)").await.expect("open a writing transaction");
+    writer
+        .batch_execute("BEGIN; INSERT INTO t VALUES (1)")
+        .await
+        .expect("open a writing transaction");
     let writer_pid: i32 = writer.query_one("SELECT pg_backend_pid()", &[]).await.expect("pid").get(0);
     let observer = db.client().await;
     let blockers = slot::slot_creation_blockers(&observer).await.expect("blockers");
@@ -513,7 +618,10 @@ async fn slot_creation_blockers_are_listed() {
     let mut conn = connect(&db).await;
     let create = conn.create_slot(&db.name, SlotKind::Temporary, SlotSnapshot::Nothing);
     tokio::pin!(create);
-    assert!(timeout(Duration::from_millis(300), &mut create).await.is_err(), "creation waits for the writer");
+    assert!(
+        timeout(Duration::from_millis(300), &mut create).await.is_err(),
+        "creation waits for the writer"
+    );
     writer.batch_execute("COMMIT").await.expect("commit");
     timeout(WAIT, create).await.expect("creation finishes").expect("slot");
 }
@@ -538,7 +646,9 @@ async fn keepalive_replies_keep_an_idle_stream_alive() {
     table_and_publication(&db);
     assert_eq!(db.psql("SHOW wal_sender_timeout"), "2s");
     let mut conn = connect(&db).await;
-    conn.create_slot(&db.name, SlotKind::Temporary, SlotSnapshot::Nothing).await.expect("slot");
+    conn.create_slot(&db.name, SlotKind::Temporary, SlotSnapshot::Nothing)
+        .await
+        .expect("slot");
     // No periodic updates at all: only answers to the server's requests keep us alive.
     let mut options = StreamOptions::new(["pub"]);
     options.status_interval = Duration::from_secs(3600);
@@ -551,7 +661,10 @@ async fn keepalive_replies_keep_an_idle_stream_alive() {
     assert!(stats.status_updates >= 2, "{stats:?}");
 
     let client = db.client().await;
-    client.batch_execute("INSERT INTO t VALUES (1, 'still-here')").await.expect("insert");
+    client
+        .batch_execute("INSERT INTO t VALUES (1, 'still-here')")
+        .await
+        .expect("insert");
     assert!(txns.next().await.contains("still-here"));
 }
 
@@ -561,11 +674,17 @@ async fn a_stalled_consumer_stays_connected() {
     let db = cluster.fresh_db("stalled");
     table_and_publication(&db);
     let mut conn = connect(&db).await;
-    conn.create_slot(&db.name, SlotKind::Temporary, SlotSnapshot::Nothing).await.expect("slot");
+    conn.create_slot(&db.name, SlotKind::Temporary, SlotSnapshot::Nothing)
+        .await
+        .expect("slot");
     let mut options = StreamOptions::new(["pub"]);
     options.channel_capacity = 2;
     let mut txns = start(conn, &db.name, &options).await;
-    assert_eq!(txns.stream.status_interval(), Duration::from_secs(1), "fitted to half of wal_sender_timeout");
+    assert_eq!(
+        txns.stream.status_interval(),
+        Duration::from_secs(1),
+        "fitted to half of wal_sender_timeout"
+    );
     let client = db.client().await;
     // Far more than the channel and the read-ahead hold: the reader stops reading.
     client

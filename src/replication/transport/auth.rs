@@ -41,8 +41,7 @@ pub(crate) async fn startup(framed: &mut Framed, info: &ConnInfo) -> Result<Sess
         ("application_name", info.application_name.as_str()),
         ("client_encoding", "UTF8"),
     ];
-    frontend::startup_message(params, framed.write_buf())
-        .map_err(|e| Error::config(format!("cannot encode the startup packet: {e}")))?;
+    frontend::startup_message(params, framed.write_buf()).map_err(|e| Error::config(format!("cannot encode the startup packet: {e}")))?;
     framed.flush().await?;
     let auth = authenticate(framed, info).await?;
 
@@ -106,7 +105,10 @@ async fn authenticate(framed: &mut Framed, info: &ConnInfo) -> Result<AuthMethod
 async fn scram(framed: &mut Framed, info: &ConnInfo, body: AuthenticationSaslBody) -> Result<()> {
     let mut offered = Vec::new();
     let mut mechanisms = body.mechanisms();
-    while let Some(m) = mechanisms.next().map_err(|e| Error::protocol(format!("malformed SASL mechanism list: {e}")))? {
+    while let Some(m) = mechanisms
+        .next()
+        .map_err(|e| Error::protocol(format!("malformed SASL mechanism list: {e}")))?
+    {
         offered.push(m.to_string());
     }
     if !offered.iter().any(|m| m == SCRAM_SHA_256) {
@@ -126,7 +128,12 @@ async fn scram(framed: &mut Framed, info: &ConnInfo, body: AuthenticationSaslBod
             .update(b.data())
             .map_err(|e| Error::new(ErrorKind::Auth, format!("invalid SCRAM challenge from the server: {e}")))?,
         Backend::Message(Message::ErrorResponse(e)) => return Err(server_error(e.fields())),
-        other => return Err(Error::protocol(format!("unexpected {} during SCRAM authentication", other.describe()))),
+        other => {
+            return Err(Error::protocol(format!(
+                "unexpected {} during SCRAM authentication",
+                other.describe()
+            )))
+        }
     }
     frontend::sasl_response(scram.message(), framed.write_buf()).map_err(encode_error)?;
     framed.flush().await?;
@@ -137,7 +144,10 @@ async fn scram(framed: &mut Framed, info: &ConnInfo, body: AuthenticationSaslBod
             Error::new(ErrorKind::Auth, format!("the server's SCRAM signature does not verify: {e}"))
         }),
         Backend::Message(Message::ErrorResponse(e)) => Err(server_error(e.fields())),
-        other => Err(Error::protocol(format!("unexpected {} during SCRAM authentication", other.describe()))),
+        other => Err(Error::protocol(format!(
+            "unexpected {} during SCRAM authentication",
+            other.describe()
+        ))),
     }
 }
 

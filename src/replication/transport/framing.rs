@@ -37,9 +37,84 @@ impl Socket {
                 stream.set_nodelay(true)?;
                 Ok(Socket::Tcp(stream))
             }
-            Endpoint::Unix { dir, port } => {
-                Ok(Socket::Unix(UnixStream::connect(dir.join(format!(".s.PGSQL.{port}"))).await?))
-            }
+            Endpoint::Unix { dir, port } => Ok(Socket::Unix(UnixStream::connect(dir.join(format!(".s.PGSQL.{port}"))).await?)),
+        }
+    }
+}
+
+impl Socket {
+    /// Leaves tokio's reactor: a socket in no epoll set wakes nobody when data arrives,
+    /// which is what lets a sleeping reader thread leave the walsender undisturbed.
+    pub(crate) fn into_std(self) -> io::Result<StdSocket> {
+        let s = match self {
+            Socket::Tcp(s) => StdSocket::Tcp(s.into_std()?),
+            Socket::Unix(s) => StdSocket::Unix(s.into_std()?),
+        };
+        s.set_nonblocking(false)?;
+        Ok(s)
+    }
+}
+
+/// The same socket in blocking mode, for the reader and writer threads of a stream.
+pub(crate) enum StdSocket {
+    Tcp(std::net::TcpStream),
+    Unix(std::os::unix::net::UnixStream),
+}
+
+impl StdSocket {
+    fn set_nonblocking(&self, on: bool) -> io::Result<()> {
+        match self {
+            StdSocket::Tcp(s) => s.set_nonblocking(on),
+            StdSocket::Unix(s) => s.set_nonblocking(on),
+        }
+    }
+
+    pub(crate) fn try_clone(&self) -> io::Result<StdSocket> {
+        Ok(match self {
+            StdSocket::Tcp(s) => StdSocket::Tcp(s.try_clone()?),
+            StdSocket::Unix(s) => StdSocket::Unix(s.try_clone()?),
+        })
+    }
+
+    pub(crate) fn set_read_timeout(&self, t: Option<std::time::Duration>) -> io::Result<()> {
+        match self {
+            StdSocket::Tcp(s) => s.set_read_timeout(t),
+            StdSocket::Unix(s) => s.set_read_timeout(t),
+        }
+    }
+
+    /// Back into tokio's reactor (needs a runtime context).
+    pub(crate) fn into_tokio(self) -> io::Result<Socket> {
+        self.set_read_timeout(None)?;
+        self.set_nonblocking(true)?;
+        Ok(match self {
+            StdSocket::Tcp(s) => Socket::Tcp(TcpStream::from_std(s)?),
+            StdSocket::Unix(s) => Socket::Unix(UnixStream::from_std(s)?),
+        })
+    }
+}
+
+impl io::Read for StdSocket {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            StdSocket::Tcp(s) => s.read(buf),
+            StdSocket::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl io::Write for StdSocket {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            StdSocket::Tcp(s) => s.write(buf),
+            StdSocket::Unix(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            StdSocket::Tcp(s) => s.flush(),
+            StdSocket::Unix(s) => s.flush(),
         }
     }
 }
@@ -116,7 +191,21 @@ pub(crate) struct Framed {
 
 impl Framed {
     pub(crate) fn new(socket: Socket) -> Framed {
-        Framed { socket, rbuf: BytesMut::with_capacity(READ_CHUNK), wbuf: BytesMut::with_capacity(1024) }
+        Framed::from_parts(socket, BytesMut::with_capacity(READ_CHUNK))
+    }
+
+    /// The socket and what was read from it but not parsed yet. Anything unsent in the
+    /// write buffer is dropped: callers detach only between commands.
+    pub(crate) fn into_parts(self) -> (Socket, BytesMut) {
+        (self.socket, self.rbuf)
+    }
+
+    pub(crate) fn from_parts(socket: Socket, rbuf: BytesMut) -> Framed {
+        Framed {
+            socket,
+            rbuf,
+            wbuf: BytesMut::with_capacity(1024),
+        }
     }
 
     /// Where frontend messages are encoded before [`Framed::flush`] sends them.
@@ -128,7 +217,10 @@ impl Framed {
         if self.wbuf.is_empty() {
             return Ok(());
         }
-        self.socket.write_all(&self.wbuf).await.map_err(|e| io_error(e, "sending to the server"))?;
+        self.socket
+            .write_all(&self.wbuf)
+            .await
+            .map_err(|e| io_error(e, "sending to the server"))?;
         self.wbuf.clear();
         Ok(())
     }
@@ -138,7 +230,11 @@ impl Framed {
     /// server never closes a healthy connection on its own.
     pub(crate) async fn read_some(&mut self) -> Result<usize> {
         self.rbuf.reserve(READ_CHUNK);
-        let n = self.socket.read_buf(&mut self.rbuf).await.map_err(|e| io_error(e, "reading from the server"))?;
+        let n = self
+            .socket
+            .read_buf(&mut self.rbuf)
+            .await
+            .map_err(|e| io_error(e, "reading from the server"))?;
         if n == 0 {
             return Err(Error::new(ErrorKind::Connection, "the server closed the connection (EOF)"));
         }
@@ -222,7 +318,10 @@ impl ServerMessage {
     }
 
     pub(crate) fn text(&self) -> String {
-        let mut text = self.message.clone().unwrap_or_else(|| "the server reported an error without a message".into());
+        let mut text = self
+            .message
+            .clone()
+            .unwrap_or_else(|| "the server reported an error without a message".into());
         if let Some(d) = &self.detail {
             text.push_str(". ");
             text.push_str(d);
@@ -250,7 +349,12 @@ pub(crate) fn server_error(fields: ErrorFields<'_>) -> Error {
 
 pub(crate) fn log_notice(fields: ErrorFields<'_>) {
     let m = ServerMessage::read(fields);
-    tracing::info!(severity = m.severity.as_deref().unwrap_or(""), code = m.code.as_deref().unwrap_or(""), "server notice: {}", m.text());
+    tracing::info!(
+        severity = m.severity.as_deref().unwrap_or(""),
+        code = m.code.as_deref().unwrap_or(""),
+        "server notice: {}",
+        m.text()
+    );
 }
 
 #[cfg(test)]

@@ -83,7 +83,9 @@ impl StreamOptions {
             return Err(Error::config(format!("invalid publication name {bad:?}")));
         }
         if self.streaming && self.proto_version == ProtoVersion::V1 {
-            return Err(Error::config("streaming of in-progress transactions needs pgoutput protocol version 2"));
+            return Err(Error::config(
+                "streaming of in-progress transactions needs pgoutput protocol version 2",
+            ));
         }
         if self.status_interval.is_zero() {
             return Err(Error::config("the status update interval must be positive"));
@@ -147,7 +149,10 @@ pub(crate) fn create_slot_command(name: &str, kind: SlotKind, snapshot: SlotSnap
         SlotSnapshot::Export => "export",
         SlotSnapshot::Nothing => "nothing",
     };
-    format!("CREATE_REPLICATION_SLOT {}{temporary} LOGICAL pgoutput (SNAPSHOT '{snapshot}')", ident(name))
+    format!(
+        "CREATE_REPLICATION_SLOT {}{temporary} LOGICAL pgoutput (SNAPSHOT '{snapshot}')",
+        ident(name)
+    )
 }
 
 pub(crate) fn drop_slot_command(name: &str, wait: bool) -> String {

@@ -22,7 +22,11 @@ pub enum StreamEvent {
     /// The server's heartbeat. When `reply_requested`, the reader task has already
     /// answered it; it is passed on because an idle consumer with nothing pending may
     /// acknowledge `wal_end` to let the slot advance.
-    Keepalive { wal_end: Lsn, server_clock: SystemTime, reply_requested: bool },
+    Keepalive {
+        wal_end: Lsn,
+        server_clock: SystemTime,
+        reply_requested: bool,
+    },
 }
 
 const XLOG_DATA: u8 = b'w';
@@ -40,13 +44,21 @@ pub(crate) fn parse_copy_data(mut data: Bytes) -> Result<StreamEvent> {
     match data.first().copied() {
         Some(XLOG_DATA) => {
             if data.len() < XLOG_DATA_HEADER {
-                return Err(Error::protocol(format!("XLogData of {} bytes is shorter than its header", data.len())));
+                return Err(Error::protocol(format!(
+                    "XLogData of {} bytes is shorter than its header",
+                    data.len()
+                )));
             }
             data.advance(1);
             let wal_start = Lsn(data.get_u64());
             let wal_end = Lsn(data.get_u64());
             let server_clock = pg_clock_to_system_time(data.get_i64());
-            Ok(StreamEvent::XLogData { wal_start, wal_end, server_clock, data })
+            Ok(StreamEvent::XLogData {
+                wal_start,
+                wal_end,
+                server_clock,
+                data,
+            })
         }
         Some(KEEPALIVE) => {
             if data.len() < KEEPALIVE_LEN {
@@ -56,7 +68,11 @@ pub(crate) fn parse_copy_data(mut data: Bytes) -> Result<StreamEvent> {
             let wal_end = Lsn(data.get_u64());
             let server_clock = pg_clock_to_system_time(data.get_i64());
             let reply_requested = data.get_u8() != 0;
-            Ok(StreamEvent::Keepalive { wal_end, server_clock, reply_requested })
+            Ok(StreamEvent::Keepalive {
+                wal_end,
+                server_clock,
+                reply_requested,
+            })
         }
         Some(other) => Err(Error::protocol(format!("unknown replication message kind {:?}", other as char))),
         None => Err(Error::protocol("empty CopyData in the replication stream")),
@@ -92,7 +108,11 @@ pub(crate) fn encode_status_update(buf: &mut BytesMut, p: Positions, clock: Syst
 pub(crate) fn pg_clock_to_system_time(micros: i64) -> SystemTime {
     let epoch = UNIX_EPOCH + Duration::from_secs(PG_EPOCH_UNIX_SECS);
     let offset = Duration::from_micros(micros.unsigned_abs());
-    let t = if micros >= 0 { epoch.checked_add(offset) } else { epoch.checked_sub(offset) };
+    let t = if micros >= 0 {
+        epoch.checked_add(offset)
+    } else {
+        epoch.checked_sub(offset)
+    };
     // Only a corrupt clock overflows SystemTime; the clock is informative, not a reason to fail.
     t.unwrap_or(epoch)
 }
@@ -119,7 +139,12 @@ mod tests {
         b.put_i64(1_000_000);
         b.put_slice(b"B...");
         match parse_copy_data(b.freeze()) {
-            Ok(StreamEvent::XLogData { wal_start, wal_end, server_clock, data }) => {
+            Ok(StreamEvent::XLogData {
+                wal_start,
+                wal_end,
+                server_clock,
+                data,
+            }) => {
                 assert_eq!(wal_start.to_string(), "1/20");
                 assert_eq!(wal_end.to_string(), "1/40");
                 assert_eq!(server_clock, UNIX_EPOCH + Duration::from_secs(PG_EPOCH_UNIX_SECS + 1));
@@ -157,7 +182,11 @@ mod tests {
     #[test]
     fn encodes_status_update() {
         let mut buf = BytesMut::new();
-        let p = Positions { written: Lsn(5), flushed: Lsn(7), applied: Lsn(3) };
+        let p = Positions {
+            written: Lsn(5),
+            flushed: Lsn(7),
+            applied: Lsn(3),
+        };
         let clock = pg_clock_to_system_time(123_456);
         encode_status_update(&mut buf, p, clock, false);
         assert_eq!(buf.len(), 1 + 4 + 34);

@@ -4,12 +4,8 @@
 use super::{connect, WAIT};
 use crate::harness::{Cluster, TestDb};
 use pg_ghost::lsn::Lsn;
-use pg_ghost::replication::pgoutput::{
-    Begin, ColumnValue, Commit, Decoder, Message, OldTuple, Relation, ReplicaIdentity, TupleData,
-};
-use pg_ghost::replication::transport::{
-    ProtoVersion, ReplicationStream, SlotKind, SlotSnapshot, StreamEvent, StreamOptions,
-};
+use pg_ghost::replication::pgoutput::{Begin, ColumnValue, Commit, Decoder, Message, OldTuple, Relation, ReplicaIdentity, TupleData};
+use pg_ghost::replication::transport::{ProtoVersion, ReplicationStream, SlotKind, SlotSnapshot, StreamEvent, StreamOptions};
 use std::collections::VecDeque;
 use tokio::time::timeout;
 
@@ -26,9 +22,15 @@ impl Decoded {
         if !setup.is_empty() {
             conn.simple_query(setup).await.expect("session setup on the walsender");
         }
-        conn.create_slot(&db.name, SlotKind::Temporary, SlotSnapshot::Nothing).await.expect("slot");
+        conn.create_slot(&db.name, SlotKind::Temporary, SlotSnapshot::Nothing)
+            .await
+            .expect("slot");
         let stream = conn.start_replication(&db.name, Lsn::ZERO, &options).await.expect("start");
-        Decoded { stream, decoder: Decoder::new(), queue: VecDeque::new() }
+        Decoded {
+            stream,
+            decoder: Decoder::new(),
+            queue: VecDeque::new(),
+        }
     }
 
     async fn next(&mut self) -> Message {
@@ -115,7 +117,11 @@ async fn multi_row_transaction_and_nulls() {
         .collect();
     assert_eq!(
         rows,
-        [vec![Some("1"), Some("one"), Some("10")], vec![Some("2"), None, None], vec![Some("3"), Some("three"), Some("30")]]
+        [
+            vec![Some("1"), Some("one"), Some("10")],
+            vec![Some("2"), None, None],
+            vec![Some("3"), Some("three"), Some("30")]
+        ]
     );
     if let Message::Insert(i) = &inside[2] {
         assert!(i.new.get(1).is_some_and(ColumnValue::is_null) && i.new.get(2).is_some_and(ColumnValue::is_null));
@@ -199,7 +205,10 @@ async fn unchanged_toast_is_marked_and_replica_identity_full_sends_the_old_row()
     assert_eq!(relation(&inside[0]).replica_identity, ReplicaIdentity::Full);
     match &inside[1] {
         Message::Update(u) => {
-            assert!(matches!(&u.old, Some(OldTuple::Full(old)) if texts(old) == [Some("1"), Some("old")]), "{u:?}");
+            assert!(
+                matches!(&u.old, Some(OldTuple::Full(old)) if texts(old) == [Some("1"), Some("old")]),
+                "{u:?}"
+            );
             assert_eq!(texts(&u.new), [Some("1"), Some("new")]);
         }
         other => panic!("expected Update, got {other:?}"),
@@ -220,7 +229,10 @@ async fn two_relations_truncate_and_logical_messages() {
     db.psql("SELECT pg_logical_emit_message(false, 'pg-ghost', 'heartbeat')");
 
     let (_, inside, _) = s.txn().await;
-    assert_eq!(inside.iter().map(Message::name).collect::<Vec<_>>(), ["Relation", "Insert", "Relation", "Insert"]);
+    assert_eq!(
+        inside.iter().map(Message::name).collect::<Vec<_>>(),
+        ["Relation", "Insert", "Relation", "Insert"]
+    );
     let (ra, rb) = (relation(&inside[0]), relation(&inside[2]));
     assert_eq!((ra.name.as_str(), ra.id), ("a", oid(&db, "a")));
     assert_eq!((rb.name.as_str(), rb.id), ("B b", oid(&db, "\"B b\"")));

@@ -21,7 +21,10 @@ struct Fake {
 impl Fake {
     async fn read_exact(&mut self, n: usize) -> Vec<u8> {
         let mut buf = vec![0; n];
-        timeout(WAIT, self.socket.read_exact(&mut buf)).await.expect("client is silent").expect("read");
+        timeout(WAIT, self.socket.read_exact(&mut buf))
+            .await
+            .expect("client is silent")
+            .expect("read");
         buf
     }
 
@@ -142,7 +145,11 @@ async fn keepalive_is_answered_and_flushed_never_goes_back() {
     assert_eq!(stream.status_interval(), Duration::from_secs(2), "half of wal_sender_timeout");
 
     fake.keepalive(0x500, true).await;
-    assert_eq!(fake.status_update().await, (0, 0, 0, 0), "answered at once, with nothing acknowledged");
+    assert_eq!(
+        fake.status_update().await,
+        (0, 0, 0, 0),
+        "answered at once, with nothing acknowledged"
+    );
 
     stream.set_flushed(Lsn(100));
     stream.set_flushed(Lsn(50));
@@ -158,7 +165,14 @@ async fn keepalive_is_answered_and_flushed_never_goes_back() {
 
     let batch = stream.recv().await.expect("recv").expect("open");
     assert_eq!(
-        batch.first().map(|e| matches!(e, StreamEvent::Keepalive { wal_end: Lsn(0x500), reply_requested: true, .. })),
+        batch.first().map(|e| matches!(
+            e,
+            StreamEvent::Keepalive {
+                wal_end: Lsn(0x500),
+                reply_requested: true,
+                ..
+            }
+        )),
         Some(true)
     );
 
@@ -191,10 +205,18 @@ async fn error_response_mid_stream_is_mapped() {
     let client = tokio::spawn(client_start(info));
     let mut fake = Fake::accept_until_streaming(&listener, "0").await;
     let mut stream = client.await.expect("client task");
-    assert_eq!(stream.status_interval(), Duration::from_secs(10), "no timeout: the configured interval");
+    assert_eq!(
+        stream.status_interval(),
+        Duration::from_secs(10),
+        "no timeout: the configured interval"
+    );
 
     fake.xlog_data(0x10, b"I-data").await;
-    fake.send(b'E', b"SFATAL\0VFATAL\0C57P01\0Mterminating connection due to administrator command\0\0").await;
+    fake.send(
+        b'E',
+        b"SFATAL\0VFATAL\0C57P01\0Mterminating connection due to administrator command\0\0",
+    )
+    .await;
     let first = stream.recv().await.expect("data first");
     assert_eq!(first.map(|b| b.len()), Some(1));
     let err = stream.recv().await.expect_err("then the error");
