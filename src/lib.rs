@@ -13,6 +13,7 @@ pub mod ghost;
 pub mod keysql;
 pub mod apply;
 pub mod copy;
+pub mod checksum;
 pub mod cutover;
 pub mod inspect;
 pub mod names;

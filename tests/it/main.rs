@@ -3,6 +3,7 @@
 mod binary;
 mod harness;
 
+mod checksum;
 mod copy_race;
 mod cutover_lock;
 mod control;

@@ -1,0 +1,321 @@
+//! Checksum before cut-over: proves, range by range, that the ghost holds exactly the
+//! original's rows with the ALTER's transformation applied, repairing what differs.
+//!
+//! For each key range (the chunker's ranges of the original, then an open range above its
+//! maximum for rows inserted since), one statement reads both sides in one snapshot: the
+//! row count and an order-independent 128-bit hash aggregate (two 64-bit halves of each
+//! row's md5, XORed) of each side. The original's rows are its mapped expressions cast to
+//! the ghost's column types, the ghost's rows its mapped columns in the same order, so a row
+//! renders the same text on both sides exactly when it holds what the copy writes. Generated
+//! columns and columns the ALTER adds are compared on neither side (their values are the
+//! ghost's own, defaults may be volatile).
+//!
+//! Invariants:
+//! - The original is only read; the ghost is written only by a repair, inside a range
+//!   registered with [`InFlight`] like a copy chunk, so streamed changes are never lost.
+//! - A range that differs is re-checked after each `catch_up()` (the ghost lags the original
+//!   by the apply backlog); one that still differs is repaired and verified in the repair's
+//!   own snapshot. A difference that survives its repair fails the run with
+//!   [`ErrorKind::Aborted`], naming the range and sample keys; row values never appear in
+//!   messages or logs.
+//! - No snapshot is held longer than one range's statement.
+
+mod catalog;
+mod repair;
+mod sql;
+
+use crate::apply::InFlight;
+use crate::conn::ConnInfo;
+use crate::copy::{Bound, Chunker};
+use crate::error::{Context, Error, ErrorKind, Result};
+use crate::ghost::Mapping;
+use crate::keysql::KeyCols;
+use crate::sql::QualifiedName;
+use futures_util::future::BoxFuture;
+use sql::ChecksumSql;
+use std::fmt;
+use std::time::{Duration, Instant};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::GenericClient;
+
+/// What to compare and how.
+#[derive(Clone, Debug)]
+pub struct ChecksumJob {
+    pub conn: ConnInfo,
+    pub orig: QualifiedName,
+    pub ghost: QualifiedName,
+    pub mapping: Mapping,
+    /// Rows of the original per compared range.
+    pub range_rows: u64,
+    /// Re-checks of a differing range, each after a `catch_up()`, before it is repaired.
+    pub rechecks: u32,
+}
+
+impl ChecksumJob {
+    pub const DEFAULT_RANGE_ROWS: u64 = 50_000;
+    pub const DEFAULT_RECHECKS: u32 = 3;
+
+    pub fn new(conn: ConnInfo, orig: QualifiedName, ghost: QualifiedName, mapping: Mapping) -> ChecksumJob {
+        ChecksumJob {
+            conn,
+            orig,
+            ghost,
+            mapping,
+            range_rows: Self::DEFAULT_RANGE_ROWS,
+            rechecks: Self::DEFAULT_RECHECKS,
+        }
+    }
+}
+
+/// The outcome of a clean pass: every range equal, directly or after its repair.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChecksumReport {
+    pub ranges: u64,
+    /// Rows of the original compared (counted at each range's last comparison).
+    pub rows: u64,
+    /// Ranges that still differed after their re-checks.
+    pub differing_ranges: u64,
+    /// Of those, ranges re-copied and verified (the others had become empty meanwhile).
+    pub repaired_ranges: u64,
+    pub elapsed: Duration,
+}
+
+/// A key range in the original key's order: `lo < key <= hi`, either end open.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct CheckRange {
+    pub lo: Option<Bound>,
+    pub hi: Option<Bound>,
+}
+
+impl CheckRange {
+    /// The bounds as statement parameters: the lower bound's values, then the upper's.
+    fn params(&self) -> Vec<&str> {
+        self.lo.iter().chain(self.hi.iter()).flatten().map(String::as_str).collect()
+    }
+}
+
+impl fmt::Display for CheckRange {
+    /// `(10, 20]`, `(start, 20]`, `(20, end)`; composite bounds in parentheses.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let lo = self.lo.as_ref().map(|b| show_key(b)).unwrap_or_else(|| "start".into());
+        match &self.hi {
+            Some(hi) => write!(f, "key range ({lo}, {}]", show_key(hi)),
+            None => write!(f, "key range ({lo}, end)"),
+        }
+    }
+}
+
+/// A key as a DBA would write it: `42` or `(7, 42)`.
+fn show_key(key: &[String]) -> String {
+    if key.len() == 1 {
+        key[0].clone()
+    } else {
+        format!("({})", key.join(", "))
+    }
+}
+
+/// Counts and hash halves of one range on both sides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Sums {
+    orig: [i64; 3],
+    ghost: [i64; 3],
+}
+
+impl Sums {
+    fn equal(&self) -> bool {
+        self.orig == self.ghost
+    }
+
+    fn orig_rows(&self) -> u64 {
+        u64::try_from(self.orig[0]).unwrap_or(0)
+    }
+}
+
+/// Keys that differ in a range: a sample and how many in all.
+#[derive(Clone, Debug, Default)]
+struct DifferingKeys {
+    sample: Vec<Vec<String>>,
+    total: i64,
+}
+
+impl fmt::Display for DifferingKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shown: Vec<String> = self.sample.iter().map(|k| show_key(k)).collect();
+        write!(f, "{} key(s) differ: {}", self.total, shown.join(", "))?;
+        if self.total > self.sample.len() as i64 {
+            f.write_str(", ...")?;
+        }
+        Ok(())
+    }
+}
+
+/// How many differing keys a message or log line names.
+const SAMPLE_KEYS: u32 = 10;
+
+async fn compare(client: &impl GenericClient, sql: &ChecksumSql, range: &CheckRange) -> Result<Sums> {
+    let values = range.params();
+    let params: Vec<&(dyn ToSql + Sync)> = values.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+    let row = client
+        .query_one(&sql.compare(range.lo.is_some(), range.hi.is_some()), &params)
+        .await
+        .with_context(|| format!("comparing {range}"))?;
+    let get = |i: usize| row.try_get::<_, i64>(i);
+    Ok(Sums { orig: [get(0)?, get(1)?, get(2)?], ghost: [get(3)?, get(4)?, get(5)?] })
+}
+
+async fn differing_keys(client: &impl GenericClient, sql: &ChecksumSql, range: &CheckRange) -> Result<DifferingKeys> {
+    let values = range.params();
+    let params: Vec<&(dyn ToSql + Sync)> = values.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+    let n = sql.bounds.len();
+    let rows = client
+        .query(&sql.differing_keys(range.lo.is_some(), range.hi.is_some(), SAMPLE_KEYS), &params)
+        .await
+        .with_context(|| format!("finding the differing keys of {range}"))?;
+    let mut keys = DifferingKeys::default();
+    for row in rows {
+        keys.total = row.try_get(n)?;
+        keys.sample.push((0..n).map(|i| row.try_get::<_, String>(i)).collect::<Result<_, _>>()?);
+    }
+    Ok(keys)
+}
+
+fn persistent_difference(range: &CheckRange, keys: &DifferingKeys) -> Error {
+    Error::new(
+        ErrorKind::Aborted,
+        format!(
+            "checksum: the ghost still differs from the original in {range} right after re-copying it ({keys}); \
+             something rewrites the ghost's rows (a trigger on it, or a non-deterministic USING expression). \
+             The cut-over is refused; compare those keys in both tables"
+        ),
+    )
+}
+
+/// The ranges to compare: the chunker's, up to the original's maximum when the checksum
+/// starts, then the open range above it.
+struct Ranges {
+    chunker: Chunker,
+    tail_done: bool,
+}
+
+impl Ranges {
+    async fn next(&mut self, size: u64) -> Result<Option<CheckRange>> {
+        if let Some(r) = self.chunker.next(size).await? {
+            return Ok(Some(CheckRange { lo: r.lo, hi: Some(r.hi) }));
+        }
+        if self.tail_done {
+            return Ok(None);
+        }
+        self.tail_done = true;
+        Ok(Some(CheckRange { lo: self.chunker.max().cloned(), hi: None }))
+    }
+}
+
+/// What happened to one range.
+struct Checked {
+    rows: u64,
+    differed: bool,
+    repaired: bool,
+}
+
+/// Compares the whole ghost with the original, repairing ranges that keep differing.
+///
+/// `catch_up` must resolve once the apply has caught up with every change committed before
+/// it was called (the runner's catch-up); it is called before each re-check of a differing
+/// range. Returns the report of a clean pass, or the first error: a range still differing
+/// right after its repair is [`ErrorKind::Aborted`].
+pub async fn verify<'a>(
+    job: &ChecksumJob,
+    inflight: &InFlight,
+    catch_up: impl Fn() -> BoxFuture<'a, Result<()>>,
+) -> Result<ChecksumReport> {
+    let started = Instant::now();
+    let mut client = job.conn.with_application_name("pg-ghost checksum").connect().await?;
+    let sql = catalog::load(&client, &job.orig, &job.ghost, &job.mapping).await?;
+    let chunker_client = job.conn.with_application_name("pg-ghost checksum").connect().await?;
+    let chunker = Chunker::start(chunker_client, &job.orig, &KeyCols::source(&job.mapping), None).await?;
+    let mut ranges = Ranges { chunker, tail_done: false };
+    let mut report = ChecksumReport::default();
+    while let Some(range) = ranges.next(job.range_rows.max(1)).await? {
+        let checked = check_range(&mut client, &sql, inflight, &catch_up, job.rechecks, &range).await?;
+        report.ranges += 1;
+        report.rows += checked.rows;
+        report.differing_ranges += u64::from(checked.differed);
+        report.repaired_ranges += u64::from(checked.repaired);
+    }
+    report.elapsed = started.elapsed();
+    tracing::info!(
+        table = %job.orig,
+        ranges = report.ranges,
+        rows = report.rows,
+        differing_ranges = report.differing_ranges,
+        repaired_ranges = report.repaired_ranges,
+        secs = report.elapsed.as_secs_f64(),
+        "checksum complete: the ghost matches the original"
+    );
+    Ok(report)
+}
+
+async fn check_range<'a>(
+    client: &mut tokio_postgres::Client,
+    sql: &ChecksumSql,
+    inflight: &InFlight,
+    catch_up: &impl Fn() -> BoxFuture<'a, Result<()>>,
+    rechecks: u32,
+    range: &CheckRange,
+) -> Result<Checked> {
+    let mut sums = compare(&*client, sql, range).await?;
+    let mut attempt = 0;
+    while !sums.equal() && attempt < rechecks {
+        attempt += 1;
+        tracing::debug!(range = %range, attempt, "checksum: range differs; re-checking after the apply catches up");
+        catch_up().await.context("catching up before a checksum re-check")?;
+        sums = compare(&*client, sql, range).await?;
+    }
+    if sums.equal() {
+        return Ok(Checked { rows: sums.orig_rows(), differed: false, repaired: false });
+    }
+    let keys = differing_keys(&*client, sql, range).await?;
+    tracing::warn!(range = %range, keys = %keys, rechecks, "checksum: range still differs after catching up; repairing it");
+    let repaired = repair::repair(client, sql, inflight, range).await?;
+    // The repair verified the range in its own snapshot; count the rows as they are now.
+    let rows = compare(&*client, sql, range).await?.orig_rows();
+    Ok(Checked { rows, differed: true, repaired })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(v: &[&str]) -> Bound {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn ranges_read_as_a_dba_writes_them() {
+        let r = CheckRange { lo: None, hi: Some(b(&["20"])) };
+        assert_eq!(r.to_string(), "key range (start, 20]");
+        let r = CheckRange { lo: Some(b(&["1", "x"])), hi: None };
+        assert_eq!(r.to_string(), "key range ((1, x), end)");
+        assert_eq!(r.params(), ["1", "x"]);
+        let r = CheckRange { lo: Some(b(&["1"])), hi: Some(b(&["9"])) };
+        assert_eq!(r.params(), ["1", "9"]);
+    }
+
+    #[test]
+    fn differing_keys_name_keys_only() {
+        let keys = DifferingKeys { sample: vec![b(&["1", "2"]), b(&["3", "4"])], total: 5 };
+        assert_eq!(keys.to_string(), "5 key(s) differ: (1, 2), (3, 4), ...");
+        let e = persistent_difference(&CheckRange { lo: None, hi: Some(b(&["9"])) }, &keys);
+        assert_eq!(e.kind(), ErrorKind::Aborted);
+        assert!(e.to_string().contains("in key range (start, 9] right after re-copying it (5 key(s) differ: (1, 2), (3, 4), ...)"), "{e}");
+    }
+
+    #[test]
+    fn sums_compare_counts_and_both_halves() {
+        let s = Sums { orig: [3, 1, 2], ghost: [3, 1, 2] };
+        assert!(s.equal());
+        assert_eq!(s.orig_rows(), 3);
+        assert!(!Sums { orig: [3, 1, 2], ghost: [3, 1, 5] }.equal());
+        assert!(!Sums { orig: [3, 1, 2], ghost: [2, 1, 2] }.equal());
+    }
+}
