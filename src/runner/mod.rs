@@ -21,7 +21,9 @@ use crate::copy::{copy_table, CopyJob, CopyProgress, GateState};
 use crate::cutover::{CutOver, MESSAGE_PREFIX};
 use crate::error::{Context, Error, ErrorKind, Result};
 use crate::ghost::{self, Ghost};
+use crate::checksum::{self, ChecksumJob};
 use crate::hooks::HookEvent;
+use futures_util::future::BoxFuture;
 use crate::inspect::{self, PreflightOptions};
 use crate::lsn::Lsn;
 use crate::names::Names;
@@ -280,7 +282,8 @@ impl Run {
         };
         let started = std::time::Instant::now();
         guard(copy_table(job, repl.inflight.clone(), progress.clone(), gate), &mut self.abort.clone(), Some(&mut *bg)).await?;
-        tracing::info!(rows = progress.rows.load(Ordering::Relaxed), secs = started.elapsed().as_secs_f64(), "row copy complete");
+        let copy_secs = started.elapsed().as_secs_f64();
+        tracing::info!(rows = progress.rows.load(Ordering::Relaxed), secs = copy_secs, "row copy complete");
         self.fire(HookEvent::RowCopyComplete, Some(&mut *bg)).await?;
 
         self.enter(Phase::BuildIndexes);
@@ -289,6 +292,22 @@ impl Run {
 
         self.enter(Phase::CatchUp);
         guard(self.catch_up(repl), &mut self.abort.clone(), Some(&mut *bg)).await?;
+        if self.cfg.skip_checksum {
+            tracing::warn!("--skip-checksum: the ghost is not compared with the original before the swap");
+        } else {
+            self.record_state(names, "checksum").await;
+            let job = ChecksumJob::new(self.cfg.conn.clone(), info.name.clone(), ghost.name.clone(), ghost.mapping.clone());
+            let catch_up = || -> BoxFuture<'_, Result<()>> { Box::pin(self.catch_up(repl)) };
+            let report = guard(checksum::verify(&job, &repl.inflight, catch_up), &mut self.abort.clone(), Some(&mut *bg)).await?;
+            tracing::info!(
+                ranges = report.ranges,
+                rows = report.rows,
+                repaired_ranges = report.repaired_ranges,
+                secs = report.elapsed.as_secs_f64(),
+                copy_secs = copy_secs,
+                "checksum clean: the ghost holds the original's rows with the ALTER applied"
+            );
+        }
 
         if let Some(flag) = self.cfg.cut_over.postpone_flag_file.clone() {
             if flag.exists() {
