@@ -1,7 +1,7 @@
 use super::mapping::Mapping;
 use crate::alter::{self, AlterPlan};
 use crate::error::{Context, Error, ErrorKind, Result};
-use crate::schema::{Column, Identity, TableInfo};
+use crate::schema::TableInfo;
 use crate::sql::{fit_ident, ident, ident_list, literal, QualifiedName};
 use crate::sqltree;
 use std::collections::HashMap;
@@ -61,7 +61,7 @@ pub async fn create(client: &mut Client, orig: &TableInfo, ghost: &QualifiedName
     copy_foreign_keys(&tx, orig.oid, ghost).await?;
     let ghost_oid = relation_oid(&tx, ghost).await?;
     let attnum_names: HashMap<i16, String> =
-        table_columns(&tx, ghost_oid).await?.into_iter().map(|c| (c.attnum, c.name)).collect();
+        crate::inspect::columns(&tx, ghost_oid).await?.into_iter().map(|c| (c.attnum, c.name)).collect();
 
     tx.batch_execute(&plan.ghost_sql).await.map_err(|e| {
         let e = Error::from(e);
@@ -71,7 +71,7 @@ pub async fn create(client: &mut Client, orig: &TableInfo, ghost: &QualifiedName
         ))
     })?;
 
-    let after = table_columns(&tx, ghost_oid).await?;
+    let after = crate::inspect::columns(&tx, ghost_oid).await?;
     let source_key: Vec<(String, String)> =
         orig.key.columns.iter().cloned().zip(orig.key.types.iter().cloned()).collect();
     let mapping = Mapping::build(&attnum_names, &after, &plan.using, &source_key)?;
@@ -385,35 +385,4 @@ async fn relation_oid(tx: &impl GenericClient, name: &QualifiedName) -> Result<u
         .await
         .with_context(|| format!("looking up {name}"))?;
     Ok(row.try_get(0)?)
-}
-
-/// The live columns of a table, in attnum order.
-pub(crate) async fn table_columns(tx: &impl GenericClient, oid: u32) -> Result<Vec<Column>> {
-    let rows = tx
-        .query(
-            "SELECT attnum, attname::text, format_type(atttypid, atttypmod), atttypid, attnotnull, attidentity::text, attgenerated::text
-               FROM pg_attribute WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
-            &[&oid],
-        )
-        .await
-        .context("reading columns")?;
-    rows.iter()
-        .map(|r| {
-            let identity: String = r.try_get(5)?;
-            let generated: String = r.try_get(6)?;
-            Ok(Column {
-                attnum: r.try_get(0)?,
-                name: r.try_get(1)?,
-                type_sql: r.try_get(2)?,
-                type_oid: r.try_get(3)?,
-                not_null: r.try_get(4)?,
-                identity: match identity.as_str() {
-                    "a" => Identity::Always,
-                    "d" => Identity::ByDefault,
-                    _ => Identity::None,
-                },
-                generated: generated == "s",
-            })
-        })
-        .collect()
 }

@@ -49,7 +49,7 @@ pub async fn table_info(client: &Client, table: &QualifiedName, key: Option<&str
 
 /// The live (not dropped) columns of a relation, in attnum order. The engine also reads
 /// the ghost's columns with it after the ALTER, to map them by attnum.
-pub async fn columns(client: &Client, oid: u32) -> Result<Vec<Column>> {
+pub async fn columns(client: &impl tokio_postgres::GenericClient, oid: u32) -> Result<Vec<Column>> {
     let rows = client
         .query(
             "SELECT a.attnum, a.attname::text AS name, format_type(a.atttypid, a.atttypmod) AS type_sql,
