@@ -31,11 +31,12 @@ use crate::error::{Context, Error, ErrorKind, Result};
 use crate::ghost::Mapping;
 use crate::keysql::KeyCols;
 use crate::sql::QualifiedName;
-use futures_util::future::BoxFuture;
+use futures_util::future::{try_join_all, BoxFuture};
 use sql::ChecksumSql;
 use std::fmt;
 use std::time::{Duration, Instant};
 use tokio_postgres::types::ToSql;
+use tokio::sync::Mutex;
 use tokio_postgres::GenericClient;
 
 /// What to compare and how.
@@ -49,6 +50,8 @@ pub struct ChecksumJob {
     pub range_rows: u64,
     /// Re-checks of a differing range, each after a `catch_up()`, before it is repaired.
     pub rechecks: u32,
+    /// Ranges compared at once, each on its own connection.
+    pub workers: usize,
 }
 
 impl ChecksumJob {
@@ -63,6 +66,7 @@ impl ChecksumJob {
             mapping,
             range_rows: Self::DEFAULT_RANGE_ROWS,
             rechecks: Self::DEFAULT_RECHECKS,
+            workers: 1,
         }
     }
 }
@@ -210,6 +214,22 @@ impl Ranges {
     }
 }
 
+impl ChecksumReport {
+    fn add(&mut self, other: &ChecksumReport) {
+        self.ranges += other.ranges;
+        self.rows += other.rows;
+        self.differing_ranges += other.differing_ranges;
+        self.repaired_ranges += other.repaired_ranges;
+    }
+
+    fn count(&mut self, checked: &Checked) {
+        self.ranges += 1;
+        self.rows += checked.rows;
+        self.differing_ranges += u64::from(checked.differed);
+        self.repaired_ranges += u64::from(checked.repaired);
+    }
+}
+
 /// What happened to one range.
 struct Checked {
     rows: u64,
@@ -229,18 +249,19 @@ pub async fn verify<'a>(
     catch_up: impl Fn() -> BoxFuture<'a, Result<()>>,
 ) -> Result<ChecksumReport> {
     let started = Instant::now();
-    let mut client = job.conn.with_application_name("pg-ghost checksum").connect().await?;
-    let sql = catalog::load(&client, &job.orig, &job.ghost, &job.mapping).await?;
-    let chunker_client = job.conn.with_application_name("pg-ghost checksum").connect().await?;
-    let chunker = Chunker::start(chunker_client, &job.orig, &KeyCols::source(&job.mapping), None).await?;
-    let mut ranges = Ranges { chunker, tail_done: false };
+    let conn = job.conn.with_application_name("pg-ghost checksum");
+    let catalog_client = conn.connect().await?;
+    let sql = catalog::load(&catalog_client, &job.orig, &job.ghost, &job.mapping).await?;
+    drop(catalog_client);
+    let chunker = Chunker::start(conn.connect().await?, &job.orig, &KeyCols::source(&job.mapping), None).await?;
+    let ranges = Mutex::new(Ranges { chunker, tail_done: false });
+    let ctx = Worker { job, sql: &sql, ranges: &ranges, inflight, catch_up: &catch_up };
+    // The workers run in this task: the first error drops the others, whose connections
+    // close and roll back whatever they were doing, and whose ranges are released.
+    let parts = try_join_all((0..job.workers.max(1)).map(|_| ctx.run(&conn))).await?;
     let mut report = ChecksumReport::default();
-    while let Some(range) = ranges.next(job.range_rows.max(1)).await? {
-        let checked = check_range(&mut client, &sql, inflight, &catch_up, job.rechecks, &range).await?;
-        report.ranges += 1;
-        report.rows += checked.rows;
-        report.differing_ranges += u64::from(checked.differed);
-        report.repaired_ranges += u64::from(checked.repaired);
+    for part in &parts {
+        report.add(part);
     }
     report.elapsed = started.elapsed();
     tracing::info!(
@@ -253,6 +274,29 @@ pub async fn verify<'a>(
         "checksum complete: the ghost matches the original"
     );
     Ok(report)
+}
+
+/// What every worker shares: ranges are handed out one at a time from one chunker.
+struct Worker<'j, C> {
+    job: &'j ChecksumJob,
+    sql: &'j ChecksumSql,
+    ranges: &'j Mutex<Ranges>,
+    inflight: &'j InFlight,
+    catch_up: &'j C,
+}
+
+impl<'j, 'a, C: Fn() -> BoxFuture<'a, Result<()>>> Worker<'j, C> {
+    async fn run(&self, conn: &ConnInfo) -> Result<ChecksumReport> {
+        let mut client = conn.connect().await?;
+        let mut part = ChecksumReport::default();
+        loop {
+            // The lock is released before the range is compared.
+            let next = self.ranges.lock().await.next(self.job.range_rows.max(1)).await?;
+            let Some(range) = next else { return Ok(part) };
+            let checked = check_range(&mut client, self.sql, self.inflight, self.catch_up, self.job.rechecks, &range).await?;
+            part.count(&checked);
+        }
+    }
 }
 
 async fn check_range<'a>(

@@ -164,6 +164,8 @@ async fn a_changed_value_a_missing_row_and_extra_rows_are_found_and_repaired() {
     let catch_ups = Arc::new(AtomicU32::new(0));
     let mut job = b.job(500);
     job.rechecks = 2;
+    // Two ranges at a time: the totals and the repairs are those of one worker.
+    job.workers = 2;
     let report = verify(&job, &InFlight::new(), counting(catch_ups.clone())).await.unwrap();
     assert_eq!(report.ranges, 9);
     assert_eq!(report.rows, 4_000);
@@ -281,17 +283,132 @@ async fn checksum_timing() {
         CREATE TABLE big (id bigint PRIMARY KEY, n int NOT NULL, label text, at timestamptz, body text);
         INSERT INTO big SELECT i, i % 1000, 'label ' || i, now(), repeat('x', 100) FROM generate_series(1, 400000) i;
         CREATE INDEX big_n ON big (n);
-        VACUUM ANALYZE big;"#;
+        ANALYZE big;"#;
     let b = build("checksum_timing", schema, "big", "ALTER COLUMN n TYPE bigint, ADD COLUMN f boolean").await;
-    let started = Instant::now();
-    let report = verify(&b.job(ChecksumJob::DEFAULT_RANGE_ROWS), &InFlight::new(), caught_up()).await.unwrap();
-    let checksum_time = started.elapsed();
-    println!(
-        "rows={} ranges={} copy+indexes={:.2}s checksum={:.2}s",
-        report.rows,
-        report.ranges,
-        b.copy_time.as_secs_f64(),
-        checksum_time.as_secs_f64()
+    println!("rows=400000 copy (2 workers) + indexes: {:.2}s", b.copy_time.as_secs_f64());
+    for workers in [1, 2] {
+        let mut job = b.job(ChecksumJob::DEFAULT_RANGE_ROWS);
+        job.workers = workers;
+        let report = verify(&job, &InFlight::new(), caught_up()).await.unwrap();
+        println!("checksum, {workers} worker(s): {:.2}s over {} ranges", report.elapsed.as_secs_f64(), report.ranges);
+        assert_eq!((report.rows, report.differing_ranges), (400_000, 0));
+    }
+}
+
+const HOT: &str = r#"
+CREATE TABLE hot (id int PRIMARY KEY, v int NOT NULL, note text);
+INSERT INTO hot SELECT i, 0, 'n' || i FROM generate_series(1, 20000) i;
+"#;
+
+/// Changes the original without a stream: each transaction's keys are handed to the writer
+/// after it commits, as the stream would, at increasing LSNs.
+struct Workload {
+    sent: Arc<std::sync::atomic::AtomicU64>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<u64>,
+}
+
+impl Workload {
+    fn start(client: tokio_postgres::Client, items: tokio::sync::mpsc::Sender<pg_ghost::apply::StreamItem>) -> Workload {
+        use pg_ghost::apply::{Key, StreamItem};
+        use rand::Rng;
+        let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (sent2, stop2) = (sent.clone(), stop.clone());
+        let task = tokio::spawn(async move {
+            let mut next_id = 20_001;
+            let mut transactions = 0;
+            while !stop2.load(Ordering::Relaxed) {
+                // Half the updates hit the first ranges, where the ghost was corrupted.
+                let ids: Vec<i32> = (0..20)
+                    .map(|i| if i % 2 == 0 { rand::thread_rng().gen_range(1..3_000) } else { rand::thread_rng().gen_range(1..20_000) })
+                    .collect();
+                let gone = rand::thread_rng().gen_range(1..20_000);
+                client
+                    .batch_execute(&format!(
+                        "BEGIN;
+                         UPDATE hot SET v = v + 1, note = md5(random()::text) WHERE id = ANY('{{{}}}'::int[]);
+                         DELETE FROM hot WHERE id = {gone};
+                         INSERT INTO hot VALUES ({next_id}, 0, 'new');
+                         COMMIT;",
+                        ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(",")
+                    ))
+                    .await
+                    .unwrap();
+                let mut keys: Vec<Key> = ids.iter().map(|i| vec![i.to_string()].into_boxed_slice()).collect();
+                keys.push(vec![gone.to_string()].into_boxed_slice());
+                keys.push(vec![next_id.to_string()].into_boxed_slice());
+                next_id += 1;
+                transactions += 1;
+                let lsn = pg_ghost::lsn::Lsn(transactions);
+                items.send(StreamItem::Committed { keys, end_lsn: lsn, xid: None }).await.unwrap();
+                sent2.store(transactions, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            transactions
+        });
+        Workload { sent, stop, task }
+    }
+
+    /// The runner's catch-up: the writer received everything sent so far and its backlog is small.
+    fn catch_up(&self, stats: tokio::sync::watch::Receiver<pg_ghost::apply::ApplyStats>) -> impl Fn() -> BoxFuture<'static, Result<()>> {
+        let sent = self.sent.clone();
+        move || {
+            let target = pg_ghost::lsn::Lsn(sent.load(Ordering::Relaxed));
+            let mut stats = stats.clone();
+            Box::pin(async move {
+                stats
+                    .wait_for(|s| s.received >= target && s.backlog_keys < 50)
+                    .await
+                    .map(|_| ())
+                    .map_err(|_| pg_ghost::Error::internal("the writer stopped"))
+            })
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repairs_under_streamed_changes_lose_nothing() {
+    use pg_ghost::apply::{FlushSql, Writer};
+    let b = build("checksum_live", HOT, "hot", "ALTER COLUMN v TYPE bigint").await;
+    let g = b.ghost_sql();
+    b.db.psql(&format!(
+        "UPDATE {g} SET v = -1 WHERE id IN (10, 1500, 2900);
+         DELETE FROM {g} WHERE id = 2000;
+         INSERT INTO {g} VALUES (25000, 0, 'extra');"
+    ));
+    let inflight = InFlight::new();
+    let (items_tx, items_rx) = tokio::sync::mpsc::channel(1024);
+    let (writer, writer_task) = Writer::spawn(
+        b.conn.connect().await.unwrap(),
+        FlushSql::new(&b.orig, &b.ghost.name, &b.ghost.mapping),
+        inflight.clone(),
+        Arc::new(|_| {}),
+        items_rx,
     );
-    assert_eq!(report.differing_ranges, 0);
+    // A sender kept here: the writer ends when the stream's channel closes.
+    let workload = Workload::start(b.conn.connect().await.unwrap(), items_tx.clone());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let mut job = b.job(1_000);
+    job.workers = 2;
+    let report = verify(&job, &inflight, workload.catch_up(writer.stats.clone())).await.unwrap();
+    // Ranges of the corruption, and perhaps others the workload kept ahead of the apply.
+    assert!(report.repaired_ranges >= 4, "{report:?}");
+
+    workload.stop.store(true, Ordering::Relaxed);
+    let last = pg_ghost::lsn::Lsn(workload.task.await.unwrap());
+    let mut stats = writer.stats.clone();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        stats.wait_for(|s| s.received >= last && s.acked >= last && s.backlog_keys == 0 && !s.flushing),
+    )
+    .await
+    .expect("the writer did not catch up")
+    .unwrap();
+    writer.stop().await.unwrap();
+    writer_task.await.unwrap().unwrap();
+    drop(items_tx);
+    b.assert_ghost_equals("SELECT id, v::bigint, note FROM hot", "id, v, note");
+    println!("{report:?}");
 }
