@@ -31,8 +31,11 @@ pub struct CopyJob {
 pub struct CopyProgress {
     pub rows: AtomicU64,
     pub chunks: AtomicU64,
-    /// The size of the next chunk; the control socket may set it.
+    /// The size of the next chunk; adapts to `--chunk-time` until a DBA sets it.
     pub chunk_size: AtomicU64,
+    /// Set when a DBA chose the chunk size (`chunk-size=N` on the socket): from then on the
+    /// size stays where they put it.
+    chunk_size_pinned: AtomicBool,
     /// `--nice-ratio`, as the bits of an f64: the pause after each chunk, as a fraction of
     /// the time it took.
     nice_ratio: AtomicU64,
@@ -44,6 +47,12 @@ impl CopyProgress {
         let p = CopyProgress::default();
         p.chunk_size.store(initial_chunk.max(1), Ordering::Relaxed);
         Arc::new(p)
+    }
+
+    /// A chunk size chosen by a DBA: used as is for every later chunk.
+    pub fn pin_chunk_size(&self, size: u64) {
+        self.chunk_size_pinned.store(true, Ordering::Relaxed);
+        self.chunk_size.store(size.max(1), Ordering::Relaxed);
     }
 
     pub fn set_nice_ratio(&self, ratio: f64) {
@@ -176,13 +185,15 @@ impl WorkerCtx {
             let took = started.elapsed();
             self.progress.rows.fetch_add(rows, Ordering::Relaxed);
             self.progress.chunks.fetch_add(1, Ordering::Relaxed);
-            // Only adapt when nobody set the size meanwhile (the control socket wins).
-            let _ = self.progress.chunk_size.compare_exchange(
-                size,
-                next_chunk_size(size, took, self.chunk_time),
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            );
+            // Only adapt when nobody set the size (the control socket wins).
+            if !self.progress.chunk_size_pinned.load(Ordering::Relaxed) {
+                let _ = self.progress.chunk_size.compare_exchange(
+                    size,
+                    next_chunk_size(size, took, self.chunk_time),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+            }
             tracing::trace!(worker = self.worker, rows, ms = took.as_millis() as u64, "chunk copied");
             let pause = crate::throttle::nice_pause(took, self.progress.nice_ratio());
             if !pause.is_zero() {

@@ -9,12 +9,14 @@ pub const MAX_CHUNK: u64 = 1_000_000;
 /// it was from `target`, but never more than doubling or halving at once, so a single slow
 /// chunk (a checkpoint, a lock) does not swing it.
 pub fn next_chunk_size(size: u64, took: Duration, target: Duration) -> u64 {
+    // A size a DBA set below the floor (`chunk-size=50`) is kept as the floor.
+    let floor = MIN_CHUNK.min(size.max(1));
     if took.is_zero() || target.is_zero() {
-        return (size.saturating_mul(2)).clamp(MIN_CHUNK, MAX_CHUNK);
+        return (size.saturating_mul(2)).clamp(floor, MAX_CHUNK);
     }
     let ratio = target.as_secs_f64() / took.as_secs_f64();
     let ratio = ratio.clamp(0.5, 2.0);
-    ((size as f64 * ratio) as u64).clamp(MIN_CHUNK, MAX_CHUNK)
+    ((size as f64 * ratio) as u64).clamp(floor, MAX_CHUNK)
 }
 
 #[cfg(test)]
@@ -31,5 +33,6 @@ mod tests {
         assert_eq!(next_chunk_size(10_000, Duration::from_millis(1), t), 20_000);
         assert_eq!(next_chunk_size(150, Duration::from_secs(10), t), MIN_CHUNK);
         assert_eq!(next_chunk_size(900_000, Duration::ZERO, t), MAX_CHUNK);
+        assert_eq!(next_chunk_size(50, Duration::from_secs(10), t), 50);
     }
 }

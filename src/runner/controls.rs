@@ -12,7 +12,6 @@ use crate::phase::Phase;
 use crate::schema::TableInfo;
 use crate::status::Progress;
 use crate::throttle::Override;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
@@ -29,6 +28,10 @@ pub struct Controls {
     /// `unpostpone` from the socket.
     pub unpostpone: Arc<Notify>,
     pub progress: watch::Sender<Progress>,
+    /// Asks the status task for a fresh progress snapshot (hooks must not see a stale one).
+    pub refresh: Arc<Notify>,
+    /// Whether a status task answers `refresh`.
+    pub refreshing: bool,
     server: Option<ControlHandle>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -51,6 +54,8 @@ impl Controls {
             cut_over_locked,
             unpostpone: Arc::new(Notify::new()),
             progress,
+            refresh: Arc::new(Notify::new()),
+            refreshing: false,
             server: None,
             tasks: Vec::new(),
         })
@@ -65,9 +70,15 @@ impl Controls {
         *env = f(env.clone());
     }
 
-    /// Fires `event`; a failing hook fails the run.
+    /// Fires `event` with a fresh progress snapshot; a failing hook fails the run.
     pub async fn fire(&self, event: HookEvent) -> Result<()> {
-        let env = self.env().with_progress(&self.progress.borrow());
+        let mut progress = self.progress.subscribe();
+        if self.refreshing {
+            progress.mark_unchanged();
+            self.refresh.notify_one();
+            let _ = tokio::time::timeout(std::time::Duration::from_millis(500), progress.changed()).await;
+        }
+        let env = self.env().with_progress(&progress.borrow());
         self.hooks.fire(event, &env).await
     }
 
@@ -124,8 +135,8 @@ impl Controls {
                 let t = tunables.borrow_and_update().clone();
                 if t.chunk_size != last_chunk {
                     last_chunk = t.chunk_size;
-                    copy.chunk_size.store(t.chunk_size, Ordering::Relaxed);
-                    tracing::info!(chunk_size = t.chunk_size, "chunk size set");
+                    copy.pin_chunk_size(t.chunk_size);
+                    tracing::info!(chunk_size = t.chunk_size, "chunk size set; it no longer adapts to --chunk-time");
                 }
                 copy.set_nice_ratio(t.nice_ratio);
             }

@@ -188,14 +188,17 @@ impl Run {
             },
             status::Outputs {
                 progress: self.controls.progress.clone(),
+                refresh: self.controls.refresh.clone(),
                 log_every: self.cfg.status_interval,
                 hooks: self.controls.hooks.clone(),
                 env: self.controls.env.clone(),
                 hooks_every: self.cfg.hooks.status_interval,
             },
         );
+        self.controls.refreshing = true;
         let result = self.stream_and_swap(&info, &names, &ghost, &repl, bg, progress, gate).await;
         status.abort();
+        self.controls.refreshing = false;
         result
     }
 
@@ -296,7 +299,8 @@ impl Run {
             tracing::warn!("--skip-checksum: the ghost is not compared with the original before the swap");
         } else {
             self.record_state(names, "checksum").await;
-            let job = ChecksumJob::new(self.cfg.conn.clone(), info.name.clone(), ghost.name.clone(), ghost.mapping.clone());
+            let mut job = ChecksumJob::new(self.cfg.conn.clone(), info.name.clone(), ghost.name.clone(), ghost.mapping.clone());
+            job.workers = self.cfg.copy.workers;
             let catch_up = || -> BoxFuture<'_, Result<()>> { Box::pin(self.catch_up(repl)) };
             let report = guard(checksum::verify(&job, &repl.inflight, catch_up), &mut self.abort.clone(), Some(&mut *bg)).await?;
             tracing::info!(

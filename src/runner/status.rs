@@ -26,6 +26,8 @@ pub struct Sources {
 
 pub struct Outputs {
     pub progress: watch::Sender<Progress>,
+    /// A snapshot is taken at once when this is notified.
+    pub refresh: Arc<tokio::sync::Notify>,
     pub log_every: Duration,
     pub hooks: Arc<dyn Hooks>,
     pub env: Arc<Mutex<HookEnv>>,
@@ -43,7 +45,10 @@ pub fn spawn(src: Sources, out: Outputs) -> JoinHandle<()> {
         let mut last_hook = Instant::now();
         let mut tick = tokio::time::interval(REFRESH);
         loop {
-            tick.tick().await;
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = out.refresh.notified() => {}
+            }
             let now = Instant::now();
             let phase = *src.phase.borrow();
             if phase == Phase::Copy && copy_started.is_none() {
