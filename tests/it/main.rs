@@ -6,6 +6,7 @@ mod harness;
 mod copy_race;
 mod cutover_lock;
 mod control;
+mod controls_e2e;
 mod engine_parts;
 mod hooks;
 mod inspect;
