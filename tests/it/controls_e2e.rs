@@ -608,3 +608,202 @@ async fn critical_retained_wal_aborts_and_drops_the_slot() {
     assert!(binary::stderr(&out).contains("replication slot dropped"), "{}", binary::stderr(&out));
     assert_untouched(&client, "t", oid).await;
 }
+
+// ---- postpone -----------------------------------------------------------------------------
+
+/// With the postpone flag present, under a workload: the run waits (`postponed`), the
+/// ghost keeps up (Applied grows, Backlog stays low in `sup`); then `how` releases it, it
+/// cuts over, and the table equals its control.
+async fn postponed_under_load(prefix: &str, release_by_socket: bool) {
+    let db = Cluster::primary().fresh_db(prefix);
+    let table = OracleTable::create(&db, "orders", KeyKind::Identity, 3_000).await;
+    let client = db.client().await;
+    let oid_before = table_oid(&client, "orders").await;
+    let flag = temp_path(&db, "postpone");
+    let socket = temp_path(&db, "sock");
+    let _cleanup = (Removed(flag.clone()), Removed(socket.clone()));
+    std::fs::write(&flag, b"").unwrap();
+    let workload = Workload::start(&db, &table, WorkloadOptions::new(3).rate(Some(50))).await;
+    workload.wait_for_more_commits(20, Duration::from_secs(30)).await;
+
+    let args = [
+        "--table",
+        "orders",
+        "--alter",
+        ALTER,
+        "--execute",
+        "--chunk-size",
+        "500",
+        "--postpone-cut-over-flag-file",
+        flag.to_str().unwrap(),
+        "--serve-socket-file",
+        socket.to_str().unwrap(),
+    ];
+    let mut run = Running::spawn(&db, &args);
+    wait_for_state(&client, &mut run, "orders", "postponed", Duration::from_secs(60)).await;
+    let first = wait_for_sup(&mut run, &socket, "State: postponing cut-over").await;
+
+    // Postponed: the workload goes on, its changes are applied to the ghost as they come.
+    workload.wait_for_more_commits(60, Duration::from_secs(30)).await;
+    let mut last = first.clone();
+    let until = Instant::now() + Duration::from_millis(2500);
+    while Instant::now() < until {
+        last = ask(&socket, "sup").await;
+        let backlog = status_number(&last, "Backlog:");
+        assert!(backlog < 500, "the ghost falls behind while postponed: {last}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        status_number(&last, "Applied:") > status_number(&first, "Applied:"),
+        "nothing applied while postponed under load:\n{first}{last}"
+    );
+    run.assert_running("the postponed cut-over").await;
+    assert_eq!(changelog_value(&client, "orders", "state").await.as_deref(), Some("postponed"));
+    assert_eq!(table_oid(&client, "orders").await, oid_before, "cut over while postponed");
+    assert_eq!(workload.committed_after_swap(), 0);
+
+    if release_by_socket {
+        let answer = ask(&socket, "unpostpone").await;
+        assert_eq!(answer, "unpostponed: the cut-over starts\n");
+    } else {
+        std::fs::remove_file(&flag).unwrap();
+    }
+    let out = run.wait(Duration::from_secs(60)).await;
+    binary::assert_success(&out);
+    assert_ne!(table_oid(&client, "orders").await, oid_before, "no swap after the release");
+    if release_by_socket {
+        assert!(flag.exists(), "the test's flag file is gone");
+        assert!(binary::stderr(&out).contains("unpostpone: proceeding to the cut-over"), "{}", binary::stderr(&out));
+    } else {
+        assert!(binary::stderr(&out).contains("postpone flag removed: proceeding to the cut-over"), "{}", binary::stderr(&out));
+    }
+
+    workload.wait_for_more_commits(30, Duration::from_secs(30)).await;
+    let report = workload.stop().await;
+    assert!(report.errors.is_empty(), "workload errors (seed {}): {:#?}", report.seed, report.errors);
+    assert!(report.committed_after_swap_by_op.get("insert").copied().unwrap_or(0) > 0, "no inserts after the swap: {report:?}");
+    table.assert_matches_control(&client, &table.projection().map("n", "n::bigint")).await;
+    assert_sequences_ahead(&client, &table.qualified()).await;
+    assert_no_slots_or_publications(&client).await;
+    assert!(!socket.exists(), "the socket file is left after the run");
+}
+
+/// (a) Removing the postpone flag file cuts over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postpone_then_flag_removed_cuts_over() {
+    postponed_under_load("ce_postpone_file", false).await;
+}
+
+/// (b) `unpostpone` on the socket cuts over while the flag file still exists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postpone_then_unpostpone_command_cuts_over() {
+    postponed_under_load("ce_postpone_cmd", true).await;
+}
+
+// ---- panic --------------------------------------------------------------------------------
+
+/// Creates the panic flag (or sends `panic`) and checks the exit: code 4 within
+/// [`PANIC_LIMIT`] of the trigger, the original untouched and writable, nothing streaming.
+async fn panic_now(run: Running, client: &Client, oid: u32, trigger: impl std::future::Future<Output = ()>, needle: &str) {
+    trigger.await;
+    let triggered = Instant::now();
+    let out = run.wait(Duration::from_secs(30)).await;
+    let took = triggered.elapsed();
+    assert_exit(&out, 4, &[needle]);
+    assert!(took < PANIC_LIMIT, "exited {took:?} after the panic ({needle}):\n{}", binary::stderr(&out));
+    assert_untouched(client, "t", oid).await;
+}
+
+/// The panic flag during the copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panic_flag_during_copy() {
+    let db = Cluster::primary().fresh_db("ce_panic_copy");
+    narrow_table(&db, "t", 20_000);
+    let client = db.client().await;
+    let oid = table_oid(&client, "t").await;
+    let flag = temp_path(&db, "panic");
+    let _cleanup = Removed(flag.clone());
+
+    let mut args = vec!["--table", "t", "--alter", ALTER, "--execute", "--panic-flag-file", flag.to_str().unwrap()];
+    args.extend(SLOW_COPY);
+    let mut run = Running::spawn(&db, &args);
+    wait_for_copy_past(&client, &mut run, "t", 500, Duration::from_secs(60)).await;
+    panic_now(run, &client, oid, async { std::fs::write(&flag, b"").unwrap() }, "panic flag").await;
+    assert!(relation_exists(&client, "public", "_t_gho").await, "the ghost was not kept for inspection");
+}
+
+/// `panic` on the control socket during the copy; the socket file is removed at exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panic_command_during_copy() {
+    let db = Cluster::primary().fresh_db("ce_panic_cmd");
+    narrow_table(&db, "t", 20_000);
+    let client = db.client().await;
+    let oid = table_oid(&client, "t").await;
+    let socket = temp_path(&db, "sock");
+    let _cleanup = Removed(socket.clone());
+
+    let mut args = vec!["--table", "t", "--alter", ALTER, "--execute", "--serve-socket-file", socket.to_str().unwrap()];
+    args.extend(SLOW_COPY);
+    let mut run = Running::spawn(&db, &args);
+    wait_for_socket(&mut run, &socket).await;
+    wait_for_copy_past(&client, &mut run, "t", 500, Duration::from_secs(60)).await;
+    let sock = socket.clone();
+    let trigger = async move {
+        let answer = ask(&sock, "panic t").await;
+        assert!(answer.starts_with("panic: aborting"), "{answer}");
+    };
+    panic_now(run, &client, oid, trigger, "panic command").await;
+    assert!(!socket.exists(), "the socket file is left after the run");
+}
+
+/// The panic flag while the cut-over is postponed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panic_flag_while_postponed() {
+    let db = Cluster::primary().fresh_db("ce_panic_postponed");
+    narrow_table(&db, "t", 3_000);
+    let client = db.client().await;
+    let oid = table_oid(&client, "t").await;
+    let flag = temp_path(&db, "panic");
+    let postpone = temp_path(&db, "postpone");
+    let _cleanup = (Removed(flag.clone()), Removed(postpone.clone()));
+    std::fs::write(&postpone, b"").unwrap();
+
+    let args =
+        ["--table", "t", "--alter", ALTER, "--execute", "--panic-flag-file", flag.to_str().unwrap(), "--postpone-cut-over-flag-file", postpone.to_str().unwrap()];
+    let mut run = Running::spawn(&db, &args);
+    wait_for_state(&client, &mut run, "t", "postponed", Duration::from_secs(60)).await;
+    panic_now(run, &client, oid, async { std::fs::write(&flag, b"").unwrap() }, "panic flag").await;
+}
+
+/// The panic flag while the cut-over retries its lock (a session holds ACCESS SHARE on the
+/// table in an open transaction, `--cut-over-lock-timeout 200ms`): the cut-over's
+/// transaction is rolled back, the table stays the original.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panic_flag_while_the_cut_over_waits_for_its_lock() {
+    let db = Cluster::primary().fresh_db("ce_panic_lock");
+    narrow_table(&db, "t", 3_000);
+    let client = db.client().await;
+    let oid = table_oid(&client, "t").await;
+    let flag = temp_path(&db, "panic");
+    let _cleanup = Removed(flag.clone());
+    let holder = db.client().await;
+    holder.batch_execute("BEGIN; LOCK TABLE t IN ACCESS SHARE MODE").await.unwrap();
+
+    let args = ["--table", "t", "--alter", ALTER, "--execute", "--cut-over-lock-timeout", "200ms", "--panic-flag-file", flag.to_str().unwrap()];
+    let mut run = Running::spawn(&db, &args);
+    wait_for_state(&client, &mut run, "t", "cut-over", Duration::from_secs(60)).await;
+    run.wait_log("cut-over attempt failed; retrying", Duration::from_secs(30)).await;
+    let trigger = async {
+        std::fs::write(&flag, b"").unwrap();
+    };
+    trigger.await;
+    let triggered = Instant::now();
+    let out = run.wait(Duration::from_secs(30)).await;
+    let took = triggered.elapsed();
+    // The lock holder's transaction is still fine; it ends now.
+    holder.batch_execute("COMMIT").await.expect("the lock holder's transaction");
+    assert_exit(&out, 4, &["panic flag"]);
+    assert!(took < PANIC_LIMIT, "exited {took:?} after the panic flag appeared:\n{}", binary::stderr(&out));
+    assert_untouched(&client, "t", oid).await;
+    assert!(!relation_exists(&client, "public", "_t_del").await, "the original was renamed away");
+}
