@@ -807,3 +807,176 @@ async fn panic_flag_while_the_cut_over_waits_for_its_lock() {
     assert_untouched(&client, "t", oid).await;
     assert!(!relation_exists(&client, "public", "_t_del").await, "the original was renamed away");
 }
+
+// ---- the socket during a run ------------------------------------------------------------------
+
+/// Every read command, a setting read and changed, the table guard, `throttle` and
+/// `no-throttle` with their effect on the copy, malformed input; the socket file is gone
+/// after the run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_commands_during_a_run() {
+    let db = Cluster::primary().fresh_db("ce_socket");
+    narrow_table(&db, "t", 40_000);
+    let client = db.client().await;
+    let oid = table_oid(&client, "t").await;
+    let socket = temp_path(&db, "sock");
+    let _cleanup = Removed(socket.clone());
+
+    let mut args = vec!["--table", "t", "--alter", ALTER, "--execute", "--serve-socket-file", socket.to_str().unwrap()];
+    args.extend(SLOW_COPY);
+    let mut run = Running::spawn(&db, &args);
+    wait_for_socket(&mut run, &socket).await;
+    wait_for_copy_past(&client, &mut run, "t", 500, Duration::from_secs(60)).await;
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the socket's mode");
+
+    let status = ask(&socket, "status").await;
+    for want in ["table: \"public\".\"t\"\n", "phase: copying (copy)\n", "throttle: not throttled\n", "  chunk-size=100\n", "  nice-ratio=9\n"] {
+        assert!(status.contains(want), "`status` lacks {want:?}:\n{status}");
+    }
+    assert!(status.lines().last().unwrap().starts_with("Copy: "), "`status` does not end with the status line:\n{status}");
+
+    let sup = wait_for_sup(&mut run, &socket, "State: copying").await;
+    assert_eq!(sup.lines().count(), 1, "{sup}");
+    assert!(sup.starts_with("Copy: ") && sup.contains("; Applied: ") && sup.contains("; Backlog: "), "{sup}");
+
+    let coordinates = ask(&socket, "coordinates").await;
+    assert!(coordinates.starts_with(&format!("slot: pg_ghost_{oid} (streaming)\n")), "{coordinates}");
+    for key in ["confirmed_flush_lsn", "current_wal_lsn"] {
+        let value = coordinates
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}: ")))
+            .unwrap_or_else(|| panic!("no {key} in `coordinates`:\n{coordinates}"));
+        let (hi, lo) = value.split_once('/').unwrap_or_else(|| panic!("{key} is not an LSN: {value}"));
+        assert!(u32::from_str_radix(hi, 16).is_ok() && u32::from_str_radix(lo, 16).is_ok(), "{key} is not an LSN: {value}");
+    }
+
+    let help = ask(&socket, "help").await;
+    for command in ["status", "sup", "coordinates", "chunk-size=", "throttle [table]", "no-throttle", "unpostpone", "panic"] {
+        assert!(help.contains(command), "`help` does not list {command:?}:\n{help}");
+    }
+
+    // Every setting reads back as one line; the flags' values where given.
+    for name in ["nice-ratio", "max-load", "critical-load", "throttle-query", "throttle-control-replicas"] {
+        let answer = ask(&socket, &format!("{name}=?")).await;
+        assert!(!answer.starts_with("error") && answer.lines().count() == 1, "{name}=? → {answer:?}");
+    }
+    assert_eq!(ask(&socket, "nice-ratio=?").await, "9\n");
+    assert_eq!(ask(&socket, "chunk-size=?").await, "100\n");
+    assert_eq!(ask(&socket, "max-lag-millis=?").await, "1500\n");
+    assert_eq!(ask(&socket, "max-lag-millis=2500").await, "max-lag-millis=2500\n");
+    assert_eq!(ask(&socket, "max-lag-millis=?").await, "2500\n");
+
+    // Not postponed: `unpostpone` is refused. Another table: `panic` and `throttle` are
+    // refused, the run goes on and the copy is not held.
+    let refused = ask(&socket, "unpostpone").await;
+    assert_eq!(refused, "refused: the cut-over is not being postponed now (phase: copying)\n");
+    let refused = ask(&socket, "panic other_table").await;
+    assert!(refused.starts_with("refused: `panic` names table \"other_table\""), "{refused}");
+    run.assert_running("nothing: `panic other_table` must be refused").await;
+    let refused = ask(&socket, "throttle other_table").await;
+    assert!(refused.starts_with("refused: `throttle` names table \"other_table\""), "{refused}");
+    assert_eq!(refused.lines().count(), 1, "{refused}");
+    let at = copy_range(&client, "t").await;
+    assert_copy_resumes(&client, &mut run, "t", at, Duration::from_secs(10)).await;
+    assert!(!run.log().contains("throttled: commanded by user"), "a refused `throttle` throttled:\n{}", run.log());
+
+    // `throttle`: the copy holds, status and sup say so.
+    let answer = ask(&socket, "throttle").await;
+    assert!(answer.starts_with("throttling: "), "{answer}");
+    run.wait_log("throttled: commanded by user", Duration::from_secs(10)).await;
+    let held = assert_copy_stalled(&client, &mut run, "t", "`throttle` was sent").await;
+    wait_for_sup(&mut run, &socket, "State: throttled, commanded by user").await;
+    let status = ask(&socket, "status").await;
+    assert!(status.contains("throttle: commanded by user\n"), "{status}");
+
+    // Malformed input: one error line each, and the run goes on.
+    for line in ["bogus", "chunk-size=abc", "chunk-size", "max-lag-millis=-5", "status extra", "", "status\u{7}"] {
+        let answer = ask(&socket, line).await;
+        assert!(answer.starts_with("error: ") && answer.ends_with('\n') && answer.lines().count() == 1, "{line:?} → {answer:?}");
+    }
+    run.assert_running("nothing: malformed commands must not stop the run").await;
+    assert_eq!(ask(&socket, "chunk-size=?").await, "100\n", "a malformed command changed a setting");
+
+    // `no-throttle` naming the table as `schema.name`: the copy goes on.
+    let answer = ask(&socket, "no-throttle public.t").await;
+    assert!(answer.starts_with("no longer throttling"), "{answer}");
+    assert_copy_resumes(&client, &mut run, "t", held, Duration::from_secs(10)).await;
+    run.wait_log("throttle lifted", Duration::from_secs(10)).await;
+
+    // Finish quickly.
+    assert_eq!(ask(&socket, "nice-ratio=0").await, "nice-ratio=0\n");
+    let out = run.wait(Duration::from_secs(120)).await;
+    binary::assert_success(&out);
+    assert!(!socket.exists(), "the socket file is left after the run");
+    assert_migrated(&client, "t").await;
+}
+
+/// `chunk-size=50` during the copy: the next chunks are about 50 keys wide.
+///
+/// The ALTER runs an expensive (immutable) function on every row, so that every chunk takes
+/// far longer than `--chunk-time 1ms`: the adaptive sizing then has every reason to shrink a
+/// chunk and none to grow it, and after `chunk-size=50` no chunk may be wider than 50 keys
+/// (60 allowed for slack). The first range after the command is skipped: it may have been
+/// handed out before. That premise (chunks slower than their target) is checked in the
+/// trace log, so a failure here is the sizing's, not the set-up's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_chunk_size_shows_in_the_next_chunks() {
+    let db = Cluster::primary().fresh_db("ce_chunk");
+    db.psql(
+        "CREATE FUNCTION burn(t text) RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE
+           AS $$ SELECT md5(string_agg(md5(t || i), '')) FROM generate_series(1, 200) i $$",
+    );
+    narrow_table(&db, "t", 10_000);
+    let client = db.client().await;
+    let socket = temp_path(&db, "sock");
+    let _cleanup = Removed(socket.clone());
+    let alter = "ALTER COLUMN pad TYPE text USING burn(pad)";
+
+    let args = ["-vv", "--table", "t", "--alter", alter, "--execute", "--serve-socket-file", socket.to_str().unwrap(), "--chunk-size", "100", "--chunk-time", "1ms"];
+    let mut run = Running::spawn(&db, &args);
+    wait_for_socket(&mut run, &socket).await;
+    let before = wait_for_copy_past(&client, &mut run, "t", 200, Duration::from_secs(60)).await;
+    assert_eq!(before.1 - before.0, 100, "chunks of 100 before the change: {before:?}");
+
+    assert_eq!(ask(&socket, "chunk-size=50").await, "chunk-size=50\n");
+    let changed_at = copy_range(&client, "t").await;
+    // The distinct ranges handed out from now on: eight of them, or until the copy ends.
+    let mut seen: Vec<(i64, i64)> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while seen.len() < 8 && changelog_value(&client, "t", "state").await.as_deref() == Some("copy") {
+        if let Some(r) = copy_range(&client, "t").await {
+            if Some(r) != changed_at && seen.last() != Some(&r) {
+                seen.push(r);
+            }
+        }
+        run.assert_running("ranges after chunk-size=50").await;
+        assert!(Instant::now() < deadline, "fewer than eight ranges in 30 s after the change: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let chunk_size_now = ask(&socket, "chunk-size=?").await;
+    let out = run.wait(Duration::from_secs(120)).await;
+    binary::assert_success(&out);
+    assert_same_rows(&client, "t", "t_before", &Projection::identity(&["id", "n", "pad"]).map("pad", "burn(pad)")).await;
+    assert_no_slots_or_publications(&client).await;
+
+    // The premise: every chunk took longer than its 1 ms target.
+    let log = binary::stderr(&out);
+    let chunk_ms: Vec<u64> = log
+        .lines()
+        .filter(|l| l.contains("chunk copied"))
+        .filter_map(|l| l.split(" ms=").nth(1)?.split_whitespace().next()?.parse().ok())
+        .collect();
+    assert!(chunk_ms.len() > 20, "no `chunk copied` trace lines with their time:\n{log}");
+    assert!(chunk_ms.iter().all(|ms| *ms >= 2), "some chunks took less than 2 ms, the sizing may grow them: {chunk_ms:?}");
+
+    assert!(seen.len() >= 4, "too few ranges seen after the change: {seen:?}");
+    let widths: Vec<i64> = seen.iter().skip(1).map(|(lo, hi)| hi - lo).collect();
+    assert!(
+        widths.iter().all(|w| *w <= 60),
+        "after `chunk-size=50` (`chunk-size=?` answering {:?}), every chunk slower than its target, \
+         the copy handed out ranges {} keys wide: {seen:?}",
+        chunk_size_now.trim(),
+        widths.iter().map(|w| w.to_string()).collect::<Vec<_>>().join(", ")
+    );
+}
