@@ -980,3 +980,178 @@ async fn socket_chunk_size_shows_in_the_next_chunks() {
         widths.iter().map(|w| w.to_string()).collect::<Vec<_>>().join(", ")
     );
 }
+
+// ---- hooks ----------------------------------------------------------------------------------
+
+/// A hook that appends `== <its name>` and its sorted `PG_GHOST_*` variables to `log`.
+fn recorder(dir: &Path, name: &str, log: &Path) {
+    script(dir, name, &format!("{{ echo \"== $(basename \"$0\")\"; env | grep '^PG_GHOST_' | sort; }} >> '{}'", log.display()));
+}
+
+fn script(dir: &Path, name: &str, body: &str) {
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// Every event pg-ghost fires, as the hooks' names spell them.
+const EVENTS: [&str; 11] = [
+    "startup",
+    "validated",
+    "rowcount-complete",
+    "before-row-copy",
+    "row-copy-complete",
+    "status",
+    "interactive-command",
+    "begin-postponed",
+    "before-cut-over",
+    "success",
+    "failure",
+];
+
+/// A hooks directory with a recorder for every event; returns (dir, log).
+fn hooks_dir(db: &TestDb<'_>) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::Builder::new().prefix(&format!("pgg-hooks-{}", db.name)).tempdir().unwrap();
+    let log = dir.path().join("record.log");
+    for event in EVENTS {
+        recorder(dir.path(), &format!("pg-ghost-on-{event}-record"), &log);
+    }
+    (dir, log)
+}
+
+/// The record as (event, its variables) in the order the hooks ran.
+fn events(log: &Path) -> Vec<(String, Vec<String>)> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let mut out: Vec<(String, Vec<String>)> = Vec::new();
+    for line in text.lines() {
+        match line.strip_prefix("== ") {
+            Some(name) => {
+                let event = name.strip_prefix("pg-ghost-on-").and_then(|n| n.strip_suffix("-record")).unwrap_or(name);
+                out.push((event.to_string(), Vec::new()));
+            }
+            None => {
+                if let Some(last) = out.last_mut() {
+                    last.1.push(line.to_string());
+                }
+            }
+        }
+    }
+    out
+}
+
+fn var<'a>(vars: &'a [String], name: &str) -> Option<&'a str> {
+    vars.iter().find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix('=')))
+}
+
+/// A successful `--execute` run fires startup, validated, rowcount-complete,
+/// before-row-copy, row-copy-complete, before-cut-over and success in that order, status
+/// every second during the copy; each hook sees the run's variables.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hooks_fire_in_order_with_their_environment() {
+    let db = Cluster::primary().fresh_db("ce_hooks");
+    narrow_table(&db, "t", 30_000);
+    let client = db.client().await;
+    let (dir, log) = hooks_dir(&db);
+
+    let mut args = vec!["--table", "t", "--alter", ALTER, "--execute", "--hooks-path", dir.path().to_str().unwrap(), "--hooks-status-interval", "1s"];
+    args.extend(SLOW_COPY);
+    let out = Running::spawn(&db, &args).wait(Duration::from_secs(120)).await;
+    binary::assert_success(&out);
+    assert_migrated(&client, "t").await;
+
+    let ran = events(&log);
+    let names: Vec<&str> = ran.iter().map(|(n, _)| n.as_str()).collect();
+    let main: Vec<&str> = names.iter().copied().filter(|n| *n != "status").collect();
+    assert_eq!(
+        main,
+        ["startup", "validated", "rowcount-complete", "before-row-copy", "row-copy-complete", "before-cut-over", "success"],
+        "events in order (status left out): {names:?}"
+    );
+    let first = |e: &str| names.iter().position(|n| *n == e).unwrap();
+    let statuses: Vec<usize> = names.iter().enumerate().filter(|(_, n)| **n == "status").map(|(i, _)| i).collect();
+    assert!(!statuses.is_empty(), "no status hook during a copy of several seconds with --hooks-status-interval 1s: {names:?}");
+    assert!(
+        statuses.iter().all(|i| *i > first("rowcount-complete") && *i < first("success")),
+        "status hooks outside the run's streaming part: {names:?}"
+    );
+
+    // Checked all together, so one report lists every difference.
+    let mut wrong = Vec::new();
+    let rows = db.psql("SELECT count(*) FROM t");
+    for (event, vars) in &ran {
+        // An on-status hook still running when the streaming part ends is killed with its
+        // process group (by design: the status task stops there); it may have written its
+        // name only.
+        if event == "status" && vars.is_empty() {
+            continue;
+        }
+        let mut want = vec![
+            ("PG_GHOST_DATABASE_NAME", db.name.clone()),
+            ("PG_GHOST_TABLE_NAME", "t".to_string()),
+            ("PG_GHOST_DDL", ALTER.to_string()),
+            ("PG_GHOST_DRY_RUN", "false".to_string()),
+        ];
+        if event != "startup" {
+            want.push(("PG_GHOST_SCHEMA_NAME", "public".into()));
+            want.push(("PG_GHOST_GHOST_TABLE_NAME", "_t_gho".into()));
+            want.push(("PG_GHOST_OLD_TABLE_NAME", "_t_del".into()));
+        }
+        if matches!(event.as_str(), "row-copy-complete" | "before-cut-over" | "success") {
+            want.push(("PG_GHOST_COPIED_ROWS", rows.clone()));
+        }
+        // From rowcount-complete on the estimate is known (ANALYZE made it exact).
+        if !matches!(event.as_str(), "startup" | "validated") {
+            want.push(("PG_GHOST_ESTIMATED_ROWS", rows.clone()));
+        }
+        for (name, value) in want {
+            if var(vars, name) != Some(value.as_str()) {
+                wrong.push(format!("{event}: {name} is {:?}, expected {value:?}", var(vars, name)));
+            }
+        }
+        if var(vars, "PG_GHOST_ELAPSED_SECONDS").is_none() {
+            wrong.push(format!("{event}: no PG_GHOST_ELAPSED_SECONDS"));
+        }
+        // The copy took seconds (see its log line); by its end the copy time is not zero.
+        let copy_secs = var(vars, "PG_GHOST_ELAPSED_COPY_SECONDS").and_then(|s| s.parse::<f64>().ok());
+        if event == "row-copy-complete" && !copy_secs.is_some_and(|s| s > 0.0) {
+            wrong.push(format!("{event}: PG_GHOST_ELAPSED_COPY_SECONDS is {copy_secs:?} after a copy of {:.1}s", copy_secs_of(&out)));
+        }
+        let status = var(vars, "PG_GHOST_STATUS");
+        if (event == "status") != status.is_some_and(|s| s.starts_with("Copy: ")) {
+            wrong.push(format!("{event}: PG_GHOST_STATUS is {status:?}"));
+        }
+        if var(vars, "PG_GHOST_ERROR").is_some() {
+            wrong.push(format!("{event}: PG_GHOST_ERROR is set on a successful run"));
+        }
+    }
+    assert!(wrong.is_empty(), "hook environments:\n{}\n--- record:\n{}", wrong.join("\n"), std::fs::read_to_string(&log).unwrap());
+}
+
+/// A failing `pg-ghost-on-before-cut-over-fail` hook: the run fails, the swap does not
+/// happen, `on-failure` runs with PG_GHOST_ERROR naming the hook; nothing streams any more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_before_cut_over_hook_prevents_the_swap() {
+    let db = Cluster::primary().fresh_db("ce_hooks_fail");
+    narrow_table(&db, "t", 3_000);
+    let client = db.client().await;
+    let oid = table_oid(&client, "t").await;
+    let (dir, log) = hooks_dir(&db);
+    script(dir.path(), "pg-ghost-on-before-cut-over-fail", "echo 'replicas not ready' >&2\nexit 1");
+
+    let args = ["--table", "t", "--alter", ALTER, "--execute", "--hooks-path", dir.path().to_str().unwrap()];
+    let out = Running::spawn(&db, &args).wait(Duration::from_secs(120)).await;
+    assert!(!out.status.success(), "the run succeeded despite the failing hook:\n{}", binary::stderr(&out));
+    let why = reason(&out);
+    assert!(why.contains("pg-ghost-on-before-cut-over-fail"), "the reason does not name the hook: {why}");
+
+    assert_untouched(&client, "t", oid).await;
+    assert!(!relation_exists(&client, "public", "_t_del").await, "the original was renamed away");
+
+    let ran = events(&log);
+    let names: Vec<&str> = ran.iter().map(|(n, _)| n.as_str()).filter(|n| *n != "status").collect();
+    // The failing hook sorts before the recorder of the same event, and stops the event.
+    assert_eq!(names, ["startup", "validated", "rowcount-complete", "before-row-copy", "row-copy-complete", "failure"], "{ran:?}");
+    let failure = &ran.iter().find(|(n, _)| n == "failure").unwrap().1;
+    let error = var(failure, "PG_GHOST_ERROR").unwrap_or_else(|| panic!("on-failure without PG_GHOST_ERROR: {failure:?}"));
+    assert!(error.contains("pg-ghost-on-before-cut-over-fail"), "PG_GHOST_ERROR does not name the hook: {error}");
+}
