@@ -7,6 +7,7 @@ mod checksum;
 mod copy_race;
 mod cutover_lock;
 mod control;
+mod controls_e2e;
 mod engine_parts;
 mod hooks;
 mod inspect;
