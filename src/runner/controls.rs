@@ -38,7 +38,7 @@ pub struct Controls {
 
 impl Controls {
     pub fn new(cfg: &Config) -> Result<Controls> {
-        let hooks = hooks::from_config(&cfg.hooks)?;
+        let hooks: Arc<dyn Hooks> = Arc::new(OneAtATime { inner: hooks::from_config(&cfg.hooks)?, lock: tokio::sync::Mutex::new(()) });
         let env = HookEnv::new(&cfg.conn.dbname, &cfg.table, &cfg.alter, !cfg.execute);
         let (tunables_tx, tunables) = watch::channel(cfg.tunables.clone());
         let (overrides_tx, overrides) = watch::channel(Override::None);
@@ -154,6 +154,22 @@ impl Controls {
         for t in self.tasks.drain(..) {
             t.abort();
         }
+    }
+}
+
+/// Runs hooks one after another, whoever fires them (the phase edges, the status timer,
+/// the socket), so that no two hook scripts of one run overlap.
+struct OneAtATime {
+    inner: Arc<dyn Hooks>,
+    lock: tokio::sync::Mutex<()>,
+}
+
+impl Hooks for OneAtATime {
+    fn fire<'a>(&'a self, event: HookEvent, env: &'a HookEnv) -> hooks::HookFuture<'a> {
+        Box::pin(async move {
+            let _turn = self.lock.lock().await;
+            self.inner.fire(event, env).await
+        })
     }
 }
 

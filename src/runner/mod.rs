@@ -147,6 +147,8 @@ impl Run {
         self.controls.update_env(|env| env.resolved(&info.name, &names));
         self.controls.serve(&self.cfg, &info, &names, self.phase.subscribe(), self.abort_tx.clone())?;
         self.fire(HookEvent::Validated, None).await?;
+        let estimated = u64::try_from(info.estimated_rows).ok().filter(|n| *n > 0);
+        self.controls.progress.send_modify(|p| p.rows_estimated = estimated);
         self.fire(HookEvent::RowCountComplete, None).await?;
 
         self.enter(Phase::Prepare);
