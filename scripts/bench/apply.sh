@@ -113,6 +113,7 @@ run_ghost() {
   [[ $stale == 0 ]] || { echo "bench: $stale ghost rows are stale after catching up" >&2; exit 1; }
   rm -f "$flag"
   wait "$pid" || { tail -n 20 "$log" >&2; exit 1; }
+  BG_PIDS=()
   drop_db "$PUB" run
   SECS=$(elapsed "$t0" "$t_end")
 }

@@ -101,7 +101,8 @@ echo "$(machine_note). $RUNS interleaved runs; median (min–max) over runs of e
 echo
 echo "| during | operation s | p50 ms | p99 ms | max ms | longest stall ms | pgbench errors |"
 echo "| --- | --- | --- | --- | --- | --- | --- |"
-col() { awk -F'\t' -v c="$1" -v k="$2" '$1 == c {print $k}' "$RAW" | stats3 | awk '{printf "%s (%s–%s)", $1, $2, $3}'; }
+# col CONTENDER FIELD DECIMALS: "median (min–max)" of a raw column.
+col() { awk -F'\t' -v c="$1" -v k="$2" '$1 == c {print $k}' "$RAW" | stats3 | awk -v d="${3:-1}" '{f = "%." d "f"; printf f " (" f "–" f ")", $1, $2, $3}'; }
 for c in $WHICH; do
   label=$c
   case $c in
@@ -110,7 +111,7 @@ for c in $WHICH; do
     alter) label="plain ALTER TABLE" ;;
     repack) label="pg_repack --table" ;;
   esac
-  echo "| $label | $(col "$c" 3) | $(col "$c" 5) | $(col "$c" 6) | $(col "$c" 7) | $(col "$c" 8) | $(awk -F'\t' -v c="$c" '$1 == c {s += $9} END {print s + 0}' "$RAW") |"
+  echo "| $label | $(col "$c" 3 1) | $(col "$c" 5 2) | $(col "$c" 6 1) | $(col "$c" 7 0) | $(col "$c" 8 0) | $(awk -F'\t' -v c="$c" '$1 == c {s += $9} END {print s + 0}' "$RAW") |"
 done
 if [[ " $WHICH " == *" ghost "* ]]; then
   echo

@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# Where pg-ghost's copy time goes, against the physical limit, on one throwaway cluster:
+#
+#   1. the physical limit, step by step: INSERT ... SELECT into an index-less table, then
+#      the key and the two index builds;
+#   2. the same rows in one INSERT ... SELECT ... ON CONFLICT (id) DO NOTHING into a table
+#      that has its key index (pg-ghost's copy statement, unchunked, no slot);
+#   3. pg-ghost run --execute (--copy-workers W), with pg_stat_statements reset before,
+#      its phase times, its top statements, and the CPU seconds each server process
+#      used during the run (walsender decoding included), sampled from /proc.
+#
+#   scripts/bench/diagnose.sh [--rows N] [--workers W]
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+
+ROWS=2000000 WORKERS=1
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    --rows) ROWS=$2; shift 2 ;;
+    --workers) WORKERS=$2; shift 2 ;;
+    *) sed -n '2,14p' "$0"; exit 2 ;;
+  esac
+done
+
+need_tools
+build_ghost
+bench_workdir
+OUT=${BENCH_OUT:-$(mktemp -d /tmp/pg-ghost-bench-out.XXXXXX)}
+mkdir -p "$OUT"
+
+PORT=$(cluster_start pg)
+load_template "$PORT" tpl "$ROWS"
+PM=$(head -1 "$WORK/pg/postmaster.pid")
+
+timed() { # timed LABEL SQL
+  local t0 t1; t0=$(now); qc "$PORT" run "$2" >/dev/null; t1=$(now)
+  printf '  %-58s %7.2f s\n' "$1" "$(elapsed "$t0" "$t1")"
+}
+
+echo "## 1. Physical limit, step by step ($ROWS rows)"
+fresh_db "$PORT" tpl run
+timed "CREATE TABLE (LIKE) + ALTER on the empty table" "CREATE TABLE orders_new (LIKE orders INCLUDING DEFAULTS); ALTER TABLE orders_new $ALTER_CLAUSE"
+timed "INSERT ... SELECT (no index)" "INSERT INTO orders_new SELECT * FROM orders"
+timed "ADD PRIMARY KEY (id)" "ALTER TABLE orders_new ADD PRIMARY KEY (id)"
+timed "CREATE INDEX (customer_id)" "CREATE INDEX ON orders_new (customer_id)"
+timed "CREATE INDEX (created_at)" "CREATE INDEX ON orders_new (created_at)"
+
+echo "## 2. pg-ghost's copy statement in one piece, no slot"
+fresh_db "$PORT" tpl run
+timed "CREATE TABLE (LIKE) + ALTER + PRIMARY KEY" "CREATE TABLE orders_new (LIKE orders INCLUDING DEFAULTS); ALTER TABLE orders_new $ALTER_CLAUSE; ALTER TABLE orders_new ADD PRIMARY KEY (id)"
+timed "INSERT ... SELECT ... ON CONFLICT (id) DO NOTHING (key index)" "INSERT INTO orders_new SELECT * FROM orders ON CONFLICT (id) DO NOTHING"
+
+echo "## 3. pg-ghost run --execute --copy-workers $WORKERS"
+fresh_db "$PORT" tpl run
+qc "$PORT" run "SELECT pg_stat_statements_reset()" >/dev/null
+qc "$PORT" run "SELECT pg_stat_reset_shared('wal')" >/dev/null
+SAMPLES="$OUT/diagnose-cpu.txt"; : >"$SAMPLES"
+BASE="$OUT/diagnose-cpu-before.txt"
+for p in $(pgrep -P "$PM"); do echo "$p $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null)"; done >"$BASE"
+APPS="$OUT/diagnose-apps.txt"; : >"$APPS"
+(
+  while true; do
+    for p in $(pgrep -P "$PM"); do
+      [[ -r /proc/$p/stat ]] || continue
+      echo "$p $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null) $(tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | cut -c1-60)"
+    done >>"$SAMPLES" 2>/dev/null
+    qc "$PORT" postgres "SELECT pid, coalesce(nullif(application_name, ''), backend_type) FROM pg_stat_activity" >>"$APPS" 2>/dev/null || true
+    sleep 0.25
+  done
+) &
+SAMPLER=$!
+BG_PIDS+=("$SAMPLER")
+LOG="$OUT/diagnose-ghost.log"
+t0=$(now)
+"$GHOST" run --conn "$(conninfo "$PORT" run)" --table orders --alter "$ALTER_CLAUSE" --execute --ok-to-drop-table \
+  --copy-workers "$WORKERS" --throttle-additional-flag-file '' -v >"$LOG" 2>&1 || { tail -n 20 "$LOG" >&2; exit 1; }
+t1=$(now)
+kill "$SAMPLER"; wait "$SAMPLER" 2>/dev/null || true
+printf '  wall time %.2f s\n' "$(elapsed "$t0" "$t1")"
+echo "  phases (s): $(python3 "$BENCH_DIR/phases.py" "$LOG" | cut -d' ' -f2-)"
+echo "  top statements by total time (pg_stat_statements):"
+qc "$PORT" run "SELECT to_char(total_exec_time / 1000, 'FM9990.00') || ' s  ' || calls || ' calls  ' || rows || ' rows  ' || regexp_replace(left(query, 90), '\s+', ' ', 'g')
+                FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 8" | sed 's/^/    /'
+echo "  WAL: $(qc "$PORT" run "SELECT wal_records || ' records, ' || pg_size_pretty(wal_bytes) || ', ' || wal_fpi || ' full-page images' FROM pg_stat_wal")"
+echo "  server CPU seconds during the run, by process (sampled every 0.25 s from /proc):"
+python3 - "$SAMPLES" "$APPS" "$BASE" <<'PY' | sed 's/^/    /'
+import sys, collections
+last, cmd = {}, {}
+base = {}
+for line in open(sys.argv[3]):
+    p = line.split()
+    if len(p) == 2: base[p[0]] = int(p[1])
+for line in open(sys.argv[1]):
+    parts = line.split(None, 2)
+    if len(parts) < 2: continue
+    pid, ticks = parts[0], int(parts[1])
+    last[pid] = ticks
+    cmd[pid] = parts[2].strip() if len(parts) > 2 else ""
+app = {}
+for line in open(sys.argv[2]):
+    if "|" in line:
+        pid, name = line.strip().split("|", 1)
+        if name: app[pid] = name
+by = collections.Counter()
+for pid in last:
+    used = last[pid] - base.get(pid, 0)
+    label = app.get(pid) or cmd[pid].replace("postgres: ", "")[:40]
+    if "walsender" in cmd[pid] and "pg-ghost" not in label: label = "walsender"
+    by[label] += used / 100.0
+for label, secs in by.most_common(12):
+    if secs >= 0.05: print(f"{secs:7.2f}  {label}")
+PY
