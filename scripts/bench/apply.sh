@@ -40,16 +40,6 @@ mkdir -p "$OUT"
 RAW="$OUT/apply.tsv"
 : >"$RAW"
 
-# Distinct keys spread over the table: id = (i * 7919) mod ROWS + 1 is a bijection when
-# ROWS has no factor 7919.
-BURST_PROC="
-CREATE PROCEDURE burst(n int, per_tx int, total bigint) LANGUAGE plpgsql AS \$\$
-BEGIN
-  FOR i IN 0 .. n - 1 LOOP
-    UPDATE orders SET qty = qty + 1 WHERE id = (i::bigint * 7919) % total + 1;
-    IF (i + 1) % per_tx = 0 THEN COMMIT; END IF;
-  END LOOP;
-END \$\$;"
 
 say "starting the publisher and the subscriber clusters in $WORK"
 PUB=$(cluster_start pub)

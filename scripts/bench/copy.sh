@@ -72,7 +72,8 @@ ghost_phases() {
   local copy idx held
   copy=$(grep -o 'row copy complete.*' "$log" | grep -o 'secs=[0-9.]*' | head -1 | cut -d= -f2)
   idx=$(grep 'built on the ghost' "$log" | grep -o 'secs=[0-9.]*' | cut -d= -f2 | awk '{s+=$1} END {printf "%.3f", s}')
-  held=$(grep 'cut-over committed' "$log" | grep -o 'lock_held_ms=[0-9]*' | tail -1 | cut -d= -f2)
+  # Every attempt's locked time, the failed ones too (see phases.py --cut-over).
+  held=$(python3 "$BENCH_DIR/phases.py" --cut-over "$log" | cut -d' ' -f3)
   echo "${copy:-?} ${idx:-?} ${held:-?}"
 }
 
@@ -128,7 +129,7 @@ PY
 done
 if grep -q '^ghost' "$RAW"; then
   echo
-  echo "pg-ghost phases (median of runs): row copy s, index builds on the ghost s, cut-over lock held ms"
+  echo "pg-ghost phases (median of runs): row copy s, index builds on the ghost s, cut-over lock held ms (all attempts)"
   echo
   echo "| contender | row copy s | index builds s | cut-over lock held ms |"
   echo "| --- | --- | --- | --- |"

@@ -85,9 +85,7 @@ for run in $(seq 1 "$RUNS"); do
     read -r n p50 p99 max stall < <(python3 "$BENCH_DIR/stats.py" latency "$t0" "$t1" "$dir"/tx.*)
     cut="- -"
     if [[ $c == ghost ]]; then
-      wait_ms=$(grep 'cut-over lock acquired' "$dir/op.log" | grep -o 'wait_ms=[0-9]*' | tail -1 | cut -d= -f2)
-      held_ms=$(grep 'cut-over committed' "$dir/op.log" | grep -o 'lock_held_ms=[0-9]*' | tail -1 | cut -d= -f2)
-      cut="${wait_ms:-?} ${held_ms:-?}"
+      cut=$(python3 "$BENCH_DIR/phases.py" --cut-over "$dir/op.log")
     fi
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$c" "$run" "$(elapsed "$t0" "$t1")" "$n" "$p50" "$p99" "$max" "$stall" "$errors" "$cut" | tee -a "$RAW" >&2
     drop_db "$PORT" run
@@ -115,7 +113,9 @@ for c in $WHICH; do
 done
 if [[ " $WHICH " == *" ghost "* ]]; then
   echo
-  echo "pg-ghost's cut-over (its own log): lock waited for $(awk -F'\t' '$1 == "ghost" {split($10, a, " "); print a[1]}' "$RAW" | stats3 | awk '{printf "%s ms (%s–%s)", $1, $2, $3}'), held $(awk -F'\t' '$1 == "ghost" {split($10, a, " "); print a[2]}' "$RAW" | stats3 | awk '{printf "%s ms (%s–%s)", $1, $2, $3}'): median (min–max)."
+  cf() { awk -F'\t' -v k="$1" '$1 == "ghost" {split($10, a, " "); print a[k]}' "$RAW" | stats3 | awk '{printf "%s (%s–%s)", $1, $2, $3}'; }
+  echo "pg-ghost's cut-over, from its log, median (min–max) over runs: attempts $(cf 1); lock waited for $(cf 2) ms in all;" \
+       "held $(cf 3) ms in all attempts (a failed attempt holds the lock too); held by the successful attempt (pg-ghost's lock_held_ms) $(cf 4) ms."
 fi
 echo
 echo "Raw runs: $RAW"

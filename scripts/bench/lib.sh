@@ -92,6 +92,18 @@ CREATE TABLE orders (
 );"
 ALTER_CLAUSE="ALTER COLUMN customer_id TYPE bigint"
 
+# The apply burst: CALL burst(n, per_tx, total) updates n distinct keys spread over the
+# table, id = (i * 7919) mod total + 1 (a bijection when total has no factor 7919),
+# committing every per_tx rows. A procedure, so client round trips do not pace it.
+BURST_PROC="
+CREATE PROCEDURE burst(n int, per_tx int, total bigint) LANGUAGE plpgsql AS \$\$
+BEGIN
+  FOR i IN 0 .. n - 1 LOOP
+    UPDATE orders SET qty = qty + 1 WHERE id = (i::bigint * 7919) % total + 1;
+    IF (i + 1) % per_tx = 0 THEN COMMIT; END IF;
+  END LOOP;
+END \$\$;"
+
 # load_template PORT DB ROWS [EXTRA_SQL]: creates DB with the table and ROWS rows, frozen
 # and analyzed (hint bits and visibility map set, so no run pays for them), for
 # CREATE DATABASE ... TEMPLATE.

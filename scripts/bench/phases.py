@@ -2,7 +2,11 @@
 """Where a pg-ghost run spent its time: seconds per phase, from the `phase phase="..."`
 lines of its text log (their timestamps), plus the copy and index-build figures it logs.
 
-  phases.py LOG...      -> one line per log: phase=secs ...
+  phases.py LOG...            -> one line per log: phase=secs ...
+  phases.py --cut-over LOG    -> "attempts wait_ms held_ms last_held_ms": every cut-over
+                                 attempt counted, the failed ones too (pg-ghost's own
+                                 `lock_held_ms` is the successful attempt's only); held is
+                                 from `cut-over lock acquired` to the attempt's end
 """
 import re
 import sys
@@ -36,6 +40,29 @@ def phases(path):
     return " ".join(out)
 
 
+def cut_over(path):
+    attempts, wait_ms, held, last, since = 0, 0, 0.0, 0.0, None
+    with open(path) as f:
+        for line in f:
+            m = TS.match(line.strip())
+            if not m:
+                continue
+            t, rest = ts(m.group(1)), m.group(2)
+            if "cut-over lock acquired" in rest:
+                attempts += 1
+                w = re.search(r"wait_ms=(\d+)", rest)
+                wait_ms += int(w.group(1)) if w else 0
+                since = t
+            elif since is not None and ("cut-over attempt failed" in rest or "cut-over committed" in rest):
+                last = (t - since) * 1000.0
+                held += last
+                since = None
+    return f"{attempts} {wait_ms} {held:.0f} {last:.0f}"
+
+
 if __name__ == "__main__":
+    if len(sys.argv) > 2 and sys.argv[1] == "--cut-over":
+        print(cut_over(sys.argv[2]))
+        sys.exit(0)
     for path in sys.argv[1:]:
         print(f"{path}: {phases(path)}")
