@@ -74,7 +74,12 @@ ghost_phases() {
   idx=$(grep 'built on the ghost' "$log" | grep -o 'secs=[0-9.]*' | cut -d= -f2 | awk '{s+=$1} END {printf "%.3f", s}')
   # Every attempt's locked time, the failed ones too (see phases.py --cut-over).
   held=$(python3 "$BENCH_DIR/phases.py" --cut-over "$log" | cut -d' ' -f3)
-  echo "${copy:-?} ${idx:-?} ${held:-?}"
+  # The run as it would have been had the first cut-over attempt succeeded: everything
+  # up to the cut-over, plus the successful attempt's locked time.
+  local ideal
+  ideal=$(python3 -c "import sys; print(f'{float(sys.argv[1]) + float(sys.argv[2]) / 1000:.3f}')" \
+    "$(python3 "$BENCH_DIR/phases.py" --to-cut-over "$log")" "$(python3 "$BENCH_DIR/phases.py" --cut-over "$log" | cut -d' ' -f4)")
+  echo "${copy:-?} ${idx:-?} ${held:-?} ${ideal:-?}"
 }
 
 for run in $(seq 1 "$RUNS"); do
@@ -129,16 +134,18 @@ PY
 done
 if grep -q '^ghost' "$RAW"; then
   echo
-  echo "pg-ghost phases (median of runs): row copy s, index builds on the ghost s, cut-over lock held ms (all attempts)"
+  echo "pg-ghost phases (median of runs): row copy s, index builds on the ghost s, cut-over lock held ms (all attempts, failed ones"
+  echo "included), and the run's time had its first cut-over attempt succeeded (up to the cut-over + the successful attempt)"
   echo
-  echo "| contender | row copy s | index builds s | cut-over lock held ms |"
-  echo "| --- | --- | --- | --- |"
+  echo "| contender | row copy s | index builds s | cut-over lock held ms | time with a first-try cut-over s |"
+  echo "| --- | --- | --- | --- | --- |"
   for c in "${CONTENDERS[@]}"; do
     [[ $c == ghost-* ]] || continue
     cp=$(awk -F'\t' -v c="$c" '$1 == c {split($6, a, " "); print a[1]}' "$RAW" | stats3 | cut -d' ' -f1)
     ix=$(awk -F'\t' -v c="$c" '$1 == c {split($6, a, " "); print a[2]}' "$RAW" | stats3 | cut -d' ' -f1)
     lh=$(awk -F'\t' -v c="$c" '$1 == c {split($6, a, " "); print a[3]}' "$RAW" | stats3 | cut -d' ' -f1)
-    echo "| pg-ghost, --copy-workers ${c#ghost-} | $cp | $ix | $lh |"
+    id=$(awk -F'\t' -v c="$c" '$1 == c {split($6, a, " "); print a[4]}' "$RAW" | stats3 | cut -d' ' -f1)
+    echo "| pg-ghost, --copy-workers ${c#ghost-} | $cp | $ix | $lh | $id |"
   done
 fi
 echo

@@ -4,7 +4,8 @@
 #   1. the physical limit, step by step: INSERT ... SELECT into an index-less table, then
 #      the key and the two index builds;
 #   2. the same rows in one INSERT ... SELECT ... ON CONFLICT (id) DO NOTHING into a table
-#      that has its key index (pg-ghost's copy statement, unchunked, no slot);
+#      that has its key index (pg-ghost's copy statement, unchunked, no slot), and without
+#      the ON CONFLICT;
 #   3. pg-ghost run --execute (--copy-workers W), with pg_stat_statements reset before,
 #      its phase times, its top statements, and the CPU seconds each server process
 #      used during the run (walsender decoding included), sampled from /proc.
@@ -111,6 +112,7 @@ echo "## 2. pg-ghost's copy statement in one piece, no slot"
 fresh_db "$PORT" tpl run
 timed "CREATE TABLE (LIKE) + ALTER + PRIMARY KEY" "CREATE TABLE orders_new (LIKE orders INCLUDING DEFAULTS); ALTER TABLE orders_new $ALTER_CLAUSE; ALTER TABLE orders_new ADD PRIMARY KEY (id)"
 timed "INSERT ... SELECT ... ON CONFLICT (id) DO NOTHING (key index)" "INSERT INTO orders_new SELECT * FROM orders ON CONFLICT (id) DO NOTHING"
+timed "the same without ON CONFLICT (key index)" "TRUNCATE orders_new; INSERT INTO orders_new SELECT * FROM orders"
 
 echo "## 3. pg-ghost run --execute --copy-workers $WORKERS"
 fresh_db "$PORT" tpl run

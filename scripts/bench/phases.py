@@ -3,6 +3,7 @@
 lines of its text log (their timestamps), plus the copy and index-build figures it logs.
 
   phases.py LOG...            -> one line per log: phase=secs ...
+  phases.py --to-cut-over LOG -> seconds from the first phase to the cut-over phase
   phases.py --cut-over LOG    -> "attempts wait_ms held_ms last_held_ms": every cut-over
                                  attempt counted, the failed ones too (pg-ghost's own
                                  `lock_held_ms` is the successful attempt's only); held is
@@ -40,6 +41,22 @@ def phases(path):
     return " ".join(out)
 
 
+def to_cut_over(path):
+    first = None
+    with open(path) as f:
+        for line in f:
+            m = TS.match(line.strip())
+            if not m:
+                continue
+            p = re.search(r'phase phase="([^"]+)"', m.group(2))
+            if p and "rows_copied" not in m.group(2):
+                t = ts(m.group(1))
+                first = t if first is None else first
+                if p.group(1) == "cut-over":
+                    return f"{t - first:.3f}"
+    return "nan"
+
+
 def cut_over(path):
     attempts, wait_ms, held, last, since = 0, 0, 0.0, 0.0, None
     with open(path) as f:
@@ -61,6 +78,9 @@ def cut_over(path):
 
 
 if __name__ == "__main__":
+    if len(sys.argv) > 2 and sys.argv[1] == "--to-cut-over":
+        print(to_cut_over(sys.argv[2]))
+        sys.exit(0)
     if len(sys.argv) > 2 and sys.argv[1] == "--cut-over":
         print(cut_over(sys.argv[2]))
         sys.exit(0)
