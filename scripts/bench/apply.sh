@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# Benchmark 2, apply throughput: how fast a backlog of streamed changes is applied, by
+# pg-ghost (copy finished, cut-over postponed) and by PostgreSQL's native logical
+# replication (a subscriber on a second cluster, CREATE SUBSCRIPTION ... copy_data = false).
+#
+# The burst: CHANGES single-row UPDATEs of distinct keys spread over the table, committed one
+# per transaction, or ROWS_PER_TX per transaction in the variant (a procedure, so the
+# client's round trips do not pace it). Both consumers start from the whole burst waiting
+# in the slot:
+#   - pg-ghost is frozen (SIGSTOP) while the burst is written, then resumed (SIGCONT): the
+#     clock starts at SIGCONT;
+#   - the subscription is created disabled, then enabled: the clock starts when its apply
+#     worker starts (pg_stat_activity.backend_start), so the launcher's
+#     wal_retrieve_retry_interval wait is not counted.
+# The clock stops when the consumer's slot has confirmed_flush_lsn >= pg_current_wal_lsn()
+# taken right after the burst (pg-ghost acknowledges an LSN only once the ghost rows for
+# every change up to it are committed; the native worker once its commits are flushed).
+# This build's pg-ghost has no control socket (`sup`), so the slot is what is watched.
+#
+#   scripts/bench/apply.sh [--rows N] [--changes N] [--runs N] [--per-tx "1 10"]
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+
+ROWS=2000000 CHANGES=200000 RUNS=3 PER_TX="1 10"
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    --rows) ROWS=$2; shift 2 ;;
+    --changes) CHANGES=$2; shift 2 ;;
+    --runs) RUNS=$2; shift 2 ;;
+    --per-tx) PER_TX=$2; shift 2 ;;
+    *) sed -n '2,22p' "$0"; exit 2 ;;
+  esac
+done
+
+need_tools
+build_ghost
+bench_workdir
+OUT=${BENCH_OUT:-$(mktemp -d /tmp/pg-ghost-bench-out.XXXXXX)}
+mkdir -p "$OUT"
+RAW="$OUT/apply.tsv"
+: >"$RAW"
+
+
+say "starting the publisher and the subscriber clusters in $WORK"
+PUB=$(cluster_start pub)
+SUB=$(cluster_start sub)
+install_waiters "$PUB"
+say "loading $ROWS rows on both (the subscriber's table already has the new column type, like the ghost)"
+load_template "$PUB" tpl "$ROWS" "$BURST_PROC"
+load_template "$SUB" tpl "$ROWS" "ALTER TABLE orders $ALTER_CLAUSE;"
+
+burst() {
+  local per_tx=$1
+  qc "$PUB" run "CALL burst($CHANGES, $per_tx, $ROWS)"
+  wal_lsn "$PUB"
+}
+
+run_native() {
+  local per_tx=$1
+  fresh_db "$PUB" tpl run
+  fresh_db "$SUB" tpl run
+  qc "$PUB" run "CREATE PUBLICATION bench_pub FOR TABLE orders"
+  qc "$SUB" run "CREATE SUBSCRIPTION bench_sub CONNECTION '$(conninfo "$PUB" run)' PUBLICATION bench_pub WITH (copy_data = false, enabled = false)"
+  local target t_end t_start
+  target=$(burst "$per_tx")
+  qc "$PUB" postgres "CHECKPOINT"; qc "$SUB" postgres "CHECKPOINT"
+  qc "$SUB" run "ALTER SUBSCRIPTION bench_sub ENABLE"
+  t_end=$(qc "$PUB" postgres "SELECT wait_slot('bench_sub', '$target', 1800)")
+  [[ -n $t_end ]] || { echo "bench: the subscriber did not catch up" >&2; exit 1; }
+  t_start=$(qc "$SUB" run "SELECT extract(epoch FROM a.backend_start) FROM pg_stat_subscription s JOIN pg_stat_activity a USING (pid) WHERE s.subname = 'bench_sub' AND s.relid IS NULL")
+  local same
+  same=$(qc "$PUB" run "SELECT sum(qty) FROM orders")=$(qc "$SUB" run "SELECT sum(qty) FROM orders")
+  [[ ${same%=*} == "${same#*=}" ]] || { echo "bench: subscriber differs ($same)" >&2; exit 1; }
+  qc "$SUB" run "DROP SUBSCRIPTION bench_sub"
+  drop_db "$SUB" run
+  drop_db "$PUB" run
+  SECS=$(elapsed "$t_start" "$t_end")
+}
+
+run_ghost() {
+  local per_tx=$1 log=$2 flag="$WORK/postpone" pid target t0 t_end
+  fresh_db "$PUB" tpl run
+  touch "$flag"
+  "$GHOST" run --conn "$(conninfo "$PUB" run)" --table orders --alter "$ALTER_CLAUSE" \
+    --postpone-cut-over-flag-file "$flag" --throttle-additional-flag-file '' >"$log" 2>&1 &
+  pid=$!
+  BG_PIDS+=("$pid")
+  wait_log "$log" "cut-over postponed" 1800 "$pid"
+  # The ghost as vacuumed as the subscriber's table, then a clean start.
+  qc "$PUB" run "VACUUM ANALYZE _orders_gho"
+  qc "$PUB" postgres "CHECKPOINT"
+  local slot
+  slot=$(qc "$PUB" postgres "SELECT slot_name FROM pg_replication_slots WHERE slot_name LIKE 'pg_ghost_%'")
+  kill -STOP "$pid"
+  target=$(burst "$per_tx")
+  qc "$PUB" postgres "CHECKPOINT"
+  t0=$(now)
+  kill -CONT "$pid"
+  t_end=$(qc "$PUB" postgres "SELECT wait_slot('$slot', '$target', 1800)")
+  [[ -n $t_end ]] || { echo "bench: pg-ghost did not catch up" >&2; exit 1; }
+  local stale
+  stale=$(qc "$PUB" run "SELECT count(*) FROM orders o JOIN _orders_gho g USING (id) WHERE o.qty <> g.qty")
+  [[ $stale == 0 ]] || { echo "bench: $stale ghost rows are stale after catching up" >&2; exit 1; }
+  rm -f "$flag"
+  wait "$pid" || { tail -n 20 "$log" >&2; exit 1; }
+  BG_PIDS=()
+  drop_db "$PUB" run
+  SECS=$(elapsed "$t0" "$t_end")
+}
+
+for run in $(seq 1 "$RUNS"); do
+  for per_tx in $PER_TX; do
+    for c in ghost native; do
+      if [[ $c == ghost ]]; then run_ghost "$per_tx" "$OUT/apply-ghost-$per_tx-$run.log"; else run_native "$per_tx"; fi
+      printf '%s\t%s\t%s\t%s\n' "$c" "$per_tx" "$run" "$SECS" | tee -a "$RAW" >&2
+    done
+  done
+done
+
+echo
+echo "### Apply throughput: a backlog of $CHANGES single-row UPDATEs on a $ROWS-row table"
+echo
+echo "$(machine_note). $RUNS interleaved runs; median (min–max). Clock: from the consumer's start (pg-ghost: SIGCONT; native: apply worker's backend_start) until its slot's confirmed_flush_lsn reaches the WAL position after the burst."
+echo
+echo "| consumer | rows per transaction | time s | changes/s |"
+echo "| --- | --- | --- | --- |"
+for per_tx in $PER_TX; do
+  for c in ghost native; do
+    read -r med lo hi < <(awk -F'\t' -v c="$c" -v p="$per_tx" '$1 == c && $2 == p {print $4}' "$RAW" | stats3)
+    read -r rmed rlo rhi < <(awk -F'\t' -v c="$c" -v p="$per_tx" -v n="$CHANGES" '$1 == c && $2 == p {print n / $4}' "$RAW" | stats3)
+    label=$([[ $c == ghost ]] && echo "pg-ghost (postponed cut-over)" || echo "native logical replication (subscriber)")
+    printf '| %s | %s | %.2f (%.2f–%.2f) | %.0f (%.0f–%.0f) |\n' "$label" "$per_tx" "$med" "$lo" "$hi" "$rmed" "$rlo" "$rhi"
+  done
+done
+echo
+echo "Raw runs: $RAW"
