@@ -93,11 +93,16 @@ impl CutOver<'_> {
 
     async fn attempt(&self, client: &Client, monitor: &Client, pid: i32, attempt: u32) -> Result<CutOverReport> {
         client.batch_execute("BEGIN").await.context("starting the cut-over transaction")?;
-        let result = self.locked_swap(client, monitor, pid, attempt).await;
+        let mut locked_at = None;
+        let result = self.locked_swap(client, monitor, pid, attempt, &mut locked_at).await;
         match result {
             Ok((report, _)) => Ok(report),
             Err((e, keys)) => {
                 let _ = client.batch_execute("ROLLBACK").await;
+                if let Some(at) = locked_at {
+                    // Writers waited all this time too: a failed attempt's stall is reported.
+                    tracing::warn!(attempt, lock_held_ms = at.elapsed().as_millis() as u64, "cut-over attempt rolled back after holding the lock");
+                }
                 if !keys.is_empty() {
                     self.writer.requeue(keys).await?;
                 }
@@ -126,6 +131,7 @@ impl CutOver<'_> {
         monitor: &Client,
         pid: i32,
         attempt: u32,
+        held_since: &mut Option<Instant>,
     ) -> std::result::Result<(CutOverReport, ()), (Error, Vec<Key>)> {
         let fail = |e: Error| (e, Vec::new());
         let timeout_ms = self.lock_timeout.as_millis().max(1);
@@ -163,6 +169,7 @@ impl CutOver<'_> {
         }
         let lock_wait = wait_started.elapsed();
         let locked_at = Instant::now();
+        *held_since = Some(locked_at);
         tracing::info!(attempt, wait_ms = lock_wait.as_millis() as u64, "cut-over lock acquired");
         self.check_definition_unchanged(client).await.map_err(fail)?;
 
