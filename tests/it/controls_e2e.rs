@@ -709,10 +709,11 @@ async fn postpone_then_unpostpone_command_cuts_over() {
 /// Creates the panic flag (or sends `panic`) and checks the exit: code 4 within
 /// [`PANIC_LIMIT`] of the trigger, the original untouched and writable, nothing streaming.
 async fn panic_now(run: Running, client: &Client, oid: u32, trigger: impl std::future::Future<Output = ()>, needle: &str) {
-    trigger.await;
     let triggered = Instant::now();
+    trigger.await;
     let out = run.wait(Duration::from_secs(30)).await;
     let took = triggered.elapsed();
+    eprintln!("exit {:?} {took:?} after the panic ({needle})", out.status.code());
     assert_exit(&out, 4, &[needle]);
     assert!(took < PANIC_LIMIT, "exited {took:?} after the panic ({needle}):\n{}", binary::stderr(&out));
     assert_untouched(client, "t", oid).await;
@@ -797,13 +798,11 @@ async fn panic_flag_while_the_cut_over_waits_for_its_lock() {
     let mut run = Running::spawn(&db, &args);
     wait_for_state(&client, &mut run, "t", "cut-over", Duration::from_secs(60)).await;
     run.wait_log("cut-over attempt failed; retrying", Duration::from_secs(30)).await;
-    let trigger = async {
-        std::fs::write(&flag, b"").unwrap();
-    };
-    trigger.await;
+    std::fs::write(&flag, b"").unwrap();
     let triggered = Instant::now();
     let out = run.wait(Duration::from_secs(30)).await;
     let took = triggered.elapsed();
+    eprintln!("exit {:?} {took:?} after the panic flag, the cut-over waiting for its lock", out.status.code());
     // The lock holder's transaction is still fine; it ends now.
     holder.batch_execute("COMMIT").await.expect("the lock holder's transaction");
     assert_exit(&out, 4, &["panic flag"]);
