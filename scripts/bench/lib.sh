@@ -119,8 +119,8 @@ SELECT g % 50000, g % 97, g % 5, (g % 100000) / 100.0,
   FROM generate_series(1, $rows) g;
 CREATE INDEX orders_customer_idx ON orders (customer_id);
 CREATE INDEX orders_created_idx ON orders (created_at);
-CREATE EXTENSION IF NOT EXISTS pg_repack;
 CREATE EXTENSION IF NOT EXISTS pg_stat_statements;
+SELECT 'CREATE EXTENSION IF NOT EXISTS pg_repack' FROM pg_available_extensions WHERE name = 'pg_repack' \\gexec
 $extra
 VACUUM (FREEZE, ANALYZE) orders;
 SQL
