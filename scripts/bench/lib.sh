@@ -44,7 +44,6 @@ build_ghost() {
 
 # A work directory the postgres user can reach (pg-local.sh runs the server as postgres).
 WORK=""
-CLUSTERS=()
 BG_PIDS=()
 bench_workdir() {
   WORK=$(mktemp -d /tmp/pg-ghost-bench.XXXXXX)
@@ -55,7 +54,10 @@ bench_workdir() {
 bench_cleanup() {
   local p d
   for p in "${BG_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for d in "${CLUSTERS[@]}"; do "$PG_LOCAL" destroy "$d" >/dev/null 2>&1 || true; done
+  # Every cluster under $WORK (cluster_start runs in $(...), so no list survives it).
+  for d in "$WORK"/*/; do
+    [[ -f $d/PG_VERSION ]] && { "$PG_LOCAL" destroy "${d%/}" >/dev/null 2>&1 || true; }
+  done
   [[ -n "${KEEP_WORK:-}" ]] || rm -rf "$WORK"
 }
 
@@ -63,7 +65,6 @@ bench_cleanup() {
 cluster_start() {
   local dir="$WORK/$1" s
   "$PG_LOCAL" start "$dir" >/dev/null
-  CLUSTERS+=("$dir")
   for s in "${BENCH_SETTINGS[@]}"; do echo "$s" >>"$dir/postgresql.conf"; done
   "$PG_LOCAL" stop "$dir"
   "$PG_LOCAL" start "$dir" >/dev/null
@@ -119,8 +120,8 @@ SELECT g % 50000, g % 97, g % 5, (g % 100000) / 100.0,
   FROM generate_series(1, $rows) g;
 CREATE INDEX orders_customer_idx ON orders (customer_id);
 CREATE INDEX orders_created_idx ON orders (created_at);
-CREATE EXTENSION IF NOT EXISTS pg_repack;
 CREATE EXTENSION IF NOT EXISTS pg_stat_statements;
+SELECT 'CREATE EXTENSION IF NOT EXISTS pg_repack' FROM pg_available_extensions WHERE name = 'pg_repack' \\gexec
 $extra
 VACUUM (FREEZE, ANALYZE) orders;
 SQL
