@@ -135,9 +135,27 @@ impl Background {
     }
 
     /// Resolves with the error of whichever background task ended first; never resolves
-    /// while all of them run.
+    /// while all of them run. When the stream fails, the apply loop fails right after it
+    /// (its input closed): the stream's error, which says why, is the one reported.
     pub async fn failed(&mut self) -> Error {
+        let first = self.first_failure().await;
+        if self.writer_task.is_none() {
+            if let Some(pump) = self.pump.as_mut() {
+                if let Ok(ended) = tokio::time::timeout(Duration::from_secs(2), pump).await {
+                    // A finished task is polled no more.
+                    self.pump = None;
+                    if let Ok(Err(cause)) = ended {
+                        return cause;
+                    }
+                }
+            }
+        }
+        first
+    }
+
+    async fn first_failure(&mut self) -> Error {
         tokio::select! {
+            biased;
             r = async { self.pump.as_mut().expect("guarded by the branch condition").await }, if self.pump.is_some() => {
                 self.pump = None;
                 match r {
