@@ -24,27 +24,39 @@ pub enum Command {
     /// The slot's confirmed position and the server's current WAL position.
     Coordinates,
     /// `name=value`: change a tunable. `name` is one of [`TUNABLE_NAMES`].
-    Set { name: &'static str, value: String },
+    Set {
+        name: &'static str,
+        value: String,
+    },
     /// `name=?`: read a tunable.
-    Get { name: &'static str },
+    Get {
+        name: &'static str,
+    },
     /// Force throttling until `no-throttle`.
-    Throttle { table: Option<String> },
+    Throttle {
+        table: Option<String>,
+    },
     /// End forced throttling; other reasons to throttle still apply.
-    NoThrottle { table: Option<String> },
+    NoThrottle {
+        table: Option<String>,
+    },
     /// Stop waiting at the postpone flag and cut over.
-    Unpostpone { table: Option<String> },
+    Unpostpone {
+        table: Option<String>,
+    },
     /// Abort the run at once, as the panic flag file does.
-    Panic { table: Option<String> },
+    Panic {
+        table: Option<String>,
+    },
 }
 
 impl Command {
     /// The table the command names, for the commands that may name one.
     pub fn table(&self) -> Option<&str> {
         match self {
-            Command::Throttle { table }
-            | Command::NoThrottle { table }
-            | Command::Unpostpone { table }
-            | Command::Panic { table } => table.as_deref(),
+            Command::Throttle { table } | Command::NoThrottle { table } | Command::Unpostpone { table } | Command::Panic { table } => {
+                table.as_deref()
+            }
             _ => None,
         }
     }
@@ -171,10 +183,7 @@ impl TableGuard {
         match named {
             None => Ok(()),
             Some(name) if self.accepted.iter().any(|a| a == name) => Ok(()),
-            Some(name) => Err(format!(
-                "refused: `{command}` names table {name:?}, but this run migrates {}; nothing done",
-                self.shown
-            )),
+            Some(name) => Err(format!("refused: `{command}` names table {name:?}, but this run migrates {}; nothing done", self.shown)),
         }
     }
 

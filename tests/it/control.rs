@@ -133,7 +133,13 @@ async fn every_command_over_unix_socket_and_tcp() {
     p.throttle_reason = Some("commanded by user".into());
     runner.progress.send_replace(p);
     let status = ask(&handle, "status").await;
-    for line in ["table: \"public\".\"orders\"", "phase: copying", "copied: 1,500/3,000 rows (50.0%)", "throttle: commanded by user", "  chunk-size=500"] {
+    for line in [
+        "table: \"public\".\"orders\"",
+        "phase: copying",
+        "copied: 1,500/3,000 rows (50.0%)",
+        "throttle: commanded by user",
+        "  chunk-size=500",
+    ] {
         assert!(status.contains(line), "{line:?} missing from:\n{status}");
     }
     let sup = ask(&handle, "sup").await;
