@@ -51,6 +51,12 @@ pub enum Command {
 }
 
 impl Command {
+    /// Only reads: it changes nothing in the run (worth less than an info line in the log,
+    /// as monitoring may send `sup` every second).
+    pub fn is_read(&self) -> bool {
+        matches!(self, Command::Help | Command::Status | Command::Sup | Command::Coordinates | Command::Get { .. })
+    }
+
     /// The table the command names, for the commands that may name one.
     pub fn table(&self) -> Option<&str> {
         match self {
@@ -232,6 +238,16 @@ mod tests {
             ("panic", Command::Panic { table: None }),
         ] {
             assert_eq!(parse(line), Ok(want), "{line}");
+        }
+    }
+
+    #[test]
+    fn tells_reads_from_changes() {
+        for line in ["help", "status", "sup", "coordinates", "max-load=?"] {
+            assert!(parse(line).unwrap().is_read(), "{line}");
+        }
+        for line in ["chunk-size=5", "throttle", "no-throttle", "unpostpone", "panic"] {
+            assert!(!parse(line).unwrap().is_read(), "{line}");
         }
     }
 
