@@ -24,27 +24,45 @@ pub enum Command {
     /// The slot's confirmed position and the server's current WAL position.
     Coordinates,
     /// `name=value`: change a tunable. `name` is one of [`TUNABLE_NAMES`].
-    Set { name: &'static str, value: String },
+    Set {
+        name: &'static str,
+        value: String,
+    },
     /// `name=?`: read a tunable.
-    Get { name: &'static str },
+    Get {
+        name: &'static str,
+    },
     /// Force throttling until `no-throttle`.
-    Throttle { table: Option<String> },
+    Throttle {
+        table: Option<String>,
+    },
     /// End forced throttling; other reasons to throttle still apply.
-    NoThrottle { table: Option<String> },
+    NoThrottle {
+        table: Option<String>,
+    },
     /// Stop waiting at the postpone flag and cut over.
-    Unpostpone { table: Option<String> },
+    Unpostpone {
+        table: Option<String>,
+    },
     /// Abort the run at once, as the panic flag file does.
-    Panic { table: Option<String> },
+    Panic {
+        table: Option<String>,
+    },
 }
 
 impl Command {
+    /// Only reads: it changes nothing in the run (worth less than an info line in the log,
+    /// as monitoring may send `sup` every second).
+    pub fn is_read(&self) -> bool {
+        matches!(self, Command::Help | Command::Status | Command::Sup | Command::Coordinates | Command::Get { .. })
+    }
+
     /// The table the command names, for the commands that may name one.
     pub fn table(&self) -> Option<&str> {
         match self {
-            Command::Throttle { table }
-            | Command::NoThrottle { table }
-            | Command::Unpostpone { table }
-            | Command::Panic { table } => table.as_deref(),
+            Command::Throttle { table } | Command::NoThrottle { table } | Command::Unpostpone { table } | Command::Panic { table } => {
+                table.as_deref()
+            }
             _ => None,
         }
     }
@@ -171,10 +189,7 @@ impl TableGuard {
         match named {
             None => Ok(()),
             Some(name) if self.accepted.iter().any(|a| a == name) => Ok(()),
-            Some(name) => Err(format!(
-                "refused: `{command}` names table {name:?}, but this run migrates {}; nothing done",
-                self.shown
-            )),
+            Some(name) => Err(format!("refused: `{command}` names table {name:?}, but this run migrates {}; nothing done", self.shown)),
         }
     }
 
@@ -223,6 +238,16 @@ mod tests {
             ("panic", Command::Panic { table: None }),
         ] {
             assert_eq!(parse(line), Ok(want), "{line}");
+        }
+    }
+
+    #[test]
+    fn tells_reads_from_changes() {
+        for line in ["help", "status", "sup", "coordinates", "max-load=?"] {
+            assert!(parse(line).unwrap().is_read(), "{line}");
+        }
+        for line in ["chunk-size=5", "throttle", "no-throttle", "unpostpone", "panic"] {
+            assert!(!parse(line).unwrap().is_read(), "{line}");
         }
     }
 

@@ -72,8 +72,7 @@ impl CoordinatesSource {
         } else {
             None
         };
-        let current = lsn(row.try_get("current")?)?
-            .ok_or_else(|| Error::protocol("pg_current_wal_lsn() returned NULL"))?;
+        let current = lsn(row.try_get("current")?)?.ok_or_else(|| Error::protocol("pg_current_wal_lsn() returned NULL"))?;
         Ok(Coordinates { slot: self.slot.clone(), position, current })
     }
 }
@@ -138,9 +137,6 @@ mod tests {
             position: Some(SlotPosition { confirmed_flush: None, restart: None, active: false }),
             current: "0/10".parse().unwrap(),
         };
-        assert_eq!(
-            fresh.to_string(),
-            "slot: s (not streaming)\nconfirmed_flush_lsn: N/A\nrestart_lsn: N/A\ncurrent_wal_lsn: 0/10\n"
-        );
+        assert_eq!(fresh.to_string(), "slot: s (not streaming)\nconfirmed_flush_lsn: N/A\nrestart_lsn: N/A\ncurrent_wal_lsn: 0/10\n");
     }
 }

@@ -32,13 +32,18 @@ impl Dispatcher {
     /// Parses and carries out one command line; returns the text to send back.
     pub async fn answer(&self, line: &str) -> String {
         let trimmed = line.trim();
-        let outcome = match parse(trimmed) {
-            Ok(command) => self.execute(command).await,
-            Err(e) => Err(format!("error: {e}")),
+        let command = match parse(trimmed) {
+            Ok(command) => command,
+            Err(e) => return self.refused(trimmed, format!("error: {e}")),
         };
-        match outcome {
+        let read = command.is_read();
+        match self.execute(command).await {
             Ok(answer) => {
-                tracing::info!(command = trimmed, "control command");
+                if read {
+                    tracing::debug!(command = trimmed, "control command");
+                } else {
+                    tracing::info!(command = trimmed, "control command");
+                }
                 // The command took effect whatever happens to its report: a runner that
                 // stopped listening only misses the hook.
                 if let Err(e) = self.send(ControlEvent::Command(trimmed.to_string())).await {
@@ -46,11 +51,13 @@ impl Dispatcher {
                 }
                 terminated(answer)
             }
-            Err(refusal) => {
-                tracing::info!(command = trimmed, answer = %refusal, "control command not carried out");
-                terminated(refusal)
-            }
+            Err(refusal) => self.refused(trimmed, refusal),
         }
+    }
+
+    fn refused(&self, line: &str, answer: String) -> String {
+        tracing::info!(command = line, answer = %answer, "control command not carried out");
+        terminated(answer)
     }
 
     async fn execute(&self, command: Command) -> Outcome {

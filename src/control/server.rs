@@ -53,8 +53,10 @@ impl ControlServer {
     /// shut down or dropped. A `tcp_port` of 0 lets the kernel choose (for tests); the
     /// handle tells which.
     pub fn spawn(cfg: &ControlConfig, ctx: ControlContext) -> Result<ControlHandle> {
-        let unix = cfg.socket_file.as_deref().map(bind_unix).transpose()?;
+        // TCP first: it leaves nothing behind when the socket file then fails, and a socket
+        // file bound first is removed (dropped) when the port then fails.
         let tcp = cfg.tcp_port.map(bind_tcp).transpose()?;
+        let unix = cfg.socket_file.as_deref().map(bind_unix).transpose()?;
         let dispatcher = Arc::new(Dispatcher::new(ctx));
         let (stop, stopped) = watch::channel(false);
         let mut handle = ControlHandle { socket: None, tcp_addr: None, stop, tasks: Vec::new() };
@@ -94,9 +96,8 @@ impl ControlHandle {
     /// Stops accepting, removes the socket file, and lets answers in flight finish.
     pub async fn shutdown(mut self) {
         self.stop.send_replace(true);
-        if let Some(file) = self.socket.take() {
-            file.remove();
-        }
+        // Removed first, so no new client reaches a server that is going away.
+        drop(self.socket.take());
         for task in self.tasks.drain(..) {
             if let Err(e) = task.await {
                 tracing::debug!(error = %e, "control listener ended abnormally");
@@ -110,9 +111,7 @@ impl Drop for ControlHandle {
         for task in &self.tasks {
             task.abort();
         }
-        if let Some(file) = self.socket.take() {
-            file.remove();
-        }
+        // `socket` removes its file as it is dropped.
     }
 }
 
@@ -206,15 +205,15 @@ fn bind_tcp(port: u16) -> Result<tokio::net::TcpListener> {
 }
 
 /// The socket file this process created, identified by its inode so that removing it
-/// never removes another process's file at the same path.
+/// never removes another process's file at the same path. Removed when dropped.
 struct SocketFile {
     path: PathBuf,
     dev: u64,
     ino: u64,
 }
 
-impl SocketFile {
-    fn remove(self) {
+impl Drop for SocketFile {
+    fn drop(&mut self) {
         match std::fs::symlink_metadata(&self.path) {
             Ok(m) if m.dev() == self.dev && m.ino() == self.ino => {
                 if let Err(e) = std::fs::remove_file(&self.path) {

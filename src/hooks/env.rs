@@ -65,13 +65,7 @@ pub struct HookEnv {
 impl HookEnv {
     /// What is known when the run starts.
     pub fn new(database: &str, table_arg: &str, ddl: &str, dry_run: bool) -> HookEnv {
-        HookEnv {
-            database: database.to_string(),
-            table: table_arg.to_string(),
-            ddl: ddl.to_string(),
-            dry_run,
-            ..HookEnv::default()
-        }
+        HookEnv { database: database.to_string(), table: table_arg.to_string(), ddl: ddl.to_string(), dry_run, ..HookEnv::default() }
     }
 
     /// Once inspection has resolved the table and named the objects of the run.

@@ -3,8 +3,10 @@
 //! [`ScriptHooks`] runs executables from a directory, [`NoHooks`] does nothing, and
 //! [`RecordingHooks`] remembers the events for tests (and can fail one on purpose).
 //!
-//! Invariants: hooks fire from the runner only, one event at a time, and `fire` returns
-//! once every hook for the event has finished or one has failed. A failure is an
+//! Invariants: hooks fire from the runner only; `fire` returns once every hook for the
+//! event has finished or one has failed, and dropping its future kills a hook still
+//! running. Different events may fire concurrently (`on-status` from a timer,
+//! `on-interactive-command` as commands arrive); nothing is shared between them. A failure is an
 //! [`ErrorKind::Aborted`] error naming the hook; whether it stops the run is the runner's
 //! call (a failing `on-before-cut-over` hook must prevent the swap; a failing `on-failure`
 //! hook must not hide the error that fired it).

@@ -109,9 +109,9 @@ impl ScriptHooks {
             // Its own group, so a timeout can kill whatever the hook started as well.
             .process_group(0)
             .kill_on_drop(true);
-        let mut child = spawn(&mut command).await.map_err(|e| {
-            Error::with_source(ErrorKind::Io, format!("hook {name} could not be started: {e}"), e)
-        })?;
+        let mut child = spawn(&mut command)
+            .await
+            .map_err(|e| Error::with_source(ErrorKind::Io, format!("hook {name} could not be started: {e}"), e))?;
         // Declared after `child`, so dropped before it: the group is killed while its
         // leader is still unreaped and the group id cannot have been reused.
         let mut group = GroupKill::new(child.id());

@@ -133,7 +133,13 @@ async fn every_command_over_unix_socket_and_tcp() {
     p.throttle_reason = Some("commanded by user".into());
     runner.progress.send_replace(p);
     let status = ask(&handle, "status").await;
-    for line in ["table: \"public\".\"orders\"", "phase: copying", "copied: 1,500/3,000 rows (50.0%)", "throttle: commanded by user", "  chunk-size=500"] {
+    for line in [
+        "table: \"public\".\"orders\"",
+        "phase: copying",
+        "copied: 1,500/3,000 rows (50.0%)",
+        "throttle: commanded by user",
+        "  chunk-size=500",
+    ] {
         assert!(status.contains(line), "{line:?} missing from:\n{status}");
     }
     let sup = ask(&handle, "sup").await;
@@ -274,4 +280,16 @@ async fn a_silent_client_is_answered_after_the_read_timeout() {
     let mut answer = String::new();
     s.read_to_string(&mut answer).await.unwrap();
     assert_eq!(answer, "error: no command within 5s\n");
+}
+
+#[tokio::test]
+async fn a_port_in_use_fails_the_start_and_leaves_no_socket_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.sock");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let cfg = ControlConfig { socket_file: Some(path.clone()), tcp_port: Some(taken.local_addr().unwrap().port()) };
+    let (ctx, _runner) = context(None);
+    let e = ControlServer::spawn(&cfg, ctx).err().expect("the port is taken");
+    assert!(e.to_string().contains("(--serve-tcp-port)"), "{e}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "something was left in the socket's directory");
 }

@@ -180,3 +180,35 @@ async fn a_hook_flooding_its_output_does_not_block() {
     let hooks = ScriptHooks::new(dir.path(), Duration::from_secs(30)).unwrap();
     hooks.fire(HookEvent::RowCopyComplete, &env()).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_hook_is_killed_when_the_run_stops_waiting_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let hooks_dir = dir.path().join("hooks");
+    std::fs::create_dir(&hooks_dir).unwrap();
+    let pid_file = dir.path().join("pid");
+    script(&hooks_dir, "pg-ghost-on-begin-postponed", &format!("echo $$ > '{}'\nexec sleep 600", pid_file.display()), 0o755);
+    let hooks = ScriptHooks::new(&hooks_dir, Duration::from_secs(600)).unwrap();
+    // The run aborts (panic) while the hook runs: its guard drops the `fire` future.
+    let env = env();
+    let fire = hooks.fire(HookEvent::BeginPostponed, &env);
+    let wait_for_pid = async {
+        loop {
+            if let Ok(pid) = std::fs::read_to_string(&pid_file) {
+                if pid.ends_with('\n') {
+                    return pid.trim().to_string();
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let pid = tokio::select! {
+        _ = fire => panic!("the hook should still be running"),
+        pid = wait_for_pid => pid,
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !is_gone(&pid) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(is_gone(&pid), "the hook outlived the future that ran it");
+}
