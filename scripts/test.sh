@@ -8,7 +8,12 @@ cd "$(dirname "$0")/.."
 missing=()
 [[ -x /usr/lib/postgresql/15/bin/initdb ]] || missing+=(postgresql-15)
 [[ -x /usr/lib/postgresql/15/bin/pg_basebackup ]] || missing+=(postgresql-client-15)
-compgen -G "/usr/lib/llvm-*/lib/libclang*.so*" >/dev/null || missing+=(libclang-dev)
+# pg_query's build runs bindgen, which needs libclang itself (not only libclang-cpp).
+if command -v dpkg >/dev/null; then
+  dpkg -s libclang-dev >/dev/null 2>&1 || missing+=(libclang-dev)
+else
+  compgen -G "/usr/lib/llvm-*/lib/libclang.so" >/dev/null || missing+=(libclang-dev)
+fi
 command -v runuser >/dev/null || missing+=(util-linux)
 if (( ${#missing[@]} )); then
   echo "test.sh: installing ${missing[*]}" >&2
