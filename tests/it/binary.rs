@@ -2,6 +2,7 @@
 //! writing meanwhile.
 
 use crate::harness::TestDb;
+use crate::oracle::{ident, qualified};
 use std::process::Output;
 use tokio::process::Command;
 
@@ -38,4 +39,25 @@ pub fn assert_failure(out: &Output, code: i32, needle: &str) {
     assert_eq!(out.status.code(), Some(code), "expected exit code {code}:\n{err}");
     let reason = err.lines().rev().find(|l| l.starts_with("pg-ghost: ")).unwrap_or_else(|| panic!("no one-line reason on stderr:\n{err}"));
     assert!(reason.contains(needle), "the reason does not mention {needle:?}: {reason}\n{err}");
+}
+
+/// A value of the run's changelog table `"public"."_<table>_ghc"` (`state`, `copy_range`),
+/// or None while the table (created once pg-ghost has prepared) or the row does not exist.
+pub async fn changelog_value(client: &tokio_postgres::Client, table: &str, key: &str) -> Option<String> {
+    let sql = format!("SELECT value FROM {} WHERE key = $1", qualified("public", &format!("_{table}_ghc")));
+    client.query_opt(&sql, &[&key]).await.ok().flatten().map(|r| r.get(0))
+}
+
+/// A narrow table of `rows` rows (`id bigint` key 1..=rows) and a copy of it,
+/// `<name>_before`, to compare the original with afterwards.
+pub fn narrow_table(db: &TestDb<'_>, name: &str, rows: i64) {
+    db.psql(&format!(
+        "CREATE TABLE {t} (id bigint PRIMARY KEY, n int NOT NULL, pad text);
+         CREATE INDEX ON {t} (n);
+         INSERT INTO {t} SELECT g, g % 1000, md5(g::text) FROM generate_series(1, {rows}) g;
+         CREATE TABLE {b} AS TABLE {t};
+         ANALYZE {t};",
+        t = ident(name),
+        b = ident(&format!("{name}_before"))
+    ));
 }

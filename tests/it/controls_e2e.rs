@@ -8,7 +8,7 @@
 //! answers, the process's exit. Conditions are polled with deadlines; sleeps are only used
 //! to show that something does *not* happen for a while.
 
-use crate::binary;
+use crate::binary::{self, changelog_value, narrow_table};
 use crate::harness::{Cluster, TestDb};
 use crate::oracle::*;
 use crate::run_refusals::{assert_exit, reason, relation_exists};
@@ -125,13 +125,6 @@ impl Running {
 
 // ---- the changelog --------------------------------------------------------------------------
 
-/// A changelog value, or None while the table (created once pg-ghost has prepared) or the
-/// row does not exist.
-async fn changelog_value(client: &Client, table: &str, key: &str) -> Option<String> {
-    let sql = format!("SELECT value FROM {} WHERE key = $1", qualified("public", &format!("_{table}_ghc")));
-    client.query_opt(&sql, &[&key]).await.ok().flatten().map(|r| r.get(0))
-}
-
 /// The range the copy handed out last, `(lo, hi]` of a single bigint key (lo 0 for the first).
 async fn copy_range(client: &Client, table: &str) -> Option<(i64, i64)> {
     let text = changelog_value(client, table, "copy_range").await?;
@@ -194,19 +187,6 @@ async fn assert_copy_resumes(client: &Client, run: &mut Running, table: &str, fr
 }
 
 // ---- tables and checks ----------------------------------------------------------------------
-
-/// A narrow table of `rows` rows (`id bigint` key 1..=rows) and its copy `<name>_before`.
-fn narrow_table(db: &TestDb<'_>, name: &str, rows: i64) {
-    db.psql(&format!(
-        "CREATE TABLE {t} (id bigint PRIMARY KEY, n int NOT NULL, pad text);
-         CREATE INDEX ON {t} (n);
-         INSERT INTO {t} SELECT g, g % 1000, md5(g::text) FROM generate_series(1, {rows}) g;
-         CREATE TABLE {b} AS TABLE {t};
-         ANALYZE {t};",
-        t = ident(name),
-        b = ident(&format!("{name}_before"))
-    ));
-}
 
 const ALTER: &str = "ALTER COLUMN n TYPE bigint";
 

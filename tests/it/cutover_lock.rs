@@ -31,14 +31,7 @@ async fn retries_the_lock_and_names_the_blocker_without_stalling_writers() {
     .spawn()
     .unwrap();
     let watcher = db.client().await;
-    wait_until(|| async {
-        // The changelog table appears once pg-ghost has prepared.
-        match watcher.query_opt("SELECT value FROM _orders_ghc WHERE key = 'state'", &[]).await {
-            Ok(Some(row)) => row.get::<_, String>(0) == "postponed",
-            _ => false,
-        }
-    })
-    .await;
+    wait_until(|| async { binary::changelog_value(&watcher, "orders", "state").await.as_deref() == Some("postponed") }).await;
     std::fs::remove_file(&flag).unwrap();
     // Let a few attempts time out against the blocker, then release it.
     wait_until(|| async {

@@ -6,7 +6,7 @@
 //! the process's exit, workload commits), each with a deadline; nothing sleeps to
 //! synchronise.
 
-use crate::binary;
+use crate::binary::{self, changelog_value, narrow_table};
 use crate::harness::{Cluster, TestDb};
 use crate::oracle::*;
 use crate::run_refusals::{assert_exit, reason, relation_exists};
@@ -77,17 +77,6 @@ impl Running {
     }
 }
 
-/// `"public"."_<t>_ghc"`.
-fn changelog(table: &str) -> String {
-    qualified("public", &format!("_{table}_ghc"))
-}
-
-/// A changelog value, or None while the table or the row does not exist.
-async fn changelog_value(client: &Client, table: &str, key: &str) -> Option<String> {
-    let sql = format!("SELECT value FROM {} WHERE key = $1", changelog(table));
-    client.query_opt(&sql, &[&key]).await.ok().flatten().map(|r| r.get(0))
-}
-
 /// Waits until the changelog's `state` is `state`; panics if the run exits first or at the
 /// deadline.
 async fn wait_for_state(client: &Client, run: &mut Running, table: &str, state: &str, timeout: Duration) {
@@ -119,21 +108,6 @@ async fn wait_for_copy_past(client: &Client, run: &mut Running, table: &str, lo:
     }
 }
 
-/// A narrow table of `rows` rows (`id bigint` key) and a copy of it, `<name>_before`, to
-/// compare the original with afterwards.
-fn narrow_table(db: &TestDb<'_>, name: &str, rows: i64) {
-    db.psql(&format!(
-        "CREATE TABLE {t} (id bigint PRIMARY KEY, n int NOT NULL, pad text);
-         CREATE INDEX ON {t} (n);
-         INSERT INTO {t} SELECT g, g % 1000, md5(g::text) FROM generate_series(1, {rows}) g;
-         CREATE TABLE {b} AS TABLE {t};
-         ANALYZE {t};",
-        t = ident(name),
-        b = ident(&format!("{name}_before"))
-    ));
-}
-
-/// `table` holds exactly the rows of `<table>_before` (over the given columns).
 async fn assert_unchanged_rows(client: &Client, table: &str, columns: &[&str]) {
     assert_same_rows(client, &ident(table), &ident(&format!("{table}_before")), &Projection::identity(columns)).await;
 }

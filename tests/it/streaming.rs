@@ -23,13 +23,7 @@ async fn streamed_transactions_with_subtransactions_and_aborts() {
     .spawn()
     .unwrap();
     let watcher = db.client().await;
-    let state = || async {
-        // The changelog table appears once pg-ghost has prepared.
-        match watcher.query_opt("SELECT value FROM _orders_ghc WHERE key = 'state'", &[]).await {
-            Ok(Some(row)) => row.get::<_, String>(0),
-            _ => String::new(),
-        }
-    };
+    let state = || async { binary::changelog_value(&watcher, "orders", "state").await.unwrap_or_default() };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while state().await != "postponed" {
         assert!(tokio::time::Instant::now() < deadline, "pg-ghost did not reach the postponed state");
