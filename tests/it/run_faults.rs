@@ -19,18 +19,18 @@ use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 
 /// Polling period for conditions in the database or on the process.
-const POLL: Duration = Duration::from_millis(20);
+pub(crate) const POLL: Duration = Duration::from_millis(20);
 
 /// A `pg-ghost` process running in the background, its stderr collected as it comes (so a
 /// full pipe never blocks it).
-struct Running {
+pub(crate) struct Running {
     child: Child,
     stderr: Option<JoinHandle<String>>,
     status: Option<ExitStatus>,
 }
 
 impl Running {
-    fn spawn(db: &TestDb<'_>, subcommand: &str, args: &[&str]) -> Running {
+    pub(crate) fn spawn(db: &TestDb<'_>, subcommand: &str, args: &[&str]) -> Running {
         let mut child = binary::command(db, subcommand, args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("start pg-ghost");
         let mut pipe = child.stderr.take().unwrap();
         let stderr = tokio::spawn(async move {
@@ -42,7 +42,7 @@ impl Running {
     }
 
     /// Panics with the log if the process has exited (it was expected to keep running).
-    async fn assert_running(&mut self, while_waiting_for: &str) {
+    pub(crate) async fn assert_running(&mut self, while_waiting_for: &str) {
         if let Some(status) = self.child.try_wait().expect("try_wait") {
             self.status = Some(status);
             let log = self.stderr.take().unwrap().await.unwrap();
@@ -51,7 +51,7 @@ impl Running {
     }
 
     /// Waits for the exit (at most `timeout`, then kills it and panics).
-    async fn wait(mut self, timeout: Duration) -> Output {
+    pub(crate) async fn wait(mut self, timeout: Duration) -> Output {
         let status = match self.status {
             Some(s) => s,
             None => match tokio::time::timeout(timeout, self.child.wait()).await {
@@ -69,7 +69,7 @@ impl Running {
     }
 
     /// SIGKILL (what `start_kill` sends on Unix) and reap; returns the log so far.
-    async fn kill9(mut self) -> (ExitStatus, String) {
+    pub(crate) async fn kill9(mut self) -> (ExitStatus, String) {
         self.child.start_kill().expect("kill -9 pg-ghost");
         let status = self.child.wait().await.expect("reap pg-ghost");
         let log = self.stderr.take().unwrap().await.unwrap();
@@ -79,7 +79,7 @@ impl Running {
 
 /// Waits until the changelog's `state` is `state`; panics if the run exits first or at the
 /// deadline.
-async fn wait_for_state(client: &Client, run: &mut Running, table: &str, state: &str, timeout: Duration) {
+pub(crate) async fn wait_for_state(client: &Client, run: &mut Running, table: &str, state: &str, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     loop {
         if changelog_value(client, table, "state").await.as_deref() == Some(state) {
@@ -93,7 +93,7 @@ async fn wait_for_state(client: &Client, run: &mut Running, table: &str, state: 
 
 /// Waits until the copy has handed out a chunk starting above `lo` (single bigint key): at
 /// least that many keys are behind it, and the copy is under way, not finished.
-async fn wait_for_copy_past(client: &Client, run: &mut Running, table: &str, lo: i64, timeout: Duration) -> String {
+pub(crate) async fn wait_for_copy_past(client: &Client, run: &mut Running, table: &str, lo: i64, timeout: Duration) -> String {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(range) = changelog_value(client, table, "copy_range").await {
@@ -108,12 +108,12 @@ async fn wait_for_copy_past(client: &Client, run: &mut Running, table: &str, lo:
     }
 }
 
-async fn assert_unchanged_rows(client: &Client, table: &str, columns: &[&str]) {
+pub(crate) async fn assert_unchanged_rows(client: &Client, table: &str, columns: &[&str]) {
     assert_same_rows(client, &ident(table), &ident(&format!("{table}_before")), &Projection::identity(columns)).await;
 }
 
 /// Writes to `table` (and the same to `<table>_before`) succeed promptly: it is not locked.
-async fn assert_writable(client: &Client, table: &str) {
+pub(crate) async fn assert_writable(client: &Client, table: &str) {
     let t = ident(table);
     let b = ident(&format!("{table}_before"));
     client
@@ -131,7 +131,7 @@ async fn assert_writable(client: &Client, table: &str) {
 }
 
 /// This database's slots and publications, by name.
-async fn stream_objects(client: &Client) -> (Vec<String>, Vec<String>) {
+pub(crate) async fn stream_objects(client: &Client) -> (Vec<String>, Vec<String>) {
     let slots = client
         .query("SELECT slot_name::text FROM pg_replication_slots WHERE database = current_database() ORDER BY 1", &[])
         .await
@@ -143,12 +143,12 @@ async fn stream_objects(client: &Client) -> (Vec<String>, Vec<String>) {
     (slots, pubs)
 }
 
-async fn count(client: &Client, table: &str) -> i64 {
+pub(crate) async fn count(client: &Client, table: &str) -> i64 {
     client.query_one(&format!("SELECT count(*) FROM {}", qualified("public", table)), &[]).await.unwrap().get(0)
 }
 
 /// A flag file path of this test's own.
-fn flag_path(db: &TestDb<'_>, what: &str) -> PathBuf {
+pub(crate) fn flag_path(db: &TestDb<'_>, what: &str) -> PathBuf {
     let p = std::env::temp_dir().join(format!("pg-ghost-{}-{}-{what}", std::process::id(), db.name));
     let _ = std::fs::remove_file(&p);
     p
