@@ -25,4 +25,5 @@ fi
 command -v cargo >/dev/null || { echo "test.sh: cargo is needed (https://rustup.rs)" >&2; exit 1; }
 
 export PG_BINDIR=${PG_BINDIR:-/usr/lib/postgresql/15/bin}
-cargo test --locked "$@"
+# The fault-injection feature compiles in the crash points the resume tests use.
+cargo test --locked --features fault-injection "$@"

@@ -14,7 +14,7 @@ use crate::sql::QualifiedName;
 use pg_query::protobuf::{self, node::Node as N, AlterTableType, ObjectType};
 use std::collections::HashMap;
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AlterPlan {
     /// The statement to run on the ghost table.
     pub ghost_sql: String,
@@ -101,6 +101,15 @@ pub fn plan(alter: &str, ghost: &QualifiedName, constraint_names: &HashMap<Strin
             .map_err(|e| Error::internal(format!("cannot deparse the ALTER after redirecting constraint names: {e}")))?;
     }
     Ok(plan)
+}
+
+/// The ALTER as PostgreSQL's parser reads it, so that two spellings of the same change
+/// (spacing, case of keywords, a trailing `;`) compare equal.
+pub fn canonical(alter: &str) -> Result<String> {
+    let alter = alter.trim().trim_end_matches(';').trim();
+    let parsed = pg_query::parse(&format!("ALTER TABLE pg_ghost_t {alter}"), pg_query::ParserOptions::DEFAULT)
+        .map_err(|e| Error::config(format!("--alter is not valid SQL: {}", parse_message(&e))))?;
+    pg_query::deparse(&parsed.protobuf, Default::default()).map_err(|e| Error::internal(format!("cannot deparse the ALTER: {e}")))
 }
 
 fn parse_message(e: &pg_query::Error) -> String {
@@ -228,6 +237,15 @@ mod tests {
 
     fn err(alter: &str) -> String {
         plan(alter, &ghost(), &HashMap::new()).expect_err(alter).to_string()
+    }
+
+    #[test]
+    fn canonical_form_ignores_spelling_but_not_meaning() {
+        let c = |a: &str| canonical(a).unwrap_or_else(|e| panic!("{a}: {e}"));
+        assert_eq!(c("alter column n type bigint;"), c("ALTER COLUMN n  TYPE  BIGINT"));
+        assert_ne!(c("ALTER COLUMN n SET DEFAULT 5"), c("ALTER COLUMN n SET DEFAULT 6"));
+        assert_ne!(c("ALTER COLUMN n TYPE bigint"), c("ALTER COLUMN m TYPE bigint"));
+        assert!(canonical("ALTER COLUMN").is_err());
     }
 
     #[test]

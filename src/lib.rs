@@ -14,6 +14,8 @@ pub mod keysql;
 pub mod apply;
 pub mod copy;
 pub mod checksum;
+pub mod checkpoint;
+pub mod fault;
 pub mod cutover;
 pub mod inspect;
 pub mod names;

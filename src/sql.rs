@@ -41,7 +41,7 @@ pub fn literal(value: &str) -> String {
 }
 
 /// A schema-qualified name, e.g. `"public"."orders"`.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct QualifiedName {
     pub schema: String,
     pub name: String,

@@ -22,6 +22,8 @@ pub struct FlushSql {
     pub upsert: String,
     key_len: usize,
     source_key: KeyCols,
+    /// Records the applied LSN in the changelog, in the flush's transaction (for a resume).
+    checkpoint: Option<String>,
 }
 
 impl FlushSql {
@@ -47,7 +49,23 @@ impl FlushSql {
             crate::sql::ident_list(m.key_ghost.iter().map(String::as_str)),
             on_conflict
         );
-        FlushSql { delete, upsert, key_len: m.key_ghost.len(), source_key }
+        FlushSql { delete, upsert, key_len: m.key_ghost.len(), source_key, checkpoint: None }
+    }
+
+    /// Flushes record the LSN they bring the ghost to in `changelog`.
+    pub fn recording_in(mut self, changelog: &QualifiedName) -> FlushSql {
+        self.checkpoint = Some(crate::checkpoint::upsert_sql(changelog));
+        self
+    }
+
+    /// Records that the ghost holds every change up to `lsn`: run it in the flush's
+    /// transaction, so the record is true exactly when the flush is visible.
+    pub async fn record_applied(&self, client: &impl GenericClient, lsn: crate::lsn::Lsn) -> Result<()> {
+        if let Some(sql) = &self.checkpoint {
+            let value = lsn.to_string();
+            client.execute(sql.as_str(), &[&crate::checkpoint::APPLIED_LSN, &value]).await.context("recording the applied LSN")?;
+        }
+        Ok(())
     }
 
     /// For each key, the index of the range in `ranges` it falls in, if any; asked of the

@@ -254,9 +254,11 @@ impl Writer {
         let xids = std::mem::take(&mut self.xids);
         let upto = self.complete_to;
         let ranges = self.inflight.flush_starting();
+        // Keys still deferred from earlier flushes keep the ghost short of `upto`.
+        let complete = self.deferred.is_empty().then_some(upto);
         let (client, sql, inflight) = (self.client.clone(), self.sql.clone(), self.inflight.clone());
         let task = tokio::spawn(async move {
-            let result = flush_outside_chunks(&client, &sql, keys, &xids, ranges).await;
+            let result = flush_outside_chunks(&client, &sql, keys, &xids, ranges, complete).await;
             inflight.flush_ended();
             result
         });
@@ -368,6 +370,7 @@ async fn flush_outside_chunks(
     keys: Vec<Key>,
     xids: &[u32],
     ranges: Vec<(u64, crate::copy::Range)>,
+    complete: Option<Lsn>,
 ) -> Result<Flushed> {
     wait_until_visible(client, xids).await?;
     let mut deferred: HashMap<u64, Vec<Key>> = HashMap::new();
@@ -385,12 +388,15 @@ async fn flush_outside_chunks(
         }
         now
     };
+    let applied = complete.filter(|_| deferred.is_empty());
     let backoff = crate::error::Backoff { initial: std::time::Duration::from_millis(20), ..Default::default() };
-    backoff.retry("flushing changed keys", || flush_in_transaction(client, sql, &keys)).await?;
+    backoff.retry("flushing changed keys", || flush_in_transaction(client, sql, &keys, applied)).await?;
     Ok(Flushed { keys: keys.len(), deferred: deferred.into_iter().collect() })
 }
 
-async fn flush_in_transaction(client: &Client, sql: &FlushSql, keys: &[Key]) -> Result<u64> {
+/// `applied`: the LSN this flush brings the ghost to, recorded with it; None when keys were
+/// deferred (the ghost is not complete up to any later LSN).
+async fn flush_in_transaction(client: &Client, sql: &FlushSql, keys: &[Key], applied: Option<Lsn>) -> Result<u64> {
     if keys.is_empty() {
         return Ok(0);
     }
@@ -405,6 +411,13 @@ async fn flush_in_transaction(client: &Client, sql: &FlushSql, keys: &[Key]) -> 
             }
         }
     }
+    if let Some(lsn) = applied {
+        if let Err(e) = sql.record_applied(client, lsn).await {
+            let _ = client.batch_execute("ROLLBACK").await;
+            return Err(e);
+        }
+    }
+    crate::fault::crash_point("apply-before-commit");
     client.batch_execute("COMMIT").await.context("committing a flush")?;
     Ok(written)
 }

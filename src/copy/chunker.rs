@@ -67,10 +67,7 @@ impl Chunker {
 
     /// Records each range handed out as `copy_range` = `<lo>..<hi>` in `changelog`.
     pub fn record_ranges_in(&mut self, changelog: &QualifiedName) {
-        self.record = Some(format!(
-            "INSERT INTO {} (key, value) VALUES ('copy_range', $1) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, updated_at = clock_timestamp()",
-            changelog.sql()
-        ));
+        self.record = Some(crate::checkpoint::upsert_sql(changelog));
     }
 
     pub fn max(&self) -> Option<&Bound> {
@@ -106,7 +103,7 @@ impl Chunker {
         let range = Range { lo: self.lo.replace(hi.clone()), hi };
         if let Some(sql) = &self.record {
             let text = format!("{}..{}", range.lo.as_ref().map(|b| b.join(",")).unwrap_or_default(), range.hi.join(","));
-            self.client.execute(sql.as_str(), &[&text]).await.context("recording the copy range")?;
+            self.client.execute(sql.as_str(), &[&"copy_range", &text]).await.context("recording the copy range")?;
         }
         Ok(Some(range))
     }

@@ -1,6 +1,8 @@
-use super::chunker::{Chunker, Range};
+use super::chunker::{Bound, Chunker, Range};
+use super::watermark::Watermark;
 use super::sizing::next_chunk_size;
 use crate::apply::InFlight;
+use crate::checkpoint;
 use crate::conn::ConnInfo;
 use crate::error::{Error, ErrorKind, Result};
 use crate::ghost::Mapping;
@@ -22,8 +24,10 @@ pub struct CopyJob {
     pub mapping: Mapping,
     pub workers: usize,
     pub chunk_time: Duration,
-    /// Where to record the range in flight; None: nowhere.
+    /// Where to record the range in flight and the copy's watermark; None: nowhere.
     pub changelog: Option<QualifiedName>,
+    /// Start after this key (a resumed copy): every row at or below it was copied.
+    pub resume_after: Option<Bound>,
 }
 
 /// Shared counters, read by the status line and written by the workers.
@@ -81,6 +85,8 @@ pub enum GateState {
 struct Statements {
     first: String,
     after: String,
+    /// Records the copy's watermark in the changelog, in the chunk's transaction.
+    checkpoint: Option<String>,
 }
 
 fn statements(job: &CopyJob) -> Statements {
@@ -92,6 +98,7 @@ fn statements(job: &CopyJob) -> Statements {
     Statements {
         first: format!("{head} WHERE {upto} {conflict}"),
         after: format!("{head} WHERE {} > {} AND {upto} {conflict}", source.tuple(), source.params(1 + n)),
+        checkpoint: job.changelog.as_ref().map(checkpoint::upsert_sql),
     }
 }
 
@@ -104,7 +111,8 @@ pub async fn copy_table(
     gate: Gate,
 ) -> Result<()> {
     let chunker_client = job.conn.with_application_name("pg-ghost copy").connect().await?;
-    let mut chunker = Chunker::start(chunker_client, &job.orig, &KeyCols::source(&job.mapping), None).await?;
+    let mut chunker =
+        Chunker::start(chunker_client, &job.orig, &KeyCols::source(&job.mapping), job.resume_after.clone()).await?;
     if let Some(changelog) = &job.changelog {
         chunker.record_ranges_in(changelog);
     }
@@ -114,6 +122,7 @@ pub async fn copy_table(
     }
     let chunker = Arc::new(Mutex::new(chunker));
     let sql = Arc::new(statements(&job));
+    let watermark = Arc::new(Watermark::new(job.resume_after.clone()));
     let failed = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for worker in 0..job.workers.max(1) {
@@ -123,6 +132,7 @@ pub async fn copy_table(
             client,
             chunker: chunker.clone(),
             sql: sql.clone(),
+            watermark: watermark.clone(),
             inflight: inflight.clone(),
             progress: progress.clone(),
             gate: gate.clone(),
@@ -156,6 +166,7 @@ struct WorkerCtx {
     client: Client,
     chunker: Arc<Mutex<Chunker>>,
     sql: Arc<Statements>,
+    watermark: Arc<Watermark>,
     inflight: Arc<InFlight>,
     progress: Arc<CopyProgress>,
     gate: Gate,
@@ -179,9 +190,15 @@ impl WorkerCtx {
                 return Ok(());
             }
             let size = self.progress.chunk_size.load(Ordering::Relaxed);
-            let Some(range) = self.chunker.lock().await.next(size).await? else { return Ok(()) };
+            let next = {
+                let mut chunker = self.chunker.lock().await;
+                // Numbered under the chunker's lock, so numbers follow key order.
+                chunker.next(size).await?.map(|range| (self.watermark.issue(), range))
+            };
+            let Some((seq, range)) = next else { return Ok(()) };
             let started = Instant::now();
-            let rows = RETRY.retry("copying a chunk", || self.copy_range(&range)).await?;
+            let rows = RETRY.retry("copying a chunk", || self.copy_range(seq, &range)).await?;
+            self.watermark.committed(seq, range.hi.clone());
             let took = started.elapsed();
             self.progress.rows.fetch_add(rows, Ordering::Relaxed);
             self.progress.chunks.fetch_add(1, Ordering::Relaxed);
@@ -217,7 +234,7 @@ impl WorkerCtx {
         }
     }
 
-    async fn copy_range(&self, range: &Range) -> Result<u64> {
+    async fn copy_range(&self, seq: u64, range: &Range) -> Result<u64> {
         let mut values: Vec<&str> = range.hi.iter().map(String::as_str).collect();
         if let Some(lo) = &range.lo {
             values.extend(lo.iter().map(String::as_str));
@@ -225,11 +242,31 @@ impl WorkerCtx {
         let params: Vec<&(dyn ToSql + Sync)> = values.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
         let sql = if range.lo.is_some() { &self.sql.after } else { &self.sql.first };
         let ticket = self.inflight.chunk_starting(range).await;
-        let result = self.client.execute(sql.as_str(), &params).await;
+        let result = self.copy_in_transaction(sql, &params, seq, &range.hi).await;
+        // Only once the chunk's rows are visible may the flusher touch keys in its range.
         self.inflight.chunk_ended(ticket);
         result.map_err(|e| {
             let lo = range.lo.as_ref().map(|b| b.join(", ")).unwrap_or_else(|| "start".into());
-            Error::from(e).context(format!("copying rows with key in ({lo}, {}]", range.hi.join(", ")))
+            e.context(format!("copying rows with key in ({lo}, {}]", range.hi.join(", ")))
         })
+    }
+
+    /// The chunk and the watermark its commit makes true, in one transaction.
+    async fn copy_in_transaction(&self, sql: &str, params: &[&(dyn ToSql + Sync)], seq: u64, hi: &Bound) -> Result<u64> {
+        self.client.batch_execute("BEGIN").await?;
+        let work = async {
+            let rows = self.client.execute(sql, params).await?;
+            if let (Some(record), Some(mark)) = (&self.sql.checkpoint, self.watermark.value_at_commit_of(seq, hi)) {
+                let value = checkpoint::encode_bound(&mark);
+                self.client.execute(record.as_str(), &[&checkpoint::COPY_WATERMARK, &value]).await?;
+            }
+            self.client.batch_execute("COMMIT").await?;
+            Ok::<_, Error>(rows)
+        };
+        let result = work.await;
+        if result.is_err() {
+            let _ = self.client.batch_execute("ROLLBACK").await;
+        }
+        result
     }
 }

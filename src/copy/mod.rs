@@ -4,7 +4,9 @@
 pub mod chunker;
 mod copier;
 mod sizing;
+mod watermark;
 
 pub use chunker::{Bound, Chunker, Range};
 pub use copier::{copy_table, CopyJob, CopyProgress, Gate, GateState};
 pub use sizing::next_chunk_size;
+pub use watermark::Watermark;

@@ -196,7 +196,9 @@ impl CutOver<'_> {
                 self.flush.run(client, batch).await?;
             }
             swap::swap(client, self.orig, self.ghost, self.old_table).await?;
+            crate::fault::crash_point("cut-over-before-commit");
             client.batch_execute("COMMIT").await.context("committing the cut-over")?;
+            crate::fault::crash_point("cut-over-after-commit");
             Ok::<_, Error>(())
         };
         if let Err(e) = work.await {

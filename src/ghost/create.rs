@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use tokio_postgres::{Client, GenericClient};
 
 /// An index or constraint of the ghost, dropped before the copy and built after it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Deferred {
     pub name: String,
     /// The statement that builds it again on the ghost.
@@ -17,7 +17,7 @@ pub struct Deferred {
     pub then: Option<String>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Ghost {
     pub name: QualifiedName,
     pub oid: u32,
@@ -86,7 +86,14 @@ pub async fn create(client: &mut Client, orig: &TableInfo, ghost: &QualifiedName
 pub async fn rebuild_deferred(client: &Client, ghost: &Ghost) -> Result<()> {
     for d in &ghost.deferred {
         let started = std::time::Instant::now();
-        client.batch_execute(&d.sql).await.with_context(|| format!("building {} on the ghost", ident(&d.name)))?;
+        match built_on(client, ghost.oid, &d.name).await? {
+            // A resumed run finds what the earlier one built (each build is one transaction).
+            Built::Validated => continue,
+            Built::NotValidated => {}
+            Built::No => {
+                client.batch_execute(&d.sql).await.with_context(|| format!("building {} on the ghost", ident(&d.name)))?;
+            }
+        }
         if let Some(then) = &d.then {
             client.batch_execute(then).await.with_context(|| format!("validating {} on the ghost", ident(&d.name)))?;
         }
@@ -108,6 +115,31 @@ pub async fn rebuild_deferred(client: &Client, ghost: &Ghost) -> Result<()> {
         }
     }
     Ok(())
+}
+
+enum Built {
+    No,
+    /// A foreign key added `NOT VALID`, not validated yet.
+    NotValidated,
+    Validated,
+}
+
+async fn built_on(client: &Client, ghost_oid: u32, name: &str) -> Result<Built> {
+    let row = client
+        .query_one(
+            "SELECT (SELECT convalidated FROM pg_constraint WHERE conrelid = $1 AND conname = $2),
+                    EXISTS (SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = $1 AND c.relname = $2)",
+            &[&ghost_oid, &name],
+        )
+        .await
+        .context("looking for the ghost's indexes and constraints")?;
+    let constraint: Option<bool> = row.try_get(0)?;
+    let index: bool = row.try_get(1)?;
+    Ok(match (constraint, index) {
+        (Some(false), _) => Built::NotValidated,
+        (Some(true), _) | (None, true) => Built::Validated,
+        (None, false) => Built::No,
+    })
 }
 
 async fn create_table(tx: &impl GenericClient, orig: &TableInfo, ghost: &QualifiedName) -> Result<()> {

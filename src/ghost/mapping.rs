@@ -13,7 +13,7 @@ use crate::schema::{Column, Identity};
 use crate::sql::ident;
 use std::collections::HashMap;
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Mapping {
     /// Ghost column names to insert into, in order.
     pub ghost_columns: Vec<String>,

@@ -59,6 +59,6 @@ async fn texts(
 }
 
 /// Quotes an argument for a POSIX shell, so that a suggested command can be pasted as is.
-fn shell_quote(s: &str) -> String {
+pub fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }

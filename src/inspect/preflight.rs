@@ -17,6 +17,9 @@ pub struct PreflightOptions {
     /// An existing ghost table is not a leftover: the engine drops it. Other leftovers
     /// (changelog, slot, publication) still refuse.
     pub initially_drop_ghost_table: bool,
+    /// `--resume`: the earlier run's ghost, changelog, slot and publication are expected;
+    /// only an old table is in the way.
+    pub resuming: bool,
     pub ghost_name: QualifiedName,
     pub changelog_name: QualifiedName,
     pub old_name: QualifiedName,
@@ -28,6 +31,7 @@ impl PreflightOptions {
     pub fn new(names: &Names, initially_drop_ghost_table: bool) -> PreflightOptions {
         PreflightOptions {
             initially_drop_ghost_table,
+            resuming: false,
             ghost_name: names.ghost.clone(),
             changelog_name: names.changelog.clone(),
             old_name: names.old.clone(),
@@ -262,6 +266,10 @@ async fn relation_exists(client: &Client, name: &QualifiedName) -> Result<bool> 
 /// told to drop. The old-table name must be free too, or the cut-over's rename would fail
 /// at the very end.
 fn check_leftovers(table: &TableInfo, opts: &PreflightOptions, found: &Leftovers) -> Result<()> {
+    if opts.resuming {
+        let only_old = Leftovers { old: found.old, ..Leftovers::default() };
+        return check_leftovers(table, &PreflightOptions { resuming: false, ..opts.clone() }, &only_old);
+    }
     let mut items = Vec::new();
     let ghost = found.ghost && !opts.initially_drop_ghost_table;
     if ghost {
@@ -286,7 +294,12 @@ fn check_leftovers(table: &TableInfo, opts: &PreflightOptions, found: &Leftovers
     let mut hints = Vec::new();
     let stream_or_state = found.changelog || found.slot.is_some() || found.publication;
     if ghost || stream_or_state {
-        let mut hint = format!("remove them with `pg-ghost cleanup --table {}`", shell_quote(&table.name.to_string()));
+        let quoted = shell_quote(&table.name.to_string());
+        let mut hint = if found.changelog && found.slot.is_some() && found.publication && found.ghost {
+            format!("continue that run with the same flags and --resume, or remove them with `pg-ghost cleanup --table {quoted}`")
+        } else {
+            format!("remove them with `pg-ghost cleanup --table {quoted}`")
+        };
         if found.slot.is_some() {
             hint.push_str(" soon: a leftover slot keeps WAL on the server until it is dropped");
         }

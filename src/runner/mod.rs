@@ -10,6 +10,7 @@
 mod cleanup;
 mod controls;
 mod replication;
+mod resume;
 mod status;
 mod watchers;
 
@@ -21,6 +22,7 @@ use crate::copy::{copy_table, CopyJob, CopyProgress, GateState};
 use crate::cutover::{CutOver, MESSAGE_PREFIX};
 use crate::error::{Context, Error, ErrorKind, Result};
 use crate::ghost::{self, Ghost};
+use crate::checkpoint;
 use crate::checksum::{self, ChecksumJob};
 use crate::hooks::HookEvent;
 use futures_util::future::BoxFuture;
@@ -54,6 +56,14 @@ pub enum Outcome {
 /// Keys still pending below which the stream counts as caught up for the cut-over.
 const CAUGHT_UP_KEYS: usize = 1_000;
 
+/// Where the row copy starts.
+enum CopyFrom {
+    /// After this key (None: from the start).
+    After(Option<crate::copy::Bound>),
+    /// Nowhere: a resumed run whose copy had finished.
+    Done,
+}
+
 /// What this run has created so far, so cleanup removes exactly that.
 #[derive(Default)]
 struct Created {
@@ -80,7 +90,6 @@ struct Run {
 /// must not believe a safety net is there when it is not.
 fn refuse_unavailable(cfg: &Config) -> Result<()> {
     let unavailable = [
-        (cfg.resume, "--resume"),
         (cfg.test_on_replica.is_some(), "--test-on-replica"),
         (cfg.cut_over.kill_blockers_after.is_some(), "--cut-over-kill-blockers-after"),
     ];
@@ -141,7 +150,12 @@ impl Run {
 
     async fn phases(&mut self, background: &mut Option<Background>, phase_rx: watch::Receiver<Phase>) -> Result<Outcome> {
         self.enter(Phase::Inspect);
-        let info = self.inspect().await?;
+        let (info, found) = self.inspect().await?;
+        let resumed = match found {
+            None => None,
+            Some(resume::Found::Continue(r)) => Some(r),
+            Some(resume::Found::SwapCommitted(names)) => return Ok(self.finish_committed_swap(&info, names)),
+        };
         let names = Names::for_table(&info.name, info.oid);
         self.names = Some(names.clone());
         self.controls.update_env(|env| env.resolved(&info.name, &names));
@@ -152,14 +166,26 @@ impl Run {
         self.fire(HookEvent::RowCountComplete, None).await?;
 
         self.enter(Phase::Prepare);
-        let ghost = self.prepare(&info, &names).await?;
+        let (ghost, copy) = match resumed {
+            Some(r) => {
+                // The earlier run's objects are this run's now: cleanup treats them alike.
+                self.created = Created { changelog: true, ghost: true, publication: true, slot: true };
+                let copy = if r.copy_done { CopyFrom::Done } else { CopyFrom::After(r.copy_after) };
+                (r.ghost, copy)
+            }
+            None => (self.prepare(&info, &names).await?, CopyFrom::After(None)),
+        };
 
         self.enter(Phase::Stream);
-        replication::create_publication(&self.client, &names, &info).await?;
-        self.created.publication = true;
-        let created_slot = replication::create_slot(&self.cfg.conn, &self.client, &names);
-        guard(created_slot, &mut self.abort.clone(), None).await?;
-        self.created.slot = true;
+        if !self.created.publication {
+            replication::create_publication(&self.client, &names, &info).await?;
+            self.created.publication = true;
+        }
+        if !self.created.slot {
+            let created_slot = replication::create_slot(&self.cfg.conn, &self.client, &names);
+            guard(created_slot, &mut self.abort.clone(), None).await?;
+            self.created.slot = true;
+        }
         let (repl, bg) = Replication::start(&self.cfg.conn, &names, &info, &ghost).await?;
         let bg = background.insert(bg);
 
@@ -198,7 +224,7 @@ impl Run {
             },
         );
         self.controls.refreshing = true;
-        let result = self.stream_and_swap(&info, &names, &ghost, &repl, bg, progress, gate).await;
+        let result = self.stream_and_swap(&info, &names, &ghost, copy, &repl, bg, progress, gate).await;
         status.abort();
         self.controls.refreshing = false;
         result
@@ -209,13 +235,21 @@ impl Run {
         guard(self.controls.fire(event), &mut self.abort.clone(), bg).await
     }
 
-    async fn inspect(&mut self) -> Result<TableInfo> {
+    async fn inspect(&mut self) -> Result<(TableInfo, Option<resume::Found>)> {
         let name = inspect::resolve_table(&self.client, &self.cfg.table).await?;
         let info = inspect::table_info(&self.client, &name, self.cfg.key.as_deref()).await?;
         let names = Names::for_table(&info.name, info.oid);
         // The ALTER is read before anything is created, so a malformed one changes nothing.
         alter::plan(&self.cfg.alter, &names.ghost, &HashMap::new())?;
-        let options = PreflightOptions::new(&names, self.cfg.initially_drop_ghost_table);
+        let found = match self.cfg.resume {
+            true => Some(resume::load(&self.client, &self.cfg, &info).await?),
+            false => None,
+        };
+        if matches!(found, Some(resume::Found::SwapCommitted(_))) {
+            return Ok((info, found));
+        }
+        let mut options = PreflightOptions::new(&names, self.cfg.initially_drop_ghost_table);
+        options.resuming = self.cfg.resume;
         let server = inspect::preflight(&self.client, &info, &options).await?;
         tracing::info!(
             table = %info.name,
@@ -225,7 +259,19 @@ impl Run {
             server = %server.server_version,
             "inspected"
         );
-        Ok(info)
+        Ok((info, found))
+    }
+
+    /// The earlier run's swap committed before it could clean up: only that is left to do.
+    fn finish_committed_swap(&mut self, info: &TableInfo, names: Names) -> Outcome {
+        tracing::info!(
+            table = %info.name,
+            "resuming the earlier run: its cut-over had committed, {} has the new definition; removing its slot, publication and changelog",
+            info.name
+        );
+        self.names = Some(names);
+        self.created = Created { changelog: true, ghost: false, publication: true, slot: true };
+        Outcome::CutOver
     }
 
     async fn prepare(&mut self, info: &TableInfo, names: &Names) -> Result<Ghost> {
@@ -246,6 +292,14 @@ impl Run {
         self.record_state(names, "prepare").await;
         let ghost = ghost::create(&mut self.client, info, &names.ghost, &self.cfg.alter).await?;
         self.created.ghost = true;
+        let plan = checkpoint::Plan::new(
+            alter::canonical(&self.cfg.alter)?,
+            info.oid,
+            checkpoint::shape(&self.client, info.oid).await?,
+            checkpoint::shape(&self.client, ghost.oid).await?,
+            ghost.clone(),
+        );
+        checkpoint::write_plan(&self.client, &names.changelog, &plan).await?;
         if !ghost.alter.rewrites {
             tracing::info!("this ALTER changes only the catalog: a plain ALTER TABLE would be instant; pg-ghost proceeds as asked");
         }
@@ -254,11 +308,8 @@ impl Run {
 
     /// Records the run's state in the changelog table, for DBAs and for a resume.
     async fn record_state(&self, names: &Names, state: &str) {
-        let sql = format!(
-            "INSERT INTO {} (key, value) VALUES ('state', $1) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, updated_at = clock_timestamp()",
-            names.changelog.sql()
-        );
-        if let Err(e) = self.client.execute(&sql, &[&state]).await {
+        let sql = checkpoint::upsert_sql(&names.changelog);
+        if let Err(e) = self.client.execute(&sql, &[&checkpoint::STATE, &state]).await {
             tracing::debug!(error = %e, "could not record the state in the changelog table");
         }
     }
@@ -268,6 +319,7 @@ impl Run {
         info: &TableInfo,
         names: &Names,
         ghost: &Ghost,
+        copy: CopyFrom,
         repl: &Replication,
         bg: &mut Background,
         progress: Arc<crate::copy::CopyProgress>,
@@ -275,21 +327,14 @@ impl Run {
     ) -> Result<Outcome> {
         self.fire(HookEvent::BeforeRowCopy, Some(&mut *bg)).await?;
         self.enter(Phase::Copy);
-        self.record_state(names, "copy").await;
-        let job = CopyJob {
-            conn: self.cfg.conn.clone(),
-            orig: info.name.clone(),
-            ghost: ghost.name.clone(),
-            mapping: ghost.mapping.clone(),
-            workers: self.cfg.copy.workers,
-            chunk_time: self.cfg.copy.chunk_time,
-            changelog: Some(names.changelog.clone()),
+        let copy_secs = match copy {
+            CopyFrom::Done => {
+                tracing::info!("the earlier run had copied every row: the copy is skipped");
+                0.0
+            }
+            CopyFrom::After(after) => self.copy_rows(info, names, ghost, after, repl, bg, &progress, gate).await?,
         };
-        let started = std::time::Instant::now();
-        guard(copy_table(job, repl.inflight.clone(), progress.clone(), gate), &mut self.abort.clone(), Some(&mut *bg)).await?;
-        let copy_secs = started.elapsed().as_secs_f64();
-        tracing::info!(rows = progress.rows.load(Ordering::Relaxed), secs = copy_secs, "row copy complete");
-        self.fire(HookEvent::RowCopyComplete, Some(&mut *bg)).await?;
+
 
         self.enter(Phase::BuildIndexes);
         self.record_state(names, "build-indexes").await;
@@ -366,6 +411,40 @@ impl Run {
             info.name
         );
         Ok(Outcome::CutOver)
+    }
+
+    /// Copies the rows (after `after`, when resuming); returns the time it took.
+    #[allow(clippy::too_many_arguments)]
+    async fn copy_rows(
+        &self,
+        info: &TableInfo,
+        names: &Names,
+        ghost: &Ghost,
+        after: Option<crate::copy::Bound>,
+        repl: &Replication,
+        bg: &mut Background,
+        progress: &Arc<CopyProgress>,
+        gate: watch::Receiver<GateState>,
+    ) -> Result<f64> {
+        self.record_state(names, "copy").await;
+        if let Some(key) = &after {
+            tracing::info!(after = %key.join(", "), "the copy continues after the earlier run's watermark");
+        }
+        let job = CopyJob {
+            conn: self.cfg.conn.clone(),
+            orig: info.name.clone(),
+            ghost: ghost.name.clone(),
+            mapping: ghost.mapping.clone(),
+            workers: self.cfg.copy.workers,
+            chunk_time: self.cfg.copy.chunk_time,
+            changelog: Some(names.changelog.clone()),
+            resume_after: after,
+        };
+        let started = std::time::Instant::now();
+        guard(copy_table(job, repl.inflight.clone(), progress.clone(), gate), &mut self.abort.clone(), Some(bg)).await?;
+        let copy_secs = started.elapsed().as_secs_f64();
+        tracing::info!(rows = progress.rows.load(Ordering::Relaxed), secs = copy_secs, "row copy complete");
+        Ok(copy_secs)
     }
 
     /// Waits until the stream has delivered everything committed up to now and the apply

@@ -114,8 +114,9 @@ impl Replication {
         let pump = tokio::spawn(pump(stream, extractor, items_tx, positions.clone(), stop_rx));
         let inflight = InFlight::new();
         let flush = FlushSql::new(&orig.name, &ghost.name, &ghost.mapping);
+        let recorded_flush = flush.clone().recording_in(&names.changelog);
         let apply_client = conn.with_application_name("pg-ghost apply").connect().await?;
-        let (writer, writer_task) = Writer::spawn(apply_client, flush.clone(), inflight.clone(), ack, items_rx);
+        let (writer, writer_task) = Writer::spawn(apply_client, recorded_flush, inflight.clone(), ack, items_rx);
         let background = Background {
             writer: writer.clone(),
             stop_pump: Some(stop_tx),

@@ -15,6 +15,7 @@ mod oracle;
 mod oracle_selftest;
 mod replication;
 mod run_faults;
+mod resume;
 mod run_refusals;
 mod scenarios;
 mod smoke;

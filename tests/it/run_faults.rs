@@ -31,7 +31,12 @@ pub(crate) struct Running {
 
 impl Running {
     pub(crate) fn spawn(db: &TestDb<'_>, subcommand: &str, args: &[&str]) -> Running {
-        let mut child = binary::command(db, subcommand, args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("start pg-ghost");
+        Running::spawn_command(binary::command(db, subcommand, args))
+    }
+
+    /// Starts a command made by [`binary::command`] (with extra environment, say).
+    pub(crate) fn spawn_command(mut command: tokio::process::Command) -> Running {
+        let mut child = command.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("start pg-ghost");
         let mut pipe = child.stderr.take().unwrap();
         let stderr = tokio::spawn(async move {
             let mut buf = Vec::new();

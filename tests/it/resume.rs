@@ -1,0 +1,265 @@
+//! `pg-ghost run --resume` after a SIGKILL, with the oracle workload writing every change to
+//! the table and to its control table in one transaction all along: killed during the copy,
+//! inside a flush, while postponed, inside the cut-over before and after its commit. Each
+//! time the original is intact and writable after the kill, the resumed run completes, and
+//! the migrated table equals the control row for row.
+//!
+//! The crash points inside transactions need a build with the `fault-injection` feature
+//! (`PG_GHOST_FAULT=<point>` makes pg-ghost SIGKILL itself there); the others kill the
+//! process from outside.
+
+use crate::binary::{self, changelog_value};
+use crate::harness::{Cluster, TestDb};
+use crate::oracle::*;
+use crate::run_faults::{flag_path, stream_objects, wait_for_copy_past, wait_for_state, Running, POLL};
+use crate::run_refusals::relation_exists;
+use std::time::{Duration, Instant};
+use tokio_postgres::Client;
+
+const ALTER: &str = "ALTER COLUMN n TYPE bigint";
+
+/// Small chunks, each followed by a pause as long as itself: the copy of 10,000 rows lasts
+/// long enough to be killed in the middle.
+const SLOW_COPY: [&str; 6] = ["--chunk-size", "100", "--chunk-time", "1ms", "--nice-ratio", "1"];
+
+struct Setup {
+    db: TestDb<'static>,
+    table: OracleTable,
+    client: Client,
+    workload: Workload,
+    oid_before: String,
+}
+
+async fn setup(prefix: &str, rows: i64) -> Setup {
+    let db = Cluster::primary().fresh_db(prefix);
+    let table = OracleTable::create(&db, "orders", KeyKind::Identity, rows).await;
+    let client = db.client().await;
+    let oid_before = db.psql("SELECT 'orders'::regclass::oid");
+    let workload = Workload::start(&db, &table, WorkloadOptions::new(3).rate(Some(50))).await;
+    workload.wait_for_more_commits(20, Duration::from_secs(30)).await;
+    Setup { db, table, client, workload, oid_before }
+}
+
+fn run_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["--table", "orders", "--alter", ALTER, "--execute", "--status-interval", "1s"];
+    args.extend_from_slice(extra);
+    args
+}
+
+fn with_fault(db: &TestDb<'_>, point: &str, args: &[&str]) -> Running {
+    let mut cmd = binary::command(db, "run", args);
+    cmd.env("PG_GHOST_FAULT", point);
+    Running::spawn_command(cmd)
+}
+
+impl Setup {
+    /// After the kill: the original kept its definition and name, and the workload's writes
+    /// to it go on (each commits to table and control, so they are not blocked).
+    async fn assert_original_intact_and_writable(&self) {
+        assert_eq!(self.db.psql("SELECT 'orders'::regclass::oid"), self.oid_before, "the original was swapped out");
+        assert_eq!(
+            self.db.psql("SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'orders'::regclass AND attname = 'n'"),
+            "integer",
+            "the original's definition changed"
+        );
+        assert!(!relation_exists(&self.client, "public", "_orders_del").await, "an old table exists: the swap happened");
+        self.workload.wait_for_more_commits(30, Duration::from_secs(30)).await;
+    }
+
+    /// Resumes with `--resume` to the end; returns the log.
+    async fn resume(&self, extra: &[&str]) -> String {
+        let mut args = run_args(extra);
+        args.push("--resume");
+        let out = binary::run(&self.db, &args).await;
+        binary::assert_success(&out);
+        let log = binary::stderr(&out);
+        assert!(log.contains("resuming the earlier run"), "the run did not say it resumed:\n{log}");
+        log
+    }
+
+    /// The migrated table equals the control, and nothing of pg-ghost's is left.
+    async fn assert_migrated(self) {
+        assert_ne!(self.db.psql("SELECT 'orders'::regclass::oid"), self.oid_before, "no swap");
+        self.workload.wait_for_more_commits(30, Duration::from_secs(30)).await;
+        let report = self.workload.stop().await;
+        assert!(report.errors.is_empty(), "workload errors (seed {}): {:#?}", report.seed, report.errors);
+        assert!(report.committed_after_swap > 0, "no writes after the swap: {report:?}");
+        self.table.assert_matches_control(&self.client, &self.table.projection().map("n", "n::bigint")).await;
+        assert_sequences_ahead(&self.client, &self.table.qualified()).await;
+        assert_no_slots_or_publications(&self.client).await;
+        assert!(!relation_exists(&self.client, "public", "_orders_ghc").await, "changelog left");
+        assert!(!relation_exists(&self.client, "public", "_orders_gho").await, "ghost left");
+    }
+}
+
+/// Waits until no walsender streams from the killed run's slot any more.
+async fn wait_slot_released(client: &Client) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let active: i64 = client
+            .query_one("SELECT count(*) FROM pg_replication_slots WHERE database = current_database() AND active", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if active == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the killed run's slot is still active after 15 s");
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+async fn count(client: &Client, table: &str) -> i64 {
+    client.query_one(&format!("SELECT count(*) FROM {}", ident(table)), &[]).await.unwrap().get(0)
+}
+
+// ---- killed during the copy ------------------------------------------------------------------
+
+/// kill -9 mid-copy. Then: a new run without --resume is refused and points at --resume;
+/// --resume with another ALTER is refused naming both; the resumed run continues the copy
+/// after the recorded watermark (it does not start over) and completes correctly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_during_the_copy_resumes_after_the_watermark() {
+    let s = setup("rs_copy", 10_000).await;
+    let mut args = run_args(&SLOW_COPY);
+    args.extend(["--copy-workers", "4"]);
+    let mut run = Running::spawn(&s.db, "run", &args);
+    wait_for_state(&s.client, &mut run, "orders", "copy", Duration::from_secs(30)).await;
+    wait_for_copy_past(&s.client, &mut run, "orders", 3_000, Duration::from_secs(60)).await;
+    let (status, log) = run.kill9().await;
+    assert!(!status.success(), "pg-ghost was not killed: {status}\n{log}");
+    s.assert_original_intact_and_writable().await;
+
+    let watermark = changelog_value(&s.client, "orders", "copy_watermark").await.expect("no copy watermark recorded");
+    let mark: Vec<String> = serde_json::from_str(&watermark).expect("the watermark is a JSON array of key values");
+    let mark: i64 = mark[0].parse().unwrap();
+    // Every row at or below the watermark is in the ghost (the claim a resume relies on).
+    let missing: i64 = s
+        .client
+        .query_one(
+            "SELECT count(*) FROM orders o WHERE o.id <= $1 AND o.id <= 10000 AND NOT EXISTS (SELECT 1 FROM _orders_gho g WHERE g.id = o.id)",
+            &[&mark],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(missing, 0, "rows at or below the watermark {mark} are missing from the ghost");
+    assert!(mark >= 1_000, "the watermark {mark} lags far behind the copy (past 3000 when killed)");
+    wait_slot_released(&s.client).await;
+
+    // A new run without --resume is refused, and says how to go on.
+    let out = binary::run(&s.db, &run_args(&[])).await;
+    binary::assert_failure(&out, 3, "--resume");
+    // Resuming with another ALTER is refused, naming both.
+    let other = ["--table", "orders", "--alter", "ALTER COLUMN amount TYPE float8", "--execute", "--resume"];
+    let out = binary::run(&s.db, &other).await;
+    binary::assert_failure(&out, 3, "differs from the earlier run");
+    let ghost_rows = count(&s.client, "_orders_gho").await;
+    assert!(ghost_rows >= mark, "the refusals changed the ghost");
+
+    let log = s.resume(&["--chunk-size", "500"]).await;
+    assert!(log.contains(&format!("after={mark}")) || log.contains(&format!("after key ({mark})")), "the copy did not continue after the watermark {mark}:\n{log}");
+    s.assert_migrated().await;
+}
+
+// ---- killed inside a flush --------------------------------------------------------------------
+
+/// The process dies inside an apply transaction (ghost rows written, not committed).
+#[cfg(feature = "fault-injection")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_inside_a_flush_resumes() {
+    let s = setup("rs_apply", 3_000).await;
+    let run = with_fault(&s.db, "apply-before-commit@3", &run_args(&SLOW_COPY));
+    let out = run.wait(Duration::from_secs(60)).await;
+    let log = binary::stderr(&out);
+    assert!(!out.status.success() && log.contains("fault injection"), "pg-ghost did not die at its crash point:\n{log}");
+    s.assert_original_intact_and_writable().await;
+    wait_slot_released(&s.client).await;
+    s.resume(&[]).await;
+    s.assert_migrated().await;
+}
+
+// ---- killed while postponed --------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_while_postponed_resumes() {
+    let s = setup("rs_postponed", 3_000).await;
+    let flag = flag_path(&s.db, "postpone");
+    std::fs::write(&flag, b"").unwrap();
+    let flag_arg = flag.to_str().unwrap().to_string();
+    let mut run = Running::spawn(&s.db, "run", &run_args(&["--postpone-cut-over-flag-file", &flag_arg]));
+    wait_for_state(&s.client, &mut run, "orders", "postponed", Duration::from_secs(60)).await;
+    s.workload.wait_for_more_commits(20, Duration::from_secs(30)).await;
+    let (status, log) = run.kill9().await;
+    assert!(!status.success(), "pg-ghost was not killed: {status}\n{log}");
+    s.assert_original_intact_and_writable().await;
+    wait_slot_released(&s.client).await;
+
+    std::fs::remove_file(&flag).unwrap();
+    let log = s.resume(&["--postpone-cut-over-flag-file", &flag_arg]).await;
+    assert!(log.contains("the copy is skipped"), "the resumed run copied again although the copy had finished:\n{log}");
+    s.assert_migrated().await;
+}
+
+// ---- killed inside the cut-over -----------------------------------------------------------------
+
+/// Dies holding the cut-over's lock, with the swap done but not committed: the server rolls it
+/// back, the original is back in service at once.
+#[cfg(feature = "fault-injection")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_inside_the_cut_over_before_commit_resumes() {
+    let s = setup("rs_cutover", 3_000).await;
+    let run = with_fault(&s.db, "cut-over-before-commit", &run_args(&[]));
+    let out = run.wait(Duration::from_secs(90)).await;
+    let log = binary::stderr(&out);
+    assert!(!out.status.success() && log.contains("fault injection"), "pg-ghost did not die at its crash point:\n{log}");
+    assert!(log.contains("cut-over lock acquired"), "the crash was not inside the cut-over:\n{log}");
+    s.assert_original_intact_and_writable().await;
+    wait_slot_released(&s.client).await;
+    s.resume(&[]).await;
+    s.assert_migrated().await;
+}
+
+/// Dies right after the cut-over committed: the resumed run sees the swap was done and only
+/// removes what is left (slot, publication, changelog).
+#[cfg(feature = "fault-injection")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_after_the_cut_over_committed_resume_cleans_up() {
+    let s = setup("rs_committed", 2_000).await;
+    let run = with_fault(&s.db, "cut-over-after-commit", &run_args(&[]));
+    let out = run.wait(Duration::from_secs(90)).await;
+    let log = binary::stderr(&out);
+    assert!(!out.status.success() && log.contains("fault injection"), "pg-ghost did not die at its crash point:\n{log}");
+    let (slots, _) = stream_objects(&s.client).await;
+    assert_eq!(slots.len(), 1, "the killed run's slot");
+    wait_slot_released(&s.client).await;
+    let log = s.resume(&[]).await;
+    assert!(log.contains("cut-over had committed"), "{log}");
+    s.assert_migrated().await;
+}
+
+// ---- what cannot be resumed -----------------------------------------------------------------------
+
+/// Nothing to resume; and a run whose slot was dropped: both refused, nothing changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_is_refused_without_a_run_or_without_its_slot() {
+    let db = Cluster::primary().fresh_db("rs_refuse");
+    binary::narrow_table(&db, "big", 20_000);
+    let client = db.client().await;
+    let args = ["--table", "big", "--alter", ALTER, "--execute", "--resume"];
+    let out = binary::run(&db, &args).await;
+    binary::assert_failure(&out, 3, "nothing to resume");
+    assert!(!relation_exists(&client, "public", "_big_ghc").await);
+
+    let mut run = Running::spawn(&db, "run", &["--table", "big", "--alter", ALTER, "--execute", "--chunk-size", "100", "--chunk-time", "1ms", "--nice-ratio", "2"]);
+    wait_for_copy_past(&client, &mut run, "big", 2_000, Duration::from_secs(60)).await;
+    run.kill9().await;
+    wait_slot_released(&client).await;
+    let (slots, _) = stream_objects(&client).await;
+    client.execute("SELECT pg_drop_replication_slot($1)", &[&slots[0]]).await.unwrap();
+    let ghost_rows = count(&client, "_big_gho").await;
+    let out = binary::run(&db, &args).await;
+    binary::assert_failure(&out, 3, "is gone");
+    assert_eq!(count(&client, "_big_gho").await, ghost_rows, "the refused resume wrote to the ghost");
+    binary::assert_success(&binary::cleanup(&db, &["--table", "big"]).await);
+}
