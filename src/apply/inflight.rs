@@ -9,6 +9,13 @@
 //! with a snapshot that sees the chunk's rows. A chunk registers its range before it starts
 //! and waits for a flush already running (which did not know of the range) to finish.
 //!
+//! A fresh copy also publishes the region it has not handed out yet, `(cursor, max]`. The
+//! flusher skips keys there: the chunk that will cover them registers after the flush looked
+//! (registration moves the cursor, under the chunker's lock), so it reads them in a snapshot
+//! taken after their change was visible, and no ghost row with such a key exists before its
+//! chunk. That is what lets copy chunks insert without `ON CONFLICT`, which costs an extra
+//! WAL record per row.
+//!
 //! Keys are never compared here: the flusher asks the server which keys fall in which range.
 
 use crate::copy::Range;
@@ -25,6 +32,21 @@ struct Inner {
     flush_finished: u64,
     /// Chunks that ended since the flusher last looked.
     ended: Vec<u64>,
+    /// For each registered chunk not started yet, the flush it must wait for.
+    waits_for: BTreeMap<u64, Option<u64>>,
+    /// The keys a fresh copy has not handed out yet.
+    uncopied: Option<Range>,
+    /// A fresh copy is about to start: no flush until it says which keys it will copy.
+    copy_pending: bool,
+}
+
+/// What a flush must know of the copy, taken when it starts.
+#[derive(Clone, Debug, Default)]
+pub struct CopyView {
+    /// Ranges of chunks in flight: their keys are deferred.
+    pub in_flight: Vec<(u64, Range)>,
+    /// Keys no chunk has reached yet: skipped, the copy will read them.
+    pub uncopied: Option<Range>,
 }
 
 #[derive(Default)]
@@ -51,15 +73,58 @@ impl InFlight {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// A fresh copy will follow: flushes wait for [`copy_planned`], so that none writes a
+    /// key the copy is going to insert.
+    ///
+    /// [`copy_planned`]: InFlight::copy_planned
+    pub fn expect_copy(&self) {
+        self.lock().copy_pending = true;
+    }
+
+    /// The fresh copy will hand out every key in `region` (None: nothing to copy), in order,
+    /// through [`register`]; flushes may run again.
+    ///
+    /// [`register`]: InFlight::register
+    pub fn copy_planned(&self, region: Option<Range>) {
+        let mut g = self.lock();
+        g.uncopied = region;
+        g.copy_pending = false;
+        drop(g);
+        self.chunk_ended.notify_one();
+    }
+
+    /// False while a fresh copy is expected and has not said what it will copy.
+    pub fn flushes_allowed(&self) -> bool {
+        !self.lock().copy_pending
+    }
+
     /// Registers `range` and waits until no flush that started before runs any more.
     pub async fn chunk_starting(&self, range: &Range) -> ChunkTicket {
-        let (id, wait_for) = {
-            let mut g = self.lock();
-            let id = g.next_id;
-            g.next_id += 1;
-            g.ranges.insert(id, range.clone());
-            (id, (g.flush_started > g.flush_finished).then_some(g.flush_started))
-        };
+        let ticket = self.register(range);
+        self.wait_for_earlier_flushes(&ticket).await;
+        ticket
+    }
+
+    /// Registers a range at once; a copy chunk calls it as it takes the range from the
+    /// chunker, so the region not handed out shrinks in key order.
+    pub fn register(&self, range: &Range) -> ChunkTicket {
+        let mut g = self.lock();
+        let id = g.next_id;
+        g.next_id += 1;
+        g.ranges.insert(id, range.clone());
+        if let Some(region) = g.uncopied.take() {
+            if range.hi != region.hi {
+                g.uncopied = Some(Range { lo: Some(range.hi.clone()), hi: region.hi });
+            }
+        }
+        let running = (g.flush_started > g.flush_finished).then_some(g.flush_started);
+        g.waits_for.insert(id, running);
+        ChunkTicket(id)
+    }
+
+    /// Waits until no flush that started before the registration runs any more.
+    pub async fn wait_for_earlier_flushes(&self, ticket: &ChunkTicket) {
+        let wait_for = self.lock().waits_for.remove(&ticket.0).flatten();
         if let Some(flush) = wait_for {
             loop {
                 let ended = self.flush_ended.notified();
@@ -69,23 +134,25 @@ impl InFlight {
                 ended.await;
             }
         }
-        ChunkTicket(id)
     }
 
     /// The chunk committed or rolled back: its range is free again.
     pub fn chunk_ended(&self, ticket: ChunkTicket) {
         let mut g = self.lock();
         g.ranges.remove(&ticket.0);
+        g.waits_for.remove(&ticket.0);
         g.ended.push(ticket.0);
         drop(g);
         self.chunk_ended.notify_one();
     }
 
-    /// Starts a flush: returns the ranges in flight, whose keys it must defer.
-    pub fn flush_starting(&self) -> Vec<(u64, Range)> {
+    /// Starts a flush: returns the ranges in flight, whose keys it must defer, and the
+    /// region no chunk has reached, whose keys it skips. Call it once the flush's changes are
+    /// visible, so that a chunk registering later sees them.
+    pub fn flush_starting(&self) -> CopyView {
         let mut g = self.lock();
         g.flush_started += 1;
-        g.ranges.iter().map(|(id, r)| (*id, r.clone())).collect()
+        CopyView { in_flight: g.ranges.iter().map(|(id, r)| (*id, r.clone())).collect(), uncopied: g.uncopied.clone() }
     }
 
     pub fn flush_ended(&self) {
@@ -123,30 +190,49 @@ mod tests {
     async fn flushes_see_the_ranges_registered_before_them() {
         let f = InFlight::new();
         let a = f.chunk_starting(&range(None, "10")).await;
-        let ranges = f.flush_starting();
+        let ranges = f.flush_starting().in_flight;
         assert_eq!(ranges.len(), 1);
         f.flush_ended();
         f.chunk_ended(a);
         assert_eq!(f.take_ended().len(), 1);
-        assert!(f.flush_starting().is_empty());
+        assert!(f.flush_starting().in_flight.is_empty());
         f.flush_ended();
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_chunk_waits_for_the_flush_that_did_not_know_its_range() {
         let f = InFlight::new();
-        assert!(f.flush_starting().is_empty());
+        assert!(f.flush_starting().in_flight.is_empty());
         let f2 = f.clone();
         let chunk = tokio::spawn(async move { f2.chunk_starting(&range(Some("10"), "20")).await });
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!chunk.is_finished(), "the chunk must wait for the running flush");
         // A flush starting now knows the range and need not be waited for.
         f.flush_ended();
-        assert_eq!(f.flush_starting().len(), 1);
+        assert_eq!(f.flush_starting().in_flight.len(), 1);
         let ticket = tokio::time::timeout(Duration::from_secs(1), chunk).await.expect("chunk waited too long").unwrap();
         f.flush_ended();
         f.chunk_ended(ticket);
         assert_eq!(f.chunks_in_flight(), 0);
+    }
+
+    #[test]
+    fn registering_chunks_shrinks_the_region_not_copied() {
+        let f = InFlight::new();
+        f.expect_copy();
+        assert!(!f.flushes_allowed());
+        f.copy_planned(Some(range(None, "30")));
+        assert!(f.flushes_allowed());
+        let a = f.register(&range(None, "10"));
+        assert_eq!(f.flush_starting().uncopied, Some(range(Some("10"), "30")));
+        f.flush_ended();
+        let b = f.register(&range(Some("10"), "30"));
+        let view = f.flush_starting();
+        assert_eq!(view.uncopied, None, "the last chunk reaches the maximum");
+        assert_eq!(view.in_flight.len(), 2);
+        f.flush_ended();
+        f.chunk_ended(a);
+        f.chunk_ended(b);
     }
 
     #[tokio::test]

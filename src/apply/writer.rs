@@ -247,18 +247,17 @@ impl Writer {
     }
 
     fn maybe_start_flush(&mut self) {
-        if self.paused || self.flush.is_some() || self.pending.is_empty() {
+        if self.paused || self.flush.is_some() || self.pending.is_empty() || !self.inflight.flushes_allowed() {
             return;
         }
         let keys: Vec<Key> = self.pending.drain().collect();
         let xids = std::mem::take(&mut self.xids);
         let upto = self.complete_to;
-        let ranges = self.inflight.flush_starting();
         // Keys still deferred from earlier flushes keep the ghost short of `upto`.
         let complete = self.deferred.is_empty().then_some(upto);
         let (client, sql, inflight) = (self.client.clone(), self.sql.clone(), self.inflight.clone());
         let task = tokio::spawn(async move {
-            let result = flush_outside_chunks(&client, &sql, keys, &xids, ranges, complete).await;
+            let result = flush_outside_chunks(&client, &sql, &inflight, keys, &xids, complete).await;
             inflight.flush_ended();
             result
         });
@@ -362,27 +361,33 @@ const INVISIBLE_XIDS: &str = "
      WHERE ((x - m.xmax_lo) & 4294967295) < 2147483648
         OR x IN (SELECT xip::text::bigint & 4294967295 FROM s, pg_snapshot_xip(s.snap) AS xip)";
 
-/// Flushes `keys` but those inside `ranges` (copy chunks in flight), which it hands back.
-/// Deadlocks and serialization failures are retried.
+/// Flushes `keys` but those inside copy chunks in flight, which it hands back, and those
+/// the copy has not reached, which it leaves to the copy. Deadlocks and serialization
+/// failures are retried.
 async fn flush_outside_chunks(
     client: &Client,
     sql: &FlushSql,
+    inflight: &InFlight,
     keys: Vec<Key>,
     xids: &[u32],
-    ranges: Vec<(u64, crate::copy::Range)>,
     complete: Option<Lsn>,
 ) -> Result<Flushed> {
     wait_until_visible(client, xids).await?;
+    // Only now: a chunk that registers after this reads the changes just made visible.
+    let view = inflight.flush_starting();
     let mut deferred: HashMap<u64, Vec<Key>> = HashMap::new();
-    let keys = if ranges.is_empty() {
+    let keys = if view.in_flight.is_empty() && view.uncopied.is_none() {
         keys
     } else {
-        let only_ranges: Vec<_> = ranges.iter().map(|(_, r)| r.clone()).collect();
-        let found = sql.ranges_of(client, &keys, &only_ranges).await?;
+        let mut regions: Vec<_> = view.in_flight.iter().map(|(_, r)| r.clone()).collect();
+        regions.extend(view.uncopied.clone());
+        let found = sql.ranges_of(client, &keys, &regions).await?;
         let mut now = Vec::with_capacity(keys.len());
-        for (key, range) in keys.into_iter().zip(found) {
-            match range.and_then(|i| ranges.get(i)) {
-                Some((chunk, _)) => deferred.entry(*chunk).or_default().push(key),
+        for (key, region) in keys.into_iter().zip(found) {
+            match region.map(|i| view.in_flight.get(i)) {
+                Some(Some((chunk, _))) => deferred.entry(*chunk).or_default().push(key),
+                // Not copied yet: the chunk that reaches it reads the original's row as is.
+                Some(None) => {}
                 None => now.push(key),
             }
         }

@@ -28,6 +28,11 @@ pub struct CopyJob {
     pub changelog: Option<QualifiedName>,
     /// Start after this key (a resumed copy): every row at or below it was copied.
     pub resume_after: Option<Bound>,
+    /// The ghost was empty when the stream started and flushes wait for the copy's plan
+    /// ([`InFlight::expect_copy`]): chunks insert without `ON CONFLICT`, and the flusher
+    /// leaves keys the copy has not reached to it. A resumed copy finds rows in the ghost and
+    /// skips them instead.
+    pub fresh: bool,
 }
 
 /// Shared counters, read by the status line and written by the workers.
@@ -93,7 +98,12 @@ fn statements(job: &CopyJob) -> Statements {
     let source = KeyCols::source(&job.mapping);
     let n = source.len();
     let head = insert_select(&job.orig, &job.ghost, &job.mapping);
-    let conflict = format!("ON CONFLICT ({}) DO NOTHING", ident_list(job.mapping.key_ghost.iter().map(String::as_str)));
+    // Speculative insertion writes a second WAL record per row: only pay it when the ghost
+    // may already hold some of the chunk's keys.
+    let conflict = match job.fresh {
+        true => String::new(),
+        false => format!("ON CONFLICT ({}) DO NOTHING", ident_list(job.mapping.key_ghost.iter().map(String::as_str))),
+    };
     let upto = format!("{} <= {}", source.tuple(), source.params(1));
     Statements {
         first: format!("{head} WHERE {upto} {conflict}"),
@@ -115,6 +125,10 @@ pub async fn copy_table(
         Chunker::start(chunker_client, &job.orig, &KeyCols::source(&job.mapping), job.resume_after.clone()).await?;
     if let Some(changelog) = &job.changelog {
         chunker.record_ranges_in(changelog);
+    }
+    if job.fresh {
+        let region = chunker.max().map(|max| Range { lo: job.resume_after.clone(), hi: max.clone() });
+        inflight.copy_planned(region);
     }
     if chunker.max().is_none() {
         progress.done.store(true, Ordering::Relaxed);
@@ -192,12 +206,17 @@ impl WorkerCtx {
             let size = self.progress.chunk_size.load(Ordering::Relaxed);
             let next = {
                 let mut chunker = self.chunker.lock().await;
-                // Numbered under the chunker's lock, so numbers follow key order.
-                chunker.next(size).await?.map(|range| (self.watermark.issue(), range))
+                // Numbered and registered under the chunker's lock, so both follow key order.
+                chunker.next(size).await?.map(|range| (self.watermark.issue(), self.inflight.register(&range), range))
             };
-            let Some((seq, range)) = next else { return Ok(()) };
+            let Some((seq, ticket, range)) = next else { return Ok(()) };
             let started = Instant::now();
-            let rows = RETRY.retry("copying a chunk", || self.copy_range(seq, &range)).await?;
+            self.inflight.wait_for_earlier_flushes(&ticket).await;
+            let rows = RETRY.retry("copying a chunk", || self.copy_range(seq, &range)).await;
+            // Only once the chunk's rows are visible (or it gave up) may the flusher touch
+            // keys in its range.
+            self.inflight.chunk_ended(ticket);
+            let rows = rows?;
             self.watermark.committed(seq, range.hi.clone());
             let took = started.elapsed();
             self.progress.rows.fetch_add(rows, Ordering::Relaxed);
@@ -241,10 +260,7 @@ impl WorkerCtx {
         }
         let params: Vec<&(dyn ToSql + Sync)> = values.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
         let sql = if range.lo.is_some() { &self.sql.after } else { &self.sql.first };
-        let ticket = self.inflight.chunk_starting(range).await;
         let result = self.copy_in_transaction(sql, &params, seq, &range.hi).await;
-        // Only once the chunk's rows are visible may the flusher touch keys in its range.
-        self.inflight.chunk_ended(ticket);
         result.map_err(|e| {
             let lo = range.lo.as_ref().map(|b| b.join(", ")).unwrap_or_else(|| "start".into());
             e.context(format!("copying rows with key in ({lo}, {}]", range.hi.join(", ")))

@@ -186,7 +186,8 @@ impl Run {
             guard(created_slot, &mut self.abort.clone(), None).await?;
             self.created.slot = true;
         }
-        let (repl, bg) = Replication::start(&self.cfg.conn, &names, &info, &ghost).await?;
+        let fresh_copy = matches!(copy, CopyFrom::After(_)) && !self.cfg.resume;
+        let (repl, bg) = Replication::start(&self.cfg.conn, &names, &info, &ghost, fresh_copy).await?;
         let bg = background.insert(bg);
 
         let throttler = Throttler::spawn(ThrottleJob {
@@ -439,6 +440,7 @@ impl Run {
             chunk_time: self.cfg.copy.chunk_time,
             changelog: Some(names.changelog.clone()),
             resume_after: after,
+            fresh: !self.cfg.resume,
         };
         let started = std::time::Instant::now();
         guard(copy_table(job, repl.inflight.clone(), progress.clone(), gate), &mut self.abort.clone(), Some(bg)).await?;

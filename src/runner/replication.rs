@@ -88,7 +88,8 @@ pub struct Background {
 }
 
 impl Replication {
-    pub async fn start(conn: &ConnInfo, names: &Names, orig: &TableInfo, ghost: &Ghost) -> Result<(Replication, Background)> {
+    /// `fresh_copy`: an empty ghost's copy follows; flushes wait until it has planned its ranges.
+    pub async fn start(conn: &ConnInfo, names: &Names, orig: &TableInfo, ghost: &Ghost, fresh_copy: bool) -> Result<(Replication, Background)> {
         let repl = ReplicationConnection::connect(&conn.with_application_name("pg-ghost stream")).await?;
         let mut options = StreamOptions::new([names.publication.clone()]);
         options.proto_version = ProtoVersion::V2;
@@ -113,6 +114,9 @@ impl Replication {
         let (stop_tx, stop_rx) = oneshot::channel();
         let pump = tokio::spawn(pump(stream, extractor, items_tx, positions.clone(), stop_rx));
         let inflight = InFlight::new();
+        if fresh_copy {
+            inflight.expect_copy();
+        }
         let flush = FlushSql::new(&orig.name, &ghost.name, &ghost.mapping);
         let recorded_flush = flush.clone().recording_in(&names.changelog);
         let apply_client = conn.with_application_name("pg-ghost apply").connect().await?;

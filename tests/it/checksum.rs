@@ -69,6 +69,7 @@ async fn build<'c>(prefix: &str, schema: &str, table: &str, alter: &str) -> Buil
         chunk_time: Duration::from_millis(200),
         changelog: None,
         resume_after: None,
+        fresh: false,
     };
     let (_gate_tx, gate) = tokio::sync::watch::channel(GateState::Open);
     let started = Instant::now();

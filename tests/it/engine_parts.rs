@@ -65,6 +65,7 @@ async fn ghost_copy_flush_and_swap_keep_data_and_names() {
         chunk_time: Duration::from_millis(50),
         changelog: None,
         resume_after: None,
+        fresh: false,
     };
     let progress = CopyProgress::new(300);
     let (_gate_tx, gate) = tokio::sync::watch::channel(GateState::Open);
