@@ -65,7 +65,7 @@ impl CutOver<'_> {
                 Ok(report) => return Ok(report),
                 Err(e) => {
                     self.writer.resume().await?;
-                    if !e.is_retryable() || attempt > self.retries {
+                    if !e.is_retryable() || attempt >= self.retries {
                         return Err(e.context(format!("cut-over attempt {attempt}")));
                     }
                     let delay = backoff.delay(attempt);
