@@ -7,8 +7,11 @@
 //! before the lock; flush those keys inside the locked transaction; carry sequences over,
 //! rename, commit. Any failure rolls back: the original is untouched and the keys go back
 //! to the flusher. A lock timeout is retried after a back-off, naming who held the lock.
+//! A session lost to `pg_terminate_backend` is
+//! replaced before the next attempt.
 
 mod blockers;
+mod sessions;
 pub mod swap;
 
 pub use blockers::{blockers_of, Blocker};
@@ -18,6 +21,7 @@ use crate::conn::ConnInfo;
 use crate::error::{Context, Error, ErrorKind, Result};
 use crate::ghost::Ghost;
 use crate::schema::TableInfo;
+use sessions::Sessions;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio_postgres::Client;
@@ -50,30 +54,40 @@ pub struct CutOverReport {
 
 impl CutOver<'_> {
     pub async fn run(&self) -> Result<CutOverReport> {
-        let client = self.conn.with_application_name("pg-ghost cut-over").connect().await?;
-        let monitor = self.conn.with_application_name("pg-ghost monitor").connect().await?;
-        monitor.batch_execute("SET synchronous_commit = on").await?;
-        let pid: i32 = client.query_one("SELECT pg_backend_pid()", &[]).await?.try_get(0)?;
+        let mut sessions = Sessions::open(self.conn).await?;
         let backoff = crate::error::Backoff { initial: Duration::from_millis(250), max: Duration::from_secs(5), attempts: u32::MAX };
+        let mut lost_session = false;
         let mut attempt = 0;
         loop {
             attempt += 1;
             self.check_abort()?;
-            self.writer.pause().await?;
-            let result = self.attempt(&client, &monitor, pid, attempt).await;
-            match result {
+            match self.try_once(&mut sessions, lost_session, attempt).await {
                 Ok(report) => return Ok(report),
                 Err(e) => {
-                    self.writer.resume().await?;
                     if !e.is_retryable() || attempt >= self.retries {
                         return Err(e.context(format!("cut-over attempt {attempt}")));
                     }
+                    lost_session = e.kind() == ErrorKind::Connection;
                     let delay = backoff.delay(attempt);
                     tracing::warn!(attempt, retry_in_ms = delay.as_millis() as u64, error = %e, "cut-over attempt failed; retrying");
                     self.sleep_unless_aborted(delay).await?;
                 }
             }
         }
+    }
+
+    /// One attempt with the flusher paused; after a lost connection the lost session is
+    /// replaced first (that failing fails the attempt, to be retried like any other).
+    async fn try_once(&self, sessions: &mut Sessions, lost_session: bool, attempt: u32) -> Result<CutOverReport> {
+        if lost_session {
+            sessions.replace_lost(self.conn).await?;
+        }
+        self.writer.pause().await?;
+        let result = self.attempt(sessions, attempt).await;
+        if result.is_err() {
+            self.writer.resume().await?;
+        }
+        result
     }
 
     fn check_abort(&self) -> Result<()> {
@@ -91,10 +105,11 @@ impl CutOver<'_> {
         }
     }
 
-    async fn attempt(&self, client: &Client, monitor: &Client, pid: i32, attempt: u32) -> Result<CutOverReport> {
+    async fn attempt(&self, sessions: &Sessions, attempt: u32) -> Result<CutOverReport> {
+        let client = &sessions.client;
         client.batch_execute("BEGIN").await.context("starting the cut-over transaction")?;
         let mut locked_at = None;
-        let result = self.locked_swap(client, monitor, pid, attempt, &mut locked_at).await;
+        let result = self.locked_swap(sessions, attempt, &mut locked_at).await;
         match result {
             Ok((report, _)) => Ok(report),
             Err((e, keys)) => {
@@ -107,6 +122,42 @@ impl CutOver<'_> {
                     self.writer.requeue(keys).await?;
                 }
                 Err(e)
+            }
+        }
+    }
+
+    /// Takes ACCESS EXCLUSIVE on both tables, waiting at most `lock_timeout`. While it waits,
+    /// the blockers are reported once.
+    async fn lock_tables(&self, sessions: &Sessions, attempt: u32) -> Result<()> {
+        let lock_sql = format!("LOCK TABLE {}, {} IN ACCESS EXCLUSIVE MODE", self.orig.name.sql(), self.ghost.name.sql());
+        let lock = sessions.client.batch_execute(&lock_sql);
+        tokio::pin!(lock);
+        let report_after = tokio::time::sleep(self.lock_timeout.mul_f64(0.8));
+        tokio::pin!(report_after);
+        let mut reported = false;
+        let locked = loop {
+            tokio::select! {
+                r = &mut lock => break r,
+                _ = &mut report_after, if !reported => {
+                    reported = true;
+                    self.report_blockers(sessions, attempt).await;
+                }
+            }
+        };
+        locked.map_err(|e| {
+            let e = Error::from(e);
+            if e.kind() == ErrorKind::LockTimeout {
+                Error::new(ErrorKind::LockTimeout, format!("could not lock {} within {:?}", self.orig.name, self.lock_timeout))
+            } else {
+                e.context("locking the tables")
+            }
+        })
+    }
+
+    async fn report_blockers(&self, sessions: &Sessions, attempt: u32) {
+        if let Ok(list) = blockers_of(&sessions.monitor, sessions.pid).await {
+            for b in &list {
+                tracing::warn!(attempt, blocker_pid = b.pid, state = %b.state, transaction_age = %b.transaction_age, query = %b.query, "cut-over lock is waiting for this session");
             }
         }
     }
@@ -127,46 +178,19 @@ impl CutOver<'_> {
 
     async fn locked_swap(
         &self,
-        client: &Client,
-        monitor: &Client,
-        pid: i32,
+        sessions: &Sessions,
         attempt: u32,
         held_since: &mut Option<Instant>,
     ) -> std::result::Result<(CutOverReport, ()), (Error, Vec<Key>)> {
         let fail = |e: Error| (e, Vec::new());
+        let (client, monitor) = (&sessions.client, &sessions.monitor);
         let timeout_ms = self.lock_timeout.as_millis().max(1);
         client
             .batch_execute(&format!("SET LOCAL lock_timeout = '{timeout_ms}ms'"))
             .await
             .map_err(|e| fail(e.into()))?;
-        let lock_sql = format!("LOCK TABLE {}, {} IN ACCESS EXCLUSIVE MODE", self.orig.name.sql(), self.ghost.name.sql());
         let wait_started = Instant::now();
-        let lock = client.batch_execute(&lock_sql);
-        tokio::pin!(lock);
-        let report_after = tokio::time::sleep(self.lock_timeout.mul_f64(0.8));
-        tokio::pin!(report_after);
-        let mut reported = false;
-        let locked = loop {
-            tokio::select! {
-                r = &mut lock => break r,
-                _ = &mut report_after, if !reported => {
-                    reported = true;
-                    if let Ok(list) = blockers_of(monitor, pid).await {
-                        for b in &list {
-                            tracing::warn!(attempt, blocker_pid = b.pid, state = %b.state, transaction_age = %b.transaction_age, query = %b.query, "cut-over lock is waiting for this session");
-                        }
-                    }
-                }
-            }
-        };
-        if let Err(e) = locked {
-            let e = Error::from(e);
-            return Err(fail(if e.kind() == ErrorKind::LockTimeout {
-                Error::new(ErrorKind::LockTimeout, format!("could not lock {} within {:?}", self.orig.name, self.lock_timeout))
-            } else {
-                e.context("locking the tables")
-            }));
-        }
+        self.lock_tables(sessions, attempt).await.map_err(fail)?;
         let lock_wait = wait_started.elapsed();
         let locked_at = Instant::now();
         *held_since = Some(locked_at);
