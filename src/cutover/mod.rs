@@ -7,7 +7,8 @@
 //! before the lock; flush those keys inside the locked transaction; carry sequences over,
 //! rename, commit. Any failure rolls back: the original is untouched and the keys go back
 //! to the flusher. A lock timeout is retried after a back-off, naming who held the lock.
-//! A session lost to `pg_terminate_backend` is
+//! With `--cut-over-kill-blockers-after`, once the attempts have gone on that long, a waiting
+//! LOCK terminates the sessions in its way. A session lost to `pg_terminate_backend` is
 //! replaced before the next attempt.
 
 mod blockers;
@@ -21,6 +22,7 @@ use crate::conn::ConnInfo;
 use crate::error::{Context, Error, ErrorKind, Result};
 use crate::ghost::Ghost;
 use crate::schema::TableInfo;
+use blockers::BlockerKiller;
 use sessions::Sessions;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -38,6 +40,9 @@ pub struct CutOver<'a> {
     pub flush: &'a FlushSql,
     pub lock_timeout: Duration,
     pub retries: u32,
+    /// `--cut-over-kill-blockers-after`: once the cut-over has been trying this long, the
+    /// sessions a waiting LOCK is blocked by are terminated.
+    pub kill_blockers_after: Option<Duration>,
     /// Set when the run must stop (panic flag, signal): checked between attempts.
     pub abort: watch::Receiver<Option<String>>,
 }
@@ -56,12 +61,14 @@ impl CutOver<'_> {
     pub async fn run(&self) -> Result<CutOverReport> {
         let mut sessions = Sessions::open(self.conn).await?;
         let backoff = crate::error::Backoff { initial: Duration::from_millis(250), max: Duration::from_secs(5), attempts: u32::MAX };
+        // Measured from the first attempt, so the back-off between attempts counts too.
+        let mut killer = self.kill_blockers_after.map(|after| BlockerKiller::new(tokio::time::Instant::now() + after));
         let mut lost_session = false;
         let mut attempt = 0;
         loop {
             attempt += 1;
             self.check_abort()?;
-            match self.try_once(&mut sessions, lost_session, attempt).await {
+            match self.try_once(&mut sessions, lost_session, attempt, killer.as_mut()).await {
                 Ok(report) => return Ok(report),
                 Err(e) => {
                     if !e.is_retryable() || attempt >= self.retries {
@@ -78,12 +85,18 @@ impl CutOver<'_> {
 
     /// One attempt with the flusher paused; after a lost connection the lost session is
     /// replaced first (that failing fails the attempt, to be retried like any other).
-    async fn try_once(&self, sessions: &mut Sessions, lost_session: bool, attempt: u32) -> Result<CutOverReport> {
+    async fn try_once(
+        &self,
+        sessions: &mut Sessions,
+        lost_session: bool,
+        attempt: u32,
+        killer: Option<&mut BlockerKiller>,
+    ) -> Result<CutOverReport> {
         if lost_session {
             sessions.replace_lost(self.conn).await?;
         }
         self.writer.pause().await?;
-        let result = self.attempt(sessions, attempt).await;
+        let result = self.attempt(sessions, attempt, killer).await;
         if result.is_err() {
             self.writer.resume().await?;
         }
@@ -105,11 +118,11 @@ impl CutOver<'_> {
         }
     }
 
-    async fn attempt(&self, sessions: &Sessions, attempt: u32) -> Result<CutOverReport> {
+    async fn attempt(&self, sessions: &Sessions, attempt: u32, killer: Option<&mut BlockerKiller>) -> Result<CutOverReport> {
         let client = &sessions.client;
         client.batch_execute("BEGIN").await.context("starting the cut-over transaction")?;
         let mut locked_at = None;
-        let result = self.locked_swap(sessions, attempt, &mut locked_at).await;
+        let result = self.locked_swap(sessions, attempt, killer, &mut locked_at).await;
         match result {
             Ok((report, _)) => Ok(report),
             Err((e, keys)) => {
@@ -127,20 +140,32 @@ impl CutOver<'_> {
     }
 
     /// Takes ACCESS EXCLUSIVE on both tables, waiting at most `lock_timeout`. While it waits,
-    /// the blockers are reported once.
-    async fn lock_tables(&self, sessions: &Sessions, attempt: u32) -> Result<()> {
+    /// the blockers are reported once, and terminated when the killer is due.
+    async fn lock_tables(&self, sessions: &Sessions, attempt: u32, mut killer: Option<&mut BlockerKiller>) -> Result<()> {
         let lock_sql = format!("LOCK TABLE {}, {} IN ACCESS EXCLUSIVE MODE", self.orig.name.sql(), self.ghost.name.sql());
         let lock = sessions.client.batch_execute(&lock_sql);
         tokio::pin!(lock);
         let report_after = tokio::time::sleep(self.lock_timeout.mul_f64(0.8));
         tokio::pin!(report_after);
         let mut reported = false;
+        // Transactions that held their lock when the LOCK queued and end by themselves within
+        // the grace are not blockers worth killing: they would be short writes.
+        let grace = kill_grace(self.lock_timeout);
+        let first_check = killer.as_ref().map(|k| k.due().max(tokio::time::Instant::now() + grace));
+        let kill_check = tokio::time::sleep_until(first_check.unwrap_or_else(tokio::time::Instant::now));
+        tokio::pin!(kill_check);
         let locked = loop {
             tokio::select! {
                 r = &mut lock => break r,
                 _ = &mut report_after, if !reported => {
                     reported = true;
                     self.report_blockers(sessions, attempt).await;
+                }
+                _ = &mut kill_check, if killer.is_some() => {
+                    if let Some(k) = killer.as_deref_mut() {
+                        k.terminate_blockers(&sessions.monitor, sessions.pid, attempt).await;
+                    }
+                    kill_check.as_mut().reset(tokio::time::Instant::now() + grace);
                 }
             }
         };
@@ -157,7 +182,7 @@ impl CutOver<'_> {
     async fn report_blockers(&self, sessions: &Sessions, attempt: u32) {
         if let Ok(list) = blockers_of(&sessions.monitor, sessions.pid).await {
             for b in &list {
-                tracing::warn!(attempt, blocker_pid = b.pid, state = %b.state, transaction_age = %b.transaction_age, query = %b.query, "cut-over lock is waiting for this session");
+                tracing::warn!(attempt, blocker_pid = b.pid, user = %b.user, application = %b.application, state = %b.state, transaction_age = %b.transaction_age, query = %b.query, "cut-over lock is waiting for this session");
             }
         }
     }
@@ -180,6 +205,7 @@ impl CutOver<'_> {
         &self,
         sessions: &Sessions,
         attempt: u32,
+        killer: Option<&mut BlockerKiller>,
         held_since: &mut Option<Instant>,
     ) -> std::result::Result<(CutOverReport, ()), (Error, Vec<Key>)> {
         let fail = |e: Error| (e, Vec::new());
@@ -190,7 +216,7 @@ impl CutOver<'_> {
             .await
             .map_err(|e| fail(e.into()))?;
         let wait_started = Instant::now();
-        self.lock_tables(sessions, attempt).await.map_err(fail)?;
+        self.lock_tables(sessions, attempt, killer).await.map_err(fail)?;
         let lock_wait = wait_started.elapsed();
         let locked_at = Instant::now();
         *held_since = Some(locked_at);
@@ -230,4 +256,11 @@ impl CutOver<'_> {
         tracing::info!(attempt, lock_held_ms = lock_held.as_millis() as u64, final_keys, "cut-over committed");
         Ok((CutOverReport { attempts: attempt, lock_held, lock_wait, final_keys }, ()))
     }
+}
+
+/// How long a LOCK waits before its blockers may be terminated, and between two looks at
+/// them: half the lock timeout, at most 200 ms. Whatever still blocks after that is not a
+/// write about to commit.
+fn kill_grace(lock_timeout: Duration) -> Duration {
+    (lock_timeout / 2).min(Duration::from_millis(200))
 }
