@@ -128,8 +128,9 @@ pub struct RunArgs {
     #[arg(long, value_name = "N", default_value_t = 60, help_heading = "Cut-over")]
     pub cut_over_retries: u32,
 
-    /// Terminate the backends that block the cut-over lock once they have held it this long
-    /// (pg_terminate_backend). Default: never, only report them. Units: ms, s, m.
+    /// Once the cut-over has been trying to lock the table this long (across retries),
+    /// terminate the sessions its waiting lock is blocked by (pg_terminate_backend) and
+    /// proceed. Default: never, only report them. Units: ms, s, m.
     #[arg(long, value_name = "DURATION", help_heading = "Cut-over")]
     pub cut_over_kill_blockers_after: Option<String>,
 

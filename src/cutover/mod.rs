@@ -7,8 +7,12 @@
 //! before the lock; flush those keys inside the locked transaction; carry sequences over,
 //! rename, commit. Any failure rolls back: the original is untouched and the keys go back
 //! to the flusher. A lock timeout is retried after a back-off, naming who held the lock.
+//! With `--cut-over-kill-blockers-after`, once the attempts have gone on that long, a waiting
+//! LOCK terminates the sessions in its way. A session lost to `pg_terminate_backend` is
+//! replaced before the next attempt.
 
 mod blockers;
+mod sessions;
 pub mod swap;
 
 pub use blockers::{blockers_of, Blocker};
@@ -18,6 +22,8 @@ use crate::conn::ConnInfo;
 use crate::error::{Context, Error, ErrorKind, Result};
 use crate::ghost::Ghost;
 use crate::schema::TableInfo;
+use blockers::BlockerKiller;
+use sessions::Sessions;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio_postgres::Client;
@@ -34,6 +40,9 @@ pub struct CutOver<'a> {
     pub flush: &'a FlushSql,
     pub lock_timeout: Duration,
     pub retries: u32,
+    /// `--cut-over-kill-blockers-after`: once the cut-over has been trying this long, the
+    /// sessions a waiting LOCK is blocked by are terminated.
+    pub kill_blockers_after: Option<Duration>,
     /// Set when the run must stop (panic flag, signal): checked between attempts.
     pub abort: watch::Receiver<Option<String>>,
 }
@@ -50,30 +59,48 @@ pub struct CutOverReport {
 
 impl CutOver<'_> {
     pub async fn run(&self) -> Result<CutOverReport> {
-        let client = self.conn.with_application_name("pg-ghost cut-over").connect().await?;
-        let monitor = self.conn.with_application_name("pg-ghost monitor").connect().await?;
-        monitor.batch_execute("SET synchronous_commit = on").await?;
-        let pid: i32 = client.query_one("SELECT pg_backend_pid()", &[]).await?.try_get(0)?;
+        let mut sessions = Sessions::open(self.conn).await?;
         let backoff = crate::error::Backoff { initial: Duration::from_millis(250), max: Duration::from_secs(5), attempts: u32::MAX };
+        // Measured from the first attempt, so the back-off between attempts counts too.
+        let mut killer = self.kill_blockers_after.map(|after| BlockerKiller::new(tokio::time::Instant::now() + after));
+        let mut lost_session = false;
         let mut attempt = 0;
         loop {
             attempt += 1;
             self.check_abort()?;
-            self.writer.pause().await?;
-            let result = self.attempt(&client, &monitor, pid, attempt).await;
-            match result {
+            match self.try_once(&mut sessions, lost_session, attempt, killer.as_mut()).await {
                 Ok(report) => return Ok(report),
                 Err(e) => {
-                    self.writer.resume().await?;
-                    if !e.is_retryable() || attempt > self.retries {
+                    if !e.is_retryable() || attempt >= self.retries {
                         return Err(e.context(format!("cut-over attempt {attempt}")));
                     }
+                    lost_session = e.kind() == ErrorKind::Connection;
                     let delay = backoff.delay(attempt);
                     tracing::warn!(attempt, retry_in_ms = delay.as_millis() as u64, error = %e, "cut-over attempt failed; retrying");
                     self.sleep_unless_aborted(delay).await?;
                 }
             }
         }
+    }
+
+    /// One attempt with the flusher paused; after a lost connection the lost session is
+    /// replaced first (that failing fails the attempt, to be retried like any other).
+    async fn try_once(
+        &self,
+        sessions: &mut Sessions,
+        lost_session: bool,
+        attempt: u32,
+        killer: Option<&mut BlockerKiller>,
+    ) -> Result<CutOverReport> {
+        if lost_session {
+            sessions.replace_lost(self.conn).await?;
+        }
+        self.writer.pause().await?;
+        let result = self.attempt(sessions, attempt, killer).await;
+        if result.is_err() {
+            self.writer.resume().await?;
+        }
+        result
     }
 
     fn check_abort(&self) -> Result<()> {
@@ -91,10 +118,11 @@ impl CutOver<'_> {
         }
     }
 
-    async fn attempt(&self, client: &Client, monitor: &Client, pid: i32, attempt: u32) -> Result<CutOverReport> {
+    async fn attempt(&self, sessions: &Sessions, attempt: u32, killer: Option<&mut BlockerKiller>) -> Result<CutOverReport> {
+        let client = &sessions.client;
         client.batch_execute("BEGIN").await.context("starting the cut-over transaction")?;
         let mut locked_at = None;
-        let result = self.locked_swap(client, monitor, pid, attempt, &mut locked_at).await;
+        let result = self.locked_swap(sessions, attempt, killer, &mut locked_at).await;
         match result {
             Ok((report, _)) => Ok(report),
             Err((e, keys)) => {
@@ -107,6 +135,54 @@ impl CutOver<'_> {
                     self.writer.requeue(keys).await?;
                 }
                 Err(e)
+            }
+        }
+    }
+
+    /// Takes ACCESS EXCLUSIVE on both tables, waiting at most `lock_timeout`. While it waits,
+    /// the blockers are reported once, and terminated when the killer is due.
+    async fn lock_tables(&self, sessions: &Sessions, attempt: u32, mut killer: Option<&mut BlockerKiller>) -> Result<()> {
+        let lock_sql = format!("LOCK TABLE {}, {} IN ACCESS EXCLUSIVE MODE", self.orig.name.sql(), self.ghost.name.sql());
+        let lock = sessions.client.batch_execute(&lock_sql);
+        tokio::pin!(lock);
+        let report_after = tokio::time::sleep(self.lock_timeout.mul_f64(0.8));
+        tokio::pin!(report_after);
+        let mut reported = false;
+        // Transactions that held their lock when the LOCK queued and end by themselves within
+        // the grace are not blockers worth killing: they would be short writes.
+        let grace = kill_grace(self.lock_timeout);
+        let first_check = killer.as_ref().map(|k| k.due().max(tokio::time::Instant::now() + grace));
+        let kill_check = tokio::time::sleep_until(first_check.unwrap_or_else(tokio::time::Instant::now));
+        tokio::pin!(kill_check);
+        let locked = loop {
+            tokio::select! {
+                r = &mut lock => break r,
+                _ = &mut report_after, if !reported => {
+                    reported = true;
+                    self.report_blockers(sessions, attempt).await;
+                }
+                _ = &mut kill_check, if killer.is_some() => {
+                    if let Some(k) = killer.as_deref_mut() {
+                        k.terminate_blockers(&sessions.monitor, sessions.pid, attempt).await;
+                    }
+                    kill_check.as_mut().reset(tokio::time::Instant::now() + grace);
+                }
+            }
+        };
+        locked.map_err(|e| {
+            let e = Error::from(e);
+            if e.kind() == ErrorKind::LockTimeout {
+                Error::new(ErrorKind::LockTimeout, format!("could not lock {} within {:?}", self.orig.name, self.lock_timeout))
+            } else {
+                e.context("locking the tables")
+            }
+        })
+    }
+
+    async fn report_blockers(&self, sessions: &Sessions, attempt: u32) {
+        if let Ok(list) = blockers_of(&sessions.monitor, sessions.pid).await {
+            for b in &list {
+                tracing::warn!(attempt, blocker_pid = b.pid, user = %b.user, application = %b.application, state = %b.state, transaction_age = %b.transaction_age, query = %b.query, "cut-over lock is waiting for this session");
             }
         }
     }
@@ -127,46 +203,20 @@ impl CutOver<'_> {
 
     async fn locked_swap(
         &self,
-        client: &Client,
-        monitor: &Client,
-        pid: i32,
+        sessions: &Sessions,
         attempt: u32,
+        killer: Option<&mut BlockerKiller>,
         held_since: &mut Option<Instant>,
     ) -> std::result::Result<(CutOverReport, ()), (Error, Vec<Key>)> {
         let fail = |e: Error| (e, Vec::new());
+        let (client, monitor) = (&sessions.client, &sessions.monitor);
         let timeout_ms = self.lock_timeout.as_millis().max(1);
         client
             .batch_execute(&format!("SET LOCAL lock_timeout = '{timeout_ms}ms'"))
             .await
             .map_err(|e| fail(e.into()))?;
-        let lock_sql = format!("LOCK TABLE {}, {} IN ACCESS EXCLUSIVE MODE", self.orig.name.sql(), self.ghost.name.sql());
         let wait_started = Instant::now();
-        let lock = client.batch_execute(&lock_sql);
-        tokio::pin!(lock);
-        let report_after = tokio::time::sleep(self.lock_timeout.mul_f64(0.8));
-        tokio::pin!(report_after);
-        let mut reported = false;
-        let locked = loop {
-            tokio::select! {
-                r = &mut lock => break r,
-                _ = &mut report_after, if !reported => {
-                    reported = true;
-                    if let Ok(list) = blockers_of(monitor, pid).await {
-                        for b in &list {
-                            tracing::warn!(attempt, blocker_pid = b.pid, state = %b.state, transaction_age = %b.transaction_age, query = %b.query, "cut-over lock is waiting for this session");
-                        }
-                    }
-                }
-            }
-        };
-        if let Err(e) = locked {
-            let e = Error::from(e);
-            return Err(fail(if e.kind() == ErrorKind::LockTimeout {
-                Error::new(ErrorKind::LockTimeout, format!("could not lock {} within {:?}", self.orig.name, self.lock_timeout))
-            } else {
-                e.context("locking the tables")
-            }));
-        }
+        self.lock_tables(sessions, attempt, killer).await.map_err(fail)?;
         let lock_wait = wait_started.elapsed();
         let locked_at = Instant::now();
         *held_since = Some(locked_at);
@@ -208,4 +258,11 @@ impl CutOver<'_> {
         tracing::info!(attempt, lock_held_ms = lock_held.as_millis() as u64, final_keys, "cut-over committed");
         Ok((CutOverReport { attempts: attempt, lock_held, lock_wait, final_keys }, ()))
     }
+}
+
+/// How long a LOCK waits before its blockers may be terminated, and between two looks at
+/// them: half the lock timeout, at most 200 ms. Whatever still blocks after that is not a
+/// write about to commit.
+fn kill_grace(lock_timeout: Duration) -> Duration {
+    (lock_timeout / 2).min(Duration::from_millis(200))
 }

@@ -91,7 +91,6 @@ struct Run {
 fn refuse_unavailable(cfg: &Config) -> Result<()> {
     let unavailable = [
         (cfg.test_on_replica.is_some(), "--test-on-replica"),
-        (cfg.cut_over.kill_blockers_after.is_some(), "--cut-over-kill-blockers-after"),
     ];
     match unavailable.iter().find(|(given, _)| *given) {
         Some((_, flag)) => Err(Error::config(format!("{flag} is not available in this version of pg-ghost"))),
@@ -395,6 +394,7 @@ impl Run {
             flush: &repl.flush,
             lock_timeout: self.cfg.cut_over.lock_timeout,
             retries: self.cfg.cut_over.retries,
+            kill_blockers_after: self.cfg.cut_over.kill_blockers_after,
             abort: self.abort.clone(),
         };
         self.controls.cut_over_locked.send_replace(true);

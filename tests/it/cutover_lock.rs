@@ -1,77 +1,307 @@
 //! Cut-over under lock contention: a session holds a lock that conflicts with the swap.
 //! pg-ghost must wait no longer than its lock timeout at a time (a waiting LOCK stalls every
-//! later query on the table), name the blocker, retry, and succeed once the lock is gone.
+//! later query on the table), name the blocker, retry, and succeed once the lock is gone, or
+//! give up after its retries with the original intact. With `--cut-over-kill-blockers-after`
+//! it terminates the blocker instead; and a cut-over session terminated by someone else is
+//! replaced rather than failing every later attempt.
 
-use crate::binary;
-use crate::harness::Cluster;
+use crate::binary::{self, changelog_value, narrow_table};
+use crate::harness::{Cluster, TestDb};
 use crate::oracle::*;
-use std::time::Duration;
+use crate::run_faults::{assert_unchanged_rows, flag_path, wait_for_state, Running, POLL};
+use crate::run_refusals::assert_exit;
+use std::time::{Duration, Instant};
+use tokio_postgres::Client;
+
+const ALTER: &str = "ALTER COLUMN n TYPE bigint";
+/// What pg-ghost logs for each session it terminated.
+const TERMINATED: &str = "terminated a session that blocked the cut-over lock";
+
+/// A run on `orders` under a two-client workload, postponed until `blocker` holds a lock on
+/// the table that ACCESS EXCLUSIVE conflicts with; the cut-over starts once this returns.
+struct Contended {
+    db: TestDb<'static>,
+    table: OracleTable,
+    workload: Workload,
+    run: Running,
+    blocker: Client,
+    blocker_pid: i32,
+    oid_before: String,
+}
+
+impl Contended {
+    /// `lock_sql` is what the blocker runs inside its open transaction.
+    async fn start(prefix: &str, lock_sql: &str, extra_args: &[&str]) -> Contended {
+        let db = Cluster::primary().fresh_db(prefix);
+        let table = OracleTable::create(&db, "orders", KeyKind::Identity, 2_000).await;
+        let oid_before = db.psql("SELECT 'orders'::regclass::oid");
+        let workload = Workload::start(&db, &table, WorkloadOptions::new(2).rate(Some(50))).await;
+        workload.wait_for_more_commits(20, Duration::from_secs(30)).await;
+
+        let flag = flag_path(&db, "postpone");
+        std::fs::write(&flag, b"").unwrap();
+        let flag_arg = flag.to_str().unwrap();
+        let mut args = vec!["--table", "orders", "--alter", ALTER, "--execute", "--postpone-cut-over-flag-file", flag_arg];
+        args.extend_from_slice(extra_args);
+        let mut run = Running::spawn(&db, "run", &args);
+        let watcher = db.client().await;
+        wait_for_state(&watcher, &mut run, "orders", "postponed", Duration::from_secs(60)).await;
+
+        let blocker = db.client().await;
+        blocker.batch_execute(&format!("BEGIN; {lock_sql}")).await.unwrap();
+        let blocker_pid: i32 = blocker.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+        std::fs::remove_file(&flag).unwrap();
+        Contended { db, table, workload, run, blocker, blocker_pid, oid_before }
+    }
+}
+
+/// The pid of the cut-over session once its LOCK waits, other than `except`.
+async fn waiting_cut_over_pid(db: &TestDb<'_>, run: &mut Running, except: Option<i32>) -> i32 {
+    let sql = format!(
+        "SELECT a.pid FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+          WHERE NOT l.granted AND a.application_name = 'pg-ghost cut-over' AND a.datname = current_database()
+            AND a.pid <> {} LIMIT 1",
+        except.unwrap_or(0)
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(pid) = db.psql(&sql).parse::<i32>() {
+            return pid;
+        }
+        run.assert_running("a cut-over LOCK to wait").await;
+        assert!(Instant::now() < deadline, "no cut-over session (other than {except:?}) waited for its lock within 60 s");
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Stops the workload after some more commits; asserts it saw no error (none of its sessions
+/// was terminated) and, given `max_wait`, that no write waited that long.
+async fn finish_workload(workload: Workload, max_wait: Option<Duration>) {
+    workload.wait_for_more_commits(20, Duration::from_secs(30)).await;
+    let report = workload.stop().await;
+    assert!(report.errors.is_empty(), "workload errors (seed {}): {:#?}", report.seed, report.errors);
+    if let Some(max_wait) = max_wait {
+        // A waiting LOCK queues every later write on the table behind it: without a short
+        // lock timeout the writers would wait as long as the blocker holds on.
+        assert!(report.max_txn_latency < max_wait, "a writer waited {:?}", report.max_txn_latency);
+    }
+}
+
+/// The blocker's session is alive: it was not terminated.
+async fn assert_alive(blocker: &Client) {
+    blocker.batch_execute("SELECT 1").await.expect("the blocker's session was terminated");
+}
+
+fn lines_with<'a>(log: &'a str, needle: &str) -> Vec<&'a str> {
+    log.lines().filter(|l| l.contains(needle)).collect()
+}
+
+fn column_type(db: &TestDb<'_>, table: &str, column: &str) -> String {
+    db.psql(&format!(
+        "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = {}::regclass AND attname = {}",
+        literal(&ident(table)),
+        literal(column)
+    ))
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_the_lock_and_names_the_blocker_without_stalling_writers() {
-    let db = Cluster::primary().fresh_db("cutover_lock");
-    let table = OracleTable::create(&db, "orders", KeyKind::Identity, 2_000).await;
-    let workload = Workload::start(&db, &table, WorkloadOptions::new(2).rate(Some(50))).await;
-    workload.wait_for_more_commits(20, Duration::from_secs(30)).await;
-
-    // The blocker: an open transaction holding a lock on the table that ACCESS EXCLUSIVE
-    // conflicts with, but that lets the workload's row writes through.
-    let blocker = db.client().await;
-    blocker.batch_execute("BEGIN; LOCK TABLE orders IN ACCESS SHARE MODE").await.unwrap();
-    let blocker_pid: i32 = blocker.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
-
-    let flag = tempfile_path("postpone");
-    std::fs::write(&flag, b"").unwrap();
-    let child = binary::command(
-        &db,
-        "run",
-        &["--table", "orders", "--alter", "ALTER COLUMN n TYPE bigint", "--execute", "--cut-over-lock-timeout", "300ms", "--postpone-cut-over-flag-file", flag.to_str().unwrap()],
-    )
-    .stderr(std::process::Stdio::piped())
-    .spawn()
-    .unwrap();
-    let watcher = db.client().await;
-    wait_until(|| async { binary::changelog_value(&watcher, "orders", "state").await.as_deref() == Some("postponed") }).await;
-    std::fs::remove_file(&flag).unwrap();
+    let Contended { db, table, workload, mut run, blocker, blocker_pid, .. } =
+        Contended::start("cutover_lock", "LOCK TABLE orders IN ACCESS SHARE MODE", &["--cut-over-lock-timeout", "300ms"]).await;
     // Let a few attempts time out against the blocker, then release it.
-    wait_until(|| async {
-        db.psql(&format!(
-            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) WHERE NOT l.granted AND a.application_name = 'pg-ghost cut-over'"
-        )) != "0"
-    })
-    .await;
+    waiting_cut_over_pid(&db, &mut run, None).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     blocker.batch_execute("COMMIT").await.unwrap();
 
-    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output()).await.expect("pg-ghost did not finish").unwrap();
+    let out = run.wait(Duration::from_secs(60)).await;
     binary::assert_success(&out);
     let log = binary::stderr(&out);
     assert!(log.contains("cut-over attempt failed; retrying"), "no retry logged:\n{log}");
     assert!(log.contains(&format!("blocker_pid={blocker_pid}")), "the blocker (pid {blocker_pid}) is not named:\n{log}");
 
-    workload.wait_for_more_commits(20, Duration::from_secs(30)).await;
-    let report = workload.stop().await;
-    assert!(report.errors.is_empty(), "workload errors (seed {}): {:#?}", report.seed, report.errors);
-    // Without a short lock timeout the writers would have queued behind the waiting LOCK for
-    // as long as the blocker held on (over 2 s).
-    assert!(report.max_txn_latency < Duration::from_millis(1_800), "a writer waited {:?}", report.max_txn_latency);
+    // Over 2 s of blocking: the writers waited at most one lock timeout at a time.
+    finish_workload(workload, Some(Duration::from_millis(1_800))).await;
     let client = db.client().await;
     table.assert_matches_control(&client, &table.projection().map("n", "n::bigint")).await;
     assert_no_slots_or_publications(&client).await;
 }
 
-fn tempfile_path(name: &str) -> std::path::PathBuf {
-    std::env::temp_dir().join(format!("pg-ghost-test-{}-{name}-{}", std::process::id(), rand::random::<u32>()))
+/// A blocker that never lets go, no `--cut-over-kill-blockers-after`: every attempt waits at
+/// most the lock timeout, so no write waits much longer; after `--cut-over-retries` attempts
+/// the run fails saying why, the blocker is left alone, and the original is as the workload
+/// left it, still writable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gives_up_after_its_retries_without_stalling_writers() {
+    let Contended { db, table, workload, run, blocker, blocker_pid, oid_before } = Contended::start(
+        "cutover_giveup",
+        "LOCK TABLE orders IN ROW EXCLUSIVE MODE",
+        &["--cut-over-lock-timeout", "500ms", "--cut-over-retries", "3"],
+    )
+    .await;
+
+    let out = run.wait(Duration::from_secs(60)).await;
+    assert_exit(&out, 1, &["cut-over attempt 3", "could not lock"]);
+    let log = binary::stderr(&out);
+    assert_eq!(lines_with(&log, "cut-over attempt failed; retrying").len(), 2, "3 attempts make 2 retries:\n{log}");
+    assert!(log.contains(&format!("blocker_pid={blocker_pid}")), "the blocker (pid {blocker_pid}) is not named:\n{log}");
+    assert!(lines_with(&log, TERMINATED).is_empty(), "a session was terminated without the flag:\n{log}");
+    assert_alive(&blocker).await;
+
+    // The workload kept writing through the whole run, retries included.
+    finish_workload(workload, Some(Duration::from_secs(2))).await;
+    blocker.batch_execute("COMMIT").await.unwrap();
+    let client = db.client().await;
+    assert_eq!(db.psql("SELECT 'orders'::regclass::oid"), oid_before, "the original was swapped");
+    assert_eq!(column_type(&db, "orders", "n"), "integer");
+    table.assert_matches_control(&client, &table.projection()).await;
+    assert_no_slots_or_publications(&client).await;
 }
 
-async fn wait_until<F, Fut>(mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while !cond().await {
-        assert!(tokio::time::Instant::now() < deadline, "condition not reached within 60 s");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+/// `--cut-over-kill-blockers-after 1s` with a blocker that never lets go: once the attempts
+/// have gone on for 1 s the blocker is terminated (its session is gone, the log names it),
+/// no workload session is, and the cut-over commits with the data intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_blockers_after_terminates_the_blocker_and_cuts_over() {
+    let Contended { db, table, workload, run, blocker, blocker_pid, oid_before } = Contended::start(
+        "cutover_kill",
+        "LOCK TABLE orders IN ROW EXCLUSIVE MODE",
+        &["--cut-over-lock-timeout", "500ms", "--cut-over-kill-blockers-after", "1s"],
+    )
+    .await;
+
+    let out = run.wait(Duration::from_secs(60)).await;
+    binary::assert_success(&out);
+    let log = binary::stderr(&out);
+    let killed = lines_with(&log, TERMINATED);
+    assert_eq!(killed.len(), 1, "one session was in the way:\n{log}");
+    assert!(killed[0].contains(&format!("blocker_pid={blocker_pid} ")), "the terminated session is not the blocker (pid {blocker_pid}):\n{log}");
+    // The first attempt gave up after 500 ms, before the 1 s were up.
+    let first_retry = log.find("cut-over attempt failed; retrying").unwrap_or_else(|| panic!("no attempt failed before the kill:\n{log}"));
+    assert!(first_retry < log.find(TERMINATED).unwrap(), "the blocker was terminated before the first attempt gave up:\n{log}");
+    let err = blocker.batch_execute("SELECT 1").await.expect_err("the blocker's session survived");
+    assert!(err.is_closed() || err.code() == Some(&tokio_postgres::error::SqlState::ADMIN_SHUTDOWN), "the blocker saw {err:?}");
+
+    finish_workload(workload, Some(Duration::from_secs(2))).await;
+    let client = db.client().await;
+    assert_ne!(db.psql("SELECT 'orders'::regclass::oid"), oid_before, "no swap");
+    table.assert_matches_control(&client, &table.projection().map("n", "n::bigint")).await;
+    assert_sequences_ahead(&client, &table.qualified()).await;
+    assert_no_slots_or_publications(&client).await;
+}
+
+/// A DBA terminates the cut-over's session while its LOCK waits: the next attempt runs on a
+/// new session, and once the blocker lets go the cut-over commits with the data intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_over_session_terminated_while_waiting_is_replaced() {
+    let Contended { db, table, workload, mut run, blocker, oid_before, .. } =
+        Contended::start("cutover_terminated", "LOCK TABLE orders IN ROW EXCLUSIVE MODE", &["--cut-over-lock-timeout", "1s"]).await;
+
+    let first = waiting_cut_over_pid(&db, &mut run, None).await;
+    assert_eq!(db.psql(&format!("SELECT pg_terminate_backend({first}, 5000)")), "t");
+    let second = waiting_cut_over_pid(&db, &mut run, Some(first)).await;
+    blocker.batch_execute("COMMIT").await.unwrap();
+
+    let out = run.wait(Duration::from_secs(60)).await;
+    binary::assert_success(&out);
+    let log = binary::stderr(&out);
+    let reconnected = lines_with(&log, "the cut-over session was lost; reconnected");
+    assert_eq!(reconnected.len(), 1, "{log}");
+    assert!(reconnected[0].contains(&format!("old_pid={first} new_pid={second}")), "{log}");
+
+    finish_workload(workload, None).await;
+    let client = db.client().await;
+    assert_ne!(db.psql("SELECT 'orders'::regclass::oid"), oid_before, "no swap");
+    table.assert_matches_control(&client, &table.projection().map("n", "n::bigint")).await;
+    assert_no_slots_or_publications(&client).await;
+}
+
+// ---- a role that may not terminate the blocker ----------------------------------------------
+
+const ROLE_PASSWORD: &str = "kill-blockers-pw";
+
+/// A login role with what pg-ghost needs (REPLICATION, owner of the table, CREATE on schema
+/// and database) but not the right to terminate a superuser's session; dropped afterwards.
+struct Role<'a> {
+    db: &'a TestDb<'static>,
+    name: String,
+}
+
+impl<'a> Role<'a> {
+    fn create(db: &'a TestDb<'static>, table: &str) -> Role<'a> {
+        // Roles are cluster-wide: the process id keeps parallel test runs apart.
+        let name = format!("kill_blockers_{}", std::process::id());
+        db.psql(&format!(
+            "CREATE ROLE {name} LOGIN REPLICATION PASSWORD '{ROLE_PASSWORD}';
+             ALTER TABLE {table} OWNER TO {name};
+             GRANT CREATE ON SCHEMA public TO {name}; GRANT CREATE ON DATABASE {db} TO {name};",
+            table = ident(table),
+            db = ident(&db.name)
+        ));
+        Role { db, name }
     }
+}
+
+impl Drop for Role<'_> {
+    fn drop(&mut self) {
+        let _ = std::panic::catch_unwind(|| {
+            self.db.psql(&format!("DROP OWNED BY {}", self.name));
+            self.db.cluster.psql("postgres", &format!("DROP ROLE IF EXISTS {}", self.name));
+        });
+    }
+}
+
+/// The blocker is a superuser's session, pg-ghost's role may not terminate it: pg-ghost says
+/// so once, keeps retrying without it, and fails after its retries; the blocker lives on and
+/// the original is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_blockers_without_the_privilege_keeps_retrying() {
+    let db = Cluster::primary().fresh_db("cutover_kill_denied");
+    narrow_table(&db, "t", 2_000);
+    let role = Role::create(&db, "t");
+    let client = db.client().await;
+    let flag = flag_path(&db, "postpone");
+    std::fs::write(&flag, b"").unwrap();
+
+    let conninfo = db.cluster.conninfo_as(&role.name, ROLE_PASSWORD, &db.name);
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_pg-ghost"));
+    cmd.args(["run", "--conn", &conninfo, "--table", "t", "--alter", ALTER, "--execute"])
+        .args(["--postpone-cut-over-flag-file", flag.to_str().unwrap()])
+        .args(["--cut-over-lock-timeout", "500ms", "--cut-over-retries", "2", "--cut-over-kill-blockers-after", "100ms"])
+        .env_remove("PGHOST")
+        .env_remove("PGPORT")
+        .env_remove("PGUSER")
+        .env_remove("PGPASSWORD")
+        .env_remove("PGDATABASE")
+        .kill_on_drop(true);
+    let run = tokio::spawn(cmd.output());
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while changelog_value(&client, "t", "state").await.as_deref() != Some("postponed") {
+        if run.is_finished() {
+            let out = run.await;
+            panic!("pg-ghost exited before postponing: {out:?}");
+        }
+        assert!(Instant::now() < deadline, "the run never postponed within 60 s");
+        tokio::time::sleep(POLL).await;
+    }
+    let blocker = db.client().await;
+    blocker.batch_execute("BEGIN; LOCK TABLE t IN ROW EXCLUSIVE MODE").await.unwrap();
+    let blocker_pid: i32 = blocker.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+    std::fs::remove_file(&flag).unwrap();
+
+    let out = tokio::time::timeout(Duration::from_secs(60), run).await.expect("pg-ghost did not finish").unwrap().unwrap();
+    assert_exit(&out, 1, &["could not lock"]);
+    let log = binary::stderr(&out);
+    let denied = lines_with(&log, "cannot terminate a session that blocks the cut-over lock");
+    assert_eq!(denied.len(), 1, "the refusal is not reported exactly once over both attempts:\n{log}");
+    assert!(denied[0].contains(&format!("blocker_pid={blocker_pid} ")), "{log}");
+    assert_eq!(lines_with(&log, "cut-over attempt failed; retrying").len(), 1, "{log}");
+    assert!(lines_with(&log, TERMINATED).is_empty(), "{log}");
+    assert_alive(&blocker).await;
+    blocker.batch_execute("COMMIT").await.unwrap();
+
+    assert_eq!(column_type(&db, "t", "n"), "integer");
+    assert_unchanged_rows(&client, "t", &["id", "n", "pad"]).await;
+    assert_no_slots_or_publications(&client).await;
+    drop(role);
 }

@@ -1,0 +1,63 @@
+//! The cut-over's two sessions: the one that locks and swaps, and the monitor that reads who
+//! blocks it and emits the sentinel. Either may be terminated by someone else
+//! (`pg_terminate_backend` from a DBA or a watchdog); a lost one is replaced before the next
+//! attempt, so one termination costs one attempt, not the run.
+
+use crate::conn::ConnInfo;
+use crate::error::{Context, Result};
+use std::time::Duration;
+use tokio_postgres::Client;
+
+/// A session that does not answer `SELECT 1` within this is replaced.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub(super) struct Sessions {
+    pub client: Client,
+    pub monitor: Client,
+    /// The backend pid of `client`, whose blockers the monitor looks up.
+    pub pid: i32,
+}
+
+impl Sessions {
+    pub async fn open(conn: &ConnInfo) -> Result<Sessions> {
+        let (client, pid) = connect_cut_over(conn).await?;
+        let monitor = connect_monitor(conn).await?;
+        Ok(Sessions { client, monitor, pid })
+    }
+
+    /// Replaces the sessions that were lost. A session that still answers is kept: its
+    /// transaction was rolled back when the attempt failed.
+    pub async fn replace_lost(&mut self, conn: &ConnInfo) -> Result<()> {
+        if !answers(&self.client).await {
+            let (client, pid) = connect_cut_over(conn).await.context("reconnecting the cut-over session")?;
+            tracing::warn!(old_pid = self.pid, new_pid = pid, "the cut-over session was lost; reconnected");
+            self.client = client;
+            self.pid = pid;
+        }
+        if !answers(&self.monitor).await {
+            self.monitor = connect_monitor(conn).await.context("reconnecting the cut-over's monitor session")?;
+            tracing::warn!("the cut-over's monitor session was lost; reconnected");
+        }
+        Ok(())
+    }
+}
+
+async fn connect_cut_over(conn: &ConnInfo) -> Result<(Client, i32)> {
+    let client = conn.with_application_name("pg-ghost cut-over").connect().await?;
+    let pid: i32 = client.query_one("SELECT pg_backend_pid()", &[]).await?.try_get(0)?;
+    Ok((client, pid))
+}
+
+async fn connect_monitor(conn: &ConnInfo) -> Result<Client> {
+    let monitor = conn.with_application_name("pg-ghost monitor").connect().await?;
+    // The sentinel is emitted here: with synchronous_commit off it would wait for the WAL
+    // writer while the table is locked.
+    monitor.batch_execute("SET synchronous_commit = on").await?;
+    Ok(monitor)
+}
+
+/// The server terminates a session with an error that reaches only the statement running
+/// then; the client learns the socket is closed a moment later, so ask.
+async fn answers(client: &Client) -> bool {
+    !client.is_closed() && matches!(tokio::time::timeout(PROBE_TIMEOUT, client.batch_execute("SELECT 1")).await, Ok(Ok(())))
+}
