@@ -7,7 +7,8 @@ set -euo pipefail
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$BENCH_DIR/../.." && pwd)
 PG_LOCAL="$REPO/scripts/pg-local.sh"
-GHOST="$REPO/target/release/pg-ghost"
+# PG_GHOST_BIN: time another build (e.g. a copy of an earlier one) instead of this tree's.
+GHOST=${PG_GHOST_BIN:-"$REPO/target/release/pg-ghost"}
 export PGPASSWORD=ghost
 
 # Settings added to pg-local.sh's (wal_level=logical, fsync=off, shared_buffers=256MB, ...)
@@ -39,6 +40,7 @@ need_tools() {
 }
 
 build_ghost() {
+  [[ -n ${PG_GHOST_BIN:-} ]] && return 0
   (cd "$REPO" && cargo build --release --quiet) || { echo "bench: cargo build --release failed" >&2; exit 1; }
 }
 

@@ -4,12 +4,21 @@
 //! No row image from the stream is used, so unchanged TOAST values, type changes and key
 //! changes (old and new key are both in the set) come out right. The insert is an upsert on
 //! the key because a copy chunk may have written the row meanwhile.
+//!
+//! While the key's is the ghost's only unique index (always during the copy, when the others
+//! are set aside), a flush updates rows in place instead: it deletes only the keys gone from
+//! the original and upserts the rest, so an unchanged indexed column costs no index entry and
+//! the update can stay on its page (HOT). With another unique index, a statement updating
+//! rows one by one could trip over a value two changed rows swap, so every key is deleted
+//! before any is written again.
 
 use crate::error::{Context, Result};
 use crate::copy::Range;
 use crate::ghost::Mapping;
 use crate::keysql::{insert_select, KeyCols};
 use crate::sql::{ident, QualifiedName};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::GenericClient;
 
@@ -19,7 +28,11 @@ pub type Key = Box<[String]>;
 #[derive(Clone, Debug)]
 pub struct FlushSql {
     pub delete: String,
+    /// Deletes the keys that are gone from the original.
+    pub delete_missing: String,
     pub upsert: String,
+    /// Flush by [`FlushSql::delete_missing`] and an upsert; shared by every clone.
+    in_place: Arc<AtomicBool>,
     key_len: usize,
     source_key: KeyCols,
     /// Records the applied LSN in the changelog, in the flush's transaction (for a resume).
@@ -31,6 +44,15 @@ impl FlushSql {
         let ghost_key = KeyCols::ghost(m);
         let source_key = KeyCols::source(m);
         let delete = format!("DELETE FROM {} WHERE {}", ghost.sql(), ghost_key.in_set(1));
+        let source_as_ghost: Vec<String> =
+            m.key_source.iter().zip(&m.key_ghost_types).map(|(c, t)| format!("{}::{t}", ident(c))).collect();
+        let delete_missing = format!(
+            "{delete} AND {} NOT IN (SELECT {} FROM {} WHERE {})",
+            ghost_key.tuple(),
+            source_as_ghost.join(", "),
+            orig.sql(),
+            source_key.in_set(1)
+        );
         let updates: Vec<String> = m
             .ghost_columns
             .iter()
@@ -49,7 +71,45 @@ impl FlushSql {
             crate::sql::ident_list(m.key_ghost.iter().map(String::as_str)),
             on_conflict
         );
-        FlushSql { delete, upsert, key_len: m.key_ghost.len(), source_key, checkpoint: None }
+        FlushSql {
+            delete,
+            delete_missing,
+            upsert,
+            in_place: Arc::new(AtomicBool::new(false)),
+            key_len: m.key_ghost.len(),
+            source_key,
+            checkpoint: None,
+        }
+    }
+
+    /// Deletes every key before writing any again, until [`FlushSql::choose_strategy`] says
+    /// otherwise: for while unique indexes are being built.
+    pub fn delete_first(&self) {
+        self.in_place.store(false, Ordering::Relaxed);
+    }
+
+    /// Chooses how flushes write: in place when the key's is the ghost's only unique index
+    /// (see the module docs). Read from the catalog; call it again when the ghost's indexes
+    /// change.
+    pub async fn choose_strategy(&self, client: &impl GenericClient, ghost_oid: u32, key_ghost: &[String]) -> Result<()> {
+        let others: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_index i
+                  WHERE i.indrelid = $1 AND (i.indisunique OR i.indisexclusion)
+                    AND NOT (i.indpred IS NULL AND i.indexprs IS NULL AND i.indnkeyatts = cardinality($2::text[])
+                             AND (SELECT array_agg(a.attname::text ORDER BY a.attname)
+                                    FROM unnest(i.indkey::int2[]) k JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k)
+                                 = (SELECT array_agg(x ORDER BY x) FROM unnest($2::text[]) x))",
+                &[&ghost_oid, &key_ghost],
+            )
+            .await
+            .context("reading the ghost's unique indexes")?
+            .try_get(0)?;
+        let in_place = others == 0;
+        if self.in_place.swap(in_place, Ordering::Relaxed) != in_place {
+            tracing::debug!(in_place, "flush strategy chosen");
+        }
+        Ok(())
     }
 
     /// Flushes record the LSN they bring the ghost to in `changelog`.
@@ -133,7 +193,11 @@ impl FlushSql {
         }
         let cols = self.columns(keys);
         let params: Vec<&(dyn ToSql + Sync)> = cols.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
-        client.execute(&self.delete, &params).await.context("deleting changed keys from the ghost")?;
+        if self.in_place.load(Ordering::Relaxed) {
+            client.execute(&self.delete_missing, &params).await.context("deleting keys gone from the original")?;
+        } else {
+            client.execute(&self.delete, &params).await.context("deleting changed keys from the ghost")?;
+        }
         let written = client.execute(&self.upsert, &params).await.context("writing changed keys to the ghost")?;
         Ok(written)
     }

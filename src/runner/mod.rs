@@ -338,7 +338,9 @@ impl Run {
 
         self.enter(Phase::BuildIndexes);
         self.record_state(names, "build-indexes").await;
+        repl.flush.delete_first();
         guard(ghost::rebuild_deferred(&self.client, ghost), &mut self.abort.clone(), Some(&mut *bg)).await?;
+        repl.flush.choose_strategy(&self.client, ghost.oid, &ghost.mapping.key_ghost).await?;
 
         self.enter(Phase::CatchUp);
         guard(self.catch_up(repl), &mut self.abort.clone(), Some(&mut *bg)).await?;

@@ -120,6 +120,7 @@ impl Replication {
         let flush = FlushSql::new(&orig.name, &ghost.name, &ghost.mapping);
         let recorded_flush = flush.clone().recording_in(&names.changelog);
         let apply_client = conn.with_application_name("pg-ghost apply").connect().await?;
+        flush.choose_strategy(&apply_client, ghost.oid, &ghost.mapping.key_ghost).await?;
         let (writer, writer_task) = Writer::spawn(apply_client, recorded_flush, inflight.clone(), ack, items_rx);
         let background = Background {
             writer: writer.clone(),

@@ -9,6 +9,7 @@ mod cutover_lock;
 mod control;
 mod controls_e2e;
 mod engine_parts;
+mod flush_strategy;
 mod hooks;
 mod inspect;
 mod oracle;
