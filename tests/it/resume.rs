@@ -46,10 +46,15 @@ fn run_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
     args
 }
 
-fn with_fault(db: &TestDb<'_>, point: &str, args: &[&str]) -> Running {
+/// Runs pg-ghost with a crash point armed; returns its log once it died there.
+#[cfg(feature = "fault-injection")]
+async fn die_at(db: &TestDb<'_>, point: &str, args: &[&str]) -> String {
     let mut cmd = binary::command(db, "run", args);
     cmd.env("PG_GHOST_FAULT", point);
-    Running::spawn_command(cmd)
+    let out = Running::spawn_command(cmd).wait(Duration::from_secs(90)).await;
+    let log = binary::stderr(&out);
+    assert!(!out.status.success() && log.contains("fault injection"), "pg-ghost did not die at {point}:\n{log}");
+    log
 }
 
 impl Setup {
@@ -169,10 +174,7 @@ async fn killed_during_the_copy_resumes_after_the_watermark() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_inside_a_flush_resumes() {
     let s = setup("rs_apply", 3_000).await;
-    let run = with_fault(&s.db, "apply-before-commit@3", &run_args(&SLOW_COPY));
-    let out = run.wait(Duration::from_secs(60)).await;
-    let log = binary::stderr(&out);
-    assert!(!out.status.success() && log.contains("fault injection"), "pg-ghost did not die at its crash point:\n{log}");
+    die_at(&s.db, "apply-before-commit@3", &run_args(&SLOW_COPY)).await;
     s.assert_original_intact_and_writable().await;
     wait_slot_released(&s.client).await;
     s.resume(&[]).await;
@@ -209,10 +211,7 @@ async fn killed_while_postponed_resumes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_inside_the_cut_over_before_commit_resumes() {
     let s = setup("rs_cutover", 3_000).await;
-    let run = with_fault(&s.db, "cut-over-before-commit", &run_args(&[]));
-    let out = run.wait(Duration::from_secs(90)).await;
-    let log = binary::stderr(&out);
-    assert!(!out.status.success() && log.contains("fault injection"), "pg-ghost did not die at its crash point:\n{log}");
+    let log = die_at(&s.db, "cut-over-before-commit", &run_args(&[])).await;
     assert!(log.contains("cut-over lock acquired"), "the crash was not inside the cut-over:\n{log}");
     s.assert_original_intact_and_writable().await;
     wait_slot_released(&s.client).await;
@@ -226,10 +225,7 @@ async fn killed_inside_the_cut_over_before_commit_resumes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_after_the_cut_over_committed_resume_cleans_up() {
     let s = setup("rs_committed", 2_000).await;
-    let run = with_fault(&s.db, "cut-over-after-commit", &run_args(&[]));
-    let out = run.wait(Duration::from_secs(90)).await;
-    let log = binary::stderr(&out);
-    assert!(!out.status.success() && log.contains("fault injection"), "pg-ghost did not die at its crash point:\n{log}");
+    die_at(&s.db, "cut-over-after-commit", &run_args(&[])).await;
     let (slots, _) = stream_objects(&s.client).await;
     assert_eq!(slots.len(), 1, "the killed run's slot");
     wait_slot_released(&s.client).await;
