@@ -10,6 +10,7 @@
 
 mod blockers;
 pub mod swap;
+pub mod swap_back;
 
 pub use blockers::{blockers_of, Blocker};
 
@@ -36,6 +37,8 @@ pub struct CutOver<'a> {
     pub retries: u32,
     /// Set when the run must stop (panic flag, signal): checked between attempts.
     pub abort: watch::Receiver<Option<String>>,
+    /// `--test-on-replica`: swap and swap straight back in the same transaction.
+    pub swap_back: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -195,7 +198,11 @@ impl CutOver<'_> {
             for batch in keys.chunks(20_000) {
                 self.flush.run(client, batch).await?;
             }
-            swap::swap(client, self.orig, self.ghost, self.old_table).await?;
+            if self.swap_back {
+                swap_back::swap_and_back(client, self.orig, self.ghost, self.old_table).await?;
+            } else {
+                swap::swap(client, self.orig, self.ghost, self.old_table).await?;
+            }
             client.batch_execute("COMMIT").await.context("committing the cut-over")?;
             Ok::<_, Error>(())
         };
