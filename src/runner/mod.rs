@@ -9,11 +9,13 @@
 
 mod cleanup;
 mod controls;
+mod replica;
 mod replication;
 mod status;
 mod watchers;
 
 pub use cleanup::cleanup;
+pub use replica::ReplicaReport;
 
 use crate::alter;
 use crate::config::Config;
@@ -43,12 +45,14 @@ use tokio::sync::watch;
 use tokio_postgres::Client;
 
 /// How a successful run ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
     /// The swap committed.
     CutOver,
     /// Without `--execute`: everything but the swap checked out and was cleaned up.
     DryRunComplete,
+    /// `--test-on-replica`: swapped and swapped back, both tables compared and left.
+    ReplicaTested(ReplicaReport),
 }
 
 /// Keys still pending below which the stream counts as caught up for the cut-over.
@@ -81,7 +85,6 @@ struct Run {
 fn refuse_unavailable(cfg: &Config) -> Result<()> {
     let unavailable = [
         (cfg.resume, "--resume"),
-        (cfg.test_on_replica.is_some(), "--test-on-replica"),
         (cfg.cut_over.kill_blockers_after.is_some(), "--cut-over-kill-blockers-after"),
     ];
     match unavailable.iter().find(|(given, _)| *given) {
@@ -217,6 +220,7 @@ impl Run {
         alter::plan(&self.cfg.alter, &names.ghost, &HashMap::new())?;
         let options = PreflightOptions::new(&names, self.cfg.initially_drop_ghost_table);
         let server = inspect::preflight(&self.client, &info, &options).await?;
+        replica::preflight(&self.client, &info, self.cfg.test_on_replica.as_ref()).await?;
         tracing::info!(
             table = %info.name,
             oid = info.oid,
@@ -327,6 +331,9 @@ impl Run {
             }
         }
 
+        if let Some(test) = self.cfg.test_on_replica.clone() {
+            return self.test_on_replica(&test, info, names, ghost, repl, bg).await;
+        }
         if !self.cfg.execute {
             tracing::info!("dry run: the ghost is complete and current; no cut-over without --execute");
             return Ok(Outcome::DryRunComplete);
@@ -350,6 +357,7 @@ impl Run {
             lock_timeout: self.cfg.cut_over.lock_timeout,
             retries: self.cfg.cut_over.retries,
             abort: self.abort.clone(),
+            swap_back: false,
         };
         self.controls.cut_over_locked.send_replace(true);
         let report = guard(cut_over.run(), &mut self.abort.clone(), Some(&mut *bg)).await;
@@ -420,12 +428,12 @@ impl Run {
         if self.created.changelog {
             note("changelog table", drop_table(&self.client, &names.changelog).await);
         }
-        if self.created.ghost && self.old_table.is_none() && !self.cfg.execute {
+        if self.created.ghost && self.old_table.is_none() && !self.keeps_ghost() {
             note("ghost table", drop_table(&self.client, &names.ghost).await);
         }
         if let (Some(old), true) = (&self.old_table, self.cfg.cut_over.ok_to_drop_table) {
             note("old table", drop_table(&self.client, &names.old.sibling(old.clone())).await);
-        } else if !succeeded && self.created.ghost && self.cfg.execute {
+        } else if !succeeded && self.created.ghost && self.keeps_ghost() {
             tracing::warn!(
                 ghost = %names.ghost,
                 "the ghost table is kept for inspection; the original is untouched. Remove it with `pg-ghost cleanup` or DROP TABLE {}",
