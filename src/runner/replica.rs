@@ -150,7 +150,9 @@ fn check(table: &QualifiedName, test: &ReplicaTest, subs: &[Subscription]) -> Re
 async fn wait_until_stopped(client: &Client, subs: &[Subscription], limit: Option<Duration>) -> Result<()> {
     let oids: Vec<u32> = subs.iter().map(|s| s.oid).collect();
     let started = Instant::now();
-    let mut report_at = started;
+    // A DBA who has to disable them is told at once; after pg-ghost's own DISABLE, only a
+    // wait that drags on is worth a line.
+    let mut report_at = if limit.is_some() { started + Duration::from_secs(2) } else { started };
     loop {
         let running = client
             .query(RUNNING, &[&oids])
