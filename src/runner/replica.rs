@@ -426,11 +426,11 @@ mod tests {
     #[test]
     fn a_disabled_or_foreign_subscription_is_refused_only_when_pg_ghost_must_stop_it() {
         let disabled = Subscription { enabled: false, ..sub("prod") };
-        let e = refusal(&STOP, &[disabled.clone()]);
+        let e = refusal(&STOP, std::slice::from_ref(&disabled));
         assert!(e.contains(r#"subscription "prod", which replicates "public"."orders", is disabled already"#), "{e}");
         assert!(check(&table(), &SKIP, &[disabled]).is_ok());
         let foreign = Subscription { may_alter: false, ..sub("prod") };
-        let e = refusal(&STOP, &[foreign.clone()]);
+        let e = refusal(&STOP, std::slice::from_ref(&foreign));
         assert!(e.contains(r#"may not disable subscription "prod""#), "{e}");
         assert!(check(&table(), &SKIP, &[foreign]).is_ok());
         assert!(check(&table(), &STOP, &[sub("a"), sub("b")]).is_ok());
