@@ -239,12 +239,15 @@ pub struct RunArgs {
     pub hooks_status_interval: String,
 
     // ---- testing on a replica ---------------------------------------------------------
-    /// Run on a writable replica (a logical subscriber): stop its subscription at the
-    /// cut-over, compare checksums, and leave both tables to inspect.
+    /// Rehearse on a writable replica (a logical subscriber of production; --conn points at
+    /// it): run the change there, disable the subscriptions feeding the table at the
+    /// cut-over, swap and swap straight back, compare both tables, and leave them (the
+    /// migrated one as _<table>_gho) with the subscriptions disabled. Not with --execute.
     #[arg(long, help_heading = "Testing on a replica")]
     pub test_on_replica: bool,
 
-    /// With --test-on-replica: leave the subscription running at the cut-over.
+    /// With --test-on-replica: do not disable the subscriptions; at the cut-over, wait until
+    /// someone else has (e.g. an on-before-cut-over hook running ALTER SUBSCRIPTION ... DISABLE).
     #[arg(long, help_heading = "Testing on a replica")]
     pub test_on_replica_skip_replica_stop: bool,
 }

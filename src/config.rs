@@ -112,7 +112,8 @@ pub struct HooksConfig {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReplicaTest {
-    /// Stop the subscription at the cut-over (`false` with `--test-on-replica-skip-replica-stop`).
+    /// Disable the subscriptions feeding the table at the cut-over; `false` with
+    /// `--test-on-replica-skip-replica-stop`: wait until someone else has disabled them.
     pub stop_replication: bool,
 }
 
@@ -293,6 +294,11 @@ fn test_on_replica(args: &RunArgs) -> Result<Option<ReplicaTest>> {
     match (args.test_on_replica, args.test_on_replica_skip_replica_stop) {
         (false, true) => Err(Error::config("--test-on-replica-skip-replica-stop needs --test-on-replica")),
         (false, false) => Ok(None),
+        // --execute promises a swap that stays; the test always swaps back. Accepting both
+        // would leave a DBA unsure which of the two happened.
+        (true, _) if args.execute => Err(Error::config(
+            "--test-on-replica and --execute contradict each other: the test on a replica runs its own cut-over and swaps back; drop --execute",
+        )),
         (true, skip) => Ok(Some(ReplicaTest { stop_replication: !skip })),
     }
 }

@@ -1,9 +1,11 @@
 //! `pg-ghost`: parse the flags, set up logging, run, and turn the result into an exit code.
 //!
 //! The one place an error is logged: with its whole chain, once, then a one-line reason on
-//! stderr. Exit codes: 0 success (cut-over committed, or a clean dry run), 1 failure,
-//! 2 usage or configuration error (clap's own usage errors exit 2 too), 3 refused by a
-//! preflight check, 4 aborted on purpose (panic flag, critical load, signal).
+//! stderr. Logs go to stderr; stdout carries only the report of `--test-on-replica`. Exit
+//! codes: 0 success (cut-over committed, a clean dry run, or a clean test on a replica), 1
+//! failure (a test on a replica that found differences too), 2 usage or configuration error
+//! (clap's own usage errors exit 2 too), 3 refused by a preflight check, 4 aborted on purpose
+//! (panic flag, critical load, signal).
 
 use clap::Parser;
 use pg_ghost::cli::{Cli, Command, LogFormat};
@@ -44,6 +46,19 @@ async fn dispatch(command: Command) -> Result<()> {
                 Outcome::CutOver => tracing::info!("done: the cut-over committed"),
                 Outcome::DryRunComplete => {
                     tracing::info!("dry run complete: everything checked out and was cleaned up")
+                }
+                Outcome::ReplicaTested(report) => {
+                    tracing::info!(
+                        table = %report.table,
+                        ghost = %report.ghost,
+                        rows = report.rows,
+                        compare = %report.compare_query,
+                        cleanup = %report.cleanup_sql(),
+                        re_enable = report.re_enable_sql().unwrap_or_default(),
+                        "done: the test on the replica is clean; both tables are left, the subscriptions disabled"
+                    );
+                    // The verdict and the commands to paste, apart from the log.
+                    print!("{report}");
                 }
             }
         }

@@ -20,9 +20,12 @@
 //!   messages or logs.
 //! - No snapshot is held longer than one range's statement.
 
+mod audit;
 mod catalog;
 mod repair;
 mod sql;
+
+pub use audit::{audit, Audit};
 
 use crate::apply::InFlight;
 use crate::conn::ConnInfo;

@@ -96,7 +96,6 @@ const EVERY_FLAG: &[&str] = &[
     "--max-retained-wal", "512MB", "--critical-retained-wal", "20GB",
     "--serve-socket-file", "/tmp/s.sock", "--serve-tcp-port", "9001",
     "--hooks-path", "/etc/hooks", "--hooks-timeout", "10s", "--hooks-status-interval", "1m",
-    "--test-on-replica", "--test-on-replica-skip-replica-stop",
 ];
 
 #[test]
@@ -134,7 +133,14 @@ fn every_flag_reaches_its_field() {
         c.hooks,
         HooksConfig { path: Some("/etc/hooks".into()), timeout: ms(10_000), status_interval: ms(60_000) }
     );
+}
+
+#[test]
+fn test_on_replica_stops_the_subscription_unless_told_not_to() {
+    assert_eq!(config(&["--test-on-replica"]).unwrap().test_on_replica, Some(ReplicaTest { stop_replication: true }));
+    let c = config(&["--test-on-replica", "--test-on-replica-skip-replica-stop"]).unwrap();
     assert_eq!(c.test_on_replica, Some(ReplicaTest { stop_replication: false }));
+    assert!(!c.execute);
 }
 
 #[test]
@@ -144,7 +150,6 @@ fn zero_turns_optional_checks_off() {
     assert_eq!((c.throttle.max_retained_wal, c.throttle.critical_retained_wal), (None, None));
     // Without a lag limit, any heartbeat interval is acceptable.
     assert!(config(&["--max-lag-millis", "0", "--heartbeat-interval-millis", "5000"]).is_ok());
-    assert_eq!(config(&["--test-on-replica"]).unwrap().test_on_replica, Some(ReplicaTest { stop_replication: true }));
 }
 
 /// Each case: the flags, and what the message must contain (it always names a flag).
@@ -187,6 +192,7 @@ fn invalid_values_are_config_errors_naming_the_flag() {
         (&["--hooks-timeout", "0s"], "--hooks-timeout"),
         (&["--hooks-status-interval", "1"], "--hooks-status-interval \"1\": a unit is required"),
         (&["--test-on-replica-skip-replica-stop"], "needs --test-on-replica"),
+        (&["--test-on-replica", "--execute"], "--test-on-replica and --execute contradict each other"),
         (&["--resume", "--initially-drop-ghost-table"], "--resume and --initially-drop-ghost-table"),
         (&["--key", " "], "--key is empty"),
         (&["--conn", "host='unterminated"], "--conn: cannot read the connection string"),
@@ -260,8 +266,9 @@ fn the_clap_definition_is_consistent() {
     Cli::command().debug_assert();
 }
 
-/// Flags that cannot join [`EVERY_FLAG`] (it has `--resume`), with their own tests.
-const TESTED_ALONE: [&str; 3] = ["--table", "--alter", "--initially-drop-ghost-table"];
+/// Flags that cannot join [`EVERY_FLAG`] (it has `--resume` and `--execute`), with their own tests.
+const TESTED_ALONE: [&str; 5] =
+    ["--table", "--alter", "--initially-drop-ghost-table", "--test-on-replica", "--test-on-replica-skip-replica-stop"];
 
 #[test]
 fn initially_drop_ghost_table() {

@@ -14,6 +14,7 @@
 mod blockers;
 mod sessions;
 pub mod swap;
+pub mod swap_back;
 
 pub use blockers::{blockers_of, Blocker};
 
@@ -45,6 +46,8 @@ pub struct CutOver<'a> {
     pub kill_blockers_after: Option<Duration>,
     /// Set when the run must stop (panic flag, signal): checked between attempts.
     pub abort: watch::Receiver<Option<String>>,
+    /// `--test-on-replica`: swap and swap straight back in the same transaction.
+    pub swap_back: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -245,7 +248,11 @@ impl CutOver<'_> {
             for batch in keys.chunks(20_000) {
                 self.flush.run(client, batch).await?;
             }
-            swap::swap(client, self.orig, self.ghost, self.old_table).await?;
+            if self.swap_back {
+                swap_back::swap_and_back(client, self.orig, self.ghost, self.old_table).await?;
+            } else {
+                swap::swap(client, self.orig, self.ghost, self.old_table).await?;
+            }
             crate::fault::crash_point("cut-over-before-commit");
             client.batch_execute("COMMIT").await.context("committing the cut-over")?;
             crate::fault::crash_point("cut-over-after-commit");

@@ -9,12 +9,14 @@
 
 mod cleanup;
 mod controls;
+mod replica;
 mod replication;
 mod resume;
 mod status;
 mod watchers;
 
 pub use cleanup::cleanup;
+pub use replica::ReplicaReport;
 
 use crate::alter;
 use crate::config::Config;
@@ -45,12 +47,14 @@ use tokio::sync::watch;
 use tokio_postgres::Client;
 
 /// How a successful run ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
     /// The swap committed.
     CutOver,
     /// Without `--execute`: everything but the swap checked out and was cleaned up.
     DryRunComplete,
+    /// `--test-on-replica`: swapped and swapped back, both tables compared and left.
+    ReplicaTested(ReplicaReport),
 }
 
 /// Keys still pending below which the stream counts as caught up for the cut-over.
@@ -86,20 +90,7 @@ struct Run {
     old_table: Option<String>,
 }
 
-/// Flags that are accepted by the command line but whose feature this version lacks: a DBA
-/// must not believe a safety net is there when it is not.
-fn refuse_unavailable(cfg: &Config) -> Result<()> {
-    let unavailable = [
-        (cfg.test_on_replica.is_some(), "--test-on-replica"),
-    ];
-    match unavailable.iter().find(|(given, _)| *given) {
-        Some((_, flag)) => Err(Error::config(format!("{flag} is not available in this version of pg-ghost"))),
-        None => Ok(()),
-    }
-}
-
 pub async fn run(cfg: Config) -> Result<Outcome> {
-    refuse_unavailable(&cfg)?;
     let controls = Controls::new(&cfg)?;
     let (phase_tx, phase_rx) = watch::channel(Phase::Inspect);
     let (abort_tx, abort_rx) = watch::channel(None);
@@ -251,6 +242,7 @@ impl Run {
         let mut options = PreflightOptions::new(&names, self.cfg.initially_drop_ghost_table);
         options.resuming = self.cfg.resume;
         let server = inspect::preflight(&self.client, &info, &options).await?;
+        replica::preflight(&self.client, &info, self.cfg.test_on_replica.as_ref()).await?;
         tracing::info!(
             table = %info.name,
             oid = info.oid,
@@ -374,6 +366,9 @@ impl Run {
             }
         }
 
+        if let Some(test) = self.cfg.test_on_replica.clone() {
+            return self.test_on_replica(&test, info, names, ghost, repl, bg).await;
+        }
         if !self.cfg.execute {
             tracing::info!("dry run: the ghost is complete and current; no cut-over without --execute");
             return Ok(Outcome::DryRunComplete);
@@ -387,18 +382,7 @@ impl Run {
             env.old_table = Some(old_table.clone());
             env
         });
-        let cut_over = CutOver {
-            conn: &self.cfg.conn,
-            orig: info,
-            ghost,
-            old_table: &old_table,
-            writer: &repl.writer,
-            flush: &repl.flush,
-            lock_timeout: self.cfg.cut_over.lock_timeout,
-            retries: self.cfg.cut_over.retries,
-            kill_blockers_after: self.cfg.cut_over.kill_blockers_after,
-            abort: self.abort.clone(),
-        };
+        let cut_over = self.cut_over(info, ghost, &old_table, repl, false);
         self.controls.cut_over_locked.send_replace(true);
         let report = guard(cut_over.run(), &mut self.abort.clone(), Some(&mut *bg)).await;
         self.controls.cut_over_locked.send_replace(false);
@@ -449,6 +433,23 @@ impl Run {
         let copy_secs = started.elapsed().as_secs_f64();
         tracing::info!(rows = progress.rows.load(Ordering::Relaxed), secs = copy_secs, "row copy complete");
         Ok(copy_secs)
+    }
+
+    /// The cut-over as the flags describe it; `swap_back` for `--test-on-replica`.
+    fn cut_over<'a>(&'a self, info: &'a TableInfo, ghost: &'a Ghost, old_table: &'a str, repl: &'a Replication, swap_back: bool) -> CutOver<'a> {
+        CutOver {
+            conn: &self.cfg.conn,
+            orig: info,
+            ghost,
+            old_table,
+            writer: &repl.writer,
+            flush: &repl.flush,
+            lock_timeout: self.cfg.cut_over.lock_timeout,
+            retries: self.cfg.cut_over.retries,
+            kill_blockers_after: self.cfg.cut_over.kill_blockers_after,
+            abort: self.abort.clone(),
+            swap_back,
+        }
     }
 
     /// Waits until the stream has delivered everything committed up to now and the apply
@@ -503,12 +504,12 @@ impl Run {
         if self.created.changelog {
             note("changelog table", drop_table(&self.client, &names.changelog).await);
         }
-        if self.created.ghost && self.old_table.is_none() && !self.cfg.execute {
+        if self.created.ghost && self.old_table.is_none() && !self.keeps_ghost() {
             note("ghost table", drop_table(&self.client, &names.ghost).await);
         }
         if let (Some(old), true) = (&self.old_table, self.cfg.cut_over.ok_to_drop_table) {
             note("old table", drop_table(&self.client, &names.old.sibling(old.clone())).await);
-        } else if !succeeded && self.created.ghost && self.cfg.execute {
+        } else if !succeeded && self.created.ghost && self.keeps_ghost() {
             tracing::warn!(
                 ghost = %names.ghost,
                 "the ghost table is kept for inspection; the original is untouched. Remove it with `pg-ghost cleanup` or DROP TABLE {}",

@@ -14,6 +14,7 @@ mod hooks;
 mod inspect;
 mod oracle;
 mod oracle_selftest;
+mod replica_test;
 mod replication;
 mod run_faults;
 mod resume;

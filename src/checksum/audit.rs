@@ -1,0 +1,100 @@
+//! The comparison after `--test-on-replica`'s cut-over: every range of both tables compared
+//! once, nothing repaired, the differing keys reported.
+//!
+//! [`super::verify`] runs while changes still stream, so a difference may be lag and is
+//! re-checked and repaired. This one runs once nothing writes to either table any more (the
+//! replica's subscriptions are stopped and the swap is undone): a difference is real and is
+//! the test's result, so it is reported as found, never repaired.
+
+use super::sql::{ChecksumSql, Side};
+use super::{catalog, compare, differing_keys, ChecksumJob, CheckRange, Ranges};
+use crate::copy::Chunker;
+use crate::error::Result;
+use crate::keysql::KeyCols;
+use crate::sql::literal;
+use futures_util::future::try_join_all;
+use std::time::{Duration, Instant};
+use tokio::sync::Mutex;
+
+/// What the comparison found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Audit {
+    pub ranges: u64,
+    /// Rows of the original compared.
+    pub rows: u64,
+    /// Per differing range: `key range (lo, hi]: N key(s) differ: k1, k2, ...`.
+    pub differences: Vec<String>,
+    pub elapsed: Duration,
+    /// A query a DBA can run to see the same comparison row by row: it returns the rows found
+    /// on one side only, none when the tables agree.
+    pub query: String,
+}
+
+impl Audit {
+    pub fn clean(&self) -> bool {
+        self.differences.is_empty()
+    }
+}
+
+/// `ROW(...)::text` of one side: text compares whatever the column types (json has no
+/// equality operator, so `EXCEPT` over the columns themselves would fail).
+fn row_text(side: &Side) -> String {
+    format!("ROW({})::text", side.row.join(", "))
+}
+
+/// The DBA's query: both directions of `EXCEPT ALL` over the rows as the checksum renders
+/// them, each row labelled with the side it was found on only.
+fn query(sql: &ChecksumSql) -> String {
+    let one_side = |a: &Side, b: &Side| {
+        format!(
+            "SELECT {} AS only_in, r FROM (SELECT {} AS r FROM ONLY {} EXCEPT ALL SELECT {} FROM ONLY {}) d",
+            literal(&a.table.to_string()),
+            row_text(a),
+            a.table.sql(),
+            row_text(b),
+            b.table.sql()
+        )
+    };
+    format!("{} UNION ALL {}", one_side(&sql.orig, &sql.ghost), one_side(&sql.ghost, &sql.orig))
+}
+
+/// Compares the ghost with the original range by range, reporting every range that differs.
+pub async fn audit(job: &ChecksumJob) -> Result<Audit> {
+    let started = Instant::now();
+    let conn = job.conn.with_application_name("pg-ghost checksum");
+    let catalog_client = conn.connect().await?;
+    let sql = catalog::load(&catalog_client, &job.orig, &job.ghost, &job.mapping).await?;
+    drop(catalog_client);
+    let chunker = Chunker::start(conn.connect().await?, &job.orig, &KeyCols::source(&job.mapping), None).await?;
+    let ranges = Mutex::new(Ranges { chunker, tail_done: false });
+    let worker = || async {
+        let client = conn.connect().await?;
+        let mut part = Audit::default();
+        loop {
+            let next = ranges.lock().await.next(job.range_rows.max(1)).await?;
+            let Some(range) = next else { return Ok::<_, crate::error::Error>(part) };
+            check(&client, &sql, &range, &mut part).await?;
+        }
+    };
+    let parts = try_join_all((0..job.workers.max(1)).map(|_| worker())).await?;
+    let mut audit = Audit { query: query(&sql), ..Audit::default() };
+    for part in parts {
+        audit.ranges += part.ranges;
+        audit.rows += part.rows;
+        audit.differences.extend(part.differences);
+    }
+    audit.elapsed = started.elapsed();
+    Ok(audit)
+}
+
+async fn check(client: &tokio_postgres::Client, sql: &ChecksumSql, range: &CheckRange, part: &mut Audit) -> Result<()> {
+    let sums = compare(client, sql, range).await?;
+    part.ranges += 1;
+    part.rows += sums.orig_rows();
+    if !sums.equal() {
+        let keys = differing_keys(client, sql, range).await?;
+        tracing::warn!(range = %range, keys = %keys, "the ghost differs from the original");
+        part.differences.push(format!("{range}: {keys}"));
+    }
+    Ok(())
+}
