@@ -134,7 +134,11 @@ impl ReplicationConnection {
     pub async fn connect(info: &ConnInfo) -> Result<ReplicationConnection> {
         let peer = format!("{} as {}", info.endpoint.describe(), info.user);
         let attempt = async {
-            let socket = Socket::connect(&info.endpoint).await?;
+            // Any failure to reach the server (a Unix socket missing while it restarts
+            // included) is a connection failure, worth trying again.
+            let socket = Socket::connect(&info.endpoint)
+                .await
+                .map_err(|e| Error::with_source(ErrorKind::Connection, format!("cannot reach the server: {e}"), e))?;
             let mut framed = Framed::new(socket);
             let session = auth::startup(&mut framed, info).await?;
             Ok::<_, Error>((framed, session))
