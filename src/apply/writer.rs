@@ -7,12 +7,16 @@
 //! Invariants: the flushed LSN reported to the slot is the end LSN of a transaction all of
 //! whose keys were flushed in a committed ghost transaction, and it never goes backwards.
 //! While paused no flush runs, so a cut-over can lock the original without queueing the
-//! flusher's reads behind it.
+//! flusher's reads behind it. A flush whose session is lost is run again, with the same
+//! keys, on a new session (`crate::reconnect::Session`): its transaction rolled back, and
+//! nothing it covered was acknowledged, so no key is lost; the run stops only when no
+//! session can be had within the reconnect timeout.
 
 use super::flush::{FlushSql, Key};
 use super::inflight::InFlight;
 use crate::error::{Context, Error, Result};
 use crate::lsn::Lsn;
+use crate::reconnect::Session;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -112,7 +116,8 @@ struct Flushed {
 type FlushTask = JoinHandle<Result<Flushed>>;
 
 pub struct Writer {
-    client: Arc<Client>,
+    /// Only the running flush uses it (one at a time); it replaces the client when lost.
+    session: Arc<tokio::sync::Mutex<Session>>,
     sql: Arc<FlushSql>,
     inflight: Arc<InFlight>,
     /// Deferred keys by chunk, with the acknowledged LSN when they were first deferred: the
@@ -135,7 +140,7 @@ impl Writer {
     /// Starts the apply loop. It ends on `stop`, when the stream's channel closes, or on the
     /// first failed flush, which it returns.
     pub fn spawn(
-        client: Client,
+        session: Session,
         sql: FlushSql,
         inflight: Arc<InFlight>,
         ack: Acker,
@@ -144,7 +149,7 @@ impl Writer {
         let (cmd_tx, cmd_rx) = mpsc::channel(16);
         let (stats_tx, stats_rx) = watch::channel(ApplyStats::default());
         let writer = Writer {
-            client: Arc::new(client),
+            session: Arc::new(tokio::sync::Mutex::new(session)),
             sql: Arc::new(sql),
             inflight,
             deferred: HashMap::new(),
@@ -254,9 +259,9 @@ impl Writer {
         let xids = std::mem::take(&mut self.xids);
         let upto = self.complete_to;
         let ranges = self.inflight.flush_starting();
-        let (client, sql, inflight) = (self.client.clone(), self.sql.clone(), self.inflight.clone());
+        let (session, sql, inflight) = (self.session.clone(), self.sql.clone(), self.inflight.clone());
         let task = tokio::spawn(async move {
-            let result = flush_outside_chunks(&client, &sql, keys, &xids, ranges).await;
+            let result = flush_outside_chunks(&mut *session.lock().await, &sql, keys, &xids, ranges).await;
             inflight.flush_ended();
             result
         });
@@ -361,21 +366,26 @@ const INVISIBLE_XIDS: &str = "
         OR x IN (SELECT xip::text::bigint & 4294967295 FROM s, pg_snapshot_xip(s.snap) AS xip)";
 
 /// Flushes `keys` but those inside `ranges` (copy chunks in flight), which it hands back.
-/// Deadlocks and serialization failures are retried.
+/// Deadlocks and serialization failures are retried; so is each step whose session is lost,
+/// on a new one. The ranges stay valid meanwhile: a chunk starting after this flush waits
+/// for its end.
 async fn flush_outside_chunks(
-    client: &Client,
+    session: &mut Session,
     sql: &FlushSql,
     keys: Vec<Key>,
     xids: &[u32],
     ranges: Vec<(u64, crate::copy::Range)>,
 ) -> Result<Flushed> {
-    wait_until_visible(client, xids).await?;
+    let waiting = format!("a flush of {} keys, waiting for their transactions to be visible (waits again)", keys.len());
+    session.run(&waiting, |c| async move { wait_until_visible(&c, xids).await }).await?;
     let mut deferred: HashMap<u64, Vec<Key>> = HashMap::new();
     let keys = if ranges.is_empty() {
         keys
     } else {
         let only_ranges: Vec<_> = ranges.iter().map(|(_, r)| r.clone()).collect();
-        let found = sql.ranges_of(client, &keys, &only_ranges).await?;
+        let (all, only) = (&keys, &only_ranges);
+        let finding = format!("a flush of {} keys, finding those inside copy chunks (asks again)", keys.len());
+        let found = session.run(&finding, |c| async move { sql.ranges_of(&*c, all, only).await }).await?;
         let mut now = Vec::with_capacity(keys.len());
         for (key, range) in keys.into_iter().zip(found) {
             match range.and_then(|i| ranges.get(i)) {
@@ -386,7 +396,11 @@ async fn flush_outside_chunks(
         now
     };
     let backoff = crate::error::Backoff { initial: std::time::Duration::from_millis(20), ..Default::default() };
-    backoff.retry("flushing changed keys", || flush_in_transaction(client, sql, &keys)).await?;
+    let flushing = format!("a flush of {} keys (rolled back; the same keys are flushed again)", keys.len());
+    let now = &keys;
+    session
+        .run(&flushing, |c| async move { backoff.retry("flushing changed keys", || flush_in_transaction(&c, sql, now)).await })
+        .await?;
     Ok(Flushed { keys: keys.len(), deferred: deferred.into_iter().collect() })
 }
 
