@@ -5,6 +5,7 @@ use crate::conn::ConnInfo;
 use crate::error::{Error, ErrorKind, Result};
 use crate::ghost::Mapping;
 use crate::keysql::{insert_select, KeyCols};
+use crate::reconnect::{self, Outage};
 use crate::sql::{ident_list, QualifiedName};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -117,9 +118,11 @@ pub async fn copy_table(
     let failed = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for worker in 0..job.workers.max(1) {
-        let client = job.conn.with_application_name("pg-ghost copy").connect().await?;
+        let conn = job.conn.with_application_name("pg-ghost copy");
+        let client = conn.connect().await?;
         let ctx = WorkerCtx {
             worker,
+            conn,
             client,
             chunker: chunker.clone(),
             sql: sql.clone(),
@@ -153,6 +156,8 @@ const RETRY: crate::error::Backoff =
 
 struct WorkerCtx {
     worker: usize,
+    /// Opens the worker's session again when it is lost, and the chunker's.
+    conn: ConnInfo,
     client: Client,
     chunker: Arc<Mutex<Chunker>>,
     sql: Arc<Statements>,
@@ -179,9 +184,9 @@ impl WorkerCtx {
                 return Ok(());
             }
             let size = self.progress.chunk_size.load(Ordering::Relaxed);
-            let Some(range) = self.chunker.lock().await.next(size).await? else { return Ok(()) };
+            let Some(range) = self.next_range(size).await? else { return Ok(()) };
             let started = Instant::now();
-            let rows = RETRY.retry("copying a chunk", || self.copy_range(&range)).await?;
+            let rows = self.copy_range_again_if_lost(&range).await?;
             let took = started.elapsed();
             self.progress.rows.fetch_add(rows, Ordering::Relaxed);
             self.progress.chunks.fetch_add(1, Ordering::Relaxed);
@@ -198,6 +203,37 @@ impl WorkerCtx {
             let pause = crate::throttle::nice_pause(took, self.progress.nice_ratio());
             if !pause.is_zero() {
                 tokio::time::sleep(pause).await;
+            }
+        }
+    }
+
+    /// The chunker's next range; when the chunker's session is lost, asked again on a new one.
+    async fn next_range(&self, size: u64) -> Result<Option<Range>> {
+        let mut chunker = self.chunker.lock().await;
+        let mut outage = Outage::new();
+        loop {
+            match chunker.next(size).await {
+                Err(e) if e.kind().is_lost_connection() => {
+                    let client = reconnect::connect_again(&self.conn, &mut outage, e, "the next copy range (asked again)").await?;
+                    chunker.replace_client(client);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Copies `range`; when the worker's session is lost, copies it again on a new one. A
+    /// chunk is safe to repeat (`ON CONFLICT DO NOTHING`), and the lost one released its
+    /// range in flight like any failed chunk.
+    async fn copy_range_again_if_lost(&mut self, range: &Range) -> Result<u64> {
+        let mut outage = Outage::new();
+        loop {
+            match RETRY.retry("copying a chunk", || self.copy_range(range)).await {
+                Err(e) if e.kind().is_lost_connection() => {
+                    let what = format!("copy worker {}'s chunk (copied again)", self.worker);
+                    self.client = reconnect::connect_again(&self.conn, &mut outage, e, &what).await?;
+                }
+                other => return other,
             }
         }
     }
