@@ -28,6 +28,7 @@ use crate::inspect::{self, PreflightOptions};
 use crate::lsn::Lsn;
 use crate::names::Names;
 use crate::phase::Phase;
+use crate::reconnect::{self, Outage};
 use crate::schema::TableInfo;
 use crate::replication::slot;
 use crate::sql::QualifiedName;
@@ -98,7 +99,7 @@ pub async fn run(cfg: Config) -> Result<Outcome> {
     let abort_tx = Arc::new(abort_tx);
     let watchers = watchers::spawn(cfg.panic_flag_file.clone(), abort_tx.clone());
     controls.fire(HookEvent::Startup).await?;
-    let client = cfg.conn.with_application_name("pg-ghost").connect().await?;
+    let client = main_conn(&cfg).connect().await?;
     let mut run = Run {
         cfg,
         client,
@@ -252,8 +253,20 @@ impl Run {
         Ok(ghost)
     }
 
+    /// Opens the main session again when it was lost (terminated, or the server restarted).
+    async fn ensure_session(&mut self) -> Result<()> {
+        if self.client.is_closed() {
+            let lost = Error::new(ErrorKind::Connection, "the main session was closed");
+            self.client = reconnect::connect_again(&main_conn(&self.cfg), &mut Outage::new(), lost, "the main session, idle").await?;
+        }
+        Ok(())
+    }
+
     /// Records the run's state in the changelog table, for DBAs and for a resume.
-    async fn record_state(&self, names: &Names, state: &str) {
+    async fn record_state(&mut self, names: &Names, state: &str) {
+        if let Err(e) = self.ensure_session().await {
+            tracing::debug!(error = %e, "no session to record the state with");
+        }
         let sql = format!(
             "INSERT INTO {} (key, value) VALUES ('state', $1) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, updated_at = clock_timestamp()",
             names.changelog.sql()
@@ -293,6 +306,7 @@ impl Run {
 
         self.enter(Phase::BuildIndexes);
         self.record_state(names, "build-indexes").await;
+        self.ensure_session().await?;
         guard(ghost::rebuild_deferred(&self.client, ghost), &mut self.abort.clone(), Some(&mut *bg)).await?;
 
         self.enter(Phase::CatchUp);
@@ -372,13 +386,15 @@ impl Run {
     /// backlog is small, so the cut-over's sentinel arrives at once.
     async fn catch_up(&self, repl: &Replication) -> Result<()> {
         let marker: String = format!("catch-up {}", std::process::id());
-        let lsn: String = self
-            .client
-            .query_one("SELECT pg_logical_emit_message(true, $1, $2)::text", &[&MESSAGE_PREFIX, &marker])
-            .await
-            .context("emitting the catch-up marker")?
-            .try_get(0)?;
-        let target: Lsn = lsn.parse().map_err(|e| Error::protocol(format!("{e}")))?;
+        // Called while the run is borrowed (checksum): a lost main session is replaced for
+        // this marker only, and for good at the next `ensure_session`.
+        let target = match emit_marker(&self.client, &marker).await {
+            Err(e) if e.kind().is_lost_connection() => {
+                let what = "the catch-up marker (emitted again)";
+                emit_marker(&reconnect::connect_again(&main_conn(&self.cfg), &mut Outage::new(), e, what).await?, &marker).await?
+            }
+            other => other?,
+        };
         let mut stats = repl.writer.stats.clone();
         stats
             .wait_for(|s| s.received >= target && s.backlog_keys < CAUGHT_UP_KEYS)
@@ -387,7 +403,8 @@ impl Run {
         Ok(())
     }
 
-    async fn old_table_name(&self, info: &TableInfo) -> Result<String> {
+    async fn old_table_name(&mut self, info: &TableInfo) -> Result<String> {
+        self.ensure_session().await?;
         let names = Names::for_table(&info.name, info.oid);
         if !self.cfg.cut_over.timestamp_old_table {
             return Ok(names.old.name);
@@ -403,6 +420,11 @@ impl Run {
             if let Err(e) = bg.shutdown().await {
                 tracing::debug!(error = %e, "stopping the stream cleanly failed; dropping the slot over SQL");
             }
+        }
+        // The slot must go whenever the server can be reached, whatever became of the session.
+        if let Err(e) = self.ensure_session().await {
+            tracing::error!(error = %e, "cleanup failed: no session to drop the slot and the publication with; run `pg-ghost cleanup`");
+            return Err(e.context("cleaning up"));
         }
         let backoff = crate::error::Backoff::default();
         let mut note = |what: &str, result: Result<()>| {
@@ -437,6 +459,21 @@ impl Run {
             None => Ok(()),
         }
     }
+}
+
+/// The main session's settings: markers, state, index builds, cleanup.
+fn main_conn(cfg: &Config) -> crate::conn::ConnInfo {
+    cfg.conn.with_application_name("pg-ghost")
+}
+
+/// Emits a catch-up marker into the stream; returns its LSN.
+async fn emit_marker(client: &Client, marker: &str) -> Result<Lsn> {
+    let lsn: String = client
+        .query_one("SELECT pg_logical_emit_message(true, $1, $2)::text", &[&MESSAGE_PREFIX, &marker])
+        .await
+        .context("emitting the catch-up marker")?
+        .try_get(0)?;
+    lsn.parse().map_err(|e| Error::protocol(format!("{e}")))
 }
 
 /// Runs `fut` until it ends, the run is aborted, or a background task fails.
