@@ -13,6 +13,7 @@ mod hooks;
 mod inspect;
 mod oracle;
 mod oracle_selftest;
+mod reconnect;
 mod replication;
 mod run_faults;
 mod run_refusals;
