@@ -421,7 +421,13 @@ impl Run {
                 tracing::debug!(error = %e, "stopping the stream cleanly failed; dropping the slot over SQL");
             }
         }
-        // The slot must go whenever the server can be reached, whatever became of the session.
+        // The slot must go whenever the server can be reached, whatever became of the session,
+        // and with reconnecting off too.
+        if self.client.is_closed() && self.cfg.conn.reconnect_timeout.is_zero() {
+            if let Ok(fresh) = main_conn(&self.cfg).connect().await {
+                self.client = fresh;
+            }
+        }
         if let Err(e) = self.ensure_session().await {
             tracing::error!(error = %e, "cleanup failed: no session to drop the slot and the publication with; run `pg-ghost cleanup`");
             return Err(e.context("cleaning up"));
