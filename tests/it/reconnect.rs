@@ -167,6 +167,38 @@ async fn main_and_throttler_sessions_terminated_mid_copy() {
     survives_terminated("rc_main", &["pg-ghost", "pg-ghost throttle", "pg-ghost heartbeat"]).await;
 }
 
+/// With `--reconnect-timeout 0s` a lost connection stops the run cleanly instead: here the
+/// stream and the main session are cut together, so the cleanup needs a session of its own to
+/// drop slot and publication. The original is untouched and still equals its control.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnecting_off_stops_cleanly() {
+    let db = Cluster::primary().fresh_db("rc_off");
+    let table = OracleTable::create(&db, TABLE, KeyKind::Identity, ROWS).await;
+    let client = db.client().await;
+    let workload = Workload::start(&db, &table, workload_options()).await;
+    workload.wait_for_more_commits(20, Duration::from_secs(30)).await;
+
+    let mut args = run_args();
+    args.extend(["--reconnect-timeout", "0s"]);
+    let mut run = Running::spawn(&db, "run", &args);
+    wait_for_state(&client, &mut run, TABLE, "copy", Duration::from_secs(60)).await;
+    wait_for_copy_past(&client, &mut run, TABLE, CUT_AFTER_KEY, Duration::from_secs(60)).await;
+    let mut victims = backends(&client, "pg-ghost stream").await;
+    victims.extend(backends(&client, "pg-ghost").await);
+    assert_eq!(victims.len(), 2, "stream and main session: {victims:?}");
+    terminate(&client, &victims).await;
+
+    let out = run.wait(Duration::from_secs(60)).await;
+    binary::assert_failure(&out, 1, "terminating connection");
+    assert!(!binary::stderr(&out).contains("reconnected"), "reconnected with reconnecting off:\n{}", binary::stderr(&out));
+    assert_no_slots_or_publications(&client).await;
+    workload.wait_for_more_commits(20, Duration::from_secs(30)).await;
+    let report = workload.stop().await;
+    assert!(report.errors.is_empty(), "workload errors (seed {}): {:#?}", report.seed, report.errors);
+    assert_eq!(report.committed_after_swap, 0, "swapped although the run failed");
+    table.assert_matches_control(&client, &table.projection()).await;
+}
+
 /// The apply session, caught in a flush when possible: the flush's transaction rolls back and
 /// its keys are flushed again on a new session.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
