@@ -138,8 +138,8 @@ impl Session {
         Ok(Session { conn, client, unreachable: None })
     }
 
-    /// `notify` is told each time a new connection cannot be opened: then the server itself is
-    /// down or restarting, not just this session.
+    /// `notify` is told each time a new connection cannot be opened for a reason worth waiting
+    /// out: then the server itself is down or restarting, not just this session.
     pub fn tell_when_unreachable(mut self, notify: Arc<Notify>) -> Session {
         self.unreachable = Some(notify);
         self
@@ -165,8 +165,10 @@ impl Session {
                     let (conn, unreachable) = (&self.conn, &self.unreachable);
                     let client = retry(conn.reconnect_timeout, &mut outage, "reconnecting", || async move {
                         let opened = conn.connect().await;
-                        if let (Err(_), Some(n)) = (&opened, unreachable) {
-                            n.notify_one();
+                        if let (Err(e), Some(n)) = (&opened, unreachable) {
+                            if e.is_retryable() {
+                                n.notify_one();
+                            }
                         }
                         opened
                     })
