@@ -254,12 +254,26 @@ impl Run {
     }
 
     /// Opens the main session again when it was lost (terminated, or the server restarted).
+    /// An empty query tells: a session terminated a moment ago may not be seen closed yet.
     async fn ensure_session(&mut self) -> Result<()> {
-        if self.client.is_closed() {
-            let lost = Error::new(ErrorKind::Connection, "the main session was closed");
-            self.client = reconnect::connect_again(&main_conn(&self.cfg), &mut Outage::new(), lost, "the main session, idle").await?;
+        let Err(e) = self.client.batch_execute("").await.map_err(Error::from) else { return Ok(()) };
+        if !e.kind().is_lost_connection() {
+            return Err(e);
         }
+        self.client = reconnect::connect_again(&main_conn(&self.cfg), &mut Outage::new(), e, "the main session, idle").await?;
         Ok(())
+    }
+
+    /// A working main session for the cleanup: the slot must go whenever the server can be
+    /// reached, so a new session is tried even with reconnecting off.
+    async fn session_for_cleanup(&mut self) -> Result<()> {
+        match self.ensure_session().await {
+            Err(e) if e.kind().is_lost_connection() && self.cfg.conn.reconnect_timeout.is_zero() => {
+                self.client = main_conn(&self.cfg).connect().await?;
+                Ok(())
+            }
+            other => other,
+        }
     }
 
     /// Records the run's state in the changelog table, for DBAs and for a resume.
@@ -421,14 +435,7 @@ impl Run {
                 tracing::debug!(error = %e, "stopping the stream cleanly failed; dropping the slot over SQL");
             }
         }
-        // The slot must go whenever the server can be reached, whatever became of the session,
-        // and with reconnecting off too.
-        if self.client.is_closed() && self.cfg.conn.reconnect_timeout.is_zero() {
-            if let Ok(fresh) = main_conn(&self.cfg).connect().await {
-                self.client = fresh;
-            }
-        }
-        if let Err(e) = self.ensure_session().await {
+        if let Err(e) = self.session_for_cleanup().await {
             tracing::error!(error = %e, "cleanup failed: no session to drop the slot and the publication with; run `pg-ghost cleanup`");
             return Err(e.context("cleaning up"));
         }
