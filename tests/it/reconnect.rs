@@ -34,10 +34,14 @@ fn workload_options() -> WorkloadOptions {
     WorkloadOptions::new(2).rate(Some(40))
 }
 
-/// The backends of pg-ghost's sessions named `application_name`.
+/// The backends of pg-ghost's sessions named `application_name`, in this test's database only:
+/// the tests on the shared primary run side by side.
 async fn backends(client: &Client, application_name: &str) -> Vec<i32> {
     client
-        .query("SELECT pid FROM pg_stat_activity WHERE application_name = $1 ORDER BY pid", &[&application_name])
+        .query(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND datname = current_database() ORDER BY pid",
+            &[&application_name],
+        )
         .await
         .unwrap()
         .iter()
@@ -235,7 +239,8 @@ async fn flushing_apply_session(client: &Client, within: Duration) -> Option<i32
     while Instant::now() < deadline {
         let row = client
             .query_opt(
-                "SELECT pid FROM pg_stat_activity WHERE application_name = 'pg-ghost apply' AND state <> 'idle' LIMIT 1",
+                "SELECT pid FROM pg_stat_activity
+                  WHERE application_name = 'pg-ghost apply' AND datname = current_database() AND state <> 'idle' LIMIT 1",
                 &[],
             )
             .await
