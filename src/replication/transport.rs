@@ -41,8 +41,9 @@
 //! - Reads are coalesced: after a read that found the socket nearly empty, the reader
 //!   sleeps `coalesce_delay` (1 ms) before reading again, so the walsender fills the socket
 //!   instead of waking us for every message (it is the bottleneck, and each wake-up costs it).
-//! - The end of a stream is never silent: EOF is an `ErrorKind::Connection` error, an
-//!   ErrorResponse is an error of the kind its SQLSTATE maps to, both naming the slot.
+//! - The end of a stream is never silent: EOF, and the CommandComplete that a walsender
+//!   stopping for a server shutdown ends with, are `ErrorKind::Connection` errors, an
+//!   ErrorResponse is an error of the kind its SQLSTATE maps to, all naming the slot.
 //! - An exported snapshot is valid only until the next command on the same connection.
 
 mod auth;
