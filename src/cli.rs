@@ -103,6 +103,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION", default_value = "5s")]
     pub status_interval: String,
 
+    /// How long to keep trying to get a lost connection back (a terminated backend, a server
+    /// restart) before the run stops; the work it was doing is then done again. `0s` stops
+    /// the run at the first lost connection. Units: ms, s, m.
+    #[arg(long, value_name = "DURATION", default_value = "60s")]
+    pub reconnect_timeout: String,
+
     // ---- copy -------------------------------------------------------------------------
     /// Rows per copy chunk to start with (1 to 1,000,000); the size then adapts to
     /// --chunk-time. Hot-tunable through the socket (`chunk-size=N`).

@@ -133,7 +133,7 @@ impl Config {
 
     /// [`Config::from_cli`] with the environment given, for tests.
     pub fn from_cli_with_env(args: &RunArgs, env: impl Fn(&str) -> Option<String>) -> Result<Config> {
-        let (conn, table) = target(&args.target, env)?;
+        let (conn, table) = run_target(args, env)?;
         let tunables = tunables_from(args)?;
         let throttle = throttle_from(args, &tunables)?;
         Ok(Config {
@@ -167,6 +167,14 @@ impl CleanupConfig {
         let (conn, table) = target(&args.target, env)?;
         Ok(CleanupConfig { conn, table })
     }
+}
+
+/// The connection of `run`, with `--reconnect-timeout` (which `cleanup` has not: it just
+/// stops and can be run again).
+fn run_target(args: &RunArgs, env: impl Fn(&str) -> Option<String>) -> Result<(ConnInfo, String)> {
+    let (mut conn, table) = target(&args.target, env)?;
+    conn.reconnect_timeout = parse_duration("reconnect-timeout", &args.reconnect_timeout, Bare::Refuse)?;
+    Ok((conn, table))
 }
 
 fn target(t: &Target, env: impl Fn(&str) -> Option<String>) -> Result<(ConnInfo, String)> {

@@ -6,6 +6,7 @@
 
 use crate::error::{Context, Error, ErrorKind, Result};
 use std::path::PathBuf;
+use std::time::Duration;
 use tokio_postgres::config::Host;
 use tokio_postgres::{Client, NoTls};
 
@@ -33,6 +34,9 @@ pub struct ConnInfo {
     pub password: Option<Vec<u8>>,
     pub dbname: String,
     pub application_name: String,
+    /// How long a lost connection is tried again before the run gives up (`--reconnect-timeout`);
+    /// zero: a lost connection stops the run at once. See `crate::reconnect`.
+    pub reconnect_timeout: Duration,
 }
 
 impl ConnInfo {
@@ -78,7 +82,7 @@ impl ConnInfo {
         let password = cfg.get_password().map(|p| p.to_vec()).or_else(|| env("PGPASSWORD").map(String::into_bytes));
         let dbname = cfg.get_dbname().map(str::to_string).or_else(|| env("PGDATABASE")).unwrap_or_else(|| user.clone());
         let application_name = cfg.get_application_name().unwrap_or("pg-ghost").to_string();
-        Ok(ConnInfo { endpoint, user, password, dbname, application_name })
+        Ok(ConnInfo { endpoint, user, password, dbname, application_name, reconnect_timeout: crate::reconnect::DEFAULT_TIMEOUT })
     }
 
     /// The same server and role, another database.

@@ -53,6 +53,12 @@ impl ErrorKind {
         )
     }
 
+    /// The session is gone: trying again needs a new connection first (see
+    /// `crate::reconnect`), never the same client.
+    pub fn is_lost_connection(self) -> bool {
+        self == ErrorKind::Connection
+    }
+
     /// Maps a SQLSTATE code to a kind. The single place where codes are interpreted.
     pub fn from_sqlstate(code: &str) -> ErrorKind {
         match code {
@@ -243,6 +249,8 @@ impl Backoff {
     }
 
     /// Runs `op` until it succeeds, fails with a non-retryable error, or the attempts run out.
+    /// A lost connection is returned at once: `op` runs on a session that is gone, and only
+    /// its owner can open another (`crate::reconnect`).
     pub async fn retry<T, F, Fut>(&self, what: &str, mut op: F) -> Result<T>
     where
         F: FnMut() -> Fut,
@@ -253,7 +261,7 @@ impl Backoff {
             attempt += 1;
             match op().await {
                 Ok(v) => return Ok(v),
-                Err(e) if e.is_retryable() && attempt < self.attempts => {
+                Err(e) if e.is_retryable() && !e.kind().is_lost_connection() && attempt < self.attempts => {
                     let delay = self.delay(attempt);
                     tracing::warn!(what, attempt, delay_ms = delay.as_millis() as u64, error = %e, "retrying");
                     tokio::time::sleep(delay).await;
@@ -293,5 +301,26 @@ mod tests {
         assert_eq!(b.delay(2), Duration::from_millis(200));
         assert_eq!(b.delay(5), Duration::from_secs(1));
         assert_eq!(b.delay(40), Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn backoff_leaves_a_lost_connection_to_its_owner() {
+        let b = Backoff { initial: Duration::from_millis(1), max: Duration::from_millis(1), attempts: 5 };
+        let mut runs = 0;
+        let r: Result<()> = b
+            .retry("x", || {
+                runs += 1;
+                async { Err(Error::new(ErrorKind::Connection, "gone")) }
+            })
+            .await;
+        assert_eq!((runs, r.unwrap_err().kind()), (1, ErrorKind::Connection));
+        let mut runs = 0;
+        let r: Result<()> = b
+            .retry("x", || {
+                runs += 1;
+                async { Err(Error::new(ErrorKind::Serialization, "again")) }
+            })
+            .await;
+        assert_eq!((runs, r.unwrap_err().kind()), (5, ErrorKind::Serialization));
     }
 }

@@ -53,6 +53,19 @@ impl ChangeExtractor {
         }
     }
 
+    /// Forgets every transaction not committed yet, streamed blocks included: after a
+    /// reconnect the server sends each of them again from its start. Returns how many keys of
+    /// streamed transactions were dropped (the caller holds those of the open one).
+    pub fn reset(&mut self) -> usize {
+        self.in_transaction = false;
+        self.xid = None;
+        self.touched = false;
+        self.current_block = None;
+        let dropped = self.streamed.values().map(HashSet::len).sum();
+        self.streamed.clear();
+        dropped
+    }
+
     /// Whether no transaction is open, so a keepalive's position can be acknowledged.
     pub fn idle(&self) -> bool {
         !self.in_transaction && self.streamed.is_empty() && self.current_block.is_none()
@@ -407,6 +420,45 @@ mod tests {
         assert!(!f.extractor.idle());
         let out = f.feed(&[stream_abort(10), stream_commit(9, 0x700)]).unwrap();
         assert_eq!(committed(&out), vec![(vec![key("5"), key("7")], 0x700, Some(9))]);
+        assert!(f.extractor.idle());
+    }
+
+    #[test]
+    fn a_reset_drops_what_was_half_received_and_the_replay_counts_once() {
+        let mut f = Feed::new();
+        let cols = [("id", 20), ("v", 25)];
+        let out = f
+            .feed(&[
+                stream_start(9),
+                relation(Some(9), &cols),
+                insert(Some(9), "5"),
+                stream_stop(),
+                begin(12),
+                insert(None, "8"),
+            ])
+            .unwrap();
+        assert!(out.is_empty());
+        // The connection is lost mid-transaction: the caller drops the open one's keys.
+        assert_eq!(f.extractor.reset(), 1);
+        f.keys.clear();
+        assert!(f.extractor.idle());
+        // The new walsender starts over: the streamed transaction from its first block, then
+        // the other one whole; each key comes out with its own commit only.
+        f.decoder = Decoder::new();
+        let out = f
+            .feed(&[
+                stream_start(9),
+                relation(Some(9), &cols),
+                insert(Some(9), "5"),
+                stream_stop(),
+                stream_commit(9, 0x900),
+                begin(12),
+                relation(None, &cols),
+                insert(None, "8"),
+                commit(0xa00),
+            ])
+            .unwrap();
+        assert_eq!(committed(&out), vec![(vec![key("5")], 0x900, Some(9)), (vec![key("8")], 0xa00, Some(12))]);
         assert!(f.extractor.idle());
     }
 

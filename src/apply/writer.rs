@@ -7,12 +7,16 @@
 //! Invariants: the flushed LSN reported to the slot is the end LSN of a transaction all of
 //! whose keys were flushed in a committed ghost transaction, and it never goes backwards.
 //! While paused no flush runs, so a cut-over can lock the original without queueing the
-//! flusher's reads behind it.
+//! flusher's reads behind it. A flush whose session is lost is run again, with the same
+//! keys, on a new session (`crate::reconnect::Session`): its transaction rolled back, and
+//! nothing it covered was acknowledged, so no key is lost; the run stops only when no
+//! session can be had within the reconnect timeout.
 
 use super::flush::{FlushSql, Key};
 use super::inflight::InFlight;
 use crate::error::{Context, Error, Result};
 use crate::lsn::Lsn;
+use crate::reconnect::Session;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -112,7 +116,8 @@ struct Flushed {
 type FlushTask = JoinHandle<Result<Flushed>>;
 
 pub struct Writer {
-    client: Arc<Client>,
+    /// Only the running flush uses it (one at a time); it replaces the client when lost.
+    session: Arc<tokio::sync::Mutex<Session>>,
     sql: Arc<FlushSql>,
     inflight: Arc<InFlight>,
     /// Deferred keys by chunk, with the acknowledged LSN when they were first deferred: the
@@ -135,7 +140,7 @@ impl Writer {
     /// Starts the apply loop. It ends on `stop`, when the stream's channel closes, or on the
     /// first failed flush, which it returns.
     pub fn spawn(
-        client: Client,
+        session: Session,
         sql: FlushSql,
         inflight: Arc<InFlight>,
         ack: Acker,
@@ -144,7 +149,7 @@ impl Writer {
         let (cmd_tx, cmd_rx) = mpsc::channel(16);
         let (stats_tx, stats_rx) = watch::channel(ApplyStats::default());
         let writer = Writer {
-            client: Arc::new(client),
+            session: Arc::new(tokio::sync::Mutex::new(session)),
             sql: Arc::new(sql),
             inflight,
             deferred: HashMap::new(),
@@ -255,9 +260,9 @@ impl Writer {
         let upto = self.complete_to;
         // Keys still deferred from earlier flushes keep the ghost short of `upto`.
         let complete = self.deferred.is_empty().then_some(upto);
-        let (client, sql, inflight) = (self.client.clone(), self.sql.clone(), self.inflight.clone());
+        let (session, sql, inflight) = (self.session.clone(), self.sql.clone(), self.inflight.clone());
         let task = tokio::spawn(async move {
-            let result = flush_outside_chunks(&client, &sql, &inflight, keys, &xids, complete).await;
+            let result = flush_outside_chunks(&mut *session.lock().await, &sql, &inflight, keys, &xids, complete).await;
             inflight.flush_ended();
             result
         });
@@ -363,16 +368,19 @@ const INVISIBLE_XIDS: &str = "
 
 /// Flushes `keys` but those inside copy chunks in flight, which it hands back, and those
 /// the copy has not reached, which it leaves to the copy. Deadlocks and serialization
-/// failures are retried.
+/// failures are retried; so is each step whose session is lost, on a new one. What the
+/// flush learnt of the copy stays true meanwhile: a chunk registered after it waits for
+/// its end.
 async fn flush_outside_chunks(
-    client: &Client,
+    session: &mut Session,
     sql: &FlushSql,
     inflight: &InFlight,
     keys: Vec<Key>,
     xids: &[u32],
     complete: Option<Lsn>,
 ) -> Result<Flushed> {
-    wait_until_visible(client, xids).await?;
+    let waiting = format!("a flush of {} keys, waiting for their transactions to be visible (waits again)", keys.len());
+    session.run(&waiting, |c| async move { wait_until_visible(&c, xids).await }).await?;
     // Only now: a chunk that registers after this reads the changes just made visible.
     let view = inflight.flush_starting();
     let mut deferred: HashMap<u64, Vec<Key>> = HashMap::new();
@@ -381,7 +389,9 @@ async fn flush_outside_chunks(
     } else {
         let mut regions: Vec<_> = view.in_flight.iter().map(|(_, r)| r.clone()).collect();
         regions.extend(view.uncopied.clone());
-        let found = sql.ranges_of(client, &keys, &regions).await?;
+        let (all, only) = (&keys, &regions);
+        let finding = format!("a flush of {} keys, finding those inside copy chunks (asks again)", keys.len());
+        let found = session.run(&finding, |c| async move { sql.ranges_of(&*c, all, only).await }).await?;
         let mut now = Vec::with_capacity(keys.len());
         for (key, region) in keys.into_iter().zip(found) {
             match region.map(|i| view.in_flight.get(i)) {
@@ -395,7 +405,13 @@ async fn flush_outside_chunks(
     };
     let applied = complete.filter(|_| deferred.is_empty());
     let backoff = crate::error::Backoff { initial: std::time::Duration::from_millis(20), ..Default::default() };
-    backoff.retry("flushing changed keys", || flush_in_transaction(client, sql, &keys, applied)).await?;
+    let flushing = format!("a flush of {} keys (rolled back; the same keys are flushed again)", keys.len());
+    let now = &keys;
+    session
+        .run(&flushing, |c| async move {
+            backoff.retry("flushing changed keys", || flush_in_transaction(&c, sql, now, applied)).await
+        })
+        .await?;
     Ok(Flushed { keys: keys.len(), deferred: deferred.into_iter().collect() })
 }
 

@@ -38,6 +38,7 @@ fn defaults() {
     assert!(!c.execute && !c.resume && !c.skip_checksum && !c.initially_drop_ghost_table);
     assert_eq!(c.key, None);
     assert_eq!(c.status_interval, ms(5_000));
+    assert_eq!(c.conn.reconnect_timeout, ms(60_000));
     assert_eq!(c.copy, CopyConfig { chunk_time: ms(500), workers: 1 });
     assert_eq!(
         c.cut_over,
@@ -83,7 +84,7 @@ fn defaults() {
 const EVERY_FLAG: &[&str] = &[
     "--conn", "host=10.0.0.1 port=6000 user=u dbname=app",
     "--execute", "--key", "orders_uk", "--resume", "--skip-checksum",
-    "--status-interval", "2s",
+    "--status-interval", "2s", "--reconnect-timeout", "90s",
     "--chunk-size", "2000", "--chunk-time", "1.5s", "--copy-workers", "4",
     "--cut-over-lock-timeout", "250ms", "--cut-over-retries", "5",
     "--cut-over-kill-blockers-after", "30s", "--ok-to-drop-table", "--timestamp-old-table",
@@ -106,6 +107,7 @@ fn every_flag_reaches_its_field() {
     assert!(c.execute && c.resume && c.skip_checksum);
     assert_eq!(c.key.as_deref(), Some("orders_uk"));
     assert_eq!(c.status_interval, ms(2_000));
+    assert_eq!(c.conn.reconnect_timeout, ms(90_000));
     assert_eq!(c.copy, CopyConfig { chunk_time: ms(1_500), workers: 4 });
     assert_eq!(c.cut_over.lock_timeout, ms(250));
     assert_eq!(c.cut_over.retries, 5);
@@ -150,6 +152,7 @@ fn zero_turns_optional_checks_off() {
     assert_eq!((c.throttle.max_retained_wal, c.throttle.critical_retained_wal), (None, None));
     // Without a lag limit, any heartbeat interval is acceptable.
     assert!(config(&["--max-lag-millis", "0", "--heartbeat-interval-millis", "5000"]).is_ok());
+    assert_eq!(config(&["--reconnect-timeout", "0s"]).unwrap().conn.reconnect_timeout, Duration::ZERO);
 }
 
 /// Each case: the flags, and what the message must contain (it always names a flag).
@@ -191,6 +194,7 @@ fn invalid_values_are_config_errors_naming_the_flag() {
         (&["--serve-tcp-port", "0"], "--serve-tcp-port 0"),
         (&["--hooks-timeout", "0s"], "--hooks-timeout"),
         (&["--hooks-status-interval", "1"], "--hooks-status-interval \"1\": a unit is required"),
+        (&["--reconnect-timeout", "60"], "--reconnect-timeout \"60\": a unit is required"),
         (&["--test-on-replica-skip-replica-stop"], "needs --test-on-replica"),
         (&["--test-on-replica", "--execute"], "--test-on-replica and --execute contradict each other"),
         (&["--resume", "--initially-drop-ghost-table"], "--resume and --initially-drop-ghost-table"),

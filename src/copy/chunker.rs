@@ -74,7 +74,14 @@ impl Chunker {
         self.max.as_ref()
     }
 
+    /// Goes on with a new session after the old one was lost.
+    pub fn replace_client(&mut self, client: Client) {
+        self.client = client;
+    }
+
     /// The next range of about `size` rows, or None when the copy has reached the maximum.
+    /// On an error nothing moves: the same call again hands out the same range (or one
+    /// that ends elsewhere, never a gap).
     pub async fn next(&mut self, size: u64) -> Result<Option<Range>> {
         let Some(max) = self.max.clone().filter(|_| !self.done) else { return Ok(None) };
         let offset = size.saturating_sub(1).min(i64::MAX as u64) as i64;
@@ -97,14 +104,13 @@ impl Chunker {
             Some(row) => bound(&row)?,
             None => max.clone(),
         };
-        if hi == max {
-            self.done = true;
-        }
-        let range = Range { lo: self.lo.replace(hi.clone()), hi };
+        let range = Range { lo: self.lo.clone(), hi };
         if let Some(sql) = &self.record {
             let text = format!("{}..{}", range.lo.as_ref().map(|b| b.join(",")).unwrap_or_default(), range.hi.join(","));
             self.client.execute(sql.as_str(), &[&"copy_range", &text]).await.context("recording the copy range")?;
         }
+        self.done = range.hi == max;
+        self.lo = Some(range.hi.clone());
         Ok(Some(range))
     }
 }

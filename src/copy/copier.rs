@@ -1,12 +1,14 @@
 use super::chunker::{Bound, Chunker, Range};
 use super::watermark::Watermark;
 use super::sizing::next_chunk_size;
+use crate::apply::inflight::ChunkTicket;
 use crate::apply::InFlight;
 use crate::checkpoint;
 use crate::conn::ConnInfo;
 use crate::error::{Error, ErrorKind, Result};
 use crate::ghost::Mapping;
 use crate::keysql::{insert_select, KeyCols};
+use crate::reconnect::{self, Outage};
 use crate::sql::{ident_list, QualifiedName};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -140,9 +142,11 @@ pub async fn copy_table(
     let failed = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for worker in 0..job.workers.max(1) {
-        let client = job.conn.with_application_name("pg-ghost copy").connect().await?;
+        let conn = job.conn.with_application_name("pg-ghost copy");
+        let client = conn.connect().await?;
         let ctx = WorkerCtx {
             worker,
+            conn,
             client,
             chunker: chunker.clone(),
             sql: sql.clone(),
@@ -177,6 +181,8 @@ const RETRY: crate::error::Backoff =
 
 struct WorkerCtx {
     worker: usize,
+    /// Opens the worker's session again when it is lost, and the chunker's.
+    conn: ConnInfo,
     client: Client,
     chunker: Arc<Mutex<Chunker>>,
     sql: Arc<Statements>,
@@ -204,15 +210,10 @@ impl WorkerCtx {
                 return Ok(());
             }
             let size = self.progress.chunk_size.load(Ordering::Relaxed);
-            let next = {
-                let mut chunker = self.chunker.lock().await;
-                // Numbered and registered under the chunker's lock, so both follow key order.
-                chunker.next(size).await?.map(|range| (self.watermark.issue(), self.inflight.register(&range), range))
-            };
-            let Some((seq, ticket, range)) = next else { return Ok(()) };
+            let Some((seq, ticket, range)) = self.next_range(size).await? else { return Ok(()) };
             let started = Instant::now();
             self.inflight.wait_for_earlier_flushes(&ticket).await;
-            let rows = RETRY.retry("copying a chunk", || self.copy_range(seq, &range)).await;
+            let rows = self.copy_range_again_if_lost(seq, &range).await;
             // Only once the chunk's rows are visible (or it gave up) may the flusher touch
             // keys in its range.
             self.inflight.chunk_ended(ticket);
@@ -234,6 +235,41 @@ impl WorkerCtx {
             let pause = crate::throttle::nice_pause(took, self.progress.nice_ratio());
             if !pause.is_zero() {
                 tokio::time::sleep(pause).await;
+            }
+        }
+    }
+
+    /// The chunker's next range, numbered and registered as in flight under the chunker's
+    /// lock (so both follow key order); when the chunker's session is lost, asked again on a
+    /// new one.
+    async fn next_range(&self, size: u64) -> Result<Option<(u64, ChunkTicket, Range)>> {
+        let mut chunker = self.chunker.lock().await;
+        let mut outage = Outage::new();
+        loop {
+            match chunker.next(size).await {
+                Err(e) if e.kind().is_lost_connection() => {
+                    let client = reconnect::connect_again(&self.conn, &mut outage, e, "the next copy range (asked again)").await?;
+                    chunker.replace_client(client);
+                }
+                Ok(Some(range)) => return Ok(Some((self.watermark.issue(), self.inflight.register(&range), range))),
+                Ok(None) => return Ok(None),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Copies `range`; when the worker's session is lost, copies it again on a new one. A
+    /// chunk is safe to repeat: the lost one rolled back, and its range stays registered in
+    /// flight until it is done.
+    async fn copy_range_again_if_lost(&mut self, seq: u64, range: &Range) -> Result<u64> {
+        let mut outage = Outage::new();
+        loop {
+            match RETRY.retry("copying a chunk", || self.copy_range(seq, range)).await {
+                Err(e) if e.kind().is_lost_connection() => {
+                    let what = format!("copy worker {}'s chunk (copied again)", self.worker);
+                    self.client = reconnect::connect_again(&self.conn, &mut outage, e, &what).await?;
+                }
+                other => return other,
             }
         }
     }

@@ -41,8 +41,9 @@
 //! - Reads are coalesced: after a read that found the socket nearly empty, the reader
 //!   sleeps `coalesce_delay` (1 ms) before reading again, so the walsender fills the socket
 //!   instead of waking us for every message (it is the bottleneck, and each wake-up costs it).
-//! - The end of a stream is never silent: EOF is an `ErrorKind::Connection` error, an
-//!   ErrorResponse is an error of the kind its SQLSTATE maps to, both naming the slot.
+//! - The end of a stream is never silent: EOF, and the CommandComplete that a walsender
+//!   stopping for a server shutdown ends with, are `ErrorKind::Connection` errors, an
+//!   ErrorResponse is an error of the kind its SQLSTATE maps to, all naming the slot.
 //! - An exported snapshot is valid only until the next command on the same connection.
 
 mod auth;
@@ -134,7 +135,11 @@ impl ReplicationConnection {
     pub async fn connect(info: &ConnInfo) -> Result<ReplicationConnection> {
         let peer = format!("{} as {}", info.endpoint.describe(), info.user);
         let attempt = async {
-            let socket = Socket::connect(&info.endpoint).await?;
+            // Any failure to reach the server (a Unix socket missing while it restarts
+            // included) is a connection failure, worth trying again.
+            let socket = Socket::connect(&info.endpoint)
+                .await
+                .map_err(|e| Error::with_source(ErrorKind::Connection, format!("cannot reach the server: {e}"), e))?;
             let mut framed = Framed::new(socket);
             let session = auth::startup(&mut framed, info).await?;
             Ok::<_, Error>((framed, session))

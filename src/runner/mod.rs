@@ -32,6 +32,7 @@ use crate::inspect::{self, PreflightOptions};
 use crate::lsn::Lsn;
 use crate::names::Names;
 use crate::phase::Phase;
+use crate::reconnect::{self, Outage};
 use crate::schema::TableInfo;
 use crate::replication::slot;
 use crate::sql::QualifiedName;
@@ -97,7 +98,7 @@ pub async fn run(cfg: Config) -> Result<Outcome> {
     let abort_tx = Arc::new(abort_tx);
     let watchers = watchers::spawn(cfg.panic_flag_file.clone(), abort_tx.clone());
     controls.fire(HookEvent::Startup).await?;
-    let client = cfg.conn.with_application_name("pg-ghost").connect().await?;
+    let client = main_conn(&cfg).connect().await?;
     let mut run = Run {
         cfg,
         client,
@@ -298,8 +299,34 @@ impl Run {
         Ok(ghost)
     }
 
+    /// Opens the main session again when it was lost (terminated, or the server restarted).
+    /// An empty query tells: a session terminated a moment ago may not be seen closed yet.
+    async fn ensure_session(&mut self) -> Result<()> {
+        let Err(e) = self.client.batch_execute("").await.map_err(Error::from) else { return Ok(()) };
+        if !e.kind().is_lost_connection() {
+            return Err(e);
+        }
+        self.client = reconnect::connect_again(&main_conn(&self.cfg), &mut Outage::new(), e, "the main session, idle").await?;
+        Ok(())
+    }
+
+    /// A working main session for the cleanup: the slot must go whenever the server can be
+    /// reached, so a new session is tried even with reconnecting off.
+    async fn session_for_cleanup(&mut self) -> Result<()> {
+        match self.ensure_session().await {
+            Err(e) if e.kind().is_lost_connection() && self.cfg.conn.reconnect_timeout.is_zero() => {
+                self.client = main_conn(&self.cfg).connect().await?;
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
     /// Records the run's state in the changelog table, for DBAs and for a resume.
-    async fn record_state(&self, names: &Names, state: &str) {
+    async fn record_state(&mut self, names: &Names, state: &str) {
+        if let Err(e) = self.ensure_session().await {
+            tracing::debug!(error = %e, "no session to record the state with");
+        }
         let sql = checkpoint::upsert_sql(&names.changelog);
         if let Err(e) = self.client.execute(&sql, &[&checkpoint::STATE, &state]).await {
             tracing::debug!(error = %e, "could not record the state in the changelog table");
@@ -326,11 +353,12 @@ impl Run {
             }
             CopyFrom::After(after) => self.copy_rows(info, names, ghost, after, repl, bg, &progress, gate).await?,
         };
-
+        self.fire(HookEvent::RowCopyComplete, Some(&mut *bg)).await?;
 
         self.enter(Phase::BuildIndexes);
         self.record_state(names, "build-indexes").await;
         repl.flush.delete_first();
+        self.ensure_session().await?;
         guard(ghost::rebuild_deferred(&self.client, ghost), &mut self.abort.clone(), Some(&mut *bg)).await?;
         repl.flush.choose_strategy(&self.client, ghost.oid, &ghost.mapping.key_ghost).await?;
 
@@ -403,7 +431,7 @@ impl Run {
     /// Copies the rows (after `after`, when resuming); returns the time it took.
     #[allow(clippy::too_many_arguments)]
     async fn copy_rows(
-        &self,
+        &mut self,
         info: &TableInfo,
         names: &Names,
         ghost: &Ghost,
@@ -456,13 +484,15 @@ impl Run {
     /// backlog is small, so the cut-over's sentinel arrives at once.
     async fn catch_up(&self, repl: &Replication) -> Result<()> {
         let marker: String = format!("catch-up {}", std::process::id());
-        let lsn: String = self
-            .client
-            .query_one("SELECT pg_logical_emit_message(true, $1, $2)::text", &[&MESSAGE_PREFIX, &marker])
-            .await
-            .context("emitting the catch-up marker")?
-            .try_get(0)?;
-        let target: Lsn = lsn.parse().map_err(|e| Error::protocol(format!("{e}")))?;
+        // Called while the run is borrowed (checksum): a lost main session is replaced for
+        // this marker only, and for good at the next `ensure_session`.
+        let target = match emit_marker(&self.client, &marker).await {
+            Err(e) if e.kind().is_lost_connection() => {
+                let what = "the catch-up marker (emitted again)";
+                emit_marker(&reconnect::connect_again(&main_conn(&self.cfg), &mut Outage::new(), e, what).await?, &marker).await?
+            }
+            other => other?,
+        };
         let mut stats = repl.writer.stats.clone();
         stats
             .wait_for(|s| s.received >= target && s.backlog_keys < CAUGHT_UP_KEYS)
@@ -471,7 +501,8 @@ impl Run {
         Ok(())
     }
 
-    async fn old_table_name(&self, info: &TableInfo) -> Result<String> {
+    async fn old_table_name(&mut self, info: &TableInfo) -> Result<String> {
+        self.ensure_session().await?;
         let names = Names::for_table(&info.name, info.oid);
         if !self.cfg.cut_over.timestamp_old_table {
             return Ok(names.old.name);
@@ -487,6 +518,10 @@ impl Run {
             if let Err(e) = bg.shutdown().await {
                 tracing::debug!(error = %e, "stopping the stream cleanly failed; dropping the slot over SQL");
             }
+        }
+        if let Err(e) = self.session_for_cleanup().await {
+            tracing::error!(error = %e, "cleanup failed: no session to drop the slot and the publication with; run `pg-ghost cleanup`");
+            return Err(e.context("cleaning up"));
         }
         let backoff = crate::error::Backoff::default();
         let mut note = |what: &str, result: Result<()>| {
@@ -521,6 +556,21 @@ impl Run {
             None => Ok(()),
         }
     }
+}
+
+/// The main session's settings: markers, state, index builds, cleanup.
+fn main_conn(cfg: &Config) -> crate::conn::ConnInfo {
+    cfg.conn.with_application_name("pg-ghost")
+}
+
+/// Emits a catch-up marker into the stream; returns its LSN.
+async fn emit_marker(client: &Client, marker: &str) -> Result<Lsn> {
+    let lsn: String = client
+        .query_one("SELECT pg_logical_emit_message(true, $1, $2)::text", &[&MESSAGE_PREFIX, &marker])
+        .await
+        .context("emitting the catch-up marker")?
+        .try_get(0)?;
+    lsn.parse().map_err(|e| Error::protocol(format!("{e}")))
 }
 
 /// Runs `fut` until it ends, the run is aborted, or a background task fails.

@@ -2,13 +2,14 @@
 //! loop, started together and stopped together.
 
 use crate::apply::changes::{ChangeExtractor, ExpectedColumn};
-use crate::apply::pump::{pump, StreamPositions};
-use crate::apply::{Acker, FlushSql, InFlight, Writer, WriterHandle};
+use crate::apply::pump::{Acks, Pump, Source, StreamPositions};
+use crate::apply::{FlushSql, InFlight, Writer, WriterHandle};
 use crate::conn::ConnInfo;
 use crate::error::{Context, Error, ErrorKind, Result};
 use crate::ghost::Ghost;
 use crate::lsn::Lsn;
 use crate::names::Names;
+use crate::reconnect::Session;
 use crate::replication::slot;
 use crate::replication::transport::{
     ProtoVersion, ReplicationConnection, ReplicationStream, SlotKind, SlotSnapshot, StreamOptions,
@@ -16,7 +17,7 @@ use crate::replication::transport::{
 use crate::schema::TableInfo;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 
@@ -90,18 +91,12 @@ pub struct Background {
 impl Replication {
     /// `fresh_copy`: an empty ghost's copy follows; flushes wait until it has planned its ranges.
     pub async fn start(conn: &ConnInfo, names: &Names, orig: &TableInfo, ghost: &Ghost, fresh_copy: bool) -> Result<(Replication, Background)> {
-        let repl = ReplicationConnection::connect(&conn.with_application_name("pg-ghost stream")).await?;
         let mut options = StreamOptions::new([names.publication.clone()]);
         options.proto_version = ProtoVersion::V2;
         options.streaming = true;
-        let stream = repl.start_replication(&names.slot, Lsn::ZERO, &options).await.context("starting the stream")?;
-        let feedback = stream.feedback();
-        let ack: Acker = Arc::new(move |lsn| {
-            feedback.set_written(lsn);
-            feedback.set_flushed(lsn);
-            feedback.set_applied(lsn);
-            feedback.send_status_now();
-        });
+        let source = Source::new(conn.with_application_name("pg-ghost stream"), names.slot.clone(), options);
+        let stream = source.open().await?;
+        let acks = Acks::new(stream.feedback());
         let expected = orig
             .columns
             .iter()
@@ -112,16 +107,19 @@ impl Replication {
         let (items_tx, items_rx) = mpsc::channel(1024);
         let positions = Arc::new(StreamPositions::default());
         let (stop_tx, stop_rx) = oneshot::channel();
-        let pump = tokio::spawn(pump(stream, extractor, items_tx, positions.clone(), stop_rx));
+        let release = Arc::new(Notify::new());
+        let apply_session = Session::connect(conn.with_application_name("pg-ghost apply")).await?.tell_when_unreachable(release.clone());
+        let ack = acks.acker();
+        let pump = Pump { source, acks, extractor, items: items_tx, positions: positions.clone(), release };
+        let pump = tokio::spawn(pump.run(stream, stop_rx));
         let inflight = InFlight::new();
         if fresh_copy {
             inflight.expect_copy();
         }
         let flush = FlushSql::new(&orig.name, &ghost.name, &ghost.mapping);
         let recorded_flush = flush.clone().recording_in(&names.changelog);
-        let apply_client = conn.with_application_name("pg-ghost apply").connect().await?;
-        flush.choose_strategy(&apply_client, ghost.oid, &ghost.mapping.key_ghost).await?;
-        let (writer, writer_task) = Writer::spawn(apply_client, recorded_flush, inflight.clone(), ack, items_rx);
+        flush.choose_strategy(apply_session.client(), ghost.oid, &ghost.mapping.key_ghost).await?;
+        let (writer, writer_task) = Writer::spawn(apply_session, recorded_flush, inflight.clone(), ack, items_rx);
         let background = Background {
             writer: writer.clone(),
             stop_pump: Some(stop_tx),

@@ -382,7 +382,7 @@ async fn repairs_under_streamed_changes_lose_nothing() {
     let inflight = InFlight::new();
     let (items_tx, items_rx) = tokio::sync::mpsc::channel(1024);
     let (writer, writer_task) = Writer::spawn(
-        b.conn.connect().await.unwrap(),
+        pg_ghost::reconnect::Session::connect(b.conn.clone()).await.unwrap(),
         FlushSql::new(&b.orig, &b.ghost.name, &b.ghost.mapping),
         inflight.clone(),
         Arc::new(|_| {}),

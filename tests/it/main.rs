@@ -15,6 +15,7 @@ mod inspect;
 mod oracle;
 mod oracle_selftest;
 mod replica_test;
+mod reconnect;
 mod replication;
 mod run_faults;
 mod resume;

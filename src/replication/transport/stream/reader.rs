@@ -205,6 +205,11 @@ impl Reader {
                     break;
                 }
                 Backend::Message(Message::ErrorResponse(e)) => return Err(server_error(e.fields())),
+                // A walsender stopping for a server shutdown, once we confirmed all it sent,
+                // ends with CommandComplete (no CopyDone) and exits.
+                Backend::Message(Message::CommandComplete(_)) => {
+                    return Err(self.lost(Error::new(ErrorKind::Connection, "the server ended streaming (shutting down?)")))
+                }
                 Backend::Message(Message::NoticeResponse(n)) => log_notice(n.fields()),
                 Backend::Message(Message::ParameterStatus(_)) => {}
                 other => {

@@ -1,0 +1,244 @@
+//! Getting a lost connection back.
+//!
+//! A connection can be lost at any moment of a run: a DBA terminates a backend, the server
+//! restarts, the network drops. Every part of pg-ghost that holds one gets it back the same
+//! way: it opens a new connection, with back-off, until `--reconnect-timeout` has passed
+//! since the loss (one [`Outage`]), then gives up with the last error, which stops the run.
+//! The owner then does again what the lost connection was doing, so only work that is safe
+//! to repeat is redone this way: a copy chunk (`ON CONFLICT DO NOTHING`), a flush by key (it
+//! re-reads the original), `START_REPLICATION` from the slot's confirmed position (the stream
+//! is delivered at least once anyway). The transaction of a lost session rolled back with it,
+//! unless its COMMIT had gone through just before; repeating it is harmless either way.
+//!
+//! Each loss is a warning naming the connection and what it lost; each recovery an info line
+//! (`reconnected`).
+
+use crate::conn::ConnInfo;
+use crate::error::{Backoff, Error, Result};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_postgres::Client;
+
+/// `--reconnect-timeout` by default: long enough for a server restart or a failover, short
+/// enough that a run whose server is gone for good ends (and drops its slot) before the slot
+/// has retained much WAL.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Between attempts: quick at first (after a terminated backend the server answers at once),
+/// then every 2 s (a server restarting takes seconds).
+const BACKOFF: Backoff = Backoff { initial: Duration::from_millis(50), max: Duration::from_secs(2), attempts: u32::MAX };
+
+/// One outage of one connection: from its loss until the work it was doing succeeds again.
+/// The timeout counts from the first loss, so a connection lost again right after each
+/// reconnect still gives up in time.
+#[derive(Debug, Default)]
+pub struct Outage {
+    since: Option<Instant>,
+    attempts: u32,
+}
+
+impl Outage {
+    pub fn new() -> Outage {
+        Outage::default()
+    }
+
+    /// The work went through: the next loss starts a new outage, with the whole timeout.
+    pub fn end(&mut self) {
+        *self = Outage::default();
+    }
+
+    fn begin(&mut self) -> Instant {
+        *self.since.get_or_insert_with(Instant::now)
+    }
+
+    fn elapsed(&self) -> Duration {
+        self.since.map_or(Duration::ZERO, |s| s.elapsed())
+    }
+}
+
+/// Records the loss of `conn`'s session with `error` while it did `what`, with a warning.
+/// Returns the error itself when reconnecting is off (`--reconnect-timeout 0s`).
+pub fn lost(conn: &ConnInfo, outage: &mut Outage, error: Error, what: &str) -> Result<()> {
+    if conn.reconnect_timeout.is_zero() {
+        return Err(error);
+    }
+    outage.begin();
+    tracing::warn!(
+        connection = %conn.application_name,
+        lost = what,
+        error = %error,
+        "connection lost; reconnecting for up to {} s",
+        conn.reconnect_timeout.as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Logs the end of an outage of `conn`'s connection.
+pub fn reconnected(conn: &ConnInfo, outage: &Outage) {
+    tracing::info!(
+        connection = %conn.application_name,
+        after_ms = outage.elapsed().as_millis() as u64,
+        attempts = outage.attempts,
+        "reconnected"
+    );
+}
+
+/// Runs `attempt` (opening a connection, starting the stream) until it succeeds. Retryable
+/// failures (no server to connect to, a slot still held by the walsender of the connection
+/// just lost) are tried again with back-off until `limit` has passed since the outage
+/// began; any other failure is returned at once.
+pub async fn retry<T, F, Fut>(limit: Duration, outage: &mut Outage, what: &str, mut attempt: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let since = outage.begin();
+    loop {
+        outage.attempts += 1;
+        match attempt().await {
+            Ok(v) => return Ok(v),
+            Err(e) if e.is_retryable() => {
+                let delay = BACKOFF.delay(outage.attempts);
+                if since.elapsed() + delay > limit {
+                    return Err(e.context(format!(
+                        "{what}: no connection within {} s (--reconnect-timeout), giving up",
+                        limit.as_secs_f64()
+                    )));
+                }
+                tracing::debug!(what, attempt = outage.attempts, error = %e, "reconnecting failed; trying again");
+                tokio::time::sleep(delay).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Opens a session to replace the one lost with `error` while it did `what`.
+pub async fn connect_again(conn: &ConnInfo, outage: &mut Outage, error: Error, what: &str) -> Result<Client> {
+    lost(conn, outage, error, what)?;
+    let client = retry(conn.reconnect_timeout, outage, "reconnecting", || conn.connect()).await?;
+    reconnected(conn, outage);
+    Ok(client)
+}
+
+/// An SQL session that is opened again when lost.
+pub struct Session {
+    conn: ConnInfo,
+    client: Arc<Client>,
+    unreachable: Option<Arc<Notify>>,
+}
+
+impl Session {
+    /// Opens the session; `conn` (its application name included) is used again to reconnect.
+    pub async fn connect(conn: ConnInfo) -> Result<Session> {
+        let client = Arc::new(conn.connect().await?);
+        Ok(Session { conn, client, unreachable: None })
+    }
+
+    /// `notify` is told each time a new connection cannot be opened for a reason worth waiting
+    /// out: then the server itself is down or restarting, not just this session.
+    pub fn tell_when_unreachable(mut self, notify: Arc<Notify>) -> Session {
+        self.unreachable = Some(notify);
+        self
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Runs `op` on the session. When the session is lost, before or during `op`, a new one is
+    /// opened and `op` runs again on it from the start, so `op` must be safe to repeat; `what`
+    /// says in the warning what was lost.
+    pub async fn run<T, F, Fut>(&mut self, what: &str, mut op: F) -> Result<T>
+    where
+        F: FnMut(Arc<Client>) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let mut outage = Outage::new();
+        loop {
+            match op(self.client.clone()).await {
+                Err(e) if e.kind().is_lost_connection() => {
+                    lost(&self.conn, &mut outage, e, what)?;
+                    let (conn, unreachable) = (&self.conn, &self.unreachable);
+                    let client = retry(conn.reconnect_timeout, &mut outage, "reconnecting", || async move {
+                        let opened = conn.connect().await;
+                        if let (Err(e), Some(n)) = (&opened, unreachable) {
+                            if e.is_retryable() {
+                                n.notify_one();
+                            }
+                        }
+                        opened
+                    })
+                    .await?;
+                    reconnected(&self.conn, &outage);
+                    self.client = Arc::new(client);
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+
+    fn conn(timeout: Duration) -> ConnInfo {
+        let mut c = ConnInfo::parse_with_env("host=127.0.0.1 port=1 user=u", |_| None).unwrap();
+        c.reconnect_timeout = timeout;
+        c
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_what_is_retryable_until_the_timeout_then_says_so() {
+        let mut outage = Outage::new();
+        let mut tries = 0;
+        let started = tokio::time::Instant::now();
+        let r: Result<()> = retry(Duration::from_secs(10), &mut outage, "starting", || {
+            tries += 1;
+            async { Err(Error::new(ErrorKind::Busy, "slot active")) }
+        })
+        .await;
+        let e = r.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Busy);
+        assert!(e.to_string().contains("--reconnect-timeout"), "{e}");
+        assert!(tries > 5, "{tries}");
+        assert!(started.elapsed() <= Duration::from_secs(10), "{:?}", started.elapsed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn other_failures_and_successes_end_at_once() {
+        let mut tries = 0;
+        let r: Result<()> = retry(Duration::from_secs(10), &mut Outage::new(), "starting", || {
+            tries += 1;
+            async { Err(Error::new(ErrorKind::Auth, "no")) }
+        })
+        .await;
+        assert_eq!((tries, r.unwrap_err().kind()), (1, ErrorKind::Auth));
+        let mut tries = 0;
+        let r = retry(Duration::from_secs(10), &mut Outage::new(), "starting", || {
+            tries += 1;
+            let t = tries;
+            async move {
+                if t < 3 {
+                    Err(Error::new(ErrorKind::Connection, "refused"))
+                } else {
+                    Ok(t)
+                }
+            }
+        })
+        .await;
+        assert_eq!(r.unwrap(), 3);
+    }
+
+    #[test]
+    fn a_zero_timeout_gives_the_loss_back() {
+        let e = lost(&conn(Duration::ZERO), &mut Outage::new(), Error::new(ErrorKind::Connection, "gone"), "x").unwrap_err();
+        assert_eq!(e.to_string(), "gone");
+        assert!(lost(&conn(Duration::from_secs(1)), &mut Outage::new(), Error::new(ErrorKind::Connection, "gone"), "x").is_ok());
+    }
+}
