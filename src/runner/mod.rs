@@ -513,21 +513,49 @@ impl Run {
 
     async fn cleanup(&mut self, background: Option<Background>, succeeded: bool) -> Result<()> {
         let Some(names) = self.names.clone() else { return Ok(()) };
-        let mut first_error = None;
         if let Some(bg) = background {
             if let Err(e) = bg.shutdown().await {
                 tracing::debug!(error = %e, "stopping the stream cleanly failed; dropping the slot over SQL");
             }
         }
-        if let Err(e) = self.session_for_cleanup().await {
-            tracing::error!(error = %e, "cleanup failed: no session to drop the slot and the publication with; run `pg-ghost cleanup`");
-            return Err(e.context("cleaning up"));
+        // A session terminated a moment ago can still answer the check and fail the drop
+        // after it: the drops are repeated on a new session (each is idempotent).
+        let mut failed = Vec::new();
+        for _ in 0..3 {
+            if let Err(e) = self.session_for_cleanup().await {
+                tracing::error!(error = %e, "cleanup failed: no session to drop the slot and the publication with; run `pg-ghost cleanup`");
+                return Err(e.context("cleaning up"));
+            }
+            failed = self.drop_objects(&names).await;
+            if !failed.iter().any(|(_, e)| e.kind().is_lost_connection()) {
+                break;
+            }
         }
+        if !succeeded && self.created.ghost && self.keeps_ghost() && self.old_table.is_none() {
+            tracing::warn!(
+                ghost = %names.ghost,
+                "the ghost table is kept for inspection; the original is untouched. Remove it with `pg-ghost cleanup` or DROP TABLE {}",
+                names.ghost.sql()
+            );
+        }
+        let mut first_error = None;
+        for (what, e) in failed {
+            tracing::error!(object = what, error = %e, "cleanup failed: run `pg-ghost cleanup` to retry");
+            first_error.get_or_insert(e.context(format!("dropping the {what}")));
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Drops what this run created and must not leave; returns what could not be dropped.
+    async fn drop_objects(&self, names: &Names) -> Vec<(&'static str, Error)> {
         let backoff = crate::error::Backoff::default();
-        let mut note = |what: &str, result: Result<()>| {
+        let mut failed = Vec::new();
+        let mut note = |what: &'static str, result: Result<()>| {
             if let Err(e) = result {
-                tracing::error!(object = what, error = %e, "cleanup failed: run `pg-ghost cleanup` to retry");
-                first_error.get_or_insert(e.context(format!("dropping the {what}")));
+                failed.push((what, e));
             }
         };
         if self.created.slot {
@@ -544,17 +572,8 @@ impl Run {
         }
         if let (Some(old), true) = (&self.old_table, self.cfg.cut_over.ok_to_drop_table) {
             note("old table", drop_table(&self.client, &names.old.sibling(old.clone())).await);
-        } else if !succeeded && self.created.ghost && self.keeps_ghost() {
-            tracing::warn!(
-                ghost = %names.ghost,
-                "the ghost table is kept for inspection; the original is untouched. Remove it with `pg-ghost cleanup` or DROP TABLE {}",
-                names.ghost.sql()
-            );
         }
-        match first_error {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+        failed
     }
 }
 

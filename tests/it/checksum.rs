@@ -302,6 +302,9 @@ CREATE TABLE hot (id int PRIMARY KEY, v int NOT NULL, note text);
 INSERT INTO hot SELECT i, 0, 'n' || i FROM generate_series(1, 20000) i;
 "#;
 
+/// The rows of `hot` the live test corrupts on the ghost.
+const CORRUPTED: [i32; 4] = [10, 1500, 2000, 2900];
+
 /// Changes the original without a stream: each transaction's keys are handed to the writer
 /// after it commits, as the stream would, at increasing LSNs.
 struct Workload {
@@ -321,11 +324,17 @@ impl Workload {
             let mut next_id = 20_001;
             let mut transactions = 0;
             while !stop2.load(Ordering::Relaxed) {
-                // Half the updates hit the first ranges, where the ghost was corrupted.
+                // Half the updates hit the first ranges, where the ghost was corrupted, but never
+                // the corrupted rows themselves: a flush would mend them before the checksum
+                // could find them.
                 let ids: Vec<i32> = (0..20)
                     .map(|i| if i % 2 == 0 { rand::thread_rng().gen_range(1..3_000) } else { rand::thread_rng().gen_range(1..20_000) })
+                    .filter(|id| !CORRUPTED.contains(id))
                     .collect();
                 let gone = rand::thread_rng().gen_range(1..20_000);
+                if CORRUPTED.contains(&gone) {
+                    continue;
+                }
                 client
                     .batch_execute(&format!(
                         "BEGIN;
