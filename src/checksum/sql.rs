@@ -48,10 +48,10 @@ fn tuple(exprs: &[String]) -> String {
     }
 }
 
-/// `md5(ROW(...)::text)`: the row's text form, in which NULLs and every type render the
-/// same way on both sides (one session, one set of output settings).
-fn row_hash(row: &[String]) -> String {
-    format!("md5(ROW({})::text)", row.join(", "))
+/// `ROW(...)::text`: the row's text form, in which NULLs and every type render the same
+/// way on both sides (one session, one set of output settings).
+fn row_text(row: &[String]) -> String {
+    format!("ROW({})::text", row.join(", "))
 }
 
 impl ChecksumSql {
@@ -74,25 +74,25 @@ impl ChecksumSql {
         }
     }
 
-    /// Count and the two 64-bit halves of an order-independent hash of one side: the XOR
-    /// of every row's md5 as one `bit(128)`. Each row's md5 is written once in the query: a
-    /// hash referenced twice (once per half) is computed twice, a third slower in all.
+    /// Count and an order-independent hash of one side: the XOR of every row's 64-bit
+    /// `hashtextextended` of its text. Keys are unique on both sides, so no two equal rows
+    /// cancel out; two differing ranges escape with a chance of 2^-64. Measured on 1M rows:
+    /// half the time of the XOR of md5s as `bit(128)` (most of what is left is the row's
+    /// text), and no md5, which FIPS servers refuse.
     fn aggregate(&self, side: &Side, has_lo: bool, has_hi: bool) -> String {
         format!(
-            "SELECT n, coalesce(substring(x from 1 for 64)::bit(64)::int8, 0) AS h1, \
-             coalesce(substring(x from 65 for 64)::bit(64)::int8, 0) AS h2 \
-             FROM (SELECT count(*)::int8 AS n, bit_xor(('x' || {})::bit(128)) AS x FROM {} WHERE {}) {P}_rows",
-            row_hash(&side.row),
+            "SELECT count(*)::int8 AS n, coalesce(bit_xor(hashtextextended({}, 0)), 0) AS h FROM {} WHERE {}",
+            row_text(&side.row),
             side.table.sql(),
             self.predicate(&side.key, has_lo, has_hi)
         )
     }
 
-    /// Both sides' aggregates in one statement, hence one snapshot: six int8 columns,
-    /// the original's (count, h1, h2) then the ghost's.
+    /// Both sides' aggregates in one statement, hence one snapshot: four int8 columns,
+    /// the original's (count, hash) then the ghost's.
     pub fn compare(&self, has_lo: bool, has_hi: bool) -> String {
         format!(
-            "SELECT o.n, o.h1, o.h2, g.n, g.h1, g.h2 FROM ({}) o CROSS JOIN ({}) g",
+            "SELECT o.n, o.h, g.n, g.h FROM ({}) o CROSS JOIN ({}) g",
             self.aggregate(&self.orig, has_lo, has_hi),
             self.aggregate(&self.ghost, has_lo, has_hi)
         )
@@ -108,7 +108,7 @@ impl ChecksumSql {
             format!(
                 "SELECT {}, {} AS {P}_h FROM {} WHERE {}",
                 keys.join(", "),
-                row_hash(&s.row),
+                row_text(&s.row),
                 s.table.sql(),
                 self.predicate(&s.key, has_lo, has_hi)
             )
@@ -297,9 +297,8 @@ mod tests {
     fn both_sides_render_in_ghost_types_over_the_same_range() {
         let s = build(&[key("id", "id", "integer", "bigint")], GhostKeyOrder::Native);
         let sql = s.compare(true, true);
-        assert!(sql.contains("bit_xor(('x' || md5(ROW(CAST((\"id\") AS bigint), CAST(((length(label))) AS integer))::text))::bit(128)) AS x FROM \"s\".\"T\" WHERE \"id\" > $1::text::integer AND \"id\" <= $2::text::integer"), "{sql}");
-        assert!(sql.contains("bit_xor(('x' || md5(ROW(\"id\", \"len\")::text))::bit(128)) AS x FROM \"s\".\"_T_gho\" WHERE \"id\" > $1::text::integer AND \"id\" <= $2::text::integer"), "{sql}");
-        assert!(sql.contains("coalesce(substring(x from 65 for 64)::bit(64)::int8, 0) AS h2"), "{sql}");
+        assert!(sql.contains("bit_xor(hashtextextended(ROW(CAST((\"id\") AS bigint), CAST(((length(label))) AS integer))::text, 0)), 0) AS h FROM \"s\".\"T\" WHERE \"id\" > $1::text::integer AND \"id\" <= $2::text::integer"), "{sql}");
+        assert!(sql.contains("bit_xor(hashtextextended(ROW(\"id\", \"len\")::text, 0)), 0) AS h FROM \"s\".\"_T_gho\" WHERE \"id\" > $1::text::integer AND \"id\" <= $2::text::integer"), "{sql}");
     }
 
     #[test]
