@@ -28,10 +28,11 @@ pub type Key = Box<[String]>;
 #[derive(Clone, Debug)]
 pub struct FlushSql {
     pub delete: String,
-    /// Deletes the keys that are gone from the original.
-    pub delete_missing: String,
+    /// In place: upserts the keys the original has and deletes from the ghost those it
+    /// returned none for, in one statement.
+    pub upsert_then_delete_missing: String,
     pub upsert: String,
-    /// Flush by [`FlushSql::delete_missing`] and an upsert; shared by every clone.
+    /// Flush by [`FlushSql::upsert_then_delete_missing`]; shared by every clone.
     in_place: Arc<AtomicBool>,
     key_len: usize,
     source_key: KeyCols,
@@ -44,15 +45,6 @@ impl FlushSql {
         let ghost_key = KeyCols::ghost(m);
         let source_key = KeyCols::source(m);
         let delete = format!("DELETE FROM {} WHERE {}", ghost.sql(), ghost_key.in_set(1));
-        let source_as_ghost: Vec<String> =
-            m.key_source.iter().zip(&m.key_ghost_types).map(|(c, t)| format!("{}::{t}", ident(c))).collect();
-        let delete_missing = format!(
-            "{delete} AND {} NOT IN (SELECT {} FROM {} WHERE {})",
-            ghost_key.tuple(),
-            source_as_ghost.join(", "),
-            orig.sql(),
-            source_key.in_set(1)
-        );
         let updates: Vec<String> = m
             .ghost_columns
             .iter()
@@ -71,9 +63,25 @@ impl FlushSql {
             crate::sql::ident_list(m.key_ghost.iter().map(String::as_str)),
             on_conflict
         );
+        // The DELETE sees the ghost as it was before the upsert (one snapshot for the whole
+        // statement) and spares every key the upsert wrote. With no column to update, a key
+        // already in the ghost is not returned: the DELETE then also checks the original.
+        let key_cols = crate::sql::ident_list(m.key_ghost.iter().map(String::as_str));
+        let spared = match updates.is_empty() {
+            false => format!("SELECT {key_cols} FROM _pg_ghost_written"),
+            true => {
+                let source_as_ghost: Vec<String> =
+                    m.key_source.iter().zip(&m.key_ghost_types).map(|(c, t)| format!("{}::{t}", ident(c))).collect();
+                format!("SELECT {} FROM {} WHERE {}", source_as_ghost.join(", "), orig.sql(), source_key.in_set(1))
+            }
+        };
+        let upsert_then_delete_missing = format!(
+            "WITH _pg_ghost_written AS ({upsert} RETURNING {key_cols}) {delete} AND {} NOT IN ({spared})",
+            ghost_key.tuple()
+        );
         FlushSql {
             delete,
-            delete_missing,
+            upsert_then_delete_missing,
             upsert,
             in_place: Arc::new(AtomicBool::new(false)),
             key_len: m.key_ghost.len(),
@@ -185,20 +193,23 @@ impl FlushSql {
         cols
     }
 
-    /// Runs the delete and the upsert for `keys` on `client`; the caller owns the transaction.
-    /// Returns the number of ghost rows written.
-    pub async fn run(&self, client: &impl GenericClient, keys: &[Key]) -> Result<u64> {
+    /// Brings the ghost's rows of `keys` up to date on `client`; the caller owns the
+    /// transaction.
+    pub async fn run(&self, client: &impl GenericClient, keys: &[Key]) -> Result<()> {
         if keys.is_empty() {
-            return Ok(0);
+            return Ok(());
         }
         let cols = self.columns(keys);
         let params: Vec<&(dyn ToSql + Sync)> = cols.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
         if self.in_place.load(Ordering::Relaxed) {
-            client.execute(&self.delete_missing, &params).await.context("deleting keys gone from the original")?;
-        } else {
-            client.execute(&self.delete, &params).await.context("deleting changed keys from the ghost")?;
+            client
+                .execute(&self.upsert_then_delete_missing, &params)
+                .await
+                .context("writing changed keys to the ghost and deleting those gone from the original")?;
+            return Ok(());
         }
-        let written = client.execute(&self.upsert, &params).await.context("writing changed keys to the ghost")?;
-        Ok(written)
+        client.execute(&self.delete, &params).await.context("deleting changed keys from the ghost")?;
+        client.execute(&self.upsert, &params).await.context("writing changed keys to the ghost")?;
+        Ok(())
     }
 }
