@@ -70,7 +70,7 @@ pub async fn load(client: &Client, cfg: &Config, info: &TableInfo) -> Result<Fou
         )));
     }
     if checkpoint::shape(client, info.oid).await? != plan.table_shape {
-        return Err(Error::new(ErrorKind::SchemaChanged, format!(
+        return Err(Error::refused(format!(
             "the columns of {} changed since the earlier run started; its ghost no longer fits: run `pg-ghost cleanup --table {table}` and start again",
             info.name
         )));
@@ -91,7 +91,7 @@ async fn check_ghost(client: &Client, ghost: &QualifiedName, plan: &checkpoint::
             "{ghost} is not the ghost table the earlier run created (OID {} then, {oid} now); run `pg-ghost cleanup --table {table}` and start again",
             plan.ghost.oid
         ))),
-        Some(oid) if checkpoint::shape(client, oid).await? != plan.ghost_shape => Err(Error::new(ErrorKind::SchemaChanged, format!(
+        Some(oid) if checkpoint::shape(client, oid).await? != plan.ghost_shape => Err(Error::refused(format!(
             "the columns of the ghost table {ghost} changed since the earlier run created it; run `pg-ghost cleanup --table {table}` and start again"
         ))),
         Some(_) => Ok(()),

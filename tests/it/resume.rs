@@ -236,7 +236,8 @@ async fn killed_after_the_cut_over_committed_resume_cleans_up() {
 
 // ---- what cannot be resumed -----------------------------------------------------------------------
 
-/// Nothing to resume; and a run whose slot was dropped: both refused, nothing changed.
+/// Nothing to resume; a ghost or an original whose columns changed since; a run whose slot
+/// was dropped: each refused with the reason, nothing written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_is_refused_without_a_run_or_without_its_slot() {
     let db = Cluster::primary().fresh_db("rs_refuse");
@@ -251,11 +252,68 @@ async fn resume_is_refused_without_a_run_or_without_its_slot() {
     wait_for_copy_past(&client, &mut run, "big", 2_000, Duration::from_secs(60)).await;
     run.kill9().await;
     wait_slot_released(&client).await;
+    let ghost_rows = count(&client, "_big_gho").await;
+
+    // Someone changed the ghost, then the original: each is refused by name.
+    client.batch_execute("ALTER TABLE _big_gho ADD COLUMN extra int").await.unwrap();
+    let out = binary::run(&db, &args).await;
+    binary::assert_failure(&out, 3, "the columns of the ghost table");
+    client.batch_execute("ALTER TABLE _big_gho DROP COLUMN extra; ALTER TABLE big ADD COLUMN extra int").await.unwrap();
+    let out = binary::run(&db, &args).await;
+    binary::assert_failure(&out, 3, "the columns of \"public\".\"big\" changed");
+    client.batch_execute("ALTER TABLE big DROP COLUMN extra").await.unwrap();
+
+    // The slot is gone: the changes since the checkpoint cannot be had.
     let (slots, _) = stream_objects(&client).await;
     client.execute("SELECT pg_drop_replication_slot($1)", &[&slots[0]]).await.unwrap();
-    let ghost_rows = count(&client, "_big_gho").await;
     let out = binary::run(&db, &args).await;
     binary::assert_failure(&out, 3, "is gone");
-    assert_eq!(count(&client, "_big_gho").await, ghost_rows, "the refused resume wrote to the ghost");
+    assert_eq!(count(&client, "_big_gho").await, ghost_rows, "a refused resume wrote to the ghost");
     binary::assert_success(&binary::cleanup(&db, &["--table", "big"]).await);
+}
+
+// ---- killed, then the server restarted ------------------------------------------------------------
+
+/// kill -9 mid-copy, then a fast restart of the server before the resume: the slot (and with
+/// it every change since its confirmed position) survives the restart, and the resume
+/// completes correctly. The oracle workload cannot ride out a restart, so it is stopped before
+/// and a new one started after; table and control stay equal through both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_then_server_restarted_resumes() {
+    let cluster = Cluster::start("resume_restart");
+    let db = cluster.fresh_db("rs_restart");
+    let table = OracleTable::create(&db, "orders", KeyKind::Identity, 10_000).await;
+    let client = db.client().await;
+    let workload = Workload::start(&db, &table, WorkloadOptions::new(3).rate(Some(50))).await;
+    workload.wait_for_more_commits(20, Duration::from_secs(30)).await;
+
+    let mut run = Running::spawn(&db, "run", &run_args(&SLOW_COPY));
+    wait_for_copy_past(&client, &mut run, "orders", 3_000, Duration::from_secs(60)).await;
+    let (status, log) = run.kill9().await;
+    assert!(!status.success(), "pg-ghost was not killed: {status}\n{log}");
+    let before = workload.stop().await;
+    assert!(before.errors.is_empty(), "workload errors before the restart (seed {}): {:#?}", before.seed, before.errors);
+    let (slots, _) = stream_objects(&client).await;
+    assert_eq!(slots.len(), 1, "the killed run's slot");
+    drop(client);
+
+    tokio::task::block_in_place(|| cluster.restart());
+
+    let client = db.client().await;
+    assert_eq!(stream_objects(&client).await.0, slots, "the slot did not survive the restart");
+    let workload = Workload::start(&db, &table, WorkloadOptions::new(3).rate(Some(50))).await;
+    workload.wait_for_more_commits(20, Duration::from_secs(60)).await;
+
+    let mut args = run_args(&[]);
+    args.push("--resume");
+    let out = binary::run(&db, &args).await;
+    binary::assert_success(&out);
+    assert!(binary::stderr(&out).contains("resuming the earlier run"), "{}", binary::stderr(&out));
+
+    workload.wait_for_more_commits(30, Duration::from_secs(30)).await;
+    let report = workload.stop().await;
+    assert!(report.errors.is_empty(), "workload errors (seed {}): {:#?}", report.seed, report.errors);
+    assert!(report.committed_after_swap > 0, "no writes after the swap: {report:?}");
+    table.assert_matches_control(&client, &table.projection().map("n", "n::bigint")).await;
+    assert_no_slots_or_publications(&client).await;
 }
