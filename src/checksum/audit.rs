@@ -7,14 +7,11 @@
 //! the test's result, so it is reported as found, never repaired.
 
 use super::sql::{ChecksumSql, Side};
-use super::{catalog, compare, differing_keys, ChecksumJob, CheckRange, Ranges};
-use crate::copy::Chunker;
+use super::{compare, differing_keys, start_pass, ChecksumJob, CheckRange};
 use crate::error::Result;
-use crate::keysql::KeyCols;
 use crate::sql::literal;
 use futures_util::future::try_join_all;
 use std::time::{Duration, Instant};
-use tokio::sync::Mutex;
 
 /// What the comparison found.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -61,12 +58,7 @@ fn query(sql: &ChecksumSql) -> String {
 /// Compares the ghost with the original range by range, reporting every range that differs.
 pub async fn audit(job: &ChecksumJob) -> Result<Audit> {
     let started = Instant::now();
-    let conn = job.conn.with_application_name("pg-ghost checksum");
-    let catalog_client = conn.connect().await?;
-    let sql = catalog::load(&catalog_client, &job.orig, &job.ghost, &job.mapping).await?;
-    drop(catalog_client);
-    let chunker = Chunker::start(conn.connect().await?, &job.orig, &KeyCols::source(&job.mapping), None).await?;
-    let ranges = Mutex::new(Ranges { chunker, tail_done: false });
+    let (conn, sql, ranges) = start_pass(job).await?;
     let worker = || async {
         let client = conn.connect().await?;
         let mut part = Audit::default();

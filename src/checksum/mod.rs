@@ -199,6 +199,17 @@ fn persistent_difference(range: &CheckRange, keys: &DifferingKeys) -> Error {
 
 /// The ranges to compare: the chunker's, up to the original's maximum when the checksum
 /// starts, then the open range above it.
+/// What one pass over the table needs: the session settings, the statements (read from the
+/// catalog) and the ranges, handed out to the pass's workers one by one.
+async fn start_pass(job: &ChecksumJob) -> Result<(ConnInfo, ChecksumSql, Mutex<Ranges>)> {
+    let conn = job.conn.with_application_name("pg-ghost checksum");
+    let catalog_client = conn.connect().await?;
+    let sql = catalog::load(&catalog_client, &job.orig, &job.ghost, &job.mapping).await?;
+    drop(catalog_client);
+    let chunker = Chunker::start(conn.connect().await?, &job.orig, &KeyCols::source(&job.mapping), None).await?;
+    Ok((conn, sql, Mutex::new(Ranges { chunker, tail_done: false })))
+}
+
 struct Ranges {
     chunker: Chunker,
     tail_done: bool,
@@ -252,12 +263,7 @@ pub async fn verify<'a>(
     catch_up: impl Fn() -> BoxFuture<'a, Result<()>>,
 ) -> Result<ChecksumReport> {
     let started = Instant::now();
-    let conn = job.conn.with_application_name("pg-ghost checksum");
-    let catalog_client = conn.connect().await?;
-    let sql = catalog::load(&catalog_client, &job.orig, &job.ghost, &job.mapping).await?;
-    drop(catalog_client);
-    let chunker = Chunker::start(conn.connect().await?, &job.orig, &KeyCols::source(&job.mapping), None).await?;
-    let ranges = Mutex::new(Ranges { chunker, tail_done: false });
+    let (conn, sql, ranges) = start_pass(job).await?;
     let ctx = Worker { job, sql: &sql, ranges: &ranges, inflight, catch_up: &catch_up };
     // The workers run in this task: the first error drops the others, whose connections
     // close and roll back whatever they were doing, and whose ranges are released.
