@@ -9,6 +9,7 @@
 use super::sql::{ChecksumSql, Side};
 use super::{compare, differing_keys, start_pass, ChecksumJob, CheckRange};
 use crate::error::Result;
+use crate::reconnect::{self, Outage};
 use crate::sql::literal;
 use futures_util::future::try_join_all;
 use std::time::{Duration, Instant};
@@ -60,12 +61,21 @@ pub async fn audit(job: &ChecksumJob) -> Result<Audit> {
     let started = Instant::now();
     let (conn, sql, ranges) = start_pass(job).await?;
     let worker = || async {
-        let client = conn.connect().await?;
+        let mut client = conn.connect().await?;
         let mut part = Audit::default();
         loop {
-            let next = ranges.lock().await.next(job.range_rows.max(1)).await?;
+            let next = ranges.lock().await.next(&conn, job.range_rows.max(1)).await?;
             let Some(range) = next else { return Ok::<_, crate::error::Error>(part) };
-            check(&client, &sql, &range, &mut part).await?;
+            // Reading only: a lost session's range is read again on a new one.
+            let mut outage = Outage::new();
+            loop {
+                match check(&client, &sql, &range, &mut part).await {
+                    Err(e) if e.kind().is_lost_connection() => {
+                        client = reconnect::connect_again(&conn, &mut outage, e, "a compared range (compared again)").await?;
+                    }
+                    other => break other?,
+                }
+            }
         }
     };
     let parts = try_join_all((0..job.workers.max(1)).map(|_| worker())).await?;
@@ -81,10 +91,14 @@ pub async fn audit(job: &ChecksumJob) -> Result<Audit> {
 
 async fn check(client: &tokio_postgres::Client, sql: &ChecksumSql, range: &CheckRange, part: &mut Audit) -> Result<()> {
     let sums = compare(client, sql, range).await?;
+    let differing = match sums.equal() {
+        true => None,
+        false => Some(differing_keys(client, sql, range).await?),
+    };
+    // Counted only once the range is read through (a lost session reads it again).
     part.ranges += 1;
     part.rows += sums.orig_rows();
-    if !sums.equal() {
-        let keys = differing_keys(client, sql, range).await?;
+    if let Some(keys) = differing {
         tracing::warn!(range = %range, keys = %keys, "the ghost differs from the original");
         part.differences.push(format!("{range}: {keys}"));
     }

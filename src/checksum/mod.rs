@@ -33,6 +33,7 @@ use crate::copy::{Bound, Chunker};
 use crate::error::{Context, Error, ErrorKind, Result};
 use crate::ghost::Mapping;
 use crate::keysql::KeyCols;
+use crate::reconnect::{self, Outage};
 use crate::sql::QualifiedName;
 use futures_util::future::{try_join_all, BoxFuture};
 use sql::ChecksumSql;
@@ -197,8 +198,6 @@ fn persistent_difference(range: &CheckRange, keys: &DifferingKeys) -> Error {
     )
 }
 
-/// The ranges to compare: the chunker's, up to the original's maximum when the checksum
-/// starts, then the open range above it.
 /// What one pass over the table needs: the session settings, the statements (read from the
 /// catalog) and the ranges, handed out to the pass's workers one by one.
 async fn start_pass(job: &ChecksumJob) -> Result<(ConnInfo, ChecksumSql, Mutex<Ranges>)> {
@@ -210,14 +209,27 @@ async fn start_pass(job: &ChecksumJob) -> Result<(ConnInfo, ChecksumSql, Mutex<R
     Ok((conn, sql, Mutex::new(Ranges { chunker, tail_done: false })))
 }
 
+/// The ranges to compare: the chunker's, up to the original's maximum when the checksum
+/// starts, then the open range above it.
 struct Ranges {
     chunker: Chunker,
     tail_done: bool,
 }
 
 impl Ranges {
-    async fn next(&mut self, size: u64) -> Result<Option<CheckRange>> {
-        if let Some(r) = self.chunker.next(size).await? {
+    /// The next range; asked again on a new session when the chunker's is lost.
+    async fn next(&mut self, conn: &ConnInfo, size: u64) -> Result<Option<CheckRange>> {
+        let mut outage = Outage::new();
+        let next = loop {
+            match self.chunker.next(size).await {
+                Err(e) if e.kind().is_lost_connection() => {
+                    let client = reconnect::connect_again(conn, &mut outage, e, "the next checksum range (asked again)").await?;
+                    self.chunker.replace_client(client);
+                }
+                other => break other?,
+            }
+        };
+        if let Some(r) = next {
             return Ok(Some(CheckRange { lo: r.lo, hi: Some(r.hi) }));
         }
         if self.tail_done {
@@ -300,9 +312,19 @@ impl<'j, 'a, C: Fn() -> BoxFuture<'a, Result<()>>> Worker<'j, C> {
         let mut part = ChecksumReport::default();
         loop {
             // The lock is released before the range is compared.
-            let next = self.ranges.lock().await.next(self.job.range_rows.max(1)).await?;
+            let next = self.ranges.lock().await.next(conn, self.job.range_rows.max(1)).await?;
             let Some(range) = next else { return Ok(part) };
-            let checked = check_range(&mut client, self.sql, self.inflight, self.catch_up, self.job.rechecks, &range).await?;
+            // A range is only read, or repaired in one transaction: a lost session's work is
+            // simply done again on a new one.
+            let mut outage = Outage::new();
+            let checked = loop {
+                match check_range(&mut client, self.sql, self.inflight, self.catch_up, self.job.rechecks, &range).await {
+                    Err(e) if e.kind().is_lost_connection() => {
+                        client = reconnect::connect_again(conn, &mut outage, e, "a checksum range (checked again)").await?;
+                    }
+                    other => break other?,
+                }
+            };
             part.count(&checked);
         }
     }

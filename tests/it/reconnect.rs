@@ -328,3 +328,50 @@ async fn server_fast_restart_under_writes() {
     let out = run.wait(Duration::from_secs(240)).await;
     assert_reconnected_and_correct(&out, "pg-ghost apply", &table, workload, &client).await;
 }
+
+/// The checksum's session, terminated while it waits to read the ghost (the test holds the
+/// ghost locked for a moment): the range is compared again on a new session, and the run
+/// completes with the original's rows in the migrated table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checksum_connection_terminated_mid_check() {
+    const CHECKSUM: &str = "pg-ghost checksum";
+    let db = Cluster::primary().fresh_db("rc_checksum");
+    crate::binary::narrow_table(&db, "big", 300_000);
+    let client = db.client().await;
+    let mut run = Running::spawn(&db, "run", &["--table", "big", "--alter", ALTER, "--execute", "--copy-workers", "1"]);
+    wait_for_state(&client, &mut run, "big", "checksum", Duration::from_secs(120)).await;
+
+    let locker = db.client().await;
+    locker.batch_execute("BEGIN; LOCK TABLE _big_gho IN ACCESS EXCLUSIVE MODE").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let waiting = loop {
+        let pids: Vec<i32> = client
+            .query(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND datname = current_database() AND wait_event_type = 'Lock'",
+                &[&CHECKSUM],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if !pids.is_empty() {
+            break pids;
+        }
+        run.assert_running("a checksum session waiting for the ghost").await;
+        assert!(Instant::now() < deadline, "no checksum session waited for the locked ghost within 20 s");
+        tokio::time::sleep(POLL).await;
+    };
+    terminate(&client, &waiting).await;
+    locker.batch_execute("COMMIT").await.unwrap();
+
+    let out = run.wait(Duration::from_secs(120)).await;
+    binary::assert_success(&out);
+    let log = binary::stderr(&out);
+    let name = format!("connection={CHECKSUM} ");
+    assert!(log.lines().any(|l| l.contains("connection lost") && l.contains(&name)), "the loss is not reported:\n{log}");
+    assert!(log.lines().any(|l| l.contains("reconnected") && l.contains(&name)), "no reconnection reported:\n{log}");
+    assert!(log.contains("checksum clean"), "{log}");
+    crate::run_faults::assert_unchanged_rows(&client, "big", &["id", "n", "pad"]).await;
+    assert_no_slots_or_publications(&client).await;
+}
