@@ -62,6 +62,34 @@ pub struct InFlight {
 #[derive(Debug)]
 pub struct ChunkTicket(u64);
 
+/// A registered range that is released however its holder ends, cancellation included: a
+/// range left registered would hold back the flusher's keys in it for the rest of the run.
+pub struct Registered<'a> {
+    inflight: &'a InFlight,
+    ticket: Option<ChunkTicket>,
+}
+
+impl<'a> Registered<'a> {
+    pub fn new(inflight: &'a InFlight, ticket: ChunkTicket) -> Registered<'a> {
+        Registered { inflight, ticket: Some(ticket) }
+    }
+
+    /// Waits until no flush that started before the registration runs any more.
+    pub async fn wait_for_earlier_flushes(&self) {
+        if let Some(ticket) = &self.ticket {
+            self.inflight.wait_for_earlier_flushes(ticket).await;
+        }
+    }
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        if let Some(ticket) = self.ticket.take() {
+            self.inflight.chunk_ended(ticket);
+        }
+    }
+}
+
 impl InFlight {
     pub fn new() -> std::sync::Arc<InFlight> {
         std::sync::Arc::new(InFlight::default())

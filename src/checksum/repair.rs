@@ -11,7 +11,7 @@
 
 use super::sql::ChecksumSql;
 use super::{compare, differing_keys, persistent_difference, CheckRange};
-use crate::apply::inflight::ChunkTicket;
+use crate::apply::inflight::Registered;
 use crate::apply::InFlight;
 use crate::copy::Range;
 use crate::error::{Backoff, Context, ErrorKind, Result};
@@ -22,26 +22,11 @@ use tokio_postgres::{Client, IsolationLevel};
 /// A repair that meets a serialization failure is simply run again.
 const RETRY: Backoff = Backoff { initial: Duration::from_millis(50), max: Duration::from_secs(2), attempts: 5 };
 
-/// Releases a registered range however the repair ends, cancellation included: a range left
-/// registered would hold back the flusher's keys in it for the rest of the run.
-struct Registered<'a> {
-    inflight: &'a InFlight,
-    ticket: Option<ChunkTicket>,
-}
-
-impl Drop for Registered<'_> {
-    fn drop(&mut self) {
-        if let Some(ticket) = self.ticket.take() {
-            self.inflight.chunk_ended(ticket);
-        }
-    }
-}
-
 /// Repairs `range`. Returns false when there was nothing to repair: the open last range
 /// holds no rows on either side any more.
 pub(super) async fn repair(client: &mut Client, sql: &ChecksumSql, inflight: &InFlight, range: &CheckRange) -> Result<bool> {
     let Some(bounded) = bounded(client, sql, range).await? else { return Ok(false) };
-    let _registered = Registered { inflight, ticket: Some(inflight.chunk_starting(&bounded).await) };
+    let _registered = Registered::new(inflight, inflight.chunk_starting(&bounded).await);
     let mut attempt = 0;
     loop {
         attempt += 1;

@@ -1,7 +1,7 @@
 use super::chunker::{Bound, Chunker, Range};
 use super::watermark::Watermark;
 use super::sizing::next_chunk_size;
-use crate::apply::inflight::ChunkTicket;
+use crate::apply::inflight::{ChunkTicket, Registered};
 use crate::apply::InFlight;
 use crate::checkpoint;
 use crate::conn::ConnInfo;
@@ -212,11 +212,13 @@ impl WorkerCtx {
             let size = self.progress.chunk_size.load(Ordering::Relaxed);
             let Some((seq, ticket, range)) = self.next_range(size).await? else { return Ok(()) };
             let started = Instant::now();
-            self.inflight.wait_for_earlier_flushes(&ticket).await;
+            let inflight = self.inflight.clone();
+            let registered = Registered::new(&inflight, ticket);
+            registered.wait_for_earlier_flushes().await;
             let rows = self.copy_range_again_if_lost(seq, &range).await;
             // Only once the chunk's rows are visible (or it gave up) may the flusher touch
             // keys in its range.
-            self.inflight.chunk_ended(ticket);
+            drop(registered);
             let rows = rows?;
             self.watermark.committed(seq, range.hi.clone());
             let took = started.elapsed();
