@@ -75,6 +75,7 @@ impl Watermark {
     }
 
     /// The end of the committed prefix.
+    #[cfg(test)]
     pub fn current(&self) -> Option<Bound> {
         self.state().prefix_end.clone()
     }

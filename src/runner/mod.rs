@@ -63,7 +63,10 @@ const CAUGHT_UP_KEYS: usize = 1_000;
 
 /// Where the row copy starts.
 enum CopyFrom {
-    /// After this key (None: from the start).
+    /// From the start, into the empty ghost this run created.
+    Fresh,
+    /// A resumed run's copy: after this key (None: from the start), into a ghost that may
+    /// hold some of the rows already.
     After(Option<crate::copy::Bound>),
     /// Nowhere: a resumed run whose copy had finished.
     Done,
@@ -164,7 +167,7 @@ impl Run {
                 let copy = if r.copy_done { CopyFrom::Done } else { CopyFrom::After(r.copy_after) };
                 (r.ghost, copy)
             }
-            None => (self.prepare(&info, &names).await?, CopyFrom::After(None)),
+            None => (self.prepare(&info, &names).await?, CopyFrom::Fresh),
         };
 
         self.enter(Phase::Stream);
@@ -177,7 +180,7 @@ impl Run {
             guard(created_slot, &mut self.abort.clone(), None).await?;
             self.created.slot = true;
         }
-        let fresh_copy = matches!(copy, CopyFrom::After(_)) && !self.cfg.resume;
+        let fresh_copy = matches!(copy, CopyFrom::Fresh);
         let (repl, bg) = Replication::start(&self.cfg.conn, &names, &info, &ghost, fresh_copy).await?;
         let bg = background.insert(bg);
 
@@ -351,7 +354,8 @@ impl Run {
                 tracing::info!("the earlier run had copied every row: the copy is skipped");
                 0.0
             }
-            CopyFrom::After(after) => self.copy_rows(info, names, ghost, after, repl, bg, &progress, gate).await?,
+            CopyFrom::Fresh => self.copy_rows(info, names, ghost, None, true, repl, bg, &progress, gate).await?,
+            CopyFrom::After(after) => self.copy_rows(info, names, ghost, after, false, repl, bg, &progress, gate).await?,
         };
         self.fire(HookEvent::RowCopyComplete, Some(&mut *bg)).await?;
 
@@ -428,7 +432,8 @@ impl Run {
         Ok(Outcome::CutOver)
     }
 
-    /// Copies the rows (after `after`, when resuming); returns the time it took.
+    /// Copies the rows (after `after`, when resuming; `fresh` into the empty ghost of this
+    /// run); returns the time it took.
     #[allow(clippy::too_many_arguments)]
     async fn copy_rows(
         &mut self,
@@ -436,6 +441,7 @@ impl Run {
         names: &Names,
         ghost: &Ghost,
         after: Option<crate::copy::Bound>,
+        fresh: bool,
         repl: &Replication,
         bg: &mut Background,
         progress: &Arc<CopyProgress>,
@@ -454,7 +460,7 @@ impl Run {
             chunk_time: self.cfg.copy.chunk_time,
             changelog: Some(names.changelog.clone()),
             resume_after: after,
-            fresh: !self.cfg.resume,
+            fresh,
         };
         let started = std::time::Instant::now();
         guard(copy_table(job, repl.inflight.clone(), progress.clone(), gate), &mut self.abort.clone(), Some(bg)).await?;

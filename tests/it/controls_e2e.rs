@@ -11,6 +11,7 @@
 use crate::binary::{self, changelog_value, narrow_table};
 use crate::harness::{Cluster, TestDb};
 use crate::oracle::*;
+use crate::run_faults;
 use crate::run_refusals::{assert_exit, reason, relation_exists};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -203,22 +204,10 @@ async fn assert_migrated(client: &Client, table: &str) {
 async fn assert_untouched(client: &Client, table: &str, oid: u32) {
     assert_eq!(table_oid(client, table).await, oid, "{table} is not the original table any more");
     assert_eq!(column_type(client, table, "n").await, "integer", "{table} was changed");
-    let projection = Projection::identity(&["id", "n", "pad"]);
-    assert_same_rows(client, &ident(table), &ident(&format!("{table}_before")), &projection).await;
-    let (t, b) = (ident(table), ident(&format!("{table}_before")));
-    client
-        .batch_execute(&format!(
-            "SET statement_timeout = '5s';
-             BEGIN;
-             INSERT INTO {t} (id, n, pad) VALUES (-1, 7, 'written after'); INSERT INTO {b} (id, n, pad) VALUES (-1, 7, 'written after');
-             UPDATE {t} SET n = n + 1 WHERE id = 5; UPDATE {b} SET n = n + 1 WHERE id = 5;
-             DELETE FROM {t} WHERE id = 6; DELETE FROM {b} WHERE id = 6;
-             COMMIT;
-             RESET statement_timeout;"
-        ))
-        .await
-        .unwrap_or_else(|e| panic!("{table} is not writable after the abort: {e:?}"));
-    assert_same_rows(client, &t, &b, &projection).await;
+    let columns = ["id", "n", "pad"];
+    run_faults::assert_unchanged_rows(client, table, &columns).await;
+    run_faults::assert_writable(client, table).await;
+    run_faults::assert_unchanged_rows(client, table, &columns).await;
     assert_no_slots_or_publications(client).await;
 }
 
