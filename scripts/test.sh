@@ -22,6 +22,9 @@ if (( ${#missing[@]} )); then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+# tests/it/real_schema.rs runs pg-ghost on DAViCal's schema, taken from Debian's packages (apt-get
+# download, nothing installed) and kept under target/sample-schema.
+scripts/sample-schema.sh >/dev/null || echo "test.sh: without it the real-schema test will fail" >&2
 command -v cargo >/dev/null || { echo "test.sh: cargo is needed (https://rustup.rs)" >&2; exit 1; }
 
 export PG_BINDIR=${PG_BINDIR:-/usr/lib/postgresql/15/bin}

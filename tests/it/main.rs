@@ -14,6 +14,7 @@ mod hooks;
 mod inspect;
 mod oracle;
 mod oracle_selftest;
+mod real_schema;
 mod replica_test;
 mod reconnect;
 mod replication;
