@@ -18,6 +18,7 @@ pub mod checksum;
 pub mod checkpoint;
 pub mod fault;
 pub mod cutover;
+pub mod dependents;
 pub mod inspect;
 pub mod names;
 pub mod phase;

@@ -1,5 +1,4 @@
-//! What pg-ghost knows about a table: columns, the key it copies and applies by, and the
-//! objects that hang on it. Produced by `inspect` (read-only), consumed by every later phase.
+//! What pg-ghost knows about a table: columns and the key it copies and applies by. Produced by `inspect` (read-only), consumed by every later phase.
 
 use crate::sql::QualifiedName;
 
@@ -49,30 +48,6 @@ pub enum ReplicaIdentity {
     Index(String),
 }
 
-/// Objects that depend on the table by OID and would not follow a rename. Each entry is
-/// written as a DBA reads it, with quoted identifiers: views as `"schema"."view"`, foreign
-/// keys as `"constraint" on "schema"."table"`, the rest (which live on the table) by name.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Dependents {
-    pub views: Vec<String>,
-    pub incoming_foreign_keys: Vec<String>,
-    pub triggers: Vec<String>,
-    pub rules: Vec<String>,
-    pub policies: Vec<String>,
-    pub publications: Vec<String>,
-}
-
-impl Dependents {
-    pub fn is_empty(&self) -> bool {
-        self.views.is_empty()
-            && self.incoming_foreign_keys.is_empty()
-            && self.triggers.is_empty()
-            && self.rules.is_empty()
-            && self.policies.is_empty()
-            && self.publications.is_empty()
-    }
-}
-
 #[derive(Clone, Debug)]
 pub struct TableInfo {
     pub oid: u32,
@@ -83,7 +58,6 @@ pub struct TableInfo {
     /// `reltuples`, or -1 when the table was never analyzed.
     pub estimated_rows: i64,
     pub replica_identity: ReplicaIdentity,
-    pub dependents: Dependents,
 }
 
 impl TableInfo {

@@ -55,6 +55,17 @@ pub fn retarget_index(indexdef: &str, name: &str, table: &QualifiedName) -> Resu
     deparse(&tree)
 }
 
+/// Turns a `CREATE RULE` statement (as `pg_get_ruledef` prints it) into `CREATE OR REPLACE
+/// RULE`, which keeps the rule's OID, comment and enabled state.
+pub fn replace_rule(ruledef: &str) -> Result<String> {
+    let mut tree = parse(ruledef.trim().trim_end_matches(';'))?;
+    match only_statement(&mut tree) {
+        Some(N::RuleStmt(stmt)) => stmt.replace = true,
+        _ => return Err(Error::internal(format!("not a CREATE RULE statement: {ruledef:?}"))),
+    }
+    deparse(&tree)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -68,5 +79,13 @@ mod tests {
             "CREATE UNIQUE INDEX \"_orders email_gho\" ON \"My S\"._orders_gho USING btree (lower(email)) INCLUDE (id) WHERE deleted_at IS NULL"
         );
         assert!(retarget_index("SELECT 1", "x", &QualifiedName::new("a", "b")).is_err());
+    }
+
+    #[test]
+    fn replaces_a_rule() {
+        let def = "CREATE RULE \"log it\" AS\n    ON INSERT TO public.v DO INSTEAD  INSERT INTO public.t (id) VALUES (new.id);";
+        let out = replace_rule(def).unwrap();
+        assert!(out.starts_with("CREATE OR REPLACE RULE \"log it\" AS ON INSERT TO public.v"), "{out}");
+        assert!(replace_rule("SELECT 1").is_err());
     }
 }

@@ -23,6 +23,7 @@ use crate::conn::ConnInfo;
 use crate::error::{Context, Error, ErrorKind, Result};
 use crate::ghost::Ghost;
 use crate::schema::TableInfo;
+use crate::sql::QualifiedName;
 use blockers::BlockerKiller;
 use sessions::Sessions;
 use std::time::{Duration, Instant};
@@ -58,6 +59,11 @@ pub struct CutOverReport {
     /// Waiting for the lock in the successful attempt.
     pub lock_wait: Duration,
     pub final_keys: usize,
+    /// Foreign keys moved `NOT VALID`, to validate now that the swap has committed.
+    pub validations: Vec<crate::dependents::Validation>,
+    pub dependents: usize,
+    /// Publications that now list the new table.
+    pub publications: Vec<String>,
 }
 
 impl CutOver<'_> {
@@ -145,7 +151,11 @@ impl CutOver<'_> {
     /// Takes ACCESS EXCLUSIVE on both tables, waiting at most `lock_timeout`. While it waits,
     /// the blockers are reported once, and terminated when the killer is due.
     async fn lock_tables(&self, sessions: &Sessions, attempt: u32, mut killer: Option<&mut BlockerKiller>) -> Result<()> {
-        let lock_sql = format!("LOCK TABLE {}, {} IN ACCESS EXCLUSIVE MODE", self.orig.name.sql(), self.ghost.name.sql());
+        let mut tables = vec![self.orig.name.sql(), self.ghost.name.sql()];
+        if !self.swap_back {
+            tables.extend(swap::referencing_tables(&sessions.client, self.orig.oid).await?.iter().map(QualifiedName::sql));
+        }
+        let lock_sql = format!("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE", tables.join(", "));
         let lock = sessions.client.batch_execute(&lock_sql);
         tokio::pin!(lock);
         let report_after = tokio::time::sleep(self.lock_timeout.mul_f64(0.8));
@@ -248,22 +258,35 @@ impl CutOver<'_> {
             for batch in keys.chunks(20_000) {
                 self.flush.run(client, batch).await?;
             }
-            if self.swap_back {
+            let swapped = if self.swap_back {
                 swap_back::swap_and_back(client, self.orig, self.ghost, self.old_table).await?;
+                swap::Swapped::default()
             } else {
-                swap::swap(client, self.orig, self.ghost, self.old_table).await?;
-            }
+                let swap_started = Instant::now();
+                let swapped = swap::swap(client, self.orig, self.ghost, self.old_table, true).await?;
+                tracing::info!(
+                    attempt,
+                    dependents = swapped.dependents,
+                    dependents_read_ms = swapped.dependents_read.as_secs_f64() * 1000.0,
+                    swap_ms = swap_started.elapsed().as_secs_f64() * 1000.0,
+                    statements = swapped.statements.len(),
+                    "swap statements ran under the lock"
+                );
+                swapped
+            };
             crate::fault::crash_point("cut-over-before-commit");
             client.batch_execute("COMMIT").await.context("committing the cut-over")?;
             crate::fault::crash_point("cut-over-after-commit");
-            Ok::<_, Error>(())
+            Ok::<_, Error>(swapped)
         };
-        if let Err(e) = work.await {
-            return Err((e, keys));
-        }
+        let swapped = match work.await {
+            Ok(s) => s,
+            Err(e) => return Err((e, keys)),
+        };
         let lock_held = locked_at.elapsed();
-        tracing::info!(attempt, lock_held_ms = lock_held.as_millis() as u64, final_keys, "cut-over committed");
-        Ok((CutOverReport { attempts: attempt, lock_held, lock_wait, final_keys }, ()))
+        tracing::info!(attempt, lock_held_ms = lock_held.as_millis() as u64, final_keys, dependents = swapped.dependents, "cut-over committed");
+        let report = CutOverReport { attempts: attempt, lock_held, lock_wait, final_keys, validations: swapped.validations, dependents: swapped.dependents, publications: swapped.publications };
+        Ok((report, ()))
     }
 }
 

@@ -7,10 +7,13 @@
 //! created gets the name PostgreSQL would have chosen on the original (the ghost table's
 //! name prefix replaced by the original's).
 
+use crate::dependents::{self, Validation};
 use crate::error::{Context, Result};
 use crate::ghost::{temp_name, Ghost};
+use crate::names::Names;
 use crate::schema::TableInfo;
 use crate::sql::{fit_ident, ident, QualifiedName};
+use std::time::{Duration, Instant};
 use tokio_postgres::GenericClient;
 
 /// Where a name goes: the original's objects step aside with this.
@@ -75,11 +78,52 @@ async fn owned_sequences(tx: &impl GenericClient, oid: u32) -> Result<Vec<(Strin
         .collect()
 }
 
-/// Runs the swap inside the caller's transaction, which holds ACCESS EXCLUSIVE on both tables.
-pub async fn swap(tx: &impl GenericClient, orig: &TableInfo, ghost: &Ghost, old_table: &str) -> Result<Vec<String>> {
-    let mut sql = Vec::new();
+/// What the swap did.
+#[derive(Clone, Debug, Default)]
+pub struct Swapped {
+    pub statements: Vec<String>,
+    /// Foreign keys moved `NOT VALID`, to validate after the commit.
+    pub validations: Vec<Validation>,
+    /// Objects that depend on the table and moved with it.
+    pub dependents: usize,
+    /// Reading the dependents' definitions under the lock.
+    pub dependents_read: Duration,
+    /// Publications that listed the original and now list the new table.
+    pub publications: Vec<String>,
+}
+
+/// Runs the swap inside the caller's transaction, which holds ACCESS EXCLUSIVE on both
+/// tables and on the tables whose foreign keys reference the original.
+///
+/// The dependents' definitions are read here, under the lock, so that one created during
+/// the run is not missed. A view or trigger that reads a column the ALTER renames must come
+/// out with the new name: the original's columns are renamed the same way first, and back
+/// on the old table at the end, all inside this transaction.
+///
+/// `move_dependents` is false for the rehearsal that swaps straight back
+/// (`--test-on-replica`): the dependents then stay where they are.
+pub async fn swap(tx: &impl GenericClient, orig: &TableInfo, ghost: &Ghost, old_table: &str, move_dependents: bool) -> Result<Swapped> {
     let o = &orig.name;
     let g = &ghost.name;
+    let renamed: Vec<&(String, String)> = match move_dependents {
+        true => ghost.mapping.carried.iter().filter(|(from, to)| from != to).collect(),
+        false => Vec::new(),
+    };
+    let started = Instant::now();
+    if !renamed.is_empty() {
+        let renames: Vec<String> = renamed
+            .iter()
+            .map(|(from, to)| format!("ALTER TABLE {} RENAME COLUMN {} TO {}", o.sql(), ident(from), ident(to)))
+            .collect();
+        tx.batch_execute(&renames.join(";\n")).await.context("renaming the original's columns as the ALTER does")?;
+    }
+    let own_publication = Names::for_table(o, orig.oid).publication;
+    let deps = match move_dependents {
+        true => dependents::read(tx, orig.oid, &own_publication).await?,
+        false => dependents::Dependents::default(),
+    };
+    let dependents_read = started.elapsed();
+    let mut sql = deps.before_renames(o);
 
     // Sequences first: serial ownership moves before anything could drop the original.
     for (column, seq) in owned_sequences(tx, orig.oid).await? {
@@ -132,10 +176,32 @@ pub async fn swap(tx: &impl GenericClient, orig: &TableInfo, ghost: &Ghost, old_
         sql.push(format!("ALTER SEQUENCE {} RENAME TO {}", seq.sql(), ident(&new)));
     }
     sql.push(format!("ALTER TABLE {} RENAME TO {}", g.sql(), ident(&o.name)));
+    sql.extend(deps.after_renames(o)?);
+    let old = o.sibling(old_table.to_string());
+    for (from, to) in &renamed {
+        sql.push(format!("ALTER TABLE {} RENAME COLUMN {} TO {}", old.sql(), ident(to), ident(from)));
+    }
 
     // One round trip: every statement here runs while writers wait on the lock.
     tx.batch_execute(&sql.join(";\n")).await.context("swapping the tables")?;
-    Ok(sql)
+    let publications = deps.publications.iter().map(|p| p.publication.clone()).collect();
+    Ok(Swapped { statements: sql, validations: deps.validations(), dependents: deps.count(), dependents_read, publications })
+}
+
+/// The tables other than the original whose foreign keys reference it: the swap moves those
+/// keys, which takes ACCESS EXCLUSIVE on each, so the cut-over locks them up front.
+pub async fn referencing_tables(client: &impl GenericClient, orig_oid: u32) -> Result<Vec<QualifiedName>> {
+    let rows = client
+        .query(
+            "SELECT DISTINCT n.nspname::text, c.relname::text
+               FROM pg_constraint con JOIN pg_class c ON c.oid = con.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE con.contype = 'f' AND con.confrelid = $1 AND con.conrelid <> $1 AND con.conparentid = 0
+              ORDER BY 1, 2",
+            &[&orig_oid],
+        )
+        .await
+        .context("reading the tables that reference the original")?;
+    rows.iter().map(|r| Ok(QualifiedName::new(r.try_get::<_, String>(0)?, r.try_get::<_, String>(1)?))).collect()
 }
 
 /// Sets the ghost's identity sequence to where the original's stands.

@@ -1,11 +1,12 @@
 use super::mapping::Mapping;
 use crate::alter::{self, AlterPlan};
 use crate::error::{Context, Error, ErrorKind, Result};
-use crate::schema::TableInfo;
+use crate::dependents::{ColumnChanges, Dependents};
+use crate::schema::{Column, TableInfo};
 use crate::sql::{fit_ident, ident, ident_list, literal, QualifiedName};
 use crate::sqltree;
 use std::collections::HashMap;
-use tokio_postgres::{Client, GenericClient};
+use tokio_postgres::{Client, GenericClient, Transaction};
 
 /// An index or constraint of the ghost, dropped before the copy and built after it.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -28,6 +29,9 @@ pub struct Ghost {
     pub temp_key_index: Option<String>,
     /// `REPLICA IDENTITY USING INDEX` to set once the deferred indexes exist.
     pub replica_identity_index: Option<String>,
+    /// The index the original is clustered on (`CLUSTER ON`), by its name on the ghost.
+    #[serde(default)]
+    pub cluster_on: Option<String>,
 }
 
 /// The name an index or index-backed constraint of the original carries on the ghost until
@@ -43,25 +47,118 @@ struct OrigIndex {
     index_comment: Option<String>,
     constraint_comment: Option<String>,
     replica_identity: bool,
+    clustered: bool,
 }
 
 /// Creates the ghost of `orig` with `alter` applied, in one transaction.
 pub async fn create(client: &mut Client, orig: &TableInfo, ghost: &QualifiedName, alter: &str) -> Result<Ghost> {
     let tx = client.transaction().await.context("starting the ghost's transaction")?;
-    let indexes = original_indexes(&tx, orig.oid).await?;
+    let built = build(&tx, orig, ghost, alter).await?;
+    tx.commit().await.context("committing the ghost table")?;
+    let g = built.ghost;
+    tracing::info!(ghost = %ghost, deferred = g.deferred.len(), rewrites = g.alter.rewrites, "ghost table created");
+    Ok(g)
+}
+
+/// Builds the ghost in a transaction that is rolled back, to learn before anything is
+/// created what the ALTER does to the columns, and whether every foreign key that
+/// references the table can reference the changed table (PostgreSQL itself checks the
+/// types). A foreign key that cannot is refused with PostgreSQL's reason.
+pub async fn trial(
+    client: &mut Client,
+    orig: &TableInfo,
+    ghost: &QualifiedName,
+    alter: &str,
+    dependents: &Dependents,
+) -> Result<ColumnChanges> {
+    let tx = client.transaction().await.context("starting the trial ghost's transaction")?;
+    // A ghost left by an earlier run that this run may drop is dropped here too (rolled back).
+    let leftover: Option<u32> = tx.query_one("SELECT to_regclass($1)::oid", &[&ghost.sql()]).await?.try_get(0)?;
+    if leftover.is_some() {
+        tx.batch_execute(&format!("DROP TABLE {}", ghost.sql())).await.context("making room for the trial ghost")?;
+    }
+    let built = build(&tx, orig, ghost, alter).await?;
+    // A foreign key may reference a unique index set aside for the copy: the empty trial
+    // ghost gets them all back at once.
+    for d in &built.ghost.deferred {
+        tx.batch_execute(&d.sql).await.with_context(|| format!("building {} on the trial ghost", ident(&d.name)))?;
+    }
+    let mapping = &built.ghost.mapping;
+    let mut changes = ColumnChanges::default();
+    for col in &orig.columns {
+        match mapping.ghost_name_of(&col.name) {
+            None => changes.dropped.push(col.name.clone()),
+            Some(g) => {
+                let now = built.after.iter().find(|c| c.name == g);
+                if now.map_or(false, |c| c.type_sql != col.type_sql) || built.ghost.alter.using.contains_key(&col.name) {
+                    changes.retyped.push(col.name.clone());
+                }
+            }
+        }
+    }
+    for (i, fk) in dependents.foreign_keys.iter().enumerate() {
+        let probe = ghost.sibling(fit_ident(&format!("{}_fk_trial_{i}", ghost.name)));
+        let Some(referenced) = fk.referenced_columns.iter().map(|c| mapping.ghost_name_of(c)).collect::<Option<Vec<_>>>() else {
+            continue; // a dropped column: refused as a plain ALTER would refuse it
+        };
+        let referencing = if fk.self_reference {
+            let Some(cols) = fk.columns.iter().map(|c| mapping.ghost_name_of(c)).collect::<Option<Vec<_>>>() else { continue };
+            (ghost.clone(), cols.into_iter().map(str::to_string).collect::<Vec<_>>())
+        } else {
+            tx.batch_execute(&format!(
+                "CREATE TABLE {p} AS SELECT {} FROM {} WITH NO DATA",
+                ident_list(fk.columns.iter().map(String::as_str)),
+                fk.table.sql(),
+                p = probe.sql()
+            ))
+            .await
+            .with_context(|| format!("trying foreign key {} of {}", ident(&fk.name), fk.table))?;
+            (probe, fk.columns.clone())
+        };
+        let sql = format!(
+            "ALTER TABLE {} ADD FOREIGN KEY ({}) REFERENCES {} ({}) NOT VALID",
+            referencing.0.sql(),
+            ident_list(referencing.1.iter().map(String::as_str)),
+            ghost.sql(),
+            ident_list(referenced.iter().copied())
+        );
+        if let Err(e) = tx.batch_execute(&sql).await {
+            let e = Error::from(e);
+            return Err(Error::refused(format!(
+                "foreign key {} on {} references {} and could not reference it after this ALTER: {} (a plain ALTER TABLE would fail the same way)",
+                ident(&fk.name),
+                fk.table,
+                orig.name,
+                e.message()
+            )));
+        }
+    }
+    tx.rollback().await.context("rolling back the trial ghost")?;
+    Ok(changes)
+}
+
+struct Prepared {
+    ghost: Ghost,
+    /// The ghost's columns after the ALTER.
+    after: Vec<Column>,
+}
+
+async fn build(tx: &Transaction<'_>, orig: &TableInfo, ghost: &QualifiedName, alter: &str) -> Result<Prepared> {
+    let indexes = original_indexes(tx, orig.oid).await?;
     let constraint_names: HashMap<String, String> =
         indexes.iter().filter_map(|i| i.constraint.as_ref().map(|(n, _)| (n.clone(), temp_name(&i.name)))).collect();
     let plan = alter::plan(alter, ghost, &constraint_names)?;
 
-    create_table(&tx, orig, ghost).await?;
-    copy_table_properties(&tx, orig, ghost).await?;
+    create_table(tx, orig, ghost).await?;
+    copy_table_properties(tx, orig, ghost).await?;
+    copy_column_settings(tx, orig.oid, ghost).await?;
     for index in &indexes {
-        create_original_index(&tx, ghost, index).await?;
+        create_original_index(tx, ghost, index).await?;
     }
-    copy_foreign_keys(&tx, orig.oid, ghost).await?;
-    let ghost_oid = relation_oid(&tx, ghost).await?;
+    copy_foreign_keys(tx, orig.oid, ghost).await?;
+    let ghost_oid = relation_oid(tx, ghost).await?;
     let attnum_names: HashMap<i16, String> =
-        crate::inspect::columns(&tx, ghost_oid).await?.into_iter().map(|c| (c.attnum, c.name)).collect();
+        crate::inspect::columns(tx, ghost_oid).await?.into_iter().map(|c| (c.attnum, c.name)).collect();
 
     tx.batch_execute(&plan.ghost_sql).await.map_err(|e| {
         let e = Error::from(e);
@@ -71,15 +168,15 @@ pub async fn create(client: &mut Client, orig: &TableInfo, ghost: &QualifiedName
         ))
     })?;
 
-    let after = crate::inspect::columns(&tx, ghost_oid).await?;
+    let after = crate::inspect::columns(tx, ghost_oid).await?;
     let source_key: Vec<(String, String)> =
         orig.key.columns.iter().cloned().zip(orig.key.types.iter().cloned()).collect();
     let mapping = Mapping::build(&attnum_names, &after, &plan.using, &source_key)?;
-    let (deferred, temp_key_index) = set_aside_indexes(&tx, ghost, ghost_oid, &mapping).await?;
+    let (deferred, temp_key_index) = set_aside_indexes(tx, ghost, ghost_oid, &mapping).await?;
     let replica_identity_index = indexes.iter().find(|i| i.replica_identity).map(|i| temp_name(&i.name));
-    tx.commit().await.context("committing the ghost table")?;
-    tracing::info!(ghost = %ghost, deferred = deferred.len(), rewrites = plan.rewrites, "ghost table created");
-    Ok(Ghost { name: ghost.clone(), oid: ghost_oid, mapping, alter: plan, deferred, temp_key_index, replica_identity_index })
+    let cluster_on = indexes.iter().find(|i| i.clustered).map(|i| temp_name(&i.name));
+    let ghost = Ghost { name: ghost.clone(), oid: ghost_oid, mapping, alter: plan, deferred, temp_key_index, replica_identity_index, cluster_on };
+    Ok(Prepared { ghost, after })
 }
 
 /// Builds the indexes and constraints set aside before the copy.
@@ -100,21 +197,34 @@ pub async fn rebuild_deferred(client: &Client, ghost: &Ghost) -> Result<()> {
         tracing::info!(name = %d.name, secs = started.elapsed().as_secs_f64(), "built on the ghost");
     }
     if let Some(index) = &ghost.replica_identity_index {
-        let exists: i64 = client
-            .query_one(
-                "SELECT count(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = $1 AND c.relname = $2",
-                &[&ghost.oid, index],
-            )
-            .await?
-            .try_get(0)?;
-        if exists > 0 {
+        if index_exists(client, ghost.oid, index).await? {
             client
                 .batch_execute(&format!("ALTER TABLE {} REPLICA IDENTITY USING INDEX {}", ghost.name.sql(), ident(index)))
                 .await
                 .context("setting the ghost's replica identity")?;
         }
     }
+    if let Some(index) = &ghost.cluster_on {
+        if index_exists(client, ghost.oid, index).await? {
+            client
+                .batch_execute(&format!("ALTER TABLE {} CLUSTER ON {}", ghost.name.sql(), ident(index)))
+                .await
+                .context("marking the ghost's clustering index")?;
+        }
+    }
     Ok(())
+}
+
+/// Whether the ALTER left this index of the original on the ghost.
+async fn index_exists(client: &Client, table_oid: u32, index: &str) -> Result<bool> {
+    let row = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = $1 AND c.relname = $2)",
+            &[&table_oid, &index],
+        )
+        .await
+        .context("looking for an index of the ghost")?;
+    Ok(row.try_get(0)?)
 }
 
 enum Built {
@@ -159,14 +269,15 @@ async fn create_table(tx: &impl GenericClient, orig: &TableInfo, ghost: &Qualifi
 }
 
 /// What `LIKE ... INCLUDING ALL` leaves out: owner, grants, storage parameters, the table's
-/// comment, replica identity and row security.
+/// comment, replica identity and row security. `FORCE ROW LEVEL SECURITY` waits for the swap:
+/// forced on the ghost, policies would filter pg-ghost's own writes.
 async fn copy_table_properties(tx: &impl GenericClient, orig: &TableInfo, ghost: &QualifiedName) -> Result<()> {
     let g = ghost.sql();
     let row = tx
         .query_one(
             "SELECT pg_get_userbyid(c.relowner), c.relowner = (SELECT oid FROM pg_roles WHERE rolname = current_user),
                     coalesce(c.reloptions, '{}'), obj_description(c.oid, 'pg_class'), c.relreplident::text,
-                    c.relrowsecurity, c.relforcerowsecurity
+                    c.relrowsecurity
                FROM pg_class c WHERE c.oid = $1",
             &[&orig.oid],
         )
@@ -196,14 +307,45 @@ async fn copy_table_properties(tx: &impl GenericClient, orig: &TableInfo, ghost:
     if row.try_get::<_, bool>(5)? {
         sql.push(format!("ALTER TABLE {g} ENABLE ROW LEVEL SECURITY"));
     }
-    if row.try_get::<_, bool>(6)? {
-        sql.push(format!("ALTER TABLE {g} FORCE ROW LEVEL SECURITY"));
-    }
     for grant in grants(tx, orig.oid).await? {
         sql.push(format!("GRANT {} ON {g} TO {}", grant.privilege, grant.grantee));
     }
     for s in sql {
         tx.batch_execute(&s).await.with_context(|| format!("copying a table property to the ghost ({s})"))?;
+    }
+    Ok(())
+}
+
+/// Per-column statistics targets and options (`n_distinct`), which `LIKE` leaves out; set
+/// before the ALTER runs, as they were on the original when a plain ALTER would run.
+async fn copy_column_settings(tx: &impl GenericClient, oid: u32, ghost: &QualifiedName) -> Result<()> {
+    let rows = tx
+        .query(
+            "SELECT attname::text, attstattarget, coalesce(attoptions, '{}') FROM pg_attribute
+              WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped AND (attstattarget >= 0 OR attoptions IS NOT NULL)
+              ORDER BY attnum",
+            &[&oid],
+        )
+        .await
+        .context("reading column statistics settings")?;
+    let g = ghost.sql();
+    for r in rows {
+        let column: String = r.try_get(0)?;
+        let target: i32 = r.try_get(1)?;
+        let options: Vec<String> = r.try_get(2)?;
+        let c = ident(&column);
+        let mut sql = Vec::new();
+        if target >= 0 {
+            sql.push(format!("ALTER TABLE {g} ALTER COLUMN {c} SET STATISTICS {target}"));
+        }
+        for opt in &options {
+            if let Some((k, v)) = opt.split_once('=') {
+                sql.push(format!("ALTER TABLE {g} ALTER COLUMN {c} SET ({} = {})", ident(k), literal(v)));
+            }
+        }
+        for s in sql {
+            tx.batch_execute(&s).await.with_context(|| format!("copying a column setting to the ghost ({s})"))?;
+        }
     }
     Ok(())
 }
@@ -248,7 +390,8 @@ async fn original_indexes(tx: &impl GenericClient, oid: u32) -> Result<Vec<OrigI
     let rows = tx
         .query(
             "SELECT ci.relname::text, pg_get_indexdef(i.indexrelid), c.conname::text, pg_get_constraintdef(c.oid),
-                    obj_description(i.indexrelid, 'pg_class'), obj_description(c.oid, 'pg_constraint'), i.indisreplident
+                    obj_description(i.indexrelid, 'pg_class'), obj_description(c.oid, 'pg_constraint'), i.indisreplident,
+                    i.indisclustered
                FROM pg_index i
                JOIN pg_class ci ON ci.oid = i.indexrelid
                LEFT JOIN pg_constraint c ON c.conindid = i.indexrelid AND c.conrelid = i.indrelid AND c.contype IN ('p', 'u', 'x')
@@ -269,6 +412,7 @@ async fn original_indexes(tx: &impl GenericClient, oid: u32) -> Result<Vec<OrigI
                 index_comment: r.try_get(4)?,
                 constraint_comment: r.try_get(5)?,
                 replica_identity: r.try_get(6)?,
+                clustered: r.try_get(7)?,
             })
         })
         .collect()
@@ -292,11 +436,14 @@ async fn create_original_index(tx: &impl GenericClient, ghost: &QualifiedName, i
     Ok(())
 }
 
+/// The original's foreign keys to other tables. A self-reference is left out: on the ghost it
+/// would reference the original, and the ghost is not consistent with itself until the
+/// swap, which adds it (see `crate::dependents`).
 async fn copy_foreign_keys(tx: &impl GenericClient, oid: u32, ghost: &QualifiedName) -> Result<()> {
     let rows = tx
         .query(
             "SELECT conname::text, pg_get_constraintdef(oid), obj_description(oid, 'pg_constraint')
-               FROM pg_constraint WHERE conrelid = $1 AND contype = 'f' ORDER BY oid",
+               FROM pg_constraint WHERE conrelid = $1 AND contype = 'f' AND confrelid <> $1 ORDER BY oid",
             &[&oid],
         )
         .await

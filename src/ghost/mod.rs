@@ -8,5 +8,5 @@
 mod create;
 mod mapping;
 
-pub use create::{create, rebuild_deferred, temp_name, Deferred, Ghost};
+pub use create::{create, rebuild_deferred, temp_name, trial, Deferred, Ghost};
 pub use mapping::Mapping;

@@ -10,7 +10,7 @@
 //!   names the object at fault and what the DBA can do about it.
 //!
 //! A caller runs the three steps in this order, and the checks run in this fixed order
-//! (the first failing check refuses; dependents are gathered into one message):
+//! (the first failing check refuses):
 //!
 //! 1. [`resolve_table`]: the `[schema.]name` argument; a missing table is refused.
 //! 2. [`table_info`]: (a) server version, (b) the relation: a system catalog, a view,
@@ -23,10 +23,11 @@
 //! 3. [`preflight`]: (1) server version >= 13, (2) not a standby, (3) `wal_level =
 //!    logical`, (4) a free replication slot, (5) a free walsender, (6) privileges,
 //!    (7) replica identity matches the key, (8) no `FOR ALL TABLES` or `FOR TABLES IN
-//!    SCHEMA` publication covers the table, (9) no leftovers of an earlier run,
-//!    (10) no dependent objects pg-ghost cannot carry over yet, all listed at once.
+//!    SCHEMA` publication covers the table, (9) no leftovers of an earlier run.
+//!
+//! The objects that depend on the table are checked after these, against the ALTER as it
+//! applies to a rolled-back trial ghost (`crate::dependents`).
 
-mod dependents;
 mod key;
 mod preflight;
 mod relation;

@@ -9,7 +9,7 @@ use crate::names::Names;
 use crate::schema::{ReplicaIdentity, TableInfo};
 use crate::sql::{ident, QualifiedName};
 use tokio_postgres::Client;
-use tracing::{debug, info};
+use tracing::info;
 
 /// The names the engine will use for this run, and what it may replace.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,7 +41,7 @@ impl PreflightOptions {
     }
 }
 
-/// Runs checks 1 to 10 and returns what was learned about the server. Reads only.
+/// Runs checks 1 to 9 and returns what was learned about the server. Reads only.
 pub async fn preflight(client: &Client, table: &TableInfo, opts: &PreflightOptions) -> Result<ServerInfo> {
     let server = ServerInfo::read(client).await?;
     server::check_version(server.server_version_num, &server.server_version)?;
@@ -50,7 +50,6 @@ pub async fn preflight(client: &Client, table: &TableInfo, opts: &PreflightOptio
     check_replica_identity(table)?;
     check_covering_publications(table, &covering_publications(client, table.oid, server.server_version_num).await?)?;
     check_leftovers(table, opts, &Leftovers::read(client, opts).await?)?;
-    check_dependents(table, opts)?;
     info!(
         table = %table.name,
         server_version = %server.server_version,
@@ -316,35 +315,6 @@ fn check_leftovers(table: &TableInfo, opts: &PreflightOptions, found: &Leftovers
         table.name,
         items.join(", "),
         hints.join("; ")
-    )))
-}
-
-/// Check 10: objects that follow the table's OID stay with the original after the swap.
-/// All are listed in one message so the DBA can deal with them at once.
-fn check_dependents(table: &TableInfo, opts: &PreflightOptions) -> Result<()> {
-    let d = &table.dependents;
-    // Our own publication is a leftover (check 9), not a dependent.
-    let own = ident(&opts.publication_name);
-    let groups: [(&str, Vec<&String>); 6] = [
-        ("view", d.views.iter().collect()),
-        ("foreign key", d.incoming_foreign_keys.iter().collect()),
-        ("trigger", d.triggers.iter().collect()),
-        ("rule", d.rules.iter().collect()),
-        ("policy", d.policies.iter().collect()),
-        ("publication", d.publications.iter().filter(|p| **p != own).collect()),
-    ];
-    let items: Vec<String> =
-        groups.iter().flat_map(|(what, names)| names.iter().map(move |n| format!("{what} {n}"))).collect();
-    debug!(table = %table.name, dependents = items.len(), "checked dependent objects");
-    if items.is_empty() {
-        return Ok(());
-    }
-    Err(Error::refused(format!(
-        "{} has dependent objects that pg-ghost cannot carry over to the new table yet: {}. They reference the table \
-         by OID and would stay with the old table after the swap; drop them before the change and recreate them after, \
-         or use a plain ALTER TABLE",
-        table.name,
-        items.join(", ")
     )))
 }
 

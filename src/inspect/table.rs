@@ -2,7 +2,7 @@
 
 use super::key::{self, Index};
 use super::relation::{self, Relation};
-use super::{dependents, get, resolve, server};
+use super::{get, resolve, server};
 use crate::error::{Context, Error, Result};
 use crate::schema::{Column, Identity, ReplicaIdentity, TableInfo};
 use crate::sql::{ident, QualifiedName};
@@ -34,7 +34,6 @@ pub async fn table_info(client: &Client, table: &QualifiedName, key: Option<&str
         // PostgreSQL 14+ stores -1 for "never analyzed"; 13 stores 0.
         estimated_rows: if rel.reltuples < 0.0 { -1 } else { rel.reltuples as i64 },
         replica_identity: replica_identity(&rel, &indexes),
-        dependents: dependents::read(client, rel.oid).await?,
     };
     debug!(
         table = %info.name,

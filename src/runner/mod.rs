@@ -22,6 +22,7 @@ use crate::alter;
 use crate::config::Config;
 use crate::copy::{copy_table, CopyJob, CopyProgress, GateState};
 use crate::cutover::{CutOver, MESSAGE_PREFIX};
+use crate::dependents;
 use crate::error::{Context, Error, ErrorKind, Result};
 use crate::ghost::{self, Ghost};
 use crate::checkpoint;
@@ -246,6 +247,9 @@ impl Run {
         let mut options = PreflightOptions::new(&names, self.cfg.initially_drop_ghost_table);
         options.resuming = self.cfg.resume;
         let server = inspect::preflight(&self.client, &info, &options).await?;
+        if !self.cfg.resume {
+            self.check_dependents(&info, &names, server.is_superuser).await?;
+        }
         replica::preflight(&self.client, &info, self.cfg.test_on_replica.as_ref()).await?;
         tracing::info!(
             table = %info.name,
@@ -256,6 +260,41 @@ impl Run {
             "inspected"
         );
         Ok((info, found))
+    }
+
+    /// The objects that depend on the table, against what the ALTER does to a trial ghost
+    /// that is rolled back: everything that cannot follow the table is refused here, before
+    /// anything is created.
+    async fn check_dependents(&mut self, info: &TableInfo, names: &Names, superuser: bool) -> Result<()> {
+        let tx = self.client.transaction().await.context("starting to read the dependents")?;
+        let deps = dependents::read(&tx, info.oid, &names.publication).await?;
+        tx.rollback().await.context("ending the read of the dependents")?;
+        let changes = ghost::trial(&mut self.client, info, &names.ghost, &self.cfg.alter, &deps).await?;
+        let bypass_rls: bool = self
+            .client
+            .query_one("SELECT rolbypassrls FROM pg_roles WHERE rolname = current_user", &[])
+            .await
+            .context("reading the role's BYPASSRLS")?
+            .try_get(0)?;
+        let role = dependents::RoleRights { superuser, bypass_rls };
+        let refusals = dependents::refusals(&deps, &info.name, &changes, role);
+        if !refusals.is_empty() {
+            return Err(Error::refused(refusals.join("; ")));
+        }
+        if deps.count() > 0 {
+            tracing::info!(
+                table = %info.name,
+                views = deps.views.len(),
+                foreign_keys = deps.foreign_keys.len(),
+                triggers = deps.triggers.len(),
+                rules = deps.rules.len() + deps.foreign_rules.len(),
+                policies = deps.policies.len(),
+                publications = deps.publications.len(),
+                functions = deps.functions.len(),
+                "objects that depend on the table will move to the new table in the swap"
+            );
+        }
+        Ok(())
     }
 
     /// The earlier run's swap committed before it could clean up: only that is left to do.
@@ -386,6 +425,12 @@ impl Run {
             );
         }
 
+        // The new table must have statistics the moment it carries the name.
+        self.ensure_session().await?;
+        let started = std::time::Instant::now();
+        guard(analyze(&self.client, &ghost.name), &mut self.abort.clone(), Some(&mut *bg)).await?;
+        tracing::info!(ghost = %ghost.name, secs = started.elapsed().as_secs_f64(), "ghost analyzed");
+
         if let Some(flag) = self.cfg.cut_over.postpone_flag_file.clone() {
             if flag.exists() {
                 self.enter(Phase::Postponed);
@@ -429,6 +474,18 @@ impl Run {
             "cut-over complete: {} now has the new definition",
             info.name
         );
+        for publication in &report.publications {
+            tracing::warn!(
+                publication = %publication,
+                table = %info.name,
+                "the publication now lists the new table (membership moved in the swap); logical replication does not carry DDL: \
+                 each subscriber must have the new shape of {} before rows of that shape arrive (apply the same ALTER there first \
+                 when it adds columns the subscriber must receive)",
+                info.name
+            );
+        }
+        self.ensure_session().await?;
+        dependents::validate(&self.client, &report.validations).await?;
         Ok(Outcome::CutOver)
     }
 
@@ -627,6 +684,10 @@ pub(crate) async fn aborted(abort: &mut watch::Receiver<Option<String>>) -> Stri
         Ok(why) => why.clone().unwrap_or_default(),
         Err(_) => std::future::pending().await,
     }
+}
+
+async fn analyze(client: &Client, table: &QualifiedName) -> Result<()> {
+    client.batch_execute(&format!("ANALYZE {}", table.sql())).await.with_context(|| format!("analyzing {table}"))
 }
 
 async fn drop_table(client: &Client, table: &QualifiedName) -> Result<()> {

@@ -188,7 +188,6 @@ async fn describes_columns_key_rows_and_server() {
     assert_eq!(info.key.types, ["bigint"]);
     assert_eq!(info.estimated_rows, 1000);
     assert_eq!(info.replica_identity, ReplicaIdentity::Default);
-    assert!(info.dependents.is_empty());
     assert_eq!(inspect::columns(&client, info.oid).await.unwrap(), info.columns);
 
     assert_eq!(server.wal_level, "logical");
@@ -517,7 +516,7 @@ async fn tables_in_schema_publication_is_refused() {
 }
 
 #[tokio::test]
-async fn dependent_objects_are_listed_in_one_message() {
+async fn dependent_objects_are_read_with_qualified_definitions() {
     let sql = r#"
         CREATE TABLE orders (id int PRIMARY KEY, parent int REFERENCES orders (id), owner_name text);
         CREATE TABLE "Line Items" (id int PRIMARY KEY, order_id int CONSTRAINT "Items Order FK" REFERENCES orders (id));
@@ -529,30 +528,33 @@ async fn dependent_objects_are_listed_in_one_message() {
         ALTER TABLE orders ENABLE ROW LEVEL SECURITY;
         CREATE POLICY own_rows ON orders USING (owner_name = current_user);
         CREATE PUBLICATION orders_pub FOR TABLE orders;"#;
-    let m = refused_after("inspect_dependents", sql, "orders", None).await;
-    assert_mentions(
-        &m,
-        &[
-            "\"public\".\"orders\" has dependent objects",
-            "view \"public\".\"open_orders\"",
-            "view \"public\".\"order_count\"",
-            "foreign key \"Items Order FK\" on \"public\".\"Line Items\"",
-            "foreign key \"orders_parent_fkey\" on \"public\".\"orders\"",
-            "trigger \"orders_touch\"",
-            "rule \"orders_keep\"",
-            "policy \"own_rows\"",
-            "publication \"orders_pub\"",
-        ],
-    );
-    // The referencing side's own foreign key is not a dependent of the referenced table.
     let db = Cluster::primary().fresh_db("inspect_dependents_info");
     db.psql(sql);
-    let client = db.client().await;
-    let info = inspect::table_info(&client, &QualifiedName::new("public", "Line Items"), None).await.unwrap();
-    assert!(info.dependents.is_empty(), "{:?}", info.dependents);
-    let info = inspect::table_info(&client, &QualifiedName::new("public", "orders"), None).await.unwrap();
-    assert_eq!(info.dependents.triggers, ["\"orders_touch\""]);
-    assert_eq!(info.dependents.views.len(), 2);
+    let mut client = db.client().await;
+    let oid_of = |name: &'static str| db.psql(&format!("SELECT '{name}'::regclass::oid")).trim().parse::<u32>().unwrap();
+    let (orders, items) = (oid_of("orders"), oid_of("\"Line Items\""));
+    // The referencing side's own foreign key is not a dependent of the referenced table.
+    assert_eq!(read_dependents(&mut client, items).await.count(), 0);
+    let d = read_dependents(&mut client, orders).await;
+    assert_eq!(d.views.len(), 1);
+    assert!(d.views[0].definition.contains("FROM public.orders"), "{:?}", d.views[0]);
+    assert_eq!(d.materialized_views, [QualifiedName::new("public", "order_count")]);
+    assert_eq!(d.triggers.len(), 1);
+    assert!(d.triggers[0].definition.contains("ON public.orders"), "{:?}", d.triggers[0]);
+    assert!(d.triggers[0].definition.contains("public.touch()"), "{:?}", d.triggers[0]);
+    assert_eq!(d.rules.len(), 1);
+    assert_eq!(d.policies[0].name, "own_rows");
+    assert_eq!(d.publications[0].publication, "orders_pub");
+    let fks: Vec<(&str, bool)> = d.foreign_keys.iter().map(|f| (f.name.as_str(), f.self_reference)).collect();
+    assert_eq!(fks, [("Items Order FK", false), ("orders_parent_fkey", true)]);
+    assert_eq!(d.referencing_tables(), [QualifiedName::new("public", "Line Items")]);
+}
+
+async fn read_dependents(client: &mut tokio_postgres::Client, oid: u32) -> pg_ghost::dependents::Dependents {
+    let tx = client.transaction().await.unwrap();
+    let d = pg_ghost::dependents::read(&tx, oid, "pg_ghost_0").await.unwrap();
+    tx.rollback().await.unwrap();
+    d
 }
 
 // ---- leftovers ----

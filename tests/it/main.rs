@@ -5,6 +5,7 @@ mod harness;
 
 mod checksum;
 mod copy_race;
+mod dependents;
 mod cutover_lock;
 mod control;
 mod controls_e2e;

@@ -1,5 +1,5 @@
 use super::*;
-use crate::schema::{Dependents, Key};
+use crate::schema::Key;
 use crate::ErrorKind;
 
 fn table() -> TableInfo {
@@ -16,7 +16,6 @@ fn table() -> TableInfo {
         },
         estimated_rows: -1,
         replica_identity: ReplicaIdentity::Default,
-        dependents: Dependents::default(),
     }
 }
 
@@ -116,31 +115,4 @@ fn leftovers() {
     let old = Leftovers { old: true, ..none };
     let m = refusal(check_leftovers(&table(), &opts(true), &old));
     assert!(m.contains("old table \"public\".\"_orders_del\"") && m.contains("--timestamp-old-table"), "{m}");
-}
-
-#[test]
-fn dependents_are_listed_together() {
-    let dependents = Dependents {
-        views: vec!["\"public\".\"v\"".into()],
-        incoming_foreign_keys: vec!["\"fk\" on \"public\".\"child\"".into()],
-        triggers: vec!["\"trg\"".into()],
-        rules: vec!["\"r\"".into()],
-        policies: vec!["\"p\"".into()],
-        publications: vec!["\"pub\"".into(), "\"pg_ghost_16384\"".into()],
-    };
-    let m = refusal(check_dependents(&TableInfo { dependents, ..table() }, &opts(false)));
-    for part in [
-        "view \"public\".\"v\"",
-        "foreign key \"fk\" on \"public\".\"child\"",
-        "trigger \"trg\"",
-        "rule \"r\"",
-        "policy \"p\"",
-        "publication \"pub\"",
-    ] {
-        assert!(m.contains(part), "{part} missing from {m}");
-    }
-    assert!(!m.contains("pg_ghost_16384"), "our own publication is a leftover, not a dependent: {m}");
-
-    let own_only = Dependents { publications: vec!["\"pg_ghost_16384\"".into()], ..Dependents::default() };
-    assert!(check_dependents(&TableInfo { dependents: own_only, ..table() }, &opts(false)).is_ok());
 }

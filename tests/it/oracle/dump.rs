@@ -374,6 +374,61 @@ fn line_diff(expected: &str, actual: &str) -> Vec<String> {
     out
 }
 
+/// A `pg_dump -Fc --schema-only` of a whole database, taken before the run: the twin a
+/// plain ALTER runs on is restored from it ([`WholeSchema::twin_after_plain_alter`]).
+pub struct WholeSchema {
+    pub source_db: String,
+    file: PathBuf,
+}
+
+impl Drop for WholeSchema {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.file);
+    }
+}
+
+impl WholeSchema {
+    pub async fn take(db: &TestDb<'_>) -> WholeSchema {
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let file = std::env::temp_dir().join(format!("pg-ghost-whole-{}-{}.dump", std::process::id(), SEQ.fetch_add(1, Ordering::SeqCst)));
+        let mut cmd = pg_command("pg_dump", db.cluster.port);
+        cmd.args(["-Fc", "--schema-only", "-d", &db.name, "-f"]).arg(&file);
+        run(cmd, &format!("pg_dump --schema-only of {}", db.name)).await;
+        WholeSchema { source_db: db.name.clone(), file }
+    }
+
+    /// A database restored from the dump (schema only: data does not change what a plain
+    /// ALTER does to the schema), where `ALTER TABLE <table> <alter>` then ran.
+    pub async fn twin_after_plain_alter<'c>(&self, source: &TestDb<'c>, table: &str, alter: &str) -> TestDb<'c> {
+        let db = source.cluster.fresh_db("twin");
+        let mut cmd = pg_command("pg_restore", source.cluster.port);
+        cmd.args(["--exit-on-error", "--single-transaction", "-d", &db.name]).arg(&self.file);
+        run(cmd, &format!("pg_restore of {} into {}", self.source_db, db.name)).await;
+        let client = db.client().await;
+        client
+            .batch_execute(&format!("ALTER TABLE {table} {alter}"))
+            .await
+            .unwrap_or_else(|e| panic!("the plain ALTER TABLE {table} {alter} failed on the twin: {}", db_message(&e)));
+        db
+    }
+}
+
+/// `pg_dump --schema-only` of a whole database, normalized (see the module docs).
+pub async fn whole_schema_dump(db: &TestDb<'_>) -> String {
+    let mut cmd = pg_command("pg_dump", db.cluster.port);
+    cmd.args(["--schema-only", "-d", &db.name]);
+    let dump = run(cmd, &format!("pg_dump --schema-only of {}", db.name)).await;
+    normalize(&dump, &db.name)
+}
+
+/// Panics unless the two databases' whole schema dumps are identical.
+pub async fn assert_whole_schema_equal(actual: &TestDb<'_>, twin: &TestDb<'_>, what: &str) {
+    let want = whole_schema_dump(twin).await;
+    let got = whole_schema_dump(actual).await;
+    let diff = line_diff(&want, &got);
+    assert!(diff.is_empty(), "the whole database is not what a plain `ALTER TABLE` leaves ({what}); - plain ALTER, + pg-ghost:\n{}", diff.join("\n"));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

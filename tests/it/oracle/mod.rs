@@ -67,7 +67,10 @@ pub use catalog::{assert_catalog_unchanged, assert_no_slots_or_publications, Cat
 #[allow(unused_imports)]
 pub use compare::{assert_same_rows, assert_sequences_ahead, compare_rows, RowDiff};
 #[allow(unused_imports)]
-pub use dump::{assert_dump_equal, compare_dump, expected_after_plain_alter, DumpDiff, ExpectedData, OriginalDump, PlainAlter};
+pub use dump::{
+    assert_dump_equal, assert_whole_schema_equal, compare_dump, expected_after_plain_alter, DumpDiff, ExpectedData, OriginalDump,
+    PlainAlter, WholeSchema,
+};
 #[allow(unused_imports)]
 pub use table::{KeyKind, OracleTable};
 #[allow(unused_imports)]
