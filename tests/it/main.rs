@@ -3,6 +3,7 @@
 mod binary;
 mod harness;
 
+mod alter_compose;
 mod checksum;
 mod copy_race;
 mod dependents;
