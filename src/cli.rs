@@ -125,8 +125,9 @@ pub struct RunArgs {
     pub copy_workers: u32,
 
     // ---- cut-over ---------------------------------------------------------------------
-    /// lock_timeout for the ACCESS EXCLUSIVE lock at the swap. Keep it short: a waiting lock
-    /// request stalls every later query on the table. Units: ms, s (`1s`, `500ms`).
+    /// How long the swap's ACCESS EXCLUSIVE lock may wait. Keep it short: a waiting lock
+    /// request stalls every later query on the table. When referencing tables are locked too,
+    /// the wait is also kept under half the server's deadlock_timeout. Units: ms, s.
     #[arg(long, value_name = "DURATION", default_value = "1s", help_heading = "Cut-over")]
     pub cut_over_lock_timeout: String,
 

@@ -155,15 +155,29 @@ impl CutOver<'_> {
         if !self.swap_back {
             tables.extend(swap::referencing_tables(&sessions.client, self.orig.oid).await?.iter().map(QualifiedName::sql));
         }
+        let wait = lock_wait_limit(self.lock_timeout, sessions.deadlock_timeout, tables.len() > 2);
+        if wait < self.lock_timeout && attempt == 1 {
+            tracing::info!(
+                wait_ms = wait.as_millis() as u64,
+                deadlock_timeout_ms = sessions.deadlock_timeout.as_millis() as u64,
+                "the cut-over waits for its locks less than --cut-over-lock-timeout: under half the server's deadlock_timeout, so that a write waiting behind it is never chosen as a deadlock victim"
+            );
+        }
+        // lock_timeout bounds each table's wait; the statement timeout bounds them together.
+        sessions
+            .client
+            .batch_execute(&format!("SET LOCAL statement_timeout = '{}ms'", wait.as_millis().max(1)))
+            .await
+            .context("bounding the cut-over lock wait")?;
         let lock_sql = format!("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE", tables.join(", "));
         let lock = sessions.client.batch_execute(&lock_sql);
         tokio::pin!(lock);
-        let report_after = tokio::time::sleep(self.lock_timeout.mul_f64(0.8));
+        let report_after = tokio::time::sleep(wait.mul_f64(0.8));
         tokio::pin!(report_after);
         let mut reported = false;
         // Transactions that held their lock when the LOCK queued and end by themselves within
         // the grace are not blockers worth killing: they would be short writes.
-        let grace = kill_grace(self.lock_timeout);
+        let grace = kill_grace(wait);
         let first_check = killer.as_ref().map(|k| k.due().max(tokio::time::Instant::now() + grace));
         let kill_check = tokio::time::sleep_until(first_check.unwrap_or_else(tokio::time::Instant::now));
         tokio::pin!(kill_check);
@@ -183,13 +197,16 @@ impl CutOver<'_> {
             }
         };
         locked.map_err(|e| {
+            let canceled = e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED);
             let e = Error::from(e);
-            if e.kind() == ErrorKind::LockTimeout {
-                Error::new(ErrorKind::LockTimeout, format!("could not lock {} within {:?}", self.orig.name, self.lock_timeout))
+            if e.kind() == ErrorKind::LockTimeout || canceled {
+                Error::new(ErrorKind::LockTimeout, format!("could not lock {} within {wait:?}", self.orig.name))
             } else {
                 e.context("locking the tables")
             }
-        })
+        })?;
+        let restore = format!("SET LOCAL statement_timeout = {}", crate::sql::literal(&sessions.statement_timeout));
+        sessions.client.batch_execute(&restore).await.context("restoring statement_timeout after the cut-over lock")
     }
 
     async fn report_blockers(&self, sessions: &Sessions, attempt: u32) {
@@ -290,9 +307,38 @@ impl CutOver<'_> {
     }
 }
 
+/// How long the cut-over's LOCK may wait in all. When it locks tables the application writes
+/// together (the referencing tables of moved foreign keys), a write can hold one of them and
+/// wait behind the LOCK for another: a deadlock. PostgreSQL looks for one `deadlock_timeout`
+/// after a session starts waiting and aborts whoever looks first; every write caught in such a
+/// cycle started waiting after the LOCK did, so a LOCK that gives up within half of
+/// `deadlock_timeout` (margin for a loaded server) is always gone before any write looks.
+/// A lone table cannot be in such a cycle (nobody else touches the ghost).
+fn lock_wait_limit(lock_timeout: Duration, deadlock_timeout: Duration, several_tables: bool) -> Duration {
+    if several_tables {
+        lock_timeout.min(deadlock_timeout / 2).max(Duration::from_millis(1))
+    } else {
+        lock_timeout
+    }
+}
+
 /// How long a LOCK waits before its blockers may be terminated, and between two looks at
 /// them: half the lock timeout, at most 200 ms. Whatever still blocks after that is not a
 /// write about to commit.
 fn kill_grace(lock_timeout: Duration) -> Duration {
     (lock_timeout / 2).min(Duration::from_millis(200))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lock_wait_stays_under_half_the_deadlock_timeout_only_with_several_tables() {
+        let ms = Duration::from_millis;
+        assert_eq!(lock_wait_limit(ms(1000), ms(1000), true), ms(500));
+        assert_eq!(lock_wait_limit(ms(200), ms(1000), true), ms(200));
+        assert_eq!(lock_wait_limit(ms(1000), ms(1000), false), ms(1000));
+        assert_eq!(lock_wait_limit(ms(1000), ms(1), true), ms(1));
+    }
 }

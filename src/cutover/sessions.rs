@@ -16,13 +16,27 @@ pub(super) struct Sessions {
     pub monitor: Client,
     /// The backend pid of `client`, whose blockers the monitor looks up.
     pub pid: i32,
+    /// The server's `deadlock_timeout`, which bounds how long the LOCK may wait.
+    pub deadlock_timeout: Duration,
+    /// `client`'s own `statement_timeout`, restored once the LOCK is granted.
+    pub statement_timeout: String,
 }
 
 impl Sessions {
     pub async fn open(conn: &ConnInfo) -> Result<Sessions> {
         let (client, pid) = connect_cut_over(conn).await?;
         let monitor = connect_monitor(conn).await?;
-        Ok(Sessions { client, monitor, pid })
+        let row = client
+            .query_one(
+                "SELECT (SELECT setting::bigint FROM pg_settings WHERE name = 'deadlock_timeout'),
+                        current_setting('statement_timeout')",
+                &[],
+            )
+            .await
+            .context("reading deadlock_timeout")?;
+        let deadlock_ms: i64 = row.try_get(0)?;
+        let deadlock_timeout = Duration::from_millis(deadlock_ms.max(1) as u64);
+        Ok(Sessions { client, monitor, pid, deadlock_timeout, statement_timeout: row.try_get(1)? })
     }
 
     /// Replaces the sessions that were lost. A session that still answers is kept: its

@@ -305,3 +305,56 @@ async fn kill_blockers_without_the_privilege_keeps_retrying() {
     assert_no_slots_or_publications(&client).await;
     drop(role);
 }
+
+// ---- a write caught between two tables the cut-over locks ----------------------------------
+
+/// The cut-over locks the table and the tables whose foreign keys move in one LOCK. A write
+/// that holds the referencing table and then checks its foreign key waits behind the LOCK for
+/// the table, while the LOCK waits for the referencing table: a deadlock, and PostgreSQL aborts
+/// whichever session looks for it first. The write here queues while the LOCK still waits for
+/// a reader of the table, so with a lock wait as long as `deadlock_timeout` the write would be
+/// the one to look, and be aborted. pg-ghost must give up first, and the write go through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_between_two_locked_tables_is_never_the_deadlock_victim() {
+    let db = Cluster::primary().fresh_db("cutover_deadlock");
+    db.psql(
+        "CREATE TABLE parent (id int PRIMARY KEY, n int NOT NULL);
+         INSERT INTO parent SELECT g, g FROM generate_series(1, 1000) g;
+         CREATE TABLE child (id int PRIMARY KEY, parent_id int NOT NULL REFERENCES parent, note text);
+         INSERT INTO child SELECT g, g, '' FROM generate_series(1, 100) g;",
+    );
+    assert_eq!(db.psql("SHOW deadlock_timeout"), "1s");
+    let flag = flag_path(&db, "postpone");
+    std::fs::write(&flag, b"").unwrap();
+    let args = ["--table", "parent", "--alter", ALTER, "--execute", "--cut-over-lock-timeout", "1s", "--postpone-cut-over-flag-file", flag.to_str().unwrap()];
+    let mut run = Running::spawn(&db, "run", &args);
+    let watcher = db.client().await;
+    wait_for_state(&watcher, &mut run, "parent", "postponed", Duration::from_secs(60)).await;
+
+    let reader = db.client().await;
+    reader.batch_execute("BEGIN; SELECT count(*) FROM parent").await.unwrap();
+    let writer = db.client().await;
+    writer.batch_execute("BEGIN; UPDATE child SET note = 'held' WHERE id = 1").await.unwrap();
+    std::fs::remove_file(&flag).unwrap();
+    waiting_cut_over_pid(&db, &mut run, None).await;
+
+    // Its foreign-key check takes ROW SHARE on parent: it queues behind the waiting LOCK.
+    let insert = tokio::spawn(async move {
+        let r = writer.batch_execute("INSERT INTO child VALUES (1001, 2, 'new')").await;
+        (writer, r)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The LOCK now gets parent and waits for child, which the writer holds.
+    reader.batch_execute("COMMIT").await.unwrap();
+    let (writer, inserted) = tokio::time::timeout(Duration::from_secs(20), insert).await.expect("the write never finished").unwrap();
+    if let Err(e) = inserted {
+        panic!("the write was aborted: {}", crate::oracle::compare::db_message(&e));
+    }
+    writer.batch_execute("COMMIT").await.unwrap();
+
+    let out = run.wait(Duration::from_secs(60)).await;
+    binary::assert_success(&out);
+    assert_eq!(column_type(&db, "parent", "n"), "bigint");
+    assert_eq!(db.psql("SELECT note FROM child WHERE id = 1001"), "new");
+    assert_eq!(db.psql("SELECT confrelid::regclass::text FROM pg_constraint WHERE conrelid = 'child'::regclass AND contype = 'f'"), "parent");
+}

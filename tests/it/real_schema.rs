@@ -566,11 +566,6 @@ enum Outcome {
     Failed(Vec<String>),
 }
 
-// Ignored until the cut-over cannot deadlock an application transaction: under the full
-// suite's load, a write to dav_binding (whose foreign-key check takes ROW SHARE on a table
-// the swap locks) was chosen as the deadlock victim against the cut-over's LOCK of the
-// tables whose foreign keys move. Run it with `-- --ignored real_schema`.
-#[ignore = "the cut-over can deadlock an application write on a referenced table; see the comment"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_table_of_a_real_schema_changes_online() {
     let started = Instant::now();
