@@ -4,11 +4,15 @@
 //! The same settings open ordinary SQL sessions (tokio-postgres) and walsender connections
 //! (our own transport), so both see the same server, role and database.
 
+mod ssl;
+
+pub use ssl::{ChannelBindingMode, RootCert, SslMode, SslSettings};
+
 use crate::error::{Context, Error, ErrorKind, Result};
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio_postgres::config::Host;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 /// Where the server listens.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,6 +38,7 @@ pub struct ConnInfo {
     pub password: Option<Vec<u8>>,
     pub dbname: String,
     pub application_name: String,
+    pub ssl: SslSettings,
     /// How long a lost connection is tried again before the run gives up (`--reconnect-timeout`);
     /// zero: a lost connection stops the run at once. See `crate::reconnect`.
     pub reconnect_timeout: Duration,
@@ -82,7 +87,7 @@ impl ConnInfo {
         let password = cfg.get_password().map(|p| p.to_vec()).or_else(|| env("PGPASSWORD").map(String::into_bytes));
         let dbname = cfg.get_dbname().map(str::to_string).or_else(|| env("PGDATABASE")).unwrap_or_else(|| user.clone());
         let application_name = cfg.get_application_name().unwrap_or("pg-ghost").to_string();
-        Ok(ConnInfo { endpoint, user, password, dbname, application_name, reconnect_timeout: crate::reconnect::DEFAULT_TIMEOUT })
+        Ok(ConnInfo { endpoint, user, password, dbname, application_name, ssl: SslSettings::default(), reconnect_timeout: crate::reconnect::DEFAULT_TIMEOUT })
     }
 
     /// The same server and role, another database.
@@ -112,17 +117,9 @@ impl ConnInfo {
 
     /// Opens an ordinary SQL session; its connection task runs on the current runtime.
     pub async fn connect(&self) -> Result<Client> {
-        let (client, connection) = self
-            .to_config()
-            .connect(NoTls)
+        crate::tls::connect_sql(&self.to_config(), self)
             .await
-            .with_context(|| format!("connecting to {} as {}", self.endpoint.describe(), self.user))?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "connection ended");
-            }
-        });
-        Ok(client)
+            .with_context(|| format!("connecting to {} as {}", self.endpoint.describe(), self.user))
     }
 }
 
