@@ -50,6 +50,7 @@ mod auth;
 mod framing;
 mod options;
 mod stream;
+mod tls;
 mod wire;
 
 pub use auth::AuthMethod;
@@ -61,6 +62,7 @@ use crate::conn::ConnInfo;
 use crate::error::{Context, Error, ErrorKind, Result};
 use crate::lsn::Lsn;
 use fallible_iterator::FallibleIterator;
+use crate::tls::{Negotiation, TlsPlan};
 use framing::{log_notice, server_error, Backend, Framed, Socket};
 use postgres_protocol::message::backend::{DataRowBody, Message, RowDescriptionBody};
 use postgres_protocol::message::frontend;
@@ -126,6 +128,7 @@ struct ConnMeta {
     params: HashMap<String, String>,
     peer: String,
     dbname: String,
+    tls: bool,
 }
 
 impl ReplicationConnection {
@@ -134,33 +137,57 @@ impl ReplicationConnection {
     /// server's message.
     pub async fn connect(info: &ConnInfo) -> Result<ReplicationConnection> {
         let peer = format!("{} as {}", info.endpoint.describe(), info.user);
-        let attempt = async {
-            // Any failure to reach the server (a Unix socket missing while it restarts
-            // included) is a connection failure, worth trying again.
-            let socket = Socket::connect(&info.endpoint)
-                .await
-                .map_err(|e| Error::with_source(ErrorKind::Connection, format!("cannot reach the server: {e}"), e))?;
-            let mut framed = Framed::new(socket);
-            let session = auth::startup(&mut framed, info).await?;
-            Ok::<_, Error>((framed, session))
+        let plan = TlsPlan::for_conn(info).with_context(|| format!("opening a replication connection to {peer}"))?;
+        let result = match plan.negotiation {
+            // Plain text first; TLS only when the server refuses it (pg_hba.conf: hostssl).
+            Negotiation::PlainThenTls => match Self::connect_once(info, &plan, false).await {
+                Err(e) if e.sqlstate().is_some() => {
+                    tracing::debug!(error = %e, "the server refused a plain-text replication connection; trying TLS (sslmode=allow)");
+                    Self::connect_once(info, &plan, true).await
+                }
+                other => other,
+            },
+            Negotiation::Plain => Self::connect_once(info, &plan, false).await,
+            Negotiation::TlsIfOffered | Negotiation::TlsOnly => Self::connect_once(info, &plan, true).await,
         };
-        let (framed, session) = match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
-            Ok(r) => r,
-            Err(_) => Err(Error::new(
-                ErrorKind::Connection,
-                format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()),
-            )),
-        }
-        .with_context(|| format!("opening a replication connection to {peer}, database {:?}", info.dbname))?;
-        tracing::debug!(peer = %peer, pid = session.backend_pid, auth = ?session.auth, "replication connection open");
+        let (framed, session) = result.with_context(|| format!("opening a replication connection to {peer}, database {:?}", info.dbname))?;
+        tracing::debug!(peer = %peer, pid = session.backend_pid, auth = ?session.auth, tls = session.tls, "replication connection open");
         let meta = ConnMeta {
             auth: session.auth,
             backend_pid: session.backend_pid,
             params: session.params,
             peer,
             dbname: info.dbname.clone(),
+            tls: session.tls,
         };
         Ok(ReplicationConnection { framed, meta, busy: false })
+    }
+
+    /// One connection attempt; `try_tls` sends an SSLRequest first.
+    async fn connect_once(info: &ConnInfo, plan: &TlsPlan, try_tls: bool) -> Result<(Framed, auth::Session)> {
+        let timeout = CONNECT_TIMEOUT;
+        let attempt = async {
+            // Any failure to reach the server (a Unix socket missing while it restarts
+            // included) is a connection failure, worth trying again.
+            let socket = Socket::connect(&info.endpoint)
+                .await
+                .map_err(|e| Error::with_source(ErrorKind::Connection, format!("cannot reach the server: {e}"), e))?;
+            let (socket, certificate) = if try_tls { negotiate_tls(socket, plan).await? } else { (socket, None) };
+            let tls = matches!(socket, Socket::Tls(_));
+            let mut framed = Framed::new(socket);
+            let binding = certificate.as_deref().and_then(crate::tls::server_end_point);
+            let session = auth::startup(&mut framed, info, auth::Channel { tls, binding, mode: plan.channel_binding }).await?;
+            Ok::<_, Error>((framed, session))
+        };
+        match tokio::time::timeout(timeout, attempt).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::new(ErrorKind::Connection, format!("no answer within {} s", timeout.as_secs()))),
+        }
+    }
+
+    /// Whether this connection is encrypted.
+    pub fn is_tls(&self) -> bool {
+        self.meta.tls
     }
 
     /// The walsender's process id.
@@ -387,6 +414,32 @@ impl ReplicationConnection {
                 Ok(o.status_interval)
             }
         }
+    }
+}
+
+/// Asks the server for TLS (SSLRequest) and, if it agrees, does the handshake; returns the
+/// socket to speak on and the server's certificate. A server that declines is spoken to in
+/// plain text only where the plan allows it.
+async fn negotiate_tls(socket: Socket, plan: &TlsPlan) -> Result<(Socket, Option<Vec<u8>>)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = match socket {
+        Socket::Tcp(tcp) => tcp,
+        other => return Ok((other, None)),
+    };
+    let mut request = bytes::BytesMut::new();
+    frontend::ssl_request(&mut request);
+    tcp.write_all(&request).await.map_err(|e| Error::from(e).context("sending the TLS request"))?;
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer).await.map_err(|e| Error::from(e).context("reading the answer to the TLS request"))?;
+    match answer[0] {
+        b'S' => {
+            let tls = tls::AsyncTls::handshake(tcp, plan).await?;
+            let certificate = tls.peer_certificate();
+            Ok((Socket::Tls(Box::new(tls)), certificate))
+        }
+        b'N' if plan.negotiation == Negotiation::TlsOnly => Err(Error::new(ErrorKind::Config, crate::tls::no_tls_on_server())),
+        b'N' => Ok((Socket::Tcp(tcp), None)),
+        other => Err(Error::protocol(format!("unexpected answer {:?} to the TLS request", other as char))),
     }
 }
 

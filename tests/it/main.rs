@@ -27,3 +27,4 @@ mod scenarios;
 mod smoke;
 mod streaming;
 mod throttle;
+mod tls;

@@ -1,8 +1,9 @@
-//! Startup and authentication of a walsender connection: trust, cleartext, md5 and
-//! SCRAM-SHA-256 (without channel binding: this transport does not speak TLS).
+//! Startup and authentication of a walsender connection: trust, cleartext, md5,
+//! SCRAM-SHA-256, and SCRAM-SHA-256-PLUS (bound to the TLS channel) when the connection is
+//! encrypted and the server offers it.
 
 use super::framing::{log_notice, server_error, Backend, Framed};
-use crate::conn::ConnInfo;
+use crate::conn::{ChannelBindingMode, ConnInfo};
 use crate::error::{Error, ErrorKind, Result};
 use fallible_iterator::FallibleIterator;
 use postgres_protocol::authentication::md5_hash;
@@ -12,6 +13,7 @@ use postgres_protocol::message::frontend;
 use std::collections::HashMap;
 
 const SCRAM_SHA_256: &str = "SCRAM-SHA-256";
+const SCRAM_SHA_256_PLUS: &str = "SCRAM-SHA-256-PLUS";
 
 /// How the server made us prove who we are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,6 +23,16 @@ pub enum AuthMethod {
     Cleartext,
     Md5,
     ScramSha256,
+    /// SCRAM bound to the TLS channel (`tls-server-end-point`).
+    ScramSha256Plus,
+}
+
+/// What SCRAM may bind to.
+pub(crate) struct Channel {
+    pub tls: bool,
+    /// `tls-server-end-point` data of the server's certificate, when TLS is on.
+    pub binding: Option<Vec<u8>>,
+    pub mode: ChannelBindingMode,
 }
 
 /// What the server told us during startup.
@@ -28,10 +40,11 @@ pub(crate) struct Session {
     pub auth: AuthMethod,
     pub backend_pid: i32,
     pub params: HashMap<String, String>,
+    pub tls: bool,
 }
 
 /// Sends the startup packet, authenticates, and reads up to the first ReadyForQuery.
-pub(crate) async fn startup(framed: &mut Framed, info: &ConnInfo) -> Result<Session> {
+pub(crate) async fn startup(framed: &mut Framed, info: &ConnInfo, channel: Channel) -> Result<Session> {
     let params = [
         ("user", info.user.as_str()),
         ("database", info.dbname.as_str()),
@@ -43,7 +56,16 @@ pub(crate) async fn startup(framed: &mut Framed, info: &ConnInfo) -> Result<Sess
     ];
     frontend::startup_message(params, framed.write_buf()).map_err(|e| Error::config(format!("cannot encode the startup packet: {e}")))?;
     framed.flush().await?;
-    let auth = authenticate(framed, info).await?;
+    let auth = authenticate(framed, info, &channel).await?;
+    if channel.mode == ChannelBindingMode::Require && auth != AuthMethod::ScramSha256Plus {
+        return Err(Error::new(
+            ErrorKind::Auth,
+            format!(
+                "channel_binding=require, but the server authenticated us by {auth:?}{}: it was not proven to be the server that knows the password",
+                if channel.tls { "" } else { " over a connection without TLS" }
+            ),
+        ));
+    }
 
     let mut backend_pid = 0;
     let mut params = HashMap::new();
@@ -56,14 +78,14 @@ pub(crate) async fn startup(framed: &mut Framed, info: &ConnInfo) -> Result<Sess
                 }
             }
             Backend::Message(Message::NoticeResponse(n)) => log_notice(n.fields()),
-            Backend::Message(Message::ReadyForQuery(_)) => return Ok(Session { auth, backend_pid, params }),
+            Backend::Message(Message::ReadyForQuery(_)) => return Ok(Session { auth, backend_pid, params, tls: channel.tls }),
             Backend::Message(Message::ErrorResponse(e)) => return Err(server_error(e.fields())),
             other => return Err(Error::protocol(format!("unexpected {} during startup", other.describe()))),
         }
     }
 }
 
-async fn authenticate(framed: &mut Framed, info: &ConnInfo) -> Result<AuthMethod> {
+async fn authenticate(framed: &mut Framed, info: &ConnInfo, channel: &Channel) -> Result<AuthMethod> {
     let mut method = AuthMethod::Trust;
     loop {
         match framed.recv().await? {
@@ -80,8 +102,7 @@ async fn authenticate(framed: &mut Framed, info: &ConnInfo) -> Result<AuthMethod
                 framed.flush().await?;
             }
             Backend::Message(Message::AuthenticationSasl(body)) => {
-                method = AuthMethod::ScramSha256;
-                scram(framed, info, body).await?;
+                method = scram(framed, info, body, channel).await?;
             }
             Backend::Message(Message::ErrorResponse(e)) => return Err(server_error(e.fields())),
             Backend::Message(
@@ -102,7 +123,7 @@ async fn authenticate(framed: &mut Framed, info: &ConnInfo) -> Result<AuthMethod
     }
 }
 
-async fn scram(framed: &mut Framed, info: &ConnInfo, body: AuthenticationSaslBody) -> Result<()> {
+async fn scram(framed: &mut Framed, info: &ConnInfo, body: AuthenticationSaslBody, channel: &Channel) -> Result<AuthMethod> {
     let mut offered = Vec::new();
     let mut mechanisms = body.mechanisms();
     while let Some(m) = mechanisms
@@ -111,16 +132,31 @@ async fn scram(framed: &mut Framed, info: &ConnInfo, body: AuthenticationSaslBod
     {
         offered.push(m.to_string());
     }
-    if !offered.iter().any(|m| m == SCRAM_SHA_256) {
-        return Err(Error::new(
-            ErrorKind::Auth,
-            format!("the server offers SASL mechanisms {offered:?} but not {SCRAM_SHA_256}"),
-        ));
+    let plus_offered = offered.iter().any(|m| m == SCRAM_SHA_256_PLUS);
+    let (mechanism, binding, method) = match (&channel.binding, channel.mode) {
+        (Some(data), ChannelBindingMode::Prefer | ChannelBindingMode::Require) if plus_offered => {
+            (SCRAM_SHA_256_PLUS, ChannelBinding::tls_server_end_point(data.clone()), AuthMethod::ScramSha256Plus)
+        }
+        (_, ChannelBindingMode::Require) => {
+            return Err(Error::new(
+                ErrorKind::Auth,
+                if channel.tls {
+                    format!("channel_binding=require, but the server offers only {offered:?} (or its certificate's signature has no hash to bind to)")
+                } else {
+                    "channel_binding=require needs a TLS connection (sslmode=require or stricter)".to_string()
+                },
+            ))
+        }
+        // "y": we could bind, but the server did not offer it (a downgrade the server detects).
+        (Some(_), ChannelBindingMode::Prefer) => (SCRAM_SHA_256, ChannelBinding::unrequested(), AuthMethod::ScramSha256),
+        // "n": no channel to bind to, or binding turned off.
+        _ => (SCRAM_SHA_256, ChannelBinding::unsupported(), AuthMethod::ScramSha256),
+    };
+    if !offered.iter().any(|m| m == mechanism) {
+        return Err(Error::new(ErrorKind::Auth, format!("the server offers SASL mechanisms {offered:?} but not {mechanism}")));
     }
-    // Without TLS there is no channel to bind to: say so ("n") rather than "y", which
-    // would claim we could bind but believe the server cannot.
-    let mut scram = ScramSha256::new(password(info)?, ChannelBinding::unsupported());
-    frontend::sasl_initial_response(SCRAM_SHA_256, scram.message(), framed.write_buf()).map_err(encode_error)?;
+    let mut scram = ScramSha256::new(password(info)?, binding);
+    frontend::sasl_initial_response(mechanism, scram.message(), framed.write_buf()).map_err(encode_error)?;
     framed.flush().await?;
 
     match framed.recv().await? {
@@ -139,7 +175,7 @@ async fn scram(framed: &mut Framed, info: &ConnInfo, body: AuthenticationSaslBod
     framed.flush().await?;
 
     match framed.recv().await? {
-        Backend::Message(Message::AuthenticationSaslFinal(b)) => scram.finish(b.data()).map_err(|e| {
+        Backend::Message(Message::AuthenticationSaslFinal(b)) => scram.finish(b.data()).map(|()| method).map_err(|e| {
             // The server proved it does not know the password: it is not the server we think.
             Error::new(ErrorKind::Auth, format!("the server's SCRAM signature does not verify: {e}"))
         }),

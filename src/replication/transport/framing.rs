@@ -5,6 +5,7 @@
 //! consumer is the very memory the socket filled. The only tag postgres-protocol does not
 //! parse is CopyBothResponse (`'W'`), recognised here before the library sees it.
 
+use super::tls::{AsyncTls, StdTls};
 use crate::conn::Endpoint;
 use crate::error::{Error, ErrorKind, Result};
 use bytes::{Buf, BytesMut};
@@ -25,6 +26,7 @@ const COPY_BOTH_RESPONSE_TAG: u8 = b'W';
 pub(crate) enum Socket {
     Tcp(TcpStream),
     Unix(UnixStream),
+    Tls(Box<AsyncTls>),
 }
 
 impl Socket {
@@ -49,6 +51,7 @@ impl Socket {
         let s = match self {
             Socket::Tcp(s) => StdSocket::Tcp(s.into_std()?),
             Socket::Unix(s) => StdSocket::Unix(s.into_std()?),
+            Socket::Tls(s) => StdSocket::Tls(Box::new(s.into_std()?)),
         };
         s.set_nonblocking(false)?;
         Ok(s)
@@ -59,6 +62,7 @@ impl Socket {
 pub(crate) enum StdSocket {
     Tcp(std::net::TcpStream),
     Unix(std::os::unix::net::UnixStream),
+    Tls(Box<StdTls>),
 }
 
 impl StdSocket {
@@ -66,6 +70,7 @@ impl StdSocket {
         match self {
             StdSocket::Tcp(s) => s.set_nonblocking(on),
             StdSocket::Unix(s) => s.set_nonblocking(on),
+            StdSocket::Tls(s) => s.tcp().set_nonblocking(on),
         }
     }
 
@@ -73,6 +78,7 @@ impl StdSocket {
         Ok(match self {
             StdSocket::Tcp(s) => StdSocket::Tcp(s.try_clone()?),
             StdSocket::Unix(s) => StdSocket::Unix(s.try_clone()?),
+            StdSocket::Tls(s) => StdSocket::Tls(Box::new(s.try_clone()?)),
         })
     }
 
@@ -80,6 +86,7 @@ impl StdSocket {
         match self {
             StdSocket::Tcp(s) => s.set_read_timeout(t),
             StdSocket::Unix(s) => s.set_read_timeout(t),
+            StdSocket::Tls(s) => s.tcp().set_read_timeout(t),
         }
     }
 
@@ -90,6 +97,7 @@ impl StdSocket {
         Ok(match self {
             StdSocket::Tcp(s) => Socket::Tcp(TcpStream::from_std(s)?),
             StdSocket::Unix(s) => Socket::Unix(UnixStream::from_std(s)?),
+            StdSocket::Tls(s) => Socket::Tls(Box::new(s.into_tokio()?)),
         })
     }
 }
@@ -99,6 +107,7 @@ impl io::Read for StdSocket {
         match self {
             StdSocket::Tcp(s) => s.read(buf),
             StdSocket::Unix(s) => s.read(buf),
+            StdSocket::Tls(s) => s.read(buf),
         }
     }
 }
@@ -108,6 +117,7 @@ impl io::Write for StdSocket {
         match self {
             StdSocket::Tcp(s) => s.write(buf),
             StdSocket::Unix(s) => s.write(buf),
+            StdSocket::Tls(s) => s.write(buf),
         }
     }
 
@@ -115,6 +125,7 @@ impl io::Write for StdSocket {
         match self {
             StdSocket::Tcp(s) => s.flush(),
             StdSocket::Unix(s) => s.flush(),
+            StdSocket::Tls(s) => s.flush(),
         }
     }
 }
@@ -124,6 +135,7 @@ impl AsyncRead for Socket {
         match self.get_mut() {
             Socket::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Socket::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            Socket::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -133,6 +145,7 @@ impl AsyncWrite for Socket {
         match self.get_mut() {
             Socket::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Socket::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            Socket::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -140,6 +153,7 @@ impl AsyncWrite for Socket {
         match self.get_mut() {
             Socket::Tcp(s) => Pin::new(s).poll_flush(cx),
             Socket::Unix(s) => Pin::new(s).poll_flush(cx),
+            Socket::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
@@ -147,6 +161,7 @@ impl AsyncWrite for Socket {
         match self.get_mut() {
             Socket::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             Socket::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            Socket::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }
@@ -221,6 +236,8 @@ impl Framed {
             .write_all(&self.wbuf)
             .await
             .map_err(|e| io_error(e, "sending to the server"))?;
+        // A TLS session may hold back ciphertext the socket would not take at once.
+        self.socket.flush().await.map_err(|e| io_error(e, "sending to the server"))?;
         self.wbuf.clear();
         Ok(())
     }
@@ -263,8 +280,9 @@ impl Framed {
 }
 
 fn io_error(e: io::Error, what: &str) -> Error {
-    // The io::Error conversion decides Connection (reset, EOF, refused) versus Io.
-    Error::from(e).context(what)
+    // The io::Error conversion decides Connection (reset, EOF, refused) versus Io; a TLS
+    // alert (the server refused our client certificate, say) is explained.
+    crate::tls::io_failure(e, "as configured", what)
 }
 
 /// Cuts one message off the front of `buf`, or returns `None` when it is not complete yet.

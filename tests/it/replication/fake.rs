@@ -58,8 +58,14 @@ impl Fake {
     async fn accept_until_streaming(listener: &TcpListener, wal_sender_timeout: &str) -> Fake {
         let (socket, _) = timeout(WAIT, listener.accept()).await.expect("no client").expect("accept");
         let mut fake = Fake { socket };
-        let len = i32::from_be_bytes(fake.read_exact(4).await.try_into().expect("4 bytes")) as usize;
-        let startup = fake.read_exact(len - 4).await;
+        let mut len = i32::from_be_bytes(fake.read_exact(4).await.try_into().expect("4 bytes")) as usize;
+        let mut startup = fake.read_exact(len - 4).await;
+        if startup == 80877103i32.to_be_bytes() {
+            // sslmode=prefer asks for TLS first; this server, like one with ssl = off, declines.
+            fake.socket.write_all(b"N").await.expect("write");
+            len = i32::from_be_bytes(fake.read_exact(4).await.try_into().expect("4 bytes")) as usize;
+            startup = fake.read_exact(len - 4).await;
+        }
         assert!(startup.windows(9).any(|w| w == b"\0database"), "replication=database is sent");
         fake.send(b'R', &0i32.to_be_bytes()).await;
         fake.send(b'K', &[0, 0, 0, 42, 0, 0, 0, 7]).await;
