@@ -115,6 +115,9 @@ pub struct ReplicaTest {
     /// Disable the subscriptions feeding the table at the cut-over; `false` with
     /// `--test-on-replica-skip-replica-stop`: wait until someone else has disabled them.
     pub stop_replication: bool,
+    /// With `--execute`: swap and swap back. Without it, as gh-ost does, a dry run on the
+    /// replica that stops before any swap.
+    pub swap: bool,
 }
 
 /// What `pg-ghost cleanup` needs.
@@ -302,12 +305,9 @@ fn test_on_replica(args: &RunArgs) -> Result<Option<ReplicaTest>> {
     match (args.test_on_replica, args.test_on_replica_skip_replica_stop) {
         (false, true) => Err(Error::config("--test-on-replica-skip-replica-stop needs --test-on-replica")),
         (false, false) => Ok(None),
-        // --execute promises a swap that stays; the test always swaps back. Accepting both
-        // would leave a DBA unsure which of the two happened.
-        (true, _) if args.execute => Err(Error::config(
-            "--test-on-replica and --execute contradict each other: the test on a replica runs its own cut-over and swaps back; drop --execute",
-        )),
-        (true, skip) => Ok(Some(ReplicaTest { stop_replication: !skip })),
+        // As gh-ost reads the pair: --execute makes the rehearsal real (swap, then swap
+        // back); without it nothing is swapped.
+        (true, skip) => Ok(Some(ReplicaTest { stop_replication: !skip, swap: args.execute })),
     }
 }
 

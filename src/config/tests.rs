@@ -139,9 +139,13 @@ fn every_flag_reaches_its_field() {
 
 #[test]
 fn test_on_replica_stops_the_subscription_unless_told_not_to() {
-    assert_eq!(config(&["--test-on-replica"]).unwrap().test_on_replica, Some(ReplicaTest { stop_replication: true }));
-    let c = config(&["--test-on-replica", "--test-on-replica-skip-replica-stop"]).unwrap();
-    assert_eq!(c.test_on_replica, Some(ReplicaTest { stop_replication: false }));
+    let c = config(&["--test-on-replica", "--execute"]).unwrap();
+    assert_eq!(c.test_on_replica, Some(ReplicaTest { stop_replication: true, swap: true }));
+    let c = config(&["--test-on-replica", "--test-on-replica-skip-replica-stop", "--execute"]).unwrap();
+    assert_eq!(c.test_on_replica, Some(ReplicaTest { stop_replication: false, swap: true }));
+    // As in gh-ost, without --execute the test is a dry run: nothing is swapped.
+    let c = config(&["--test-on-replica"]).unwrap();
+    assert_eq!(c.test_on_replica, Some(ReplicaTest { stop_replication: true, swap: false }));
     assert!(!c.execute);
 }
 
@@ -196,7 +200,6 @@ fn invalid_values_are_config_errors_naming_the_flag() {
         (&["--hooks-status-interval", "1"], "--hooks-status-interval \"1\": a unit is required"),
         (&["--reconnect-timeout", "60"], "--reconnect-timeout \"60\": a unit is required"),
         (&["--test-on-replica-skip-replica-stop"], "needs --test-on-replica"),
-        (&["--test-on-replica", "--execute"], "--test-on-replica and --execute contradict each other"),
         (&["--resume", "--initially-drop-ghost-table"], "--resume and --initially-drop-ghost-table"),
         (&["--key", " "], "--key is empty"),
         (&["--conn", "host='unterminated"], "--conn: cannot read the connection string"),

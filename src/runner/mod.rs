@@ -443,10 +443,10 @@ impl Run {
             }
         }
 
-        if let Some(test) = self.cfg.test_on_replica.clone() {
+        if let Some(test) = self.cfg.test_on_replica.clone().filter(|t| t.swap) {
             return self.test_on_replica(&test, info, names, ghost, repl, bg).await;
         }
-        if !self.cfg.execute {
+        if !self.cfg.execute || self.cfg.test_on_replica.is_some() {
             tracing::info!("dry run: the ghost is complete and current; no cut-over without --execute");
             return Ok(Outcome::DryRunComplete);
         }

@@ -368,7 +368,7 @@ impl Run {
     /// Whether the ghost outlives the run: after a real or rehearsed cut-over it is the
     /// result, after a failure it is kept for inspection; only a dry run drops it.
     pub(super) fn keeps_ghost(&self) -> bool {
-        self.cfg.execute || self.cfg.test_on_replica.is_some()
+        self.cfg.execute
     }
 }
 
@@ -376,8 +376,8 @@ impl Run {
 mod tests {
     use super::*;
 
-    const STOP: ReplicaTest = ReplicaTest { stop_replication: true };
-    const SKIP: ReplicaTest = ReplicaTest { stop_replication: false };
+    const STOP: ReplicaTest = ReplicaTest { stop_replication: true, swap: true };
+    const SKIP: ReplicaTest = ReplicaTest { stop_replication: false, swap: true };
 
     fn table() -> QualifiedName {
         QualifiedName::new("public", "orders")
