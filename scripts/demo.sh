@@ -12,9 +12,9 @@ ALTER="ALTER COLUMN customer_id TYPE bigint, ADD COLUMN priority int NOT NULL DE
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
-for tool in psql pgbench; do
-  command -v "$tool" >/dev/null || { echo "demo: $tool is missing: apt-get install -y postgresql-15 postgresql-client-15" >&2; exit 1; }
-done
+step "Installing what is missing"
+scripts/install-deps.sh
+export PATH=/usr/lib/postgresql/15/bin:$PATH
 
 step "Building pg-ghost"
 cargo build --quiet
