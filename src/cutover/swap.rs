@@ -131,6 +131,18 @@ pub async fn swap(tx: &impl GenericClient, orig: &TableInfo, ghost: &Ghost, old_
             sql.push(format!("ALTER SEQUENCE {} OWNED BY {}.{}", seq.sql(), g.sql(), ident(ghost_col)));
         }
     }
+    // Serial columns the ALTER added: their sequences take the name a plain ALTER gives them.
+    let mut sequence_renames = Vec::new();
+    for (_, seq) in owned_sequences(tx, ghost.oid).await? {
+        if let Some(name) = final_name(&seq.name, &g.name, &o.name, &[]) {
+            sequence_renames.push((seq, name));
+        }
+    }
+    // The ghost's GENERATED ALWAYS columns were BY DEFAULT while it was fed (see
+    // `Ghost::identity_always`); they become what the ALTER made them.
+    for column in &ghost.identity_always {
+        sql.push(format!("ALTER TABLE {} ALTER COLUMN {} SET GENERATED ALWAYS", g.sql(), ident(column)));
+    }
     let orig_identity = identity_sequences(tx, orig.oid).await?;
     let ghost_identity = identity_sequences(tx, ghost.oid).await?;
     let mut identity_renames = Vec::new();
@@ -172,7 +184,7 @@ pub async fn swap(tx: &impl GenericClient, orig: &TableInfo, ghost: &Ghost, old_
             sql.push(format!("ALTER TABLE {} RENAME CONSTRAINT {} TO {}", g.sql(), ident(&constraint), ident(&new)));
         }
     }
-    for (seq, new) in identity_renames {
+    for (seq, new) in identity_renames.into_iter().chain(sequence_renames) {
         sql.push(format!("ALTER SEQUENCE {} RENAME TO {}", seq.sql(), ident(&new)));
     }
     sql.push(format!("ALTER TABLE {} RENAME TO {}", g.sql(), ident(&o.name)));

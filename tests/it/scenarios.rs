@@ -139,3 +139,39 @@ async fn composite_key_with_quoted_unicode_names() {
     })
     .await;
 }
+
+/// A `GENERATED ALWAYS` identity column that is not the key, and a serial column the ALTER
+/// adds: the changes made while the ghost is fed (updates write every column again) reach it,
+/// the identity is ALWAYS again after the swap, and the new sequence has the name a plain
+/// ALTER gives it (`t_s_seq`), so the whole schema is what a plain ALTER leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_columns_are_fed_and_new_sequences_take_their_plain_names() {
+    use crate::run_faults::{flag_path, wait_for_state, Running};
+    let db = Cluster::primary().fresh_db("sc_identity");
+    db.psql(
+        "CREATE TABLE t (id int PRIMARY KEY, seq bigint GENERATED ALWAYS AS IDENTITY, v text NOT NULL);
+         INSERT INTO t (id, v) SELECT g, 'v' || g FROM generate_series(1, 3000) g;",
+    );
+    let before = WholeSchema::take(&db).await;
+    let alter = "ALTER COLUMN v TYPE varchar(40), ADD COLUMN s serial";
+    let flag = flag_path(&db, "postpone");
+    std::fs::write(&flag, b"").unwrap();
+    let args = ["--table", "t", "--alter", alter, "--execute", "--ok-to-drop-table", "--postpone-cut-over-flag-file", flag.to_str().unwrap()];
+    let mut run = Running::spawn(&db, "run", &args);
+    let watcher = db.client().await;
+    wait_for_state(&watcher, &mut run, "t", "postponed", Duration::from_secs(60)).await;
+    db.psql(
+        "UPDATE t SET v = v || '!' WHERE id % 7 = 0;
+         DELETE FROM t WHERE id % 11 = 0;
+         INSERT INTO t (id, v) SELECT g, 'new' || g FROM generate_series(3001, 3100) g;",
+    );
+    let rows = "SELECT md5(string_agg(format('%s,%s,%s', id, seq, v), ';' ORDER BY id)) || ' ' || count(*) FROM t";
+    let expected = db.psql(rows);
+    std::fs::remove_file(&flag).unwrap();
+    binary::assert_success(&run.wait(Duration::from_secs(120)).await);
+
+    assert_eq!(db.psql(rows), expected);
+    assert_eq!(db.psql("SELECT count(DISTINCT s) FROM t WHERE s IS NOT NULL"), db.psql("SELECT count(*) FROM t"));
+    let twin = before.twin_after_plain_alter(&db, "public.t", alter).await;
+    assert_whole_schema_equal(&db, &twin, alter).await;
+}
