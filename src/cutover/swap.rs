@@ -9,7 +9,7 @@
 
 use crate::dependents::{self, Validation};
 use crate::error::{Context, Result};
-use crate::ghost::{temp_name, Ghost};
+use crate::ghost::{statistics, temp_name, Ghost};
 use crate::names::Names;
 use crate::schema::TableInfo;
 use crate::sql::{fit_ident, ident, QualifiedName};
@@ -165,6 +165,10 @@ pub async fn swap(tx: &impl GenericClient, orig: &TableInfo, ghost: &Ghost, old_
     for index in &orig_indexes {
         sql.push(format!("ALTER INDEX {} RENAME TO {}", o.sibling(index.clone()).sql(), ident(&old_object_name(index))));
     }
+    let orig_statistics = statistics::names(tx, orig.oid).await?;
+    for s in &orig_statistics {
+        sql.push(format!("ALTER STATISTICS {} RENAME TO {}", s.sql(), ident(&old_object_name(&s.name))));
+    }
     sql.push(format!("ALTER TABLE {} RENAME TO {}", o.sql(), ident(old_table)));
 
     // The ghost takes the original's names.
@@ -182,6 +186,12 @@ pub async fn swap(tx: &impl GenericClient, orig: &TableInfo, ghost: &Ghost, old_
     for constraint in names(tx, PLAIN_CONSTRAINTS, ghost.oid).await? {
         if let Some(new) = final_name(&constraint, &g.name, &o.name, &[]) {
             sql.push(format!("ALTER TABLE {} RENAME CONSTRAINT {} TO {}", g.sql(), ident(&constraint), ident(&new)));
+        }
+    }
+    let orig_statistics_names: Vec<String> = orig_statistics.iter().map(|s| s.name.clone()).collect();
+    for s in statistics::names(tx, ghost.oid).await? {
+        if let Some(new) = final_name(&s.name, &g.name, &o.name, &orig_statistics_names) {
+            sql.push(format!("ALTER STATISTICS {} RENAME TO {}", s.sql(), ident(&new)));
         }
     }
     for (seq, new) in identity_renames.into_iter().chain(sequence_renames) {

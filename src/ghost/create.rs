@@ -161,6 +161,7 @@ async fn build(tx: &Transaction<'_>, orig: &TableInfo, ghost: &QualifiedName, al
     }
     copy_foreign_keys(tx, orig.oid, ghost).await?;
     let ghost_oid = relation_oid(tx, ghost).await?;
+    super::statistics::copy_from_original(tx, orig.oid, ghost_oid).await?;
     let attnum_names: HashMap<i16, String> =
         crate::inspect::columns(tx, ghost_oid).await?.into_iter().map(|c| (c.attnum, c.name)).collect();
 

@@ -7,6 +7,7 @@
 
 mod create;
 mod mapping;
+pub mod statistics;
 
 pub use create::{create, rebuild_deferred, temp_name, trial, Deferred, Ghost};
 pub use mapping::Mapping;

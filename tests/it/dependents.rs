@@ -247,3 +247,25 @@ async fn many_dependents_move_in_one_short_swap() {
     let twin = before.twin_after_plain_alter(&db, "public.t", alter).await;
     assert_whole_schema_equal(&db, &twin, alter).await;
 }
+
+/// Extended statistics keep their names, schema, target and comment, as under a plain ALTER.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extended_statistics_keep_their_names() {
+    let db = Cluster::primary().fresh_db("dep_stats");
+    db.psql(
+        "CREATE SCHEMA stats;
+         CREATE TABLE public.t (id int PRIMARY KEY, a int NOT NULL, b int NOT NULL, c text);
+         INSERT INTO public.t SELECT g, g % 10, g % 20, md5(g::text) FROM generate_series(1, 2000) g;
+         CREATE STATISTICS public.st_ab (dependencies, ndistinct) ON a, b FROM public.t;
+         ALTER STATISTICS public.st_ab SET STATISTICS 500;
+         COMMENT ON STATISTICS public.st_ab IS 'a and b go together';
+         CREATE STATISTICS stats.\"Odd stat\" ON a, (b + 1) FROM public.t;
+         CREATE STATISTICS public.st_bc ON b, c FROM public.t;",
+    );
+    let before = WholeSchema::take(&db).await;
+    let alter = "ALTER COLUMN a TYPE bigint, ADD COLUMN d int";
+    let out = binary::run(&db, &["--table", "t", "--alter", alter, "--execute", "--ok-to-drop-table"]).await;
+    binary::assert_success(&out);
+    let twin = before.twin_after_plain_alter(&db, "public.t", alter).await;
+    assert_whole_schema_equal(&db, &twin, alter).await;
+}

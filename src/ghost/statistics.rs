@@ -1,0 +1,73 @@
+//! Extended statistics (`CREATE STATISTICS`) on the ghost: `LIKE ... INCLUDING STATISTICS`
+//! copies them under generated names in the ghost's schema, without their target or owner.
+//! Each is paired with the original's it came from and given what that one has, under the
+//! temporary name the swap turns back into the original's (as for indexes).
+
+use super::create::temp_name;
+use crate::error::{Context, Result};
+use crate::sql::{ident, QualifiedName};
+use tokio_postgres::GenericClient;
+
+struct Statistics {
+    name: QualifiedName,
+    /// What it is on: `pg_get_statisticsobjdef_columns` and the kinds.
+    definition: (String, String),
+    target: i32,
+    owner: String,
+}
+
+async fn read(tx: &impl GenericClient, table_oid: u32) -> Result<Vec<Statistics>> {
+    let rows = tx
+        .query(
+            "SELECT n.nspname::text, s.stxname::text, pg_get_statisticsobjdef_columns(s.oid), s.stxkind::text,
+                    s.stxstattarget, pg_get_userbyid(s.stxowner)::text
+               FROM pg_statistic_ext s JOIN pg_namespace n ON n.oid = s.stxnamespace
+              WHERE s.stxrelid = $1 ORDER BY s.oid",
+            &[&table_oid],
+        )
+        .await
+        .context("reading extended statistics")?;
+    rows.iter()
+        .map(|r| {
+            Ok(Statistics {
+                name: QualifiedName::new(r.try_get::<_, String>(0)?, r.try_get::<_, String>(1)?),
+                definition: (r.try_get(2)?, r.try_get(3)?),
+                target: r.try_get(4)?,
+                owner: r.try_get(5)?,
+            })
+        })
+        .collect()
+}
+
+/// Gives the ghost's statistics the original's schema, target and owner, under temporary
+/// names. Runs before the ALTER, while both tables still have the same columns.
+pub async fn copy_from_original(tx: &impl GenericClient, orig_oid: u32, ghost_oid: u32) -> Result<()> {
+    let orig = read(tx, orig_oid).await?;
+    let mut ghost = read(tx, ghost_oid).await?;
+    for o in &orig {
+        let Some(at) = ghost.iter().position(|g| g.definition == o.definition) else { continue };
+        let g = ghost.remove(at);
+        let temp = temp_name(&o.name.name);
+        let mut sql = vec![format!("ALTER STATISTICS {} RENAME TO {}", g.name.sql(), ident(&temp))];
+        let mut current = g.name.sibling(temp);
+        if g.name.schema != o.name.schema {
+            sql.push(format!("ALTER STATISTICS {} SET SCHEMA {}", current.sql(), ident(&o.name.schema)));
+            current = o.name.sibling(current.name.clone());
+        }
+        if o.target >= 0 {
+            sql.push(format!("ALTER STATISTICS {} SET STATISTICS {}", current.sql(), o.target));
+        }
+        if g.owner != o.owner {
+            sql.push(format!("ALTER STATISTICS {} OWNER TO {}", current.sql(), ident(&o.owner)));
+        }
+        for s in sql {
+            tx.batch_execute(&s).await.with_context(|| format!("giving the ghost the statistics {} ({s})", o.name))?;
+        }
+    }
+    Ok(())
+}
+
+/// The statistics of a table, schema-qualified, for the swap's renames.
+pub async fn names(tx: &impl GenericClient, table_oid: u32) -> Result<Vec<QualifiedName>> {
+    Ok(read(tx, table_oid).await?.into_iter().map(|s| s.name).collect())
+}
