@@ -199,7 +199,7 @@ fn invalid_values_are_config_errors_naming_the_flag() {
         (&["--test-on-replica", "--execute"], "--test-on-replica and --execute contradict each other"),
         (&["--resume", "--initially-drop-ghost-table"], "--resume and --initially-drop-ghost-table"),
         (&["--key", " "], "--key is empty"),
-        (&["--conn", "host='unterminated"], "--conn: cannot read the connection string"),
+        (&["--conn", "host='unterminated"], "--conn: unterminated quoted string in the connection string"),
     ];
     for (flags, want) in cases {
         let e = config(flags).unwrap_err();
