@@ -50,8 +50,9 @@ pub enum LogFormat {
 #[derive(Clone, Debug, Args)]
 pub struct Target {
     /// Connection: a libpq `key=value` string (`host=db1 user=dba dbname=app`) or a
-    /// `postgres://` URL. PGHOST, PGPORT, PGUSER, PGPASSWORD and PGDATABASE fill in what
-    /// it leaves out, as with psql.
+    /// `postgresql://` URI. As with psql, a service (`service=`, PGSERVICE), libpq's
+    /// variables (PGHOST, PGUSER, ...) and the password file (~/.pgpass, PGPASSFILE) fill in
+    /// what it leaves out; libpq keys pg-ghost does not act on are refused.
     #[arg(long, value_name = "CONNINFO", default_value = "")]
     pub conn: String,
 

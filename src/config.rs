@@ -340,8 +340,7 @@ fn non_zero(bytes: u64) -> Option<u64> {
 }
 
 impl fmt::Debug for Config {
-    /// Shows where pg-ghost connects but never the password (`ConnInfo`'s derived `Debug`
-    /// would print it).
+    /// Shows where pg-ghost connects, briefly, and never the password.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
             .field("conn", &Redacted(&self.conn))

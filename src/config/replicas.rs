@@ -37,9 +37,10 @@ pub fn format_replicas(endpoints: &[Endpoint]) -> String {
     endpoints.iter().map(one).collect::<Vec<_>>().join(",")
 }
 
-/// The connection settings for a replica: the primary's, at another address.
+/// The connection settings for a replica: the primary's, at another address (with the
+/// password file's password for that address when no password was given).
 pub fn replica_conn(primary: &ConnInfo, endpoint: &Endpoint) -> ConnInfo {
-    ConnInfo { endpoint: endpoint.clone(), ..primary.clone() }
+    primary.at(endpoint)
 }
 
 fn parse_endpoint(flag: &str, entry: &str) -> Result<Endpoint> {

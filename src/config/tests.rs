@@ -202,7 +202,7 @@ fn invalid_values_are_config_errors_naming_the_flag() {
         (&["--test-on-replica-skip-replica-stop"], "needs --test-on-replica"),
         (&["--resume", "--initially-drop-ghost-table"], "--resume and --initially-drop-ghost-table"),
         (&["--key", " "], "--key is empty"),
-        (&["--conn", "host='unterminated"], "--conn: cannot read the connection string"),
+        (&["--conn", "host='unterminated"], "--conn: unterminated quoted string in the connection string"),
     ];
     for (flags, want) in cases {
         let e = config(flags).unwrap_err();

@@ -1,17 +1,33 @@
-//! Connection settings: a libpq `key=value` string or a `postgres://` URL, completed from the
-//! standard libpq environment (`PGHOST`, `PGPORT`, `PGUSER`, `PGPASSWORD`, `PGDATABASE`).
+//! Connection settings, read as libpq reads them: a `key=value` string or a
+//! `postgresql://` URI (`conninfo`), completed from a connection service (`service`), then
+//! from libpq's environment variables (`PGHOST`, `PGUSER`, `PGSSLMODE`, ...), then from
+//! libpq's defaults; a password missing after all that comes from the password file
+//! (`pgpass`). Several hosts are resolved to one when the run starts (`hosts`).
 //!
 //! The same settings open ordinary SQL sessions (tokio-postgres) and walsender connections
 //! (our own transport), so both see the same server, role and database.
+//!
+//! Invariants: every libpq keyword given is either honored or refused with its name
+//! (`keywords`), never dropped; the password never appears in `Debug`, a log line or an
+//! error: a connection is described as `host:port/db as user`.
 
+mod conninfo;
+mod hosts;
+mod keywords;
+mod pgpass;
+mod service;
 mod ssl;
 
+pub use hosts::TargetSession;
+pub use pgpass::DEFAULT_SOCKET_DIR;
+pub use service::DEFAULT_SYSCONFDIR;
 pub use ssl::{ChannelBindingMode, RootCert, SslMode, SslSettings};
 
-use crate::error::{Context, Error, ErrorKind, Result};
+use crate::error::{Error, ErrorKind, Result};
+use std::collections::HashMap;
+use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
-use tokio_postgres::config::Host;
 use tokio_postgres::Client;
 
 /// Where the server listens.
@@ -31,17 +47,40 @@ impl Endpoint {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ConnInfo {
+    /// The server every session of the run goes to: the first of `hosts` until
+    /// [`ConnInfo::resolve`] has chosen one.
     pub endpoint: Endpoint,
+    /// `host=a,b`: the servers to choose from, in order.
+    pub hosts: Vec<Endpoint>,
     pub user: String,
+    /// The password for `endpoint`: given, or from the password file.
     pub password: Option<Vec<u8>>,
     pub dbname: String,
+    /// What the session is called in `pg_stat_activity`: pg-ghost's name for it (always
+    /// starting with `pg-ghost`, which is how pg-ghost recognizes its own sessions), then
+    /// the DBA's `application_name` in parentheses.
     pub application_name: String,
+    /// `application_name` (or `PGAPPNAME`, or `fallback_application_name`) as given.
+    pub user_application_name: Option<String>,
     pub ssl: SslSettings,
+    /// `connect_timeout`: how long one attempt to open a session may take; `None`: no limit.
+    pub connect_timeout: Option<Duration>,
+    pub target_session: TargetSession,
+    /// The password file consulted for each host when no password was given.
+    pub passfile: Option<PathBuf>,
+    /// `password` came from `passfile` (said when the server refuses it).
+    pub password_from_file: bool,
     /// How long a lost connection is tried again before the run gives up (`--reconnect-timeout`);
     /// zero: a lost connection stops the run at once. See `crate::reconnect`.
     pub reconnect_timeout: Duration,
+}
+
+/// A setting and where it came from, for messages.
+struct Setting {
+    value: String,
+    from: String,
 }
 
 impl ConnInfo {
@@ -50,53 +89,126 @@ impl ConnInfo {
         Self::parse_with_env(conn, |k| std::env::var(k).ok())
     }
 
+    /// Precedence as libpq's: `conn`, then the service it names (or `PGSERVICE`), then
+    /// the environment `env`, then the defaults.
     pub fn parse_with_env(conn: &str, env: impl Fn(&str) -> Option<String>) -> Result<ConnInfo> {
-        let cfg: tokio_postgres::Config = if conn.trim().is_empty() {
-            tokio_postgres::Config::new()
-        } else {
-            conn.parse().map_err(|e| {
-                Error::with_source(ErrorKind::Config, format!("cannot read the connection string: {e}"), e)
-            })?
-        };
-        let port = match cfg.get_ports().first() {
-            Some(p) => *p,
-            None => match env("PGPORT") {
-                Some(p) => p
-                    .parse()
-                    .map_err(|_| Error::config(format!("PGPORT={p:?} is not a port number")))?,
-                None => 5432,
-            },
-        };
-        let endpoint = match cfg.get_hosts().first() {
-            Some(Host::Tcp(h)) => endpoint_for(h, port),
-            Some(Host::Unix(p)) => Endpoint::Unix { dir: p.clone(), port },
-            None => match env("PGHOST") {
-                Some(h) if !h.is_empty() => endpoint_for(&h, port),
-                _ if std::path::Path::new("/var/run/postgresql").is_dir() => {
-                    Endpoint::Unix { dir: "/var/run/postgresql".into(), port }
+        let mut set: HashMap<&'static str, Setting> = HashMap::new();
+        for (key, value) in conninfo::parse(conn)? {
+            let kw = keywords::known(&key)?;
+            set.insert(kw.name, Setting { value, from: "the connection string".into() });
+        }
+        let service = set.get("service").map(|s| s.value.clone()).or_else(|| env("PGSERVICE")).filter(|s| !s.is_empty());
+        if let Some(name) = service {
+            let servicefile = set.get("servicefile").map(|s| s.value.clone());
+            let (pairs, file) = service::lookup(&name, servicefile.as_deref(), &env)?;
+            for (key, value) in pairs {
+                let kw = keywords::known(&key)?;
+                set.entry(kw.name).or_insert_with(|| Setting { value, from: format!("service \"{name}\" in {}", file.display()) });
+            }
+        }
+        for kw in keywords::KEYWORDS {
+            if let (Some(var), false) = (kw.env, set.contains_key(kw.name)) {
+                if let Some(value) = env(var) {
+                    set.insert(kw.name, Setting { value, from: var.to_string() });
                 }
-                _ => Endpoint::Tcp { host: "localhost".into(), port },
-            },
-        };
-        let user = match cfg.get_user() {
+            }
+        }
+        for (var, setting) in keywords::SESSION_VARIABLES {
+            if env(var).is_some_and(|v| !v.is_empty()) {
+                return Err(Error::config(format!(
+                    "{var} is set: pg-ghost does not pass {setting} to its sessions; unset it (set it per role with ALTER ROLE ... SET if needed)"
+                )));
+            }
+        }
+        for (name, setting) in &set {
+            keywords::check(keywords::known(name)?, &setting.value, &setting.from)?;
+        }
+        Self::from_settings(&set, &env)
+    }
+
+    fn from_settings(set: &HashMap<&'static str, Setting>, env: &dyn Fn(&str) -> Option<String>) -> Result<ConnInfo> {
+        let get = |k: &str| set.get(k).map(|s| s.value.as_str()).filter(|v| !v.is_empty());
+        let from = |k: &str| set.get(k).map_or(String::new(), |s| format!(" ({})", s.from));
+        let hosts = hosts::endpoints(get("host").unwrap_or(""), get("port").unwrap_or(""), &default_host)
+            .map_err(|e| e.context(format!("host/port{}", from("port"))))?;
+        let user = match get("user") {
             Some(u) => u.to_string(),
-            None => env("PGUSER")
-                .or_else(|| env("USER"))
-                .ok_or_else(|| Error::config("no user given: set user= in --conn or PGUSER"))?,
+            None => env("USER").filter(|u| !u.is_empty()).ok_or_else(|| Error::config("no user given: set user= in --conn or PGUSER"))?,
         };
-        let password = cfg.get_password().map(|p| p.to_vec()).or_else(|| env("PGPASSWORD").map(String::into_bytes));
-        let dbname = cfg.get_dbname().map(str::to_string).or_else(|| env("PGDATABASE")).unwrap_or_else(|| user.clone());
-        let application_name = cfg.get_application_name().unwrap_or("pg-ghost").to_string();
-        Ok(ConnInfo { endpoint, user, password, dbname, application_name, ssl: SslSettings::default(), reconnect_timeout: crate::reconnect::DEFAULT_TIMEOUT })
+        let dbname = get("dbname").unwrap_or(&user).to_string();
+        let user_application_name = get("application_name").or_else(|| get("fallback_application_name")).map(str::to_string);
+        let password = set.get("password").map(|s| s.value.as_bytes().to_vec()).filter(|p| !p.is_empty());
+        let passfile = match (&password, get("passfile")) {
+            (Some(_), _) => None,
+            (None, Some(f)) => Some(PathBuf::from(f)),
+            (None, None) => env("HOME").filter(|h| !h.is_empty()).map(|h| PathBuf::from(h).join(".pgpass")),
+        };
+        let parsed = |k: &str, e: Error| e.context(format!("{k}{}", from(k)));
+        let ssl = SslSettings {
+            mode: get("sslmode").map(str::parse).transpose().map_err(|e| parsed("sslmode", e))?.unwrap_or_default(),
+            root_cert: get("sslrootcert").map(RootCert::parse),
+            cert: get("sslcert").map(PathBuf::from),
+            key: get("sslkey").map(PathBuf::from),
+            crl: get("sslcrl").map(PathBuf::from),
+            channel_binding: get("channel_binding")
+                .map(str::parse)
+                .transpose()
+                .map_err(|e| parsed("channel_binding", e))?
+                .unwrap_or_default(),
+        };
+        let connect_timeout = get("connect_timeout").map(connect_timeout).transpose().map_err(|e| parsed("connect_timeout", e))?.flatten();
+        let target_session =
+            get("target_session_attrs").map(str::parse).transpose().map_err(|e| parsed("target_session_attrs", e))?.unwrap_or_default();
+        let endpoint = hosts[0].clone();
+        let info = ConnInfo {
+            endpoint: endpoint.clone(),
+            hosts,
+            user,
+            password,
+            dbname,
+            application_name: String::new(),
+            user_application_name,
+            ssl,
+            connect_timeout,
+            target_session,
+            passfile,
+            password_from_file: false,
+            reconnect_timeout: crate::reconnect::DEFAULT_TIMEOUT,
+        };
+        Ok(info.at(&endpoint).with_application_name("pg-ghost"))
+    }
+
+    /// The same settings at `endpoint`, with the password file's password for it when no
+    /// password was given (libpq looks it up per host).
+    pub fn at(&self, endpoint: &Endpoint) -> ConnInfo {
+        let mut info = ConnInfo { endpoint: endpoint.clone(), ..self.clone() };
+        if let Some(file) = &self.passfile {
+            let lookup = pgpass::Lookup { endpoint, dbname: &self.dbname, user: &self.user };
+            info.password = pgpass::password(file, lookup);
+            info.password_from_file = info.password.is_some();
+        }
+        info
     }
 
     /// The same server and role, another database.
     pub fn with_dbname(&self, dbname: &str) -> ConnInfo {
-        ConnInfo { dbname: dbname.to_string(), ..self.clone() }
+        let info = ConnInfo { dbname: dbname.to_string(), ..self.clone() };
+        info.at(&self.endpoint)
     }
 
+    /// The session called `name` (which starts with `pg-ghost`), the DBA's
+    /// `application_name` after it.
     pub fn with_application_name(&self, name: &str) -> ConnInfo {
-        ConnInfo { application_name: name.to_string(), ..self.clone() }
+        let application_name = match &self.user_application_name {
+            Some(user) => format!("{name} ({user})"),
+            None => name.to_string(),
+        };
+        ConnInfo { application_name, ..self.clone() }
+    }
+
+    /// `host:port/db as user`: how a connection is named in messages.
+    pub fn describe(&self) -> String {
+        format!("{}/{} as {}", self.endpoint.describe(), self.dbname, self.user)
     }
 
     pub fn to_config(&self) -> tokio_postgres::Config {
@@ -112,23 +224,61 @@ impl ConnInfo {
         if let Some(p) = &self.password {
             cfg.password(p);
         }
+        if let Some(t) = self.connect_timeout {
+            cfg.connect_timeout(t);
+        }
         cfg
     }
 
     /// Opens an ordinary SQL session; its connection task runs on the current runtime.
     pub async fn connect(&self) -> Result<Client> {
-        crate::tls::connect_sql(&self.to_config(), self)
-            .await
-            .with_context(|| format!("connecting to {} as {}", self.endpoint.describe(), self.user))
+        crate::tls::connect_sql(&self.to_config(), self).await.map_err(|e| {
+            // libpq's hint: a refused password may be a stale line of the password file.
+            let hint = match (&self.passfile, self.password_from_file, e.kind()) {
+                (Some(file), true, ErrorKind::Auth) => format!(" (password retrieved from file \"{}\")", file.display()),
+                _ => String::new(),
+            };
+            e.context(format!("connecting to {}{hint}", self.describe()))
+        })
     }
 }
 
-fn endpoint_for(host: &str, port: u16) -> Endpoint {
-    if host.starts_with('/') {
-        Endpoint::Unix { dir: host.into(), port }
-    } else {
-        Endpoint::Tcp { host: host.to_string(), port }
+impl fmt::Debug for ConnInfo {
+    /// Everything but the password.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnInfo")
+            .field("endpoint", &self.endpoint)
+            .field("hosts", &self.hosts)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("dbname", &self.dbname)
+            .field("application_name", &self.application_name)
+            .field("ssl", &self.ssl)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("target_session", &self.target_session)
+            .field("passfile", &self.passfile)
+            .field("reconnect_timeout", &self.reconnect_timeout)
+            .finish()
     }
+}
+
+/// No host given: libpq's default socket directory if it exists, else TCP to localhost.
+fn default_host(port: u16) -> Endpoint {
+    if std::path::Path::new(DEFAULT_SOCKET_DIR).is_dir() {
+        Endpoint::Unix { dir: DEFAULT_SOCKET_DIR.into(), port }
+    } else {
+        Endpoint::Tcp { host: "localhost".into(), port }
+    }
+}
+
+/// libpq's rule: whole seconds; 0 or less is no limit; under 2 is 2.
+fn connect_timeout(text: &str) -> Result<Option<Duration>> {
+    let secs: i64 = text.trim().parse().map_err(|_| Error::config(format!("invalid integer value {text:?}")))?;
+    Ok(match secs {
+        s if s <= 0 => None,
+        1 => Some(Duration::from_secs(2)),
+        s => Some(Duration::from_secs(s as u64)),
+    })
 }
 
 #[cfg(test)]
@@ -169,5 +319,127 @@ mod tests {
         assert_eq!(e.kind(), ErrorKind::Config);
         let e = ConnInfo::parse_with_env("", env(&[("PGPORT", "abc"), ("USER", "x")])).unwrap_err();
         assert!(e.to_string().contains("PGPORT"));
+    }
+
+    #[test]
+    fn precedence_string_then_service_then_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("services");
+        std::fs::write(&file, "[app]\nhost=from-service\nport=6001\nuser=svc\ndbname=svcdb\n").unwrap();
+        let file = file.display().to_string();
+        let e = [("PGSERVICEFILE", file.as_str()), ("PGSYSCONFDIR", "/nonexistent"), ("PGPORT", "7000"), ("PGUSER", "envuser"), ("PGHOST", "from-env"), ("PGCONNECT_TIMEOUT", "9")];
+        let c = ConnInfo::parse_with_env("service=app user=given", env(&e)).unwrap();
+        assert_eq!(c.endpoint, Endpoint::Tcp { host: "from-service".into(), port: 6001 });
+        assert_eq!((c.user.as_str(), c.dbname.as_str()), ("given", "svcdb"));
+        assert_eq!(c.connect_timeout, Some(Duration::from_secs(9)));
+        let mut with_env_service = e.to_vec();
+        with_env_service.push(("PGSERVICE", "app"));
+        let c = ConnInfo::parse_with_env("port=5000", env(&with_env_service)).unwrap();
+        assert_eq!(c.endpoint, Endpoint::Tcp { host: "from-service".into(), port: 5000 });
+        assert_eq!(c.user, "svc");
+        let err = ConnInfo::parse_with_env("service=nope", env(&e)).unwrap_err().to_string();
+        assert!(err.contains("definition of service \"nope\" not found") && err.contains(&file), "{err}");
+    }
+
+    #[test]
+    fn password_file_only_without_a_password() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pgpass");
+        std::fs::write(&file, "db1:5432:app:dba:from-file\ndb2:5432:app:dba:second-host\n").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let f = file.display().to_string();
+        let c = ConnInfo::parse_with_env("host=db1,db2 user=dba dbname=app", env(&[("PGPASSFILE", &f)])).unwrap();
+        assert_eq!(c.password.as_deref(), Some(&b"from-file"[..]));
+        assert!(c.password_from_file);
+        let second = c.at(&c.hosts[1]);
+        assert_eq!(second.password.as_deref(), Some(&b"second-host"[..]), "looked up per host");
+        let c = ConnInfo::parse_with_env("host=db1 user=dba dbname=app password=given", env(&[("PGPASSFILE", &f)])).unwrap();
+        assert_eq!(c.password.as_deref(), Some(&b"given"[..]));
+        let c = ConnInfo::parse_with_env("host=db1 user=dba dbname=app", env(&[("PGPASSFILE", &f), ("PGPASSWORD", "env")])).unwrap();
+        assert_eq!(c.password.as_deref(), Some(&b"env"[..]));
+        let c = ConnInfo::parse_with_env(&format!("host=db1 user=dba dbname=app passfile={f}"), env(&[("HOME", "/nonexistent")])).unwrap();
+        assert_eq!(c.password.as_deref(), Some(&b"from-file"[..]));
+        let c = ConnInfo::parse_with_env("host=db1 user=dba dbname=app", env(&[("HOME", dir.path().to_str().unwrap())])).unwrap();
+        assert_eq!(c.password, None, "no ~/.pgpass there");
+    }
+
+    #[test]
+    fn unsupported_and_unknown_keys_are_refused_by_name() {
+        let e = |conn: &str, vars: &[(&str, &str)]| ConnInfo::parse_with_env(conn, env(vars)).unwrap_err();
+        let err = e("host=h user=u gssencmode=require", &[]);
+        assert_eq!(err.kind(), ErrorKind::Config);
+        assert!(err.to_string().contains("gssencmode=require (the connection string) is not supported"), "{err}");
+        assert!(e("host=h user=u", &[("PGGSSENCMODE", "require")]).to_string().contains("(PGGSSENCMODE)"));
+        assert!(e("host=h user=u options='-c x=1'", &[]).to_string().contains("options"));
+        assert!(e("host=h user=u target_session_attrs=standby", &[]).to_string().contains("must run on the primary"));
+        assert!(e("host=h user=u load_balance_hosts=random", &[]).to_string().contains("load_balance_hosts=random"));
+        assert!(e("host=h user=u hostaddr=10.0.0.1", &[]).to_string().contains("hostaddr"));
+        assert!(e("host=h user=u tty=x", &[]).to_string().contains("invalid connection option \"tty\""));
+        assert!(e("host=h user=u", &[("PGTZ", "UTC")]).to_string().contains("PGTZ"));
+        let err = e("host=h user=u sslpassword=hunter2", &[]).to_string();
+        assert!(err.contains("sslpassword") && !err.contains("hunter2"), "{err}");
+        // What pg-ghost does anyway is accepted.
+        let ok = "host=h user=u gssencmode=disable sslsni=1 keepalives=1 client_encoding=utf8 target_session_attrs=primary";
+        assert_eq!(ConnInfo::parse_with_env(ok, env(&[])).unwrap().target_session, TargetSession::Primary);
+    }
+
+    #[test]
+    fn tls_settings_from_string_and_environment() {
+        let e = [("PGSSLROOTCERT", "/env/ca.pem"), ("PGSSLCERT", "/env/c.pem"), ("PGSSLKEY", "/env/k.pem"), ("PGSSLCRL", "/env/crl.pem"), ("PGCHANNELBINDING", "require")];
+        let c = ConnInfo::parse_with_env("host=h user=u sslmode=verify-full sslrootcert=system", env(&e)).unwrap();
+        assert_eq!(c.ssl.mode, SslMode::VerifyFull);
+        assert_eq!(c.ssl.root_cert, Some(RootCert::System));
+        assert_eq!(c.ssl.cert, Some("/env/c.pem".into()));
+        assert_eq!(c.ssl.key, Some("/env/k.pem".into()));
+        assert_eq!(c.ssl.crl, Some("/env/crl.pem".into()));
+        assert_eq!(c.ssl.channel_binding, ChannelBindingMode::Require);
+        let c = ConnInfo::parse_with_env("postgresql://u@h/d?sslmode=require", env(&[("PGSSLMODE", "disable")])).unwrap();
+        assert_eq!(c.ssl.mode, SslMode::Require);
+        assert_eq!(ConnInfo::parse_with_env("host=h user=u", env(&[("PGSSLMODE", "disable")])).unwrap().ssl.mode, SslMode::Disable);
+        let err = ConnInfo::parse_with_env("host=h user=u", env(&[("PGSSLMODE", "bogus")])).unwrap_err().to_string();
+        assert!(err.contains("sslmode (PGSSLMODE)") && err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn connect_timeout_as_libpq_reads_it() {
+        let t = |v: &str| ConnInfo::parse_with_env(&format!("host=h user=u connect_timeout={v}"), env(&[])).map(|c| c.connect_timeout);
+        assert_eq!(t("10").unwrap(), Some(Duration::from_secs(10)));
+        assert_eq!(t("1").unwrap(), Some(Duration::from_secs(2)));
+        assert_eq!(t("0").unwrap(), None);
+        assert_eq!(t("-3").unwrap(), None);
+        assert!(t("ten").unwrap_err().to_string().contains("connect_timeout"));
+        assert_eq!(ConnInfo::parse_with_env("host=h user=u", env(&[])).unwrap().connect_timeout, None);
+    }
+
+    #[test]
+    fn several_hosts_start_at_the_first() {
+        let c = ConnInfo::parse_with_env("postgresql://u@a:1,b:2/db?target_session_attrs=read-write", env(&[])).unwrap();
+        assert_eq!(c.hosts, vec![Endpoint::Tcp { host: "a".into(), port: 1 }, Endpoint::Tcp { host: "b".into(), port: 2 }]);
+        assert_eq!(c.endpoint, c.hosts[0]);
+        assert_eq!(c.target_session, TargetSession::ReadWrite);
+    }
+
+    #[test]
+    fn the_dbas_application_name_follows_pg_ghosts() {
+        let c = ConnInfo::parse_with_env("host=h user=u", env(&[])).unwrap();
+        assert_eq!(c.application_name, "pg-ghost");
+        assert_eq!(c.with_application_name("pg-ghost copy").application_name, "pg-ghost copy");
+        let c = ConnInfo::parse_with_env("host=h user=u", env(&[("PGAPPNAME", "nightly")])).unwrap();
+        assert_eq!(c.application_name, "pg-ghost (nightly)");
+        assert_eq!(c.with_application_name("pg-ghost cut-over").application_name, "pg-ghost cut-over (nightly)");
+        let c = ConnInfo::parse_with_env("host=h user=u fallback_application_name=fb", env(&[])).unwrap();
+        assert_eq!(c.application_name, "pg-ghost (fb)");
+        let c = ConnInfo::parse_with_env("host=h user=u application_name=mine fallback_application_name=fb", env(&[])).unwrap();
+        assert_eq!(c.with_application_name("pg-ghost apply").to_config().get_application_name(), Some("pg-ghost apply (mine)"));
+    }
+
+    #[test]
+    fn debug_and_descriptions_never_show_the_password() {
+        let c = ConnInfo::parse_with_env("postgresql://dba:Sup3rSecret@db1:5433/app", env(&[])).unwrap();
+        let shown = format!("{c:?} {} {}", c.describe(), c.endpoint.describe());
+        assert!(!shown.contains("Sup3rSecret"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
+        assert_eq!(c.describe(), "db1:5433/app as dba");
     }
 }

@@ -101,6 +101,8 @@ impl ScriptHooks {
         for var in ENV_NAMES {
             command.env_remove(var);
         }
+        // A hook is told about the run, never given its password.
+        command.env_remove("PGPASSWORD");
         command
             .envs(vars.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())

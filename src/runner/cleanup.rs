@@ -10,7 +10,8 @@ use crate::replication::slot;
 use tokio_postgres::Client;
 
 pub async fn cleanup(cfg: CleanupConfig) -> Result<()> {
-    let client = cfg.conn.with_application_name("pg-ghost cleanup").connect().await?;
+    let conn = cfg.conn.resolve().await?;
+    let client = conn.with_application_name("pg-ghost cleanup").connect().await?;
     let table = inspect::resolve_table(&client, &cfg.table).await?;
     let oid: u32 = client
         .query_one("SELECT $1::text::regclass::oid", &[&table.sql()])

@@ -96,6 +96,8 @@ struct Run {
 }
 
 pub async fn run(cfg: Config) -> Result<Outcome> {
+    // Every session of the run goes to the one server chosen here (`host=a,b`).
+    let cfg = Config { conn: cfg.conn.resolve().await?, ..cfg };
     let controls = Controls::new(&cfg)?;
     let (phase_tx, phase_rx) = watch::channel(Phase::Inspect);
     let (abort_tx, abort_rx) = watch::channel(None);
