@@ -165,7 +165,9 @@ impl ReplicationConnection {
 
     /// One connection attempt; `try_tls` sends an SSLRequest first.
     async fn connect_once(info: &ConnInfo, plan: &TlsPlan, try_tls: bool) -> Result<(Framed, auth::Session)> {
-        let timeout = CONNECT_TIMEOUT;
+        // libpq waits for ever without connect_timeout; a walsender that does not answer in
+        // CONNECT_TIMEOUT is taken for gone.
+        let timeout = info.connect_timeout.unwrap_or(CONNECT_TIMEOUT);
         let attempt = async {
             // Any failure to reach the server (a Unix socket missing while it restarts
             // included) is a connection failure, worth trying again.

@@ -7,8 +7,13 @@ use std::process::Output;
 use tokio::process::Command;
 
 pub fn command(db: &TestDb<'_>, subcommand: &str, args: &[&str]) -> Command {
+    command_with_conn(&db.conninfo(), subcommand, args)
+}
+
+/// As [`command`], with a connection string of the test's own.
+pub fn command_with_conn(conn: &str, subcommand: &str, args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_pg-ghost"));
-    cmd.arg(subcommand).arg("--conn").arg(db.conninfo()).args(args);
+    cmd.arg(subcommand).arg("--conn").arg(conn).args(args);
     cmd.env_remove("PGHOST").env_remove("PGPORT").env_remove("PGUSER").env_remove("PGPASSWORD").env_remove("PGDATABASE");
     cmd.kill_on_drop(true);
     cmd

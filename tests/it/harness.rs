@@ -61,6 +61,9 @@ fn free_port() -> u16 {
 pub struct Cluster {
     pub dir: PathBuf,
     pub port: u16,
+    /// The test's own sessions (`client()`) go through the Unix socket: for clusters whose
+    /// pg_hba.conf accepts TCP only with TLS.
+    pub socket_clients: bool,
     /// Extra clusters are destroyed on drop; the shared primary lives as long as the process.
     owned: bool,
 }
@@ -83,7 +86,7 @@ impl Cluster {
         let port = free_port();
         pg_local(&["start", dir.to_str().unwrap(), &port.to_string()]);
         pg_local(&["watch", dir.to_str().unwrap(), &std::process::id().to_string()]);
-        Cluster { dir, port, owned: true }
+        Cluster { dir, port, socket_clients: false, owned: true }
     }
 
     /// A physical standby of this cluster (`pg_basebackup -R`), destroyed when dropped.
@@ -93,7 +96,7 @@ impl Cluster {
         let port = free_port();
         pg_local(&["standby", self.dir.to_str().unwrap(), dir.to_str().unwrap(), &port.to_string()]);
         pg_local(&["watch", dir.to_str().unwrap(), &std::process::id().to_string()]);
-        Cluster { dir, port, owned: true }
+        Cluster { dir, port, socket_clients: false, owned: true }
     }
 
     /// Restarts the server (e.g. after a change to `postgresql.conf` that needs one), as the
@@ -130,8 +133,16 @@ impl Cluster {
         format!("host=127.0.0.1 port={} user={user} password={password} dbname={db}", self.port)
     }
 
+    /// What the test's own sessions connect with (see `socket_clients`).
+    pub fn client_conninfo(&self, db: &str) -> String {
+        match self.socket_clients {
+            true => format!("host={} port={} user={ROLE} dbname={db}", self.dir.display(), self.port),
+            false => self.conninfo(db),
+        }
+    }
+
     pub async fn client(&self, db: &str) -> tokio_postgres::Client {
-        let (client, conn) = tokio_postgres::connect(&self.conninfo(db), tokio_postgres::NoTls)
+        let (client, conn) = tokio_postgres::connect(&self.client_conninfo(db), tokio_postgres::NoTls)
             .await
             .unwrap_or_else(|e| panic!("connect to {db} on port {}: {e}", self.port));
         tokio::spawn(async move {
@@ -189,6 +200,10 @@ impl TestDb<'_> {
 
     pub async fn client(&self) -> tokio_postgres::Client {
         self.cluster.client(&self.name).await
+    }
+
+    pub fn client_conninfo(&self) -> String {
+        self.cluster.client_conninfo(&self.name)
     }
 
     pub fn psql(&self, sql: &str) -> String {

@@ -2,7 +2,10 @@
 //! (`hostssl` in pg_hba.conf): one with scram-sha-256, one with client certificates. The CA,
 //! the server's certificate (for `localhost` only) and a client certificate are made here.
 
-use crate::harness::{Cluster, ROLE};
+use crate::binary;
+use crate::harness::{Cluster, PASSWORD, ROLE};
+use crate::oracle::*;
+use crate::run_faults::{flag_path, wait_for_state, Running};
 use pg_ghost::conn::{ChannelBindingMode, ConnInfo, Endpoint, RootCert, SslMode, SslSettings};
 use pg_ghost::lsn::Lsn;
 use pg_ghost::replication::transport::{AuthMethod, ReplicationConnection, SlotKind, SlotSnapshot, StreamEvent, StreamOptions};
@@ -96,6 +99,8 @@ fn tls_cluster(name: &str, method: &str) -> Cluster {
     );
     std::fs::write(cluster.dir.join("pg_hba.conf"), hba).unwrap();
     cluster.restart();
+    let mut cluster = cluster;
+    cluster.socket_clients = true;
     cluster
 }
 
@@ -293,3 +298,74 @@ async fn client_certificates_authenticate_both_kinds_of_session() {
     let m = message(info(cluster, "postgres", "localhost", settings).connect().await);
     assert!(m.contains("group or world access"), "{m}");
 }
+
+/// The whole job over TLS: copy, apply under the control-table workload, cut-over, with
+/// verify-full and channel binding required; every session pg-ghost opens (the walsender
+/// included) is encrypted while it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_run_over_verify_full_with_channel_binding() {
+    let cluster = scram_cluster();
+    let db = cluster.fresh_db("tls_run");
+    let table = OracleTable::create(&db, "orders", KeyKind::Identity, 3_000).await;
+    let workload = Workload::start(&db, &table, WorkloadOptions::new(2).rate(Some(50))).await;
+    workload.wait_for_more_commits(20, Duration::from_secs(30)).await;
+
+    let conn = format!(
+        "host=localhost port={} user={ROLE} password={PASSWORD} dbname={} sslmode=verify-full sslrootcert={} channel_binding=require",
+        cluster.port,
+        db.name,
+        pki().ca.display()
+    );
+    let flag = flag_path(&db, "postpone");
+    std::fs::write(&flag, b"").unwrap();
+    let args = ["--table", "orders", "--alter", "ALTER COLUMN n TYPE bigint", "--execute", "--postpone-cut-over-flag-file", flag.to_str().unwrap()];
+    let mut run = Running::spawn_command(binary::command_with_conn(&conn, "run", &args));
+    let watcher = db.client().await;
+    wait_for_state(&watcher, &mut run, "orders", "postponed", Duration::from_secs(60)).await;
+    let sessions = watcher
+        .query(
+            "SELECT a.backend_type, s.ssl FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)
+              WHERE a.application_name LIKE 'pg-ghost%' AND a.datname = current_database()",
+            &[],
+        )
+        .await
+        .unwrap();
+    let kinds: Vec<(String, bool)> = sessions.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert!(kinds.iter().any(|(k, _)| k == "walsender"), "no walsender among {kinds:?}");
+    assert!(kinds.len() >= 3 && kinds.iter().all(|(_, ssl)| *ssl), "a pg-ghost session without TLS: {kinds:?}");
+    std::fs::remove_file(&flag).unwrap();
+    binary::assert_success(&run.wait(Duration::from_secs(120)).await);
+
+    workload.wait_for_more_commits(20, Duration::from_secs(30)).await;
+    let report = workload.stop().await;
+    assert!(report.errors.is_empty(), "workload errors (seed {}): {:#?}", report.seed, report.errors);
+    let client = db.client().await;
+    table.assert_matches_control(&client, &table.projection().map("n", "n::bigint")).await;
+    assert_no_slots_or_publications(&client).await;
+}
+
+/// Refused before anything is created, with the reason a DBA needs.
+#[tokio::test]
+async fn a_run_that_cannot_trust_the_server_changes_nothing() {
+    let cluster = scram_cluster();
+    let db = cluster.fresh_db("tls_refused");
+    db.psql("CREATE TABLE t (id int PRIMARY KEY, n int)");
+    let base = format!("port={} user={ROLE} password={PASSWORD} dbname={}", cluster.port, db.name);
+    let cases = [
+        (format!("host=127.0.0.1 {base} sslmode=verify-full sslrootcert={}", pki().ca.display()), "does not name the host"),
+        (format!("host=localhost {base} sslmode=verify-full sslrootcert={}", pki().other_ca.display()), "not signed by a trusted CA"),
+        (format!("host=127.0.0.1 port={} user={ROLE} password={PASSWORD} dbname=postgres sslmode=require", Cluster::primary().port), "does not accept TLS"),
+    ];
+    for (conn, reason) in cases {
+        let out = binary::command_with_conn(&conn, "run", &["--table", "t", "--alter", "ADD COLUMN x int", "--execute"]).output().await.unwrap();
+        let log = binary::stderr(&out);
+        assert!(!out.status.success(), "{log}");
+        assert!(log.lines().rev().find(|l| l.starts_with("pg-ghost: ")).is_some_and(|l| l.contains(reason)), "{reason}: {log}");
+        assert!(!log.contains(PASSWORD_MARKER), "{log}");
+    }
+    assert_eq!(db.psql("SELECT count(*) FROM pg_class WHERE relname LIKE '%gho%' OR relname LIKE '%pg_ghost%'"), "0");
+    assert_eq!(db.psql("SELECT count(*) FROM pg_replication_slots WHERE database = current_database()"), "0");
+}
+
+/// The harness's password, as it would appear in a leaked connection string.
+const PASSWORD_MARKER: &str = "password=";

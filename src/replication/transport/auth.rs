@@ -192,7 +192,7 @@ fn password(info: &ConnInfo) -> Result<&[u8]> {
         Error::new(
             ErrorKind::Auth,
             format!(
-                "the server asks for a password for role {:?} but none was given (password= in the connection string, or PGPASSWORD)",
+                "the server asks for a password for role {:?} but none was given (password= in the connection string, PGPASSWORD, or a matching line in the password file)",
                 info.user
             ),
         )

@@ -207,7 +207,7 @@ impl Workload {
         let (stop, stop_rx) = watch::channel(false);
         let tasks = (0..options.clients)
             .map(|i| {
-                let conninfo = format!("{} application_name=oracle_workload_{i}", db.conninfo());
+                let conninfo = format!("{} application_name=oracle_workload_{i}", db.client_conninfo());
                 let client = ClientLoop::new(
                     i,
                     conninfo,
