@@ -38,6 +38,30 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Remove the leftovers of a run that died: slot, publication, ghost and changelog tables.
     Cleanup(CleanupArgs),
+    /// Say what PostgreSQL does for each clause of the ALTER (asked of PostgreSQL on an empty
+    /// temporary clone), which way pg-ghost would make the change, and what it costs.
+    /// Read-only.
+    Plan(PlanArgs),
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub target: Target,
+
+    /// The change, as the clauses that follow `ALTER TABLE name`.
+    #[arg(long, value_name = "CLAUSES")]
+    pub alter: String,
+
+    /// `text` for people, `json` for tools.
+    #[arg(long, value_enum, default_value_t = PlanFormat::Text)]
+    pub format: PlanFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PlanFormat {
+    Text,
+    Json,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -161,6 +161,20 @@ impl Config {
     }
 }
 
+/// `pg-ghost plan`'s flags.
+pub fn plan_config(args: &crate::cli::PlanArgs) -> Result<crate::plan::PlanConfig> {
+    let (conn, table) = target(&args.target, |k| std::env::var(k).ok())?;
+    Ok(crate::plan::PlanConfig {
+        conn,
+        table,
+        alter: required("alter", &args.alter)?,
+        format: match args.format {
+            crate::cli::PlanFormat::Text => crate::plan::Format::Text,
+            crate::cli::PlanFormat::Json => crate::plan::Format::Json,
+        },
+    })
+}
+
 impl CleanupConfig {
     pub fn from_cli(args: &CleanupArgs) -> Result<CleanupConfig> {
         CleanupConfig::from_cli_with_env(args, |k| std::env::var(k).ok())

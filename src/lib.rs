@@ -5,6 +5,7 @@ pub mod lsn;
 pub use error::{Error, ErrorKind, Result};
 pub mod conn;
 pub mod tls;
+pub mod plan;
 pub mod reconnect;
 pub mod replication;
 pub mod sql;

@@ -62,6 +62,11 @@ async fn dispatch(command: Command) -> Result<()> {
                 }
             }
         }
+        Command::Plan(args) => {
+            let config = pg_ghost::config::plan_config(&args)?;
+            let plan = pg_ghost::plan::plan(&config).await?;
+            print!("{}", pg_ghost::plan::render(&plan, config.format)?);
+        }
         Command::Cleanup(args) => {
             let config = CleanupConfig::from_cli(&args)?;
             tracing::debug!(?config, "configuration");

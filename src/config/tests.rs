@@ -17,7 +17,7 @@ fn run_args(extra: &[&str]) -> RunArgs {
     argv.extend_from_slice(extra);
     match Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{extra:?}: {e}")).command {
         Command::Run(args) => *args,
-        Command::Cleanup(_) => unreachable!(),
+        _ => unreachable!("the argv says run"),
     }
 }
 

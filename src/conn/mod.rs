@@ -211,6 +211,33 @@ impl ConnInfo {
         format!("{}/{} as {}", self.endpoint.describe(), self.dbname, self.user)
     }
 
+    /// The connection as a libpq string without its password, to print in a command a DBA
+    /// runs next (the password file or PGPASSWORD supplies it again).
+    pub fn redacted(&self) -> String {
+        let quote = |v: &str| match v.is_empty() || v.contains([' ', '\'', '\\', '=']) {
+            true => format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'")),
+            false => v.to_string(),
+        };
+        let mut parts = Vec::new();
+        match &self.endpoint {
+            Endpoint::Tcp { host, port } => parts.extend([format!("host={}", quote(host)), format!("port={port}")]),
+            Endpoint::Unix { dir, port } => parts.extend([format!("host={}", quote(&dir.display().to_string())), format!("port={port}")]),
+        }
+        parts.push(format!("dbname={}", quote(&self.dbname)));
+        parts.push(format!("user={}", quote(&self.user)));
+        if self.ssl.mode != SslMode::Prefer {
+            parts.push(format!("sslmode={}", crate::tls::mode_name(self.ssl.mode)));
+        }
+        if let Some(root) = &self.ssl.root_cert {
+            let value = match root {
+                RootCert::System => "system".to_string(),
+                RootCert::File(p) => p.display().to_string(),
+            };
+            parts.push(format!("sslrootcert={}", quote(&value)));
+        }
+        parts.join(" ")
+    }
+
     pub fn to_config(&self) -> tokio_postgres::Config {
         let mut cfg = tokio_postgres::Config::new();
         match &self.endpoint {

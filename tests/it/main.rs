@@ -17,6 +17,7 @@ mod inspect;
 mod libpq;
 mod oracle;
 mod oracle_selftest;
+mod plan;
 mod real_schema;
 mod replica_test;
 mod reconnect;

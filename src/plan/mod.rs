@@ -1,0 +1,204 @@
+//! `pg-ghost plan`: what PostgreSQL would do for each clause of the ALTER, which way pg-ghost
+//! would make the change and why, and what each way costs. Read-only: the only objects it
+//! creates are temporary tables of its own session, dropped before it ends.
+
+mod clauses;
+mod estimate;
+mod probe;
+mod report;
+mod steps;
+
+pub use clauses::{split, Clause};
+pub use estimate::{Cost, Rates, Sizes};
+pub use probe::Observation;
+
+use crate::conn::ConnInfo;
+use crate::error::{Context, Result};
+use crate::sql::QualifiedName;
+
+#[derive(Clone, Debug)]
+pub struct PlanConfig {
+    pub conn: ConnInfo,
+    pub table: String,
+    pub alter: String,
+    pub format: Format,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+/// The way pg-ghost makes the change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    /// Every clause in a ghost table copied and fed online, then swapped in.
+    Ghost,
+    /// No copy: catalog-only steps under a short lock, validations online.
+    Direct,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ClausePlan {
+    pub statement: String,
+    pub kind: String,
+    /// In words: catalog only, scans the table, builds an index, rewrites the table.
+    pub action: String,
+    /// Observed on a clone of the table, or a rule (when the clause cannot run on a clone).
+    pub source: &'static str,
+    #[serde(flatten)]
+    pub observed: Observation,
+    pub can_fail_on: Option<&'static str>,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Plan {
+    pub table: String,
+    pub sizes: Sizes,
+    pub rates: Rates,
+    pub clauses: Vec<ClausePlan>,
+    pub strategy: Strategy,
+    pub why: String,
+    pub chosen: Cost,
+    pub plain_alter: Cost,
+    /// What to run: a pg-ghost command, or the statements of the direct way.
+    pub run: Vec<String>,
+}
+
+pub async fn plan(cfg: &PlanConfig) -> Result<Plan> {
+    let conn = cfg.conn.clone().resolve().await?;
+    let client = conn.with_application_name("pg-ghost plan").connect().await?;
+    // Nothing the plan does may wait long for a lock: it only reads the table.
+    client.batch_execute("SET lock_timeout = '2s'; SET client_min_messages = warning").await?;
+    let table = crate::inspect::resolve_table(&client, &cfg.table).await?;
+    let clauses = split(&cfg.alter, &table)?;
+    let observations = probe::observe(&client, &table, &clauses).await?;
+    let sizes = Sizes::read(&client, &table).await?;
+    let oid: u32 = client.query_one("SELECT $1::text::regclass::oid", &[&table.sql()]).await?.try_get(0)?;
+    let columns: Vec<String> = crate::inspect::columns(&client, oid).await?.into_iter().filter(|c| !c.generated).map(|c| c.name).collect();
+    // The sample is written into the clone, which `observe` dropped: make it again.
+    client
+        .batch_execute(&format!("CREATE TEMP TABLE {} (LIKE {} INCLUDING ALL)", crate::sql::ident(clauses::CLONE), table.sql()))
+        .await
+        .context("making the clone for the sample")?;
+    let rates = Rates::measure(&client, &table, &columns, &sizes).await?;
+    client.batch_execute(&format!("DROP TABLE pg_temp.{}", crate::sql::ident(clauses::CLONE))).await?;
+
+    let mut clause_plans = Vec::new();
+    for (clause, observed) in clauses.iter().zip(observations) {
+        let referenced = match (observed.observed, &clause.column) {
+            (false, Some(name)) => referenced_by(&client, &table, name).await?,
+            _ => None,
+        };
+        clause_plans.push(clause_plan(clause, observed, referenced));
+    }
+    Ok(decide(&table, &conn, &cfg.alter, sizes, rates, clause_plans, &clauses))
+}
+
+/// The table a foreign key of the table references, for a clause that names the key.
+async fn referenced_by(client: &tokio_postgres::Client, table: &QualifiedName, constraint: &str) -> Result<Option<String>> {
+    let row = client
+        .query_opt(
+            "SELECT confrelid::regclass::text FROM pg_constraint WHERE conrelid = $1::text::regclass AND conname = $2 AND contype = 'f'",
+            &[&table.sql(), &constraint],
+        )
+        .await
+        .context("reading the foreign key the clause names")?;
+    Ok(row.map(|r| r.try_get(0)).transpose()?)
+}
+
+fn clause_plan(clause: &Clause, observed: Observation, referenced: Option<String>) -> ClausePlan {
+    let (observed, source) = match observed.observed {
+        true => (observed, "observed on a clone"),
+        false => (steps::rule_for(&clause.kind, observed.error.clone(), referenced), "rule (the clause names something a clone has not)"),
+    };
+    let action = action(&observed);
+    ClausePlan { statement: clause.statement.clone(), kind: clause.kind.clone(), action, source, can_fail_on: clause.can_fail.filter(|_| observed.rewrites || observed.scans || clause.kind != "AtAlterColumnType"), observed }
+}
+
+fn action(o: &Observation) -> String {
+    let mut what = Vec::new();
+    if o.rewrites {
+        what.push("rewrites the table and its indexes");
+    } else if o.builds_index {
+        what.push("builds an index (reads the whole table)");
+    } else if o.scans {
+        what.push("scans the whole table");
+    }
+    if o.rebuilds_indexes && !o.rewrites {
+        what.push("rebuilds indexes");
+    }
+    if what.is_empty() {
+        "catalog only".to_string()
+    } else {
+        what.join(", ")
+    }
+}
+
+fn decide(table: &QualifiedName, conn: &ConnInfo, alter: &str, sizes: Sizes, rates: Rates, clauses: Vec<ClausePlan>, details: &[Clause]) -> Plan {
+    let rewriting: Vec<usize> = clauses.iter().enumerate().filter(|(_, c)| c.observed.rewrites || c.observed.rebuilds_indexes).map(|(i, _)| i + 1).collect();
+    let scanning: Vec<usize> = clauses.iter().enumerate().filter(|(_, c)| c.observed.scans || c.observed.builds_index).map(|(i, _)| i + 1).collect();
+    let copy = estimate::copy_seconds(&sizes, &rates);
+    let scan = estimate::scan_seconds(sizes.heap_bytes + sizes.toast_bytes, &rates) * scanning.len() as f64;
+    // A new index: about 32 bytes an entry (tuple header, key, line pointer, fill factor).
+    let new_index_bytes = clauses.iter().filter(|c| c.observed.builds_index).count() as i64 * sizes.rows * 32;
+    let (strategy, why, chosen, plain_alter) = if !rewriting.is_empty() {
+        let copy_cost = Cost { seconds: copy, wal_bytes: sizes.copy_bytes(), extra_disk_bytes: sizes.copy_bytes(), writes_blocked: "milliseconds, at the swap".into() };
+        let plain = Cost { seconds: copy, wal_bytes: sizes.copy_bytes(), extra_disk_bytes: sizes.copy_bytes(), writes_blocked: "the whole time, reads too (ACCESS EXCLUSIVE)".into() };
+        (
+            Strategy::Ghost,
+            format!(
+                "clause {} rewrites the table: a plain ALTER TABLE would hold ACCESS EXCLUSIVE (no reads, no writes) for the whole rewrite",
+                list(&rewriting)
+            ),
+            copy_cost,
+            plain,
+        )
+    } else {
+        let blocked = match scanning.is_empty() {
+            true => "milliseconds (each step under a short lock_timeout)".to_string(),
+            false => "milliseconds; validations and index builds let writes go on".to_string(),
+        };
+        let why = match scanning.is_empty() {
+            true => "no clause rewrites or reads the table: PostgreSQL changes only its catalog, in milliseconds once it has the lock; a copy would be hours of WAL for nothing".to_string(),
+            false => format!(
+                "no clause rewrites the table; clause {} reads it, which can be done online (NOT VALID then VALIDATE, CREATE INDEX CONCURRENTLY) without a copy",
+                list(&scanning)
+            ),
+        };
+        let plain_blocked = match scanning.is_empty() {
+            true => "milliseconds once the lock is granted, but the waiting ALTER queues every query behind it".to_string(),
+            false => "the whole scan (the ALTER holds its lock while it reads the table)".to_string(),
+        };
+        (
+            Strategy::Direct,
+            why,
+            Cost { seconds: scan, wal_bytes: new_index_bytes, extra_disk_bytes: new_index_bytes, writes_blocked: blocked },
+            Cost { seconds: scan, wal_bytes: new_index_bytes, extra_disk_bytes: new_index_bytes, writes_blocked: plain_blocked },
+        )
+    };
+    let run = match strategy {
+        Strategy::Ghost => vec![format!(
+            "pg-ghost run --conn {} --table {} --alter {} --execute",
+            crate::inspect::shell_quote(&conn.redacted()),
+            crate::inspect::shell_quote(&table.sql()),
+            crate::inspect::shell_quote(alter.trim())
+        )],
+        Strategy::Direct => steps::direct(table, &clauses, details),
+    };
+    Plan { table: table.to_string(), sizes, rates, clauses, strategy, why, chosen, plain_alter, run }
+}
+
+fn list(numbers: &[usize]) -> String {
+    numbers.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ")
+}
+
+/// The plan as the DBA reads it, or as JSON.
+pub fn render(plan: &Plan, format: Format) -> Result<String> {
+    match format {
+        Format::Text => Ok(report::text(plan)),
+        Format::Json => serde_json::to_string_pretty(plan).map_err(|e| crate::error::Error::internal(format!("cannot write the plan as JSON: {e}"))),
+    }
+}

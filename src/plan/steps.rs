@@ -1,0 +1,92 @@
+//! The direct way, step by step, and the rules for clauses a clone cannot run.
+
+use super::probe::Observation;
+use super::ClausePlan;
+use crate::sql::{fit_ident, ident, QualifiedName};
+
+/// What PostgreSQL does for a clause that names an object an empty clone has not (a
+/// foreign key, a trigger, a rule of the original). Each rule is checked against
+/// PostgreSQL by the tests (`tests/it/plan.rs`).
+/// `referenced`: the table of the foreign key the clause names, if it names one.
+pub fn rule_for(kind: &str, error: Option<String>, referenced: Option<String>) -> Observation {
+    let (lock, scans) = match kind {
+        "AtValidateConstraint" => ("ShareUpdateExclusiveLock", true),
+        "AtEnableTrig" | "AtEnableAlwaysTrig" | "AtEnableReplicaTrig" | "AtDisableTrig" | "AtEnableTrigAll" | "AtDisableTrigAll"
+        | "AtEnableTrigUser" | "AtDisableTrigUser" => ("ShareRowExclusiveLock", false),
+        "AtClusterOn" | "AtDropCluster" | "AtSetStatistics" => ("ShareUpdateExclusiveLock", false),
+        _ => ("AccessExclusiveLock", false),
+    };
+    // Validating reads the referenced table (ROW SHARE); dropping the key drops the
+    // triggers it has there, under ACCESS EXCLUSIVE in PostgreSQL 15.
+    let other = match kind {
+        "AtValidateConstraint" => Some("RowShareLock"),
+        "AtDropConstraint" => Some("AccessExclusiveLock"),
+        _ => None,
+    };
+    let other_locks = referenced.into_iter().zip(other).map(|(t, m)| (t, m.to_string())).collect();
+    Observation { observed: false, error, scans, lock: Some(lock.to_string()), other_locks, ..Default::default() }
+}
+
+/// The statements of the direct way: catalog-only clauses as they are, each under a short
+/// lock_timeout; CHECK and FOREIGN KEY as `NOT VALID` then `VALIDATE CONSTRAINT` (which
+/// lets writes go on); `SET NOT NULL` through a validated CHECK, which PostgreSQL 12+ takes
+/// as proof and skips its scan; UNIQUE and PRIMARY KEY through `CREATE UNIQUE INDEX
+/// CONCURRENTLY` and `ADD CONSTRAINT ... USING INDEX`.
+pub fn direct(table: &QualifiedName, clauses: &[ClausePlan], details: &[super::Clause]) -> Vec<String> {
+    let t = table.sql();
+    let mut out = vec!["SET lock_timeout = '1s';  -- and retry after a pause when it expires".to_string()];
+    for (plan, clause) in clauses.iter().zip(details) {
+        let o = &plan.observed;
+        let name = o.new_constraints.first();
+        match (clause.constraint, &clause.not_valid, name) {
+            (Some("check" | "foreign"), Some(not_valid), Some(name)) => {
+                out.push(format!("{not_valid};"));
+                out.push(format!("ALTER TABLE {t} VALIDATE CONSTRAINT {};", ident(name)));
+                continue;
+            }
+            (Some(kind @ ("unique" | "primary")), _, Some(name)) => {
+                if let Some(index) = o.new_indexes.first().and_then(|def| concurrently(def)) {
+                    out.push(format!("{index};"));
+                    let what = if kind == "unique" { "UNIQUE" } else { "PRIMARY KEY" };
+                    out.push(format!("ALTER TABLE {t} ADD CONSTRAINT {0} {what} USING INDEX {0};", ident(name)));
+                    continue;
+                }
+            }
+            _ => {}
+        }
+        if clause.kind == "AtSetNotNull" {
+            if let Some(column) = &clause.column {
+                let check = fit_ident(&format!("{}_{column}_not_null", table.name));
+                out.push(format!("ALTER TABLE {t} ADD CONSTRAINT {} CHECK ({} IS NOT NULL) NOT VALID;", ident(&check), ident(column)));
+                out.push(format!("ALTER TABLE {t} VALIDATE CONSTRAINT {};", ident(&check)));
+                out.push(format!("{};", plan.statement));
+                out.push(format!("ALTER TABLE {t} DROP CONSTRAINT {};", ident(&check)));
+                continue;
+            }
+        }
+        out.push(format!("{};", plan.statement));
+    }
+    out
+}
+
+/// `CREATE INDEX` made `CONCURRENTLY`, through PostgreSQL's parser.
+fn concurrently(indexdef: &str) -> Option<String> {
+    let mut parsed = pg_query::parse(indexdef, pg_query::ParserOptions::DEFAULT).ok()?.protobuf;
+    let node = parsed.stmts.first_mut()?.stmt.as_mut()?.node.as_mut()?;
+    match node {
+        pg_query::protobuf::node::Node::IndexStmt(i) => i.concurrent = true,
+        _ => return None,
+    }
+    pg_query::deparse(&parsed, Default::default()).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_index_is_built_concurrently() {
+        let def = "CREATE UNIQUE INDEX \"Orders_email_key\" ON public.\"Orders\" USING btree (email)";
+        assert_eq!(concurrently(def).as_deref(), Some("CREATE UNIQUE INDEX CONCURRENTLY \"Orders_email_key\" ON public.\"Orders\" USING btree (email)"));
+    }
+}

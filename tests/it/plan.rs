@@ -1,0 +1,199 @@
+//! `pg-ghost plan` against PostgreSQL: for each clause kind, what the plan says PostgreSQL
+//! does (rewrite, scan, lock, on which tables) must be what PostgreSQL does when the clause
+//! runs on the real table, full of rows (in a transaction rolled back). The plan itself
+//! leaves nothing behind.
+
+use crate::binary;
+use crate::harness::{Cluster, TestDb};
+use crate::oracle::*;
+use pg_ghost::conn::ConnInfo;
+use pg_ghost::plan::{self, Format, PlanConfig, Strategy};
+
+const SCHEMA: &str = "
+    CREATE TABLE cust (id int PRIMARY KEY);
+    INSERT INTO cust SELECT g FROM generate_series(1, 100) g;
+    CREATE TABLE t (id int PRIMARY KEY, a int NOT NULL, b text, v varchar(20), n int, c int, doc jsonb);
+    INSERT INTO t SELECT g, g, md5(g::text), left(md5(g::text), 10), g, g % 100 + 1, '{}' FROM generate_series(1, 5000) g;
+    ALTER TABLE t ADD CONSTRAINT t_a_check CHECK (a > 0);
+    ALTER TABLE t ADD CONSTRAINT t_c_fk FOREIGN KEY (c) REFERENCES cust NOT VALID;
+    CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;
+    CREATE TRIGGER t_touch BEFORE UPDATE ON t FOR EACH ROW EXECUTE FUNCTION touch();
+    ANALYZE t;";
+
+/// (clause, rewrites, reads the table): a rewrite reads it too
+const CLAUSES: &[(&str, bool, bool)] = &[
+    ("ADD COLUMN x int", false, false),
+    ("ADD COLUMN x int DEFAULT 0", false, false),
+    ("ADD COLUMN x int NOT NULL DEFAULT 0", false, false),
+    ("ADD COLUMN x timestamptz DEFAULT now()", false, false),
+    ("ADD COLUMN x float8 DEFAULT random()", true, true),
+    ("ADD COLUMN x serial", true, true),
+    ("ADD COLUMN x int GENERATED ALWAYS AS IDENTITY", true, true),
+    ("ADD COLUMN x int GENERATED ALWAYS AS (a * 2) STORED", true, true),
+    ("DROP COLUMN b", false, false),
+    ("ALTER COLUMN a TYPE bigint", true, true),
+    ("ALTER COLUMN a TYPE int USING a + 1", true, true),
+    ("ALTER COLUMN v TYPE varchar(40)", false, false),
+    ("ALTER COLUMN v TYPE text", false, false),
+    ("ALTER COLUMN v TYPE varchar(15)", true, true),
+    ("ALTER COLUMN a SET DEFAULT 5", false, false),
+    ("ALTER COLUMN a DROP DEFAULT", false, false),
+    ("ALTER COLUMN n SET NOT NULL", false, true),
+    ("ALTER COLUMN a DROP NOT NULL", false, false),
+    ("ALTER COLUMN a SET STATISTICS 500", false, false),
+    ("ALTER COLUMN b SET STORAGE EXTERNAL", false, false),
+    ("ALTER COLUMN a SET (n_distinct = 100)", false, false),
+    ("ADD CHECK (n > -1)", false, true),
+    ("ADD CHECK (n > -1) NOT VALID", false, false),
+    ("ADD CONSTRAINT t_c_fk2 FOREIGN KEY (c) REFERENCES cust", false, true),
+    ("ADD CONSTRAINT t_c_fk2 FOREIGN KEY (c) REFERENCES cust NOT VALID", false, false),
+    ("ADD UNIQUE (b)", false, true),
+    ("ADD CONSTRAINT t_a_b UNIQUE (a, b)", false, true),
+    ("RENAME COLUMN b TO bb", false, false),
+    ("RENAME CONSTRAINT t_a_check TO t_a_positive", false, false),
+    ("SET (fillfactor = 70)", false, false),
+    ("SET (autovacuum_enabled = false)", false, false),
+    ("REPLICA IDENTITY FULL", false, false),
+    ("CLUSTER ON t_pkey", false, false),
+    ("DROP CONSTRAINT t_a_check", false, false),
+    ("VALIDATE CONSTRAINT t_c_fk", false, true),
+    ("DROP CONSTRAINT t_c_fk", false, false),
+    ("ENABLE REPLICA TRIGGER t_touch", false, false),
+    ("DISABLE TRIGGER t_touch", false, false),
+];
+
+/// What PostgreSQL does when `clause` runs on the real table: (rewrites, reads it, the lock
+/// on it, the locks on other user tables). Rolled back.
+async fn truth(db: &TestDb<'_>, clause: &str) -> (bool, bool, String, Vec<(String, String)>) {
+    let client = db.client().await;
+    client.batch_execute("BEGIN").await.unwrap();
+    let before = client
+        .query_one("SELECT pg_relation_filenode('t'), coalesce((SELECT seq_scan FROM pg_stat_xact_user_tables WHERE relid = 't'::regclass), 0), (SELECT count(*) FROM pg_index WHERE indrelid = 't'::regclass)", &[])
+        .await
+        .unwrap();
+    client.batch_execute(&format!("ALTER TABLE t {clause}")).await.unwrap_or_else(|e| panic!("{clause}: {e}"));
+    let after = client
+        .query_one("SELECT pg_relation_filenode('t'), coalesce((SELECT seq_scan FROM pg_stat_xact_user_tables WHERE relid = 't'::regclass), 0), (SELECT count(*) FROM pg_index WHERE indrelid = 't'::regclass)", &[])
+        .await
+        .unwrap();
+    let locks = client
+        .query(
+            "SELECT c.relname::text, l.mode FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+              WHERE l.pid = pg_backend_pid() AND l.granted AND c.relkind = 'r' AND c.relnamespace = 'public'::regnamespace",
+            &[],
+        )
+        .await
+        .unwrap();
+    client.batch_execute("ROLLBACK").await.unwrap();
+    let strongest = |rel: &str| {
+        locks
+            .iter()
+            .filter(|r| r.get::<_, String>(0) == rel)
+            .map(|r| r.get::<_, String>(1))
+            .max_by_key(|m| pg_ghost_lock_strength(m))
+    };
+    let rewrites = before.get::<_, Option<u32>>(0) != after.get::<_, Option<u32>>(0);
+    let reads = after.get::<_, i64>(1) > before.get::<_, i64>(1) || after.get::<_, i64>(2) > before.get::<_, i64>(2);
+    let others = ["cust"].iter().filter_map(|r| strongest(r).map(|m| (r.to_string(), m))).collect();
+    (rewrites, reads, strongest("t").unwrap_or_default(), others)
+}
+
+fn pg_ghost_lock_strength(mode: &str) -> usize {
+    ["AccessShareLock", "RowShareLock", "RowExclusiveLock", "ShareUpdateExclusiveLock", "ShareLock", "ShareRowExclusiveLock", "ExclusiveLock", "AccessExclusiveLock"]
+        .iter()
+        .position(|m| *m == mode)
+        .unwrap_or(0)
+}
+
+fn config(db: &TestDb<'_>, alter: &str) -> PlanConfig {
+    PlanConfig { conn: ConnInfo::parse(&db.conninfo()).unwrap(), table: "t".into(), alter: alter.into(), format: Format::Json }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_clause_is_classified_as_postgres_does_it() {
+    let db = Cluster::primary().fresh_db("plan_kinds");
+    db.psql(SCHEMA);
+    let mut wrong = Vec::new();
+    for (clause, rewrites, reads) in CLAUSES {
+        let (t_rewrites, t_reads, t_lock, t_others) = truth(&db, clause).await;
+        // The table's own expectations first: they document PostgreSQL 15 and catch a
+        // probe that agrees with a broken truth.
+        assert_eq!((t_rewrites, t_reads), (*rewrites, *reads), "PostgreSQL itself on {clause:?}");
+        let p = plan::plan(&config(&db, clause)).await.unwrap_or_else(|e| panic!("plan {clause}: {e}"));
+        let c = &p.clauses[0];
+        let got = (c.observed.rewrites, c.observed.scans || c.observed.builds_index, c.observed.lock.clone().unwrap_or_default());
+        let others: Vec<(String, String)> = c.observed.other_locks.iter().map(|(t, m)| (t.trim_matches('"').to_string(), m.clone())).collect();
+        if got != (t_rewrites, t_reads, t_lock.clone()) || others != t_others {
+            wrong.push(format!("{clause}: plan says {got:?} {others:?}, PostgreSQL does {:?} {t_others:?}", (t_rewrites, t_reads, t_lock)));
+        }
+        let want = if t_rewrites { Strategy::Ghost } else { Strategy::Direct };
+        if p.strategy != want {
+            wrong.push(format!("{clause}: strategy {:?}, want {want:?}", p.strategy));
+        }
+    }
+    assert!(wrong.is_empty(), "{} of {} clauses misread:\n{}", wrong.len(), CLAUSES.len(), wrong.join("\n"));
+}
+
+/// What existing rows can do: the plan's word against a plain ALTER on rows that break it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_existing_rows_can_break_is_said() {
+    let db = Cluster::primary().fresh_db("plan_fail");
+    db.psql(SCHEMA);
+    db.psql("UPDATE t SET b = 'same' WHERE id <= 2; UPDATE t SET n = NULL WHERE id = 3; UPDATE t SET v = 'abc' WHERE id = 4");
+    let cases = [
+        ("ADD COLUMN x int NOT NULL", true),
+        ("ADD UNIQUE (b)", true),
+        ("ALTER COLUMN n SET NOT NULL", true),
+        ("ALTER COLUMN v TYPE int USING v::int", true),
+        ("ADD CHECK (n > 1)", true),
+        ("ALTER COLUMN v TYPE varchar(40)", false),
+        ("ADD COLUMN x int DEFAULT 0", false),
+        ("ADD CHECK (n > 1) NOT VALID", false),
+    ];
+    for (clause, fails) in cases {
+        let p = plan::plan(&config(&db, clause)).await.unwrap();
+        assert_eq!(p.clauses[0].can_fail_on.is_some(), fails, "{clause}: {:?}", p.clauses[0].can_fail_on);
+        let client = db.client().await;
+        let r = client.batch_execute(&format!("BEGIN; ALTER TABLE t {clause}; ROLLBACK")).await;
+        assert_eq!(r.is_err(), fails, "a plain ALTER TABLE t {clause} on these rows");
+    }
+}
+
+/// The command as a DBA runs it: text and JSON, and nothing left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plan_reads_only() {
+    let db = Cluster::primary().fresh_db("plan_cli");
+    db.psql(SCHEMA);
+    let client = db.client().await;
+    let before = CatalogSnapshot::take(&client).await;
+    let alter = "ALTER COLUMN a TYPE bigint, ADD CONSTRAINT t_c_fk2 FOREIGN KEY (c) REFERENCES cust";
+    let out = binary::command(&db, "plan", &["--table", "t", "--alter", alter]).output().await.unwrap();
+    binary::assert_success(&out);
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in ["rewrites the table", "ACCESS EXCLUSIVE on \"public\".\"t\"", "SHARE ROW EXCLUSIVE on \"cust\"", "Strategy: ghost", "pg-ghost run --conn", "--execute"] {
+        assert!(text.contains(needle), "{needle:?} not in:\n{text}");
+    }
+    assert!(!text.contains(crate::harness::PASSWORD) || !text.contains("password"), "{text}");
+
+    let out = binary::command(&db, "plan", &["--table", "t", "--alter", "ADD CHECK (n > 0), ALTER COLUMN n SET NOT NULL", "--format", "json"]).output().await.unwrap();
+    binary::assert_success(&out);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("plan --format json is JSON");
+    assert_eq!(json["strategy"], "direct");
+    assert_eq!(json["clauses"].as_array().map(Vec::len), Some(2));
+    let run: Vec<String> = json["run"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+    assert!(run.iter().any(|s| s.contains("NOT VALID")) && run.iter().any(|s| s.contains("VALIDATE CONSTRAINT")), "{run:?}");
+
+    // The direct steps it prints do the change.
+    let statements: Vec<&String> = run.iter().filter(|s| !s.starts_with("SET lock_timeout")).collect();
+    for s in statements {
+        client.batch_execute(s).await.unwrap_or_else(|e| panic!("{s}: {e}"));
+    }
+    assert_eq!(db.psql("SELECT attnotnull FROM pg_attribute WHERE attrelid = 't'::regclass AND attname = 'n'"), "t");
+    db.psql("ALTER TABLE t DROP CONSTRAINT t_n_check; ALTER TABLE t ALTER COLUMN n DROP NOT NULL");
+    assert_catalog_unchanged(&before, &CatalogSnapshot::take(&client).await);
+
+    let out = binary::command(&db, "plan", &["--table", "nope", "--alter", "ADD COLUMN x int"]).output().await.unwrap();
+    assert!(!out.status.success());
+    let out = binary::command(&db, "plan", &["--table", "t", "--alter", "ADD COLUMN"]).output().await.unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", binary::stderr(&out));
+}
