@@ -37,6 +37,8 @@ pub struct ConnInfo {
     /// How long a lost connection is tried again before the run gives up (`--reconnect-timeout`);
     /// zero: a lost connection stops the run at once. See `crate::reconnect`.
     pub reconnect_timeout: Duration,
+    /// Reconnections so far, shared by every `ConnInfo` derived from this one.
+    pub reconnects: crate::reconnect::Reconnects,
 }
 
 impl ConnInfo {
@@ -82,7 +84,15 @@ impl ConnInfo {
         let password = cfg.get_password().map(|p| p.to_vec()).or_else(|| env("PGPASSWORD").map(String::into_bytes));
         let dbname = cfg.get_dbname().map(str::to_string).or_else(|| env("PGDATABASE")).unwrap_or_else(|| user.clone());
         let application_name = cfg.get_application_name().unwrap_or("pg-ghost").to_string();
-        Ok(ConnInfo { endpoint, user, password, dbname, application_name, reconnect_timeout: crate::reconnect::DEFAULT_TIMEOUT })
+        Ok(ConnInfo {
+            endpoint,
+            user,
+            password,
+            dbname,
+            application_name,
+            reconnect_timeout: crate::reconnect::DEFAULT_TIMEOUT,
+            reconnects: Default::default(),
+        })
     }
 
     /// The same server and role, another database.

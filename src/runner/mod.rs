@@ -93,6 +93,9 @@ struct Run {
     names: Option<Names>,
     /// The name the original took at the cut-over, once it committed.
     old_table: Option<String>,
+    /// Counted as the checksum and the cut-over go, for the metrics.
+    checksum_progress: Arc<checksum::ChecksumProgress>,
+    cut_over_tally: Arc<crate::cutover::CutOverTally>,
 }
 
 pub async fn run(cfg: Config) -> Result<Outcome> {
@@ -113,6 +116,8 @@ pub async fn run(cfg: Config) -> Result<Outcome> {
         created: Created::default(),
         names: None,
         old_table: None,
+        checksum_progress: Arc::default(),
+        cut_over_tally: Arc::default(),
     };
     let mut background = None;
     let result = run.phases(&mut background, phase_rx).await;
@@ -413,6 +418,7 @@ impl Run {
             self.record_state(names, "checksum").await;
             let mut job = ChecksumJob::new(self.cfg.conn.clone(), info.name.clone(), ghost.name.clone(), ghost.mapping.clone());
             job.workers = self.cfg.copy.workers;
+            job.progress = self.checksum_progress.clone();
             let catch_up = || -> BoxFuture<'_, Result<()>> { Box::pin(self.catch_up(repl)) };
             let report = guard(checksum::verify(&job, &repl.inflight, catch_up), &mut self.abort.clone(), Some(&mut *bg)).await?;
             tracing::info!(
@@ -540,6 +546,7 @@ impl Run {
             kill_blockers_after: self.cfg.cut_over.kill_blockers_after,
             abort: self.abort.clone(),
             swap_back,
+            tally: &self.cut_over_tally,
         }
     }
 
