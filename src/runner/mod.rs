@@ -31,6 +31,7 @@ use crate::hooks::HookEvent;
 use futures_util::future::BoxFuture;
 use crate::inspect::{self, PreflightOptions};
 use crate::lsn::Lsn;
+use crate::metrics::{self, MetricsServer};
 use crate::names::Names;
 use crate::phase::Phase;
 use crate::reconnect::{self, Outage};
@@ -99,10 +100,23 @@ struct Run {
 }
 
 pub async fn run(cfg: Config) -> Result<Outcome> {
+    // Bound first: an address that cannot be used stops the run before it connects.
+    let mut metrics = cfg.metrics_listen.map(MetricsServer::bind).transpose()?;
     let controls = Controls::new(&cfg)?;
     let (phase_tx, phase_rx) = watch::channel(Phase::Inspect);
     let (abort_tx, abort_rx) = watch::channel(None);
     let abort_tx = Arc::new(abort_tx);
+    let checksum_progress = Arc::<checksum::ChecksumProgress>::default();
+    let cut_over_tally = Arc::<crate::cutover::CutOverTally>::default();
+    if let Some(server) = metrics.as_mut() {
+        server.serve(metrics::Sources {
+            phase: phase_tx.subscribe(),
+            progress: controls.progress.subscribe(),
+            checksum: checksum_progress.clone(),
+            cut_over: cut_over_tally.clone(),
+            reconnects: cfg.conn.reconnects.clone(),
+        })?;
+    }
     let watchers = watchers::spawn(cfg.panic_flag_file.clone(), abort_tx.clone());
     controls.fire(HookEvent::Startup).await?;
     let client = main_conn(&cfg).connect().await?;
@@ -116,8 +130,8 @@ pub async fn run(cfg: Config) -> Result<Outcome> {
         created: Created::default(),
         names: None,
         old_table: None,
-        checksum_progress: Arc::default(),
-        cut_over_tally: Arc::default(),
+        checksum_progress,
+        cut_over_tally,
     };
     let mut background = None;
     let result = run.phases(&mut background, phase_rx).await;
@@ -137,6 +151,8 @@ pub async fn run(cfg: Config) -> Result<Outcome> {
         tracing::warn!(error = %e, "the final hook failed");
     }
     run.controls.shutdown().await;
+    // Served to the end, the final hooks included, so the last scrape sees how it ended.
+    drop(metrics);
     let outcome = result?;
     cleaned?;
     Ok(outcome)
