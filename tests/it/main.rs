@@ -14,6 +14,7 @@ mod engine_parts;
 mod flush_strategy;
 mod hooks;
 mod inspect;
+mod metrics;
 mod oracle;
 mod oracle_selftest;
 mod real_schema;
