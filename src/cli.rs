@@ -270,6 +270,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION", default_value = "60s", help_heading = "Control")]
     pub hooks_status_interval: String,
 
+    /// Serve the run's metrics in the Prometheus text format at http://ADDR:PORT/metrics
+    /// (`127.0.0.1:9187`, `[::1]:9187`, `0.0.0.0:9187` for every interface). An IP address,
+    /// not a host name; port 0 lets the system choose, and the log says which.
+    #[arg(long, value_name = "ADDR:PORT", help_heading = "Control")]
+    pub metrics_listen: Option<String>,
+
     // ---- testing on a replica ---------------------------------------------------------
     /// Rehearse on a writable replica (a logical subscriber of production; --conn points at
     /// it): run the change there, disable the subscriptions feeding the table at the

@@ -24,6 +24,7 @@ use crate::cli::{CleanupArgs, RunArgs, Target};
 use crate::conn::ConnInfo;
 use crate::error::{Error, Result};
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -52,6 +53,8 @@ pub struct Config {
     pub cut_over: CutOverConfig,
     pub throttle: ThrottleConfig,
     pub control: ControlConfig,
+    /// `--metrics-listen`: where to serve `/metrics`.
+    pub metrics_listen: Option<SocketAddr>,
     pub hooks: HooksConfig,
     /// `Some` with `--test-on-replica`.
     pub test_on_replica: Option<ReplicaTest>,
@@ -154,6 +157,7 @@ impl Config {
             cut_over: cut_over_from(args)?,
             throttle,
             control: control_from(args)?,
+            metrics_listen: args.metrics_listen.as_deref().map(metrics_listen).transpose()?,
             hooks: hooks_from(args)?,
             test_on_replica: test_on_replica(args)?,
             tunables,
@@ -307,6 +311,14 @@ fn control_from(args: &RunArgs) -> Result<ControlConfig> {
     Ok(ControlConfig { socket_file: args.serve_socket_file.clone(), tcp_port: args.serve_tcp_port })
 }
 
+fn metrics_listen(text: &str) -> Result<SocketAddr> {
+    text.trim().parse().map_err(|_| {
+        Error::config(format!(
+            "--metrics-listen {text:?}: expected an IP address and a port, such as 127.0.0.1:9187 or [::1]:9187 (host names are not resolved)"
+        ))
+    })
+}
+
 fn hooks_from(args: &RunArgs) -> Result<HooksConfig> {
     Ok(HooksConfig {
         path: args.hooks_path.clone(),
@@ -371,6 +383,7 @@ impl fmt::Debug for Config {
             .field("cut_over", &self.cut_over)
             .field("throttle", &self.throttle)
             .field("control", &self.control)
+            .field("metrics_listen", &self.metrics_listen)
             .field("hooks", &self.hooks)
             .field("test_on_replica", &self.test_on_replica)
             .field("tunables", &self.tunables)

@@ -15,8 +15,9 @@
 
 use crate::conn::ConnInfo;
 use crate::error::{Backoff, Error, Result};
+use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -76,14 +77,35 @@ pub fn lost(conn: &ConnInfo, outage: &mut Outage, error: Error, what: &str) -> R
     Ok(())
 }
 
-/// Logs the end of an outage of `conn`'s connection.
+/// Logs the end of an outage of `conn`'s connection, and counts it.
 pub fn reconnected(conn: &ConnInfo, outage: &Outage) {
+    conn.reconnects.count(&conn.application_name);
     tracing::info!(
         connection = %conn.application_name,
         after_ms = outage.elapsed().as_millis() as u64,
         attempts = outage.attempts,
         "reconnected"
     );
+}
+
+/// How many times each session of a run was opened again after a loss, by the session's
+/// application name (`pg-ghost stream`, `pg-ghost apply`, ...), for the metrics. Every
+/// [`ConnInfo`] derived from the run's shares one tally.
+#[derive(Clone, Debug, Default)]
+pub struct Reconnects(Arc<Mutex<BTreeMap<String, u64>>>);
+
+impl Reconnects {
+    fn count(&self, session: &str) {
+        // A counter bump under the lock: a poisoned lock still holds good counts.
+        let mut counts = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        *counts.entry(session.to_string()).or_default() += 1;
+    }
+
+    /// Every session reconnected so far and how often, by name.
+    pub fn counts(&self) -> Vec<(String, u64)> {
+        let counts = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        counts.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
 }
 
 /// Runs `attempt` (opening a connection, starting the stream) until it succeeds. Retryable
@@ -191,6 +213,18 @@ mod tests {
         let mut c = ConnInfo::parse_with_env("host=127.0.0.1 port=1 user=u", |_| None).unwrap();
         c.reconnect_timeout = timeout;
         c
+    }
+
+    #[test]
+    fn reconnects_are_counted_by_session_across_clones() {
+        let main = conn(Duration::from_secs(1));
+        let stream = main.with_application_name("pg-ghost stream");
+        reconnected(&stream, &Outage::new());
+        reconnected(&stream.clone(), &Outage::new());
+        reconnected(&main.with_application_name("pg-ghost apply"), &Outage::new());
+        assert_eq!(main.reconnects.counts(), [("pg-ghost apply".to_string(), 1), ("pg-ghost stream".to_string(), 2)]);
+        let other_run = conn(Duration::from_secs(1));
+        assert!(other_run.reconnects.counts().is_empty(), "another run's settings share nothing");
     }
 
     #[tokio::test(start_paused = true)]

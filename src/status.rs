@@ -11,7 +11,9 @@
 //! copy and `N/A` whenever it cannot be computed honestly (no estimate, no rate yet, a
 //! throttled copy making no progress).
 
+use crate::lsn::Lsn;
 use crate::phase::Phase;
+use crate::throttle::Cause;
 use std::collections::VecDeque;
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -35,6 +37,13 @@ pub struct Progress {
     pub lag_bytes: Option<u64>,
     /// Why the copy is throttled, in the throttler's words; `None` when it is not.
     pub throttle_reason: Option<String>,
+    /// Which check that reason comes from (for machines); `None` when not throttled.
+    pub throttle_cause: Option<Cause>,
+    /// How long ago the server had written the WAL the apply has not yet acknowledged
+    /// ([`StreamLagClock`]); `None` before the stream has said where the server's WAL ends.
+    pub stream_lag: Option<Duration>,
+    /// WAL retained by this run's slot at the throttler's last measurement, in bytes.
+    pub slot_retained_wal: Option<u64>,
     /// Since the run started.
     pub elapsed: Duration,
     /// Since the copy started (zero before it).
@@ -74,6 +83,9 @@ impl Progress {
             lag: None,
             lag_bytes: None,
             throttle_reason: None,
+            throttle_cause: None,
+            stream_lag: None,
+            slot_retained_wal: None,
             elapsed: Duration::ZERO,
             copy_elapsed: Duration::ZERO,
         }
@@ -246,6 +258,46 @@ impl RateEstimator {
             return None;
         }
         Some((last_rows - first_rows) as f64 / span.as_secs_f64())
+    }
+}
+
+/// How far behind the stream the apply is, in time, from `(instant, server WAL end)`
+/// samples: the age of the oldest sample whose WAL end lies beyond the acknowledged
+/// position. The first unacknowledged byte was written no later than that sample, so the
+/// figure is a lower bound with the sampling's resolution (the status refresh, 1 s), and
+/// it is zero once the apply has acknowledged everything the stream had reported.
+///
+/// Samples the acknowledged position has passed are dropped; at [`Self::MAX_SAMPLES`] the
+/// newest sample is replaced instead of added, which keeps the bound a lower bound.
+#[derive(Clone, Debug, Default)]
+pub struct StreamLagClock {
+    samples: VecDeque<(Instant, Lsn)>,
+}
+
+impl StreamLagClock {
+    /// A day of samples at one a second.
+    pub const MAX_SAMPLES: usize = 86_400;
+
+    pub fn new() -> StreamLagClock {
+        StreamLagClock::default()
+    }
+
+    /// Records that the server's WAL ended at `wal_end` at `at`, and returns the lag of the
+    /// position `acked`; `None` while the stream has reported no WAL end.
+    pub fn update(&mut self, at: Instant, wal_end: Lsn, acked: Lsn) -> Option<Duration> {
+        if wal_end != Lsn::ZERO && self.samples.back().is_none_or(|&(_, last)| wal_end > last) {
+            if self.samples.len() >= Self::MAX_SAMPLES {
+                self.samples.pop_back();
+            }
+            self.samples.push_back((at, wal_end));
+        }
+        while self.samples.front().is_some_and(|&(_, end)| end <= acked) {
+            self.samples.pop_front();
+        }
+        if wal_end == Lsn::ZERO {
+            return None;
+        }
+        Some(self.samples.front().map_or(Duration::ZERO, |&(since, _)| at.saturating_duration_since(since)))
     }
 }
 

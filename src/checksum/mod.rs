@@ -38,6 +38,8 @@ use crate::sql::QualifiedName;
 use futures_util::future::{try_join_all, BoxFuture};
 use sql::ChecksumSql;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_postgres::types::ToSql;
 use tokio::sync::Mutex;
@@ -56,6 +58,8 @@ pub struct ChecksumJob {
     pub rechecks: u32,
     /// Ranges compared at once, each on its own connection.
     pub workers: usize,
+    /// Counted as ranges are done, for the metrics; the caller may share it.
+    pub progress: Arc<ChecksumProgress>,
 }
 
 impl ChecksumJob {
@@ -71,7 +75,27 @@ impl ChecksumJob {
             range_rows: Self::DEFAULT_RANGE_ROWS,
             rechecks: Self::DEFAULT_RECHECKS,
             workers: 1,
+            progress: Arc::default(),
         }
+    }
+}
+
+/// The checksum's counts so far, added to as each range is done (the report of a pass comes
+/// only at its end); counts of a failed pass stay counted.
+#[derive(Debug, Default)]
+pub struct ChecksumProgress {
+    pub ranges: AtomicU64,
+    pub rows: AtomicU64,
+    pub differing_ranges: AtomicU64,
+    pub repaired_ranges: AtomicU64,
+}
+
+impl ChecksumProgress {
+    fn count(&self, checked: &Checked) {
+        self.ranges.fetch_add(1, Ordering::Relaxed);
+        self.rows.fetch_add(checked.rows, Ordering::Relaxed);
+        self.differing_ranges.fetch_add(u64::from(checked.differed), Ordering::Relaxed);
+        self.repaired_ranges.fetch_add(u64::from(checked.repaired), Ordering::Relaxed);
     }
 }
 
@@ -326,6 +350,7 @@ impl<'j, 'a, C: Fn() -> BoxFuture<'a, Result<()>>> Worker<'j, C> {
                 }
             };
             part.count(&checked);
+            self.job.progress.count(&checked);
         }
     }
 }

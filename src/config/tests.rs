@@ -63,6 +63,7 @@ fn defaults() {
         }
     );
     assert_eq!(c.control, ControlConfig { socket_file: None, tcp_port: None });
+    assert_eq!(c.metrics_listen, None);
     assert_eq!(c.hooks, HooksConfig { path: None, timeout: ms(60_000), status_interval: ms(60_000) });
     assert_eq!(c.test_on_replica, None);
     assert_eq!(
@@ -97,6 +98,7 @@ const EVERY_FLAG: &[&str] = &[
     "--max-retained-wal", "512MB", "--critical-retained-wal", "20GB",
     "--serve-socket-file", "/tmp/s.sock", "--serve-tcp-port", "9001",
     "--hooks-path", "/etc/hooks", "--hooks-timeout", "10s", "--hooks-status-interval", "1m",
+    "--metrics-listen", "127.0.0.1:9187",
 ];
 
 #[test]
@@ -131,6 +133,7 @@ fn every_flag_reaches_its_field() {
     assert_eq!(c.tunables.chunk_size, 2_000);
     assert_eq!((c.throttle.max_retained_wal, c.throttle.critical_retained_wal), (Some(512 << 20), Some(20 << 30)));
     assert_eq!(c.control, ControlConfig { socket_file: Some("/tmp/s.sock".into()), tcp_port: Some(9001) });
+    assert_eq!(c.metrics_listen, Some(SocketAddr::from(([127, 0, 0, 1], 9187))));
     assert_eq!(
         c.hooks,
         HooksConfig { path: Some("/etc/hooks".into()), timeout: ms(10_000), status_interval: ms(60_000) }
@@ -161,9 +164,21 @@ fn zero_turns_optional_checks_off() {
 
 /// Each case: the flags, and what the message must contain (it always names a flag).
 #[test]
+fn metrics_listen_takes_an_address_and_a_port() {
+    for (text, want) in [("127.0.0.1:9187", "127.0.0.1:9187"), ("[::1]:9187", "[::1]:9187"), ("0.0.0.0:0", "0.0.0.0:0")] {
+        let c = config(&["--metrics-listen", text]).unwrap();
+        assert_eq!(c.metrics_listen, Some(want.parse().unwrap()), "{text}");
+    }
+}
+
+#[test]
 fn invalid_values_are_config_errors_naming_the_flag() {
     let cases: &[(&[&str], &str)] = &[
         (&["--chunk-size", "0"], "--chunk-size 0: give between 1 and 1000000 rows"),
+        (&["--metrics-listen", "9187"], "--metrics-listen \"9187\": expected an IP address and a port"),
+        (&["--metrics-listen", "localhost:9187"], "--metrics-listen \"localhost:9187\": expected an IP address"),
+        (&["--metrics-listen", "127.0.0.1:99999"], "--metrics-listen \"127.0.0.1:99999\""),
+        (&["--metrics-listen", ""], "--metrics-listen \"\""),
         (&["--chunk-size", "1000001"], "--chunk-size 1000001"),
         (&["--chunk-time", "500"], "--chunk-time \"500\": a unit is required"),
         (&["--chunk-time", "0s"], "--chunk-time \"0s\": must be more than 0"),

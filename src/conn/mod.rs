@@ -75,6 +75,8 @@ pub struct ConnInfo {
     /// How long a lost connection is tried again before the run gives up (`--reconnect-timeout`);
     /// zero: a lost connection stops the run at once. See `crate::reconnect`.
     pub reconnect_timeout: Duration,
+    /// Reconnections so far, shared by every `ConnInfo` derived from this one.
+    pub reconnects: crate::reconnect::Reconnects,
 }
 
 /// A setting and where it came from, for messages.
@@ -174,6 +176,7 @@ impl ConnInfo {
             passfile,
             password_from_file: false,
             reconnect_timeout: crate::reconnect::DEFAULT_TIMEOUT,
+            reconnects: Default::default(),
         };
         Ok(info.at(&endpoint).with_application_name("pg-ghost"))
     }

@@ -26,6 +26,8 @@ use crate::schema::TableInfo;
 use crate::sql::QualifiedName;
 use blockers::BlockerKiller;
 use sessions::Sessions;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio_postgres::Client;
@@ -49,6 +51,31 @@ pub struct CutOver<'a> {
     pub abort: watch::Receiver<Option<String>>,
     /// `--test-on-replica`: swap and swap straight back in the same transaction.
     pub swap_back: bool,
+    /// Counted as the attempts go, for the metrics.
+    pub tally: &'a CutOverTally,
+}
+
+/// The cut-over's attempts as they are made, and the lock times of the one that committed.
+#[derive(Debug, Default)]
+pub struct CutOverTally {
+    attempts: AtomicU64,
+    /// `(lock_wait, lock_held)` of the committed attempt.
+    committed: Mutex<Option<(Duration, Duration)>>,
+}
+
+impl CutOverTally {
+    pub fn attempts(&self) -> u64 {
+        self.attempts.load(Ordering::Relaxed)
+    }
+
+    /// How long the committed attempt waited for its locks and held them; `None` before.
+    pub fn lock_times(&self) -> Option<(Duration, Duration)> {
+        *self.committed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn committed(&self, report: &CutOverReport) {
+        *self.committed.lock().unwrap_or_else(|p| p.into_inner()) = Some((report.lock_wait, report.lock_held));
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -77,8 +104,12 @@ impl CutOver<'_> {
         loop {
             attempt += 1;
             self.check_abort()?;
+            self.tally.attempts.fetch_add(1, Ordering::Relaxed);
             match self.try_once(&mut sessions, lost_session, attempt, killer.as_mut()).await {
-                Ok(report) => return Ok(report),
+                Ok(report) => {
+                    self.tally.committed(&report);
+                    return Ok(report);
+                }
                 Err(e) => {
                     if !e.is_retryable() || attempt >= self.retries {
                         return Err(e.context(format!("cut-over attempt {attempt}")));

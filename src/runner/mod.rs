@@ -31,6 +31,7 @@ use crate::hooks::HookEvent;
 use futures_util::future::BoxFuture;
 use crate::inspect::{self, PreflightOptions};
 use crate::lsn::Lsn;
+use crate::metrics::{self, MetricsServer};
 use crate::names::Names;
 use crate::phase::Phase;
 use crate::reconnect::{self, Outage};
@@ -93,15 +94,31 @@ struct Run {
     names: Option<Names>,
     /// The name the original took at the cut-over, once it committed.
     old_table: Option<String>,
+    /// Counted as the checksum and the cut-over go, for the metrics.
+    checksum_progress: Arc<checksum::ChecksumProgress>,
+    cut_over_tally: Arc<crate::cutover::CutOverTally>,
 }
 
 pub async fn run(cfg: Config) -> Result<Outcome> {
+    // Bound first: an address that cannot be used stops the run before it connects.
+    let mut metrics = cfg.metrics_listen.map(MetricsServer::bind).transpose()?;
     // Every session of the run goes to the one server chosen here (`host=a,b`).
     let cfg = Config { conn: cfg.conn.resolve().await?, ..cfg };
     let controls = Controls::new(&cfg)?;
     let (phase_tx, phase_rx) = watch::channel(Phase::Inspect);
     let (abort_tx, abort_rx) = watch::channel(None);
     let abort_tx = Arc::new(abort_tx);
+    let checksum_progress = Arc::<checksum::ChecksumProgress>::default();
+    let cut_over_tally = Arc::<crate::cutover::CutOverTally>::default();
+    if let Some(server) = metrics.as_mut() {
+        server.serve(metrics::Sources {
+            phase: phase_tx.subscribe(),
+            progress: controls.progress.subscribe(),
+            checksum: checksum_progress.clone(),
+            cut_over: cut_over_tally.clone(),
+            reconnects: cfg.conn.reconnects.clone(),
+        })?;
+    }
     let watchers = watchers::spawn(cfg.panic_flag_file.clone(), abort_tx.clone());
     controls.fire(HookEvent::Startup).await?;
     let client = main_conn(&cfg).connect().await?;
@@ -115,6 +132,8 @@ pub async fn run(cfg: Config) -> Result<Outcome> {
         created: Created::default(),
         names: None,
         old_table: None,
+        checksum_progress,
+        cut_over_tally,
     };
     let mut background = None;
     let result = run.phases(&mut background, phase_rx).await;
@@ -134,6 +153,8 @@ pub async fn run(cfg: Config) -> Result<Outcome> {
         tracing::warn!(error = %e, "the final hook failed");
     }
     run.controls.shutdown().await;
+    // Served to the end, the final hooks included, so the last scrape sees how it ended.
+    drop(metrics);
     let outcome = result?;
     cleaned?;
     Ok(outcome)
@@ -415,6 +436,7 @@ impl Run {
             self.record_state(names, "checksum").await;
             let mut job = ChecksumJob::new(self.cfg.conn.clone(), info.name.clone(), ghost.name.clone(), ghost.mapping.clone());
             job.workers = self.cfg.copy.workers;
+            job.progress = self.checksum_progress.clone();
             let catch_up = || -> BoxFuture<'_, Result<()>> { Box::pin(self.catch_up(repl)) };
             let report = guard(checksum::verify(&job, &repl.inflight, catch_up), &mut self.abort.clone(), Some(&mut *bg)).await?;
             tracing::info!(
@@ -542,6 +564,7 @@ impl Run {
             kill_blockers_after: self.cfg.cut_over.kill_blockers_after,
             abort: self.abort.clone(),
             swap_back,
+            tally: &self.cut_over_tally,
         }
     }
 

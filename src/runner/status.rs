@@ -7,7 +7,7 @@ use crate::apply::ApplyStats;
 use crate::copy::CopyProgress;
 use crate::hooks::{HookEnv, HookEvent, Hooks};
 use crate::phase::Phase;
-use crate::status::{status_line, Progress, RateEstimator};
+use crate::status::{status_line, Progress, RateEstimator, StreamLagClock};
 use crate::throttle::Decision;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -40,6 +40,7 @@ pub fn spawn(src: Sources, out: Outputs) -> JoinHandle<()> {
     tokio::spawn(async move {
         let started = Instant::now();
         let mut rate = RateEstimator::new(Duration::from_secs(30));
+        let mut clock = StreamLagClock::new();
         let mut copy_started: Option<Instant> = None;
         let mut last_log = Instant::now();
         let mut last_hook = Instant::now();
@@ -54,7 +55,7 @@ pub fn spawn(src: Sources, out: Outputs) -> JoinHandle<()> {
             if phase == Phase::Copy && copy_started.is_none() {
                 copy_started = Some(now);
             }
-            let p = snapshot(&src, &mut rate, now, started, copy_started);
+            let p = snapshot(&src, &mut rate, &mut clock, now, started, copy_started);
             out.progress.send_replace(p.clone());
             if now.duration_since(last_log) >= out.log_every {
                 last_log = now;
@@ -71,7 +72,14 @@ pub fn spawn(src: Sources, out: Outputs) -> JoinHandle<()> {
     })
 }
 
-fn snapshot(src: &Sources, rate: &mut RateEstimator, now: Instant, started: Instant, copy_started: Option<Instant>) -> Progress {
+fn snapshot(
+    src: &Sources,
+    rate: &mut RateEstimator,
+    clock: &mut StreamLagClock,
+    now: Instant,
+    started: Instant,
+    copy_started: Option<Instant>,
+) -> Progress {
     let rows = src.copy.rows.load(Ordering::Relaxed);
     rate.record(now, rows);
     let stats = src.apply.borrow().clone();
@@ -83,7 +91,11 @@ fn snapshot(src: &Sources, rate: &mut RateEstimator, now: Instant, started: Inst
     p.applied = stats.applied_keys;
     p.backlog_keys = stats.backlog_keys as u64;
     p.lag = decision.lag;
-    p.lag_bytes = Some(src.stream.server_wal_end().bytes_since(stats.acked));
+    let wal_end = src.stream.server_wal_end();
+    p.lag_bytes = Some(wal_end.bytes_since(stats.acked));
+    p.stream_lag = clock.update(now, wal_end, stats.acked);
+    p.slot_retained_wal = decision.retained_wal;
+    p.throttle_cause = decision.cause().filter(|_| decision.throttled);
     p.throttle_reason = decision.reason.filter(|_| decision.throttled);
     p.elapsed = now.duration_since(started);
     p.copy_elapsed = copy_started.map(|s| now.duration_since(s)).unwrap_or_default();

@@ -192,3 +192,35 @@ fn restarts_and_stale_samples() {
     r.record(at(t0, 2_500), 9_999_999);
     assert_eq!(r.rate(), Some(500.0));
 }
+
+#[test]
+fn stream_lag_is_the_age_of_the_oldest_unacknowledged_wal() {
+    let t0 = Instant::now();
+    let at = |secs: u64| t0 + Duration::from_secs(secs);
+    let mut clock = StreamLagClock::new();
+    assert_eq!(clock.update(at(0), Lsn::ZERO, Lsn::ZERO), None, "no WAL end reported yet");
+    assert_eq!(clock.update(at(1), Lsn(100), Lsn::ZERO), Some(Duration::ZERO), "just seen");
+    assert_eq!(clock.update(at(2), Lsn(200), Lsn(50)), Some(Duration::from_secs(1)), "WAL up to 100 existed at 1 s");
+    assert_eq!(clock.update(at(3), Lsn(200), Lsn(100)), Some(Duration::from_secs(1)), "past 100: the WAL end 200 was seen at 2 s");
+    assert_eq!(clock.update(at(7), Lsn(300), Lsn(150)), Some(Duration::from_secs(5)));
+    assert_eq!(clock.update(at(8), Lsn(300), Lsn(300)), Some(Duration::ZERO), "all acknowledged");
+    assert_eq!(clock.update(at(9), Lsn(300), Lsn(300)), Some(Duration::ZERO), "no new WAL");
+    assert_eq!(clock.update(at(12), Lsn(400), Lsn(300)), Some(Duration::ZERO));
+    assert_eq!(clock.update(at(15), Lsn(400), Lsn(300)), Some(Duration::from_secs(3)), "stuck since 12 s");
+}
+
+#[test]
+fn stream_lag_samples_are_bounded_and_stay_a_lower_bound() {
+    let t0 = Instant::now();
+    let mut clock = StreamLagClock::new();
+    let n = StreamLagClock::MAX_SAMPLES as u64 + 10;
+    for i in 1..=n {
+        clock.update(t0 + Duration::from_secs(i), Lsn(i * 10), Lsn::ZERO);
+    }
+    assert_eq!(clock.samples.len(), StreamLagClock::MAX_SAMPLES);
+    // The oldest sample is kept: the lag still counts from it.
+    let now = t0 + Duration::from_secs(n + 1);
+    assert_eq!(clock.update(now, Lsn(n * 10), Lsn::ZERO), Some(Duration::from_secs(n)));
+    // Past every sample but the newest: the newest's age, never more than the truth.
+    assert_eq!(clock.update(now, Lsn(n * 10), Lsn(n * 10 - 1)), Some(Duration::from_secs(1)));
+}

@@ -64,6 +64,36 @@ pub enum Cause {
     ThrottleQuery,
 }
 
+impl Cause {
+    /// Every cause, in priority order.
+    pub const ALL: [Cause; 9] = [
+        Cause::CriticalRetainedWal,
+        Cause::CriticalLoad,
+        Cause::Hibernating,
+        Cause::User,
+        Cause::FlagFile,
+        Cause::RetainedWal,
+        Cause::Lag,
+        Cause::MaxLoad,
+        Cause::ThrottleQuery,
+    ];
+
+    /// A stable machine name (metrics labels): lower case, `-` between words.
+    pub fn name(self) -> &'static str {
+        match self {
+            Cause::CriticalRetainedWal => "critical-retained-wal",
+            Cause::CriticalLoad => "critical-load",
+            Cause::Hibernating => "hibernating",
+            Cause::User => "user",
+            Cause::FlagFile => "flag-file",
+            Cause::RetainedWal => "retained-wal",
+            Cause::Lag => "lag",
+            Cause::MaxLoad => "max-load",
+            Cause::ThrottleQuery => "throttle-query",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Reason {
     pub cause: Cause,
@@ -86,6 +116,9 @@ pub struct Decision {
     pub hibernate: bool,
     /// The largest replica lag measured, for the status line and hooks.
     pub lag: Option<Duration>,
+    /// WAL retained by this run's slot at the last measurement, in bytes, for the metrics;
+    /// `None` when it could not be measured. Set by the throttler, not by [`decide`].
+    pub retained_wal: Option<u64>,
 }
 
 impl Decision {
@@ -144,6 +177,7 @@ fn finish(reasons: Vec<Reason>, limits: &Limits, lag: Option<Duration>) -> Decis
         abort,
         hibernate,
         lag,
+        retained_wal: None,
     }
 }
 

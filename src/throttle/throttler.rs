@@ -100,7 +100,8 @@ async fn decide_loop(mut job: ThrottleJob, tx: watch::Sender<Decision>) -> Resul
         let locked = *job.cut_over_locked.borrow_and_update();
         let hibernating = hibernation.as_ref().map(Hibernation::describe);
         let inputs = collector.collect(&tunables, forced, locked, hibernating).await;
-        let decision = decide(&inputs, &limits);
+        let mut decision = decide(&inputs, &limits);
+        decision.retained_wal = inputs.retained_wal.as_ref().ok().copied();
         if let (true, Some(pause)) = (decision.hibernate, limits.critical_load_hibernate) {
             hibernation = Some(Hibernation::start(pause, &decision));
         }

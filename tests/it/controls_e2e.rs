@@ -36,7 +36,7 @@ const PANIC_LIMIT: Duration = Duration::from_secs(3);
 /// A slow copy: chunks of 100 rows or a little more (`--chunk-time 1ms` keeps them near the
 /// sizing's floor) and a rest of nine times each chunk's time after it: 20,000 rows take a few
 /// seconds, leaving room to act while the copy runs.
-const SLOW_COPY: [&str; 6] = ["--chunk-size", "100", "--chunk-time", "1ms", "--nice-ratio", "9"];
+pub(crate) const SLOW_COPY: [&str; 6] = ["--chunk-size", "100", "--chunk-time", "1ms", "--nice-ratio", "9"];
 
 /// Every run of this file ignores the host-wide `/tmp/pg-ghost.throttle` (another test or a
 /// person may create it) and prints its status line every second, unless it gives the flag
@@ -47,14 +47,14 @@ const COMMON: [&str; 4] = ["--throttle-additional-flag-file", "", "--status-inte
 
 /// A `pg-ghost run` in the background, its stderr collected line by line as it comes, so the
 /// test can wait for a log line while the run goes on.
-struct Running {
+pub(crate) struct Running {
     child: Child,
     log: Arc<Mutex<String>>,
     reader: Option<JoinHandle<()>>,
 }
 
 impl Running {
-    fn spawn(db: &TestDb<'_>, args: &[&str]) -> Running {
+    pub(crate) fn spawn(db: &TestDb<'_>, args: &[&str]) -> Running {
         let mut all: Vec<&str> = Vec::new();
         for pair in COMMON.chunks(2) {
             if !args.contains(&pair[0]) {
@@ -80,12 +80,12 @@ impl Running {
         Running { child, log, reader: Some(reader) }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         self.log.lock().unwrap().clone()
     }
 
     /// Panics with the log if the process has exited (it was expected to keep running).
-    async fn assert_running(&mut self, while_waiting_for: &str) {
+    pub(crate) async fn assert_running(&mut self, while_waiting_for: &str) {
         if let Some(status) = self.child.try_wait().expect("try_wait") {
             if let Some(reader) = self.reader.take() {
                 let _ = reader.await;
@@ -95,7 +95,7 @@ impl Running {
     }
 
     /// Waits for a log line containing `needle` (seen before or after this call) and returns it.
-    async fn wait_log(&mut self, needle: &str, timeout: Duration) -> String {
+    pub(crate) async fn wait_log(&mut self, needle: &str, timeout: Duration) -> String {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(line) = self.log().lines().find(|l| l.contains(needle)) {
@@ -108,7 +108,7 @@ impl Running {
     }
 
     /// Waits for the exit (at most `timeout`, then kills it and panics).
-    async fn wait(mut self, timeout: Duration) -> Output {
+    pub(crate) async fn wait(mut self, timeout: Duration) -> Output {
         let status = match tokio::time::timeout(timeout, self.child.wait()).await {
             Ok(s) => s.expect("wait for pg-ghost"),
             Err(_) => {
@@ -133,7 +133,7 @@ async fn copy_range(client: &Client, table: &str) -> Option<(i64, i64)> {
     Some((if lo.is_empty() { 0 } else { lo.parse().ok()? }, hi.parse().ok()?))
 }
 
-async fn wait_for_state(client: &Client, run: &mut Running, table: &str, state: &str, timeout: Duration) {
+pub(crate) async fn wait_for_state(client: &Client, run: &mut Running, table: &str, state: &str, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     loop {
         if changelog_value(client, table, "state").await.as_deref() == Some(state) {
@@ -227,7 +227,7 @@ async fn column_type(client: &Client, table: &str, column: &str) -> String {
 }
 
 /// A file path of this test's own (removed if a previous run left it).
-fn temp_path(db: &TestDb<'_>, what: &str) -> PathBuf {
+pub(crate) fn temp_path(db: &TestDb<'_>, what: &str) -> PathBuf {
     let p = std::env::temp_dir().join(format!("pgg-{}-{}-{what}", std::process::id(), db.name));
     let _ = std::fs::remove_file(&p);
     p
@@ -294,7 +294,7 @@ impl Sleepers {
 // ---- the socket ---------------------------------------------------------------------------
 
 /// One command, one connection: writes `line`, reads the answer to EOF.
-async fn ask(path: &Path, line: &str) -> String {
+pub(crate) async fn ask(path: &Path, line: &str) -> String {
     let exchange = async {
         let mut s = tokio::net::UnixStream::connect(path).await.unwrap_or_else(|e| panic!("connect to {}: {e}", path.display()));
         s.write_all(format!("{line}\n").as_bytes()).await.unwrap();
@@ -305,7 +305,7 @@ async fn ask(path: &Path, line: &str) -> String {
     tokio::time::timeout(Duration::from_secs(10), exchange).await.unwrap_or_else(|_| panic!("no answer to {line:?} within 10 s"))
 }
 
-async fn wait_for_socket(run: &mut Running, path: &Path) {
+pub(crate) async fn wait_for_socket(run: &mut Running, path: &Path) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !path.exists() {
         run.assert_running("the control socket").await;
@@ -972,7 +972,7 @@ fn recorder(dir: &Path, name: &str, log: &Path) {
     script(dir, name, &format!("{{ echo \"== $(basename \"$0\")\"; env | grep '^PG_GHOST_' | sort; }} >> '{}'", log.display()));
 }
 
-fn script(dir: &Path, name: &str, body: &str) {
+pub(crate) fn script(dir: &Path, name: &str, body: &str) {
     let path = dir.join(name);
     std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();

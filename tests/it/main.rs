@@ -15,6 +15,7 @@ mod flush_strategy;
 mod hooks;
 mod inspect;
 mod libpq;
+mod metrics;
 mod oracle;
 mod oracle_selftest;
 mod plan;

@@ -322,3 +322,15 @@ fn limits_come_from_tunables_and_config() {
     assert_eq!(l.critical_load_hibernate, Some(Duration::from_secs(5)));
     assert_eq!((l.max_retained_wal, l.critical_retained_wal), (Some(GIB), Some(2 * GIB)));
 }
+
+#[test]
+fn cause_names_are_distinct_label_values() {
+    let mut seen = std::collections::HashSet::new();
+    for cause in Cause::ALL {
+        let name = cause.name();
+        assert!(name.chars().all(|c| c.is_ascii_lowercase() || c == '-'), "{cause:?}: {name}");
+        assert!(seen.insert(name), "{cause:?} repeats {name}");
+    }
+    // ALL lists the causes in priority order, as the enum declares them.
+    assert!(Cause::ALL.windows(2).all(|w| w[0] < w[1]));
+}
