@@ -173,7 +173,8 @@ fn can_fail(subtype: AlterTableType, cmd: &protobuf::AlterTableCmd) -> Option<&'
         kinds.iter().find_map(|(k, not_valid)| match k {
             ConstrType::ConstrCheck if !not_valid => Some("rows that violate the CHECK"),
             ConstrType::ConstrForeign if !not_valid => Some("rows without a matching row in the referenced table"),
-            ConstrType::ConstrUnique | ConstrType::ConstrPrimary => Some("duplicate values (and NULLs, for a primary key)"),
+            ConstrType::ConstrUnique => Some("duplicate values"),
+            ConstrType::ConstrPrimary => Some("duplicate or NULL values"),
             ConstrType::ConstrExclusion => Some("rows that conflict under the exclusion constraint"),
             ConstrType::ConstrNotnull => Some("NULL values"),
             _ => None,

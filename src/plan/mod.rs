@@ -140,13 +140,14 @@ fn action(o: &Observation) -> String {
 fn decide(table: &QualifiedName, conn: &ConnInfo, alter: &str, sizes: Sizes, rates: Rates, clauses: Vec<ClausePlan>, details: &[Clause]) -> Plan {
     let rewriting: Vec<usize> = clauses.iter().enumerate().filter(|(_, c)| c.observed.rewrites || c.observed.rebuilds_indexes).map(|(i, _)| i + 1).collect();
     let scanning: Vec<usize> = clauses.iter().enumerate().filter(|(_, c)| c.observed.scans || c.observed.builds_index).map(|(i, _)| i + 1).collect();
-    let copy = estimate::copy_seconds(&sizes, &rates);
+    let copy = estimate::copy_seconds(&sizes, &rates, estimate::GHOST_SLOWDOWN);
+    let rewrite = estimate::copy_seconds(&sizes, &rates, estimate::REWRITE_SLOWDOWN);
     let scan = estimate::scan_seconds(sizes.heap_bytes + sizes.toast_bytes, &rates) * scanning.len() as f64;
     // A new index: about 32 bytes an entry (tuple header, key, line pointer, fill factor).
     let new_index_bytes = clauses.iter().filter(|c| c.observed.builds_index).count() as i64 * sizes.rows * 32;
     let (strategy, why, chosen, plain_alter) = if !rewriting.is_empty() {
         let copy_cost = Cost { seconds: copy, wal_bytes: sizes.copy_bytes(), extra_disk_bytes: sizes.copy_bytes(), writes_blocked: "milliseconds, at the swap".into() };
-        let plain = Cost { seconds: copy, wal_bytes: sizes.copy_bytes(), extra_disk_bytes: sizes.copy_bytes(), writes_blocked: "the whole time, reads too (ACCESS EXCLUSIVE)".into() };
+        let plain = Cost { seconds: rewrite, wal_bytes: sizes.copy_bytes(), extra_disk_bytes: sizes.copy_bytes(), writes_blocked: "the whole time, reads too (ACCESS EXCLUSIVE)".into() };
         (
             Strategy::Ghost,
             format!(
