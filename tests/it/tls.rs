@@ -9,7 +9,10 @@ use crate::run_faults::{flag_path, wait_for_state, Running};
 use pg_ghost::conn::{ChannelBindingMode, ConnInfo, Endpoint, RootCert, SslMode, SslSettings};
 use pg_ghost::lsn::Lsn;
 use pg_ghost::replication::transport::{AuthMethod, ReplicationConnection, SlotKind, SlotSnapshot, StreamEvent, StreamOptions};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose};
+use rcgen::{
+    date_time_ymd, BasicConstraints, CertificateParams, CertificateRevocationListParams, CertifiedIssuer, DnType, IsCa, KeyIdMethod, KeyPair,
+    KeyUsagePurpose, RevokedCertParams, SerialNumber,
+};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -25,7 +28,14 @@ pub struct Pki {
     pub server_key: String,
     pub client_cert: PathBuf,
     pub client_key: PathBuf,
+    /// A revocation list of the CA that revokes the server's certificate.
+    pub crl_revoking_server: PathBuf,
+    /// One that revokes another certificate only.
+    pub crl_revoking_other: PathBuf,
 }
+
+/// The server certificate's serial number, for the revocation lists.
+const SERVER_SERIAL: u64 = 4242;
 
 fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
     let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -45,6 +55,7 @@ pub fn pki() -> &'static Pki {
         let server_key = KeyPair::generate().unwrap();
         let mut server = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
         server.distinguished_name.push(DnType::CommonName, "localhost");
+        server.serial_number = Some(SerialNumber::from(SERVER_SERIAL));
         let server_cert = server.signed_by(&server_key, &ca_issuer).unwrap();
 
         // `cert` authentication maps the certificate's CN to the role.
@@ -59,7 +70,28 @@ pub fn pki() -> &'static Pki {
             set_mode(&path, 0o600);
             path
         };
+        let crl = |serial: u64| {
+            CertificateRevocationListParams {
+                this_update: date_time_ymd(2024, 1, 1),
+                next_update: date_time_ymd(2099, 1, 1),
+                crl_number: SerialNumber::from(1u64),
+                issuing_distribution_point: None,
+                revoked_certs: vec![RevokedCertParams {
+                    serial_number: SerialNumber::from(serial),
+                    revocation_time: date_time_ymd(2024, 1, 1),
+                    reason_code: None,
+                    invalidity_date: None,
+                }],
+                key_identifier_method: KeyIdMethod::Sha256,
+            }
+            .signed_by(&ca_issuer)
+            .unwrap()
+            .pem()
+            .unwrap()
+        };
         Pki {
+            crl_revoking_server: write("revoked.crl", &crl(SERVER_SERIAL)),
+            crl_revoking_other: write("other.crl", &crl(7)),
             ca: write("ca.pem", &ca_issuer.pem()),
             other_ca: write("other-ca.pem", &other.pem()),
             server_cert: server_cert.pem(),
@@ -217,6 +249,17 @@ async fn certificates_that_do_not_fit_are_refused_with_the_reason() {
     // require with a root certificate checks the chain, as libpq does.
     let require = info(cluster, "postgres", "localhost", ssl(SslMode::Require, Some(&pki().other_ca)));
     assert!(message(require.connect().await).contains("not signed by a trusted CA"));
+
+    // sslcrl: a revoked server certificate is refused; a list that revokes others is no bar.
+    let mut revoked = verify_full();
+    revoked.crl = Some(pki().crl_revoking_server.clone());
+    let revoked = info(cluster, "postgres", "localhost", revoked);
+    for m in [message(revoked.connect().await), message(ReplicationConnection::connect(&revoked).await)] {
+        assert!(m.contains("revoked"), "{m}");
+    }
+    let mut fine = verify_full();
+    fine.crl = Some(pki().crl_revoking_other.clone());
+    info(cluster, "postgres", "localhost", fine).connect().await.expect("a list that does not name the server's certificate");
 
     let system = info(cluster, "postgres", "localhost", SslSettings { mode: SslMode::Require, root_cert: Some(RootCert::System), ..SslSettings::default() });
     assert!(message(system.connect().await).contains("sslrootcert=system needs sslmode=verify-full"));
