@@ -59,6 +59,13 @@ pub struct PlanArgs {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StrategyArg {
+    Auto,
+    Direct,
+    Ghost,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum PlanFormat {
     Text,
     Json,
@@ -106,6 +113,13 @@ pub struct RunArgs {
     /// cleans up, and the database ends exactly as it started.
     #[arg(long)]
     pub execute: bool,
+
+    /// How to make the change: `ghost` copies the table into a ghost fed by the change
+    /// stream and swaps it in; `direct` changes the table itself when no clause rewrites it
+    /// (catalog steps under a short lock, validations online; see `pg-ghost plan`); `auto`
+    /// takes `direct` when it can, else `ghost`.
+    #[arg(long, value_enum, default_value_t = StrategyArg::Ghost)]
+    pub strategy: StrategyArg,
 
     /// The unique NOT NULL index to copy and apply rows by, by name. Default: the primary key.
     #[arg(long, value_name = "INDEX")]

@@ -43,6 +43,8 @@ pub struct Config {
     pub key: Option<String>,
     /// `false`: dry run, everything but the cut-over, then cleanup.
     pub execute: bool,
+    /// `--strategy`.
+    pub strategy: crate::cli::StrategyArg,
     pub resume: bool,
     pub initially_drop_ghost_table: bool,
     pub skip_checksum: bool,
@@ -148,6 +150,7 @@ impl Config {
             alter: required("alter", &args.alter)?,
             key: args.key.as_deref().map(|k| required("key", k)).transpose()?,
             execute: args.execute,
+            strategy: strategy(args)?,
             resume: resume(args)?,
             initially_drop_ghost_table: args.initially_drop_ghost_table,
             skip_checksum: args.skip_checksum,
@@ -337,6 +340,19 @@ fn test_on_replica(args: &RunArgs) -> Result<Option<ReplicaTest>> {
     }
 }
 
+/// `--strategy direct` changes the table itself: nothing to resume, no ghost to rehearse with.
+fn strategy(args: &RunArgs) -> Result<crate::cli::StrategyArg> {
+    if args.strategy == crate::cli::StrategyArg::Direct {
+        if args.resume {
+            return Err(Error::config("--strategy direct and --resume contradict each other: only a ghost run can be resumed"));
+        }
+        if args.test_on_replica {
+            return Err(Error::config("--strategy direct and --test-on-replica contradict each other: the rehearsal swaps a ghost in and back"));
+        }
+    }
+    Ok(args.strategy)
+}
+
 fn resume(args: &RunArgs) -> Result<bool> {
     if args.resume && args.initially_drop_ghost_table {
         // Resuming continues with the ghost table; dropping it first would lose the copy.
@@ -374,6 +390,7 @@ impl fmt::Debug for Config {
             .field("alter", &self.alter)
             .field("key", &self.key)
             .field("execute", &self.execute)
+            .field("strategy", &self.strategy)
             .field("resume", &self.resume)
             .field("initially_drop_ghost_table", &self.initially_drop_ghost_table)
             .field("skip_checksum", &self.skip_checksum)

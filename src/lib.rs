@@ -6,6 +6,7 @@ pub use error::{Error, ErrorKind, Result};
 pub mod conn;
 pub mod tls;
 pub mod plan;
+pub mod direct;
 pub mod reconnect;
 pub mod replication;
 pub mod sql;

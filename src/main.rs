@@ -44,6 +44,9 @@ async fn dispatch(command: Command) -> Result<()> {
             tracing::debug!(?config, "configuration");
             match runner::run(config).await? {
                 Outcome::CutOver => tracing::info!("done: the cut-over committed"),
+                Outcome::Direct { steps, attempts } => {
+                    tracing::info!(steps, attempts, "done: the table was changed directly, without a copy")
+                }
                 Outcome::DryRunComplete => {
                     tracing::info!("dry run complete: everything checked out and was cleaned up")
                 }

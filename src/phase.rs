@@ -12,6 +12,8 @@ use tokio::sync::watch;
 pub enum Phase {
     /// Read-only discovery and preflight checks.
     Inspect,
+    /// The direct way: catalog steps under a short lock, validations online; no copy.
+    Direct,
     /// Changelog and ghost table created, the ALTER applied to the ghost.
     Prepare,
     /// Publication and slot created; changes stream from here on.
@@ -36,8 +38,9 @@ pub enum Phase {
 
 impl Phase {
     /// Every phase, in run order (`Failed` last: it can follow any of them).
-    pub const ALL: [Phase; 11] = [
+    pub const ALL: [Phase; 12] = [
         Phase::Inspect,
+        Phase::Direct,
         Phase::Prepare,
         Phase::Stream,
         Phase::Copy,
@@ -54,6 +57,7 @@ impl Phase {
     pub fn name(self) -> &'static str {
         match self {
             Phase::Inspect => "inspect",
+            Phase::Direct => "direct",
             Phase::Prepare => "prepare",
             Phase::Stream => "stream",
             Phase::Copy => "copy",
@@ -85,6 +89,7 @@ impl fmt::Display for Phase {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Phase::Inspect => "inspecting",
+            Phase::Direct => "changing it directly",
             Phase::Prepare => "preparing",
             Phase::Stream => "starting the stream",
             Phase::Copy => "copying",

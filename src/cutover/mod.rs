@@ -12,7 +12,8 @@
 //! replaced before the next attempt.
 
 mod blockers;
-mod sessions;
+pub(crate) mod sessions;
+pub(crate) mod waiting;
 pub mod swap;
 pub mod swap_back;
 
@@ -24,7 +25,7 @@ use crate::error::{Context, Error, ErrorKind, Result};
 use crate::ghost::Ghost;
 use crate::schema::TableInfo;
 use crate::sql::QualifiedName;
-use blockers::BlockerKiller;
+pub(crate) use blockers::BlockerKiller;
 use sessions::Sessions;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -181,7 +182,7 @@ impl CutOver<'_> {
 
     /// Takes ACCESS EXCLUSIVE on both tables, waiting at most `lock_timeout`. While it waits,
     /// the blockers are reported once, and terminated when the killer is due.
-    async fn lock_tables(&self, sessions: &Sessions, attempt: u32, mut killer: Option<&mut BlockerKiller>) -> Result<()> {
+    async fn lock_tables(&self, sessions: &Sessions, attempt: u32, killer: Option<&mut BlockerKiller>) -> Result<()> {
         let mut tables = vec![self.orig.name.sql(), self.ghost.name.sql()];
         if !self.swap_back {
             tables.extend(swap::referencing_tables(&sessions.client, self.orig.oid).await?.iter().map(QualifiedName::sql));
@@ -201,51 +202,14 @@ impl CutOver<'_> {
             .await
             .context("bounding the cut-over lock wait")?;
         let lock_sql = format!("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE", tables.join(", "));
-        let lock = sessions.client.batch_execute(&lock_sql);
-        tokio::pin!(lock);
-        let report_after = tokio::time::sleep(wait.mul_f64(0.8));
-        tokio::pin!(report_after);
-        let mut reported = false;
-        // Transactions that held their lock when the LOCK queued and end by themselves within
-        // the grace are not blockers worth killing: they would be short writes.
-        let grace = kill_grace(wait);
-        let first_check = killer.as_ref().map(|k| k.due().max(tokio::time::Instant::now() + grace));
-        let kill_check = tokio::time::sleep_until(first_check.unwrap_or_else(tokio::time::Instant::now));
-        tokio::pin!(kill_check);
-        let locked = loop {
-            tokio::select! {
-                r = &mut lock => break r,
-                _ = &mut report_after, if !reported => {
-                    reported = true;
-                    self.report_blockers(sessions, attempt).await;
-                }
-                _ = &mut kill_check, if killer.is_some() => {
-                    if let Some(k) = killer.as_deref_mut() {
-                        k.terminate_blockers(&sessions.monitor, sessions.pid, attempt).await;
-                    }
-                    kill_check.as_mut().reset(tokio::time::Instant::now() + grace);
-                }
-            }
-        };
-        locked.map_err(|e| {
-            let canceled = e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED);
-            let e = Error::from(e);
-            if e.kind() == ErrorKind::LockTimeout || canceled {
-                Error::new(ErrorKind::LockTimeout, format!("could not lock {} within {wait:?}", self.orig.name))
-            } else {
-                e.context("locking the tables")
-            }
-        })?;
+        waiting::run(sessions, &lock_sql, wait, attempt, killer, "cut-over lock")
+            .await
+            .map_err(|e| match e.kind() {
+                ErrorKind::LockTimeout => Error::new(ErrorKind::LockTimeout, format!("could not lock {} within {wait:?}", self.orig.name)),
+                _ => e.context("locking the tables"),
+            })?;
         let restore = format!("SET LOCAL statement_timeout = {}", crate::sql::literal(&sessions.statement_timeout));
         sessions.client.batch_execute(&restore).await.context("restoring statement_timeout after the cut-over lock")
-    }
-
-    async fn report_blockers(&self, sessions: &Sessions, attempt: u32) {
-        if let Ok(list) = blockers_of(&sessions.monitor, sessions.pid).await {
-            for b in &list {
-                tracing::warn!(attempt, blocker_pid = b.pid, user = %b.user, application = %b.application, state = %b.state, transaction_age = %b.transaction_age, query = %b.query, "cut-over lock is waiting for this session");
-            }
-        }
     }
 
     /// A DDL on the original that no later change announced on the stream is caught here,
@@ -345,19 +309,12 @@ impl CutOver<'_> {
 /// cycle started waiting after the LOCK did, so a LOCK that gives up within half of
 /// `deadlock_timeout` (margin for a loaded server) is always gone before any write looks.
 /// A lone table cannot be in such a cycle (nobody else touches the ghost).
-fn lock_wait_limit(lock_timeout: Duration, deadlock_timeout: Duration, several_tables: bool) -> Duration {
+pub(crate) fn lock_wait_limit(lock_timeout: Duration, deadlock_timeout: Duration, several_tables: bool) -> Duration {
     if several_tables {
         lock_timeout.min(deadlock_timeout / 2).max(Duration::from_millis(1))
     } else {
         lock_timeout
     }
-}
-
-/// How long a LOCK waits before its blockers may be terminated, and between two looks at
-/// them: half the lock timeout, at most 200 ms. Whatever still blocks after that is not a
-/// write about to commit.
-fn kill_grace(lock_timeout: Duration) -> Duration {
-    (lock_timeout / 2).min(Duration::from_millis(200))
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use tokio_postgres::Client;
 /// A session that does not answer `SELECT 1` within this is replaced.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
-pub(super) struct Sessions {
+pub(crate) struct Sessions {
     pub client: Client,
     pub monitor: Client,
     /// The backend pid of `client`, whose blockers the monitor looks up.

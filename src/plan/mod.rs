@@ -11,6 +11,8 @@ mod steps;
 pub use clauses::{split, Clause};
 pub use estimate::{Cost, Rates, Sizes};
 pub use probe::Observation;
+pub use report::sql_lock as lock_mode_sql;
+pub use steps::{Step, StepKind};
 
 use crate::conn::ConnInfo;
 use crate::error::{Context, Result};
@@ -65,6 +67,8 @@ pub struct Plan {
     pub plain_alter: Cost,
     /// What to run: a pg-ghost command, or the statements of the direct way.
     pub run: Vec<String>,
+    /// The direct way's steps (empty for the ghost way).
+    pub steps: Vec<Step>,
 }
 
 pub async fn plan(cfg: &PlanConfig) -> Result<Plan> {
@@ -73,8 +77,7 @@ pub async fn plan(cfg: &PlanConfig) -> Result<Plan> {
     // Nothing the plan does may wait long for a lock: it only reads the table.
     client.batch_execute("SET lock_timeout = '2s'; SET client_min_messages = warning").await?;
     let table = crate::inspect::resolve_table(&client, &cfg.table).await?;
-    let clauses = split(&cfg.alter, &table)?;
-    let observations = probe::observe(&client, &table, &clauses).await?;
+    let (clauses, clause_plans) = analyse(&client, &table, &cfg.alter).await?;
     let sizes = Sizes::read(&client, &table).await?;
     let oid: u32 = client.query_one("SELECT $1::text::regclass::oid", &[&table.sql()]).await?.try_get(0)?;
     let columns: Vec<String> = crate::inspect::columns(&client, oid).await?.into_iter().filter(|c| !c.generated).map(|c| c.name).collect();
@@ -86,15 +89,37 @@ pub async fn plan(cfg: &PlanConfig) -> Result<Plan> {
     let rates = Rates::measure(&client, &table, &columns, &sizes).await?;
     client.batch_execute(&format!("DROP TABLE pg_temp.{}", crate::sql::ident(clauses::CLONE))).await?;
 
-    let mut clause_plans = Vec::new();
+    Ok(decide(&table, &conn, &cfg.alter, sizes, rates, clause_plans, &clauses))
+}
+
+/// Each clause, and what PostgreSQL does for it.
+pub async fn analyse(client: &tokio_postgres::Client, table: &QualifiedName, alter: &str) -> Result<(Vec<Clause>, Vec<ClausePlan>)> {
+    let clauses = split(alter, table)?;
+    let observations = probe::observe(client, table, &clauses).await?;
+    let mut plans = Vec::new();
     for (clause, observed) in clauses.iter().zip(observations) {
         let referenced = match (observed.observed, &clause.column) {
-            (false, Some(name)) => referenced_by(&client, &table, name).await?,
+            (false, Some(name)) => referenced_by(client, table, name).await?,
             _ => None,
         };
-        clause_plans.push(clause_plan(clause, observed, referenced));
+        plans.push(clause_plan(clause, observed, referenced));
     }
-    Ok(decide(&table, &conn, &cfg.alter, sizes, rates, clause_plans, &clauses))
+    Ok((clauses, plans))
+}
+
+/// The direct way's steps, or the numbers of the clauses that rewrite the table (then
+/// only the ghost way keeps the table available).
+pub async fn direct_steps(client: &tokio_postgres::Client, table: &QualifiedName, alter: &str) -> Result<std::result::Result<Vec<Step>, Vec<usize>>> {
+    let (clauses, plans) = analyse(client, table, alter).await?;
+    let rewriting = rewriting(&plans);
+    Ok(match rewriting.is_empty() {
+        true => Ok(steps::direct(table, &plans, &clauses)),
+        false => Err(rewriting),
+    })
+}
+
+fn rewriting(plans: &[ClausePlan]) -> Vec<usize> {
+    plans.iter().enumerate().filter(|(_, c)| c.observed.rewrites || c.observed.rebuilds_indexes).map(|(i, _)| i + 1).collect()
 }
 
 /// The table a foreign key of the table references, for a clause that names the key.
@@ -138,7 +163,7 @@ fn action(o: &Observation) -> String {
 }
 
 fn decide(table: &QualifiedName, conn: &ConnInfo, alter: &str, sizes: Sizes, rates: Rates, clauses: Vec<ClausePlan>, details: &[Clause]) -> Plan {
-    let rewriting: Vec<usize> = clauses.iter().enumerate().filter(|(_, c)| c.observed.rewrites || c.observed.rebuilds_indexes).map(|(i, _)| i + 1).collect();
+    let rewriting = rewriting(&clauses);
     let scanning: Vec<usize> = clauses.iter().enumerate().filter(|(_, c)| c.observed.scans || c.observed.builds_index).map(|(i, _)| i + 1).collect();
     let copy = estimate::copy_seconds(&sizes, &rates, estimate::GHOST_SLOWDOWN);
     let rewrite = estimate::copy_seconds(&sizes, &rates, estimate::REWRITE_SLOWDOWN);
@@ -180,6 +205,10 @@ fn decide(table: &QualifiedName, conn: &ConnInfo, alter: &str, sizes: Sizes, rat
             Cost { seconds: scan, wal_bytes: new_index_bytes, extra_disk_bytes: new_index_bytes, writes_blocked: plain_blocked },
         )
     };
+    let steps = match strategy {
+        Strategy::Ghost => Vec::new(),
+        Strategy::Direct => steps::direct(table, &clauses, details),
+    };
     let run = match strategy {
         Strategy::Ghost => vec![format!(
             "pg-ghost run --conn {} --table {} --alter {} --execute",
@@ -187,9 +216,11 @@ fn decide(table: &QualifiedName, conn: &ConnInfo, alter: &str, sizes: Sizes, rat
             crate::inspect::shell_quote(&table.sql()),
             crate::inspect::shell_quote(alter.trim())
         )],
-        Strategy::Direct => steps::direct(table, &clauses, details),
+        Strategy::Direct => std::iter::once("SET lock_timeout = '1s';  -- and retry after a pause when it expires".to_string())
+            .chain(steps.iter().map(|s| format!("{};", s.sql)))
+            .collect(),
     };
-    Plan { table: table.to_string(), sizes, rates, clauses, strategy, why, chosen, plain_alter, run }
+    Plan { table: table.to_string(), sizes, rates, clauses, strategy, why, chosen, plain_alter, run, steps }
 }
 
 fn list(numbers: &[usize]) -> String {

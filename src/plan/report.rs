@@ -79,7 +79,7 @@ fn row(out: &mut String, label: &str, c: &Cost) {
 }
 
 /// `AccessExclusiveLock` → `ACCESS EXCLUSIVE`.
-fn sql_lock(mode: &str) -> String {
+pub fn sql_lock(mode: &str) -> String {
     let name = mode.strip_suffix("Lock").unwrap_or(mode);
     let mut out = String::new();
     for (i, ch) in name.chars().enumerate() {

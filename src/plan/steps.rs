@@ -27,28 +27,53 @@ pub fn rule_for(kind: &str, error: Option<String>, referenced: Option<String>) -
     Observation { observed: false, error, scans, lock: Some(lock.to_string()), other_locks, ..Default::default() }
 }
 
+/// One statement of the direct way.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Step {
+    pub sql: String,
+    pub kind: StepKind,
+    /// The tables it locks and how (`pg_locks` modes): what a dry run takes and releases.
+    pub locks: Vec<(String, String)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StepKind {
+    /// Catalog only, under a short lock: retried when the lock is not had in time.
+    Locked,
+    /// `VALIDATE CONSTRAINT`: reads the table under SHARE UPDATE EXCLUSIVE; writes go on.
+    Validate,
+    /// `CREATE INDEX CONCURRENTLY`; an index a failure leaves invalid is dropped.
+    ConcurrentIndex { index: String },
+}
+
 /// The statements of the direct way: catalog-only clauses as they are, each under a short
 /// lock_timeout; CHECK and FOREIGN KEY as `NOT VALID` then `VALIDATE CONSTRAINT` (which
 /// lets writes go on); `SET NOT NULL` through a validated CHECK, which PostgreSQL 12+ takes
 /// as proof and skips its scan; UNIQUE and PRIMARY KEY through `CREATE UNIQUE INDEX
 /// CONCURRENTLY` and `ADD CONSTRAINT ... USING INDEX`.
-pub fn direct(table: &QualifiedName, clauses: &[ClausePlan], details: &[super::Clause]) -> Vec<String> {
+pub fn direct(table: &QualifiedName, clauses: &[ClausePlan], details: &[super::Clause]) -> Vec<Step> {
     let t = table.sql();
-    let mut out = vec!["SET lock_timeout = '1s';  -- and retry after a pause when it expires".to_string()];
+    let mut out = Vec::new();
+    let exclusive = || vec![(t.clone(), "AccessExclusiveLock".to_string())];
+    let locked = |sql: String, locks: Vec<(String, String)>| Step { sql, kind: StepKind::Locked, locks };
+    let validate = |sql: String| Step { sql, kind: StepKind::Validate, locks: vec![(t.clone(), "ShareUpdateExclusiveLock".to_string())] };
     for (plan, clause) in clauses.iter().zip(details) {
         let o = &plan.observed;
+        let mut clause_locks = vec![(t.clone(), o.lock.clone().unwrap_or_else(|| "AccessExclusiveLock".into()))];
+        clause_locks.extend(o.other_locks.iter().cloned());
         let name = o.new_constraints.first();
         match (clause.constraint, &clause.not_valid, name) {
             (Some("check" | "foreign"), Some(not_valid), Some(name)) => {
-                out.push(format!("{not_valid};"));
-                out.push(format!("ALTER TABLE {t} VALIDATE CONSTRAINT {};", ident(name)));
+                out.push(locked(not_valid.clone(), clause_locks));
+                out.push(validate(format!("ALTER TABLE {t} VALIDATE CONSTRAINT {}", ident(name))));
                 continue;
             }
             (Some(kind @ ("unique" | "primary")), _, Some(name)) => {
                 if let Some(index) = o.new_indexes.first().and_then(|def| concurrently(def)) {
-                    out.push(format!("{index};"));
+                    out.push(Step { sql: index, kind: StepKind::ConcurrentIndex { index: name.clone() }, locks: vec![(t.clone(), "ShareUpdateExclusiveLock".into())] });
                     let what = if kind == "unique" { "UNIQUE" } else { "PRIMARY KEY" };
-                    out.push(format!("ALTER TABLE {t} ADD CONSTRAINT {0} {what} USING INDEX {0};", ident(name)));
+                    out.push(locked(format!("ALTER TABLE {t} ADD CONSTRAINT {0} {what} USING INDEX {0}", ident(name)), exclusive()));
                     continue;
                 }
             }
@@ -57,14 +82,17 @@ pub fn direct(table: &QualifiedName, clauses: &[ClausePlan], details: &[super::C
         if clause.kind == "AtSetNotNull" {
             if let Some(column) = &clause.column {
                 let check = fit_ident(&format!("{}_{column}_not_null", table.name));
-                out.push(format!("ALTER TABLE {t} ADD CONSTRAINT {} CHECK ({} IS NOT NULL) NOT VALID;", ident(&check), ident(column)));
-                out.push(format!("ALTER TABLE {t} VALIDATE CONSTRAINT {};", ident(&check)));
-                out.push(format!("{};", plan.statement));
-                out.push(format!("ALTER TABLE {t} DROP CONSTRAINT {};", ident(&check)));
+                out.push(locked(format!("ALTER TABLE {t} ADD CONSTRAINT {} CHECK ({} IS NOT NULL) NOT VALID", ident(&check), ident(column)), exclusive()));
+                out.push(validate(format!("ALTER TABLE {t} VALIDATE CONSTRAINT {}", ident(&check))));
+                out.push(locked(plan.statement.clone(), exclusive()));
+                out.push(locked(format!("ALTER TABLE {t} DROP CONSTRAINT {}", ident(&check)), exclusive()));
                 continue;
             }
         }
-        out.push(format!("{};", plan.statement));
+        match o.scans && !o.builds_index && clause.kind == "AtValidateConstraint" {
+            true => out.push(validate(plan.statement.clone())),
+            false => out.push(locked(plan.statement.clone(), clause_locks)),
+        }
     }
     out
 }

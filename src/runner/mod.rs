@@ -58,6 +58,8 @@ pub enum Outcome {
     DryRunComplete,
     /// `--test-on-replica`: swapped and swapped back, both tables compared and left.
     ReplicaTested(ReplicaReport),
+    /// The direct way: the table itself changed, step by step, without a copy.
+    Direct { steps: usize, attempts: u32 },
 }
 
 /// Keys still pending below which the stream counts as caught up for the cut-over.
@@ -161,6 +163,53 @@ pub async fn run(cfg: Config) -> Result<Outcome> {
 }
 
 impl Run {
+    /// The direct way's steps when `--strategy` asks for it and no clause rewrites the table.
+    async fn direct_steps(&self, info: &TableInfo) -> Result<Option<Vec<crate::plan::Step>>> {
+        use crate::cli::StrategyArg;
+        if self.cfg.strategy == StrategyArg::Ghost || self.cfg.test_on_replica.is_some() {
+            return Ok(None);
+        }
+        match crate::plan::direct_steps(&self.client, &info.name, &self.cfg.alter).await? {
+            Ok(steps) => {
+                tracing::info!(steps = steps.len(), "no clause rewrites the table: changing it directly, without a copy");
+                Ok(Some(steps))
+            }
+            Err(rewriting) if self.cfg.strategy == StrategyArg::Direct => Err(Error::refused(format!(
+                "--strategy direct: clause {} rewrites the table, which would hold ACCESS EXCLUSIVE (no reads, no writes) for the whole rewrite; \
+                 use --strategy ghost or auto (see pg-ghost plan)",
+                rewriting.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ")
+            ))),
+            Err(_) => Ok(None),
+        }
+    }
+
+    async fn run_direct(&mut self, info: &TableInfo, steps: &[crate::plan::Step]) -> Result<Outcome> {
+        self.enter(Phase::Direct);
+        let dry_run = !self.cfg.execute;
+        if !dry_run {
+            self.fire(HookEvent::BeforeCutOver, None).await?;
+        }
+        let direct = crate::direct::Direct {
+            conn: &self.cfg.conn,
+            table: &info.name,
+            steps,
+            lock_timeout: self.cfg.cut_over.lock_timeout,
+            retries: self.cfg.cut_over.retries,
+            kill_blockers_after: self.cfg.cut_over.kill_blockers_after,
+            abort: self.abort.clone(),
+            dry_run,
+            throttle_flag_files: self.cfg.throttle.flag_file.iter().chain(&self.cfg.throttle.additional_flag_file).cloned().collect(),
+        };
+        let report = direct.run().await?;
+        Ok(match dry_run {
+            true => {
+                tracing::info!(steps = report.steps, "dry run: every step's locks were taken and released; nothing changed");
+                Outcome::DryRunComplete
+            }
+            false => Outcome::Direct { steps: report.steps, attempts: report.attempts },
+        })
+    }
+
     fn enter(&self, phase: Phase) {
         tracing::info!(phase = phase.name(), "phase");
         self.phase.send_replace(phase);
@@ -182,6 +231,11 @@ impl Run {
         let estimated = u64::try_from(info.estimated_rows).ok().filter(|n| *n > 0);
         self.controls.progress.send_modify(|p| p.rows_estimated = estimated);
         self.fire(HookEvent::RowCountComplete, None).await?;
+        if resumed.is_none() {
+            if let Some(steps) = self.direct_steps(&info).await? {
+                return self.run_direct(&info, &steps).await;
+            }
+        }
 
         self.enter(Phase::Prepare);
         let (ghost, copy) = match resumed {

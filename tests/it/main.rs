@@ -7,6 +7,7 @@ mod alter_compose;
 mod checksum;
 mod copy_race;
 mod dependents;
+mod direct;
 mod cutover_lock;
 mod control;
 mod controls_e2e;

@@ -1,0 +1,155 @@
+//! The direct way: a change that rewrites nothing is made on the table itself, step by step
+//! (see `plan::steps`). A step that takes a lock that blocks writes waits at most the
+//! cut-over's lock timeout (its statement, lock wait and all, is bounded by it, so writers
+//! queue behind it no longer), names who is in its way, is retried after a back-off, and
+//! with `--cut-over-kill-blockers-after` terminates them, exactly as the cut-over's LOCK.
+//! Validations run under SHARE UPDATE EXCLUSIVE, which lets writes go on; an index is built
+//! `CONCURRENTLY`, and one a failure leaves invalid is dropped. A dry run takes each step's
+//! locks and releases them, changing nothing.
+
+use crate::conn::ConnInfo;
+use crate::cutover::sessions::Sessions;
+use crate::cutover::{waiting, BlockerKiller};
+use crate::error::{Backoff, Context, Error, ErrorKind, Result};
+use crate::plan::{Step, StepKind};
+use crate::sql::QualifiedName;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+pub struct Direct<'a> {
+    pub conn: &'a ConnInfo,
+    pub table: &'a QualifiedName,
+    pub steps: &'a [Step],
+    pub lock_timeout: Duration,
+    pub retries: u32,
+    pub kill_blockers_after: Option<Duration>,
+    pub abort: watch::Receiver<Option<String>>,
+    pub dry_run: bool,
+    /// While one of these exists, a step that reads the whole table waits to start.
+    pub throttle_flag_files: Vec<PathBuf>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct DirectReport {
+    pub steps: usize,
+    /// Attempts over all steps (one per step when nothing was in the way).
+    pub attempts: u32,
+}
+
+impl Direct<'_> {
+    pub async fn run(&self) -> Result<DirectReport> {
+        let mut sessions = Sessions::open(self.conn).await?;
+        let backoff = Backoff { initial: Duration::from_millis(250), max: Duration::from_secs(5), attempts: u32::MAX };
+        let mut killer = self.kill_blockers_after.map(|after| BlockerKiller::new(tokio::time::Instant::now() + after));
+        let mut report = DirectReport::default();
+        for (i, step) in self.steps.iter().enumerate() {
+            self.check_abort()?;
+            if step.kind != StepKind::Locked && !self.dry_run {
+                self.wait_while_throttled().await?;
+            }
+            let started = Instant::now();
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                report.attempts += 1;
+                match self.try_step(&sessions, step, attempt, killer.as_mut()).await {
+                    Ok(()) => break,
+                    Err(e) if e.is_retryable() && attempt < self.retries => {
+                        if e.kind() == ErrorKind::Connection {
+                            sessions.replace_lost(self.conn).await?;
+                        }
+                        let delay = backoff.delay(attempt);
+                        tracing::warn!(step = i + 1, attempt, retry_in_ms = delay.as_millis() as u64, error = %e, "direct step failed; retrying");
+                        self.sleep_unless_aborted(delay).await?;
+                    }
+                    Err(e) => return Err(e.context(format!("step {} of {} ({})", i + 1, self.steps.len(), step.sql))),
+                }
+            }
+            tracing::info!(step = i + 1, of = self.steps.len(), attempt, secs = started.elapsed().as_secs_f64(), dry_run = self.dry_run, sql = %step.sql, "direct step done");
+            report.steps += 1;
+        }
+        Ok(report)
+    }
+
+    async fn try_step(&self, sessions: &Sessions, step: &Step, attempt: u32, killer: Option<&mut BlockerKiller>) -> Result<()> {
+        let several = step.locks.len() > 1;
+        let wait = crate::cutover::lock_wait_limit(self.lock_timeout, sessions.deadlock_timeout, several);
+        let c = &sessions.client;
+        let ms = |d: Duration| d.as_millis().max(1);
+        match (&step.kind, self.dry_run) {
+            (_, true) => {
+                let locks: Vec<String> = step.locks.iter().map(|(table, mode)| format!("LOCK TABLE {table} IN {} MODE", crate::plan::lock_mode_sql(mode))).collect();
+                c.batch_execute(&format!("BEGIN; SET LOCAL lock_timeout = '{}ms'; SET LOCAL statement_timeout = '{}ms'", ms(self.lock_timeout), ms(wait))).await?;
+                let r = waiting::run(sessions, &locks.join(";\n"), wait, attempt, killer, "direct step (dry run)").await;
+                let _ = c.batch_execute("ROLLBACK").await;
+                r
+            }
+            (StepKind::Locked, false) => {
+                // The statement timeout bounds the lock wait and the (catalog-only) work together:
+                // writers queue behind it for no longer.
+                c.batch_execute(&format!("BEGIN; SET LOCAL lock_timeout = '{}ms'; SET LOCAL statement_timeout = '{}ms'", ms(self.lock_timeout), ms(wait))).await?;
+                match waiting::run(sessions, &step.sql, wait, attempt, killer, "direct step").await {
+                    Ok(()) => c.batch_execute("COMMIT").await.context("committing the step").map_err(Error::from),
+                    Err(e) => {
+                        let _ = c.batch_execute("ROLLBACK").await;
+                        Err(e)
+                    }
+                }
+            }
+            (StepKind::Validate, false) => {
+                // Only the wait for SHARE UPDATE EXCLUSIVE is bounded; the scan takes what it takes.
+                c.batch_execute(&format!("BEGIN; SET LOCAL lock_timeout = '{}ms'", ms(self.lock_timeout))).await?;
+                match waiting::run(sessions, &step.sql, self.lock_timeout, attempt, killer, "validation").await {
+                    Ok(()) => c.batch_execute("COMMIT").await.context("committing the validation").map_err(Error::from),
+                    Err(e) => {
+                        let _ = c.batch_execute("ROLLBACK").await;
+                        Err(e)
+                    }
+                }
+            }
+            (StepKind::ConcurrentIndex { index }, false) => {
+                // CONCURRENTLY cannot run in a transaction: the session's own setting bounds the wait.
+                c.batch_execute(&format!("SET lock_timeout = '{}ms'", ms(self.lock_timeout))).await?;
+                let built = waiting::run(sessions, &step.sql, self.lock_timeout, attempt, killer, "index build").await;
+                let reset = c.batch_execute("RESET lock_timeout").await;
+                if let Err(e) = built {
+                    // A failed CONCURRENTLY leaves an invalid index behind: never keep it.
+                    let index = self.table.sibling(index.clone());
+                    if let Err(drop) = c.batch_execute(&format!("DROP INDEX CONCURRENTLY IF EXISTS {}", index.sql())).await {
+                        tracing::error!(index = %index, error = %Error::from(drop), "could not drop the invalid index the failed build left; drop it by hand");
+                    }
+                    return Err(e);
+                }
+                reset.map_err(Error::from)
+            }
+        }
+    }
+
+    fn check_abort(&self) -> Result<()> {
+        match self.abort.borrow().as_ref() {
+            Some(why) => Err(Error::new(ErrorKind::Aborted, why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    async fn sleep_unless_aborted(&self, delay: Duration) -> Result<()> {
+        let mut abort = self.abort.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => Ok(()),
+            _ = abort.wait_for(|a| a.is_some()) => self.check_abort(),
+        }
+    }
+
+    async fn wait_while_throttled(&self) -> Result<()> {
+        let mut said = false;
+        while let Some(flag) = self.throttle_flag_files.iter().find(|f| f.exists()) {
+            if !said {
+                tracing::info!(flag = %flag.display(), "throttled: the next step reads the whole table and waits while the flag file exists");
+                said = true;
+            }
+            self.sleep_unless_aborted(Duration::from_millis(250)).await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,91 @@
+//! `pg-ghost run --strategy direct`: a change that rewrites nothing made on the table itself,
+//! under the control-table workload; the result is what a plain ALTER TABLE leaves, for the
+//! whole database and the data. A blocker is waited for, named and retried without
+//! stalling writers; a rewriting change is refused; a dry run changes nothing.
+
+use crate::binary;
+use crate::harness::Cluster;
+use crate::oracle::*;
+use crate::run_faults::{assert_unchanged_rows, Running};
+use crate::run_refusals::assert_exit;
+use std::time::Duration;
+
+const ALTER: &str = "ADD COLUMN flag boolean NOT NULL DEFAULT true, ADD CONSTRAINT amount_bounded CHECK (amount < 1000000), \
+                     ADD CONSTRAINT orders_id_n_key UNIQUE (id, n), DROP COLUMN spare";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_without_a_rewrite_is_made_directly_under_load() {
+    let db = Cluster::primary().fresh_db("direct_load");
+    let table = OracleTable::create(&db, "orders", KeyKind::Identity, 3_000).await;
+    let before = WholeSchema::take(&db).await;
+    let oid = db.psql("SELECT 'orders'::regclass::oid");
+    let workload = Workload::start(&db, &table, WorkloadOptions::new(3).rate(Some(80))).await;
+    workload.wait_for_more_commits(30, Duration::from_secs(30)).await;
+
+    let out = binary::run(&db, &["--table", "orders", "--alter", ALTER, "--execute", "--strategy", "direct"]).await;
+    binary::assert_success(&out);
+    let log = binary::stderr(&out);
+    assert!(log.contains("changed directly"), "{log}");
+    assert!(log.contains("VALIDATE CONSTRAINT") && log.contains("CONCURRENTLY"), "{log}");
+
+    workload.wait_for_more_commits(30, Duration::from_secs(30)).await;
+    let report = workload.stop().await;
+    assert!(report.errors.is_empty(), "workload errors (seed {}): {:#?}", report.seed, report.errors);
+    let client = db.client().await;
+    assert_eq!(db.psql("SELECT 'orders'::regclass::oid"), oid, "the table itself was changed, not swapped");
+    table.assert_matches_control(&client, &table.projection().add("flag", "true").drop("spare")).await;
+    let twin = before.twin_after_plain_alter(&db, "public.orders", ALTER).await;
+    assert_whole_schema_equal(&db, &twin, ALTER).await;
+    assert_no_slots_or_publications(&client).await;
+    assert_eq!(db.psql("SELECT count(*) FROM pg_index WHERE NOT indisvalid"), "0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocker_is_named_and_waited_for_without_stalling_writers() {
+    let db = Cluster::primary().fresh_db("direct_blocked");
+    let table = OracleTable::create(&db, "orders", KeyKind::Identity, 1_000).await;
+    let workload = Workload::start(&db, &table, WorkloadOptions::new(2).rate(Some(50))).await;
+    workload.wait_for_more_commits(20, Duration::from_secs(30)).await;
+    let blocker = db.client().await;
+    blocker.batch_execute("BEGIN; LOCK TABLE orders IN ACCESS SHARE MODE").await.unwrap();
+
+    let alter = "ADD COLUMN note text";
+    let mut run = Running::spawn(&db, "run", &["--table", "orders", "--alter", alter, "--execute", "--strategy", "direct", "--cut-over-lock-timeout", "300ms"]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    run.assert_running("the blocker to go").await;
+    blocker.batch_execute("COMMIT").await.unwrap();
+    let out = run.wait(Duration::from_secs(60)).await;
+    binary::assert_success(&out);
+    let log = binary::stderr(&out);
+    assert!(log.contains("direct step is waiting for this session"), "{log}");
+    assert!(log.contains("direct step failed; retrying"), "{log}");
+
+    workload.wait_for_more_commits(20, Duration::from_secs(30)).await;
+    let report = workload.stop().await;
+    assert!(report.errors.is_empty(), "workload errors (seed {}): {:#?}", report.seed, report.errors);
+    // Writers queue behind a waiting ALTER; the lock timeout bounds how long.
+    assert!(report.max_txn_latency < Duration::from_millis(1_500), "a writer waited {:?}", report.max_txn_latency);
+    table.assert_matches_control(&db.client().await, &table.projection().add("note", "NULL::text")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewrite_is_refused_and_a_dry_run_changes_nothing() {
+    let db = Cluster::primary().fresh_db("direct_refused");
+    binary::narrow_table(&db, "t", 500);
+    let client = db.client().await;
+    let before = CatalogSnapshot::take(&client).await;
+
+    let out = binary::run(&db, &["--table", "t", "--alter", "ALTER COLUMN n TYPE bigint", "--execute", "--strategy", "direct"]).await;
+    assert_exit(&out, 3, &["--strategy direct", "clause 1 rewrites the table"]);
+    assert_catalog_unchanged(&before, &CatalogSnapshot::take(&client).await);
+
+    let out = binary::run(&db, &["--table", "t", "--alter", "ADD CHECK (n >= 0), ADD COLUMN x int DEFAULT 1", "--strategy", "direct"]).await;
+    binary::assert_success(&out);
+    let log = binary::stderr(&out);
+    assert!(log.contains("locks were taken and released"), "{log}");
+    assert_catalog_unchanged(&before, &CatalogSnapshot::take(&client).await);
+    assert_unchanged_rows(&client, "t", &["id", "n", "pad"]).await;
+
+    let out = binary::run(&db, &["--table", "t", "--alter", "ADD COLUMN x int", "--strategy", "direct", "--resume"]).await;
+    assert_exit(&out, 2, &["--strategy direct and --resume"]);
+}
