@@ -98,7 +98,7 @@ const EVERY_FLAG: &[&str] = &[
     "--max-retained-wal", "512MB", "--critical-retained-wal", "20GB",
     "--serve-socket-file", "/tmp/s.sock", "--serve-tcp-port", "9001",
     "--hooks-path", "/etc/hooks", "--hooks-timeout", "10s", "--hooks-status-interval", "1m",
-    "--metrics-listen", "127.0.0.1:9187",
+    "--metrics-listen", "127.0.0.1:9187", "--strategy", "auto",
 ];
 
 #[test]
@@ -107,6 +107,7 @@ fn every_flag_reaches_its_field() {
     assert_eq!(c.conn.endpoint, Endpoint::Tcp { host: "10.0.0.1".into(), port: 6000 });
     assert_eq!((c.conn.user.as_str(), c.conn.dbname.as_str()), ("u", "app"));
     assert!(c.execute && c.resume && c.skip_checksum);
+    assert_eq!(c.strategy, crate::cli::StrategyArg::Auto);
     assert_eq!(c.key.as_deref(), Some("orders_uk"));
     assert_eq!(c.status_interval, ms(2_000));
     assert_eq!(c.conn.reconnect_timeout, ms(90_000));
