@@ -189,7 +189,7 @@ impl Run {
 
         let throttler = Throttler::spawn(ThrottleJob {
             conn: self.cfg.conn.clone(),
-            changelog: names.changelog.clone(),
+            changelog: Some(names.changelog.clone()),
             slot: names.slot.clone(),
             cfg: self.cfg.throttle.clone(),
             tunables: self.controls.tunables.clone(),
