@@ -8,6 +8,7 @@ mod checksum;
 mod copy_race;
 mod dependents;
 mod cutover_lock;
+mod datacheck;
 mod control;
 mod controls_e2e;
 mod engine_parts;
