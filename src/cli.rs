@@ -163,6 +163,18 @@ pub struct RunArgs {
     #[arg(long, value_name = "N", default_value_t = 1, help_heading = "Copy")]
     pub copy_workers: u32,
 
+    // ---- data checks ------------------------------------------------------------------
+    /// How many offending rows (or duplicate values) a data check shows when it refuses the
+    /// ALTER (1 to 1000); the refusal also gives a query that lists them all.
+    #[arg(long, value_name = "N", default_value_t = 10, help_heading = "Data checks")]
+    pub data_check_limit: u32,
+
+    /// Do not scan the table before creating anything for rows the ALTER's UNIQUE, PRIMARY
+    /// KEY, FOREIGN KEY, NOT NULL, CHECK or type change would reject; the copy or the index
+    /// builds then find them (and stop the run, the original untouched).
+    #[arg(long, help_heading = "Data checks")]
+    pub skip_data_checks: bool,
+
     // ---- cut-over ---------------------------------------------------------------------
     /// How long the swap's ACCESS EXCLUSIVE lock may wait. Keep it short: a waiting lock
     /// request stalls every later query on the table. When referencing tables are locked too,

@@ -31,6 +31,9 @@ use std::time::Duration;
 /// The most copy workers: each holds a connection and a transaction at a time.
 pub const MAX_COPY_WORKERS: u32 = 64;
 
+/// The most offending rows a data check reports: the refusal is one message.
+pub const MAX_DATA_CHECK_LIMIT: u32 = 1000;
+
 /// Everything `pg-ghost run` was asked to do, validated.
 #[derive(Clone)]
 pub struct Config {
@@ -52,6 +55,7 @@ pub struct Config {
     /// Checked in every phase; when it appears the run aborts.
     pub panic_flag_file: Option<PathBuf>,
     pub copy: CopyConfig,
+    pub data_checks: DataCheckConfig,
     pub cut_over: CutOverConfig,
     pub throttle: ThrottleConfig,
     pub control: ControlConfig,
@@ -70,6 +74,14 @@ pub struct CopyConfig {
     pub chunk_time: Duration,
     /// At least 1, at most [`MAX_COPY_WORKERS`].
     pub workers: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DataCheckConfig {
+    /// `--skip-data-checks`: the copy and the index builds find offending rows instead.
+    pub skip: bool,
+    /// Offending rows (or duplicate values) to report; 1 to [`MAX_DATA_CHECK_LIMIT`].
+    pub limit: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -157,6 +169,7 @@ impl Config {
             status_interval: positive("status-interval", &args.status_interval, Bare::Refuse)?,
             panic_flag_file: args.panic_flag_file.clone(),
             copy: copy_from(args)?,
+            data_checks: data_checks_from(args)?,
             cut_over: cut_over_from(args)?,
             throttle,
             control: control_from(args)?,
@@ -238,6 +251,16 @@ fn copy_from(args: &RunArgs) -> Result<CopyConfig> {
         chunk_time: positive("chunk-time", &args.chunk_time, Bare::Refuse)?,
         workers: args.copy_workers as usize,
     })
+}
+
+fn data_checks_from(args: &RunArgs) -> Result<DataCheckConfig> {
+    if !(1..=MAX_DATA_CHECK_LIMIT).contains(&args.data_check_limit) {
+        return Err(Error::config(format!(
+            "--data-check-limit {}: give between 1 and {MAX_DATA_CHECK_LIMIT} rows (the refusal's query lists them all)",
+            args.data_check_limit
+        )));
+    }
+    Ok(DataCheckConfig { skip: args.skip_data_checks, limit: args.data_check_limit as usize })
 }
 
 fn cut_over_from(args: &RunArgs) -> Result<CutOverConfig> {
@@ -397,6 +420,7 @@ impl fmt::Debug for Config {
             .field("status_interval", &self.status_interval)
             .field("panic_flag_file", &self.panic_flag_file)
             .field("copy", &self.copy)
+            .field("data_checks", &self.data_checks)
             .field("cut_over", &self.cut_over)
             .field("throttle", &self.throttle)
             .field("control", &self.control)

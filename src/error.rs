@@ -125,6 +125,13 @@ impl Error {
         self.kind.is_retryable()
     }
 
+    /// The server could not compute a value for a row: a data exception (SQLSTATE class
+    /// 22: a failing cast, an overflow, a division by zero) or an integrity violation
+    /// (class 23: e.g. a domain's CHECK). The row is at fault, not the session.
+    pub fn is_row_error(&self) -> bool {
+        self.sqlstate.as_deref().is_some_and(|c| c.starts_with("22") || c.starts_with("23"))
+    }
+
     /// The innermost message, without context.
     pub fn message(&self) -> &str {
         &self.message

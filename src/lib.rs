@@ -14,6 +14,7 @@ pub mod schema;
 pub mod alter;
 pub mod sqltree;
 pub mod ghost;
+pub mod datacheck;
 pub mod keysql;
 pub mod apply;
 pub mod copy;

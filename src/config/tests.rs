@@ -40,6 +40,7 @@ fn defaults() {
     assert_eq!(c.status_interval, ms(5_000));
     assert_eq!(c.conn.reconnect_timeout, ms(60_000));
     assert_eq!(c.copy, CopyConfig { chunk_time: ms(500), workers: 1 });
+    assert_eq!(c.data_checks, DataCheckConfig { skip: false, limit: 10 });
     assert_eq!(
         c.cut_over,
         CutOverConfig {
@@ -87,6 +88,7 @@ const EVERY_FLAG: &[&str] = &[
     "--execute", "--key", "orders_uk", "--resume", "--skip-checksum",
     "--status-interval", "2s", "--reconnect-timeout", "90s",
     "--chunk-size", "2000", "--chunk-time", "1.5s", "--copy-workers", "4",
+    "--data-check-limit", "25", "--skip-data-checks",
     "--cut-over-lock-timeout", "250ms", "--cut-over-retries", "5",
     "--cut-over-kill-blockers-after", "30s", "--ok-to-drop-table", "--timestamp-old-table",
     "--postpone-cut-over-flag-file", "/tmp/p", "--panic-flag-file", "/tmp/x",
@@ -112,6 +114,7 @@ fn every_flag_reaches_its_field() {
     assert_eq!(c.status_interval, ms(2_000));
     assert_eq!(c.conn.reconnect_timeout, ms(90_000));
     assert_eq!(c.copy, CopyConfig { chunk_time: ms(1_500), workers: 4 });
+    assert_eq!(c.data_checks, DataCheckConfig { skip: true, limit: 25 });
     assert_eq!(c.cut_over.lock_timeout, ms(250));
     assert_eq!(c.cut_over.retries, 5);
     assert_eq!(c.cut_over.kill_blockers_after, Some(ms(30_000)));
@@ -186,6 +189,8 @@ fn invalid_values_are_config_errors_naming_the_flag() {
         (&["--chunk-time", "fast"], "--chunk-time \"fast\""),
         (&["--copy-workers", "0"], "--copy-workers 0: give between 1 and 64"),
         (&["--copy-workers", "65"], "--copy-workers 65"),
+        (&["--data-check-limit", "0"], "--data-check-limit 0: give between 1 and 1000 rows"),
+        (&["--data-check-limit", "1001"], "--data-check-limit 1001"),
         (&["--cut-over-lock-timeout", "0ms"], "--cut-over-lock-timeout \"0ms\": give at least 1ms"),
         (&["--cut-over-lock-timeout", "0.5ms"], "give at least 1ms"),
         (&["--cut-over-lock-timeout", "1"], "--cut-over-lock-timeout \"1\": a unit is required"),

@@ -1,5 +1,6 @@
 use super::mapping::Mapping;
 use crate::alter::{self, AlterPlan};
+use crate::datacheck::{self, Checks};
 use crate::error::{Context, Error, ErrorKind, Result};
 use crate::dependents::{ColumnChanges, Dependents};
 use crate::schema::{Column, Identity, TableInfo};
@@ -64,17 +65,25 @@ pub async fn create(client: &mut Client, orig: &TableInfo, ghost: &QualifiedName
     Ok(g)
 }
 
+/// What the trial ghost tells before anything is created.
+pub struct Trial {
+    pub changes: ColumnChanges,
+    /// The clauses existing rows could break, to check before the copy.
+    pub data_checks: Checks,
+}
+
 /// Builds the ghost in a transaction that is rolled back, to learn before anything is
-/// created what the ALTER does to the columns, and whether every foreign key that
-/// references the table can reference the changed table (PostgreSQL itself checks the
-/// types). A foreign key that cannot is refused with PostgreSQL's reason.
+/// created what the ALTER does to the columns and which of its clauses the existing rows
+/// could break, and whether every foreign key that references the table can reference the
+/// changed table (PostgreSQL itself checks the types). A foreign key that cannot is refused
+/// with PostgreSQL's reason.
 pub async fn trial(
     client: &mut Client,
     orig: &TableInfo,
     ghost: &QualifiedName,
     alter: &str,
     dependents: &Dependents,
-) -> Result<ColumnChanges> {
+) -> Result<Trial> {
     let tx = client.transaction().await.context("starting the trial ghost's transaction")?;
     // A ghost left by an earlier run that this run may drop is dropped here too (rolled back).
     let leftover: Option<u32> = tx.query_one("SELECT to_regclass($1)::oid", &[&ghost.sql()]).await?.try_get(0)?;
@@ -138,13 +147,14 @@ pub async fn trial(
         }
     }
     tx.rollback().await.context("rolling back the trial ghost")?;
-    Ok(changes)
+    Ok(Trial { changes, data_checks: built.data_checks })
 }
 
 struct Prepared {
     ghost: Ghost,
     /// The ghost's columns after the ALTER.
     after: Vec<Column>,
+    data_checks: Checks,
 }
 
 async fn build(tx: &Transaction<'_>, orig: &TableInfo, ghost: &QualifiedName, alter: &str) -> Result<Prepared> {
@@ -164,6 +174,7 @@ async fn build(tx: &Transaction<'_>, orig: &TableInfo, ghost: &QualifiedName, al
     super::statistics::copy_from_original(tx, orig.oid, ghost_oid).await?;
     let attnum_names: HashMap<i16, String> =
         crate::inspect::columns(tx, ghost_oid).await?.into_iter().map(|c| (c.attnum, c.name)).collect();
+    let before = datacheck::Before::read(tx, ghost_oid).await?;
 
     tx.batch_execute(&plan.ghost_sql).await.map_err(|e| {
         let e = Error::from(e);
@@ -177,6 +188,14 @@ async fn build(tx: &Transaction<'_>, orig: &TableInfo, ghost: &QualifiedName, al
     let source_key: Vec<(String, String)> =
         orig.key.columns.iter().cloned().zip(orig.key.types.iter().cloned()).collect();
     let mapping = Mapping::build(&attnum_names, &after, &plan.using, &source_key)?;
+    let original_names: HashMap<String, String> =
+        indexes.iter().map(|i| (temp_name(&i.name), i.constraint.as_ref().map_or(&i.name, |(c, _)| c).clone())).collect();
+    let data_checks = datacheck::clauses::read(
+        tx,
+        &before,
+        &datacheck::After { ghost_oid, orig, columns: &after, mapping: &mapping, using: &plan.using, original_names: &original_names },
+    )
+    .await?;
     let (deferred, temp_key_index) = set_aside_indexes(tx, ghost, ghost_oid, &mapping).await?;
     let replica_identity_index = indexes.iter().find(|i| i.replica_identity).map(|i| temp_name(&i.name));
     let cluster_on = indexes.iter().find(|i| i.clustered).map(|i| temp_name(&i.name));
@@ -187,7 +206,7 @@ async fn build(tx: &Transaction<'_>, orig: &TableInfo, ghost: &QualifiedName, al
             .with_context(|| format!("making the ghost's identity column {} BY DEFAULT while it is fed", ident(column)))?;
     }
     let ghost = Ghost { name: ghost.clone(), oid: ghost_oid, mapping, alter: plan, deferred, temp_key_index, replica_identity_index, cluster_on, identity_always };
-    Ok(Prepared { ghost, after })
+    Ok(Prepared { ghost, after, data_checks })
 }
 
 /// Builds the indexes and constraints set aside before the copy.

@@ -9,5 +9,5 @@ mod create;
 mod mapping;
 pub mod statistics;
 
-pub use create::{create, rebuild_deferred, temp_name, trial, Deferred, Ghost};
+pub use create::{create, rebuild_deferred, temp_name, trial, Deferred, Ghost, Trial};
 pub use mapping::Mapping;

@@ -22,6 +22,7 @@ use crate::alter;
 use crate::config::Config;
 use crate::copy::{copy_table, CopyJob, CopyProgress, GateState};
 use crate::cutover::{CutOver, MESSAGE_PREFIX};
+use crate::datacheck;
 use crate::dependents;
 use crate::error::{Context, Error, ErrorKind, Result};
 use crate::ghost::{self, Ghost};
@@ -99,6 +100,8 @@ struct Run {
     /// Counted as the checksum and the cut-over go, for the metrics.
     checksum_progress: Arc<checksum::ChecksumProgress>,
     cut_over_tally: Arc<crate::cutover::CutOverTally>,
+    /// What the trial ghost says the existing rows must pass (not on a resumed run).
+    data_checks: Option<datacheck::Checks>,
 }
 
 pub async fn run(cfg: Config) -> Result<Outcome> {
@@ -136,6 +139,7 @@ pub async fn run(cfg: Config) -> Result<Outcome> {
         old_table: None,
         checksum_progress,
         cut_over_tally,
+        data_checks: None,
     };
     let mut background = None;
     let result = run.phases(&mut background, phase_rx).await;
@@ -227,6 +231,9 @@ impl Run {
         self.names = Some(names.clone());
         self.controls.update_env(|env| env.resolved(&info.name, &names));
         self.controls.serve(&self.cfg, &info, &names, self.phase.subscribe(), self.abort_tx.clone())?;
+        if resumed.is_none() {
+            self.check_data(&info, &names).await?;
+        }
         self.fire(HookEvent::Validated, None).await?;
         let estimated = u64::try_from(info.estimated_rows).ok().filter(|n| *n > 0);
         self.controls.progress.send_modify(|p| p.rows_estimated = estimated);
@@ -264,7 +271,7 @@ impl Run {
 
         let throttler = Throttler::spawn(ThrottleJob {
             conn: self.cfg.conn.clone(),
-            changelog: names.changelog.clone(),
+            changelog: Some(names.changelog.clone()),
             slot: names.slot.clone(),
             cfg: self.cfg.throttle.clone(),
             tunables: self.controls.tunables.clone(),
@@ -346,7 +353,9 @@ impl Run {
         let tx = self.client.transaction().await.context("starting to read the dependents")?;
         let deps = dependents::read(&tx, info.oid, &names.publication).await?;
         tx.rollback().await.context("ending the read of the dependents")?;
-        let changes = ghost::trial(&mut self.client, info, &names.ghost, &self.cfg.alter, &deps).await?;
+        let trial = ghost::trial(&mut self.client, info, &names.ghost, &self.cfg.alter, &deps).await?;
+        let changes = trial.changes;
+        self.data_checks = Some(trial.data_checks);
         let bypass_rls: bool = self
             .client
             .query_one("SELECT rolbypassrls FROM pg_roles WHERE rolname = current_user", &[])
@@ -372,6 +381,68 @@ impl Run {
             );
         }
         Ok(())
+    }
+
+    /// Scans the original for rows that break the ALTER's clauses, before anything is
+    /// created; refuses the run with the first offending rows of the first clause they break.
+    /// Throttled like the copy (flag files, load, throttle query, replica lag read from
+    /// `pg_stat_replication`: there is no changelog table for a heartbeat yet).
+    async fn check_data(&mut self, info: &TableInfo, names: &Names) -> Result<()> {
+        let Some(found) = self.data_checks.take() else { return Ok(()) };
+        for note in &found.unchecked {
+            tracing::info!(clause = %note, "not checked before the copy: the copy or the index build will tell");
+        }
+        if found.checks.is_empty() {
+            return Ok(());
+        }
+        if self.cfg.data_checks.skip {
+            tracing::warn!(
+                clauses = found.checks.len(),
+                "--skip-data-checks: the rows are not checked against the ALTER's clauses before the copy; the copy or the index builds will stop the run if they break one"
+            );
+            return Ok(());
+        }
+        let throttler = Throttler::spawn(ThrottleJob {
+            conn: self.cfg.conn.clone(),
+            changelog: None,
+            slot: names.slot.clone(),
+            cfg: self.cfg.throttle.clone(),
+            tunables: self.controls.tunables.clone(),
+            overrides: self.controls.overrides.clone(),
+            cut_over_locked: self.controls.cut_over_locked.subscribe(),
+        });
+        // Nothing is read before the throttler's first decision: a flag file present from
+        // the start holds even the first chunk.
+        let mut first = throttler.decision.clone();
+        let decided = async move { first.changed().await.map_err(|_| Error::new(ErrorKind::Aborted, "the throttler stopped")) };
+        if let Err(e) = guard(decided, &mut self.abort.clone(), None).await {
+            throttler.stop().await;
+            return Err(e);
+        }
+        let (gate_tx, gate) = watch::channel(GateState::Open);
+        let forward = tokio::spawn(forward_gate(throttler.decision.clone(), gate_tx));
+        let tunables = self.controls.tunables.borrow().clone();
+        let limits = datacheck::Limits {
+            report: self.cfg.data_checks.limit,
+            chunk_size: tunables.chunk_size,
+            chunk_time: self.cfg.copy.chunk_time,
+            nice_ratio: tunables.nice_ratio,
+            log_every: self.cfg.status_interval,
+        };
+        let original = datacheck::Original::of(info);
+        tracing::info!(clauses = found.checks.len(), table = %info.name, "checking the existing rows against the ALTER's clauses");
+        let started = std::time::Instant::now();
+        let checked = datacheck::run(&self.cfg.conn, &original, &found.checks, &limits, gate);
+        let result = guard(checked, &mut self.abort.clone(), None).await;
+        forward.abort();
+        throttler.stop().await;
+        match result? {
+            Some(finding) => Err(datacheck::refusal(&info.name, &info.key.columns, &finding, limits.report)),
+            None => {
+                tracing::info!(clauses = found.checks.len(), secs = started.elapsed().as_secs_f64(), "data checks passed");
+                Ok(())
+            }
+        }
     }
 
     /// The earlier run's swap committed before it could clean up: only that is left to do.

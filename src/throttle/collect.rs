@@ -88,18 +88,20 @@ pub(crate) struct Collector {
     flag_files: Vec<PathBuf>,
     client: Option<Client>,
     wal_rate: WalRate,
-    replicas: ReplicaProbes,
+    /// None without a changelog table (before one is created): there is no heartbeat to
+    /// read back on the standbys, and their lag is read from `pg_stat_replication`.
+    replicas: Option<ReplicaProbes>,
 }
 
 impl Collector {
-    pub fn new(conn: &ConnInfo, changelog: QualifiedName, slot: String, flag_files: Vec<PathBuf>) -> Collector {
+    pub fn new(conn: &ConnInfo, changelog: Option<QualifiedName>, slot: String, flag_files: Vec<PathBuf>) -> Collector {
         Collector {
             conn: conn.with_application_name("pg-ghost throttle"),
             slot,
             flag_files,
             client: None,
             wal_rate: WalRate::new(WAL_RATE_WINDOW),
-            replicas: ReplicaProbes::new(conn.clone(), changelog),
+            replicas: changelog.map(|c| ReplicaProbes::new(conn.clone(), c)),
         }
     }
 
@@ -237,17 +239,25 @@ impl Collector {
     async fn lags(&mut self, tunables: &Tunables, clock: Reading<PrimaryClock>) -> Vec<super::inputs::ReplicaLag> {
         if tunables.max_lag.is_none() {
             // Lag is not a limit: hold no connections to the standbys.
-            self.replicas.forget();
+            if let Some(r) = self.replicas.as_mut() {
+                r.forget();
+            }
             return Vec::new();
         }
-        if tunables.throttle_control_replicas.is_empty() {
-            self.replicas.forget();
-            return match self.client() {
-                Ok(client) => super::lag::standby_lags(client).await,
-                Err(why) => super::lag::standbys_unknown(&why),
-            };
+        match self.replicas.as_mut() {
+            Some(replicas) if !tunables.throttle_control_replicas.is_empty() => {
+                replicas.measure(&tunables.throttle_control_replicas, clock).await
+            }
+            other => {
+                if let Some(r) = other {
+                    r.forget();
+                }
+                match self.client() {
+                    Ok(client) => super::lag::standby_lags(client).await,
+                    Err(why) => super::lag::standbys_unknown(&why),
+                }
+            }
         }
-        self.replicas.measure(&tunables.throttle_control_replicas, clock).await
     }
 
     async fn throttle_query(&mut self, query: &str) -> Reading<f64> {

@@ -33,7 +33,9 @@ pub struct ThrottleJob {
     /// The primary.
     pub conn: ConnInfo,
     /// The changelog table: the heartbeat is written there and read back on the standbys.
-    pub changelog: QualifiedName,
+    /// None before it exists (the data checks): no heartbeat is written, and the standbys'
+    /// lag is read from `pg_stat_replication` even with `--throttle-control-replicas`.
+    pub changelog: Option<QualifiedName>,
     /// This run's slot, whose retained WAL is limited (and excluded from the other slots'
     /// lag).
     pub slot: String,
@@ -46,6 +48,7 @@ pub struct ThrottleJob {
 }
 
 pub struct ThrottleHandle {
+    /// Changes with the first decision, whatever it is, then with every change.
     pub decision: watch::Receiver<Decision>,
     /// Ends with `Err(ErrorKind::Aborted)` at a critical limit, `Ok` when nobody listens
     /// to the decision any more; otherwise runs until aborted.
@@ -71,7 +74,8 @@ impl Throttler {
 }
 
 async fn run(job: ThrottleJob, tx: watch::Sender<Decision>) -> Result<()> {
-    let beats = heartbeat::run(job.conn.clone(), job.changelog.clone(), job.cfg.heartbeat_interval);
+    let Some(changelog) = job.changelog.clone() else { return decide_loop(job, tx).await };
+    let beats = heartbeat::run(job.conn.clone(), changelog, job.cfg.heartbeat_interval);
     tokio::select! {
         r = decide_loop(job, tx) => r,
         never = beats => match never {},
@@ -83,6 +87,7 @@ async fn decide_loop(mut job: ThrottleJob, tx: watch::Sender<Decision>) -> Resul
     let mut collector = Collector::new(&job.conn, job.changelog.clone(), job.slot.clone(), flag_files);
     let mut states = StateLog::default();
     let mut hibernation: Option<Hibernation> = None;
+    let mut first = true;
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
@@ -109,7 +114,13 @@ async fn decide_loop(mut job: ThrottleJob, tx: watch::Sender<Decision>) -> Resul
             tracing::info!(reason = decision.reason.as_deref().unwrap_or(""), "{line}");
         }
         let abort = decision.abort.clone();
-        publish(&tx, decision);
+        if first {
+            // The first decision is always announced, so a reader can wait for it.
+            first = false;
+            tx.send_replace(decision);
+        } else {
+            publish(&tx, decision);
+        }
         if let Some(why) = abort {
             tracing::error!(reason = %why, "critical limit reached: aborting the run");
             return Err(Error::new(ErrorKind::Aborted, why));

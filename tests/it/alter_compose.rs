@@ -19,6 +19,10 @@
 //! - pg-ghost failed in the copy: PostgreSQL rejected the ALTER too, and the original is
 //!   exactly as before (the runner keeps such a ghost for inspection; it is dropped here).
 //!
+//! Before each case, the data checks run as the runner runs them (trial ghost, then the
+//! scan): rows they find must make PostgreSQL's ALTER fail too (no false refusals), and
+//! the tally counts the copy failures they did not foresee.
+//!
 //! `PG_GHOST_COMPOSE_SEED` and `PG_GHOST_COMPOSE_CASES` run other cases; a failure prints the
 //! seed, the case and its ALTER.
 
@@ -31,7 +35,7 @@ use pg_ghost::apply::{FlushSql, InFlight, Key};
 use pg_ghost::conn::ConnInfo;
 use pg_ghost::copy::{copy_table, CopyJob, CopyProgress, GateState};
 use pg_ghost::names::Names;
-use pg_ghost::{alter, ghost, inspect, Error, ErrorKind};
+use pg_ghost::{alter, datacheck, ghost, inspect, Error, ErrorKind};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -315,6 +319,33 @@ enum GhostRun {
     Failed(Error),
 }
 
+/// The data checks as the runner runs them before creating anything: the clause the rows
+/// break, if any; None when the ALTER is refused before the checks.
+async fn data_check(db: &TestDb<'_>, table: &str, alter_text: &str) -> Option<String> {
+    let conn = ConnInfo::parse(&db.conninfo()).expect("conninfo");
+    let mut client = conn.connect().await.expect("connect");
+    let name = inspect::resolve_table(&client, table).await.expect("resolve the table");
+    let info = inspect::table_info(&client, &name, None).await.expect("inspect the table");
+    let names = Names::for_table(&name, info.oid);
+    alter::plan(alter_text, &names.ghost, &HashMap::new()).ok()?;
+    let tx = client.transaction().await.expect("begin");
+    let deps = pg_ghost::dependents::read(&tx, info.oid, &names.publication).await.expect("read the dependents");
+    tx.rollback().await.expect("rollback");
+    let trial = ghost::trial(&mut client, &info, &names.ghost, alter_text, &deps).await.ok()?;
+    let limits = datacheck::Limits {
+        report: 10,
+        chunk_size: 3,
+        chunk_time: Duration::from_millis(50),
+        nice_ratio: 0.0,
+        log_every: Duration::from_secs(60),
+    };
+    let (_gate_tx, gate) = tokio::sync::watch::channel(GateState::Open);
+    let found = datacheck::run(&conn, &datacheck::Original::of(&info), &trial.data_checks.checks, &limits, gate)
+        .await
+        .unwrap_or_else(|e| panic!("the data checks failed for ALTER TABLE {table} {alter_text}: {e}"));
+    found.map(|f| f.check.clause)
+}
+
 /// What the runner does for this ALTER, without the stream (the table has no writes).
 async fn through_pg_ghost(db: &TestDb<'_>, table: &str, alter_text: &str) -> GhostRun {
     let conn = ConnInfo::parse(&db.conninfo()).expect("conninfo");
@@ -438,6 +469,7 @@ async fn generated_multi_clause_alters_match_postgresql_or_are_refused() {
     for case in &cases {
         let table = format!("t_{}", case.n);
         let context = format!("seed {seed:#x}, case {} ({} rows): ALTER TABLE {table} {}", case.n, if case.rows { 7 } else { 0 }, case.alter);
+        let checked = data_check(&ghost_db, &table, &case.alter).await;
         let outcome = through_pg_ghost(&ghost_db, &table, &case.alter).await;
         let (ours, error) = match outcome {
             GhostRun::Done => ("done", None),
@@ -484,6 +516,12 @@ async fn generated_multi_clause_alters_match_postgresql_or_are_refused() {
             }
             _ => {}
         }
+        match (&checked, &plain_message, ours) {
+            (Some(clause), None, _) => problem.push_str(&format!("the data checks refused ({clause}) an ALTER PostgreSQL carries out\n")),
+            (Some(_), Some(_), _) => *tally.entry("found by the data checks").or_default() += 1,
+            (None, Some(_), "failed") => *tally.entry("copy failure the data checks did not foresee").or_default() += 1,
+            _ => {}
+        }
         let verdict = match (&error, &plain_message) {
             (None, _) => "reproduced",
             (Some(_), None) => "refused where PostgreSQL succeeds",
@@ -492,9 +530,10 @@ async fn generated_multi_clause_alters_match_postgresql_or_are_refused() {
         };
         *tally.entry(verdict).or_default() += 1;
         eprintln!(
-            "case {:>3} {verdict}: {}\n          pg-ghost: {}\n          plain:    {}",
+            "case {:>3} {verdict}: {}\n          checks:   {}\n          pg-ghost: {}\n          plain:    {}",
             case.n,
             case.alter,
+            checked.as_deref().unwrap_or("pass"),
             error.as_ref().map_or("ok".to_string(), |e| e.to_string()),
             plain_message.as_deref().unwrap_or("ok")
         );

@@ -9,6 +9,7 @@ mod copy_race;
 mod dependents;
 mod direct;
 mod cutover_lock;
+mod datacheck;
 mod control;
 mod controls_e2e;
 mod engine_parts;

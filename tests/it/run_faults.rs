@@ -304,9 +304,11 @@ async fn schema_change_by_someone_else_aborts() {
 
 // ---- a UNIQUE constraint the data violates -------------------------------------------------
 
-/// `ADD CONSTRAINT ... UNIQUE (n)` where two rows share `n`: the run fails naming the
-/// constraint and the duplicate key, the original keeps every row, no slot or publication is
-/// left; `cleanup` removes the ghost and the catalogs are as before.
+/// `ADD CONSTRAINT ... UNIQUE (n)` where two rows share `n`, past the data checks
+/// (`--skip-data-checks`; with them the run is refused before anything is created, see
+/// `datacheck`): the index build fails naming the constraint and the duplicate key, the
+/// original keeps every row, no slot or publication is left; `cleanup` removes the ghost
+/// and the catalogs are as before.
 #[tokio::test]
 async fn unique_constraint_on_duplicates_fails_loudly() {
     let db = Cluster::primary().fresh_db("ft_unique");
@@ -319,7 +321,7 @@ async fn unique_constraint_on_duplicates_fails_loudly() {
     let before = CatalogSnapshot::take(&client).await;
 
     let out =
-        binary::run(&db, &["--table", "dup", "--alter", "ADD CONSTRAINT dup_n_unique UNIQUE (n)", "--execute", "--chunk-size", "500"])
+        binary::run(&db, &["--table", "dup", "--alter", "ADD CONSTRAINT dup_n_unique UNIQUE (n)", "--execute", "--chunk-size", "500", "--skip-data-checks"])
             .await;
     let err = binary::stderr(&out);
     assert!(!out.status.success(), "the run succeeded on duplicate data:\n{err}");

@@ -73,7 +73,7 @@ fn start(db: &TestDb, slot: &str, cfg: ThrottleConfig, tunables: Tunables) -> Ru
     let (locked_tx, locked_rx) = watch::channel(false);
     let handle = Throttler::spawn(ThrottleJob {
         conn: ConnInfo::parse(&db.conninfo()).unwrap(),
-        changelog: changelog(),
+        changelog: Some(changelog()),
         slot: slot.to_string(),
         cfg,
         tunables: tunables_rx,
