@@ -56,6 +56,15 @@ pub struct PlanArgs {
     /// `text` for people, `json` for tools.
     #[arg(long, value_enum, default_value_t = PlanFormat::Text)]
     pub format: PlanFormat,
+
+    /// Also read the table for rows the ALTER's clauses would refuse (duplicates, orphans,
+    /// NULLs, CHECK violations, failing casts), as `pg-ghost run` does before its copy.
+    #[arg(long)]
+    pub check_data: bool,
+
+    /// With --check-data: how many offending rows to show.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub data_check_limit: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -188,6 +188,11 @@ pub fn plan_config(args: &crate::cli::PlanArgs) -> Result<crate::plan::PlanConfi
         conn,
         table,
         alter: required("alter", &args.alter)?,
+        check_data: match (args.check_data, args.data_check_limit) {
+            (false, _) => None,
+            (true, 1..=1000) => Some(args.data_check_limit),
+            (true, n) => return Err(Error::config(format!("--data-check-limit {n}: give between 1 and 1000"))),
+        },
         format: match args.format {
             crate::cli::PlanFormat::Text => crate::plan::Format::Text,
             crate::cli::PlanFormat::Json => crate::plan::Format::Json,

@@ -560,11 +560,15 @@ async fn set_aside_indexes(
 
 /// Foreign keys are checked once, after the copy (`NOT VALID`, then `VALIDATE`), rather
 /// than row by row during it.
+/// Foreign keys, and CHECKs added `NOT VALID`, are dropped from the ghost and added back
+/// after the copy: a `NOT VALID` constraint spares the rows that exist when it is added,
+/// which for a plain ALTER are all of them, while every row the copy writes would be
+/// checked. A foreign key that was valid is validated once it is back.
 async fn set_aside_foreign_keys(tx: &impl GenericClient, ghost: &QualifiedName, ghost_oid: u32) -> Result<Vec<Deferred>> {
     let rows = tx
         .query(
             "SELECT conname::text, pg_get_constraintdef(oid), convalidated FROM pg_constraint
-              WHERE conrelid = $1 AND contype = 'f' ORDER BY oid",
+              WHERE conrelid = $1 AND (contype = 'f' OR (contype = 'c' AND NOT convalidated)) ORDER BY oid",
             &[&ghost_oid],
         )
         .await?;

@@ -24,6 +24,8 @@ pub struct PlanConfig {
     pub table: String,
     pub alter: String,
     pub format: Format,
+    /// `--check-data`: read the rows too, showing at most this many offending ones.
+    pub check_data: Option<usize>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,6 +71,9 @@ pub struct Plan {
     pub run: Vec<String>,
     /// The direct way's steps (empty for the ghost way).
     pub steps: Vec<Step>,
+    /// With `--check-data`: `None` when the rows were not read, else what was found
+    /// (`Ok` when every row passes, else the refusal `pg-ghost run` would give).
+    pub data: Option<std::result::Result<(), String>>,
 }
 
 pub async fn plan(cfg: &PlanConfig) -> Result<Plan> {
@@ -89,7 +94,34 @@ pub async fn plan(cfg: &PlanConfig) -> Result<Plan> {
     let rates = Rates::measure(&client, &table, &columns, &sizes).await?;
     client.batch_execute(&format!("DROP TABLE pg_temp.{}", crate::sql::ident(clauses::CLONE))).await?;
 
-    Ok(decide(&table, &conn, &cfg.alter, sizes, rates, clause_plans, &clauses))
+    let mut plan = decide(&table, &conn, &cfg.alter, sizes, rates, clause_plans, &clauses);
+    if let Some(limit) = cfg.check_data {
+        plan.data = Some(check_data(client, &conn, &table, &cfg.alter, limit).await?);
+    }
+    Ok(plan)
+}
+
+/// The data checks of `pg-ghost run`, unthrottled (a plan is run by hand, and reads).
+async fn check_data(mut client: tokio_postgres::Client, conn: &ConnInfo, table: &QualifiedName, alter: &str, limit: usize) -> Result<std::result::Result<(), String>> {
+    let info = crate::inspect::table_info(&client, table, None).await?;
+    let names = crate::names::Names::for_table(table, info.oid);
+    let tx = client.transaction().await.context("starting to read the dependents")?;
+    let deps = crate::dependents::read(&tx, info.oid, &names.publication).await?;
+    tx.rollback().await.context("ending the read of the dependents")?;
+    let trial = crate::ghost::trial(&mut client, &info, &names.ghost, alter, &deps).await?;
+    let limits = crate::datacheck::Limits {
+        report: limit,
+        chunk_size: 10_000,
+        chunk_time: std::time::Duration::from_millis(500),
+        nice_ratio: 0.0,
+        log_every: std::time::Duration::from_secs(30),
+    };
+    let (_open, gate) = tokio::sync::watch::channel(crate::copy::GateState::Open);
+    let original = crate::datacheck::Original::of(&info);
+    Ok(match crate::datacheck::run(conn, &original, &trial.data_checks.checks, &limits, gate).await? {
+        None => Ok(()),
+        Some(finding) => Err(crate::datacheck::refusal(&info.name, &info.key.columns, &finding, limit).to_string()),
+    })
 }
 
 /// Each clause, and what PostgreSQL does for it.
@@ -220,7 +252,7 @@ fn decide(table: &QualifiedName, conn: &ConnInfo, alter: &str, sizes: Sizes, rat
             .chain(steps.iter().map(|s| format!("{};", s.sql)))
             .collect(),
     };
-    Plan { table: table.to_string(), sizes, rates, clauses, strategy, why, chosen, plain_alter, run, steps }
+    Plan { table: table.to_string(), sizes, rates, clauses, strategy, why, chosen, plain_alter, run, steps, data: None }
 }
 
 fn list(numbers: &[usize]) -> String {

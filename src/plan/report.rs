@@ -38,6 +38,15 @@ pub fn text(p: &Plan) -> String {
             let _ = writeln!(out, "   (on a clone: {e})");
         }
     }
+    match &p.data {
+        None => {}
+        Some(Ok(())) => {
+            let _ = writeln!(out, "\nData: every row passes the clauses' checks");
+        }
+        Some(Err(refusal)) => {
+            let _ = writeln!(out, "\nData: {refusal}");
+        }
+    }
     let way = match p.strategy {
         Strategy::Ghost => "ghost (copy into a ghost table fed by the change stream, then swap)",
         Strategy::Direct => "direct (no copy)",

@@ -106,7 +106,7 @@ fn pg_ghost_lock_strength(mode: &str) -> usize {
 }
 
 fn config(db: &TestDb<'_>, alter: &str) -> PlanConfig {
-    PlanConfig { conn: ConnInfo::parse(&db.conninfo()).unwrap(), table: "t".into(), alter: alter.into(), format: Format::Json }
+    PlanConfig { conn: ConnInfo::parse(&db.conninfo()).unwrap(), table: "t".into(), alter: alter.into(), format: Format::Json, check_data: None }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -151,8 +151,13 @@ async fn what_existing_rows_can_break_is_said() {
         ("ADD CHECK (n > 1) NOT VALID", false),
     ];
     for (clause, fails) in cases {
-        let p = plan::plan(&config(&db, clause)).await.unwrap();
+        let p = plan::plan(&PlanConfig { check_data: Some(5), ..config(&db, clause) }).await.unwrap();
         assert_eq!(p.clauses[0].can_fail_on.is_some(), fails, "{clause}: {:?}", p.clauses[0].can_fail_on);
+        // --check-data reads the rows: it finds what breaks, and only that.
+        assert_eq!(matches!(p.data, Some(Err(_))), fails, "{clause}: --check-data says {:?}", p.data);
+        // And pg-ghost's own run fails where a plain ALTER does, no sooner.
+        let out = binary::run(&db, &["--table", "t", "--alter", clause, "--skip-data-checks"]).await;
+        assert_eq!(!out.status.success(), fails, "pg-ghost run (dry) --alter {clause:?}:\n{}", binary::stderr(&out));
         let client = db.client().await;
         let r = client.batch_execute(&format!("BEGIN; ALTER TABLE t {clause}; ROLLBACK")).await;
         assert_eq!(r.is_err(), fails, "a plain ALTER TABLE t {clause} on these rows");
