@@ -241,17 +241,16 @@ fn decide(table: &QualifiedName, conn: &ConnInfo, alter: &str, sizes: Sizes, rat
         Strategy::Ghost => Vec::new(),
         Strategy::Direct => steps::direct(table, &clauses, details),
     };
-    let run = match strategy {
-        Strategy::Ghost => vec![format!(
-            "pg-ghost run --conn {} --table {} --alter {} --execute",
-            crate::inspect::shell_quote(&conn.redacted()),
-            crate::inspect::shell_quote(&table.sql()),
-            crate::inspect::shell_quote(alter.trim())
-        )],
-        Strategy::Direct => std::iter::once("SET lock_timeout = '1s';  -- and retry after a pause when it expires".to_string())
-            .chain(steps.iter().map(|s| format!("{};", s.sql)))
-            .collect(),
+    let flag = match strategy {
+        Strategy::Ghost => "",
+        Strategy::Direct => " --strategy direct",
     };
+    let run = vec![format!(
+        "pg-ghost run --conn {} --table {} --alter {}{flag} --execute",
+        crate::inspect::shell_quote(&conn.redacted()),
+        crate::inspect::shell_quote(&table.sql()),
+        crate::inspect::shell_quote(alter.trim())
+    )];
     Plan { table: table.to_string(), sizes, rates, clauses, strategy, why, chosen, plain_alter, run, steps, data: None }
 }
 

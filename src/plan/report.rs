@@ -66,12 +66,15 @@ pub fn text(p: &Plan) -> String {
     let _ = writeln!(out, "  {:<14} {:>10} {:>10} {:>11}  writes blocked", "", "time", "WAL", "extra disk");
     row(&mut out, "pg-ghost", &p.chosen);
     row(&mut out, "ALTER TABLE", &p.plain_alter);
+    if !p.steps.is_empty() {
+        let _ = writeln!(out, "\nSteps of the direct way (each waits for its lock at most --cut-over-lock-timeout, then retries):");
+        for (i, step) in p.steps.iter().enumerate() {
+            let _ = writeln!(out, "  {}. {};", i + 1, step.sql);
+        }
+    }
     let _ = writeln!(out, "\nRun:");
     for line in &p.run {
         let _ = writeln!(out, "  {line}");
-    }
-    if p.strategy == Strategy::Direct {
-        let _ = writeln!(out, "  -- pg-ghost run copies the table whatever the change; these statements make this one without a copy");
     }
     out
 }
