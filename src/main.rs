@@ -106,7 +106,7 @@ fn init_tracing(format: LogFormat, verbose: u8) {
 /// Logs the error with its whole chain, then prints the one-line reason (the same chain:
 /// the innermost cause is often the useful part, e.g. which connection option was bad).
 fn report(e: &Error) {
-    let chain = chain(e);
+    let chain = e.chain();
     tracing::error!(kind = ?e.kind(), sqlstate = e.sqlstate(), error = %chain, "pg-ghost failed");
     eprintln!("pg-ghost: {}", one_line(&chain));
 }
@@ -114,21 +114,6 @@ fn report(e: &Error) {
 /// Server messages may span lines (DETAIL, HINT); the reason on stderr must not.
 fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
-/// The error and its sources, each once (a source's text is often already in the message).
-fn chain(e: &Error) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        let part = s.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = s.source();
-    }
-    text
 }
 
 fn exit_code(kind: ErrorKind) -> u8 {
@@ -157,16 +142,6 @@ mod tests {
         ] {
             assert_eq!(exit_code(kind), code, "{kind:?}");
         }
-    }
-
-    #[test]
-    fn the_chain_names_each_cause_once() {
-        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
-        let e = Error::with_source(ErrorKind::Io, "reading hooks", io).context("startup");
-        assert_eq!(chain(&e), "startup: reading hooks: no such file");
-        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
-        let e = Error::with_source(ErrorKind::Io, "reading hooks: no such file", io);
-        assert_eq!(chain(&e), "reading hooks: no such file");
     }
 
     #[test]
