@@ -31,3 +31,4 @@ pub mod runner;
 pub mod throttle;
 pub mod control;
 pub mod hooks;
+pub mod history;

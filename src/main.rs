@@ -1,15 +1,15 @@
 //! `pg-ghost`: parse the flags, set up logging, run, and turn the result into an exit code.
 //!
 //! The one place an error is logged: with its whole chain, once, then a one-line reason on
-//! stderr. Logs go to stderr; stdout carries only the report of `--test-on-replica`. Exit
-//! codes: 0 success (cut-over committed, a clean dry run, or a clean test on a replica), 1
-//! failure (a test on a replica that found differences too), 2 usage or configuration error
-//! (clap's own usage errors exit 2 too), 3 refused by a preflight check, 4 aborted on purpose
-//! (panic flag, critical load, signal).
+//! stderr. Logs go to stderr; stdout carries only the report of `--test-on-replica` and what
+//! `history` prints. Exit codes: 0 success (cut-over committed, a clean dry run, or a clean
+//! test on a replica), 1 failure (a test on a replica that found differences too), 2 usage or
+//! configuration error (clap's own usage errors exit 2 too), 3 refused by a preflight check, 4
+//! aborted on purpose (panic flag, critical load, signal).
 
 use clap::Parser;
 use pg_ghost::cli::{Cli, Command, LogFormat};
-use pg_ghost::config::{CleanupConfig, Config};
+use pg_ghost::config::{CleanupConfig, Config, HistoryConfig};
 use pg_ghost::error::{Error, ErrorKind, Result};
 use pg_ghost::runner::{self, Outcome};
 use pg_ghost::signals;
@@ -67,6 +67,11 @@ async fn dispatch(command: Command) -> Result<()> {
             tracing::debug!(?config, "configuration");
             runner::cleanup(config).await?;
             tracing::info!("cleanup complete");
+        }
+        Command::History(args) => {
+            let config = HistoryConfig::from_cli(&args)?;
+            tracing::debug!(?config, "configuration");
+            print!("{}", pg_ghost::history::show(&config).await?);
         }
     }
     Ok(())
