@@ -49,6 +49,8 @@ pub struct CutOver<'a> {
     pub abort: watch::Receiver<Option<String>>,
     /// `--test-on-replica`: swap and swap straight back in the same transaction.
     pub swap_back: bool,
+    /// Attempts started so far: readable when the cut-over failed or was aborted too.
+    pub attempts: std::sync::atomic::AtomicU32,
 }
 
 #[derive(Clone, Debug)]
@@ -76,6 +78,7 @@ impl CutOver<'_> {
         let mut attempt = 0;
         loop {
             attempt += 1;
+            self.attempts.store(attempt, std::sync::atomic::Ordering::Relaxed);
             self.check_abort()?;
             match self.try_once(&mut sessions, lost_session, attempt, killer.as_mut()).await {
                 Ok(report) => return Ok(report),
