@@ -9,7 +9,8 @@
 //!   in the same transaction as the chunk that completes that prefix;
 //! - `applied_lsn`: the end of the last transaction whose changes are in the ghost, written
 //!   in the same transaction as the flush that put them there;
-//! - `state`: the phase the run was in.
+//! - `state`: the phase the run was in;
+//! - `run_id`: the run's row in the history of runs, which a resumed run continues.
 //!
 //! The slot's `confirmed_flush_lsn` never passes a change that is not in the ghost yet, so a
 //! resumed run streams everything it may have missed; the copy restarts at the watermark,
@@ -29,6 +30,7 @@ pub const PLAN: &str = "plan";
 pub const COPY_WATERMARK: &str = "copy_watermark";
 pub const APPLIED_LSN: &str = "applied_lsn";
 pub const STATE: &str = "state";
+pub const RUN_ID: &str = "run_id";
 
 /// The states after which the row copy is complete.
 const COPY_DONE_STATES: [&str; 4] = ["build-indexes", "checksum", "postponed", "cut-over"];
@@ -57,6 +59,7 @@ pub struct Saved {
     pub state: Option<String>,
     pub copy_watermark: Option<Bound>,
     pub applied_lsn: Option<String>,
+    pub run_id: Option<String>,
 }
 
 impl Saved {
@@ -110,6 +113,7 @@ pub async fn read(client: &impl GenericClient, changelog: &QualifiedName) -> Res
             }
             APPLIED_LSN => saved.applied_lsn = Some(value),
             STATE => saved.state = Some(value),
+            RUN_ID => saved.run_id = Some(value),
             _ => {}
         }
     }

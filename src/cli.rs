@@ -42,6 +42,8 @@ pub enum Command {
     /// temporary clone), which way pg-ghost would make the change, and what it costs.
     /// Read-only.
     Plan(PlanArgs),
+    /// Print the history of runs recorded in the database, newest first.
+    History(HistoryArgs),
 }
 
 #[derive(Clone, Debug, Args)]
@@ -108,6 +110,36 @@ pub struct CleanupArgs {
     pub target: Target,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum HistoryFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct HistoryArgs {
+    /// Connection, as for `run`.
+    #[arg(long, value_name = "CONNINFO", default_value = "")]
+    pub conn: String,
+
+    /// Only the runs on this table, `[schema.]name` in SQL syntax (without a schema: in any
+    /// schema). Default: every table.
+    #[arg(long, value_name = "[SCHEMA.]NAME")]
+    pub table: Option<String>,
+
+    /// `text`, a table for people; `json`, an array of objects with every column.
+    #[arg(long, value_enum, default_value_t = HistoryFormat::Text)]
+    pub format: HistoryFormat,
+
+    /// The history table to read, as given to `run --history-table`.
+    #[arg(long, value_name = "[SCHEMA.]NAME", default_value = crate::history::DEFAULT_TABLE)]
+    pub history_table: String,
+
+    /// At most this many runs, the newest.
+    #[arg(long, value_name = "N", default_value_t = 50)]
+    pub limit: u32,
+}
+
 #[derive(Clone, Debug, Args)]
 pub struct RunArgs {
     #[command(flatten)]
@@ -142,6 +174,15 @@ pub struct RunArgs {
     /// Drop a ghost table left by an earlier run before starting, instead of refusing.
     #[arg(long)]
     pub initially_drop_ghost_table: bool,
+
+    /// The table every run records itself in (created on first use): `[schema.]name`, in
+    /// schema `pgghost` when none is given. See `pg-ghost history`.
+    #[arg(long, value_name = "[SCHEMA.]NAME", default_value = crate::history::DEFAULT_TABLE)]
+    pub history_table: String,
+
+    /// Do not record this run in the history table.
+    #[arg(long)]
+    pub no_history: bool,
 
     /// Skip the row-for-row checksum of the ghost against the original before the swap.
     #[arg(long)]

@@ -20,7 +20,8 @@ pub use replicas::{format_replicas, parse_replicas, replica_conn};
 pub use tunables::{chunk_size, max_lag, nice_ratio, throttle_query, Tunables, MAX_CHUNK_SIZE, TUNABLE_NAMES};
 pub use units::{format_bytes, parse_bytes, parse_duration, Bare};
 
-use crate::cli::{CleanupArgs, RunArgs, Target};
+use crate::cli::{CleanupArgs, HistoryArgs, RunArgs, Target};
+pub use crate::cli::HistoryFormat;
 use crate::conn::ConnInfo;
 use crate::error::{Error, Result};
 use std::fmt;
@@ -51,6 +52,8 @@ pub struct Config {
     pub resume: bool,
     pub initially_drop_ghost_table: bool,
     pub skip_checksum: bool,
+    /// `--history-table` as given (resolved on the server); `None` with `--no-history`.
+    pub history_table: Option<String>,
     pub status_interval: Duration,
     /// Checked in every phase; when it appears the run aborts.
     pub panic_flag_file: Option<PathBuf>,
@@ -166,6 +169,7 @@ impl Config {
             resume: resume(args)?,
             initially_drop_ghost_table: args.initially_drop_ghost_table,
             skip_checksum: args.skip_checksum,
+            history_table: (!args.no_history).then(|| required("history-table", &args.history_table)).transpose()?,
             status_interval: positive("status-interval", &args.status_interval, Bare::Refuse)?,
             panic_flag_file: args.panic_flag_file.clone(),
             copy: copy_from(args)?,
@@ -208,6 +212,37 @@ impl CleanupConfig {
     pub fn from_cli_with_env(args: &CleanupArgs, env: impl Fn(&str) -> Option<String>) -> Result<CleanupConfig> {
         let (conn, table) = target(&args.target, env)?;
         Ok(CleanupConfig { conn, table })
+    }
+}
+
+/// What `pg-ghost history` needs.
+#[derive(Clone)]
+pub struct HistoryConfig {
+    pub conn: ConnInfo,
+    /// `--table` as given: only the runs on it.
+    pub table: Option<String>,
+    pub history_table: String,
+    pub format: HistoryFormat,
+    pub limit: i64,
+}
+
+impl HistoryConfig {
+    pub fn from_cli(args: &HistoryArgs) -> Result<HistoryConfig> {
+        HistoryConfig::from_cli_with_env(args, |k| std::env::var(k).ok())
+    }
+
+    pub fn from_cli_with_env(args: &HistoryArgs, env: impl Fn(&str) -> Option<String>) -> Result<HistoryConfig> {
+        let conn = ConnInfo::parse_with_env(&args.conn, env).map_err(|e| e.context("--conn"))?;
+        if args.limit == 0 {
+            return Err(Error::config("--limit 0: give at least 1"));
+        }
+        Ok(HistoryConfig {
+            conn,
+            table: args.table.as_deref().map(|t| required("table", t)).transpose()?,
+            history_table: required("history-table", &args.history_table)?,
+            format: args.format,
+            limit: i64::from(args.limit),
+        })
     }
 }
 
@@ -422,6 +457,7 @@ impl fmt::Debug for Config {
             .field("resume", &self.resume)
             .field("initially_drop_ghost_table", &self.initially_drop_ghost_table)
             .field("skip_checksum", &self.skip_checksum)
+            .field("history_table", &self.history_table)
             .field("status_interval", &self.status_interval)
             .field("panic_flag_file", &self.panic_flag_file)
             .field("copy", &self.copy)
@@ -433,6 +469,18 @@ impl fmt::Debug for Config {
             .field("hooks", &self.hooks)
             .field("test_on_replica", &self.test_on_replica)
             .field("tunables", &self.tunables)
+            .finish()
+    }
+}
+
+impl fmt::Debug for HistoryConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HistoryConfig")
+            .field("conn", &Redacted(&self.conn))
+            .field("table", &self.table)
+            .field("history_table", &self.history_table)
+            .field("format", &self.format)
+            .field("limit", &self.limit)
             .finish()
     }
 }

@@ -59,6 +59,27 @@ impl ErrorKind {
         self == ErrorKind::Connection
     }
 
+    /// A stable lower-case name for machines (the history of runs, JSON).
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorKind::Config => "config",
+            ErrorKind::Refused => "refused",
+            ErrorKind::Connection => "connection",
+            ErrorKind::Auth => "auth",
+            ErrorKind::Privilege => "privilege",
+            ErrorKind::Protocol => "protocol",
+            ErrorKind::LockTimeout => "lock-timeout",
+            ErrorKind::Serialization => "serialization",
+            ErrorKind::Busy => "busy",
+            ErrorKind::Constraint => "constraint",
+            ErrorKind::SchemaChanged => "schema-changed",
+            ErrorKind::Sql => "sql",
+            ErrorKind::Io => "io",
+            ErrorKind::Aborted => "aborted",
+            ErrorKind::Internal => "internal",
+        }
+    }
+
     /// Maps a SQLSTATE code to a kind. The single place where codes are interpreted.
     pub fn from_sqlstate(code: &str) -> ErrorKind {
         match code {
@@ -135,6 +156,22 @@ impl Error {
     /// The innermost message, without context.
     pub fn message(&self) -> &str {
         &self.message
+    }
+
+    /// The error and its sources, each once (a source's text is often already in the
+    /// message): what is logged at the boundary and recorded in the history of runs.
+    pub fn chain(&self) -> String {
+        let mut text = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(s) = source {
+            let part = s.to_string();
+            if !text.contains(&part) {
+                text.push_str(": ");
+                text.push_str(&part);
+            }
+            source = s.source();
+        }
+        text
     }
 
     /// Adds what was being done when the error happened.
@@ -293,6 +330,25 @@ mod tests {
         assert_eq!(ErrorKind::from_sqlstate("42601"), ErrorKind::Sql);
         assert!(ErrorKind::LockTimeout.is_retryable());
         assert!(!ErrorKind::Constraint.is_retryable());
+    }
+
+    #[test]
+    fn the_chain_names_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let e = Error::with_source(ErrorKind::Io, "reading hooks", io).context("startup");
+        assert_eq!(e.chain(), "startup: reading hooks: no such file");
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let e = Error::with_source(ErrorKind::Io, "reading hooks: no such file", io);
+        assert_eq!(e.chain(), "reading hooks: no such file");
+    }
+
+    #[test]
+    fn kind_names_are_distinct_and_lower_case() {
+        use ErrorKind::*;
+        let all = [Config, Refused, Connection, Auth, Privilege, Protocol, LockTimeout, Serialization, Busy, Constraint, SchemaChanged, Sql, Io, Aborted, Internal];
+        let names: std::collections::HashSet<_> = all.iter().map(|k| k.name()).collect();
+        assert_eq!(names.len(), all.len());
+        assert!(names.iter().all(|n| n.chars().all(|c| c.is_ascii_lowercase() || c == '-')));
     }
 
     #[test]

@@ -35,3 +35,4 @@ pub mod throttle;
 pub mod control;
 pub mod hooks;
 pub mod metrics;
+pub mod history;

@@ -1,15 +1,15 @@
 //! `pg-ghost`: parse the flags, set up logging, run, and turn the result into an exit code.
 //!
 //! The one place an error is logged: with its whole chain, once, then a one-line reason on
-//! stderr. Logs go to stderr; stdout carries only the report of `--test-on-replica`. Exit
-//! codes: 0 success (cut-over committed, a clean dry run, or a clean test on a replica), 1
-//! failure (a test on a replica that found differences too), 2 usage or configuration error
-//! (clap's own usage errors exit 2 too), 3 refused by a preflight check, 4 aborted on purpose
-//! (panic flag, critical load, signal).
+//! stderr. Logs go to stderr; stdout carries only the report of `--test-on-replica` and what
+//! `history` prints. Exit codes: 0 success (cut-over committed, a clean dry run, or a clean
+//! test on a replica), 1 failure (a test on a replica that found differences too), 2 usage or
+//! configuration error (clap's own usage errors exit 2 too), 3 refused by a preflight check, 4
+//! aborted on purpose (panic flag, critical load, signal).
 
 use clap::Parser;
 use pg_ghost::cli::{Cli, Command, LogFormat};
-use pg_ghost::config::{CleanupConfig, Config};
+use pg_ghost::config::{CleanupConfig, Config, HistoryConfig};
 use pg_ghost::error::{Error, ErrorKind, Result};
 use pg_ghost::runner::{self, Outcome};
 use pg_ghost::signals;
@@ -76,6 +76,11 @@ async fn dispatch(command: Command) -> Result<()> {
             runner::cleanup(config).await?;
             tracing::info!("cleanup complete");
         }
+        Command::History(args) => {
+            let config = HistoryConfig::from_cli(&args)?;
+            tracing::debug!(?config, "configuration");
+            print!("{}", pg_ghost::history::show(&config).await?);
+        }
     }
     Ok(())
 }
@@ -114,7 +119,7 @@ fn init_tracing(format: LogFormat, verbose: u8) {
 /// Logs the error with its whole chain, then prints the one-line reason (the same chain:
 /// the innermost cause is often the useful part, e.g. which connection option was bad).
 fn report(e: &Error) {
-    let chain = chain(e);
+    let chain = e.chain();
     tracing::error!(kind = ?e.kind(), sqlstate = e.sqlstate(), error = %chain, "pg-ghost failed");
     eprintln!("pg-ghost: {}", one_line(&chain));
 }
@@ -122,21 +127,6 @@ fn report(e: &Error) {
 /// Server messages may span lines (DETAIL, HINT); the reason on stderr must not.
 fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
-/// The error and its sources, each once (a source's text is often already in the message).
-fn chain(e: &Error) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        let part = s.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = s.source();
-    }
-    text
 }
 
 fn exit_code(kind: ErrorKind) -> u8 {
@@ -165,16 +155,6 @@ mod tests {
         ] {
             assert_eq!(exit_code(kind), code, "{kind:?}");
         }
-    }
-
-    #[test]
-    fn the_chain_names_each_cause_once() {
-        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
-        let e = Error::with_source(ErrorKind::Io, "reading hooks", io).context("startup");
-        assert_eq!(chain(&e), "startup: reading hooks: no such file");
-        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
-        let e = Error::with_source(ErrorKind::Io, "reading hooks: no such file", io);
-        assert_eq!(chain(&e), "reading hooks: no such file");
     }
 
     #[test]

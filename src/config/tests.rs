@@ -85,7 +85,7 @@ fn defaults() {
 #[rustfmt::skip]
 const EVERY_FLAG: &[&str] = &[
     "--conn", "host=10.0.0.1 port=6000 user=u dbname=app",
-    "--execute", "--key", "orders_uk", "--resume", "--skip-checksum",
+    "--execute", "--key", "orders_uk", "--resume", "--skip-checksum", "--history-table", "ops.runs",
     "--status-interval", "2s", "--reconnect-timeout", "90s",
     "--chunk-size", "2000", "--chunk-time", "1.5s", "--copy-workers", "4",
     "--data-check-limit", "25", "--skip-data-checks",
@@ -111,6 +111,7 @@ fn every_flag_reaches_its_field() {
     assert!(c.execute && c.resume && c.skip_checksum);
     assert_eq!(c.strategy, crate::cli::StrategyArg::Auto);
     assert_eq!(c.key.as_deref(), Some("orders_uk"));
+    assert_eq!(c.history_table.as_deref(), Some("ops.runs"));
     assert_eq!(c.status_interval, ms(2_000));
     assert_eq!(c.conn.reconnect_timeout, ms(90_000));
     assert_eq!(c.copy, CopyConfig { chunk_time: ms(1_500), workers: 4 });
@@ -295,8 +296,14 @@ fn the_clap_definition_is_consistent() {
 }
 
 /// Flags that cannot join [`EVERY_FLAG`] (it has `--resume` and `--execute`), with their own tests.
-const TESTED_ALONE: [&str; 5] =
-    ["--table", "--alter", "--initially-drop-ghost-table", "--test-on-replica", "--test-on-replica-skip-replica-stop"];
+const TESTED_ALONE: [&str; 6] = [
+    "--table",
+    "--alter",
+    "--initially-drop-ghost-table",
+    "--test-on-replica",
+    "--test-on-replica-skip-replica-stop",
+    "--no-history",
+];
 
 #[test]
 fn initially_drop_ghost_table() {
@@ -315,4 +322,30 @@ fn every_run_flag_is_exercised() {
         let covered = EVERY_FLAG.contains(&flag.as_str()) || TESTED_ALONE.contains(&flag.as_str());
         assert!(covered, "{flag} is missing from EVERY_FLAG");
     }
+}
+
+#[test]
+fn history_is_on_by_default_and_off_with_no_history() {
+    assert_eq!(config(&[]).unwrap().history_table.as_deref(), Some("pgghost.runs"));
+    assert_eq!(config(&["--history-table", "ops.\"Runs\""]).unwrap().history_table.as_deref(), Some("ops.\"Runs\""));
+    assert_eq!(config(&["--no-history"]).unwrap().history_table, None);
+    assert_eq!(config(&["--history-table", " "]).unwrap_err().kind(), ErrorKind::Config);
+}
+
+#[test]
+fn history_command_takes_table_format_and_limit() {
+    let parse = |extra: &[&str]| {
+        let mut argv = vec!["pg-ghost", "history", "--conn", "dbname=app"];
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{extra:?}: {e}")).command {
+            Command::History(args) => HistoryConfig::from_cli_with_env(&args, env),
+            _ => unreachable!(),
+        }
+    };
+    let c = parse(&[]).unwrap();
+    assert_eq!((c.table, c.history_table.as_str(), c.format, c.limit), (None, "pgghost.runs", HistoryFormat::Text, 50));
+    let c = parse(&["--table", "public.orders", "--format", "json", "--limit", "5", "--history-table", "ops.runs"]).unwrap();
+    assert_eq!((c.table.as_deref(), c.history_table.as_str(), c.format, c.limit), (Some("public.orders"), "ops.runs", HistoryFormat::Json, 5));
+    assert_eq!(parse(&["--limit", "0"]).unwrap_err().kind(), ErrorKind::Config);
+    assert!(Cli::try_parse_from(["pg-ghost", "history", "--format", "yaml"]).is_err());
 }

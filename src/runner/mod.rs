@@ -6,6 +6,9 @@
 //! apply) fails. Cleanup runs on every exit path: the slot and the publication are always
 //! dropped (a forgotten slot retains WAL until the disk fills); the ghost is dropped after a
 //! dry run and kept for inspection after a failure.
+//!
+//! Every run records itself in the history of runs ([`crate::history`]) as it goes: the
+//! phases it enters, the rows copied, the cut-over's attempts and lock time, how it ended.
 
 mod cleanup;
 mod controls;
@@ -28,6 +31,7 @@ use crate::error::{Context, Error, ErrorKind, Result};
 use crate::ghost::{self, Ghost};
 use crate::checkpoint;
 use crate::checksum::{self, ChecksumJob};
+use crate::history::{self, History};
 use crate::hooks::HookEvent;
 use futures_util::future::BoxFuture;
 use crate::inspect::{self, PreflightOptions};
@@ -102,6 +106,7 @@ struct Run {
     cut_over_tally: Arc<crate::cutover::CutOverTally>,
     /// What the trial ghost says the existing rows must pass (not on a resumed run).
     data_checks: Option<datacheck::Checks>,
+    history: History,
 }
 
 pub async fn run(cfg: Config) -> Result<Outcome> {
@@ -127,6 +132,7 @@ pub async fn run(cfg: Config) -> Result<Outcome> {
     let watchers = watchers::spawn(cfg.panic_flag_file.clone(), abort_tx.clone());
     controls.fire(HookEvent::Startup).await?;
     let client = main_conn(&cfg).connect().await?;
+    let history = History::open(&cfg).await?;
     let mut run = Run {
         cfg,
         client,
@@ -140,12 +146,24 @@ pub async fn run(cfg: Config) -> Result<Outcome> {
         checksum_progress,
         cut_over_tally,
         data_checks: None,
+        history,
     };
     let mut background = None;
     let result = run.phases(&mut background, phase_rx).await;
     run.phase.send_replace(Phase::Cleanup);
+    run.history.enter(Phase::Cleanup);
     let cleaned = run.cleanup(background, result.is_ok()).await;
     watchers.abort();
+    // Before the final hook, so that the hook finds the run's end in the history.
+    let ended = match (&result, &cleaned) {
+        (Err(e), _) => Err((e, false)),
+        (Ok(_), Err(e)) => Err((e, true)),
+        (Ok(outcome), Ok(())) => Ok(history_outcome(outcome)),
+    };
+    match ended {
+        Ok(outcome) => run.history.finish(Ok(outcome), false).await,
+        Err((e, in_cleanup)) => run.history.finish(Err(e), in_cleanup).await,
+    }
     run.phase.send_replace(if result.is_ok() { Phase::Done } else { Phase::Failed });
     let final_hook = match &result {
         Ok(_) => run.controls.fire(HookEvent::Success).await,
@@ -188,6 +206,7 @@ impl Run {
     }
 
     async fn run_direct(&mut self, info: &TableInfo, steps: &[crate::plan::Step]) -> Result<Outcome> {
+        self.history.strategy(history::STRATEGY_DIRECT);
         self.enter(Phase::Direct);
         let dry_run = !self.cfg.execute;
         if !dry_run {
@@ -217,6 +236,7 @@ impl Run {
     fn enter(&self, phase: Phase) {
         tracing::info!(phase = phase.name(), "phase");
         self.phase.send_replace(phase);
+        self.history.enter(phase);
     }
 
     async fn phases(&mut self, background: &mut Option<Background>, phase_rx: watch::Receiver<Phase>) -> Result<Outcome> {
@@ -225,7 +245,7 @@ impl Run {
         let resumed = match found {
             None => None,
             Some(resume::Found::Continue(r)) => Some(r),
-            Some(resume::Found::SwapCommitted(names)) => return Ok(self.finish_committed_swap(&info, names)),
+            Some(resume::Found::SwapCommitted { names, .. }) => return Ok(self.finish_committed_swap(&info, names)),
         };
         let names = Names::for_table(&info.name, info.oid);
         self.names = Some(names.clone());
@@ -285,6 +305,7 @@ impl Run {
 
         let progress = CopyProgress::new(self.cfg.tunables.chunk_size);
         self.controls.follow_tunables(progress.clone());
+        self.history.follow_copy(progress.clone());
         let status = status::spawn(
             status::Sources {
                 phase: phase_rx,
@@ -317,6 +338,7 @@ impl Run {
 
     async fn inspect(&mut self) -> Result<(TableInfo, Option<resume::Found>)> {
         let name = inspect::resolve_table(&self.client, &self.cfg.table).await?;
+        self.history.resolved(&name);
         let info = inspect::table_info(&self.client, &name, self.cfg.key.as_deref()).await?;
         let names = Names::for_table(&info.name, info.oid);
         // The ALTER is read before anything is created, so a malformed one changes nothing.
@@ -325,7 +347,10 @@ impl Run {
             true => Some(resume::load(&self.client, &self.cfg, &info).await?),
             false => None,
         };
-        if matches!(found, Some(resume::Found::SwapCommitted(_))) {
+        if let Some(found) = &found {
+            self.history.resumed(found.run_id());
+        }
+        if matches!(found, Some(resume::Found::SwapCommitted { .. })) {
             return Ok((info, found));
         }
         let mut options = PreflightOptions::new(&names, self.cfg.initially_drop_ghost_table);
@@ -473,6 +498,9 @@ impl Run {
             .context("creating the changelog table")?;
         self.created.changelog = true;
         self.record_state(names, "prepare").await;
+        if let Some(run_id) = self.history.run_id() {
+            self.record_value(names, checkpoint::RUN_ID, &run_id).await;
+        }
         let ghost = ghost::create(&mut self.client, info, &names.ghost, &self.cfg.alter).await?;
         self.created.ghost = true;
         let plan = checkpoint::Plan::new(
@@ -514,12 +542,17 @@ impl Run {
 
     /// Records the run's state in the changelog table, for DBAs and for a resume.
     async fn record_state(&mut self, names: &Names, state: &str) {
+        self.record_value(names, checkpoint::STATE, state).await;
+    }
+
+    /// Sets one row of the changelog table (best effort: a resume checks what it finds).
+    async fn record_value(&mut self, names: &Names, key: &str, value: &str) {
         if let Err(e) = self.ensure_session().await {
-            tracing::debug!(error = %e, "no session to record the state with");
+            tracing::debug!(error = %e, key, "no session to record a changelog value with");
         }
         let sql = checkpoint::upsert_sql(&names.changelog);
-        if let Err(e) = self.client.execute(&sql, &[&checkpoint::STATE, &state]).await {
-            tracing::debug!(error = %e, "could not record the state in the changelog table");
+        if let Err(e) = self.client.execute(&sql, &[&key, &value]).await {
+            tracing::debug!(error = %e, key, "could not record a value in the changelog table");
         }
     }
 
@@ -612,6 +645,7 @@ impl Run {
         self.controls.cut_over_locked.send_replace(true);
         let report = guard(cut_over.run(), &mut self.abort.clone(), Some(&mut *bg)).await;
         self.controls.cut_over_locked.send_replace(false);
+        self.history.cut_over(u32::try_from(self.cut_over_tally.attempts()).unwrap_or(u32::MAX), report.as_ref().ok().map(|r| r.lock_held));
         let report = report?;
         self.old_table = Some(old_table.clone());
         tracing::info!(
@@ -787,6 +821,16 @@ impl Run {
             note("old table", drop_table(&self.client, &names.old.sibling(old.clone())).await);
         }
         failed
+    }
+}
+
+/// How the history of runs names a run that ended well.
+fn history_outcome(outcome: &Outcome) -> history::Outcome {
+    match outcome {
+        Outcome::CutOver => history::Outcome::Success,
+        Outcome::DryRunComplete => history::Outcome::DryRun,
+        Outcome::ReplicaTested(_) => history::Outcome::ReplicaTest,
+        Outcome::Direct { .. } => history::Outcome::Success,
     }
 }
 

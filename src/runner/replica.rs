@@ -328,6 +328,7 @@ impl Run {
         self.controls.cut_over_locked.send_replace(true);
         let report = guard(cut_over.run(), &mut self.abort.clone(), Some(&mut *bg)).await;
         self.controls.cut_over_locked.send_replace(false);
+        self.history.cut_over(u32::try_from(self.cut_over_tally.attempts()).unwrap_or(u32::MAX), report.as_ref().ok().map(|r| r.lock_held));
         let report = report?;
         tracing::info!(
             attempts = report.attempts,

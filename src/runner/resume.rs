@@ -27,7 +27,17 @@ pub enum Found {
     Continue(Resumed),
     /// The cut-over had committed; only the cleanup was left undone. The names are those of
     /// the earlier run (its slot and publication carry the original's OID).
-    SwapCommitted(Names),
+    SwapCommitted { names: Names, run_id: Option<String> },
+}
+
+impl Found {
+    /// The earlier run's row in the history of runs.
+    pub fn run_id(&self) -> Option<String> {
+        match self {
+            Found::Continue(r) => r.run_id.clone(),
+            Found::SwapCommitted { run_id, .. } => run_id.clone(),
+        }
+    }
 }
 
 pub struct Resumed {
@@ -35,6 +45,7 @@ pub struct Resumed {
     /// The copy restarts after this key; None: from the start.
     pub copy_after: Option<Bound>,
     pub copy_done: bool,
+    pub run_id: Option<String>,
 }
 
 pub async fn load(client: &Client, cfg: &Config, info: &TableInfo) -> Result<Found> {
@@ -55,7 +66,7 @@ pub async fn load(client: &Client, cfg: &Config, info: &TableInfo) -> Result<Fou
     };
     if plan.table_oid != info.oid {
         if plan.ghost.oid == info.oid {
-            return Ok(Found::SwapCommitted(Names::for_table(&info.name, plan.table_oid)));
+            return Ok(Found::SwapCommitted { names: Names::for_table(&info.name, plan.table_oid), run_id: saved.run_id });
         }
         return Err(Error::refused(format!(
             "{} is not the table the earlier run worked on (OID {} then, {} now): it was dropped or replaced; run `pg-ghost cleanup --table {table}`",
@@ -78,7 +89,12 @@ pub async fn load(client: &Client, cfg: &Config, info: &TableInfo) -> Result<Fou
     check_ghost(client, &names.ghost, &plan, &table).await?;
     check_stream(client, &names, &table).await?;
     report(client, &names, &saved).await;
-    Ok(Found::Continue(Resumed { ghost: plan.ghost, copy_after: saved.copy_watermark.clone(), copy_done: saved.copy_done() }))
+    Ok(Found::Continue(Resumed {
+        ghost: plan.ghost,
+        copy_after: saved.copy_watermark.clone(),
+        copy_done: saved.copy_done(),
+        run_id: saved.run_id.clone(),
+    }))
 }
 
 async fn check_ghost(client: &Client, ghost: &QualifiedName, plan: &checkpoint::Plan, table: &str) -> Result<()> {

@@ -14,6 +14,7 @@ mod control;
 mod controls_e2e;
 mod engine_parts;
 mod flush_strategy;
+mod history;
 mod hooks;
 mod inspect;
 mod libpq;

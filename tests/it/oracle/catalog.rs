@@ -140,7 +140,9 @@ pub struct CatalogSnapshot {
     pub rules: Vec<Named>,
 }
 
-const USER_SCHEMAS: &str = "n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast') \
+/// Schema `pgghost` holds the history of runs, which every run writes to (dry runs and
+/// refusals included): the snapshot is of everything else.
+const USER_SCHEMAS: &str = "n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast', 'pgghost') \
                             AND n.nspname NOT LIKE 'pg\\_temp\\_%' AND n.nspname NOT LIKE 'pg\\_toast\\_temp\\_%'";
 
 async fn query(client: &Client, what: &str, sql: &str) -> Vec<tokio_postgres::Row> {

@@ -392,7 +392,7 @@ impl WholeSchema {
         static SEQ: AtomicU32 = AtomicU32::new(0);
         let file = std::env::temp_dir().join(format!("pg-ghost-whole-{}-{}.dump", std::process::id(), SEQ.fetch_add(1, Ordering::SeqCst)));
         let mut cmd = pg_command("pg_dump", db.cluster.port);
-        cmd.args(["-Fc", "--schema-only", "-d", &db.name, "-f"]).arg(&file);
+        cmd.args(["-Fc", "--schema-only", "--exclude-schema=pgghost", "-d", &db.name, "-f"]).arg(&file);
         run(cmd, &format!("pg_dump --schema-only of {}", db.name)).await;
         WholeSchema { source_db: db.name.clone(), file }
     }
@@ -416,7 +416,9 @@ impl WholeSchema {
 /// `pg_dump --schema-only` of a whole database, normalized (see the module docs).
 pub async fn whole_schema_dump(db: &TestDb<'_>) -> String {
     let mut cmd = pg_command("pg_dump", db.cluster.port);
-    cmd.args(["--schema-only", "-d", &db.name]);
+    // Schema `pgghost` holds the history of runs, which every run adds by design (gone with
+    // --no-history): the one thing a plain ALTER does not leave.
+    cmd.args(["--schema-only", "--exclude-schema=pgghost", "-d", &db.name]);
     let dump = run(cmd, &format!("pg_dump --schema-only of {}", db.name)).await;
     normalize(&dump, &db.name)
 }
