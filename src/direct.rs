@@ -127,18 +127,11 @@ impl Direct<'_> {
     }
 
     fn check_abort(&self) -> Result<()> {
-        match self.abort.borrow().as_ref() {
-            Some(why) => Err(Error::new(ErrorKind::Aborted, why.clone())),
-            None => Ok(()),
-        }
+        crate::abort::check(&self.abort)
     }
 
     async fn sleep_unless_aborted(&self, delay: Duration) -> Result<()> {
-        let mut abort = self.abort.clone();
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => Ok(()),
-            _ = abort.wait_for(|a| a.is_some()) => self.check_abort(),
-        }
+        crate::abort::sleep_unless_aborted(&self.abort, delay).await
     }
 
     async fn wait_while_throttled(&self) -> Result<()> {

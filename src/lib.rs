@@ -1,5 +1,6 @@
 //! pg-ghost: online schema changes for PostgreSQL.
 pub mod error;
+pub mod abort;
 pub mod lsn;
 
 pub use error::{Error, ErrorKind, Result};
