@@ -89,3 +89,55 @@ async fn a_rewrite_is_refused_and_a_dry_run_changes_nothing() {
     let out = binary::run(&db, &["--table", "t", "--alter", "ADD COLUMN x int", "--strategy", "direct", "--resume"]).await;
     assert_exit(&out, 2, &["--strategy direct and --resume"]);
 }
+
+/// Each kind of change that rewrites nothing, made directly under the workload, each against
+/// a plain ALTER on a twin: schema and data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_kind_without_a_rewrite_is_made_directly() {
+    type Project = fn(Projection) -> Projection;
+    let cases: &[(&str, Project)] = &[
+        ("ADD COLUMN note text DEFAULT 'none'", |p| p.add("note", "'none'::text")),
+        ("DROP COLUMN spare", |p| p.drop("spare")),
+        ("RENAME COLUMN spare TO reserve", |p| p.rename("spare", "reserve")),
+        ("ALTER COLUMN amount SET DEFAULT 0, ALTER COLUMN n SET STATISTICS 500", |p| p),
+        ("ALTER COLUMN id SET NOT NULL, ADD CHECK (n > -1000000)", |p| p),
+        ("ADD CONSTRAINT orders_id_label_key UNIQUE (id, label)", |p| p),
+        ("SET (fillfactor = 70), ALTER COLUMN label SET STORAGE EXTERNAL", |p| p),
+        ("ADD CONSTRAINT self_ref FOREIGN KEY (id) REFERENCES orders (id)", |p| p),
+    ];
+    for (alter, project) in cases {
+        let db = Cluster::primary().fresh_db("direct_kind");
+        let table = OracleTable::create(&db, "orders", KeyKind::Identity, 1_500).await;
+        let before = WholeSchema::take(&db).await;
+        let workload = Workload::start(&db, &table, WorkloadOptions::new(2).rate(Some(60))).await;
+        workload.wait_for_more_commits(15, Duration::from_secs(30)).await;
+        let out = binary::run(&db, &["--table", "orders", "--alter", alter, "--execute", "--strategy", "auto"]).await;
+        binary::assert_success(&out);
+        assert!(binary::stderr(&out).contains("changed directly"), "{alter}: {}", binary::stderr(&out));
+        workload.wait_for_more_commits(15, Duration::from_secs(30)).await;
+        let report = workload.stop().await;
+        assert!(report.errors.is_empty(), "{alter}: workload errors (seed {}): {:#?}", report.seed, report.errors);
+        let client = db.client().await;
+        table.assert_matches_control(&client, &project(table.projection())).await;
+        let twin = before.twin_after_plain_alter(&db, "public.orders", alter).await;
+        assert_whole_schema_equal(&db, &twin, alter).await;
+    }
+}
+
+/// With --cut-over-kill-blockers-after, a session that keeps a step from its lock is
+/// terminated, as at the cut-over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_blockers_after_terminates_what_holds_a_step_back() {
+    let db = Cluster::primary().fresh_db("direct_kill");
+    binary::narrow_table(&db, "t", 500);
+    let blocker = db.client().await;
+    blocker.batch_execute("BEGIN; LOCK TABLE t IN ACCESS SHARE MODE").await.unwrap();
+    let pid: i32 = blocker.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+    let args = ["--table", "t", "--alter", "ADD COLUMN x int", "--execute", "--strategy", "direct", "--cut-over-lock-timeout", "300ms", "--cut-over-kill-blockers-after", "1s"];
+    let out = tokio::time::timeout(Duration::from_secs(60), binary::run(&db, &args)).await.expect("pg-ghost did not finish");
+    binary::assert_success(&out);
+    let log = binary::stderr(&out);
+    assert!(log.contains("terminated a session that blocked the cut-over lock") && log.contains(&format!("blocker_pid={pid}")), "{log}");
+    assert!(blocker.batch_execute("SELECT 1").await.is_err(), "the blocker is still alive");
+    assert_eq!(db.psql("SELECT count(*) FROM pg_attribute WHERE attrelid = 't'::regclass AND attname = 'x'"), "1");
+}
