@@ -4,16 +4,17 @@
 //! queue behind it no longer), names who is in its way, is retried after a back-off, and
 //! with `--cut-over-kill-blockers-after` terminates them, exactly as the cut-over's LOCK.
 //! Validations run under SHARE UPDATE EXCLUSIVE, which lets writes go on; an index is built
-//! `CONCURRENTLY`, and one a failure leaves invalid is dropped. A dry run takes each step's
+//! `CONCURRENTLY`, and one a failure leaves invalid is dropped; both wait while the run is
+//! throttled, as the copy does. A dry run takes each step's
 //! locks and releases them, changing nothing.
 
 use crate::conn::ConnInfo;
+use crate::copy::GateState;
 use crate::cutover::sessions::Sessions;
 use crate::cutover::{waiting, BlockerKiller};
 use crate::error::{Backoff, Context, Error, ErrorKind, Result};
 use crate::plan::{Step, StepKind};
 use crate::sql::QualifiedName;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
@@ -26,8 +27,8 @@ pub struct Direct<'a> {
     pub kill_blockers_after: Option<Duration>,
     pub abort: watch::Receiver<Option<String>>,
     pub dry_run: bool,
-    /// While one of these exists, a step that reads the whole table waits to start.
-    pub throttle_flag_files: Vec<PathBuf>,
+    /// The run's throttle: a step that reads the whole table starts only while it is open.
+    pub gate: watch::Receiver<GateState>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -135,14 +136,27 @@ impl Direct<'_> {
     }
 
     async fn wait_while_throttled(&self) -> Result<()> {
+        let mut gate = self.gate.clone();
         let mut said = false;
-        while let Some(flag) = self.throttle_flag_files.iter().find(|f| f.exists()) {
-            if !said {
-                tracing::info!(flag = %flag.display(), "throttled: the next step reads the whole table and waits while the flag file exists");
-                said = true;
+        loop {
+            let state = gate.borrow_and_update().clone();
+            match state {
+                GateState::Open => return Ok(()),
+                GateState::Abort(why) => return Err(Error::new(ErrorKind::Aborted, why)),
+                GateState::Throttled(why) => {
+                    if !said {
+                        tracing::info!(reason = %why, "throttled: the next step reads the whole table and waits");
+                        said = true;
+                    }
+                    let mut abort = self.abort.clone();
+                    tokio::select! {
+                        changed = gate.changed() => if changed.is_err() {
+                            return Err(Error::new(ErrorKind::Aborted, "the throttler stopped"));
+                        },
+                        _ = abort.wait_for(|a| a.is_some()) => return self.check_abort(),
+                    }
+                }
             }
-            self.sleep_unless_aborted(Duration::from_millis(250)).await?;
         }
-        Ok(())
     }
 }

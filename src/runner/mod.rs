@@ -212,6 +212,8 @@ impl Run {
         if !dry_run {
             self.fire(HookEvent::BeforeCutOver, None).await?;
         }
+        let names = Names::for_table(&info.name, info.oid);
+        let (throttler, gate, forward) = self.throttle_before_the_stream(&names).await?;
         let direct = crate::direct::Direct {
             conn: &self.cfg.conn,
             table: &info.name,
@@ -221,9 +223,12 @@ impl Run {
             kill_blockers_after: self.cfg.cut_over.kill_blockers_after,
             abort: self.abort.clone(),
             dry_run,
-            throttle_flag_files: self.cfg.throttle.flag_file.iter().chain(&self.cfg.throttle.additional_flag_file).cloned().collect(),
+            gate,
         };
-        let report = direct.run().await?;
+        let report = direct.run().await;
+        forward.abort();
+        throttler.stop().await;
+        let report = report?;
         Ok(match dry_run {
             true => {
                 tracing::info!(steps = report.steps, "dry run: every step's locks were taken and released; nothing changed");
@@ -427,25 +432,7 @@ impl Run {
             );
             return Ok(());
         }
-        let throttler = Throttler::spawn(ThrottleJob {
-            conn: self.cfg.conn.clone(),
-            changelog: None,
-            slot: names.slot.clone(),
-            cfg: self.cfg.throttle.clone(),
-            tunables: self.controls.tunables.clone(),
-            overrides: self.controls.overrides.clone(),
-            cut_over_locked: self.controls.cut_over_locked.subscribe(),
-        });
-        // Nothing is read before the throttler's first decision: a flag file present from
-        // the start holds even the first chunk.
-        let mut first = throttler.decision.clone();
-        let decided = async move { first.changed().await.map_err(|_| Error::new(ErrorKind::Aborted, "the throttler stopped")) };
-        if let Err(e) = guard(decided, &mut self.abort.clone(), None).await {
-            throttler.stop().await;
-            return Err(e);
-        }
-        let (gate_tx, gate) = watch::channel(GateState::Open);
-        let forward = tokio::spawn(forward_gate(throttler.decision.clone(), gate_tx));
+        let (throttler, gate, forward) = self.throttle_before_the_stream(names).await?;
         let tunables = self.controls.tunables.borrow().clone();
         let limits = datacheck::Limits {
             report: self.cfg.data_checks.limit,
@@ -468,6 +455,31 @@ impl Run {
                 Ok(())
             }
         }
+    }
+
+    /// A throttler for work that reads the whole table before any changelog exists (data
+    /// checks, the direct way's validations): flag files, load, throttle query, replica lag
+    /// from `pg_stat_replication`. Returns once it has decided, so that a flag file present
+    /// from the start holds even the first read.
+    async fn throttle_before_the_stream(&mut self, names: &Names) -> Result<(crate::throttle::ThrottleHandle, watch::Receiver<GateState>, tokio::task::JoinHandle<()>)> {
+        let throttler = Throttler::spawn(ThrottleJob {
+            conn: self.cfg.conn.clone(),
+            changelog: None,
+            slot: names.slot.clone(),
+            cfg: self.cfg.throttle.clone(),
+            tunables: self.controls.tunables.clone(),
+            overrides: self.controls.overrides.clone(),
+            cut_over_locked: self.controls.cut_over_locked.subscribe(),
+        });
+        let mut first = throttler.decision.clone();
+        let decided = async move { first.changed().await.map_err(|_| Error::new(ErrorKind::Aborted, "the throttler stopped")) };
+        if let Err(e) = guard(decided, &mut self.abort.clone(), None).await {
+            throttler.stop().await;
+            return Err(e);
+        }
+        let (gate_tx, gate) = watch::channel(GateState::Open);
+        let forward = tokio::spawn(forward_gate(throttler.decision.clone(), gate_tx));
+        Ok((throttler, gate, forward))
     }
 
     /// The earlier run's swap committed before it could clean up: only that is left to do.

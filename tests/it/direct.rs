@@ -141,3 +141,28 @@ async fn kill_blockers_after_terminates_what_holds_a_step_back() {
     assert!(blocker.batch_execute("SELECT 1").await.is_err(), "the blocker is still alive");
     assert_eq!(db.psql("SELECT count(*) FROM pg_attribute WHERE attrelid = 't'::regclass AND attname = 'x'"), "1");
 }
+
+/// A validation reads the whole table: it waits while the run is throttled, as the copy does
+/// (the data checks, which would wait first, are skipped here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_validation_waits_while_throttled() {
+    let db = Cluster::primary().fresh_db("direct_throttle");
+    binary::narrow_table(&db, "t", 500);
+    let flag = crate::run_faults::flag_path(&db, "throttle");
+    std::fs::write(&flag, b"").unwrap();
+    let args = ["--table", "t", "--alter", "ADD CONSTRAINT n_positive CHECK (n >= 0)", "--execute", "--strategy", "direct", "--skip-data-checks", "--throttle-flag-file", flag.to_str().unwrap()];
+    let mut run = Running::spawn(&db, "run", &args);
+    let validated = "SELECT convalidated FROM pg_constraint WHERE conrelid = 't'::regclass AND conname = 'n_positive'";
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while db.psql(validated) != "f" {
+        run.assert_running("the constraint to be added NOT VALID").await;
+        assert!(std::time::Instant::now() < deadline, "the NOT VALID step did not run");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    run.assert_running("the flag file to go").await;
+    assert_eq!(db.psql(validated), "f", "validated while throttled");
+    std::fs::remove_file(&flag).unwrap();
+    binary::assert_success(&run.wait(Duration::from_secs(60)).await);
+    assert_eq!(db.psql(validated), "t");
+}
