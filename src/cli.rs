@@ -157,9 +157,9 @@ pub struct RunArgs {
 
     /// How to make the change: `ghost` copies the table into a ghost fed by the change
     /// stream and swaps it in; `direct` changes the table itself when no clause rewrites it
-    /// (catalog steps under a short lock, validations online; see `pg-ghost plan`); `auto`
-    /// takes `direct` when it can, else `ghost`.
-    #[arg(long, value_enum, default_value_t = StrategyArg::Ghost)]
+    /// (catalog steps under a short lock, validations online; see `pg-ghost plan`); `auto`,
+    /// the default, takes `direct` when it can, else `ghost`.
+    #[arg(long, value_enum, default_value_t = StrategyArg::Auto)]
     pub strategy: StrategyArg,
 
     /// The unique NOT NULL index to copy and apply rows by, by name. Default: the primary key.

@@ -11,9 +11,16 @@ pub fn command(db: &TestDb<'_>, subcommand: &str, args: &[&str]) -> Command {
 }
 
 /// As [`command`], with a connection string of the test's own.
+///
+/// `run` defaults to `--strategy auto`, which makes a change that rewrites nothing without
+/// the ghost; the tests of the ghost's machinery (most of them, written with such changes)
+/// ask for the ghost unless they name a strategy themselves (`tests/it/direct.rs` does).
 pub fn command_with_conn(conn: &str, subcommand: &str, args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_pg-ghost"));
     cmd.arg(subcommand).arg("--conn").arg(conn).args(args);
+    if subcommand == "run" && !args.contains(&"--strategy") {
+        cmd.args(["--strategy", "ghost"]);
+    }
     cmd.env_remove("PGHOST").env_remove("PGPORT").env_remove("PGUSER").env_remove("PGPASSWORD").env_remove("PGDATABASE");
     cmd.kill_on_drop(true);
     cmd

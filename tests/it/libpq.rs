@@ -58,6 +58,10 @@ fn passfile(path: &Path, lines: &str, mode: u32) {
 fn pg_ghost(home: &Path, subcommand: &str, conn: &str, args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_pg-ghost"));
     cmd.arg(subcommand).arg("--conn").arg(conn).args(args);
+    if subcommand == "run" && !args.contains(&"--strategy") {
+        // These runs are about the ghost's sessions (see binary::command_with_conn).
+        cmd.args(["--strategy", "ghost"]);
+    }
     for (k, _) in std::env::vars() {
         if k.starts_with("PG") && k != "PG_BINDIR" {
             cmd.env_remove(k);
