@@ -196,7 +196,8 @@ impl Config {
         use clap::Parser;
         let timeout = format!("{}ms", lock_timeout.as_millis().max(1));
         let retries = retries.to_string();
-        let mut argv = vec!["pg-ghost", "run", "--table", table, "--alter", clauses, "--execute", "--strategy", "auto"];
+        // The connection is `migrate`'s, put in below; run's parser only needs one to accept.
+        let mut argv = vec!["pg-ghost", "run", "--conn", "user=migrate", "--table", table, "--alter", clauses, "--execute", "--strategy", "auto"];
         argv.extend(["--cut-over-lock-timeout", &timeout, "--cut-over-retries", &retries]);
         argv.push(if keep_old_table { "--timestamp-old-table" } else { "--ok-to-drop-table" });
         let cli = crate::cli::Cli::try_parse_from(argv).map_err(|e| Error::internal(format!("the run of a migration: {e}")))?;
