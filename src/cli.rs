@@ -44,6 +44,60 @@ pub enum Command {
     Plan(PlanArgs),
     /// Print the history of runs recorded in the database, newest first.
     History(HistoryArgs),
+    /// Apply a directory of versioned SQL files (`V<version>__<description>.sql`) in version
+    /// order, each statement the safest way: ALTER TABLE online, CREATE INDEX CONCURRENTLY,
+    /// the rest under a short lock_timeout with retries. Recorded in `pgghost.migrations`.
+    Migrate(MigrateArgs),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PhaseArg {
+    Expand,
+    Migrate,
+    Contract,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct MigrateArgs {
+    /// Connection, as for `run`.
+    #[arg(long, value_name = "CONNINFO", default_value = "")]
+    pub conn: String,
+
+    /// The directory of migration files.
+    #[arg(long, value_name = "DIR")]
+    pub dir: PathBuf,
+
+    /// Apply pending files up to this version, included.
+    #[arg(long, value_name = "VERSION")]
+    pub target: Option<String>,
+
+    /// Apply pending files up to the first one of a later phase (a file's phase is its
+    /// first-line header `-- pg-ghost: phase=expand|migrate|contract`).
+    #[arg(long, value_enum, value_name = "PHASE")]
+    pub phase: Option<PhaseArg>,
+
+    /// Print what would run for every pending file and statement, and how (with what
+    /// `pg-ghost plan` says of each ALTER TABLE); change nothing.
+    #[arg(long, conflicts_with = "status")]
+    pub plan: bool,
+
+    /// List the applied, failed and pending versions; change nothing.
+    #[arg(long)]
+    pub status: bool,
+
+    /// How long a statement may wait for its lock before it is retried (and the lock
+    /// timeout of each online change's cut-over). Units: ms, s.
+    #[arg(long, value_name = "DURATION", default_value = "1s")]
+    pub lock_timeout: String,
+
+    /// How many times a statement is tried when its lock is not had in time.
+    #[arg(long, value_name = "N", default_value_t = 60)]
+    pub lock_retries: u32,
+
+    /// Keep the old table of each online change that went through a ghost (as
+    /// `_<table>_<timestamp>_del`). Default: dropped after the swap.
+    #[arg(long)]
+    pub keep_old_tables: bool,
 }
 
 #[derive(Clone, Debug, Args)]

@@ -67,6 +67,9 @@ pub struct Config {
     pub hooks: HooksConfig,
     /// `Some` with `--test-on-replica`.
     pub test_on_replica: Option<ReplicaTest>,
+    /// The id the run records itself under in the history of runs; None: a new one. Given by
+    /// `migrate`, which links its migrations to their runs.
+    pub run_id: Option<String>,
     /// Starting values of the hot-tunable settings.
     pub tunables: Tunables,
 }
@@ -180,8 +183,29 @@ impl Config {
             metrics_listen: args.metrics_listen.as_deref().map(metrics_listen).transpose()?,
             hooks: hooks_from(args)?,
             test_on_replica: test_on_replica(args)?,
+            run_id: None,
             tunables,
         })
+    }
+
+    /// The run `migrate` makes for one `ALTER TABLE` of a file: `run --execute --strategy auto`
+    /// with `run`'s defaults, on the connection `migrate` resolved, under `migrate`'s lock
+    /// timeout and retries. The old table is dropped after the swap unless `keep_old_table`
+    /// (then it keeps a timestamped name, so that several changes of one table keep theirs).
+    pub fn for_migration(conn: ConnInfo, table: &str, clauses: &str, lock_timeout: Duration, retries: u32, keep_old_table: bool, run_id: String) -> Result<Config> {
+        use clap::Parser;
+        let timeout = format!("{}ms", lock_timeout.as_millis().max(1));
+        let retries = retries.to_string();
+        // The connection is `migrate`'s, put in below; run's parser only needs one to accept.
+        let mut argv = vec!["pg-ghost", "run", "--conn", "user=migrate", "--table", table, "--alter", clauses, "--execute", "--strategy", "auto"];
+        argv.extend(["--cut-over-lock-timeout", &timeout, "--cut-over-retries", &retries]);
+        argv.push(if keep_old_table { "--timestamp-old-table" } else { "--ok-to-drop-table" });
+        let cli = crate::cli::Cli::try_parse_from(argv).map_err(|e| Error::internal(format!("the run of a migration: {e}")))?;
+        let crate::cli::Command::Run(args) = cli.command else { return Err(Error::internal("the run of a migration is not a run")) };
+        let config = Config::from_cli_with_env(&args, |_| None)?;
+        let mut conn = conn;
+        conn.reconnect_timeout = config.conn.reconnect_timeout;
+        Ok(Config { conn, run_id: Some(run_id), ..config })
     }
 }
 
@@ -201,6 +225,45 @@ pub fn plan_config(args: &crate::cli::PlanArgs) -> Result<crate::plan::PlanConfi
             crate::cli::PlanFormat::Text => crate::plan::Format::Text,
             crate::cli::PlanFormat::Json => crate::plan::Format::Json,
         },
+    })
+}
+
+/// `pg-ghost migrate`'s flags.
+pub fn migrate_config(args: &crate::cli::MigrateArgs) -> Result<crate::migrate::MigrateConfig> {
+    migrate_config_with_env(args, |k| std::env::var(k).ok())
+}
+
+pub fn migrate_config_with_env(args: &crate::cli::MigrateArgs, env: impl Fn(&str) -> Option<String>) -> Result<crate::migrate::MigrateConfig> {
+    use crate::cli::PhaseArg;
+    use crate::migrate::{files::Phase, files::Version, Mode};
+    let conn = ConnInfo::parse_with_env(&args.conn, env).map_err(|e| e.context("--conn"))?;
+    if !args.dir.is_dir() {
+        return Err(Error::config(format!("--dir {}: not a directory", args.dir.display())));
+    }
+    let target = match args.target.as_deref() {
+        None => None,
+        Some(t) => Some(Version::parse(t.trim_start_matches('V')).ok_or_else(|| Error::config(format!("--target {t:?}: give a version, e.g. 3 or 1.2")))?),
+    };
+    if args.lock_retries == 0 {
+        return Err(Error::config("--lock-retries 0: give at least 1"));
+    }
+    Ok(crate::migrate::MigrateConfig {
+        conn,
+        dir: args.dir.clone(),
+        target,
+        phase: args.phase.map(|p| match p {
+            PhaseArg::Expand => Phase::Expand,
+            PhaseArg::Migrate => Phase::Migrate,
+            PhaseArg::Contract => Phase::Contract,
+        }),
+        mode: match (args.plan, args.status) {
+            (true, _) => Mode::Plan,
+            (_, true) => Mode::Status,
+            _ => Mode::Apply,
+        },
+        lock_timeout: positive("lock-timeout", &args.lock_timeout, Bare::Refuse)?,
+        lock_retries: args.lock_retries,
+        keep_old_tables: args.keep_old_tables,
     })
 }
 

@@ -37,3 +37,4 @@ pub mod control;
 pub mod hooks;
 pub mod metrics;
 pub mod history;
+pub mod migrate;

@@ -81,6 +81,11 @@ async fn dispatch(command: Command) -> Result<()> {
             tracing::debug!(?config, "configuration");
             print!("{}", pg_ghost::history::show(&config).await?);
         }
+        Command::Migrate(args) => {
+            let config = pg_ghost::config::migrate_config(&args)?;
+            tracing::debug!(dir = %config.dir.display(), mode = ?config.mode, "configuration");
+            print!("{}", pg_ghost::migrate::migrate(&config).await?);
+        }
     }
     Ok(())
 }

@@ -26,7 +26,7 @@ mod record;
 mod show;
 mod sql;
 
-pub use record::{fingerprint, Outcome, STRATEGY_DIRECT, STRATEGY_GHOST};
+pub use record::{fingerprint, new_run_id, Origin, Outcome, STRATEGY_DIRECT, STRATEGY_GHOST};
 pub use show::{render_json, render_text, show, Entry};
 
 use crate::config::Config;
@@ -36,7 +36,7 @@ use crate::error::{Context, Error, ErrorKind, Result};
 use crate::inspect;
 use crate::phase::Phase;
 use crate::sql::QualifiedName;
-use record::{Earlier, Origin, Record};
+use record::{Earlier, Record};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -109,7 +109,7 @@ impl History {
                 return Ok(History::off());
             }
         };
-        let record = Record::new(record::new_run_id(), Origin::this_process(), &cfg.table, &cfg.alter, cfg.execute);
+        let record = Record::new(cfg.run_id.clone().unwrap_or_else(record::new_run_id), Origin::this_process(), &cfg.table, &cfg.alter, cfg.execute);
         tracing::info!(run_id = %record.run_id, history = %table, "recording the run in the history of runs");
         let start = if cfg.resume { Start::Waiting } else { Start::Insert };
         let state = Arc::new(Mutex::new(State { record, start, copy: None }));

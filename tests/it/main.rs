@@ -19,6 +19,7 @@ mod hooks;
 mod inspect;
 mod libpq;
 mod metrics;
+mod migrate;
 mod oracle;
 mod oracle_selftest;
 mod plan;

@@ -400,15 +400,18 @@ impl WholeSchema {
     /// A database restored from the dump (schema only: data does not change what a plain
     /// ALTER does to the schema), where `ALTER TABLE <table> <alter>` then ran.
     pub async fn twin_after_plain_alter<'c>(&self, source: &TestDb<'c>, table: &str, alter: &str) -> TestDb<'c> {
+        self.twin_after_plain_sql(source, &format!("ALTER TABLE {table} {alter}")).await
+    }
+
+    /// A database restored from the dump where `sql` (statements, a whole file) then ran as
+    /// psql would run it.
+    pub async fn twin_after_plain_sql<'c>(&self, source: &TestDb<'c>, sql: &str) -> TestDb<'c> {
         let db = source.cluster.fresh_db("twin");
         let mut cmd = pg_command("pg_restore", source.cluster.port);
         cmd.args(["--exit-on-error", "--single-transaction", "-d", &db.name]).arg(&self.file);
         run(cmd, &format!("pg_restore of {} into {}", self.source_db, db.name)).await;
         let client = db.client().await;
-        client
-            .batch_execute(&format!("ALTER TABLE {table} {alter}"))
-            .await
-            .unwrap_or_else(|e| panic!("the plain ALTER TABLE {table} {alter} failed on the twin: {}", db_message(&e)));
+        client.batch_execute(sql).await.unwrap_or_else(|e| panic!("the plain {sql} failed on the twin: {}", db_message(&e)));
         db
     }
 }

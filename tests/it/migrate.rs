@@ -1,0 +1,164 @@
+//! `pg-ghost migrate`: an expand → migrate → contract directory applied under the
+//! control-table workload (the whole database ends as the files run plainly on a twin leave
+//! it, the data equal the control table), `--phase expand` stopping before the rest,
+//! `--status` and `--plan` (which changes nothing); an applied file whose checksum changed
+//! stops everything with both values; a failed statement is recorded and the next run
+//! resumes at it.
+
+use crate::binary;
+use crate::harness::{Cluster, TestDb};
+use crate::oracle::*;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Duration;
+
+const FILES: [(&str, &str); 4] = [
+    (
+        "V1__add_region.sql",
+        "-- pg-ghost: phase=expand\n\
+         ALTER TABLE orders ADD COLUMN region text;\n\
+         ALTER TABLE orders ALTER COLUMN region SET DEFAULT 'eu';\n\
+         CREATE INDEX orders_region_idx ON orders (region);\n",
+    ),
+    (
+        "V2__backfill_region.sql",
+        "-- pg-ghost: phase=migrate\n\
+         -- in batches, one statement each: a failure resumes at the batch that failed\n\
+         UPDATE orders SET region = 'eu' WHERE id BETWEEN 1 AND 1000 AND region IS NULL;\n\
+         UPDATE orders SET region = 'eu' WHERE id BETWEEN 1001 AND 2000 AND region IS NULL;\n\
+         UPDATE orders SET region = 'eu' WHERE region IS NULL;\n",
+    ),
+    ("V10__widen_n.sql", "-- pg-ghost: phase=migrate\nALTER TABLE orders ALTER COLUMN n TYPE bigint;\n"),
+    (
+        "V11__contract.sql",
+        "-- pg-ghost: phase=contract\n\
+         ALTER TABLE orders ADD CONSTRAINT orders_region_set CHECK (region IS NOT NULL);\n\
+         ALTER TABLE orders DROP COLUMN spare;\n",
+    ),
+];
+
+fn migrations_dir(name: &str, files: &[(&str, &str)]) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("pg-ghost-migrate-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create the migrations directory");
+    for (file, text) in files {
+        std::fs::write(dir.join(file), text).expect("write a migration file");
+    }
+    dir
+}
+
+async fn migrate(db: &TestDb<'_>, dir: &Path, args: &[&str]) -> Output {
+    let dir = dir.to_str().expect("a UTF-8 path");
+    let mut all = vec!["--dir", dir, "--lock-timeout", "500ms"];
+    all.extend(args);
+    binary::command(db, "migrate", &all).output().await.expect("start pg-ghost migrate")
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// version → status, statements done, as `pgghost.migrations` holds them.
+fn recorded(db: &TestDb<'_>) -> String {
+    db.psql("SELECT string_agg(version || ':' || status || ':' || statements_done, ' ' ORDER BY string_to_array(version, '.')::int[]) FROM pgghost.migrations")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expand_migrate_contract_under_load_ends_as_the_plain_files() {
+    let db = Cluster::primary().fresh_db("migrate_load");
+    let table = OracleTable::create(&db, "orders", KeyKind::Identity, 3_000).await;
+    let before = WholeSchema::take(&db).await;
+    let dir = migrations_dir("load", &FILES);
+    let workload = Workload::start(&db, &table, WorkloadOptions::new(3).rate(Some(80))).await;
+    workload.wait_for_more_commits(30, Duration::from_secs(30)).await;
+
+    // --plan changes nothing, and says how each statement would run.
+    let out = migrate(&db, &dir, &["--plan"]).await;
+    binary::assert_success(&out);
+    let plan = stdout(&out);
+    assert!(plan.contains("V1__add_region.sql [expand]") && plan.contains("V11__contract.sql [contract]"), "{plan}");
+    assert!(plan.contains("CREATE INDEX CONCURRENTLY orders_region_idx"), "{plan}");
+    assert!(plan.contains("online (pg-ghost run --strategy auto)"), "{plan}");
+    assert_eq!(db.psql("SELECT to_regclass('pgghost.migrations') IS NULL"), "t", "--plan created the migrations table");
+    assert_eq!(db.psql("SELECT count(*) FROM pg_attribute WHERE attrelid = 'orders'::regclass AND attname = 'region'"), "0");
+
+    // --phase expand stops before the migrate and contract files.
+    let out = migrate(&db, &dir, &["--phase", "expand"]).await;
+    binary::assert_success(&out);
+    assert_eq!(recorded(&db), "1:applied:3");
+    let status = stdout(&migrate(&db, &dir, &["--status"]).await);
+    assert!(status.lines().any(|l| l.starts_with("V1 ") && l.contains("applied")), "{status}");
+    assert!(status.lines().any(|l| l.starts_with("V11 ") && l.contains("pending")), "{status}");
+    assert_eq!(db.psql("SELECT count(*) FROM pg_index WHERE NOT indisvalid"), "0");
+
+    workload.wait_for_more_commits(30, Duration::from_secs(30)).await;
+    let out = migrate(&db, &dir, &[]).await;
+    binary::assert_success(&out);
+    assert_eq!(recorded(&db), "1:applied:3 2:applied:3 10:applied:1 11:applied:2");
+    let run_ids = db.psql("SELECT count(*) FROM pgghost.migrations m JOIN pgghost.runs r ON r.run_id = ANY (m.run_ids)");
+    assert_eq!(run_ids, db.psql("SELECT sum(cardinality(run_ids)) FROM pgghost.migrations"), "every run id names a run");
+    assert_eq!(db.psql("SELECT count(*) FROM pgghost.runs"), "5", "one run per ALTER TABLE");
+    assert_eq!(stdout(&migrate(&db, &dir, &[]).await), "nothing to apply\n");
+
+    workload.wait_for_more_commits(30, Duration::from_secs(30)).await;
+    let report = workload.stop().await;
+    assert!(report.errors.is_empty(), "workload errors (seed {}): {:#?}", report.seed, report.errors);
+    let client = db.client().await;
+    table.assert_matches_control(&client, &table.projection().add("region", "'eu'::text").map("n", "n::bigint").drop("spare")).await;
+    let plain: String = FILES.iter().map(|(_, text)| *text).collect();
+    let twin = before.twin_after_plain_sql(&db, &plain).await;
+    assert_whole_schema_equal(&db, &twin, "the migration files").await;
+    assert_no_slots_or_publications(&client).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_applied_file_that_changed_stops_everything_with_both_checksums() {
+    let db = Cluster::primary().fresh_db("migrate_checksum");
+    let dir = migrations_dir("checksum", &[("V1__t.sql", "CREATE TABLE t (id int PRIMARY KEY);\n"), ("V2__u.sql", "CREATE TABLE u (id int);\n")]);
+    binary::assert_success(&migrate(&db, &dir, &["--target", "1"]).await);
+    assert_eq!(recorded(&db), "1:applied:1");
+    let old = db.psql("SELECT checksum FROM pgghost.migrations WHERE version = '1'");
+    let text = "CREATE TABLE t (id bigint PRIMARY KEY);\n";
+    std::fs::write(dir.join("V1__t.sql"), text).unwrap();
+    let new = db.psql(&format!("SELECT encode(sha256(convert_to({}, 'UTF8')), 'hex')", literal(text)));
+    let out = migrate(&db, &dir, &[]).await;
+    binary::assert_failure(&out, 3, &format!("V1__t.sql was applied with checksum {old} but the file now has checksum {new}"));
+    assert_eq!(db.psql("SELECT to_regclass('u') IS NULL"), "t", "nothing ran after the changed file was found");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_statement_is_recorded_and_the_next_run_resumes_at_it() {
+    let db = Cluster::primary().fresh_db("migrate_resume");
+    let file = "CREATE TABLE a (id int PRIMARY KEY);\n\
+                INSERT INTO b VALUES (1);\n\
+                CREATE INDEX a_id_idx ON a (id);\n";
+    let dir = migrations_dir("resume", &[("V1__tables.sql", file)]);
+    let out = migrate(&db, &dir, &[]).await;
+    binary::assert_failure(&out, 1, "V1__tables.sql, statement 2 of 3");
+    assert_eq!(recorded(&db), "1:failed:1");
+    assert!(db.psql("SELECT error FROM pgghost.migrations").contains("\"b\" does not exist"));
+    let status = stdout(&migrate(&db, &dir, &["--status"]).await);
+    assert!(status.contains("failed") && status.contains("at statement 2 of 3"), "{status}");
+
+    // CREATE TABLE a would fail if it ran again: the resumed run starts at the INSERT.
+    db.psql("CREATE TABLE b (id int)");
+    let out = migrate(&db, &dir, &[]).await;
+    binary::assert_success(&out);
+    assert_eq!(recorded(&db), "1:applied:3");
+    assert_eq!(db.psql("SELECT count(*) FROM b"), "1");
+    assert_eq!(db.psql("SELECT to_regclass('a_id_idx') IS NOT NULL"), "t");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_block_with_an_online_step_is_refused() {
+    let db = Cluster::primary().fresh_db("migrate_atomic");
+    db.psql("CREATE TABLE t (id int PRIMARY KEY)");
+    let dir = migrations_dir("atomic", &[("V1__mixed.sql", "BEGIN;\nINSERT INTO t VALUES (1);\nALTER TABLE t ADD COLUMN c int;\nCOMMIT;\n")]);
+    let out = migrate(&db, &dir, &[]).await;
+    binary::assert_failure(&out, 3, "statement 3 (ALTER TABLE t ADD COLUMN c int) would run online");
+    assert_eq!(db.psql("SELECT count(*) FROM t"), "0");
+    let _ = std::fs::remove_dir_all(&dir);
+}
