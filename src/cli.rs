@@ -98,6 +98,11 @@ pub struct MigrateArgs {
     /// `_<table>_<timestamp>_del`). Default: dropped after the swap.
     #[arg(long)]
     pub keep_old_tables: bool,
+
+    /// Apply a pending file even when a later version is applied already (it was added behind
+    /// the others, by a merge say): it then runs after what it was written before.
+    #[arg(long)]
+    pub out_of_order: bool,
 }
 
 #[derive(Clone, Debug, Args)]

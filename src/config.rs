@@ -264,6 +264,7 @@ pub fn migrate_config_with_env(args: &crate::cli::MigrateArgs, env: impl Fn(&str
         lock_timeout: positive("lock-timeout", &args.lock_timeout, Bare::Refuse)?,
         lock_retries: args.lock_retries,
         keep_old_tables: args.keep_old_tables,
+        out_of_order: args.out_of_order,
     })
 }
 

@@ -32,6 +32,8 @@ pub struct MigrateConfig {
     pub lock_timeout: Duration,
     pub lock_retries: u32,
     pub keep_old_tables: bool,
+    /// `--out-of-order`.
+    pub out_of_order: bool,
 }
 
 /// Runs `migrate` in its mode; returns what to print on stdout.
@@ -44,6 +46,7 @@ pub async fn migrate(cfg: &MigrateConfig) -> Result<String> {
         return Ok(status(&files, &rows));
     }
     verify_checksums(&files, &rows)?;
+    check_order(&files, &rows, cfg.out_of_order)?;
     match cfg.mode {
         Mode::Plan => plan(&conn, &pending(&files, &rows, cfg.target.as_ref(), cfg.phase), &rows).await,
         _ => {
@@ -74,6 +77,28 @@ fn verify_checksums(files: &[MigrationFile], rows: &HashMap<String, Row>) -> Res
         }
     }
     Ok(())
+}
+
+/// A pending file older than the newest applied one would run after what it was written
+/// before: refused unless the DBA says it is fine.
+fn check_order(files: &[MigrationFile], rows: &HashMap<String, Row>, out_of_order: bool) -> Result<()> {
+    let applied = |f: &&MigrationFile| rows.get(&f.version.to_string()).is_some_and(Row::is_applied);
+    let Some(newest) = files.iter().filter(applied).map(|f| &f.version).max() else { return Ok(()) };
+    let late: Vec<String> = files.iter().filter(|f| !applied(f) && f.version < *newest).map(MigrationFile::name).collect();
+    match (late.is_empty(), out_of_order) {
+        (true, _) => Ok(()),
+        (false, true) => {
+            tracing::warn!(files = %late.join(", "), newest = %newest, "--out-of-order: applying files older than the newest applied version");
+            Ok(())
+        }
+        (false, false) => Err(Error::refused(format!(
+            "{} {} pending but V{newest} is applied already: {} would run after what {} written before; check, then run again with --out-of-order",
+            late.join(", "),
+            if late.len() == 1 { "is" } else { "are" },
+            if late.len() == 1 { "it" } else { "they" },
+            if late.len() == 1 { "it was" } else { "they were" },
+        ))),
+    }
 }
 
 /// The files to apply, in order: not applied yet, up to `target`, and up to the first of a
@@ -401,6 +426,17 @@ mod tests {
         assert_eq!(names(pending(&files, &rows, None, Some(Phase::Expand))), ["2"]);
         assert_eq!(names(pending(&files, &rows, None, Some(Phase::Migrate))), ["2", "3"]);
         assert_eq!(names(pending(&files, &rows, Version::parse("3").as_ref(), None)), ["2", "3"]);
+    }
+
+    #[test]
+    fn a_file_older_than_the_newest_applied_is_refused_unless_asked() {
+        let files = [file("1", None), file("2", None), file("3", None)];
+        let rows: HashMap<String, Row> = [applied("1"), applied("3")].into_iter().collect();
+        let e = check_order(&files, &rows, false).unwrap_err();
+        assert!(e.to_string().contains("V2__x.sql is pending but V3 is applied already"), "{e}");
+        assert!(check_order(&files, &rows, true).is_ok());
+        let rows: HashMap<String, Row> = [applied("1"), applied("2")].into_iter().collect();
+        assert!(check_order(&files, &rows, false).is_ok());
     }
 
     #[test]
