@@ -91,7 +91,7 @@ impl Direct<'_> {
                 // writers queue behind it for no longer.
                 c.batch_execute(&format!("BEGIN; SET LOCAL lock_timeout = '{}ms'; SET LOCAL statement_timeout = '{}ms'", ms(self.lock_timeout), ms(wait))).await?;
                 match waiting::run(sessions, &step.sql, wait, attempt, killer, "direct step").await {
-                    Ok(()) => c.batch_execute("COMMIT").await.context("committing the step").map_err(Error::from),
+                    Ok(()) => c.batch_execute("COMMIT").await.context("committing the step"),
                     Err(e) => {
                         let _ = c.batch_execute("ROLLBACK").await;
                         Err(e)
@@ -102,7 +102,7 @@ impl Direct<'_> {
                 // Only the wait for SHARE UPDATE EXCLUSIVE is bounded; the scan takes what it takes.
                 c.batch_execute(&format!("BEGIN; SET LOCAL lock_timeout = '{}ms'", ms(self.lock_timeout))).await?;
                 match waiting::run(sessions, &step.sql, self.lock_timeout, attempt, killer, "validation").await {
-                    Ok(()) => c.batch_execute("COMMIT").await.context("committing the validation").map_err(Error::from),
+                    Ok(()) => c.batch_execute("COMMIT").await.context("committing the validation"),
                     Err(e) => {
                         let _ = c.batch_execute("ROLLBACK").await;
                         Err(e)

@@ -103,7 +103,7 @@ pub async fn trial(
             None => changes.dropped.push(col.name.clone()),
             Some(g) => {
                 let now = built.after.iter().find(|c| c.name == g);
-                if now.map_or(false, |c| c.type_sql != col.type_sql) || built.ghost.alter.using.contains_key(&col.name) {
+                if now.is_some_and(|c| c.type_sql != col.type_sql) || built.ghost.alter.using.contains_key(&col.name) {
                     changes.retyped.push(col.name.clone());
                 }
             }
