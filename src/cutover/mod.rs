@@ -248,7 +248,7 @@ impl CutOver<'_> {
             .context("extending the lock wait past deadlock_timeout")?;
         let lock_sql = format!("LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE");
         waiting::run(sessions, &lock_sql, long, attempt, killer, "cut-over lock (autovacuum in the way)").await.map_err(|e| match e.kind() {
-            ErrorKind::LockTimeout => Error::new(ErrorKind::LockTimeout, format!("could not lock {table} within {long:?}, past deadlock_timeout, though only autovacuum held it")),
+            ErrorKind::LockTimeout => Error::new(ErrorKind::LockTimeout, format!("could not lock {table} within {long:?}, past deadlock_timeout, with an autovacuum worker in the way")),
             _ => e.context("locking the table autovacuum held"),
         })?;
         tracing::info!(attempt, table = %table, "the table autovacuum held is locked; locking the rest");
