@@ -29,6 +29,9 @@ pub struct Blocker {
     pub state: String,
     pub transaction_age: String,
     pub query: String,
+    /// An autovacuum worker running to prevent transaction ID wraparound, which PostgreSQL
+    /// never cancels.
+    pub wraparound: bool,
 }
 
 impl std::fmt::Display for Blocker {
@@ -47,6 +50,16 @@ impl Blocker {
     fn is_client(&self) -> bool {
         self.backend_type.is_empty() || self.backend_type == "client backend"
     }
+
+    /// How the blocker reads in a report: what kind of session it is when it is not a client.
+    pub fn kind(&self) -> &'static str {
+        match (self.backend_type.as_str(), self.wraparound) {
+            ("autovacuum worker", true) => "anti-wraparound autovacuum (PostgreSQL never cancels it)",
+            ("autovacuum worker", false) => "autovacuum",
+            _ if self.is_client() => "client",
+            _ => "background process",
+        }
+    }
 }
 
 pub async fn blockers_of(monitor: &Client, pid: i32) -> Result<Vec<Blocker>> {
@@ -55,7 +68,8 @@ pub async fn blockers_of(monitor: &Client, pid: i32) -> Result<Vec<Blocker>> {
             "SELECT a.pid, coalesce(a.backend_start::text, ''), coalesce(a.usename::text, ''), coalesce(a.application_name, ''),
                     coalesce(a.backend_type, ''), coalesce(a.state, ''),
                     coalesce(date_trunc('second', now() - a.xact_start)::text, 'none'),
-                    left(regexp_replace(coalesce(a.query, ''), '\\s+', ' ', 'g'), 200)
+                    left(regexp_replace(coalesce(a.query, ''), '\\s+', ' ', 'g'), 200),
+                    coalesce(a.backend_type = 'autovacuum worker' AND a.query LIKE '%(to prevent wraparound)', false)
                FROM pg_stat_activity a WHERE a.pid = ANY(pg_blocking_pids($1)) ORDER BY a.xact_start",
             &[&pid],
         )
@@ -71,6 +85,7 @@ pub async fn blockers_of(monitor: &Client, pid: i32) -> Result<Vec<Blocker>> {
                 state: r.try_get(5)?,
                 transaction_age: r.try_get(6)?,
                 query: r.try_get(7)?,
+                wraparound: r.try_get(8)?,
             })
         })
         .collect()
@@ -169,6 +184,8 @@ impl BlockerKiller {
 fn spare_reason(b: &Blocker) -> Option<&'static str> {
     if b.is_own() {
         Some("it is one of pg-ghost's own sessions")
+    } else if b.wraparound {
+        Some("it is an anti-wraparound autovacuum: terminated, it would start again at once with its work lost; the cut-over keeps retrying until it finishes")
     } else if !b.is_client() {
         Some("it is not a client session")
     } else {
@@ -198,6 +215,7 @@ mod tests {
             state: "idle in transaction".into(),
             transaction_age: "00:00:05".into(),
             query: "SELECT 1".into(),
+            wraparound: false,
         }
     }
 
@@ -209,5 +227,9 @@ mod tests {
         assert!(spare_reason(&blocker("pg-ghost apply", "client backend")).is_some());
         assert!(spare_reason(&blocker("", "autovacuum worker")).is_some());
         assert_eq!(spare_reason(&blocker("", "")), None, "a backend whose type the role may not see");
+        let wraparound = Blocker { wraparound: true, ..blocker("", "autovacuum worker") };
+        assert!(spare_reason(&wraparound).is_some_and(|r| r.contains("anti-wraparound")));
+        assert!(wraparound.kind().contains("never cancels"));
+        assert_eq!(blocker("", "autovacuum worker").kind(), "autovacuum");
     }
 }

@@ -11,6 +11,7 @@
 //! LOCK terminates the sessions in its way. A session lost to `pg_terminate_backend` is
 //! replaced before the next attempt.
 
+mod autovacuum;
 mod blockers;
 pub(crate) mod sessions;
 pub(crate) mod waiting;
@@ -113,6 +114,10 @@ impl CutOver<'_> {
                 }
                 Err(e) => {
                     if !e.is_retryable() || attempt >= self.retries {
+                        let e = match sessions.autovacuum.wraparound().first() {
+                            Some(w) if e.kind() == ErrorKind::LockTimeout => e.context(autovacuum::wraparound_advice(&w.table)),
+                            _ => e,
+                        };
                         return Err(e.context(format!("cut-over attempt {attempt}")));
                     }
                     lost_session = e.kind() == ErrorKind::Connection;
@@ -188,6 +193,8 @@ impl CutOver<'_> {
                 "the cut-over waits for its locks less than --cut-over-lock-timeout: under half the server's deadlock_timeout, so that a write waiting behind it is never chosen as a deadlock victim"
             );
         }
+        let mut killer = killer;
+        self.clear_autovacuum(sessions, &tables, wait, attempt, killer.as_deref_mut()).await?;
         // lock_timeout bounds each table's wait; the statement timeout bounds them together.
         sessions
             .client
@@ -203,6 +210,43 @@ impl CutOver<'_> {
             })?;
         let restore = format!("SET LOCAL statement_timeout = {}", crate::sql::literal(&sessions.statement_timeout));
         sessions.client.batch_execute(&restore).await.context("restoring statement_timeout after the cut-over lock")
+    }
+
+    /// Before the LOCK: autovacuum workers holding a lock on the tables are cancelled, left to
+    /// an early deadlock check, or waited for past `deadlock_timeout` (see [`autovacuum`]).
+    async fn clear_autovacuum(&self, sessions: &Sessions, tables: &[String], wait: Duration, attempt: u32, killer: Option<&mut BlockerKiller>) -> Result<()> {
+        let policy = &sessions.autovacuum;
+        if policy.may_lower_deadlock_timeout {
+            let lowered = autovacuum::lowered_deadlock_timeout(wait, sessions.deadlock_timeout);
+            sessions
+                .client
+                .batch_execute(&format!("SET LOCAL deadlock_timeout = '{}ms'", lowered.as_millis()))
+                .await
+                .context("lowering the cut-over session's deadlock_timeout")?;
+        }
+        let workers = match autovacuum::workers_on(&sessions.monitor, tables).await {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(attempt, error = %e, "could not look for autovacuum workers on the tables to lock");
+                Vec::new()
+            }
+        };
+        let Some(table) = policy.before_lock(&sessions.monitor, &workers, attempt).await else { return Ok(()) };
+        let long = autovacuum::extended_wait(self.lock_timeout, sessions.deadlock_timeout);
+        let ms = long.as_millis().max(1);
+        sessions
+            .client
+            .batch_execute(&format!("SET LOCAL lock_timeout = '{ms}ms'; SET LOCAL statement_timeout = '{ms}ms'"))
+            .await
+            .context("extending the lock wait past deadlock_timeout")?;
+        let lock_sql = format!("LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE");
+        waiting::run(sessions, &lock_sql, long, attempt, killer, "cut-over lock (autovacuum in the way)").await.map_err(|e| match e.kind() {
+            ErrorKind::LockTimeout => Error::new(ErrorKind::LockTimeout, format!("could not lock {table} within {long:?}, past deadlock_timeout, with an autovacuum worker in the way")),
+            _ => e.context("locking the table autovacuum held"),
+        })?;
+        tracing::info!(attempt, table = %table, "the table autovacuum held is locked; locking the rest");
+        let timeout_ms = self.lock_timeout.as_millis().max(1);
+        sessions.client.batch_execute(&format!("SET LOCAL lock_timeout = '{timeout_ms}ms'")).await.context("restoring lock_timeout")
     }
 
     /// A DDL on the original that no later change announced on the stream is caught here,

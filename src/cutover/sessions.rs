@@ -20,6 +20,8 @@ pub(crate) struct Sessions {
     pub deadlock_timeout: Duration,
     /// `client`'s own `statement_timeout`, restored once the LOCK is granted.
     pub statement_timeout: String,
+    /// What to do about autovacuum workers in the LOCK's way.
+    pub autovacuum: super::autovacuum::Policy,
 }
 
 impl Sessions {
@@ -36,7 +38,11 @@ impl Sessions {
             .context("reading deadlock_timeout")?;
         let deadlock_ms: i64 = row.try_get(0)?;
         let deadlock_timeout = Duration::from_millis(deadlock_ms.max(1) as u64);
-        Ok(Sessions { client, monitor, pid, deadlock_timeout, statement_timeout: row.try_get(1)? })
+        // Setting it to the value it has tells whether the role may set it (superuser, or
+        // `GRANT SET ON PARAMETER`), without changing anything.
+        let may_lower = client.batch_execute(&format!("SET deadlock_timeout = '{deadlock_ms}ms'")).await.is_ok();
+        let autovacuum = super::autovacuum::Policy::new(may_lower);
+        Ok(Sessions { client, monitor, pid, deadlock_timeout, statement_timeout: row.try_get(1)?, autovacuum })
     }
 
     /// Replaces the sessions that were lost. A session that still answers is kept: its

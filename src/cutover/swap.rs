@@ -143,6 +143,11 @@ pub async fn swap(tx: &impl GenericClient, orig: &TableInfo, ghost: &Ghost, old_
     for column in &ghost.identity_always {
         sql.push(format!("ALTER TABLE {} ALTER COLUMN {} SET GENERATED ALWAYS", g.sql(), ident(column)));
     }
+    // The ghost's autovacuum was off while pg-ghost wrote it; the new table gets back its own
+    // settings (the original's, or what the ALTER made them).
+    if let Some(settings) = &ghost.autovacuum {
+        sql.extend(crate::ghost::autovacuum::restore_sql(g, settings));
+    }
     let orig_identity = identity_sequences(tx, orig.oid).await?;
     let ghost_identity = identity_sequences(tx, ghost.oid).await?;
     let mut identity_renames = Vec::new();

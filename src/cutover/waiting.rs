@@ -50,7 +50,7 @@ pub(crate) async fn run(sessions: &Sessions, sql: &str, wait: Duration, attempt:
 async fn report_blockers(sessions: &Sessions, attempt: u32, what: &str) {
     if let Ok(list) = blockers_of(&sessions.monitor, sessions.pid).await {
         for b in &list {
-            tracing::warn!(attempt, blocker_pid = b.pid, user = %b.user, application = %b.application, state = %b.state, transaction_age = %b.transaction_age, query = %b.query, "{what} is waiting for this session");
+            tracing::warn!(attempt, blocker_pid = b.pid, kind = b.kind(), user = %b.user, application = %b.application, state = %b.state, transaction_age = %b.transaction_age, query = %b.query, "{what} is waiting for this session");
         }
     }
 }

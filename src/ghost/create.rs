@@ -1,3 +1,4 @@
+use super::autovacuum::{self, AutovacuumSettings};
 use super::mapping::Mapping;
 use crate::alter::{self, AlterPlan};
 use crate::datacheck::{self, Checks};
@@ -37,6 +38,10 @@ pub struct Ghost {
     /// an upsert may not set an ALWAYS column to a value. The swap makes them ALWAYS again.
     #[serde(default)]
     pub identity_always: Vec<String>,
+    /// The ghost's storage parameters before pg-ghost turned its autovacuum off, given back at
+    /// the swap; `None` for a ghost created with its autovacuum on (by an earlier version).
+    #[serde(default)]
+    pub autovacuum: Option<AutovacuumSettings>,
 }
 
 /// The name an index or index-backed constraint of the original carries on the ghost until
@@ -205,7 +210,20 @@ async fn build(tx: &Transaction<'_>, orig: &TableInfo, ghost: &QualifiedName, al
             .await
             .with_context(|| format!("making the ghost's identity column {} BY DEFAULT while it is fed", ident(column)))?;
     }
-    let ghost = Ghost { name: ghost.clone(), oid: ghost_oid, mapping, alter: plan, deferred, temp_key_index, replica_identity_index, cluster_on, identity_always };
+    // Last, once the ALTER has run: a TOAST table it creates gets the setting too.
+    let autovacuum = Some(autovacuum::turn_off(tx, ghost, ghost_oid).await?);
+    let ghost = Ghost {
+        name: ghost.clone(),
+        oid: ghost_oid,
+        mapping,
+        alter: plan,
+        deferred,
+        temp_key_index,
+        replica_identity_index,
+        cluster_on,
+        identity_always,
+        autovacuum,
+    };
     Ok(Prepared { ghost, after, data_checks })
 }
 
@@ -298,8 +316,8 @@ async fn create_table(tx: &impl GenericClient, orig: &TableInfo, ghost: &Qualifi
     Ok(())
 }
 
-/// What `LIKE ... INCLUDING ALL` leaves out: owner, grants, storage parameters, the table's
-/// comment, replica identity and row security. `FORCE ROW LEVEL SECURITY` waits for the swap:
+/// What `LIKE ... INCLUDING ALL` leaves out: owner, grants, storage parameters (the TOAST
+/// table's too), the table's comment, replica identity and row security. `FORCE ROW LEVEL SECURITY` waits for the swap:
 /// forced on the ghost, policies would filter pg-ghost's own writes.
 async fn copy_table_properties(tx: &impl GenericClient, orig: &TableInfo, ghost: &QualifiedName) -> Result<()> {
     let g = ghost.sql();
@@ -307,8 +325,8 @@ async fn copy_table_properties(tx: &impl GenericClient, orig: &TableInfo, ghost:
         .query_one(
             "SELECT pg_get_userbyid(c.relowner), c.relowner = (SELECT oid FROM pg_roles WHERE rolname = current_user),
                     coalesce(c.reloptions, '{}'), obj_description(c.oid, 'pg_class'), c.relreplident::text,
-                    c.relrowsecurity
-               FROM pg_class c WHERE c.oid = $1",
+                    c.relrowsecurity, coalesce(t.reloptions, '{}')
+               FROM pg_class c LEFT JOIN pg_class t ON t.oid = c.reltoastrelid WHERE c.oid = $1",
             &[&orig.oid],
         )
         .await?;
@@ -317,6 +335,7 @@ async fn copy_table_properties(tx: &impl GenericClient, orig: &TableInfo, ghost:
     let reloptions: Vec<String> = row.try_get(2)?;
     let comment: Option<String> = row.try_get(3)?;
     let replident: String = row.try_get(4)?;
+    let toast_options: Vec<String> = row.try_get(6)?;
     let mut sql = Vec::new();
     if !we_own {
         sql.push(format!("ALTER TABLE {g} OWNER TO {}", ident(&owner)));
@@ -324,6 +343,12 @@ async fn copy_table_properties(tx: &impl GenericClient, orig: &TableInfo, ghost:
     for opt in &reloptions {
         if let Some((k, v)) = opt.split_once('=') {
             sql.push(format!("ALTER TABLE {g} SET ({} = {})", ident(k), literal(v)));
+        }
+    }
+    // The TOAST table's own parameters are set through the table, as `pg_dump` does.
+    for opt in &toast_options {
+        if let Some((k, v)) = opt.split_once('=') {
+            sql.push(format!("ALTER TABLE {g} SET (toast.{} = {})", ident(k), literal(v)));
         }
     }
     if let Some(c) = comment {

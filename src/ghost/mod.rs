@@ -5,6 +5,7 @@
 //! can use `ON CONFLICT (key)`; the original is only read; everything is created in one
 //! transaction, so a failing ALTER leaves nothing behind.
 
+pub mod autovacuum;
 mod create;
 mod mapping;
 pub mod statistics;

@@ -619,11 +619,14 @@ impl Run {
             );
         }
 
-        // The new table must have statistics the moment it carries the name.
+        // The new table must have statistics the moment it carries the name, and its
+        // visibility map set so that index-only scans work from the start. Autovacuum is off
+        // on the ghost (its worker would block the cut-over): pg-ghost vacuums it itself.
         self.ensure_session().await?;
         let started = std::time::Instant::now();
-        guard(analyze(&self.client, &ghost.name), &mut self.abort.clone(), Some(&mut *bg)).await?;
-        tracing::info!(ghost = %ghost.name, secs = started.elapsed().as_secs_f64(), "ghost analyzed");
+        tracing::info!(ghost = %ghost.name, "vacuuming and analyzing the ghost (SHARE UPDATE EXCLUSIVE on the ghost only; the original is not locked)");
+        guard(vacuum_analyze(&self.client, &ghost.name), &mut self.abort.clone(), Some(&mut *bg)).await?;
+        tracing::info!(ghost = %ghost.name, secs = started.elapsed().as_secs_f64(), "ghost vacuumed and analyzed");
 
         if let Some(flag) = self.cfg.cut_over.postpone_flag_file.clone() {
             if flag.exists() {
@@ -892,8 +895,9 @@ pub(crate) async fn aborted(abort: &mut watch::Receiver<Option<String>>) -> Stri
     }
 }
 
-async fn analyze(client: &Client, table: &QualifiedName) -> Result<()> {
-    client.batch_execute(&format!("ANALYZE {}", table.sql())).await.with_context(|| format!("analyzing {table}"))
+/// `VACUUM` runs outside a transaction block: a single statement of its own.
+async fn vacuum_analyze(client: &Client, table: &QualifiedName) -> Result<()> {
+    client.batch_execute(&format!("VACUUM (ANALYZE) {}", table.sql())).await.with_context(|| format!("vacuuming and analyzing {table}"))
 }
 
 async fn drop_table(client: &Client, table: &QualifiedName) -> Result<()> {
