@@ -11,7 +11,7 @@
 use crate::conn::ConnInfo;
 use crate::copy::GateState;
 use crate::cutover::sessions::Sessions;
-use crate::cutover::{waiting, BlockerKiller};
+use crate::cutover::{autovacuum, waiting, BlockerKiller};
 use crate::error::{Backoff, Context, Error, ErrorKind, Result};
 use crate::plan::{Step, StepKind};
 use crate::sql::QualifiedName;
@@ -73,9 +73,39 @@ impl Direct<'_> {
         Ok(report)
     }
 
+    /// An autovacuum worker on the step's table, as at the cut-over: cancelled where the role
+    /// may; else the wait goes past `deadlock_timeout`, when PostgreSQL cancels it, but only for
+    /// a step that locks one table (with two, a write could hold one and wait behind the step
+    /// for the other: see `lock_wait_limit`). Anti-wraparound workers are named, never cancelled.
+    async fn wait_with_autovacuum(&self, sessions: &Sessions, step: &Step, wait: Duration, attempt: u32) -> Duration {
+        let tables: Vec<String> = step.locks.iter().map(|(t, _)| t.clone()).collect();
+        let workers = match autovacuum::workers_on(&sessions.monitor, &tables).await {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(attempt, error = %e, "could not look for autovacuum workers on the step's tables");
+                return wait;
+            }
+        };
+        match sessions.autovacuum.before_lock(&sessions.monitor, &workers, attempt).await {
+            Some(_) if step.locks.len() == 1 => autovacuum::extended_wait(self.lock_timeout, sessions.deadlock_timeout).max(wait),
+            _ => wait,
+        }
+    }
+
     async fn try_step(&self, sessions: &Sessions, step: &Step, attempt: u32, killer: Option<&mut BlockerKiller>) -> Result<()> {
         let several = step.locks.len() > 1;
         let wait = crate::cutover::lock_wait_limit(self.lock_timeout, sessions.deadlock_timeout, several);
+        let wait = match self.dry_run {
+            true => wait,
+            false => self.wait_with_autovacuum(sessions, step, wait, attempt).await,
+        };
+        let lock_timeout = self.lock_timeout.max(wait);
+        // Where the role may, PostgreSQL is asked to cancel an autovacuum worker in the way
+        // early in the wait, as at the cut-over (in the step's transaction only).
+        let early = match sessions.autovacuum.may_lower_deadlock_timeout {
+            true => format!("; SET LOCAL deadlock_timeout = '{}ms'", autovacuum::lowered_deadlock_timeout(wait, sessions.deadlock_timeout).as_millis().max(1)),
+            false => String::new(),
+        };
         let c = &sessions.client;
         let ms = |d: Duration| d.as_millis().max(1);
         match (&step.kind, self.dry_run) {
@@ -89,7 +119,7 @@ impl Direct<'_> {
             (StepKind::Locked, false) => {
                 // The statement timeout bounds the lock wait and the (catalog-only) work together:
                 // writers queue behind it for no longer.
-                c.batch_execute(&format!("BEGIN; SET LOCAL lock_timeout = '{}ms'; SET LOCAL statement_timeout = '{}ms'", ms(self.lock_timeout), ms(wait))).await?;
+                c.batch_execute(&format!("BEGIN; SET LOCAL lock_timeout = '{}ms'; SET LOCAL statement_timeout = '{}ms'{early}", ms(lock_timeout), ms(wait))).await?;
                 match waiting::run(sessions, &step.sql, wait, attempt, killer, "direct step").await {
                     Ok(()) => c.batch_execute("COMMIT").await.context("committing the step"),
                     Err(e) => {
@@ -100,8 +130,8 @@ impl Direct<'_> {
             }
             (StepKind::Validate, false) => {
                 // Only the wait for SHARE UPDATE EXCLUSIVE is bounded; the scan takes what it takes.
-                c.batch_execute(&format!("BEGIN; SET LOCAL lock_timeout = '{}ms'", ms(self.lock_timeout))).await?;
-                match waiting::run(sessions, &step.sql, self.lock_timeout, attempt, killer, "validation").await {
+                c.batch_execute(&format!("BEGIN; SET LOCAL lock_timeout = '{}ms'{early}", ms(lock_timeout))).await?;
+                match waiting::run(sessions, &step.sql, lock_timeout, attempt, killer, "validation").await {
                     Ok(()) => c.batch_execute("COMMIT").await.context("committing the validation"),
                     Err(e) => {
                         let _ = c.batch_execute("ROLLBACK").await;
@@ -111,8 +141,8 @@ impl Direct<'_> {
             }
             (StepKind::ConcurrentIndex { index }, false) => {
                 // CONCURRENTLY cannot run in a transaction: the session's own setting bounds the wait.
-                c.batch_execute(&format!("SET lock_timeout = '{}ms'", ms(self.lock_timeout))).await?;
-                let built = waiting::run(sessions, &step.sql, self.lock_timeout, attempt, killer, "index build").await;
+                c.batch_execute(&format!("SET lock_timeout = '{}ms'", ms(lock_timeout))).await?;
+                let built = waiting::run(sessions, &step.sql, lock_timeout, attempt, killer, "index build").await;
                 let reset = c.batch_execute("RESET lock_timeout").await;
                 if let Err(e) = built {
                     // A failed CONCURRENTLY leaves an invalid index behind: never keep it.

@@ -11,7 +11,7 @@
 //! LOCK terminates the sessions in its way. A session lost to `pg_terminate_backend` is
 //! replaced before the next attempt.
 
-mod autovacuum;
+pub(crate) mod autovacuum;
 mod blockers;
 pub(crate) mod sessions;
 pub(crate) mod waiting;

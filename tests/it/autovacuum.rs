@@ -151,3 +151,35 @@ async fn a_role_that_may_set_deadlock_timeout_lets_postgres_cancel_early_and_no_
     let (log, worker) = cut_over_against_autovacuum(As::MaySetDeadlockTimeout).await;
     assert!(logged(&log, "deadlock_timeout is lowered", worker), "{log}");
 }
+
+/// The direct way's steps meet autovacuum as the cut-over does: a worker on the table is
+/// cancelled (superuser here) and no step fails for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_direct_step_gets_past_an_autovacuum_worker() {
+    let cluster = autovacuum_cluster();
+    let db = cluster.fresh_db("autovacuum_direct");
+    let table = OracleTable::create(&db, "orders", KeyKind::Identity, 10_000).await;
+    db.psql(&format!("ALTER TABLE orders SET ({SLOW_AUTOVACUUM})"));
+    let workload = Workload::start(&db, &table, WorkloadOptions::new(2).rate(Some(50))).await;
+    let holding = "SELECT a.pid FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+                    WHERE a.backend_type = 'autovacuum worker' AND l.locktype = 'relation' AND l.granted
+                      AND l.relation = 'orders'::regclass LIMIT 1";
+    let deadline = Instant::now() + Duration::from_secs(45);
+    let worker = loop {
+        if let Ok(pid) = db.psql(holding).parse::<i32>() {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "no autovacuum worker took orders within 45 s");
+        tokio::time::sleep(POLL * 10).await;
+    };
+    let alter = "ADD COLUMN note text";
+    let out = binary::run(&db, &["--table", "orders", "--alter", alter, "--execute", "--strategy", "direct", "--skip-data-checks"]).await;
+    binary::assert_success(&out);
+    let log = binary::stderr(&out);
+    assert!(logged(&log, "cancelled an autovacuum worker", worker), "the worker (pid {worker}) was not cancelled:\n{log}");
+    assert!(!log.contains("direct step failed"), "a step failed:\n{log}");
+    workload.wait_for_more_commits(20, Duration::from_secs(30)).await;
+    let report = workload.stop().await;
+    assert!(report.errors.is_empty(), "workload errors (seed {}): {:#?}", report.seed, report.errors);
+    table.assert_matches_control(&db.client().await, &table.projection().add("note", "NULL::text")).await;
+}
