@@ -376,3 +376,34 @@ async fn swap_and_back_leaves_every_name_as_it_was() {
     db.psql("DROP TABLE _orders_gho");
     assert_eq!(db.psql("INSERT INTO orders (n, email) VALUES (1, 'after') RETURNING serial_no"), "2001");
 }
+
+/// The table is in a publication a logical subscriber follows: the swap moves the
+/// publication's membership to the new table, and the subscriber goes on receiving every
+/// change, those written during the run and after the swap, with no refresh on its side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_of_the_table_keeps_receiving_after_the_swap() {
+    let r = Replicated::start("rt_pubmove", 2_000).await;
+    let workload = Workload::start(&r.publisher, &r.table, WorkloadOptions::new(2).rate(Some(50))).await;
+    workload.wait_for_more_commits(20, Duration::from_secs(30)).await;
+    let oid_before = r.publisher.psql("SELECT 'orders'::regclass::oid");
+    let out = binary::run(&r.publisher, &["--table", "orders", "--alter", "ALTER COLUMN n TYPE bigint", "--execute", "--ok-to-drop-table"]).await;
+    binary::assert_success(&out);
+    assert_ne!(r.publisher.psql("SELECT 'orders'::regclass::oid"), oid_before, "no swap");
+    workload.wait_for_more_commits(30, Duration::from_secs(30)).await;
+    let report = workload.stop().await;
+    assert!(report.errors.is_empty(), "workload errors (seed {}): {:#?}", report.seed, report.errors);
+    r.insert_marker("after the swap");
+    assert_eq!(r.publisher.psql("SELECT count(*) FROM pg_publication_tables WHERE pubname = 'rehearsal' AND tablename = 'orders'"), "1");
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (p, s) = (Replicated::fingerprint(&r.publisher), Replicated::fingerprint(&r.subscriber));
+        if p == s {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the subscriber did not catch up with the publisher within 60 s (rows: {} there, {} here)",
+            r.publisher.psql("SELECT count(*) FROM orders"), r.subscriber.psql("SELECT count(*) FROM orders"));
+        tokio::time::sleep(POLL * 5).await;
+    }
+    assert_eq!(r.subscriber.psql("SELECT label FROM orders WHERE id = -1"), "after the swap");
+}
