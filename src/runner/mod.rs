@@ -210,6 +210,16 @@ impl Run {
         self.enter(Phase::Direct);
         let dry_run = !self.cfg.execute;
         if !dry_run {
+            // The first step makes the change visible: it is this way's cut-over, and the
+            // postpone flag holds it as it holds the swap.
+            if let Some(flag) = self.cfg.cut_over.postpone_flag_file.clone().filter(|f| f.exists()) {
+                self.enter(Phase::Postponed);
+                tracing::info!(flag = %flag.display(), "the change is postponed while the flag file exists (or until `unpostpone`)");
+                self.fire(HookEvent::BeginPostponed, None).await?;
+                let unpostpone = self.controls.unpostpone.clone();
+                guard(wait_while_postponed(flag, unpostpone), &mut self.abort.clone(), None).await?;
+                self.enter(Phase::Direct);
+            }
             self.fire(HookEvent::BeforeCutOver, None).await?;
         }
         let names = Names::for_table(&info.name, info.oid);

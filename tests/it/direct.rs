@@ -166,3 +166,23 @@ async fn a_validation_waits_while_throttled() {
     binary::assert_success(&run.wait(Duration::from_secs(60)).await);
     assert_eq!(db.psql(validated), "t");
 }
+
+/// The postpone flag holds the direct way as it holds the swap: nothing changes until it goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_postpone_flag_holds_a_direct_change() {
+    let db = Cluster::primary().fresh_db("direct_postpone");
+    binary::narrow_table(&db, "t", 500);
+    let flag = crate::run_faults::flag_path(&db, "postpone");
+    std::fs::write(&flag, b"").unwrap();
+    let args = ["--table", "t", "--alter", "ADD COLUMN x int", "--execute", "--postpone-cut-over-flag-file", flag.to_str().unwrap()];
+    let mut run = Running::spawn(&db, "run", &["--strategy", "auto"].iter().chain(args.iter()).copied().collect::<Vec<_>>());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    run.assert_running("the postpone flag to go").await;
+    let has_x = "SELECT count(*) FROM pg_attribute WHERE attrelid = 't'::regclass AND attname = 'x'";
+    assert_eq!(db.psql(has_x), "0", "the change was made while postponed");
+    std::fs::remove_file(&flag).unwrap();
+    let out = run.wait(Duration::from_secs(60)).await;
+    binary::assert_success(&out);
+    assert!(binary::stderr(&out).contains("the change is postponed while the flag file exists"), "{}", binary::stderr(&out));
+    assert_eq!(db.psql(has_x), "1");
+}
