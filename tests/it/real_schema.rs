@@ -263,32 +263,6 @@ async fn psql_file(db: &TestDb<'_>, file: &std::path::Path) {
     run_ok(cmd, &format!("psql -f {} into {}", file.display(), db.name)).await;
 }
 
-/// `pg_dump --schema-only` of the whole database, with only what must differ between two
-/// databases of identical objects normalized: the database's name, and the random key of
-/// the `\restrict`/`\unrestrict` lines pg_dump 15.14+ writes. Schema `pgghost`, the history
-/// of runs, is pg-ghost's own and left out.
-async fn whole_schema_dump(db: &TestDb<'_>) -> String {
-    let mut cmd = pg_command("pg_dump", db.cluster.port);
-    cmd.args(["--schema-only", "--exclude-schema=pgghost", "-d", &db.name]);
-    let dump = run_ok(cmd, &format!("pg_dump --schema-only of {}", db.name)).await;
-    normalize_dump(&dump, &db.name)
-}
-
-fn normalize_dump(dump: &str, db_name: &str) -> String {
-    dump.lines()
-        .map(|line| {
-            if line.starts_with("\\restrict ") {
-                "\\restrict <key>".to_string()
-            } else if line.starts_with("\\unrestrict ") {
-                "\\unrestrict <key>".to_string()
-            } else {
-                line.replace(db_name, "<database>")
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
 /// Where two dumps differ, briefly: the lines between their common start and common end,
 /// as `- expected` and `+ actual` for lines only one side has there. Empty when equal.
 fn dump_diff(expected: &str, actual: &str) -> Vec<String> {
@@ -599,8 +573,8 @@ async fn every_table_of_a_real_schema_changes_online() {
     println!("real schema: {} tables loaded from {} and filled in {:.1?}", tables.len(), schema.display(), started.elapsed());
 
     let mut twin = twin_of(&db).await;
-    let mut dump = whole_schema_dump(&db).await;
-    let mut twin_dump = whole_schema_dump(&twin).await;
+    let mut dump = crate::oracle::dump::whole_schema_dump(&db).await;
+    let mut twin_dump = crate::oracle::dump::whole_schema_dump(&twin).await;
     let diff = dump_diff(&twin_dump, &dump);
     assert!(diff.is_empty(), "the twin restored from a schema-only dump differs before any change:\n{}", diff.join("\n"));
 
@@ -640,7 +614,7 @@ async fn every_table_of_a_real_schema_changes_online() {
                     .batch_execute(&format!("ALTER TABLE {q} {ALTER}"))
                     .await
                     .unwrap_or_else(|e| panic!("the plain ALTER TABLE {q} {ALTER} failed in the twin: {}", db_message(&e)));
-                twin_dump = whole_schema_dump(&twin).await;
+                twin_dump = crate::oracle::dump::whole_schema_dump(&twin).await;
             }
             (Key::None, false) if out.status.code() == Some(3) => {}
             (_, false) => {
@@ -675,13 +649,13 @@ async fn every_table_of_a_real_schema_changes_online() {
 
         // The whole database against the twin where the plain ALTER ran (or nothing, when
         // pg-ghost did not change the table).
-        dump = whole_schema_dump(&db).await;
+        dump = crate::oracle::dump::whole_schema_dump(&db).await;
         let diff = dump_diff(&twin_dump, &dump);
         if !diff.is_empty() {
             problems.push(format!("pg_dump --schema-only of the database differs from the plain ALTER's:\n    {}", diff.join("\n    ")));
             // Judge the next tables on their own: a new twin from where the database is now.
             twin = twin_of(&db).await;
-            twin_dump = whole_schema_dump(&twin).await;
+            twin_dump = crate::oracle::dump::whole_schema_dump(&twin).await;
         }
 
         let writes_line = writes.as_ref().map_or(String::new(), |r| {
@@ -724,7 +698,7 @@ async fn every_table_of_a_real_schema_changes_online() {
 #[test]
 fn dump_helpers_normalize_and_show_differences() {
     let dump = "\\restrict k1\nCREATE TABLE public.t (id int);\n-- db_7\n\\unrestrict k1";
-    assert_eq!(normalize_dump(dump, "db_7"), "\\restrict <key>\nCREATE TABLE public.t (id int);\n-- <database>\n\\unrestrict <key>");
+    assert_eq!(crate::oracle::dump::normalize(dump, "db_7"), "\\restrict <key>\nCREATE TABLE public.t (id int);\n-- <database>\n\\unrestrict <key>");
     assert!(dump_diff("a\nb\nc", "a\nb\nc").is_empty());
     assert_eq!(dump_diff("a\nb\nb\nc\nz", "a\nb\nx\nc\nz"), vec!["(from line 3; - plain ALTER twin, + after pg-ghost)", "- b", "+ x"]);
     assert_eq!(dump_diff("a\nb\nc\nz", "a\nc\nb\nz")[1], "the same lines in another order, e.g. line 2: - Some(\"b\") + Some(\"c\")");

@@ -183,7 +183,7 @@ pub async fn schema_dump(db: &TestDb<'_>, schema: &str, table: &str) -> String {
     normalize(&dump, &db.name)
 }
 
-fn normalize(dump: &str, db_name: &str) -> String {
+pub(crate) fn normalize(dump: &str, db_name: &str) -> String {
     dump.lines()
         .map(|line| {
             if line.starts_with("\\restrict ") {
