@@ -77,6 +77,16 @@ pub struct Trial {
     pub data_checks: Checks,
 }
 
+/// The table's dependents, read in a transaction that is rolled back, and the trial ghost
+/// against them (see [`trial`]).
+pub async fn trial_with_dependents(client: &mut Client, orig: &TableInfo, names: &crate::names::Names, alter: &str) -> Result<(Dependents, Trial)> {
+    let tx = client.transaction().await.context("starting to read the dependents")?;
+    let deps = crate::dependents::read(&tx, orig.oid, &names.publication).await?;
+    tx.rollback().await.context("ending the read of the dependents")?;
+    let trial = trial(client, orig, &names.ghost, alter, &deps).await?;
+    Ok((deps, trial))
+}
+
 /// Builds the ghost in a transaction that is rolled back, to learn before anything is
 /// created what the ALTER does to the columns and which of its clauses the existing rows
 /// could break, and whether every foreign key that references the table can reference the

@@ -10,5 +10,5 @@ mod create;
 mod mapping;
 pub mod statistics;
 
-pub use create::{create, rebuild_deferred, temp_name, trial, Deferred, Ghost, Trial};
+pub use create::{create, rebuild_deferred, temp_name, trial, trial_with_dependents, Deferred, Ghost, Trial};
 pub use mapping::Mapping;

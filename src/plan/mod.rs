@@ -105,10 +105,7 @@ pub async fn plan(cfg: &PlanConfig) -> Result<Plan> {
 async fn check_data(mut client: tokio_postgres::Client, conn: &ConnInfo, table: &QualifiedName, alter: &str, limit: usize) -> Result<std::result::Result<(), String>> {
     let info = crate::inspect::table_info(&client, table, None).await?;
     let names = crate::names::Names::for_table(table, info.oid);
-    let tx = client.transaction().await.context("starting to read the dependents")?;
-    let deps = crate::dependents::read(&tx, info.oid, &names.publication).await?;
-    tx.rollback().await.context("ending the read of the dependents")?;
-    let trial = crate::ghost::trial(&mut client, &info, &names.ghost, alter, &deps).await?;
+    let (_, trial) = crate::ghost::trial_with_dependents(&mut client, &info, &names, alter).await?;
     let limits = crate::datacheck::Limits {
         report: limit,
         chunk_size: 10_000,

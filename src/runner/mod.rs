@@ -390,10 +390,7 @@ impl Run {
     /// that is rolled back: everything that cannot follow the table is refused here, before
     /// anything is created.
     async fn check_dependents(&mut self, info: &TableInfo, names: &Names, superuser: bool) -> Result<()> {
-        let tx = self.client.transaction().await.context("starting to read the dependents")?;
-        let deps = dependents::read(&tx, info.oid, &names.publication).await?;
-        tx.rollback().await.context("ending the read of the dependents")?;
-        let trial = ghost::trial(&mut self.client, info, &names.ghost, &self.cfg.alter, &deps).await?;
+        let (deps, trial) = ghost::trial_with_dependents(&mut self.client, info, names, &self.cfg.alter).await?;
         let changes = trial.changes;
         self.data_checks = Some(trial.data_checks);
         let bypass_rls: bool = self
