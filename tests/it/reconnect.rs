@@ -49,10 +49,15 @@ async fn backends(client: &Client, application_name: &str) -> Vec<i32> {
         .collect()
 }
 
-/// Terminates the backends in `pids`, waiting until they are gone.
+/// Terminates the backends in `pids`, waiting until they are gone. One may already be gone
+/// by the time its turn comes: pg-ghost stops its other sessions once it has lost one.
 async fn terminate(client: &Client, pids: &[i32]) {
     let terminated: i64 = client
-        .query_one("SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM unnest($1::int4[]) AS pid", &[&pids])
+        .query_one(
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid) OR NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = p.pid))
+               FROM unnest($1::int4[]) AS p(pid)",
+            &[&pids],
+        )
         .await
         .unwrap()
         .get(0);
