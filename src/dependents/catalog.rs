@@ -26,14 +26,14 @@ pub async fn read(tx: &impl GenericClient, oid: u32, own_publication: &str) -> R
 }
 
 async fn read_all(tx: &impl GenericClient, oid: u32, own_publication: &str) -> Result<Dependents> {
-    let (views, foreign_rules, materialized_views) = rewrite_dependents(tx, oid).await?;
+    let (views, foreign_rules, _) = rewrite_dependents(tx, oid).await?;
     let row = tx
         .query_one("SELECT relforcerowsecurity, EXISTS (SELECT 1 FROM pg_seclabel WHERE objoid = $1 AND classoid = 'pg_class'::regclass) FROM pg_class WHERE oid = $1", &[&oid])
         .await
         .context("reading the table's row security")?;
     Ok(Dependents {
         views,
-        materialized_views,
+        materialized_views: super::materialized::read(tx, oid).await?,
         foreign_rules,
         rules: rules(tx, oid).await?,
         triggers: triggers(tx, oid).await?,
@@ -50,7 +50,7 @@ async fn read_all(tx: &impl GenericClient, oid: u32, own_publication: &str) -> R
 
 /// Views (re-pointed), rules of other relations (replaced) and materialized views, read
 /// from the rewrite rules that depend on the table.
-async fn rewrite_dependents(tx: &impl GenericClient, oid: u32) -> Result<(Vec<View>, Vec<Rule>, Vec<QualifiedName>)> {
+pub(super) async fn rewrite_dependents(tx: &impl GenericClient, oid: u32) -> Result<(Vec<View>, Vec<Rule>, Vec<QualifiedName>)> {
     let rows = tx
         .query(
             "SELECT DISTINCT r.oid AS rule, r.rulename::text AS rulename, v.relkind::text AS relkind,

@@ -1,6 +1,7 @@
 //! Objects that depend on the table by OID and must follow the new table inside the swap
 //! transaction: views, rules, triggers, policies, publication membership, incoming foreign
-//! keys, and functions typed with the table's row type.
+//! keys, functions typed with the table's row type, and materialized views (built again
+//! on the ghost, see [`materialized`]).
 //!
 //! Invariants:
 //! - Definitions are read with an empty `search_path`, so every name in them is qualified
@@ -20,17 +21,21 @@
 
 mod catalog;
 mod checks;
+pub mod materialized;
 mod statements;
 
 pub use catalog::read;
 pub use checks::{refusals, ColumnChanges, RoleRights};
+pub use materialized::MaterializedView;
 
 use crate::sql::QualifiedName;
 
 #[derive(Clone, Debug, Default)]
 pub struct Dependents {
     pub views: Vec<View>,
-    pub materialized_views: Vec<QualifiedName>,
+    /// Materialized views that read the table, directly or through one another, each after
+    /// those it reads: built again on the ghost before the cut-over.
+    pub materialized_views: Vec<MaterializedView>,
     /// Rules of other relations whose actions use the table.
     pub foreign_rules: Vec<Rule>,
     /// Rules on the table itself.
@@ -200,6 +205,7 @@ impl Dependents {
             + self.publications.len()
             + self.foreign_keys.len()
             + self.functions.len()
+            + self.materialized_views.len()
     }
 }
 

@@ -38,7 +38,11 @@ impl Dependents {
         for f in &self.functions {
             sql.extend(function(f));
         }
-        for v in &self.views {
+        // Views that read a rebuilt materialized view are pointed at it the same way (by then
+        // it carries the original's name); one that reads both is replaced once.
+        let mut seen = std::collections::HashSet::new();
+        let views = self.views.iter().chain(self.materialized_views.iter().flat_map(|m| &m.views));
+        for v in views.filter(|v| seen.insert(&v.name)) {
             let with = if v.options.is_empty() {
                 String::new()
             } else {

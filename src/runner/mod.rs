@@ -26,7 +26,7 @@ use crate::config::Config;
 use crate::copy::{copy_table, CopyJob, CopyProgress, GateState};
 use crate::cutover::{CutOver, MESSAGE_PREFIX};
 use crate::datacheck;
-use crate::dependents;
+use crate::dependents::{self, materialized};
 use crate::error::{Context, Error, ErrorKind, Result};
 use crate::ghost::{self, Ghost};
 use crate::checkpoint;
@@ -107,6 +107,8 @@ struct Run {
     /// What the trial ghost says the existing rows must pass (not on a resumed run).
     data_checks: Option<datacheck::Checks>,
     history: History,
+    /// Materialized views built on the ghost for the cut-over.
+    materialized: Vec<materialized::Built>,
 }
 
 pub async fn run(cfg: Config) -> Result<Outcome> {
@@ -147,6 +149,7 @@ pub async fn run(cfg: Config) -> Result<Outcome> {
         cut_over_tally,
         data_checks: None,
         history,
+        materialized: Vec::new(),
     };
     let mut background = None;
     let result = run.phases(&mut background, phase_rx).await;
@@ -503,10 +506,7 @@ impl Run {
 
     async fn prepare(&mut self, info: &TableInfo, names: &Names) -> Result<Ghost> {
         if self.cfg.initially_drop_ghost_table {
-            self.client
-                .batch_execute(&format!("DROP TABLE IF EXISTS {}", names.ghost.sql()))
-                .await
-                .context("dropping the ghost table of an earlier run")?;
+            drop_ghost(&self.client, &names.ghost).await.context("dropping the ghost table of an earlier run")?;
         }
         self.client
             .batch_execute(&format!(
@@ -658,6 +658,9 @@ impl Run {
         self.fire(HookEvent::BeforeCutOver, Some(&mut *bg)).await?;
         self.enter(Phase::CutOver);
         self.record_state(names, "cut-over").await;
+        if self.build_materialized_views(info, ghost, bg).await? {
+            guard(self.catch_up(repl), &mut self.abort.clone(), Some(&mut *bg)).await?;
+        }
         let old_table = self.old_table_name(info).await?;
         self.controls.update_env(|mut env| {
             env.old_table = Some(old_table.clone());
@@ -692,6 +695,23 @@ impl Run {
         self.ensure_session().await?;
         dependents::validate(&self.client, &report.validations).await?;
         Ok(Outcome::CutOver)
+    }
+
+    /// Materialized views that read the table are built again on the ghost as late as can be
+    /// (their rows are the ghost's as of now), before the lock; true when there were any.
+    async fn build_materialized_views(&mut self, info: &TableInfo, ghost: &Ghost, bg: &mut Background) -> Result<bool> {
+        self.ensure_session().await?;
+        let views = materialized::read_qualified(&mut self.client, info.oid).await?;
+        if views.is_empty() {
+            return Ok(false);
+        }
+        tracing::info!(
+            count = views.len(),
+            "building the materialized views that read the table on the new table (nothing is locked but the new views)"
+        );
+        let build = materialized::build(&self.client, &views, &info.name, info.oid, &ghost.name);
+        self.materialized = guard(build, &mut self.abort.clone(), Some(&mut *bg)).await?;
+        Ok(true)
     }
 
     /// Copies the rows (after `after`, when resuming; `fresh` into the empty ghost of this
@@ -746,6 +766,7 @@ impl Run {
             abort: self.abort.clone(),
             swap_back,
             tally: &self.cut_over_tally,
+            materialized: &self.materialized,
         }
     }
 
@@ -837,7 +858,7 @@ impl Run {
             note("changelog table", drop_table(&self.client, &names.changelog).await);
         }
         if self.created.ghost && self.old_table.is_none() && !self.keeps_ghost() {
-            note("ghost table", drop_table(&self.client, &names.ghost).await);
+            note("ghost table", drop_ghost(&self.client, &names.ghost).await);
         }
         if let (Some(old), true) = (&self.old_table, self.cfg.cut_over.ok_to_drop_table) {
             note("old table", drop_table(&self.client, &names.old.sibling(old.clone())).await);
@@ -905,6 +926,12 @@ pub(crate) async fn aborted(abort: &mut watch::Receiver<Option<String>>) -> Stri
 /// `VACUUM` runs outside a transaction block: a single statement of its own.
 async fn vacuum_analyze(client: &Client, table: &QualifiedName) -> Result<()> {
     client.batch_execute(&format!("VACUUM (ANALYZE) {}", table.sql())).await.with_context(|| format!("vacuuming and analyzing {table}"))
+}
+
+/// The ghost goes with the materialized views built on it.
+pub(crate) async fn drop_ghost(client: &Client, ghost: &QualifiedName) -> Result<()> {
+    materialized::drop_leftovers(client, ghost).await?;
+    drop_table(client, ghost).await
 }
 
 async fn drop_table(client: &Client, table: &QualifiedName) -> Result<()> {
