@@ -183,7 +183,8 @@ async fn foreign_keys(tx: &impl GenericClient, oid: u32) -> Result<Vec<ForeignKe
                     ARRAY(SELECT a.attname::text FROM unnest(con.conkey) WITH ORDINALITY k(n, i)
                             JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.n ORDER BY k.i),
                     ARRAY(SELECT a.attname::text FROM unnest(con.confkey) WITH ORDINALITY k(n, i)
-                            JOIN pg_attribute a ON a.attrelid = con.confrelid AND a.attnum = k.n ORDER BY k.i)
+                            JOIN pg_attribute a ON a.attrelid = con.confrelid AND a.attnum = k.n ORDER BY k.i),
+                    con.oid
                FROM pg_constraint con
                JOIN pg_class c ON c.oid = con.conrelid
                JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -193,12 +194,18 @@ async fn foreign_keys(tx: &impl GenericClient, oid: u32) -> Result<Vec<ForeignKe
         )
         .await
         .context("reading incoming foreign keys")?;
-    rows.iter()
-        .map(|r| {
-            Ok(ForeignKey {
+    let mut keys = Vec::new();
+    for r in &rows {
+        let partitioned = r.try_get::<_, String>(3)? == "p";
+        let leaves = match partitioned {
+            true => leaf_keys(tx, r.try_get(11)?).await?,
+            false => Vec::new(),
+        };
+        keys.push(ForeignKey {
                 name: r.try_get(0)?,
                 table: QualifiedName::new(r.try_get::<_, String>(1)?, r.try_get::<_, String>(2)?),
-                partitioned: r.try_get::<_, String>(3)? == "p",
+                partitioned,
+                leaves,
                 definition: r.try_get(4)?,
                 comment: r.try_get(5)?,
                 self_reference: r.try_get(6)?,
@@ -206,8 +213,29 @@ async fn foreign_keys(tx: &impl GenericClient, oid: u32) -> Result<Vec<ForeignKe
                 validated: r.try_get(8)?,
                 columns: r.try_get(9)?,
                 referenced_columns: r.try_get(10)?,
-            })
-        })
+            });
+    }
+    Ok(keys)
+}
+
+/// The copies of a partitioned table's foreign key on its leaf partitions: (partition,
+/// constraint name there).
+async fn leaf_keys(tx: &impl GenericClient, constraint: u32) -> Result<Vec<(QualifiedName, String)>> {
+    let rows = tx
+        .query(
+            "WITH RECURSIVE copies(oid) AS (
+                 SELECT oid FROM pg_constraint WHERE conparentid = $1
+                 UNION ALL SELECT c.oid FROM pg_constraint c JOIN copies ON c.conparentid = copies.oid)
+             SELECT n.nspname::text, r.relname::text, c.conname::text
+               FROM copies JOIN pg_constraint c ON c.oid = copies.oid
+               JOIN pg_class r ON r.oid = c.conrelid JOIN pg_namespace n ON n.oid = r.relnamespace
+              WHERE r.relkind = 'r' ORDER BY 1, 2",
+            &[&constraint],
+        )
+        .await
+        .context("reading the partitions' copies of a foreign key")?;
+    rows.iter()
+        .map(|r| Ok((QualifiedName::new(r.try_get::<_, String>(0)?, r.try_get::<_, String>(1)?), r.try_get::<_, String>(2)?)))
         .collect()
 }
 

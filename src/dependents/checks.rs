@@ -37,11 +37,10 @@ pub fn refusals(d: &Dependents, table: &QualifiedName, changes: &ColumnChanges, 
             if m.others.len() == 1 { "s" } else { "" }
         ));
     }
-    for fk in d.foreign_keys.iter().filter(|fk| fk.partitioned) {
+    for fk in d.foreign_keys.iter().filter(|fk| fk.partitioned && !fk.validated) {
         out.push(format!(
-            "foreign key {} on partitioned table {} references {table}: PostgreSQL 15 cannot add it back NOT VALID on a partitioned table, so moving it would scan {} while the swap holds its lock",
+            "foreign key {} on partitioned table {} references {table} and is NOT VALID; pg-ghost moves a partitioned table's key through its partitions and would leave it valid",
             ident(&fk.name),
-            fk.table,
             fk.table
         ));
     }

@@ -23,10 +23,12 @@ mod catalog;
 mod checks;
 pub mod materialized;
 mod statements;
+mod validation;
 
 pub use catalog::read;
 pub use checks::{refusals, ColumnChanges, RoleRights};
 pub use materialized::MaterializedView;
+pub use validation::{validate, PartitionedKey, Validation};
 
 use crate::sql::QualifiedName;
 
@@ -116,6 +118,8 @@ pub struct ForeignKey {
     /// The referencing table.
     pub table: QualifiedName,
     pub partitioned: bool,
+    /// On a partitioned table: its leaf partitions and the name the key has on each.
+    pub leaves: Vec<(QualifiedName, String)>,
     /// `pg_get_constraintdef`.
     pub definition: String,
     pub comment: Option<String>,
@@ -163,19 +167,6 @@ pub struct ColumnDependent {
     pub object: String,
 }
 
-/// A foreign key added `NOT VALID` in the swap, validated after the commit.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Validation {
-    pub constraint: String,
-    pub table: QualifiedName,
-}
-
-impl Validation {
-    pub fn sql(&self) -> String {
-        format!("ALTER TABLE {} VALIDATE CONSTRAINT {}", self.table.sql(), crate::sql::ident(&self.constraint))
-    }
-}
-
 impl Dependents {
     /// The tables the swap alters besides the table itself: those whose foreign keys it
     /// moves. The cut-over locks them together with the table.
@@ -191,7 +182,19 @@ impl Dependents {
         self.foreign_keys
             .iter()
             .filter(|fk| fk.validated)
-            .map(|fk| Validation { constraint: fk.name.clone(), table: fk.table.clone() })
+            .map(|fk| Validation {
+                constraint: fk.name.clone(),
+                table: fk.table.clone(),
+                partitioned: fk.partitioned.then(|| PartitionedKey {
+                    definition: fk.definition.clone(),
+                    comment: fk.comment.clone(),
+                    leaves: fk
+                        .leaves
+                        .iter()
+                        .map(|(leaf, name)| Validation { constraint: name.clone(), table: leaf.clone(), partitioned: None })
+                        .collect(),
+                }),
+            })
             .collect()
     }
 
@@ -207,31 +210,4 @@ impl Dependents {
             + self.functions.len()
             + self.materialized_views.len()
     }
-}
-
-/// Validates the foreign keys the swap added `NOT VALID`, one at a time (each takes SHARE
-/// UPDATE EXCLUSIVE on its table: writes go on). One that fails stays `NOT VALID`, is
-/// named with PostgreSQL's reason (which names a violating key), and fails the run after
-/// the others were tried: the swap itself has committed.
-pub async fn validate(client: &tokio_postgres::Client, validations: &[Validation]) -> crate::Result<()> {
-    let mut failed = Vec::new();
-    for (i, v) in validations.iter().enumerate() {
-        let started = std::time::Instant::now();
-        tracing::info!(constraint = %v.constraint, table = %v.table, done = i, of = validations.len(), "validating a moved foreign key");
-        match client.batch_execute(&v.sql()).await {
-            Ok(()) => tracing::info!(constraint = %v.constraint, table = %v.table, secs = started.elapsed().as_secs_f64(), "foreign key valid"),
-            Err(e) => {
-                let e = crate::Error::from(e);
-                tracing::error!(constraint = %v.constraint, table = %v.table, error = %e, "foreign key could not be validated; it stays NOT VALID");
-                failed.push(format!("{} on {} ({}): fix the rows, then run {}", crate::sql::ident(&v.constraint), v.table, e.message(), v.sql()));
-            }
-        }
-    }
-    if failed.is_empty() {
-        return Ok(());
-    }
-    Err(crate::Error::new(
-        crate::ErrorKind::Sql,
-        format!("the swap committed, but these foreign keys are NOT VALID: {}", failed.join("; ")),
-    ))
 }

@@ -87,11 +87,7 @@ impl Dependents {
             sql.push(publication(p, table));
         }
         for fk in &self.foreign_keys {
-            let not_valid = if fk.validated { " NOT VALID" } else { "" };
-            sql.push(format!("ALTER TABLE {} ADD CONSTRAINT {} {}{not_valid}", fk.table.sql(), ident(&fk.name), fk.definition));
-            if let Some(c) = &fk.comment {
-                sql.push(format!("COMMENT ON CONSTRAINT {} ON {} IS {}", ident(&fk.name), fk.table.sql(), literal(c)));
-            }
+            sql.extend(super::Validation::add_sql(fk));
         }
         Ok(sql)
     }
@@ -210,6 +206,7 @@ mod tests {
             name: name.into(),
             table: QualifiedName::new("public", table),
             partitioned: false,
+            leaves: Vec::new(),
             definition: "FOREIGN KEY (order_id) REFERENCES public.orders(id) ON UPDATE CASCADE".into(),
             comment: None,
             self_reference,
@@ -230,5 +227,40 @@ mod tests {
         let v: Vec<String> = d.validations().iter().map(Validation::sql).collect();
         assert_eq!(v.len(), 2);
         assert_eq!(d.referencing_tables(), vec![QualifiedName::new("public", "items"), QualifiedName::new("public", "notes")]);
+    }
+
+    #[test]
+    fn a_partitioned_tables_key_moves_through_its_partitions() {
+        let leaf = |name: &str| (QualifiedName::new("public", name), "events_order".to_string());
+        let d = Dependents {
+            foreign_keys: vec![ForeignKey {
+                name: "events_order".into(),
+                table: QualifiedName::new("public", "events"),
+                partitioned: true,
+                leaves: vec![leaf("events_2025"), leaf("events_2026")],
+                definition: "FOREIGN KEY (order_id) REFERENCES public.orders(id) ON DELETE CASCADE".into(),
+                comment: Some("by order".into()),
+                self_reference: false,
+                owned: true,
+                validated: true,
+                columns: vec!["order_id".into()],
+                referenced_columns: vec!["id".into()],
+            }],
+            ..Dependents::default()
+        };
+        assert_eq!(d.before_renames(&t()), vec!["ALTER TABLE \"public\".\"events\" DROP CONSTRAINT \"events_order\"".to_string()]);
+        assert_eq!(
+            d.after_renames(&t()).unwrap(),
+            vec![
+                "ALTER TABLE \"public\".\"events_2025\" ADD CONSTRAINT \"events_order\" FOREIGN KEY (order_id) REFERENCES public.orders(id) ON DELETE CASCADE NOT VALID".to_string(),
+                "ALTER TABLE \"public\".\"events_2026\" ADD CONSTRAINT \"events_order\" FOREIGN KEY (order_id) REFERENCES public.orders(id) ON DELETE CASCADE NOT VALID".to_string(),
+            ]
+        );
+        let v = d.validations();
+        let p = v[0].partitioned.as_ref().expect("partitioned");
+        assert_eq!(p.leaves.iter().map(Validation::sql).collect::<Vec<_>>(), vec![
+            "ALTER TABLE \"public\".\"events_2025\" VALIDATE CONSTRAINT \"events_order\"".to_string(),
+            "ALTER TABLE \"public\".\"events_2026\" VALIDATE CONSTRAINT \"events_order\"".to_string(),
+        ]);
     }
 }

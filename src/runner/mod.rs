@@ -693,7 +693,7 @@ impl Run {
             );
         }
         self.ensure_session().await?;
-        dependents::validate(&self.client, &report.validations).await?;
+        dependents::validate(&self.client, &report.validations, self.cfg.cut_over.lock_timeout, self.cfg.cut_over.retries).await?;
         Ok(Outcome::CutOver)
     }
 

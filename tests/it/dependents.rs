@@ -252,6 +252,29 @@ async fn a_rebuilt_materialized_view_holds_what_its_query_returns() {
     assert_whole_schema_equal(&db, &twin, alter).await;
 }
 
+/// A partitioned table (two levels, default partitions) whose key references the table with
+/// cascading actions, under a workload that updates and deletes orders: the key is added
+/// `NOT VALID` on each leaf partition in the swap, each copy is validated after it, and the
+/// key comes back on the partitioned table (with its comment), adopting the copies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_tables_foreign_key_follows_the_table() {
+    run_case(Case {
+        prefix: "dep_partfk",
+        extra: "CREATE TABLE reporting.events (id bigint, order_id bigint, at int NOT NULL,
+                  CONSTRAINT events_order FOREIGN KEY (order_id) REFERENCES public.orders (id) ON UPDATE CASCADE ON DELETE CASCADE)
+                  PARTITION BY RANGE (at);
+                CREATE TABLE reporting.events_low PARTITION OF reporting.events FOR VALUES FROM (0) TO (50);
+                CREATE TABLE reporting.events_high PARTITION OF reporting.events FOR VALUES FROM (50) TO (100) PARTITION BY LIST (id);
+                CREATE TABLE reporting.events_high_rest PARTITION OF reporting.events_high DEFAULT;
+                CREATE TABLE reporting.events_other PARTITION OF reporting.events DEFAULT;
+                INSERT INTO reporting.events SELECT id, id, id % 120 FROM public.orders;
+                COMMENT ON CONSTRAINT events_order ON reporting.events IS 'events of an order';",
+        alter: "ALTER COLUMN spare TYPE bigint",
+        project: |p| p.map("spare", "spare::bigint"),
+    })
+    .await;
+}
+
 /// A long report on a materialized view holds its lock: each cut-over attempt waits for it no
 /// longer than the lock timeout, and when the
 /// attempts run out the run fails with the original untouched; the ghost is kept for
