@@ -122,10 +122,13 @@ pub async fn swap(tx: &impl GenericClient, orig: &TableInfo, ghost: &Ghost, old_
         tx.batch_execute(&renames.join(";\n")).await.context("renaming the original's columns as the ALTER does")?;
     }
     let own_publication = Names::for_table(o, orig.oid).publication;
-    let deps = match move_dependents {
+    let mut deps = match move_dependents {
         true => dependents::read(tx, orig.oid, &own_publication).await?,
         false => dependents::Dependents::default(),
     };
+    // A column the ALTER drops loses its labels, as under a plain ALTER; the others' are
+    // read under the names the ALTER gives them (the original's columns were renamed above).
+    deps.security_labels.retain(|l| l.column.as_ref().is_none_or(|c| ghost.mapping.carried.iter().any(|(_, to)| to == c)));
     let dependents_read = started.elapsed();
     check_materialized_built(&deps, materialized)?;
     let mut sql = deps.before_renames(o);

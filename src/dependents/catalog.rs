@@ -6,7 +6,7 @@
 //! put back before returning.
 
 use super::{ForeignKey, Function, Grant, Policy, PublicationMember, Rule, Trigger, View};
-use super::{ColumnDependent, Dependents};
+use super::{ColumnDependent, Dependents, SecurityLabel};
 use crate::error::{Context, Result};
 use crate::sql::QualifiedName;
 use tokio_postgres::GenericClient;
@@ -28,7 +28,7 @@ pub async fn read(tx: &impl GenericClient, oid: u32, own_publication: &str) -> R
 async fn read_all(tx: &impl GenericClient, oid: u32, own_publication: &str) -> Result<Dependents> {
     let (views, foreign_rules, _) = rewrite_dependents(tx, oid).await?;
     let row = tx
-        .query_one("SELECT relforcerowsecurity, EXISTS (SELECT 1 FROM pg_seclabel WHERE objoid = $1 AND classoid = 'pg_class'::regclass) FROM pg_class WHERE oid = $1", &[&oid])
+        .query_one("SELECT relforcerowsecurity FROM pg_class WHERE oid = $1", &[&oid])
         .await
         .context("reading the table's row security")?;
     Ok(Dependents {
@@ -44,7 +44,7 @@ async fn read_all(tx: &impl GenericClient, oid: u32, own_publication: &str) -> R
         row_type_users: row_type_users(tx, oid).await?,
         column_dependents: column_dependents(tx, oid).await?,
         force_row_security: row.try_get(0)?,
-        security_labels: row.try_get(1)?,
+        security_labels: security_labels(tx, oid).await?,
     })
 }
 
@@ -254,7 +254,9 @@ async fn functions(tx: &impl GenericClient, oid: u32) -> Result<Vec<Function>> {
                         FROM aclexplode(p.proacl) a ORDER BY a.grantee, a.privilege_type),
                 EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid = 'pg_proc'::regclass AND e.objid = p.oid AND e.deptype = 'e'),
                 ARRAY(SELECT pg_describe_object(u.classid, u.objid, u.objsubid) FROM pg_depend u
-                       WHERE u.refclassid = 'pg_proc'::regclass AND u.refobjid = p.oid AND u.deptype = 'n' ORDER BY 1)
+                       WHERE u.refclassid = 'pg_proc'::regclass AND u.refobjid = p.oid AND u.deptype = 'n' ORDER BY 1),
+                ARRAY(SELECT s.provider FROM pg_seclabel s WHERE s.classoid = 'pg_proc'::regclass AND s.objoid = p.oid ORDER BY 1),
+                ARRAY(SELECT s.label FROM pg_seclabel s WHERE s.classoid = 'pg_proc'::regclass AND s.objoid = p.oid ORDER BY s.provider)
            FROM pg_proc p
           WHERE p.oid IN (SELECT d.objid FROM pg_depend d
                            WHERE d.classid = 'pg_proc'::regclass AND d.refclassid = 'pg_type'::regclass
@@ -281,6 +283,7 @@ async fn functions(tx: &impl GenericClient, oid: u32) -> Result<Vec<Function>> {
                     .collect(),
                 in_extension: r.try_get(10)?,
                 used_by: r.try_get(11)?,
+                security_labels: r.try_get::<_, Vec<String>>(12)?.into_iter().zip(r.try_get::<_, Vec<String>>(13)?).collect(),
             })
         })
         .collect()
@@ -313,4 +316,19 @@ async fn column_dependents(tx: &impl GenericClient, oid: u32) -> Result<Vec<Colu
     rows.iter()
         .map(|r| Ok(ColumnDependent { column: r.try_get(0)?, catalog: r.try_get(1)?, object: r.try_get(2)? }))
         .collect()
+}
+
+/// The security labels of a relation and its columns.
+pub(super) async fn security_labels(tx: &impl GenericClient, oid: u32) -> Result<Vec<SecurityLabel>> {
+    let rows = tx
+        .query(
+            "SELECT s.provider, a.attname::text, s.label FROM pg_seclabel s
+               LEFT JOIN pg_attribute a ON a.attrelid = s.objoid AND a.attnum = s.objsubid AND s.objsubid > 0
+              WHERE s.classoid = 'pg_class'::regclass AND s.objoid = $1
+              ORDER BY s.objsubid, s.provider",
+            &[&oid],
+        )
+        .await
+        .context("reading security labels")?;
+    rows.iter().map(|r| Ok(SecurityLabel { provider: r.try_get(0)?, column: r.try_get(1)?, label: r.try_get(2)? })).collect()
 }

@@ -63,9 +63,6 @@ pub fn refusals(d: &Dependents, table: &QualifiedName, changes: &ColumnChanges, 
             "{user} is of the row type of {table}; after the swap it would keep the old table's type (a plain ALTER TABLE changes the type in place), so pg-ghost cannot change this table"
         ));
     }
-    if d.security_labels {
-        out.push(format!("{table} has security labels; pg-ghost does not carry them over yet"));
-    }
     if !superuser {
         let mut missing: Vec<String> = Vec::new();
         missing.extend(d.views.iter().filter(|v| !v.owned).map(|v| format!("view {}", v.name)));

@@ -36,6 +36,7 @@ pub struct MaterializedView {
     pub options: Vec<String>,
     pub tablespace: Option<String>,
     pub comment: Option<String>,
+    pub security_labels: Vec<super::SecurityLabel>,
     /// GRANT statements for the rebuilt view, `{}` standing for its name.
     pub grants: Vec<String>,
     pub columns: Vec<ColumnSettings>,
@@ -99,6 +100,7 @@ impl MaterializedView {
         if let Some(c) = &self.comment {
             sql.push(format!("COMMENT ON MATERIALIZED VIEW {t} IS {}", literal(c)));
         }
+        sql.extend(self.security_labels.iter().map(|l| l.sql("MATERIALIZED VIEW", temp)));
         for c in &self.columns {
             if let Some(comment) = &c.comment {
                 sql.push(format!("COMMENT ON COLUMN {t}.{} IS {}", ident(&c.name), literal(comment)));
@@ -208,6 +210,7 @@ pub async fn read(tx: &impl GenericClient, oid: u32) -> Result<Vec<MaterializedV
             options: r.try_get(7)?,
             tablespace: r.try_get(8)?,
             comment: r.try_get(9)?,
+            security_labels: super::catalog::security_labels(tx, oid).await?,
             grants: crate::ghost::grant_statements(tx, oid, "{}").await?,
             columns: columns(tx, oid).await?,
             indexes: indexes(tx, oid).await?,
@@ -389,6 +392,7 @@ impl MaterializedView {
             options: vec!["fillfactor=70".into()],
             tablespace: None,
             comment: Some("it's daily".into()),
+            security_labels: Vec::new(),
             grants: vec!["GRANT SELECT ON {} TO \"reader\"".into()],
             columns: vec![ColumnSettings { name: "id".into(), comment: None, statistics: Some(500) }],
             indexes: vec![Index {

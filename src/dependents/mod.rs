@@ -54,7 +54,28 @@ pub struct Dependents {
     pub row_type_users: Vec<String>,
     pub column_dependents: Vec<ColumnDependent>,
     pub force_row_security: bool,
-    pub security_labels: bool,
+    /// The table's and its columns' security labels, set on the new table in the swap.
+    pub security_labels: Vec<SecurityLabel>,
+}
+
+/// `SECURITY LABEL FOR provider ON ... IS label`, of a relation or one of its columns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecurityLabel {
+    pub provider: String,
+    /// None: the relation itself.
+    pub column: Option<String>,
+    pub label: String,
+}
+
+impl SecurityLabel {
+    /// The statement that sets it on `relation`, a `TABLE` or `MATERIALIZED VIEW`.
+    pub fn sql(&self, kind: &str, relation: &QualifiedName) -> String {
+        let on = match &self.column {
+            None => format!("{kind} {}", relation.sql()),
+            Some(c) => format!("COLUMN {}.{}", relation.sql(), crate::sql::ident(c)),
+        };
+        format!("SECURITY LABEL FOR {} ON {on} IS {}", crate::sql::ident(&self.provider), crate::sql::literal(&self.label))
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -139,6 +160,8 @@ pub struct Function {
     pub kind: String,
     pub owner: String,
     pub owned: bool,
+    /// `(provider, label)`.
+    pub security_labels: Vec<(String, String)>,
     /// `pg_get_functiondef` (None for aggregates, which it cannot print).
     pub definition: Option<String>,
     pub comment: Option<String>,

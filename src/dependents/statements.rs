@@ -80,6 +80,7 @@ impl Dependents {
         for p in &self.policies {
             sql.extend(policy(p, table));
         }
+        sql.extend(self.security_labels.iter().map(|l| l.sql("TABLE", table)));
         if self.force_row_security {
             sql.push(format!("ALTER TABLE {t} FORCE ROW LEVEL SECURITY"));
         }
@@ -119,6 +120,9 @@ fn function(f: &Function) -> Vec<String> {
     }
     if let Some(c) = &f.comment {
         sql.push(format!("COMMENT ON ROUTINE {sig} IS {}", literal(c)));
+    }
+    for (provider, label) in &f.security_labels {
+        sql.push(format!("SECURITY LABEL FOR {} ON ROUTINE {sig} IS {}", ident(provider), literal(label)));
     }
     sql
 }

@@ -275,6 +275,60 @@ async fn a_partitioned_tables_foreign_key_follows_the_table() {
     .await;
 }
 
+/// Builds the tests' security label provider (tests/fixtures/label_provider.c) and starts a
+/// cluster that loads it.
+fn cluster_with_label_provider() -> Cluster {
+    let so = crate::harness::scratch_root().join("label_provider.so");
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/label_provider.c");
+    let bindir = std::env::var("PG_BINDIR").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".to_string());
+    let includes = std::process::Command::new(std::path::Path::new(&bindir).join("pg_config")).arg("--includedir-server").output().expect("pg_config");
+    let includes = String::from_utf8_lossy(&includes.stdout).trim().to_string();
+    let out = std::process::Command::new("gcc")
+        .args(["-shared", "-fPIC", "-O2", "-I", &includes, "-o"])
+        .arg(&so)
+        .arg(&source)
+        .output()
+        .expect("gcc (scripts/install-deps.sh installs it)");
+    assert!(out.status.success(), "building the label provider failed (the server's headers come with postgresql-server-dev-15):\n{}", String::from_utf8_lossy(&out.stderr));
+    let cluster = Cluster::start("labels");
+    let conf = cluster.dir.join("postgresql.conf");
+    let mut text = std::fs::read_to_string(&conf).expect("postgresql.conf");
+    text.push_str(&format!("\nshared_preload_libraries = '{}'\n", so.display()));
+    std::fs::write(&conf, text).expect("write postgresql.conf");
+    cluster.restart();
+    cluster
+}
+
+/// Security labels on the table, its columns, a materialized view that reads it and a
+/// function of its row type come back as under a plain ALTER (a dropped column's label goes
+/// with it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn security_labels_follow_the_table() {
+    let cluster = cluster_with_label_provider();
+    let db = cluster.fresh_db("dep_labels");
+    binary::narrow_table(&db, "t", 2_000);
+    db.psql(
+        "CREATE MATERIALIZED VIEW public.per_n AS SELECT n, count(*) AS c FROM public.t GROUP BY n;
+         CREATE FUNCTION public.big_ones() RETURNS SETOF public.t LANGUAGE sql STABLE AS $$ SELECT * FROM public.t WHERE n > 990 $$;
+         SECURITY LABEL FOR pg_ghost_test ON TABLE public.t IS 'confidential';
+         SECURITY LABEL FOR pg_ghost_test ON COLUMN public.t.n IS 'MASKED WITH VALUE 0';
+         SECURITY LABEL FOR pg_ghost_test ON COLUMN public.t.pad IS 'MASKED WITH VALUE NULL';
+         SECURITY LABEL FOR pg_ghost_test ON MATERIALIZED VIEW public.per_n IS 'derived';
+         SECURITY LABEL FOR pg_ghost_test ON COLUMN public.per_n.c IS 'counted';
+         SECURITY LABEL FOR pg_ghost_test ON FUNCTION public.big_ones() IS 'reporting';",
+    );
+    let before = WholeSchema::take(&db).await;
+    let alter = "DROP COLUMN pad, ADD COLUMN x int NOT NULL DEFAULT 1";
+    let out = binary::run(&db, &["--table", "t", "--alter", alter, "--execute"]).await;
+    binary::assert_success(&out);
+    let client = db.client().await;
+    let labels: i64 = client.query_one("SELECT count(*) FROM pg_seclabels WHERE label IN ('confidential', 'MASKED WITH VALUE 0', 'derived', 'counted', 'reporting') AND objname NOT LIKE '%\\_del%'", &[]).await.expect("labels").get(0);
+    assert_eq!(labels, 5, "every label is on the new objects");
+    client.batch_execute("DROP TABLE public._t_del").await.unwrap_or_else(|e| panic!("the old table must drop without CASCADE: {}", compare::db_message(&e)));
+    let twin = before.twin_after_plain_alter(&db, "public.t", alter).await;
+    assert_whole_schema_equal(&db, &twin, alter).await;
+}
+
 /// A long report on a materialized view holds its lock: each cut-over attempt waits for it no
 /// longer than the lock timeout, and when the
 /// attempts run out the run fails with the original untouched; the ghost is kept for
