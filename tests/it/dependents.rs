@@ -330,10 +330,9 @@ async fn security_labels_follow_the_table() {
 }
 
 /// A long report on a materialized view holds its lock: each cut-over attempt waits for it no
-/// longer than the lock timeout, and when the
-/// attempts run out the run fails with the original untouched; the ghost is kept for
-/// inspection with the view built on it, and `pg-ghost cleanup` removes both. Once the
-/// report ends, the next run goes through.
+/// longer than the lock timeout, and when the attempts run out the run fails with the
+/// original untouched; the ghost is kept for inspection with the view built on it, and
+/// `pg-ghost cleanup` removes both. Once the report ends, the next run goes through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_report_on_a_materialized_view_holds_the_cut_over_within_the_lock_timeout() {
     let db = Cluster::primary().fresh_db("dep_matview_busy");
