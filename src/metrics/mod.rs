@@ -20,7 +20,7 @@ pub use http::MetricsServer;
 use crate::checksum::ChecksumProgress;
 use crate::cutover::CutOverTally;
 use crate::phase::Phase;
-use crate::reconnect::Reconnects;
+use crate::conn::Reconnects;
 use crate::status::Progress;
 use crate::throttle::Cause;
 use prometheus_client::collector::Collector;
