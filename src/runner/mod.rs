@@ -67,6 +67,19 @@ pub enum Outcome {
     Direct { steps: usize, attempts: u32 },
 }
 
+/// The way a run takes, with what each needs to go on.
+enum Way {
+    Direct { table: inspect::Described, steps: Vec<crate::plan::Step> },
+    Ghost { info: TableInfo, found: Option<resume::Found> },
+}
+
+/// The way chosen from the plan, before the checks.
+enum Choice {
+    Direct(Vec<crate::plan::Step>),
+    /// With why, when `auto` chose it because a clause rewrites the table.
+    Ghost(Option<String>),
+}
+
 /// Keys still pending below which the stream counts as caught up for the cut-over.
 const CAUGHT_UP_KEYS: usize = 1_000;
 
@@ -185,28 +198,48 @@ pub async fn run(cfg: Config) -> Result<Outcome> {
 }
 
 impl Run {
-    /// The direct way's steps when `--strategy` asks for it and no clause rewrites the table.
-    async fn direct_steps(&self, info: &TableInfo) -> Result<Option<Vec<crate::plan::Step>>> {
+    /// The way this run takes, from what PostgreSQL does for each clause (`pg-ghost plan`),
+    /// before any check that only one way needs: the direct way when `--strategy` allows it
+    /// and no clause rewrites the table; else the ghost way, with why when `auto` chose it.
+    async fn choose(&self, table: &QualifiedName) -> Result<Choice> {
         use crate::cli::StrategyArg;
-        if self.cfg.strategy == StrategyArg::Ghost || self.cfg.test_on_replica.is_some() {
-            return Ok(None);
+        // A resumed run continues a ghost; --test-on-replica tests a swap.
+        if self.cfg.strategy == StrategyArg::Ghost || self.cfg.test_on_replica.is_some() || self.cfg.resume {
+            return Ok(Choice::Ghost(None));
         }
-        match crate::plan::direct_steps(&self.client, &info.name, &self.cfg.alter).await? {
+        match crate::plan::direct_steps(&self.client, table, &self.cfg.alter).await? {
             Ok(steps) => {
                 tracing::info!(steps = steps.len(), "no clause rewrites the table: changing it directly, without a copy");
-                Ok(Some(steps))
+                Ok(Choice::Direct(steps))
             }
             Err(rewriting) if self.cfg.strategy == StrategyArg::Direct => Err(Error::refused(format!(
                 "--strategy direct: clause {} rewrites the table, which would hold ACCESS EXCLUSIVE (no reads, no writes) for the whole rewrite; \
                  use --strategy ghost or auto (see pg-ghost plan)",
-                rewriting.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ")
+                list(&rewriting)
             ))),
-            Err(_) => Ok(None),
+            Err(rewriting) => Ok(Choice::Ghost(Some(format!(
+                "clause {} rewrites the table, so pg-ghost copies it into a ghost table (--strategy auto), and that needs what follows",
+                list(&rewriting)
+            )))),
         }
     }
 
-    async fn run_direct(&mut self, info: &TableInfo, steps: &[crate::plan::Step]) -> Result<Outcome> {
+    /// The direct way, once its checks passed: the data checks (when the table has a key to
+    /// read it by), the validated hook, then the steps.
+    async fn direct_phases(&mut self, table: inspect::Described, steps: Vec<crate::plan::Step>) -> Result<Outcome> {
         self.history.strategy(history::STRATEGY_DIRECT);
+        let names = Names::for_table(&table.name, table.oid);
+        self.names = Some(names.clone());
+        self.controls.update_env(|env| env.resolved(&table.name, &names));
+        self.controls.serve(&self.cfg, &table.name, &names, false, self.phase.subscribe(), self.abort_tx.clone())?;
+        if let Ok(info) = &table.keyed {
+            self.check_data(info, &names).await?;
+        }
+        self.fire(HookEvent::Validated, None).await?;
+        self.run_direct(&table, &steps).await
+    }
+
+    async fn run_direct(&mut self, info: &inspect::Described, steps: &[crate::plan::Step]) -> Result<Outcome> {
         self.enter(Phase::Direct);
         let dry_run = !self.cfg.execute;
         if !dry_run {
@@ -256,7 +289,10 @@ impl Run {
 
     async fn phases(&mut self, background: &mut Option<Background>, phase_rx: watch::Receiver<Phase>) -> Result<Outcome> {
         self.enter(Phase::Inspect);
-        let (info, found) = self.inspect().await?;
+        let (info, found) = match self.inspect().await? {
+            Way::Direct { table, steps } => return self.direct_phases(table, steps).await,
+            Way::Ghost { info, found } => (info, found),
+        };
         let resumed = match found {
             None => None,
             Some(resume::Found::Continue(r)) => Some(r),
@@ -265,7 +301,7 @@ impl Run {
         let names = Names::for_table(&info.name, info.oid);
         self.names = Some(names.clone());
         self.controls.update_env(|env| env.resolved(&info.name, &names));
-        self.controls.serve(&self.cfg, &info, &names, self.phase.subscribe(), self.abort_tx.clone())?;
+        self.controls.serve(&self.cfg, &info.name, &names, true, self.phase.subscribe(), self.abort_tx.clone())?;
         if resumed.is_none() {
             self.check_data(&info, &names).await?;
         }
@@ -273,11 +309,6 @@ impl Run {
         let estimated = u64::try_from(info.estimated_rows).ok().filter(|n| *n > 0);
         self.controls.progress.send_modify(|p| p.rows_estimated = estimated);
         self.fire(HookEvent::RowCountComplete, None).await?;
-        if resumed.is_none() {
-            if let Some(steps) = self.direct_steps(&info).await? {
-                return self.run_direct(&info, &steps).await;
-            }
-        }
 
         self.enter(Phase::Prepare);
         let (ghost, copy) = match resumed {
@@ -351,13 +382,29 @@ impl Run {
         guard(self.controls.fire(event), &mut self.abort.clone(), bg).await
     }
 
-    async fn inspect(&mut self) -> Result<(TableInfo, Option<resume::Found>)> {
+    /// Reads the table, decides the way from the plan, then runs the checks of that way
+    /// only: the ghost way needs a key, logical WAL, a slot, a walsender and more; the direct
+    /// way changes the table in place and needs none of them.
+    async fn inspect(&mut self) -> Result<Way> {
         let name = inspect::resolve_table(&self.client, &self.cfg.table).await?;
         self.history.resolved(&name);
-        let info = inspect::table_info(&self.client, &name, self.cfg.key.as_deref()).await?;
-        let names = Names::for_table(&info.name, info.oid);
+        let described = inspect::describe(&self.client, &name, self.cfg.key.as_deref()).await?;
+        let names = Names::for_table(&described.name, described.oid);
         // The ALTER is read before anything is created, so a malformed one changes nothing.
         alter::plan(&self.cfg.alter, &names.ghost, &HashMap::new())?;
+        let why_ghost = match self.choose(&described.name).await? {
+            Choice::Direct(steps) => {
+                self.inspect_direct(&described, &names).await?;
+                return Ok(Way::Direct { table: described, steps });
+            }
+            Choice::Ghost(why) => why,
+        };
+        // What only the ghost way needs, refused with why it is the ghost way.
+        let ghost_needs = |e: Error| match (&why_ghost, e.kind()) {
+            (Some(why), ErrorKind::Refused) => e.context(why.clone()),
+            _ => e,
+        };
+        let info = described.keyed.map_err(ghost_needs)?;
         let found = match self.cfg.resume {
             true => Some(resume::load(&self.client, &self.cfg, &info).await?),
             false => None,
@@ -366,11 +413,11 @@ impl Run {
             self.history.resumed(found.run_id());
         }
         if matches!(found, Some(resume::Found::SwapCommitted { .. })) {
-            return Ok((info, found));
+            return Ok(Way::Ghost { info, found });
         }
         let mut options = PreflightOptions::new(&names, self.cfg.initially_drop_ghost_table);
         options.resuming = self.cfg.resume;
-        let server = inspect::preflight(&self.client, &info, &options).await?;
+        let server = inspect::preflight(&self.client, &info, &options).await.map_err(ghost_needs)?;
         if !self.cfg.resume {
             self.check_dependents(&info, &names, server.is_superuser).await?;
         }
@@ -383,7 +430,34 @@ impl Run {
             server = %server.server_version,
             "inspected"
         );
-        Ok((info, found))
+        Ok(Way::Ghost { info, found })
+    }
+
+    /// The direct way's checks: a primary and a role that may alter the table; then, when the
+    /// table has a key to read it by, the trial of the ALTER on an empty clone that tells which
+    /// clauses the existing rows could break (for the data checks). The dependents are not
+    /// refused here: nothing moves to another table, they stay on this one as after a plain
+    /// ALTER TABLE.
+    async fn inspect_direct(&mut self, table: &inspect::Described, names: &Names) -> Result<()> {
+        let server = inspect::preflight_direct(&self.client, &table.name, table.oid, &table.owner).await?;
+        match &table.keyed {
+            Ok(info) => match ghost::trial_with_dependents(&mut self.client, info, names, &self.cfg.alter).await {
+                Ok((_, trial)) => self.data_checks = Some(trial.data_checks),
+                // What the copy would refuse is no obstacle here; the validation steps check the rows.
+                Err(e) if e.kind() == ErrorKind::Refused => {
+                    tracing::info!(reason = %e, "the rows are not checked before the change: the validation steps check them");
+                }
+                Err(e) => return Err(e),
+            },
+            Err(no_key) => {
+                tracing::info!(
+                    reason = %no_key.message(),
+                    "the table has no key to read it by in chunks: the rows are not checked before the change; the validation steps check them"
+                );
+            }
+        }
+        tracing::info!(table = %table.name, oid = table.oid, estimated_rows = table.estimated_rows, server = %server.server_version, "inspected");
+        Ok(())
     }
 
     /// The objects that depend on the table, against what the ALTER does to a trial ghost
@@ -854,6 +928,11 @@ fn history_outcome(outcome: &Outcome) -> history::Outcome {
         Outcome::ReplicaTested(_) => history::Outcome::ReplicaTest,
         Outcome::Direct { .. } => history::Outcome::Success,
     }
+}
+
+/// `1, 3`: clause numbers for a message.
+fn list(numbers: &[usize]) -> String {
+    numbers.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ")
 }
 
 /// The main session's settings: markers, state, index builds, cleanup.

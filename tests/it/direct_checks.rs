@@ -1,0 +1,115 @@
+//! The checks of each way: the direct way asks only for what it needs (a primary, a role that
+//! may alter the table), so a table without a key, or a server without logical WAL, takes a
+//! change that rewrites nothing directly; the ghost way still needs a key and logical WAL and
+//! refuses without them, naming what is missing and why the ghost way was chosen, having
+//! changed nothing.
+
+use crate::binary;
+use crate::harness::{Cluster, TestDb};
+use crate::oracle::*;
+use crate::run_refusals::assert_exit;
+use std::io::Write;
+
+/// Changes only the catalog: a column with a constant default, a default, statistics.
+const CATALOG_ONLY: &str = "ADD COLUMN flag boolean NOT NULL DEFAULT true, ALTER COLUMN pad SET DEFAULT 'none', ALTER COLUMN n SET STATISTICS 200";
+/// Rewrites the table.
+const REWRITING: &str = "ALTER COLUMN n TYPE bigint";
+
+/// A table without any key or unique index, with repeated ids and whole rows repeated, and a
+/// copy of it, `<name>_before`.
+fn keyless_table(db: &TestDb<'_>, name: &str, rows: i64) {
+    db.psql(&format!(
+        "CREATE TABLE {t} (id bigint, n int NOT NULL, pad text);
+         INSERT INTO {t} SELECT g % {half}, g % 1000, md5(g::text) FROM generate_series(1, {rows}) g;
+         INSERT INTO {t} SELECT * FROM {t} ORDER BY id, n LIMIT 25;
+         CREATE TABLE {b} AS TABLE {t};
+         ANALYZE {t};",
+        t = ident(name),
+        b = ident(&format!("{name}_before")),
+        half = rows / 2
+    ));
+}
+
+/// A cluster of its own with `settings` appended to postgresql.conf and a restart.
+fn cluster_with(name: &str, settings: &str) -> Cluster {
+    let cluster = Cluster::start(name);
+    let mut conf = std::fs::OpenOptions::new().append(true).open(cluster.dir.join("postgresql.conf")).unwrap();
+    writeln!(conf, "{settings}").unwrap();
+    cluster.restart();
+    cluster
+}
+
+/// `t` holds the rows of `t_before` once a plain ALTER has made the same change there
+/// (compared as multisets: a keyless table may hold a row twice).
+async fn assert_rows_as_after_plain_alter(db: &TestDb<'_>, alter: &str) {
+    let client = db.client().await;
+    client.batch_execute(&format!("ALTER TABLE t_before {alter}")).await.unwrap_or_else(|e| panic!("plain ALTER on t_before: {}", crate::oracle::compare::db_message(&e)));
+    let diff = compare_rows(&client, "SELECT id, n, pad, flag FROM t", "SELECT id, n, pad, flag FROM t_before").await;
+    assert!(diff.is_empty(), "t does not hold what a plain ALTER leaves:\n{diff}");
+}
+
+/// A keyless table: a change that rewrites nothing is made directly under `auto` and leaves
+/// what a plain ALTER leaves; the ghost way (asked for, or chosen by `auto` for a rewriting
+/// change) is refused naming the missing key, and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_without_a_key_takes_the_direct_way_only() {
+    let db = Cluster::primary().fresh_db("direct_keyless");
+    keyless_table(&db, "t", 2_000);
+    let client = db.client().await;
+    let before = WholeSchema::take(&db).await;
+    let catalog = CatalogSnapshot::take(&client).await;
+
+    let out = binary::run(&db, &["--table", "t", "--alter", REWRITING, "--execute", "--strategy", "auto"]).await;
+    assert_exit(&out, 3, &["clause 1 rewrites the table, so pg-ghost copies it into a ghost table", "has no primary key"]);
+    let out = binary::run(&db, &["--table", "t", "--alter", CATALOG_ONLY, "--execute", "--strategy", "ghost"]).await;
+    assert_exit(&out, 3, &["has no primary key"]);
+    assert!(!binary::stderr(&out).contains("clause 1 rewrites"), "{}", binary::stderr(&out));
+    assert_catalog_unchanged(&catalog, &CatalogSnapshot::take(&client).await);
+    let unchanged = compare_rows(&client, "SELECT id, n, pad FROM t", "SELECT id, n, pad FROM t_before").await;
+    assert!(unchanged.is_empty(), "a refused run changed rows:\n{unchanged}");
+
+    let out = binary::run(&db, &["--table", "t", "--alter", CATALOG_ONLY, "--execute", "--strategy", "auto"]).await;
+    binary::assert_success(&out);
+    let log = binary::stderr(&out);
+    assert!(log.contains("changed directly"), "{log}");
+    assert!(log.contains("no key to read it by in chunks"), "{log}");
+    let twin = before.twin_after_plain_alter(&db, "public.t", CATALOG_ONLY).await;
+    assert_whole_schema_equal(&db, &twin, CATALOG_ONLY).await;
+    assert_no_slots_or_publications(&client).await;
+    assert_rows_as_after_plain_alter(&db, CATALOG_ONLY).await;
+}
+
+/// A server with `wal_level = replica` cannot stream logical changes: a change that rewrites
+/// nothing is still made directly (on a table with a key and on one without); the ghost way
+/// is refused naming wal_level, and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_logical_wal_only_the_direct_way_runs() {
+    let cluster = cluster_with("walreplica", "wal_level = replica");
+    let db = cluster.fresh_db("direct_replica_wal");
+    assert_eq!(db.psql("SHOW wal_level"), "replica");
+    binary::narrow_table(&db, "keyed", 1_000);
+    keyless_table(&db, "t", 1_000);
+    let client = db.client().await;
+    let before = WholeSchema::take(&db).await;
+    let catalog = CatalogSnapshot::take(&client).await;
+
+    let out = binary::run(&db, &["--table", "keyed", "--alter", REWRITING, "--execute", "--strategy", "auto"]).await;
+    assert_exit(&out, 3, &["clause 1 rewrites the table, so pg-ghost copies it into a ghost table", "wal_level is \"replica\""]);
+    let out = binary::run(&db, &["--table", "keyed", "--alter", "ADD COLUMN x int", "--execute", "--strategy", "ghost"]).await;
+    assert_exit(&out, 3, &["wal_level is \"replica\""]);
+    assert_catalog_unchanged(&catalog, &CatalogSnapshot::take(&client).await);
+    crate::run_faults::assert_unchanged_rows(&client, "keyed", &["id", "n", "pad"]).await;
+
+    // Both tables, directly: the same result as plain ALTERs on a twin.
+    let keyed_alter = "ADD COLUMN flag boolean NOT NULL DEFAULT true, ADD CONSTRAINT n_bounded CHECK (n < 1000)";
+    for (table, alter) in [("keyed", keyed_alter), ("t", CATALOG_ONLY)] {
+        let out = binary::run(&db, &["--table", table, "--alter", alter, "--execute", "--strategy", "auto"]).await;
+        binary::assert_success(&out);
+        assert!(binary::stderr(&out).contains("changed directly"), "{table}: {}", binary::stderr(&out));
+    }
+    let twin = before.twin_after_plain_sql(&db, &format!("ALTER TABLE public.keyed {keyed_alter}; ALTER TABLE public.t {CATALOG_ONLY}")).await;
+    assert_whole_schema_equal(&db, &twin, "both ALTERs").await;
+    let keyed = compare_rows(&client, "SELECT id, n, pad, flag FROM keyed", "SELECT id, n, pad, true FROM keyed_before").await;
+    assert!(keyed.is_empty(), "keyed does not hold what a plain ALTER leaves:\n{keyed}");
+    assert_rows_as_after_plain_alter(&db, CATALOG_ONLY).await;
+}
