@@ -31,6 +31,17 @@ pub struct Direct<'a> {
     pub gate: watch::Receiver<GateState>,
 }
 
+/// Where a step is, as it goes: for the history of runs and the status.
+#[derive(Clone, Debug)]
+pub enum StepState {
+    /// Its first attempt begins.
+    Running,
+    /// Done (in a dry run: its locks taken and released).
+    Done { attempts: u32, elapsed: Duration },
+    /// Given up: the run fails with `error`.
+    Failed { attempts: u32, elapsed: Duration, error: String },
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct DirectReport {
     pub steps: usize,
@@ -39,7 +50,8 @@ pub struct DirectReport {
 }
 
 impl Direct<'_> {
-    pub async fn run(&self) -> Result<DirectReport> {
+    /// Runs the steps in order; `report` hears of each (by its index) as it starts and ends.
+    pub async fn run(&self, report_step: &(dyn Fn(usize, StepState) + Sync)) -> Result<DirectReport> {
         let mut sessions = Sessions::open(self.conn).await?;
         let backoff = Backoff { initial: Duration::from_millis(250), max: Duration::from_secs(5), attempts: u32::MAX };
         let mut killer = self.kill_blockers_after.map(|after| BlockerKiller::new(tokio::time::Instant::now() + after));
@@ -50,6 +62,7 @@ impl Direct<'_> {
                 self.wait_while_throttled().await?;
             }
             let started = Instant::now();
+            report_step(i, StepState::Running);
             let mut attempt = 0;
             loop {
                 attempt += 1;
@@ -57,16 +70,30 @@ impl Direct<'_> {
                 match self.try_step(&sessions, step, attempt, killer.as_mut()).await {
                     Ok(()) => break,
                     Err(e) if e.is_retryable() && attempt < self.retries => {
-                        if e.kind() == ErrorKind::Connection {
-                            sessions.replace_lost(self.conn).await?;
-                        }
                         let delay = backoff.delay(attempt);
                         tracing::warn!(step = i + 1, attempt, retry_in_ms = delay.as_millis() as u64, error = %e, "direct step failed; retrying");
-                        self.sleep_unless_aborted(delay).await?;
+                        let replaced = match e.kind() {
+                            ErrorKind::Connection => sessions.replace_lost(self.conn).await,
+                            _ => Ok(()),
+                        };
+                        let waited = match replaced {
+                            Ok(()) => self.sleep_unless_aborted(delay).await,
+                            Err(e) => Err(e),
+                        };
+                        if let Err(e) = waited {
+                            let error = e.to_string();
+                            report_step(i, StepState::Failed { attempts: attempt, elapsed: started.elapsed(), error });
+                            return Err(e);
+                        }
                     }
-                    Err(e) => return Err(e.context(format!("step {} of {} ({})", i + 1, self.steps.len(), step.sql))),
+                    Err(e) => {
+                        let error = e.to_string();
+                        report_step(i, StepState::Failed { attempts: attempt, elapsed: started.elapsed(), error });
+                        return Err(e.context(format!("step {} of {} ({})", i + 1, self.steps.len(), step.sql)));
+                    }
                 }
             }
+            report_step(i, StepState::Done { attempts: attempt, elapsed: started.elapsed() });
             tracing::info!(step = i + 1, of = self.steps.len(), attempt, secs = started.elapsed().as_secs_f64(), dry_run = self.dry_run, sql = %step.sql, "direct step done");
             report.steps += 1;
         }

@@ -230,17 +230,53 @@ impl Run {
         self.history.strategy(history::STRATEGY_DIRECT);
         let names = Names::for_table(&table.name, table.oid);
         self.names = Some(names.clone());
-        self.controls.update_env(|env| env.resolved(&table.name, &names));
+        self.controls.update_env(|env| env.resolved_in_place(&table.name).with_strategy(history::STRATEGY_DIRECT));
         self.controls.serve(&self.cfg, &table.name, &names, false, self.phase.subscribe(), self.abort_tx.clone())?;
         if let Ok(info) = &table.keyed {
             self.check_data(info, &names).await?;
         }
+        // From here the snapshot counts steps, not rows.
+        self.controls.progress.send_modify(|p| p.direct_step = Some(crate::status::StepOf { number: 1, of: steps.len() }));
         self.fire(HookEvent::Validated, None).await?;
         self.run_direct(&table, &steps).await
     }
 
+    /// The steps, under the run's throttle and with a status of their own (socket, status
+    /// line, `on-status` hooks); each recorded in the history as it starts and ends.
     async fn run_direct(&mut self, info: &inspect::Described, steps: &[crate::plan::Step]) -> Result<Outcome> {
         self.enter(Phase::Direct);
+        self.history.steps(steps.iter().map(step_record).collect());
+        let names = Names::for_table(&info.name, info.oid);
+        let (throttler, gate, forward) = self.throttle_before_the_stream(&names).await?;
+        // Before the first step starts (postponed, say), the next one is step 1.
+        let (step_tx, step_rx) = watch::channel(Some(crate::status::StepOf { number: 1, of: steps.len() }));
+        let status = status::spawn_direct(
+            status::DirectSources { phase: self.phase.subscribe(), step: step_rx, throttle: throttler.decision.clone() },
+            status::Outputs {
+                progress: self.controls.progress.clone(),
+                refresh: self.controls.refresh.clone(),
+                log_every: self.cfg.status_interval,
+                hooks: self.controls.hooks.clone(),
+                env: self.controls.env.clone(),
+                hooks_every: self.cfg.hooks.status_interval,
+            },
+        );
+        self.controls.refreshing = true;
+        let result = self.make_direct_change(info, steps, gate, &step_tx).await;
+        status.abort();
+        self.controls.refreshing = false;
+        forward.abort();
+        throttler.stop().await;
+        result
+    }
+
+    async fn make_direct_change(
+        &mut self,
+        info: &inspect::Described,
+        steps: &[crate::plan::Step],
+        gate: watch::Receiver<GateState>,
+        step_tx: &watch::Sender<Option<crate::status::StepOf>>,
+    ) -> Result<Outcome> {
         let dry_run = !self.cfg.execute;
         if !dry_run {
             // The first step makes the change visible: it is this way's cut-over, and the
@@ -255,8 +291,6 @@ impl Run {
             }
             self.fire(HookEvent::BeforeCutOver, None).await?;
         }
-        let names = Names::for_table(&info.name, info.oid);
-        let (throttler, gate, forward) = self.throttle_before_the_stream(&names).await?;
         let direct = crate::direct::Direct {
             conn: &self.cfg.conn,
             table: &info.name,
@@ -268,10 +302,29 @@ impl Run {
             dry_run,
             gate,
         };
-        let report = direct.run().await;
-        forward.abort();
-        throttler.stop().await;
-        let report = report?;
+        let history = &self.history;
+        let of = steps.len();
+        let report_step = |i: usize, state: crate::direct::StepState| {
+            use crate::direct::StepState;
+            if matches!(state, StepState::Running) {
+                step_tx.send_replace(Some(crate::status::StepOf { number: i + 1, of }));
+            }
+            history.step(i, |r| match state {
+                StepState::Running => r.outcome = history::StepRecord::RUNNING.into(),
+                StepState::Done { attempts, elapsed } => {
+                    r.outcome = if dry_run { history::StepRecord::DRY_RUN } else { history::StepRecord::DONE }.into();
+                    r.attempts = attempts;
+                    r.seconds = Some(elapsed.as_secs_f64());
+                }
+                StepState::Failed { attempts, elapsed, error } => {
+                    r.outcome = history::StepRecord::FAILED.into();
+                    r.attempts = attempts;
+                    r.seconds = Some(elapsed.as_secs_f64());
+                    r.error = Some(error);
+                }
+            });
+        };
+        let report = direct.run(&report_step).await?;
         Ok(match dry_run {
             true => {
                 tracing::info!(steps = report.steps, "dry run: every step's locks were taken and released; nothing changed");
@@ -300,7 +353,7 @@ impl Run {
         };
         let names = Names::for_table(&info.name, info.oid);
         self.names = Some(names.clone());
-        self.controls.update_env(|env| env.resolved(&info.name, &names));
+        self.controls.update_env(|env| env.resolved(&info.name, &names).with_strategy(history::STRATEGY_GHOST));
         self.controls.serve(&self.cfg, &info.name, &names, true, self.phase.subscribe(), self.abort_tx.clone())?;
         if resumed.is_none() {
             self.check_data(&info, &names).await?;
@@ -928,6 +981,18 @@ fn history_outcome(outcome: &Outcome) -> history::Outcome {
         Outcome::ReplicaTested(_) => history::Outcome::ReplicaTest,
         Outcome::Direct { .. } => history::Outcome::Success,
     }
+}
+
+/// A step of the direct way as the history first records it: pending.
+fn step_record(step: &crate::plan::Step) -> history::StepRecord {
+    use crate::plan::StepKind;
+    let kind = match step.kind {
+        StepKind::Locked => "locked",
+        StepKind::Validate => "validate",
+        StepKind::ConcurrentIndex { .. } => "concurrent-index",
+    };
+    let lock = step.locks.iter().map(|(table, mode)| format!("{} on {table}", crate::plan::lock_mode_sql(mode))).collect::<Vec<_>>().join(", ");
+    history::StepRecord::pending(step.sql.clone(), kind.into(), lock)
 }
 
 /// `1, 3`: clause numbers for a message.
