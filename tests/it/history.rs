@@ -195,6 +195,7 @@ async fn a_direct_run_records_its_steps() {
     let outcomes: Vec<String> = got.iter().map(|s| field(s, "outcome")).collect();
     assert_eq!(outcomes, ["done", "failed", "pending"], "{got:?}");
     assert!(field(&got[1], "sql").contains("VALIDATE CONSTRAINT \"n_negative\"") && field(&got[1], "error").contains("violated"), "{}", got[1]);
+    assert!(field(&got[1], "error").ends_with("; undone: ALTER TABLE \"public\".\"t\" DROP CONSTRAINT IF EXISTS \"n_negative\""), "{}", got[1]);
     assert!(got[2]["seconds"].is_null() && got[2]["attempts"] == 0, "{}", got[2]);
 
     let text = stdout(&history(&db, &["--table", "t"]).await);
