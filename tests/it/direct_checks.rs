@@ -8,6 +8,7 @@ use crate::binary;
 use crate::harness::{Cluster, TestDb};
 use crate::oracle::*;
 use crate::run_refusals::assert_exit;
+use pg_ghost::plan::{self, Format, PlanConfig, Strategy};
 use std::io::Write;
 
 /// Changes only the catalog: a column with a constant default, a default, statistics.
@@ -28,6 +29,15 @@ fn keyless_table(db: &TestDb<'_>, name: &str, rows: i64) {
         b = ident(&format!("{name}_before")),
         half = rows / 2
     ));
+}
+
+/// `pg-ghost plan` for `alter` on `table`: the way, and what `run` would refuse for it.
+async fn plan_of(db: &TestDb<'_>, table: &str, alter: &str) -> (Strategy, Option<String>) {
+    let cfg = PlanConfig { conn: pg_ghost::conn::ConnInfo::parse(&db.conninfo()).unwrap(), table: table.into(), alter: alter.into(), format: Format::Text, check_data: None };
+    let p = plan::plan(&cfg).await.unwrap_or_else(|e| panic!("plan {alter}: {e}"));
+    let text = plan::render(&p, Format::Text).unwrap();
+    assert_eq!(p.refused.as_ref().map(|r| text.contains(&format!("pg-ghost run would refuse: {r}"))), p.refused.as_ref().map(|_| true), "{text}");
+    (p.strategy, p.refused)
 }
 
 /// A cluster of its own with `settings` appended to postgresql.conf and a restart.
@@ -58,6 +68,12 @@ async fn a_table_without_a_key_takes_the_direct_way_only() {
     let client = db.client().await;
     let before = WholeSchema::take(&db).await;
     let catalog = CatalogSnapshot::take(&client).await;
+
+    // The plan says so before any run.
+    let (way, refused) = plan_of(&db, "t", REWRITING).await;
+    assert_eq!(way, Strategy::Ghost);
+    assert!(refused.as_deref().is_some_and(|r| r.contains("has no primary key")), "{refused:?}");
+    assert_eq!(plan_of(&db, "t", CATALOG_ONLY).await, (Strategy::Direct, None));
 
     let out = binary::run(&db, &["--table", "t", "--alter", REWRITING, "--execute", "--strategy", "auto"]).await;
     assert_exit(&out, 3, &["clause 1 rewrites the table, so pg-ghost copies it into a ghost table", "has no primary key"]);
@@ -92,6 +108,11 @@ async fn without_logical_wal_only_the_direct_way_runs() {
     let client = db.client().await;
     let before = WholeSchema::take(&db).await;
     let catalog = CatalogSnapshot::take(&client).await;
+
+    let (way, refused) = plan_of(&db, "keyed", REWRITING).await;
+    assert_eq!(way, Strategy::Ghost);
+    assert!(refused.as_deref().is_some_and(|r| r.contains("wal_level is \"replica\"")), "{refused:?}");
+    assert_eq!(plan_of(&db, "keyed", "ADD COLUMN x int").await, (Strategy::Direct, None));
 
     let out = binary::run(&db, &["--table", "keyed", "--alter", REWRITING, "--execute", "--strategy", "auto"]).await;
     assert_exit(&out, 3, &["clause 1 rewrites the table, so pg-ghost copies it into a ghost table", "wal_level is \"replica\""]);
