@@ -554,7 +554,7 @@ impl Run {
     async fn check_data(&mut self, info: &TableInfo, names: &Names) -> Result<()> {
         let Some(found) = self.data_checks.take() else { return Ok(()) };
         for note in &found.unchecked {
-            tracing::info!(clause = %note, "not checked before the copy: the copy or the index build will tell");
+            tracing::info!(clause = %note, "not checked beforehand: the copy, the index build or the validation step will tell");
         }
         if found.checks.is_empty() {
             return Ok(());
@@ -562,7 +562,7 @@ impl Run {
         if self.cfg.data_checks.skip {
             tracing::warn!(
                 clauses = found.checks.len(),
-                "--skip-data-checks: the rows are not checked against the ALTER's clauses before the copy; the copy or the index builds will stop the run if they break one"
+                "--skip-data-checks: the rows are not checked against the ALTER's clauses beforehand; the copy, the index builds or the validation steps will stop the run if they break one"
             );
             return Ok(());
         }

@@ -104,6 +104,7 @@ async fn each_kind_without_a_rewrite_is_made_directly() {
         ("ADD CONSTRAINT orders_id_label_key UNIQUE (id, label)", |p| p),
         ("SET (fillfactor = 70), ALTER COLUMN label SET STORAGE EXTERNAL", |p| p),
         ("ADD CONSTRAINT self_ref FOREIGN KEY (id) REFERENCES orders (id)", |p| p),
+        ("ADD CONSTRAINT n_bounded CHECK (n < 1000000) NOT VALID, ALTER COLUMN label DROP DEFAULT", |p| p),
     ];
     for (alter, project) in cases {
         let db = Cluster::primary().fresh_db("direct_kind");
@@ -227,6 +228,24 @@ async fn a_failed_or_aborted_validation_leaves_nothing_behind() {
     let _ = std::fs::remove_file(&flag);
     assert_exit(&out, 4, &[]);
     assert!(binary::stderr(&out).contains("cancelling the step's statement"), "{}", binary::stderr(&out));
+    assert_catalog_unchanged(&before, &CatalogSnapshot::take(&client).await);
+    assert_unchanged_rows(&client, "t", &["id", "n", "pad"]).await;
+}
+
+/// A unique index the rows break (data checks skipped), built CONCURRENTLY, fails and leaves
+/// no invalid index behind: nothing changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_index_build_leaves_no_invalid_index() {
+    let db = Cluster::primary().fresh_db("direct_index_fail");
+    binary::narrow_table(&db, "t", 500);
+    db.psql("UPDATE t SET n = 7 WHERE id = 120; UPDATE t_before SET n = 7 WHERE id = 120;");
+    let client = db.client().await;
+    let before = CatalogSnapshot::take(&client).await;
+    let out = binary::run(&db, &["--table", "t", "--alter", "ADD CONSTRAINT t_n_key UNIQUE (n)", "--execute", "--strategy", "direct", "--skip-data-checks"]).await;
+    assert!(!out.status.success(), "{}", binary::stderr(&out));
+    let why = crate::run_refusals::reason(&out);
+    assert!(why.contains("t_n_key") && why.contains("CONCURRENTLY"), "{why}");
+    assert_eq!(db.psql("SELECT count(*) FROM pg_index WHERE NOT indisvalid"), "0");
     assert_catalog_unchanged(&before, &CatalogSnapshot::take(&client).await);
     assert_unchanged_rows(&client, "t", &["id", "n", "pad"]).await;
 }

@@ -134,3 +134,31 @@ async fn without_logical_wal_only_the_direct_way_runs() {
     assert!(keyed.is_empty(), "keyed does not hold what a plain ALTER leaves:\n{keyed}");
     assert_rows_as_after_plain_alter(&db, CATALOG_ONLY).await;
 }
+
+/// The direct way checks the rows first too (on a table with a key): NULLs for SET NOT NULL
+/// and duplicates for a UNIQUE refuse it with their keys, before any step, nothing changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rows_are_checked_before_a_direct_change() {
+    let db = Cluster::primary().fresh_db("direct_datacheck");
+    db.psql(
+        "CREATE TABLE t (id int PRIMARY KEY, note text, n int);
+         INSERT INTO t SELECT g, 'n' || g, g FROM generate_series(1, 300) g;
+         UPDATE t SET note = NULL WHERE id IN (10, 250);
+         UPDATE t SET n = 7 WHERE id = 120;",
+    );
+    let client = db.client().await;
+    let before = CatalogSnapshot::take(&client).await;
+    for (alter, needles) in [
+        ("ALTER COLUMN note SET NOT NULL", ["\"note\" NOT NULL", "2 NULLs found", "key \"id\"='10'; key \"id\"='250'"]),
+        ("ADD CONSTRAINT t_n_key UNIQUE (n)", ["UNIQUE", "duplicate value", "'7'"]),
+    ] {
+        let out = binary::run(&db, &["--table", "t", "--alter", alter, "--execute", "--strategy", "auto"]).await;
+        let mut want = vec!["data check: existing rows of", "Nothing was created"];
+        want.extend(needles);
+        assert_exit(&out, 3, &want);
+        assert!(!binary::stderr(&out).contains("direct step"), "{alter}: a step ran: {}", binary::stderr(&out));
+        assert!(binary::stderr(&out).contains("no clause rewrites the table"), "{alter}: not the direct way: {}", binary::stderr(&out));
+        assert_catalog_unchanged(&before, &CatalogSnapshot::take(&client).await);
+    }
+    assert_eq!(db.psql("SELECT count(*) FROM pg_index WHERE NOT indisvalid"), "0");
+}
