@@ -325,6 +325,9 @@ impl Run {
             });
         };
         let report = direct.run(&report_step).await?;
+        if !dry_run {
+            self.warn_publications(&info.name).await;
+        }
         Ok(match dry_run {
             true => {
                 tracing::info!(steps = report.steps, "dry run: every step's locks were taken and released; nothing changed");
@@ -332,6 +335,31 @@ impl Run {
             }
             false => Outcome::Direct { steps: report.steps, attempts: report.attempts },
         })
+    }
+
+    /// Logical replication does not carry DDL: after a direct change, as after the swap, the
+    /// DBA is told which publications send the table's rows in their new shape.
+    async fn warn_publications(&self, table: &QualifiedName) {
+        let found = self
+            .client
+            .query("SELECT pubname::text FROM pg_publication_tables WHERE schemaname = $1 AND tablename = $2 ORDER BY 1", &[&table.schema, &table.name])
+            .await;
+        let publications: Vec<String> = match found {
+            Ok(rows) => rows.iter().filter_map(|r| r.try_get(0).ok()).collect(),
+            Err(e) => {
+                tracing::debug!(error = %Error::from(e), "could not read the publications of the table");
+                return;
+            }
+        };
+        for publication in publications {
+            tracing::warn!(
+                publication = %publication,
+                table = %table,
+                "the publication sends the table's rows in their new shape; logical replication does not carry DDL: each subscriber \
+                 must have the new shape of {table} before rows of that shape arrive (apply the same ALTER there first when it adds \
+                 columns the subscriber must receive)"
+            );
+        }
     }
 
     fn enter(&self, phase: Phase) {

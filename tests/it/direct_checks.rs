@@ -162,3 +162,27 @@ async fn the_rows_are_checked_before_a_direct_change() {
     }
     assert_eq!(db.psql("SELECT count(*) FROM pg_index WHERE NOT indisvalid"), "0");
 }
+
+/// A `FOR ALL TABLES` publication would publish a ghost and a changelog, so the ghost way
+/// refuses it; the direct way creates neither and goes on, then warns that the publication
+/// sends rows of the new shape (logical replication does not carry the ALTER).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_published_for_all_tables_is_changed_directly_with_a_warning() {
+    let db = Cluster::primary().fresh_db("direct_published");
+    binary::narrow_table(&db, "t", 200);
+    db.psql("CREATE PUBLICATION everything FOR ALL TABLES");
+    let client = db.client().await;
+    let catalog = CatalogSnapshot::take(&client).await;
+    let out = binary::run(&db, &["--table", "t", "--alter", REWRITING, "--execute", "--strategy", "auto"]).await;
+    assert_exit(&out, 3, &["clause 1 rewrites the table", "publication \"everything\" (FOR ALL TABLES)"]);
+    assert_catalog_unchanged(&catalog, &CatalogSnapshot::take(&client).await);
+
+    let out = binary::run(&db, &["--table", "t", "--alter", "ADD COLUMN x int", "--execute", "--strategy", "auto"]).await;
+    binary::assert_success(&out);
+    let log = binary::stderr(&out);
+    assert!(log.contains("changed directly"), "{log}");
+    let warning = log.lines().find(|l| l.contains("logical replication does not carry DDL")).unwrap_or_else(|| panic!("no warning:\n{log}"));
+    assert!(warning.contains("publication=everything"), "{warning}");
+    assert_eq!(db.psql("SELECT count(*) FROM pg_attribute WHERE attrelid = 't'::regclass AND attname = 'x'"), "1");
+    db.psql("DROP PUBLICATION everything");
+}
