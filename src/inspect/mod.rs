@@ -22,13 +22,15 @@
 //!    `describe` for the ghost way, refusing without a key: a
 //!    [`TableInfo`](crate::schema::TableInfo) only ever describes an ordinary table with a
 //!    usable key.
-//! 3. The run decides its way from the plan (`crate::plan`), then runs that way's checks:
+//! 3. [`preflight_shared`], what both ways need and all the direct way needs (it creates
+//!    nothing and streams nothing): (1) server version >= 14, (2) not a standby, and of (6)
+//!    only the table's ownership that ALTER TABLE needs.
+//! 4. The run decides its way from the plan (`crate::plan`), then runs that way's checks:
 //!    - [`preflight`], the ghost way: (1) server version >= 14, (2) not a standby, (3)
 //!      `wal_level = logical`, (4) a free replication slot, (5) a free walsender, (6)
 //!      privileges, (7) replica identity matches the key, (8) no `FOR ALL TABLES` or `FOR
 //!      TABLES IN SCHEMA` publication covers the table, (9) no leftovers of an earlier run.
-//!    - [`preflight_direct`], the direct way, which creates nothing and streams nothing:
-//!      (1), (2), and of (6) only the table's ownership that ALTER TABLE needs.
+//!    - the direct way: none beyond step 3.
 //!
 //! For the ghost way, the objects that depend on the table are checked after these, against
 //! the ALTER as it applies to a rolled-back trial ghost (`crate::dependents`).
@@ -40,7 +42,7 @@ mod resolve;
 mod server;
 mod table;
 
-pub use preflight::{preflight, preflight_direct, PreflightOptions};
+pub use preflight::{preflight, preflight_shared, PreflightOptions};
 pub use resolve::resolve_table;
 pub use server::{ServerInfo, MIN_SERVER_VERSION_NUM};
 pub use table::{columns, describe, table_info, Described};

@@ -61,17 +61,18 @@ pub async fn preflight(client: &Client, table: &TableInfo, opts: &PreflightOptio
     Ok(server)
 }
 
-/// The checks of the direct way, which creates nothing and streams nothing: server version
-/// (1), a primary (2), and a role that may alter the table (part of 6: its owner, or a
-/// member of the owner's role). What only the ghost way needs is not asked: logical WAL,
-/// slots and walsenders, REPLICATION, CREATE on schema and database, a key, the replica
-/// identity, publications that cover the table, leftovers of an earlier run. Reads only.
-pub async fn preflight_direct(client: &Client, table: &QualifiedName, oid: u32, owner: &str) -> Result<ServerInfo> {
+/// The checks both ways need, run before the way is chosen, and all the direct way needs
+/// (it creates nothing and streams nothing): server version (1), a primary (2), and a role
+/// that may alter the table (part of 6: its owner, or a member of the owner's role). What
+/// only the ghost way needs is not asked: logical WAL, slots and walsenders, REPLICATION,
+/// CREATE on schema and database, a key, the replica identity, publications that cover the
+/// table, leftovers of an earlier run. Reads only.
+pub async fn preflight_shared(client: &Client, table: &QualifiedName, oid: u32, owner: &str) -> Result<ServerInfo> {
     let server = ServerInfo::read(client).await?;
     server::check_version(server.server_version_num, &server.server_version)?;
     server::check_primary(&server)?;
     check_owner(table, owner, &server, &Privileges::read(client, oid).await?)?;
-    info!(table = %table, server_version = %server.server_version, role = %server.current_user, "preflight checks of the direct way passed");
+    info!(table = %table, server_version = %server.server_version, role = %server.current_user, "preflight checks of both ways passed");
     Ok(server)
 }
 

@@ -117,7 +117,7 @@ async fn would_refuse(client: &tokio_postgres::Client, table: &QualifiedName, st
         Err(e) => return refusal(e),
     };
     let checked = match (strategy, described.keyed) {
-        (Strategy::Direct, _) => crate::inspect::preflight_direct(client, &described.name, described.oid, &described.owner).await.map(|_| ()),
+        (Strategy::Direct, _) => crate::inspect::preflight_shared(client, &described.name, described.oid, &described.owner).await.map(|_| ()),
         (Strategy::Ghost, Err(no_key)) => Err(no_key),
         (Strategy::Ghost, Ok(info)) => {
             let names = crate::names::Names::for_table(&info.name, info.oid);

@@ -473,9 +473,11 @@ impl Run {
         let names = Names::for_table(&described.name, described.oid);
         // The ALTER is read before anything is created, so a malformed one changes nothing.
         alter::plan(&self.cfg.alter, &names.ghost, &HashMap::new())?;
+        // What both ways need, before the plan reads the table.
+        let server = inspect::preflight_shared(&self.client, &described.name, described.oid, &described.owner).await?;
         let why_ghost = match self.choose(&described.name).await? {
             Choice::Direct(steps) => {
-                self.inspect_direct(&described, &names).await?;
+                self.inspect_direct(&described, &names, &server).await?;
                 return Ok(Way::Direct { table: described, steps });
             }
             Choice::Ghost(why) => why,
@@ -514,19 +516,25 @@ impl Run {
         Ok(Way::Ghost { info, found })
     }
 
-    /// The direct way's checks: a primary and a role that may alter the table; then, when the
-    /// table has a key to read it by, the trial of the ALTER on an empty clone that tells which
-    /// clauses the existing rows could break (for the data checks). The dependents are not
-    /// refused here: nothing moves to another table, they stay on this one as after a plain
-    /// ALTER TABLE.
-    async fn inspect_direct(&mut self, table: &inspect::Described, names: &Names) -> Result<()> {
-        let server = inspect::preflight_direct(&self.client, &table.name, table.oid, &table.owner).await?;
+    /// The direct way needs no check beyond the shared ones; when the table has a key to read
+    /// it by, the trial of the ALTER on an empty clone tells which clauses the existing rows
+    /// could break (for the data checks). The dependents are not refused here: nothing moves to
+    /// another table, they stay on this one as after a plain ALTER TABLE.
+    async fn inspect_direct(&mut self, table: &inspect::Described, names: &Names, server: &inspect::ServerInfo) -> Result<()> {
         match &table.keyed {
             Ok(info) => match ghost::trial_with_dependents(&mut self.client, info, names, &self.cfg.alter).await {
                 Ok((_, trial)) => self.data_checks = Some(trial.data_checks),
                 // What the copy would refuse is no obstacle here; the validation steps check the rows.
                 Err(e) if e.kind() == ErrorKind::Refused => {
                     tracing::info!(reason = %e, "the rows are not checked before the change: the validation steps check them");
+                }
+                // The trial is an empty table made (and rolled back) next to the original: a role
+                // without CREATE on the schema cannot make it, and needs it for nothing else here.
+                Err(e) if e.kind() == ErrorKind::Privilege => {
+                    tracing::warn!(
+                        error = %e,
+                        "the rows are not checked before the change (that needs CREATE on the table's schema, for an empty trial table that is rolled back): the validation steps check them"
+                    );
                 }
                 Err(e) => return Err(e),
             },

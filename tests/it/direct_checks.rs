@@ -186,3 +186,59 @@ async fn a_table_published_for_all_tables_is_changed_directly_with_a_warning() {
     assert_eq!(db.psql("SELECT count(*) FROM pg_attribute WHERE attrelid = 't'::regclass AND attname = 'x'"), "1");
     db.psql("DROP PUBLICATION everything");
 }
+
+/// Login roles for one test, dropped with whatever they own afterwards.
+struct Roles<'a, 'c> {
+    db: &'a TestDb<'c>,
+    names: Vec<String>,
+}
+
+impl Drop for Roles<'_, '_> {
+    fn drop(&mut self) {
+        let _ = std::panic::catch_unwind(|| {
+            for name in &self.names {
+                self.db.psql(&format!("DROP OWNED BY {name}"));
+                self.db.cluster.psql("postgres", &format!("DROP ROLE IF EXISTS {name}"));
+            }
+        });
+    }
+}
+
+/// The direct way asks only for the table's owner: a role without REPLICATION and without
+/// CREATE on the schema or the database makes a change that rewrites nothing; the ghost way
+/// is refused to it naming REPLICATION; a role that does not own the table is refused either
+/// way, naming the owner, and nothing changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_direct_way_needs_only_the_owner_of_the_table() {
+    let db = Cluster::primary().fresh_db("direct_roles");
+    binary::narrow_table(&db, "t", 200);
+    let owner = format!("direct_owner_{}", std::process::id());
+    let stranger = format!("direct_stranger_{}", std::process::id());
+    db.psql(&format!(
+        "CREATE ROLE {owner} PASSWORD 'pw' LOGIN NOREPLICATION; CREATE ROLE {stranger} PASSWORD 'pw' LOGIN REPLICATION;
+         ALTER TABLE t OWNER TO {owner}; REVOKE CREATE ON SCHEMA public FROM PUBLIC; REVOKE CREATE ON DATABASE {} FROM PUBLIC;
+         GRANT USAGE ON SCHEMA public TO {stranger};",
+        db.name
+    ));
+    let _roles = Roles { db: &db, names: vec![owner.clone(), stranger.clone()] };
+    let client = db.client().await;
+    let catalog = CatalogSnapshot::take(&client).await;
+    let run_as = |role: &str, alter: &str| {
+        let conninfo = db.cluster.conninfo_as(role, "pw", &db.name);
+        binary::command_with_conn(&conninfo, "run", &["--table", "t", "--alter", alter, "--execute", "--strategy", "auto"]).output()
+    };
+
+    let out = run_as(&stranger, "ADD COLUMN x int").await.unwrap();
+    assert_exit(&out, 3, &[&format!("role \"{stranger}\" may not alter \"public\".\"t\""), &format!("owned by \"{owner}\"")]);
+    let out = run_as(&owner, REWRITING).await.unwrap();
+    assert_exit(&out, 3, &["clause 1 rewrites the table", "REPLICATION attribute"]);
+    assert_catalog_unchanged(&catalog, &CatalogSnapshot::take(&client).await);
+
+    let out = run_as(&owner, "ADD COLUMN x int DEFAULT 3").await.unwrap();
+    binary::assert_success(&out);
+    let log = binary::stderr(&out);
+    assert!(log.contains("changed directly"), "{log}");
+    assert!(log.contains("the rows are not checked before the change (that needs CREATE on the table's schema"), "{log}");
+    let rows = compare_rows(&client, "SELECT id, n, pad, x FROM t", "SELECT id, n, pad, 3 FROM t_before").await;
+    assert!(rows.is_empty(), "{rows}");
+}
