@@ -67,7 +67,9 @@ pub enum Outcome {
     Direct { steps: usize, attempts: u32 },
 }
 
-/// The way a run takes, with what each needs to go on.
+/// The way a run takes, with what each needs to go on. Made once per run: the size of its
+/// variants does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Way {
     Direct { table: inspect::Described, steps: Vec<crate::plan::Step> },
     Ghost { info: TableInfo, found: Option<resume::Found> },
@@ -227,7 +229,6 @@ impl Run {
     /// The direct way, once its checks passed: the data checks (when the table has a key to
     /// read it by), the validated hook, then the steps.
     async fn direct_phases(&mut self, table: inspect::Described, steps: Vec<crate::plan::Step>) -> Result<Outcome> {
-        self.history.strategy(history::STRATEGY_DIRECT);
         let names = Names::for_table(&table.name, table.oid);
         self.names = Some(names.clone());
         self.controls.update_env(|env| env.resolved_in_place(&table.name).with_strategy(history::STRATEGY_DIRECT));
@@ -477,6 +478,8 @@ impl Run {
         let server = inspect::preflight_shared(&self.client, &described.name, described.oid, &described.owner).await?;
         let why_ghost = match self.choose(&described.name).await? {
             Choice::Direct(steps) => {
+                // Recorded as soon as chosen, so that a refusal from here on says which way.
+                self.history.strategy(history::STRATEGY_DIRECT);
                 self.inspect_direct(&described, &names, &server).await?;
                 return Ok(Way::Direct { table: described, steps });
             }

@@ -161,6 +161,8 @@ async fn the_rows_are_checked_before_a_direct_change() {
         assert_catalog_unchanged(&before, &CatalogSnapshot::take(&client).await);
     }
     assert_eq!(db.psql("SELECT count(*) FROM pg_index WHERE NOT indisvalid"), "0");
+    // The history says which way was refused.
+    assert_eq!(db.psql("SELECT string_agg(strategy || ' ' || outcome || ' ' || error_kind, ', ') FROM pgghost.runs"), "direct failed refused, direct failed refused");
 }
 
 /// A `FOR ALL TABLES` publication would publish a ghost and a changelog, so the ghost way
