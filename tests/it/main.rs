@@ -9,6 +9,7 @@ mod checksum;
 mod copy_race;
 mod dependents;
 mod direct;
+mod direct_checks;
 mod cutover_lock;
 mod datacheck;
 mod control;
