@@ -16,4 +16,4 @@ mod run;
 pub mod statements;
 pub mod table;
 
-pub use run::{migrate, MigrateConfig, Mode};
+pub use run::{migrate, MigrateConfig, Mode, NOTHING_TO_APPLY};

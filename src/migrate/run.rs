@@ -14,6 +14,10 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+/// What `migrate` prints when every file is applied already (a fleet counts such a target
+/// as skipped).
+pub const NOTHING_TO_APPLY: &str = "nothing to apply\n";
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
     Apply,
@@ -150,7 +154,7 @@ fn resume_at(f: &MigrationFile, body: &Body, row: Option<&Row>) -> Result<usize>
 async fn apply(cfg: &MigrateConfig, conn: &ConnInfo, client: &tokio_postgres::Client, pending: &[&MigrationFile], rows: &HashMap<String, Row>) -> Result<String> {
     let mut out = String::new();
     if pending.is_empty() {
-        out.push_str("nothing to apply\n");
+        out.push_str(NOTHING_TO_APPLY);
         return Ok(out);
     }
     let origin = crate::history::Origin::this_process();
