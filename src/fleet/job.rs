@@ -36,7 +36,7 @@ pub async fn run(cfg: &FleetConfig, p: &Probed) -> TargetReport {
             tracing::info!(tenant = %p.target.name, status = status.as_str(), secs = report.seconds, "target done");
         }
         Err(e) => {
-            let e = e.context(format!("target {}", p.target.name));
+            // The report and the registry say which target; the error is the target's own.
             tracing::error!(tenant = %p.target.name, error = %e.chain(), "target failed");
             report.status = Status::Failed;
             report.error = Some(e.chain());

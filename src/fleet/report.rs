@@ -120,7 +120,7 @@ impl Report {
                 r.version_before.as_deref().unwrap_or("-"),
                 r.version_after.as_deref().unwrap_or("-"),
                 r.seconds.map(|s| format!("{s:.1}")).unwrap_or_else(|| "-".into()),
-                r.error.as_deref().map(crate::migrate::statements::one_line).unwrap_or_default()
+                r.error.as_deref().map(flat).unwrap_or_default()
             );
         }
         out
@@ -134,10 +134,15 @@ impl Report {
     pub fn webhook_body(&self) -> String {
         let mut text = self.summary();
         for r in self.results.iter().filter(|r| r.status == Status::Failed) {
-            let _ = write!(text, "\n- {} failed: {}", r.name, r.error.as_deref().map(crate::migrate::statements::one_line).unwrap_or_default());
+            let _ = write!(text, "\n- {} failed: {}", r.name, r.error.as_deref().map(flat).unwrap_or_default());
         }
         serde_json::json!({ "text": text, "report": self }).to_string()
     }
+}
+
+/// The error on one line, whole: in a report the error is what the DBA came for.
+fn flat(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ mod hooks;
 mod inspect;
 mod libpq;
 mod metrics;
+mod fleet;
 mod migrate;
 mod oracle;
 mod oracle_selftest;

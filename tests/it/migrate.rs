@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
-const FILES: [(&str, &str); 4] = [
+/// An expand → migrate → contract directory on the oracle table `orders` (the fleet's tests
+/// apply it to many tenants).
+pub const FILES: [(&str, &str); 4] = [
     (
         "V1__add_region.sql",
         "-- pg-ghost: phase=expand\n\
@@ -37,7 +39,7 @@ const FILES: [(&str, &str); 4] = [
     ),
 ];
 
-fn migrations_dir(name: &str, files: &[(&str, &str)]) -> PathBuf {
+pub fn migrations_dir(name: &str, files: &[(&str, &str)]) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("pg-ghost-migrate-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create the migrations directory");
@@ -59,7 +61,7 @@ fn stdout(out: &Output) -> String {
 }
 
 /// version → status, statements done, as `pgghost.migrations` holds them.
-fn recorded(db: &TestDb<'_>) -> String {
+pub fn recorded(db: &TestDb<'_>) -> String {
     db.psql("SELECT string_agg(version || ':' || status || ':' || statements_done, ' ' ORDER BY string_to_array(version, '.')::int[]) FROM pgghost.migrations")
 }
 
