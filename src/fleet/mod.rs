@@ -187,7 +187,7 @@ async fn clock_session(cfg: &FleetConfig, probed: &[Arc<Probed>]) -> Result<Clie
 fn plan(probed: &[Arc<Probed>], order: &[usize], earlier: &HashMap<String, state::Recorded>, job: &str) -> String {
     let mut out = format!("job: {job}\n{} targets, smallest first:\n", order.len());
     let w = probed.iter().map(|p| p.target.name.len()).max().unwrap_or(4).max(6);
-    let _ = writeln!(out, "{:>4}  {:<w$}  {:>10}  {}", "#", "target", "size", "server");
+    let _ = writeln!(out, "{:>4}  {:<w$}  {:>10}  server", "#", "target", "size");
     for (n, &i) in order.iter().enumerate() {
         let p = &probed[i];
         let done = match earlier.get(&p.target.name) {

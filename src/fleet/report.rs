@@ -109,7 +109,7 @@ impl Report {
     pub fn to_text(&self) -> String {
         let mut out = format!("{}\njob: {}\n", self.summary(), self.job);
         let w = self.results.iter().map(|r| r.name.len()).max().unwrap_or(4).max(6);
-        let _ = writeln!(out, "{:<w$}  {:<11}  {:>10}  {:<8}  {:<8}  {:>8}  {}", "target", "status", "size", "before", "after", "seconds", "error");
+        let _ = writeln!(out, "{:<w$}  {:<11}  {:>10}  {:<8}  {:<8}  {:>8}  error", "target", "status", "size", "before", "after", "seconds");
         for r in &self.results {
             let _ = writeln!(
                 out,

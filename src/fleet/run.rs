@@ -43,7 +43,7 @@ impl Fleet<'_> {
             if sched.can_start() {
                 let wait = self.gate(not_before, &mut waiting_logged).await?;
                 if wait.is_zero() {
-                    if let Next::Start(i) = sched.next() {
+                    if let Next::Start(i) = sched.decide() {
                         self.start(i, &mut running, &mut sched).await;
                     }
                     continue;

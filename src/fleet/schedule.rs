@@ -56,7 +56,7 @@ impl Scheduler {
         Scheduler { limits, servers, queue: order.into(), running: HashMap::new(), per_server: HashMap::new(), canaries_left, failures: 0, stopped: None }
     }
 
-    pub fn next(&mut self) -> Next {
+    pub fn decide(&mut self) -> Next {
         let Some(pos) = self.pick() else {
             return if self.running.is_empty() && (self.stopped.is_some() || self.queue.is_empty()) { Next::Done } else { Next::Wait };
         };
@@ -67,7 +67,7 @@ impl Scheduler {
         Next::Start(i)
     }
 
-    /// Whether [`Scheduler::next`] would start a target now (the fleet checks its window
+    /// Whether [`Scheduler::decide`] would start a target now (the fleet checks its window
     /// and interval only then).
     pub fn can_start(&self) -> bool {
         self.pick().is_some()
@@ -155,45 +155,45 @@ mod tests {
     #[test]
     fn concurrency_bounds_the_running_targets() {
         let mut s = sched(limits(2), &["x", "x", "x"]);
-        assert_eq!(s.next(), Next::Start(0));
-        assert_eq!(s.next(), Next::Start(1));
-        assert_eq!(s.next(), Next::Wait);
+        assert_eq!(s.decide(), Next::Start(0));
+        assert_eq!(s.decide(), Next::Start(1));
+        assert_eq!(s.decide(), Next::Wait);
         s.ended(1, true);
-        assert_eq!(s.next(), Next::Start(2));
-        assert_eq!(s.next(), Next::Wait);
+        assert_eq!(s.decide(), Next::Start(2));
+        assert_eq!(s.decide(), Next::Wait);
         s.ended(0, true);
         s.ended(2, true);
-        assert_eq!(s.next(), Next::Done);
+        assert_eq!(s.decide(), Next::Done);
     }
 
     #[test]
     fn per_server_passes_over_a_full_server() {
         let mut s = sched(Limits { per_server: Some(1), ..limits(3) }, &["a", "a", "b", "a"]);
-        assert_eq!(s.next(), Next::Start(0));
-        assert_eq!(s.next(), Next::Start(2));
-        assert_eq!(s.next(), Next::Wait, "both servers hold one");
+        assert_eq!(s.decide(), Next::Start(0));
+        assert_eq!(s.decide(), Next::Start(2));
+        assert_eq!(s.decide(), Next::Wait, "both servers hold one");
         s.ended(0, true);
-        assert_eq!(s.next(), Next::Start(1));
+        assert_eq!(s.decide(), Next::Start(1));
         s.ended(1, true);
-        assert_eq!(s.next(), Next::Start(3));
+        assert_eq!(s.decide(), Next::Start(3));
     }
 
     #[test]
     fn canaries_run_alone_and_a_failed_one_stops_the_fleet() {
         let mut s = sched(Limits { canary: 2, ..limits(4) }, &["x", "x", "x", "x"]);
-        assert_eq!(s.next(), Next::Start(0));
-        assert_eq!(s.next(), Next::Wait, "a canary runs alone");
+        assert_eq!(s.decide(), Next::Start(0));
+        assert_eq!(s.decide(), Next::Wait, "a canary runs alone");
         s.ended(0, true);
-        assert_eq!(s.next(), Next::Start(1));
-        assert_eq!(s.next(), Next::Wait);
+        assert_eq!(s.decide(), Next::Start(1));
+        assert_eq!(s.decide(), Next::Wait);
         s.ended(1, true);
-        assert_eq!(s.next(), Next::Start(2));
-        assert_eq!(s.next(), Next::Start(3), "after the canaries, the concurrency");
+        assert_eq!(s.decide(), Next::Start(2));
+        assert_eq!(s.decide(), Next::Start(3), "after the canaries, the concurrency");
 
         let mut s = sched(Limits { canary: 1, ..limits(4) }, &["x", "x", "x"]);
-        assert_eq!(s.next(), Next::Start(0));
+        assert_eq!(s.decide(), Next::Start(0));
         s.ended(0, false);
-        assert_eq!(s.next(), Next::Done);
+        assert_eq!(s.decide(), Next::Done);
         assert_eq!(s.stopped(), Some("a canary target failed"));
         assert_eq!(s.left(), [1, 2]);
     }
@@ -201,14 +201,14 @@ mod tests {
     #[test]
     fn max_failures_stops_new_starts_and_lets_running_ones_end() {
         let mut s = sched(Limits { max_failures: Some(2), ..limits(2) }, &["x", "x", "x", "x", "x"]);
-        assert_eq!(s.next(), Next::Start(0));
-        assert_eq!(s.next(), Next::Start(1));
+        assert_eq!(s.decide(), Next::Start(0));
+        assert_eq!(s.decide(), Next::Start(1));
         s.ended(0, false);
-        assert_eq!(s.next(), Next::Start(2));
+        assert_eq!(s.decide(), Next::Start(2));
         s.ended(2, false);
-        assert_eq!(s.next(), Next::Wait, "target 1 still runs");
+        assert_eq!(s.decide(), Next::Wait, "target 1 still runs");
         s.ended(1, true);
-        assert_eq!(s.next(), Next::Done);
+        assert_eq!(s.decide(), Next::Done);
         assert_eq!(s.left(), [3, 4]);
         assert!(s.stopped().is_some_and(|w| w.contains("--max-failures 2")));
     }

@@ -98,9 +98,9 @@ pub async fn from_registry(client: &Client, query: &str) -> Result<Vec<Target>> 
 }
 
 fn size_value(row: &tokio_postgres::Row, c: usize) -> std::result::Result<Option<i64>, tokio_postgres::Error> {
-    match row.columns()[c].type_() {
-        &Type::INT4 => row.try_get::<_, Option<i32>>(c).map(|v| v.map(i64::from)),
-        &Type::INT2 => row.try_get::<_, Option<i16>>(c).map(|v| v.map(i64::from)),
+    match *row.columns()[c].type_() {
+        Type::INT4 => row.try_get::<_, Option<i32>>(c).map(|v| v.map(i64::from)),
+        Type::INT2 => row.try_get::<_, Option<i16>>(c).map(|v| v.map(i64::from)),
         _ => row.try_get::<_, Option<i64>>(c),
     }
 }
