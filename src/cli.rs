@@ -108,6 +108,10 @@ pub struct MigrateArgs {
     /// the others, by a merge say): it then runs after what it was written before.
     #[arg(long)]
     pub out_of_order: bool,
+
+    /// How --status and --plan print: `text` for people, `json` for tools.
+    #[arg(long, value_enum, default_value_t = PlanFormat::Text)]
+    pub format: PlanFormat,
 }
 
 #[derive(Clone, Debug, Args)]

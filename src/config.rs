@@ -265,6 +265,10 @@ pub fn migrate_config_with_env(args: &crate::cli::MigrateArgs, env: impl Fn(&str
         lock_retries: args.lock_retries,
         keep_old_tables: args.keep_old_tables,
         out_of_order: args.out_of_order,
+        format: match args.format {
+            crate::cli::PlanFormat::Text => crate::plan::Format::Text,
+            crate::cli::PlanFormat::Json => crate::plan::Format::Json,
+        },
     })
 }
 

@@ -59,6 +59,7 @@ async fn migrate_target(cfg: &FleetConfig, p: &Probed, report: &mut TargetReport
         lock_retries: cfg.lock_retries,
         keep_old_tables: cfg.keep_old_tables,
         out_of_order: *out_of_order,
+        format: crate::plan::Format::Text,
     };
     let result = migrate::migrate(&mcfg).await;
     // Read after a failure too: the files applied before the one that failed stay applied.

@@ -13,6 +13,7 @@
 
 pub mod files;
 mod run;
+pub mod show;
 pub mod statements;
 pub mod table;
 
