@@ -230,6 +230,16 @@ pub struct FleetArgs {
     /// Kill a hook that runs longer than this. Units: ms, s, m.
     #[arg(long, value_name = "DURATION", default_value = "60s", help_heading = "Report")]
     pub hooks_timeout: String,
+
+    /// How often to log the fleet's progress (targets ended, running, pending). Units: s, m.
+    #[arg(long, value_name = "DURATION", default_value = "30s", help_heading = "Report")]
+    pub status_interval: String,
+
+    /// Serve the fleet's commands on this Unix socket (mode 0600): `status`, `pause` (no
+    /// target starts until `resume`), `resume`, `panic` (every running target stops, cleanly,
+    /// and none starts), `help`.
+    #[arg(long, value_name = "PATH", help_heading = "Report")]
+    pub serve_socket_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Args)]

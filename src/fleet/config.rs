@@ -45,6 +45,10 @@ pub struct FleetConfig {
     pub report: Option<PathBuf>,
     pub webhook: Option<Webhook>,
     pub hooks: Option<ScriptHooks>,
+    /// `--serve-socket-file`: the fleet's control socket.
+    pub control: Option<crate::config::ControlConfig>,
+    /// How often the fleet's progress is logged.
+    pub status_interval: Duration,
 }
 
 impl Job {
@@ -139,5 +143,13 @@ pub fn from_args(args: &FleetArgs) -> Result<FleetConfig> {
         report: args.report.clone(),
         webhook: args.notify_webhook.as_deref().map(Webhook::parse).transpose()?,
         hooks: args.hooks_path.as_deref().map(|p| ScriptHooks::new(p, hooks_timeout)).transpose()?,
+        control: args.serve_socket_file.clone().map(|path| crate::config::ControlConfig { socket_file: Some(path), tcp_port: None }),
+        status_interval: {
+            let d = parse_duration("status-interval", &args.status_interval, Bare::Refuse)?;
+            if d.is_zero() {
+                return Err(Error::config("--status-interval must be more than 0"));
+            }
+            d
+        },
     })
 }

@@ -17,9 +17,11 @@
 //! - The fleet's outcome is its targets': notifications that fail are logged, never fatal.
 
 pub mod config;
+pub mod control;
 mod job;
 pub mod notify;
 pub mod probe;
+pub mod progress;
 pub mod report;
 mod run;
 pub mod schedule;
@@ -92,8 +94,20 @@ pub async fn fleet(cfg: FleetConfig) -> Result<FleetOutput> {
     };
     let to_run: Vec<usize> = order.iter().copied().filter(|i| !earlier.get(&probed[*i].target.name).is_some_and(|r| r.status.is_done())).collect();
     let cfg = Arc::new(cfg);
-    let fleet = run::Fleet { cfg: cfg.clone(), fleet_id: fleet_id.clone(), targets: probed.clone(), registry: registry.as_ref(), clock };
-    let (mut reports, stopped) = fleet.run(to_run).await?;
+    let (progress, progress_rx) = tokio::sync::watch::channel(progress::FleetProgress { fleet_id: fleet_id.clone(), ..Default::default() });
+    let (paused_tx, paused) = tokio::sync::watch::channel(false);
+    let control = match &cfg.control {
+        Some(c) => Some(crate::control::ControlServer::spawn_answering(c, Arc::new(control::FleetControl { progress: progress_rx.clone(), paused: paused_tx }))?),
+        None => None,
+    };
+    let status_line = tokio::spawn(status_line(progress_rx, cfg.status_interval));
+    let mut fleet = run::Fleet { cfg: cfg.clone(), fleet_id: fleet_id.clone(), targets: probed.clone(), registry: registry.as_ref(), clock, progress, paused };
+    let result = fleet.run(to_run).await;
+    status_line.abort();
+    if let Some(c) = control {
+        c.shutdown().await;
+    }
+    let (mut reports, stopped) = result?;
 
     let mut results = Vec::with_capacity(order.len());
     for &i in &order {
@@ -140,7 +154,7 @@ pub async fn fleet(cfg: FleetConfig) -> Result<FleetOutput> {
     tracing::info!(fleet = %fleet_id, "{}", report.summary());
     let failure = match (&report.stopped, report.failed) {
         (None, 0) => None,
-        (Some(why), _) => Some(Error::new(ErrorKind::Aborted, format!("fleet {fleet_id} stopped ({why}): {}", failed_names(&report)))),
+        (Some(why), _) => Some(Error::new(ErrorKind::Aborted, format!("fleet {fleet_id} stopped early, {why}; {}", failed_names(&report)))),
         (None, _) => Some(Error::new(ErrorKind::Sql, format!("fleet {fleet_id}: {}", failed_names(&report)))),
     };
     Ok(FleetOutput { text: report.to_text(), failure })
@@ -172,6 +186,18 @@ async fn resume_order(client: &Client, fleet_id: &str, job: &str, probed: &[Arc<
     let done = recorded.iter().filter(|r| r.status.is_done()).count();
     tracing::info!(fleet = %fleet_id, done, left = order.len() - done.min(order.len()), "resuming the fleet: targets already done are skipped");
     Ok((fleet_id.to_string(), order, recorded.into_iter().map(|r| (r.name.clone(), r)).collect()))
+}
+
+/// The fleet's progress in the log every `every`, as a run's status line.
+async fn status_line(progress: tokio::sync::watch::Receiver<progress::FleetProgress>, every: std::time::Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let line = progress.borrow().line();
+        tracing::info!("{line}");
+    }
 }
 
 /// A session to read the time of day from: the registry's server, else the first target's.

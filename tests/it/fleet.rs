@@ -230,7 +230,7 @@ async fn a_failing_canary_stops_the_fleet_and_max_failures_stops_new_starts() {
     let query = "SELECT name, conninfo, size_bytes FROM tenants";
     let report = temp_path("stop-report.json");
     let out = fleet(&["--registry", &reg_conn, "--targets-query", query, "--dir", dir_s, "--canary", "1", "--concurrency", "3", "--report", report.to_str().unwrap()]).await;
-    crate::binary::assert_failure(&out, 4, "stopped (a canary target failed): 1 of 4 targets failed: t0, 3 not started");
+    crate::binary::assert_failure(&out, 4, "stopped early, a canary target failed; 1 of 4 targets failed: t0, 3 not started");
     assert_eq!(statuses(&report_json(&report)), ["t0:failed", "t1:not-started", "t2:not-started", "t3:not-started"]);
     assert!(dbs[1..].iter().all(untouched), "a target started after the canary failed");
     assert_eq!(reg.psql("SELECT status || ':' || stopped_reason FROM pgghost.fleet_runs"), "stopped:a canary target failed");
@@ -457,4 +457,75 @@ async fn one_online_change_across_two_servers_at_most_one_per_server_with_hooks(
     let _ = std::fs::remove_dir_all(&hooks);
     let _ = std::fs::remove_file(&file);
     let _ = std::fs::remove_file(&report);
+}
+
+/// Sends one command to the fleet's socket and returns the answer.
+async fn send(socket: &Path, command: &str) -> String {
+    let mut s = tokio::net::UnixStream::connect(socket).await.unwrap_or_else(|e| panic!("connect to {}: {e}", socket.display()));
+    s.write_all(format!("{command}\n").as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).await.unwrap();
+    answer
+}
+
+/// Sends `status` until the answer contains `want`.
+async fn wait_for_status(socket: &Path, want: &str) -> String {
+    for _ in 0..600 {
+        if socket.exists() {
+            let status = send(socket, "status").await;
+            if status.contains(want) {
+                return status;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the fleet's status never said {want:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_socket_pauses_resumes_and_panics_the_fleet() {
+    let cluster = Cluster::primary();
+    let tenant = cluster.fresh_db("fleet_socket");
+    tenant.psql("CREATE TABLE t (id int PRIMARY KEY)");
+    let dir = migrations_dir("fleet-socket", &[("V1__add.sql", "ALTER TABLE t ADD COLUMN c int;\n")]);
+    let file = targets_file("socket-targets", &[("s", tenant.conninfo())]);
+    let clock = temp_path("socket-clock");
+    let socket = temp_path("fleet.sock");
+    let start = |clock_time: &str| {
+        std::fs::write(&clock, clock_time).unwrap();
+        command(&["--targets-file", file.to_str().unwrap(), "--dir", dir.to_str().unwrap(), "--window", "02:00-06:00", "--serve-socket-file", socket.to_str().unwrap()])
+            .env("PG_GHOST_TEST_CLOCK_FILE", &clock)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the fleet")
+    };
+
+    // Held by the window, then paused: the window opens and still nothing starts.
+    let child = start("01:00");
+    wait_for_status(&socket, "waiting: outside the window 02:00-06:00").await;
+    assert!(send(&socket, "pause").await.starts_with("paused"));
+    std::fs::write(&clock, "03:00").unwrap();
+    let status = wait_for_status(&socket, "paused").await;
+    assert!(status.contains("0/1 ended") && status.contains("running: none; 1 pending"), "{status}");
+    assert!(untouched(&tenant), "a target started while the fleet was paused");
+    assert!(send(&socket, "resume").await.starts_with("resumed"));
+    let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output()).await.expect("the fleet ends after resume").unwrap();
+    crate::binary::assert_success(&out);
+    assert_eq!(recorded(&tenant), "1:applied:1");
+    assert!(!socket.exists(), "the socket file is removed at the end");
+
+    // panic: the fleet stops, the target not started.
+    tenant.psql("DROP SCHEMA pgghost CASCADE; ALTER TABLE t DROP COLUMN c");
+    let child = start("01:00");
+    wait_for_status(&socket, "waiting: outside the window").await;
+    assert!(send(&socket, "panic").await.starts_with("panic"));
+    let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output()).await.expect("the fleet ends after panic").unwrap();
+    crate::binary::assert_failure(&out, 4, "stopped early, the panic command received; 0 of 1 targets failed, 1 not started");
+    assert!(stdout(&out).lines().any(|l| l.starts_with("s ") && l.contains("not-started")), "{}", stdout(&out));
+    assert!(untouched(&tenant));
+    for p in [file, clock] {
+        let _ = std::fs::remove_file(p);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
