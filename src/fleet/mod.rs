@@ -220,7 +220,7 @@ fn plan(probed: &[Arc<Probed>], order: &[usize], earlier: &HashMap<String, state
             Some(r) if r.status.is_done() => "  (done by an earlier run: skipped)",
             _ => "",
         };
-        let _ = writeln!(out, "{:>4}  {:<w$}  {:>10}  {}{done}", n + 1, p.target.name, crate::config::format_bytes(p.size_bytes.max(0) as u64), p.server);
+        let _ = writeln!(out, "{:>4}  {:<w$}  {:>10}  {}{done}", n + 1, p.target.name, report::pretty_bytes(p.size_bytes), p.server);
     }
     out
 }

@@ -116,7 +116,7 @@ impl Report {
                 "{:<w$}  {:<11}  {:>10}  {:<8}  {:<8}  {:>8}  {}",
                 r.name,
                 r.status.as_str(),
-                crate::config::format_bytes(r.size_bytes.max(0) as u64),
+                pretty_bytes(r.size_bytes),
                 r.version_before.as_deref().unwrap_or("-"),
                 r.version_after.as_deref().unwrap_or("-"),
                 r.seconds.map(|s| format!("{s:.1}")).unwrap_or_else(|| "-".into()),
@@ -140,6 +140,18 @@ impl Report {
     }
 }
 
+/// A size as `pg_size_pretty` shows it: `8168 kB`, `31 MB`.
+pub fn pretty_bytes(bytes: i64) -> String {
+    let mut value = bytes.max(0);
+    for unit in ["bytes", "kB", "MB", "GB"] {
+        if value < 10 * 1024 {
+            return format!("{value} {unit}");
+        }
+        value = (value + 512) / 1024;
+    }
+    format!("{value} TB")
+}
+
 /// The error on one line, whole: in a report the error is what the DBA came for.
 fn flat(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
@@ -151,6 +163,14 @@ mod tests {
 
     fn target(name: &str, status: Status, error: Option<&str>) -> TargetReport {
         TargetReport { name: name.into(), server: "s".into(), size_bytes: 8192, status, version_before: None, version_after: Some("2".into()), seconds: Some(1.0), error: error.map(Into::into) }
+    }
+
+    #[test]
+    fn sizes_as_pg_size_pretty() {
+        assert_eq!(pretty_bytes(8191), "8191 bytes");
+        assert_eq!(pretty_bytes(8_364_547), "8169 kB");
+        assert_eq!(pretty_bytes(32 * 1024 * 1024), "32 MB");
+        assert_eq!(pretty_bytes(-1), "0 bytes");
     }
 
     #[test]

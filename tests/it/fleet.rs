@@ -286,6 +286,11 @@ async fn bad_input_is_refused_by_name_and_changes_nothing() {
     assert!(untouched(&tenant));
     assert!(no_fleet_tables(), "bad input created the fleet tables");
 
+    // A time zone PostgreSQL does not know.
+    let out = fleet(&["--registry", &reg_conn, "--targets-query", "SELECT name, conninfo FROM tenants WHERE name = 't'", "--dir", dir_s, "--window", "02:00-06:00", "--timezone", "Mars/Olympus_Mons"]).await;
+    crate::binary::assert_failure(&out, 2, "--timezone \"Mars/Olympus_Mons\": PostgreSQL knows no such time zone");
+    assert!(untouched(&tenant));
+
     // A resume of a fleet that does not exist.
     let out = fleet(&["--registry", &reg_conn, "--targets-query", "SELECT name, conninfo FROM tenants WHERE name = 't'", "--dir", dir_s, "--resume", "nope"]).await;
     crate::binary::assert_failure(&out, 2, "--resume nope: the registry has no fleet run with this id");
@@ -376,6 +381,15 @@ async fn no_target_starts_outside_the_window() {
     assert!(status.success(), "{log}{more}");
     assert!(more.contains("the maintenance window is open"), "{more}");
     assert_eq!(recorded(&tenant), "1:applied:1");
+
+    // The server's clock, in a named zone: a window open now lets the target start.
+    let hour: u32 = tenant.psql("SELECT extract(hour FROM now() AT TIME ZONE 'Asia/Kolkata')::int").parse().unwrap();
+    let open_now = format!("{hour:02}:00-{:02}:00", (hour + 2) % 24);
+    std::fs::write(dir.join("V2__more.sql"), "ALTER TABLE t ADD COLUMN d int;\n").unwrap();
+    let out = command(&["--targets-file", file.to_str().unwrap(), "--dir", dir.to_str().unwrap(), "--window", &open_now, "--timezone", "Asia/Kolkata"]).output().await.unwrap();
+    crate::binary::assert_success(&out);
+    assert!(!crate::binary::stderr(&out).contains("outside the maintenance window"), "{}", crate::binary::stderr(&out));
+    assert_eq!(recorded(&tenant), "1:applied:1 2:applied:1");
     for p in [file, clock] {
         let _ = std::fs::remove_file(p);
     }
