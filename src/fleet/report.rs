@@ -111,8 +111,7 @@ impl Report {
         let w = self.results.iter().map(|r| r.name.len()).max().unwrap_or(4).max(6);
         let _ = writeln!(out, "{:<w$}  {:<11}  {:>10}  {:<8}  {:<8}  {:>8}  error", "target", "status", "size", "before", "after", "seconds");
         for r in &self.results {
-            let _ = writeln!(
-                out,
+            let line = format!(
                 "{:<w$}  {:<11}  {:>10}  {:<8}  {:<8}  {:>8}  {}",
                 r.name,
                 r.status.as_str(),
@@ -122,6 +121,7 @@ impl Report {
                 r.seconds.map(|s| format!("{s:.1}")).unwrap_or_else(|| "-".into()),
                 r.error.as_deref().map(flat).unwrap_or_default()
             );
+            let _ = writeln!(out, "{}", line.trim_end());
         }
         out
     }
