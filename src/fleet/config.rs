@@ -153,3 +153,48 @@ pub fn from_args(args: &FleetArgs) -> Result<FleetConfig> {
         },
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> Result<FleetConfig> {
+        let mut argv = vec!["pg-ghost", "fleet"];
+        argv.extend(args);
+        let cli = crate::cli::Cli::try_parse_from(argv).map_err(|e| Error::config(e.to_string()))?;
+        let crate::cli::Command::Fleet(a) = cli.command else { panic!("not fleet") };
+        from_args(&a)
+    }
+
+    fn dir() -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("V1__a.sql"), "ALTER TABLE t ADD COLUMN a int;\n").unwrap();
+        d
+    }
+
+    #[test]
+    fn a_job_and_targets_are_required_and_checked() {
+        let d = dir();
+        let dir = d.path().to_str().unwrap();
+        let ok = parse(&["--targets-file", "/tmp/x", "--dir", dir, "--concurrency", "3", "--per-server", "1", "--canary", "2", "--window", "22:00-04:00"]).unwrap();
+        assert_eq!(ok.limits, Limits { concurrency: 3, per_server: Some(1), canary: 2, max_failures: None });
+        assert!(ok.job.describe().starts_with("migrate --dir /"));
+        let alter = parse(&["--targets-file", "/tmp/x", "--table", "t", "--alter", "ADD COLUMN a int"]).unwrap();
+        assert_eq!(alter.job.describe(), "ALTER TABLE t ADD COLUMN a int");
+        for (args, why) in [
+            (vec!["--dir", dir], "give the targets"),
+            (vec!["--targets-file", "/tmp/x"], "give what runs on each target"),
+            (vec!["--targets-file", "/tmp/x", "--dir", dir, "--table", "t", "--alter", "x"], "cannot be used with"),
+            (vec!["--targets-query", "SELECT 1", "--dir", dir], "--registry"),
+            (vec!["--targets-file", "/tmp/x", "--dir", "/nonexistent"], "not a directory"),
+            (vec!["--targets-file", "/tmp/x", "--dir", dir, "--concurrency", "0"], "--concurrency 0"),
+            (vec!["--targets-file", "/tmp/x", "--dir", dir, "--window", "2-6"], "--window"),
+            (vec!["--targets-file", "/tmp/x", "--dir", dir, "--notify-webhook", "https://x"], "only http://"),
+            (vec!["--targets-file", "/tmp/x", "--dir", dir, "--target", "x1"], "--target"),
+        ] {
+            let e = parse(&args).err().unwrap_or_else(|| panic!("{args:?} accepted"));
+            assert!(e.to_string().contains(why), "{args:?}: {e}");
+        }
+    }
+}
