@@ -240,6 +240,11 @@ pub struct FleetArgs {
     /// and none starts), `help`.
     #[arg(long, value_name = "PATH", help_heading = "Report")]
     pub serve_socket_file: Option<PathBuf>,
+
+    /// Serve the fleet's metrics (targets by status, paused, waiting for the window,
+    /// stopped) in the Prometheus text format at http://ADDR:PORT/metrics.
+    #[arg(long, value_name = "ADDR:PORT", help_heading = "Report")]
+    pub metrics_listen: Option<String>,
 }
 
 #[derive(Clone, Debug, Args)]

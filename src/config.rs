@@ -445,7 +445,7 @@ fn control_from(args: &RunArgs) -> Result<ControlConfig> {
     Ok(ControlConfig { socket_file: args.serve_socket_file.clone(), tcp_port: args.serve_tcp_port })
 }
 
-fn metrics_listen(text: &str) -> Result<SocketAddr> {
+pub fn metrics_listen(text: &str) -> Result<SocketAddr> {
     text.trim().parse().map_err(|_| {
         Error::config(format!(
             "--metrics-listen {text:?}: expected an IP address and a port, such as 127.0.0.1:9187 or [::1]:9187 (host names are not resolved)"

@@ -49,6 +49,8 @@ pub struct FleetConfig {
     pub control: Option<crate::config::ControlConfig>,
     /// How often the fleet's progress is logged.
     pub status_interval: Duration,
+    /// `--metrics-listen`: where the fleet's metrics are served.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Job {
@@ -143,6 +145,7 @@ pub fn from_args(args: &FleetArgs) -> Result<FleetConfig> {
         report: args.report.clone(),
         webhook: args.notify_webhook.as_deref().map(Webhook::parse).transpose()?,
         hooks: args.hooks_path.as_deref().map(|p| ScriptHooks::new(p, hooks_timeout)).transpose()?,
+        metrics_listen: args.metrics_listen.as_deref().map(crate::config::metrics_listen).transpose()?,
         control: args.serve_socket_file.clone().map(|path| crate::config::ControlConfig { socket_file: Some(path), tcp_port: None }),
         status_interval: {
             let d = parse_duration("status-interval", &args.status_interval, Bare::Refuse)?;

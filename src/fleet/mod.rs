@@ -19,6 +19,7 @@
 pub mod config;
 pub mod control;
 mod job;
+pub mod metrics;
 pub mod notify;
 pub mod probe;
 pub mod progress;
@@ -48,6 +49,8 @@ pub struct FleetOutput {
 
 pub async fn fleet(cfg: FleetConfig) -> Result<FleetOutput> {
     let started = Instant::now();
+    // Bound first: an address that cannot be used stops the fleet before anything changes.
+    let mut metrics = cfg.metrics_listen.map(crate::metrics::MetricsServer::bind).transpose()?;
     let registry = match &cfg.registry {
         Some(conn) => Some(conn.clone().resolve().await?.with_application_name("pg-ghost fleet").connect().await.map_err(|e| e.context("--registry"))?),
         None => None,
@@ -100,10 +103,15 @@ pub async fn fleet(cfg: FleetConfig) -> Result<FleetOutput> {
         Some(c) => Some(crate::control::ControlServer::spawn_answering(c, Arc::new(control::FleetControl { progress: progress_rx.clone(), paused: paused_tx }))?),
         None => None,
     };
+    if let Some(server) = metrics.as_mut() {
+        let progress = progress_rx.clone();
+        server.serve_page(Arc::new(move || metrics::render(&progress.borrow())))?;
+    }
     let status_line = tokio::spawn(status_line(progress_rx, cfg.status_interval));
     let mut fleet = run::Fleet { cfg: cfg.clone(), fleet_id: fleet_id.clone(), targets: probed.clone(), registry: registry.as_ref(), clock, progress, paused };
     let result = fleet.run(to_run).await;
     status_line.abort();
+    drop(metrics);
     if let Some(c) = control {
         c.shutdown().await;
     }

@@ -38,8 +38,8 @@ enum Gate {
     Open,
     /// Not before this long (the interval, or the next look at the clock).
     Wait(Duration),
-    /// Until `resume`.
-    Paused,
+    /// Until `resume` (looking at the window again after this long).
+    Paused(Duration),
 }
 
 type Joined = std::result::Result<(usize, TargetReport), tokio::task::JoinError>;
@@ -65,7 +65,8 @@ impl Fleet<'_> {
                 }
                 let (wait, paused) = match gate {
                     Gate::Wait(d) => (d, false),
-                    _ => (Duration::from_secs(3600), true),
+                    Gate::Paused(d) => (d, true),
+                    Gate::Open => (Duration::ZERO, false),
                 };
                 let mut resumed = self.paused.clone();
                 tokio::select! {
@@ -94,18 +95,31 @@ impl Fleet<'_> {
     }
 
     /// Whether a target may start now: not while paused, not before the interval has
-    /// passed, not outside the window.
+    /// passed, not outside the window. The window is looked at even while paused, so that
+    /// the progress (and `status`, and the metrics) say whether it is open.
     async fn gate(&self, not_before: Instant) -> Result<Gate> {
         let paused = *self.paused.borrow();
         self.progress.send_if_modified(|p| std::mem::replace(&mut p.paused, paused) != paused);
+        let until_window = self.until_window().await?;
+        let recheck = |until: Duration| self.clock.as_ref().map_or(until, |c| c.recheck(until));
         if paused {
-            return Ok(Gate::Paused);
+            // Woken by `resume`; meanwhile the window is looked at again now and then.
+            return Ok(Gate::Paused(recheck(Duration::from_secs(3600))));
         }
         let interval = not_before.saturating_duration_since(Instant::now());
         if !interval.is_zero() {
             return Ok(Gate::Wait(interval));
         }
-        let (Some(window), Some(clock)) = (&self.cfg.window, &self.clock) else { return Ok(Gate::Open) };
+        match until_window.is_zero() {
+            true => Ok(Gate::Open),
+            false => Ok(Gate::Wait(recheck(until_window))),
+        }
+    }
+
+    /// How long until the window opens (zero: open, or no window); logs and publishes the
+    /// wait when it starts and ends.
+    async fn until_window(&self) -> Result<Duration> {
+        let (Some(window), Some(clock)) = (&self.cfg.window, &self.clock) else { return Ok(Duration::ZERO) };
         let now = clock.now().await?;
         let until = window.until_open(now);
         if until.is_zero() {
@@ -113,7 +127,7 @@ impl Fleet<'_> {
                 tracing::info!(window = %window, "the maintenance window is open: starting targets again");
                 self.progress.send_modify(|p| p.waiting = None);
             }
-            return Ok(Gate::Open);
+            return Ok(Duration::ZERO);
         }
         if self.progress.borrow().waiting.is_none() {
             let resumes = format!("{} {}", hhmm(window.start), self.cfg.timezone);
@@ -126,7 +140,7 @@ impl Fleet<'_> {
             );
             self.progress.send_modify(|p| p.waiting = Some(format!("outside the window {window}; targets start again at {resumes}")));
         }
-        Ok(Gate::Wait(clock.recheck(until)))
+        Ok(until)
     }
 
     async fn start(&self, i: usize, running: &mut JoinSet<(usize, TargetReport)>, sched: &mut Scheduler) {

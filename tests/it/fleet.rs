@@ -497,7 +497,7 @@ async fn wait_for_status(socket: &Path, want: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_control_socket_pauses_resumes_and_panics_the_fleet() {
+async fn the_control_socket_pauses_resumes_and_panics_the_fleet_and_the_metrics_say_so() {
     let cluster = Cluster::primary();
     let tenant = cluster.fresh_db("fleet_socket");
     tenant.psql("CREATE TABLE t (id int PRIMARY KEY)");
@@ -505,9 +505,11 @@ async fn the_control_socket_pauses_resumes_and_panics_the_fleet() {
     let file = targets_file("socket-targets", &[("s", tenant.conninfo())]);
     let clock = temp_path("socket-clock");
     let socket = temp_path("fleet.sock");
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
     let start = |clock_time: &str| {
         std::fs::write(&clock, clock_time).unwrap();
-        command(&["--targets-file", file.to_str().unwrap(), "--dir", dir.to_str().unwrap(), "--window", "02:00-06:00", "--serve-socket-file", socket.to_str().unwrap()])
+        command(&["--targets-file", file.to_str().unwrap(), "--dir", dir.to_str().unwrap(), "--window", "02:00-06:00", "--serve-socket-file", socket.to_str().unwrap(), "--metrics-listen", &metrics_addr])
             .env("PG_GHOST_TEST_CLOCK_FILE", &clock)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -520,9 +522,17 @@ async fn the_control_socket_pauses_resumes_and_panics_the_fleet() {
     wait_for_status(&socket, "waiting: outside the window 02:00-06:00").await;
     assert!(send(&socket, "pause").await.starts_with("paused"));
     std::fs::write(&clock, "03:00").unwrap();
-    let status = wait_for_status(&socket, "paused").await;
+    let status = wait_for_status(&socket, "pending; paused (send resume to continue)\n").await;
     assert!(status.contains("0/1 ended") && status.contains("running: none; 1 pending"), "{status}");
     assert!(untouched(&tenant), "a target started while the fleet was paused");
+    // The metrics say the same as the socket.
+    let mut http = tokio::net::TcpStream::connect(&metrics_addr).await.expect("the metrics endpoint");
+    http.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut page = String::new();
+    http.read_to_string(&mut page).await.unwrap();
+    for line in ["pg_ghost_fleet_paused 1", "pg_ghost_fleet_waiting_for_window 0", "pg_ghost_fleet_targets{status=\"pending\"} 1", "pg_ghost_fleet_targets{status=\"succeeded\"} 0"] {
+        assert!(page.lines().any(|l| l == line), "{line} missing:\n{page}");
+    }
     assert!(send(&socket, "resume").await.starts_with("resumed"));
     let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output()).await.expect("the fleet ends after resume").unwrap();
     crate::binary::assert_success(&out);
