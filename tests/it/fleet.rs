@@ -316,6 +316,7 @@ async fn a_killed_fleet_resumes_without_running_a_target_twice() {
 
     // A long interval holds the fleet after its first target: killed there, as by kill -9.
     let mut child = command(&["--registry", &reg_conn, "--targets-query", query, "--dir", dir_s, "--interval", "1h"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start the fleet");
+    wait_for(&reg, "SELECT to_regclass('pgghost.fleet_targets') IS NOT NULL", "t", "the fleet's tables").await;
     wait_for(&reg, "SELECT count(*) FILTER (WHERE status = 'succeeded') FROM pgghost.fleet_targets", "1", "the first target").await;
     child.kill().await.expect("kill the fleet");
     let fleet_id = reg.psql("SELECT fleet_id FROM pgghost.fleet_runs");
