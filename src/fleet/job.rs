@@ -24,6 +24,7 @@ pub async fn run(cfg: &FleetConfig, p: &Probed) -> TargetReport {
         version_after: None,
         seconds: None,
         error: None,
+        note: None,
     };
     let result = match &cfg.job {
         Job::Migrate { .. } => migrate_target(cfg, p, &mut report).await,

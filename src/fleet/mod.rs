@@ -77,6 +77,19 @@ pub async fn fleet(cfg: FleetConfig) -> Result<FleetOutput> {
         return Ok(FleetOutput { text: plan(&probed, &order, &earlier, &job), failure: None });
     }
 
+    // Everything that can refuse bad input (the time zone, the socket's path) comes before
+    // the first write to the registry.
+    let clock = match &cfg.window {
+        None => None,
+        Some(_) => Some(window::Clock::open(clock_session(&cfg, &probed).await?, &cfg.timezone).await?),
+    };
+    let (progress, progress_rx) = tokio::sync::watch::channel(progress::FleetProgress { fleet_id: fleet_id.clone(), ..Default::default() });
+    let (paused_tx, paused) = tokio::sync::watch::channel(false);
+    let control = match &cfg.control {
+        Some(c) => Some(crate::control::ControlServer::spawn_answering(c, Arc::new(control::FleetControl { progress: progress_rx.clone(), paused: paused_tx }))?),
+        None => None,
+    };
+
     let rows = |idx: &[usize]| -> Vec<(String, String, i64)> { idx.iter().map(|&i| (probed[i].target.name.clone(), probed[i].server.clone(), probed[i].size_bytes)).collect() };
     if let Some(client) = &registry {
         state::create(client).await?;
@@ -91,18 +104,8 @@ pub async fn fleet(cfg: FleetConfig) -> Result<FleetOutput> {
     }
     tracing::info!(fleet = %fleet_id, targets = order.len(), job = %job, "fleet starting (continue it with --resume {fleet_id} if it stops)");
 
-    let clock = match &cfg.window {
-        None => None,
-        Some(_) => Some(window::Clock::open(clock_session(&cfg, &probed).await?, &cfg.timezone).await?),
-    };
     let to_run: Vec<usize> = order.iter().copied().filter(|i| !earlier.get(&probed[*i].target.name).is_some_and(|r| r.status.is_done())).collect();
     let cfg = Arc::new(cfg);
-    let (progress, progress_rx) = tokio::sync::watch::channel(progress::FleetProgress { fleet_id: fleet_id.clone(), ..Default::default() });
-    let (paused_tx, paused) = tokio::sync::watch::channel(false);
-    let control = match &cfg.control {
-        Some(c) => Some(crate::control::ControlServer::spawn_answering(c, Arc::new(control::FleetControl { progress: progress_rx.clone(), paused: paused_tx }))?),
-        None => None,
-    };
     if let Some(server) = metrics.as_mut() {
         let progress = progress_rx.clone();
         server.serve_page(Arc::new(move || metrics::render(&progress.borrow())))?;
@@ -130,10 +133,11 @@ pub async fn fleet(cfg: FleetConfig) -> Result<FleetOutput> {
                 version_before: e.version_before.clone(),
                 version_after: e.version_after.clone(),
                 seconds: None,
-                error: Some(format!("{} by an earlier run of this fleet", e.status.as_str())),
+                error: None,
+                note: Some(format!("{} by an earlier run of this fleet", e.status.as_str())),
             },
             (None, _) => {
-                let r = TargetReport { name: p.target.name.clone(), server: p.server.clone(), size_bytes: p.size_bytes, status: Status::NotStarted, version_before: None, version_after: None, seconds: None, error: None };
+                let r = TargetReport { name: p.target.name.clone(), server: p.server.clone(), size_bytes: p.size_bytes, status: Status::NotStarted, version_before: None, version_after: None, seconds: None, error: None, note: None };
                 if let Some(client) = &registry {
                     if let Err(e) = state::target_ended(client, &fleet_id, &r).await {
                         tracing::error!(error = %e.chain(), "cannot record a target that did not start");

@@ -54,6 +54,9 @@ pub struct TargetReport {
     pub version_after: Option<String>,
     pub seconds: Option<f64>,
     pub error: Option<String>,
+    /// Why a target was skipped without being reached (done by an earlier run of the fleet).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -119,7 +122,7 @@ impl Report {
                 r.version_before.as_deref().unwrap_or("-"),
                 r.version_after.as_deref().unwrap_or("-"),
                 r.seconds.map(|s| format!("{s:.1}")).unwrap_or_else(|| "-".into()),
-                r.error.as_deref().map(flat).unwrap_or_default()
+                r.error.as_deref().or(r.note.as_deref()).map(flat).unwrap_or_default()
             );
             let _ = writeln!(out, "{}", line.trim_end());
         }
@@ -162,7 +165,7 @@ mod tests {
     use super::*;
 
     fn target(name: &str, status: Status, error: Option<&str>) -> TargetReport {
-        TargetReport { name: name.into(), server: "s".into(), size_bytes: 8192, status, version_before: None, version_after: Some("2".into()), seconds: Some(1.0), error: error.map(Into::into) }
+        TargetReport { name: name.into(), server: "s".into(), size_bytes: 8192, status, version_before: None, version_after: Some("2".into()), seconds: Some(1.0), error: error.map(Into::into), note: None }
     }
 
     #[test]

@@ -290,6 +290,7 @@ async fn bad_input_is_refused_by_name_and_changes_nothing() {
     let out = fleet(&["--registry", &reg_conn, "--targets-query", "SELECT name, conninfo FROM tenants WHERE name = 't'", "--dir", dir_s, "--window", "02:00-06:00", "--timezone", "Mars/Olympus_Mons"]).await;
     crate::binary::assert_failure(&out, 2, "--timezone \"Mars/Olympus_Mons\": PostgreSQL knows no such time zone");
     assert!(untouched(&tenant));
+    assert!(no_fleet_tables(), "an unknown time zone left the fleet's tables behind");
 
     // A resume of a fleet that does not exist.
     let out = fleet(&["--registry", &reg_conn, "--targets-query", "SELECT name, conninfo FROM tenants WHERE name = 't'", "--dir", dir_s, "--resume", "nope"]).await;
@@ -329,7 +330,10 @@ async fn a_killed_fleet_resumes_without_running_a_target_twice() {
     let report = temp_path("resume-report.json");
     let out = fleet(&["--registry", &reg_conn, "--targets-query", query, "--dir", dir_s, "--resume", &fleet_id, "--report", report.to_str().unwrap()]).await;
     crate::binary::assert_success(&out);
-    assert_eq!(statuses(&report_json(&report)), ["r0:skipped", "r1:succeeded", "r2:succeeded"]);
+    let resumed = report_json(&report);
+    assert_eq!(statuses(&resumed), ["r0:skipped", "r1:succeeded", "r2:succeeded"]);
+    assert_eq!(resumed["results"][0]["note"], "succeeded by an earlier run of this fleet");
+    assert_eq!(resumed["fleet_id"], fleet_id.as_str());
     assert_eq!(reg.psql("SELECT string_agg(name || ':' || status || ':' || attempts, ' ' ORDER BY position) FROM pgghost.fleet_targets"), "r0:succeeded:1 r1:succeeded:1 r2:succeeded:1");
     assert_eq!(reg.psql("SELECT status FROM pgghost.fleet_runs"), "succeeded");
     assert_eq!(dbs[0].psql("SELECT string_agg(applied_at::text, ' ') FROM pgghost.migrations"), first_applied, "the first target ran again");
