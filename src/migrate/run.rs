@@ -206,6 +206,11 @@ async fn apply_steps(
     let version = f.version.to_string();
     for (i, s) in steps.iter().enumerate().skip(start) {
         let at = |e: Error| e.context(format!("{}, statement {} of {} ({})", f.name(), i + 1, steps.len(), one_line(&s.text)));
+        // A signal (or a fleet's `panic`) stops between statements: the file is recorded as
+        // failed here, and the next `migrate` resumes at this statement.
+        if let Some(stop) = crate::signals::requested() {
+            return Err(at(Error::new(ErrorKind::Aborted, format!("stopped by {} before this statement", stop.signal))));
+        }
         tracing::info!(file = %f.name(), statement = i + 1, how = s.action.how(), sql = %one_line(&s.action.sql()), "statement");
         match &s.action {
             Action::Online { table, clauses } => {

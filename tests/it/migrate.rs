@@ -243,3 +243,42 @@ async fn a_statement_marked_direct_runs_as_written() {
     assert_eq!(db.psql("SELECT count(*) FILTER (WHERE c = 7) || '/' || count(*) FROM t"), "51/51");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signal_stops_between_statements_and_the_next_run_resumes_there() {
+    let db = Cluster::primary().fresh_db("migrate_signal");
+    db.psql("CREATE TABLE held (id int)");
+    let dir = migrations_dir(
+        "signal",
+        &[("V1__three.sql", "CREATE TABLE a (id int);\nINSERT INTO held VALUES (1);\nCREATE TABLE b (id int);\n")],
+    );
+    // The second statement waits for a lock the test holds; SIGTERM comes meanwhile.
+    let holder = db.client().await;
+    holder.batch_execute("BEGIN; LOCK TABLE held IN ACCESS EXCLUSIVE MODE").await.unwrap();
+    let dir_s = dir.to_str().unwrap();
+    let child = binary::command(&db, "migrate", &["--dir", dir_s, "--lock-timeout", "500ms"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start pg-ghost migrate");
+    for _ in 0..600 {
+        let waiting = db.psql("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pg-ghost%' AND wait_event_type = 'Lock'");
+        if waiting != "0" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(recorded(&db), "1:running:1", "the second statement is not the one waiting");
+    let pid = child.id().expect("the pid").to_string();
+    let killed = std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("run kill");
+    assert!(killed.success());
+    holder.batch_execute("COMMIT").await.unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output()).await.expect("migrate stops").unwrap();
+    binary::assert_failure(&out, 4, "V1__three.sql, statement 3 of 3 (CREATE TABLE b (id int)): stopped by SIGTERM before this statement");
+    assert_eq!(recorded(&db), "1:failed:2");
+    assert_eq!(db.psql("SELECT to_regclass('b') IS NULL"), "t");
+
+    binary::assert_success(&migrate(&db, &dir, &[]).await);
+    assert_eq!(recorded(&db), "1:applied:3");
+    assert_eq!(db.psql("SELECT count(*) FROM held"), "1", "the statement done before the signal ran again");
+    let _ = std::fs::remove_dir_all(&dir);
+}
