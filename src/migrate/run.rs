@@ -164,6 +164,10 @@ async fn apply(cfg: &MigrateConfig, conn: &ConnInfo, client: &tokio_postgres::Cl
     let by = format!("{} ({}@{})", conn_user(client).await, origin.client_user, origin.client_host);
     let mut sessions = Sessions::open(conn).await?;
     for f in pending {
+        // Stopped between files: the next one is left pending, not marked failed.
+        if let Some(stop) = crate::signals::requested() {
+            return Err(Error::new(ErrorKind::Aborted, format!("stopped by {} before {}", stop.signal, f.name())));
+        }
         let version = f.version.to_string();
         let body = classify(f)?;
         let start = resume_at(f, &body, rows.get(&version))?;
