@@ -3,7 +3,7 @@
 //! control-table workload running on one tenant while its change runs online (its data
 //! equal the control table, its schema what the files leave when run plainly on a twin), a
 //! failing tenant named in the report while the others finish, the canary and
-//! `--max-failures` stop rules, `--per-server` across two clusters, the window held by a
+//! `--max-failures` stop rules, `--per-server` across two clusters (twenty tenants), the window held by a
 //! clock the test controls, a killed fleet resumed without running a target twice, the
 //! webhook received by a listener in the test, the hooks; bad input (a query without the
 //! columns, an unreachable target, a malformed file) refused before anything changes.
@@ -557,4 +557,57 @@ async fn the_control_socket_pauses_resumes_and_panics_the_fleet_and_the_metrics_
         let _ = std::fs::remove_file(p);
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_tenants_on_two_servers_start_smallest_first_at_most_two_per_server() {
+    let primary = Cluster::primary();
+    let second = Cluster::start("fleet_twenty");
+    let mut tenants = Vec::new();
+    for i in 0..20 {
+        let cluster = if i % 2 == 0 { primary } else { &second };
+        let db = cluster.fresh_db(&format!("fleet_t{i}"));
+        db.psql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 10)");
+        tenants.push(db);
+    }
+    // Sizes from the registry, shuffled against the names: the order is the sizes'.
+    let sizes: Vec<i64> = (0..20).map(|i| ((i * 7) % 20 + 1) * 1000).collect();
+    let names: Vec<String> = (0..20).map(|i| format!("t{i:02}")).collect();
+    let rows: Vec<(&str, &TestDb<'_>, i64)> = (0..20).map(|i| (names[i].as_str(), &tenants[i], sizes[i])).collect();
+    let reg = registry(primary, &rows);
+    reg.psql(&format!("UPDATE tenants SET server = CASE WHEN conninfo LIKE '%port={} %' THEN 'primary' ELSE 'second' END", primary.port));
+    assert_eq!(reg.psql("SELECT string_agg(server || ':' || n, ' ' ORDER BY server) FROM (SELECT server, count(*) n FROM tenants GROUP BY 1) s"), "primary:10 second:10");
+    let dir = migrations_dir("fleet-twenty", &[("V1__add.sql", "ALTER TABLE t ADD COLUMN c int;\nUPDATE t SET c = id;\n")]);
+    let report = temp_path("twenty-report.json");
+    let out = fleet(&[
+        "--registry", &reg.conninfo(), "--targets-query", "SELECT name, conninfo, size_bytes, server FROM tenants", "--dir", dir.to_str().unwrap(),
+        "--concurrency", "6", "--per-server", "2", "--report", report.to_str().unwrap(),
+    ])
+    .await;
+    crate::binary::assert_success(&out);
+    let mut by_size: Vec<usize> = (0..20).collect();
+    by_size.sort_by_key(|&i| sizes[i]);
+    let want: Vec<String> = by_size.iter().map(|&i| format!("{}:succeeded", names[i])).collect();
+    assert_eq!(statuses(&report_json(&report)), want);
+
+    // At most two at once on a server, counted at every start; on each server, smallest first.
+    let crowded = reg.psql(
+        "SELECT count(*) FROM pgghost.fleet_targets x
+          WHERE (SELECT count(*) FROM pgghost.fleet_targets y
+                  WHERE y.server = x.server AND y.started_at <= x.started_at AND y.ended_at > x.started_at) > 2",
+    );
+    assert_eq!(crowded, "0", "{}", reg.psql("SELECT string_agg(name || ' ' || server || ' ' || started_at || ' ' || ended_at, E'\\n' ORDER BY started_at) FROM pgghost.fleet_targets"));
+    for server in ["primary", "second"] {
+        let started = reg.psql(&format!("SELECT string_agg(size_bytes::text, ' ' ORDER BY started_at) FROM pgghost.fleet_targets WHERE server = '{server}'"));
+        let mut expected: Vec<i64> = started.split(' ').map(|s| s.parse().unwrap()).collect();
+        expected.sort();
+        assert_eq!(started, expected.iter().map(i64::to_string).collect::<Vec<_>>().join(" "), "{server} did not start smallest first");
+    }
+    for db in &tenants {
+        assert_eq!(recorded(db), "1:applied:2", "{}", db.name);
+        assert_eq!(db.psql("SELECT count(*) FROM t WHERE c IS DISTINCT FROM id"), "0");
+    }
+    drop(tenants);
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_file(&report);
 }
