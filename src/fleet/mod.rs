@@ -112,13 +112,12 @@ pub async fn fleet(cfg: FleetConfig) -> Result<FleetOutput> {
     }
     let status_line = tokio::spawn(status_line(progress_rx, cfg.status_interval));
     let mut fleet = run::Fleet { cfg: cfg.clone(), fleet_id: fleet_id.clone(), targets: probed.clone(), registry: registry.as_ref(), clock, progress, paused };
-    let result = fleet.run(to_run).await;
+    let (mut reports, stopped) = fleet.run(to_run).await;
     status_line.abort();
     drop(metrics);
     if let Some(c) = control {
         c.shutdown().await;
     }
-    let (mut reports, stopped) = result?;
 
     let mut results = Vec::with_capacity(order.len());
     for &i in &order {

@@ -47,7 +47,7 @@ type Joined = std::result::Result<(usize, TargetReport), tokio::task::JoinError>
 impl Fleet<'_> {
     /// Runs the targets of `order` (indexes into `targets`); returns every target's report
     /// by index (`None`: never started) and why the fleet stopped, if it did.
-    pub async fn run(&mut self, order: Vec<usize>) -> Result<(Vec<Option<TargetReport>>, Option<String>)> {
+    pub async fn run(&mut self, order: Vec<usize>) -> (Vec<Option<TargetReport>>, Option<String>) {
         let servers = self.targets.iter().map(|t| t.server.clone()).collect();
         self.progress.send_modify(|p| p.total = order.len());
         let mut sched = Scheduler::new(self.cfg.limits, servers, order);
@@ -56,7 +56,16 @@ impl Fleet<'_> {
         let mut not_before = Instant::now();
         loop {
             if sched.can_start() {
-                let gate = self.gate(not_before).await?;
+                let gate = match self.gate(not_before).await {
+                    Ok(gate) => gate,
+                    Err(e) => {
+                        // Never return with targets running: dropping their tasks would skip
+                        // their cleanup (a slot left behind). Stop starting, let them end.
+                        tracing::error!(error = %e.chain(), "cannot tell whether a target may start; no more targets start");
+                        self.stop(&mut sched, format!("cannot read the time of day for --window: {e}"));
+                        continue;
+                    }
+                };
                 if let Gate::Open = gate {
                     if let Next::Start(i) = sched.decide() {
                         self.start(i, &mut running, &mut sched).await;
@@ -91,7 +100,7 @@ impl Fleet<'_> {
                 s = crate::signals::shutdown_requested(), if sched.stopped().is_none() => self.stop_on_signal(&mut sched, s),
             }
         }
-        Ok((reports, sched.stopped().map(str::to_string)))
+        (reports, sched.stopped().map(str::to_string))
     }
 
     /// Whether a target may start now: not while paused, not before the interval has
