@@ -194,6 +194,14 @@ async fn resume_order(client: &Client, fleet_id: &str, job: &str, probed: &[Arc<
     let mut new: Vec<usize> = (0..probed.len()).filter(|i| !order.contains(i)).collect();
     new.sort_by(|&a, &b| probed[a].size_bytes.cmp(&probed[b].size_bytes).then_with(|| probed[a].target.name.cmp(&probed[b].target.name)));
     order.extend(new);
+    for r in recorded.iter().filter(|r| r.status == Status::Running) {
+        // Killed mid-change: `migrate` resumes a file at its statement, but an online change
+        // that died leaves its ghost, slot and publication, and the next run refuses them.
+        tracing::warn!(
+            tenant = %r.name,
+            "this target was running when the fleet stopped; it runs again now (if an online change of it died, `pg-ghost cleanup` on it removes what that change left)"
+        );
+    }
     let done = recorded.iter().filter(|r| r.status.is_done()).count();
     tracing::info!(fleet = %fleet_id, done, left = order.len() - done.min(order.len()), "resuming the fleet: targets already done are skipped");
     Ok((fleet_id.to_string(), order, recorded.into_iter().map(|r| (r.name.clone(), r)).collect()))
