@@ -228,18 +228,18 @@ async fn clock_session(cfg: &FleetConfig, probed: &[Arc<Probed>]) -> Result<Clie
     }
 }
 
-/// `--plan`: the order, the sizes and servers, and what would run.
+/// `--plan`: the order, the sizes, versions and servers, and what would run.
 fn plan(probed: &[Arc<Probed>], order: &[usize], earlier: &HashMap<String, state::Recorded>, job: &str) -> String {
     let mut out = format!("job: {job}\n{} targets, smallest first:\n", order.len());
     let w = probed.iter().map(|p| p.target.name.len()).max().unwrap_or(4).max(6);
-    let _ = writeln!(out, "{:>4}  {:<w$}  {:>10}  server", "#", "target", "size");
+    let _ = writeln!(out, "{:>4}  {:<w$}  {:>10}  {:<8}  server", "#", "target", "size", "version");
     for (n, &i) in order.iter().enumerate() {
         let p = &probed[i];
         let done = match earlier.get(&p.target.name) {
             Some(r) if r.status.is_done() => "  (done by an earlier run: skipped)",
             _ => "",
         };
-        let _ = writeln!(out, "{:>4}  {:<w$}  {:>10}  {}{done}", n + 1, p.target.name, report::pretty_bytes(p.size_bytes), p.server);
+        let _ = writeln!(out, "{:>4}  {:<w$}  {:>10}  {:<8}  {}{done}", n + 1, p.target.name, report::pretty_bytes(p.size_bytes), p.version.as_deref().unwrap_or("-"), p.server);
     }
     out
 }

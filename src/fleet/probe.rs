@@ -1,7 +1,7 @@
 //! Before anything runs, every target is reached once: its connection string is read, a
-//! session opened, its size measured (unless the registry gave it) and, for `migrate`,
-//! the highest applied version read. A target that cannot be reached stops the fleet
-//! before anything changes, with its name and the reason.
+//! session opened, its size measured (unless the registry gave it) and the highest version
+//! its `pgghost.migrations` records read (`--plan` shows it). A target that cannot be
+//! reached stops the fleet before anything changes, with its name and the reason.
 
 use super::targets::Target;
 use crate::conn::ConnInfo;
@@ -20,6 +20,8 @@ pub struct Probed {
     pub conn: ConnInfo,
     pub server: String,
     pub size_bytes: i64,
+    /// The highest version its `pgghost.migrations` records as applied, when the fleet began.
+    pub version: Option<String>,
 }
 
 /// Reaches every target, `AT_ONCE` at a time; the first that fails names itself.
@@ -58,8 +60,9 @@ async fn probe(target: Target) -> Result<Probed> {
         Some(s) => s,
         None => client.query_one("SELECT pg_database_size(current_database())", &[]).await.map_err(|e| at(Error::from(e).context("measuring its size")))?.get(0),
     };
+    let version = applied_version(&client).await.map_err(at)?;
     let server = target.server.clone().unwrap_or_else(|| conn.endpoint.describe());
-    Ok(Probed { target, conn, server, size_bytes })
+    Ok(Probed { target, conn, server, size_bytes, version })
 }
 
 /// The highest version `pgghost.migrations` records as applied; `None` before any.

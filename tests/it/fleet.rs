@@ -203,6 +203,11 @@ async fn a_migration_directory_across_tenants_smallest_first_one_under_load_one_
     assert_whole_schema_equal(&busy, &twin, "the migration files through the fleet").await;
     assert_no_slots_or_publications(&busy.client().await).await;
 
+    // --plan shows where each target stands.
+    let plan = stdout(&fleet(&["--registry", &reg_conn, "--targets-query", query, "--dir", dir_s, "--plan"]).await);
+    let version_of = |name: &str| plan.lines().find(|l| l.split_whitespace().nth(1) == Some(name)).and_then(|l| l.split_whitespace().nth(4)).map(str::to_string);
+    assert_eq!([version_of("small"), version_of("busy"), version_of("broken")], [Some("11".into()), Some("11".into()), Some("-".into())], "{plan}");
+
     // Again: every target is at the version (or still failing), nothing runs twice.
     let out = fleet(&["--registry", &reg_conn, "--targets-query", query, "--dir", dir_s, "--report", report.to_str().unwrap()]).await;
     crate::binary::assert_failure(&out, 1, "1 of 4 targets failed: broken");
