@@ -60,7 +60,11 @@ async fn probe(target: Target) -> Result<Probed> {
         Some(s) => s,
         None => client.query_one("SELECT pg_database_size(current_database())", &[]).await.map_err(|e| at(Error::from(e).context("measuring its size")))?.get(0),
     };
-    let version = applied_version(&client).await.map_err(at)?;
+    // Only shown by --plan: a table the role may not read is no reason to stop the fleet.
+    let version = applied_version(&client).await.unwrap_or_else(|e| {
+        tracing::warn!(tenant = %name, error = %e.chain(), "cannot read the applied version");
+        None
+    });
     let server = target.server.clone().unwrap_or_else(|| conn.endpoint.describe());
     Ok(Probed { target, conn, server, size_bytes, version })
 }
