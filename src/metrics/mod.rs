@@ -15,7 +15,7 @@
 
 mod http;
 
-pub use http::MetricsServer;
+pub use http::{MetricsServer, Page};
 
 use crate::checksum::ChecksumProgress;
 use crate::cutover::CutOverTally;

@@ -1100,8 +1100,12 @@ async fn guard<T>(
 
 /// Resolves with the abort reason once there is one.
 pub(crate) async fn aborted(abort: &mut watch::Receiver<Option<String>>) -> String {
-    match abort.wait_for(Option::is_some).await {
-        Ok(why) => why.clone().unwrap_or_default(),
+    // The reason is copied out before any other await: the borrow of the watch is a lock
+    // guard, and holding it across an await would make the run's future not `Send` (the
+    // fleet runs several runs as spawned tasks).
+    let why = abort.wait_for(Option::is_some).await.map(|why| why.clone().unwrap_or_default());
+    match why {
+        Ok(why) => why,
         Err(_) => std::future::pending().await,
     }
 }

@@ -21,6 +21,7 @@ mod hooks;
 mod inspect;
 mod libpq;
 mod metrics;
+mod fleet;
 mod migrate;
 mod oracle;
 mod oracle_selftest;
