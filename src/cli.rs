@@ -217,10 +217,16 @@ pub struct FleetArgs {
     #[arg(long, value_name = "FILE", help_heading = "Report")]
     pub report: Option<PathBuf>,
 
-    /// POST the report to this http:// URL at the end, as JSON a Slack-compatible incoming
-    /// webhook accepts (`text`, plus the whole report under `report`).
+    /// POST the report to this https:// (or http://) URL at the end, as JSON a
+    /// Slack-compatible incoming webhook accepts (`text`, plus the whole report under
+    /// `report`).
     #[arg(long, value_name = "URL", help_heading = "Report")]
     pub notify_webhook: Option<String>,
+
+    /// Verify an https webhook against the CA certificates of this PEM file instead of the
+    /// system's trusted CAs.
+    #[arg(long, value_name = "FILE", help_heading = "Report")]
+    pub notify_webhook_ca: Option<PathBuf>,
 
     /// Directory of hooks: `pg-ghost-on-target-success*`, `pg-ghost-on-target-failure*` after
     /// each target, `pg-ghost-on-fleet-complete*` at the end (PG_GHOST_FLEET_* variables).

@@ -143,7 +143,11 @@ pub fn from_args(args: &FleetArgs) -> Result<FleetConfig> {
         resume: args.resume.clone(),
         plan: args.plan,
         report: args.report.clone(),
-        webhook: args.notify_webhook.as_deref().map(Webhook::parse).transpose()?,
+        webhook: match args.notify_webhook.as_deref() {
+            Some(url) => Some(Webhook::parse(url)?.trusting(args.notify_webhook_ca.clone())?),
+            None if args.notify_webhook_ca.is_some() => return Err(Error::config("--notify-webhook-ca needs --notify-webhook")),
+            None => None,
+        },
         hooks: args.hooks_path.as_deref().map(|p| ScriptHooks::new(p, hooks_timeout)).transpose()?,
         metrics_listen: args.metrics_listen.as_deref().map(crate::config::metrics_listen).transpose()?,
         control: args.serve_socket_file.clone().map(|path| crate::config::ControlConfig { socket_file: Some(path), tcp_port: None }),
@@ -193,7 +197,9 @@ mod tests {
             (vec!["--targets-file", "/tmp/x", "--dir", "/nonexistent"], "not a directory"),
             (vec!["--targets-file", "/tmp/x", "--dir", dir, "--concurrency", "0"], "--concurrency 0"),
             (vec!["--targets-file", "/tmp/x", "--dir", dir, "--window", "2-6"], "--window"),
-            (vec!["--targets-file", "/tmp/x", "--dir", dir, "--notify-webhook", "https://x"], "only http://"),
+            (vec!["--targets-file", "/tmp/x", "--dir", dir, "--notify-webhook", "ftp://x"], "give an https:// or http:// URL"),
+            (vec!["--targets-file", "/tmp/x", "--dir", dir, "--notify-webhook", "http://x", "--notify-webhook-ca", "/ca.pem"], "is for an https:// webhook"),
+            (vec!["--targets-file", "/tmp/x", "--dir", dir, "--notify-webhook-ca", "/ca.pem"], "needs --notify-webhook"),
             (vec!["--targets-file", "/tmp/x", "--dir", dir, "--target", "x1"], "--target"),
         ] {
             let e = parse(&args).err().unwrap_or_else(|| panic!("{args:?} accepted"));

@@ -18,6 +18,7 @@
 
 mod binding;
 mod files;
+pub(crate) use files::root_certificates;
 mod verify;
 
 pub use binding::server_end_point;

@@ -3,7 +3,7 @@
 //! control-table workload running on one tenant while its change runs online (its data
 //! equal the control table, its schema what the files leave when run plainly on a twin), a
 //! failing tenant named in the report while the others finish, the canary and
-//! `--max-failures` stop rules, `--per-server` across two clusters (twenty tenants), the window held by a
+//! `--max-failures` stop rules, `--per-server` across two clusters (forty tenants), the window held by a
 //! clock the test controls, a killed fleet resumed without running a target twice, the
 //! webhook received by a listener in the test, the hooks; bad input (a query without the
 //! columns, an unreachable target, a malformed file) refused before anything changes.
@@ -564,24 +564,27 @@ async fn the_control_socket_pauses_resumes_and_panics_the_fleet_and_the_metrics_
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The fleet: forty tenant databases, half on each of two clusters.
+const TENANTS: usize = 40;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn twenty_tenants_on_two_servers_start_smallest_first_at_most_two_per_server() {
+async fn forty_tenants_on_two_servers_start_smallest_first_at_most_two_per_server() {
     let primary = Cluster::primary();
-    let second = Cluster::start("fleet_twenty");
+    let second = Cluster::start("fleet_forty");
     let mut tenants = Vec::new();
-    for i in 0..20 {
+    for i in 0..TENANTS {
         let cluster = if i % 2 == 0 { primary } else { &second };
         let db = cluster.fresh_db(&format!("fleet_t{i}"));
         db.psql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 10)");
         tenants.push(db);
     }
     // Sizes from the registry, shuffled against the names: the order is the sizes'.
-    let sizes: Vec<i64> = (0..20).map(|i| ((i * 7) % 20 + 1) * 1000).collect();
-    let names: Vec<String> = (0..20).map(|i| format!("t{i:02}")).collect();
-    let rows: Vec<(&str, &TestDb<'_>, i64)> = (0..20).map(|i| (names[i].as_str(), &tenants[i], sizes[i])).collect();
+    let sizes: Vec<i64> = (0..TENANTS as i64).map(|i| ((i * 7) % TENANTS as i64 + 1) * 1000).collect();
+    let names: Vec<String> = (0..TENANTS).map(|i| format!("t{i:02}")).collect();
+    let rows: Vec<(&str, &TestDb<'_>, i64)> = (0..TENANTS).map(|i| (names[i].as_str(), &tenants[i], sizes[i])).collect();
     let reg = registry(primary, &rows);
     reg.psql(&format!("UPDATE tenants SET server = CASE WHEN conninfo LIKE '%port={} %' THEN 'primary' ELSE 'second' END", primary.port));
-    assert_eq!(reg.psql("SELECT string_agg(server || ':' || n, ' ' ORDER BY server) FROM (SELECT server, count(*) n FROM tenants GROUP BY 1) s"), "primary:10 second:10");
+    assert_eq!(reg.psql("SELECT string_agg(server || ':' || n, ' ' ORDER BY server) FROM (SELECT server, count(*) n FROM tenants GROUP BY 1) s"), "primary:20 second:20");
     let dir = migrations_dir("fleet-twenty", &[("V1__add.sql", "ALTER TABLE t ADD COLUMN c int;\nUPDATE t SET c = id;\n")]);
     let report = temp_path("twenty-report.json");
     let out = fleet(&[
@@ -590,7 +593,7 @@ async fn twenty_tenants_on_two_servers_start_smallest_first_at_most_two_per_serv
     ])
     .await;
     crate::binary::assert_success(&out);
-    let mut by_size: Vec<usize> = (0..20).collect();
+    let mut by_size: Vec<usize> = (0..TENANTS).collect();
     by_size.sort_by_key(|&i| sizes[i]);
     let want: Vec<String> = by_size.iter().map(|&i| format!("{}:succeeded", names[i])).collect();
     assert_eq!(statuses(&report_json(&report)), want);
