@@ -14,8 +14,10 @@
 //!
 //! 1. [`resolve_table`]: the `[schema.]name` argument; a missing table is refused.
 //! 2. [`table_info`]: (a) server version, (b) the relation: a system catalog, a view,
-//!    materialized view, foreign table, partitioned table, partition, inheritance parent
-//!    or child, an unlogged or temporary table are refused; (c) the key: the primary key,
+//!    materialized view, foreign table, partition, inheritance parent or child, an
+//!    unlogged or temporary table are refused; a partitioned table's partitions must each
+//!    be permanent tables with a replica identity that carries the key and nothing that
+//!    pg-ghost does not carry over yet (`partitions`); (c) the key: the primary key,
 //!    or the `--key` index, which must be unique, valid, immediate, non-partial, without
 //!    expressions and on NOT NULL columns. These live here rather than in `preflight`
 //!    because a [`TableInfo`](crate::schema::TableInfo) only ever describes an ordinary
@@ -29,6 +31,7 @@
 //! applies to a rolled-back trial ghost (`crate::dependents`).
 
 mod key;
+mod partitions;
 mod preflight;
 mod relation;
 mod resolve;

@@ -34,7 +34,11 @@ pub async fn table_info(client: &Client, table: &QualifiedName, key: Option<&str
         // PostgreSQL 14+ stores -1 for "never analyzed"; 13 stores 0.
         estimated_rows: if rel.reltuples < 0.0 { -1 } else { rel.reltuples as i64 },
         replica_identity: replica_identity(&rel, &indexes),
+        partitioned: rel.kind == "p",
     };
+    if info.partitioned {
+        super::partitions::check(client, &info).await?;
+    }
     debug!(
         table = %info.name,
         oid = info.oid,

@@ -25,8 +25,29 @@ use tokio_postgres::Client;
 const SLOT_CREATION_LIMIT: Duration = Duration::from_secs(600);
 
 /// Creates the publication (FOR TABLE the original only).
+///
+/// A partitioned table is published with `publish_via_partition_root = true`: every
+/// partition's changes, at every level, arrive as changes of the partitioned table, under its
+/// OID and in its column order (pgoutput converts each row). The apply then sees one
+/// relation, as for an ordinary table, and finds rows by the key as before; an UPDATE that
+/// moves a row to another partition arrives as one UPDATE with the old and the new key,
+/// which the apply handles as any key update. A partition attached during the run is
+/// published too without touching the publication. Per-partition publication would instead
+/// send each leaf under its own OID and a cross-partition UPDATE as a DELETE on one leaf and
+/// an INSERT on another: the apply would have to map every leaf to the root and would gain
+/// nothing, since the ghost is written through its root anyway. The old key still comes from
+/// the leaf's own replica identity, which `inspect` requires to carry the key on every leaf.
 pub async fn create_publication(client: &Client, names: &Names, orig: &TableInfo) -> Result<()> {
-    slot::create_publication(client, &names.publication, std::slice::from_ref(&orig.name)).await
+    if !orig.partitioned {
+        return slot::create_publication(client, &names.publication, std::slice::from_ref(&orig.name)).await;
+    }
+    let sql = format!(
+        "{} WITH (publish_via_partition_root = true)",
+        slot::create_publication_sql(&names.publication, std::slice::from_ref(&orig.name))?
+    );
+    client.batch_execute(&sql).await.with_context(|| format!("creating publication {:?}", names.publication))?;
+    tracing::info!(publication = %names.publication, "publication created (via the partition root)");
+    Ok(())
 }
 
 /// Creates the persistent slot, reporting the transactions its creation waits for.
