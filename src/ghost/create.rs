@@ -225,7 +225,10 @@ async fn build(tx: &Transaction<'_>, orig: &TableInfo, ghost: &QualifiedName, al
         &datacheck::After { ghost_oid, orig, columns: &after, mapping: &mapping, using: &plan.using, original_names: &original_names },
     )
     .await?;
-    let (deferred, temp_key_index) = set_aside_indexes(tx, ghost, ghost_oid, &mapping, tree.is_some()).await?;
+    let (mut deferred, temp_key_index) = set_aside_indexes(tx, ghost, ghost_oid, &mapping, tree.is_some()).await?;
+    if let Some(tree) = &tree {
+        deferred.extend(partitions::set_aside_own_indexes(tx, tree).await?);
+    }
     let replica_identity_index = indexes.iter().find(|i| i.replica_identity).map(|i| temp_name(&i.name));
     let cluster_on = indexes.iter().find(|i| i.clustered).map(|i| temp_name(&i.name));
     let identity_always: Vec<String> = after.iter().filter(|c| c.identity == Identity::Always).map(|c| c.name.clone()).collect();
@@ -306,6 +309,8 @@ async fn index_exists(client: &Client, table_oid: u32, index: &str) -> Result<bo
     Ok(row.try_get(0)?)
 }
 
+/// Whether `name` exists on the ghost: a constraint of the ghost, or an index of it or of
+/// one of its partitions (a partition's own index is built again too).
 enum Built {
     No,
     /// A foreign key added `NOT VALID`, not validated yet.
@@ -317,7 +322,8 @@ async fn built_on(client: &Client, ghost_oid: u32, name: &str) -> Result<Built> 
     let row = client
         .query_one(
             "SELECT (SELECT convalidated FROM pg_constraint WHERE conrelid = $1 AND conname = $2),
-                    EXISTS (SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = $1 AND c.relname = $2)",
+                    EXISTS (SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+                             WHERE i.indrelid IN (SELECT relid FROM pg_partition_tree($1::oid::regclass)) AND c.relname = $2)",
             &[&ghost_oid, &name],
         )
         .await

@@ -205,6 +205,27 @@ async fn own_indexes(tx: &impl GenericClient, partition: u32) -> Result<Vec<(Str
     rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
 }
 
+/// Drops the indexes the ghost's partitions have of their own (created before the ALTER, so
+/// that it changes them as it changes the original's), to be built after the copy as the
+/// root's are: a unique one would otherwise meet, while the copy runs, a stale row of a chunk
+/// next to the row the stream brought.
+pub(super) async fn set_aside_own_indexes(tx: &impl GenericClient, tree: &PartitionTree) -> Result<Vec<super::Deferred>> {
+    let mut out = Vec::new();
+    for p in &tree.partitions {
+        let g = p.ghost_name();
+        let row = tx.query_one("SELECT $1::text::regclass::oid", &[&g.sql()]).await.with_context(|| format!("looking up {g}"))?;
+        let oid: u32 = row.try_get(0)?;
+        for (name, indexdef) in own_indexes(tx, oid).await? {
+            let sql = crate::sqltree::retarget_index(&indexdef, &name, &g)?;
+            tx.batch_execute(&format!("DROP INDEX {}", g.sibling(name.clone()).sql()))
+                .await
+                .with_context(|| format!("setting aside {} until after the copy", ident(&name)))?;
+            out.push(super::Deferred { name, sql, then: None });
+        }
+    }
+    Ok(out)
+}
+
 /// Turns autovacuum off on every leaf of the ghost (a partitioned table has no storage and
 /// takes no storage parameters); returns each leaf's parameters as they were, by its ghost
 /// name, for the swap to give back.

@@ -64,6 +64,14 @@ pub(super) async fn check(client: &Client, table: &TableInfo) -> Result<()> {
                     IS DISTINCT FROM
                     (SELECT pg_get_expr(d.adbin, d.adrelid) FROM pg_attrdef d WHERE d.adrelid = pa.attrelid AND d.adnum = pa.attnum)
              UNION ALL
+             SELECT p.name, 'has its own ' || concat_ws(', ',
+                      CASE WHEN a.attstorage <> pa.attstorage THEN 'storage' END,
+                      CASE WHEN a.attstattarget <> pa.attstattarget THEN 'statistics target' END)
+                    || ' for column ' || quote_ident(a.attname)
+               FROM parts p JOIN pg_attribute a ON a.attrelid = p.oid AND a.attnum > 0 AND NOT a.attisdropped
+               JOIN pg_attribute pa ON pa.attrelid = p.parentrelid AND pa.attname = a.attname
+              WHERE a.attstorage <> pa.attstorage OR a.attstattarget <> pa.attstattarget
+             UNION ALL
              SELECT p.name, 'has replica identity ' || CASE p.replident WHEN 'n' THEN 'NOTHING' WHEN 'i' THEN 'USING INDEX' ELSE 'DEFAULT without a primary key on the key' END
                     || ', so the stream would not carry the old key of its updates and deletes (make it REPLICA IDENTITY DEFAULT with the partitioned table''s primary key, or FULL)'
                FROM parts p

@@ -23,6 +23,7 @@ mod metrics;
 mod migrate;
 mod oracle;
 mod oracle_selftest;
+mod partitioned;
 mod plan;
 mod real_schema;
 mod replica_test;
