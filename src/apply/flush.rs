@@ -104,7 +104,7 @@ impl FlushSql {
         let others: i64 = client
             .query_one(
                 "SELECT count(*) FROM pg_index i
-                  WHERE i.indrelid IN (SELECT relid FROM pg_partition_tree($1::oid::regclass)) AND (i.indisunique OR i.indisexclusion)
+                  WHERE (i.indrelid = $1 OR i.indrelid IN (SELECT relid FROM pg_partition_tree($1::oid::regclass))) AND (i.indisunique OR i.indisexclusion)
                     AND NOT (i.indpred IS NULL AND i.indexprs IS NULL AND i.indnkeyatts = cardinality($2::text[])
                              AND (SELECT array_agg(a.attname::text ORDER BY a.attname)
                                     FROM unnest(i.indkey::int2[]) k JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k)

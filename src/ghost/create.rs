@@ -323,7 +323,7 @@ async fn built_on(client: &Client, ghost_oid: u32, name: &str) -> Result<Built> 
         .query_one(
             "SELECT (SELECT convalidated FROM pg_constraint WHERE conrelid = $1 AND conname = $2),
                     EXISTS (SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
-                             WHERE i.indrelid IN (SELECT relid FROM pg_partition_tree($1::oid::regclass)) AND c.relname = $2)",
+                             WHERE (i.indrelid = $1 OR i.indrelid IN (SELECT relid FROM pg_partition_tree($1::oid::regclass))) AND c.relname = $2)",
             &[&ghost_oid, &name],
         )
         .await

@@ -348,8 +348,9 @@ async fn a_partition_tree_with_what_pg_ghost_does_not_carry_is_refused() {
          CREATE VIEW p1_view AS SELECT * FROM p1;
          ALTER TABLE p1 ADD CONSTRAINT p1_small CHECK (id < 10);
          CREATE TABLE r (p_id int REFERENCES p (id));
-         CREATE FOREIGN DATA WRAPPER dummy; CREATE SERVER elsewhere FOREIGN DATA WRAPPER dummy;
-         CREATE FOREIGN TABLE p3 PARTITION OF p FOR VALUES FROM (20) TO (30) SERVER elsewhere"
+         CREATE TABLE p3 PARTITION OF p FOR VALUES FROM (20) TO (30) PARTITION BY RANGE (id);
+         CREATE UNLOGGED TABLE p3_a PARTITION OF p3 FOR VALUES FROM (20) TO (25);
+         ALTER TABLE p3_a ALTER COLUMN id SET STATISTICS 500"
     );
     let m = refused_after("inspect_partition_tree", &sql, "p", None).await;
     assert_mentions(
@@ -360,8 +361,9 @@ async fn a_partition_tree_with_what_pg_ghost_does_not_carry_is_refused() {
             "partition public.p1 is read by p1_view",
             "partition public.p1 has constraint p1_small of its own",
             "partition public.p2 has replica identity NOTHING",
-            "partition public.p3 is a foreign table",
-            "foreign key r_p_id_fkey of r references the partitioned table",
+            "partition public.p3_a is UNLOGGED",
+            "partition public.p3_a has its own statistics target for column id",
+            r#"foreign key "r_p_id_fkey" of r references the partitioned table"#,
         ],
     );
 }
