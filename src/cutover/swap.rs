@@ -296,8 +296,9 @@ async fn partition_renames(tx: &impl GenericClient, orig: &TableInfo, ghost: &Gh
             dropped.push(gi.oid);
             continue;
         }
-        let ghost_table = &ghost_tables[&gi.table];
-        let orig_table_name = &orig_tables[&orig_table];
+        let (Some(ghost_table), Some(orig_table_name)) = (ghost_tables.get(&gi.table), orig_tables.get(&orig_table)) else {
+            return Err(Error::internal(format!("index {} of the ghost's partition tree has no table", gi.name)));
+        };
         let own: Vec<String> =
             orig_indexes.iter().filter(|i| i.table == orig_table && i.parent.is_none()).map(|i| i.name.clone()).collect();
         let counterpart_index = match gi.parent {

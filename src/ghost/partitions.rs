@@ -122,8 +122,8 @@ pub async fn check_unchanged(client: &impl GenericClient, root: &QualifiedName, 
     ))
 }
 
-/// Creates the ghost's partitions under `ghost_root`, each with what a partition has of its
-/// own, and returns the statements' count for the log.
+/// Creates the ghost's partitions under `ghost_root`, parents first, each with what a
+/// partition has of its own.
 pub(super) async fn create(
     tx: &impl GenericClient,
     tree: &PartitionTree,

@@ -10,8 +10,8 @@
 use crate::binary;
 use crate::harness::{Cluster, TestDb};
 use crate::oracle::*;
-use crate::run_faults::{flag_path, wait_for_state, Running};
-use std::time::Duration;
+use crate::run_faults::{flag_path, wait_for_copy_past, wait_for_state, Running, POLL};
+use std::time::{Duration, Instant};
 
 /// By tenant (the workload writes tenants 1 to 8 and moves rows between them): tenants 1-2 in
 /// a partition of their own, 3-4 in one partitioned again by hash of the id, the others in the
@@ -149,6 +149,11 @@ async fn dependents_of_a_partitioned_table_follow_it() {
     .await;
 }
 
+const HASH_TREE: &str = "
+    CREATE TABLE public.orders_h0 PARTITION OF {t} FOR VALUES WITH (MODULUS 3, REMAINDER 0);
+    CREATE TABLE public.orders_h1 PARTITION OF {t} FOR VALUES WITH (MODULUS 3, REMAINDER 1) WITH (fillfactor = 70);
+    CREATE TABLE public.orders_h2 PARTITION OF {t} FOR VALUES WITH (MODULUS 3, REMAINDER 2);";
+
 /// The workload's key updates (`id = DEFAULT`) move rows between the hash partitions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hash_partitioned_table() {
@@ -156,9 +161,7 @@ async fn hash_partitioned_table() {
         prefix: "part_hash",
         kind: KeyKind::Identity,
         by: "HASH (id)",
-        tree: "CREATE TABLE public.orders_h0 PARTITION OF {t} FOR VALUES WITH (MODULUS 3, REMAINDER 0);
-               CREATE TABLE public.orders_h1 PARTITION OF {t} FOR VALUES WITH (MODULUS 3, REMAINDER 1) WITH (fillfactor = 70);
-               CREATE TABLE public.orders_h2 PARTITION OF {t} FOR VALUES WITH (MODULUS 3, REMAINDER 2);",
+        tree: HASH_TREE,
         extra: "",
         alter: "ALTER COLUMN n TYPE bigint, ADD COLUMN flag boolean NOT NULL DEFAULT true",
         project: |p| p.map("n", "n::bigint").add("flag", "true"),
@@ -235,4 +238,69 @@ async fn a_partition_and_the_direct_way_are_refused() {
     let out = binary::run(&db, &["--table", "orders", "--alter", "ADD COLUMN x int", "--execute", "--strategy", "direct"]).await;
     binary::assert_failure(&out, 3, "is a partitioned table, which pg-ghost changes through a ghost only");
     assert_eq!(db.psql("SELECT count(*) FROM pg_attribute WHERE attname = 'x'"), "0");
+}
+
+/// SIGKILL in the middle of a partitioned table's copy (or inside the cut-over, before its
+/// commit), then `--resume`: the original is intact meanwhile, the resumed run builds what is
+/// missing (a partition's own index among it) and swaps every partition.
+async fn killed_then_resumed(prefix: &str, fault: Option<&str>) {
+    const ALTER: &str = "ALTER COLUMN n TYPE bigint";
+    let rows = if fault.is_some() { 2_000 } else { 10_000 };
+    let db = Cluster::primary().fresh_db(prefix);
+    let table = OracleTable::create_partitioned(&db, "orders", KeyKind::Identity, rows, "HASH (id)", HASH_TREE).await;
+    db.psql("CREATE INDEX orders_h1_at ON public.orders_h1 (at)");
+    let before = WholeSchema::take(&db).await;
+    let oid_before = db.psql("SELECT 'public.orders'::regclass::oid");
+    let client = db.client().await;
+    let workload = Workload::start(&db, &table, WorkloadOptions::new(3).rate(Some(50))).await;
+    workload.wait_for_more_commits(20, Duration::from_secs(30)).await;
+
+    let args = ["--table", "orders", "--alter", ALTER, "--execute", "--status-interval", "1s", "--copy-workers", "2"];
+    match fault {
+        None => {
+            let slow = ["--chunk-size", "100", "--chunk-time", "1ms", "--nice-ratio", "1"];
+            let mut run = Running::spawn(&db, "run", &[&args[..], &slow[..]].concat());
+            wait_for_state(&client, &mut run, "orders", "copy", Duration::from_secs(30)).await;
+            wait_for_copy_past(&client, &mut run, "orders", 3_000, Duration::from_secs(60)).await;
+            let (status, log) = run.kill9().await;
+            assert!(!status.success(), "pg-ghost was not killed: {status}\n{log}");
+        }
+        Some(point) => {
+            let mut cmd = binary::command(&db, "run", &args);
+            cmd.env("PG_GHOST_FAULT", point);
+            let out = Running::spawn_command(cmd).wait(Duration::from_secs(90)).await;
+            let log = binary::stderr(&out);
+            assert!(!out.status.success() && log.contains("fault injection"), "pg-ghost did not die at {point}:\n{log}");
+        }
+    }
+    assert_eq!(db.psql("SELECT 'public.orders'::regclass::oid"), oid_before, "the original was swapped out");
+    assert_eq!(db.psql("SELECT count(*) FROM pg_class WHERE relname LIKE '%\\_del'"), "0", "something was swapped");
+    workload.wait_for_more_commits(30, Duration::from_secs(30)).await;
+    // The killed run's walsender lets go of the slot.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while db.psql("SELECT count(*) FROM pg_replication_slots WHERE database = current_database() AND active") != "0" {
+        assert!(Instant::now() < deadline, "the killed run's slot is still active after 15 s");
+        tokio::time::sleep(POLL).await;
+    }
+
+    let out = binary::run(&db, &[&args[..], &["--resume"][..]].concat()).await;
+    binary::assert_success(&out);
+    let log = binary::stderr(&out);
+    assert!(log.contains("resuming the earlier run"), "the run did not say it resumed:\n{log}");
+    workload.wait_for_more_commits(30, Duration::from_secs(30)).await;
+    let report = workload.stop().await;
+    assert!(report.errors.is_empty(), "workload errors (seed {}): {:#?}", report.seed, report.errors);
+    assert!(report.committed_after_swap > 0, "no writes after the swap: {report:?}");
+    assert_after_run(&db, &table, &before, ALTER, &table.projection().map("n", "n::bigint"), &log).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_during_a_partitioned_copy_resumes() {
+    killed_then_resumed("part_resume_copy", None).await;
+}
+
+#[cfg(feature = "fault-injection")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_inside_a_partitioned_cut_over_resumes() {
+    killed_then_resumed("part_resume_cut", Some("cut-over-before-commit")).await;
 }
