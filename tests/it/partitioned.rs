@@ -304,3 +304,38 @@ async fn killed_during_a_partitioned_copy_resumes() {
 async fn killed_inside_a_partitioned_cut_over_resumes() {
     killed_then_resumed("part_resume_cut", Some("cut-over-before-commit")).await;
 }
+
+/// A partition detached by another session during the run: the ghost still has it, so the
+/// cut-over is abandoned and the original stays as the other session left it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_detached_during_the_run_abandons_the_cut_over() {
+    let db = Cluster::primary().fresh_db("part_detach");
+    let tree = format!("{TENANT_TREE} CREATE TABLE public.orders_t100 PARTITION OF {{t}} FOR VALUES FROM (100) TO (200);");
+    let table = OracleTable::create_partitioned(&db, "orders", KeyKind::Composite, 2_000, BY_TENANT, &tree).await;
+    let oid_before = db.psql("SELECT 'public.orders'::regclass::oid");
+    let workload = Workload::start(&db, &table, WorkloadOptions::new(2).rate(Some(60))).await;
+    workload.wait_for_more_commits(20, Duration::from_secs(30)).await;
+
+    let flag = flag_path(&db, "postpone");
+    std::fs::write(&flag, b"").unwrap();
+    let args = ["--table", "orders", "--alter", "ADD COLUMN note text", "--execute", "--postpone-cut-over-flag-file", flag.to_str().unwrap()];
+    let mut run = Running::spawn_command(binary::command(&db, "run", &args));
+    let watcher = db.client().await;
+    wait_for_state(&watcher, &mut run, "orders", "postponed", Duration::from_secs(60)).await;
+    db.psql("ALTER TABLE public.orders DETACH PARTITION public.orders_t100");
+    std::fs::remove_file(&flag).unwrap();
+    let out = run.wait(Duration::from_secs(120)).await;
+    binary::assert_failure(&out, 1, "partitions of \"public\".\"orders\" changed during the run");
+    let log = binary::stderr(&out);
+    assert!(log.contains("orders_t100"), "the error names the detached partition:\n{log}");
+
+    assert_eq!(db.psql("SELECT 'public.orders'::regclass::oid"), oid_before, "the original keeps its name:\n{log}");
+    assert_eq!(db.psql("SELECT count(*) FROM pg_attribute WHERE attname = 'note' AND attrelid = 'public.orders'::regclass"), "0");
+    assert_eq!(db.psql("SELECT count(*) FROM pg_inherits WHERE inhrelid = 'public.orders_t100'::regclass"), "0", "still detached");
+    workload.wait_for_more_commits(20, Duration::from_secs(30)).await;
+    let report = workload.stop().await;
+    assert!(report.errors.is_empty(), "workload errors (seed {}): {:#?}", report.seed, report.errors);
+    let client = db.client().await;
+    table.assert_matches_control(&client, &table.projection()).await;
+    assert_eq!(db.psql("SELECT count(*) FROM pg_replication_slots WHERE database = current_database()"), "0");
+}
