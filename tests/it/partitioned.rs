@@ -23,14 +23,16 @@ const TENANT_TREE: &str = "
     CREATE TABLE public.orders_t3_h0 PARTITION OF public.orders_t3 FOR VALUES WITH (MODULUS 2, REMAINDER 0) WITH (fillfactor = 80);
     CREATE TABLE public.orders_t3_h1 PARTITION OF public.orders_t3 FOR VALUES WITH (MODULUS 2, REMAINDER 1);
     CREATE TABLE public.orders_rest PARTITION OF {t} DEFAULT;";
-/// What partitions have of their own.
+/// What partitions have of their own (a leaf with REPLICA IDENTITY FULL: its old rows come
+/// whole, converted to the partitioned table's columns).
 const PARTITIONS_OWN: &str = "
     CREATE INDEX orders_t1_at_n ON public.orders_t1 (at, n);
-    CREATE UNIQUE INDEX orders_rest_id ON public.orders_rest (id);
+    CREATE UNIQUE INDEX orders_rest_id_n ON public.orders_rest (id, tenant, n);
     COMMENT ON TABLE public.orders_t3_h1 IS 'odd hashes';
     ALTER TABLE public.orders_rest SET (autovacuum_vacuum_scale_factor = 0.05);
     REVOKE ALL ON public.orders_t1 FROM PUBLIC;
     GRANT SELECT ON public.orders_rest TO PUBLIC;
+    ALTER TABLE public.orders_t3_h0 REPLICA IDENTITY FULL;
     ANALYZE;";
 
 struct Case<'a> {
