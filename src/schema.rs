@@ -58,6 +58,8 @@ pub struct TableInfo {
     /// `reltuples`, or -1 when the table was never analyzed.
     pub estimated_rows: i64,
     pub replica_identity: ReplicaIdentity,
+    /// A partitioned table (`relkind = 'p'`), changed with its partition tree.
+    pub partitioned: bool,
 }
 
 impl TableInfo {

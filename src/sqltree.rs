@@ -49,6 +49,9 @@ pub fn retarget_index(indexdef: &str, name: &str, table: &QualifiedName) -> Resu
             let rel = stmt.relation.get_or_insert_with(Default::default);
             rel.schemaname = table.schema.clone();
             rel.relname = table.name.clone();
+            // `pg_get_indexdef` prints a partitioned table's index `ON ONLY`: built again, it
+            // must reach the partitions too (for an ordinary table this changes nothing).
+            rel.inh = true;
         }
         _ => return Err(Error::internal(format!("not a CREATE INDEX statement: {indexdef:?}"))),
     }

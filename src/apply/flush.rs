@@ -97,13 +97,14 @@ impl FlushSql {
     }
 
     /// Chooses how flushes write: in place when the key's is the ghost's only unique index
-    /// (see the module docs). Read from the catalog; call it again when the ghost's indexes
+    /// (see the module docs); a partitioned ghost's partitions count, with the unique indexes
+    /// of their own. Read from the catalog; call it again when the ghost's indexes
     /// change.
     pub async fn choose_strategy(&self, client: &impl GenericClient, ghost_oid: u32, key_ghost: &[String]) -> Result<()> {
         let others: i64 = client
             .query_one(
                 "SELECT count(*) FROM pg_index i
-                  WHERE i.indrelid = $1 AND (i.indisunique OR i.indisexclusion)
+                  WHERE (i.indrelid = $1 OR i.indrelid IN (SELECT relid FROM pg_partition_tree($1::oid::regclass))) AND (i.indisunique OR i.indisexclusion)
                     AND NOT (i.indpred IS NULL AND i.indexprs IS NULL AND i.indnkeyatts = cardinality($2::text[])
                              AND (SELECT array_agg(a.attname::text ORDER BY a.attname)
                                     FROM unnest(i.indkey::int2[]) k JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k)

@@ -272,6 +272,9 @@ impl CutOver<'_> {
                 format!("the definition of {} changed during the run; the cut-over is abandoned and the original is untouched", self.orig.name),
             ));
         }
+        if let Some(tree) = &self.ghost.partitions {
+            crate::ghost::partitions::check_unchanged(client, &self.orig.name, self.orig.oid, tree).await?;
+        }
         Ok(())
     }
 

@@ -10,7 +10,9 @@
 use crate::dependents::materialized::Built;
 use crate::dependents::{self, Validation};
 use crate::error::{Context, Error, ErrorKind, Result};
+use crate::ghost::partitions::{self, PartitionTree};
 use crate::ghost::{statistics, temp_name, Ghost};
+use std::collections::HashMap;
 use crate::names::Names;
 use crate::schema::TableInfo;
 use crate::sql::{fit_ident, ident, QualifiedName};
@@ -183,6 +185,13 @@ pub async fn swap(tx: &impl GenericClient, orig: &TableInfo, ghost: &Ghost, old_
         sql.push(format!("ALTER STATISTICS {} RENAME TO {}", s.sql(), ident(&old_object_name(&s.name))));
     }
     sql.push(format!("ALTER TABLE {} RENAME TO {}", o.sql(), ident(old_table)));
+    let partitions = match &ghost.partitions {
+        Some(tree) => Some(partition_renames(tx, orig, ghost, tree).await?),
+        None => None,
+    };
+    if let Some(p) = &partitions {
+        sql.extend(p.aside.iter().cloned());
+    }
 
     // The ghost takes the original's names.
     if let Some(temp) = &ghost.temp_key_index {
@@ -207,6 +216,9 @@ pub async fn swap(tx: &impl GenericClient, orig: &TableInfo, ghost: &Ghost, old_
             sql.push(format!("ALTER STATISTICS {} RENAME TO {}", s.sql(), ident(&new)));
         }
     }
+    if let Some(p) = partitions {
+        sql.extend(p.take);
+    }
     for (seq, new) in identity_renames.into_iter().chain(sequence_renames) {
         sql.push(format!("ALTER SEQUENCE {} RENAME TO {}", seq.sql(), ident(&new)));
     }
@@ -224,6 +236,113 @@ pub async fn swap(tx: &impl GenericClient, orig: &TableInfo, ghost: &Ghost, old_
     tx.batch_execute(&sql.join(";\n")).await.context("swapping the tables")?;
     let publications = deps.publications.iter().map(|p| p.publication.clone()).collect();
     Ok(Swapped { statements: sql, validations: deps.validations(), dependents: deps.count(), dependents_read, publications })
+}
+
+/// The renames of a partitioned table's partitions and of what is on them.
+struct PartitionRenames {
+    /// The original's partitions and their indexes step aside (`_<name>_del`).
+    aside: Vec<String>,
+    /// The ghost's take the names: each partition its original's, each index of a partition
+    /// the name of the original's index it corresponds to (the partition's index of the same
+    /// index of the parent, or the partition's own index), or, for one the ALTER created, the
+    /// name PostgreSQL gives it on the original's partition. A foreign key the ALTER added is
+    /// copied onto each partition under the parent's name, so it follows the parent's.
+    take: Vec<String>,
+}
+
+async fn partition_renames(tx: &impl GenericClient, orig: &TableInfo, ghost: &Ghost, tree: &PartitionTree) -> Result<PartitionRenames> {
+    let (o, g) = (&orig.name, &ghost.name);
+    let orig_tables: HashMap<u32, QualifiedName> = partitions::tree_tables(tx, orig.oid).await?.into_iter().collect();
+    let ghost_tables: HashMap<u32, QualifiedName> = partitions::tree_tables(tx, ghost.oid).await?.into_iter().collect();
+    // The original partition each ghost table stands for, by oid.
+    let orig_oid_of = |name: &QualifiedName| orig_tables.iter().find(|(_, n)| *n == name).map(|(oid, _)| *oid);
+    let mut counterpart: HashMap<u32, u32> = HashMap::new();
+    counterpart.insert(ghost.oid, orig.oid);
+    for p in &tree.partitions {
+        let ghost_oid = ghost_tables.iter().find(|(_, n)| **n == p.ghost_name()).map(|(oid, _)| *oid);
+        match (ghost_oid, orig_oid_of(&p.name)) {
+            (Some(go), Some(oo)) => counterpart.insert(go, oo),
+            _ => return Err(Error::internal(format!("partition {} has no counterpart on the ghost", p.name))),
+        };
+    }
+    let orig_indexes = partitions::tree_indexes(tx, orig.oid).await?;
+    let ghost_indexes = partitions::tree_indexes(tx, ghost.oid).await?;
+    let mut aside = Vec::new();
+    for i in orig_indexes.iter().filter(|i| i.table != orig.oid) {
+        aside.push(format!("ALTER INDEX {} RENAME TO {}", QualifiedName::new(i.schema.clone(), i.name.clone()).sql(), ident(&old_object_name(&i.name))));
+    }
+    for p in &tree.partitions {
+        aside.push(format!("ALTER TABLE {} RENAME TO {}", p.name.sql(), ident(&old_object_name(&p.name.name))));
+    }
+
+    let root_names: Vec<String> = orig_indexes.iter().filter(|i| i.table == orig.oid).map(|i| i.name.clone()).collect();
+    // Ghost index -> the original's index it stands for; the temporary key's are dropped.
+    let mut matched: HashMap<u32, u32> = HashMap::new();
+    let mut dropped: Vec<u32> = Vec::new();
+    let mut take = Vec::new();
+    for gi in &ghost_indexes {
+        let Some(&orig_table) = counterpart.get(&gi.table) else { continue };
+        if gi.table == ghost.oid {
+            if Some(&gi.name) == ghost.temp_key_index.as_ref() {
+                dropped.push(gi.oid);
+            } else if let Some(name) = final_name(&gi.name, &g.name, &o.name, &root_names) {
+                if let Some(oi) = orig_indexes.iter().find(|i| i.table == orig.oid && i.name == name) {
+                    matched.insert(gi.oid, oi.oid);
+                }
+            }
+            continue; // renamed with the root's indexes
+        }
+        if gi.parent.is_some_and(|p| dropped.contains(&p)) {
+            dropped.push(gi.oid);
+            continue;
+        }
+        let (Some(ghost_table), Some(orig_table_name)) = (ghost_tables.get(&gi.table), orig_tables.get(&orig_table)) else {
+            return Err(Error::internal(format!("index {} of the ghost's partition tree has no table", gi.name)));
+        };
+        let own: Vec<String> =
+            orig_indexes.iter().filter(|i| i.table == orig_table && i.parent.is_none()).map(|i| i.name.clone()).collect();
+        let counterpart_index = match gi.parent {
+            Some(parent) => matched
+                .get(&parent)
+                .and_then(|op| orig_indexes.iter().find(|i| i.table == orig_table && i.parent == Some(*op))),
+            None => own.iter().find(|n| temp_name(n) == gi.name).and_then(|n| orig_indexes.iter().find(|i| i.table == orig_table && &i.name == n)),
+        };
+        let new = match counterpart_index {
+            Some(oi) => {
+                matched.insert(gi.oid, oi.oid);
+                Some(oi.name.clone())
+            }
+            None => final_name(&gi.name, &ghost_table.name, &orig_table_name.name, &[]),
+        };
+        if let Some(new) = new.filter(|n| *n != gi.name) {
+            take.push(format!("ALTER INDEX {} RENAME TO {}", QualifiedName::new(gi.schema.clone(), gi.name.clone()).sql(), ident(&new)));
+        }
+    }
+    // Foreign keys the ALTER added reach the partitions under the parent's name.
+    for p in &tree.partitions {
+        let gp = p.ghost_name();
+        let rows = tx
+            .query(
+                "SELECT conname::text FROM pg_constraint WHERE conrelid = $1::text::regclass AND contype = 'f' AND conparentid <> 0 ORDER BY 1",
+                &[&gp.sql()],
+            )
+            .await
+            .context("reading the foreign keys of the ghost's partitions")?;
+        for r in rows {
+            let name: String = r.try_get(0)?;
+            if let Some(new) = final_name(&name, &g.name, &o.name, &[]) {
+                take.push(format!("ALTER TABLE {} RENAME CONSTRAINT {} TO {}", gp.sql(), ident(&name), ident(&new)));
+            }
+        }
+    }
+    // Each leaf gets back its storage parameters, then its name.
+    for (leaf, settings) in &ghost.partition_autovacuum {
+        take.extend(crate::ghost::autovacuum::restore_sql(leaf, settings));
+    }
+    for p in &tree.partitions {
+        take.push(format!("ALTER TABLE {} RENAME TO {}", p.ghost_name().sql(), ident(&p.name.name)));
+    }
+    Ok(PartitionRenames { aside, take })
 }
 
 /// The materialized views read under the lock must be those built before it: one created

@@ -1,5 +1,6 @@
 use super::autovacuum::{self, AutovacuumSettings};
 use super::mapping::Mapping;
+use super::partitions::{self, PartitionTree};
 use crate::alter::{self, AlterPlan};
 use crate::datacheck::{self, Checks};
 use crate::error::{Context, Error, ErrorKind, Result};
@@ -42,6 +43,14 @@ pub struct Ghost {
     /// the swap; `None` for a ghost created with its autovacuum on (by an earlier version).
     #[serde(default)]
     pub autovacuum: Option<AutovacuumSettings>,
+    /// The partition tree the ghost was built with, for a partitioned table: checked again
+    /// under the cut-over's lock, and renamed partition by partition in the swap.
+    #[serde(default)]
+    pub partitions: Option<PartitionTree>,
+    /// For a partitioned ghost, the storage parameters of each leaf (by its ghost name)
+    /// before pg-ghost turned its autovacuum off; the root itself has none.
+    #[serde(default)]
+    pub partition_autovacuum: Vec<(QualifiedName, AutovacuumSettings)>,
 }
 
 /// The name an index or index-backed constraint of the original carries on the ghost until
@@ -179,9 +188,13 @@ async fn build(tx: &Transaction<'_>, orig: &TableInfo, ghost: &QualifiedName, al
         indexes.iter().filter_map(|i| i.constraint.as_ref().map(|(n, _)| (n.clone(), temp_name(&i.name)))).collect();
     let plan = alter::plan(alter, ghost, &constraint_names)?;
 
-    create_table(tx, orig, ghost).await?;
+    let tree = PartitionTree::read(tx, orig.oid).await?;
+    create_table(tx, orig, ghost, tree.as_ref()).await?;
     copy_table_properties(tx, orig, ghost).await?;
     copy_column_settings(tx, orig.oid, ghost).await?;
+    if let Some(tree) = &tree {
+        partitions::create(tx, tree, &orig.name, ghost).await?;
+    }
     for index in &indexes {
         create_original_index(tx, ghost, index).await?;
     }
@@ -212,7 +225,10 @@ async fn build(tx: &Transaction<'_>, orig: &TableInfo, ghost: &QualifiedName, al
         &datacheck::After { ghost_oid, orig, columns: &after, mapping: &mapping, using: &plan.using, original_names: &original_names },
     )
     .await?;
-    let (deferred, temp_key_index) = set_aside_indexes(tx, ghost, ghost_oid, &mapping).await?;
+    let (mut deferred, temp_key_index) = set_aside_indexes(tx, ghost, ghost_oid, &mapping, tree.is_some()).await?;
+    if let Some(tree) = &tree {
+        deferred.extend(partitions::set_aside_own_indexes(tx, tree).await?);
+    }
     let replica_identity_index = indexes.iter().find(|i| i.replica_identity).map(|i| temp_name(&i.name));
     let cluster_on = indexes.iter().find(|i| i.clustered).map(|i| temp_name(&i.name));
     let identity_always: Vec<String> = after.iter().filter(|c| c.identity == Identity::Always).map(|c| c.name.clone()).collect();
@@ -222,7 +238,12 @@ async fn build(tx: &Transaction<'_>, orig: &TableInfo, ghost: &QualifiedName, al
             .with_context(|| format!("making the ghost's identity column {} BY DEFAULT while it is fed", ident(column)))?;
     }
     // Last, once the ALTER has run: a TOAST table it creates gets the setting too.
-    let autovacuum = Some(autovacuum::turn_off(tx, ghost, ghost_oid).await?);
+    // A partitioned table has no storage of its own and takes no storage parameters: its
+    // leaves get the setting instead.
+    let (autovacuum, partition_autovacuum) = match &tree {
+        None => (Some(autovacuum::turn_off(tx, ghost, ghost_oid).await?), Vec::new()),
+        Some(tree) => (None, partitions::autovacuum_off(tx, tree).await?),
+    };
     let ghost = Ghost {
         name: ghost.clone(),
         oid: ghost_oid,
@@ -234,6 +255,8 @@ async fn build(tx: &Transaction<'_>, orig: &TableInfo, ghost: &QualifiedName, al
         cluster_on,
         identity_always,
         autovacuum,
+        partitions: tree,
+        partition_autovacuum,
     };
     Ok(Prepared { ghost, after, data_checks })
 }
@@ -286,6 +309,8 @@ async fn index_exists(client: &Client, table_oid: u32, index: &str) -> Result<bo
     Ok(row.try_get(0)?)
 }
 
+/// Whether `name` exists on the ghost: a constraint of the ghost, or an index of it or of
+/// one of its partitions (a partition's own index is built again too).
 enum Built {
     No,
     /// A foreign key added `NOT VALID`, not validated yet.
@@ -297,7 +322,8 @@ async fn built_on(client: &Client, ghost_oid: u32, name: &str) -> Result<Built> 
     let row = client
         .query_one(
             "SELECT (SELECT convalidated FROM pg_constraint WHERE conrelid = $1 AND conname = $2),
-                    EXISTS (SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = $1 AND c.relname = $2)",
+                    EXISTS (SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+                             WHERE (i.indrelid = $1 OR i.indrelid IN (SELECT relid FROM pg_partition_tree($1::oid::regclass))) AND c.relname = $2)",
             &[&ghost_oid, &name],
         )
         .await
@@ -311,7 +337,7 @@ async fn built_on(client: &Client, ghost_oid: u32, name: &str) -> Result<Built> 
     })
 }
 
-async fn create_table(tx: &impl GenericClient, orig: &TableInfo, ghost: &QualifiedName) -> Result<()> {
+async fn create_table(tx: &impl GenericClient, orig: &TableInfo, ghost: &QualifiedName, tree: Option<&PartitionTree>) -> Result<()> {
     let row = tx
         .query_one(
             "SELECT t.spcname FROM pg_class c LEFT JOIN pg_tablespace t ON t.oid = c.reltablespace WHERE c.oid = $1",
@@ -320,6 +346,9 @@ async fn create_table(tx: &impl GenericClient, orig: &TableInfo, ghost: &Qualifi
         .await?;
     let tablespace: Option<String> = row.try_get(0)?;
     let mut sql = format!("CREATE TABLE {} (LIKE {} INCLUDING ALL EXCLUDING INDEXES)", ghost.sql(), orig.name.sql());
+    if let Some(tree) = tree {
+        sql.push_str(&format!(" PARTITION BY {}", tree.partition_by));
+    }
     if let Some(ts) = tablespace {
         sql.push_str(&format!(" TABLESPACE {}", ident(&ts)));
     }
@@ -540,6 +569,7 @@ async fn set_aside_indexes(
     ghost: &QualifiedName,
     ghost_oid: u32,
     mapping: &Mapping,
+    partitioned: bool,
 ) -> Result<(Vec<Deferred>, Option<String>)> {
     let rows = tx
         .query(
@@ -575,12 +605,14 @@ async fn set_aside_indexes(
                 format!("ALTER TABLE {} DROP CONSTRAINT {}", ghost.sql(), ident(&con)),
                 format!("ALTER TABLE {} ADD CONSTRAINT {} {def}", ghost.sql(), ident(&con)),
             ),
+            // A partitioned table's index reads `ON ONLY`: built again, it must reach the partitions.
+            _ if partitioned => (format!("DROP INDEX {}", ghost.sibling(name.clone()).sql()), sqltree::retarget_index(&indexdef, &name, ghost)?),
             _ => (format!("DROP INDEX {}", ghost.sibling(name.clone()).sql()), indexdef),
         };
         tx.batch_execute(&drop).await.with_context(|| format!("setting aside {} until after the copy", ident(&name)))?;
         deferred.push(Deferred { name, sql, then: None });
     }
-    deferred.extend(set_aside_foreign_keys(tx, ghost, ghost_oid).await?);
+    deferred.extend(set_aside_foreign_keys(tx, ghost, ghost_oid, partitioned).await?);
     let temp_key_index = if key_kept {
         None
     } else {
@@ -604,12 +636,15 @@ async fn set_aside_indexes(
 /// after the copy: a `NOT VALID` constraint spares the rows that exist when it is added,
 /// which for a plain ALTER are all of them, while every row the copy writes would be
 /// checked. A foreign key that was valid is validated once it is back.
-async fn set_aside_foreign_keys(tx: &impl GenericClient, ghost: &QualifiedName, ghost_oid: u32) -> Result<Vec<Deferred>> {
+///
+/// PostgreSQL 15 cannot add a foreign key `NOT VALID` on a partitioned table: there the
+/// foreign keys stay on the ghost and check the rows as they are copied.
+async fn set_aside_foreign_keys(tx: &impl GenericClient, ghost: &QualifiedName, ghost_oid: u32, partitioned: bool) -> Result<Vec<Deferred>> {
     let rows = tx
         .query(
             "SELECT conname::text, pg_get_constraintdef(oid), convalidated FROM pg_constraint
-              WHERE conrelid = $1 AND (contype = 'f' OR (contype = 'c' AND NOT convalidated)) ORDER BY oid",
-            &[&ghost_oid],
+              WHERE conrelid = $1 AND ((contype = 'f' AND NOT $2) OR (contype = 'c' AND NOT convalidated)) ORDER BY oid",
+            &[&ghost_oid, &partitioned],
         )
         .await?;
     let mut out = Vec::new();

@@ -8,6 +8,7 @@
 pub mod autovacuum;
 mod create;
 mod mapping;
+pub mod partitions;
 pub mod statistics;
 
 pub(crate) use create::grant_statements;

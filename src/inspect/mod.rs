@@ -14,8 +14,10 @@
 //!
 //! 1. [`resolve_table`]: the `[schema.]name` argument; a missing table is refused.
 //! 2. [`describe`]: (a) server version, (b) the relation: a system catalog, a view,
-//!    materialized view, foreign table, partitioned table, partition, inheritance parent
-//!    or child, an unlogged or temporary table are refused; (c) the key: the primary key,
+//!    materialized view, foreign table, partition, inheritance parent or child, an
+//!    unlogged or temporary table are refused; a partitioned table's partitions must each
+//!    be permanent tables with a replica identity that carries the key and nothing that
+//!    pg-ghost does not carry over yet (`partitions`); (c) the key: the primary key,
 //!    or the `--key` index, which must be unique, valid, immediate, non-partial, without
 //!    expressions and on NOT NULL columns. A missing or unusable key is not refused here but
 //!    kept in [`Described::keyed`]: only the ghost way needs a key. [`table_info`] is
@@ -36,6 +38,7 @@
 //! the ALTER as it applies to a rolled-back trial ghost (`crate::dependents`).
 
 mod key;
+mod partitions;
 mod preflight;
 mod relation;
 mod resolve;

@@ -92,11 +92,9 @@ pub(super) fn check_relation(rel: &Relation) -> Result<()> {
         return Err(Error::refused(format!("{t} is a system catalog: pg-ghost changes user tables only")));
     }
     let refusal = match rel.kind.as_str() {
-        "r" => None,
-        "p" => Some(format!(
-            "{t} is a partitioned table: pg-ghost swaps one ordinary table and cannot rebuild a partition tree; \
-             change it with a plain ALTER TABLE (it recurses to the partitions)"
-        )),
+        // A partitioned table is changed with its whole tree (see `crate::ghost::partitions`);
+        // its partitions are checked by `super::partitions`.
+        "r" | "p" => None,
         "v" => Some(format!("{t} is a view, not a table: it holds no rows; change it with CREATE OR REPLACE VIEW")),
         "m" => Some(format!("{t} is a materialized view, not a table: recreate it with the new definition")),
         "f" => Some(format!("{t} is a foreign table: its rows live on another server; change the remote table there")),
@@ -124,7 +122,7 @@ pub(super) fn check_relation(rel: &Relation) -> Result<()> {
             list(&rel.parents)
         )));
     }
-    if !rel.children.is_empty() {
+    if !rel.children.is_empty() && rel.kind != "p" {
         return Err(Error::refused(format!(
             "{t} has inheritance children {}: queries on it also read them, and pg-ghost would copy only its own rows; \
              use a plain ALTER TABLE, which recurses to the children",
@@ -179,7 +177,7 @@ mod tests {
         assert!(refusal(Relation { kind: "v".into(), ..table() }).contains("is a view"));
         assert!(refusal(Relation { kind: "m".into(), ..table() }).contains("materialized view"));
         assert!(refusal(Relation { kind: "f".into(), ..table() }).contains("foreign table"));
-        assert!(refusal(Relation { kind: "p".into(), ..table() }).contains("partitioned table"));
+        assert!(check_relation(&Relation { kind: "p".into(), children: vec![QualifiedName::new("public", "t_1")], ..table() }).is_ok());
         assert!(refusal(Relation { name: QualifiedName::new("pg_catalog", "pg_class"), ..table() }).contains("system"));
     }
 

@@ -27,6 +27,8 @@ pub struct Described {
     pub owner: String,
     /// `reltuples`, or -1 when the table was never analyzed.
     pub estimated_rows: i64,
+    /// A partitioned table: changed through a ghost only.
+    pub partitioned: bool,
     /// The table with its key, or the refusal that says why no index serves as one: the
     /// ghost way copies and applies rows by the key and cannot go without; the direct way
     /// changes the table in place and does not need one.
@@ -59,7 +61,13 @@ pub async fn describe(client: &Client, table: &QualifiedName, key: Option<&str>)
                 key,
                 estimated_rows,
                 replica_identity: replica_identity(&rel, &indexes),
+                partitioned: rel.kind == "p",
             };
+            // A partitioned table is changed through a ghost only: its partitions are checked
+            // here, whichever way was asked for.
+            if info.partitioned {
+                super::partitions::check(client, &info).await?;
+            }
             debug!(
                 table = %info.name,
                 oid = info.oid,
@@ -71,7 +79,7 @@ pub async fn describe(client: &Client, table: &QualifiedName, key: Option<&str>)
             Ok(info)
         }
     };
-    Ok(Described { oid: rel.oid, name: rel.name, owner: rel.owner, estimated_rows, keyed })
+    Ok(Described { oid: rel.oid, name: rel.name, owner: rel.owner, estimated_rows, partitioned: rel.kind == "p", keyed })
 }
 
 /// The live (not dropped) columns of a relation, in attnum order. The engine also reads

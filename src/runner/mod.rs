@@ -206,11 +206,21 @@ impl Run {
     /// The way this run takes, from what PostgreSQL does for each clause (`pg-ghost plan`),
     /// before any check that only one way needs: the direct way when `--strategy` allows it
     /// and no clause rewrites the table; else the ghost way, with why when `auto` chose it.
-    async fn choose(&self, table: &QualifiedName) -> Result<Choice> {
+    async fn choose(&self, table: &QualifiedName, partitioned: bool) -> Result<Choice> {
         use crate::cli::StrategyArg;
         // A resumed run continues a ghost; --test-on-replica tests a swap.
         if self.cfg.strategy == StrategyArg::Ghost || self.cfg.test_on_replica.is_some() || self.cfg.resume {
             return Ok(Choice::Ghost(None));
+        }
+        // The direct way's steps (CREATE INDEX CONCURRENTLY, foreign keys added NOT VALID)
+        // do not all exist for a partitioned table: it is changed through a ghost.
+        if partitioned {
+            if self.cfg.strategy == StrategyArg::Direct {
+                return Err(Error::refused(format!(
+                    "--strategy direct: {table} is a partitioned table, which pg-ghost changes through a ghost only; use --strategy ghost or auto"
+                )));
+            }
+            return Ok(Choice::Ghost(Some(format!("{table} is a partitioned table, which pg-ghost changes through a ghost table"))));
         }
         match crate::plan::direct_steps(&self.client, table, &self.cfg.alter).await? {
             Ok(steps) => {
@@ -475,11 +485,18 @@ impl Run {
         self.history.resolved(&name);
         let described = inspect::describe(&self.client, &name, self.cfg.key.as_deref()).await?;
         let names = Names::for_table(&described.name, described.oid);
+        if described.partitioned && self.cfg.test_on_replica.is_some() {
+            return Err(Error::refused(format!(
+                "--test-on-replica: {} is a partitioned table, and the rehearsal that swaps back does not rename partitions yet; \
+                 run without --test-on-replica",
+                described.name
+            )));
+        }
         // The ALTER is read before anything is created, so a malformed one changes nothing.
         alter::plan(&self.cfg.alter, &names.ghost, &HashMap::new())?;
         // What both ways need, before the plan reads the table.
         let server = inspect::preflight_shared(&self.client, &described.name, described.oid, &described.owner).await?;
-        let why_ghost = match self.choose(&described.name).await? {
+        let why_ghost = match self.choose(&described.name, described.partitioned).await? {
             Choice::Direct(steps) => {
                 // Recorded as soon as chosen, so that a refusal from here on says which way.
                 self.history.strategy(history::STRATEGY_DIRECT);

@@ -25,8 +25,35 @@ use tokio_postgres::Client;
 const SLOT_CREATION_LIMIT: Duration = Duration::from_secs(600);
 
 /// Creates the publication (FOR TABLE the original only).
+///
+/// A partitioned table is published with `publish_via_partition_root = true`: every
+/// partition's changes, at every level, arrive as changes of the partitioned table, under its
+/// OID and in its column order (pgoutput converts each row). The apply then sees one
+/// relation, as for an ordinary table, and finds rows by the key as before. An UPDATE that
+/// moves a row to another partition is written to the WAL as a DELETE in one partition and
+/// an INSERT in the other, and PostgreSQL 15 decodes it so: it arrives as a DELETE of the old
+/// key and an INSERT of the new one, both under the root's OID and in the same transaction,
+/// so the flush of that transaction deletes the old key's ghost row and writes the new one,
+/// as for any key update (checked on PostgreSQL 15 with `pg_logical_slot_peek_binary_changes`).
+/// A partition attached during the run is published too without touching the publication.
+/// Per-partition publication would send each leaf under its own OID (and its own column
+/// order): the apply would have to map every leaf to the root and would gain nothing, since
+/// the ghost is written through its root anyway. pgoutput also sends a Relation message for
+/// each leaf it meets; the apply ignores relations other than the root. The old key comes
+/// from the leaf's own replica identity, which `inspect` requires to carry the key on every
+/// leaf (a leaf without one would also make the application's UPDATEs and DELETEs fail once
+/// the table is published).
 pub async fn create_publication(client: &Client, names: &Names, orig: &TableInfo) -> Result<()> {
-    slot::create_publication(client, &names.publication, std::slice::from_ref(&orig.name)).await
+    if !orig.partitioned {
+        return slot::create_publication(client, &names.publication, std::slice::from_ref(&orig.name)).await;
+    }
+    let sql = format!(
+        "{} WITH (publish_via_partition_root = true)",
+        slot::create_publication_sql(&names.publication, std::slice::from_ref(&orig.name))?
+    );
+    client.batch_execute(&sql).await.with_context(|| format!("creating publication {:?}", names.publication))?;
+    tracing::info!(publication = %names.publication, "publication created (via the partition root)");
+    Ok(())
 }
 
 /// Creates the persistent slot, reporting the transactions its creation waits for.

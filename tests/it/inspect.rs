@@ -327,9 +327,45 @@ const PARTITIONS: &str = "CREATE TABLE p (id int PRIMARY KEY) PARTITION BY RANGE
                           CREATE TABLE p1 PARTITION OF p FOR VALUES FROM (0) TO (10)";
 
 #[tokio::test]
-async fn partitioned_table_is_refused() {
-    let m = refused_after("inspect_partitioned", PARTITIONS, "p", None).await;
-    assert_mentions(&m, &[r#""public"."p" is a partitioned table"#]);
+async fn a_partitioned_table_is_accepted_with_its_tree() {
+    let db = Cluster::primary().fresh_db("inspect_partitioned");
+    db.psql(PARTITIONS);
+    let client = db.client().await;
+    let (info, _) = inspect_table(&client, "p", None, false).await.unwrap();
+    assert!(info.partitioned);
+    assert_eq!(info.key.columns, vec!["id".to_string()]);
+}
+
+/// What hangs on one partition would stay behind on the old one: refused, each named.
+#[tokio::test]
+async fn a_partition_tree_with_what_pg_ghost_does_not_carry_is_refused() {
+    let sql = format!(
+        "{PARTITIONS};
+         CREATE TABLE p2 PARTITION OF p FOR VALUES FROM (10) TO (20);
+         ALTER TABLE p2 REPLICA IDENTITY NOTHING;
+         CREATE FUNCTION nothing() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;
+         CREATE TRIGGER p1_own BEFORE INSERT ON p1 FOR EACH ROW EXECUTE FUNCTION nothing();
+         CREATE VIEW p1_view AS SELECT * FROM p1;
+         ALTER TABLE p1 ADD CONSTRAINT p1_small CHECK (id < 10);
+         CREATE TABLE r (p_id int REFERENCES p (id));
+         CREATE TABLE p3 PARTITION OF p FOR VALUES FROM (20) TO (30) PARTITION BY RANGE (id);
+         CREATE UNLOGGED TABLE p3_a PARTITION OF p3 FOR VALUES FROM (20) TO (25);
+         ALTER TABLE p3_a ALTER COLUMN id SET STATISTICS 500"
+    );
+    let m = refused_after("inspect_partition_tree", &sql, "p", None).await;
+    assert_mentions(
+        &m,
+        &[
+            r#""public"."p" is a partitioned table"#,
+            "partition public.p1 has trigger p1_own of its own",
+            "partition public.p1 is read by p1_view",
+            "partition public.p1 has constraint p1_small of its own",
+            "partition public.p2 has replica identity NOTHING",
+            "partition public.p3_a is UNLOGGED",
+            "partition public.p3_a has its own statistics target for column id",
+            r#"foreign key "r_p_id_fkey" of r references the partitioned table"#,
+        ],
+    );
 }
 
 #[tokio::test]

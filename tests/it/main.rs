@@ -25,6 +25,7 @@ mod fleet;
 mod migrate;
 mod oracle;
 mod oracle_selftest;
+mod partitioned;
 mod plan;
 mod real_schema;
 mod replica_test;

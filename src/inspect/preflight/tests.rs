@@ -16,6 +16,7 @@ fn table() -> TableInfo {
         },
         estimated_rows: -1,
         replica_identity: ReplicaIdentity::Default,
+        partitioned: false,
     }
 }
 

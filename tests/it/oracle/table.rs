@@ -50,15 +50,32 @@ impl OracleTable {
         let control = format!("{name}_control");
         assert!(control.len() <= 63, "table name {name:?} too long: {control:?} must fit in 63 bytes");
         let table = OracleTable { schema: schema.to_string(), name: name.to_string(), control, kind };
-        let client = db.client().await;
-        client
-            .batch_execute(&table.create_sql(rows))
-            .await
-            .unwrap_or_else(|e| panic!("creating oracle table {name:?}: {}", db_message(&e)));
+        table.create_with(db, rows, None).await;
         table
     }
 
-    fn create_sql(&self, rows: i64) -> String {
+    /// As [`OracleTable::create`], but `public.<name>` is a partitioned table: `PARTITION BY
+    /// <by>`, then `partitions` (statements in which `{t}` stands for the table's qualified
+    /// name) create its partitions before the rows go in. `fillfactor = 90` is not set on the
+    /// partitioned table, which takes no storage parameters; give it to partitions in
+    /// `partitions`. The control stays an ordinary table.
+    pub async fn create_partitioned(db: &TestDb<'_>, name: &str, kind: KeyKind, rows: i64, by: &str, partitions: &str) -> OracleTable {
+        let table = OracleTable { schema: "public".to_string(), name: name.to_string(), control: format!("{name}_control"), kind };
+        let partitions = partitions.replace("{t}", &table.qualified());
+        table.create_with(db, rows, Some((by, &partitions))).await;
+        table
+    }
+
+    async fn create_with(&self, db: &TestDb<'_>, rows: i64, partitioning: Option<(&str, &str)>) {
+        let name = &self.name;
+        let client = db.client().await;
+        client
+            .batch_execute(&self.create_sql(rows, partitioning))
+            .await
+            .unwrap_or_else(|e| panic!("creating oracle table {name:?}: {}", db_message(&e)));
+    }
+
+    fn create_sql(&self, rows: i64, partitioning: Option<(&str, &str)>) -> String {
         let q = self.qualified();
         let qc = self.control_qualified();
         let (key_cols, id_col, pk) = match self.kind {
@@ -85,7 +102,7 @@ impl OracleTable {
         format!(
             "BEGIN;
              {create_schema}
-             CREATE TABLE {q} ({key_cols} {id_col}, {columns} {pk}) WITH (fillfactor = 90);
+             CREATE TABLE {q} ({key_cols} {id_col}, {columns} {pk}) {storage};
              ALTER TABLE {q} ALTER COLUMN big SET STORAGE EXTERNAL;
              CREATE INDEX ON {q} (n);
              CREATE INDEX ON {q} (label);
@@ -117,6 +134,10 @@ impl OracleTable {
              INSERT INTO {qc} ({all_cols}) SELECT {all_cols} FROM {q};
              COMMIT;
              ANALYZE {q}; ANALYZE {qc};",
+            storage = match partitioning {
+                None => "WITH (fillfactor = 90)".to_string(),
+                Some((by, partitions)) => format!("PARTITION BY {by}; {partitions}"),
+            },
             create_schema =
                 if self.schema == "public" { String::new() } else { format!("CREATE SCHEMA IF NOT EXISTS {};", ident(&self.schema)) },
         )

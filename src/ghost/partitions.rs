@@ -1,0 +1,283 @@
+//! The partition tree of a partitioned table, and the ghost's copy of it.
+//!
+//! The ghost of a partitioned table is a partitioned table with the same tree: the same
+//! `PARTITION BY`, and each partition (at every level, the default ones too) created
+//! `PARTITION OF` its parent's ghost with the same bounds, under a temporary name
+//! ([`super::temp_name`]), with its own storage parameters, tablespace, comment, owner,
+//! grants, replica identity and the indexes it has apart from its parent's. The ALTER runs
+//! on the ghost's root only: PostgreSQL carries it to every partition, as a plain `ALTER
+//! TABLE` on the original's root would. The swap gives every partition and every object on
+//! it back the name it has on the original (see `crate::cutover::swap`).
+//!
+//! The tree is read when the ghost is built and again under the cut-over's lock: a
+//! partition attached or detached in between (pg_partman's maintenance does that) has rows
+//! the ghost never saw, or none it should keep, so the cut-over is abandoned then (see
+//! [`check_unchanged`]). The lock on the root covers every partition: no attach or detach
+//! can slip in between the check and the swap.
+
+use super::autovacuum::{self, AutovacuumSettings};
+use super::create::grant_statements;
+use super::temp_name;
+use crate::error::{Context, Error, ErrorKind, Result};
+use crate::sql::{ident, literal, QualifiedName};
+use tokio_postgres::GenericClient;
+
+/// One partition, at any level below the root.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Partition {
+    pub name: QualifiedName,
+    /// The partitioned table it is a partition of (the root or another partition).
+    pub parent: QualifiedName,
+    /// `pg_get_expr(relpartbound)`: `FOR VALUES ...` or `DEFAULT`.
+    pub bound: String,
+    /// `pg_get_partkeydef` when it is itself partitioned.
+    pub partition_by: Option<String>,
+}
+
+impl Partition {
+    pub fn is_leaf(&self) -> bool {
+        self.partition_by.is_none()
+    }
+
+    /// The name it has on the ghost until the swap: `_<name>_gho`, in its own schema.
+    pub fn ghost_name(&self) -> QualifiedName {
+        self.name.sibling(temp_name(&self.name.name))
+    }
+}
+
+/// The partitions of a partitioned table, parents before their partitions.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PartitionTree {
+    /// The root's `pg_get_partkeydef`, e.g. `RANGE (created_at)`.
+    pub partition_by: String,
+    pub partitions: Vec<Partition>,
+}
+
+impl PartitionTree {
+    /// Reads the tree under `root`; `None` when `root` is not a partitioned table.
+    pub async fn read(client: &impl GenericClient, root: u32) -> Result<Option<PartitionTree>> {
+        let row = client
+            .query_one("SELECT pg_get_partkeydef($1)", &[&root])
+            .await
+            .context("reading the partition key")?;
+        let Some(partition_by) = row.try_get::<_, Option<String>>(0)? else { return Ok(None) };
+        let rows = client
+            .query(
+                "SELECT n.nspname::text, c.relname::text, pn.nspname::text, pc.relname::text,
+                        pg_get_expr(c.relpartbound, c.oid), pg_get_partkeydef(c.oid)
+                   FROM pg_partition_tree($1::oid::regclass) t
+                   JOIN pg_class c ON c.oid = t.relid JOIN pg_namespace n ON n.oid = c.relnamespace
+                   JOIN pg_class pc ON pc.oid = t.parentrelid JOIN pg_namespace pn ON pn.oid = pc.relnamespace
+                  WHERE t.level > 0
+                  ORDER BY t.level, n.nspname, c.relname",
+                &[&root],
+            )
+            .await
+            .context("reading the partition tree")?;
+        let partitions = rows
+            .iter()
+            .map(|r| {
+                Ok(Partition {
+                    name: QualifiedName::new(r.try_get::<_, String>(0)?, r.try_get::<_, String>(1)?),
+                    parent: QualifiedName::new(r.try_get::<_, String>(2)?, r.try_get::<_, String>(3)?),
+                    bound: r.try_get(4)?,
+                    partition_by: r.try_get(5)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Some(PartitionTree { partition_by, partitions }))
+    }
+
+    /// The ghost's name of `table`, the root or one of its partitions.
+    pub fn ghost_of(&self, table: &QualifiedName, root: &QualifiedName, ghost_root: &QualifiedName) -> QualifiedName {
+        if table == root {
+            ghost_root.clone()
+        } else {
+            table.sibling(temp_name(&table.name))
+        }
+    }
+}
+
+/// Under the cut-over's lock: the tree must be the one the ghost was built from. A
+/// partition attached since holds rows the ghost never received (attaching writes nothing
+/// to the stream); one detached took rows away that the ghost still has.
+pub async fn check_unchanged(client: &impl GenericClient, root: &QualifiedName, root_oid: u32, built: &PartitionTree) -> Result<()> {
+    let now = PartitionTree::read(client, root_oid).await?;
+    if now.as_ref() == Some(built) {
+        return Ok(());
+    }
+    let names = |t: Option<&PartitionTree>| -> Vec<String> {
+        t.map(|t| t.partitions.iter().map(|p| format!("{} {}", p.name, p.bound)).collect()).unwrap_or_default()
+    };
+    let (before, after) = (names(Some(built)), names(now.as_ref()));
+    let added: Vec<&String> = after.iter().filter(|p| !before.contains(p)).collect();
+    let gone: Vec<&String> = before.iter().filter(|p| !after.contains(p)).collect();
+    Err(Error::new(
+        ErrorKind::SchemaChanged,
+        format!(
+            "the partitions of {root} changed during the run (attached or changed: {added:?}; detached or changed: {gone:?}); \
+             the ghost was built with the partitions as they were, so the cut-over is abandoned and the original is untouched; \
+             run pg-ghost again once the partitions stay put (pause pg_partman's maintenance for the run)"
+        ),
+    ))
+}
+
+/// Creates the ghost's partitions under `ghost_root`, parents first, each with what a
+/// partition has of its own.
+pub(super) async fn create(
+    tx: &impl GenericClient,
+    tree: &PartitionTree,
+    root: &QualifiedName,
+    ghost_root: &QualifiedName,
+) -> Result<()> {
+    for p in &tree.partitions {
+        let parent = tree.ghost_of(&p.parent, root, ghost_root);
+        let row = tx
+            .query_one(
+                "SELECT coalesce(c.reloptions, '{}'), coalesce(t.reloptions, '{}'), ts.spcname::text,
+                        obj_description(c.oid, 'pg_class'), c.relreplident::text,
+                        pg_get_userbyid(c.relowner)::text, c.relowner = (SELECT oid FROM pg_roles WHERE rolname = current_user), c.oid
+                   FROM pg_class c LEFT JOIN pg_class t ON t.oid = c.reltoastrelid LEFT JOIN pg_tablespace ts ON ts.oid = c.reltablespace
+                  WHERE c.oid = $1::text::regclass",
+                &[&p.name.sql()],
+            )
+            .await
+            .with_context(|| format!("reading partition {}", p.name))?;
+        let options: Vec<String> = row.try_get(0)?;
+        let toast: Vec<String> = row.try_get(1)?;
+        let tablespace: Option<String> = row.try_get(2)?;
+        let comment: Option<String> = row.try_get(3)?;
+        let replident: String = row.try_get(4)?;
+        let owner: String = row.try_get(5)?;
+        let we_own: bool = row.try_get(6)?;
+        let oid: u32 = row.try_get(7)?;
+        let g = p.ghost_name();
+        let mut with: Vec<String> = options.iter().filter_map(|o| o.split_once('=')).map(|(k, v)| format!("{} = {}", ident(k), literal(v))).collect();
+        with.extend(toast.iter().filter_map(|o| o.split_once('=')).map(|(k, v)| format!("toast.{} = {}", ident(k), literal(v))));
+        let mut sql = format!("CREATE TABLE {} PARTITION OF {} {}", g.sql(), parent.sql(), p.bound);
+        if let Some(by) = &p.partition_by {
+            sql.push_str(&format!(" PARTITION BY {by}"));
+        }
+        if !with.is_empty() {
+            sql.push_str(&format!(" WITH ({})", with.join(", ")));
+        }
+        if let Some(ts) = tablespace {
+            sql.push_str(&format!(" TABLESPACE {}", ident(&ts)));
+        }
+        let mut statements = vec![sql];
+        if let Some(c) = comment {
+            statements.push(format!("COMMENT ON TABLE {} IS {}", g.sql(), literal(&c)));
+        }
+        match replident.as_str() {
+            "f" => statements.push(format!("ALTER TABLE {} REPLICA IDENTITY FULL", g.sql())),
+            "n" => statements.push(format!("ALTER TABLE {} REPLICA IDENTITY NOTHING", g.sql())),
+            _ => {}
+        }
+        if !we_own {
+            statements.push(format!("ALTER TABLE {} OWNER TO {}", g.sql(), ident(&owner)));
+        }
+        statements.extend(grant_statements(tx, oid, &g.sql()).await?);
+        for s in statements {
+            tx.batch_execute(&s).await.with_context(|| format!("creating the ghost's partition of {} ({s})", p.name))?;
+        }
+        for (name, indexdef) in own_indexes(tx, oid).await? {
+            let sql = crate::sqltree::retarget_index(&indexdef, &temp_name(&name), &g)?;
+            tx.batch_execute(&sql).await.with_context(|| format!("creating index {} of partition {} on the ghost", ident(&name), p.name))?;
+        }
+    }
+    Ok(())
+}
+
+/// The indexes of a partition that belong to no index of its parent (created on the
+/// partition alone): (name, `pg_get_indexdef`).
+async fn own_indexes(tx: &impl GenericClient, partition: u32) -> Result<Vec<(String, String)>> {
+    let rows = tx
+        .query(
+            "SELECT ci.relname::text, pg_get_indexdef(i.indexrelid)
+               FROM pg_index i JOIN pg_class ci ON ci.oid = i.indexrelid
+              WHERE i.indrelid = $1 AND NOT EXISTS (SELECT 1 FROM pg_inherits h WHERE h.inhrelid = i.indexrelid)
+                AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid AND c.conrelid = i.indrelid)
+              ORDER BY i.indexrelid",
+            &[&partition],
+        )
+        .await
+        .context("reading a partition's own indexes")?;
+    rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+}
+
+/// Drops the indexes the ghost's partitions have of their own (created before the ALTER, so
+/// that it changes them as it changes the original's), to be built after the copy as the
+/// root's are: a unique one would otherwise meet, while the copy runs, a stale row of a chunk
+/// next to the row the stream brought.
+pub(super) async fn set_aside_own_indexes(tx: &impl GenericClient, tree: &PartitionTree) -> Result<Vec<super::Deferred>> {
+    let mut out = Vec::new();
+    for p in &tree.partitions {
+        let g = p.ghost_name();
+        let row = tx.query_one("SELECT $1::text::regclass::oid", &[&g.sql()]).await.with_context(|| format!("looking up {g}"))?;
+        let oid: u32 = row.try_get(0)?;
+        for (name, indexdef) in own_indexes(tx, oid).await? {
+            let sql = crate::sqltree::retarget_index(&indexdef, &name, &g)?;
+            tx.batch_execute(&format!("DROP INDEX {}", g.sibling(name.clone()).sql()))
+                .await
+                .with_context(|| format!("setting aside {} until after the copy", ident(&name)))?;
+            out.push(super::Deferred { name, sql, then: None });
+        }
+    }
+    Ok(out)
+}
+
+/// Turns autovacuum off on every leaf of the ghost (a partitioned table has no storage and
+/// takes no storage parameters); returns each leaf's parameters as they were, by its ghost
+/// name, for the swap to give back.
+pub(super) async fn autovacuum_off(tx: &impl GenericClient, tree: &PartitionTree) -> Result<Vec<(QualifiedName, AutovacuumSettings)>> {
+    let mut out = Vec::new();
+    for p in tree.partitions.iter().filter(|p| p.is_leaf()) {
+        let g = p.ghost_name();
+        let row = tx.query_one("SELECT $1::text::regclass::oid", &[&g.sql()]).await.with_context(|| format!("looking up {g}"))?;
+        let oid: u32 = row.try_get(0)?;
+        out.push((g.clone(), autovacuum::turn_off(tx, &g, oid).await?));
+    }
+    Ok(out)
+}
+
+/// Every index of a partitioned table's tree: (index oid, name, schema, table oid, the index
+/// of the parent table it belongs to).
+#[derive(Clone, Debug)]
+pub struct TreeIndex {
+    pub oid: u32,
+    pub name: String,
+    pub schema: String,
+    pub table: u32,
+    pub parent: Option<u32>,
+}
+
+pub async fn tree_indexes(tx: &impl GenericClient, root: u32) -> Result<Vec<TreeIndex>> {
+    let rows = tx
+        .query(
+            "SELECT i.indexrelid, ci.relname::text, n.nspname::text, i.indrelid, h.inhparent
+               FROM pg_partition_tree($1::oid::regclass) t
+               JOIN pg_index i ON i.indrelid = t.relid
+               JOIN pg_class ci ON ci.oid = i.indexrelid JOIN pg_namespace n ON n.oid = ci.relnamespace
+               LEFT JOIN pg_inherits h ON h.inhrelid = i.indexrelid
+              ORDER BY t.level, i.indexrelid",
+            &[&root],
+        )
+        .await
+        .context("reading the indexes of the partition tree")?;
+    rows.iter()
+        .map(|r| Ok(TreeIndex { oid: r.try_get(0)?, name: r.try_get(1)?, schema: r.try_get(2)?, table: r.try_get(3)?, parent: r.try_get(4)? }))
+        .collect()
+}
+
+/// The oid of each table of the tree by name: the root's and its partitions'.
+pub async fn tree_tables(tx: &impl GenericClient, root: u32) -> Result<Vec<(u32, QualifiedName)>> {
+    let rows = tx
+        .query(
+            "SELECT c.oid, n.nspname::text, c.relname::text FROM pg_partition_tree($1::oid::regclass) t
+               JOIN pg_class c ON c.oid = t.relid JOIN pg_namespace n ON n.oid = c.relnamespace",
+            &[&root],
+        )
+        .await
+        .context("reading the tables of the partition tree")?;
+    rows.iter().map(|r| Ok((r.try_get(0)?, QualifiedName::new(r.try_get::<_, String>(1)?, r.try_get::<_, String>(2)?)))).collect()
+}

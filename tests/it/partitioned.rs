@@ -1,0 +1,346 @@
+//! Partitioned tables changed online, under the control-table workload: a range-partitioned
+//! table with a default partition and a sub-partitioned (hash) level, partitions with their
+//! own storage parameters, index, comment and grant, changed by each kind of ALTER that
+//! reaches the partitions (add column, type change, add a unique index, add constraints); a
+//! hash-partitioned table; a partition attached by another session during the run. Each run
+//! must leave the table equal to its control row for row (the workload moves rows between
+//! partitions by updating the partition key), the old table dropping without CASCADE, and the
+//! whole database's schema dump equal to a twin's on which a plain ALTER TABLE ran.
+
+use crate::binary;
+use crate::harness::{Cluster, TestDb};
+use crate::oracle::*;
+use crate::run_faults::{flag_path, wait_for_copy_past, wait_for_state, Running, POLL};
+use std::time::{Duration, Instant};
+
+/// By tenant (the workload writes tenants 1 to 8 and moves rows between them): tenants 1-2 in
+/// a partition of their own, 3-4 in one partitioned again by hash of the id, the others in the
+/// default partition.
+const BY_TENANT: &str = "RANGE (tenant)";
+const TENANT_TREE: &str = "
+    CREATE TABLE public.orders_t1 PARTITION OF {t} FOR VALUES FROM (1) TO (3) WITH (fillfactor = 90);
+    CREATE TABLE public.orders_t3 PARTITION OF {t} FOR VALUES FROM (3) TO (5) PARTITION BY HASH (id);
+    CREATE TABLE public.orders_t3_h0 PARTITION OF public.orders_t3 FOR VALUES WITH (MODULUS 2, REMAINDER 0) WITH (fillfactor = 80);
+    CREATE TABLE public.orders_t3_h1 PARTITION OF public.orders_t3 FOR VALUES WITH (MODULUS 2, REMAINDER 1);
+    CREATE TABLE public.orders_rest PARTITION OF {t} DEFAULT;";
+/// What partitions have of their own (a leaf with REPLICA IDENTITY FULL: its old rows come
+/// whole, converted to the partitioned table's columns).
+const PARTITIONS_OWN: &str = "
+    CREATE INDEX orders_t1_at_n ON public.orders_t1 (at, n);
+    CREATE UNIQUE INDEX orders_rest_id_n ON public.orders_rest (id, tenant, n);
+    COMMENT ON TABLE public.orders_t3_h1 IS 'odd hashes';
+    ALTER TABLE public.orders_rest SET (autovacuum_vacuum_scale_factor = 0.05);
+    REVOKE ALL ON public.orders_t1 FROM PUBLIC;
+    GRANT SELECT ON public.orders_rest TO PUBLIC;
+    ALTER TABLE public.orders_t3_h0 REPLICA IDENTITY FULL;
+    ANALYZE;";
+
+struct Case<'a> {
+    prefix: &'a str,
+    kind: KeyKind,
+    by: &'a str,
+    tree: &'a str,
+    /// SQL after the table is created.
+    extra: &'a str,
+    alter: &'a str,
+    project: fn(Projection) -> Projection,
+    /// More flags for the run.
+    flags: &'a [&'a str],
+}
+
+async fn run_case(c: Case<'_>) {
+    let db = Cluster::primary().fresh_db(c.prefix);
+    let table = OracleTable::create_partitioned(&db, "orders", c.kind, 3_000, c.by, c.tree).await;
+    if !c.extra.is_empty() {
+        db.psql(c.extra);
+    }
+    let before = WholeSchema::take(&db).await;
+    let workload = Workload::start(&db, &table, WorkloadOptions::new(3).rate(Some(80))).await;
+    workload.wait_for_more_commits(30, Duration::from_secs(30)).await;
+
+    let mut args = vec!["--table", "orders", "--alter", c.alter, "--execute", "--chunk-size", "500"];
+    args.extend(c.flags);
+    let out = binary::run(&db, &args).await;
+    binary::assert_success(&out);
+    let log = binary::stderr(&out);
+    assert!(log.contains("publication created (via the partition root)"), "{log}");
+
+    workload.wait_for_more_commits(30, Duration::from_secs(30)).await;
+    let report = workload.stop().await;
+    assert!(report.errors.is_empty(), "workload errors (seed {}): {:#?}", report.seed, report.errors);
+    assert!(report.committed_after_swap > 0, "nothing written after the swap: {report:?}");
+    assert_after_run(&db, &table, &before, c.alter, &(c.project)(table.projection()), &log).await;
+}
+
+/// The table equals its control, the old table drops without CASCADE, the whole schema is a
+/// plain ALTER's, and pg-ghost left no slot or publication.
+async fn assert_after_run(db: &TestDb<'_>, table: &OracleTable, before: &WholeSchema, alter: &str, projection: &Projection, log: &str) {
+    let client = db.client().await;
+    table.assert_matches_control(&client, projection).await;
+    client
+        .batch_execute("DROP TABLE public._orders_del")
+        .await
+        .unwrap_or_else(|e| panic!("the old table must drop without CASCADE: {}\n{log}", compare::db_message(&e)));
+    let twin = before.twin_after_plain_alter(db, "public.orders", alter).await;
+    assert_whole_schema_equal(db, &twin, alter).await;
+    assert_eq!(db.psql("SELECT count(*) FROM pg_replication_slots WHERE database = current_database()"), "0", "a slot was left behind");
+    assert_eq!(db.psql("SELECT count(*) FROM pg_publication WHERE pubname LIKE 'pg\\_ghost%'"), "0", "pg-ghost's publication was left behind");
+}
+
+async fn tenant_case(prefix: &str, extra: &str, alter: &str, project: fn(Projection) -> Projection) {
+    let extra = format!("{PARTITIONS_OWN} {extra}");
+    run_case(Case { prefix, kind: KeyKind::Composite, by: BY_TENANT, tree: TENANT_TREE, extra: &extra, alter, project, flags: &[] }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn range_partitioned_add_column() {
+    tenant_case("part_add_column", "", "ADD COLUMN note text NOT NULL DEFAULT 'none'", |p| p.add("note", "'none'::text")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn range_partitioned_type_change() {
+    tenant_case("part_type", "", "ALTER COLUMN spare TYPE bigint, ALTER COLUMN n TYPE bigint", |p| {
+        p.map("spare", "spare::bigint").map("n", "n::bigint")
+    })
+    .await;
+}
+
+/// A unique constraint must contain the partition key, as PostgreSQL requires; its index
+/// reaches every partition under the name PostgreSQL gives it there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn range_partitioned_add_unique_index() {
+    tenant_case("part_index", "", "ADD UNIQUE (tenant, id, n)", |p| p).await;
+}
+
+/// A CHECK and a foreign key, both unnamed: each partition carries them under the name a plain
+/// ALTER gives them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn range_partitioned_add_constraints() {
+    tenant_case(
+        "part_constraints",
+        "CREATE TABLE public.tenants (id int PRIMARY KEY); INSERT INTO public.tenants SELECT generate_series(1, 8);",
+        "ADD CHECK (spare <> -1), ADD FOREIGN KEY (tenant) REFERENCES public.tenants (id)",
+        |p| p,
+    )
+    .await;
+}
+
+/// The ALTER drops the primary key: the ghost keeps a unique index on the key for the copy and
+/// the apply (it contains the partition key, as PostgreSQL requires on a partitioned table),
+/// reaching every partition, and the swap drops it with its partitions' copies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn range_partitioned_drop_primary_key() {
+    tenant_case("part_drop_pkey", "", "DROP CONSTRAINT orders_pkey", |p| p).await;
+}
+
+/// A view, triggers, a policy and a publication on the partitioned table follow it in the swap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dependents_of_a_partitioned_table_follow_it() {
+    tenant_case(
+        "part_dependents",
+        "CREATE VIEW public.orders_small AS SELECT tenant, id, n FROM public.orders WHERE n < 1000;
+         CREATE FUNCTION public.nothing() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$;
+         CREATE TRIGGER orders_after AFTER UPDATE ON public.orders FOR EACH ROW EXECUTE FUNCTION public.nothing();
+         CREATE TRIGGER orders_stmt AFTER DELETE ON public.orders FOR EACH STATEMENT EXECUTE FUNCTION public.nothing();
+         ALTER TABLE public.orders ENABLE ROW LEVEL SECURITY;
+         CREATE POLICY everyone ON public.orders USING (true);
+         CREATE PUBLICATION app_pub FOR TABLE public.orders WITH (publish_via_partition_root = true);",
+        "ADD COLUMN flag boolean NOT NULL DEFAULT true",
+        |p| p.add("flag", "true"),
+    )
+    .await;
+}
+
+/// By hash of the id (the workload's key updates move rows between partitions); one
+/// partition lives in another schema.
+const HASH_TREE: &str = "
+    CREATE TABLE public.orders_h0 PARTITION OF {t} FOR VALUES WITH (MODULUS 3, REMAINDER 0);
+    CREATE TABLE public.orders_h1 PARTITION OF {t} FOR VALUES WITH (MODULUS 3, REMAINDER 1) WITH (fillfactor = 70);
+    CREATE SCHEMA archive;
+    CREATE TABLE archive.orders_h2 PARTITION OF {t} FOR VALUES WITH (MODULUS 3, REMAINDER 2);";
+
+/// The workload's key updates (`id = DEFAULT`) move rows between the hash partitions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hash_partitioned_table() {
+    run_case(Case {
+        prefix: "part_hash",
+        kind: KeyKind::Identity,
+        by: "HASH (id)",
+        tree: HASH_TREE,
+        extra: "",
+        alter: "ALTER COLUMN n TYPE bigint, ADD COLUMN flag boolean NOT NULL DEFAULT true",
+        project: |p| p.map("n", "n::bigint").add("flag", "true"),
+        flags: &["--copy-workers", "2"],
+    })
+    .await;
+}
+
+/// pg_partman's maintenance attaches partitions while pg-ghost runs. One attached with a row in
+/// it holds rows the ghost never saw: the cut-over is abandoned under its lock and the original
+/// is left as it was, the new partition and its row included. A second run carries the
+/// partition over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_attached_during_the_run_abandons_the_cut_over() {
+    const ALTER: &str = "ALTER COLUMN spare TYPE bigint";
+    let db = Cluster::primary().fresh_db("part_attach");
+    let table = OracleTable::create_partitioned(&db, "orders", KeyKind::Composite, 2_000, BY_TENANT, TENANT_TREE).await;
+    let oid_before = db.psql("SELECT 'public.orders'::regclass::oid");
+    let workload = Workload::start(&db, &table, WorkloadOptions::new(2).rate(Some(60))).await;
+    workload.wait_for_more_commits(20, Duration::from_secs(30)).await;
+
+    let flag = flag_path(&db, "postpone");
+    std::fs::write(&flag, b"").unwrap();
+    let args = ["--table", "orders", "--alter", ALTER, "--execute", "--postpone-cut-over-flag-file", flag.to_str().unwrap()];
+    let mut run = Running::spawn_command(binary::command(&db, "run", &args));
+    let watcher = db.client().await;
+    wait_for_state(&watcher, &mut run, "orders", "postponed", Duration::from_secs(60)).await;
+
+    // Another session attaches a partition that already holds a row (the control gets it too).
+    let cols = "tenant, id, n, label, amount, doc, tags, at, big, spare";
+    let row = "150, 900000, 7, 'attached', 1.50, '{\"a\": 1}', ARRAY['x'], '2024-06-01 00:00:00+00', 'big', 3";
+    db.psql(&format!(
+        "CREATE TABLE public.orders_t100 (LIKE public.orders INCLUDING CONSTRAINTS INCLUDING STORAGE);
+         INSERT INTO public.orders_t100 ({cols}) VALUES ({row});
+         INSERT INTO public.orders_control ({cols}) VALUES ({row});
+         ALTER TABLE public.orders ATTACH PARTITION public.orders_t100 FOR VALUES FROM (100) TO (200);"
+    ));
+    std::fs::remove_file(&flag).unwrap();
+    let out = run.wait(Duration::from_secs(120)).await;
+    binary::assert_failure(&out, 1, "partitions of \"public\".\"orders\" changed during the run");
+    let log = binary::stderr(&out);
+
+    let client = db.client().await;
+    assert_eq!(db.psql("SELECT 'public.orders'::regclass::oid"), oid_before, "the original keeps its name:\n{log}");
+    assert_eq!(db.psql("SELECT count(*) FROM pg_class WHERE relname LIKE '%\\_del'"), "0", "nothing was swapped:\n{log}");
+    assert_eq!(db.psql("SELECT tenant || ' ' || id FROM public.orders_t100"), "150 900000", "the attached partition keeps its row");
+    assert_no_slots_or_publications(&client).await;
+    table.assert_matches_control(&client, &table.projection()).await;
+
+    // The failed run's leftovers (its ghost) go; then a run again, the workload still
+    // writing, carries the new partition over.
+    binary::assert_success(&binary::cleanup(&db, &["--table", "orders"]).await);
+    let before = WholeSchema::take(&db).await;
+    let out = binary::run(&db, &["--table", "orders", "--alter", ALTER, "--execute"]).await;
+    binary::assert_success(&out);
+    let log = binary::stderr(&out);
+    workload.wait_for_more_commits(20, Duration::from_secs(30)).await;
+    let report = workload.stop().await;
+    assert!(report.errors.is_empty(), "workload errors (seed {}): {:#?}", report.seed, report.errors);
+    assert_eq!(db.psql("SELECT tenant || ' ' || id || ' ' || spare FROM public.orders_t100"), "150 900000 3");
+    assert_after_run(&db, &table, &before, ALTER, &table.projection().map("spare", "spare::bigint"), &log).await;
+}
+
+/// A partition of a partitioned table is still refused, and so is the direct way.
+#[tokio::test]
+async fn a_partition_and_the_direct_way_are_refused() {
+    let db = Cluster::primary().fresh_db("part_refusals");
+    db.psql(&format!(
+        "CREATE TABLE public.orders (tenant int NOT NULL, id bigint NOT NULL, n int, PRIMARY KEY (tenant, id)) PARTITION BY {BY_TENANT};
+         CREATE TABLE public.orders_t1 PARTITION OF public.orders FOR VALUES FROM (1) TO (3);"
+    ));
+    let out = binary::run(&db, &["--table", "orders_t1", "--alter", "ADD COLUMN x int", "--execute"]).await;
+    binary::assert_failure(&out, 3, "is a partition of \"public\".\"orders\"");
+    let out = binary::run(&db, &["--table", "orders", "--alter", "ADD COLUMN x int", "--execute", "--strategy", "direct"]).await;
+    binary::assert_failure(&out, 3, "is a partitioned table, which pg-ghost changes through a ghost only");
+    assert_eq!(db.psql("SELECT count(*) FROM pg_attribute WHERE attname = 'x'"), "0");
+}
+
+/// SIGKILL in the middle of a partitioned table's copy (or inside the cut-over, before its
+/// commit), then `--resume`: the original is intact meanwhile, the resumed run builds what is
+/// missing (a partition's own index among it) and swaps every partition.
+async fn killed_then_resumed(prefix: &str, fault: Option<&str>) {
+    const ALTER: &str = "ALTER COLUMN n TYPE bigint";
+    let rows = if fault.is_some() { 2_000 } else { 10_000 };
+    let db = Cluster::primary().fresh_db(prefix);
+    let table = OracleTable::create_partitioned(&db, "orders", KeyKind::Identity, rows, "HASH (id)", HASH_TREE).await;
+    db.psql("CREATE INDEX orders_h1_at ON public.orders_h1 (at)");
+    let before = WholeSchema::take(&db).await;
+    let oid_before = db.psql("SELECT 'public.orders'::regclass::oid");
+    let client = db.client().await;
+    let workload = Workload::start(&db, &table, WorkloadOptions::new(3).rate(Some(50))).await;
+    workload.wait_for_more_commits(20, Duration::from_secs(30)).await;
+
+    let args = ["--table", "orders", "--alter", ALTER, "--execute", "--status-interval", "1s", "--copy-workers", "2"];
+    match fault {
+        None => {
+            let slow = ["--chunk-size", "100", "--chunk-time", "1ms", "--nice-ratio", "1"];
+            let mut run = Running::spawn(&db, "run", &[&args[..], &slow[..]].concat());
+            wait_for_state(&client, &mut run, "orders", "copy", Duration::from_secs(30)).await;
+            wait_for_copy_past(&client, &mut run, "orders", 3_000, Duration::from_secs(60)).await;
+            let (status, log) = run.kill9().await;
+            assert!(!status.success(), "pg-ghost was not killed: {status}\n{log}");
+        }
+        Some(point) => {
+            let mut cmd = binary::command(&db, "run", &args);
+            cmd.env("PG_GHOST_FAULT", point);
+            let out = Running::spawn_command(cmd).wait(Duration::from_secs(90)).await;
+            let log = binary::stderr(&out);
+            assert!(!out.status.success() && log.contains("fault injection"), "pg-ghost did not die at {point}:\n{log}");
+        }
+    }
+    assert_eq!(db.psql("SELECT 'public.orders'::regclass::oid"), oid_before, "the original was swapped out");
+    assert_eq!(db.psql("SELECT count(*) FROM pg_class WHERE relname LIKE '%\\_del'"), "0", "something was swapped");
+    workload.wait_for_more_commits(30, Duration::from_secs(30)).await;
+    // The killed run's walsender lets go of the slot.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while db.psql("SELECT count(*) FROM pg_replication_slots WHERE database = current_database() AND active") != "0" {
+        assert!(Instant::now() < deadline, "the killed run's slot is still active after 15 s");
+        tokio::time::sleep(POLL).await;
+    }
+
+    let out = binary::run(&db, &[&args[..], &["--resume"][..]].concat()).await;
+    binary::assert_success(&out);
+    let log = binary::stderr(&out);
+    assert!(log.contains("resuming the earlier run"), "the run did not say it resumed:\n{log}");
+    workload.wait_for_more_commits(30, Duration::from_secs(30)).await;
+    let report = workload.stop().await;
+    assert!(report.errors.is_empty(), "workload errors (seed {}): {:#?}", report.seed, report.errors);
+    assert!(report.committed_after_swap > 0, "no writes after the swap: {report:?}");
+    assert_after_run(&db, &table, &before, ALTER, &table.projection().map("n", "n::bigint"), &log).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_during_a_partitioned_copy_resumes() {
+    killed_then_resumed("part_resume_copy", None).await;
+}
+
+#[cfg(feature = "fault-injection")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_inside_a_partitioned_cut_over_resumes() {
+    killed_then_resumed("part_resume_cut", Some("cut-over-before-commit")).await;
+}
+
+/// A partition detached by another session during the run: the ghost still has it, so the
+/// cut-over is abandoned and the original stays as the other session left it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_detached_during_the_run_abandons_the_cut_over() {
+    let db = Cluster::primary().fresh_db("part_detach");
+    let tree = format!("{TENANT_TREE} CREATE TABLE public.orders_t100 PARTITION OF {{t}} FOR VALUES FROM (100) TO (200);");
+    let table = OracleTable::create_partitioned(&db, "orders", KeyKind::Composite, 2_000, BY_TENANT, &tree).await;
+    let oid_before = db.psql("SELECT 'public.orders'::regclass::oid");
+    let workload = Workload::start(&db, &table, WorkloadOptions::new(2).rate(Some(60))).await;
+    workload.wait_for_more_commits(20, Duration::from_secs(30)).await;
+
+    let flag = flag_path(&db, "postpone");
+    std::fs::write(&flag, b"").unwrap();
+    let args = ["--table", "orders", "--alter", "ADD COLUMN note text", "--execute", "--postpone-cut-over-flag-file", flag.to_str().unwrap()];
+    let mut run = Running::spawn_command(binary::command(&db, "run", &args));
+    let watcher = db.client().await;
+    wait_for_state(&watcher, &mut run, "orders", "postponed", Duration::from_secs(60)).await;
+    db.psql("ALTER TABLE public.orders DETACH PARTITION public.orders_t100");
+    std::fs::remove_file(&flag).unwrap();
+    let out = run.wait(Duration::from_secs(120)).await;
+    binary::assert_failure(&out, 1, "partitions of \"public\".\"orders\" changed during the run");
+    let log = binary::stderr(&out);
+    assert!(log.contains("orders_t100"), "the error names the detached partition:\n{log}");
+
+    assert_eq!(db.psql("SELECT 'public.orders'::regclass::oid"), oid_before, "the original keeps its name:\n{log}");
+    assert_eq!(db.psql("SELECT count(*) FROM pg_attribute WHERE attname = 'note' AND attrelid = 'public.orders'::regclass"), "0");
+    assert_eq!(db.psql("SELECT count(*) FROM pg_inherits WHERE inhrelid = 'public.orders_t100'::regclass"), "0", "still detached");
+    workload.wait_for_more_commits(20, Duration::from_secs(30)).await;
+    let report = workload.stop().await;
+    assert!(report.errors.is_empty(), "workload errors (seed {}): {:#?}", report.seed, report.errors);
+    let client = db.client().await;
+    table.assert_matches_control(&client, &table.projection()).await;
+    assert_eq!(db.psql("SELECT count(*) FROM pg_replication_slots WHERE database = current_database()"), "0");
+}
