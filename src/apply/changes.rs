@@ -36,6 +36,12 @@ pub struct ChangeExtractor {
     /// Keys of streamed transactions not yet committed, by top-level xid.
     streamed: HashMap<Xid, HashSet<Key>>,
     current_block: Option<Xid>,
+    /// The revert window's gate: while set, every committed transaction's keys are dropped,
+    /// until the transaction that carries this logical message (the swap's own) has
+    /// committed. See [`ChangeExtractor::skipping_until`].
+    skip_until: Option<String>,
+    /// The transaction the gate's message came in, once it came.
+    marker_xid: Option<Xid>,
 }
 
 impl ChangeExtractor {
@@ -50,6 +56,36 @@ impl ChangeExtractor {
             touched: false,
             streamed: HashMap::new(),
             current_block: None,
+            skip_until: None,
+            marker_xid: None,
+        }
+    }
+
+    /// Drops the keys of every transaction up to and including the one that emits the
+    /// logical message `marker` (with pg-ghost's prefix): the revert window's stream starts
+    /// before the swap and must apply only what committed after it. The stream is in commit
+    /// order, so every transaction after the swap's comes after its message, and none before.
+    pub fn skipping_until(mut self, marker: String) -> Self {
+        self.skip_until = Some(marker);
+        self
+    }
+
+    /// Whether the gate of [`ChangeExtractor::skipping_until`] is still closed.
+    pub fn skipping(&self) -> bool {
+        self.skip_until.is_some()
+    }
+
+    /// At a commit while the gate is closed: the keys are dropped, and the gate opens when
+    /// this was the marker's transaction.
+    fn pass_gate(&mut self, xid: Option<Xid>, keys: &mut Vec<Key>) {
+        if self.skip_until.is_none() {
+            return;
+        }
+        keys.clear();
+        if xid.is_some() && xid == self.marker_xid {
+            tracing::info!("the swap's transaction passed the reverse stream: every later change is applied to the old table");
+            self.skip_until = None;
+            self.marker_xid = None;
         }
     }
 
@@ -61,6 +97,7 @@ impl ChangeExtractor {
         self.xid = None;
         self.touched = false;
         self.current_block = None;
+        self.marker_xid = None;
         let dropped = self.streamed.values().map(HashSet::len).sum();
         self.streamed.clear();
         dropped
@@ -81,7 +118,9 @@ impl ChangeExtractor {
             }
             Message::Commit(c) => {
                 self.in_transaction = false;
-                let xid = self.xid.take().filter(|_| self.touched);
+                let open = self.xid;
+                self.pass_gate(open, keys);
+                let xid = self.xid.take().filter(|_| self.touched && !keys.is_empty());
                 out.push(StreamItem::Committed { keys: std::mem::take(keys), end_lsn: c.end_lsn, xid });
             }
             Message::Relation(r) => self.on_relation(&r)?,
@@ -115,12 +154,16 @@ impl ChangeExtractor {
                 ));
             }
             Message::LogicalMessage(m) if m.prefix.as_ref() == MESSAGE_PREFIX.as_bytes() => {
+                if self.skip_until.as_deref().is_some_and(|want| want.as_bytes() == m.content.as_ref()) {
+                    self.marker_xid = self.current_block.or(self.xid);
+                }
                 out.push(StreamItem::Sentinel(String::from_utf8_lossy(&m.content).into_owned()));
             }
             Message::StreamStart(s) => self.current_block = Some(s.xid),
             Message::StreamStop => self.current_block = None,
             Message::StreamCommit(c) => {
-                let streamed: Vec<Key> = self.streamed.remove(&c.xid).map(|set| set.into_iter().collect()).unwrap_or_default();
+                let mut streamed: Vec<Key> = self.streamed.remove(&c.xid).map(|set| set.into_iter().collect()).unwrap_or_default();
+                self.pass_gate(Some(c.xid), &mut streamed);
                 let xid = (!streamed.is_empty()).then_some(c.xid);
                 out.push(StreamItem::Committed { keys: streamed, end_lsn: c.end_lsn, xid });
             }
@@ -483,5 +526,38 @@ mod tests {
         t.put_u32(REL);
         let e = f.feed(&[begin(1), t.freeze()]).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::SchemaChanged);
+    }
+
+    #[test]
+    fn the_revert_gate_drops_everything_up_to_the_swap_and_nothing_after() {
+        let cols = [("id", 20), ("v", 25)];
+        let mut f = Feed::new();
+        f.extractor = ChangeExtractor::new(REL, expected(), vec!["id".into()]).skipping_until("swap 1".into());
+        // pg-ghost's own writes before the swap, one of them streamed, then another attempt's
+        // marker (rolled back, never sent) would not count: only the exact marker opens it.
+        let before = f
+            .feed(&[
+                begin(7),
+                relation(None, &cols),
+                insert(None, "1"),
+                commit(0x500),
+                stream_start(9),
+                insert(Some(9), "2"),
+                stream_stop(),
+                stream_commit(9, 0x580),
+                begin(8),
+                insert(None, "3"),
+                message(MESSAGE_PREFIX, "swap 0"),
+                commit(0x600),
+            ])
+            .unwrap();
+        assert_eq!(committed(&before), vec![(vec![], 0x500, None), (vec![], 0x580, None), (vec![], 0x600, None)]);
+        assert!(f.extractor.skipping());
+        // The swap's own transaction: its final flush is dropped too, then the gate opens.
+        let swap = f.feed(&[begin(10), insert(None, "4"), message(MESSAGE_PREFIX, "swap 1"), commit(0x700)]).unwrap();
+        assert_eq!(committed(&swap), vec![(vec![], 0x700, None)]);
+        assert!(!f.extractor.skipping());
+        let after = f.feed(&[begin(11), insert(None, "5"), commit(0x800)]).unwrap();
+        assert_eq!(committed(&after), vec![(vec![key("5")], 0x800, Some(11))]);
     }
 }

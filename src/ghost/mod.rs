@@ -11,4 +11,4 @@ mod mapping;
 pub mod statistics;
 
 pub use create::{create, rebuild_deferred, temp_name, trial, trial_with_dependents, Deferred, Ghost, Trial};
-pub use mapping::Mapping;
+pub use mapping::{CastBack, Mapping, Reverse};
