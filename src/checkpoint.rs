@@ -31,6 +31,14 @@ pub const COPY_WATERMARK: &str = "copy_watermark";
 pub const APPLIED_LSN: &str = "applied_lsn";
 pub const STATE: &str = "state";
 pub const RUN_ID: &str = "run_id";
+/// The revert window: the names of both tables before the swap (see `cutover::swap_back`).
+pub const REVERT_NAMES: &str = "revert_names";
+/// The revert window: the logical message the swap's transaction emitted.
+pub const REVERT_MARKER: &str = "revert_marker";
+/// The revert window: when it ends (RFC 3339, the server's clock), and what the DBA asked
+/// of it (`revert` or `finalize`, written by `pg-ghost revert` / `finalize`).
+pub const WINDOW_ENDS: &str = "window_ends";
+pub const WINDOW_REQUEST: &str = "window_request";
 
 /// The states after which the row copy is complete.
 const COPY_DONE_STATES: [&str; 4] = ["build-indexes", "checksum", "postponed", "cut-over"];

@@ -14,6 +14,10 @@
 //! before; anything else fails the transaction, which rolls back with the original as it was.
 //! The one change that stays is the one the swap makes for good: the ghost's temporary key
 //! index is dropped.
+//!
+//! The revert window ([`record_names`], [`revert`]) uses the same undo across two
+//! transactions: the names are recorded inside the forward swap's transaction, before its
+//! renames, and put back by the revert's, which also carries identity sequences back.
 
 use super::swap;
 use crate::error::{Context, Error, Result};
@@ -24,7 +28,7 @@ use std::collections::HashMap;
 use tokio_postgres::GenericClient;
 
 /// A relation of either table: the table itself, an index, an identity or serial sequence.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct Relation {
     oid: u32,
     kind: String,
@@ -32,7 +36,7 @@ struct Relation {
 }
 
 /// A constraint that is not backed by an index (those follow their index's name).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct Constraint {
     oid: u32,
     table: u32,
@@ -40,7 +44,7 @@ struct Constraint {
 }
 
 /// A serial sequence and the column that owns it (`OWNED BY`).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct Owner {
     sequence: u32,
     table: u32,
@@ -48,7 +52,7 @@ struct Owner {
 }
 
 /// What the undo restores: read before the swap, compared after the undo.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct NamesOf {
     relations: Vec<Relation>,
     constraints: Vec<Constraint>,
@@ -218,6 +222,77 @@ pub async fn swap_and_back(tx: &impl GenericClient, orig: &TableInfo, ghost: &Gh
     }
     sql.extend(undo);
     Ok(sql)
+}
+
+/// The names of both tables' relations and constraints as they are now, as JSON: read
+/// inside the forward swap's transaction, before its renames, for [`revert`].
+pub async fn record_names(tx: &impl GenericClient, orig: u32, ghost: u32) -> Result<String> {
+    let names = NamesOf::read(tx, orig, ghost).await?;
+    serde_json::to_string(&names).map_err(|e| Error::internal(format!("cannot encode the names before the swap: {e}")))
+}
+
+/// The revert window's swap back, inside the caller's transaction, which holds ACCESS
+/// EXCLUSIVE on both tables: `old` (the original, by its OID) and `new` (the table that
+/// carried the change) get back every name `recorded` says they had before the forward swap,
+/// identity sequences included; serial sequences go back to their old owner; each identity
+/// sequence of the old table is set to where the new table's stands (rows inserted during
+/// the window drew from it). `carried`: (old column, new column) pairs. The result is read
+/// again and must equal what was recorded, or the transaction fails.
+pub async fn revert(tx: &impl GenericClient, recorded: &str, old: &QualifiedName, new: &QualifiedName, carried: &[(String, String)]) -> Result<Vec<String>> {
+    let before: NamesOf = serde_json::from_str(recorded).map_err(|e| Error::internal(format!("cannot read the names recorded at the swap: {e}")))?;
+    let (Some(old_oid), Some(new_oid)) = (oid_of(tx, old).await?, oid_of(tx, new).await?) else {
+        return Err(Error::internal(format!("{old} or {new} is missing; cannot swap back")));
+    };
+    let mut sql = carry_identities(tx, old, new, carried).await?;
+    let now = NamesOf::read(tx, old_oid, new_oid).await?;
+    let undo = undo_statements(&before, &now);
+    if !undo.is_empty() {
+        tx.batch_execute(&undo.join(";\n")).await.context("swapping the tables back")?;
+    }
+    let after = NamesOf::read(tx, old_oid, new_oid).await?;
+    let left = differences(&before.without_dropped(&now), &after);
+    if !left.is_empty() {
+        return Err(Error::internal(format!(
+            "swapping {old} back did not restore every name ({}); the transaction is rolled back",
+            left.join("; ")
+        )));
+    }
+    sql.extend(undo);
+    Ok(sql)
+}
+
+async fn oid_of(tx: &impl GenericClient, table: &QualifiedName) -> Result<Option<u32>> {
+    let row = tx.query_one("SELECT to_regclass($1)::oid", &[&table.sql()]).await.context("looking up a table to swap back")?;
+    Ok(row.try_get(0)?)
+}
+
+/// Sets each identity sequence of `old` to the value of its column's on `new`; returns the
+/// statements, for the log.
+async fn carry_identities(tx: &impl GenericClient, old: &QualifiedName, new: &QualifiedName, carried: &[(String, String)]) -> Result<Vec<String>> {
+    let mut done = Vec::new();
+    for (old_col, new_col) in carried {
+        let row = tx
+            .query_one(
+                "SELECT (SELECT pg_get_serial_sequence($1, $2) FROM pg_attribute
+                          WHERE attrelid = $1::regclass AND attname = $5 AND attidentity <> ''),
+                        (SELECT pg_get_serial_sequence($3, $4) FROM pg_attribute
+                          WHERE attrelid = $3::regclass AND attname = $6 AND attidentity <> '')",
+                &[&old.sql(), &ident(old_col), &new.sql(), &ident(new_col), &old_col, &new_col],
+            )
+            .await
+            .context("reading the identity sequences to carry back")?;
+        let (Some(to), Some(from)) = (row.try_get::<_, Option<String>>(0)?, row.try_get::<_, Option<String>>(1)?) else { continue };
+        tx.execute(
+            "SELECT setval($2::regclass, coalesce(pg_sequence_last_value($1::regclass), s.seqstart),
+                           pg_sequence_last_value($1::regclass) IS NOT NULL)
+               FROM pg_sequence s WHERE s.seqrelid = $1::regclass",
+            &[&from, &to],
+        )
+        .await
+        .with_context(|| format!("carrying the value of {from} back to {to}"))?;
+        done.push(format!("SELECT setval('{to}', <value of {from}>)"));
+    }
+    Ok(done)
 }
 
 #[cfg(test)]

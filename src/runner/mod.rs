@@ -17,9 +17,11 @@ mod replication;
 mod resume;
 mod status;
 mod watchers;
+mod window;
 
 pub use cleanup::cleanup;
 pub use replica::ReplicaReport;
+pub use window::{request as window_request, Request as WindowRequest};
 
 use crate::alter;
 use crate::config::Config;
@@ -65,6 +67,9 @@ pub enum Outcome {
     ReplicaTested(ReplicaReport),
     /// The direct way: the table itself changed, step by step, without a copy.
     Direct { steps: usize, attempts: u32 },
+    /// `--revertible-for`: the swap committed, then `pg-ghost revert` swapped the original
+    /// back, with every write made in the window.
+    Reverted,
 }
 
 /// Keys still pending below which the stream counts as caught up for the cut-over.
@@ -88,6 +93,8 @@ struct Created {
     ghost: bool,
     publication: bool,
     slot: bool,
+    /// The revert window's publication and slot (`Names::reverse`).
+    reverse: bool,
 }
 
 struct Run {
@@ -107,6 +114,10 @@ struct Run {
     /// What the trial ghost says the existing rows must pass (not on a resumed run).
     data_checks: Option<datacheck::Checks>,
     history: History,
+    /// The marker the swap emits for the revert window (`--revertible-for`).
+    window_marker: Option<String>,
+    /// Keep the old table whatever `--ok-to-drop-table` says (the revert turned impossible).
+    keep_old_table: bool,
 }
 
 pub async fn run(cfg: Config) -> Result<Outcome> {
@@ -147,6 +158,8 @@ pub async fn run(cfg: Config) -> Result<Outcome> {
         cut_over_tally,
         data_checks: None,
         history,
+        window_marker: None,
+        keep_old_table: false,
     };
     let mut background = None;
     let result = run.phases(&mut background, phase_rx).await;
@@ -188,7 +201,8 @@ impl Run {
     /// The direct way's steps when `--strategy` asks for it and no clause rewrites the table.
     async fn direct_steps(&self, info: &TableInfo) -> Result<Option<Vec<crate::plan::Step>>> {
         use crate::cli::StrategyArg;
-        if self.cfg.strategy == StrategyArg::Ghost || self.cfg.test_on_replica.is_some() {
+        // A revert window needs the ghost: the direct way leaves no old table to go back to.
+        if self.cfg.strategy == StrategyArg::Ghost || self.cfg.test_on_replica.is_some() || self.cfg.revertible_for.is_some() {
             return Ok(None);
         }
         match crate::plan::direct_steps(&self.client, &info.name, &self.cfg.alter).await? {
@@ -283,12 +297,17 @@ impl Run {
         let (ghost, copy) = match resumed {
             Some(r) => {
                 // The earlier run's objects are this run's now: cleanup treats them alike.
-                self.created = Created { changelog: true, ghost: true, publication: true, slot: true };
+                self.created = Created { changelog: true, ghost: true, publication: true, slot: true, reverse: false };
                 let copy = if r.copy_done { CopyFrom::Done } else { CopyFrom::After(r.copy_after) };
                 (r.ghost, copy)
             }
             None => (self.prepare(&info, &names).await?, CopyFrom::Fresh),
         };
+        if self.cfg.revertible_for.is_some() {
+            // Refused before the copy: a change with no way back.
+            let new_columns = inspect::columns(&self.client, ghost.oid).await?;
+            ghost.mapping.reverse(&info.columns, &new_columns)?;
+        }
 
         self.enter(Phase::Stream);
         if !self.created.publication {
@@ -343,7 +362,10 @@ impl Run {
         let result = self.stream_and_swap(&info, &names, &ghost, copy, &repl, bg, progress, gate).await;
         status.abort();
         self.controls.refreshing = false;
-        result
+        match (result, self.cfg.revertible_for, self.window_marker.clone()) {
+            (Ok(Outcome::CutOver), Some(length), Some(marker)) => self.revert_window(&info, &names, &ghost, background, length, &marker).await,
+            (result, _, _) => result,
+        }
     }
 
     /// Fires a hook under the guard, so that an abort does not wait for a hanging hook.
@@ -403,6 +425,14 @@ impl Run {
         let refusals = dependents::refusals(&deps, &info.name, &changes, role);
         if !refusals.is_empty() {
             return Err(Error::refused(refusals.join("; ")));
+        }
+        if self.cfg.revertible_for.is_some() && deps.count() > 0 {
+            return Err(Error::refused(format!(
+                "--revertible-for: {} has {} dependent object(s) (views, foreign keys, triggers, rules, policies, publications or functions) that the swap moves to the new table; \
+                 moving them back at a revert is not supported yet, so the revert window is refused (run without --revertible-for)",
+                info.name,
+                deps.count()
+            )));
         }
         if deps.count() > 0 {
             tracing::info!(
@@ -497,7 +527,7 @@ impl Run {
             info.name
         );
         self.names = Some(names);
-        self.created = Created { changelog: true, ghost: false, publication: true, slot: true };
+        self.created = Created { changelog: true, ghost: false, publication: true, slot: true, reverse: false };
         Outcome::CutOver
     }
 
@@ -663,7 +693,15 @@ impl Run {
             env.old_table = Some(old_table.clone());
             env
         });
-        let cut_over = self.cut_over(info, ghost, &old_table, repl, false);
+        if self.cfg.revertible_for.is_some() {
+            let mut abort = self.abort.clone();
+            let marker = guard(self.open_window(names, info, ghost), &mut abort, Some(&mut *bg)).await?;
+            self.window_marker = Some(marker);
+        }
+        let mut cut_over = self.cut_over(info, ghost, &old_table, repl, false);
+        if let Some(marker) = &self.window_marker {
+            cut_over.window = crate::cutover::Window::Open { changelog: &names.changelog, marker };
+        }
         self.controls.cut_over_locked.send_replace(true);
         let report = guard(cut_over.run(), &mut self.abort.clone(), Some(&mut *bg)).await;
         self.controls.cut_over_locked.send_replace(false);
@@ -746,6 +784,7 @@ impl Run {
             abort: self.abort.clone(),
             swap_back,
             tally: &self.cut_over_tally,
+            window: crate::cutover::Window::None,
         }
     }
 
@@ -830,6 +869,10 @@ impl Run {
         if self.created.slot {
             note("slot", slot::drop_slot(&self.client, &names.slot, &backoff).await.map(|_| ()));
         }
+        if self.created.reverse {
+            note("reverse slot", slot::drop_slot(&self.client, &names.reverse, &backoff).await.map(|_| ()));
+            note("reverse publication", slot::drop_publication(&self.client, &names.reverse).await);
+        }
         if self.created.publication {
             note("publication", slot::drop_publication(&self.client, &names.publication).await);
         }
@@ -839,7 +882,7 @@ impl Run {
         if self.created.ghost && self.old_table.is_none() && !self.keeps_ghost() {
             note("ghost table", drop_table(&self.client, &names.ghost).await);
         }
-        if let (Some(old), true) = (&self.old_table, self.cfg.cut_over.ok_to_drop_table) {
+        if let (Some(old), true) = (&self.old_table, self.cfg.cut_over.ok_to_drop_table && !self.keep_old_table) {
             note("old table", drop_table(&self.client, &names.old.sibling(old.clone())).await);
         }
         failed
@@ -853,6 +896,7 @@ fn history_outcome(outcome: &Outcome) -> history::Outcome {
         Outcome::DryRunComplete => history::Outcome::DryRun,
         Outcome::ReplicaTested(_) => history::Outcome::ReplicaTest,
         Outcome::Direct { .. } => history::Outcome::Success,
+        Outcome::Reverted => history::Outcome::Success,
     }
 }
 
