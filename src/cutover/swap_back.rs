@@ -273,19 +273,20 @@ async fn carry_identities(tx: &impl GenericClient, old: &QualifiedName, new: &Qu
     for (old_col, new_col) in carried {
         let row = tx
             .query_one(
+                // The column name is taken literally (not parsed as an identifier).
                 "SELECT (SELECT pg_get_serial_sequence($1, $2) FROM pg_attribute
-                          WHERE attrelid = $1::regclass AND attname = $5 AND attidentity <> ''),
+                          WHERE attrelid = $1::text::regclass AND attname = $2 AND attidentity <> ''),
                         (SELECT pg_get_serial_sequence($3, $4) FROM pg_attribute
-                          WHERE attrelid = $3::regclass AND attname = $6 AND attidentity <> '')",
-                &[&old.sql(), &ident(old_col), &new.sql(), &ident(new_col), &old_col, &new_col],
+                          WHERE attrelid = $3::text::regclass AND attname = $4 AND attidentity <> '')",
+                &[&old.sql(), &old_col, &new.sql(), &new_col],
             )
             .await
             .context("reading the identity sequences to carry back")?;
         let (Some(to), Some(from)) = (row.try_get::<_, Option<String>>(0)?, row.try_get::<_, Option<String>>(1)?) else { continue };
         tx.execute(
-            "SELECT setval($2::regclass, coalesce(pg_sequence_last_value($1::regclass), s.seqstart),
-                           pg_sequence_last_value($1::regclass) IS NOT NULL)
-               FROM pg_sequence s WHERE s.seqrelid = $1::regclass",
+            "SELECT setval($2::text::regclass, coalesce(pg_sequence_last_value($1::text::regclass), s.seqstart),
+                           pg_sequence_last_value($1::text::regclass) IS NOT NULL)
+               FROM pg_sequence s WHERE s.seqrelid = $1::text::regclass",
             &[&from, &to],
         )
         .await

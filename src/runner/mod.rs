@@ -379,7 +379,13 @@ impl Run {
         let info = inspect::table_info(&self.client, &name, self.cfg.key.as_deref()).await?;
         let names = Names::for_table(&info.name, info.oid);
         // The ALTER is read before anything is created, so a malformed one changes nothing.
-        alter::plan(&self.cfg.alter, &names.ghost, &HashMap::new())?;
+        let planned = alter::plan(&self.cfg.alter, &names.ghost, &HashMap::new())?;
+        if let (Some(_), Some(column)) = (self.cfg.revertible_for, planned.using.keys().min()) {
+            return Err(Error::refused(format!(
+                "--revertible-for: the ALTER rewrites column {} with USING, which has no way back; revert windows take type changes without USING only",
+                crate::sql::ident(column)
+            )));
+        }
         let found = match self.cfg.resume {
             true => Some(resume::load(&self.client, &self.cfg, &info).await?),
             false => None,

@@ -1,0 +1,204 @@
+//! The revert window (`--revertible-for`): after the swap the old table is kept current by a
+//! reverse stream, `pg-ghost revert` swaps it back losing nothing, `pg-ghost finalize` ends
+//! the window, and a value the old table cannot take makes the revert impossible, loudly.
+
+use crate::binary;
+use crate::harness::{Cluster, TestDb};
+use crate::oracle::*;
+use std::os::unix::fs::PermissionsExt;
+use std::process::Output;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio_postgres::Client;
+
+/// Starts `pg-ghost run` in the background; its output once it ends.
+fn spawn_run(db: &TestDb<'_>, args: &[&str]) -> JoinHandle<Output> {
+    let mut cmd = binary::command(db, "run", args);
+    tokio::spawn(async move { cmd.output().await.expect("start pg-ghost") })
+}
+
+/// Waits until the run's changelog says the revert window is open (or the run ended).
+async fn wait_for_window(client: &Client, table: &str, run: &mut JoinHandle<Output>) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    loop {
+        if binary::changelog_value(client, table, "state").await.as_deref() == Some("revert-window") {
+            return;
+        }
+        if run.is_finished() {
+            let out = run.await.expect("pg-ghost task");
+            panic!("pg-ghost ended ({}) before its revert window opened:\n{}", out.status, binary::stderr(&out));
+        }
+        assert!(std::time::Instant::now() < deadline, "the revert window did not open within 180 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn finish(run: JoinHandle<Output>) -> Output {
+    tokio::time::timeout(Duration::from_secs(120), run).await.expect("pg-ghost did not end").expect("pg-ghost task")
+}
+
+/// Replication slots left in the test's database, by name.
+async fn slots(client: &Client) -> Vec<String> {
+    client
+        .query("SELECT slot_name::text FROM pg_replication_slots WHERE database = current_database()", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+async fn wait_until(client: &Client, what: &str, sql: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !client.query_one(sql, &[]).await.unwrap().get::<_, bool>(0) {
+        assert!(std::time::Instant::now() < deadline, "{what}: not seen within 60 s ({sql})");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revert_under_load_gives_back_the_original_with_every_write() {
+    let db = Cluster::primary().fresh_db("revert_load");
+    let table = OracleTable::create(&db, "orders", KeyKind::Identity, 3_000).await;
+    let before = WholeSchema::take(&db).await;
+    let workload = Workload::start(&db, &table, WorkloadOptions::new(3).rate(Some(80))).await;
+    workload.wait_for_more_commits(30, Duration::from_secs(30)).await;
+
+    let alter = "ALTER COLUMN n TYPE bigint, ADD COLUMN flag boolean NOT NULL DEFAULT true";
+    let mut run = spawn_run(
+        &db,
+        &["--table", "orders", "--alter", alter, "--execute", "--revertible-for", "10m", "--chunk-size", "500", "--ok-to-drop-table", "--status-interval", "1s"],
+    );
+    let client = db.client().await;
+    wait_for_window(&client, "orders", &mut run).await;
+    // The application keeps writing to the new table during the window.
+    let after_swap = workload.committed_after_swap();
+    while workload.committed_after_swap() < after_swap + 60 {
+        assert!(!run.is_finished(), "pg-ghost ended during its window");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let revert = binary::command(&db, "revert", &["--table", "orders"]).output().await.expect("start pg-ghost revert");
+    binary::assert_success(&revert);
+    let out = finish(run).await;
+    binary::assert_success(&out);
+    // And on the original, once it is back.
+    workload.wait_for_more_commits(30, Duration::from_secs(30)).await;
+    let report = workload.stop().await;
+    assert!(report.errors.is_empty(), "workload errors (seed {}): {:#?}", report.seed, report.errors);
+    assert!(report.committed_after_swap_by_op.get("insert").copied().unwrap_or(0) > 0, "no inserts in the window: {report:?}");
+
+    table.assert_matches_control(&client, &table.projection()).await;
+    assert_sequences_ahead(&client, &table.qualified()).await;
+    let twin = before.twin_after_plain_sql(&db, "SELECT 1").await;
+    assert_whole_schema_equal(&db, &twin, "after a revert, the database is as before the run").await;
+    assert_eq!(slots(&client).await, Vec::<String>::new(), "replication slots left behind");
+    assert_no_slots_or_publications(&client).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finalize_ends_the_window_and_drops_the_reverse_slot() {
+    let db = Cluster::primary().fresh_db("revert_finalize");
+    binary::narrow_table(&db, "items", 2_000);
+    let mut run = spawn_run(&db, &["--table", "items", "--alter", "DROP COLUMN pad, ADD COLUMN note text DEFAULT 'x'", "--execute", "--revertible-for", "10m"]);
+    let client = db.client().await;
+    wait_for_window(&client, "items", &mut run).await;
+
+    // Writes to the new table reach the old one in its old shape: the dropped column keeps
+    // its value on an existing row and takes its default (NULL) on a new one.
+    client
+        .batch_execute(
+            "UPDATE items SET n = -7, note = 'changed' WHERE id = 3;
+             INSERT INTO items (id, n, note) VALUES (900001, 42, 'new');
+             DELETE FROM items WHERE id = 5;",
+        )
+        .await
+        .unwrap();
+    wait_until(
+        &client,
+        "the window's writes on the old table",
+        "SELECT (SELECT n FROM _items_del WHERE id = 3) = -7
+            AND EXISTS (SELECT 1 FROM _items_del WHERE id = 900001)
+            AND NOT EXISTS (SELECT 1 FROM _items_del WHERE id = 5)",
+    )
+    .await;
+    let rows = client.query("SELECT id, n, pad FROM _items_del WHERE id IN (3, 900001) ORDER BY id", &[]).await.unwrap();
+    let got: Vec<(i64, i32, Option<String>)> = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
+    let pad_3: String = client.query_one("SELECT pad FROM items_before WHERE id = 3", &[]).await.unwrap().get(0);
+    assert_eq!(got, vec![(3, -7, Some(pad_3)), (900001, 42, None)]);
+    // Row for row, the old table is the new one in the old shape (the dropped column aside).
+    let diff = compare_rows(&client, "SELECT id, n FROM _items_del", "SELECT id, n::int FROM items").await;
+    assert!(diff.is_empty(), "{diff:?}");
+
+    let finalize = binary::command(&db, "finalize", &["--table", "items"]).output().await.expect("start pg-ghost finalize");
+    binary::assert_success(&finalize);
+    binary::assert_success(&finish(run).await);
+    assert_eq!(slots(&client).await, Vec::<String>::new(), "replication slots left behind");
+    assert_no_slots_or_publications(&client).await;
+    // The new table stays; the old one is kept (no --ok-to-drop-table); the changelog is gone.
+    let kept: Vec<Option<String>> = client
+        .query_one("SELECT to_regclass('items')::text, to_regclass('_items_del')::text, to_regclass('_items_ghc')::text", &[])
+        .await
+        .map(|r| vec![r.get(0), r.get(1), r.get(2)])
+        .unwrap();
+    assert_eq!(kept, vec![Some("items".to_string()), Some("_items_del".to_string()), None]);
+    let revert = binary::command(&db, "revert", &["--table", "items"]).output().await.unwrap();
+    binary::assert_failure(&revert, 3, "no revert window is open");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_the_old_type_cannot_hold_makes_the_revert_impossible() {
+    let db = Cluster::primary().fresh_db("revert_impossible");
+    binary::narrow_table(&db, "wide", 1_000);
+    let dir = tempfile::tempdir().unwrap();
+    let said = dir.path().join("said");
+    let hook = dir.path().join("pg-ghost-on-revert-impossible");
+    std::fs::write(&hook, format!("#!/bin/sh\nprintf '%s' \"$PG_GHOST_ERROR\" > '{}'\n", said.display())).unwrap();
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let hooks = dir.path().to_str().unwrap().to_string();
+    let mut run = spawn_run(
+        &db,
+        &["--table", "wide", "--alter", "ALTER COLUMN n TYPE bigint", "--execute", "--revertible-for", "10m", "--ok-to-drop-table", "--hooks-path", &hooks],
+    );
+    let client = db.client().await;
+    wait_for_window(&client, "wide", &mut run).await;
+    client.batch_execute("UPDATE wide SET n = 5000000000 WHERE id = 7; UPDATE wide SET n = 12 WHERE id = 8").await.unwrap();
+
+    // The window ends on its own, saying why and naming the key.
+    let out = finish(run).await;
+    binary::assert_success(&out);
+    let log = binary::stderr(&out);
+    assert!(log.contains("REVERT IMPOSSIBLE"), "{log}");
+    assert!(log.contains("(\"id\")=(7)"), "the key is not named:\n{log}");
+    let hook_said = std::fs::read_to_string(&said).expect("the on-revert-impossible hook did not run");
+    assert!(hook_said.contains("(\"id\")=(7)"), "{hook_said}");
+
+    // The new table keeps the value; the old table is kept despite --ok-to-drop-table, its
+    // row 7 untouched (nothing truncated), and no slot is left.
+    let n: i64 = client.query_one("SELECT n FROM wide WHERE id = 7", &[]).await.unwrap().get(0);
+    assert_eq!(n, 5_000_000_000);
+    let old: (i32, i32) = client
+        .query_one("SELECT (SELECT n FROM _wide_del WHERE id = 7), (SELECT n FROM wide_before WHERE id = 7)", &[])
+        .await
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert_eq!(old.0, old.1, "the old table's row 7 changed");
+    assert_eq!(slots(&client).await, Vec::<String>::new(), "replication slots left behind");
+    assert_no_slots_or_publications(&client).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_with_dependents_or_a_using_clause_are_refused_up_front() {
+    let db = Cluster::primary().fresh_db("revert_refused");
+    binary::narrow_table(&db, "viewed", 100);
+    binary::narrow_table(&db, "typed", 100);
+    db.psql("CREATE VIEW viewed_v AS SELECT id, n FROM viewed");
+    let client = db.client().await;
+    let before = CatalogSnapshot::take(&client).await;
+    let out = binary::run(&db, &["--table", "viewed", "--alter", "ADD COLUMN x int", "--execute", "--revertible-for", "1h"]).await;
+    binary::assert_failure(&out, 3, "--revertible-for");
+    assert!(binary::stderr(&out).contains("dependent"), "{}", binary::stderr(&out));
+    let out = binary::run(&db, &["--table", "typed", "--alter", "ALTER COLUMN pad TYPE int USING length(pad)", "--execute", "--revertible-for", "1h"]).await;
+    binary::assert_failure(&out, 3, "USING");
+    assert_catalog_unchanged(&before, &CatalogSnapshot::take(&client).await);
+}
