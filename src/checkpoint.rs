@@ -35,6 +35,8 @@ pub const RUN_ID: &str = "run_id";
 pub const REVERT_NAMES: &str = "revert_names";
 /// The revert window: the logical message the swap's transaction emitted.
 pub const REVERT_MARKER: &str = "revert_marker";
+/// The revert window: the reverse slot's (and publication's) name.
+pub const REVERT_SLOT: &str = "revert_slot";
 /// The revert window: when it ends (RFC 3339, the server's clock), and what the DBA asked
 /// of it (`revert` or `finalize`, written by `pg-ghost revert` / `finalize`).
 pub const WINDOW_ENDS: &str = "window_ends";

@@ -17,7 +17,7 @@ mod replication;
 mod resume;
 mod status;
 mod watchers;
-mod window;
+pub(crate) mod window;
 
 pub use cleanup::cleanup;
 pub use replica::ReplicaReport;

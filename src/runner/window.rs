@@ -95,6 +95,7 @@ impl Run {
         super::guard(created, &mut self.abort.clone(), None).await?;
         let marker = format!("swap {} {}", std::process::id(), ghost.oid);
         self.record_value(names, checkpoint::REVERT_MARKER, &marker).await;
+        self.record_value(names, checkpoint::REVERT_SLOT, &names.reverse).await;
         tracing::info!(slot = %names.reverse, "reverse stream ready: every write to the new table after the swap will be applied to the old one");
         Ok(marker)
     }
@@ -377,8 +378,8 @@ pub async fn request(cfg: WindowConfig, request: Request) -> Result<()> {
         )));
     }
     // The window's slot is named after the original's OID: the old table's, now.
-    let old_oid: Option<u32> = client.query_one("SELECT to_regclass($1)::oid", &[&names.old.sql()]).await?.try_get(0)?;
-    let reverse = Names::for_table(&table, old_oid.unwrap_or(oid)).reverse;
+    let reverse = recorded_slot(&client, &changelog).await?.ok_or_else(|| Error::refused(format!("the revert window on {table} recorded no slot")))?;
+    let old_oid: Option<u32> = reverse.strip_prefix("pg_ghost_").and_then(|s| s.strip_suffix("_rev")).and_then(|s| s.parse().ok());
     let streaming = slot::slot_info(&client, &reverse).await?.and_then(|s| s.active_pid).is_some();
     if !streaming {
         return Err(Error::refused(format!(
@@ -415,6 +416,11 @@ pub async fn request(cfg: WindowConfig, request: Request) -> Result<()> {
             return Err(Error::new(ErrorKind::Aborted, format!("the running pg-ghost did not {} {table} within {:?} (the request stays; see its log)", request.name(), cfg.wait)));
         }
     }
+}
+
+/// The revert window's slot as the run recorded it in its changelog table, if any.
+pub(crate) async fn recorded_slot(client: &Client, changelog: &QualifiedName) -> Result<Option<String>> {
+    read(client, changelog, checkpoint::REVERT_SLOT).await
 }
 
 async fn current_oid(client: &Client, table: &QualifiedName) -> Result<Option<u32>> {
