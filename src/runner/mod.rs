@@ -532,8 +532,11 @@ impl Run {
             "resuming the earlier run: its cut-over had committed, {} has the new definition; removing its slot, publication and changelog",
             info.name
         );
+        // A revert window the earlier run had open ends here: its reverse slot and publication
+        // go too (dropping what is not there is a no-op). Both tables stay.
+        tracing::info!(slot = %names.reverse, "a revert window the earlier run had open ends: its reverse slot is dropped, the new table keeps the name");
         self.names = Some(names);
-        self.created = Created { changelog: true, ghost: false, publication: true, slot: true, reverse: false };
+        self.created = Created { changelog: true, ghost: false, publication: true, slot: true, reverse: true };
         Outcome::CutOver
     }
 

@@ -202,3 +202,38 @@ async fn tables_with_dependents_or_a_using_clause_are_refused_up_front() {
     binary::assert_failure(&out, 3, "USING");
     assert_catalog_unchanged(&before, &CatalogSnapshot::take(&client).await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_whose_run_was_killed_is_ended_by_cleanup_or_resume() {
+    let db = Cluster::primary().fresh_db("revert_killed");
+    binary::narrow_table(&db, "gone", 500);
+    binary::narrow_table(&db, "again", 500);
+    let client = db.client().await;
+    for (table, end_with) in [("gone", "cleanup"), ("again", "resume")] {
+        let alter = "ADD COLUMN note text";
+        let mut run = spawn_run(&db, &["--table", table, "--alter", alter, "--execute", "--revertible-for", "10m"]);
+        wait_for_window(&client, table, &mut run).await;
+        // SIGKILL (kill_on_drop): nothing is cleaned up; the reverse slot stays behind.
+        run.abort();
+        let _ = run.await;
+        let reverse = format!("pg_ghost_{}_rev", client.query_one(&format!("SELECT '_{table}_del'::regclass::oid"), &[]).await.unwrap().get::<_, u32>(0));
+        wait_until(&client, "the killed run's walsender gone", "SELECT NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE active)").await;
+        assert_eq!(slots(&client).await, vec![reverse.clone()], "{table}");
+        let revert = binary::command(&db, "revert", &["--table", table]).output().await.unwrap();
+        binary::assert_failure(&revert, 3, "not being served");
+
+        let out = match end_with {
+            "cleanup" => binary::cleanup(&db, &["--table", table]).await,
+            _ => binary::run(&db, &["--table", table, "--alter", alter, "--execute", "--resume"]).await,
+        };
+        binary::assert_success(&out);
+        assert_eq!(slots(&client).await, Vec::<String>::new(), "{table}: the {end_with} left a slot behind");
+        let columns: i64 = client
+            .query_one(&format!("SELECT count(*) FROM information_schema.columns WHERE table_name = '{table}' AND column_name = 'note'"), &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(columns, 1, "{table}: the new table keeps the name");
+    }
+    assert_no_slots_or_publications(&client).await;
+}
