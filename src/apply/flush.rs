@@ -238,10 +238,9 @@ impl FlushSql {
             Some((key, why)) => Err(crate::error::Error::new(
                 crate::error::ErrorKind::RevertImpossible,
                 format!(
-                    "the row with key ({})=({}) cannot be written back to the old table: {} of column(s) {} {}",
+                    "the row with key ({})=({}) cannot be written back to the old table: a value of column(s) {} {}",
                     check.key_names.iter().map(|k| ident(k)).collect::<Vec<_>>().join(", "),
                     key.join(", "),
-                    "a value",
                     check.columns.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", "),
                     match why {
                         Some(why) => format!("fails the cast back to the old type ({why})"),
@@ -249,6 +248,19 @@ impl FlushSql {
                     }
                 ),
             )),
+        }
+    }
+
+    /// A data exception in the revert window's write: a row changed between the cast-back
+    /// check and the write (each statement reads its own snapshot) to a value the old type
+    /// cannot take. The revert is impossible all the same.
+    fn cast_back_failed(&self, e: crate::error::Error) -> crate::error::Error {
+        match (&self.cast_back, e.sqlstate()) {
+            (Some(check), Some(code)) if code.starts_with("22") => crate::error::Error::new(
+                crate::error::ErrorKind::RevertImpossible,
+                format!("a value of column(s) {} fails the cast back to the old table's type: {e}", check.columns.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", ")),
+            ),
+            _ => e,
         }
     }
 
@@ -297,11 +309,12 @@ impl FlushSql {
             client
                 .execute(&self.upsert_then_delete_missing, &params)
                 .await
-                .context("writing changed keys to the ghost and deleting those gone from the original")?;
+                .context("writing changed keys to the ghost and deleting those gone from the original")
+                .map_err(|e| self.cast_back_failed(e))?;
             return Ok(());
         }
         client.execute(&self.delete, &params).await.context("deleting changed keys from the ghost")?;
-        client.execute(&self.upsert, &params).await.context("writing changed keys to the ghost")?;
+        client.execute(&self.upsert, &params).await.context("writing changed keys to the ghost").map_err(|e| self.cast_back_failed(e))?;
         Ok(())
     }
 }

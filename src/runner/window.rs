@@ -28,7 +28,8 @@
 //! and the old table is kept whatever `--ok-to-drop-table` says.
 //!
 //! `pg-ghost revert` and `pg-ghost finalize` reach the running pg-ghost through its changelog
-//! table (key `window_request`); it answers in the same table (key `state`).
+//! table (key `window_request`); it answers in the same table (key `state`). The control
+//! socket's `revert` and `finalize` do the same from inside.
 
 use super::replication::{Background, Replication};
 use super::{aborted, Outcome, Run};
@@ -64,6 +65,11 @@ impl Request {
             Request::Finalize => "finalize",
         }
     }
+}
+
+/// `revert` (true) or `finalize` (false) from the control socket.
+fn socket_request(asked: Option<bool>) -> Option<Request> {
+    asked.map(|revert| if revert { Request::Revert } else { Request::Finalize })
 }
 
 /// What a window state row says, as `pg-ghost revert` / `finalize` read it.
@@ -203,6 +209,8 @@ impl Run {
         let mut poll = tokio::time::interval(REQUEST_POLL);
         let mut report = tokio::time::interval(self.cfg.status_interval);
         let mut abort = self.abort.clone();
+        let mut socket = self.controls.window.subscribe();
+        socket.mark_unchanged();
         loop {
             let bg = background.as_mut().ok_or_else(|| Error::internal("the reverse stream is not running"))?;
             let request = tokio::select! {
@@ -220,6 +228,10 @@ impl Run {
                     self.window_status(names, target, repl, deadline).await;
                     continue;
                 }
+                Ok(()) = socket.changed() => match socket_request(*socket.borrow_and_update()) {
+                    Some(r) => r,
+                    None => continue,
+                },
                 _ = poll.tick() => match self.take_request(names).await {
                     Some(r) => r,
                     None => continue,

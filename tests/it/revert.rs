@@ -237,3 +237,31 @@ async fn a_window_whose_run_was_killed_is_ended_by_cleanup_or_resume() {
     }
     assert_no_slots_or_publications(&client).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revert_on_the_control_socket_swaps_back() {
+    let db = Cluster::primary().fresh_db("revert_socket");
+    binary::narrow_table(&db, "sock", 1_000);
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("pg-ghost.sock");
+    let client = db.client().await;
+    let original: u32 = client.query_one("SELECT 'sock'::regclass::oid", &[]).await.unwrap().get(0);
+    let mut run = spawn_run(
+        &db,
+        &["--table", "sock", "--alter", "ALTER COLUMN n TYPE bigint", "--execute", "--revertible-for", "10m", "--serve-socket-file", socket.to_str().unwrap()],
+    );
+    wait_for_window(&client, "sock", &mut run).await;
+    client.batch_execute("UPDATE sock SET n = n + 1 WHERE id <= 10; DELETE FROM sock WHERE id = 20; INSERT INTO sock VALUES (5000, 1, 'new')").await.unwrap();
+    let answer = crate::controls_e2e::ask(&socket, "revert").await;
+    assert!(answer.starts_with("revert:"), "{answer}");
+    binary::assert_success(&finish(run).await);
+
+    let now: u32 = client.query_one("SELECT 'sock'::regclass::oid", &[]).await.unwrap().get(0);
+    assert_eq!(now, original, "the original is not back under its name");
+    let expected = "SELECT id, CASE WHEN id <= 10 THEN n + 1 ELSE n END, pad FROM sock_before WHERE id <> 20 UNION ALL SELECT 5000, 1, 'new'";
+    let diff = compare_rows(&client, "SELECT id, n, pad FROM sock", expected).await;
+    assert!(diff.is_empty(), "{diff:?}");
+    let n_type: String = client.query_one("SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'sock'::regclass AND attname = 'n'", &[]).await.unwrap().get(0);
+    assert_eq!(n_type, "integer");
+    assert_eq!(slots(&client).await, Vec::<String>::new());
+}
