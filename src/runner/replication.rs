@@ -86,6 +86,8 @@ pub struct Background {
     writer_task: Option<JoinHandle<Result<()>>>,
     throttle: Option<JoinHandle<Result<()>>>,
     slot: String,
+    /// The first failure found, kept across cancelled calls of [`Background::failed`].
+    failure: Option<Error>,
 }
 
 impl Replication {
@@ -146,6 +148,7 @@ impl Replication {
             writer_task: Some(writer_task),
             throttle: None,
             slot: s.slot.to_string(),
+            failure: None,
         };
         Ok((Replication { writer, inflight, positions, flush }, background))
     }
@@ -183,20 +186,38 @@ impl Background {
     /// Resolves with the error of whichever background task ended first; never resolves
     /// while all of them run. When the stream fails, the apply loop fails right after it
     /// (its input closed): the stream's error, which says why, is the one reported.
+    ///
+    /// Cancel-safe: a caller that polls it in a `select!` with other branches may drop it at
+    /// any await; the failure found is kept for the next call.
     pub async fn failed(&mut self) -> Error {
-        let first = self.first_failure().await;
+        if self.failure.is_none() {
+            let first = self.first_failure().await;
+            self.failure = Some(first);
+        }
         if self.writer_task.is_none() {
             if let Some(pump) = self.pump.as_mut() {
                 if let Ok(ended) = tokio::time::timeout(Duration::from_secs(2), pump).await {
                     // A finished task is polled no more.
                     self.pump = None;
                     if let Ok(Err(cause)) = ended {
+                        self.failure = None;
+                        return cause;
+                    }
+                }
+            }
+        } else if self.pump.is_none() {
+            // The pump ends cleanly when the apply loop went away: the loop's error says why.
+            if let Some(writer) = self.writer_task.as_mut() {
+                if let Ok(ended) = tokio::time::timeout(Duration::from_secs(2), writer).await {
+                    self.writer_task = None;
+                    if let Ok(Err(cause)) = ended {
+                        self.failure = None;
                         return cause;
                     }
                 }
             }
         }
-        first
+        self.failure.take().unwrap_or_else(|| Error::internal("a background task failure was reported twice"))
     }
 
     async fn first_failure(&mut self) -> Error {

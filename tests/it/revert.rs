@@ -265,3 +265,25 @@ async fn revert_on_the_control_socket_swaps_back() {
     assert_eq!(n_type, "integer");
     assert_eq!(slots(&client).await, Vec::<String>::new());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_the_old_type_would_cut_makes_the_revert_impossible_too() {
+    let db = Cluster::primary().fresh_db("revert_cut");
+    db.psql(
+        "CREATE TABLE codes (id int PRIMARY KEY, code varchar(5) NOT NULL);
+         INSERT INTO codes SELECT g, 'c' || g % 1000 FROM generate_series(1, 500) g;",
+    );
+    let mut run = spawn_run(&db, &["--table", "codes", "--alter", "ALTER COLUMN code TYPE varchar(20)", "--execute", "--revertible-for", "10m"]);
+    let client = db.client().await;
+    wait_for_window(&client, "codes", &mut run).await;
+    // An explicit cast to varchar(5) would cut it without an error: the check must see it.
+    client.batch_execute("UPDATE codes SET code = 'abcdefghij' WHERE id = 42").await.unwrap();
+    let out = finish(run).await;
+    binary::assert_success(&out);
+    let log = binary::stderr(&out);
+    assert!(log.contains("REVERT IMPOSSIBLE") && log.contains("(\"id\")=(42)"), "{log}");
+    assert!(log.contains("would not come back unchanged"), "{log}");
+    let old: String = client.query_one("SELECT code FROM _codes_del WHERE id = 42", &[]).await.unwrap().get(0);
+    assert_eq!(old, "c42", "the old table's row was changed");
+    assert_eq!(slots(&client).await, Vec::<String>::new());
+}
