@@ -432,6 +432,9 @@ impl Run {
         if !refusals.is_empty() {
             return Err(Error::refused(refusals.join("; ")));
         }
+        if self.cfg.revertible_for.is_some() {
+            window::refuse_lossy_write_back(&self.client, info, &changes.dropped).await?;
+        }
         if self.cfg.revertible_for.is_some() && deps.count() > 0 {
             return Err(Error::refused(format!(
                 "--revertible-for: {} has {} dependent object(s) (views, foreign keys, triggers, rules, policies, publications or functions) that the swap moves to the new table; \

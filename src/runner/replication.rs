@@ -88,6 +88,8 @@ pub struct Background {
     slot: String,
     /// The first failure found, kept across cancelled calls of [`Background::failed`].
     failure: Option<Error>,
+    /// The pump ended without an error of its own (its apply loop had gone away).
+    pump_stopped_cleanly: bool,
 }
 
 impl Replication {
@@ -149,6 +151,7 @@ impl Replication {
             throttle: None,
             slot: s.slot.to_string(),
             failure: None,
+            pump_stopped_cleanly: false,
         };
         Ok((Replication { writer, inflight, positions, flush }, background))
     }
@@ -205,7 +208,7 @@ impl Background {
                     }
                 }
             }
-        } else if self.pump.is_none() {
+        } else if self.pump.is_none() && self.pump_stopped_cleanly {
             // The pump ends cleanly when the apply loop went away: the loop's error says why.
             if let Some(writer) = self.writer_task.as_mut() {
                 if let Ok(ended) = tokio::time::timeout(Duration::from_secs(2), writer).await {
@@ -226,7 +229,10 @@ impl Background {
             r = async { self.pump.as_mut().expect("guarded by the branch condition").await }, if self.pump.is_some() => {
                 self.pump = None;
                 match r {
-                    Ok(Ok(_)) => Error::new(ErrorKind::Connection, "the replication stream stopped"),
+                    Ok(Ok(_)) => {
+                        self.pump_stopped_cleanly = true;
+                        Error::new(ErrorKind::Connection, "the replication stream stopped")
+                    }
                     Ok(Err(e)) => e,
                     Err(e) => Error::internal(format!("the stream task failed: {e}")),
                 }

@@ -161,6 +161,10 @@ impl Run {
         );
 
         let end = self.serve_window(names, &new, &target, &repl, background, length).await;
+        if end.is_err() {
+            // The window failed: the old table may be all that is left of the old shape.
+            self.keep_old_table = true;
+        }
         // The reverse stream stops in every case; its slot goes with it.
         let stopped = match background.take() {
             Some(bg) => bg.shutdown().await.is_ok(),
@@ -189,6 +193,7 @@ impl Run {
                 // The old table is all that is left of the old shape: kept whatever the flags say.
                 self.keep_old_table = true;
                 self.record_state(names, &format!("{STATE_IMPOSSIBLE}: {}", e.message())).await;
+                tracing::warn!(old_table = %old, "the revert window ended early; the old table is kept whatever --ok-to-drop-table says");
                 Ok(Outcome::CutOver)
             }
         }
@@ -225,7 +230,16 @@ impl Run {
                 }
                 _ = tokio::time::sleep_until(deadline) => return Ok(End::Finalize("its time is up")),
                 _ = report.tick() => {
-                    self.window_status(names, target, repl, deadline).await;
+                    let retained = self.window_status(names, target, repl, deadline).await;
+                    if let (Some(limit), Some(retained)) = (self.cfg.throttle.critical_retained_wal, retained) {
+                        if retained > limit {
+                            let e = Error::new(ErrorKind::Aborted, format!(
+                                "the reverse slot retains {retained} bytes of WAL, over --critical-retained-wal ({limit}): the revert window is given up so that the disk does not fill"
+                            ));
+                            tracing::error!(error = %e, "revert window abandoned; the new table keeps the name, the old table is kept");
+                            return Ok(End::Impossible(e));
+                        }
+                    }
                     continue;
                 }
                 Ok(()) = socket.changed() => match socket_request(*socket.borrow_and_update()) {
@@ -318,7 +332,7 @@ impl Run {
 
     /// The status line of the window: what it costs (WAL the reverse slot retains, the old
     /// table's size) and how far the reverse apply is.
-    async fn window_status(&self, names: &Names, target: &Ghost, repl: &Replication, deadline: tokio::time::Instant) {
+    async fn window_status(&self, names: &Names, target: &Ghost, repl: &Replication, deadline: tokio::time::Instant) -> Option<u64> {
         let retained = slot::slot_info(&self.client, &names.reverse).await.ok().flatten().and_then(|s| s.retained_wal_bytes);
         let size: Option<i64> = self
             .client
@@ -337,6 +351,7 @@ impl Run {
             Phase::RevertWindow,
             target.name
         );
+        retained
     }
 }
 
@@ -368,6 +383,35 @@ async fn refuse_unserved(client: &Client, info: &TableInfo, ghost: &Ghost) -> Re
         return Err(Error::refused(format!(
             "--revertible-for: the new table would have no primary key or replica identity, and the reverse stream's publication would make the application's UPDATEs and DELETEs on {} fail",
             info.name
+        )));
+    }
+    Ok(())
+}
+
+/// A column the ALTER drops keeps its values on the old table only while rows are written back
+/// in place (an upsert that leaves it alone). With a unique index besides the key, rows are
+/// deleted and written again instead (two rows may swap values), which would lose them: that
+/// combination is refused before anything is created.
+pub(super) async fn refuse_lossy_write_back(client: &Client, info: &TableInfo, dropped: &[String]) -> Result<()> {
+    let Some(first) = dropped.first() else { return Ok(()) };
+    let others: Vec<String> = client
+        .query(
+            "SELECT c.relname::text FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+              WHERE i.indrelid = $1 AND (i.indisunique OR i.indisexclusion) AND c.relname <> $2 ORDER BY 1",
+            &[&info.oid, &info.key.index_name],
+        )
+        .await
+        .context("reading the table's unique indexes")?
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<std::result::Result<_, _>>()?;
+    if let Some(index) = others.first() {
+        return Err(Error::refused(format!(
+            "--revertible-for: the ALTER drops column {} and {} has unique index {} besides its key; the old table could not keep the dropped column's values \
+             while rows are written back (they would be deleted and written again), so the revert window is refused",
+            crate::sql::ident(first),
+            info.name,
+            crate::sql::ident(index)
         )));
     }
     Ok(())

@@ -192,6 +192,8 @@ async fn tables_with_dependents_or_a_using_clause_are_refused_up_front() {
     let db = Cluster::primary().fresh_db("revert_refused");
     binary::narrow_table(&db, "viewed", 100);
     binary::narrow_table(&db, "typed", 100);
+    binary::narrow_table(&db, "unique2", 100);
+    db.psql("ALTER TABLE unique2 ADD UNIQUE (n)");
     db.psql("CREATE VIEW viewed_v AS SELECT id, n FROM viewed");
     let client = db.client().await;
     let before = CatalogSnapshot::take(&client).await;
@@ -200,6 +202,9 @@ async fn tables_with_dependents_or_a_using_clause_are_refused_up_front() {
     assert!(binary::stderr(&out).contains("dependent"), "{}", binary::stderr(&out));
     let out = binary::run(&db, &["--table", "typed", "--alter", "ALTER COLUMN pad TYPE int USING length(pad)", "--execute", "--revertible-for", "1h"]).await;
     binary::assert_failure(&out, 3, "USING");
+    // A dropped column with another unique index: the old table could not keep its values.
+    let out = binary::run(&db, &["--table", "unique2", "--alter", "DROP COLUMN pad", "--execute", "--revertible-for", "1h"]).await;
+    binary::assert_failure(&out, 3, "unique index \"unique2_n_key\"");
     assert_catalog_unchanged(&before, &CatalogSnapshot::take(&client).await);
 }
 
