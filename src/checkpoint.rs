@@ -35,6 +35,8 @@ pub const RUN_ID: &str = "run_id";
 pub const REVERT_NAMES: &str = "revert_names";
 /// The revert window: the logical message the swap's transaction emitted.
 pub const REVERT_MARKER: &str = "revert_marker";
+/// The revert window: the position of the marker in the WAL, written by the swap itself.
+pub const REVERT_MARKER_LSN: &str = "revert_marker_lsn";
 /// The revert window: the reverse slot's (and publication's) name.
 pub const REVERT_SLOT: &str = "revert_slot";
 /// The revert window: when it ends (RFC 3339, the server's clock), and what the DBA asked

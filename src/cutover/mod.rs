@@ -67,8 +67,9 @@ pub enum Window<'a> {
     /// The forward swap of a run with a revert window: inside its transaction, the names of
     /// both tables are recorded in the changelog (key [`crate::checkpoint::REVERT_NAMES`])
     /// before the renames, and `marker` is emitted as a transactional logical message after
-    /// them. The reverse stream drops every transaction up to the one carrying the marker:
-    /// those are pg-ghost's own writes to the ghost, and every later one is the application's.
+    /// them, its position recorded in the changelog (key [`crate::checkpoint::REVERT_MARKER_LSN`]).
+    /// The reverse stream drops every transaction that committed up to it and the one carrying
+    /// it: those are pg-ghost's own writes to the ghost; every later one is the application's.
     Open { changelog: &'a QualifiedName, marker: &'a str },
     /// The revert: `orig` is the new table, `ghost` the old one (fed by the reverse stream);
     /// instead of swapping, every name recorded at the forward swap is put back.
@@ -352,9 +353,16 @@ impl CutOver<'_> {
                     statements = swapped.statements.len(),
                     "swap statements ran under the lock"
                 );
-                if let Window::Open { marker, .. } = self.window {
+                if let Window::Open { marker, changelog } = self.window {
+                    // The marker's position is recorded with the swap: the reverse stream drops
+                    // every transaction that committed up to it (see `ChangeExtractor::skipping_through`).
+                    let sql = format!(
+                        "INSERT INTO {} (key, value) SELECT $1, pg_logical_emit_message(true, $2, $3)::text
+                         ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, updated_at = clock_timestamp()",
+                        changelog.sql()
+                    );
                     client
-                        .execute("SELECT pg_logical_emit_message(true, $1, $2)", &[&MESSAGE_PREFIX, &marker])
+                        .execute(sql.as_str(), &[&crate::checkpoint::REVERT_MARKER_LSN, &MESSAGE_PREFIX, &marker])
                         .await
                         .context("marking the swap in the stream, for the revert window")?;
                 }

@@ -274,7 +274,14 @@ impl Run {
         let resumed = match found {
             None => None,
             Some(resume::Found::Continue(r)) => Some(r),
-            Some(resume::Found::SwapCommitted { names, .. }) => return Ok(self.finish_committed_swap(&info, names)),
+            Some(resume::Found::SwapCommitted { names, .. }) => {
+                if self.cfg.revertible_for.is_some() && window::was_open(&self.client, &names).await? {
+                    self.controls.update_env(|env| env.resolved(&info.name, &names));
+                    self.controls.serve(&self.cfg, &info, &names, self.phase.subscribe(), self.abort_tx.clone())?;
+                    return self.resume_window(&info, names, background).await;
+                }
+                return Ok(self.finish_committed_swap(&info, names));
+            }
         };
         let names = Names::for_table(&info.name, info.oid);
         self.names = Some(names.clone());

@@ -103,20 +103,20 @@ impl Replication {
 
     /// The revert window's reverse stream: the changes of `new` (the table that now carries
     /// the name) applied to `old` (the original, as a [`Ghost`] with the reverse mapping),
-    /// through the slot and publication created before the swap. Every transaction up to the
-    /// swap's (the one that emitted `marker`) is skipped: those are pg-ghost's own writes to
-    /// the ghost. Flushes check that each value survives the cast back (`cast_back`).
+    /// through the slot and publication created before the swap. Every transaction that
+    /// committed up to `through` (the position of the swap's `marker`) and the swap's own are
+    /// skipped: those are pg-ghost's own writes to the ghost. Flushes check that each value survives the cast back (`cast_back`).
     pub async fn start_reverse(
         conn: &ConnInfo,
         slot: &str,
         publication: &str,
-        marker: &str,
+        (through, marker): (Lsn, &str),
         new: &TableInfo,
         old: &Ghost,
         cast_back: &[crate::ghost::CastBack],
     ) -> Result<(Replication, Background)> {
         let flush = FlushSql::new(&new.name, &old.name, &old.mapping).checking_cast_back(&new.name, &old.mapping, cast_back);
-        let extractor = extractor_for(new).skipping_until(marker.to_string());
+        let extractor = extractor_for(new).skipping_through(through, marker.to_string());
         let stream = Stream { slot, publication, extractor, recorded: flush.clone(), flush, fresh_copy: false };
         Self::start_stream(conn, stream, old).await
     }

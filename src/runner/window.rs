@@ -79,6 +79,22 @@ pub const STATE_FINALIZED: &str = "finalized";
 pub const STATE_REVERT_FAILED: &str = "revert-failed";
 pub const STATE_IMPOSSIBLE: &str = "revert-impossible";
 
+/// A revert window, opened after the swap or found by `--resume`.
+pub(super) struct Opened {
+    /// The table's name, carried by the new table during the window.
+    table: QualifiedName,
+    original_oid: u32,
+    original_columns: Vec<crate::schema::Column>,
+    /// The old table: the original under its `_del` name.
+    old: QualifiedName,
+    /// The forward mapping and ALTER.
+    mapping: crate::ghost::Mapping,
+    alter: crate::alter::AlterPlan,
+    marker: String,
+    through: crate::lsn::Lsn,
+    length: Duration,
+}
+
 /// How the window ended.
 enum End {
     Finalize(&'static str),
@@ -127,17 +143,93 @@ impl Run {
         self.created.slot = false;
         slot::drop_publication(&self.client, &names.publication).await?;
         self.created.publication = false;
-
-        self.enter(Phase::RevertWindow);
+        let ends = self.client.query_one("SELECT (now() + $1::text::interval)::text", &[&format!("{} seconds", length.as_secs_f64())]).await?;
+        let ends: String = ends.try_get(0)?;
+        self.record_value(names, checkpoint::WINDOW_ENDS, &ends).await;
         let old_name = self.old_table.clone().ok_or_else(|| Error::internal("the revert window opened before the swap committed"))?;
-        let old = names.old.sibling(old_name);
-        let new = inspect::table_info(&self.client, &info.name, self.cfg.key.as_deref()).await?;
-        let reverse = ghost.mapping.reverse(&info.columns, &new.columns)?;
+        let window = Opened {
+            table: info.name.clone(),
+            original_oid: info.oid,
+            original_columns: info.columns.clone(),
+            old: names.old.sibling(old_name),
+            mapping: ghost.mapping.clone(),
+            alter: ghost.alter.clone(),
+            marker: marker.to_string(),
+            through: self.recorded_lsn(names).await?,
+            length,
+        };
+        self.serve(names, &window, background).await
+    }
+
+    /// `--resume --revertible-for` after a pg-ghost killed during its revert window: the
+    /// window goes on with the reverse slot where it stood (its confirmed position), until the
+    /// end the first run set. The gate drops the same transactions whatever the position.
+    pub(super) async fn resume_window(&mut self, info: &TableInfo, names: Names, background: &mut Option<Background>) -> Result<Outcome> {
+        let saved = checkpoint::read(&self.client, &names.changelog)
+            .await?
+            .and_then(|s| s.plan)
+            .ok_or_else(|| Error::refused("the earlier run's plan is missing from its changelog table: its revert window cannot be resumed"))?;
+        let reverse = read(&self.client, &names.changelog, checkpoint::REVERT_SLOT).await?;
+        match reverse {
+            Some(slot_name) if slot_name == names.reverse => {}
+            _ => return Err(Error::refused(format!("the earlier run on {} had no revert window to resume (no reverse slot recorded)", info.name))),
+        }
+        match slot::slot_info(&self.client, &names.reverse).await? {
+            None => return Err(Error::refused(format!("the revert window's slot {} is gone: the window cannot be resumed (`pg-ghost cleanup --table {}` removes what is left)", names.reverse, info.name))),
+            Some(s) if s.active_pid.is_some() => return Err(Error::refused(format!("the revert window's slot {} is in use: is the earlier pg-ghost still running?", names.reverse))),
+            Some(_) => {}
+        }
+        let marker = read(&self.client, &names.changelog, checkpoint::REVERT_MARKER)
+            .await?
+            .ok_or_else(|| Error::refused("the swap's marker is missing from the changelog table: the revert window cannot be resumed"))?;
+        let row = self
+            .client
+            .query_one(
+                "SELECT n.nspname::text, c.relname::text, greatest(0, extract(epoch FROM ($2::text::timestamptz - now())))::float8
+                   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
+                &[&saved.table_oid, &read(&self.client, &names.changelog, checkpoint::WINDOW_ENDS).await?.unwrap_or_else(|| "-infinity".into())],
+            )
+            .await
+            .context("finding the old table of the revert window")?;
+        let old = QualifiedName::new(row.try_get::<_, String>(0)?, row.try_get::<_, String>(1)?);
+        let left = Duration::from_secs_f64(row.try_get::<_, f64>(2)?);
+        self.names = Some(names.clone());
+        self.created = super::Created { changelog: true, reverse: true, ..Default::default() };
+        self.old_table = Some(old.name.clone());
+        tracing::info!(table = %info.name, old_table = %old, left_secs = left.as_secs(), "resuming the earlier run's revert window");
+        let window = Opened {
+            table: info.name.clone(),
+            original_oid: saved.table_oid,
+            original_columns: inspect::columns(&self.client, saved.table_oid).await?,
+            old,
+            mapping: saved.ghost.mapping.clone(),
+            alter: saved.ghost.alter.clone(),
+            marker,
+            through: self.recorded_lsn(&names).await?,
+            length: left,
+        };
+        self.serve(&names, &window, background).await
+    }
+
+    async fn recorded_lsn(&mut self, names: &Names) -> Result<crate::lsn::Lsn> {
+        let text = read(&self.client, &names.changelog, checkpoint::REVERT_MARKER_LSN)
+            .await?
+            .ok_or_else(|| Error::internal("the swap's marker position is missing from the changelog table"))?;
+        text.parse().map_err(|e| Error::internal(format!("the swap's marker position {text:?}: {e}")))
+    }
+
+    /// Runs the window until it ends (its length elapsed, a request, a failure); stops the
+    /// reverse stream and drops its slot and publication.
+    async fn serve(&mut self, names: &Names, w: &Opened, background: &mut Option<Background>) -> Result<Outcome> {
+        self.enter(Phase::RevertWindow);
+        let old = w.old.clone();
+        let new = inspect::table_info(&self.client, &w.table, self.cfg.key.as_deref()).await?;
+        let reverse = w.mapping.reverse(&w.original_columns, &new.columns)?;
         let target = Ghost {
             name: old.clone(),
-            oid: info.oid,
+            oid: w.original_oid,
             mapping: reverse.mapping.clone(),
-            alter: ghost.alter.clone(),
+            alter: w.alter.clone(),
             deferred: Vec::new(),
             temp_key_index: None,
             replica_identity_index: None,
@@ -145,22 +237,20 @@ impl Run {
             identity_always: Vec::new(),
             autovacuum: None,
         };
-        let (repl, bg) = Replication::start_reverse(&self.cfg.conn, &names.reverse, &names.reverse, marker, &new, &target, &reverse.cast_back).await?;
+        let gate = (w.through, w.marker.as_str());
+        let (repl, bg) = Replication::start_reverse(&self.cfg.conn, &names.reverse, &names.reverse, gate, &new, &target, &reverse.cast_back).await?;
         *background = Some(bg);
-        let ends = self.client.query_one("SELECT (now() + $1::text::interval)::text", &[&format!("{} seconds", length.as_secs_f64())]).await?;
-        let ends: String = ends.try_get(0)?;
-        self.record_value(names, checkpoint::WINDOW_ENDS, &ends).await;
         self.record_state(names, STATE_OPEN).await;
         tracing::info!(
-            table = %info.name,
+            table = %w.table,
             old_table = %old,
-            ends = %ends,
+            left_secs = w.length.as_secs(),
             "revert window open: {} is kept current; `pg-ghost revert --table {}` swaps it back, `pg-ghost finalize` ends the window",
             old,
-            info.name
+            w.table
         );
-
-        let end = self.serve_window(names, &new, &target, &repl, background, length).await;
+        let table = &w.table;
+        let end = self.serve_window(names, &new, &target, &repl, background, w.length).await;
         if end.is_err() {
             // The window failed: the old table may be all that is left of the old shape.
             self.keep_old_table = true;
@@ -179,14 +269,14 @@ impl Run {
         match end? {
             End::Finalize(why) => {
                 self.record_state(names, STATE_FINALIZED).await;
-                tracing::info!(table = %info.name, "revert window ended ({why}): {} keeps the new definition; the reverse slot is dropped", info.name);
+                tracing::info!(table = %table, "revert window ended ({why}): {table} keeps the new definition; the reverse slot is dropped");
                 Ok(Outcome::CutOver)
             }
             End::Reverted => {
                 self.record_state(names, STATE_REVERTED).await;
                 // The table that carried the change is the one `--ok-to-drop-table` drops now.
                 self.old_table = Some(names.ghost.name.clone());
-                tracing::info!(table = %info.name, kept = %names.ghost, "reverted: {} is the original again, with every write made during the window", info.name);
+                tracing::info!(table = %table, kept = %names.ghost, "reverted: {table} is the original again, with every write made during the window");
                 Ok(Outcome::Reverted)
             }
             End::Impossible(e) => {
@@ -472,6 +562,11 @@ pub async fn request(cfg: WindowConfig, request: Request) -> Result<()> {
             return Err(Error::new(ErrorKind::Aborted, format!("the running pg-ghost did not {} {table} within {:?} (the request stays; see its log)", request.name(), cfg.wait)));
         }
     }
+}
+
+/// Whether the earlier run's changelog says its revert window was open when it stopped.
+pub(super) async fn was_open(client: &Client, names: &Names) -> Result<bool> {
+    Ok(read(client, &names.changelog, checkpoint::STATE).await?.as_deref() == Some(STATE_OPEN))
 }
 
 /// The revert window's slot as the run recorded it in its changelog table, if any.

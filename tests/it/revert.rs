@@ -292,3 +292,54 @@ async fn a_value_the_old_type_would_cut_makes_the_revert_impossible_too() {
     assert_eq!(old, "c42", "the old table's row was changed");
     assert_eq!(slots(&client).await, Vec::<String>::new());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_in_the_window_resumes_it_and_reverts_losing_nothing() {
+    let db = Cluster::primary().fresh_db("revert_resume");
+    let table = OracleTable::create(&db, "orders", KeyKind::Identity, 2_000).await;
+    let before = WholeSchema::take(&db).await;
+    let workload = Workload::start(&db, &table, WorkloadOptions::new(3).rate(Some(80))).await;
+    workload.wait_for_more_commits(20, Duration::from_secs(30)).await;
+    let alter = "ALTER COLUMN n TYPE bigint, ADD COLUMN flag boolean NOT NULL DEFAULT true";
+    let args = ["--table", "orders", "--alter", alter, "--execute", "--revertible-for", "10m", "--chunk-size", "500", "--ok-to-drop-table"];
+    let mut run = spawn_run(&db, &args);
+    let client = db.client().await;
+    wait_for_window(&client, "orders", &mut run).await;
+    let after_swap = workload.committed_after_swap();
+    while workload.committed_after_swap() < after_swap + 30 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // SIGKILL in the window: the reverse slot stays where it was confirmed.
+    run.abort();
+    let _ = run.await;
+    wait_until(&client, "the killed run's walsender gone", "SELECT NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE active)").await;
+    // The application keeps writing the new table while no pg-ghost runs.
+    let killed_at = workload.committed_after_swap();
+    while workload.committed_after_swap() < killed_at + 30 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let mut resumed_args = args.to_vec();
+    resumed_args.push("--resume");
+    let mut resumed = spawn_run(&db, &resumed_args);
+    wait_until(&client, "the resumed window streaming", "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE active AND slot_name LIKE '%_rev')").await;
+    assert!(!resumed.is_finished());
+    wait_for_window(&client, "orders", &mut resumed).await;
+    let resumed_at = workload.committed_after_swap();
+    while workload.committed_after_swap() < resumed_at + 30 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let revert = binary::command(&db, "revert", &["--table", "orders"]).output().await.unwrap();
+    binary::assert_success(&revert);
+    binary::assert_success(&finish(resumed).await);
+    workload.wait_for_more_commits(20, Duration::from_secs(30)).await;
+    let report = workload.stop().await;
+    assert!(report.errors.is_empty(), "workload errors (seed {}): {:#?}", report.seed, report.errors);
+
+    table.assert_matches_control(&client, &table.projection()).await;
+    assert_sequences_ahead(&client, &table.qualified()).await;
+    let twin = before.twin_after_plain_sql(&db, "SELECT 1").await;
+    assert_whole_schema_equal(&db, &twin, "after a resumed window and a revert, the database is as before the run").await;
+    assert_eq!(slots(&client).await, Vec::<String>::new());
+    assert_no_slots_or_publications(&client).await;
+}
