@@ -6,16 +6,20 @@
 //!   table: membership follows the OID) and a second slot are created, publication first, so
 //!   the slot's consistent point is before the swap and every transaction that commits after
 //!   it is decoded with the publication in place.
-//! - The swap's own transaction emits a transactional logical message (the marker). Logical
-//!   decoding sends transactions in commit order, so every transaction that committed before
-//!   the swap (pg-ghost's own flushes into the ghost, which must not go back) comes before the
-//!   marker, and every write to the new table comes after it: those writes can only start once
-//!   the swap's ACCESS EXCLUSIVE lock is released, at its commit. The reverse stream drops
-//!   every transaction up to and including the marker's, and applies everything after it
-//!   ([`crate::apply::changes::ChangeExtractor::skipping_until`]). A rolled-back attempt's
-//!   marker is never decoded; each attempt has its own.
+//! - The swap's own transaction, under its ACCESS EXCLUSIVE lock, emits a transactional
+//!   logical message (the marker) and records the marker's WAL position `M` in the changelog,
+//!   both committing with the swap. The reverse stream drops every transaction whose commit
+//!   ends at or before `M`, and the one that carries the marker (the swap's own, with its final
+//!   flush into the ghost); it applies everything else
+//!   ([`crate::apply::changes::ChangeExtractor::skipping_through`]). Why that is exact: a
+//!   transaction that wrote the ghost before the swap finished before the swap got its lock,
+//!   so its commit is before `M`; a transaction that writes the new table can only take its
+//!   lock once the swap has committed, so its commit ends after the swap's, after `M`. A
+//!   rolled-back attempt's marker and position are rolled back with it.
 //!   (An LSN read after the swap's commit would not do: a write committed between the commit
-//!   and the read would fall below it and be skipped.)
+//!   and the read would fall below it and be skipped.) The rule looks at each transaction
+//!   alone, so a reverse stream resumed after a crash, from whatever position its slot had
+//!   confirmed, drops and applies exactly the same transactions (`--resume`).
 //! - The reverse apply is the forward one with the mapping reversed
 //!   ([`crate::ghost::Mapping::reverse`]): changed keys re-read from the new table, written
 //!   to the old one by upsert. Nothing runs in the application's transactions.
