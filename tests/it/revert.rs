@@ -343,3 +343,42 @@ async fn killed_in_the_window_resumes_it_and_reverts_losing_nothing() {
     assert_eq!(slots(&client).await, Vec::<String>::new());
     assert_no_slots_or_publications(&client).await;
 }
+
+/// Each kind of ALTER, reverted after writes in the window: the table is what the original
+/// plus those writes make, and the whole database's schema is as before the run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_kind_of_alter_reverts_to_the_original() {
+    // (ALTER, the window's writes on the new table, the same writes on the original's shape)
+    let cases: [(&str, &str, &str); 5] = [
+        ("ADD COLUMN flag boolean NOT NULL DEFAULT false", "UPDATE t SET flag = true, n = n + 1 WHERE id <= 5", "UPDATE t SET n = n + 1 WHERE id <= 5"),
+        ("DROP COLUMN pad", "UPDATE t SET n = -n WHERE id <= 5", "UPDATE t SET n = -n WHERE id <= 5"),
+        ("ALTER COLUMN n TYPE bigint", "UPDATE t SET n = n * 2 WHERE id <= 5", "UPDATE t SET n = n * 2 WHERE id <= 5"),
+        ("RENAME COLUMN pad TO filler", "UPDATE t SET filler = 'x' || id WHERE id <= 5", "UPDATE t SET pad = 'x' || id WHERE id <= 5"),
+        ("ADD CONSTRAINT n_small CHECK (n < 1000000)", "UPDATE t SET n = 7 WHERE id <= 5", "UPDATE t SET n = 7 WHERE id <= 5"),
+    ];
+    for (i, (alter, on_new, on_original)) in cases.iter().enumerate() {
+        let db = Cluster::primary().fresh_db(&format!("revert_kind{i}"));
+        binary::narrow_table(&db, "t", 300);
+        db.psql("CREATE TABLE expected AS TABLE t");
+        let before = WholeSchema::take(&db).await;
+        let client = db.client().await;
+        let mut run = spawn_run(&db, &["--table", "t", "--alter", alter, "--execute", "--revertible-for", "10m", "--ok-to-drop-table"]);
+        wait_for_window(&client, "t", &mut run).await;
+        let writes = format!("{on_new}; DELETE FROM t WHERE id = 9; INSERT INTO t (id, n) VALUES (1000, 1000)");
+        client.batch_execute(&writes).await.unwrap_or_else(|e| panic!("{alter}: {e}"));
+        let revert = binary::command(&db, "revert", &["--table", "t"]).output().await.unwrap();
+        binary::assert_success(&revert);
+        binary::assert_success(&finish(run).await);
+
+        db.psql(&format!(
+            "{}; DELETE FROM expected WHERE id = 9; INSERT INTO expected (id, n) VALUES (1000, 1000)",
+            on_original.replacen("UPDATE t", "UPDATE expected", 1)
+        ));
+        let diff = compare_rows(&client, "SELECT * FROM t", "SELECT * FROM expected").await;
+        assert!(diff.is_empty(), "{alter}: {diff:?}");
+        db.psql("DROP TABLE expected");
+        let twin = before.twin_after_plain_sql(&db, "DROP TABLE expected").await;
+        assert_whole_schema_equal(&db, &twin, alter).await;
+        assert_eq!(slots(&client).await, Vec::<String>::new(), "{alter}");
+    }
+}
