@@ -435,6 +435,15 @@ impl Run {
             .ok()
             .and_then(|r| r.try_get(0).ok());
         let stats = repl.writer.stats.borrow().clone();
+        let wal_end = repl.positions.server_wal_end();
+        self.controls.progress.send_modify(|p| {
+            p.phase = Phase::RevertWindow;
+            p.applied = stats.applied_keys;
+            p.backlog_keys = stats.backlog_keys as u64;
+            p.lag_bytes = Some(wal_end.bytes_since(stats.acked));
+            p.slot_retained_wal = retained;
+            p.old_table_bytes = size.and_then(|s| u64::try_from(s).ok());
+        });
         tracing::info!(
             left_secs = deadline.saturating_duration_since(tokio::time::Instant::now()).as_secs(),
             retained_wal_bytes = retained,

@@ -132,7 +132,12 @@ async fn finalize_ends_the_window_and_drops_the_reverse_slot() {
 
     let finalize = binary::command(&db, "finalize", &["--table", "items"]).output().await.expect("start pg-ghost finalize");
     binary::assert_success(&finalize);
-    binary::assert_success(&finish(run).await);
+    let out = finish(run).await;
+    binary::assert_success(&out);
+    // What the window costs is said on its status line.
+    let log = binary::stderr(&out);
+    let line = log.lines().find(|l| l.contains("(revert window); the old table")).unwrap_or_else(|| panic!("no window status line:\n{log}"));
+    assert!(line.contains("retained_wal_bytes=") && line.contains("old_table_bytes="), "{line}");
     assert_eq!(slots(&client).await, Vec::<String>::new(), "replication slots left behind");
     assert_no_slots_or_publications(&client).await;
     // The new table stays; the old one is kept (no --ok-to-drop-table); the changelog is gone.
