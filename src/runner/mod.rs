@@ -441,6 +441,7 @@ impl Run {
         }
         if self.cfg.revertible_for.is_some() {
             window::refuse_lossy_write_back(&self.client, info, &changes.dropped).await?;
+            window::refuse_identity_always(info)?;
         }
         if self.cfg.revertible_for.is_some() && deps.count() > 0 {
             return Err(Error::refused(format!(

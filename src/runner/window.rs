@@ -520,6 +520,21 @@ pub(super) async fn refuse_lossy_write_back(client: &Client, info: &TableInfo, d
     Ok(())
 }
 
+/// Rows are written back by upsert, which cannot set a `GENERATED ALWAYS` identity column
+/// outside the key (the forward apply makes the ghost's `BY DEFAULT` for the copy; the old
+/// table is the original and stays as it is): refused before anything is created.
+pub(super) fn refuse_identity_always(info: &TableInfo) -> Result<()> {
+    let always = info.columns.iter().find(|c| c.identity == crate::schema::Identity::Always && !info.key.columns.contains(&c.name));
+    match always {
+        Some(c) => Err(Error::refused(format!(
+            "--revertible-for: column {} of {} is GENERATED ALWAYS AS IDENTITY outside the key; rows could not be written back to the old table with its values, so the revert window is refused",
+            crate::sql::ident(&c.name),
+            info.name
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// `pg-ghost revert` / `pg-ghost finalize`: asks the pg-ghost running the table's revert window
 /// and waits until it has done it.
 pub async fn request(cfg: WindowConfig, request: Request) -> Result<()> {

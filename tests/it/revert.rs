@@ -193,12 +193,13 @@ async fn a_value_the_old_type_cannot_hold_makes_the_revert_impossible() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tables_with_dependents_or_a_using_clause_are_refused_up_front() {
+async fn what_the_window_cannot_serve_is_refused_up_front() {
     let db = Cluster::primary().fresh_db("revert_refused");
     binary::narrow_table(&db, "viewed", 100);
     binary::narrow_table(&db, "typed", 100);
     binary::narrow_table(&db, "unique2", 100);
     db.psql("ALTER TABLE unique2 ADD UNIQUE (n)");
+    db.psql("CREATE TABLE numbered (id int PRIMARY KEY, seq bigint GENERATED ALWAYS AS IDENTITY)");
     db.psql("CREATE VIEW viewed_v AS SELECT id, n FROM viewed");
     let client = db.client().await;
     let before = CatalogSnapshot::take(&client).await;
@@ -210,6 +211,8 @@ async fn tables_with_dependents_or_a_using_clause_are_refused_up_front() {
     // A dropped column with another unique index: the old table could not keep its values.
     let out = binary::run(&db, &["--table", "unique2", "--alter", "DROP COLUMN pad", "--execute", "--revertible-for", "1h"]).await;
     binary::assert_failure(&out, 3, "unique index \"unique2_n_key\"");
+    let out = binary::run(&db, &["--table", "numbered", "--alter", "ADD COLUMN x int", "--execute", "--revertible-for", "1h"]).await;
+    binary::assert_failure(&out, 3, "GENERATED ALWAYS");
     assert_catalog_unchanged(&before, &CatalogSnapshot::take(&client).await);
 }
 
