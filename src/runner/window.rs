@@ -545,7 +545,9 @@ pub async fn request(cfg: WindowConfig, request: Request) -> Result<()> {
     let names = Names::for_table(&table, oid);
     let changelog = names.changelog.clone();
     let state = read(&client, &changelog, checkpoint::STATE).await?;
-    if state.as_deref() != Some(STATE_OPEN) {
+    // A revert that failed (its lock not had in time) left the window open.
+    let open = state.as_deref().is_some_and(|s| s == STATE_OPEN || s.starts_with(STATE_REVERT_FAILED));
+    if !open {
         return Err(Error::refused(format!(
             "no revert window is open on {table} (state: {}); a window opens with `pg-ghost run --execute --revertible-for DURATION`",
             state.as_deref().unwrap_or("no pg-ghost run")
@@ -560,10 +562,10 @@ pub async fn request(cfg: WindowConfig, request: Request) -> Result<()> {
             "the revert window on {table} is not being served: no pg-ghost is streaming its slot {reverse} (was it killed? `pg-ghost cleanup --table {table}` ends the window)"
         )));
     }
-    client
-        .execute(checkpoint::upsert_sql(&changelog).as_str(), &[&checkpoint::WINDOW_REQUEST, &request.name()])
-        .await
-        .context("asking the running pg-ghost")?;
+    // The state is set back to open first, so that only this request's outcome is waited for.
+    let upsert = checkpoint::upsert_sql(&changelog);
+    client.execute(upsert.as_str(), &[&checkpoint::STATE, &STATE_OPEN]).await.context("asking the running pg-ghost")?;
+    client.execute(upsert.as_str(), &[&checkpoint::WINDOW_REQUEST, &request.name()]).await.context("asking the running pg-ghost")?;
     tracing::info!(table = %table, request = request.name(), "asked the running pg-ghost; waiting for it");
     let deadline = tokio::time::Instant::now() + cfg.wait;
     loop {
@@ -594,7 +596,8 @@ pub async fn request(cfg: WindowConfig, request: Request) -> Result<()> {
 
 /// Whether the earlier run's changelog says its revert window was open when it stopped.
 pub(super) async fn was_open(client: &Client, names: &Names) -> Result<bool> {
-    Ok(read(client, &names.changelog, checkpoint::STATE).await?.as_deref() == Some(STATE_OPEN))
+    let state = read(client, &names.changelog, checkpoint::STATE).await?;
+    Ok(state.as_deref().is_some_and(|s| s == STATE_OPEN || s.starts_with(STATE_REVERT_FAILED)))
 }
 
 /// The revert window's slot as the run recorded it in its changelog table, if any.

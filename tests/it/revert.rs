@@ -390,3 +390,32 @@ async fn every_kind_of_alter_reverts_to_the_original() {
         assert_eq!(slots(&client).await, Vec::<String>::new(), "{alter}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revert_that_cannot_get_its_lock_leaves_the_window_open() {
+    let db = Cluster::primary().fresh_db("revert_locked");
+    binary::narrow_table(&db, "busy", 300);
+    let args = ["--table", "busy", "--alter", "ADD COLUMN note text", "--execute", "--revertible-for", "10m", "--cut-over-lock-timeout", "100ms", "--cut-over-retries", "2"];
+    let mut run = spawn_run(&db, &args);
+    let client = db.client().await;
+    wait_for_window(&client, "busy", &mut run).await;
+
+    // A long transaction holds the new table: the swap back cannot have its lock.
+    let blocker = db.client().await;
+    blocker.batch_execute("BEGIN; SELECT count(*) FROM busy").await.unwrap();
+    let revert = binary::command(&db, "revert", &["--table", "busy"]).output().await.unwrap();
+    binary::assert_failure(&revert, 3, "revert-failed");
+    assert!(!run.is_finished(), "the window closed after a failed revert");
+    blocker.batch_execute("COMMIT").await.unwrap();
+    client.batch_execute("UPDATE busy SET n = -1 WHERE id = 1").await.unwrap();
+
+    let revert = binary::command(&db, "revert", &["--table", "busy"]).output().await.unwrap();
+    binary::assert_success(&revert);
+    let out = finish(run).await;
+    binary::assert_success(&out);
+    let log = binary::stderr(&out);
+    assert!(log.contains("the revert failed; the new table keeps the name"), "{log}");
+    let diff = compare_rows(&client, "SELECT * FROM busy", "SELECT id, CASE WHEN id = 1 THEN -1 ELSE n END, pad FROM busy_before").await;
+    assert!(diff.is_empty(), "{diff:?}");
+    assert_eq!(slots(&client).await, Vec::<String>::new());
+}
