@@ -415,6 +415,7 @@ async fn a_revert_that_cannot_get_its_lock_leaves_the_window_open() {
     binary::assert_success(&out);
     let log = binary::stderr(&out);
     assert!(log.contains("the revert failed; the new table keeps the name"), "{log}");
+    assert!(log.contains("blocker_pid="), "the blocker is not named:\n{log}");
     let diff = compare_rows(&client, "SELECT * FROM busy", "SELECT id, CASE WHEN id = 1 THEN -1 ELSE n END, pad FROM busy_before").await;
     assert!(diff.is_empty(), "{diff:?}");
     assert_eq!(slots(&client).await, Vec::<String>::new());
