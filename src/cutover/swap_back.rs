@@ -51,12 +51,22 @@ struct Owner {
     column: String,
 }
 
+/// An extended statistics object on either table (`CREATE STATISTICS`): the swap renames the
+/// original's aside and gives the ghost's their names.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct Statistic {
+    oid: u32,
+    name: QualifiedName,
+}
+
 /// What the undo restores: read before the swap, compared after the undo.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct NamesOf {
     relations: Vec<Relation>,
     constraints: Vec<Constraint>,
     owners: Vec<Owner>,
+    #[serde(default)]
+    statistics: Vec<Statistic>,
 }
 
 const RELATIONS: &str = "SELECT c.oid, c.relkind::text, n.nspname::text, c.relname::text
@@ -70,6 +80,10 @@ const RELATIONS: &str = "SELECT c.oid, c.relkind::text, n.nspname::text, c.relna
 
 const CONSTRAINTS: &str = "SELECT oid, conrelid, conname::text FROM pg_constraint
       WHERE conrelid IN ($1, $2) AND contype NOT IN ('p', 'u', 'x') ORDER BY oid";
+
+const STATISTICS: &str = "SELECT s.oid, n.nspname::text, s.stxname::text
+       FROM pg_statistic_ext s JOIN pg_namespace n ON n.oid = s.stxnamespace
+      WHERE s.stxrelid IN ($1, $2) ORDER BY s.oid";
 
 const OWNERS: &str = "SELECT d.objid, d.refobjid, a.attname::text
        FROM pg_depend d
@@ -108,7 +122,14 @@ impl NamesOf {
             .iter()
             .map(|r| Ok(Owner { sequence: r.try_get(0)?, table: r.try_get(1)?, column: r.try_get(2)? }))
             .collect::<Result<Vec<_>>>()?;
-        Ok(NamesOf { relations, constraints, owners })
+        let statistics = tx
+            .query(STATISTICS, &[&orig, &ghost])
+            .await
+            .context("reading the names of both tables' statistics objects")?
+            .iter()
+            .map(|r| Ok(Statistic { oid: r.try_get(0)?, name: QualifiedName::new(r.try_get::<_, String>(1)?, r.try_get::<_, String>(2)?) }))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(NamesOf { relations, constraints, owners, statistics })
     }
 
     fn relation(&self, oid: u32) -> Option<&Relation> {
@@ -119,6 +140,7 @@ impl NamesOf {
     fn without_dropped(&self, now: &NamesOf) -> NamesOf {
         let mut kept = self.clone();
         kept.relations.retain(|r| now.relation(r.oid).is_some());
+        kept.statistics.retain(|st| now.statistics.iter().any(|n| n.oid == st.oid));
         kept
     }
 }
@@ -148,6 +170,14 @@ fn undo_statements(before: &NamesOf, now: &NamesOf) -> Vec<String> {
             let parked = cur.name.sibling(parking_name(old.oid));
             park.push(format!("{} {} RENAME TO {}", alter_relation(&cur.kind), cur.name.sql(), ident(&parked.name)));
             restore.push(format!("{} {} RENAME TO {}", alter_relation(&cur.kind), parked.sql(), ident(&old.name.name)));
+        }
+    }
+    for old in &before.statistics {
+        let Some(cur) = now.statistics.iter().find(|st| st.oid == old.oid) else { continue };
+        if cur.name != old.name {
+            let parked = cur.name.sibling(parking_name(old.oid));
+            park.push(format!("ALTER STATISTICS {} RENAME TO {}", cur.name.sql(), ident(&parked.name)));
+            restore.push(format!("ALTER STATISTICS {} RENAME TO {}", parked.sql(), ident(&old.name.name)));
         }
     }
     // Constraint names are per table; the tables carry their old names again by now.
@@ -196,6 +226,9 @@ fn differences(want: &NamesOf, got: &NamesOf) -> Vec<String> {
     }
     if got.owners != want.owners {
         out.push("serial sequence owners differ".to_string());
+    }
+    if got.statistics != want.statistics {
+        out.push("statistics object names differ".to_string());
     }
     out
 }
@@ -316,6 +349,7 @@ mod tests {
             ],
             constraints: vec![Constraint { oid: 30, table: 20, name: "_orders_gho_n_check".into() }],
             owners: vec![Owner { sequence: 12, table: 10, column: "id".into() }],
+            statistics: vec![Statistic { oid: 40, name: QualifiedName::new("public", "orders_stats") }],
         }
     }
 
@@ -331,6 +365,7 @@ mod tests {
             ],
             constraints: vec![Constraint { oid: 30, table: 20, name: "orders_n_check".into() }],
             owners: vec![Owner { sequence: 12, table: 20, column: "id".into() }],
+            statistics: vec![Statistic { oid: 40, name: QualifiedName::new("public", "_orders_stats_del") }],
         };
         let sql = undo_statements(&before(), &now);
         assert_eq!(
@@ -340,10 +375,12 @@ mod tests {
                 r#"ALTER INDEX "public"."_orders_pkey_del" RENAME TO "_pg_ghost_swap_back_11""#,
                 r#"ALTER TABLE "public"."orders" RENAME TO "_pg_ghost_swap_back_20""#,
                 r#"ALTER INDEX "public"."orders_pkey" RENAME TO "_pg_ghost_swap_back_21""#,
+                r#"ALTER STATISTICS "public"."_orders_stats_del" RENAME TO "_pg_ghost_swap_back_40""#,
                 r#"ALTER TABLE "public"."_pg_ghost_swap_back_10" RENAME TO "orders""#,
                 r#"ALTER INDEX "public"."_pg_ghost_swap_back_11" RENAME TO "orders_pkey""#,
                 r#"ALTER TABLE "public"."_pg_ghost_swap_back_20" RENAME TO "_orders_gho""#,
                 r#"ALTER INDEX "public"."_pg_ghost_swap_back_21" RENAME TO "_orders_pkey_gho""#,
+                r#"ALTER STATISTICS "public"."_pg_ghost_swap_back_40" RENAME TO "orders_stats""#,
                 r#"ALTER TABLE "public"."_orders_gho" RENAME CONSTRAINT "orders_n_check" TO "_pg_ghost_swap_back_30""#,
                 r#"ALTER TABLE "public"."_orders_gho" RENAME CONSTRAINT "_pg_ghost_swap_back_30" TO "_orders_gho_n_check""#,
                 r#"ALTER SEQUENCE "public"."orders_id_seq" OWNED BY "public"."orders"."id""#,
