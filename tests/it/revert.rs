@@ -421,3 +421,23 @@ async fn a_revert_that_cannot_get_its_lock_leaves_the_window_open() {
     assert!(diff.is_empty(), "{diff:?}");
     assert_eq!(slots(&client).await, Vec::<String>::new());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_window_ends_by_itself_when_its_time_is_up() {
+    let db = Cluster::primary().fresh_db("revert_elapsed");
+    binary::narrow_table(&db, "brief", 300);
+    let run = spawn_run(&db, &["--table", "brief", "--alter", "ADD COLUMN note text", "--execute", "--revertible-for", "2s", "--ok-to-drop-table"]);
+    let out = finish(run).await;
+    binary::assert_success(&out);
+    assert!(binary::stderr(&out).contains("revert window ended (its time is up)"), "{}", binary::stderr(&out));
+    let client = db.client().await;
+    assert_eq!(slots(&client).await, Vec::<String>::new());
+    assert_no_slots_or_publications(&client).await;
+    // The old table goes as --ok-to-drop-table says, with the changelog; the new one stays.
+    let left: (Option<String>, Option<String>, Option<String>) = client
+        .query_one("SELECT to_regclass('brief')::text, to_regclass('_brief_del')::text, to_regclass('_brief_ghc')::text", &[])
+        .await
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .unwrap();
+    assert_eq!(left, (Some("brief".to_string()), None, None));
+}
