@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one install step of scripts/demo.sh and scripts/test.sh: installs from Debian's
 # packages whatever is missing (PostgreSQL 15 server and client, libclang for the SQL
-# parser's build, runuser to start the server as `postgres` when run as root). Does nothing
+# parser's build, runuser to start the server as `postgres` when run as root, the server's
+# headers and gcc for the tests' security label provider). Does nothing
 # when all is there. Rust itself (cargo) is not installed here: https://rustup.rs
 set -euo pipefail
 
@@ -15,6 +16,9 @@ else
   compgen -G "/usr/lib/llvm-*/lib/libclang.so" >/dev/null || missing+=(libclang-dev)
 fi
 command -v runuser >/dev/null || missing+=(util-linux)
+# The server's headers and a C compiler: a test builds a security label provider.
+[[ -f /usr/include/postgresql/15/server/postgres.h ]] || missing+=(postgresql-server-dev-15)
+command -v gcc >/dev/null || missing+=(gcc)
 if (( ${#missing[@]} )); then
   echo "install-deps: installing ${missing[*]}" >&2
   sudo=""

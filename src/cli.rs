@@ -55,6 +55,11 @@ pub enum Command {
     /// order, each statement the safest way: ALTER TABLE online, CREATE INDEX CONCURRENTLY,
     /// the rest under a short lock_timeout with retries. Recorded in `pgghost.migrations`.
     Migrate(MigrateArgs),
+    /// Apply one `migrate --dir DIR` or one change (`--table T --alter CLAUSES`) to many
+    /// databases (tenants), listed by a query on a registry database or in a file: smallest
+    /// first, a few at a time, with canaries, stop rules and a maintenance window; state in
+    /// the registry (`pgghost.fleet_runs`, `pgghost.fleet_targets`), a report at the end.
+    Fleet(Box<FleetArgs>),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -110,6 +115,143 @@ pub struct MigrateArgs {
     /// the others, by a merge say): it then runs after what it was written before.
     #[arg(long)]
     pub out_of_order: bool,
+
+    /// How --status and --plan print: `text` for people, `json` for tools.
+    #[arg(long, value_enum, default_value_t = PlanFormat::Text)]
+    pub format: PlanFormat,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct FleetArgs {
+    // ---- targets ------------------------------------------------------------------------
+    /// The registry database: where --targets-query runs and where the fleet keeps its state
+    /// (`pgghost.fleet_runs`, `pgghost.fleet_targets`, created on first use), for --resume.
+    #[arg(long, value_name = "CONNINFO", help_heading = "Targets")]
+    pub registry: Option<String>,
+
+    /// The targets, as a query on the registry returning `name` and `conninfo` (text) and
+    /// optionally `size_bytes` (bigint, else measured) and `server` (text, for --per-server,
+    /// else the target's host:port).
+    #[arg(long, value_name = "SELECT", requires = "registry", conflicts_with = "targets_file", help_heading = "Targets")]
+    pub targets_query: Option<String>,
+
+    /// The targets, as a file of `name conninfo` lines (`#` starts a comment).
+    #[arg(long, value_name = "FILE", help_heading = "Targets")]
+    pub targets_file: Option<PathBuf>,
+
+    // ---- what runs on each target -------------------------------------------------------
+    /// Run `pg-ghost migrate --dir DIR` on every target.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["table", "alter"], help_heading = "Job")]
+    pub dir: Option<PathBuf>,
+
+    /// With --dir: apply pending files up to this version, included.
+    #[arg(long, value_name = "VERSION", requires = "dir", help_heading = "Job")]
+    pub target: Option<String>,
+
+    /// With --dir: apply pending files up to the first one of a later phase.
+    #[arg(long, value_enum, value_name = "PHASE", requires = "dir", help_heading = "Job")]
+    pub phase: Option<PhaseArg>,
+
+    /// With --dir: apply a pending file even when a later version is applied already.
+    #[arg(long, requires = "dir", help_heading = "Job")]
+    pub out_of_order: bool,
+
+    /// Run one online change on every target: the table, `[schema.]name` (with --alter).
+    #[arg(long, value_name = "[SCHEMA.]NAME", requires = "alter", help_heading = "Job")]
+    pub table: Option<String>,
+
+    /// The change: the clauses that follow `ALTER TABLE name` (with --table), made as
+    /// `pg-ghost run --execute --strategy auto` makes it.
+    #[arg(long, value_name = "CLAUSES", requires = "table", help_heading = "Job")]
+    pub alter: Option<String>,
+
+    /// How long a statement (or a cut-over) may wait for its lock before it is retried.
+    /// Units: ms, s.
+    #[arg(long, value_name = "DURATION", default_value = "1s", help_heading = "Job")]
+    pub lock_timeout: String,
+
+    /// How many times a statement (or a cut-over) is tried when its lock is not had in time.
+    #[arg(long, value_name = "N", default_value_t = 60, help_heading = "Job")]
+    pub lock_retries: u32,
+
+    /// Keep the old table of each change that went through a ghost (timestamped).
+    #[arg(long, help_heading = "Job")]
+    pub keep_old_tables: bool,
+
+    // ---- order and pace -----------------------------------------------------------------
+    /// Targets changed at once.
+    #[arg(long, value_name = "N", default_value_t = 1, help_heading = "Order and pace")]
+    pub concurrency: u32,
+
+    /// At most this many targets at once on one server (0: no limit beyond --concurrency).
+    #[arg(long, value_name = "M", default_value_t = 0, help_heading = "Order and pace")]
+    pub per_server: u32,
+
+    /// Change the N smallest targets first, one at a time, and stop if any of them fails.
+    #[arg(long, value_name = "N", default_value_t = 0, help_heading = "Order and pace")]
+    pub canary: u32,
+
+    /// Stop starting targets once this many have failed (0: never stop; the running ones
+    /// finish either way).
+    #[arg(long, value_name = "K", default_value_t = 0, help_heading = "Order and pace")]
+    pub max_failures: u32,
+
+    /// Pause after each target before the next starts. Units: ms, s, m, h.
+    #[arg(long, value_name = "DURATION", default_value = "0s", help_heading = "Order and pace")]
+    pub interval: String,
+
+    /// Start targets only inside this daily window, `HH:MM-HH:MM` (may span midnight); a
+    /// running target finishes after it closes.
+    #[arg(long, value_name = "HH:MM-HH:MM", help_heading = "Order and pace")]
+    pub window: Option<String>,
+
+    /// The time zone of --window, as PostgreSQL names it (`Europe/Paris`, `UTC`).
+    #[arg(long, value_name = "ZONE", default_value = "UTC", requires = "window", help_heading = "Order and pace")]
+    pub timezone: String,
+
+    /// Continue the fleet run with this id (printed when it started; see
+    /// pgghost.fleet_runs) where it stopped: targets already done are not run again.
+    #[arg(long, value_name = "FLEET_ID", requires = "registry", help_heading = "Order and pace")]
+    pub resume: Option<String>,
+
+    /// List the targets in the order they would run, with their size and server, and what
+    /// would run; change nothing.
+    #[arg(long, help_heading = "Order and pace")]
+    pub plan: bool,
+
+    // ---- report -------------------------------------------------------------------------
+    /// Also write the report as JSON to this file.
+    #[arg(long, value_name = "FILE", help_heading = "Report")]
+    pub report: Option<PathBuf>,
+
+    /// POST the report to this http:// URL at the end, as JSON a Slack-compatible incoming
+    /// webhook accepts (`text`, plus the whole report under `report`).
+    #[arg(long, value_name = "URL", help_heading = "Report")]
+    pub notify_webhook: Option<String>,
+
+    /// Directory of hooks: `pg-ghost-on-target-success*`, `pg-ghost-on-target-failure*` after
+    /// each target, `pg-ghost-on-fleet-complete*` at the end (PG_GHOST_FLEET_* variables).
+    #[arg(long, value_name = "DIR", help_heading = "Report")]
+    pub hooks_path: Option<PathBuf>,
+
+    /// Kill a hook that runs longer than this. Units: ms, s, m.
+    #[arg(long, value_name = "DURATION", default_value = "60s", help_heading = "Report")]
+    pub hooks_timeout: String,
+
+    /// How often to log the fleet's progress (targets ended, running, pending). Units: s, m.
+    #[arg(long, value_name = "DURATION", default_value = "30s", help_heading = "Report")]
+    pub status_interval: String,
+
+    /// Serve the fleet's commands on this Unix socket (mode 0600): `status`, `pause` (no
+    /// target starts until `resume`), `resume`, `panic` (every running target stops, cleanly,
+    /// and none starts), `help`.
+    #[arg(long, value_name = "PATH", help_heading = "Report")]
+    pub serve_socket_file: Option<PathBuf>,
+
+    /// Serve the fleet's metrics (targets by status, paused, waiting for the window,
+    /// stopped) in the Prometheus text format at http://ADDR:PORT/metrics.
+    #[arg(long, value_name = "ADDR:PORT", help_heading = "Report")]
+    pub metrics_listen: Option<String>,
 }
 
 #[derive(Clone, Debug, Args)]

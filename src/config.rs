@@ -268,6 +268,10 @@ pub fn migrate_config_with_env(args: &crate::cli::MigrateArgs, env: impl Fn(&str
         lock_retries: args.lock_retries,
         keep_old_tables: args.keep_old_tables,
         out_of_order: args.out_of_order,
+        format: match args.format {
+            crate::cli::PlanFormat::Text => crate::plan::Format::Text,
+            crate::cli::PlanFormat::Json => crate::plan::Format::Json,
+        },
     })
 }
 
@@ -444,7 +448,7 @@ fn control_from(args: &RunArgs) -> Result<ControlConfig> {
     Ok(ControlConfig { socket_file: args.serve_socket_file.clone(), tcp_port: args.serve_tcp_port })
 }
 
-fn metrics_listen(text: &str) -> Result<SocketAddr> {
+pub fn metrics_listen(text: &str) -> Result<SocketAddr> {
     text.trim().parse().map_err(|_| {
         Error::config(format!(
             "--metrics-listen {text:?}: expected an IP address and a port, such as 127.0.0.1:9187 or [::1]:9187 (host names are not resolved)"

@@ -5,8 +5,9 @@
 //! with `--cut-over-kill-blockers-after` terminates them, exactly as the cut-over's LOCK.
 //! Validations run under SHARE UPDATE EXCLUSIVE, which lets writes go on; an index is built
 //! `CONCURRENTLY`, and one a failure leaves invalid is dropped; both wait while the run is
-//! throttled, as the copy does. A dry run takes each step's
-//! locks and releases them, changing nothing.
+//! throttled, as the copy does. A validation that fails (or is aborted) drops the constraint
+//! its clause added `NOT VALID` just before. An abort cancels the statement under way. A dry run takes
+//! each step's locks and releases them, changing nothing.
 
 use crate::conn::ConnInfo;
 use crate::copy::GateState;
@@ -31,6 +32,17 @@ pub struct Direct<'a> {
     pub gate: watch::Receiver<GateState>,
 }
 
+/// Where a step is, as it goes: for the history of runs and the status.
+#[derive(Clone, Debug)]
+pub enum StepState {
+    /// Its first attempt begins.
+    Running,
+    /// Done (in a dry run: its locks taken and released).
+    Done { attempts: u32, elapsed: Duration },
+    /// Given up: the run fails with `error`.
+    Failed { attempts: u32, elapsed: Duration, error: String },
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct DirectReport {
     pub steps: usize,
@@ -39,7 +51,8 @@ pub struct DirectReport {
 }
 
 impl Direct<'_> {
-    pub async fn run(&self) -> Result<DirectReport> {
+    /// Runs the steps in order; `report` hears of each (by its index) as it starts and ends.
+    pub async fn run(&self, report_step: &(dyn Fn(usize, StepState) + Sync)) -> Result<DirectReport> {
         let mut sessions = Sessions::open(self.conn).await?;
         let backoff = Backoff { initial: Duration::from_millis(250), max: Duration::from_secs(5), attempts: u32::MAX };
         let mut killer = self.kill_blockers_after.map(|after| BlockerKiller::new(tokio::time::Instant::now() + after));
@@ -50,27 +63,99 @@ impl Direct<'_> {
                 self.wait_while_throttled().await?;
             }
             let started = Instant::now();
+            report_step(i, StepState::Running);
             let mut attempt = 0;
             loop {
                 attempt += 1;
                 report.attempts += 1;
-                match self.try_step(&sessions, step, attempt, killer.as_mut()).await {
+                match self.attempt_unless_aborted(&sessions, step, attempt, killer.as_mut()).await {
                     Ok(()) => break,
                     Err(e) if e.is_retryable() && attempt < self.retries => {
-                        if e.kind() == ErrorKind::Connection {
-                            sessions.replace_lost(self.conn).await?;
-                        }
                         let delay = backoff.delay(attempt);
                         tracing::warn!(step = i + 1, attempt, retry_in_ms = delay.as_millis() as u64, error = %e, "direct step failed; retrying");
-                        self.sleep_unless_aborted(delay).await?;
+                        let replaced = match e.kind() {
+                            ErrorKind::Connection => sessions.replace_lost(self.conn).await,
+                            _ => Ok(()),
+                        };
+                        let waited = match replaced {
+                            Ok(()) => self.sleep_unless_aborted(delay).await,
+                            Err(e) => Err(e),
+                        };
+                        if let Err(e) = waited {
+                            let error = format!("{e}{}", self.undo(&mut sessions, step, &backoff).await);
+                            report_step(i, StepState::Failed { attempts: attempt, elapsed: started.elapsed(), error });
+                            return Err(e);
+                        }
                     }
-                    Err(e) => return Err(e.context(format!("step {} of {} ({})", i + 1, self.steps.len(), step.sql))),
+                    Err(e) => {
+                        let error = format!("{e}{}", self.undo(&mut sessions, step, &backoff).await);
+                        report_step(i, StepState::Failed { attempts: attempt, elapsed: started.elapsed(), error });
+                        return Err(e.context(format!("step {} of {} ({})", i + 1, self.steps.len(), step.sql)));
+                    }
                 }
             }
+            report_step(i, StepState::Done { attempts: attempt, elapsed: started.elapsed() });
             tracing::info!(step = i + 1, of = self.steps.len(), attempt, secs = started.elapsed().as_secs_f64(), dry_run = self.dry_run, sql = %step.sql, "direct step done");
             report.steps += 1;
         }
         Ok(report)
+    }
+
+    /// After `step` failed for good: runs its undo (a constraint added `NOT VALID` by the step
+    /// before, which would not validate, is dropped again), under the same short lock and
+    /// retries as any step, even when the run is aborted. Returns what to add to the step's
+    /// error: what was undone, or the statement the DBA must run by hand.
+    async fn undo(&self, sessions: &mut Sessions, step: &Step, backoff: &Backoff) -> String {
+        let Some(sql) = step.undo.clone().filter(|_| !self.dry_run) else { return String::new() };
+        let undo = Step { sql: sql.clone(), kind: StepKind::Locked, locks: vec![(self.table.sql(), "AccessExclusiveLock".into())], undo: None };
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.try_step(sessions, &undo, attempt, None).await {
+                Ok(()) => {
+                    tracing::info!(sql = %sql, "the failed step's clause was undone: nothing of it is left");
+                    return format!("; undone: {sql}");
+                }
+                Err(e) if e.is_retryable() && attempt < self.retries.max(3) => {
+                    if e.kind() == ErrorKind::Connection {
+                        if let Err(e) = sessions.replace_lost(self.conn).await {
+                            tracing::error!(sql = %sql, error = %e, "could not undo the failed step's clause; run it by hand");
+                            return format!("; not undone, run by hand: {sql}");
+                        }
+                    }
+                    tokio::time::sleep(backoff.delay(attempt)).await;
+                }
+                Err(e) => {
+                    tracing::error!(sql = %sql, error = %e, "could not undo the failed step's clause; run it by hand");
+                    return format!("; not undone, run by hand: {sql}");
+                }
+            }
+        }
+    }
+
+    /// One attempt at a step; an abort (panic flag or command, signal, critical load) while
+    /// its statement runs (a validation or an index build can read for hours) cancels the
+    /// statement, and the step cleans up as after any failure: rolled back, no invalid index
+    /// left. A step that got to commit before the cancel arrived counts as done; the run
+    /// stops before the next one.
+    async fn attempt_unless_aborted(&self, sessions: &Sessions, step: &Step, attempt: u32, killer: Option<&mut BlockerKiller>) -> Result<()> {
+        let attempt_fut = self.try_step(sessions, step, attempt, killer);
+        tokio::pin!(attempt_fut);
+        let mut abort = self.abort.clone();
+        tokio::select! {
+            biased;
+            r = &mut attempt_fut => r,
+            why = crate::runner::aborted(&mut abort) => {
+                tracing::warn!(reason = %why, sql = %step.sql, "aborting: cancelling the step's statement");
+                if let Err(e) = sessions.monitor.query_one("SELECT pg_cancel_backend($1)", &[&sessions.pid]).await {
+                    tracing::warn!(error = %Error::from(e), "could not cancel the step's statement; waiting for it to end");
+                }
+                match attempt_fut.await {
+                    Ok(()) => Ok(()),
+                    Err(_) => Err(Error::new(ErrorKind::Aborted, why)),
+                }
+            }
+        }
     }
 
     /// An autovacuum worker on the step's table, as at the cut-over: cancelled where the role

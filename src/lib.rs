@@ -38,3 +38,4 @@ pub mod hooks;
 pub mod metrics;
 pub mod history;
 pub mod migrate;
+pub mod fleet;

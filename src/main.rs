@@ -93,6 +93,15 @@ async fn dispatch(command: Command) -> Result<()> {
             tracing::debug!(dir = %config.dir.display(), mode = ?config.mode, "configuration");
             print!("{}", pg_ghost::migrate::migrate(&config).await?);
         }
+        Command::Fleet(args) => {
+            let config = pg_ghost::fleet::from_args(&args)?;
+            let out = pg_ghost::fleet::fleet(config).await?;
+            // The report first: it names every failure, the error below only sums them up.
+            print!("{}", out.text);
+            if let Some(failure) = out.failure {
+                return Err(failure);
+            }
+        }
     }
     Ok(())
 }

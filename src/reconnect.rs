@@ -15,18 +15,12 @@
 
 use crate::conn::ConnInfo;
 use crate::error::{Backoff, Error, Result};
-use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_postgres::Client;
-
-/// `--reconnect-timeout` by default: long enough for a server restart or a failover, short
-/// enough that a run whose server is gone for good ends (and drops its slot) before the slot
-/// has retained much WAL.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Between attempts: quick at first (after a terminated backend the server answers at once),
 /// then every 2 s (a server restarting takes seconds).
@@ -86,26 +80,6 @@ pub fn reconnected(conn: &ConnInfo, outage: &Outage) {
         attempts = outage.attempts,
         "reconnected"
     );
-}
-
-/// How many times each session of a run was opened again after a loss, by the session's
-/// application name (`pg-ghost stream`, `pg-ghost apply`, ...), for the metrics. Every
-/// [`ConnInfo`] derived from the run's shares one tally.
-#[derive(Clone, Debug, Default)]
-pub struct Reconnects(Arc<Mutex<BTreeMap<String, u64>>>);
-
-impl Reconnects {
-    fn count(&self, session: &str) {
-        // A counter bump under the lock: a poisoned lock still holds good counts.
-        let mut counts = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        *counts.entry(session.to_string()).or_default() += 1;
-    }
-
-    /// Every session reconnected so far and how often, by name.
-    pub fn counts(&self) -> Vec<(String, u64)> {
-        let counts = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        counts.iter().map(|(k, v)| (k.clone(), *v)).collect()
-    }
 }
 
 /// Runs `attempt` (opening a connection, starting the stream) until it succeeds. Retryable

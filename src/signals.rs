@@ -21,6 +21,8 @@ use tokio::sync::watch;
 pub enum Signal {
     Interrupt,
     Terminate,
+    /// Not a signal: a fleet's `panic` command, which stops everything as SIGTERM does.
+    Panic,
 }
 
 impl fmt::Display for Signal {
@@ -28,6 +30,7 @@ impl fmt::Display for Signal {
         f.write_str(match self {
             Signal::Interrupt => "SIGINT",
             Signal::Terminate => "SIGTERM",
+            Signal::Panic => "the panic command",
         })
     }
 }
@@ -70,7 +73,8 @@ pub fn install() -> Result<()> {
     Ok(())
 }
 
-/// Counts a signal as received; the seam tests use instead of real signals.
+/// Counts a signal as received: the seam tests use instead of real signals, and the fleet's
+/// `panic` command (every run in the process stops as on SIGTERM).
 pub(crate) fn notify(received: Signal) {
     state().send_modify(|s| {
         let count = s.map_or(0, |s| s.count).saturating_add(1);

@@ -51,6 +51,15 @@ pub struct Progress {
     pub elapsed: Duration,
     /// Since the copy started (zero before it).
     pub copy_elapsed: Duration,
+    /// The direct way: the step under way (or the last one, once all are done).
+    pub direct_step: Option<StepOf>,
+}
+
+/// Step `number` (from 1) of `of`, of the direct way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StepOf {
+    pub number: usize,
+    pub of: usize,
 }
 
 /// When the copy will be done.
@@ -92,6 +101,7 @@ impl Progress {
             old_table_bytes: None,
             elapsed: Duration::ZERO,
             copy_elapsed: Duration::ZERO,
+            direct_step: None,
         }
     }
 
@@ -149,7 +159,12 @@ impl Progress {
 
 /// `Copy: 1,234,567/10,000,000 12.3%; Applied: 45,678; Backlog: 120 keys; Lag: 0.3s;
 /// State: copying; ETA: 9m12s`
+///
+/// The direct way copies nothing: `Direct: step 2/4; Elapsed: 3s; State: changing it directly`.
 pub fn status_line(p: &Progress) -> String {
+    if let Some(step) = p.direct_step {
+        return format!("Direct: step {}/{}; Elapsed: {}; State: {}", step.number, step.of, format_duration(p.elapsed), p.state());
+    }
     format!(
         "Copy: {}; Applied: {}; Backlog: {} keys; Lag: {}; State: {}; ETA: {}",
         copy_part(p),

@@ -14,17 +14,28 @@ struct ColType {
     type_sql: String,
     /// Quoted, schema-qualified collation name; None for types without collation.
     collation: Option<String>,
+    /// Two values its type's hash calls equal are the same value (see `sql::row_hash`).
+    hash_is_identity: bool,
 }
+
+/// Built-in types (or domains over them) whose equality is identity: equal values print the
+/// same. Not numeric (1.0 = 1.00), floats (-0 = 0), interval (1 day = 24 hours), bpchar
+/// (trailing spaces), timetz, arrays (bounds), json and the like (no hash at all).
+const HASH_IS_IDENTITY: &[&str] =
+    &["int2", "int4", "int8", "oid", "bool", "text", "varchar", "name", "char", "bytea", "uuid", "date", "timestamp", "timestamptz", "time"];
 
 async fn columns(client: &Client, table: &QualifiedName) -> Result<HashMap<String, ColType>> {
     let rows = client
         .query(
-            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), n.nspname::text, c.collname::text
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), n.nspname::text, c.collname::text,
+                    bt.typnamespace = 'pg_catalog'::regnamespace AND bt.typname::text = ANY ($2) AND coalesce(c.collisdeterministic, true)
                FROM pg_attribute a
+               JOIN pg_type t ON t.oid = a.atttypid
+               JOIN pg_type bt ON bt.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END
                LEFT JOIN pg_collation c ON c.oid = a.attcollation
                LEFT JOIN pg_namespace n ON n.oid = c.collnamespace
               WHERE a.attrelid = $1::text::regclass AND a.attnum > 0 AND NOT a.attisdropped",
-            &[&table.sql()],
+            &[&table.sql(), &HASH_IS_IDENTITY],
         )
         .await
         .with_context(|| format!("reading the columns of {table}"))?;
@@ -33,7 +44,7 @@ async fn columns(client: &Client, table: &QualifiedName) -> Result<HashMap<Strin
         let schema: Option<String> = row.try_get(2)?;
         let name: Option<String> = row.try_get(3)?;
         let collation = schema.zip(name).map(|(s, n)| QualifiedName::new(s, n).sql());
-        out.insert(row.try_get(0)?, ColType { type_sql: row.try_get(1)?, collation });
+        out.insert(row.try_get(0)?, ColType { type_sql: row.try_get(1)?, collation, hash_is_identity: row.try_get(4)? });
     }
     Ok(out)
 }
@@ -51,7 +62,7 @@ pub(super) async fn load(client: &Client, orig: &QualifiedName, ghost: &Qualifie
     let mut row = Vec::new();
     for (name, expr) in m.ghost_columns.iter().zip(&m.source_exprs) {
         let c = column(&ghost_cols, ghost, name)?;
-        row.push(RowColumn { ghost: name, ghost_type: &c.type_sql, source_expr: expr });
+        row.push(RowColumn { ghost: name, ghost_type: &c.type_sql, source_expr: expr, hashed: c.hash_is_identity });
     }
     let mut key = Vec::new();
     for (source, ghost_name) in m.key_source.iter().zip(&m.key_ghost) {

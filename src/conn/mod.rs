@@ -15,11 +15,13 @@ mod conninfo;
 mod hosts;
 mod keywords;
 mod pgpass;
+mod reconnects;
 mod service;
 mod ssl;
 
 pub use hosts::TargetSession;
 pub use pgpass::DEFAULT_SOCKET_DIR;
+pub use reconnects::{Reconnects, DEFAULT_RECONNECT_TIMEOUT};
 pub use service::DEFAULT_SYSCONFDIR;
 pub use ssl::{ChannelBindingMode, RootCert, SslMode, SslSettings};
 
@@ -76,7 +78,7 @@ pub struct ConnInfo {
     /// zero: a lost connection stops the run at once. See `crate::reconnect`.
     pub reconnect_timeout: Duration,
     /// Reconnections so far, shared by every `ConnInfo` derived from this one.
-    pub reconnects: crate::reconnect::Reconnects,
+    pub reconnects: Reconnects,
 }
 
 /// A setting and where it came from, for messages.
@@ -175,7 +177,7 @@ impl ConnInfo {
             target_session,
             passfile,
             password_from_file: false,
-            reconnect_timeout: crate::reconnect::DEFAULT_TIMEOUT,
+            reconnect_timeout: DEFAULT_RECONNECT_TIMEOUT,
             reconnects: Default::default(),
         };
         Ok(info.at(&endpoint).with_application_name("pg-ghost"))

@@ -26,7 +26,7 @@ pub use command::{parse, Command, TableGuard};
 pub use coordinates::{Coordinates, CoordinatesSource, SlotPosition};
 pub use dispatch::Dispatcher;
 pub use report::{status_report, HELP};
-pub use server::{ControlHandle, ControlServer};
+pub use server::{Answer, ControlHandle, ControlServer};
 
 use crate::config::Tunables;
 use crate::phase::Phase;

@@ -34,6 +34,14 @@ pub fn status_report(table: &str, p: &Progress, tunables: &Tunables) -> String {
     // Writing into a String cannot fail; the results are ignored for that reason only.
     let _ = writeln!(out, "table: {table}");
     let _ = writeln!(out, "phase: {} ({})", p.phase, p.phase.name());
+    if let Some(step) = p.direct_step {
+        // The direct way copies nothing: its steps are its progress.
+        let _ = writeln!(out, "step: {} of {} (changing the table directly, no copy)", step.number, step.of);
+        let _ = writeln!(out, "throttle: {}", p.throttle_reason.as_deref().map_or("not throttled".into(), one_line));
+        let _ = writeln!(out, "elapsed: {}", format_duration(p.elapsed));
+        settings(&mut out, tunables);
+        return out;
+    }
     let _ = writeln!(out, "copied: {}", copied(p));
     let _ = writeln!(out, "rate: {}", rate(p.copy_rate));
     let _ = writeln!(out, "eta: {}", p.eta());
@@ -41,12 +49,16 @@ pub fn status_report(table: &str, p: &Progress, tunables: &Tunables) -> String {
     let _ = writeln!(out, "lag: {}", lag(p));
     let _ = writeln!(out, "throttle: {}", p.throttle_reason.as_deref().map_or("not throttled".into(), one_line));
     let _ = writeln!(out, "elapsed: {} (copy {})", format_duration(p.elapsed), format_duration(p.copy_elapsed));
+    settings(&mut out, tunables);
+    out
+}
+
+fn settings(out: &mut String, tunables: &Tunables) {
     let _ = writeln!(out, "settings:");
     for name in TUNABLE_NAMES {
         let value = tunables.get(name).unwrap_or_else(|e| format!("<{e}>"));
         let _ = writeln!(out, "  {name}={}", one_line(&value));
     }
-    out
 }
 
 fn copied(p: &Progress) -> String {

@@ -48,16 +48,31 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 pub struct ControlServer;
 
+/// What answers a command line: a run's [`Dispatcher`], or a fleet's commands.
+pub trait Answer: Send + Sync + 'static {
+    fn answer<'a>(&'a self, line: &'a str) -> futures_util::future::BoxFuture<'a, String>;
+}
+
+impl Answer for Dispatcher {
+    fn answer<'a>(&'a self, line: &'a str) -> futures_util::future::BoxFuture<'a, String> {
+        Box::pin(Dispatcher::answer(self, line))
+    }
+}
+
 impl ControlServer {
     /// Binds what `cfg` asks for and serves it on the current runtime until the handle is
     /// shut down or dropped. A `tcp_port` of 0 lets the kernel choose (for tests); the
     /// handle tells which.
     pub fn spawn(cfg: &ControlConfig, ctx: ControlContext) -> Result<ControlHandle> {
+        Self::spawn_answering(cfg, Arc::new(Dispatcher::new(ctx)))
+    }
+
+    /// As [`ControlServer::spawn`], with the commands answered by `dispatcher`.
+    pub fn spawn_answering(cfg: &ControlConfig, dispatcher: Arc<dyn Answer>) -> Result<ControlHandle> {
         // TCP first: it leaves nothing behind when the socket file then fails, and a socket
         // file bound first is removed (dropped) when the port then fails.
         let tcp = cfg.tcp_port.map(bind_tcp).transpose()?;
         let unix = cfg.socket_file.as_deref().map(bind_unix).transpose()?;
-        let dispatcher = Arc::new(Dispatcher::new(ctx));
         let (stop, stopped) = watch::channel(false);
         let mut handle = ControlHandle { socket: None, tcp_addr: None, stop, tasks: Vec::new() };
         if let Some((listener, file)) = unix {
@@ -135,7 +150,7 @@ impl Listener for tokio::net::TcpListener {
     }
 }
 
-async fn accept_loop<L: Listener>(listener: L, dispatcher: Arc<Dispatcher>, mut stop: watch::Receiver<bool>) {
+async fn accept_loop<L: Listener>(listener: L, dispatcher: Arc<dyn Answer>, mut stop: watch::Receiver<bool>) {
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
@@ -163,7 +178,7 @@ async fn accept_loop<L: Listener>(listener: L, dispatcher: Arc<Dispatcher>, mut 
 }
 
 /// One connection: read a line, answer it, close.
-async fn serve<S: AsyncRead + AsyncWrite + Unpin>(stream: S, dispatcher: Arc<Dispatcher>) {
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(stream: S, dispatcher: Arc<dyn Answer>) {
     let (read, mut write) = tokio::io::split(stream);
     let mut read = BufReader::new(read);
     let answer = match tokio::time::timeout(READ_TIMEOUT, read_line(&mut read)).await {

@@ -55,6 +55,8 @@ pub struct CutOver<'a> {
     pub swap_back: bool,
     /// Counted as the attempts go, for the metrics.
     pub tally: &'a CutOverTally,
+    /// Materialized views built on the ghost, which take the originals' places in the swap.
+    pub materialized: &'a [crate::dependents::materialized::Built],
     /// What the swap does for the revert window (`--revertible-for`).
     pub window: Window<'a>,
 }
@@ -204,7 +206,7 @@ impl CutOver<'_> {
         if !self.swap_back {
             tables.extend(swap::referencing_tables(&sessions.client, self.orig.oid).await?.iter().map(QualifiedName::sql));
         }
-        let wait = lock_wait_limit(self.lock_timeout, sessions.deadlock_timeout, tables.len() > 2);
+        let wait = lock_wait_limit(self.lock_timeout, sessions.deadlock_timeout, tables.len() + self.materialized.len() > 2);
         if wait < self.lock_timeout && attempt == 1 {
             tracing::info!(
                 wait_ms = wait.as_millis() as u64,
@@ -220,10 +222,20 @@ impl CutOver<'_> {
             .batch_execute(&format!("SET LOCAL statement_timeout = '{}ms'", wait.as_millis().max(1)))
             .await
             .context("bounding the cut-over lock wait")?;
-        let lock_sql = format!("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE", tables.join(", "));
-        waiting::run(sessions, &lock_sql, wait, attempt, killer, "cut-over lock")
+        // Materialized views first, in the same statement: a query that reads one waits for a
+        // moment, rather than a write to the table.
+        let mut lock_sql: Vec<String> = self.materialized.iter().flat_map(|m| m.view.lock_sql()).collect();
+        lock_sql.push(format!("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE", tables.join(", ")));
+        waiting::run(sessions, &lock_sql.join(";\n"), wait, attempt, killer, "cut-over lock")
             .await
             .map_err(|e| match e.kind() {
+                ErrorKind::LockTimeout if !self.materialized.is_empty() => {
+                    let views: Vec<String> = self.materialized.iter().map(|m| m.view.name.to_string()).collect();
+                    Error::new(
+                        ErrorKind::LockTimeout,
+                        format!("could not lock {} and the materialized views that read it ({}) within {wait:?}", self.orig.name, views.join(", ")),
+                    )
+                }
                 ErrorKind::LockTimeout => Error::new(ErrorKind::LockTimeout, format!("could not lock {} within {wait:?}", self.orig.name)),
                 _ => e.context("locking the tables"),
             })?;
@@ -344,7 +356,7 @@ impl CutOver<'_> {
                         .context("recording the names before the swap, for the revert window")?;
                 }
                 let swap_started = Instant::now();
-                let swapped = swap::swap(client, self.orig, self.ghost, self.old_table, true).await?;
+                let swapped = swap::swap(client, self.orig, self.ghost, self.old_table, Some(self.materialized)).await?;
                 tracing::info!(
                     attempt,
                     dependents = swapped.dependents,

@@ -7,8 +7,9 @@
 //! created gets the name PostgreSQL would have chosen on the original (the ghost table's
 //! name prefix replaced by the original's).
 
+use crate::dependents::materialized::Built;
 use crate::dependents::{self, Validation};
-use crate::error::{Context, Result};
+use crate::error::{Context, Error, ErrorKind, Result};
 use crate::ghost::{statistics, temp_name, Ghost};
 use crate::names::Names;
 use crate::schema::TableInfo;
@@ -100,9 +101,12 @@ pub struct Swapped {
 /// out with the new name: the original's columns are renamed the same way first, and back
 /// on the old table at the end, all inside this transaction.
 ///
-/// `move_dependents` is false for the rehearsal that swaps straight back
-/// (`--test-on-replica`): the dependents then stay where they are.
-pub async fn swap(tx: &impl GenericClient, orig: &TableInfo, ghost: &Ghost, old_table: &str, move_dependents: bool) -> Result<Swapped> {
+/// `materialized` holds the materialized views built on the ghost; it is `None` for the
+/// rehearsal that swaps straight back (`--test-on-replica`): the dependents then stay where
+/// they are.
+pub async fn swap(tx: &impl GenericClient, orig: &TableInfo, ghost: &Ghost, old_table: &str, materialized: Option<&[Built]>) -> Result<Swapped> {
+    let move_dependents = materialized.is_some();
+    let materialized = materialized.unwrap_or_default();
     let o = &orig.name;
     let g = &ghost.name;
     let renamed: Vec<&(String, String)> = match move_dependents {
@@ -118,11 +122,15 @@ pub async fn swap(tx: &impl GenericClient, orig: &TableInfo, ghost: &Ghost, old_
         tx.batch_execute(&renames.join(";\n")).await.context("renaming the original's columns as the ALTER does")?;
     }
     let own_publication = Names::for_table(o, orig.oid).publication;
-    let deps = match move_dependents {
+    let mut deps = match move_dependents {
         true => dependents::read(tx, orig.oid, &own_publication).await?,
         false => dependents::Dependents::default(),
     };
+    // A column the ALTER drops loses its labels, as under a plain ALTER; the others' are
+    // read under the names the ALTER gives them (the original's columns were renamed above).
+    deps.security_labels.retain(|l| l.column.as_ref().is_none_or(|c| ghost.mapping.carried.iter().any(|(_, to)| to == c)));
     let dependents_read = started.elapsed();
+    check_materialized_built(&deps, materialized)?;
     let mut sql = deps.before_renames(o);
 
     // Sequences first: serial ownership moves before anything could drop the original.
@@ -203,7 +211,10 @@ pub async fn swap(tx: &impl GenericClient, orig: &TableInfo, ghost: &Ghost, old_
         sql.push(format!("ALTER SEQUENCE {} RENAME TO {}", seq.sql(), ident(&new)));
     }
     sql.push(format!("ALTER TABLE {} RENAME TO {}", g.sql(), ident(&o.name)));
+    sql.extend(materialized.iter().flat_map(Built::rename_sql));
     sql.extend(deps.after_renames(o)?);
+    // Last built first: one built on another goes before it.
+    sql.extend(materialized.iter().rev().map(Built::drop_sql));
     let old = o.sibling(old_table.to_string());
     for (from, to) in &renamed {
         sql.push(format!("ALTER TABLE {} RENAME COLUMN {} TO {}", old.sql(), ident(to), ident(from)));
@@ -213,6 +224,27 @@ pub async fn swap(tx: &impl GenericClient, orig: &TableInfo, ghost: &Ghost, old_
     tx.batch_execute(&sql.join(";\n")).await.context("swapping the tables")?;
     let publications = deps.publications.iter().map(|p| p.publication.clone()).collect();
     Ok(Swapped { statements: sql, validations: deps.validations(), dependents: deps.count(), dependents_read, publications })
+}
+
+/// The materialized views read under the lock must be those built before it: one created
+/// since cannot be built now, with every writer waiting.
+fn check_materialized_built(deps: &dependents::Dependents, built: &[Built]) -> Result<()> {
+    let mut now: Vec<&QualifiedName> = deps.materialized_views.iter().map(|m| &m.name).collect();
+    let mut before: Vec<&QualifiedName> = built.iter().map(|b| &b.view.name).collect();
+    now.sort_by_key(|n| (&n.schema, &n.name));
+    before.sort_by_key(|n| (&n.schema, &n.name));
+    if now == before {
+        return Ok(());
+    }
+    let list = |names: &[&QualifiedName]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ");
+    Err(Error::new(
+        ErrorKind::SchemaChanged,
+        format!(
+            "the materialized views that read the table changed during the run (built before the cut-over: [{}]; now: [{}]); the cut-over is abandoned and the original is untouched",
+            list(&before),
+            list(&now)
+        ),
+    ))
 }
 
 /// The tables other than the original whose foreign keys reference it: the swap moves those

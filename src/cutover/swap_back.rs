@@ -237,7 +237,7 @@ fn differences(want: &NamesOf, got: &NamesOf) -> Vec<String> {
 /// EXCLUSIVE on both tables. Returns every statement run, for the log.
 pub async fn swap_and_back(tx: &impl GenericClient, orig: &TableInfo, ghost: &Ghost, old_table: &str) -> Result<Vec<String>> {
     let before = NamesOf::read(tx, orig.oid, ghost.oid).await?;
-    let mut sql = swap::swap(tx, orig, ghost, old_table, false).await?.statements;
+    let mut sql = swap::swap(tx, orig, ghost, old_table, None).await?.statements;
     let now = NamesOf::read(tx, orig.oid, ghost.oid).await?;
     let undo = undo_statements(&before, &now);
     if !undo.is_empty() {

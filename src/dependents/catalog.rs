@@ -6,7 +6,7 @@
 //! put back before returning.
 
 use super::{ForeignKey, Function, Grant, Policy, PublicationMember, Rule, Trigger, View};
-use super::{ColumnDependent, Dependents};
+use super::{ColumnDependent, Dependents, SecurityLabel};
 use crate::error::{Context, Result};
 use crate::sql::QualifiedName;
 use tokio_postgres::GenericClient;
@@ -26,14 +26,14 @@ pub async fn read(tx: &impl GenericClient, oid: u32, own_publication: &str) -> R
 }
 
 async fn read_all(tx: &impl GenericClient, oid: u32, own_publication: &str) -> Result<Dependents> {
-    let (views, foreign_rules, materialized_views) = rewrite_dependents(tx, oid).await?;
+    let (views, foreign_rules, _) = rewrite_dependents(tx, oid).await?;
     let row = tx
-        .query_one("SELECT relforcerowsecurity, EXISTS (SELECT 1 FROM pg_seclabel WHERE objoid = $1 AND classoid = 'pg_class'::regclass) FROM pg_class WHERE oid = $1", &[&oid])
+        .query_one("SELECT relforcerowsecurity FROM pg_class WHERE oid = $1", &[&oid])
         .await
         .context("reading the table's row security")?;
     Ok(Dependents {
         views,
-        materialized_views,
+        materialized_views: super::materialized::read(tx, oid).await?,
         foreign_rules,
         rules: rules(tx, oid).await?,
         triggers: triggers(tx, oid).await?,
@@ -44,13 +44,13 @@ async fn read_all(tx: &impl GenericClient, oid: u32, own_publication: &str) -> R
         row_type_users: row_type_users(tx, oid).await?,
         column_dependents: column_dependents(tx, oid).await?,
         force_row_security: row.try_get(0)?,
-        security_labels: row.try_get(1)?,
+        security_labels: security_labels(tx, oid).await?,
     })
 }
 
 /// Views (re-pointed), rules of other relations (replaced) and materialized views, read
 /// from the rewrite rules that depend on the table.
-async fn rewrite_dependents(tx: &impl GenericClient, oid: u32) -> Result<(Vec<View>, Vec<Rule>, Vec<QualifiedName>)> {
+pub(super) async fn rewrite_dependents(tx: &impl GenericClient, oid: u32) -> Result<(Vec<View>, Vec<Rule>, Vec<QualifiedName>)> {
     let rows = tx
         .query(
             "SELECT DISTINCT r.oid AS rule, r.rulename::text AS rulename, v.relkind::text AS relkind,
@@ -183,7 +183,8 @@ async fn foreign_keys(tx: &impl GenericClient, oid: u32) -> Result<Vec<ForeignKe
                     ARRAY(SELECT a.attname::text FROM unnest(con.conkey) WITH ORDINALITY k(n, i)
                             JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.n ORDER BY k.i),
                     ARRAY(SELECT a.attname::text FROM unnest(con.confkey) WITH ORDINALITY k(n, i)
-                            JOIN pg_attribute a ON a.attrelid = con.confrelid AND a.attnum = k.n ORDER BY k.i)
+                            JOIN pg_attribute a ON a.attrelid = con.confrelid AND a.attnum = k.n ORDER BY k.i),
+                    con.oid
                FROM pg_constraint con
                JOIN pg_class c ON c.oid = con.conrelid
                JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -193,12 +194,18 @@ async fn foreign_keys(tx: &impl GenericClient, oid: u32) -> Result<Vec<ForeignKe
         )
         .await
         .context("reading incoming foreign keys")?;
-    rows.iter()
-        .map(|r| {
-            Ok(ForeignKey {
+    let mut keys = Vec::new();
+    for r in &rows {
+        let partitioned = r.try_get::<_, String>(3)? == "p";
+        let leaves = match partitioned {
+            true => leaf_keys(tx, r.try_get(11)?).await?,
+            false => Vec::new(),
+        };
+        keys.push(ForeignKey {
                 name: r.try_get(0)?,
                 table: QualifiedName::new(r.try_get::<_, String>(1)?, r.try_get::<_, String>(2)?),
-                partitioned: r.try_get::<_, String>(3)? == "p",
+                partitioned,
+                leaves,
                 definition: r.try_get(4)?,
                 comment: r.try_get(5)?,
                 self_reference: r.try_get(6)?,
@@ -206,8 +213,29 @@ async fn foreign_keys(tx: &impl GenericClient, oid: u32) -> Result<Vec<ForeignKe
                 validated: r.try_get(8)?,
                 columns: r.try_get(9)?,
                 referenced_columns: r.try_get(10)?,
-            })
-        })
+            });
+    }
+    Ok(keys)
+}
+
+/// The copies of a partitioned table's foreign key on its leaf partitions: (partition,
+/// constraint name there).
+async fn leaf_keys(tx: &impl GenericClient, constraint: u32) -> Result<Vec<(QualifiedName, String)>> {
+    let rows = tx
+        .query(
+            "WITH RECURSIVE copies(oid) AS (
+                 SELECT oid FROM pg_constraint WHERE conparentid = $1
+                 UNION ALL SELECT c.oid FROM pg_constraint c JOIN copies ON c.conparentid = copies.oid)
+             SELECT n.nspname::text, r.relname::text, c.conname::text
+               FROM copies JOIN pg_constraint c ON c.oid = copies.oid
+               JOIN pg_class r ON r.oid = c.conrelid JOIN pg_namespace n ON n.oid = r.relnamespace
+              WHERE r.relkind = 'r' ORDER BY 1, 2",
+            &[&constraint],
+        )
+        .await
+        .context("reading the partitions' copies of a foreign key")?;
+    rows.iter()
+        .map(|r| Ok((QualifiedName::new(r.try_get::<_, String>(0)?, r.try_get::<_, String>(1)?), r.try_get::<_, String>(2)?)))
         .collect()
 }
 
@@ -226,7 +254,9 @@ async fn functions(tx: &impl GenericClient, oid: u32) -> Result<Vec<Function>> {
                         FROM aclexplode(p.proacl) a ORDER BY a.grantee, a.privilege_type),
                 EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid = 'pg_proc'::regclass AND e.objid = p.oid AND e.deptype = 'e'),
                 ARRAY(SELECT pg_describe_object(u.classid, u.objid, u.objsubid) FROM pg_depend u
-                       WHERE u.refclassid = 'pg_proc'::regclass AND u.refobjid = p.oid AND u.deptype = 'n' ORDER BY 1)
+                       WHERE u.refclassid = 'pg_proc'::regclass AND u.refobjid = p.oid AND u.deptype = 'n' ORDER BY 1),
+                ARRAY(SELECT s.provider FROM pg_seclabel s WHERE s.classoid = 'pg_proc'::regclass AND s.objoid = p.oid ORDER BY 1),
+                ARRAY(SELECT s.label FROM pg_seclabel s WHERE s.classoid = 'pg_proc'::regclass AND s.objoid = p.oid ORDER BY s.provider)
            FROM pg_proc p
           WHERE p.oid IN (SELECT d.objid FROM pg_depend d
                            WHERE d.classid = 'pg_proc'::regclass AND d.refclassid = 'pg_type'::regclass
@@ -253,6 +283,7 @@ async fn functions(tx: &impl GenericClient, oid: u32) -> Result<Vec<Function>> {
                     .collect(),
                 in_extension: r.try_get(10)?,
                 used_by: r.try_get(11)?,
+                security_labels: r.try_get::<_, Vec<String>>(12)?.into_iter().zip(r.try_get::<_, Vec<String>>(13)?).collect(),
             })
         })
         .collect()
@@ -285,4 +316,19 @@ async fn column_dependents(tx: &impl GenericClient, oid: u32) -> Result<Vec<Colu
     rows.iter()
         .map(|r| Ok(ColumnDependent { column: r.try_get(0)?, catalog: r.try_get(1)?, object: r.try_get(2)? }))
         .collect()
+}
+
+/// The security labels of a relation and its columns.
+pub(super) async fn security_labels(tx: &impl GenericClient, oid: u32) -> Result<Vec<SecurityLabel>> {
+    let rows = tx
+        .query(
+            "SELECT s.provider, a.attname::text, s.label FROM pg_seclabel s
+               LEFT JOIN pg_attribute a ON a.attrelid = s.objoid AND a.attnum = s.objsubid AND s.objsubid > 0
+              WHERE s.classoid = 'pg_class'::regclass AND s.objoid = $1
+              ORDER BY s.objsubid, s.provider",
+            &[&oid],
+        )
+        .await
+        .context("reading security labels")?;
+    rows.iter().map(|r| Ok(SecurityLabel { provider: r.try_get(0)?, column: r.try_get(1)?, label: r.try_get(2)? })).collect()
 }

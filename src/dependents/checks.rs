@@ -29,16 +29,18 @@ pub fn refusals(d: &Dependents, table: &QualifiedName, changes: &ColumnChanges, 
             "{table} has FORCE ROW LEVEL SECURITY, so its policies would decide which rows pg-ghost reads and writes even as the owner; connect as a role with BYPASSRLS or a superuser"
         ));
     }
-    for m in &d.materialized_views {
+    for m in d.materialized_views.iter().filter(|m| !m.others.is_empty()) {
         out.push(format!(
-            "materialized view {m} reads {table}; pg-ghost cannot move materialized views yet (drop it and create it again after the change, or use a plain ALTER TABLE)"
+            "materialized view {} reads {table} and must be built again for the new table, but {} depend{} on it",
+            m.name,
+            m.others.join(", "),
+            if m.others.len() == 1 { "s" } else { "" }
         ));
     }
-    for fk in d.foreign_keys.iter().filter(|fk| fk.partitioned) {
+    for fk in d.foreign_keys.iter().filter(|fk| fk.partitioned && !fk.validated) {
         out.push(format!(
-            "foreign key {} on partitioned table {} references {table}: PostgreSQL 15 cannot add it back NOT VALID on a partitioned table, so moving it would scan {} while the swap holds its lock",
+            "foreign key {} on partitioned table {} references {table} and is NOT VALID; pg-ghost moves a partitioned table's key through its partitions and would leave it valid",
             ident(&fk.name),
-            fk.table,
             fk.table
         ));
     }
@@ -61,9 +63,6 @@ pub fn refusals(d: &Dependents, table: &QualifiedName, changes: &ColumnChanges, 
             "{user} is of the row type of {table}; after the swap it would keep the old table's type (a plain ALTER TABLE changes the type in place), so pg-ghost cannot change this table"
         ));
     }
-    if d.security_labels {
-        out.push(format!("{table} has security labels; pg-ghost does not carry them over yet"));
-    }
     if !superuser {
         let mut missing: Vec<String> = Vec::new();
         missing.extend(d.views.iter().filter(|v| !v.owned).map(|v| format!("view {}", v.name)));
@@ -71,6 +70,12 @@ pub fn refusals(d: &Dependents, table: &QualifiedName, changes: &ColumnChanges, 
         missing.extend(d.foreign_keys.iter().filter(|fk| !fk.owned).map(|fk| format!("table {} (foreign key {})", fk.table, ident(&fk.name))));
         missing.extend(d.functions.iter().filter(|f| !f.owned).map(|f| format!("function {}", f.signature)));
         missing.extend(d.publications.iter().filter(|p| !p.owned).map(|p| format!("publication {}", ident(&p.publication))));
+        for m in &d.materialized_views {
+            if !m.owned {
+                missing.push(format!("materialized view {}", m.name));
+            }
+            missing.extend(m.views.iter().filter(|v| !v.owned).map(|v| format!("view {}", v.name)));
+        }
         if !missing.is_empty() {
             out.push(format!(
                 "the swap moves objects that depend on {table}, and the connected role does not own {}; connect as their owner or a superuser",
@@ -154,14 +159,17 @@ mod tests {
     #[test]
     fn names_what_cannot_move() {
         let d = Dependents {
-            materialized_views: vec![QualifiedName::new("public", "mv")],
+            materialized_views: vec![MaterializedView {
+                others: vec!["function f(mv)".into()],
+                ..MaterializedView::example(QualifiedName::new("public", "mv"))
+            }],
             row_type_users: vec!["column o of table holder".into()],
             views: vec![View { name: QualifiedName::new("s", "v"), definition: String::new(), options: vec![], owned: false }],
             ..Dependents::default()
         };
         let all = refusals(&d, &t(), &ColumnChanges::default(), RoleRights::default());
         assert_eq!(all.len(), 3, "{all:#?}");
-        assert!(all[0].contains("materialized view \"public\".\"mv\""));
+        assert!(all[0].contains("materialized view \"public\".\"mv\" reads \"public\".\"orders\" and must be built again for the new table, but function f(mv) depends on it"), "{all:#?}");
         assert!(all[1].starts_with("column o of table holder is of the row type"));
         assert!(all[2].contains("does not own view \"s\".\"v\""));
         let su = RoleRights { superuser: true, bypass_rls: true };

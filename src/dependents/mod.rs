@@ -1,6 +1,7 @@
 //! Objects that depend on the table by OID and must follow the new table inside the swap
 //! transaction: views, rules, triggers, policies, publication membership, incoming foreign
-//! keys, and functions typed with the table's row type.
+//! keys, functions typed with the table's row type, and materialized views (built again
+//! on the ghost, see [`materialized`]).
 //!
 //! Invariants:
 //! - Definitions are read with an empty `search_path`, so every name in them is qualified
@@ -20,17 +21,23 @@
 
 mod catalog;
 mod checks;
+pub mod materialized;
 mod statements;
+mod validation;
 
 pub use catalog::read;
 pub use checks::{refusals, ColumnChanges, RoleRights};
+pub use materialized::MaterializedView;
+pub use validation::{validate, PartitionedKey, Validation};
 
 use crate::sql::QualifiedName;
 
 #[derive(Clone, Debug, Default)]
 pub struct Dependents {
     pub views: Vec<View>,
-    pub materialized_views: Vec<QualifiedName>,
+    /// Materialized views that read the table, directly or through one another, each after
+    /// those it reads: built again on the ghost before the cut-over.
+    pub materialized_views: Vec<MaterializedView>,
     /// Rules of other relations whose actions use the table.
     pub foreign_rules: Vec<Rule>,
     /// Rules on the table itself.
@@ -47,7 +54,28 @@ pub struct Dependents {
     pub row_type_users: Vec<String>,
     pub column_dependents: Vec<ColumnDependent>,
     pub force_row_security: bool,
-    pub security_labels: bool,
+    /// The table's and its columns' security labels, set on the new table in the swap.
+    pub security_labels: Vec<SecurityLabel>,
+}
+
+/// `SECURITY LABEL FOR provider ON ... IS label`, of a relation or one of its columns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecurityLabel {
+    pub provider: String,
+    /// None: the relation itself.
+    pub column: Option<String>,
+    pub label: String,
+}
+
+impl SecurityLabel {
+    /// The statement that sets it on `relation`, a `TABLE` or `MATERIALIZED VIEW`.
+    pub fn sql(&self, kind: &str, relation: &QualifiedName) -> String {
+        let on = match &self.column {
+            None => format!("{kind} {}", relation.sql()),
+            Some(c) => format!("COLUMN {}.{}", relation.sql(), crate::sql::ident(c)),
+        };
+        format!("SECURITY LABEL FOR {} ON {on} IS {}", crate::sql::ident(&self.provider), crate::sql::literal(&self.label))
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -111,6 +139,8 @@ pub struct ForeignKey {
     /// The referencing table.
     pub table: QualifiedName,
     pub partitioned: bool,
+    /// On a partitioned table: its leaf partitions and the name the key has on each.
+    pub leaves: Vec<(QualifiedName, String)>,
     /// `pg_get_constraintdef`.
     pub definition: String,
     pub comment: Option<String>,
@@ -130,6 +160,8 @@ pub struct Function {
     pub kind: String,
     pub owner: String,
     pub owned: bool,
+    /// `(provider, label)`.
+    pub security_labels: Vec<(String, String)>,
     /// `pg_get_functiondef` (None for aggregates, which it cannot print).
     pub definition: Option<String>,
     pub comment: Option<String>,
@@ -158,19 +190,6 @@ pub struct ColumnDependent {
     pub object: String,
 }
 
-/// A foreign key added `NOT VALID` in the swap, validated after the commit.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Validation {
-    pub constraint: String,
-    pub table: QualifiedName,
-}
-
-impl Validation {
-    pub fn sql(&self) -> String {
-        format!("ALTER TABLE {} VALIDATE CONSTRAINT {}", self.table.sql(), crate::sql::ident(&self.constraint))
-    }
-}
-
 impl Dependents {
     /// The tables the swap alters besides the table itself: those whose foreign keys it
     /// moves. The cut-over locks them together with the table.
@@ -186,7 +205,19 @@ impl Dependents {
         self.foreign_keys
             .iter()
             .filter(|fk| fk.validated)
-            .map(|fk| Validation { constraint: fk.name.clone(), table: fk.table.clone() })
+            .map(|fk| Validation {
+                constraint: fk.name.clone(),
+                table: fk.table.clone(),
+                partitioned: fk.partitioned.then(|| PartitionedKey {
+                    definition: fk.definition.clone(),
+                    comment: fk.comment.clone(),
+                    leaves: fk
+                        .leaves
+                        .iter()
+                        .map(|(leaf, name)| Validation { constraint: name.clone(), table: leaf.clone(), partitioned: None })
+                        .collect(),
+                }),
+            })
             .collect()
     }
 
@@ -200,32 +231,6 @@ impl Dependents {
             + self.publications.len()
             + self.foreign_keys.len()
             + self.functions.len()
+            + self.materialized_views.len()
     }
-}
-
-/// Validates the foreign keys the swap added `NOT VALID`, one at a time (each takes SHARE
-/// UPDATE EXCLUSIVE on its table: writes go on). One that fails stays `NOT VALID`, is
-/// named with PostgreSQL's reason (which names a violating key), and fails the run after
-/// the others were tried: the swap itself has committed.
-pub async fn validate(client: &tokio_postgres::Client, validations: &[Validation]) -> crate::Result<()> {
-    let mut failed = Vec::new();
-    for (i, v) in validations.iter().enumerate() {
-        let started = std::time::Instant::now();
-        tracing::info!(constraint = %v.constraint, table = %v.table, done = i, of = validations.len(), "validating a moved foreign key");
-        match client.batch_execute(&v.sql()).await {
-            Ok(()) => tracing::info!(constraint = %v.constraint, table = %v.table, secs = started.elapsed().as_secs_f64(), "foreign key valid"),
-            Err(e) => {
-                let e = crate::Error::from(e);
-                tracing::error!(constraint = %v.constraint, table = %v.table, error = %e, "foreign key could not be validated; it stays NOT VALID");
-                failed.push(format!("{} on {} ({}): fix the rows, then run {}", crate::sql::ident(&v.constraint), v.table, e.message(), v.sql()));
-            }
-        }
-    }
-    if failed.is_empty() {
-        return Ok(());
-    }
-    Err(crate::Error::new(
-        crate::ErrorKind::Sql,
-        format!("the swap committed, but these foreign keys are NOT VALID: {}", failed.join("; ")),
-    ))
 }

@@ -38,7 +38,11 @@ impl Dependents {
         for f in &self.functions {
             sql.extend(function(f));
         }
-        for v in &self.views {
+        // Views that read a rebuilt materialized view are pointed at it the same way (by then
+        // it carries the original's name); one that reads both is replaced once.
+        let mut seen = std::collections::HashSet::new();
+        let views = self.views.iter().chain(self.materialized_views.iter().flat_map(|m| &m.views));
+        for v in views.filter(|v| seen.insert(&v.name)) {
             let with = if v.options.is_empty() {
                 String::new()
             } else {
@@ -76,6 +80,7 @@ impl Dependents {
         for p in &self.policies {
             sql.extend(policy(p, table));
         }
+        sql.extend(self.security_labels.iter().map(|l| l.sql("TABLE", table)));
         if self.force_row_security {
             sql.push(format!("ALTER TABLE {t} FORCE ROW LEVEL SECURITY"));
         }
@@ -83,11 +88,7 @@ impl Dependents {
             sql.push(publication(p, table));
         }
         for fk in &self.foreign_keys {
-            let not_valid = if fk.validated { " NOT VALID" } else { "" };
-            sql.push(format!("ALTER TABLE {} ADD CONSTRAINT {} {}{not_valid}", fk.table.sql(), ident(&fk.name), fk.definition));
-            if let Some(c) = &fk.comment {
-                sql.push(format!("COMMENT ON CONSTRAINT {} ON {} IS {}", ident(&fk.name), fk.table.sql(), literal(c)));
-            }
+            sql.extend(super::Validation::add_sql(fk));
         }
         Ok(sql)
     }
@@ -119,6 +120,9 @@ fn function(f: &Function) -> Vec<String> {
     }
     if let Some(c) = &f.comment {
         sql.push(format!("COMMENT ON ROUTINE {sig} IS {}", literal(c)));
+    }
+    for (provider, label) in &f.security_labels {
+        sql.push(format!("SECURITY LABEL FOR {} ON ROUTINE {sig} IS {}", ident(provider), literal(label)));
     }
     sql
 }
@@ -206,6 +210,7 @@ mod tests {
             name: name.into(),
             table: QualifiedName::new("public", table),
             partitioned: false,
+            leaves: Vec::new(),
             definition: "FOREIGN KEY (order_id) REFERENCES public.orders(id) ON UPDATE CASCADE".into(),
             comment: None,
             self_reference,
@@ -226,5 +231,40 @@ mod tests {
         let v: Vec<String> = d.validations().iter().map(Validation::sql).collect();
         assert_eq!(v.len(), 2);
         assert_eq!(d.referencing_tables(), vec![QualifiedName::new("public", "items"), QualifiedName::new("public", "notes")]);
+    }
+
+    #[test]
+    fn a_partitioned_tables_key_moves_through_its_partitions() {
+        let leaf = |name: &str| (QualifiedName::new("public", name), "events_order".to_string());
+        let d = Dependents {
+            foreign_keys: vec![ForeignKey {
+                name: "events_order".into(),
+                table: QualifiedName::new("public", "events"),
+                partitioned: true,
+                leaves: vec![leaf("events_2025"), leaf("events_2026")],
+                definition: "FOREIGN KEY (order_id) REFERENCES public.orders(id) ON DELETE CASCADE".into(),
+                comment: Some("by order".into()),
+                self_reference: false,
+                owned: true,
+                validated: true,
+                columns: vec!["order_id".into()],
+                referenced_columns: vec!["id".into()],
+            }],
+            ..Dependents::default()
+        };
+        assert_eq!(d.before_renames(&t()), vec!["ALTER TABLE \"public\".\"events\" DROP CONSTRAINT \"events_order\"".to_string()]);
+        assert_eq!(
+            d.after_renames(&t()).unwrap(),
+            vec![
+                "ALTER TABLE \"public\".\"events_2025\" ADD CONSTRAINT \"events_order\" FOREIGN KEY (order_id) REFERENCES public.orders(id) ON DELETE CASCADE NOT VALID".to_string(),
+                "ALTER TABLE \"public\".\"events_2026\" ADD CONSTRAINT \"events_order\" FOREIGN KEY (order_id) REFERENCES public.orders(id) ON DELETE CASCADE NOT VALID".to_string(),
+            ]
+        );
+        let v = d.validations();
+        let p = v[0].partitioned.as_ref().expect("partitioned");
+        assert_eq!(p.leaves.iter().map(Validation::sql).collect::<Vec<_>>(), vec![
+            "ALTER TABLE \"public\".\"events_2025\" VALIDATE CONSTRAINT \"events_order\"".to_string(),
+            "ALTER TABLE \"public\".\"events_2026\" VALIDATE CONSTRAINT \"events_order\"".to_string(),
+        ]);
     }
 }

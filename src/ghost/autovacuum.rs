@@ -7,6 +7,12 @@
 //! the ghost itself before the cut-over, and the swap gives the new table back the settings
 //! it had before they were turned off (the original's, or what the ALTER made them), so the
 //! table ends exactly as a plain `ALTER TABLE` leaves it.
+//!
+//! An anti-wraparound vacuum runs even with autovacuum off, and nobody may cancel it. A
+//! freeze age lowered on the original (`autovacuum_freeze_max_age`, ...) is reset on the
+//! ghost while it is fed, so the ghost, whose oldest transaction is the run's own, is held
+//! to the server's (two hundred million by default) rather than the table's, which a long
+//! postponement could pass. The swap sets it back with the rest.
 
 use crate::error::{Context, Result};
 use crate::sql::{ident, literal, QualifiedName};
@@ -33,9 +39,14 @@ pub async fn turn_off(tx: &impl GenericClient, ghost: &QualifiedName, ghost_oid:
         .await
         .context("reading the ghost's storage parameters")?;
     let settings = AutovacuumSettings { table: row.try_get(0)?, toast: row.try_get(1)? };
-    tx.batch_execute(&format!("ALTER TABLE {} SET (autovacuum_enabled = false, toast.autovacuum_enabled = false)", ghost.sql()))
-        .await
-        .context("turning the ghost's autovacuum off while pg-ghost writes it")?;
+    let g = ghost.sql();
+    tx.batch_execute(&format!(
+        "ALTER TABLE {g} SET (autovacuum_enabled = false, toast.autovacuum_enabled = false);
+         ALTER TABLE {g} RESET (autovacuum_freeze_max_age, autovacuum_multixact_freeze_max_age,
+                                toast.autovacuum_freeze_max_age, toast.autovacuum_multixact_freeze_max_age)"
+    ))
+    .await
+    .context("turning the ghost's autovacuum off while pg-ghost writes it")?;
     Ok(settings)
 }
 

@@ -161,6 +161,7 @@ pub async fn trial(
             )));
         }
     }
+    crate::dependents::materialized::trial(&tx, &dependents.materialized_views, &orig.name, orig.oid, ghost).await?;
     tx.rollback().await.context("rolling back the trial ghost")?;
     Ok(Trial { changes, data_checks: built.data_checks })
 }
@@ -372,9 +373,7 @@ async fn copy_table_properties(tx: &impl GenericClient, orig: &TableInfo, ghost:
     if row.try_get::<_, bool>(5)? {
         sql.push(format!("ALTER TABLE {g} ENABLE ROW LEVEL SECURITY"));
     }
-    for grant in grants(tx, orig.oid).await? {
-        sql.push(format!("GRANT {} ON {g} TO {}", grant.privilege, grant.grantee));
-    }
+    sql.extend(grant_statements(tx, orig.oid, &g).await?);
     for s in sql {
         tx.batch_execute(&s).await.with_context(|| format!("copying a table property to the ghost ({s})"))?;
     }
@@ -413,6 +412,12 @@ async fn copy_column_settings(tx: &impl GenericClient, oid: u32, ghost: &Qualifi
         }
     }
     Ok(())
+}
+
+/// The GRANTs that give `target` the privileges others hold on the relation `oid` and its
+/// columns (the owner's own come with ownership).
+pub(crate) async fn grant_statements(tx: &impl GenericClient, oid: u32, target: &str) -> Result<Vec<String>> {
+    Ok(grants(tx, oid).await?.into_iter().map(|g| format!("GRANT {} ON {target} TO {}", g.privilege, g.grantee)).collect())
 }
 
 /// One privilege on the table or a column, as the parts of a GRANT statement.

@@ -10,5 +10,6 @@ mod create;
 mod mapping;
 pub mod statistics;
 
+pub(crate) use create::grant_statements;
 pub use create::{create, rebuild_deferred, temp_name, trial, trial_with_dependents, Deferred, Ghost, Trial};
 pub use mapping::{CastBack, Mapping, Reverse};

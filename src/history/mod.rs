@@ -26,7 +26,7 @@ mod record;
 mod show;
 mod sql;
 
-pub use record::{fingerprint, new_run_id, Origin, Outcome, STRATEGY_DIRECT, STRATEGY_GHOST};
+pub use record::{fingerprint, new_run_id, Origin, Outcome, StepRecord, STRATEGY_DIRECT, STRATEGY_GHOST};
 pub use show::{render_json, render_text, show, Entry};
 
 use crate::config::Config;
@@ -157,6 +157,20 @@ impl History {
         self.update(|s| s.record.strategy = strategy);
     }
 
+    /// The direct way's steps, all pending.
+    pub fn steps(&self, steps: Vec<StepRecord>) {
+        self.update(|s| s.record.steps = steps);
+    }
+
+    /// One step of the direct way moved on.
+    pub fn step(&self, index: usize, change: impl FnOnce(&mut StepRecord)) {
+        self.update(|s| {
+            if let Some(step) = s.record.steps.get_mut(index) {
+                change(step);
+            }
+        });
+    }
+
     pub fn cut_over(&self, attempts: u32, lock_held: Option<Duration>) {
         self.update(|s| {
             s.record.cut_over_attempts = Some(i32::try_from(attempts).unwrap_or(i32::MAX));
@@ -242,8 +256,19 @@ async fn prepare(conn: &ConnInfo, given: &str, target: &str) -> Result<Option<(C
             e.context(format!("creating the history table {table}{hint}"))
         })?;
         tracing::info!(history = %table, "history table created");
+    } else if !has_steps_column(&client, &table).await? {
+        // Made by an earlier pg-ghost: the direct way's steps need their column.
+        client.batch_execute(&sql::add_steps_column(&table)).await.with_context(|| format!("adding the steps column to {table}"))?;
     }
     Ok(Some((client, table)))
+}
+
+async fn has_steps_column(client: &Client, table: &QualifiedName) -> Result<bool> {
+    let row = client
+        .query_one("SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = $1::text::regclass AND attname = 'steps' AND NOT attisdropped)", &[&table.sql()])
+        .await
+        .context("reading the history table's columns")?;
+    Ok(row.try_get(0)?)
 }
 
 /// `[schema.]name`, read as PostgreSQL reads identifiers; the schema defaults to `pgghost`.
@@ -422,6 +447,8 @@ async fn write(state: &Mutex<State>, conn: &ConnInfo, table: &QualifiedName, ses
                 &v.outcome,
                 &v.error,
                 &v.error_kind,
+                &v.strategy,
+                &v.steps,
             ],
         )
         .await

@@ -10,8 +10,8 @@ use crate::phase::Phase;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-/// The strategy a run used. Only the ghost table exists today; the column is there for the
-/// others.
+/// The strategy a run used: a ghost table copied and swapped in, or the table changed
+/// directly, step by step.
 pub const STRATEGY_GHOST: &str = "ghost";
 pub const STRATEGY_DIRECT: &str = "direct";
 
@@ -111,6 +111,35 @@ pub fn new_run_id() -> String {
     format!("{:016x}", h.finish())
 }
 
+/// One step of the direct way, as the history keeps it (`steps`, a JSON array).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct StepRecord {
+    pub sql: String,
+    /// `locked` (catalog only, under a short lock), `validate`, `concurrent-index`.
+    pub kind: String,
+    /// The locks it takes, e.g. `ACCESS EXCLUSIVE on "public"."t"`.
+    pub lock: String,
+    /// `pending`, `running`, `done`, `dry-run` (its locks taken and released), `failed`.
+    pub outcome: String,
+    pub attempts: u32,
+    /// From its first attempt to its end (None before it ended).
+    pub seconds: Option<f64>,
+    pub error: Option<String>,
+}
+
+impl StepRecord {
+    pub const PENDING: &'static str = "pending";
+    pub const RUNNING: &'static str = "running";
+    pub const DONE: &'static str = "done";
+    pub const DRY_RUN: &'static str = "dry-run";
+    pub const FAILED: &'static str = "failed";
+
+    /// A step not started yet.
+    pub fn pending(sql: String, kind: String, lock: String) -> StepRecord {
+        StepRecord { sql, kind, lock, outcome: Self::PENDING.into(), attempts: 0, seconds: None, error: None }
+    }
+}
+
 /// What the history holds about the earlier process of a resumed run.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Earlier {
@@ -144,6 +173,8 @@ pub struct Record {
     pub cut_over_attempts: Option<i32>,
     pub lock_held: Option<Duration>,
     lock_held_earlier_ms: Option<f64>,
+    /// The direct way's steps, in order (empty for the ghost way).
+    pub steps: Vec<StepRecord>,
     outcome: Option<Outcome>,
     error: Option<(String, &'static str)>,
 }
@@ -164,6 +195,9 @@ pub struct Values {
     pub outcome: Option<&'static str>,
     pub error: Option<String>,
     pub error_kind: Option<&'static str>,
+    pub strategy: &'static str,
+    /// The direct way's steps as a JSON array; None for the ghost way.
+    pub steps: Option<String>,
 }
 
 impl Record {
@@ -187,6 +221,7 @@ impl Record {
             cut_over_attempts: None,
             lock_held: None,
             lock_held_earlier_ms: None,
+            steps: Vec::new(),
             outcome: None,
             error: None,
         }
@@ -280,6 +315,11 @@ impl Record {
             outcome: self.outcome.map(Outcome::name),
             error: self.error.as_ref().map(|(text, _)| text.clone()),
             error_kind: self.error.as_ref().map(|(_, kind)| *kind),
+            strategy: self.strategy,
+            steps: match self.steps.is_empty() {
+                true => None,
+                false => Some(serde_json::to_string(&self.steps).unwrap_or_else(|_| "[]".into())),
+            },
         }
     }
 }

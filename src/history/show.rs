@@ -1,6 +1,6 @@
 //! `pg-ghost history`: the recorded runs, newest first, as a table for people or as JSON.
 
-use super::{resolve_name, sql};
+use super::{resolve_name, sql, StepRecord};
 use crate::config::{HistoryConfig, HistoryFormat};
 use crate::error::{Context, Error, Result};
 use crate::phase::Phase;
@@ -41,6 +41,8 @@ pub struct Entry {
     pub cut_over_attempts: Option<i32>,
     pub lock_held_ms: Option<f64>,
     pub resumes: i32,
+    /// The direct way's steps, in order (empty for the ghost way).
+    pub steps: Vec<StepRecord>,
 }
 
 /// Reads the history and renders it; what to print on stdout.
@@ -100,6 +102,11 @@ fn entry(row: &Row) -> Result<Entry> {
         cut_over_attempts: row.try_get("cut_over_attempts")?,
         lock_held_ms: row.try_get("lock_held_ms")?,
         resumes: row.try_get("resumes")?,
+        // A row written by a pg-ghost that knew no steps has none.
+        steps: row
+            .try_get::<_, Option<String>>("steps")?
+            .and_then(|text| serde_json::from_str(&text).ok())
+            .unwrap_or_default(),
     })
 }
 
@@ -177,11 +184,30 @@ pub fn render_text(entries: &[Entry]) -> String {
         if e.ended_at.is_none() {
             out.push_str(&format!("  no end recorded: running, or killed (pid {} on {}, last update {})\n", e.pid, e.host, e.updated_at));
         }
+        for (i, step) in e.steps.iter().enumerate() {
+            out.push_str(&step_text(i + 1, e.steps.len(), step));
+        }
         if let Some(error) = &e.error {
             out.push_str(&format!("  error: {}\n", error.split_whitespace().collect::<Vec<_>>().join(" ")));
         }
     }
     out
+}
+
+/// `  step 2/4 done in 0.012s (1 try; validate, SHARE UPDATE EXCLUSIVE on "public"."t"): ALTER TABLE ...`
+fn step_text(n: usize, of: usize, s: &StepRecord) -> String {
+    let took = s.seconds.map(|secs| format!(" in {secs:.3}s")).unwrap_or_default();
+    let tries = match s.attempts {
+        0 => String::new(),
+        1 => "1 try; ".to_string(),
+        n => format!("{n} tries; "),
+    };
+    let sql = s.sql.split_whitespace().collect::<Vec<_>>().join(" ");
+    let mut line = format!("  step {n}/{of} {}{took} ({tries}{}, {}): {sql}\n", s.outcome, s.kind, s.lock);
+    if let Some(error) = &s.error {
+        line.push_str(&format!("    {}\n", error.split_whitespace().collect::<Vec<_>>().join(" ")));
+    }
+    line
 }
 
 /// One line: every cell but the last padded to its column's width.
@@ -239,6 +265,7 @@ mod tests {
             cut_over_attempts: None,
             lock_held_ms: None,
             resumes: 0,
+            steps: Vec::new(),
         }
     }
 
@@ -262,6 +289,38 @@ mod tests {
         assert!(lines[6].contains("no end recorded") && lines[6].contains("pid 4242 on db-admin-1"), "{text}");
         let column = lines[0].find("OUTCOME").unwrap();
         assert!(lines[1..].iter().filter(|l| !l.starts_with("  ")).all(|l| l[column..].starts_with(|c: char| c.is_ascii_lowercase())), "{text}");
+    }
+
+    #[test]
+    fn a_direct_run_lists_its_steps_under_it() {
+        let mut e = entry(Some("failed"));
+        e.strategy = "direct".into();
+        let step = |sql: &str, kind: &str, outcome: &str, attempts: u32, seconds: Option<f64>, error: Option<&str>| StepRecord {
+            sql: sql.into(),
+            kind: kind.into(),
+            lock: "ACCESS EXCLUSIVE on \"public\".\"orders\"".into(),
+            outcome: outcome.into(),
+            attempts,
+            seconds,
+            error: error.map(String::from),
+        };
+        e.steps = vec![
+            step("ALTER TABLE orders ADD CONSTRAINT c CHECK (n > 0) NOT VALID", "locked", "done", 3, Some(1.25), None),
+            step("ALTER TABLE orders\n VALIDATE CONSTRAINT c", "validate", "failed", 1, Some(0.5), Some("check constraint \"c\" is violated by some row")),
+            step("ALTER TABLE orders ADD COLUMN x int", "locked", "pending", 0, None, None),
+        ];
+        e.error = Some("step 2 of 3: violated".into());
+        let text = render_text(&[e.clone()]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[2], "  step 1/3 done in 1.250s (3 tries; locked, ACCESS EXCLUSIVE on \"public\".\"orders\"): ALTER TABLE orders ADD CONSTRAINT c CHECK (n > 0) NOT VALID", "{text}");
+        assert_eq!(lines[3], "  step 2/3 failed in 0.500s (1 try; validate, ACCESS EXCLUSIVE on \"public\".\"orders\"): ALTER TABLE orders VALIDATE CONSTRAINT c", "{text}");
+        assert_eq!(lines[4], "    check constraint \"c\" is violated by some row", "{text}");
+        assert_eq!(lines[5], "  step 3/3 pending (locked, ACCESS EXCLUSIVE on \"public\".\"orders\"): ALTER TABLE orders ADD COLUMN x int", "{text}");
+        assert_eq!(lines[6], "  error: step 2 of 3: violated", "{text}");
+        let json: serde_json::Value = serde_json::from_str(&render_json(&[e]).unwrap()).unwrap();
+        assert_eq!(json[0]["steps"][1]["outcome"], "failed");
+        assert_eq!(json[0]["steps"][0]["attempts"], 3);
+        assert_eq!(json[0]["steps"][2]["seconds"], serde_json::Value::Null);
     }
 
     #[test]

@@ -31,7 +31,8 @@ pub fn create_table(table: &QualifiedName) -> String {
             phase_seconds jsonb NOT NULL DEFAULT '{{}}',
             cut_over_attempts integer,
             lock_held_ms double precision,
-            resumes integer NOT NULL DEFAULT 0
+            resumes integer NOT NULL DEFAULT 0,
+            steps jsonb
         );
         COMMENT ON TABLE {t} IS 'pg-ghost: one row per run (pg-ghost history)'",
         t = table.sql()
@@ -68,12 +69,17 @@ pub fn take_over(table: &QualifiedName) -> String {
     )
 }
 
-/// `$1` run id; then the [`super::record::Values`] in their order, `$2` to `$13`.
+/// The column a table made by an earlier pg-ghost lacks: added once, catalog only.
+pub fn add_steps_column(table: &QualifiedName) -> String {
+    format!("ALTER TABLE {} ADD COLUMN IF NOT EXISTS steps jsonb", table.sql())
+}
+
+/// `$1` run id; then the [`super::record::Values`] in their order, `$2` to `$15`.
 pub fn update(table: &QualifiedName) -> String {
     format!(
         "UPDATE {} SET schema_name = $2, table_name = $3, fingerprint = $4, phase = $5, rows_copied = $6,
                 phase_seconds = $7::text::jsonb, cut_over_attempts = $8, lock_held_ms = $9, resumes = $10,
-                outcome = $11, error = $12, error_kind = $13,
+                outcome = $11, error = $12, error_kind = $13, strategy = $14, steps = $15::text::jsonb,
                 ended_at = CASE WHEN $11::text IS NULL THEN NULL ELSE coalesce(ended_at, clock_timestamp()) END,
                 updated_at = clock_timestamp()
           WHERE run_id = $1",
@@ -116,7 +122,7 @@ pub fn select(table: &QualifiedName) -> String {
                 to_char(ended_at AT TIME ZONE 'UTC', {TS}) AS ended_at,
                 extract(epoch FROM coalesce(ended_at, updated_at) - started_at)::float8 AS seconds,
                 phase, outcome, error, error_kind, rows_copied, phase_seconds::text AS phase_seconds,
-                cut_over_attempts, lock_held_ms, resumes
+                cut_over_attempts, lock_held_ms, resumes, steps::text AS steps
            FROM {t}
           WHERE $1::text[] IS NULL
              OR (table_name = $1[cardinality($1)] AND (cardinality($1) = 1 OR schema_name = $1[1]))
@@ -140,7 +146,7 @@ mod tests {
         let t = QualifiedName::new("my \"h\"", "runs'x");
         assert!(create_table(&t).contains("\"my \"\"h\"\"\".\"runs'x\""));
         assert_eq!(create_schema(&t), "CREATE SCHEMA IF NOT EXISTS \"my \"\"h\"\"\"");
-        for sql in [insert(&t), take_over(&t), update(&t), select(&t)] {
+        for sql in [insert(&t), take_over(&t), update(&t), select(&t), add_steps_column(&t)] {
             assert!(sql.contains("\"my \"\"h\"\"\".\"runs'x\""), "{sql}");
         }
         let p = publishing(&t, true);

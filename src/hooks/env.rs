@@ -15,13 +15,14 @@ use std::time::Duration;
 
 /// Every variable pg-ghost may set. Hooks start without any inherited copy of these, so a
 /// variable from pg-ghost's own environment never poses as one that applies.
-pub const ENV_NAMES: [&str; 17] = [
+pub const ENV_NAMES: [&str; 18] = [
     "PG_GHOST_DATABASE_NAME",
     "PG_GHOST_SCHEMA_NAME",
     "PG_GHOST_TABLE_NAME",
     "PG_GHOST_GHOST_TABLE_NAME",
     "PG_GHOST_OLD_TABLE_NAME",
     "PG_GHOST_DDL",
+    "PG_GHOST_STRATEGY",
     "PG_GHOST_ELAPSED_SECONDS",
     "PG_GHOST_ELAPSED_COPY_SECONDS",
     "PG_GHOST_ESTIMATED_ROWS",
@@ -49,6 +50,8 @@ pub struct HookEnv {
     pub old_table: Option<String>,
     /// The ALTER clauses, as given.
     pub ddl: String,
+    /// `ghost` or `direct`, once the run has chosen.
+    pub strategy: Option<&'static str>,
     pub dry_run: bool,
     /// Counters and times; `None` before the run has any.
     pub progress: Option<Progress>,
@@ -74,6 +77,20 @@ impl HookEnv {
         self.table = table.name.clone();
         self.ghost_table = Some(names.ghost.name.clone());
         self.old_table = Some(names.old.name.clone());
+        self
+    }
+
+    /// The direct way: the table is changed where it is; no ghost, no old table.
+    pub fn resolved_in_place(mut self, table: &QualifiedName) -> HookEnv {
+        self.schema = Some(table.schema.clone());
+        self.table = table.name.clone();
+        self.ghost_table = None;
+        self.old_table = None;
+        self
+    }
+
+    pub fn with_strategy(mut self, strategy: &'static str) -> HookEnv {
+        self.strategy = Some(strategy);
         self
     }
 
@@ -111,6 +128,9 @@ impl HookEnv {
             vars.push(("PG_GHOST_OLD_TABLE_NAME", old.clone()));
         }
         vars.push(("PG_GHOST_DDL", self.ddl.clone()));
+        if let Some(strategy) = self.strategy {
+            vars.push(("PG_GHOST_STRATEGY", strategy.to_string()));
+        }
         if let Some(p) = &self.progress {
             progress_vars(p, &mut vars);
         }
@@ -135,6 +155,10 @@ impl HookEnv {
 
 fn progress_vars(p: &Progress, vars: &mut Vec<(&'static str, String)>) {
     vars.push(("PG_GHOST_ELAPSED_SECONDS", seconds(p.elapsed)));
+    if p.direct_step.is_some() {
+        // The direct way copies nothing: no copy counters, rather than zeros that mean nothing.
+        return;
+    }
     vars.push(("PG_GHOST_ELAPSED_COPY_SECONDS", seconds(p.copy_elapsed)));
     if let Some(estimated) = p.rows_estimated {
         vars.push(("PG_GHOST_ESTIMATED_ROWS", estimated.to_string()));
@@ -228,6 +252,24 @@ mod tests {
     }
 
     #[test]
+    fn the_direct_way_names_no_ghost_and_counts_no_copy() {
+        let table = QualifiedName::new("s", "t");
+        let p = Progress { direct_step: Some(crate::status::StepOf { number: 1, of: 2 }), elapsed: Duration::from_secs(2), ..Progress::new(Phase::Direct) };
+        let env = HookEnv::new("db", "t", "x", false)
+            .resolved(&table, &Names::for_table(&table, 1))
+            .resolved_in_place(&table)
+            .with_strategy("direct")
+            .with_progress(&p);
+        let vars = env.vars(HookEvent::Status);
+        assert_eq!(get(&vars, "PG_GHOST_STRATEGY"), Some("direct"));
+        assert_eq!(get(&vars, "PG_GHOST_SCHEMA_NAME"), Some("s"));
+        assert_eq!(get(&vars, "PG_GHOST_ELAPSED_SECONDS"), Some("2.000"));
+        for absent in ["PG_GHOST_GHOST_TABLE_NAME", "PG_GHOST_OLD_TABLE_NAME", "PG_GHOST_COPIED_ROWS", "PG_GHOST_ELAPSED_COPY_SECONDS", "PG_GHOST_PROGRESS"] {
+            assert_eq!(get(&vars, absent), None, "{absent}");
+        }
+    }
+
+    #[test]
     fn status_command_and_error_only_for_their_event() {
         let env = HookEnv::new("db", "t", "x", false).with_status("Copy: 1/2").with_command("throttle").with_error("boom");
         for event in HookEvent::ALL {
@@ -244,6 +286,7 @@ mod tests {
         let table = QualifiedName::new("s", "t");
         let mut env = HookEnv::new("db", "t", "x", false)
             .resolved(&table, &Names::for_table(&table, 1))
+            .with_strategy("ghost")
             .with_progress(&Progress { rows_estimated: Some(1), copy_rate: Some(1.0), ..Progress::new(Phase::Copy) })
             .with_status("s")
             .with_command("c")

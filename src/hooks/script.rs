@@ -85,6 +85,20 @@ impl ScriptHooks {
         Ok(out)
     }
 
+    /// Runs the hooks whose names start with `prefix`, in order, with `vars`: the fleet's
+    /// events (`pg-ghost-on-fleet-complete`, `pg-ghost-on-target-*`), which are not a run's.
+    pub async fn run_prefixed(&self, prefix: &str, vars: &[(&'static str, String)]) -> Result<()> {
+        let entries = self
+            .entries()
+            .map_err(|e| Error::with_source(ErrorKind::Io, format!("reading --hooks-path {}: {e}", self.dir.display()), e))?;
+        let mut names: Vec<String> = entries.into_iter().filter(|(name, executable)| *executable && name.starts_with(prefix)).map(|(n, _)| n).collect();
+        names.sort();
+        for name in names {
+            self.run_one(&self.dir.join(name), vars).await?;
+        }
+        Ok(())
+    }
+
     async fn run_all(&self, event: HookEvent, env: &HookEnv) -> Result<()> {
         let vars = env.vars(event);
         for script in self.scripts(event)? {
@@ -155,12 +169,15 @@ impl Hooks for ScriptHooks {
     }
 }
 
+/// The fleet's hooks (see `crate::fleet`): not a run's events, but not strays either.
+pub const FLEET_PREFIXES: [&str; 2] = ["pg-ghost-on-fleet-", "pg-ghost-on-target-"];
+
 /// Why a file in the hooks directory that looks like a hook will never run, if it won't.
 fn never_runs(name: &str, executable: bool) -> Option<String> {
     if !name.starts_with(SCRIPT_PREFIX) {
         return None;
     }
-    if !HookEvent::ALL.iter().any(|e| name.starts_with(&e.script_prefix())) {
+    if !HookEvent::ALL.iter().any(|e| name.starts_with(&e.script_prefix())) && !FLEET_PREFIXES.iter().any(|p| name.starts_with(p)) {
         let events: Vec<String> = HookEvent::ALL.iter().map(|e| e.script_prefix()).collect();
         return Some(format!("this hook matches no event and never runs; names start with one of: {}", events.join(", ")));
     }

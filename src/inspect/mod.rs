@@ -9,24 +9,31 @@
 //! - Every refusal is an [`ErrorKind::Refused`](crate::ErrorKind::Refused) whose message
 //!   names the object at fault and what the DBA can do about it.
 //!
-//! A caller runs the three steps in this order, and the checks run in this fixed order
+//! A caller runs these steps in this order, and the checks run in this fixed order
 //! (the first failing check refuses):
 //!
 //! 1. [`resolve_table`]: the `[schema.]name` argument; a missing table is refused.
-//! 2. [`table_info`]: (a) server version, (b) the relation: a system catalog, a view,
+//! 2. [`describe`]: (a) server version, (b) the relation: a system catalog, a view,
 //!    materialized view, foreign table, partitioned table, partition, inheritance parent
 //!    or child, an unlogged or temporary table are refused; (c) the key: the primary key,
 //!    or the `--key` index, which must be unique, valid, immediate, non-partial, without
-//!    expressions and on NOT NULL columns. These live here rather than in `preflight`
-//!    because a [`TableInfo`](crate::schema::TableInfo) only ever describes an ordinary
-//!    table with a usable key.
-//! 3. [`preflight`]: (1) server version >= 13, (2) not a standby, (3) `wal_level =
-//!    logical`, (4) a free replication slot, (5) a free walsender, (6) privileges,
-//!    (7) replica identity matches the key, (8) no `FOR ALL TABLES` or `FOR TABLES IN
-//!    SCHEMA` publication covers the table, (9) no leftovers of an earlier run.
+//!    expressions and on NOT NULL columns. A missing or unusable key is not refused here but
+//!    kept in [`Described::keyed`]: only the ghost way needs a key. [`table_info`] is
+//!    `describe` for the ghost way, refusing without a key: a
+//!    [`TableInfo`](crate::schema::TableInfo) only ever describes an ordinary table with a
+//!    usable key.
+//! 3. [`preflight_shared`], what both ways need and all the direct way needs (it creates
+//!    nothing and streams nothing): (1) server version >= 14, (2) not a standby, and of (6)
+//!    only the table's ownership that ALTER TABLE needs.
+//! 4. The run decides its way from the plan (`crate::plan`), then runs that way's checks:
+//!    - [`preflight`], the ghost way: (1) server version >= 14, (2) not a standby, (3)
+//!      `wal_level = logical`, (4) a free replication slot, (5) a free walsender, (6)
+//!      privileges, (7) replica identity matches the key, (8) no `FOR ALL TABLES` or `FOR
+//!      TABLES IN SCHEMA` publication covers the table, (9) no leftovers of an earlier run.
+//!    - the direct way: none beyond step 3.
 //!
-//! The objects that depend on the table are checked after these, against the ALTER as it
-//! applies to a rolled-back trial ghost (`crate::dependents`).
+//! For the ghost way, the objects that depend on the table are checked after these, against
+//! the ALTER as it applies to a rolled-back trial ghost (`crate::dependents`).
 
 mod key;
 mod preflight;
@@ -35,10 +42,10 @@ mod resolve;
 mod server;
 mod table;
 
-pub use preflight::{preflight, PreflightOptions};
+pub use preflight::{preflight, preflight_shared, PreflightOptions};
 pub use resolve::resolve_table;
 pub use server::{ServerInfo, MIN_SERVER_VERSION_NUM};
-pub use table::{columns, table_info};
+pub use table::{columns, describe, table_info, Described};
 
 use crate::error::{Context, Result};
 use tokio_postgres::types::FromSql;

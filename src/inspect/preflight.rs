@@ -61,6 +61,35 @@ pub async fn preflight(client: &Client, table: &TableInfo, opts: &PreflightOptio
     Ok(server)
 }
 
+/// The checks both ways need, run before the way is chosen, and all the direct way needs
+/// (it creates nothing and streams nothing): server version (1), a primary (2), and a role
+/// that may alter the table (part of 6: its owner, or a member of the owner's role). What
+/// only the ghost way needs is not asked: logical WAL, slots and walsenders, REPLICATION,
+/// CREATE on schema and database, a key, the replica identity, publications that cover the
+/// table, leftovers of an earlier run. Reads only.
+pub async fn preflight_shared(client: &Client, table: &QualifiedName, oid: u32, owner: &str) -> Result<ServerInfo> {
+    let server = ServerInfo::read(client).await?;
+    server::check_version(server.server_version_num, &server.server_version)?;
+    server::check_primary(&server)?;
+    check_owner(table, owner, &server, &Privileges::read(client, oid).await?)?;
+    info!(table = %table, server_version = %server.server_version, role = %server.current_user, "preflight checks of both ways passed");
+    Ok(server)
+}
+
+/// The direct way's part of check 6: ALTER TABLE, VALIDATE and CREATE INDEX need the
+/// table's owner (or a member of the owner's role), or a superuser.
+fn check_owner(table: &QualifiedName, owner: &str, server: &ServerInfo, p: &Privileges) -> Result<()> {
+    if server.is_superuser || p.owns_table {
+        return Ok(());
+    }
+    let role = ident(&server.current_user);
+    let owner = ident(owner);
+    Err(Error::refused(format!(
+        "role {role} may not alter {table}: it is owned by {owner}, and ALTER TABLE needs its owner \
+         (GRANT {owner} TO {role}, or connect as {owner} or a superuser)"
+    )))
+}
+
 /// What the connected role may do with the table, its schema and the database.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Privileges {

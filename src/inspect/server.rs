@@ -90,11 +90,17 @@ pub(super) async fn require_supported_version(client: &Client) -> Result<i32> {
     Ok(num)
 }
 
-/// Checks 2 to 5: a primary, logical WAL, room for one more slot and one more walsender.
-pub(super) fn check_replication(s: &ServerInfo) -> Result<()> {
+/// Check 2: a primary, which takes writes (both ways).
+pub(super) fn check_primary(s: &ServerInfo) -> Result<()> {
     if s.in_recovery {
         return Err(Error::refused("the server is a standby (in recovery): connect pg-ghost to the primary"));
     }
+    Ok(())
+}
+
+/// Checks 2 to 5: a primary, logical WAL, room for one more slot and one more walsender.
+pub(super) fn check_replication(s: &ServerInfo) -> Result<()> {
+    check_primary(s)?;
     if s.wal_level != "logical" {
         return Err(Error::refused(format!(
             "wal_level is {:?}, but pg-ghost streams changes through logical decoding, which needs wal_level = logical: \

@@ -16,6 +16,28 @@ use tracing::debug;
 /// with `key = Some(index)` that unique index (`index` is read like an SQL identifier, so
 /// `'"My Index"'` keeps its case).
 pub async fn table_info(client: &Client, table: &QualifiedName, key: Option<&str>) -> Result<TableInfo> {
+    describe(client, table, key).await?.keyed
+}
+
+/// The table as both ways need it, and its key as only the ghost way needs it.
+#[derive(Debug)]
+pub struct Described {
+    pub oid: u32,
+    pub name: QualifiedName,
+    pub owner: String,
+    /// `reltuples`, or -1 when the table was never analyzed.
+    pub estimated_rows: i64,
+    /// The table with its key, or the refusal that says why no index serves as one: the
+    /// ghost way copies and applies rows by the key and cannot go without; the direct way
+    /// changes the table in place and does not need one.
+    pub keyed: Result<TableInfo>,
+}
+
+/// As [`table_info`], but a missing or unusable key is not refused here: it is kept in
+/// [`Described::keyed`] for the way that needs a key to refuse. The server version and the
+/// kind of relation are refused at once (both ways change one ordinary table). A `key` that
+/// is no index name at all is refused at once too: the DBA named it.
+pub async fn describe(client: &Client, table: &QualifiedName, key: Option<&str>) -> Result<Described> {
     server::require_supported_version(client).await?;
     let rel = Relation::read(client, table).await?;
     relation::check_relation(&rel)?;
@@ -24,26 +46,32 @@ pub async fn table_info(client: &Client, table: &QualifiedName, key: Option<&str
         None => None,
     };
     let indexes = key::indexes(client, rel.oid).await?;
-    let key = key::choose_key(table, &indexes, wanted.as_deref())?;
-    let info = TableInfo {
-        oid: rel.oid,
-        name: rel.name.clone(),
-        owner: rel.owner.clone(),
-        columns: columns(client, rel.oid).await?,
-        key,
-        // PostgreSQL 14+ stores -1 for "never analyzed"; 13 stores 0.
-        estimated_rows: if rel.reltuples < 0.0 { -1 } else { rel.reltuples as i64 },
-        replica_identity: replica_identity(&rel, &indexes),
+    // PostgreSQL 14+ stores -1 for "never analyzed"; 13 stores 0.
+    let estimated_rows = if rel.reltuples < 0.0 { -1 } else { rel.reltuples as i64 };
+    let keyed = match key::choose_key(table, &indexes, wanted.as_deref()) {
+        Err(e) => Err(e),
+        Ok(key) => {
+            let info = TableInfo {
+                oid: rel.oid,
+                name: rel.name.clone(),
+                owner: rel.owner.clone(),
+                columns: columns(client, rel.oid).await?,
+                key,
+                estimated_rows,
+                replica_identity: replica_identity(&rel, &indexes),
+            };
+            debug!(
+                table = %info.name,
+                oid = info.oid,
+                key = %info.key.index_name,
+                columns = info.columns.len(),
+                estimated_rows = info.estimated_rows,
+                "inspected table"
+            );
+            Ok(info)
+        }
     };
-    debug!(
-        table = %info.name,
-        oid = info.oid,
-        key = %info.key.index_name,
-        columns = info.columns.len(),
-        estimated_rows = info.estimated_rows,
-        "inspected table"
-    );
-    Ok(info)
+    Ok(Described { oid: rel.oid, name: rel.name, owner: rel.owner, estimated_rows, keyed })
 }
 
 /// The live (not dropped) columns of a relation, in attnum order. The engine also reads

@@ -51,11 +51,16 @@ impl MetricsServer {
 
     /// Starts answering scrapes from `sources` on the current runtime.
     pub fn serve(&mut self, sources: Sources) -> Result<()> {
+        self.serve_page(Arc::new(move || render(&sources.snapshot())))
+    }
+
+    /// Starts answering scrapes with what `page` renders (a fleet's metrics, not a run's).
+    pub fn serve_page(&mut self, page: Page) -> Result<()> {
         let Some(listener) = self.listener.take() else { return Ok(()) };
         let listener = TcpListener::from_std(listener)
             .map_err(|e| Error::with_source(ErrorKind::Io, format!("serving metrics on {}: {e}", self.addr), e))?;
         tracing::info!(addr = %self.addr, "serving metrics at http://{}/metrics", self.addr);
-        self.task = Some(tokio::spawn(accept_loop(listener, Arc::new(sources))));
+        self.task = Some(tokio::spawn(accept_loop(listener, page)));
         Ok(())
     }
 }
@@ -68,14 +73,17 @@ impl Drop for MetricsServer {
     }
 }
 
-async fn accept_loop(listener: TcpListener, sources: Arc<Sources>) {
+/// Renders the metrics page for one scrape.
+pub type Page = Arc<dyn Fn() -> String + Send + Sync>;
+
+async fn accept_loop(listener: TcpListener, page: Page) {
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) if connections.len() < MAX_CONNECTIONS => {
-                    connections.spawn(serve(stream, sources.clone()));
+                    connections.spawn(serve(stream, page.clone()));
                 }
                 Ok(_) => tracing::debug!(limit = MAX_CONNECTIONS, "metrics connection closed unanswered: too many at once"),
                 Err(e) => {
@@ -87,9 +95,9 @@ async fn accept_loop(listener: TcpListener, sources: Arc<Sources>) {
     }
 }
 
-async fn serve(mut stream: TcpStream, sources: Arc<Sources>) {
+async fn serve(mut stream: TcpStream, page: Page) {
     let response = match tokio::time::timeout(READ_TIMEOUT, read_head(&mut stream)).await {
-        Ok(Ok(head)) => respond(&head, || render(&sources.snapshot())),
+        Ok(Ok(head)) => respond(&head, || page()),
         Ok(Err(Unreadable::TooLong)) => Response::error(431, "Request Header Fields Too Large", "the request head is too long\n"),
         Ok(Err(Unreadable::Closed)) => return,
         Err(_) => Response::error(408, "Request Timeout", "no request within 5 s\n"),

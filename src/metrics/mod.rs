@@ -15,12 +15,12 @@
 
 mod http;
 
-pub use http::MetricsServer;
+pub use http::{MetricsServer, Page};
 
 use crate::checksum::ChecksumProgress;
 use crate::cutover::CutOverTally;
 use crate::phase::Phase;
-use crate::reconnect::Reconnects;
+use crate::conn::Reconnects;
 use crate::status::Progress;
 use crate::throttle::Cause;
 use prometheus_client::collector::Collector;

@@ -13,7 +13,8 @@
 
 pub mod files;
 mod run;
+pub mod show;
 pub mod statements;
 pub mod table;
 
-pub use run::{migrate, MigrateConfig, Mode};
+pub use run::{migrate, MigrateConfig, Mode, NOTHING_TO_APPLY};

@@ -2,6 +2,7 @@
 //! failed one resumes, and running each statement its way.
 
 use super::files::{self, MigrationFile, Phase, Version};
+use super::show;
 use super::statements::{self, one_line, Action, Body, Statement};
 use super::table::{self, Row};
 use crate::config::Config;
@@ -13,6 +14,10 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+
+/// What `migrate` prints when every file is applied already (a fleet counts such a target
+/// as skipped).
+pub const NOTHING_TO_APPLY: &str = "nothing to apply\n";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -34,6 +39,8 @@ pub struct MigrateConfig {
     pub keep_old_tables: bool,
     /// `--out-of-order`.
     pub out_of_order: bool,
+    /// How `--status` and `--plan` print.
+    pub format: crate::plan::Format,
 }
 
 /// Runs `migrate` in its mode; returns what to print on stdout.
@@ -43,12 +50,12 @@ pub async fn migrate(cfg: &MigrateConfig) -> Result<String> {
     let client = conn.with_application_name("pg-ghost migrate").connect().await?;
     let rows: HashMap<String, Row> = table::rows(&client).await?.into_iter().map(|r| (r.version.clone(), r)).collect();
     if cfg.mode == Mode::Status {
-        return Ok(status(&files, &rows));
+        return show::render_status(&show::status_rows(&files, &rows), cfg.format);
     }
     verify_checksums(&files, &rows)?;
     check_order(&files, &rows, cfg.out_of_order)?;
     match cfg.mode {
-        Mode::Plan => plan(&conn, &pending(&files, &rows, cfg.target.as_ref(), cfg.phase), &rows).await,
+        Mode::Plan => plan(&conn, &pending(&files, &rows, cfg.target.as_ref(), cfg.phase), &rows, cfg.format).await,
         _ => {
             table::create(&client).await?;
             table::lock(&client).await?;
@@ -150,13 +157,17 @@ fn resume_at(f: &MigrationFile, body: &Body, row: Option<&Row>) -> Result<usize>
 async fn apply(cfg: &MigrateConfig, conn: &ConnInfo, client: &tokio_postgres::Client, pending: &[&MigrationFile], rows: &HashMap<String, Row>) -> Result<String> {
     let mut out = String::new();
     if pending.is_empty() {
-        out.push_str("nothing to apply\n");
+        out.push_str(NOTHING_TO_APPLY);
         return Ok(out);
     }
     let origin = crate::history::Origin::this_process();
     let by = format!("{} ({}@{})", conn_user(client).await, origin.client_user, origin.client_host);
     let mut sessions = Sessions::open(conn).await?;
     for f in pending {
+        // Stopped between files: the next one is left pending, not marked failed.
+        if let Some(stop) = crate::signals::requested() {
+            return Err(Error::new(ErrorKind::Aborted, format!("stopped by {} before {}", stop.signal, f.name())));
+        }
         let version = f.version.to_string();
         let body = classify(f)?;
         let start = resume_at(f, &body, rows.get(&version))?;
@@ -199,6 +210,11 @@ async fn apply_steps(
     let version = f.version.to_string();
     for (i, s) in steps.iter().enumerate().skip(start) {
         let at = |e: Error| e.context(format!("{}, statement {} of {} ({})", f.name(), i + 1, steps.len(), one_line(&s.text)));
+        // A signal (or a fleet's `panic`) stops between statements: the file is recorded as
+        // failed here, and the next `migrate` resumes at this statement.
+        if let Some(stop) = crate::signals::requested() {
+            return Err(at(Error::new(ErrorKind::Aborted, format!("stopped by {} before this statement", stop.signal))));
+        }
         tracing::info!(file = %f.name(), statement = i + 1, how = s.action.how(), sql = %one_line(&s.action.sql()), "statement");
         match &s.action {
             Action::Online { table, clauses } => {
@@ -307,80 +323,20 @@ async fn conn_user(client: &tokio_postgres::Client) -> String {
 }
 
 /// What would run, file by file and statement by statement, and how.
-async fn plan(conn: &ConnInfo, pending: &[&MigrationFile], rows: &HashMap<String, Row>) -> Result<String> {
-    let mut out = String::new();
-    if pending.is_empty() {
-        out.push_str("nothing to apply\n");
-    }
+async fn plan(conn: &ConnInfo, pending: &[&MigrationFile], rows: &HashMap<String, Row>, format: crate::plan::Format) -> Result<String> {
+    let mut planned = Vec::new();
     for f in pending {
-        let phase = f.phase.map(|p| format!(" [{}]", p.as_str())).unwrap_or_default();
-        let _ = writeln!(out, "{}{phase}", f.name());
         let body = classify(f)?;
         let start = resume_at(f, &body, rows.get(&f.version.to_string()))?;
-        match body {
-            Body::Transaction { statements, .. } => {
-                let _ = writeln!(out, "  a transaction block of {statements} statements, run as written in one go, under a short lock_timeout with retries");
-            }
-            Body::Steps(steps) => {
-                for (i, s) in steps.iter().enumerate() {
-                    let done = if i < start { " (done by an earlier attempt, skipped)" } else { "" };
-                    let _ = writeln!(out, "  {}. {}{done}\n     how: {}", i + 1, one_line(&s.text), s.action.how());
-                    if s.action.sql() != s.text {
-                        let _ = writeln!(out, "     runs: {}", one_line(&s.action.sql()));
-                    }
-                    if let (Action::Online { table, clauses }, true) = (&s.action, i >= start) {
-                        out.push_str(&indent(&plan_alter(conn, table, clauses).await, "     "));
-                    }
-                }
+        let mut file = show::PlannedFile::new(f, &body, start);
+        if let Body::Steps(steps) = &body {
+            for (s, p) in steps.iter().zip(file.statements.iter_mut()).skip(start) {
+                show::plan_online(conn, &s.action, p).await;
             }
         }
+        planned.push(file);
     }
-    Ok(out)
-}
-
-async fn plan_alter(conn: &ConnInfo, table: &str, clauses: &str) -> String {
-    let config = crate::plan::PlanConfig { conn: conn.clone(), table: table.to_string(), alter: clauses.to_string(), format: crate::plan::Format::Text, check_data: None };
-    match crate::plan::plan(&config).await.and_then(|p| crate::plan::render(&p, config.format)) {
-        Ok(text) => text,
-        // A table or column an earlier pending file creates does not exist yet.
-        Err(e) => format!("plan: cannot estimate it now ({}); an earlier pending statement may create what it names\n", e.chain()),
-    }
-}
-
-fn indent(text: &str, by: &str) -> String {
-    text.lines().map(|l| format!("{by}{l}\n")).collect()
-}
-
-/// Applied, failed and pending versions, and applied ones whose file is gone.
-fn status(files: &[MigrationFile], rows: &HashMap<String, Row>) -> String {
-    let mut out = String::new();
-    let _ = writeln!(out, "{:<10} {:<9} {:<9} {:<25} {:<12} {}", "version", "phase", "state", "applied at", "duration", "description");
-    let mut seen = std::collections::HashSet::new();
-    for f in files {
-        let version = f.version.to_string();
-        seen.insert(version.clone());
-        let phase = f.phase.map(Phase::as_str).unwrap_or("-");
-        let (state, at, duration, extra) = match rows.get(&version) {
-            None => ("pending".to_string(), String::new(), String::new(), String::new()),
-            Some(r) if r.is_applied() => {
-                let changed = if r.checksum != f.checksum { "  CHECKSUM CHANGED" } else { "" };
-                ("applied".into(), r.applied_at.clone().unwrap_or_default(), r.duration.clone(), format!("  by {}{changed}", r.applied_by))
-            }
-            Some(r) => (
-                r.status.clone(),
-                String::new(),
-                r.duration.clone(),
-                format!("  at statement {} of {}: {}", r.statements_done + 1, r.statements_total, one_line(r.error.as_deref().unwrap_or(""))),
-            ),
-        };
-        let _ = writeln!(out, "V{version:<9} {phase:<9} {state:<9} {at:<25} {duration:<12} {}{extra}", f.description);
-    }
-    let mut gone: Vec<&Row> = rows.values().filter(|r| !seen.contains(&r.version)).collect();
-    gone.sort_by_key(|r| Version::parse(&r.version));
-    for r in gone {
-        let _ = writeln!(out, "V{:<9} {:<9} {:<9} {:<25} {:<12} {}  (file missing)", r.version, r.phase.as_deref().unwrap_or("-"), r.status, r.applied_at.clone().unwrap_or_default(), r.duration, r.description);
-    }
-    out
+    show::render_plan(&planned, format)
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ pub use report::sql_lock as lock_mode_sql;
 pub use steps::{Step, StepKind};
 
 use crate::conn::ConnInfo;
-use crate::error::{Context, Result};
+use crate::error::{Context, Error, ErrorKind, Result};
 use crate::sql::QualifiedName;
 
 #[derive(Clone, Debug)]
@@ -74,6 +74,10 @@ pub struct Plan {
     /// With `--check-data`: `None` when the rows were not read, else what was found
     /// (`Ok` when every row passes, else the refusal `pg-ghost run` would give).
     pub data: Option<std::result::Result<(), String>>,
+    /// What `pg-ghost run` would refuse before changing anything, for the way chosen here:
+    /// the ghost way's missing key or logical WAL, a role that does not own the table, ...
+    /// None when that way's checks pass.
+    pub refused: Option<String>,
 }
 
 pub async fn plan(cfg: &PlanConfig) -> Result<Plan> {
@@ -95,15 +99,48 @@ pub async fn plan(cfg: &PlanConfig) -> Result<Plan> {
     client.batch_execute(&format!("DROP TABLE pg_temp.{}", crate::sql::ident(clauses::CLONE))).await?;
 
     let mut plan = decide(&table, &conn, &cfg.alter, sizes, rates, clause_plans, &clauses);
+    plan.refused = would_refuse(&client, &table, plan.strategy).await?;
     if let Some(limit) = cfg.check_data {
-        plan.data = Some(check_data(client, &conn, &table, &cfg.alter, limit).await?);
+        plan.data = check_data(client, &conn, &table, &cfg.alter, limit).await?;
     }
     Ok(plan)
 }
 
+/// The checks `pg-ghost run` makes for `strategy` (read-only): the refusal it would give.
+async fn would_refuse(client: &tokio_postgres::Client, table: &QualifiedName, strategy: Strategy) -> Result<Option<String>> {
+    let refusal = |e: Error| match e.kind() {
+        ErrorKind::Refused => Ok(Some(e.message().to_string())),
+        _ => Err(e),
+    };
+    let described = match crate::inspect::describe(client, table, None).await {
+        Ok(d) => d,
+        Err(e) => return refusal(e),
+    };
+    let checked = match (strategy, described.keyed) {
+        (Strategy::Direct, _) => crate::inspect::preflight_shared(client, &described.name, described.oid, &described.owner).await.map(|_| ()),
+        (Strategy::Ghost, Err(no_key)) => Err(no_key),
+        (Strategy::Ghost, Ok(info)) => {
+            let names = crate::names::Names::for_table(&info.name, info.oid);
+            crate::inspect::preflight(client, &info, &crate::inspect::PreflightOptions::new(&names, false)).await.map(|_| ())
+        }
+    };
+    match checked {
+        Ok(()) => Ok(None),
+        Err(e) => refusal(e),
+    }
+}
+
 /// The data checks of `pg-ghost run`, unthrottled (a plan is run by hand, and reads).
-async fn check_data(mut client: tokio_postgres::Client, conn: &ConnInfo, table: &QualifiedName, alter: &str, limit: usize) -> Result<std::result::Result<(), String>> {
-    let info = crate::inspect::table_info(&client, table, None).await?;
+/// None when the rows cannot be read in chunks (no key: as `run`, which then leaves them to
+/// the direct way's validation steps).
+async fn check_data(mut client: tokio_postgres::Client, conn: &ConnInfo, table: &QualifiedName, alter: &str, limit: usize) -> Result<Option<std::result::Result<(), String>>> {
+    let info = match crate::inspect::describe(&client, table, None).await?.keyed {
+        Ok(info) => info,
+        Err(no_key) => {
+            tracing::warn!(reason = %no_key.message(), "--check-data: the rows are not read (no key to read them by in chunks)");
+            return Ok(None);
+        }
+    };
     let names = crate::names::Names::for_table(table, info.oid);
     let (_, trial) = crate::ghost::trial_with_dependents(&mut client, &info, &names, alter).await?;
     let limits = crate::datacheck::Limits {
@@ -115,10 +152,10 @@ async fn check_data(mut client: tokio_postgres::Client, conn: &ConnInfo, table: 
     };
     let (_open, gate) = tokio::sync::watch::channel(crate::copy::GateState::Open);
     let original = crate::datacheck::Original::of(&info);
-    Ok(match crate::datacheck::run(conn, &original, &trial.data_checks.checks, &limits, gate).await? {
+    Ok(Some(match crate::datacheck::run(conn, &original, &trial.data_checks.checks, &limits, gate).await? {
         None => Ok(()),
         Some(finding) => Err(crate::datacheck::refusal(&info.name, &info.key.columns, &finding, limit).to_string()),
-    })
+    }))
 }
 
 /// Each clause, and what PostgreSQL does for it.
@@ -248,7 +285,7 @@ fn decide(table: &QualifiedName, conn: &ConnInfo, alter: &str, sizes: Sizes, rat
         crate::inspect::shell_quote(&table.sql()),
         crate::inspect::shell_quote(alter.trim())
     )];
-    Plan { table: table.to_string(), sizes, rates, clauses, strategy, why, chosen, plain_alter, run, steps, data: None }
+    Plan { table: table.to_string(), sizes, rates, clauses, strategy, why, chosen, plain_alter, run, steps, data: None, refused: None }
 }
 
 fn list(numbers: &[usize]) -> String {

@@ -51,7 +51,11 @@ pub fn text(p: &Plan) -> String {
         Strategy::Ghost => "ghost (copy into a ghost table fed by the change stream, then swap)",
         Strategy::Direct => "direct (no copy)",
     };
-    let _ = writeln!(out, "\nStrategy: {way}\n  why: {}\n", p.why);
+    let _ = writeln!(out, "\nStrategy: {way}\n  why: {}", p.why);
+    if let Some(refused) = &p.refused {
+        let _ = writeln!(out, "  pg-ghost run would refuse: {refused}");
+    }
+    let _ = writeln!(out);
     if p.rates.sample_rows > 0 {
         let _ = writeln!(
             out,

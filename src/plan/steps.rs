@@ -34,6 +34,11 @@ pub struct Step {
     pub kind: StepKind,
     /// The tables it locks and how (`pg_locks` modes): what a dry run takes and releases.
     pub locks: Vec<(String, String)>,
+    /// When this step fails: the statement that removes what the steps before it added for
+    /// the same clause (a constraint added `NOT VALID` that would not validate), so that a
+    /// failed change leaves no half of a clause behind.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub undo: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -56,8 +61,9 @@ pub fn direct(table: &QualifiedName, clauses: &[ClausePlan], details: &[super::C
     let t = table.sql();
     let mut out = Vec::new();
     let exclusive = || vec![(t.clone(), "AccessExclusiveLock".to_string())];
-    let locked = |sql: String, locks: Vec<(String, String)>| Step { sql, kind: StepKind::Locked, locks };
-    let validate = |sql: String| Step { sql, kind: StepKind::Validate, locks: vec![(t.clone(), "ShareUpdateExclusiveLock".to_string())] };
+    let locked = |sql: String, locks: Vec<(String, String)>| Step { sql, kind: StepKind::Locked, locks, undo: None };
+    let validate = |sql: String, undo: Option<String>| Step { sql, kind: StepKind::Validate, locks: vec![(t.clone(), "ShareUpdateExclusiveLock".to_string())], undo };
+    let drop_constraint = |name: &str| Some(format!("ALTER TABLE {t} DROP CONSTRAINT IF EXISTS {}", ident(name)));
     for (plan, clause) in clauses.iter().zip(details) {
         let o = &plan.observed;
         let mut clause_locks = vec![(t.clone(), o.lock.clone().unwrap_or_else(|| "AccessExclusiveLock".into()))];
@@ -66,12 +72,12 @@ pub fn direct(table: &QualifiedName, clauses: &[ClausePlan], details: &[super::C
         match (clause.constraint, &clause.not_valid, name) {
             (Some("check" | "foreign"), Some(not_valid), Some(name)) => {
                 out.push(locked(not_valid.clone(), clause_locks));
-                out.push(validate(format!("ALTER TABLE {t} VALIDATE CONSTRAINT {}", ident(name))));
+                out.push(validate(format!("ALTER TABLE {t} VALIDATE CONSTRAINT {}", ident(name)), drop_constraint(name)));
                 continue;
             }
             (Some(kind @ ("unique" | "primary")), _, Some(name)) => {
                 if let Some(index) = o.new_indexes.first().and_then(|def| concurrently(def)) {
-                    out.push(Step { sql: index, kind: StepKind::ConcurrentIndex { index: name.clone() }, locks: vec![(t.clone(), "ShareUpdateExclusiveLock".into())] });
+                    out.push(Step { sql: index, kind: StepKind::ConcurrentIndex { index: name.clone() }, locks: vec![(t.clone(), "ShareUpdateExclusiveLock".into())], undo: None });
                     let what = if kind == "unique" { "UNIQUE" } else { "PRIMARY KEY" };
                     out.push(locked(format!("ALTER TABLE {t} ADD CONSTRAINT {0} {what} USING INDEX {0}", ident(name)), exclusive()));
                     continue;
@@ -83,14 +89,15 @@ pub fn direct(table: &QualifiedName, clauses: &[ClausePlan], details: &[super::C
             if let Some(column) = &clause.column {
                 let check = fit_ident(&format!("{}_{column}_not_null", table.name));
                 out.push(locked(format!("ALTER TABLE {t} ADD CONSTRAINT {} CHECK ({} IS NOT NULL) NOT VALID", ident(&check), ident(column)), exclusive()));
-                out.push(validate(format!("ALTER TABLE {t} VALIDATE CONSTRAINT {}", ident(&check))));
+                out.push(validate(format!("ALTER TABLE {t} VALIDATE CONSTRAINT {}", ident(&check)), drop_constraint(&check)));
                 out.push(locked(plan.statement.clone(), exclusive()));
                 out.push(locked(format!("ALTER TABLE {t} DROP CONSTRAINT {}", ident(&check)), exclusive()));
                 continue;
             }
         }
         match o.scans && !o.builds_index && clause.kind == "AtValidateConstraint" {
-            true => out.push(validate(plan.statement.clone())),
+            // The DBA's own VALIDATE: the constraint was there before; nothing to undo.
+            true => out.push(validate(plan.statement.clone(), None)),
             false => out.push(locked(plan.statement.clone(), clause_locks)),
         }
     }

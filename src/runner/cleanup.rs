@@ -52,6 +52,9 @@ pub async fn cleanup(cfg: CleanupConfig) -> Result<()> {
     }
     for t in [&names.ghost, &names.changelog] {
         if oid_of(&client, &t.sql()).await?.is_some() {
+            if t == &names.ghost {
+                crate::dependents::materialized::drop_leftovers(&client, t).await?;
+            }
             client.batch_execute(&format!("DROP TABLE {}", t.sql())).await.map_err(Error::from)?;
             removed.push(format!("table {t}"));
         }

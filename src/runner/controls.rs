@@ -9,7 +9,7 @@ use crate::error::Result;
 use crate::hooks::{self, HookEnv, HookEvent, Hooks};
 use crate::names::Names;
 use crate::phase::Phase;
-use crate::schema::TableInfo;
+use crate::sql::QualifiedName;
 use crate::status::Progress;
 use crate::throttle::Override;
 use std::sync::{Arc, Mutex};
@@ -90,8 +90,9 @@ impl Controls {
     pub fn serve(
         &mut self,
         cfg: &Config,
-        info: &TableInfo,
+        table: &QualifiedName,
         names: &Names,
+        streams: bool,
         phase: watch::Receiver<Phase>,
         abort: Arc<watch::Sender<Option<String>>>,
     ) -> Result<()> {
@@ -105,8 +106,9 @@ impl Controls {
             tunables,
             progress: self.progress.subscribe(),
             phase,
-            coordinates: Some(CoordinatesSource { conn: cfg.conn.clone(), slot: names.slot.clone() }),
-            table: TableGuard::new(&cfg.table, &info.name),
+            // The direct way has no slot: no stream coordinates to tell.
+            coordinates: streams.then(|| CoordinatesSource { conn: cfg.conn.clone(), slot: names.slot.clone() }),
+            table: TableGuard::new(&cfg.table, table),
             events: events_tx,
         };
         let server = ControlServer::spawn(&cfg.control, ctx)?;

@@ -28,7 +28,7 @@ use crate::config::Config;
 use crate::copy::{copy_table, CopyJob, CopyProgress, GateState};
 use crate::cutover::{CutOver, MESSAGE_PREFIX};
 use crate::datacheck;
-use crate::dependents;
+use crate::dependents::{self, materialized};
 use crate::error::{Context, Error, ErrorKind, Result};
 use crate::ghost::{self, Ghost};
 use crate::checkpoint;
@@ -70,6 +70,21 @@ pub enum Outcome {
     /// `--revertible-for`: the swap committed, then `pg-ghost revert` swapped the original
     /// back, with every write made in the window.
     Reverted,
+}
+
+/// The way a run takes, with what each needs to go on. Made once per run: the size of its
+/// variants does not matter.
+#[allow(clippy::large_enum_variant)]
+enum Way {
+    Direct { table: inspect::Described, steps: Vec<crate::plan::Step> },
+    Ghost { info: TableInfo, found: Option<resume::Found> },
+}
+
+/// The way chosen from the plan, before the checks.
+enum Choice {
+    Direct(Vec<crate::plan::Step>),
+    /// With why, when `auto` chose it because a clause rewrites the table.
+    Ghost(Option<String>),
 }
 
 /// Keys still pending below which the stream counts as caught up for the cut-over.
@@ -114,6 +129,8 @@ struct Run {
     /// What the trial ghost says the existing rows must pass (not on a resumed run).
     data_checks: Option<datacheck::Checks>,
     history: History,
+    /// Materialized views built on the ghost for the cut-over.
+    materialized: Vec<materialized::Built>,
     /// The marker the swap emits for the revert window (`--revertible-for`).
     window_marker: Option<String>,
     /// Keep the old table whatever `--ok-to-drop-table` says (the revert turned impossible).
@@ -158,6 +175,7 @@ pub async fn run(cfg: Config) -> Result<Outcome> {
         cut_over_tally,
         data_checks: None,
         history,
+        materialized: Vec::new(),
         window_marker: None,
         keep_old_table: false,
     };
@@ -198,30 +216,85 @@ pub async fn run(cfg: Config) -> Result<Outcome> {
 }
 
 impl Run {
-    /// The direct way's steps when `--strategy` asks for it and no clause rewrites the table.
-    async fn direct_steps(&self, info: &TableInfo) -> Result<Option<Vec<crate::plan::Step>>> {
+    /// The way this run takes, from what PostgreSQL does for each clause (`pg-ghost plan`),
+    /// before any check that only one way needs: the direct way when `--strategy` allows it
+    /// and no clause rewrites the table; else the ghost way, with why when `auto` chose it.
+    async fn choose(&self, table: &QualifiedName) -> Result<Choice> {
         use crate::cli::StrategyArg;
-        // A revert window needs the ghost: the direct way leaves no old table to go back to.
-        if self.cfg.strategy == StrategyArg::Ghost || self.cfg.test_on_replica.is_some() || self.cfg.revertible_for.is_some() {
-            return Ok(None);
+        // A resumed run continues a ghost; --test-on-replica tests a swap; a revert window
+        // needs the ghost (the direct way leaves no old table to go back to).
+        if self.cfg.strategy == StrategyArg::Ghost || self.cfg.test_on_replica.is_some() || self.cfg.resume || self.cfg.revertible_for.is_some() {
+            return Ok(Choice::Ghost(None));
         }
-        match crate::plan::direct_steps(&self.client, &info.name, &self.cfg.alter).await? {
+        match crate::plan::direct_steps(&self.client, table, &self.cfg.alter).await? {
             Ok(steps) => {
                 tracing::info!(steps = steps.len(), "no clause rewrites the table: changing it directly, without a copy");
-                Ok(Some(steps))
+                Ok(Choice::Direct(steps))
             }
             Err(rewriting) if self.cfg.strategy == StrategyArg::Direct => Err(Error::refused(format!(
                 "--strategy direct: clause {} rewrites the table, which would hold ACCESS EXCLUSIVE (no reads, no writes) for the whole rewrite; \
                  use --strategy ghost or auto (see pg-ghost plan)",
-                rewriting.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ")
+                list(&rewriting)
             ))),
-            Err(_) => Ok(None),
+            Err(rewriting) => Ok(Choice::Ghost(Some(format!(
+                "clause {} rewrites the table, so pg-ghost copies it into a ghost table (--strategy auto), and that needs what follows",
+                list(&rewriting)
+            )))),
         }
     }
 
-    async fn run_direct(&mut self, info: &TableInfo, steps: &[crate::plan::Step]) -> Result<Outcome> {
-        self.history.strategy(history::STRATEGY_DIRECT);
+    /// The direct way, once its checks passed: the data checks (when the table has a key to
+    /// read it by), the validated hook, then the steps.
+    async fn direct_phases(&mut self, table: inspect::Described, steps: Vec<crate::plan::Step>) -> Result<Outcome> {
+        let names = Names::for_table(&table.name, table.oid);
+        self.names = Some(names.clone());
+        self.controls.update_env(|env| env.resolved_in_place(&table.name).with_strategy(history::STRATEGY_DIRECT));
+        self.controls.serve(&self.cfg, &table.name, &names, false, self.phase.subscribe(), self.abort_tx.clone())?;
+        if let Ok(info) = &table.keyed {
+            self.check_data(info, &names).await?;
+        }
+        // From here the snapshot counts steps, not rows.
+        self.controls.progress.send_modify(|p| p.direct_step = Some(crate::status::StepOf { number: 1, of: steps.len() }));
+        self.fire(HookEvent::Validated, None).await?;
+        self.run_direct(&table, &steps).await
+    }
+
+    /// The steps, under the run's throttle and with a status of their own (socket, status
+    /// line, `on-status` hooks); each recorded in the history as it starts and ends.
+    async fn run_direct(&mut self, info: &inspect::Described, steps: &[crate::plan::Step]) -> Result<Outcome> {
         self.enter(Phase::Direct);
+        self.history.steps(steps.iter().map(step_record).collect());
+        let names = Names::for_table(&info.name, info.oid);
+        let (throttler, gate, forward) = self.throttle_before_the_stream(&names).await?;
+        // Before the first step starts (postponed, say), the next one is step 1.
+        let (step_tx, step_rx) = watch::channel(Some(crate::status::StepOf { number: 1, of: steps.len() }));
+        let status = status::spawn_direct(
+            status::DirectSources { phase: self.phase.subscribe(), step: step_rx, throttle: throttler.decision.clone() },
+            status::Outputs {
+                progress: self.controls.progress.clone(),
+                refresh: self.controls.refresh.clone(),
+                log_every: self.cfg.status_interval,
+                hooks: self.controls.hooks.clone(),
+                env: self.controls.env.clone(),
+                hooks_every: self.cfg.hooks.status_interval,
+            },
+        );
+        self.controls.refreshing = true;
+        let result = self.make_direct_change(info, steps, gate, &step_tx).await;
+        status.abort();
+        self.controls.refreshing = false;
+        forward.abort();
+        throttler.stop().await;
+        result
+    }
+
+    async fn make_direct_change(
+        &mut self,
+        info: &inspect::Described,
+        steps: &[crate::plan::Step],
+        gate: watch::Receiver<GateState>,
+        step_tx: &watch::Sender<Option<crate::status::StepOf>>,
+    ) -> Result<Outcome> {
         let dry_run = !self.cfg.execute;
         if !dry_run {
             // The first step makes the change visible: it is this way's cut-over, and the
@@ -236,8 +309,6 @@ impl Run {
             }
             self.fire(HookEvent::BeforeCutOver, None).await?;
         }
-        let names = Names::for_table(&info.name, info.oid);
-        let (throttler, gate, forward) = self.throttle_before_the_stream(&names).await?;
         let direct = crate::direct::Direct {
             conn: &self.cfg.conn,
             table: &info.name,
@@ -249,10 +320,32 @@ impl Run {
             dry_run,
             gate,
         };
-        let report = direct.run().await;
-        forward.abort();
-        throttler.stop().await;
-        let report = report?;
+        let history = &self.history;
+        let of = steps.len();
+        let report_step = |i: usize, state: crate::direct::StepState| {
+            use crate::direct::StepState;
+            if matches!(state, StepState::Running) {
+                step_tx.send_replace(Some(crate::status::StepOf { number: i + 1, of }));
+            }
+            history.step(i, |r| match state {
+                StepState::Running => r.outcome = history::StepRecord::RUNNING.into(),
+                StepState::Done { attempts, elapsed } => {
+                    r.outcome = if dry_run { history::StepRecord::DRY_RUN } else { history::StepRecord::DONE }.into();
+                    r.attempts = attempts;
+                    r.seconds = Some(elapsed.as_secs_f64());
+                }
+                StepState::Failed { attempts, elapsed, error } => {
+                    r.outcome = history::StepRecord::FAILED.into();
+                    r.attempts = attempts;
+                    r.seconds = Some(elapsed.as_secs_f64());
+                    r.error = Some(error);
+                }
+            });
+        };
+        let report = direct.run(&report_step).await?;
+        if !dry_run {
+            self.warn_publications(&info.name).await;
+        }
         Ok(match dry_run {
             true => {
                 tracing::info!(steps = report.steps, "dry run: every step's locks were taken and released; nothing changed");
@@ -260,6 +353,31 @@ impl Run {
             }
             false => Outcome::Direct { steps: report.steps, attempts: report.attempts },
         })
+    }
+
+    /// Logical replication does not carry DDL: after a direct change, as after the swap, the
+    /// DBA is told which publications send the table's rows in their new shape.
+    async fn warn_publications(&self, table: &QualifiedName) {
+        let found = self
+            .client
+            .query("SELECT pubname::text FROM pg_publication_tables WHERE schemaname = $1 AND tablename = $2 ORDER BY 1", &[&table.schema, &table.name])
+            .await;
+        let publications: Vec<String> = match found {
+            Ok(rows) => rows.iter().filter_map(|r| r.try_get(0).ok()).collect(),
+            Err(e) => {
+                tracing::debug!(error = %Error::from(e), "could not read the publications of the table");
+                return;
+            }
+        };
+        for publication in publications {
+            tracing::warn!(
+                publication = %publication,
+                table = %table,
+                "the publication sends the table's rows in their new shape; logical replication does not carry DDL: each subscriber \
+                 must have the new shape of {table} before rows of that shape arrive (apply the same ALTER there first when it adds \
+                 columns the subscriber must receive)"
+            );
+        }
     }
 
     fn enter(&self, phase: Phase) {
@@ -270,14 +388,17 @@ impl Run {
 
     async fn phases(&mut self, background: &mut Option<Background>, phase_rx: watch::Receiver<Phase>) -> Result<Outcome> {
         self.enter(Phase::Inspect);
-        let (info, found) = self.inspect().await?;
+        let (info, found) = match self.inspect().await? {
+            Way::Direct { table, steps } => return self.direct_phases(table, steps).await,
+            Way::Ghost { info, found } => (info, found),
+        };
         let resumed = match found {
             None => None,
             Some(resume::Found::Continue(r)) => Some(r),
             Some(resume::Found::SwapCommitted { names, .. }) => {
                 if self.cfg.revertible_for.is_some() && window::was_open(&self.client, &names).await? {
                     self.controls.update_env(|env| env.resolved(&info.name, &names));
-                    self.controls.serve(&self.cfg, &info, &names, self.phase.subscribe(), self.abort_tx.clone())?;
+                    self.controls.serve(&self.cfg, &info.name, &names, false, self.phase.subscribe(), self.abort_tx.clone())?;
                     return self.resume_window(&info, names, background).await;
                 }
                 return Ok(self.finish_committed_swap(&info, names));
@@ -285,8 +406,8 @@ impl Run {
         };
         let names = Names::for_table(&info.name, info.oid);
         self.names = Some(names.clone());
-        self.controls.update_env(|env| env.resolved(&info.name, &names));
-        self.controls.serve(&self.cfg, &info, &names, self.phase.subscribe(), self.abort_tx.clone())?;
+        self.controls.update_env(|env| env.resolved(&info.name, &names).with_strategy(history::STRATEGY_GHOST));
+        self.controls.serve(&self.cfg, &info.name, &names, true, self.phase.subscribe(), self.abort_tx.clone())?;
         if resumed.is_none() {
             self.check_data(&info, &names).await?;
         }
@@ -294,11 +415,6 @@ impl Run {
         let estimated = u64::try_from(info.estimated_rows).ok().filter(|n| *n > 0);
         self.controls.progress.send_modify(|p| p.rows_estimated = estimated);
         self.fire(HookEvent::RowCountComplete, None).await?;
-        if resumed.is_none() {
-            if let Some(steps) = self.direct_steps(&info).await? {
-                return self.run_direct(&info, &steps).await;
-            }
-        }
 
         self.enter(Phase::Prepare);
         let (ghost, copy) = match resumed {
@@ -380,11 +496,14 @@ impl Run {
         guard(self.controls.fire(event), &mut self.abort.clone(), bg).await
     }
 
-    async fn inspect(&mut self) -> Result<(TableInfo, Option<resume::Found>)> {
+    /// Reads the table, decides the way from the plan, then runs the checks of that way
+    /// only: the ghost way needs a key, logical WAL, a slot, a walsender and more; the direct
+    /// way changes the table in place and needs none of them.
+    async fn inspect(&mut self) -> Result<Way> {
         let name = inspect::resolve_table(&self.client, &self.cfg.table).await?;
         self.history.resolved(&name);
-        let info = inspect::table_info(&self.client, &name, self.cfg.key.as_deref()).await?;
-        let names = Names::for_table(&info.name, info.oid);
+        let described = inspect::describe(&self.client, &name, self.cfg.key.as_deref()).await?;
+        let names = Names::for_table(&described.name, described.oid);
         // The ALTER is read before anything is created, so a malformed one changes nothing.
         let planned = alter::plan(&self.cfg.alter, &names.ghost, &HashMap::new())?;
         if let (Some(_), Some(column)) = (self.cfg.revertible_for, planned.using.keys().min()) {
@@ -393,6 +512,23 @@ impl Run {
                 crate::sql::ident(column)
             )));
         }
+        // What both ways need, before the plan reads the table.
+        let server = inspect::preflight_shared(&self.client, &described.name, described.oid, &described.owner).await?;
+        let why_ghost = match self.choose(&described.name).await? {
+            Choice::Direct(steps) => {
+                // Recorded as soon as chosen, so that a refusal from here on says which way.
+                self.history.strategy(history::STRATEGY_DIRECT);
+                self.inspect_direct(&described, &names, &server).await?;
+                return Ok(Way::Direct { table: described, steps });
+            }
+            Choice::Ghost(why) => why,
+        };
+        // What only the ghost way needs, refused with why it is the ghost way.
+        let ghost_needs = |e: Error| match (&why_ghost, e.kind()) {
+            (Some(why), ErrorKind::Refused) => e.context(why.clone()),
+            _ => e,
+        };
+        let info = described.keyed.map_err(ghost_needs)?;
         let found = match self.cfg.resume {
             true => Some(resume::load(&self.client, &self.cfg, &info).await?),
             false => None,
@@ -401,11 +537,11 @@ impl Run {
             self.history.resumed(found.run_id());
         }
         if matches!(found, Some(resume::Found::SwapCommitted { .. })) {
-            return Ok((info, found));
+            return Ok(Way::Ghost { info, found });
         }
         let mut options = PreflightOptions::new(&names, self.cfg.initially_drop_ghost_table);
         options.resuming = self.cfg.resume;
-        let server = inspect::preflight(&self.client, &info, &options).await?;
+        let server = inspect::preflight(&self.client, &info, &options).await.map_err(ghost_needs)?;
         if !self.cfg.resume {
             self.check_dependents(&info, &names, server.is_superuser).await?;
         }
@@ -418,7 +554,40 @@ impl Run {
             server = %server.server_version,
             "inspected"
         );
-        Ok((info, found))
+        Ok(Way::Ghost { info, found })
+    }
+
+    /// The direct way needs no check beyond the shared ones; when the table has a key to read
+    /// it by, the trial of the ALTER on an empty clone tells which clauses the existing rows
+    /// could break (for the data checks). The dependents are not refused here: nothing moves to
+    /// another table, they stay on this one as after a plain ALTER TABLE.
+    async fn inspect_direct(&mut self, table: &inspect::Described, names: &Names, server: &inspect::ServerInfo) -> Result<()> {
+        match &table.keyed {
+            Ok(info) => match ghost::trial_with_dependents(&mut self.client, info, names, &self.cfg.alter).await {
+                Ok((_, trial)) => self.data_checks = Some(trial.data_checks),
+                // What the copy would refuse is no obstacle here; the validation steps check the rows.
+                Err(e) if e.kind() == ErrorKind::Refused => {
+                    tracing::info!(reason = %e, "the rows are not checked before the change: the validation steps check them");
+                }
+                // The trial is an empty table made (and rolled back) next to the original: a role
+                // without CREATE on the schema cannot make it, and needs it for nothing else here.
+                Err(e) if e.kind() == ErrorKind::Privilege => {
+                    tracing::warn!(
+                        error = %e,
+                        "the rows are not checked before the change (that needs CREATE on the table's schema, for an empty trial table that is rolled back): the validation steps check them"
+                    );
+                }
+                Err(e) => return Err(e),
+            },
+            Err(no_key) => {
+                tracing::info!(
+                    reason = %no_key.message(),
+                    "the table has no key to read it by in chunks: the rows are not checked before the change; the validation steps check them"
+                );
+            }
+        }
+        tracing::info!(table = %table.name, oid = table.oid, estimated_rows = table.estimated_rows, server = %server.server_version, "inspected");
+        Ok(())
     }
 
     /// The objects that depend on the table, against what the ALTER does to a trial ghost
@@ -474,7 +643,7 @@ impl Run {
     async fn check_data(&mut self, info: &TableInfo, names: &Names) -> Result<()> {
         let Some(found) = self.data_checks.take() else { return Ok(()) };
         for note in &found.unchecked {
-            tracing::info!(clause = %note, "not checked before the copy: the copy or the index build will tell");
+            tracing::info!(clause = %note, "not checked beforehand: the copy, the index build or the validation step will tell");
         }
         if found.checks.is_empty() {
             return Ok(());
@@ -482,7 +651,7 @@ impl Run {
         if self.cfg.data_checks.skip {
             tracing::warn!(
                 clauses = found.checks.len(),
-                "--skip-data-checks: the rows are not checked against the ALTER's clauses before the copy; the copy or the index builds will stop the run if they break one"
+                "--skip-data-checks: the rows are not checked against the ALTER's clauses beforehand; the copy, the index builds or the validation steps will stop the run if they break one"
             );
             return Ok(());
         }
@@ -553,10 +722,7 @@ impl Run {
 
     async fn prepare(&mut self, info: &TableInfo, names: &Names) -> Result<Ghost> {
         if self.cfg.initially_drop_ghost_table {
-            self.client
-                .batch_execute(&format!("DROP TABLE IF EXISTS {}", names.ghost.sql()))
-                .await
-                .context("dropping the ghost table of an earlier run")?;
+            drop_ghost(&self.client, &names.ghost).await.context("dropping the ghost table of an earlier run")?;
         }
         self.client
             .batch_execute(&format!(
@@ -708,6 +874,9 @@ impl Run {
         self.fire(HookEvent::BeforeCutOver, Some(&mut *bg)).await?;
         self.enter(Phase::CutOver);
         self.record_state(names, "cut-over").await;
+        if self.build_materialized_views(info, ghost, bg).await? {
+            guard(self.catch_up(repl), &mut self.abort.clone(), Some(&mut *bg)).await?;
+        }
         let old_table = self.old_table_name(info).await?;
         self.controls.update_env(|mut env| {
             env.old_table = Some(old_table.clone());
@@ -748,8 +917,25 @@ impl Run {
             );
         }
         self.ensure_session().await?;
-        dependents::validate(&self.client, &report.validations).await?;
+        dependents::validate(&self.client, &report.validations, self.cfg.cut_over.lock_timeout, self.cfg.cut_over.retries).await?;
         Ok(Outcome::CutOver)
+    }
+
+    /// Materialized views that read the table are built again on the ghost as late as can be
+    /// (their rows are the ghost's as of now), before the lock; true when there were any.
+    async fn build_materialized_views(&mut self, info: &TableInfo, ghost: &Ghost, bg: &mut Background) -> Result<bool> {
+        self.ensure_session().await?;
+        let views = materialized::read_qualified(&mut self.client, info.oid).await?;
+        if views.is_empty() {
+            return Ok(false);
+        }
+        tracing::info!(
+            count = views.len(),
+            "building the materialized views that read the table on the new table (nothing is locked but the new views)"
+        );
+        let build = materialized::build(&self.client, &views, &info.name, info.oid, &ghost.name);
+        self.materialized = guard(build, &mut self.abort.clone(), Some(&mut *bg)).await?;
+        Ok(true)
     }
 
     /// Copies the rows (after `after`, when resuming; `fresh` into the empty ghost of this
@@ -804,6 +990,7 @@ impl Run {
             abort: self.abort.clone(),
             swap_back,
             tally: &self.cut_over_tally,
+            materialized: &self.materialized,
             window: crate::cutover::Window::None,
         }
     }
@@ -900,7 +1087,7 @@ impl Run {
             note("changelog table", drop_table(&self.client, &names.changelog).await);
         }
         if self.created.ghost && self.old_table.is_none() && !self.keeps_ghost() {
-            note("ghost table", drop_table(&self.client, &names.ghost).await);
+            note("ghost table", drop_ghost(&self.client, &names.ghost).await);
         }
         if let (Some(old), true) = (&self.old_table, self.cfg.cut_over.ok_to_drop_table && !self.keep_old_table) {
             note("old table", drop_table(&self.client, &names.old.sibling(old.clone())).await);
@@ -918,6 +1105,23 @@ fn history_outcome(outcome: &Outcome) -> history::Outcome {
         Outcome::Direct { .. } => history::Outcome::Success,
         Outcome::Reverted => history::Outcome::Success,
     }
+}
+
+/// A step of the direct way as the history first records it: pending.
+fn step_record(step: &crate::plan::Step) -> history::StepRecord {
+    use crate::plan::StepKind;
+    let kind = match step.kind {
+        StepKind::Locked => "locked",
+        StepKind::Validate => "validate",
+        StepKind::ConcurrentIndex { .. } => "concurrent-index",
+    };
+    let lock = step.locks.iter().map(|(table, mode)| format!("{} on {table}", crate::plan::lock_mode_sql(mode))).collect::<Vec<_>>().join(", ");
+    history::StepRecord::pending(step.sql.clone(), kind.into(), lock)
+}
+
+/// `1, 3`: clause numbers for a message.
+fn list(numbers: &[usize]) -> String {
+    numbers.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ")
 }
 
 /// The main session's settings: markers, state, index builds, cleanup.
@@ -960,8 +1164,12 @@ async fn guard<T>(
 
 /// Resolves with the abort reason once there is one.
 pub(crate) async fn aborted(abort: &mut watch::Receiver<Option<String>>) -> String {
-    match abort.wait_for(Option::is_some).await {
-        Ok(why) => why.clone().unwrap_or_default(),
+    // The reason is copied out before any other await: the borrow of the watch is a lock
+    // guard, and holding it across an await would make the run's future not `Send` (the
+    // fleet runs several runs as spawned tasks).
+    let why = abort.wait_for(Option::is_some).await.map(|why| why.clone().unwrap_or_default());
+    match why {
+        Ok(why) => why,
         Err(_) => std::future::pending().await,
     }
 }
@@ -969,6 +1177,12 @@ pub(crate) async fn aborted(abort: &mut watch::Receiver<Option<String>>) -> Stri
 /// `VACUUM` runs outside a transaction block: a single statement of its own.
 async fn vacuum_analyze(client: &Client, table: &QualifiedName) -> Result<()> {
     client.batch_execute(&format!("VACUUM (ANALYZE) {}", table.sql())).await.with_context(|| format!("vacuuming and analyzing {table}"))
+}
+
+/// The ghost goes with the materialized views built on it.
+pub(crate) async fn drop_ghost(client: &Client, ghost: &QualifiedName) -> Result<()> {
+    materialized::drop_leftovers(client, ghost).await?;
+    drop_table(client, ghost).await
 }
 
 async fn drop_table(client: &Client, table: &QualifiedName) -> Result<()> {

@@ -1,13 +1,14 @@
 //! The progress snapshot, refreshed every second for the control socket, written as a
 //! status line in gh-ost's shape every `--status-interval`, and handed to the `on-status`
-//! hooks every `--hooks-status-interval`.
+//! hooks every `--hooks-status-interval`: for the ghost way from the copy and the stream
+//! ([`spawn`]), for the direct way from its steps ([`spawn_direct`]).
 
 use crate::apply::pump::StreamPositions;
 use crate::apply::ApplyStats;
 use crate::copy::CopyProgress;
 use crate::hooks::{HookEnv, HookEvent, Hooks};
 use crate::phase::Phase;
-use crate::status::{status_line, Progress, RateEstimator, StreamLagClock};
+use crate::status::{status_line, Progress, RateEstimator, StepOf, StreamLagClock};
 use crate::throttle::Decision;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -60,6 +61,50 @@ pub fn spawn(src: Sources, out: Outputs) -> JoinHandle<()> {
             if now.duration_since(last_log) >= out.log_every {
                 last_log = now;
                 tracing::info!(phase = phase.name(), rows_copied = p.rows_copied, applied = p.applied, backlog = p.backlog_keys, "{}", status_line(&p));
+            }
+            if now.duration_since(last_hook) >= out.hooks_every {
+                last_hook = now;
+                let env = out.env.lock().unwrap_or_else(|e| e.into_inner()).clone().with_progress(&p).with_status(status_line(&p));
+                if let Err(e) = out.hooks.fire(HookEvent::Status, &env).await {
+                    tracing::warn!(error = %e, "on-status hook failed");
+                }
+            }
+        }
+    })
+}
+
+/// What the direct way's status reads: no copy, no stream; the step under way.
+pub struct DirectSources {
+    pub phase: watch::Receiver<Phase>,
+    pub step: watch::Receiver<Option<StepOf>>,
+    pub throttle: watch::Receiver<Decision>,
+}
+
+/// The direct way's status task: the same outputs as [`spawn`] (socket snapshot every
+/// second, status line every `--status-interval`, `on-status` hooks every
+/// `--hooks-status-interval`), from the step under way and the throttle's decision.
+pub fn spawn_direct(src: DirectSources, out: Outputs) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let started = Instant::now();
+        let mut last_log = Instant::now();
+        let mut last_hook = Instant::now();
+        let mut tick = tokio::time::interval(REFRESH);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = out.refresh.notified() => {}
+            }
+            let now = Instant::now();
+            let decision = src.throttle.borrow().clone();
+            let mut p = Progress::new(*src.phase.borrow());
+            p.direct_step = *src.step.borrow();
+            p.throttle_cause = decision.cause().filter(|_| decision.throttled);
+            p.throttle_reason = decision.reason.filter(|_| decision.throttled);
+            p.elapsed = now.duration_since(started);
+            out.progress.send_replace(p.clone());
+            if now.duration_since(last_log) >= out.log_every {
+                last_log = now;
+                tracing::info!(phase = p.phase.name(), "{}", status_line(&p));
             }
             if now.duration_since(last_hook) >= out.hooks_every {
                 last_hook = now;

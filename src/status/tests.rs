@@ -224,3 +224,11 @@ fn stream_lag_samples_are_bounded_and_stay_a_lower_bound() {
     // Past every sample but the newest: the newest's age, never more than the truth.
     assert_eq!(clock.update(now, Lsn(n * 10), Lsn(n * 10 - 1)), Some(Duration::from_secs(1)));
 }
+
+#[test]
+fn the_direct_way_shows_its_step_not_a_copy() {
+    let p = Progress { direct_step: Some(StepOf { number: 2, of: 4 }), elapsed: Duration::from_secs(75), ..Progress::new(Phase::Direct) };
+    assert_eq!(status_line(&p), "Direct: step 2/4; Elapsed: 1m15s; State: changing it directly");
+    let throttled = Progress { throttle_reason: Some("flag file /tmp/t exists".into()), ..p };
+    assert_eq!(status_line(&throttled), "Direct: step 2/4; Elapsed: 1m15s; State: throttled, flag file /tmp/t exists");
+}

@@ -9,6 +9,7 @@
 //! `statement_timeout`, since a function it calls might write or hang.
 
 use super::inputs::{Inputs, Load, Override, Reading};
+use super::bounded::{connect_within, within};
 use super::lag::{PrimaryClock, ReplicaProbes};
 use crate::config::Tunables;
 use crate::conn::ConnInfo;
@@ -21,8 +22,6 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 
-/// Bounds connecting to a server, so an unreachable host costs one tick at most.
-pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Bounds the collector's own queries on the primary.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 /// `statement_timeout` of the DBA's throttle query.
@@ -32,32 +31,6 @@ const WAL_RATE_WINDOW: Duration = Duration::from_secs(1);
 
 /// Application names of pg-ghost's own sessions start with this.
 pub(crate) const OWN_APPLICATION_PREFIX: &str = "pg-ghost";
-
-/// Opens a session within [`CONNECT_TIMEOUT`].
-pub(crate) async fn connect_within(conn: &ConnInfo) -> Result<Client> {
-    match tokio::time::timeout(CONNECT_TIMEOUT, conn.connect()).await {
-        Ok(client) => client,
-        Err(_) => Err(Error::new(
-            ErrorKind::Connection,
-            format!(
-                "connecting to {} timed out after {}",
-                conn.endpoint.describe(),
-                super::human::duration(CONNECT_TIMEOUT)
-            ),
-        )),
-    }
-}
-
-/// Runs `fut` within `limit`; a timeout is a connection error (the session may be stuck).
-pub(crate) async fn within<T>(
-    limit: Duration,
-    what: &str,
-    fut: impl std::future::Future<Output = Result<T>>,
-) -> Result<T> {
-    tokio::time::timeout(limit, fut).await.unwrap_or_else(|_| {
-        Err(Error::new(ErrorKind::Connection, format!("{what} took longer than {}", super::human::duration(limit))))
-    })
-}
 
 /// The load metrics and the primary's clock, read in one round trip.
 const SAMPLE_SQL: &str = "

@@ -10,7 +10,7 @@
 //! are logged once per streak and retried on the next beat; they never stop the run: a
 //! missing heartbeat reads as growing lag, which throttles.
 
-use super::collect::{connect_within, within};
+use super::bounded::{connect_within, within};
 use crate::conn::ConnInfo;
 use crate::error::{Context, Error, Result};
 use crate::sql::QualifiedName;

@@ -15,7 +15,7 @@
 //! A standby that cannot be reached, has not replayed the heartbeat yet, or cannot be read
 //! is unmeasured (`Err(why)`), which throttles.
 
-use super::collect::{connect_within, within};
+use super::bounded::{connect_within, within};
 use super::inputs::{Reading, ReplicaLag};
 use crate::config::replica_conn;
 use crate::conn::{ConnInfo, Endpoint};

@@ -12,6 +12,7 @@
 //! cut-over holds its locks. What cannot be measured throttles (fail closed) and the reason
 //! says so; only measured values at a critical limit abort.
 
+mod bounded;
 mod collect;
 mod decide;
 pub mod heartbeat;

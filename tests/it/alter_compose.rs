@@ -388,7 +388,7 @@ async fn through_pg_ghost(db: &TestDb<'_>, table: &str, alter_text: &str) -> Gho
         flush.run(&client, &keys).await?;
         let tx = client.transaction().await?;
         tx.batch_execute(&format!("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE", name.sql())).await?;
-        pg_ghost::cutover::swap::swap(&tx, &info, &g, &names.old.name, true).await?;
+        pg_ghost::cutover::swap::swap(&tx, &info, &g, &names.old.name, Some(&[])).await?;
         tx.commit().await?;
         client.batch_execute(&format!("DROP TABLE {}", names.old.sql())).await?;
         Ok(())

@@ -183,3 +183,64 @@ async fn a_direct_step_gets_past_an_autovacuum_worker() {
     assert!(report.errors.is_empty(), "workload errors (seed {}): {:#?}", report.seed, report.errors);
     table.assert_matches_control(&db.client().await, &table.projection().add("note", "NULL::text")).await;
 }
+
+/// An anti-wraparound worker (PostgreSQL never cancels one) is never cancelled by pg-ghost
+/// either, even as a superuser: the cut-over's attempts fail, the run ends naming the worker
+/// with advice, the original is untouched, and the worker is still vacuuming. The table's own
+/// `autovacuum_freeze_max_age` is lowered and transaction IDs are used up while the cut-over
+/// is postponed (before that, creating the publication would itself wait for the worker).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_anti_wraparound_worker_is_never_cancelled() {
+    let cluster = autovacuum_cluster();
+    let db = cluster.fresh_db("wraparound");
+    // About 1,700 pages at a tenth of a second each: the worker outlasts the test. No other
+    // autovacuum may run on it (one worker at a time per table), and no VACUUM either: it
+    // would mark the pages all-visible and the anti-wraparound pass would skip them.
+    binary::narrow_table(&db, "t", 200_000);
+    db.psql(
+        "ALTER TABLE t SET (autovacuum_vacuum_cost_delay = 100, autovacuum_vacuum_cost_limit = 1, autovacuum_freeze_max_age = 100000,
+                            autovacuum_vacuum_insert_threshold = -1, autovacuum_analyze_threshold = 2000000000)",
+    );
+    let oid_before = db.psql("SELECT 't'::regclass::oid");
+    let flag = flag_path(&db, "postpone");
+    std::fs::write(&flag, b"").unwrap();
+    let args = [
+        "--table", "t", "--alter", ALTER, "--execute", "--postpone-cut-over-flag-file", flag.to_str().unwrap(),
+        "--cut-over-lock-timeout", "300ms", "--cut-over-retries", "3",
+    ];
+    let mut run = Running::spawn(&db, "run", &args);
+    let watcher = db.client().await;
+    wait_for_state(&watcher, &mut run, "t", "postponed", Duration::from_secs(60)).await;
+
+    // Each subtransaction that writes takes a transaction ID of its own.
+    db.psql(
+        "CREATE TABLE burn (x int);
+         DO $$ BEGIN FOR i IN 1..130000 LOOP BEGIN INSERT INTO burn VALUES (i); EXCEPTION WHEN others THEN NULL; END; END LOOP; END $$;",
+    );
+    let worker_sql = "SELECT a.pid FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+                       WHERE a.backend_type = 'autovacuum worker' AND a.query LIKE '%to prevent wraparound%'
+                         AND l.locktype = 'relation' AND l.granted AND l.relation = 't'::regclass LIMIT 1";
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let worker: i32 = loop {
+        if let Ok(pid) = db.psql(worker_sql).parse::<i32>() {
+            break pid;
+        }
+        run.assert_running("an anti-wraparound worker on the original").await;
+        assert!(
+            Instant::now() < deadline,
+            "no anti-wraparound worker took t within 120 s; age of t: {}; workers: {}",
+            db.psql("SELECT age(relfrozenxid) FROM pg_class WHERE relname = 't'"),
+            db.psql("SELECT string_agg(query, '; ') FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'")
+        );
+        tokio::time::sleep(POLL * 10).await;
+    };
+    std::fs::remove_file(&flag).unwrap();
+    let out = run.wait(Duration::from_secs(60)).await;
+    binary::assert_failure(&out, 1, "an anti-wraparound autovacuum of \"public\".\"t\" holds a lock the cut-over needs");
+    let log = binary::stderr(&out);
+    assert!(!logged(&log, "cancelled an autovacuum worker", worker), "the worker was cancelled:\n{log}");
+    assert_eq!(db.psql(worker_sql), worker.to_string(), "the anti-wraparound worker is still at work");
+    assert_eq!(db.psql("SELECT 't'::regclass::oid"), oid_before, "the original was swapped out");
+    let ghost_workers = db.psql("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker' AND query LIKE '%\\_t\\_gho%'");
+    assert_eq!(ghost_workers, "0", "the ghost, held to the server's freeze age while fed, needed no anti-wraparound vacuum");
+}

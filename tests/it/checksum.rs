@@ -276,6 +276,39 @@ async fn a_key_type_without_cross_type_operators_is_compared_in_the_original_ord
     assert_eq!(report.repaired_ranges, 3, "{report:?}");
 }
 
+/// Rows are hashed by their types where equality is identity, and by their text elsewhere:
+/// a value equal by its type but printed otherwise (numeric 1.0 and 1.000, interval 1 day
+/// and 24 hours, json spacing, bpchar trailing spaces) is still a difference, found and
+/// repaired; so is a changed integer or text.
+#[tokio::test]
+async fn values_equal_by_type_but_printed_otherwise_are_told_apart() {
+    let schema = r#"
+        CREATE TABLE mixed (id int PRIMARY KEY, n int, amount numeric, span interval, doc json, code bpchar, label text);
+        INSERT INTO mixed SELECT i, i, i / 4.0, make_interval(days => 1 + i % 3), json_build_object('i', i), 'c' || i, 'l' || i
+          FROM generate_series(1, 3000) i;"#;
+    let b = build("checksum_mixed", schema, "mixed", "ADD COLUMN extra int").await;
+    let g = b.ghost_sql();
+    let job = b.job(500);
+    let clean = verify(&job, &InFlight::new(), caught_up()).await.unwrap();
+    assert_eq!((clean.rows, clean.differing_ranges), (3_000, 0));
+    let cases = [
+        ("amount = amount::numeric(30, 25)", 4, "amount::text"),
+        ("span = '24 hours'", 3, "span::text"),
+        (r#"doc = '{"i" :  700}'"#, 700, "doc::text"),
+        ("code = 'c1200 '", 1200, "octet_length(code)::text"),
+        ("n = -n", 2100, "n::text"),
+        ("label = 'L2900'", 2900, "label"),
+    ];
+    for (set, id, read) in cases {
+        let want = b.db.psql(&format!("SELECT {read} FROM mixed WHERE id = {id}"));
+        b.db.psql(&format!("UPDATE {g} SET {set} WHERE id = {id}"));
+        assert_ne!(b.db.psql(&format!("SELECT {read} FROM {g} WHERE id = {id}")), want, "{set} changed nothing");
+        let report = verify(&job, &InFlight::new(), caught_up()).await.unwrap();
+        assert_eq!(report.repaired_ranges, 1, "{set} was not found: {report:?}");
+        assert_eq!(b.db.psql(&format!("SELECT {read} FROM {g} WHERE id = {id}")), want, "{set} was not repaired");
+    }
+}
+
 /// Checksum time beside copy time on a few hundred thousand rows:
 /// `cargo test --release --test it checksum_timing -- --ignored --nocapture`.
 #[tokio::test]

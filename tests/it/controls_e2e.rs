@@ -1139,3 +1139,104 @@ async fn failing_before_cut_over_hook_prevents_the_swap() {
     let error = var(failure, "PG_GHOST_ERROR").unwrap_or_else(|| panic!("on-failure without PG_GHOST_ERROR: {failure:?}"));
     assert!(error.contains("pg-ghost-on-before-cut-over-fail"), "PG_GHOST_ERROR does not name the hook: {error}");
 }
+
+/// The direct way: no rows are copied, so no rowcount, row-copy or copy events; startup,
+/// validated, begin-postponed (the postpone flag holds the first step), before-cut-over
+/// (before the first step, which makes the change visible), status while it goes,
+/// interactive-command for the socket's commands, and success fire in that order, each with
+/// PG_GHOST_STRATEGY=direct once the way is chosen and no ghost or old table named. The
+/// socket's `status` and `sup` tell the step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hooks_and_the_socket_follow_a_direct_change() {
+    let db = Cluster::primary().fresh_db("ce_hooks_direct");
+    narrow_table(&db, "t", 2_000);
+    let client = db.client().await;
+    let oid = table_oid(&client, "t").await;
+    let (dir, log) = hooks_dir(&db);
+    let flag = temp_path(&db, "postpone");
+    std::fs::write(&flag, b"").unwrap();
+    let _flag = Removed(flag.clone());
+    let socket = temp_path(&db, "sock");
+    let alter = "ADD COLUMN x int, ADD CONSTRAINT n_small CHECK (n < 1000)";
+    let args = [
+        "--table", "t", "--alter", alter, "--execute", "--strategy", "auto", "--hooks-path", dir.path().to_str().unwrap(),
+        "--hooks-status-interval", "1s", "--postpone-cut-over-flag-file", flag.to_str().unwrap(), "--serve-socket-file", socket.to_str().unwrap(),
+    ];
+    let mut run = Running::spawn(&db, &args);
+    wait_for_socket(&mut run, &socket).await;
+    run.wait_log("the change is postponed while the flag file exists", Duration::from_secs(30)).await;
+    let sup = wait_for_sup(&mut run, &socket, "Direct: step 1/3").await;
+    assert!(sup.contains("State: postponing cut-over"), "{sup}");
+    let status = ask(&socket, "status").await;
+    assert!(status.contains("step: 1 of 3 (changing the table directly, no copy)") && !status.contains("copied:"), "{status}");
+    // Status hooks fire while postponed (every second); wait for one, then let the change go.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !events(&log).iter().any(|(n, vars)| n == "status" && !vars.is_empty()) {
+        run.assert_running("an on-status hook").await;
+        assert!(Instant::now() < deadline, "no on-status hook within 30 s:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+        tokio::time::sleep(POLL).await;
+    }
+    std::fs::remove_file(&flag).unwrap();
+    let out = run.wait(Duration::from_secs(60)).await;
+    binary::assert_success(&out);
+    assert_eq!(table_oid(&client, "t").await, oid, "the table itself was changed");
+    assert_eq!(db.psql("SELECT count(*) FROM pg_attribute WHERE attrelid = 't'::regclass AND attname = 'x'"), "1");
+    assert_eq!(db.psql("SELECT convalidated FROM pg_constraint WHERE conrelid = 't'::regclass AND conname = 'n_small'"), "t");
+
+    let ran = events(&log);
+    let main: Vec<&str> = ran.iter().map(|(n, _)| n.as_str()).filter(|n| !matches!(*n, "status" | "interactive-command")).collect();
+    assert_eq!(main, ["startup", "validated", "begin-postponed", "before-cut-over", "success"], "{ran:?}");
+    let commands: Vec<Option<&str>> = ran.iter().filter(|(n, _)| n == "interactive-command").map(|(_, v)| var(v, "PG_GHOST_COMMAND")).collect();
+    assert!(commands.contains(&Some("status")) && commands.contains(&Some("sup")), "interactive-command hooks: {commands:?}");
+    let mut wrong = Vec::new();
+    for (event, vars) in &ran {
+        if event == "status" && vars.is_empty() {
+            continue;
+        }
+        let strategy = var(vars, "PG_GHOST_STRATEGY");
+        match event.as_str() {
+            "startup" if strategy.is_some() => wrong.push(format!("startup: PG_GHOST_STRATEGY is {strategy:?} before the way is chosen")),
+            "startup" => {}
+            _ if strategy != Some("direct") => wrong.push(format!("{event}: PG_GHOST_STRATEGY is {strategy:?}")),
+            _ => {}
+        }
+        // At startup the way is not chosen yet: the run's first snapshot counts no rows, as for the ghost.
+        let copy_counters = if event == "startup" { &[][..] } else { &["PG_GHOST_COPIED_ROWS", "PG_GHOST_ELAPSED_COPY_SECONDS"][..] };
+        for absent in ["PG_GHOST_GHOST_TABLE_NAME", "PG_GHOST_OLD_TABLE_NAME", "PG_GHOST_ERROR"].iter().chain(copy_counters) {
+            if let Some(v) = var(vars, absent) {
+                wrong.push(format!("{event}: {absent} is {v:?} on a direct change"));
+            }
+        }
+        let status = var(vars, "PG_GHOST_STATUS");
+        if (event == "status") != status.is_some_and(|s| s.starts_with("Direct: step ")) {
+            wrong.push(format!("{event}: PG_GHOST_STATUS is {status:?}"));
+        }
+        if event != "startup" && var(vars, "PG_GHOST_SCHEMA_NAME") != Some("public") {
+            wrong.push(format!("{event}: PG_GHOST_SCHEMA_NAME is {:?}", var(vars, "PG_GHOST_SCHEMA_NAME")));
+        }
+    }
+    assert!(wrong.is_empty(), "hook environments:\n{}\n--- record:\n{}", wrong.join("\n"), std::fs::read_to_string(&log).unwrap());
+}
+
+/// A failing `on-before-cut-over` hook stops a direct change before its first step: the
+/// table is as it was, `on-failure` names the hook.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_before_cut_over_hook_prevents_a_direct_change() {
+    let db = Cluster::primary().fresh_db("ce_hooks_direct_fail");
+    narrow_table(&db, "t", 500);
+    let client = db.client().await;
+    let before = CatalogSnapshot::take(&client).await;
+    let (dir, log) = hooks_dir(&db);
+    script(dir.path(), "pg-ghost-on-before-cut-over-fail", "echo 'replicas not ready' >&2\nexit 1");
+    let args = ["--table", "t", "--alter", "ADD COLUMN x int", "--execute", "--strategy", "auto", "--hooks-path", dir.path().to_str().unwrap()];
+    let out = Running::spawn(&db, &args).wait(Duration::from_secs(60)).await;
+    assert!(!out.status.success(), "the run succeeded despite the failing hook:\n{}", binary::stderr(&out));
+    assert!(reason(&out).contains("pg-ghost-on-before-cut-over-fail"), "{}", reason(&out));
+    assert_catalog_unchanged(&before, &CatalogSnapshot::take(&client).await);
+    run_faults::assert_unchanged_rows(&client, "t", &["id", "n", "pad"]).await;
+    let ran = events(&log);
+    let names: Vec<&str> = ran.iter().map(|(n, _)| n.as_str()).filter(|n| *n != "status").collect();
+    assert_eq!(names, ["startup", "validated", "failure"], "{ran:?}");
+    let failure = &ran.iter().find(|(n, _)| n == "failure").unwrap().1;
+    assert!(var(failure, "PG_GHOST_ERROR").is_some_and(|e| e.contains("pg-ghost-on-before-cut-over-fail")), "{failure:?}");
+}

@@ -176,6 +176,188 @@ async fn a_self_reference_follows_the_table() {
     assert_whole_schema_equal(&db, &twin, alter).await;
 }
 
+/// Materialized views that read the table, one through another, with an index, `CLUSTER ON`,
+/// storage parameters, grants, comments, a view that reads one, and one never populated:
+/// under the workload, the whole database's schema equals the twin's and the old table
+/// drops without CASCADE.
+const MATERIALIZED_VIEWS: &str = "
+CREATE MATERIALIZED VIEW reporting.order_stats WITH (fillfactor = 90) AS
+  SELECT n % 10 AS bucket, count(*) AS orders, sum(amount) AS total FROM public.orders GROUP BY 1;
+CREATE UNIQUE INDEX order_stats_bucket ON reporting.order_stats (bucket);
+ALTER MATERIALIZED VIEW reporting.order_stats CLUSTER ON order_stats_bucket;
+ALTER MATERIALIZED VIEW reporting.order_stats ALTER COLUMN total SET STATISTICS 300;
+COMMENT ON MATERIALIZED VIEW reporting.order_stats IS 'per bucket';
+COMMENT ON COLUMN reporting.order_stats.total IS 'sum of amounts';
+COMMENT ON INDEX reporting.order_stats_bucket IS 'one row a bucket';
+GRANT SELECT ON reporting.order_stats TO PUBLIC;
+CREATE VIEW reporting.busy_buckets AS SELECT bucket FROM reporting.order_stats WHERE orders > 5;
+CREATE MATERIALIZED VIEW reporting.stats_of_stats AS SELECT count(*) AS buckets, max(s.total) AS top FROM reporting.order_stats s;
+CREATE MATERIALIZED VIEW public.\"Later Orders\" AS
+  SELECT o.id, o.label, t.amount FROM public.orders o JOIN public.order_totals t USING (id) WITH NO DATA;
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn materialized_views_are_built_again_on_the_new_table() {
+    run_case(Case {
+        prefix: "dep_matview",
+        extra: MATERIALIZED_VIEWS,
+        alter: "ALTER COLUMN spare TYPE bigint, ADD COLUMN flag boolean NOT NULL DEFAULT true",
+        project: |p| p.map("spare", "spare::bigint").add("flag", "true"),
+    })
+    .await;
+}
+
+/// With no writes during the run, a rebuilt materialized view holds exactly what its query
+/// returns on the new table; one never populated stays so; what reads it reads the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuilt_materialized_view_holds_what_its_query_returns() {
+    let db = Cluster::primary().fresh_db("dep_matview_rows");
+    binary::narrow_table(&db, "t", 5_000);
+    db.psql(
+        "CREATE MATERIALIZED VIEW public.per_n AS SELECT n, count(*) AS c, min(pad) AS first_pad FROM public.t GROUP BY n;
+         CREATE INDEX per_n_n ON public.per_n (n);
+         CREATE MATERIALIZED VIEW public.per_n_total AS SELECT sum(c) AS rows FROM public.per_n;
+         CREATE MATERIALIZED VIEW public.never AS SELECT id FROM public.t WITH NO DATA;
+         CREATE VIEW public.per_n_big AS SELECT n FROM public.per_n WHERE c > 4;",
+    );
+    let client = db.client().await;
+    let rows = |sql: &'static str| {
+        let client = &client;
+        async move { client.query(sql, &[]).await.expect(sql).iter().map(|r| format!("{:?}", (r.get::<_, i32>(0), r.get::<_, i64>(1), r.get::<_, Option<String>>(2)))).collect::<Vec<_>>() }
+    };
+    let want = rows("SELECT n, count(*), min(pad) FROM public.t GROUP BY n ORDER BY n").await;
+    let before = WholeSchema::take(&db).await;
+    // (A retyped `pad` would be refused: per_n reads it, and so would a plain ALTER.)
+    let alter = "ADD COLUMN x bigint NOT NULL DEFAULT 7";
+    let out = binary::run(&db, &["--table", "t", "--alter", alter, "--execute"]).await;
+    binary::assert_success(&out);
+    let log = binary::stderr(&out);
+    assert!(log.contains("materialized view built on the new table"), "{log}");
+    assert_eq!(rows("SELECT n, c, first_pad FROM public.per_n ORDER BY n").await, want);
+    let total: i64 = client.query_one("SELECT rows::bigint FROM public.per_n_total", &[]).await.expect("per_n_total").get(0);
+    assert_eq!(total, 5_000);
+    let populated: Vec<(String, bool)> = client
+        .query("SELECT relname::text, relispopulated FROM pg_class WHERE relkind = 'm' ORDER BY 1", &[])
+        .await
+        .expect("matviews")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(populated, vec![("never".into(), false), ("per_n".into(), true), ("per_n_total".into(), true)]);
+    client
+        .batch_execute("DROP TABLE public._t_del")
+        .await
+        .unwrap_or_else(|e| panic!("the old table must drop without CASCADE: {}\n{log}", compare::db_message(&e)));
+    let twin = before.twin_after_plain_alter(&db, "public.t", alter).await;
+    assert_whole_schema_equal(&db, &twin, alter).await;
+}
+
+/// A partitioned table (two levels, default partitions) whose key references the table with
+/// cascading actions, under a workload that updates and deletes orders: the key is added
+/// `NOT VALID` on each leaf partition in the swap, each copy is validated after it, and the
+/// key comes back on the partitioned table (with its comment), adopting the copies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_tables_foreign_key_follows_the_table() {
+    run_case(Case {
+        prefix: "dep_partfk",
+        extra: "CREATE TABLE reporting.events (id bigint, order_id bigint, at int NOT NULL,
+                  CONSTRAINT events_order FOREIGN KEY (order_id) REFERENCES public.orders (id) ON UPDATE CASCADE ON DELETE CASCADE)
+                  PARTITION BY RANGE (at);
+                CREATE TABLE reporting.events_low PARTITION OF reporting.events FOR VALUES FROM (0) TO (50);
+                CREATE TABLE reporting.events_high PARTITION OF reporting.events FOR VALUES FROM (50) TO (100) PARTITION BY LIST (id);
+                CREATE TABLE reporting.events_high_rest PARTITION OF reporting.events_high DEFAULT;
+                CREATE TABLE reporting.events_other PARTITION OF reporting.events DEFAULT;
+                INSERT INTO reporting.events SELECT id, id, id % 120 FROM public.orders;
+                COMMENT ON CONSTRAINT events_order ON reporting.events IS 'events of an order';",
+        alter: "ALTER COLUMN spare TYPE bigint",
+        project: |p| p.map("spare", "spare::bigint"),
+    })
+    .await;
+}
+
+/// Builds the tests' security label provider (tests/fixtures/label_provider.c) and starts a
+/// cluster that loads it.
+fn cluster_with_label_provider() -> Cluster {
+    let so = crate::harness::scratch_root().join("label_provider.so");
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/label_provider.c");
+    let bindir = std::env::var("PG_BINDIR").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".to_string());
+    let includes = std::process::Command::new(std::path::Path::new(&bindir).join("pg_config")).arg("--includedir-server").output().expect("pg_config");
+    let includes = String::from_utf8_lossy(&includes.stdout).trim().to_string();
+    let out = std::process::Command::new("gcc")
+        .args(["-shared", "-fPIC", "-O2", "-I", &includes, "-o"])
+        .arg(&so)
+        .arg(&source)
+        .output()
+        .expect("gcc (scripts/install-deps.sh installs it)");
+    assert!(out.status.success(), "building the label provider failed (the server's headers come with postgresql-server-dev-15):\n{}", String::from_utf8_lossy(&out.stderr));
+    let cluster = Cluster::start("labels");
+    let conf = cluster.dir.join("postgresql.conf");
+    let mut text = std::fs::read_to_string(&conf).expect("postgresql.conf");
+    text.push_str(&format!("\nshared_preload_libraries = '{}'\n", so.display()));
+    std::fs::write(&conf, text).expect("write postgresql.conf");
+    cluster.restart();
+    cluster
+}
+
+/// Security labels on the table, its columns, a materialized view that reads it and a
+/// function of its row type come back as under a plain ALTER (a dropped column's label goes
+/// with it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn security_labels_follow_the_table() {
+    let cluster = cluster_with_label_provider();
+    let db = cluster.fresh_db("dep_labels");
+    binary::narrow_table(&db, "t", 2_000);
+    db.psql(
+        "CREATE MATERIALIZED VIEW public.per_n AS SELECT n, count(*) AS c FROM public.t GROUP BY n;
+         CREATE FUNCTION public.big_ones() RETURNS SETOF public.t LANGUAGE sql STABLE AS $$ SELECT * FROM public.t WHERE n > 990 $$;
+         SECURITY LABEL FOR pg_ghost_test ON TABLE public.t IS 'confidential';
+         SECURITY LABEL FOR pg_ghost_test ON COLUMN public.t.n IS 'MASKED WITH VALUE 0';
+         SECURITY LABEL FOR pg_ghost_test ON COLUMN public.t.pad IS 'MASKED WITH VALUE NULL';
+         SECURITY LABEL FOR pg_ghost_test ON MATERIALIZED VIEW public.per_n IS 'derived';
+         SECURITY LABEL FOR pg_ghost_test ON COLUMN public.per_n.c IS 'counted';
+         SECURITY LABEL FOR pg_ghost_test ON FUNCTION public.big_ones() IS 'reporting';",
+    );
+    let before = WholeSchema::take(&db).await;
+    let alter = "DROP COLUMN pad, ADD COLUMN x int NOT NULL DEFAULT 1";
+    let out = binary::run(&db, &["--table", "t", "--alter", alter, "--execute"]).await;
+    binary::assert_success(&out);
+    let client = db.client().await;
+    let labels: i64 = client.query_one("SELECT count(*) FROM pg_seclabels WHERE label IN ('confidential', 'MASKED WITH VALUE 0', 'derived', 'counted', 'reporting') AND objname NOT LIKE '%\\_del%'", &[]).await.expect("labels").get(0);
+    assert_eq!(labels, 5, "every label is on the new objects");
+    client.batch_execute("DROP TABLE public._t_del").await.unwrap_or_else(|e| panic!("the old table must drop without CASCADE: {}", compare::db_message(&e)));
+    let twin = before.twin_after_plain_alter(&db, "public.t", alter).await;
+    assert_whole_schema_equal(&db, &twin, alter).await;
+}
+
+/// A long report on a materialized view holds its lock: each cut-over attempt waits for it no
+/// longer than the lock timeout, and when the attempts run out the run fails with the
+/// original untouched; the ghost is kept for inspection with the view built on it, and
+/// `pg-ghost cleanup` removes both. Once the report ends, the next run goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_on_a_materialized_view_holds_the_cut_over_within_the_lock_timeout() {
+    let db = Cluster::primary().fresh_db("dep_matview_busy");
+    binary::narrow_table(&db, "t", 2_000);
+    db.psql("CREATE MATERIALIZED VIEW public.per_n AS SELECT n, count(*) AS c FROM public.t GROUP BY n;");
+    let client = db.client().await;
+    let snapshot = CatalogSnapshot::take(&client).await;
+    let report = db.client().await;
+    report.batch_execute("BEGIN; SELECT count(*) FROM public.per_n").await.expect("the report reads the view");
+    let alter = "ADD COLUMN x int NOT NULL DEFAULT 1";
+    let args = ["--table", "t", "--alter", alter, "--execute", "--cut-over-lock-timeout", "300ms", "--cut-over-retries", "2"];
+    let out = binary::run(&db, &args).await;
+    binary::assert_failure(&out, 1, "could not lock \"public\".\"t\" and the materialized views that read it (\"public\".\"per_n\")");
+    let log = binary::stderr(&out);
+    assert!(log.contains("materialized view built on the new table"), "{log}");
+    let kept: i64 = client.query_one("SELECT count(*) FROM pg_class WHERE relname IN ('_t_gho', '_per_n_gho')", &[]).await.expect("kept").get(0);
+    assert_eq!(kept, 2, "the ghost and the view built on it are kept for inspection");
+    binary::assert_success(&binary::cleanup(&db, &["--table", "t"]).await);
+    assert_catalog_unchanged(&snapshot, &CatalogSnapshot::take(&client).await);
+    report.batch_execute("COMMIT").await.expect("the report ends");
+    let out = binary::run(&db, &args).await;
+    binary::assert_success(&out);
+    client.batch_execute("DROP TABLE public._t_del").await.expect("the old table drops without CASCADE");
+}
+
 /// Refused before anything is created, each naming the object, as a plain ALTER would
 /// refuse (where it would) or because the object cannot move.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -191,7 +373,17 @@ async fn what_cannot_follow_is_refused_up_front() {
         ("", "ALTER COLUMN n TYPE bigint", "cannot alter type of a column used by a view or rule: rule _RETURN on view public.v depends on column \"n\""),
         ("", "DROP COLUMN n", "cannot drop column \"n\" of table \"public\".\"t\" because other objects depend on it: rule _RETURN on view public.v"),
         ("", "ALTER COLUMN pad TYPE varchar(40)", "used in a trigger definition: trigger t_pad on table public.t"),
-        ("CREATE MATERIALIZED VIEW public.mv AS SELECT count(*) FROM public.t", "ADD COLUMN x int", "materialized view \"public\".\"mv\""),
+        (
+            "CREATE MATERIALIZED VIEW public.mv AS SELECT id, n FROM public.t",
+            "RENAME COLUMN n TO n2",
+            "materialized view \"public\".\"mv\" reads \"public\".\"t\" and cannot be built again on the changed table",
+        ),
+        (
+            "CREATE MATERIALIZED VIEW public.mv2 AS SELECT count(*) AS c FROM public.t;
+             CREATE FUNCTION public.mv2_count(public.mv2) RETURNS bigint LANGUAGE sql AS $$ SELECT $1.c $$",
+            "ADD COLUMN z int",
+            "materialized view \"public\".\"mv2\" reads \"public\".\"t\" and must be built again for the new table, but function public.mv2_count(public.mv2) depends on it",
+        ),
         ("CREATE TABLE public.holder (id int, r public.t)", "ADD COLUMN y int", "column r of table public.holder is of the row type"),
         (
             "CREATE TABLE public.kids (id int, t_n text);

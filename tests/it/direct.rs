@@ -104,6 +104,7 @@ async fn each_kind_without_a_rewrite_is_made_directly() {
         ("ADD CONSTRAINT orders_id_label_key UNIQUE (id, label)", |p| p),
         ("SET (fillfactor = 70), ALTER COLUMN label SET STORAGE EXTERNAL", |p| p),
         ("ADD CONSTRAINT self_ref FOREIGN KEY (id) REFERENCES orders (id)", |p| p),
+        ("ADD CONSTRAINT n_bounded CHECK (n < 1000000) NOT VALID, ALTER COLUMN label DROP DEFAULT", |p| p),
     ];
     for (alter, project) in cases {
         let db = Cluster::primary().fresh_db("direct_kind");
@@ -185,4 +186,66 @@ async fn the_postpone_flag_holds_a_direct_change() {
     binary::assert_success(&out);
     assert!(binary::stderr(&out).contains("the change is postponed while the flag file exists"), "{}", binary::stderr(&out));
     assert_eq!(db.psql(has_x), "1");
+}
+
+/// A validation that the rows fail (data checks skipped) leaves nothing behind: the
+/// constraint its clause added `NOT VALID` is dropped again. An abort (panic flag) while a
+/// long validation reads the table cancels it, and leaves nothing either (without the cancel
+/// the validation would finish and the constraint stay).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_or_aborted_validation_leaves_nothing_behind() {
+    let db = Cluster::primary().fresh_db("direct_undo");
+    binary::narrow_table(&db, "t", 500);
+    db.psql("CREATE FUNCTION slow_true(int) RETURNS boolean LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.05); RETURN true; END $$");
+    let client = db.client().await;
+    let before = CatalogSnapshot::take(&client).await;
+
+    let args = ["--table", "t", "--alter", "ADD CONSTRAINT n_negative CHECK (n < 0)", "--execute", "--strategy", "direct", "--skip-data-checks"];
+    let out = binary::run(&db, &args).await;
+    assert!(!out.status.success(), "{}", binary::stderr(&out));
+    let why = crate::run_refusals::reason(&out);
+    assert!(why.contains("n_negative") && why.contains("violated"), "{why}");
+    assert!(binary::stderr(&out).contains("the failed step's clause was undone"), "{}", binary::stderr(&out));
+    assert_catalog_unchanged(&before, &CatalogSnapshot::take(&client).await);
+
+    let flag = crate::run_faults::flag_path(&db, "panic");
+    let args = [
+        "--table", "t", "--alter", "ADD CONSTRAINT n_slow CHECK (slow_true(n))", "--execute", "--strategy", "direct", "--skip-data-checks",
+        "--panic-flag-file", flag.to_str().unwrap(),
+    ];
+    let mut run = Running::spawn(&db, "run", &args);
+    let validated = "SELECT convalidated FROM pg_constraint WHERE conrelid = 't'::regclass AND conname = 'n_slow'";
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while db.psql(validated) != "f" {
+        run.assert_running("the constraint to be added NOT VALID").await;
+        assert!(std::time::Instant::now() < deadline, "the NOT VALID step did not run");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The validation reads 500 rows at 50 ms each: it is under way for 25 s.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    std::fs::write(&flag, b"").unwrap();
+    let out = run.wait(Duration::from_secs(60)).await;
+    let _ = std::fs::remove_file(&flag);
+    assert_exit(&out, 4, &[]);
+    assert!(binary::stderr(&out).contains("cancelling the step's statement"), "{}", binary::stderr(&out));
+    assert_catalog_unchanged(&before, &CatalogSnapshot::take(&client).await);
+    assert_unchanged_rows(&client, "t", &["id", "n", "pad"]).await;
+}
+
+/// A unique index the rows break (data checks skipped), built CONCURRENTLY, fails and leaves
+/// no invalid index behind: nothing changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_index_build_leaves_no_invalid_index() {
+    let db = Cluster::primary().fresh_db("direct_index_fail");
+    binary::narrow_table(&db, "t", 500);
+    db.psql("UPDATE t SET n = 7 WHERE id = 120; UPDATE t_before SET n = 7 WHERE id = 120;");
+    let client = db.client().await;
+    let before = CatalogSnapshot::take(&client).await;
+    let out = binary::run(&db, &["--table", "t", "--alter", "ADD CONSTRAINT t_n_key UNIQUE (n)", "--execute", "--strategy", "direct", "--skip-data-checks"]).await;
+    assert!(!out.status.success(), "{}", binary::stderr(&out));
+    let why = crate::run_refusals::reason(&out);
+    assert!(why.contains("t_n_key") && why.contains("CONCURRENTLY"), "{why}");
+    assert_eq!(db.psql("SELECT count(*) FROM pg_index WHERE NOT indisvalid"), "0");
+    assert_catalog_unchanged(&before, &CatalogSnapshot::take(&client).await);
+    assert_unchanged_rows(&client, "t", &["id", "n", "pad"]).await;
 }

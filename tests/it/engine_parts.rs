@@ -88,7 +88,7 @@ async fn ghost_copy_flush_and_swap_keep_data_and_names() {
     let control = db.psql(&format!("SELECT md5(string_agg(t::text, '|' ORDER BY id)) FROM (SELECT id, n::bigint, label, email, serial_no, body, false AS f FROM {table_sql}) t"));
     client.batch_execute("BEGIN").await.unwrap();
     client.batch_execute(&format!("LOCK TABLE {table_sql} IN ACCESS EXCLUSIVE MODE")).await.unwrap();
-    pg_ghost::cutover::swap::swap(&client, &info, &g, &names.old.name, true).await.unwrap();
+    pg_ghost::cutover::swap::swap(&client, &info, &g, &names.old.name, Some(&[])).await.unwrap();
     client.batch_execute("COMMIT").await.unwrap();
 
     let after = db.psql(&format!("SELECT md5(string_agg(t::text, '|' ORDER BY id)) FROM (SELECT id, n, label, email, serial_no, body, f FROM {table_sql}) t"));

@@ -37,7 +37,7 @@ fn pg_local(args: &[&str]) -> String {
 }
 
 /// A directory for clusters that no other test binary uses.
-fn scratch_root() -> &'static Path {
+pub fn scratch_root() -> &'static Path {
     static ROOT: OnceLock<PathBuf> = OnceLock::new();
     ROOT.get_or_init(|| {
         let base = std::env::var_os("PG_GHOST_TEST_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);

@@ -135,6 +135,89 @@ async fn a_dry_run_is_recorded_as_such() {
     assert!(!phase_seconds(&row).contains_key("cut-over"));
 }
 
+// ---- the direct way -------------------------------------------------------------------------
+
+/// The direct way's runs: strategy `direct`, and each step with its SQL, kind, lock, tries,
+/// duration and outcome, for a dry run (locks taken and released), a success, and a failure
+/// (the step that failed with PostgreSQL's reason, the ones after it still pending); `pg-ghost
+/// history` shows them under each run, as text and as JSON.
+#[tokio::test]
+async fn a_direct_run_records_its_steps() {
+    let db = Cluster::primary().fresh_db("hi_direct");
+    narrow_table(&db, "t", 1_000);
+    let client = db.client().await;
+    let alter = "ADD COLUMN x int, ADD CONSTRAINT n_small CHECK (n < 1000)";
+    binary::assert_success(&binary::run(&db, &["--table", "t", "--alter", alter, "--strategy", "auto"]).await);
+    binary::assert_success(&binary::run(&db, &["--table", "t", "--alter", alter, "--strategy", "auto", "--execute"]).await);
+    let failing = "ADD CONSTRAINT n_negative CHECK (n < 0), ADD COLUMN y int";
+    let out = binary::run(&db, &["--table", "t", "--alter", failing, "--strategy", "auto", "--execute", "--skip-data-checks"]).await;
+    assert!(!out.status.success(), "{}", binary::stderr(&out));
+
+    let rows = client
+        .query("SELECT run_id, strategy, outcome, phase, error, phase_seconds::text, steps::text FROM pgghost.runs WHERE table_name = 't' ORDER BY started_at", &[])
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 3);
+    let steps = |row: &Row| -> Vec<serde_json::Value> { serde_json::from_str(row.get::<_, Option<&str>>(6).expect("steps recorded")).expect("steps is a JSON array") };
+    let field = |step: &serde_json::Value, name: &str| step[name].as_str().unwrap_or_default().to_string();
+    for row in &rows {
+        assert_eq!(row.get::<_, &str>(1), "direct");
+        let phases: serde_json::Map<String, serde_json::Value> = serde_json::from_str(row.get(5)).unwrap();
+        assert!(phases.contains_key("direct") && !phases.contains_key("copy") && !phases.contains_key("prepare"), "{phases:?}");
+    }
+
+    // The plan's three steps: the column, the CHECK added NOT VALID, its validation.
+    let want = [
+        ("locked", "ADD COLUMN x", "ACCESS EXCLUSIVE on \"public\".\"t\""),
+        ("locked", "NOT VALID", "ACCESS EXCLUSIVE on \"public\".\"t\""),
+        ("validate", "VALIDATE CONSTRAINT \"n_small\"", "SHARE UPDATE EXCLUSIVE on \"public\".\"t\""),
+    ];
+    for (row, outcome) in [(&rows[0], "dry-run"), (&rows[1], "done")] {
+        let run_outcome = if outcome == "done" { "success" } else { "dry-run" };
+        assert_eq!((row.get::<_, Option<&str>>(2), row.get::<_, &str>(3)), (Some(run_outcome), "done"));
+        let got = steps(row);
+        assert_eq!(got.len(), want.len(), "{got:?}");
+        for (step, (kind, sql, lock)) in got.iter().zip(want) {
+            assert_eq!(field(step, "kind"), kind, "{step}");
+            assert!(field(step, "sql").contains(sql), "{step}");
+            assert_eq!(field(step, "lock"), lock, "{step}");
+            assert_eq!(field(step, "outcome"), outcome, "{step}");
+            assert_eq!(step["attempts"], 1, "{step}");
+            assert!(step["seconds"].as_f64().is_some_and(|s| s >= 0.0), "{step}");
+            assert!(step["error"].is_null(), "{step}");
+        }
+    }
+
+    let failed = &rows[2];
+    assert_eq!((failed.get::<_, Option<&str>>(2), failed.get::<_, &str>(3)), (Some("failed"), "direct"));
+    assert!(failed.get::<_, Option<&str>>(4).is_some_and(|e| e.contains("n_negative")), "{:?}", failed.get::<_, Option<&str>>(4));
+    let got = steps(failed);
+    let outcomes: Vec<String> = got.iter().map(|s| field(s, "outcome")).collect();
+    assert_eq!(outcomes, ["done", "failed", "pending"], "{got:?}");
+    assert!(field(&got[1], "sql").contains("VALIDATE CONSTRAINT \"n_negative\"") && field(&got[1], "error").contains("violated"), "{}", got[1]);
+    assert!(field(&got[1], "error").ends_with("; undone: ALTER TABLE \"public\".\"t\" DROP CONSTRAINT IF EXISTS \"n_negative\""), "{}", got[1]);
+    assert!(got[2]["seconds"].is_null() && got[2]["attempts"] == 0, "{}", got[2]);
+
+    let text = stdout(&history(&db, &["--table", "t"]).await);
+    let ok: String = rows[1].get(0);
+    let bad: String = rows[2].get(0);
+    let under = |id: &str| -> Vec<String> {
+        text.lines().skip_while(|l| !l.starts_with(id)).skip(1).take_while(|l| l.starts_with("  ")).map(String::from).collect()
+    };
+    let ok_lines = under(&ok);
+    assert_eq!(ok_lines.len(), 3, "{text}");
+    assert!(ok_lines[2].starts_with("  step 3/3 done in ") && ok_lines[2].contains("(1 try; validate, SHARE UPDATE EXCLUSIVE on \"public\".\"t\")"), "{text}");
+    let bad_lines = under(&bad);
+    assert!(bad_lines.iter().any(|l| l.starts_with("  step 2/3 failed in ")), "{text}");
+    assert!(bad_lines.iter().any(|l| l.starts_with("  step 3/3 pending (")), "{text}");
+    let json: serde_json::Value = serde_json::from_str(&stdout(&history(&db, &["--table", "t", "--format", "json"]).await)).unwrap();
+    let runs = json.as_array().unwrap();
+    assert_eq!(runs[0]["run_id"], bad.as_str(), "newest first");
+    assert_eq!(runs[0]["strategy"], "direct");
+    assert_eq!(runs[0]["steps"][1]["outcome"], "failed");
+    assert_eq!(runs[1]["steps"].as_array().map(Vec::len), Some(3));
+}
+
 // ---- failures -------------------------------------------------------------------------------
 
 /// A UNIQUE constraint the data violates (data checks skipped) fails at the index build: recorded as `failed`, in

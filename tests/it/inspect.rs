@@ -538,7 +538,7 @@ async fn dependent_objects_are_read_with_qualified_definitions() {
     let d = read_dependents(&mut client, orders).await;
     assert_eq!(d.views.len(), 1);
     assert!(d.views[0].definition.contains("FROM public.orders"), "{:?}", d.views[0]);
-    assert_eq!(d.materialized_views, [QualifiedName::new("public", "order_count")]);
+    assert_eq!(d.materialized_views.iter().map(|m| m.name.clone()).collect::<Vec<_>>(), [QualifiedName::new("public", "order_count")]);
     assert_eq!(d.triggers.len(), 1);
     assert!(d.triggers[0].definition.contains("ON public.orders"), "{:?}", d.triggers[0]);
     assert!(d.triggers[0].definition.contains("public.touch()"), "{:?}", d.triggers[0]);

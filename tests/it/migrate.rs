@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
-const FILES: [(&str, &str); 4] = [
+/// An expand → migrate → contract directory on the oracle table `orders` (the fleet's tests
+/// apply it to many tenants).
+pub const FILES: [(&str, &str); 4] = [
     (
         "V1__add_region.sql",
         "-- pg-ghost: phase=expand\n\
@@ -37,7 +39,7 @@ const FILES: [(&str, &str); 4] = [
     ),
 ];
 
-fn migrations_dir(name: &str, files: &[(&str, &str)]) -> PathBuf {
+pub fn migrations_dir(name: &str, files: &[(&str, &str)]) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("pg-ghost-migrate-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create the migrations directory");
@@ -59,7 +61,7 @@ fn stdout(out: &Output) -> String {
 }
 
 /// version → status, statements done, as `pgghost.migrations` holds them.
-fn recorded(db: &TestDb<'_>) -> String {
+pub fn recorded(db: &TestDb<'_>) -> String {
     db.psql("SELECT string_agg(version || ':' || status || ':' || statements_done, ' ' ORDER BY string_to_array(version, '.')::int[]) FROM pgghost.migrations")
 }
 
@@ -160,5 +162,123 @@ async fn a_transaction_block_with_an_online_step_is_refused() {
     let out = migrate(&db, &dir, &[]).await;
     binary::assert_failure(&out, 3, "statement 3 (ALTER TABLE t ADD COLUMN c int) would run online");
     assert_eq!(db.psql("SELECT count(*) FROM t"), "0");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn target_stops_at_its_version_and_status_and_plan_speak_json() {
+    let db = Cluster::primary().fresh_db("migrate_target");
+    db.psql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 50)");
+    let dir = migrations_dir(
+        "target",
+        &[
+            ("V1__a.sql", "-- pg-ghost: phase=expand\nALTER TABLE t ADD COLUMN a int;\n"),
+            ("V2__b.sql", "ALTER TABLE t ADD COLUMN b int;\nCREATE INDEX t_b_idx ON t (b);\n"),
+            ("V3__c.sql", "-- pg-ghost: phase=contract\nALTER TABLE t DROP COLUMN a;\n"),
+        ],
+    );
+    binary::assert_success(&migrate(&db, &dir, &["--target", "V2"]).await);
+    assert_eq!(recorded(&db), "1:applied:1 2:applied:2");
+    assert_eq!(db.psql("SELECT string_agg(attname, ',' ORDER BY attnum) FROM pg_attribute WHERE attrelid = 't'::regclass AND attnum > 0 AND NOT attisdropped"), "id,a,b");
+
+    // --status as JSON: every version, V3 still pending.
+    let out = migrate(&db, &dir, &["--status", "--format", "json"]).await;
+    binary::assert_success(&out);
+    let status: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("--status --format json is JSON");
+    let states: Vec<String> = status.as_array().unwrap().iter().map(|r| format!("{}:{}", r["version"].as_str().unwrap(), r["state"].as_str().unwrap())).collect();
+    assert_eq!(states, ["1:applied", "2:applied", "3:pending"]);
+    assert_eq!(status[0]["phase"], "expand");
+    assert_eq!(status[1]["statements_done"], 2);
+    assert_eq!(status[2]["applied_at"], serde_json::Value::Null);
+
+    // --plan as JSON: the pending file, its statement online, with what `plan` says of it.
+    let out = migrate(&db, &dir, &["--plan", "--format", "json"]).await;
+    binary::assert_success(&out);
+    let plan: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("--plan --format json is JSON");
+    assert_eq!(plan.as_array().unwrap().len(), 1, "{plan}");
+    assert_eq!(plan[0]["file"], "V3__c.sql");
+    let s = &plan[0]["statements"][0];
+    assert_eq!(s["how"], "online (pg-ghost run --strategy auto)");
+    assert!(s["plan"].is_object() && s["plan_error"].is_null(), "{s}");
+    assert_eq!(db.psql("SELECT count(*) FROM pg_attribute WHERE attrelid = 't'::regclass AND attname = 'a' AND NOT attisdropped"), "1", "--plan changed the table");
+
+    binary::assert_success(&migrate(&db, &dir, &[]).await);
+    assert_eq!(recorded(&db), "1:applied:1 2:applied:2 3:applied:1");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_marked_direct_runs_as_written() {
+    let db = Cluster::primary().fresh_db("migrate_direct");
+    db.psql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 50)");
+    let dir = migrations_dir(
+        "direct",
+        &[
+            (
+                "V1__steps.sql",
+                "ALTER TABLE t ADD COLUMN a int;\n\
+                 -- pg-ghost: direct\n\
+                 ALTER TABLE t ADD COLUMN b int;\n",
+            ),
+            // Atomic together: only possible because every statement runs as written.
+            (
+                "V2__atomic.sql",
+                "BEGIN;\n\
+                 INSERT INTO t VALUES (51);\n\
+                 -- pg-ghost: direct\n\
+                 ALTER TABLE t ADD COLUMN c int NOT NULL DEFAULT 7;\n\
+                 COMMIT;\n",
+            ),
+        ],
+    );
+    let plan = stdout(&migrate(&db, &dir, &["--plan"]).await);
+    assert!(plan.contains("1. ALTER TABLE t ADD COLUMN a int\n     how: online"), "{plan}");
+    assert!(plan.contains("2. ALTER TABLE t ADD COLUMN b int\n     how: direct"), "{plan}");
+    binary::assert_success(&migrate(&db, &dir, &[]).await);
+    assert_eq!(recorded(&db), "1:applied:2 2:applied:0");
+    // One online change (recorded as a run), the statement marked direct none.
+    assert_eq!(db.psql("SELECT string_agg(alter_clauses, ' | ') FROM pgghost.runs"), "ADD COLUMN a int");
+    assert_eq!(db.psql("SELECT cardinality(run_ids) FROM pgghost.migrations WHERE version = '1'"), "1");
+    assert_eq!(db.psql("SELECT string_agg(attname, ',' ORDER BY attnum) FROM pg_attribute WHERE attrelid = 't'::regclass AND attnum > 0 AND NOT attisdropped"), "id,a,b,c");
+    assert_eq!(db.psql("SELECT count(*) FILTER (WHERE c = 7) || '/' || count(*) FROM t"), "51/51");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signal_stops_between_statements_and_the_next_run_resumes_there() {
+    let db = Cluster::primary().fresh_db("migrate_signal");
+    db.psql("CREATE TABLE held (id int)");
+    let dir = migrations_dir(
+        "signal",
+        &[("V1__three.sql", "CREATE TABLE a (id int);\nINSERT INTO held VALUES (1);\nCREATE TABLE b (id int);\n")],
+    );
+    // The second statement waits for a lock the test holds; SIGTERM comes meanwhile.
+    let holder = db.client().await;
+    holder.batch_execute("BEGIN; LOCK TABLE held IN ACCESS EXCLUSIVE MODE").await.unwrap();
+    let dir_s = dir.to_str().unwrap();
+    let child = binary::command(&db, "migrate", &["--dir", dir_s, "--lock-timeout", "500ms"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start pg-ghost migrate");
+    for _ in 0..600 {
+        let waiting = db.psql("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pg-ghost%' AND wait_event_type = 'Lock'");
+        if waiting != "0" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(recorded(&db), "1:running:1", "the second statement is not the one waiting");
+    let pid = child.id().expect("the pid").to_string();
+    let killed = std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("run kill");
+    assert!(killed.success());
+    holder.batch_execute("COMMIT").await.unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output()).await.expect("migrate stops").unwrap();
+    binary::assert_failure(&out, 4, "V1__three.sql, statement 3 of 3 (CREATE TABLE b (id int)): stopped by SIGTERM before this statement");
+    assert_eq!(recorded(&db), "1:failed:2");
+    assert_eq!(db.psql("SELECT to_regclass('b') IS NULL"), "t");
+
+    binary::assert_success(&migrate(&db, &dir, &[]).await);
+    assert_eq!(recorded(&db), "1:applied:3");
+    assert_eq!(db.psql("SELECT count(*) FROM held"), "1", "the statement done before the signal ran again");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -219,6 +219,36 @@ async fn killed_inside_the_cut_over_before_commit_resumes() {
     s.assert_migrated().await;
 }
 
+/// With a materialized view on the table: it was built on the ghost before the crash; the
+/// resumed run drops that build, builds it again, and the swap gives it the view's place.
+#[cfg(feature = "fault-injection")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_inside_the_cut_over_with_a_materialized_view_resumes() {
+    let s = setup("rs_matview", 2_000).await;
+    s.db.psql("CREATE MATERIALIZED VIEW public.order_count AS SELECT count(*) AS c FROM public.orders");
+    let log = die_at(&s.db, "cut-over-before-commit", &run_args(&[])).await;
+    assert!(log.contains("materialized view built on the new table"), "{log}");
+    assert!(relation_exists(&s.client, "public", "_order_count_gho").await, "the build before the crash");
+    s.assert_original_intact_and_writable().await;
+    wait_slot_released(&s.client).await;
+    let log = s.resume(&[]).await;
+    assert!(log.contains("dropped a materialized view an earlier attempt built on the ghost"), "{log}");
+    assert!(!relation_exists(&s.client, "public", "_order_count_gho").await);
+    let reads: i64 = s
+        .client
+        .query_one(
+            "SELECT count(*) FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid
+              WHERE r.ev_class = 'public.order_count'::regclass AND d.refobjid = 'public.orders'::regclass",
+            &[],
+        )
+        .await
+        .expect("dependencies")
+        .get(0);
+    assert!(reads > 0, "the materialized view reads the new table");
+    s.client.batch_execute("DROP TABLE public._orders_del").await.expect("the old table drops without CASCADE");
+    s.assert_migrated().await;
+}
+
 /// Dies right after the cut-over committed: the resumed run sees the swap was done and only
 /// removes what is left (slot, publication, changelog).
 #[cfg(feature = "fault-injection")]

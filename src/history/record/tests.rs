@@ -124,3 +124,25 @@ fn this_process_has_a_host_and_a_user() {
     assert!(!o.client_host.is_empty() && !o.client_user.is_empty(), "{o:?}");
     assert_eq!(o.pid, std::process::id() as i32);
 }
+
+#[test]
+fn a_direct_run_writes_its_strategy_and_steps() {
+    let t0 = Instant::now();
+    let mut r = record();
+    assert_eq!((r.values(t0).strategy, r.values(t0).steps), ("ghost", None), "the ghost way has no steps");
+    r.strategy = STRATEGY_DIRECT;
+    r.steps = vec![
+        StepRecord::pending("ALTER TABLE t ADD COLUMN x int".into(), "locked".into(), "ACCESS EXCLUSIVE on t".into()),
+        StepRecord::pending("ALTER TABLE t VALIDATE CONSTRAINT c".into(), "validate".into(), "SHARE UPDATE EXCLUSIVE on t".into()),
+    ];
+    r.steps[0].outcome = StepRecord::DONE.into();
+    r.steps[0].attempts = 2;
+    r.steps[0].seconds = Some(0.25);
+    let v = r.values(t0);
+    assert_eq!(v.strategy, "direct");
+    let steps: Vec<StepRecord> = serde_json::from_str(v.steps.as_deref().unwrap()).unwrap();
+    assert_eq!(steps, r.steps);
+    let json: serde_json::Value = serde_json::from_str(v.steps.as_deref().unwrap()).unwrap();
+    assert_eq!(json[1]["outcome"], "pending");
+    assert_eq!(json[0]["lock"], "ACCESS EXCLUSIVE on t");
+}

@@ -66,6 +66,21 @@ fn privileges() {
 }
 
 #[test]
+fn the_direct_way_needs_only_the_owner() {
+    let owner = Privileges { owns_table: true, create_on_schema: false, create_on_database: false, database: "d".into() };
+    let stranger = Privileges { owns_table: false, ..owner.clone() };
+    let t = table().name;
+    // No REPLICATION, no CREATE anywhere: the direct way creates nothing and streams nothing.
+    assert!(check_owner(&t, "app", &server(false, false), &owner).is_ok());
+    assert!(check_owner(&t, "app", &server(true, false), &stranger).is_ok());
+    let m = refusal(check_owner(&t, "app", &server(false, true), &stranger));
+    for part in ["role \"bob\" may not alter \"public\".\"orders\"", "owned by \"app\"", "GRANT \"app\" TO \"bob\""] {
+        assert!(m.contains(part), "{part} missing from {m}");
+    }
+    assert!(!m.contains("REPLICATION") && !m.contains("CREATE"), "{m}");
+}
+
+#[test]
 fn replica_identity() {
     let unique_key = Key { index_name: "orders_code_key".into(), is_primary: false, ..table().key };
     assert!(check_replica_identity(&table()).is_ok());
