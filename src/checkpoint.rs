@@ -43,6 +43,9 @@ pub const REVERT_SLOT: &str = "revert_slot";
 /// of it (`revert` or `finalize`, written by `pg-ghost revert` / `finalize`).
 pub const WINDOW_ENDS: &str = "window_ends";
 pub const WINDOW_REQUEST: &str = "window_request";
+/// The state a revert's swap back records in its own transaction: a run killed right after
+/// it is not resumed into making the change again.
+pub const STATE_REVERTED: &str = "reverted";
 
 /// The states after which the row copy is complete.
 const COPY_DONE_STATES: [&str; 4] = ["build-indexes", "checksum", "postponed", "cut-over"];

@@ -74,8 +74,9 @@ pub enum Window<'a> {
     /// it: those are pg-ghost's own writes to the ghost; every later one is the application's.
     Open { changelog: &'a QualifiedName, marker: &'a str },
     /// The revert: `orig` is the new table, `ghost` the old one (fed by the reverse stream);
-    /// instead of swapping, every name recorded at the forward swap is put back.
-    Revert { recorded: &'a str },
+    /// instead of swapping, every name recorded at the forward swap is put back, and the
+    /// changelog's state set to [`crate::checkpoint::STATE_REVERTED`] in the same transaction.
+    Revert { recorded: &'a str, changelog: &'a QualifiedName },
 }
 
 /// The cut-over's attempts as they are made, and the lock times of the one that committed.
@@ -341,10 +342,14 @@ impl CutOver<'_> {
             let swapped = if self.swap_back {
                 swap_back::swap_and_back(client, self.orig, self.ghost, self.old_table).await?;
                 swap::Swapped::default()
-            } else if let Window::Revert { recorded } = self.window {
+            } else if let Window::Revert { recorded, changelog } = self.window {
                 // The reverse mapping carries (new column, old column).
                 let carried: Vec<(String, String)> = self.ghost.mapping.carried.iter().map(|(n, o)| (o.clone(), n.clone())).collect();
                 let statements = swap_back::revert(client, recorded, &self.ghost.name, &self.orig.name, &carried).await?;
+                client
+                    .execute(crate::checkpoint::upsert_sql(changelog).as_str(), &[&crate::checkpoint::STATE, &crate::checkpoint::STATE_REVERTED])
+                    .await
+                    .context("recording the revert with it")?;
                 tracing::info!(attempt, statements = statements.len(), "swap-back statements ran under the lock");
                 swap::Swapped { statements, ..Default::default() }
             } else {

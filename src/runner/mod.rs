@@ -529,6 +529,14 @@ impl Run {
             _ => e,
         };
         let info = described.keyed.map_err(ghost_needs)?;
+        // Killed after a revert's swap back committed: the table is the original again, and
+        // there is nothing to resume (the change is what the DBA went back from).
+        if self.cfg.resume && window::was_reverted(&self.client, &names).await? {
+            return Err(Error::refused(format!(
+                "the earlier run on {} was reverted (its swap back committed): there is nothing to resume; `pg-ghost cleanup --table {}` removes what it left",
+                info.name, info.name
+            )));
+        }
         let found = match self.cfg.resume {
             true => Some(resume::load(&self.client, &self.cfg, &info).await?),
             false => None,

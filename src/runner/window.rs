@@ -78,7 +78,7 @@ fn socket_request(asked: Option<bool>) -> Option<Request> {
 
 /// What a window state row says, as `pg-ghost revert` / `finalize` read it.
 pub const STATE_OPEN: &str = "revert-window";
-pub const STATE_REVERTED: &str = "reverted";
+pub const STATE_REVERTED: &str = checkpoint::STATE_REVERTED;
 pub const STATE_FINALIZED: &str = "finalized";
 pub const STATE_REVERT_FAILED: &str = "revert-failed";
 pub const STATE_IMPOSSIBLE: &str = "revert-impossible";
@@ -378,7 +378,7 @@ impl Run {
         let bg = background.as_mut().ok_or_else(|| Error::internal("the reverse stream is not running"))?;
         super::guard(self.catch_up(repl), &mut self.abort.clone(), Some(&mut *bg)).await?;
         let mut cut_over = self.cut_over(new, target, &names.ghost.name, repl, false);
-        cut_over.window = Window::Revert { recorded: &recorded };
+        cut_over.window = Window::Revert { recorded: &recorded, changelog: &names.changelog };
         self.controls.cut_over_locked.send_replace(true);
         let report = super::guard(cut_over.run(), &mut self.abort.clone(), Some(&mut *bg)).await;
         self.controls.cut_over_locked.send_replace(false);
@@ -598,6 +598,11 @@ pub async fn request(cfg: WindowConfig, request: Request) -> Result<()> {
 pub(super) async fn was_open(client: &Client, names: &Names) -> Result<bool> {
     let state = read(client, &names.changelog, checkpoint::STATE).await?;
     Ok(state.as_deref().is_some_and(|s| s == STATE_OPEN || s.starts_with(STATE_REVERT_FAILED)))
+}
+
+/// Whether the earlier run's changelog says its revert had committed.
+pub(super) async fn was_reverted(client: &Client, names: &Names) -> Result<bool> {
+    Ok(read(client, &names.changelog, checkpoint::STATE).await?.as_deref() == Some(STATE_REVERTED))
 }
 
 /// The revert window's slot as the run recorded it in its changelog table, if any.

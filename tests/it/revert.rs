@@ -441,3 +441,35 @@ async fn the_window_ends_by_itself_when_its_time_is_up() {
         .unwrap();
     assert_eq!(left, (Some("brief".to_string()), None, None));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_right_after_the_swap_back_a_resume_refuses_to_make_the_change_again() {
+    let db = Cluster::primary().fresh_db("revert_killed_back");
+    binary::narrow_table(&db, "back", 300);
+    let client = db.client().await;
+    let original: u32 = client.query_one("SELECT 'back'::regclass::oid", &[]).await.unwrap().get(0);
+    let args = ["--table", "back", "--alter", "ADD COLUMN note text", "--execute", "--revertible-for", "10m"];
+    // The second commit of a cut-over is the revert's swap back.
+    let mut cmd = binary::command(&db, "run", &args);
+    cmd.env("PG_GHOST_FAULT", "cut-over-after-commit@2");
+    let mut run = tokio::spawn(async move { cmd.output().await.expect("start pg-ghost") });
+    wait_for_window(&client, "back", &mut run).await;
+    let _ = binary::command(&db, "revert", &["--table", "back", "--wait", "10s"]).output().await.unwrap();
+    let out = finish(run).await;
+    assert!(!out.status.success(), "pg-ghost was not killed:\n{}", binary::stderr(&out));
+    let now: u32 = client.query_one("SELECT 'back'::regclass::oid", &[]).await.unwrap().get(0);
+    assert_eq!(now, original, "the swap back had committed");
+
+    let mut resumed = args.to_vec();
+    resumed.push("--resume");
+    let out = binary::run(&db, &resumed).await;
+    binary::assert_failure(&out, 3, "was reverted");
+    let columns: i64 = client
+        .query_one("SELECT count(*) FROM information_schema.columns WHERE table_name = 'back' AND column_name = 'note'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(columns, 0, "the change was made again");
+    binary::assert_success(&binary::cleanup(&db, &["--table", "back"]).await);
+    assert_eq!(slots(&client).await, Vec::<String>::new());
+}
