@@ -31,6 +31,21 @@ pub const COPY_WATERMARK: &str = "copy_watermark";
 pub const APPLIED_LSN: &str = "applied_lsn";
 pub const STATE: &str = "state";
 pub const RUN_ID: &str = "run_id";
+/// The revert window: the names of both tables before the swap (see `cutover::swap_back`).
+pub const REVERT_NAMES: &str = "revert_names";
+/// The revert window: the logical message the swap's transaction emitted.
+pub const REVERT_MARKER: &str = "revert_marker";
+/// The revert window: the position of the marker in the WAL, written by the swap itself.
+pub const REVERT_MARKER_LSN: &str = "revert_marker_lsn";
+/// The revert window: the reverse slot's (and publication's) name.
+pub const REVERT_SLOT: &str = "revert_slot";
+/// The revert window: when it ends (RFC 3339, the server's clock), and what the DBA asked
+/// of it (`revert` or `finalize`, written by `pg-ghost revert` / `finalize`).
+pub const WINDOW_ENDS: &str = "window_ends";
+pub const WINDOW_REQUEST: &str = "window_request";
+/// The state a revert's swap back records in its own transaction: a run killed right after
+/// it is not resumed into making the change again.
+pub const STATE_REVERTED: &str = "reverted";
 
 /// The states after which the row copy is complete.
 const COPY_DONE_STATES: [&str; 4] = ["build-indexes", "checksum", "postponed", "cut-over"];

@@ -36,8 +36,15 @@ pub enum Command {
     /// Change a table's schema online. Without --execute this is a dry run: every step
     /// but the swap, then a full cleanup.
     Run(Box<RunArgs>),
-    /// Remove the leftovers of a run that died: slot, publication, ghost and changelog tables.
+    /// Remove the leftovers of a run that died: slot, publication, ghost and changelog tables
+    /// (and a revert window's reverse slot and publication, ending the window).
     Cleanup(CleanupArgs),
+    /// During a `run --revertible-for` window: swap the old table back in, with every write
+    /// made since the swap, and end the run. Waits until the running pg-ghost has done it.
+    Revert(WindowArgs),
+    /// During a `run --revertible-for` window: end the window now, keeping the new table
+    /// (the old one is dropped or kept as the run's --ok-to-drop-table says).
+    Finalize(WindowArgs),
     /// Say what PostgreSQL does for each clause of the ALTER (asked of PostgreSQL on an empty
     /// temporary clone), which way pg-ghost would make the change, and what it costs.
     /// Read-only.
@@ -312,6 +319,16 @@ pub struct Target {
 }
 
 #[derive(Clone, Debug, Args)]
+pub struct WindowArgs {
+    #[command(flatten)]
+    pub target: Target,
+
+    /// How long to wait for the running pg-ghost to carry the request out. Units: ms, s, m.
+    #[arg(long, value_name = "DURATION", default_value = "5m")]
+    pub wait: String,
+}
+
+#[derive(Clone, Debug, Args)]
 pub struct CleanupArgs {
     #[command(flatten)]
     pub target: Target,
@@ -456,6 +473,14 @@ pub struct RunArgs {
     /// Name the old table `_<table>_<YYYYMMDDhhmmss>_del`, so that several runs can keep theirs.
     #[arg(long, help_heading = "Cut-over")]
     pub timestamp_old_table: bool,
+
+    /// After the swap, keep the old table current for this long (`2h`): every change to the
+    /// new table is applied to it in its old shape through a second replication slot, so that
+    /// `pg-ghost revert` can swap it back without losing a write. `pg-ghost finalize` ends the
+    /// window early. Refused for tables with dependents the swap moves and for type changes
+    /// with USING. Units: s, m, h.
+    #[arg(long, value_name = "DURATION", help_heading = "Cut-over")]
+    pub revertible_for: Option<String>,
 
     /// While this file exists after the copy, keep applying changes and wait before the
     /// cut-over. Remove it (or send `unpostpone` to the socket) to proceed.

@@ -67,6 +67,8 @@ pub struct Config {
     pub hooks: HooksConfig,
     /// `Some` with `--test-on-replica`.
     pub test_on_replica: Option<ReplicaTest>,
+    /// `--revertible-for`: how long the old table is kept current after the swap.
+    pub revertible_for: Option<Duration>,
     /// The id the run records itself under in the history of runs; None: a new one. Given by
     /// `migrate`, which links its migrations to their runs.
     pub run_id: Option<String>,
@@ -183,6 +185,7 @@ impl Config {
             metrics_listen: args.metrics_listen.as_deref().map(metrics_listen).transpose()?,
             hooks: hooks_from(args)?,
             test_on_replica: test_on_replica(args)?,
+            revertible_for: revertible_for(args)?,
             run_id: None,
             tunables,
         })
@@ -461,6 +464,36 @@ fn hooks_from(args: &RunArgs) -> Result<HooksConfig> {
     })
 }
 
+fn revertible_for(args: &RunArgs) -> Result<Option<Duration>> {
+    let Some(text) = args.revertible_for.as_deref() else { return Ok(None) };
+    let d = positive("revertible-for", text, Bare::Refuse)?;
+    if !args.execute {
+        return Err(Error::config("--revertible-for needs --execute: a dry run never swaps, so there is nothing to revert"));
+    }
+    if args.test_on_replica {
+        return Err(Error::config("--revertible-for cannot be used with --test-on-replica, which swaps straight back itself"));
+    }
+    if args.strategy == crate::cli::StrategyArg::Direct {
+        return Err(Error::config("--revertible-for needs the ghost: --strategy direct changes the table in place and leaves no old table to go back to"));
+    }
+    Ok(Some(d))
+}
+
+/// What `pg-ghost revert` and `pg-ghost finalize` need.
+#[derive(Clone)]
+pub struct WindowConfig {
+    pub conn: ConnInfo,
+    pub table: String,
+    pub wait: Duration,
+}
+
+impl WindowConfig {
+    pub fn from_cli(args: &crate::cli::WindowArgs) -> Result<WindowConfig> {
+        let (conn, table) = target(&args.target, |k| std::env::var(k).ok())?;
+        Ok(WindowConfig { conn, table, wait: positive("wait", &args.wait, Bare::Refuse)? })
+    }
+}
+
 fn test_on_replica(args: &RunArgs) -> Result<Option<ReplicaTest>> {
     match (args.test_on_replica, args.test_on_replica_skip_replica_stop) {
         (false, true) => Err(Error::config("--test-on-replica-skip-replica-stop needs --test-on-replica")),
@@ -532,6 +565,7 @@ impl fmt::Debug for Config {
             .field("data_checks", &self.data_checks)
             .field("cut_over", &self.cut_over)
             .field("throttle", &self.throttle)
+            .field("revertible_for", &self.revertible_for)
             .field("control", &self.control)
             .field("metrics_listen", &self.metrics_listen)
             .field("hooks", &self.hooks)

@@ -42,6 +42,9 @@ pub enum ErrorKind {
     Aborted,
     /// A broken invariant inside pg-ghost.
     Internal,
+    /// A row of the new table cannot be written back to the old one in its old shape (a
+    /// value past the old type's range, say): the revert window cannot go back.
+    RevertImpossible,
 }
 
 impl ErrorKind {
@@ -77,6 +80,7 @@ impl ErrorKind {
             ErrorKind::Io => "io",
             ErrorKind::Aborted => "aborted",
             ErrorKind::Internal => "internal",
+            ErrorKind::RevertImpossible => "revert-impossible",
         }
     }
 

@@ -44,6 +44,7 @@ async fn dispatch(command: Command) -> Result<()> {
             tracing::debug!(?config, "configuration");
             match runner::run(config).await? {
                 Outcome::CutOver => tracing::info!("done: the cut-over committed"),
+                Outcome::Reverted => tracing::info!("done: reverted; the table is the original again"),
                 Outcome::Direct { steps, attempts } => {
                     tracing::info!(steps, attempts, "done: the table was changed directly, without a copy")
                 }
@@ -75,6 +76,12 @@ async fn dispatch(command: Command) -> Result<()> {
             tracing::debug!(?config, "configuration");
             runner::cleanup(config).await?;
             tracing::info!("cleanup complete");
+        }
+        Command::Revert(args) => {
+            runner::window_request(pg_ghost::config::WindowConfig::from_cli(&args)?, runner::WindowRequest::Revert).await?;
+        }
+        Command::Finalize(args) => {
+            runner::window_request(pg_ghost::config::WindowConfig::from_cli(&args)?, runner::WindowRequest::Finalize).await?;
         }
         Command::History(args) => {
             let config = HistoryConfig::from_cli(&args)?;

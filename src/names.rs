@@ -22,6 +22,9 @@ pub struct Names {
     pub publication: String,
     /// `pg_ghost_<oid>`.
     pub slot: String,
+    /// `pg_ghost_<oid>_rev`: the revert window's publication and slot (`--revertible-for`),
+    /// streaming the new table's changes back to the old one.
+    pub reverse: String,
 }
 
 impl Names {
@@ -33,6 +36,7 @@ impl Names {
             changelog: sibling("ghc"),
             old: sibling("del"),
             publication: stream.clone(),
+            reverse: format!("{stream}_rev"),
             slot: stream,
         }
     }
@@ -50,6 +54,7 @@ mod tests {
         assert_eq!(n.old, QualifiedName::new("public", "_orders_del"));
         assert_eq!(n.publication, "pg_ghost_16384");
         assert_eq!(n.slot, "pg_ghost_16384");
+        assert_eq!(n.reverse, "pg_ghost_16384_rev");
     }
 
     #[test]

@@ -28,6 +28,10 @@ pub enum Phase {
     Postponed,
     /// Lock, sentinel, final flush, swap.
     CutOver,
+    /// `--revertible-for`: after the swap, the old table kept current by the reverse stream.
+    RevertWindow,
+    /// The swap back to the old table (`pg-ghost revert`).
+    Revert,
     /// Slot, publication and changelog dropped.
     Cleanup,
     /// Finished successfully.
@@ -38,7 +42,7 @@ pub enum Phase {
 
 impl Phase {
     /// Every phase, in run order (`Failed` last: it can follow any of them).
-    pub const ALL: [Phase; 12] = [
+    pub const ALL: [Phase; 14] = [
         Phase::Inspect,
         Phase::Direct,
         Phase::Prepare,
@@ -48,6 +52,8 @@ impl Phase {
         Phase::CatchUp,
         Phase::Postponed,
         Phase::CutOver,
+        Phase::RevertWindow,
+        Phase::Revert,
         Phase::Cleanup,
         Phase::Done,
         Phase::Failed,
@@ -65,6 +71,8 @@ impl Phase {
             Phase::CatchUp => "catch-up",
             Phase::Postponed => "postponed",
             Phase::CutOver => "cut-over",
+            Phase::RevertWindow => "revert-window",
+            Phase::Revert => "revert",
             Phase::Cleanup => "cleanup",
             Phase::Done => "done",
             Phase::Failed => "failed",
@@ -97,6 +105,8 @@ impl fmt::Display for Phase {
             Phase::CatchUp => "catching up",
             Phase::Postponed => "postponing cut-over",
             Phase::CutOver => "cutting over",
+            Phase::RevertWindow => "keeping the old table current (revert window)",
+            Phase::Revert => "swapping back",
             Phase::Cleanup => "cleaning up",
             Phase::Done => "done",
             Phase::Failed => "failed",

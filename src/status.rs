@@ -42,8 +42,11 @@ pub struct Progress {
     /// How long ago the server had written the WAL the apply has not yet acknowledged
     /// ([`StreamLagClock`]); `None` before the stream has said where the server's WAL ends.
     pub stream_lag: Option<Duration>,
-    /// WAL retained by this run's slot at the throttler's last measurement, in bytes.
+    /// WAL retained by this run's slot at the throttler's last measurement, in bytes (in the
+    /// revert window: by the reverse slot).
     pub slot_retained_wal: Option<u64>,
+    /// In the revert window: the old table's size, kept for the window, in bytes.
+    pub old_table_bytes: Option<u64>,
     /// Since the run started.
     pub elapsed: Duration,
     /// Since the copy started (zero before it).
@@ -95,6 +98,7 @@ impl Progress {
             throttle_cause: None,
             stream_lag: None,
             slot_retained_wal: None,
+            old_table_bytes: None,
             elapsed: Duration::ZERO,
             copy_elapsed: Duration::ZERO,
             direct_step: None,

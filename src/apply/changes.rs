@@ -36,6 +36,10 @@ pub struct ChangeExtractor {
     /// Keys of streamed transactions not yet committed, by top-level xid.
     streamed: HashMap<Xid, HashSet<Key>>,
     current_block: Option<Xid>,
+    /// The revert window's gate: see [`ChangeExtractor::skipping_through`].
+    gate: Option<(Lsn, String)>,
+    /// The open transaction carried the gate's marker.
+    marker_xid: Option<Xid>,
 }
 
 impl ChangeExtractor {
@@ -50,7 +54,32 @@ impl ChangeExtractor {
             touched: false,
             streamed: HashMap::new(),
             current_block: None,
+            gate: None,
+            marker_xid: None,
         }
+    }
+
+    /// The revert window's gate: drops the keys of every transaction that committed at or
+    /// before `through` (an LSN inside the swap's transaction: the position of its `marker`
+    /// message) and of the transaction that carries `marker` (the swap's own, with its final
+    /// flush into the ghost). Those are pg-ghost's own writes before the swap. Every write to
+    /// the new table commits after the swap (it waits for the swap's lock), so its commit ends
+    /// after `through` and it passes. The rule holds per transaction, with no state: a stream
+    /// resumed from any position after a crash drops and keeps exactly the same transactions.
+    pub fn skipping_through(mut self, through: Lsn, marker: String) -> Self {
+        self.gate = Some((through, marker));
+        self
+    }
+
+    /// At a commit ending at `end` of transaction `xid`: whether the gate drops it.
+    fn gated(&mut self, xid: Option<Xid>, end: Lsn) -> bool {
+        let Some((through, _)) = &self.gate else { return false };
+        let carried_marker = xid.is_some() && xid == self.marker_xid;
+        if carried_marker {
+            self.marker_xid = None;
+            tracing::info!("the swap's transaction passed the reverse stream: every later change is applied to the old table");
+        }
+        carried_marker || end <= *through
     }
 
     /// Forgets every transaction not committed yet, streamed blocks included: after a
@@ -61,6 +90,7 @@ impl ChangeExtractor {
         self.xid = None;
         self.touched = false;
         self.current_block = None;
+        self.marker_xid = None;
         let dropped = self.streamed.values().map(HashSet::len).sum();
         self.streamed.clear();
         dropped
@@ -81,7 +111,11 @@ impl ChangeExtractor {
             }
             Message::Commit(c) => {
                 self.in_transaction = false;
-                let xid = self.xid.take().filter(|_| self.touched);
+                let open = self.xid;
+                if self.gated(open, c.end_lsn) {
+                    keys.clear();
+                }
+                let xid = self.xid.take().filter(|_| self.touched && !keys.is_empty());
                 out.push(StreamItem::Committed { keys: std::mem::take(keys), end_lsn: c.end_lsn, xid });
             }
             Message::Relation(r) => self.on_relation(&r)?,
@@ -115,12 +149,18 @@ impl ChangeExtractor {
                 ));
             }
             Message::LogicalMessage(m) if m.prefix.as_ref() == MESSAGE_PREFIX.as_bytes() => {
+                if self.gate.as_ref().is_some_and(|(_, want)| want.as_bytes() == m.content.as_ref()) {
+                    self.marker_xid = self.current_block.or(self.xid);
+                }
                 out.push(StreamItem::Sentinel(String::from_utf8_lossy(&m.content).into_owned()));
             }
             Message::StreamStart(s) => self.current_block = Some(s.xid),
             Message::StreamStop => self.current_block = None,
             Message::StreamCommit(c) => {
-                let streamed: Vec<Key> = self.streamed.remove(&c.xid).map(|set| set.into_iter().collect()).unwrap_or_default();
+                let mut streamed: Vec<Key> = self.streamed.remove(&c.xid).map(|set| set.into_iter().collect()).unwrap_or_default();
+                if self.gated(Some(c.xid), c.end_lsn) {
+                    streamed.clear();
+                }
                 let xid = (!streamed.is_empty()).then_some(c.xid);
                 out.push(StreamItem::Committed { keys: streamed, end_lsn: c.end_lsn, xid });
             }
@@ -483,5 +523,49 @@ mod tests {
         t.put_u32(REL);
         let e = f.feed(&[begin(1), t.freeze()]).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::SchemaChanged);
+    }
+
+    #[test]
+    fn the_revert_gate_drops_everything_up_to_the_swap_and_nothing_after() {
+        let cols = [("id", 20), ("v", 25)];
+        let gated = || ChangeExtractor::new(REL, expected(), vec!["id".into()]).skipping_through(Lsn(0x650), "swap 1".into());
+        let mut f = Feed::new();
+        f.extractor = gated();
+        // pg-ghost's own writes before the swap, one of them streamed; another attempt's
+        // marker (a rolled-back attempt's is never sent, but it must not count either).
+        let before = f
+            .feed(&[
+                begin(7),
+                relation(None, &cols),
+                insert(None, "1"),
+                commit(0x500),
+                stream_start(9),
+                insert(Some(9), "2"),
+                stream_stop(),
+                stream_commit(9, 0x580),
+                begin(8),
+                insert(None, "3"),
+                message(MESSAGE_PREFIX, "swap 0"),
+                commit(0x600),
+            ])
+            .unwrap();
+        assert_eq!(committed(&before), vec![(vec![], 0x500, None), (vec![], 0x580, None), (vec![], 0x600, None)]);
+        // The swap's own transaction (its marker at 0x650, its commit after): dropped too.
+        let swap = f.feed(&[begin(10), insert(None, "4"), message(MESSAGE_PREFIX, "swap 1"), commit(0x700)]).unwrap();
+        assert_eq!(committed(&swap), vec![(vec![], 0x700, None)]);
+        let after = f.feed(&[begin(11), insert(None, "5"), commit(0x800)]).unwrap();
+        assert_eq!(committed(&after), vec![(vec![key("5")], 0x800, Some(11))]);
+
+        // Resumed after a crash, from a position before the swap or after it: the same.
+        let mut f = Feed::new();
+        f.extractor = gated();
+        let replay = f
+            .feed(&[begin(10), relation(None, &cols), insert(None, "4"), message(MESSAGE_PREFIX, "swap 1"), commit(0x700), begin(11), insert(None, "5"), commit(0x800)])
+            .unwrap();
+        assert_eq!(committed(&replay), vec![(vec![], 0x700, None), (vec![key("5")], 0x800, Some(11))]);
+        let mut f = Feed::new();
+        f.extractor = gated();
+        let later = f.feed(&[begin(12), relation(None, &cols), insert(None, "6"), commit(0x900)]).unwrap();
+        assert_eq!(committed(&later), vec![(vec![key("6")], 0x900, Some(12))]);
     }
 }

@@ -38,6 +38,17 @@ pub struct FlushSql {
     source_key: KeyCols,
     /// Records the applied LSN in the changelog, in the flush's transaction (for a resume).
     checkpoint: Option<String>,
+    /// The revert window's check that every value written back survives the cast back to the
+    /// old type unchanged; returns the first key whose row does not (see
+    /// [`FlushSql::checking_cast_back`]).
+    cast_back: Option<CastBackCheck>,
+}
+
+#[derive(Clone, Debug)]
+struct CastBackCheck {
+    sql: String,
+    key_names: Vec<String>,
+    columns: Vec<String>,
 }
 
 impl FlushSql {
@@ -87,7 +98,34 @@ impl FlushSql {
             key_len: m.key_ghost.len(),
             source_key,
             checkpoint: None,
+            cast_back: None,
         }
+    }
+
+    /// Before writing rows back (the revert window: `orig` is the new table, `m` the reverse
+    /// mapping), checks that each retyped column's value comes back unchanged through the
+    /// cast to the old type and back (`CAST(CAST(v AS old) AS new) IS NOT DISTINCT FROM v`):
+    /// a value past the old type's range fails the cast, a value the old type would round or
+    /// cut comes back different. Either way the flush fails with
+    /// [`crate::error::ErrorKind::RevertImpossible`], naming the key; nothing is written.
+    pub fn checking_cast_back(mut self, orig: &QualifiedName, m: &Mapping, cast_back: &[crate::ghost::CastBack]) -> FlushSql {
+        if cast_back.is_empty() {
+            return self;
+        }
+        let changed: Vec<String> = cast_back
+            .iter()
+            .map(|c| format!("CAST(CAST({0} AS {1}) AS {2}) IS DISTINCT FROM {0}", ident(&c.column), c.old_type, c.new_type))
+            .collect();
+        let keys: Vec<String> = m.key_source.iter().map(|k| format!("{}::text", ident(k))).collect();
+        let sql = format!(
+            "SELECT {} FROM {} WHERE {} AND ({}) LIMIT 1",
+            keys.join(", "),
+            orig.sql(),
+            self.source_key.in_set(1),
+            changed.join(" OR ")
+        );
+        self.cast_back = Some(CastBackCheck { sql, key_names: m.key_source.clone(), columns: cast_back.iter().map(|c| c.column.clone()).collect() });
+        self
     }
 
     /// Deletes every key before writing any again, until [`FlushSql::choose_strategy`] says
@@ -183,6 +221,69 @@ impl FlushSql {
         Ok(found)
     }
 
+    /// Runs the cast-back check inside the caller's transaction (under a savepoint, so that a
+    /// cast that fails leaves the transaction usable to find the key it failed on).
+    async fn check_cast_back(&self, client: &impl GenericClient, check: &CastBackCheck, keys: &[Key], params: &[&(dyn ToSql + Sync)]) -> Result<()> {
+        client.batch_execute("SAVEPOINT pg_ghost_cast_back").await.context("checking the cast back")?;
+        let found = match client.query_opt(check.sql.as_str(), params).await.map_err(crate::error::Error::from) {
+            Ok(row) => row.map(|r| (0..check.key_names.len()).map(|i| r.try_get::<_, String>(i)).collect::<std::result::Result<Vec<_>, _>>()).transpose()?.map(|key| (key, None)),
+            Err(e) if e.is_row_error() => {
+                client.batch_execute("ROLLBACK TO SAVEPOINT pg_ghost_cast_back").await.context("checking the cast back")?;
+                self.failing_key(client, check, keys).await?.map(|key| (key, Some(e.message().to_string())))
+            }
+            Err(e) => return Err(e.context("checking that the rows survive the cast back to the old table's types")),
+        };
+        client.batch_execute("RELEASE SAVEPOINT pg_ghost_cast_back").await.context("checking the cast back")?;
+        match found {
+            None => Ok(()),
+            Some((key, why)) => Err(crate::error::Error::new(
+                crate::error::ErrorKind::RevertImpossible,
+                format!(
+                    "the row with key ({})=({}) cannot be written back to the old table: a value of column(s) {} {}",
+                    check.key_names.iter().map(|k| ident(k)).collect::<Vec<_>>().join(", "),
+                    key.join(", "),
+                    check.columns.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", "),
+                    match why {
+                        Some(why) => format!("fails the cast back to the old type ({why})"),
+                        None => "would not come back unchanged through the old type".to_string(),
+                    }
+                ),
+            )),
+        }
+    }
+
+    /// A data exception in the revert window's write: a row changed between the cast-back
+    /// check and the write (each statement reads its own snapshot) to a value the old type
+    /// cannot take. The revert is impossible all the same.
+    fn cast_back_failed(&self, e: crate::error::Error) -> crate::error::Error {
+        match (&self.cast_back, e.sqlstate()) {
+            (Some(check), Some(code)) if code.starts_with("22") => crate::error::Error::new(
+                crate::error::ErrorKind::RevertImpossible,
+                format!("a value of column(s) {} fails the cast back to the old table's type: {e}", check.columns.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", ")),
+            ),
+            _ => e,
+        }
+    }
+
+    /// The first of `keys` whose row fails the cast back, tried one at a time.
+    async fn failing_key(&self, client: &impl GenericClient, check: &CastBackCheck, keys: &[Key]) -> Result<Option<Vec<String>>> {
+        for key in keys {
+            let one = std::slice::from_ref(key);
+            let cols = self.columns(one);
+            let params: Vec<&(dyn ToSql + Sync)> = cols.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
+            client.batch_execute("SAVEPOINT pg_ghost_cast_back_one").await.context("checking the cast back")?;
+            match client.query_opt(check.sql.as_str(), &params).await.map_err(crate::error::Error::from) {
+                Ok(_) => client.batch_execute("RELEASE SAVEPOINT pg_ghost_cast_back_one").await.context("checking the cast back")?,
+                Err(e) if e.is_row_error() => {
+                    client.batch_execute("ROLLBACK TO SAVEPOINT pg_ghost_cast_back_one").await.context("checking the cast back")?;
+                    return Ok(Some(key.to_vec()));
+                }
+                Err(e) => return Err(e.context("checking the cast back key by key")),
+            }
+        }
+        Ok(None)
+    }
+
     /// Column-wise arrays of the keys: one `Vec<&str>` per key column.
     fn columns<'k>(&self, keys: &'k [Key]) -> Vec<Vec<&'k str>> {
         let mut cols = vec![Vec::with_capacity(keys.len()); self.key_len];
@@ -202,15 +303,19 @@ impl FlushSql {
         }
         let cols = self.columns(keys);
         let params: Vec<&(dyn ToSql + Sync)> = cols.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
+        if let Some(check) = &self.cast_back {
+            self.check_cast_back(client, check, keys, &params).await?;
+        }
         if self.in_place.load(Ordering::Relaxed) {
             client
                 .execute(&self.upsert_then_delete_missing, &params)
                 .await
-                .context("writing changed keys to the ghost and deleting those gone from the original")?;
+                .context("writing changed keys to the ghost and deleting those gone from the original")
+                .map_err(|e| self.cast_back_failed(e))?;
             return Ok(());
         }
         client.execute(&self.delete, &params).await.context("deleting changed keys from the ghost")?;
-        client.execute(&self.upsert, &params).await.context("writing changed keys to the ghost")?;
+        client.execute(&self.upsert, &params).await.context("writing changed keys to the ghost").map_err(|e| self.cast_back_failed(e))?;
         Ok(())
     }
 }

@@ -90,7 +90,7 @@ const EVERY_FLAG: &[&str] = &[
     "--chunk-size", "2000", "--chunk-time", "1.5s", "--copy-workers", "4",
     "--data-check-limit", "25", "--skip-data-checks",
     "--cut-over-lock-timeout", "250ms", "--cut-over-retries", "5",
-    "--cut-over-kill-blockers-after", "30s", "--ok-to-drop-table", "--timestamp-old-table",
+    "--cut-over-kill-blockers-after", "30s", "--ok-to-drop-table", "--timestamp-old-table", "--revertible-for", "2h",
     "--postpone-cut-over-flag-file", "/tmp/p", "--panic-flag-file", "/tmp/x",
     "--max-lag-millis", "3000", "--throttle-control-replicas", "r1:5433,r2",
     "--heartbeat-interval-millis", "250", "--max-load", "active_sessions=40",
@@ -111,6 +111,7 @@ fn every_flag_reaches_its_field() {
     assert!(c.execute && c.resume && c.skip_checksum);
     assert_eq!(c.strategy, crate::cli::StrategyArg::Auto);
     assert_eq!(c.key.as_deref(), Some("orders_uk"));
+    assert_eq!(c.revertible_for, Some(Duration::from_secs(7200)));
     assert_eq!(c.history_table.as_deref(), Some("ops.runs"));
     assert_eq!(c.status_interval, ms(2_000));
     assert_eq!(c.conn.reconnect_timeout, ms(90_000));
@@ -304,6 +305,22 @@ const TESTED_ALONE: [&str; 6] = [
     "--test-on-replica-skip-replica-stop",
     "--no-history",
 ];
+
+#[test]
+fn revertible_for_needs_a_real_swap_through_the_ghost() {
+    assert_eq!(config(&[]).unwrap().revertible_for, None);
+    for (extra, needle) in [
+        (&["--revertible-for", "1h"][..], "--execute"),
+        (&["--revertible-for", "1h", "--execute", "--strategy", "direct"][..], "--strategy direct"),
+        (&["--revertible-for", "0s", "--execute"][..], "more than 0"),
+    ] {
+        let e = config(extra).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Config, "{extra:?}");
+        assert!(e.to_string().contains(needle), "{extra:?}: {e}");
+    }
+    let e = config(&["--revertible-for", "1h", "--execute", "--test-on-replica"]).unwrap_err();
+    assert!(e.to_string().contains("--test-on-replica"), "{e}");
+}
 
 #[test]
 fn initially_drop_ghost_table() {

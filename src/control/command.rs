@@ -48,6 +48,14 @@ pub enum Command {
     Panic {
         table: Option<String>,
     },
+    /// In the revert window: swap the old table back, as `pg-ghost revert` does.
+    Revert {
+        table: Option<String>,
+    },
+    /// In the revert window: end it now, as `pg-ghost finalize` does.
+    Finalize {
+        table: Option<String>,
+    },
 }
 
 impl Command {
@@ -60,9 +68,12 @@ impl Command {
     /// The table the command names, for the commands that may name one.
     pub fn table(&self) -> Option<&str> {
         match self {
-            Command::Throttle { table } | Command::NoThrottle { table } | Command::Unpostpone { table } | Command::Panic { table } => {
-                table.as_deref()
-            }
+            Command::Throttle { table }
+            | Command::NoThrottle { table }
+            | Command::Unpostpone { table }
+            | Command::Panic { table }
+            | Command::Revert { table }
+            | Command::Finalize { table } => table.as_deref(),
             _ => None,
         }
     }
@@ -103,6 +114,8 @@ pub fn parse(line: &str) -> Result<Command, String> {
         "no-throttle" | "unthrottle" | "resume" | "continue" => Ok(Command::NoThrottle { table: table_arg(arg) }),
         "unpostpone" | "no-postpone" | "cut-over" => Ok(Command::Unpostpone { table: table_arg(arg) }),
         "panic" => Ok(Command::Panic { table: table_arg(arg) }),
+        "revert" => Ok(Command::Revert { table: table_arg(arg) }),
+        "finalize" => Ok(Command::Finalize { table: table_arg(arg) }),
         _ => match TUNABLE_NAMES.iter().find(|t| **t == name) {
             Some(tunable) => tunable_command(tunable, form, arg),
             None => Err(format!("unknown command {name:?}; send `help` for the list")),
@@ -236,6 +249,8 @@ mod tests {
             ("no-postpone", Command::Unpostpone { table: None }),
             ("cut-over", Command::Unpostpone { table: None }),
             ("panic", Command::Panic { table: None }),
+            ("revert", Command::Revert { table: None }),
+            ("finalize", Command::Finalize { table: None }),
         ] {
             assert_eq!(parse(line), Ok(want), "{line}");
         }

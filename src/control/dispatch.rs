@@ -89,6 +89,22 @@ impl Dispatcher {
                 self.act(ControlEvent::Unpostpone).await?;
                 Ok("unpostponed: the cut-over starts".into())
             }
+            Command::Revert { ref table } | Command::Finalize { ref table } => {
+                let (name, event) = match command {
+                    Command::Revert { .. } => ("revert", ControlEvent::Revert),
+                    _ => ("finalize", ControlEvent::Finalize),
+                };
+                self.guard(name, table.as_deref())?;
+                let phase = *self.ctx.phase.borrow();
+                if phase != Phase::RevertWindow {
+                    return Err(format!("refused: no revert window is open now (phase: {phase}); it opens after the swap with --revertible-for"));
+                }
+                self.act(event).await?;
+                Ok(match name {
+                    "revert" => "revert: swapping the old table back (the log says when it is done)".into(),
+                    _ => "finalize: ending the revert window; the new table stays".into(),
+                })
+            }
             Command::Panic { ref table } => {
                 self.guard("panic", table.as_deref())?;
                 self.act(ControlEvent::Panic).await?;

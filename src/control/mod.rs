@@ -50,6 +50,9 @@ pub enum ControlEvent {
     Unpostpone,
     /// Abort the run, exactly as the panic flag file does.
     Panic,
+    /// Sent only in the revert window: swap back (`revert`) or end the window (`finalize`).
+    Revert,
+    Finalize,
     /// A command that was carried out (reads included), as typed but trimmed, for the
     /// `on-interactive-command` hook. Sent after the command's own event, if any.
     Command(String),

@@ -22,6 +22,8 @@ commands (one per connection):
   no-throttle [table]               end the throttling asked for by `throttle`; other reasons still apply
   unpostpone [table]                stop postponing and cut over now
   panic [table]                     abort at once: the original table stays untouched, slot and publication are dropped
+  revert [table]                    in the revert window (--revertible-for): swap the old table back, with every write
+  finalize [table]                  in the revert window: end it now and keep the new table
   help                              this list
 <name>=? reads a setting (e.g. max-load=?). A [table] must be the migrated table, or nothing is done.
 ";

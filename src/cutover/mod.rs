@@ -57,6 +57,26 @@ pub struct CutOver<'a> {
     pub tally: &'a CutOverTally,
     /// Materialized views built on the ghost, which take the originals' places in the swap.
     pub materialized: &'a [crate::dependents::materialized::Built],
+    /// What the swap does for the revert window (`--revertible-for`).
+    pub window: Window<'a>,
+}
+
+/// The swap's part in the revert window.
+#[derive(Clone, Copy, Debug)]
+pub enum Window<'a> {
+    /// No revert window.
+    None,
+    /// The forward swap of a run with a revert window: inside its transaction, the names of
+    /// both tables are recorded in the changelog (key [`crate::checkpoint::REVERT_NAMES`])
+    /// before the renames, and `marker` is emitted as a transactional logical message after
+    /// them, its position recorded in the changelog (key [`crate::checkpoint::REVERT_MARKER_LSN`]).
+    /// The reverse stream drops every transaction that committed up to it and the one carrying
+    /// it: those are pg-ghost's own writes to the ghost; every later one is the application's.
+    Open { changelog: &'a QualifiedName, marker: &'a str },
+    /// The revert: `orig` is the new table, `ghost` the old one (fed by the reverse stream);
+    /// instead of swapping, every name recorded at the forward swap is put back, and the
+    /// changelog's state set to [`crate::checkpoint::STATE_REVERTED`] in the same transaction.
+    Revert { recorded: &'a str, changelog: &'a QualifiedName },
 }
 
 /// The cut-over's attempts as they are made, and the lock times of the one that committed.
@@ -325,7 +345,24 @@ impl CutOver<'_> {
             let swapped = if self.swap_back {
                 swap_back::swap_and_back(client, self.orig, self.ghost, self.old_table).await?;
                 swap::Swapped::default()
+            } else if let Window::Revert { recorded, changelog } = self.window {
+                // The reverse mapping carries (new column, old column).
+                let carried: Vec<(String, String)> = self.ghost.mapping.carried.iter().map(|(n, o)| (o.clone(), n.clone())).collect();
+                let statements = swap_back::revert(client, recorded, &self.ghost.name, &self.orig.name, &carried).await?;
+                client
+                    .execute(crate::checkpoint::upsert_sql(changelog).as_str(), &[&crate::checkpoint::STATE, &crate::checkpoint::STATE_REVERTED])
+                    .await
+                    .context("recording the revert with it")?;
+                tracing::info!(attempt, statements = statements.len(), "swap-back statements ran under the lock");
+                swap::Swapped { statements, ..Default::default() }
             } else {
+                if let Window::Open { changelog, .. } = self.window {
+                    let names = swap_back::record_names(client, self.orig.oid, self.ghost.oid).await?;
+                    client
+                        .execute(crate::checkpoint::upsert_sql(changelog).as_str(), &[&crate::checkpoint::REVERT_NAMES, &names])
+                        .await
+                        .context("recording the names before the swap, for the revert window")?;
+                }
                 let swap_started = Instant::now();
                 let swapped = swap::swap(client, self.orig, self.ghost, self.old_table, Some(self.materialized)).await?;
                 tracing::info!(
@@ -336,6 +373,19 @@ impl CutOver<'_> {
                     statements = swapped.statements.len(),
                     "swap statements ran under the lock"
                 );
+                if let Window::Open { marker, changelog } = self.window {
+                    // The marker's position is recorded with the swap: the reverse stream drops
+                    // every transaction that committed up to it (see `ChangeExtractor::skipping_through`).
+                    let sql = format!(
+                        "INSERT INTO {} (key, value) SELECT $1, pg_logical_emit_message(true, $2, $3)::text
+                         ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, updated_at = clock_timestamp()",
+                        changelog.sql()
+                    );
+                    client
+                        .execute(sql.as_str(), &[&crate::checkpoint::REVERT_MARKER_LSN, &MESSAGE_PREFIX, &marker])
+                        .await
+                        .context("marking the swap in the stream, for the revert window")?;
+                }
                 swapped
             };
             crate::fault::crash_point("cut-over-before-commit");

@@ -14,6 +14,10 @@
 //! before; anything else fails the transaction, which rolls back with the original as it was.
 //! The one change that stays is the one the swap makes for good: the ghost's temporary key
 //! index is dropped.
+//!
+//! The revert window ([`record_names`], [`revert`]) uses the same undo across two
+//! transactions: the names are recorded inside the forward swap's transaction, before its
+//! renames, and put back by the revert's, which also carries identity sequences back.
 
 use super::swap;
 use crate::error::{Context, Error, Result};
@@ -24,7 +28,7 @@ use std::collections::HashMap;
 use tokio_postgres::GenericClient;
 
 /// A relation of either table: the table itself, an index, an identity or serial sequence.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct Relation {
     oid: u32,
     kind: String,
@@ -32,7 +36,7 @@ struct Relation {
 }
 
 /// A constraint that is not backed by an index (those follow their index's name).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct Constraint {
     oid: u32,
     table: u32,
@@ -40,19 +44,29 @@ struct Constraint {
 }
 
 /// A serial sequence and the column that owns it (`OWNED BY`).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct Owner {
     sequence: u32,
     table: u32,
     column: String,
 }
 
+/// An extended statistics object on either table (`CREATE STATISTICS`): the swap renames the
+/// original's aside and gives the ghost's their names.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct Statistic {
+    oid: u32,
+    name: QualifiedName,
+}
+
 /// What the undo restores: read before the swap, compared after the undo.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct NamesOf {
     relations: Vec<Relation>,
     constraints: Vec<Constraint>,
     owners: Vec<Owner>,
+    #[serde(default)]
+    statistics: Vec<Statistic>,
 }
 
 const RELATIONS: &str = "SELECT c.oid, c.relkind::text, n.nspname::text, c.relname::text
@@ -66,6 +80,10 @@ const RELATIONS: &str = "SELECT c.oid, c.relkind::text, n.nspname::text, c.relna
 
 const CONSTRAINTS: &str = "SELECT oid, conrelid, conname::text FROM pg_constraint
       WHERE conrelid IN ($1, $2) AND contype NOT IN ('p', 'u', 'x') ORDER BY oid";
+
+const STATISTICS: &str = "SELECT s.oid, n.nspname::text, s.stxname::text
+       FROM pg_statistic_ext s JOIN pg_namespace n ON n.oid = s.stxnamespace
+      WHERE s.stxrelid IN ($1, $2) ORDER BY s.oid";
 
 const OWNERS: &str = "SELECT d.objid, d.refobjid, a.attname::text
        FROM pg_depend d
@@ -104,7 +122,14 @@ impl NamesOf {
             .iter()
             .map(|r| Ok(Owner { sequence: r.try_get(0)?, table: r.try_get(1)?, column: r.try_get(2)? }))
             .collect::<Result<Vec<_>>>()?;
-        Ok(NamesOf { relations, constraints, owners })
+        let statistics = tx
+            .query(STATISTICS, &[&orig, &ghost])
+            .await
+            .context("reading the names of both tables' statistics objects")?
+            .iter()
+            .map(|r| Ok(Statistic { oid: r.try_get(0)?, name: QualifiedName::new(r.try_get::<_, String>(1)?, r.try_get::<_, String>(2)?) }))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(NamesOf { relations, constraints, owners, statistics })
     }
 
     fn relation(&self, oid: u32) -> Option<&Relation> {
@@ -115,6 +140,7 @@ impl NamesOf {
     fn without_dropped(&self, now: &NamesOf) -> NamesOf {
         let mut kept = self.clone();
         kept.relations.retain(|r| now.relation(r.oid).is_some());
+        kept.statistics.retain(|st| now.statistics.iter().any(|n| n.oid == st.oid));
         kept
     }
 }
@@ -144,6 +170,14 @@ fn undo_statements(before: &NamesOf, now: &NamesOf) -> Vec<String> {
             let parked = cur.name.sibling(parking_name(old.oid));
             park.push(format!("{} {} RENAME TO {}", alter_relation(&cur.kind), cur.name.sql(), ident(&parked.name)));
             restore.push(format!("{} {} RENAME TO {}", alter_relation(&cur.kind), parked.sql(), ident(&old.name.name)));
+        }
+    }
+    for old in &before.statistics {
+        let Some(cur) = now.statistics.iter().find(|st| st.oid == old.oid) else { continue };
+        if cur.name != old.name {
+            let parked = cur.name.sibling(parking_name(old.oid));
+            park.push(format!("ALTER STATISTICS {} RENAME TO {}", cur.name.sql(), ident(&parked.name)));
+            restore.push(format!("ALTER STATISTICS {} RENAME TO {}", parked.sql(), ident(&old.name.name)));
         }
     }
     // Constraint names are per table; the tables carry their old names again by now.
@@ -193,6 +227,9 @@ fn differences(want: &NamesOf, got: &NamesOf) -> Vec<String> {
     if got.owners != want.owners {
         out.push("serial sequence owners differ".to_string());
     }
+    if got.statistics != want.statistics {
+        out.push("statistics object names differ".to_string());
+    }
     out
 }
 
@@ -220,6 +257,78 @@ pub async fn swap_and_back(tx: &impl GenericClient, orig: &TableInfo, ghost: &Gh
     Ok(sql)
 }
 
+/// The names of both tables' relations and constraints as they are now, as JSON: read
+/// inside the forward swap's transaction, before its renames, for [`revert`].
+pub async fn record_names(tx: &impl GenericClient, orig: u32, ghost: u32) -> Result<String> {
+    let names = NamesOf::read(tx, orig, ghost).await?;
+    serde_json::to_string(&names).map_err(|e| Error::internal(format!("cannot encode the names before the swap: {e}")))
+}
+
+/// The revert window's swap back, inside the caller's transaction, which holds ACCESS
+/// EXCLUSIVE on both tables: `old` (the original, by its OID) and `new` (the table that
+/// carried the change) get back every name `recorded` says they had before the forward swap,
+/// identity sequences included; serial sequences go back to their old owner; each identity
+/// sequence of the old table is set to where the new table's stands (rows inserted during
+/// the window drew from it). `carried`: (old column, new column) pairs. The result is read
+/// again and must equal what was recorded, or the transaction fails.
+pub async fn revert(tx: &impl GenericClient, recorded: &str, old: &QualifiedName, new: &QualifiedName, carried: &[(String, String)]) -> Result<Vec<String>> {
+    let before: NamesOf = serde_json::from_str(recorded).map_err(|e| Error::internal(format!("cannot read the names recorded at the swap: {e}")))?;
+    let (Some(old_oid), Some(new_oid)) = (oid_of(tx, old).await?, oid_of(tx, new).await?) else {
+        return Err(Error::internal(format!("{old} or {new} is missing; cannot swap back")));
+    };
+    let mut sql = carry_identities(tx, old, new, carried).await?;
+    let now = NamesOf::read(tx, old_oid, new_oid).await?;
+    let undo = undo_statements(&before, &now);
+    if !undo.is_empty() {
+        tx.batch_execute(&undo.join(";\n")).await.context("swapping the tables back")?;
+    }
+    let after = NamesOf::read(tx, old_oid, new_oid).await?;
+    let left = differences(&before.without_dropped(&now), &after);
+    if !left.is_empty() {
+        return Err(Error::internal(format!(
+            "swapping {old} back did not restore every name ({}); the transaction is rolled back",
+            left.join("; ")
+        )));
+    }
+    sql.extend(undo);
+    Ok(sql)
+}
+
+async fn oid_of(tx: &impl GenericClient, table: &QualifiedName) -> Result<Option<u32>> {
+    let row = tx.query_one("SELECT to_regclass($1)::oid", &[&table.sql()]).await.context("looking up a table to swap back")?;
+    Ok(row.try_get(0)?)
+}
+
+/// Sets each identity sequence of `old` to the value of its column's on `new`; returns the
+/// statements, for the log.
+async fn carry_identities(tx: &impl GenericClient, old: &QualifiedName, new: &QualifiedName, carried: &[(String, String)]) -> Result<Vec<String>> {
+    let mut done = Vec::new();
+    for (old_col, new_col) in carried {
+        let row = tx
+            .query_one(
+                // The column name is taken literally (not parsed as an identifier).
+                "SELECT (SELECT pg_get_serial_sequence($1, $2) FROM pg_attribute
+                          WHERE attrelid = $1::text::regclass AND attname = $2 AND attidentity <> ''),
+                        (SELECT pg_get_serial_sequence($3, $4) FROM pg_attribute
+                          WHERE attrelid = $3::text::regclass AND attname = $4 AND attidentity <> '')",
+                &[&old.sql(), &old_col, &new.sql(), &new_col],
+            )
+            .await
+            .context("reading the identity sequences to carry back")?;
+        let (Some(to), Some(from)) = (row.try_get::<_, Option<String>>(0)?, row.try_get::<_, Option<String>>(1)?) else { continue };
+        tx.execute(
+            "SELECT setval($2::text::regclass, coalesce(pg_sequence_last_value($1::text::regclass), s.seqstart),
+                           pg_sequence_last_value($1::text::regclass) IS NOT NULL)
+               FROM pg_sequence s WHERE s.seqrelid = $1::text::regclass",
+            &[&from, &to],
+        )
+        .await
+        .with_context(|| format!("carrying the value of {from} back to {to}"))?;
+        done.push(format!("SELECT setval('{to}', <value of {from}>)"));
+    }
+    Ok(done)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,6 +349,7 @@ mod tests {
             ],
             constraints: vec![Constraint { oid: 30, table: 20, name: "_orders_gho_n_check".into() }],
             owners: vec![Owner { sequence: 12, table: 10, column: "id".into() }],
+            statistics: vec![Statistic { oid: 40, name: QualifiedName::new("public", "orders_stats") }],
         }
     }
 
@@ -255,6 +365,7 @@ mod tests {
             ],
             constraints: vec![Constraint { oid: 30, table: 20, name: "orders_n_check".into() }],
             owners: vec![Owner { sequence: 12, table: 20, column: "id".into() }],
+            statistics: vec![Statistic { oid: 40, name: QualifiedName::new("public", "_orders_stats_del") }],
         };
         let sql = undo_statements(&before(), &now);
         assert_eq!(
@@ -264,10 +375,12 @@ mod tests {
                 r#"ALTER INDEX "public"."_orders_pkey_del" RENAME TO "_pg_ghost_swap_back_11""#,
                 r#"ALTER TABLE "public"."orders" RENAME TO "_pg_ghost_swap_back_20""#,
                 r#"ALTER INDEX "public"."orders_pkey" RENAME TO "_pg_ghost_swap_back_21""#,
+                r#"ALTER STATISTICS "public"."_orders_stats_del" RENAME TO "_pg_ghost_swap_back_40""#,
                 r#"ALTER TABLE "public"."_pg_ghost_swap_back_10" RENAME TO "orders""#,
                 r#"ALTER INDEX "public"."_pg_ghost_swap_back_11" RENAME TO "orders_pkey""#,
                 r#"ALTER TABLE "public"."_pg_ghost_swap_back_20" RENAME TO "_orders_gho""#,
                 r#"ALTER INDEX "public"."_pg_ghost_swap_back_21" RENAME TO "_orders_pkey_gho""#,
+                r#"ALTER STATISTICS "public"."_pg_ghost_swap_back_40" RENAME TO "orders_stats""#,
                 r#"ALTER TABLE "public"."_orders_gho" RENAME CONSTRAINT "orders_n_check" TO "_pg_ghost_swap_back_30""#,
                 r#"ALTER TABLE "public"."_orders_gho" RENAME CONSTRAINT "_pg_ghost_swap_back_30" TO "_orders_gho_n_check""#,
                 r#"ALTER SEQUENCE "public"."orders_id_seq" OWNED BY "public"."orders"."id""#,

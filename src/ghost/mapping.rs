@@ -96,6 +96,77 @@ impl Mapping {
     }
 }
 
+/// A column the ALTER retyped, as the revert window writes it back: read from the new table
+/// under `column`, cast back to `old_type`, and checked to come back to `new_type` unchanged.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CastBack {
+    pub column: String,
+    pub old_type: String,
+    pub new_type: String,
+}
+
+/// The mapping of the revert window, from the new table (source) back to the old one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reverse {
+    pub mapping: Mapping,
+    /// The retyped columns: every value written back must survive the cast both ways.
+    pub cast_back: Vec<CastBack>,
+}
+
+impl Mapping {
+    /// The reverse of this mapping, for the revert window: rows of the new table (`new`, the
+    /// ghost's columns after the ALTER) written into the old table (`old`, the original's
+    /// columns). Columns the ALTER added are left out; retyped ones are cast back
+    /// explicitly (an explicit cast fails on a value past the old type's range, and
+    /// [`Reverse::cast_back`] catches what a cast would change silently); renamed ones are
+    /// read under their new name; columns the ALTER dropped are not written, so an existing
+    /// row keeps its value and a new one takes the column's default. A column rewritten
+    /// with `USING` has no way back and is refused.
+    pub fn reverse(&self, old: &[Column], new: &[Column]) -> Result<Reverse> {
+        let mut ghost_columns = Vec::new();
+        let mut source_exprs = Vec::new();
+        let mut overriding_system_value = false;
+        let mut cast_back = Vec::new();
+        for (source, expr) in self.ghost_columns.iter().zip(&self.source_exprs) {
+            let Some((orig_name, _)) = self.carried.iter().find(|(_, g)| g == source) else { continue };
+            if *expr != ident(orig_name) {
+                return Err(Error::refused(format!(
+                    "--revertible-for: the ALTER rewrites column {} with USING, which has no way back; revert windows take type changes without USING only",
+                    ident(orig_name)
+                )));
+            }
+        }
+        for col in old {
+            if col.generated {
+                continue;
+            }
+            let Some(new_name) = self.ghost_name_of(&col.name) else { continue };
+            let new_col = new.iter().find(|c| c.name == new_name).ok_or_else(|| {
+                Error::internal(format!("the new table has no column {} (the old table's {})", ident(new_name), ident(&col.name)))
+            })?;
+            overriding_system_value |= col.identity == Identity::Always;
+            ghost_columns.push(col.name.clone());
+            if new_col.type_sql == col.type_sql {
+                source_exprs.push(ident(new_name));
+            } else {
+                source_exprs.push(format!("CAST({} AS {})", ident(new_name), col.type_sql));
+                cast_back.push(CastBack { column: new_name.to_string(), old_type: col.type_sql.clone(), new_type: new_col.type_sql.clone() });
+            }
+        }
+        let mapping = Mapping {
+            ghost_columns,
+            source_exprs,
+            overriding_system_value,
+            key_source: self.key_ghost.clone(),
+            key_source_types: self.key_ghost_types.clone(),
+            key_ghost: self.key_source.clone(),
+            key_ghost_types: self.key_source_types.clone(),
+            carried: self.carried.iter().map(|(o, g)| (g.clone(), o.clone())).collect(),
+        };
+        Ok(Reverse { mapping, cast_back })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,6 +214,36 @@ mod tests {
         assert!(e.to_string().contains("drops key column \"id\""), "{e}");
         let using = HashMap::from([("id".to_string(), "(id * 2)".to_string())]);
         let e = Mapping::build(&before, &[col(1, "id", "bigint")], &using, &[("id".into(), "int".into())]).unwrap_err();
+        assert!(e.to_string().contains("USING"), "{e}");
+    }
+
+    #[test]
+    fn reverses_renames_drops_additions_and_retypes() {
+        let before = names(&[(1, "id"), (2, "old name"), (3, "gone"), (4, "n")]);
+        let old = vec![col(1, "id", "integer"), col(2, "old name", "text"), col(3, "gone", "integer"), col(4, "n", "integer")];
+        let new = vec![col(1, "id", "bigint"), col(2, "new name", "text"), col(4, "n", "bigint"), col(5, "added", "boolean")];
+        let m = Mapping::build(&before, &new, &HashMap::new(), &[("id".into(), "integer".into())]).unwrap();
+        let r = m.reverse(&old, &new).unwrap();
+        assert_eq!(r.mapping.ghost_columns, ["id", "old name", "n"]);
+        assert_eq!(r.mapping.source_exprs, ["CAST(\"id\" AS integer)", "\"new name\"", "CAST(\"n\" AS integer)"]);
+        assert_eq!(r.mapping.key_source, ["id"]);
+        assert_eq!(r.mapping.key_source_types, ["bigint"]);
+        assert_eq!(r.mapping.key_ghost_types, ["integer"]);
+        assert_eq!(r.mapping.ghost_name_of("new name"), Some("old name"));
+        assert_eq!(
+            r.cast_back.iter().map(|c| (c.column.as_str(), c.old_type.as_str(), c.new_type.as_str())).collect::<Vec<_>>(),
+            [("id", "integer", "bigint"), ("n", "integer", "bigint")]
+        );
+    }
+
+    #[test]
+    fn a_column_rewritten_with_using_has_no_way_back() {
+        let before = names(&[(1, "id"), (2, "body")]);
+        let old = vec![col(1, "id", "integer"), col(2, "body", "text")];
+        let new = vec![col(1, "id", "integer"), col(2, "body", "integer")];
+        let using = HashMap::from([("body".to_string(), "(length(body))".to_string())]);
+        let m = Mapping::build(&before, &new, &using, &[("id".into(), "integer".into())]).unwrap();
+        let e = m.reverse(&old, &new).unwrap_err();
         assert!(e.to_string().contains("USING"), "{e}");
     }
 }

@@ -13,4 +13,4 @@ pub mod statistics;
 
 pub(crate) use create::grant_statements;
 pub use create::{create, rebuild_deferred, temp_name, trial, trial_with_dependents, Deferred, Ghost, Trial};
-pub use mapping::Mapping;
+pub use mapping::{CastBack, Mapping, Reverse};

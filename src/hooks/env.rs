@@ -4,7 +4,7 @@
 //! names of the objects after inspection, a progress snapshot, the error at the end);
 //! [`HookEnv::vars`] turns it into variables for one event. A variable is set only where it
 //! applies: `PG_GHOST_STATUS` for `on-status`, `PG_GHOST_COMMAND` for
-//! `on-interactive-command`, `PG_GHOST_ERROR` for `on-failure`, and values the run does not
+//! `on-interactive-command`, `PG_GHOST_ERROR` for `on-failure` and `on-revert-impossible`, and values the run does not
 //! know yet are left out rather than set to a made-up value.
 
 use super::HookEvent;
@@ -145,7 +145,8 @@ impl HookEnv {
         if let Some(command) = only_for(HookEvent::InteractiveCommand, &self.command) {
             vars.push(("PG_GHOST_COMMAND", command));
         }
-        if let Some(error) = only_for(HookEvent::Failure, &self.error) {
+        let error_event = matches!(event, HookEvent::Failure | HookEvent::RevertImpossible);
+        if let Some(error) = self.error.clone().filter(|_| error_event) {
             vars.push(("PG_GHOST_ERROR", error));
         }
         vars
@@ -275,7 +276,7 @@ mod tests {
             let vars = env.vars(event);
             assert_eq!(get(&vars, "PG_GHOST_STATUS").is_some(), event == HookEvent::Status, "{event}");
             assert_eq!(get(&vars, "PG_GHOST_COMMAND").is_some(), event == HookEvent::InteractiveCommand, "{event}");
-            assert_eq!(get(&vars, "PG_GHOST_ERROR").is_some(), event == HookEvent::Failure, "{event}");
+            assert_eq!(get(&vars, "PG_GHOST_ERROR").is_some(), matches!(event, HookEvent::Failure | HookEvent::RevertImpossible), "{event}");
         }
         assert_eq!(get(&env.vars(HookEvent::Failure), "PG_GHOST_ERROR"), Some("boom"));
     }

@@ -56,12 +56,15 @@ pub enum HookEvent {
     BeginPostponed,
     /// The swap is about to be attempted; a failing hook prevents it.
     BeforeCutOver,
+    /// In the revert window, a row of the new table cannot be written back to the old one:
+    /// the window ends, the new table stays (`PG_GHOST_ERROR` names the key).
+    RevertImpossible,
     Success,
     Failure,
 }
 
 impl HookEvent {
-    pub const ALL: [HookEvent; 11] = [
+    pub const ALL: [HookEvent; 12] = [
         HookEvent::Startup,
         HookEvent::Validated,
         HookEvent::RowCountComplete,
@@ -71,6 +74,7 @@ impl HookEvent {
         HookEvent::InteractiveCommand,
         HookEvent::BeginPostponed,
         HookEvent::BeforeCutOver,
+        HookEvent::RevertImpossible,
         HookEvent::Success,
         HookEvent::Failure,
     ];
@@ -86,6 +90,7 @@ impl HookEvent {
             HookEvent::InteractiveCommand => "interactive-command",
             HookEvent::BeginPostponed => "begin-postponed",
             HookEvent::BeforeCutOver => "before-cut-over",
+            HookEvent::RevertImpossible => "revert-impossible",
             HookEvent::Success => "success",
             HookEvent::Failure => "failure",
         }

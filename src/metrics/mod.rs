@@ -188,7 +188,8 @@ impl Collector for Snapshot {
             "The largest replay lag of the replicas given with --throttle-control-replicas (the status line's Lag, in seconds).",
             p.lag.map(|d| d.as_secs_f64()),
         )?;
-        out.gauge_if("slot_retained_wal_bytes", "WAL the run's replication slot retains on the server.", p.slot_retained_wal)?;
+        out.gauge_if("slot_retained_wal_bytes", "WAL the run's replication slot retains on the server (in the revert window: the reverse slot).", p.slot_retained_wal)?;
+        out.gauge_if("revert_window_old_table_bytes", "In the revert window: the size of the old table kept current for a revert.", p.old_table_bytes)?;
         out.gauge("throttled", "1 while the copy is throttled, 0 otherwise.", i64::from(p.throttle_reason.is_some()))?;
         out.family(
             "throttle_cause",

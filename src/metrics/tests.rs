@@ -13,6 +13,7 @@ fn snapshot() -> Snapshot {
         lag_bytes: Some(4096),
         stream_lag: Some(Duration::from_secs(2)),
         slot_retained_wal: Some(1 << 20),
+        old_table_bytes: Some(8192),
         throttle_reason: Some("throttle flag file /tmp/x exists".into()),
         throttle_cause: Some(Cause::FlagFile),
         ..Progress::new(Phase::Copy)
@@ -81,6 +82,7 @@ fn values_come_from_the_snapshot() {
         ("pg_ghost_stream_lag_bytes", 4096.0),
         ("pg_ghost_stream_lag_seconds", 2.0),
         ("pg_ghost_slot_retained_wal_bytes", 1_048_576.0),
+        ("pg_ghost_revert_window_old_table_bytes", 8192.0),
         ("pg_ghost_throttled", 1.0),
         ("pg_ghost_checksum_ranges_total", 3.0),
         ("pg_ghost_checksum_rows_total", 900.0),
@@ -124,6 +126,7 @@ fn unknown_values_are_left_out_not_zero() {
         "pg_ghost_stream_lag_seconds",
         "pg_ghost_replica_lag_seconds",
         "pg_ghost_slot_retained_wal_bytes",
+        "pg_ghost_revert_window_old_table_bytes",
         "pg_ghost_cutover_lock_wait_seconds",
         "pg_ghost_cutover_lock_held_seconds",
         "pg_ghost_reconnects_total",

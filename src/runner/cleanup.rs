@@ -1,6 +1,7 @@
 //! `pg-ghost cleanup`: removes what a run that died left behind (slot, publication, ghost
 //! and changelog tables), for the table as it is now and for its old table after a
-//! cut-over that committed but did not finish cleaning up. It never touches the original.
+//! cut-over that committed but did not finish cleaning up, and a revert window's reverse slot
+//! and publication (which ends the window; both tables stay). It never touches the original.
 
 use crate::config::CleanupConfig;
 use crate::error::{Error, ErrorKind, Result};
@@ -18,10 +19,18 @@ pub async fn cleanup(cfg: CleanupConfig) -> Result<()> {
         .await?
         .try_get(0)?;
     let names = Names::for_table(&table, oid);
-    let mut stream_names = vec![names.slot.clone()];
+    let mut stream_names = vec![names.slot.clone(), names.reverse.clone()];
     // After a committed cut-over the original lives on as the old table, under its old OID.
     if let Some(old_oid) = oid_of(&client, &names.old.sql()).await? {
-        stream_names.push(Names::for_table(&table, old_oid).slot);
+        let old = Names::for_table(&table, old_oid);
+        stream_names.extend([old.slot, old.reverse]);
+    }
+    // A revert window's stream, named after the original's OID, is recorded in the changelog
+    // (the old table may carry a timestamped name). Removing it ends the window.
+    if let Some(reverse) = crate::runner::window::recorded_slot(&client, &names.changelog).await? {
+        if !stream_names.contains(&reverse) {
+            stream_names.push(reverse);
+        }
     }
     for name in &stream_names {
         if let Some(pid) = slot::slot_info(&client, name).await?.and_then(|s| s.active_pid) {

@@ -27,6 +27,8 @@ pub struct Controls {
     pub cut_over_locked: watch::Sender<bool>,
     /// `unpostpone` from the socket.
     pub unpostpone: Arc<Notify>,
+    /// `revert` (true) or `finalize` (false) from the socket, in the revert window.
+    pub window: Arc<watch::Sender<Option<bool>>>,
     pub progress: watch::Sender<Progress>,
     /// Asks the status task for a fresh progress snapshot (hooks must not see a stale one).
     pub refresh: Arc<Notify>,
@@ -53,6 +55,7 @@ impl Controls {
             overrides,
             cut_over_locked,
             unpostpone: Arc::new(Notify::new()),
+            window: Arc::new(watch::channel(None).0),
             progress,
             refresh: Arc::new(Notify::new()),
             refreshing: false,
@@ -119,6 +122,7 @@ impl Controls {
         let carry_out = EventHandler {
             overrides: self.overrides_tx.clone(),
             unpostpone: self.unpostpone.clone(),
+            window: self.window.clone(),
             abort,
             hooks: self.hooks.clone(),
             env: self.env.clone(),
@@ -179,6 +183,7 @@ impl Hooks for OneAtATime {
 struct EventHandler {
     overrides: Arc<watch::Sender<Override>>,
     unpostpone: Arc<Notify>,
+    window: Arc<watch::Sender<Option<bool>>>,
     abort: Arc<watch::Sender<Option<String>>>,
     hooks: Arc<dyn Hooks>,
     env: Arc<Mutex<HookEnv>>,
@@ -195,6 +200,12 @@ impl EventHandler {
                     self.overrides.send_replace(Override::None);
                 }
                 ControlEvent::Unpostpone => self.unpostpone.notify_one(),
+                ControlEvent::Revert => {
+                    self.window.send_replace(Some(true));
+                }
+                ControlEvent::Finalize => {
+                    self.window.send_replace(Some(false));
+                }
                 ControlEvent::Panic => {
                     tracing::error!("panic command on the control socket");
                     self.abort.send_replace(Some("panic command on the control socket".into()));

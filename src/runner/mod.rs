@@ -17,9 +17,11 @@ mod replication;
 mod resume;
 mod status;
 mod watchers;
+pub(crate) mod window;
 
 pub use cleanup::cleanup;
 pub use replica::ReplicaReport;
+pub use window::{request as window_request, Request as WindowRequest};
 
 use crate::alter;
 use crate::config::Config;
@@ -65,6 +67,9 @@ pub enum Outcome {
     ReplicaTested(ReplicaReport),
     /// The direct way: the table itself changed, step by step, without a copy.
     Direct { steps: usize, attempts: u32 },
+    /// `--revertible-for`: the swap committed, then `pg-ghost revert` swapped the original
+    /// back, with every write made in the window.
+    Reverted,
 }
 
 /// The way a run takes, with what each needs to go on. Made once per run: the size of its
@@ -103,6 +108,8 @@ struct Created {
     ghost: bool,
     publication: bool,
     slot: bool,
+    /// The revert window's publication and slot (`Names::reverse`).
+    reverse: bool,
 }
 
 struct Run {
@@ -124,6 +131,10 @@ struct Run {
     history: History,
     /// Materialized views built on the ghost for the cut-over.
     materialized: Vec<materialized::Built>,
+    /// The marker the swap emits for the revert window (`--revertible-for`).
+    window_marker: Option<String>,
+    /// Keep the old table whatever `--ok-to-drop-table` says (the revert turned impossible).
+    keep_old_table: bool,
 }
 
 pub async fn run(cfg: Config) -> Result<Outcome> {
@@ -165,6 +176,8 @@ pub async fn run(cfg: Config) -> Result<Outcome> {
         data_checks: None,
         history,
         materialized: Vec::new(),
+        window_marker: None,
+        keep_old_table: false,
     };
     let mut background = None;
     let result = run.phases(&mut background, phase_rx).await;
@@ -208,8 +221,9 @@ impl Run {
     /// and no clause rewrites the table; else the ghost way, with why when `auto` chose it.
     async fn choose(&self, table: &QualifiedName, partitioned: bool) -> Result<Choice> {
         use crate::cli::StrategyArg;
-        // A resumed run continues a ghost; --test-on-replica tests a swap.
-        if self.cfg.strategy == StrategyArg::Ghost || self.cfg.test_on_replica.is_some() || self.cfg.resume {
+        // A resumed run continues a ghost; --test-on-replica tests a swap; a revert window
+        // needs the ghost (the direct way leaves no old table to go back to).
+        if self.cfg.strategy == StrategyArg::Ghost || self.cfg.test_on_replica.is_some() || self.cfg.resume || self.cfg.revertible_for.is_some() {
             return Ok(Choice::Ghost(None));
         }
         // The direct way's steps (CREATE INDEX CONCURRENTLY, foreign keys added NOT VALID)
@@ -391,7 +405,14 @@ impl Run {
         let resumed = match found {
             None => None,
             Some(resume::Found::Continue(r)) => Some(r),
-            Some(resume::Found::SwapCommitted { names, .. }) => return Ok(self.finish_committed_swap(&info, names)),
+            Some(resume::Found::SwapCommitted { names, .. }) => {
+                if self.cfg.revertible_for.is_some() && window::was_open(&self.client, &names).await? {
+                    self.controls.update_env(|env| env.resolved(&info.name, &names));
+                    self.controls.serve(&self.cfg, &info.name, &names, false, self.phase.subscribe(), self.abort_tx.clone())?;
+                    return self.resume_window(&info, names, background).await;
+                }
+                return Ok(self.finish_committed_swap(&info, names));
+            }
         };
         let names = Names::for_table(&info.name, info.oid);
         self.names = Some(names.clone());
@@ -409,12 +430,17 @@ impl Run {
         let (ghost, copy) = match resumed {
             Some(r) => {
                 // The earlier run's objects are this run's now: cleanup treats them alike.
-                self.created = Created { changelog: true, ghost: true, publication: true, slot: true };
+                self.created = Created { changelog: true, ghost: true, publication: true, slot: true, reverse: false };
                 let copy = if r.copy_done { CopyFrom::Done } else { CopyFrom::After(r.copy_after) };
                 (r.ghost, copy)
             }
             None => (self.prepare(&info, &names).await?, CopyFrom::Fresh),
         };
+        if self.cfg.revertible_for.is_some() {
+            // Refused before the copy: a change with no way back.
+            let new_columns = inspect::columns(&self.client, ghost.oid).await?;
+            ghost.mapping.reverse(&info.columns, &new_columns)?;
+        }
 
         self.enter(Phase::Stream);
         if !self.created.publication {
@@ -469,7 +495,10 @@ impl Run {
         let result = self.stream_and_swap(&info, &names, &ghost, copy, &repl, bg, progress, gate).await;
         status.abort();
         self.controls.refreshing = false;
-        result
+        match (result, self.cfg.revertible_for, self.window_marker.clone()) {
+            (Ok(Outcome::CutOver), Some(length), Some(marker)) => self.revert_window(&info, &names, &ghost, background, length, &marker).await,
+            (result, _, _) => result,
+        }
     }
 
     /// Fires a hook under the guard, so that an abort does not wait for a hanging hook.
@@ -493,7 +522,13 @@ impl Run {
             )));
         }
         // The ALTER is read before anything is created, so a malformed one changes nothing.
-        alter::plan(&self.cfg.alter, &names.ghost, &HashMap::new())?;
+        let planned = alter::plan(&self.cfg.alter, &names.ghost, &HashMap::new())?;
+        if let (Some(_), Some(column)) = (self.cfg.revertible_for, planned.using.keys().min()) {
+            return Err(Error::refused(format!(
+                "--revertible-for: the ALTER rewrites column {} with USING, which has no way back; revert windows take type changes without USING only",
+                crate::sql::ident(column)
+            )));
+        }
         // What both ways need, before the plan reads the table.
         let server = inspect::preflight_shared(&self.client, &described.name, described.oid, &described.owner).await?;
         let why_ghost = match self.choose(&described.name, described.partitioned).await? {
@@ -511,6 +546,14 @@ impl Run {
             _ => e,
         };
         let info = described.keyed.map_err(ghost_needs)?;
+        // Killed after a revert's swap back committed: the table is the original again, and
+        // there is nothing to resume (the change is what the DBA went back from).
+        if self.cfg.resume && window::was_reverted(&self.client, &names).await? {
+            return Err(Error::refused(format!(
+                "the earlier run on {} was reverted (its swap back committed): there is nothing to resume; `pg-ghost cleanup --table {}` removes what it left",
+                info.name, info.name
+            )));
+        }
         let found = match self.cfg.resume {
             true => Some(resume::load(&self.client, &self.cfg, &info).await?),
             false => None,
@@ -589,6 +632,18 @@ impl Run {
         let refusals = dependents::refusals(&deps, &info.name, &changes, role);
         if !refusals.is_empty() {
             return Err(Error::refused(refusals.join("; ")));
+        }
+        if self.cfg.revertible_for.is_some() {
+            window::refuse_lossy_write_back(&self.client, info, &changes.dropped).await?;
+            window::refuse_identity_always(info)?;
+        }
+        if self.cfg.revertible_for.is_some() && deps.count() > 0 {
+            return Err(Error::refused(format!(
+                "--revertible-for: {} has {} dependent object(s) (views, foreign keys, triggers, rules, policies, publications or functions) that the swap moves to the new table; \
+                 moving them back at a revert is not supported yet, so the revert window is refused (run without --revertible-for)",
+                info.name,
+                deps.count()
+            )));
         }
         if deps.count() > 0 {
             tracing::info!(
@@ -682,8 +737,11 @@ impl Run {
             "resuming the earlier run: its cut-over had committed, {} has the new definition; removing its slot, publication and changelog",
             info.name
         );
+        // A revert window the earlier run had open ends here: its reverse slot and publication
+        // go too (dropping what is not there is a no-op). Both tables stay.
+        tracing::info!(slot = %names.reverse, "a revert window the earlier run had open ends: its reverse slot is dropped, the new table keeps the name");
         self.names = Some(names);
-        self.created = Created { changelog: true, ghost: false, publication: true, slot: true };
+        self.created = Created { changelog: true, ghost: false, publication: true, slot: true, reverse: true };
         Outcome::CutOver
     }
 
@@ -849,7 +907,15 @@ impl Run {
             env.old_table = Some(old_table.clone());
             env
         });
-        let cut_over = self.cut_over(info, ghost, &old_table, repl, false);
+        if self.cfg.revertible_for.is_some() {
+            let mut abort = self.abort.clone();
+            let marker = guard(self.open_window(names, info, ghost), &mut abort, Some(&mut *bg)).await?;
+            self.window_marker = Some(marker);
+        }
+        let mut cut_over = self.cut_over(info, ghost, &old_table, repl, false);
+        if let Some(marker) = &self.window_marker {
+            cut_over.window = crate::cutover::Window::Open { changelog: &names.changelog, marker };
+        }
         self.controls.cut_over_locked.send_replace(true);
         let report = guard(cut_over.run(), &mut self.abort.clone(), Some(&mut *bg)).await;
         self.controls.cut_over_locked.send_replace(false);
@@ -950,6 +1016,7 @@ impl Run {
             swap_back,
             tally: &self.cut_over_tally,
             materialized: &self.materialized,
+            window: crate::cutover::Window::None,
         }
     }
 
@@ -1034,6 +1101,10 @@ impl Run {
         if self.created.slot {
             note("slot", slot::drop_slot(&self.client, &names.slot, &backoff).await.map(|_| ()));
         }
+        if self.created.reverse {
+            note("reverse slot", slot::drop_slot(&self.client, &names.reverse, &backoff).await.map(|_| ()));
+            note("reverse publication", slot::drop_publication(&self.client, &names.reverse).await);
+        }
         if self.created.publication {
             note("publication", slot::drop_publication(&self.client, &names.publication).await);
         }
@@ -1043,7 +1114,7 @@ impl Run {
         if self.created.ghost && self.old_table.is_none() && !self.keeps_ghost() {
             note("ghost table", drop_ghost(&self.client, &names.ghost).await);
         }
-        if let (Some(old), true) = (&self.old_table, self.cfg.cut_over.ok_to_drop_table) {
+        if let (Some(old), true) = (&self.old_table, self.cfg.cut_over.ok_to_drop_table && !self.keep_old_table) {
             note("old table", drop_table(&self.client, &names.old.sibling(old.clone())).await);
         }
         failed
@@ -1057,6 +1128,7 @@ fn history_outcome(outcome: &Outcome) -> history::Outcome {
         Outcome::DryRunComplete => history::Outcome::DryRun,
         Outcome::ReplicaTested(_) => history::Outcome::ReplicaTest,
         Outcome::Direct { .. } => history::Outcome::Success,
+        Outcome::Reverted => history::Outcome::Success,
     }
 }
 

@@ -113,50 +113,98 @@ pub struct Background {
     writer_task: Option<JoinHandle<Result<()>>>,
     throttle: Option<JoinHandle<Result<()>>>,
     slot: String,
+    /// The first failure found, kept across cancelled calls of [`Background::failed`].
+    failure: Option<Error>,
+    /// The pump ended without an error of its own (its apply loop had gone away).
+    pump_stopped_cleanly: bool,
 }
 
 impl Replication {
     /// `fresh_copy`: an empty ghost's copy follows; flushes wait until it has planned its ranges.
     pub async fn start(conn: &ConnInfo, names: &Names, orig: &TableInfo, ghost: &Ghost, fresh_copy: bool) -> Result<(Replication, Background)> {
-        let mut options = StreamOptions::new([names.publication.clone()]);
+        let flush = FlushSql::new(&orig.name, &ghost.name, &ghost.mapping);
+        let recorded = flush.clone().recording_in(&names.changelog);
+        let stream = Stream { slot: &names.slot, publication: &names.publication, extractor: extractor_for(orig), flush, recorded, fresh_copy };
+        Self::start_stream(conn, stream, ghost).await
+    }
+
+    /// The revert window's reverse stream: the changes of `new` (the table that now carries
+    /// the name) applied to `old` (the original, as a [`Ghost`] with the reverse mapping),
+    /// through the slot and publication created before the swap. Every transaction that
+    /// committed up to `through` (the position of the swap's `marker`) and the swap's own are
+    /// skipped: those are pg-ghost's own writes to the ghost. Flushes check that each value survives the cast back (`cast_back`).
+    pub async fn start_reverse(
+        conn: &ConnInfo,
+        slot: &str,
+        publication: &str,
+        (through, marker): (Lsn, &str),
+        new: &TableInfo,
+        old: &Ghost,
+        cast_back: &[crate::ghost::CastBack],
+    ) -> Result<(Replication, Background)> {
+        let flush = FlushSql::new(&new.name, &old.name, &old.mapping).checking_cast_back(&new.name, &old.mapping, cast_back);
+        let extractor = extractor_for(new).skipping_through(through, marker.to_string());
+        let stream = Stream { slot, publication, extractor, recorded: flush.clone(), flush, fresh_copy: false };
+        Self::start_stream(conn, stream, old).await
+    }
+
+    async fn start_stream(conn: &ConnInfo, s: Stream<'_>, ghost: &Ghost) -> Result<(Replication, Background)> {
+        let mut options = StreamOptions::new([s.publication.to_string()]);
         options.proto_version = ProtoVersion::V2;
         options.streaming = true;
-        let source = Source::new(conn.with_application_name("pg-ghost stream"), names.slot.clone(), options);
+        let source = Source::new(conn.with_application_name("pg-ghost stream"), s.slot.to_string(), options);
         let stream = source.open().await?;
         let acks = Acks::new(stream.feedback());
-        let expected = orig
-            .columns
-            .iter()
-            .filter(|c| !c.generated)
-            .map(|c| ExpectedColumn { name: c.name.clone(), type_oid: c.type_oid })
-            .collect();
-        let extractor = ChangeExtractor::new(orig.oid, expected, orig.key.columns.clone());
         let (items_tx, items_rx) = mpsc::channel(1024);
         let positions = Arc::new(StreamPositions::default());
         let (stop_tx, stop_rx) = oneshot::channel();
         let release = Arc::new(Notify::new());
         let apply_session = Session::connect(conn.with_application_name("pg-ghost apply")).await?.tell_when_unreachable(release.clone());
         let ack = acks.acker();
-        let pump = Pump { source, acks, extractor, items: items_tx, positions: positions.clone(), release };
+        let pump = Pump { source, acks, extractor: s.extractor, items: items_tx, positions: positions.clone(), release };
         let pump = tokio::spawn(pump.run(stream, stop_rx));
         let inflight = InFlight::new();
-        if fresh_copy {
+        if s.fresh_copy {
             inflight.expect_copy();
         }
-        let flush = FlushSql::new(&orig.name, &ghost.name, &ghost.mapping);
-        let recorded_flush = flush.clone().recording_in(&names.changelog);
+        let flush = s.flush;
         flush.choose_strategy(apply_session.client(), ghost.oid, &ghost.mapping.key_ghost).await?;
-        let (writer, writer_task) = Writer::spawn(apply_session, recorded_flush, inflight.clone(), ack, items_rx);
+        let (writer, writer_task) = Writer::spawn(apply_session, s.recorded, inflight.clone(), ack, items_rx);
         let background = Background {
             writer: writer.clone(),
             stop_pump: Some(stop_tx),
             pump: Some(pump),
             writer_task: Some(writer_task),
             throttle: None,
-            slot: names.slot.clone(),
+            slot: s.slot.to_string(),
+            failure: None,
+            pump_stopped_cleanly: false,
         };
         Ok((Replication { writer, inflight, positions, flush }, background))
     }
+}
+
+/// One stream and its apply loop, as [`Replication::start_stream`] starts them.
+struct Stream<'a> {
+    slot: &'a str,
+    publication: &'a str,
+    extractor: ChangeExtractor,
+    /// The flush the cut-over runs under its lock, and the one the apply loop runs (which may
+    /// also record the applied LSN); clones of one another.
+    flush: FlushSql,
+    recorded: FlushSql,
+    fresh_copy: bool,
+}
+
+/// Keys and changes of `table` as pgoutput describes them.
+fn extractor_for(table: &TableInfo) -> ChangeExtractor {
+    let expected = table
+        .columns
+        .iter()
+        .filter(|c| !c.generated)
+        .map(|c| ExpectedColumn { name: c.name.clone(), type_oid: c.type_oid })
+        .collect();
+    ChangeExtractor::new(table.oid, expected, table.key.columns.clone())
 }
 
 impl Background {
@@ -168,20 +216,38 @@ impl Background {
     /// Resolves with the error of whichever background task ended first; never resolves
     /// while all of them run. When the stream fails, the apply loop fails right after it
     /// (its input closed): the stream's error, which says why, is the one reported.
+    ///
+    /// Cancel-safe: a caller that polls it in a `select!` with other branches may drop it at
+    /// any await; the failure found is kept for the next call.
     pub async fn failed(&mut self) -> Error {
-        let first = self.first_failure().await;
+        if self.failure.is_none() {
+            let first = self.first_failure().await;
+            self.failure = Some(first);
+        }
         if self.writer_task.is_none() {
             if let Some(pump) = self.pump.as_mut() {
                 if let Ok(ended) = tokio::time::timeout(Duration::from_secs(2), pump).await {
                     // A finished task is polled no more.
                     self.pump = None;
                     if let Ok(Err(cause)) = ended {
+                        self.failure = None;
+                        return cause;
+                    }
+                }
+            }
+        } else if self.pump.is_none() && self.pump_stopped_cleanly {
+            // The pump ends cleanly when the apply loop went away: the loop's error says why.
+            if let Some(writer) = self.writer_task.as_mut() {
+                if let Ok(ended) = tokio::time::timeout(Duration::from_secs(2), writer).await {
+                    self.writer_task = None;
+                    if let Ok(Err(cause)) = ended {
+                        self.failure = None;
                         return cause;
                     }
                 }
             }
         }
-        first
+        self.failure.take().unwrap_or_else(|| Error::internal("a background task failure was reported twice"))
     }
 
     async fn first_failure(&mut self) -> Error {
@@ -190,7 +256,10 @@ impl Background {
             r = async { self.pump.as_mut().expect("guarded by the branch condition").await }, if self.pump.is_some() => {
                 self.pump = None;
                 match r {
-                    Ok(Ok(_)) => Error::new(ErrorKind::Connection, "the replication stream stopped"),
+                    Ok(Ok(_)) => {
+                        self.pump_stopped_cleanly = true;
+                        Error::new(ErrorKind::Connection, "the replication stream stopped")
+                    }
                     Ok(Err(e)) => e,
                     Err(e) => Error::internal(format!("the stream task failed: {e}")),
                 }

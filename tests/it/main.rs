@@ -33,6 +33,7 @@ mod reconnect;
 mod replication;
 mod run_faults;
 mod resume;
+mod revert;
 mod run_refusals;
 mod scenarios;
 mod smoke;

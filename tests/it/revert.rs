@@ -1,0 +1,475 @@
+//! The revert window (`--revertible-for`): after the swap the old table is kept current by a
+//! reverse stream, `pg-ghost revert` swaps it back losing nothing, `pg-ghost finalize` ends
+//! the window, and a value the old table cannot take makes the revert impossible, loudly.
+
+use crate::binary;
+use crate::harness::{Cluster, TestDb};
+use crate::oracle::*;
+use std::os::unix::fs::PermissionsExt;
+use std::process::Output;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio_postgres::Client;
+
+/// Starts `pg-ghost run` in the background; its output once it ends.
+fn spawn_run(db: &TestDb<'_>, args: &[&str]) -> JoinHandle<Output> {
+    let mut cmd = binary::command(db, "run", args);
+    tokio::spawn(async move { cmd.output().await.expect("start pg-ghost") })
+}
+
+/// Waits until the run's changelog says the revert window is open (or the run ended).
+async fn wait_for_window(client: &Client, table: &str, run: &mut JoinHandle<Output>) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    loop {
+        if binary::changelog_value(client, table, "state").await.as_deref() == Some("revert-window") {
+            return;
+        }
+        if run.is_finished() {
+            let out = run.await.expect("pg-ghost task");
+            panic!("pg-ghost ended ({}) before its revert window opened:\n{}", out.status, binary::stderr(&out));
+        }
+        assert!(std::time::Instant::now() < deadline, "the revert window did not open within 180 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn finish(run: JoinHandle<Output>) -> Output {
+    tokio::time::timeout(Duration::from_secs(120), run).await.expect("pg-ghost did not end").expect("pg-ghost task")
+}
+
+/// Replication slots left in the test's database, by name.
+async fn slots(client: &Client) -> Vec<String> {
+    client
+        .query("SELECT slot_name::text FROM pg_replication_slots WHERE database = current_database()", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+async fn wait_until(client: &Client, what: &str, sql: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !client.query_one(sql, &[]).await.unwrap().get::<_, bool>(0) {
+        assert!(std::time::Instant::now() < deadline, "{what}: not seen within 60 s ({sql})");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revert_under_load_gives_back_the_original_with_every_write() {
+    let db = Cluster::primary().fresh_db("revert_load");
+    let table = OracleTable::create(&db, "orders", KeyKind::Identity, 3_000).await;
+    let before = WholeSchema::take(&db).await;
+    let workload = Workload::start(&db, &table, WorkloadOptions::new(3).rate(Some(80))).await;
+    workload.wait_for_more_commits(30, Duration::from_secs(30)).await;
+
+    let alter = "ALTER COLUMN n TYPE bigint, ADD COLUMN flag boolean NOT NULL DEFAULT true";
+    let mut run = spawn_run(
+        &db,
+        &["--table", "orders", "--alter", alter, "--execute", "--revertible-for", "10m", "--chunk-size", "500", "--ok-to-drop-table", "--status-interval", "1s"],
+    );
+    let client = db.client().await;
+    wait_for_window(&client, "orders", &mut run).await;
+    // The application keeps writing to the new table during the window.
+    let after_swap = workload.committed_after_swap();
+    while workload.committed_after_swap() < after_swap + 60 {
+        assert!(!run.is_finished(), "pg-ghost ended during its window");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let revert = binary::command(&db, "revert", &["--table", "orders"]).output().await.expect("start pg-ghost revert");
+    binary::assert_success(&revert);
+    let out = finish(run).await;
+    binary::assert_success(&out);
+    // And on the original, once it is back.
+    workload.wait_for_more_commits(30, Duration::from_secs(30)).await;
+    let report = workload.stop().await;
+    assert!(report.errors.is_empty(), "workload errors (seed {}): {:#?}", report.seed, report.errors);
+    assert!(report.committed_after_swap_by_op.get("insert").copied().unwrap_or(0) > 0, "no inserts in the window: {report:?}");
+
+    table.assert_matches_control(&client, &table.projection()).await;
+    assert_sequences_ahead(&client, &table.qualified()).await;
+    let twin = before.twin_after_plain_sql(&db, "SELECT 1").await;
+    assert_whole_schema_equal(&db, &twin, "after a revert, the database is as before the run").await;
+    assert_eq!(slots(&client).await, Vec::<String>::new(), "replication slots left behind");
+    assert_no_slots_or_publications(&client).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finalize_ends_the_window_and_drops_the_reverse_slot() {
+    let db = Cluster::primary().fresh_db("revert_finalize");
+    binary::narrow_table(&db, "items", 2_000);
+    let mut run = spawn_run(&db, &["--table", "items", "--alter", "DROP COLUMN pad, ADD COLUMN note text DEFAULT 'x'", "--execute", "--revertible-for", "10m"]);
+    let client = db.client().await;
+    wait_for_window(&client, "items", &mut run).await;
+
+    // Writes to the new table reach the old one in its old shape: the dropped column keeps
+    // its value on an existing row and takes its default (NULL) on a new one.
+    client
+        .batch_execute(
+            "UPDATE items SET n = -7, note = 'changed' WHERE id = 3;
+             INSERT INTO items (id, n, note) VALUES (900001, 42, 'new');
+             DELETE FROM items WHERE id = 5;",
+        )
+        .await
+        .unwrap();
+    wait_until(
+        &client,
+        "the window's writes on the old table",
+        "SELECT (SELECT n FROM _items_del WHERE id = 3) = -7
+            AND EXISTS (SELECT 1 FROM _items_del WHERE id = 900001)
+            AND NOT EXISTS (SELECT 1 FROM _items_del WHERE id = 5)",
+    )
+    .await;
+    let rows = client.query("SELECT id, n, pad FROM _items_del WHERE id IN (3, 900001) ORDER BY id", &[]).await.unwrap();
+    let got: Vec<(i64, i32, Option<String>)> = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
+    let pad_3: String = client.query_one("SELECT pad FROM items_before WHERE id = 3", &[]).await.unwrap().get(0);
+    assert_eq!(got, vec![(3, -7, Some(pad_3)), (900001, 42, None)]);
+    // Row for row, the old table is the new one in the old shape (the dropped column aside).
+    let diff = compare_rows(&client, "SELECT id, n FROM _items_del", "SELECT id, n::int FROM items").await;
+    assert!(diff.is_empty(), "{diff:?}");
+
+    let finalize = binary::command(&db, "finalize", &["--table", "items"]).output().await.expect("start pg-ghost finalize");
+    binary::assert_success(&finalize);
+    let out = finish(run).await;
+    binary::assert_success(&out);
+    // What the window costs is said on its status line.
+    let log = binary::stderr(&out);
+    let line = log.lines().find(|l| l.contains("(revert window); the old table")).unwrap_or_else(|| panic!("no window status line:\n{log}"));
+    assert!(line.contains("retained_wal_bytes=") && line.contains("old_table_bytes="), "{line}");
+    assert_eq!(slots(&client).await, Vec::<String>::new(), "replication slots left behind");
+    assert_no_slots_or_publications(&client).await;
+    // The new table stays; the old one is kept (no --ok-to-drop-table); the changelog is gone.
+    let kept: Vec<Option<String>> = client
+        .query_one("SELECT to_regclass('items')::text, to_regclass('_items_del')::text, to_regclass('_items_ghc')::text", &[])
+        .await
+        .map(|r| vec![r.get(0), r.get(1), r.get(2)])
+        .unwrap();
+    assert_eq!(kept, vec![Some("items".to_string()), Some("_items_del".to_string()), None]);
+    let revert = binary::command(&db, "revert", &["--table", "items"]).output().await.unwrap();
+    binary::assert_failure(&revert, 3, "no revert window is open");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_the_old_type_cannot_hold_makes_the_revert_impossible() {
+    let db = Cluster::primary().fresh_db("revert_impossible");
+    binary::narrow_table(&db, "wide", 1_000);
+    let dir = tempfile::tempdir().unwrap();
+    let said = dir.path().join("said");
+    let hook = dir.path().join("pg-ghost-on-revert-impossible");
+    std::fs::write(&hook, format!("#!/bin/sh\nprintf '%s' \"$PG_GHOST_ERROR\" > '{}'\n", said.display())).unwrap();
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let hooks = dir.path().to_str().unwrap().to_string();
+    let mut run = spawn_run(
+        &db,
+        &["--table", "wide", "--alter", "ALTER COLUMN n TYPE bigint", "--execute", "--revertible-for", "10m", "--ok-to-drop-table", "--hooks-path", &hooks],
+    );
+    let client = db.client().await;
+    wait_for_window(&client, "wide", &mut run).await;
+    client.batch_execute("UPDATE wide SET n = 5000000000 WHERE id = 7; UPDATE wide SET n = 12 WHERE id = 8").await.unwrap();
+
+    // The window ends on its own, saying why and naming the key.
+    let out = finish(run).await;
+    binary::assert_success(&out);
+    let log = binary::stderr(&out);
+    assert!(log.contains("REVERT IMPOSSIBLE"), "{log}");
+    assert!(log.contains("(\"id\")=(7)"), "the key is not named:\n{log}");
+    let hook_said = std::fs::read_to_string(&said).expect("the on-revert-impossible hook did not run");
+    assert!(hook_said.contains("(\"id\")=(7)"), "{hook_said}");
+
+    // The new table keeps the value; the old table is kept despite --ok-to-drop-table, its
+    // row 7 untouched (nothing truncated), and no slot is left.
+    let n: i64 = client.query_one("SELECT n FROM wide WHERE id = 7", &[]).await.unwrap().get(0);
+    assert_eq!(n, 5_000_000_000);
+    let old: (i32, i32) = client
+        .query_one("SELECT (SELECT n FROM _wide_del WHERE id = 7), (SELECT n FROM wide_before WHERE id = 7)", &[])
+        .await
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert_eq!(old.0, old.1, "the old table's row 7 changed");
+    assert_eq!(slots(&client).await, Vec::<String>::new(), "replication slots left behind");
+    assert_no_slots_or_publications(&client).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_the_window_cannot_serve_is_refused_up_front() {
+    let db = Cluster::primary().fresh_db("revert_refused");
+    binary::narrow_table(&db, "viewed", 100);
+    binary::narrow_table(&db, "typed", 100);
+    binary::narrow_table(&db, "unique2", 100);
+    db.psql("ALTER TABLE unique2 ADD UNIQUE (n)");
+    db.psql("CREATE TABLE numbered (id int PRIMARY KEY, seq bigint GENERATED ALWAYS AS IDENTITY)");
+    db.psql("CREATE VIEW viewed_v AS SELECT id, n FROM viewed");
+    let client = db.client().await;
+    let before = CatalogSnapshot::take(&client).await;
+    let out = binary::run(&db, &["--table", "viewed", "--alter", "ADD COLUMN x int", "--execute", "--revertible-for", "1h"]).await;
+    binary::assert_failure(&out, 3, "--revertible-for");
+    assert!(binary::stderr(&out).contains("dependent"), "{}", binary::stderr(&out));
+    let out = binary::run(&db, &["--table", "typed", "--alter", "ALTER COLUMN pad TYPE int USING length(pad)", "--execute", "--revertible-for", "1h"]).await;
+    binary::assert_failure(&out, 3, "USING");
+    // A dropped column with another unique index: the old table could not keep its values.
+    let out = binary::run(&db, &["--table", "unique2", "--alter", "DROP COLUMN pad", "--execute", "--revertible-for", "1h"]).await;
+    binary::assert_failure(&out, 3, "unique index \"unique2_n_key\"");
+    let out = binary::run(&db, &["--table", "numbered", "--alter", "ADD COLUMN x int", "--execute", "--revertible-for", "1h"]).await;
+    binary::assert_failure(&out, 3, "GENERATED ALWAYS");
+    assert_catalog_unchanged(&before, &CatalogSnapshot::take(&client).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_whose_run_was_killed_is_ended_by_cleanup_or_resume() {
+    let db = Cluster::primary().fresh_db("revert_killed");
+    binary::narrow_table(&db, "gone", 500);
+    binary::narrow_table(&db, "again", 500);
+    let client = db.client().await;
+    for (table, end_with) in [("gone", "cleanup"), ("again", "resume")] {
+        let alter = "ADD COLUMN note text";
+        let mut run = spawn_run(&db, &["--table", table, "--alter", alter, "--execute", "--revertible-for", "10m"]);
+        wait_for_window(&client, table, &mut run).await;
+        // SIGKILL (kill_on_drop): nothing is cleaned up; the reverse slot stays behind.
+        run.abort();
+        let _ = run.await;
+        let reverse = format!("pg_ghost_{}_rev", client.query_one(&format!("SELECT '_{table}_del'::regclass::oid"), &[]).await.unwrap().get::<_, u32>(0));
+        wait_until(&client, "the killed run's walsender gone", "SELECT NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE active)").await;
+        assert_eq!(slots(&client).await, vec![reverse.clone()], "{table}");
+        let revert = binary::command(&db, "revert", &["--table", table]).output().await.unwrap();
+        binary::assert_failure(&revert, 3, "not being served");
+
+        let out = match end_with {
+            "cleanup" => binary::cleanup(&db, &["--table", table]).await,
+            _ => binary::run(&db, &["--table", table, "--alter", alter, "--execute", "--resume"]).await,
+        };
+        binary::assert_success(&out);
+        assert_eq!(slots(&client).await, Vec::<String>::new(), "{table}: the {end_with} left a slot behind");
+        let columns: i64 = client
+            .query_one(&format!("SELECT count(*) FROM information_schema.columns WHERE table_name = '{table}' AND column_name = 'note'"), &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(columns, 1, "{table}: the new table keeps the name");
+    }
+    assert_no_slots_or_publications(&client).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revert_on_the_control_socket_swaps_back() {
+    let db = Cluster::primary().fresh_db("revert_socket");
+    binary::narrow_table(&db, "sock", 1_000);
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("pg-ghost.sock");
+    let client = db.client().await;
+    let original: u32 = client.query_one("SELECT 'sock'::regclass::oid", &[]).await.unwrap().get(0);
+    let mut run = spawn_run(
+        &db,
+        &["--table", "sock", "--alter", "ALTER COLUMN n TYPE bigint", "--execute", "--revertible-for", "10m", "--serve-socket-file", socket.to_str().unwrap()],
+    );
+    wait_for_window(&client, "sock", &mut run).await;
+    client.batch_execute("UPDATE sock SET n = n + 1 WHERE id <= 10; DELETE FROM sock WHERE id = 20; INSERT INTO sock VALUES (5000, 1, 'new')").await.unwrap();
+    let answer = crate::controls_e2e::ask(&socket, "revert").await;
+    assert!(answer.starts_with("revert:"), "{answer}");
+    binary::assert_success(&finish(run).await);
+
+    let now: u32 = client.query_one("SELECT 'sock'::regclass::oid", &[]).await.unwrap().get(0);
+    assert_eq!(now, original, "the original is not back under its name");
+    let expected = "SELECT id, CASE WHEN id <= 10 THEN n + 1 ELSE n END, pad FROM sock_before WHERE id <> 20 UNION ALL SELECT 5000, 1, 'new'";
+    let diff = compare_rows(&client, "SELECT id, n, pad FROM sock", expected).await;
+    assert!(diff.is_empty(), "{diff:?}");
+    let n_type: String = client.query_one("SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'sock'::regclass AND attname = 'n'", &[]).await.unwrap().get(0);
+    assert_eq!(n_type, "integer");
+    assert_eq!(slots(&client).await, Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_the_old_type_would_cut_makes_the_revert_impossible_too() {
+    let db = Cluster::primary().fresh_db("revert_cut");
+    db.psql(
+        "CREATE TABLE codes (id int PRIMARY KEY, code varchar(5) NOT NULL);
+         INSERT INTO codes SELECT g, 'c' || g % 1000 FROM generate_series(1, 500) g;",
+    );
+    let mut run = spawn_run(&db, &["--table", "codes", "--alter", "ALTER COLUMN code TYPE varchar(20)", "--execute", "--revertible-for", "10m"]);
+    let client = db.client().await;
+    wait_for_window(&client, "codes", &mut run).await;
+    // An explicit cast to varchar(5) would cut it without an error: the check must see it.
+    client.batch_execute("UPDATE codes SET code = 'abcdefghij' WHERE id = 42").await.unwrap();
+    let out = finish(run).await;
+    binary::assert_success(&out);
+    let log = binary::stderr(&out);
+    assert!(log.contains("REVERT IMPOSSIBLE") && log.contains("(\"id\")=(42)"), "{log}");
+    assert!(log.contains("would not come back unchanged"), "{log}");
+    let old: String = client.query_one("SELECT code FROM _codes_del WHERE id = 42", &[]).await.unwrap().get(0);
+    assert_eq!(old, "c42", "the old table's row was changed");
+    assert_eq!(slots(&client).await, Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_in_the_window_resumes_it_and_reverts_losing_nothing() {
+    let db = Cluster::primary().fresh_db("revert_resume");
+    let table = OracleTable::create(&db, "orders", KeyKind::Identity, 2_000).await;
+    let before = WholeSchema::take(&db).await;
+    let workload = Workload::start(&db, &table, WorkloadOptions::new(3).rate(Some(80))).await;
+    workload.wait_for_more_commits(20, Duration::from_secs(30)).await;
+    let alter = "ALTER COLUMN n TYPE bigint, ADD COLUMN flag boolean NOT NULL DEFAULT true";
+    let args = ["--table", "orders", "--alter", alter, "--execute", "--revertible-for", "10m", "--chunk-size", "500", "--ok-to-drop-table"];
+    let mut run = spawn_run(&db, &args);
+    let client = db.client().await;
+    wait_for_window(&client, "orders", &mut run).await;
+    let after_swap = workload.committed_after_swap();
+    while workload.committed_after_swap() < after_swap + 30 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // SIGKILL in the window: the reverse slot stays where it was confirmed.
+    run.abort();
+    let _ = run.await;
+    wait_until(&client, "the killed run's walsender gone", "SELECT NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE active)").await;
+    // The application keeps writing the new table while no pg-ghost runs.
+    let killed_at = workload.committed_after_swap();
+    while workload.committed_after_swap() < killed_at + 30 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let mut resumed_args = args.to_vec();
+    resumed_args.push("--resume");
+    let mut resumed = spawn_run(&db, &resumed_args);
+    wait_until(&client, "the resumed window streaming", "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE active AND slot_name LIKE '%_rev')").await;
+    assert!(!resumed.is_finished());
+    wait_for_window(&client, "orders", &mut resumed).await;
+    let resumed_at = workload.committed_after_swap();
+    while workload.committed_after_swap() < resumed_at + 30 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let revert = binary::command(&db, "revert", &["--table", "orders"]).output().await.unwrap();
+    binary::assert_success(&revert);
+    binary::assert_success(&finish(resumed).await);
+    workload.wait_for_more_commits(20, Duration::from_secs(30)).await;
+    let report = workload.stop().await;
+    assert!(report.errors.is_empty(), "workload errors (seed {}): {:#?}", report.seed, report.errors);
+
+    table.assert_matches_control(&client, &table.projection()).await;
+    assert_sequences_ahead(&client, &table.qualified()).await;
+    let twin = before.twin_after_plain_sql(&db, "SELECT 1").await;
+    assert_whole_schema_equal(&db, &twin, "after a resumed window and a revert, the database is as before the run").await;
+    assert_eq!(slots(&client).await, Vec::<String>::new());
+    assert_no_slots_or_publications(&client).await;
+}
+
+/// Each kind of ALTER, reverted after writes in the window: the table is what the original
+/// plus those writes make, and the whole database's schema is as before the run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_kind_of_alter_reverts_to_the_original() {
+    // (ALTER, the window's writes on the new table, the same writes on the original's shape)
+    let cases: [(&str, &str, &str); 5] = [
+        ("ADD COLUMN flag boolean NOT NULL DEFAULT false", "UPDATE t SET flag = true, n = n + 1 WHERE id <= 5", "UPDATE t SET n = n + 1 WHERE id <= 5"),
+        ("DROP COLUMN pad", "UPDATE t SET n = -n WHERE id <= 5", "UPDATE t SET n = -n WHERE id <= 5"),
+        ("ALTER COLUMN n TYPE bigint", "UPDATE t SET n = n * 2 WHERE id <= 5", "UPDATE t SET n = n * 2 WHERE id <= 5"),
+        ("RENAME COLUMN pad TO filler", "UPDATE t SET filler = 'x' || id WHERE id <= 5", "UPDATE t SET pad = 'x' || id WHERE id <= 5"),
+        ("ADD CONSTRAINT n_small CHECK (n < 1000000)", "UPDATE t SET n = 7 WHERE id <= 5", "UPDATE t SET n = 7 WHERE id <= 5"),
+    ];
+    for (i, (alter, on_new, on_original)) in cases.iter().enumerate() {
+        let db = Cluster::primary().fresh_db(&format!("revert_kind{i}"));
+        binary::narrow_table(&db, "t", 300);
+        // Extended statistics are renamed by the swap too, and must come back.
+        db.psql("CREATE STATISTICS t_n_id (dependencies) ON n, id FROM t; CREATE TABLE expected AS TABLE t");
+        let before = WholeSchema::take(&db).await;
+        let client = db.client().await;
+        let mut run = spawn_run(&db, &["--table", "t", "--alter", alter, "--execute", "--revertible-for", "10m", "--ok-to-drop-table"]);
+        wait_for_window(&client, "t", &mut run).await;
+        let writes = format!("{on_new}; DELETE FROM t WHERE id = 9; INSERT INTO t (id, n) VALUES (1000, 1000)");
+        client.batch_execute(&writes).await.unwrap_or_else(|e| panic!("{alter}: {e}"));
+        let revert = binary::command(&db, "revert", &["--table", "t"]).output().await.unwrap();
+        binary::assert_success(&revert);
+        binary::assert_success(&finish(run).await);
+
+        db.psql(&format!(
+            "{}; DELETE FROM expected WHERE id = 9; INSERT INTO expected (id, n) VALUES (1000, 1000)",
+            on_original.replacen("UPDATE t", "UPDATE expected", 1)
+        ));
+        let diff = compare_rows(&client, "SELECT * FROM t", "SELECT * FROM expected").await;
+        assert!(diff.is_empty(), "{alter}: {diff:?}");
+        db.psql("DROP TABLE expected");
+        let twin = before.twin_after_plain_sql(&db, "DROP TABLE expected").await;
+        assert_whole_schema_equal(&db, &twin, alter).await;
+        assert_eq!(slots(&client).await, Vec::<String>::new(), "{alter}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revert_that_cannot_get_its_lock_leaves_the_window_open() {
+    let db = Cluster::primary().fresh_db("revert_locked");
+    binary::narrow_table(&db, "busy", 300);
+    let args = ["--table", "busy", "--alter", "ADD COLUMN note text", "--execute", "--revertible-for", "10m", "--cut-over-lock-timeout", "100ms", "--cut-over-retries", "2"];
+    let mut run = spawn_run(&db, &args);
+    let client = db.client().await;
+    wait_for_window(&client, "busy", &mut run).await;
+
+    // A long transaction holds the new table: the swap back cannot have its lock.
+    let blocker = db.client().await;
+    blocker.batch_execute("BEGIN; SELECT count(*) FROM busy").await.unwrap();
+    let revert = binary::command(&db, "revert", &["--table", "busy"]).output().await.unwrap();
+    binary::assert_failure(&revert, 3, "revert-failed");
+    assert!(!run.is_finished(), "the window closed after a failed revert");
+    blocker.batch_execute("COMMIT").await.unwrap();
+    client.batch_execute("UPDATE busy SET n = -1 WHERE id = 1").await.unwrap();
+
+    let revert = binary::command(&db, "revert", &["--table", "busy"]).output().await.unwrap();
+    binary::assert_success(&revert);
+    let out = finish(run).await;
+    binary::assert_success(&out);
+    let log = binary::stderr(&out);
+    assert!(log.contains("the revert failed; the new table keeps the name"), "{log}");
+    assert!(log.contains("blocker_pid="), "the blocker is not named:\n{log}");
+    let diff = compare_rows(&client, "SELECT * FROM busy", "SELECT id, CASE WHEN id = 1 THEN -1 ELSE n END, pad FROM busy_before").await;
+    assert!(diff.is_empty(), "{diff:?}");
+    assert_eq!(slots(&client).await, Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_window_ends_by_itself_when_its_time_is_up() {
+    let db = Cluster::primary().fresh_db("revert_elapsed");
+    binary::narrow_table(&db, "brief", 300);
+    let run = spawn_run(&db, &["--table", "brief", "--alter", "ADD COLUMN note text", "--execute", "--revertible-for", "2s", "--ok-to-drop-table"]);
+    let out = finish(run).await;
+    binary::assert_success(&out);
+    assert!(binary::stderr(&out).contains("revert window ended (its time is up)"), "{}", binary::stderr(&out));
+    let client = db.client().await;
+    assert_eq!(slots(&client).await, Vec::<String>::new());
+    assert_no_slots_or_publications(&client).await;
+    // The old table goes as --ok-to-drop-table says, with the changelog; the new one stays.
+    let left: (Option<String>, Option<String>, Option<String>) = client
+        .query_one("SELECT to_regclass('brief')::text, to_regclass('_brief_del')::text, to_regclass('_brief_ghc')::text", &[])
+        .await
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .unwrap();
+    assert_eq!(left, (Some("brief".to_string()), None, None));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_right_after_the_swap_back_a_resume_refuses_to_make_the_change_again() {
+    let db = Cluster::primary().fresh_db("revert_killed_back");
+    binary::narrow_table(&db, "back", 300);
+    let client = db.client().await;
+    let original: u32 = client.query_one("SELECT 'back'::regclass::oid", &[]).await.unwrap().get(0);
+    let args = ["--table", "back", "--alter", "ADD COLUMN note text", "--execute", "--revertible-for", "10m"];
+    // The second commit of a cut-over is the revert's swap back.
+    let mut cmd = binary::command(&db, "run", &args);
+    cmd.env("PG_GHOST_FAULT", "cut-over-after-commit@2");
+    let mut run = tokio::spawn(async move { cmd.output().await.expect("start pg-ghost") });
+    wait_for_window(&client, "back", &mut run).await;
+    let _ = binary::command(&db, "revert", &["--table", "back", "--wait", "10s"]).output().await.unwrap();
+    let out = finish(run).await;
+    assert!(!out.status.success(), "pg-ghost was not killed:\n{}", binary::stderr(&out));
+    let now: u32 = client.query_one("SELECT 'back'::regclass::oid", &[]).await.unwrap().get(0);
+    assert_eq!(now, original, "the swap back had committed");
+
+    let mut resumed = args.to_vec();
+    resumed.push("--resume");
+    let out = binary::run(&db, &resumed).await;
+    binary::assert_failure(&out, 3, "was reverted");
+    let columns: i64 = client
+        .query_one("SELECT count(*) FROM information_schema.columns WHERE table_name = 'back' AND column_name = 'note'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(columns, 0, "the change was made again");
+    binary::assert_success(&binary::cleanup(&db, &["--table", "back"]).await);
+    assert_eq!(slots(&client).await, Vec::<String>::new());
+}
