@@ -240,6 +240,8 @@ impl Run {
             cluster_on: None,
             identity_always: Vec::new(),
             autovacuum: None,
+            partitions: None,
+            partition_autovacuum: Vec::new(),
         };
         let gate = (w.through, w.marker.as_str());
         let (repl, bg) = Replication::start_reverse(&self.cfg.conn, &names.reverse, &names.reverse, gate, &new, &target, &reverse.cast_back).await?;
@@ -463,11 +465,12 @@ impl Run {
 /// version does not do), and a ghost whose UPDATEs and DELETEs a publication would make fail
 /// (no primary key and no replica identity index).
 async fn refuse_unserved(client: &Client, info: &TableInfo, ghost: &Ghost) -> Result<()> {
+    refuse_partitioned(info)?;
     let names = Names::for_table(&info.name, info.oid);
     let deps = crate::dependents::read(client, info.oid, &names.publication).await?;
     if deps.count() > 0 {
         return Err(Error::refused(format!(
-            "--revertible-for: {} has {} dependent object(s) (views, foreign keys, triggers, rules, policies, publications or functions) that the swap moves to the new table; \
+            "--revertible-for: {} has {} dependent object(s) (views, materialized views, foreign keys, triggers, rules, policies, publications or functions) that the swap moves to the new table; \
              moving them back is not supported yet, so the revert window is refused (run without --revertible-for)",
             info.name,
             deps.count()
@@ -489,6 +492,17 @@ async fn refuse_unserved(client: &Client, info: &TableInfo, ghost: &Ghost) -> Re
         )));
     }
     Ok(())
+}
+
+/// The swap back does not rename partitions yet.
+pub(super) fn refuse_partitioned(info: &TableInfo) -> Result<()> {
+    if !info.partitioned {
+        return Ok(());
+    }
+    Err(Error::refused(format!(
+        "--revertible-for: {} is a partitioned table, and the swap back does not rename partitions yet, so the revert window is refused (run without --revertible-for)",
+        info.name
+    )))
 }
 
 /// A column the ALTER drops keeps its values on the old table only while rows are written back
