@@ -35,6 +35,47 @@ pub fn final_name(object: &str, ghost_table: &str, orig_table: &str, orig_names:
         .map(|rest| fit_ident(&format!("{orig_table}{rest}")))
 }
 
+/// The names the new table's indexes and constraints end with, as a plain ALTER names them:
+/// those of the original's objects come back as they were, then each one the ALTER created
+/// takes the name PostgreSQL would have chosen on the original, which skips names already in
+/// use there (`orders_amount_check` taken: `orders_amount_check1`).
+#[derive(Default)]
+struct NewNames {
+    taken: std::collections::HashSet<String>,
+}
+
+impl NewNames {
+    /// A name that stays: the original's, or one the ghost kept as given.
+    fn keep(&mut self, name: &str) {
+        self.taken.insert(name.to_string());
+    }
+
+    /// The name for an object the ALTER created, whose name on the original would have been
+    /// `wanted` had it been free: PostgreSQL's label (`_check`, `_key`, ...) numbered from 1.
+    fn choose(&mut self, wanted: &str) -> String {
+        let base = chosen_base(wanted);
+        let mut candidate = wanted.to_string();
+        let mut n = 0;
+        while self.taken.contains(&candidate) {
+            n += 1;
+            candidate = fit_ident(&format!("{base}{n}"));
+        }
+        self.taken.insert(candidate.clone());
+        candidate
+    }
+}
+
+/// `orders_amount_check2` → `orders_amount_check`: the name PostgreSQL numbers when taken.
+/// Only the digits after one of its labels are its number.
+fn chosen_base(name: &str) -> &str {
+    const LABELS: [&str; 6] = ["_check", "_key", "_idx", "_fkey", "_pkey", "_excl"];
+    let trimmed = name.trim_end_matches(|c: char| c.is_ascii_digit());
+    match LABELS.iter().any(|l| trimmed.ends_with(l)) {
+        true => trimmed,
+        false => name,
+    }
+}
+
 async fn names(tx: &impl GenericClient, sql: &str, oid: u32) -> Result<Vec<String>> {
     let rows = tx.query(sql, &[&oid]).await?;
     rows.iter().map(|r| r.try_get::<_, String>(0).map_err(Into::into)).collect()
@@ -197,17 +238,33 @@ pub async fn swap(tx: &impl GenericClient, orig: &TableInfo, ghost: &Ghost, old_
     if let Some(temp) = &ghost.temp_key_index {
         sql.push(format!("DROP INDEX {}", g.sibling(temp.clone()).sql()));
     }
-    for index in names(tx, INDEXES, ghost.oid).await? {
-        if Some(&index) == ghost.temp_key_index.as_ref() {
-            continue;
+    let ghost_indexes: Vec<String> =
+        names(tx, INDEXES, ghost.oid).await?.into_iter().filter(|i| Some(i) != ghost.temp_key_index.as_ref()).collect();
+    let ghost_constraints = names(tx, PLAIN_CONSTRAINTS, ghost.oid).await?;
+    let mut new_names = NewNames::default();
+    for index in &ghost_indexes {
+        match orig_indexes.iter().find(|n| &temp_name(n) == index) {
+            Some(original) => new_names.keep(original),
+            None if final_name(index, &g.name, &o.name, &[]).is_none() => new_names.keep(index),
+            None => {}
         }
-        if let Some(new) = final_name(&index, &g.name, &o.name, &orig_indexes) {
+    }
+    for constraint in ghost_constraints.iter().filter(|c| final_name(c, &g.name, &o.name, &[]).is_none()) {
+        new_names.keep(constraint);
+    }
+    for index in &ghost_indexes {
+        let new = match orig_indexes.iter().find(|n| &temp_name(n) == index) {
+            Some(original) => Some(original.clone()),
+            None => final_name(index, &g.name, &o.name, &[]).map(|wanted| new_names.choose(&wanted)),
+        };
+        if let Some(new) = new {
             sql.push(format!("ALTER INDEX {} RENAME TO {}", g.sibling(index.clone()).sql(), ident(&new)));
         }
     }
-    for constraint in names(tx, PLAIN_CONSTRAINTS, ghost.oid).await? {
-        if let Some(new) = final_name(&constraint, &g.name, &o.name, &[]) {
-            sql.push(format!("ALTER TABLE {} RENAME CONSTRAINT {} TO {}", g.sql(), ident(&constraint), ident(&new)));
+    for constraint in &ghost_constraints {
+        if let Some(wanted) = final_name(constraint, &g.name, &o.name, &[]) {
+            let new = new_names.choose(&wanted);
+            sql.push(format!("ALTER TABLE {} RENAME CONSTRAINT {} TO {}", g.sql(), ident(constraint), ident(&new)));
         }
     }
     let orig_statistics_names: Vec<String> = orig_statistics.iter().map(|s| s.name.clone()).collect();
@@ -408,5 +465,18 @@ mod tests {
         assert_eq!(final_name("my_own_idx", "_orders_gho", "orders", &orig), None);
         assert_eq!(final_name("_orders_ghostly", "_orders_gho", "orders", &orig), None);
         assert_eq!(old_object_name("orders_pkey"), "_orders_pkey_del");
+    }
+
+    #[test]
+    fn a_name_the_alter_created_skips_names_in_use_as_postgres_does() {
+        let mut names = NewNames::default();
+        names.keep("orders_amount_check");
+        names.keep("orders_pkey");
+        assert_eq!(names.choose("orders_amount_check"), "orders_amount_check1");
+        assert_eq!(names.choose("orders_amount_check1"), "orders_amount_check2");
+        assert_eq!(names.choose("orders_n_check"), "orders_n_check");
+        assert_eq!(names.choose("orders_n_check"), "orders_n_check1");
+        assert_eq!(chosen_base("orders_total2_check12"), "orders_total2_check");
+        assert_eq!(chosen_base("orders_amount2"), "orders_amount2");
     }
 }

@@ -561,3 +561,25 @@ async fn a_using_overridden_by_a_later_type_change_is_refused_by_the_binary() {
     assert_catalog_unchanged(&before, &CatalogSnapshot::take(&client).await);
     assert_eq!(rows(&client, "t").await, rows_before);
 }
+
+/// A constraint or index the ALTER creates without a name takes the one PostgreSQL chooses on
+/// the original, which skips names in use there: a second CHECK on `amount` is
+/// `<t>_amount_check1`, a third `<t>_amount_check2`, a second UNIQUE on `n` `<t>_n_key1`;
+/// one whose name a dropped constraint frees takes it back. Compared with a plain ALTER by
+/// whole-database dumps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_the_alter_chooses_skip_names_in_use_as_under_a_plain_alter() {
+    let db = crate::harness::Cluster::primary().fresh_db("compose_names");
+    db.psql(
+        "CREATE TABLE public.pl (id int PRIMARY KEY, amount int CHECK (amount > 0), n int UNIQUE, m int CHECK (m > 0));
+         INSERT INTO public.pl SELECT g, g, g, g FROM generate_series(1, 500) g;",
+    );
+    let before = crate::oracle::WholeSchema::take(&db).await;
+    let alter = "ADD CHECK (amount > -100), ADD CHECK (amount < 1000000), ADD UNIQUE (n), DROP CONSTRAINT pl_m_check, ADD CHECK (m > -1)";
+    let out = crate::binary::run(&db, &["--table", "pl", "--alter", alter, "--execute", "--ok-to-drop-table"]).await;
+    crate::binary::assert_success(&out);
+    let names = db.psql("SELECT string_agg(conname, ' ' ORDER BY conname) FROM pg_constraint WHERE conrelid = 'public.pl'::regclass");
+    assert_eq!(names, "pl_amount_check pl_amount_check1 pl_amount_check2 pl_m_check pl_n_key pl_n_key1 pl_pkey");
+    let twin = before.twin_after_plain_alter(&db, "public.pl", alter).await;
+    crate::oracle::assert_whole_schema_equal(&db, &twin, alter).await;
+}
