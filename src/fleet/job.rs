@@ -28,7 +28,7 @@ pub async fn run(cfg: &FleetConfig, p: &Probed) -> TargetReport {
     };
     let result = match &cfg.job {
         Job::Migrate { .. } => migrate_target(cfg, p, &mut report).await,
-        Job::Alter { table, clauses } => alter_target(cfg, p, table, clauses).await,
+        Job::Alter { table, clauses } => alter_target(cfg, p, table, clauses, &mut report).await,
     };
     report.seconds = Some(started.elapsed().as_secs_f64());
     match result {
@@ -72,7 +72,37 @@ async fn migrate_target(cfg: &FleetConfig, p: &Probed, report: &mut TargetReport
     Ok(if out == migrate::NOTHING_TO_APPLY { Status::Skipped } else { Status::Succeeded })
 }
 
-async fn alter_target(cfg: &FleetConfig, p: &Probed, table: &str, clauses: &str) -> Result<Status> {
+/// A change has no version: that it was made is read from the target's history of runs, a
+/// run that succeeded with the same statement (by its fingerprint) on the same table. So a
+/// fleet run again, or a second fleet, skips it as the migrate job skips an applied file.
+async fn already_made(p: &Probed, table: &str, clauses: &str) -> Result<Option<String>> {
+    let client = p.conn.with_application_name("pg-ghost fleet").connect().await?;
+    let exists: bool = client
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&crate::history::DEFAULT_TABLE])
+        .await?
+        .try_get(0)?;
+    if !exists {
+        return Ok(None);
+    }
+    let name = crate::inspect::resolve_table(&client, table).await?;
+    let Some(fingerprint) = crate::history::fingerprint(&name.sql(), clauses) else { return Ok(None) };
+    let row = client
+        .query_opt(
+            &format!(
+                "SELECT run_id FROM {} WHERE fingerprint = $1 AND outcome = 'success' AND execute ORDER BY ended_at DESC LIMIT 1",
+                crate::history::DEFAULT_TABLE
+            ),
+            &[&fingerprint],
+        )
+        .await?;
+    Ok(row.map(|r| r.try_get(0)).transpose()?)
+}
+
+async fn alter_target(cfg: &FleetConfig, p: &Probed, table: &str, clauses: &str, report: &mut TargetReport) -> Result<Status> {
+    if let Some(run_id) = already_made(p, table, clauses).await? {
+        report.note = Some(format!("already changed by run {run_id} (pg-ghost history)"));
+        return Ok(Status::Skipped);
+    }
     let run_id = crate::history::new_run_id();
     let config = Config::for_migration(p.conn.clone(), table, clauses, cfg.lock_timeout, cfg.lock_retries, cfg.keep_old_tables, run_id)?;
     match runner::run(config).await? {

@@ -476,6 +476,22 @@ async fn one_online_change_across_two_servers_at_most_one_per_server_with_hooks(
     assert_eq!(lines.pop(), Some("fleet 4 of 4"), "{seen_text}");
     lines.sort();
     assert_eq!(lines, ["target a0 succeeded", "target a1 succeeded", "target b0 succeeded", "target b1 succeeded"]);
+
+    // A second fleet with the same change (not a resume) skips every target: each one's
+    // history of runs says the change was made, and nothing runs again.
+    let again = temp_path("servers-report-again.json");
+    let out = fleet(&[
+        "--registry", &reg.conninfo(), "--targets-file", file.to_str().unwrap(), "--table", "orders", "--alter", alter,
+        "--report", again.to_str().unwrap(),
+    ])
+    .await;
+    crate::binary::assert_success(&out);
+    let json = report_json(&again);
+    assert_eq!(statuses(&json).iter().filter(|s| s.ends_with(":skipped")).count(), 4, "{json}");
+    for db in [&a0, &a1, &b0, &b1] {
+        assert_eq!(db.psql("SELECT count(*) FROM pgghost.runs WHERE outcome = 'success'"), "1", "{} changed twice", db.name);
+    }
+    let _ = std::fs::remove_file(&again);
     drop(b0);
     drop(b1);
     let _ = std::fs::remove_dir_all(&hooks);
