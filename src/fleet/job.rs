@@ -105,7 +105,7 @@ async fn alter_target(cfg: &FleetConfig, p: &Probed, table: &str, clauses: &str,
     }
     let run_id = crate::history::new_run_id();
     let config = Config::for_migration(p.conn.clone(), table, clauses, cfg.lock_timeout, cfg.lock_retries, cfg.keep_old_tables, run_id)?;
-    match runner::run(config).await? {
+    match runner::run_or_resume(config).await? {
         Outcome::CutOver | Outcome::Direct { .. } => Ok(Status::Succeeded),
         other => Err(Error::internal(format!("the online change ended as {other:?}"))),
     }

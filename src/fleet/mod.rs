@@ -199,7 +199,7 @@ async fn resume_order(client: &Client, fleet_id: &str, job: &str, probed: &[Arc<
         // that died leaves its ghost, slot and publication, and the next run refuses them.
         tracing::warn!(
             tenant = %r.name,
-            "this target was running when the fleet stopped; it runs again now (if an online change of it died, `pg-ghost cleanup` on it removes what that change left)"
+            "this target was running when the fleet stopped; it runs again now, and an online change of it that was cut short is resumed where it stopped"
         );
     }
     let done = recorded.iter().filter(|r| r.status.is_done()).count();

@@ -221,7 +221,7 @@ async fn apply_steps(
                 let run_id = crate::history::new_run_id();
                 table::add_run_id(client, &version, &run_id).await?;
                 let config = Config::for_migration(conn.clone(), table, clauses, cfg.lock_timeout, cfg.lock_retries, cfg.keep_old_tables, run_id)?;
-                match runner::run(config).await.map_err(at)? {
+                match runner::run_or_resume(config).await.map_err(at)? {
                     Outcome::CutOver | Outcome::Direct { .. } => {}
                     other => return Err(at(Error::internal(format!("the online change ended as {other:?}")))),
                 }

@@ -137,6 +137,24 @@ struct Run {
     keep_old_table: bool,
 }
 
+/// A run on behalf of `migrate` or `fleet`, which may be the second attempt at the change
+/// after the first was killed: an earlier run that left its changelog table is resumed (its
+/// copy and slot taken up, as `--resume` does) rather than refused for what it left.
+pub async fn run_or_resume(cfg: Config) -> Result<Outcome> {
+    let client = main_conn(&cfg).connect().await?;
+    let table = inspect::resolve_table(&client, &cfg.table).await?;
+    let oid: Option<u32> = client.query_one("SELECT to_regclass($1)::oid", &[&table.sql()]).await?.try_get(0)?;
+    let left = match oid {
+        Some(oid) => client.query_one("SELECT to_regclass($1) IS NOT NULL", &[&Names::for_table(&table, oid).changelog.sql()]).await?.try_get(0)?,
+        None => false,
+    };
+    drop(client);
+    if left {
+        tracing::info!(table = %table, "an earlier run of this change was cut short: resuming it");
+    }
+    run(Config { resume: left, ..cfg }).await
+}
+
 pub async fn run(cfg: Config) -> Result<Outcome> {
     // Bound first: an address that cannot be used stops the run before it connects.
     let mut metrics = cfg.metrics_listen.map(MetricsServer::bind).transpose()?;

@@ -282,3 +282,36 @@ async fn a_signal_stops_between_statements_and_the_next_run_resumes_there() {
     assert_eq!(db.psql("SELECT count(*) FROM held"), "1", "the statement done before the signal ran again");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A migrate killed (SIGKILL) while an online ALTER copies: the next migrate takes the
+/// change up where it stopped (the earlier run resumed, not refused for what it left), the
+/// file ends applied, the rows are the original's with the change, nothing is left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migrate_killed_during_an_online_change_takes_it_up_again() {
+    use crate::run_faults::{wait_for_state, Running};
+    let db = Cluster::primary().fresh_db("mig_killed");
+    binary::narrow_table(&db, "big", 300_000);
+    let dir = migrations_dir("killed", &[("V1__retype.sql", "ALTER TABLE big ALTER COLUMN n TYPE bigint;\n")]);
+    let client = db.client().await;
+    let mut run = Running::spawn(&db, "migrate", &["--dir", dir.to_str().unwrap()]);
+    wait_for_state(&client, &mut run, "big", "copy", Duration::from_secs(60)).await;
+    run.kill9().await;
+    crate::resume::wait_slot_released(&client).await;
+
+    let out = migrate(&db, &dir, &[]).await;
+    binary::assert_success(&out);
+    let log = binary::stderr(&out);
+    assert!(log.contains("an earlier run of this change was cut short: resuming it") && log.contains("resuming the earlier run"), "{log}");
+    assert_eq!(db.psql("SELECT status FROM pgghost.migrations WHERE version = '1'"), "applied");
+    assert_eq!(db.psql("SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'big'::regclass AND attname = 'n'"), "bigint");
+    let differ = db.psql(
+        "SELECT count(*) FROM ((SELECT id, n::bigint, pad FROM big_before EXCEPT ALL SELECT id, n, pad FROM big)
+                               UNION ALL (SELECT id, n, pad FROM big EXCEPT ALL SELECT id, n::bigint, pad FROM big_before)) d",
+    );
+    assert_eq!(differ, "0", "the migrated rows differ from the original's");
+    assert_no_slots_or_publications(&client).await;
+    for t in ["_big_ghc", "_big_gho"] {
+        assert!(!crate::run_refusals::relation_exists(&client, "public", t).await, "pg-ghost left {t} behind");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

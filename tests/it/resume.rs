@@ -98,7 +98,7 @@ impl Setup {
 }
 
 /// Waits until no walsender streams from the killed run's slot any more.
-async fn wait_slot_released(client: &Client) {
+pub(crate) async fn wait_slot_released(client: &Client) {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let active: i64 = client
