@@ -298,14 +298,7 @@ impl Run {
         let (step_tx, step_rx) = watch::channel(Some(crate::status::StepOf { number: 1, of: steps.len() }));
         let status = status::spawn_direct(
             status::DirectSources { phase: self.phase.subscribe(), step: step_rx, throttle: throttler.decision.clone() },
-            status::Outputs {
-                progress: self.controls.progress.clone(),
-                refresh: self.controls.refresh.clone(),
-                log_every: self.cfg.status_interval,
-                hooks: self.controls.hooks.clone(),
-                env: self.controls.env.clone(),
-                hooks_every: self.cfg.hooks.status_interval,
-            },
+            self.status_outputs(),
         );
         self.controls.refreshing = true;
         let result = self.make_direct_change(info, steps, gate, &step_tx).await;
@@ -500,14 +493,7 @@ impl Run {
                 throttle: decision,
                 estimated_rows: info.estimated_rows,
             },
-            status::Outputs {
-                progress: self.controls.progress.clone(),
-                refresh: self.controls.refresh.clone(),
-                log_every: self.cfg.status_interval,
-                hooks: self.controls.hooks.clone(),
-                env: self.controls.env.clone(),
-                hooks_every: self.cfg.hooks.status_interval,
-            },
+            self.status_outputs(),
         );
         self.controls.refreshing = true;
         let result = self.stream_and_swap(&info, &names, &ghost, copy, &repl, bg, progress, gate).await;
@@ -516,6 +502,18 @@ impl Run {
         match (result, self.cfg.revertible_for, self.window_marker.clone()) {
             (Ok(Outcome::CutOver), Some(length), Some(marker)) => self.revert_window(&info, &names, &ghost, background, length, &marker).await,
             (result, _, _) => result,
+        }
+    }
+
+    /// Where the status goes, for the ghost way's status task and the direct way's alike.
+    fn status_outputs(&self) -> status::Outputs {
+        status::Outputs {
+            progress: self.controls.progress.clone(),
+            refresh: self.controls.refresh.clone(),
+            log_every: self.cfg.status_interval,
+            hooks: self.controls.hooks.clone(),
+            env: self.controls.env.clone(),
+            hooks_every: self.cfg.hooks.status_interval,
         }
     }
 

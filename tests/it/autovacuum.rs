@@ -194,12 +194,15 @@ async fn an_anti_wraparound_worker_is_never_cancelled() {
     let cluster = autovacuum_cluster();
     let db = cluster.fresh_db("wraparound");
     // About 1,700 pages at a tenth of a second each: the worker outlasts the test. No other
-    // autovacuum may run on it (one worker at a time per table), and no VACUUM either: it
-    // would mark the pages all-visible and the anti-wraparound pass would skip them.
-    binary::narrow_table(&db, "t", 200_000);
+    // autovacuum may ever run on it (one would leave the pages all-visible, and the
+    // anti-wraparound pass would skip them): autovacuum is off on it from the start, which
+    // an anti-wraparound vacuum ignores.
     db.psql(
-        "ALTER TABLE t SET (autovacuum_vacuum_cost_delay = 100, autovacuum_vacuum_cost_limit = 1, autovacuum_freeze_max_age = 100000,
-                            autovacuum_vacuum_insert_threshold = -1, autovacuum_analyze_threshold = 2000000000)",
+        "CREATE TABLE t (id bigint PRIMARY KEY, n int NOT NULL, pad text)
+           WITH (autovacuum_enabled = false, autovacuum_vacuum_cost_delay = 100, autovacuum_vacuum_cost_limit = 1,
+                 autovacuum_freeze_max_age = 100000);
+         INSERT INTO t SELECT g, g % 1000, md5(g::text) FROM generate_series(1, 200000) g;
+         ANALYZE t;",
     );
     let oid_before = db.psql("SELECT 't'::regclass::oid");
     let flag = flag_path(&db, "postpone");
