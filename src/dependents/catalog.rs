@@ -14,13 +14,19 @@ use tokio_postgres::GenericClient;
 /// Reads everything that depends on the table `oid`. `own_publication` (pg-ghost's own) is
 /// left out.
 pub async fn read(tx: &impl GenericClient, oid: u32, own_publication: &str) -> Result<Dependents> {
+    with_empty_search_path(tx, read_all(tx, oid, own_publication)).await
+}
+
+/// Runs `read` with `search_path` empty for the transaction, so that what the server
+/// deparses names every object with its schema; puts it back after.
+pub(super) async fn with_empty_search_path<T>(tx: &impl GenericClient, read: impl std::future::Future<Output = Result<T>>) -> Result<T> {
     let previous: String = tx
         .query_one("SELECT current_setting('search_path')", &[])
         .await
         .context("reading search_path")?
         .try_get(0)?;
     tx.execute("SELECT set_config('search_path', '', true)", &[]).await.context("emptying search_path")?;
-    let read = read_all(tx, oid, own_publication).await;
+    let read = read.await;
     tx.execute("SELECT set_config('search_path', $1, true)", &[&previous]).await.context("restoring search_path")?;
     read
 }

@@ -23,15 +23,29 @@ use crate::ghost::temp_name;
 use crate::sql::{fit_ident, ident, literal, QualifiedName};
 use tokio_postgres::GenericClient;
 
+/// A materialized view that reads the table, as the checks and the swap need it: what moves
+/// with it and what stops it. How to build it again is a [`Recipe`], read only where it is
+/// built (not under the cut-over's lock).
 #[derive(Clone, Debug)]
 pub struct MaterializedView {
+    pub oid: u32,
+    pub name: QualifiedName,
+    pub owned: bool,
+    /// Views that read it: pointed at the rebuilt one in the swap.
+    pub views: Vec<View>,
+    /// What else depends on it and cannot follow, as PostgreSQL describes it.
+    pub others: Vec<String>,
+}
+
+/// Everything it takes to build a materialized view again as it is.
+#[derive(Clone, Debug)]
+pub struct Recipe {
     pub oid: u32,
     pub name: QualifiedName,
     /// `pg_get_viewdef`, names qualified.
     pub definition: String,
     pub populated: bool,
     pub owner: String,
-    pub owned: bool,
     /// `reloptions`: `fillfactor=70`, `autovacuum_enabled=false`, ...
     pub options: Vec<String>,
     pub tablespace: Option<String>,
@@ -41,10 +55,6 @@ pub struct MaterializedView {
     pub grants: Vec<String>,
     pub columns: Vec<ColumnSettings>,
     pub indexes: Vec<Index>,
-    /// Views that read it: pointed at the rebuilt one in the swap.
-    pub views: Vec<View>,
-    /// What else depends on it and cannot follow, as PostgreSQL describes it.
-    pub others: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -67,11 +77,11 @@ pub struct Index {
 /// A materialized view built on the ghost, waiting for the swap.
 #[derive(Clone, Debug)]
 pub struct Built {
-    pub view: MaterializedView,
+    pub view: Recipe,
     pub temp: QualifiedName,
 }
 
-impl MaterializedView {
+impl Recipe {
     /// The name it is built under before the swap.
     pub fn temp_name(&self) -> QualifiedName {
         self.name.sibling(fit_ident(&format!("_{}_gho", self.name.name)))
@@ -184,9 +194,7 @@ pub async fn read(tx: &impl GenericClient, oid: u32) -> Result<Vec<MaterializedV
                    JOIN pg_depend d ON d.refobjid = reads.oid AND d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
                    JOIN pg_rewrite r ON r.oid = d.objid JOIN pg_class c ON c.oid = r.ev_class
                   WHERE c.relkind = 'm' AND r.ev_class <> reads.oid)
-             SELECT m.oid, n.nspname::text, m.relname::text, pg_get_viewdef(m.oid), m.relispopulated,
-                    pg_get_userbyid(m.relowner), pg_has_role(m.relowner, 'USAGE'), coalesce(m.reloptions, '{}'),
-                    (SELECT spcname::text FROM pg_tablespace WHERE oid = m.reltablespace), obj_description(m.oid, 'pg_class')
+             SELECT m.oid, n.nspname::text, m.relname::text, pg_has_role(m.relowner, 'USAGE')
                FROM (SELECT oid, max(depth) AS depth FROM reads GROUP BY oid) o
                JOIN pg_class m ON m.oid = o.oid JOIN pg_namespace n ON n.oid = m.relnamespace
               ORDER BY o.depth, m.oid",
@@ -201,25 +209,44 @@ pub async fn read(tx: &impl GenericClient, oid: u32) -> Result<Vec<MaterializedV
         let (views, foreign_rules, _) = super::catalog::rewrite_dependents(tx, oid).await?;
         let mut others = other_dependents(tx, oid).await?;
         others.extend(foreign_rules.iter().map(|r| format!("rule {} on {}", ident(&r.name), r.relation)));
-        out.push(MaterializedView {
-            oid,
-            definition: r.try_get(3)?,
-            populated: r.try_get(4)?,
-            owner: r.try_get(5)?,
-            owned: r.try_get(6)?,
-            options: r.try_get(7)?,
-            tablespace: r.try_get(8)?,
-            comment: r.try_get(9)?,
-            security_labels: super::catalog::security_labels(tx, oid).await?,
-            grants: crate::ghost::grant_statements(tx, oid, "{}").await?,
-            columns: columns(tx, oid).await?,
-            indexes: indexes(tx, oid).await?,
-            views,
-            others,
-            name,
-        });
+        out.push(MaterializedView { oid, name, owned: r.try_get(3)?, views, others });
     }
     Ok(out)
+}
+
+/// How to build each of `views` again, in their order. Definitions are read with an empty
+/// `search_path`, so every name in them is qualified.
+pub async fn recipes(tx: &impl GenericClient, views: &[MaterializedView]) -> Result<Vec<Recipe>> {
+    super::catalog::with_empty_search_path(tx, async {
+        let mut out = Vec::new();
+        for m in views {
+            let r = tx
+                .query_one(
+                    "SELECT pg_get_viewdef(m.oid), m.relispopulated, pg_get_userbyid(m.relowner), coalesce(m.reloptions, '{}'),
+                            (SELECT spcname::text FROM pg_tablespace WHERE oid = m.reltablespace), obj_description(m.oid, 'pg_class')
+                       FROM pg_class m WHERE m.oid = $1",
+                    &[&m.oid],
+                )
+                .await
+                .with_context(|| format!("reading the definition of materialized view {}", m.name))?;
+            out.push(Recipe {
+                oid: m.oid,
+                name: m.name.clone(),
+                definition: r.try_get(0)?,
+                populated: r.try_get(1)?,
+                owner: r.try_get(2)?,
+                options: r.try_get(3)?,
+                tablespace: r.try_get(4)?,
+                comment: r.try_get(5)?,
+                security_labels: super::catalog::security_labels(tx, m.oid).await?,
+                grants: crate::ghost::grant_statements(tx, m.oid, "{}").await?,
+                columns: columns(tx, m.oid).await?,
+                indexes: indexes(tx, m.oid).await?,
+            });
+        }
+        Ok(out)
+    })
+    .await
 }
 
 async fn columns(tx: &impl GenericClient, oid: u32) -> Result<Vec<ColumnSettings>> {
@@ -248,13 +275,13 @@ async fn indexes(tx: &impl GenericClient, oid: u32) -> Result<Vec<Index>> {
     rows.iter().map(|r| Ok(Index { name: r.try_get(0)?, definition: r.try_get(1)?, comment: r.try_get(2)?, clustered: r.try_get(3)? })).collect()
 }
 
-/// [`read`] in a transaction of its own, with names qualified as the swap reads them.
-pub async fn read_qualified(client: &mut tokio_postgres::Client, oid: u32) -> Result<Vec<MaterializedView>> {
+/// The recipes of the materialized views that read the table now, read in one transaction.
+pub async fn read_recipes(client: &mut tokio_postgres::Client, oid: u32) -> Result<Vec<Recipe>> {
     let tx = client.transaction().await.context("starting to read the materialized views")?;
-    tx.batch_execute("SET LOCAL search_path = ''").await.context("emptying search_path")?;
     let views = read(&tx, oid).await?;
+    let recipes = recipes(&tx, &views).await?;
     tx.commit().await.context("ending the read of the materialized views")?;
-    Ok(views)
+    Ok(recipes)
 }
 
 /// What depends on the materialized view other than its own parts (rule, type, indexes),
@@ -280,7 +307,7 @@ async fn other_dependents(tx: &impl GenericClient, oid: u32) -> Result<Vec<Strin
 
 /// The retargeted query of each view in `views` (in build order): the table is replaced by
 /// the ghost, and each view by its rebuilt twin, which is built before it.
-pub fn retargeted(views: &[MaterializedView], table: &QualifiedName, ghost: &QualifiedName) -> Result<Vec<String>> {
+pub fn retargeted(views: &[Recipe], table: &QualifiedName, ghost: &QualifiedName) -> Result<Vec<String>> {
     let mut renames = vec![(table.clone(), ghost.name.clone())];
     renames.extend(views.iter().map(|m| (m.name.clone(), m.temp_name().name)));
     views
@@ -299,7 +326,7 @@ pub fn retargeted(views: &[MaterializedView], table: &QualifiedName, ghost: &Qua
 
 /// Builds every view in `views` on the ghost (in order), and checks that each reads what it
 /// must. `views` come from [`read`]; a leftover of an earlier run is dropped first.
-pub async fn build(client: &impl GenericClient, views: &[MaterializedView], table: &QualifiedName, table_oid: u32, ghost: &QualifiedName) -> Result<Vec<Built>> {
+pub async fn build(client: &impl GenericClient, views: &[Recipe], table: &QualifiedName, table_oid: u32, ghost: &QualifiedName) -> Result<Vec<Built>> {
     drop_leftovers(client, ghost).await?;
     let mut built = Vec::new();
     for (m, query) in views.iter().zip(retargeted(views, table, ghost)?) {
@@ -315,8 +342,9 @@ pub async fn build(client: &impl GenericClient, views: &[MaterializedView], tabl
 /// PostgreSQL rejects there (a column the ALTER renames, drops or retypes in a way the query
 /// cannot take) is refused before anything is created.
 pub async fn trial(tx: &impl GenericClient, views: &[MaterializedView], table: &QualifiedName, table_oid: u32, ghost: &QualifiedName) -> Result<()> {
-    for (m, query) in views.iter().zip(retargeted(views, table, ghost)?) {
-        build_one(tx, m, &query, views, table_oid).await.map_err(|e| {
+    let views = recipes(tx, views).await?;
+    for (m, query) in views.iter().zip(retargeted(&views, table, ghost)?) {
+        build_one(tx, m, &query, &views, table_oid).await.map_err(|e| {
             Error::refused(format!(
                 "materialized view {} reads {table} and cannot be built again on the changed table: {} (pg-ghost rebuilds materialized views from their query)",
                 m.name,
@@ -327,7 +355,7 @@ pub async fn trial(tx: &impl GenericClient, views: &[MaterializedView], table: &
     Ok(())
 }
 
-async fn build_one(client: &impl GenericClient, m: &MaterializedView, query: &str, views: &[MaterializedView], table_oid: u32) -> Result<Built> {
+async fn build_one(client: &impl GenericClient, m: &Recipe, query: &str, views: &[Recipe], table_oid: u32) -> Result<Built> {
     let temp = m.temp_name();
     for sql in m.build_sql(&temp, query)? {
         client
@@ -382,13 +410,19 @@ pub async fn drop_leftovers(client: &impl GenericClient, ghost: &QualifiedName) 
 #[cfg(test)]
 impl MaterializedView {
     pub(crate) fn example(name: QualifiedName) -> MaterializedView {
-        MaterializedView {
+        MaterializedView { oid: 1, name, owned: true, views: Vec::new(), others: Vec::new() }
+    }
+}
+
+#[cfg(test)]
+impl Recipe {
+    fn example(name: QualifiedName) -> Recipe {
+        Recipe {
             oid: 1,
             name,
             definition: " SELECT orders.id FROM public.orders;".into(),
             populated: true,
             owner: "app".into(),
-            owned: true,
             options: vec!["fillfactor=70".into()],
             tablespace: None,
             comment: Some("it's daily".into()),
@@ -401,8 +435,6 @@ impl MaterializedView {
                 comment: None,
                 clustered: true,
             }],
-            views: Vec::new(),
-            others: Vec::new(),
         }
     }
 }
@@ -411,8 +443,8 @@ impl MaterializedView {
 mod tests {
     use super::*;
 
-    fn mv() -> MaterializedView {
-        MaterializedView::example(QualifiedName::new("rep", "daily totals"))
+    fn mv() -> Recipe {
+        Recipe::example(QualifiedName::new("rep", "daily totals"))
     }
 
     #[test]
@@ -430,7 +462,7 @@ mod tests {
         assert!(sql.contains(&"ALTER MATERIALIZED VIEW \"rep\".\"_daily totals_gho\" CLUSTER ON \"_daily_id_gho\"".to_string()), "{sql:#?}");
         assert!(sql.contains(&"CREATE UNIQUE INDEX _daily_id_gho ON rep.\"_daily totals_gho\" USING btree (id)".to_string()), "{sql:#?}");
         assert_eq!(sql.last().map(String::as_str), Some("ANALYZE \"rep\".\"_daily totals_gho\""));
-        let unpopulated = MaterializedView { populated: false, ..m };
+        let unpopulated = Recipe { populated: false, ..m };
         let sql = unpopulated.build_sql(&temp, &q[0]).unwrap();
         assert!(sql[0].ends_with("WITH NO DATA") && !sql.iter().any(|s| s.starts_with("ANALYZE")), "{sql:#?}");
     }

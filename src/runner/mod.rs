@@ -967,7 +967,7 @@ impl Run {
     /// (their rows are the ghost's as of now), before the lock; true when there were any.
     async fn build_materialized_views(&mut self, info: &TableInfo, ghost: &Ghost, bg: &mut Background) -> Result<bool> {
         self.ensure_session().await?;
-        let views = materialized::read_qualified(&mut self.client, info.oid).await?;
+        let views = materialized::read_recipes(&mut self.client, info.oid).await?;
         if views.is_empty() {
             return Ok(false);
         }
