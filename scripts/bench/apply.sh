@@ -35,10 +35,7 @@ done
 need_tools
 build_ghost
 bench_workdir
-OUT=${BENCH_OUT:-$(mktemp -d /tmp/pg-ghost-bench-out.XXXXXX)}
-mkdir -p "$OUT"
-RAW="$OUT/apply.tsv"
-: >"$RAW"
+bench_output apply
 
 
 say "starting the publisher and the subscriber clusters in $WORK"

@@ -32,10 +32,7 @@ done
 need_tools
 build_ghost
 bench_workdir
-OUT=${BENCH_OUT:-$(mktemp -d /tmp/pg-ghost-bench-out.XXXXXX)}
-mkdir -p "$OUT"
-RAW="$OUT/autovacuum.tsv"
-: >"$RAW"
+bench_output autovacuum
 BENCH_SETTINGS+=("autovacuum_naptime = '1s'")
 
 cat >"$WORK/update.sql" <<'SQL'

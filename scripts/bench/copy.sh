@@ -29,10 +29,7 @@ done
 need_tools pg_repack
 build_ghost
 bench_workdir
-OUT=${BENCH_OUT:-$(mktemp -d /tmp/pg-ghost-bench-out.XXXXXX)}
-mkdir -p "$OUT"
-RAW="$OUT/copy.tsv"
-: >"$RAW"
+bench_output copy
 
 say "starting a cluster in $WORK"
 PORT=$(cluster_start pg)

@@ -30,8 +30,7 @@ done
 need_tools
 build_ghost
 bench_workdir
-OUT=${BENCH_OUT:-$(mktemp -d /tmp/pg-ghost-bench-out.XXXXXX)}
-mkdir -p "$OUT"
+bench_output
 
 PORT=$(cluster_start pg)
 load_template "$PORT" tpl "$ROWS" "$BURST_PROC"

@@ -33,10 +33,7 @@ done
 need_tools pg_repack
 build_ghost
 bench_workdir
-OUT=${BENCH_OUT:-$(mktemp -d /tmp/pg-ghost-bench-out.XXXXXX)}
-mkdir -p "$OUT"
-RAW="$OUT/impact.tsv"
-: >"$RAW"
+bench_output impact
 
 cat >"$WORK/update.sql" <<'SQL'
 \set id random(1, :rows)

@@ -44,6 +44,17 @@ build_ghost() {
   (cd "$REPO" && cargo build --release --quiet) || { echo "bench: cargo build --release failed" >&2; exit 1; }
 }
 
+# Where results go: $OUT ($BENCH_OUT, or a new directory); with a name, also an empty
+# $RAW=$OUT/<name>.tsv for the script's measurements.
+bench_output() {
+  OUT=${BENCH_OUT:-$(mktemp -d /tmp/pg-ghost-bench-out.XXXXXX)}
+  mkdir -p "$OUT"
+  if [[ -n ${1:-} ]]; then
+    RAW="$OUT/$1.tsv"
+    : >"$RAW"
+  fi
+}
+
 # A work directory the postgres user can reach (pg-local.sh runs the server as postgres).
 WORK=""
 BG_PIDS=()

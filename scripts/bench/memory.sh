@@ -21,10 +21,7 @@ done
 need_tools /usr/bin/time
 build_ghost
 bench_workdir
-OUT=${BENCH_OUT:-$(mktemp -d /tmp/pg-ghost-bench-out.XXXXXX)}
-mkdir -p "$OUT"
-RAW="$OUT/memory.tsv"
-: >"$RAW"
+bench_output memory
 
 cat >"$WORK/update.sql" <<'SQL'
 \set id random(1, :rows)

@@ -343,7 +343,7 @@ async fn killed_then_resumed_continues_the_same_row() {
     assert_eq!(changelog_value(&client, "k", "run_id").await.as_deref(), Some(run_id.as_str()), "the changelog keeps the run id");
     let out = history(&db, &[]).await;
     assert!(stdout(&out).contains("no end recorded"), "{}", stdout(&out));
-    wait_slot_released(&client).await;
+    crate::resume::wait_slot_released(&client).await;
 
     args.truncate(5);
     args.push("--resume");
@@ -365,21 +365,6 @@ async fn killed_then_resumed_continues_the_same_row() {
     assert!(stdout(&out).contains("resumed 1 time"), "{}", stdout(&out));
 }
 
-async fn wait_slot_released(client: &Client) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let active: i64 = client
-            .query_one("SELECT count(*) FROM pg_replication_slots WHERE database = current_database() AND active", &[])
-            .await
-            .unwrap()
-            .get(0);
-        if active == 0 {
-            return;
-        }
-        assert!(std::time::Instant::now() < deadline, "the killed run's slot is still active");
-        tokio::time::sleep(crate::run_faults::POLL).await;
-    }
-}
 
 // ---- where, and whether --------------------------------------------------------------------
 
