@@ -93,7 +93,7 @@ async fn check(client: &tokio_postgres::Client, sql: &ChecksumSql, range: &Check
     let sums = compare(client, sql, range).await?;
     let differing = match sums.equal() {
         true => None,
-        false => Some(differing_keys(client, sql, range).await?),
+        false => Some(differing_keys(client, sql, range, None).await?),
     };
     // Counted only once the range is read through (a lost session reads it again).
     part.ranges += 1;

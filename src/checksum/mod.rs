@@ -13,9 +13,10 @@
 //! Invariants:
 //! - The original is only read; the ghost is written only by a repair, inside a range
 //!   registered with [`InFlight`] like a copy chunk, so streamed changes are never lost.
-//! - A range that differs is re-checked after each `catch_up()` (the ghost lags the original
-//!   by the apply backlog); one that still differs is repaired and verified in the repair's
-//!   own snapshot. A difference that survives its repair fails the run with
+//! - A range that differs has its differing rows re-checked after each `catch_up()` (the
+//!   ghost lags the original by the apply backlog; `catch_up` must wait until every change
+//!   committed before it is written to the ghost); a range whose rows still differ is
+//!   repaired and verified in the repair's own snapshot. A difference that survives its repair fails the run with
 //!   [`ErrorKind::Aborted`], naming the range and sample keys; row values never appear in
 //!   messages or logs.
 //! - No snapshot is held longer than one range's statement.
@@ -163,18 +164,26 @@ impl Sums {
     }
 }
 
-/// Keys that differ in a range: a sample and how many in all.
+/// Keys that differ in a range: the first ones (at most [`RECHECK_KEYS`]) and how many in all.
 #[derive(Clone, Debug, Default)]
 struct DifferingKeys {
     sample: Vec<Vec<String>>,
     total: i64,
 }
 
+impl DifferingKeys {
+    /// Whether `sample` holds every differing key, so re-checking them re-checks the range.
+    fn complete(&self) -> bool {
+        self.total <= self.sample.len() as i64
+    }
+}
+
 impl fmt::Display for DifferingKeys {
+    /// Names at most [`SAMPLE_KEYS`] of them.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let shown: Vec<String> = self.sample.iter().map(|k| show_key(k)).collect();
+        let shown: Vec<String> = self.sample.iter().take(SAMPLE_KEYS).map(|k| show_key(k)).collect();
         write!(f, "{} key(s) differ: {}", self.total, shown.join(", "))?;
-        if self.total > self.sample.len() as i64 {
+        if self.total > shown.len() as i64 {
             f.write_str(", ...")?;
         }
         Ok(())
@@ -182,7 +191,11 @@ impl fmt::Display for DifferingKeys {
 }
 
 /// How many differing keys a message or log line names.
-const SAMPLE_KEYS: u32 = 10;
+const SAMPLE_KEYS: usize = 10;
+
+/// How many differing keys a re-check follows one by one; past that the whole range is
+/// compared again.
+const RECHECK_KEYS: u32 = 10_000;
 
 async fn compare(client: &impl GenericClient, sql: &ChecksumSql, range: &CheckRange) -> Result<Sums> {
     let values = range.params();
@@ -195,12 +208,26 @@ async fn compare(client: &impl GenericClient, sql: &ChecksumSql, range: &CheckRa
     Ok(Sums { orig: [get(0)?, get(1)?], ghost: [get(2)?, get(3)?] })
 }
 
-async fn differing_keys(client: &impl GenericClient, sql: &ChecksumSql, range: &CheckRange) -> Result<DifferingKeys> {
-    let values = range.params();
-    let params: Vec<&(dyn ToSql + Sync)> = values.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+/// The keys of `range` whose rows differ, in one snapshot; with `among`, only those of that
+/// earlier answer (when it was complete) are looked at again.
+async fn differing_keys(
+    client: &impl GenericClient,
+    sql: &ChecksumSql,
+    range: &CheckRange,
+    among: Option<&DifferingKeys>,
+) -> Result<DifferingKeys> {
+    let among = among.filter(|k| k.complete());
     let n = sql.bounds.len();
+    let bounds: Vec<&str> = range.params();
+    // One text[] per key column, the keys' values column by column.
+    let sets: Vec<Vec<&str>> = match among {
+        Some(keys) => (0..n).map(|i| keys.sample.iter().map(|k| k[i].as_str()).collect()).collect(),
+        None => Vec::new(),
+    };
+    let mut params: Vec<&(dyn ToSql + Sync)> = bounds.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+    params.extend(sets.iter().map(|v| v as &(dyn ToSql + Sync)));
     let rows = client
-        .query(&sql.differing_keys(range.lo.is_some(), range.hi.is_some(), SAMPLE_KEYS), &params)
+        .query(&sql.differing_keys(range.lo.is_some(), range.hi.is_some(), among.is_some(), RECHECK_KEYS), &params)
         .await
         .with_context(|| format!("finding the differing keys of {range}"))?;
     let mut keys = DifferingKeys::default();
@@ -363,18 +390,26 @@ async fn check_range<'a>(
     rechecks: u32,
     range: &CheckRange,
 ) -> Result<Checked> {
-    let mut sums = compare(&*client, sql, range).await?;
-    let mut attempt = 0;
-    while !sums.equal() && attempt < rechecks {
-        attempt += 1;
-        tracing::debug!(range = %range, attempt, "checksum: range differs; re-checking after the apply catches up");
-        catch_up().await.context("catching up before a checksum re-check")?;
-        sums = compare(&*client, sql, range).await?;
-    }
+    let sums = compare(&*client, sql, range).await?;
     if sums.equal() {
         return Ok(Checked { rows: sums.orig_rows(), differed: false, repaired: false });
     }
-    let keys = differing_keys(&*client, sql, range).await?;
+    // Both sides were read in one snapshot: a row that differs there is one whose change the
+    // apply had not written yet, or a real difference. Once the apply has written everything
+    // committed up to now, only those rows are read again, in a new snapshot; comparing the
+    // whole range again would find the changes of that moment missing, and under steady
+    // writes never come out equal.
+    let mut keys = differing_keys(&*client, sql, range, None).await?;
+    let mut attempt = 0;
+    while keys.total > 0 && attempt < rechecks {
+        attempt += 1;
+        tracing::debug!(range = %range, attempt, keys = %keys, "checksum: rows differ; re-checking them after the apply catches up");
+        catch_up().await.context("catching up before a checksum re-check")?;
+        keys = differing_keys(&*client, sql, range, Some(&keys)).await?;
+    }
+    if keys.total == 0 {
+        return Ok(Checked { rows: sums.orig_rows(), differed: false, repaired: false });
+    }
     tracing::warn!(range = %range, keys = %keys, rechecks, "checksum: range still differs after catching up; repairing it");
     let repaired = repair::repair(client, sql, inflight, range).await?;
     // The repair verified the range in its own snapshot; count the rows as they are now.

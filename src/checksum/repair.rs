@@ -74,7 +74,7 @@ async fn repair_once(client: &mut Client, sql: &ChecksumSql, range: &Range) -> R
     let copied = tx.execute(&sql.insert(has_lo), &params).await.with_context(|| format!("copying {check} again"))?;
     let sums = compare(&tx, sql, &check).await?;
     if !sums.equal() {
-        let keys = differing_keys(&tx, sql, &check).await?;
+        let keys = differing_keys(&tx, sql, &check, None).await?;
         // Dropping the transaction rolls the repair back: the ghost stays as it was.
         drop(tx);
         return Err(persistent_difference(&check, &keys));

@@ -116,23 +116,30 @@ impl ChecksumSql {
         )
     }
 
-    /// Keys inside the range whose rows differ or exist on one side only, as text, at most
-    /// `limit` of them, each row also carrying how many keys differ in all.
-    pub fn differing_keys(&self, has_lo: bool, has_hi: bool, limit: u32) -> String {
+    /// Keys inside the range whose rows differ or exist on one side only, as text in the
+    /// original key's types, at most `limit` of them, each row also carrying how many keys
+    /// differ in all. With `among`, only keys of a set are looked at: one `text[]` parameter
+    /// per key column after the bounds (the keys an earlier call returned).
+    pub fn differing_keys(&self, has_lo: bool, has_hi: bool, among: bool, limit: u32) -> String {
         let n = self.orig.key.len();
+        let first_set = 1 + n * (usize::from(has_lo) + usize::from(has_hi));
         let side = |s: &Side| {
-            let keys: Vec<String> =
-                s.key_as_ghost.iter().enumerate().map(|(i, k)| format!("{k} AS {P}_k{i}")).collect();
+            let keys: Vec<String> = s.key_as_ghost.iter().enumerate().map(|(i, k)| format!("{k} AS {P}_k{i}")).collect();
+            let shown: Vec<String> = s.key_as_source.iter().enumerate().map(|(i, k)| format!("{k} AS {P}_s{i}")).collect();
+            let mut filter = self.predicate(&s.key, has_lo, has_hi);
+            if among {
+                filter = format!("{filter} AND {}", self.in_key_set(&s.key_as_source, first_set));
+            }
             format!(
-                "SELECT {}, {} AS {P}_h FROM {} WHERE {}",
+                "SELECT {}, {}, {} AS {P}_h FROM {} WHERE {filter}",
                 keys.join(", "),
+                shown.join(", "),
                 row_text(&s.row),
                 s.table.sql(),
-                self.predicate(&s.key, has_lo, has_hi)
             )
         };
         // Key columns are NOT NULL, so a NULL key column means the row is on the other side.
-        let shown: Vec<String> = (0..n).map(|i| format!("coalesce(o.{P}_k{i}, g.{P}_k{i})")).collect();
+        let shown: Vec<String> = (0..n).map(|i| format!("coalesce(o.{P}_s{i}, g.{P}_s{i})")).collect();
         let join: Vec<String> = (0..n).map(|i| format!("o.{P}_k{i} = g.{P}_k{i}")).collect();
         format!(
             "SELECT {}, count(*) OVER ()::int8 FROM ({}) o FULL JOIN ({}) g ON {} \
@@ -142,6 +149,21 @@ impl ChecksumSql {
             side(&self.ghost),
             join.join(" AND "),
             shown.join(", ")
+        )
+    }
+
+    /// `key IN (...)` for the key set given as one `text[]` per key column from `$first`,
+    /// cast to the original key's types (the text [`ChecksumSql::differing_keys`] returns).
+    fn in_key_set(&self, key_as_source: &[String], first: usize) -> String {
+        let cols: Vec<String> = (0..key_as_source.len()).map(|i| format!("{P}_in{i}")).collect();
+        let casts: Vec<String> = cols.iter().zip(&self.bounds.types).map(|(c, t)| format!("{c}::{t}")).collect();
+        let arrays: Vec<String> = (0..cols.len()).map(|i| format!("${}::text[]", first + i)).collect();
+        format!(
+            "{} IN (SELECT {} FROM unnest({}) AS {P}_in({}))",
+            tuple(key_as_source),
+            casts.join(", "),
+            arrays.join(", "),
+            cols.join(", ")
         )
     }
 
@@ -341,11 +363,18 @@ mod tests {
             s.delete(true),
             "DELETE FROM \"s\".\"_T_gho\" WHERE (\"Tenant\", \"id\") > ($1::text::integer, $2::text::bigint) AND (\"Tenant\", \"id\") <= ($3::text::integer, $4::text::bigint)"
         );
-        let diff = s.differing_keys(false, true, 5);
+        let diff = s.differing_keys(false, true, false, 5);
         assert!(diff.contains("FULL JOIN"), "{diff}");
         assert!(diff.contains("ON o._pg_ghost_k0 = g._pg_ghost_k0 AND o._pg_ghost_k1 = g._pg_ghost_k1"), "{diff}");
-        assert!(diff.contains("coalesce(o._pg_ghost_k1, g._pg_ghost_k1)::text"), "{diff}");
+        assert!(diff.contains("coalesce(o._pg_ghost_s1, g._pg_ghost_s1)::text"), "{diff}");
         assert!(diff.ends_with("LIMIT 5"), "{diff}");
+        assert!(!diff.contains("unnest"), "{diff}");
+        // The key set's arrays follow the bounds (here only the upper one, $1 and $2).
+        let among = s.differing_keys(false, true, true, 5);
+        assert!(
+            among.contains("AND (\"Tenant\", \"id\") IN (SELECT _pg_ghost_in0::integer, _pg_ghost_in1::bigint FROM unnest($3::text[], $4::text[]) AS _pg_ghost_in(_pg_ghost_in0, _pg_ghost_in1))"),
+            "{among}"
+        );
     }
 
     #[test]

@@ -90,6 +90,15 @@ enum Choice {
 /// Keys still pending below which the stream counts as caught up for the cut-over.
 const CAUGHT_UP_KEYS: usize = 1_000;
 
+/// What [`Run::wait_for_apply`] waits for, once the stream has passed a marker.
+#[derive(Clone, Copy)]
+enum CatchUp {
+    /// The backlog is under [`CAUGHT_UP_KEYS`].
+    SmallBacklog,
+    /// Every change up to the marker is written to the ghost.
+    Applied,
+}
+
 /// Where the row copy starts.
 enum CopyFrom {
     /// From the start, into the empty ghost this run created.
@@ -872,7 +881,7 @@ impl Run {
             let mut job = ChecksumJob::new(self.cfg.conn.clone(), info.name.clone(), ghost.name.clone(), ghost.mapping.clone());
             job.workers = self.cfg.copy.workers;
             job.progress = self.checksum_progress.clone();
-            let catch_up = || -> BoxFuture<'_, Result<()>> { Box::pin(self.catch_up(repl)) };
+            let catch_up = || -> BoxFuture<'_, Result<()>> { Box::pin(self.applied_up_to_now(repl)) };
             let report = guard(checksum::verify(&job, &repl.inflight, catch_up), &mut self.abort.clone(), Some(&mut *bg)).await?;
             tracing::info!(
                 ranges = report.ranges,
@@ -1040,6 +1049,16 @@ impl Run {
     /// Waits until the stream has delivered everything committed up to now and the apply
     /// backlog is small, so the cut-over's sentinel arrives at once.
     async fn catch_up(&self, repl: &Replication) -> Result<()> {
+        self.wait_for_apply(repl, CatchUp::SmallBacklog).await
+    }
+
+    /// Waits until every change committed up to now is written to the ghost: what a
+    /// checksum re-check needs to tell lag from a real difference.
+    async fn applied_up_to_now(&self, repl: &Replication) -> Result<()> {
+        self.wait_for_apply(repl, CatchUp::Applied).await
+    }
+
+    async fn wait_for_apply(&self, repl: &Replication, until: CatchUp) -> Result<()> {
         let marker: String = format!("catch-up {}", std::process::id());
         // Called while the run is borrowed (checksum): a lost main session is replaced for
         // this marker only, and for good at the next `ensure_session`.
@@ -1052,7 +1071,11 @@ impl Run {
         };
         let mut stats = repl.writer.stats.clone();
         stats
-            .wait_for(|s| s.received >= target && s.backlog_keys < CAUGHT_UP_KEYS)
+            .wait_for(|s| match until {
+                CatchUp::SmallBacklog => s.received >= target && s.backlog_keys < CAUGHT_UP_KEYS,
+                // Acknowledged only once a ghost transaction covering it has committed.
+                CatchUp::Applied => s.acked >= target,
+            })
             .await
             .map_err(|_| Error::internal("the apply loop stopped while catching up"))?;
         Ok(())

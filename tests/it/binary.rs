@@ -45,6 +45,14 @@ pub fn assert_success(out: &Output) {
     assert!(out.status.success(), "pg-ghost failed ({}):\n{}", out.status, stderr(out));
 }
 
+/// Panics if the run's checksum repaired a range. Where the apply is correct, only lag
+/// separates the ghost from the original, and a checksum that repairs took lag for a
+/// difference (or the apply lost a change).
+pub fn assert_checksum_repaired_nothing(out: &Output) {
+    let log = stderr(out);
+    assert!(!log.contains("repairing it"), "the checksum repaired a range:\n{log}");
+}
+
 /// Panics unless pg-ghost exited with `code` and its one-line reason contains `needle`.
 pub fn assert_failure(out: &Output, code: i32, needle: &str) {
     let err = stderr(out);

@@ -64,6 +64,8 @@ async fn run_case(c: Case<'_>) {
     binary::assert_success(&out);
     let log = binary::stderr(&out);
     assert!(log.contains("publication created (via the partition root)"), "{log}");
+    assert!(log.contains("checksum complete"), "{log}");
+    binary::assert_checksum_repaired_nothing(&out);
 
     workload.wait_for_more_commits(30, Duration::from_secs(30)).await;
     let report = workload.stop().await;

@@ -49,6 +49,7 @@ async fn run_scenario(s: Scenario<'_>) {
     args.extend_from_slice(s.extra_args);
     let out = binary::run(&db, &args).await;
     binary::assert_success(&out);
+    binary::assert_checksum_repaired_nothing(&out);
 
     workload.wait_for_more_commits(30, Duration::from_secs(30)).await;
     let report = workload.stop().await;
