@@ -69,34 +69,45 @@ struct NamesOf {
     statistics: Vec<Statistic>,
 }
 
+/// Both tables and, for partitioned tables, every partition of their trees: the swap renames
+/// partitions too.
+const TREES: &str = "WITH trees AS (SELECT $1::oid AS relid UNION SELECT $2::oid
+                      UNION SELECT relid FROM pg_partition_tree($1::oid::regclass)
+                      UNION SELECT relid FROM pg_partition_tree($2::oid::regclass))";
+
 const RELATIONS: &str = "SELECT c.oid, c.relkind::text, n.nspname::text, c.relname::text
        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-      WHERE c.oid IN ($1, $2)
-         OR c.oid IN (SELECT indexrelid FROM pg_index WHERE indrelid IN ($1, $2))
+      WHERE c.oid IN (SELECT relid FROM trees)
+         OR c.oid IN (SELECT indexrelid FROM pg_index WHERE indrelid IN (SELECT relid FROM trees))
          OR (c.relkind = 'S' AND c.oid IN (SELECT objid FROM pg_depend
                                             WHERE classid = 'pg_class'::regclass AND refclassid = 'pg_class'::regclass
-                                              AND refobjid IN ($1, $2) AND deptype IN ('a', 'i')))
+                                              AND refobjid IN (SELECT relid FROM trees) AND deptype IN ('a', 'i')))
       ORDER BY c.oid";
 
 const CONSTRAINTS: &str = "SELECT oid, conrelid, conname::text FROM pg_constraint
-      WHERE conrelid IN ($1, $2) AND contype NOT IN ('p', 'u', 'x') ORDER BY oid";
+      WHERE conrelid IN (SELECT relid FROM trees) AND contype NOT IN ('p', 'u', 'x') ORDER BY oid";
 
 const STATISTICS: &str = "SELECT s.oid, n.nspname::text, s.stxname::text
        FROM pg_statistic_ext s JOIN pg_namespace n ON n.oid = s.stxnamespace
-      WHERE s.stxrelid IN ($1, $2) ORDER BY s.oid";
+      WHERE s.stxrelid IN (SELECT relid FROM trees) ORDER BY s.oid";
 
 const OWNERS: &str = "SELECT d.objid, d.refobjid, a.attname::text
        FROM pg_depend d
        JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
        JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
       WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
-        AND d.refobjid IN ($1, $2) AND d.deptype = 'a'
+        AND d.refobjid IN (SELECT relid FROM trees) AND d.deptype = 'a'
       ORDER BY d.objid";
+
+/// One of the statements above, over both trees.
+fn over_trees(sql: &str) -> String {
+    format!("{TREES} {sql}")
+}
 
 impl NamesOf {
     async fn read(tx: &impl GenericClient, orig: u32, ghost: u32) -> Result<NamesOf> {
         let relations = tx
-            .query(RELATIONS, &[&orig, &ghost])
+            .query(&over_trees(RELATIONS), &[&orig, &ghost])
             .await
             .context("reading the names of both tables' relations")?
             .iter()
@@ -109,21 +120,21 @@ impl NamesOf {
             })
             .collect::<Result<Vec<_>>>()?;
         let constraints = tx
-            .query(CONSTRAINTS, &[&orig, &ghost])
+            .query(&over_trees(CONSTRAINTS), &[&orig, &ghost])
             .await
             .context("reading the names of both tables' constraints")?
             .iter()
             .map(|r| Ok(Constraint { oid: r.try_get(0)?, table: r.try_get(1)?, name: r.try_get(2)? }))
             .collect::<Result<Vec<_>>>()?;
         let owners = tx
-            .query(OWNERS, &[&orig, &ghost])
+            .query(&over_trees(OWNERS), &[&orig, &ghost])
             .await
             .context("reading the owners of serial sequences")?
             .iter()
             .map(|r| Ok(Owner { sequence: r.try_get(0)?, table: r.try_get(1)?, column: r.try_get(2)? }))
             .collect::<Result<Vec<_>>>()?;
         let statistics = tx
-            .query(STATISTICS, &[&orig, &ghost])
+            .query(&over_trees(STATISTICS), &[&orig, &ghost])
             .await
             .context("reading the names of both tables' statistics objects")?
             .iter()

@@ -48,10 +48,16 @@ struct Subscription {
 }
 
 /// The publisher's table list is not visible from a subscriber; which subscriptions carry
-/// the table is read from their relations instead.
-const FEEDING: &str = "SELECT s.oid, s.subname::text, s.subenabled, r.srsubstate::text, pg_has_role(s.subowner, 'USAGE')
+/// the table is read from their relations instead. A partitioned table is carried through its
+/// root or through its partitions (the publisher's `publish_via_partition_root`); a
+/// subscription still copying any of them reports that state.
+const FEEDING: &str = "SELECT s.oid, s.subname::text, s.subenabled,
+            coalesce(max(r.srsubstate::text) FILTER (WHERE r.srsubstate NOT IN ('r', 's')), 'r'),
+            pg_has_role(s.subowner, 'USAGE')
        FROM pg_subscription_rel r JOIN pg_subscription s ON s.oid = r.srsubid
-      WHERE r.srrelid = $1 AND s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+      WHERE (r.srrelid = $1 OR r.srrelid IN (SELECT relid FROM pg_partition_tree($1::oid::regclass)))
+        AND s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+      GROUP BY s.oid, s.subname, s.subenabled, s.subowner
       ORDER BY s.subname";
 
 /// Subscriptions among `$1` still enabled or with a worker still running.

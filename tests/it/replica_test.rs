@@ -46,11 +46,23 @@ struct Replicated {
 
 impl Replicated {
     async fn start(prefix: &str, rows: i64) -> Replicated {
+        Replicated::start_with(prefix, rows, None).await
+    }
+
+    /// With `partitioned` (`PARTITION BY` and the partitions' SQL), the table is partitioned
+    /// alike on both sides, and the publisher publishes its partitions.
+    async fn start_with(prefix: &str, rows: i64, partitioned: Option<(&str, &str)>) -> Replicated {
+        let create = |db, rows| async move {
+            match partitioned {
+                None => OracleTable::create(db, "orders", KeyKind::Identity, rows).await,
+                Some((by, tree)) => OracleTable::create_partitioned(db, "orders", KeyKind::Composite, rows, by, tree).await,
+            }
+        };
         let publisher = Cluster::primary().fresh_db(&format!("{prefix}_pub"));
-        let table = OracleTable::create(&publisher, "orders", KeyKind::Identity, rows).await;
+        let table = create(&publisher, rows).await;
         publisher.psql("CREATE PUBLICATION rehearsal FOR TABLE orders, orders_control");
         let subscriber = subscriber_cluster().fresh_db(&format!("{prefix}_sub"));
-        OracleTable::create(&subscriber, "orders", KeyKind::Identity, 0).await;
+        create(&subscriber, 0).await;
         let subscription = subscriber.name.clone();
         subscriber.psql(&format!(
             "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION rehearsal WITH (copy_data = true)",
@@ -59,7 +71,8 @@ impl Replicated {
         ));
         let r = Replicated { subscriber, publisher, table, subscription };
         let deadline = Instant::now() + Duration::from_secs(60);
-        while r.subscriber.psql("SELECT count(*) FILTER (WHERE srsubstate = 'r') || '/' || count(*) FROM pg_subscription_rel") != "2/2" {
+        let ready = "SELECT count(*) FILTER (WHERE srsubstate = 'r') = count(*) AND count(*) >= 2 FROM pg_subscription_rel";
+        while r.subscriber.psql(ready) != "t" {
             assert!(Instant::now() < deadline, "the subscription did not finish its initial copy within 60 s");
             tokio::time::sleep(POLL).await;
         }
@@ -251,6 +264,45 @@ async fn rehearses_on_a_subscriber_and_leaves_both_tables() {
     assert_same_rows(&sub_client, ORDERS, CONTROL, &r.table.projection()).await;
 }
 
+/// A partitioned table (a range level with a default, a hash sub-level) whose partitions are
+/// published: the rehearsal finds the subscription through the partitions, swaps the tree and
+/// back, and leaves the original's tree with every name it had, the migrated tree beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rehearses_a_partitioned_table() {
+    const TREE: &str = "
+        CREATE TABLE public.orders_t1 PARTITION OF {t} FOR VALUES FROM (1) TO (3);
+        CREATE TABLE public.orders_t3 PARTITION OF {t} FOR VALUES FROM (3) TO (5) PARTITION BY HASH (id);
+        CREATE TABLE public.orders_t3_h0 PARTITION OF public.orders_t3 FOR VALUES WITH (MODULUS 2, REMAINDER 0);
+        CREATE TABLE public.orders_t3_h1 PARTITION OF public.orders_t3 FOR VALUES WITH (MODULUS 2, REMAINDER 1);
+        CREATE TABLE public.orders_rest PARTITION OF {t} DEFAULT;";
+    let r = Replicated::start_with("rt_part", 2_000, Some(("RANGE (tenant)", TREE))).await;
+    let (pub_client, sub_client) = (r.publisher.client().await, r.subscriber.client().await);
+    let workload = Workload::start(&r.publisher, &r.table, WorkloadOptions::new(2).rate(Some(40))).await;
+    workload.wait_for_more_commits(20, Duration::from_secs(30)).await;
+    let pub_before = CatalogSnapshot::take(&pub_client).await;
+    let sub_before = CatalogSnapshot::take(&sub_client).await;
+
+    let out = binary::run(&r.subscriber, &["--table", "orders", "--alter", ALTER, "--test-on-replica", "--execute", "--chunk-size", "500"]).await;
+    binary::assert_success(&out);
+    let report = stdout(&out);
+    assert!(report.starts_with("test on replica: clean."), "{report}");
+    assert_eq!(r.enabled(), "f");
+    let stopped = workload.stop().await;
+    assert!(stopped.errors.is_empty(), "workload errors (seed {}): {:#?}", stopped.seed, stopped.errors);
+
+    // The ghost's tree holds the original's rows migrated (the oracle's row compare reads
+    // with ONLY, which a partitioned table fails).
+    let differing = r.subscriber.psql(
+        "SELECT count(*) FROM ((SELECT tenant, id, n::bigint, label, true FROM orders EXCEPT SELECT tenant, id, n, label, flag FROM _orders_gho)
+                         UNION ALL (SELECT tenant, id, n, label, flag FROM _orders_gho EXCEPT SELECT tenant, id, n::bigint, label, true FROM orders)) d",
+    );
+    assert_eq!(differing, "0", "the ghost does not hold the original's rows:\n{}", binary::stderr(&out));
+    assert_ne!(r.subscriber.psql("SELECT count(*) FROM orders_t3_h1"), "0");
+    assert_catalog_unchanged(&pub_before, &CatalogSnapshot::take(&pub_client).await);
+    r.subscriber.psql(report_line(&report, "clean up:"));
+    assert_catalog_unchanged(&sub_before, &CatalogSnapshot::take(&sub_client).await);
+}
+
 /// With `--test-on-replica-skip-replica-stop` pg-ghost leaves the subscription alone and
 /// waits at the cut-over until someone else has disabled it. Without that flag, a
 /// subscription disabled beforehand is refused.
@@ -375,6 +427,86 @@ async fn swap_and_back_leaves_every_name_as_it_was() {
     assert_same_rows(&observer, GHOST, ORDERS, &Projection::identity(&["id", "n", "email", "serial_no", "label"]).map("n", "n::bigint")).await;
     db.psql("DROP TABLE _orders_gho");
     assert_eq!(db.psql("INSERT INTO orders (n, email) VALUES (1, 'after') RETURNING serial_no"), "2001");
+}
+
+/// The swap and the swap back on a partitioned table (a range level with a default, a hash
+/// sub-level, a partition's own index and CHECK): every partition, index and constraint of
+/// both trees carries its old name afterwards, and the ghost's tree holds the migrated rows.
+#[tokio::test]
+async fn swap_and_back_of_a_partitioned_table_leaves_every_name_as_it_was() {
+    let db = Cluster::primary().fresh_db("rt_swap_back_part");
+    db.psql(
+        "CREATE TABLE orders (tenant int NOT NULL, id bigint NOT NULL, n int NOT NULL CHECK (n >= 0), label text,
+                              PRIMARY KEY (tenant, id)) PARTITION BY RANGE (tenant);
+         CREATE TABLE orders_t1 PARTITION OF orders FOR VALUES FROM (1) TO (3);
+         CREATE TABLE orders_t3 PARTITION OF orders FOR VALUES FROM (3) TO (5) PARTITION BY HASH (id);
+         CREATE TABLE orders_t3_h0 PARTITION OF orders_t3 FOR VALUES WITH (MODULUS 2, REMAINDER 0);
+         CREATE TABLE orders_t3_h1 PARTITION OF orders_t3 FOR VALUES WITH (MODULUS 2, REMAINDER 1);
+         CREATE TABLE orders_rest PARTITION OF orders DEFAULT;
+         CREATE INDEX orders_label_idx ON orders (label);
+         CREATE INDEX orders_t1_n ON orders_t1 (n);
+         INSERT INTO orders SELECT 1 + i % 8, i, i % 50, 'l' || i FROM generate_series(1, 2000) i;",
+    );
+    let conn = ConnInfo::parse(&db.conninfo()).unwrap();
+    let mut client = conn.connect().await.unwrap();
+    let name = inspect::resolve_table(&client, "orders").await.unwrap();
+    let info = inspect::table_info(&client, &name, None).await.unwrap();
+    let names = Names::for_table(&name, info.oid);
+    let g = ghost::create(&mut client, &info, &names.ghost, "ALTER COLUMN n TYPE bigint, ADD CONSTRAINT n_small CHECK (n < 1000)")
+        .await
+        .unwrap();
+    let job = CopyJob {
+        conn: conn.clone(),
+        orig: name.clone(),
+        ghost: g.name.clone(),
+        mapping: g.mapping.clone(),
+        workers: 1,
+        chunk_time: Duration::from_millis(50),
+        changelog: None,
+        resume_after: None,
+        fresh: false,
+    };
+    let (_gate_tx, gate) = tokio::sync::watch::channel(GateState::Open);
+    copy_table(job, pg_ghost::apply::InFlight::new(), CopyProgress::new(500), gate).await.unwrap();
+    ghost::rebuild_deferred(&client, &g).await.unwrap();
+    let observer = db.client().await;
+    let names_of = |sql: &'static str| {
+        let observer = &observer;
+        async move {
+            observer
+                .query(sql, &[])
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get::<_, String>(0))
+                .collect::<Vec<_>>()
+        }
+    };
+    const PARTITIONS: &str = "SELECT c.relname::text || ' of ' || p.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+                                JOIN pg_class p ON p.oid = i.inhparent WHERE c.relkind IN ('r', 'p') ORDER BY 1";
+    const INDEXES: &str = "SELECT c.relname::text || ' on ' || t.relname::text FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid
+                             JOIN pg_class t ON t.oid = x.indrelid JOIN pg_namespace n ON n.oid = t.relnamespace
+                            WHERE n.nspname = 'public' ORDER BY 1";
+    const CONSTRAINTS: &str = "SELECT k.conname::text || ' on ' || t.relname::text FROM pg_constraint k JOIN pg_class t ON t.oid = k.conrelid
+                                JOIN pg_namespace n ON n.oid = t.relnamespace WHERE n.nspname = 'public' ORDER BY 1";
+    let before = (names_of(PARTITIONS).await, names_of(INDEXES).await, names_of(CONSTRAINTS).await);
+    assert!(before.0.iter().any(|p| p.ends_with(" of _orders_gho")), "the ghost has no partitions: {:?}", before.0);
+
+    client.batch_execute("BEGIN; LOCK TABLE orders, _orders_gho IN ACCESS EXCLUSIVE MODE").await.unwrap();
+    let sql = pg_ghost::cutover::swap_back::swap_and_back(&client, &info, &g, &names.old.name).await.unwrap();
+    client.batch_execute("COMMIT").await.unwrap();
+    assert!(sql.iter().any(|s| s.contains(r#"RENAME TO "orders_t3_h0""#)), "the swap did not rename the partitions: {sql:#?}");
+
+    let after = (names_of(PARTITIONS).await, names_of(INDEXES).await, names_of(CONSTRAINTS).await);
+    assert_eq!(before, after, "names differ after the swap and back");
+    // (The oracle's row compare reads its control with ONLY, which a partitioned table fails.)
+    assert_eq!(db.psql("SELECT count(*) FROM _orders_gho"), "2000");
+    let differing = db.psql(
+        "SELECT count(*) FROM ((SELECT tenant, id, n::bigint, label FROM orders EXCEPT SELECT tenant, id, n, label FROM _orders_gho)
+                         UNION ALL (SELECT tenant, id, n, label FROM _orders_gho EXCEPT SELECT tenant, id, n::bigint, label FROM orders)) d",
+    );
+    assert_eq!(differing, "0", "the ghost does not hold the original's rows");
+    assert_eq!(db.psql("SELECT count(*) FROM orders_t1"), db.psql("SELECT count(*) FROM orders WHERE tenant < 3"));
 }
 
 /// The table is in a publication a logical subscriber follows: the swap moves the

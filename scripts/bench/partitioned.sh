@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# Partitioned tables: the same rows in a plain table and in a table range-partitioned by month
+# (--partitions leaves, no default), both keyed by (id, created_at), changed by
+# ALTER COLUMN customer_id TYPE bigint, no concurrent load, contenders interleaved:
+#
+#   alter      plain blocking ALTER TABLE (on the partitioned parent: every leaf rewritten)
+#   ghost-N    pg-ghost run --execute --copy-workers N
+#
+# Reports per table shape: wall time, pg-ghost's row copy (seconds, rows/s overall and per
+# partition), and its cut-over: lock held (ms, all attempts) and the statements the swap ran
+# under the lock (a partitioned swap renames every leaf and its indexes).
+#
+#   scripts/bench/partitioned.sh [--rows N] [--partitions N] [--runs N] [--workers "1 2"] [--shapes "plain part"]
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+
+ROWS=1000000 PARTS=60 RUNS=3 WORKERS="1 2" SHAPES="plain part"
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    --rows) ROWS=$2; shift 2 ;;
+    --partitions) PARTS=$2; shift 2 ;;
+    --runs) RUNS=$2; shift 2 ;;
+    --workers) WORKERS=$2; shift 2 ;;
+    --shapes) SHAPES=$2; shift 2 ;;
+    *) sed -n '2,13p' "$0"; exit 2 ;;
+  esac
+done
+
+need_tools
+build_ghost
+bench_workdir
+bench_output partitioned
+
+say "starting a cluster in $WORK"
+PORT=$(cluster_start pg)
+
+# created_at spreads the rows evenly over the first 28 days of PARTS months, so every leaf
+# holds about ROWS / PARTS rows.
+COLUMNS="id bigint GENERATED ALWAYS AS IDENTITY, customer_id int NOT NULL, qty int NOT NULL,
+    status int NOT NULL, amount numeric(12,2) NOT NULL, note text, created_at timestamptz NOT NULL,
+    PRIMARY KEY (id, created_at)"
+FILL="INSERT INTO orders (customer_id, qty, status, amount, note, created_at)
+SELECT g % 50000, g % 97, g % 5, (g % 100000) / 100.0,
+       CASE WHEN g % 5 = 0 THEN NULL ELSE md5(g::text) END,
+       timestamptz '2020-01-01 00:00:00+00' + ((g - 1) % $PARTS) * interval '1 month'
+         + ((g - 1) / $PARTS) * (interval '28 days' / ceil($ROWS::numeric / $PARTS))
+  FROM generate_series(1, $ROWS) g;"
+
+load_shape() {
+  local shape=$1
+  qc "$PORT" postgres "CREATE DATABASE tpl_$shape"
+  if [[ $shape == plain ]]; then
+    q "$PORT" "tpl_$shape" -c "CREATE TABLE orders ($COLUMNS)"
+  else
+    q "$PORT" "tpl_$shape" <<SQL
+CREATE TABLE orders ($COLUMNS) PARTITION BY RANGE (created_at);
+SELECT format('CREATE TABLE %I PARTITION OF orders FOR VALUES FROM (%L) TO (%L)',
+              'orders_' || to_char(m, 'YYYY_MM'), m, m + interval '1 month')
+  FROM generate_series(timestamptz '2020-01-01 00:00:00+00', timestamptz '2020-01-01 00:00:00+00' + ($PARTS - 1) * interval '1 month', interval '1 month') m
+\\gexec
+SQL
+  fi
+  q "$PORT" "tpl_$shape" <<SQL
+$FILL
+CREATE INDEX orders_customer_idx ON orders (customer_id);
+CREATE INDEX orders_created_idx ON orders (created_at);
+VACUUM (FREEZE, ANALYZE);
+SQL
+}
+
+CONTENDERS=(alter)
+for w in $WORKERS; do CONTENDERS+=("ghost-$w"); done
+
+for shape in $SHAPES; do
+  say "loading $ROWS rows into the $shape template"
+  load_shape "$shape"
+done
+say "leaves of the partitioned table: $(qc "$PORT" tpl_part "SELECT count(*) FROM pg_partition_tree('orders') WHERE isleaf" 2>/dev/null || echo -)"
+
+# From pg-ghost's log: row copy s, cut-over lock held ms (all attempts), swap statements.
+ghost_figures() {
+  local log=$1 copy held stmts
+  copy=$(grep -o 'row copy complete.*' "$log" | grep -o 'secs=[0-9.]*' | head -1 | cut -d= -f2)
+  held=$(python3 "$BENCH_DIR/phases.py" --cut-over "$log" | cut -d' ' -f3)
+  stmts=$(grep 'swap statements ran under the lock' "$log" | tail -1 | grep -o 'statements=[0-9]*' | cut -d= -f2)
+  echo "${copy:-?} ${held:-?} ${stmts:-?}"
+}
+
+for run in $(seq 1 "$RUNS"); do
+  for shape in $SHAPES; do
+    for c in "${CONTENDERS[@]}"; do
+      fresh_db "$PORT" "tpl_$shape" run
+      log="$OUT/partitioned-$shape-$c-$run.log"
+      t0=$(now)
+      case $c in
+        alter) qc "$PORT" run "ALTER TABLE orders $ALTER_CLAUSE" ;;
+        ghost-*)
+          "$GHOST" run --conn "$(conninfo "$PORT" run)" --table orders --alter "$ALTER_CLAUSE" --execute \
+            --ok-to-drop-table --copy-workers "${c#ghost-}" --throttle-additional-flag-file '' >"$log" 2>&1 || { tail -n 20 "$log" >&2; exit 1; } ;;
+      esac
+      t1=$(now)
+      secs=$(elapsed "$t0" "$t1")
+      n=$(qc "$PORT" run "SELECT count(*) FROM orders")
+      [[ $n == "$ROWS" ]] || { echo "bench: $shape/$c left $n rows, expected $ROWS" >&2; exit 1; }
+      figures="- - -"
+      [[ $c == ghost-* ]] && figures=$(ghost_figures "$log")
+      printf '%s\t%s\t%s\t%s\t%s\n' "$shape" "$c" "$run" "$secs" "$figures" | tee -a "$RAW" >&2
+      drop_db "$PORT" run
+    done
+  done
+done
+
+echo
+echo "### Partitioned tables: $ROWS rows, plain or in $PARTS monthly partitions, \`$ALTER_CLAUSE\`, no concurrent load"
+echo
+echo "$(machine_note). $RUNS interleaved runs; median (min–max)."
+echo
+echo "| table | contender | wall time s | row copy s | rows/s copied | rows/s per partition | cut-over lock held ms | statements under the lock |"
+echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
+for shape in $SHAPES; do
+  parts=1
+  [[ $shape == part ]] && parts=$PARTS
+  for c in "${CONTENDERS[@]}"; do
+    sel() { awk -F'\t' -v s="$shape" -v c="$c" -v f="$1" '$1 == s && $2 == c {split($5, a, " "); print (f == 0 ? $4 : a[f])}' "$RAW"; }
+    read -r med lo hi < <(sel 0 | stats3)
+    row="| $([[ $shape == part ]] && echo "$PARTS partitions" || echo plain) | $([[ $c == alter ]] && echo "plain ALTER TABLE" || echo "pg-ghost, --copy-workers ${c#ghost-}") | $med ($lo–$hi)"
+    if [[ $c == ghost-* ]]; then
+      read -r cp _ _ < <(sel 1 | stats3)
+      read -r lh llo lhi < <(sel 2 | stats3)
+      st=$(sel 3 | head -1)
+      rate=$(python3 -c "import sys; r, c, p = map(float, sys.argv[1:]); print(f'{r / c:,.0f} | {r / c / p:,.0f}')" "$ROWS" "$cp" "$parts")
+      row="$row | $cp | $rate | $lh ($llo–$lhi) | $st |"
+    else
+      row="$row | | | | | |"
+    fi
+    echo "$row"
+  done
+done
+echo
+echo "Raw runs: $RAW"
