@@ -7,12 +7,12 @@
 //! partitioned table (its own triggers, rules, policies, constraints, statistics objects,
 //! publications, views reading it, foreign keys referencing it) would stay behind on the old
 //! partition: they are refused, each named. Foreign keys that reference the partitioned
-//! table itself are refused too in this first step.
+//! table itself move with it like any table's (`crate::dependents`): PostgreSQL keeps their
+//! copies on each partition, which go with the key.
 
 use super::get;
 use crate::error::{Context, Error, Result};
 use crate::schema::TableInfo;
-use crate::sql::ident;
 use tokio_postgres::Client;
 
 /// Refuses a partition tree pg-ghost cannot rebuild and swap, naming every object at fault.
@@ -90,22 +90,6 @@ pub(super) async fn check(client: &Client, table: &TableInfo) -> Result<()> {
         let name: String = get(r, "name")?;
         let what: String = r.try_get(1).context("reading a partition's problem")?;
         problems.push(format!("partition {name} {what}"));
-    }
-    let referencing = client
-        .query(
-            "SELECT conname::text, conrelid::regclass::text FROM pg_constraint
-              WHERE contype = 'f' AND confrelid = $1 AND conparentid = 0 ORDER BY 1",
-            &[&table.oid],
-        )
-        .await
-        .context("reading the foreign keys that reference the partitioned table")?;
-    for r in &referencing {
-        let name: String = r.try_get(0)?;
-        let on: String = r.try_get(1)?;
-        problems.push(format!(
-            "foreign key {} of {on} references the partitioned table (not carried over for partitioned tables yet)",
-            ident(&name)
-        ));
     }
     if problems.is_empty() {
         return Ok(());

@@ -135,7 +135,8 @@ async fn range_partitioned_drop_primary_key() {
     tenant_case("part_drop_pkey", "", "DROP CONSTRAINT orders_pkey", |p| p).await;
 }
 
-/// A view, triggers, a policy and a publication on the partitioned table follow it in the swap.
+/// A view, triggers, a policy, a publication and a foreign key that references the
+/// partitioned table follow it in the swap.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dependents_of_a_partitioned_table_follow_it() {
     tenant_case(
@@ -146,7 +147,11 @@ async fn dependents_of_a_partitioned_table_follow_it() {
          CREATE TRIGGER orders_stmt AFTER DELETE ON public.orders FOR EACH STATEMENT EXECUTE FUNCTION public.nothing();
          ALTER TABLE public.orders ENABLE ROW LEVEL SECURITY;
          CREATE POLICY everyone ON public.orders USING (true);
-         CREATE PUBLICATION app_pub FOR TABLE public.orders WITH (publish_via_partition_root = true);",
+         CREATE PUBLICATION app_pub FOR TABLE public.orders WITH (publish_via_partition_root = true);
+         CREATE TABLE public.order_notes (note_id int PRIMARY KEY, tenant int NOT NULL, order_id bigint NOT NULL,
+             CONSTRAINT order_notes_order_fk FOREIGN KEY (tenant, order_id) REFERENCES public.orders (tenant, id)
+                 ON DELETE CASCADE ON UPDATE CASCADE);
+         INSERT INTO public.order_notes SELECT row_number() OVER (), tenant, id FROM public.orders WHERE id % 7 = 0;",
         "ADD COLUMN flag boolean NOT NULL DEFAULT true",
         |p| p.add("flag", "true"),
     )
