@@ -1066,8 +1066,10 @@ impl Run {
         stats
             .wait_for(|s| match until {
                 CatchUp::SmallBacklog => s.received >= target && s.backlog_keys < CAUGHT_UP_KEYS,
-                // Acknowledged only once a ghost transaction covering it has committed.
-                CatchUp::Applied => s.acked >= target,
+                // Acknowledged only once a ghost transaction covering it has committed; or
+                // everything received is written and nothing is being written (a quiet
+                // stream acknowledges only at the walsender's next keepalive).
+                CatchUp::Applied => s.acked >= target || (s.received >= target && s.backlog_keys == 0 && !s.flushing),
             })
             .await
             .map_err(|_| Error::internal("the apply loop stopped while catching up"))?;
