@@ -19,6 +19,7 @@
 //!   [`refusals`] before anything is created, each naming the object.
 //! - After the swap the old table has nothing pointing at it: it drops without CASCADE.
 
+pub mod back;
 mod catalog;
 mod checks;
 pub mod materialized;

@@ -40,6 +40,7 @@ use super::{aborted, Outcome, Run};
 use crate::checkpoint;
 use crate::config::WindowConfig;
 use crate::cutover::Window;
+use crate::dependents::back;
 use crate::error::{Context, Error, ErrorKind, Result};
 use crate::ghost::Ghost;
 use crate::hooks::HookEvent;
@@ -377,10 +378,20 @@ impl Run {
             .context("reading the names recorded at the swap")?
             .ok_or_else(|| Error::internal("the names recorded at the swap are missing from the changelog table"))?
             .try_get::<_, String>(0)?;
+        // What cannot move back is refused before anything waits on a lock (and again under it).
+        let tables = back::Tables {
+            name: &new.name,
+            new_oid: new.oid,
+            new_columns: &new.columns,
+            old: &target.name,
+            old_oid: target.oid,
+            carried: &target.mapping.carried,
+        };
+        back::read(&self.client, &tables, &names.reverse).await?;
         let bg = background.as_mut().ok_or_else(|| Error::internal("the reverse stream is not running"))?;
         super::guard(self.catch_up(repl), &mut self.abort.clone(), Some(&mut *bg)).await?;
         let mut cut_over = self.cut_over(new, target, &names.ghost.name, repl, false);
-        cut_over.window = Window::Revert { recorded: &recorded, changelog: &names.changelog };
+        cut_over.window = Window::Revert { recorded: &recorded, changelog: &names.changelog, reverse_publication: &names.reverse };
         self.controls.cut_over_locked.send_replace(true);
         let report = super::guard(cut_over.run(), &mut self.abort.clone(), Some(&mut *bg)).await;
         self.controls.cut_over_locked.send_replace(false);
@@ -389,8 +400,13 @@ impl Run {
             attempts = report.attempts,
             lock_held_ms = report.lock_held.as_millis() as u64,
             final_keys = report.final_keys,
+            dependents = report.dependents,
             "swap back committed"
         );
+        // The swap back has committed: a key that fails to validate is named, the revert stands.
+        if let Err(e) = crate::dependents::validate(&self.client, &report.validations, self.cfg.cut_over.lock_timeout, self.cfg.cut_over.retries).await {
+            tracing::error!(error = %e.chain(), "reverted, but a foreign key moved back could not be validated");
+        }
         Ok(())
     }
 
@@ -460,22 +476,14 @@ impl Run {
     }
 }
 
-/// What the window cannot serve, refused before anything is created for it: objects the
-/// swap moves (views, foreign keys, triggers, ... would have to move back too, which this
-/// version does not do), and a ghost whose UPDATEs and DELETEs a publication would make fail
-/// (no primary key and no replica identity index).
+/// What the window cannot serve, refused before anything is created for it: dependents the
+/// revert could not move back (see [`back::window_refusals`]), and a ghost whose UPDATEs and
+/// DELETEs a publication would make fail (no primary key and no replica identity index).
 async fn refuse_unserved(client: &Client, info: &TableInfo, ghost: &Ghost) -> Result<()> {
     refuse_partitioned(info)?;
     let names = Names::for_table(&info.name, info.oid);
     let deps = crate::dependents::read(client, info.oid, &names.publication).await?;
-    if deps.count() > 0 {
-        return Err(Error::refused(format!(
-            "--revertible-for: {} has {} dependent object(s) (views, materialized views, foreign keys, triggers, rules, policies, publications or functions) that the swap moves to the new table; \
-             moving them back is not supported yet, so the revert window is refused (run without --revertible-for)",
-            info.name,
-            deps.count()
-        )));
-    }
+    refuse_unmovable(&deps, &info.name)?;
     let row = client
         .query_one(
             "SELECT c.relreplident::text, EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND (i.indisprimary OR i.indisreplident))
@@ -492,6 +500,15 @@ async fn refuse_unserved(client: &Client, info: &TableInfo, ghost: &Ghost) -> Re
         )));
     }
     Ok(())
+}
+
+/// Dependents a revert could not move back refuse the window, each named.
+pub(super) fn refuse_unmovable(deps: &crate::dependents::Dependents, table: &QualifiedName) -> Result<()> {
+    let refused = back::window_refusals(deps, table);
+    if refused.is_empty() {
+        return Ok(());
+    }
+    Err(Error::refused(format!("--revertible-for: {}; so the revert window is refused (run without --revertible-for)", refused.join("; "))))
 }
 
 /// The swap back does not rename partitions yet.

@@ -200,12 +200,12 @@ async fn what_the_window_cannot_serve_is_refused_up_front() {
     binary::narrow_table(&db, "unique2", 100);
     db.psql("ALTER TABLE unique2 ADD UNIQUE (n)");
     db.psql("CREATE TABLE numbered (id int PRIMARY KEY, seq bigint GENERATED ALWAYS AS IDENTITY)");
-    db.psql("CREATE VIEW viewed_v AS SELECT id, n FROM viewed");
+    db.psql("CREATE MATERIALIZED VIEW viewed_v AS SELECT id, n FROM viewed");
     let client = db.client().await;
     let before = CatalogSnapshot::take(&client).await;
     let out = binary::run(&db, &["--table", "viewed", "--alter", "ADD COLUMN x int", "--execute", "--revertible-for", "1h"]).await;
     binary::assert_failure(&out, 3, "--revertible-for");
-    assert!(binary::stderr(&out).contains("dependent"), "{}", binary::stderr(&out));
+    assert!(binary::stderr(&out).contains("materialized view \"public\".\"viewed_v\""), "{}", binary::stderr(&out));
     let out = binary::run(&db, &["--table", "typed", "--alter", "ALTER COLUMN pad TYPE int USING length(pad)", "--execute", "--revertible-for", "1h"]).await;
     binary::assert_failure(&out, 3, "USING");
     // A dropped column with another unique index: the old table could not keep its values.
@@ -472,4 +472,86 @@ async fn killed_right_after_the_swap_back_a_resume_refuses_to_make_the_change_ag
     assert_eq!(columns, 0, "the change was made again");
     binary::assert_success(&binary::cleanup(&db, &["--table", "back"]).await);
     assert_eq!(slots(&client).await, Vec::<String>::new());
+}
+
+/// Every kind of dependent the swap moves (views on views, incoming foreign keys, triggers
+/// with their states, a rule, policies with row security forced, a publication with a column
+/// list and a row filter, a function of the row type) and an outgoing foreign key: after a
+/// revert under the control-table workload the whole database's schema is as before the run,
+/// and the table equals its control, `last_update` included (the old table's
+/// `last_update = now()` trigger must not fire on the reverse stream's writes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revert_moves_every_dependent_back() {
+    let db = Cluster::primary().fresh_db("revert_deps");
+    let table = OracleTable::create(&db, "orders", KeyKind::Identity, 3_000).await;
+    db.psql(crate::dependents::APP_SCHEMA);
+    db.psql(
+        "CREATE TABLE public.spares (id int PRIMARY KEY);
+         INSERT INTO public.spares SELECT g FROM generate_series(0, 999) g;
+         ALTER TABLE public.orders ADD CONSTRAINT orders_spare_fkey FOREIGN KEY (spare) REFERENCES public.spares (id);",
+    );
+    let before = WholeSchema::take(&db).await;
+    let workload = Workload::start(&db, &table, WorkloadOptions::new(3).rate(Some(80))).await;
+    workload.wait_for_more_commits(30, Duration::from_secs(30)).await;
+
+    let alter = "ALTER COLUMN spare TYPE bigint, ADD COLUMN flag boolean NOT NULL DEFAULT true";
+    let mut run = spawn_run(&db, &["--table", "orders", "--alter", alter, "--execute", "--revertible-for", "10m", "--chunk-size", "500", "--ok-to-drop-table"]);
+    let client = db.client().await;
+    wait_for_window(&client, "orders", &mut run).await;
+    let after_swap = workload.committed_after_swap();
+    while workload.committed_after_swap() < after_swap + 60 {
+        assert!(!run.is_finished(), "pg-ghost ended during its window");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let revert = binary::command(&db, "revert", &["--table", "orders"]).output().await.expect("start pg-ghost revert");
+    binary::assert_success(&revert);
+    let out = finish(run).await;
+    binary::assert_success(&out);
+    workload.wait_for_more_commits(30, Duration::from_secs(30)).await;
+    let report = workload.stop().await;
+    assert!(report.errors.is_empty(), "workload errors (seed {}): {:#?}", report.seed, report.errors);
+    assert!(report.committed_after_swap_by_op.get("update_columns").copied().unwrap_or(0) > 0, "no updates in the window: {report:?}");
+
+    table.assert_matches_control(&client, &table.projection().add("last_update", "last_update")).await;
+    assert_eq!(crate::dependents::foreign_keys_not_valid(&client).await, Vec::<String>::new(), "every foreign key moved back is validated");
+    let twin = before.twin_after_plain_sql(&db, "SELECT 1").await;
+    assert_whole_schema_equal(&db, &twin, "after a revert, every dependent is back on the original").await;
+    crate::dependents::assert_no_slots_or_publications_but(&client, &["app_pub"]).await;
+}
+
+/// A view created during the window on a column the ALTER added cannot move back: the revert
+/// is refused naming it and changes nothing; the window stays open, and once the view is gone
+/// the revert goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dependent_on_an_added_column_refuses_the_revert_and_changes_nothing() {
+    let db = Cluster::primary().fresh_db("revert_added_dep");
+    binary::narrow_table(&db, "flagged", 1_000);
+    db.psql("CREATE VIEW flagged_n AS SELECT id, n FROM flagged");
+    let client = db.client().await;
+    let original: u32 = client.query_one("SELECT 'flagged'::regclass::oid", &[]).await.unwrap().get(0);
+    let before = WholeSchema::take(&db).await;
+    let mut run = spawn_run(&db, &["--table", "flagged", "--alter", "ADD COLUMN flag boolean NOT NULL DEFAULT true", "--execute", "--revertible-for", "10m", "--ok-to-drop-table"]);
+    wait_for_window(&client, "flagged", &mut run).await;
+    client.batch_execute("CREATE VIEW public.flags AS SELECT id, flag FROM public.flagged; UPDATE flagged SET n = -n WHERE id <= 10").await.unwrap();
+
+    let in_window = CatalogSnapshot::take(&client).await;
+    let new_oid: u32 = client.query_one("SELECT 'flagged'::regclass::oid", &[]).await.unwrap().get(0);
+    let refused = binary::command(&db, "revert", &["--table", "flagged"]).output().await.expect("start pg-ghost revert");
+    binary::assert_failure(&refused, 3, "flags");
+    assert!(binary::stderr(&refused).contains("\"flag\""), "{}", binary::stderr(&refused));
+    assert_catalog_unchanged(&in_window, &CatalogSnapshot::take(&client).await);
+    let now: u32 = client.query_one("SELECT 'flagged'::regclass::oid", &[]).await.unwrap().get(0);
+    assert_eq!(now, new_oid, "the refused revert moved the table");
+    assert!(!run.is_finished(), "a refused revert ended the window");
+
+    client.batch_execute("DROP VIEW public.flags").await.unwrap();
+    binary::assert_success(&binary::command(&db, "revert", &["--table", "flagged"]).output().await.expect("start pg-ghost revert"));
+    binary::assert_success(&finish(run).await);
+    let now: u32 = client.query_one("SELECT 'flagged'::regclass::oid", &[]).await.unwrap().get(0);
+    assert_eq!(now, original, "the original is not back under its name");
+    let diff = compare_rows(&client, "SELECT id, n, pad FROM flagged", "SELECT id, CASE WHEN id <= 10 THEN -n ELSE n END, pad FROM flagged_before").await;
+    assert!(diff.is_empty(), "{diff:?}");
+    let twin = before.twin_after_plain_sql(&db, "SELECT 1").await;
+    assert_whole_schema_equal(&db, &twin, "after the revert, the view is back on the original").await;
 }
