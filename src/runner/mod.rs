@@ -1140,7 +1140,7 @@ fn history_outcome(outcome: &Outcome) -> history::Outcome {
         Outcome::DryRunComplete => history::Outcome::DryRun,
         Outcome::ReplicaTested(_) => history::Outcome::ReplicaTest,
         Outcome::Direct { .. } => history::Outcome::Success,
-        Outcome::Reverted => history::Outcome::Success,
+        Outcome::Reverted => history::Outcome::Reverted,
     }
 }
 

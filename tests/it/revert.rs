@@ -48,6 +48,17 @@ async fn slots(client: &Client) -> Vec<String> {
         .collect()
 }
 
+/// The outcomes the history of runs recorded for `table`, oldest first.
+async fn recorded_outcomes(client: &Client, table: &str) -> Vec<Option<String>> {
+    client
+        .query("SELECT outcome FROM pgghost.runs WHERE table_name = $1 ORDER BY started_at", &[&table])
+        .await
+        .expect("reading pgghost.runs")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
 async fn wait_until(client: &Client, what: &str, sql: &str) {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while !client.query_one(sql, &[]).await.unwrap().get::<_, bool>(0) {
@@ -94,6 +105,11 @@ async fn revert_under_load_gives_back_the_original_with_every_write() {
     assert_whole_schema_equal(&db, &twin, "after a revert, the database is as before the run").await;
     assert_eq!(slots(&client).await, Vec::<String>::new(), "replication slots left behind");
     assert_no_slots_or_publications(&client).await;
+    assert_eq!(recorded_outcomes(&client, "orders").await, [Some("reverted".to_string())]);
+    let history = binary::command(&db, "history", &[]).output().await.expect("start pg-ghost history");
+    binary::assert_success(&history);
+    let shown = String::from_utf8_lossy(&history.stdout).into_owned();
+    assert!(shown.lines().any(|l| l.contains("public.orders") && l.contains("reverted")), "{shown}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -147,6 +163,7 @@ async fn finalize_ends_the_window_and_drops_the_reverse_slot() {
         .map(|r| vec![r.get(0), r.get(1), r.get(2)])
         .unwrap();
     assert_eq!(kept, vec![Some("items".to_string()), Some("_items_del".to_string()), None]);
+    assert_eq!(recorded_outcomes(&client, "items").await, [Some("success".to_string())], "a finalized run is a success");
     let revert = binary::command(&db, "revert", &["--table", "items"]).output().await.unwrap();
     binary::assert_failure(&revert, 3, "no revert window is open");
 }
