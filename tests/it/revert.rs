@@ -572,3 +572,55 @@ async fn a_dependent_on_an_added_column_refuses_the_revert_and_changes_nothing()
     let twin = before.twin_after_plain_sql(&db, "SELECT 1").await;
     assert_whole_schema_equal(&db, &twin, "after the revert, the view is back on the original").await;
 }
+
+/// The ALTER renames a column that a view, a trigger, a policy and a publication's column
+/// list use: after the revert they name it by its old name again. A view created during the
+/// window on the renamed column comes back reading the old one, and a trigger dropped during
+/// the window stays dropped: the old table ends with the new table's dependents.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renamed_column_is_named_back_in_the_dependents_the_revert_moves() {
+    let db = Cluster::primary().fresh_db("revert_rename_deps");
+    binary::narrow_table(&db, "t", 300);
+    db.psql(
+        "CREATE TABLE expected AS TABLE t;
+         CREATE VIEW t_pads AS SELECT id, pad FROM t WHERE pad IS NOT NULL;
+         CREATE FUNCTION keep() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;
+         CREATE TRIGGER t_pad_changed BEFORE UPDATE OF pad ON t FOR EACH ROW WHEN (OLD.pad IS DISTINCT FROM NEW.pad) EXECUTE FUNCTION keep();
+         CREATE TRIGGER t_dropped_in_window BEFORE INSERT ON t FOR EACH ROW EXECUTE FUNCTION keep();
+         ALTER TABLE t ENABLE ROW LEVEL SECURITY;
+         CREATE POLICY t_pad_rows ON t FOR SELECT USING (pad IS NULL OR pad <> '');
+         CREATE PUBLICATION t_pub FOR TABLE t (id, pad);
+         CREATE TABLE t_refs (id int PRIMARY KEY, t_id bigint REFERENCES t (id) ON DELETE CASCADE);
+         INSERT INTO t_refs SELECT id, id FROM t WHERE id % 10 = 0;",
+    );
+    let before = WholeSchema::take(&db).await;
+    let client = db.client().await;
+    let mut run = spawn_run(&db, &["--table", "t", "--alter", "RENAME COLUMN pad TO filler", "--execute", "--revertible-for", "10m", "--ok-to-drop-table"]);
+    wait_for_window(&client, "t", &mut run).await;
+    client
+        .batch_execute(
+            "UPDATE t SET filler = 'x' || id WHERE id <= 5; DELETE FROM t WHERE id = 20; INSERT INTO t (id, n) VALUES (1000, 1000);
+             CREATE VIEW t_fillers AS SELECT id, filler FROM t;
+             DROP TRIGGER t_dropped_in_window ON t;",
+        )
+        .await
+        .unwrap();
+    binary::assert_success(&binary::command(&db, "revert", &["--table", "t"]).output().await.expect("start pg-ghost revert"));
+    binary::assert_success(&finish(run).await);
+
+    db.psql("UPDATE expected SET pad = 'x' || id WHERE id <= 5; DELETE FROM expected WHERE id = 20; INSERT INTO expected (id, n) VALUES (1000, 1000)");
+    let diff = compare_rows(&client, "SELECT * FROM t", "SELECT * FROM expected").await;
+    assert!(diff.is_empty(), "{diff:?}");
+    let refs = compare_rows(&client, "SELECT id, t_id FROM t_refs", "SELECT id, id FROM expected WHERE id % 10 = 0 AND id <= 300").await;
+    assert!(refs.is_empty(), "the cascade of the window's delete: {refs:?}");
+    let twin = before
+        .twin_after_plain_sql(
+            &db,
+            "CREATE VIEW public.t_fillers AS SELECT id, pad AS filler FROM public.t;
+             DROP TRIGGER t_dropped_in_window ON public.t",
+        )
+        .await;
+    assert_whole_schema_equal(&db, &twin, "the dependents are back on the original, under its column names").await;
+    assert_eq!(crate::dependents::foreign_keys_not_valid(&client).await, Vec::<String>::new());
+    assert_eq!(slots(&client).await, Vec::<String>::new());
+}
