@@ -313,9 +313,12 @@ impl Run {
         let mut abort = self.abort.clone();
         let mut socket = self.controls.window.subscribe();
         socket.mark_unchanged();
+        // A request left while no pg-ghost served the window comes before its end, even one
+        // already past (`pg-ghost revert` taking the window up).
+        let mut pending = self.take_request(names).await;
         loop {
             let bg = background.as_mut().ok_or_else(|| Error::internal("the reverse stream is not running"))?;
-            let request = tokio::select! {
+            let request = if let Some(r) = pending.take() { r } else { tokio::select! {
                 biased;
                 why = aborted(&mut abort) => return Err(Error::new(ErrorKind::Aborted, why).context("during the revert window (the new table keeps the name; the old table is kept)")),
                 e = bg.failed() => {
@@ -347,7 +350,7 @@ impl Run {
                     Some(r) => r,
                     None => continue,
                 },
-            };
+            } };
             tracing::info!(request = request.name(), "revert window request");
             match request {
                 Request::Finalize => return Ok(End::Finalize("finalize")),
@@ -569,7 +572,7 @@ pub(super) fn refuse_identity_always(info: &TableInfo) -> Result<()> {
 /// `pg-ghost revert` / `pg-ghost finalize`: asks the pg-ghost running the table's revert window
 /// and waits until it has done it.
 pub async fn request(cfg: WindowConfig, request: Request) -> Result<()> {
-    let conn = cfg.conn.resolve().await?;
+    let conn = cfg.conn.clone().resolve().await?;
     let client = conn.with_application_name("pg-ghost window").connect().await?;
     let table = inspect::resolve_table(&client, &cfg.table).await?;
     let oid: u32 = client.query_one("SELECT $1::text::regclass::oid", &[&table.sql()]).await?.try_get(0)?;
@@ -587,16 +590,26 @@ pub async fn request(cfg: WindowConfig, request: Request) -> Result<()> {
     // The window's slot is named after the original's OID: the old table's, now.
     let reverse = recorded_slot(&client, &changelog).await?.ok_or_else(|| Error::refused(format!("the revert window on {table} recorded no slot")))?;
     let old_oid: Option<u32> = reverse.strip_prefix("pg_ghost_").and_then(|s| s.strip_suffix("_rev")).and_then(|s| s.parse().ok());
-    let streaming = slot::slot_info(&client, &reverse).await?.and_then(|s| s.active_pid).is_some();
-    if !streaming {
+    let slot = slot::slot_info(&client, &reverse).await?;
+    let streaming = slot.as_ref().and_then(|s| s.active_pid).is_some();
+    if slot.is_none() {
         return Err(Error::refused(format!(
-            "the revert window on {table} is not being served: no pg-ghost is streaming its slot {reverse} (was it killed? `pg-ghost cleanup --table {table}` ends the window)"
+            "the revert window on {table} has lost its slot {reverse}: it cannot be served any more (`pg-ghost cleanup --table {table}` ends it)"
         )));
     }
     // The state is set back to open first, so that only this request's outcome is waited for.
     let upsert = checkpoint::upsert_sql(&changelog);
     client.execute(upsert.as_str(), &[&checkpoint::STATE, &STATE_OPEN]).await.context("asking the running pg-ghost")?;
     client.execute(upsert.as_str(), &[&checkpoint::WINDOW_REQUEST, &request.name()]).await.context("asking the running pg-ghost")?;
+    if !streaming {
+        let alter = checkpoint::read(&client, &changelog)
+            .await?
+            .and_then(|s| s.plan)
+            .map(|p| p.alter)
+            .ok_or_else(|| Error::refused(format!("the revert window on {table}: the earlier run's plan is missing from its changelog table")))?;
+        drop(client);
+        return take_up(&cfg, &alter, &table, request).await;
+    }
     tracing::info!(table = %table, request = request.name(), "asked the running pg-ghost; waiting for it");
     let deadline = tokio::time::Instant::now() + cfg.wait;
     loop {
@@ -622,6 +635,20 @@ pub async fn request(cfg: WindowConfig, request: Request) -> Result<()> {
         if tokio::time::Instant::now() > deadline {
             return Err(Error::new(ErrorKind::Aborted, format!("the running pg-ghost did not {} {table} within {:?} (the request stays; see its log)", request.name(), cfg.wait)));
         }
+    }
+}
+
+/// No pg-ghost serves the window (the one that opened it was killed): it is taken up here, as
+/// `run --resume` does, with the request already left for it; the window's first act is to
+/// carry it out.
+async fn take_up(cfg: &WindowConfig, alter: &str, table: &QualifiedName, request: Request) -> Result<()> {
+    tracing::info!(table = %table, request = request.name(), "no pg-ghost serves the revert window: taking it up here");
+    // The plan keeps the ALTER as PostgreSQL's parser prints it, on a stand-in table name.
+    let clauses = alter.strip_prefix("ALTER TABLE pg_ghost_t ").unwrap_or(alter);
+    let outcome = Box::pin(super::run(cfg.take_up(clauses)?)).await?;
+    match (request, outcome) {
+        (Request::Revert, Outcome::Reverted) | (Request::Finalize, Outcome::CutOver) => Ok(()),
+        (_, other) => Err(Error::new(ErrorKind::Refused, format!("{table}: the revert window ended otherwise than asked ({other:?})"))),
     }
 }
 

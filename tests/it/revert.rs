@@ -249,8 +249,6 @@ async fn a_window_whose_run_was_killed_is_ended_by_cleanup_or_resume() {
         let reverse = format!("pg_ghost_{}_rev", client.query_one(&format!("SELECT '_{table}_del'::regclass::oid"), &[]).await.unwrap().get::<_, u32>(0));
         wait_until(&client, "the killed run's walsender gone", "SELECT NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE active)").await;
         assert_eq!(slots(&client).await, vec![reverse.clone()], "{table}");
-        let revert = binary::command(&db, "revert", &["--table", table]).output().await.unwrap();
-        binary::assert_failure(&revert, 3, "not being served");
 
         let out = match end_with {
             "cleanup" => binary::cleanup(&db, &["--table", table]).await,
@@ -623,4 +621,44 @@ async fn a_renamed_column_is_named_back_in_the_dependents_the_revert_moves() {
     assert_whole_schema_equal(&db, &twin, "the dependents are back on the original, under its column names").await;
     assert_eq!(crate::dependents::foreign_keys_not_valid(&client).await, Vec::<String>::new());
     assert_eq!(slots(&client).await, Vec::<String>::new());
+}
+
+/// The pg-ghost serving the window is killed; `pg-ghost revert` then takes the window up
+/// itself (as `run --resume` would), catches the reverse stream up with the writes made
+/// while no pg-ghost ran, and swaps back, under the control-table workload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revert_takes_up_a_window_no_pg_ghost_serves() {
+    let db = Cluster::primary().fresh_db("revert_take_up");
+    let table = OracleTable::create(&db, "orders", KeyKind::Identity, 2_000).await;
+    let before = WholeSchema::take(&db).await;
+    let workload = Workload::start(&db, &table, WorkloadOptions::new(3).rate(Some(80))).await;
+    workload.wait_for_more_commits(20, Duration::from_secs(30)).await;
+    let alter = "ALTER COLUMN n TYPE bigint, ADD COLUMN flag boolean NOT NULL DEFAULT true";
+    let mut run = spawn_run(&db, &["--table", "orders", "--alter", alter, "--execute", "--revertible-for", "10m", "--chunk-size", "500"]);
+    let client = db.client().await;
+    wait_for_window(&client, "orders", &mut run).await;
+    run.abort();
+    let _ = run.await;
+    wait_until(&client, "the killed run's walsender gone", "SELECT NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE active)").await;
+    let killed_at = workload.committed_after_swap();
+    while workload.committed_after_swap() < killed_at + 40 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let revert = binary::command(&db, "revert", &["--table", "orders"]).output().await.expect("start pg-ghost revert");
+    binary::assert_success(&revert);
+    assert!(binary::stderr(&revert).contains("taking it up here"), "{}", binary::stderr(&revert));
+    workload.wait_for_more_commits(20, Duration::from_secs(30)).await;
+    let report = workload.stop().await;
+    assert!(report.errors.is_empty(), "workload errors (seed {}): {:#?}", report.seed, report.errors);
+
+    table.assert_matches_control(&client, &table.projection()).await;
+    assert_sequences_ahead(&client, &table.qualified()).await;
+    // Without the first run's --ok-to-drop-table the table that carried the change is kept;
+    // nothing points at it.
+    client.batch_execute("DROP TABLE public._orders_gho").await.expect("the kept table drops without CASCADE");
+    let twin = before.twin_after_plain_sql(&db, "SELECT 1").await;
+    assert_whole_schema_equal(&db, &twin, "after a revert that took the window up, the database is as before the run").await;
+    assert_no_slots_or_publications(&client).await;
+    assert_eq!(recorded_outcomes(&client, "orders").await, [Some("reverted".to_string())]);
 }
