@@ -258,6 +258,10 @@ impl Run {
         );
         let table = &w.table;
         let end = self.serve_window(names, &new, &target, &repl, background, w.length).await;
+        let end = match end {
+            Err(e) if e.kind() == ErrorKind::Aborted && stopped_by_signal() => return Err(self.leave_open(table, background, e).await),
+            other => other,
+        };
         if end.is_err() {
             // The window failed: the old table may be all that is left of the old shape.
             self.keep_old_table = true;
@@ -294,6 +298,28 @@ impl Run {
                 Ok(Outcome::CutOver)
             }
         }
+    }
+
+    /// SIGINT or SIGTERM in the window (a restart, a deploy) does not end it: the reverse
+    /// stream stops where it stands, and its slot, its publication and the changelog stay for
+    /// `pg-ghost revert`, `finalize` or `run --resume` to take the window up (`pg-ghost
+    /// cleanup` ends it). Dropping the slot would make the revert impossible for good, where
+    /// keeping it costs WAL until then. The panic flag still ends the window at once.
+    async fn leave_open(&mut self, table: &QualifiedName, background: &mut Option<Background>, e: Error) -> Error {
+        self.keep_old_table = true;
+        if let Some(bg) = background.take() {
+            if let Err(stop) = bg.stop_keeping_slot().await {
+                tracing::debug!(error = %stop, "stopping the reverse stream cleanly failed; its slot stays where it was confirmed");
+            }
+        }
+        // The run's cleanup leaves what the window needs.
+        self.created.reverse = false;
+        self.created.changelog = false;
+        tracing::warn!(
+            table = %table,
+            "the revert window is left open, its reverse slot retaining WAL: `pg-ghost revert --table {table}` or `pg-ghost finalize --table {table}` take it up, `pg-ghost cleanup --table {table}` ends it"
+        );
+        e.context(format!("the revert window on {table} is left open"))
     }
 
     /// Waits for the window's end: its length elapsed, a request, or a reverse apply that
@@ -650,6 +676,12 @@ async fn take_up(cfg: &WindowConfig, alter: &str, table: &QualifiedName, request
         (Request::Revert, Outcome::Reverted) | (Request::Finalize, Outcome::CutOver) => Ok(()),
         (_, other) => Err(Error::new(ErrorKind::Refused, format!("{table}: the revert window ended otherwise than asked ({other:?})"))),
     }
+}
+
+/// The run was asked to stop by SIGINT or SIGTERM (not by the panic flag or command).
+fn stopped_by_signal() -> bool {
+    use crate::signals::Signal;
+    crate::signals::requested().is_some_and(|s| matches!(s.signal, Signal::Interrupt | Signal::Terminate))
 }
 
 /// Whether the earlier run's changelog says its revert window was open when it stopped.

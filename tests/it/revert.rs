@@ -662,3 +662,42 @@ async fn revert_takes_up_a_window_no_pg_ghost_serves() {
     assert_no_slots_or_publications(&client).await;
     assert_eq!(recorded_outcomes(&client, "orders").await, [Some("reverted".to_string())]);
 }
+
+/// SIGTERM in the window (a restart) leaves it open: the reverse slot stays, and `pg-ghost
+/// revert` takes the window up and swaps back with every write, those made while no pg-ghost
+/// ran included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_in_the_window_leaves_it_open_for_revert() {
+    let db = Cluster::primary().fresh_db("revert_sigterm");
+    binary::narrow_table(&db, "t", 500);
+    let client = db.client().await;
+    let original: u32 = client.query_one("SELECT 't'::regclass::oid", &[]).await.unwrap().get(0);
+    let before = WholeSchema::take(&db).await;
+    let mut run = spawn_run(&db, &["--table", "t", "--alter", "ALTER COLUMN n TYPE bigint", "--execute", "--revertible-for", "10m", "--ok-to-drop-table"]);
+    wait_for_window(&client, "t", &mut run).await;
+    client.batch_execute("UPDATE t SET n = n + 1 WHERE id <= 10").await.unwrap();
+    let pid: i32 = client.query_one("SELECT pid FROM pgghost.runs WHERE table_name = 't'", &[]).await.unwrap().get(0);
+    let killed = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().expect("run kill");
+    assert!(killed.success());
+    let out = finish(run).await;
+    binary::assert_failure(&out, 4, "left open");
+
+    let reverse = format!("pg_ghost_{original}_rev");
+    wait_until(&client, "the stopped run's walsender gone", "SELECT NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE active)").await;
+    assert_eq!(slots(&client).await, vec![reverse], "the reverse slot is kept");
+    assert_eq!(binary::changelog_value(&client, "t", "state").await.as_deref(), Some("revert-window"));
+    client.batch_execute("DELETE FROM t WHERE id = 20; INSERT INTO t VALUES (5000, 5000000000, 'big but reverted away')").await.unwrap();
+    client.batch_execute("DELETE FROM t WHERE id = 5000").await.unwrap();
+
+    binary::assert_success(&binary::command(&db, "revert", &["--table", "t"]).output().await.expect("start pg-ghost revert"));
+    let now: u32 = client.query_one("SELECT 't'::regclass::oid", &[]).await.unwrap().get(0);
+    assert_eq!(now, original, "the original is not back under its name");
+    let expected = "SELECT id, CASE WHEN id <= 10 THEN n + 1 ELSE n END, pad FROM t_before WHERE id <> 20";
+    let diff = compare_rows(&client, "SELECT id, n, pad FROM t", expected).await;
+    assert!(diff.is_empty(), "{diff:?}");
+    client.batch_execute("DROP TABLE public._t_gho").await.expect("the kept table drops without CASCADE");
+    let twin = before.twin_after_plain_sql(&db, "SELECT 1").await;
+    assert_whole_schema_equal(&db, &twin, "after SIGTERM in the window and a revert").await;
+    assert_no_slots_or_publications(&client).await;
+    assert_eq!(recorded_outcomes(&client, "t").await, [Some("reverted".to_string())]);
+}
