@@ -359,7 +359,7 @@ impl CutOver<'_> {
                     old_oid: self.ghost.oid,
                     carried: pairs,
                 };
-                let back = crate::dependents::back::read(client, &tables, reverse_publication).await?;
+                let back = crate::dependents::back::read(client, &tables, reverse_publication, Some(self.materialized)).await?;
                 let statements = swap_back::revert(client, recorded, &self.ghost.name, &self.orig.name, &carried, &back).await?;
                 client
                     .execute(crate::checkpoint::upsert_sql(changelog).as_str(), &[&crate::checkpoint::STATE, &crate::checkpoint::STATE_REVERTED])

@@ -16,6 +16,7 @@
 //!   the new names) are created, and get their own names back at the end: a renamed column
 //!   comes out renamed in its dependents, as a plain `ALTER TABLE ... RENAME COLUMN` does.
 
+use super::materialized::Built;
 use super::{checks, ColumnChanges, Dependents, RoleRights, Validation};
 use crate::error::{Context, Error, Result};
 use crate::schema::Column;
@@ -51,7 +52,9 @@ pub struct Tables<'a> {
 /// Reads the new table's dependents and the old table's own triggers, rules and policies,
 /// and returns the statements that move the dependents back; refuses, naming each, what
 /// cannot move back. Runs under the revert's lock, and before it (to refuse early).
-pub async fn read(tx: &impl GenericClient, t: &Tables<'_>, reverse_publication: &str) -> Result<MoveBack> {
+/// `materialized`: the materialized views built again on the old table before the lock
+/// ([`super::materialized::build`]); under the lock they must be all that read the new table.
+pub async fn read(tx: &impl GenericClient, t: &Tables<'_>, reverse_publication: &str, materialized: Option<&[Built]>) -> Result<MoveBack> {
     let mut deps = super::read(tx, t.new_oid, reverse_publication).await?;
     let old_columns = crate::inspect::columns(tx, t.old_oid).await?;
     let changes = changes_back(t.new_columns, &old_columns, t.carried);
@@ -68,6 +71,10 @@ pub async fn read(tx: &impl GenericClient, t: &Tables<'_>, reverse_publication: 
             refused.join("; ")
         )));
     }
+    if let Some(built) = materialized {
+        crate::cutover::swap::check_materialized_built(&deps, built)?;
+    }
+    let built = materialized.unwrap_or_default();
     // Labels of a column the revert drops go with it, as under a plain ALTER.
     deps.security_labels.retain(|l| l.column.as_ref().is_none_or(|c| !changes.dropped.contains(c)));
     let renamed: Vec<&(String, String)> = t.carried.iter().filter(|(new, old)| new != old).collect();
@@ -75,7 +82,11 @@ pub async fn read(tx: &impl GenericClient, t: &Tables<'_>, reverse_publication: 
         renamed.iter().map(|(new, old)| format!("ALTER TABLE {} RENAME COLUMN {} TO {}", t.old.sql(), ident(old), ident(new))).collect();
     before.extend(deps.before_renames(t.name));
     before.extend(own_objects(tx, t.old_oid).await?.drop_sql(t.old));
-    let mut after = deps.after_renames(t.name)?;
+    // As in the forward swap: the rebuilt views take their names, the views that read them
+    // are pointed at them, and the ones that read the new table go (last built first).
+    let mut after: Vec<String> = built.iter().flat_map(Built::rename_sql).collect();
+    after.extend(deps.after_renames(t.name)?);
+    after.extend(built.iter().rev().map(Built::drop_sql));
     after.extend(renamed.iter().map(|(new, old)| format!("ALTER TABLE {} RENAME COLUMN {} TO {}", t.name.sql(), ident(new), ident(old))));
     Ok(MoveBack { before, after, validations: deps.validations(), count: deps.count() })
 }
@@ -108,12 +119,6 @@ fn refusals_back(d: &Dependents, table: &QualifiedName, changes: &ColumnChanges,
 /// and again at the revert.
 pub fn window_refusals(d: &Dependents, table: &QualifiedName) -> Vec<String> {
     let mut out = Vec::new();
-    for m in &d.materialized_views {
-        out.push(format!(
-            "materialized view {} reads {table}; the revert would have to build it again on the old table under the lock, which pg-ghost does not do",
-            m.name
-        ));
-    }
     for fk in d.foreign_keys.iter().filter(|fk| fk.self_reference) {
         out.push(format!(
             "foreign key {} of {table} references the table itself; the reverse stream's writes to the old table could break it between batches",
@@ -201,7 +206,7 @@ mod tests {
     }
 
     #[test]
-    fn the_window_refuses_materialized_views_and_self_references() {
+    fn the_window_refuses_self_references() {
         let t = QualifiedName::new("public", "orders");
         let fk = ForeignKey {
             name: "orders_parent_fkey".into(),
@@ -222,9 +227,8 @@ mod tests {
             ..Dependents::default()
         };
         let out = window_refusals(&d, &t);
-        assert_eq!(out.len(), 2, "{out:?}");
-        assert!(out[0].starts_with("materialized view \"public\".\"mv\""));
-        assert!(out[1].starts_with("foreign key \"orders_parent_fkey\""));
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert!(out[0].starts_with("foreign key \"orders_parent_fkey\""));
         assert!(window_refusals(&Dependents::default(), &t).is_empty());
     }
 

@@ -40,7 +40,7 @@ use super::{aborted, Outcome, Run};
 use crate::checkpoint;
 use crate::config::WindowConfig;
 use crate::cutover::Window;
-use crate::dependents::back;
+use crate::dependents::{back, materialized};
 use crate::error::{Context, Error, ErrorKind, Result};
 use crate::ghost::Ghost;
 use crate::hooks::HookEvent;
@@ -388,6 +388,7 @@ impl Run {
                     }
                     Err(e) if matches!(e.kind(), ErrorKind::Aborted | ErrorKind::Connection | ErrorKind::Internal) => return Err(e),
                     Err(e) => {
+                        self.drop_materialized_back(target).await;
                         tracing::error!(error = %e.chain(), "the revert failed; the new table keeps the name and the window stays open (try `pg-ghost revert` again)");
                         self.record_state(names, &format!("{STATE_REVERT_FAILED}: {}", e.message())).await;
                         self.enter(Phase::RevertWindow);
@@ -416,8 +417,9 @@ impl Run {
             old_oid: target.oid,
             carried: &target.mapping.carried,
         };
-        back::read(&self.client, &tables, &names.reverse).await?;
+        back::read(&self.client, &tables, &names.reverse, None).await?;
         let bg = background.as_mut().ok_or_else(|| Error::internal("the reverse stream is not running"))?;
+        self.build_materialized_back(new, target, bg).await?;
         super::guard(self.catch_up(repl), &mut self.abort.clone(), Some(&mut *bg)).await?;
         let mut cut_over = self.cut_over(new, target, &names.ghost.name, repl, false);
         cut_over.window = Window::Revert { recorded: &recorded, changelog: &names.changelog, reverse_publication: &names.reverse };
@@ -437,6 +439,37 @@ impl Run {
             tracing::error!(error = %e.chain(), "reverted, but a foreign key moved back could not be validated");
         }
         Ok(())
+    }
+
+    /// Materialized views that read the new table are built again on the old one before the
+    /// revert's lock, as the forward run builds them on the ghost; one the old table's columns
+    /// cannot serve refuses the revert, naming it.
+    async fn build_materialized_back(&mut self, new: &TableInfo, target: &Ghost, bg: &mut Background) -> Result<()> {
+        self.materialized.clear();
+        let views = materialized::read_recipes(&mut self.client, new.oid).await?;
+        if views.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(count = views.len(), "building the materialized views that read the table on the old table");
+        let build = materialized::build(&self.client, &views, &new.name, new.oid, &target.name);
+        match super::guard(build, &mut self.abort.clone(), Some(bg)).await {
+            Ok(built) => {
+                self.materialized = built;
+                Ok(())
+            }
+            Err(e) => {
+                self.drop_materialized_back(target).await;
+                Err(Error::refused(format!("a materialized view cannot be built again on the old table, so the revert is refused: {}", e.message())))
+            }
+        }
+    }
+
+    /// After a revert that did not commit: the views built for it on the old table go.
+    async fn drop_materialized_back(&mut self, target: &Ghost) {
+        self.materialized.clear();
+        if let Err(e) = materialized::drop_leftovers(&self.client, &target.name).await {
+            tracing::warn!(error = %e, old_table = %target.name, "could not drop the materialized views built on the old table for the revert");
+        }
     }
 
     async fn revert_impossible(&mut self, e: &Error) {

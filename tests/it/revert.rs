@@ -217,12 +217,12 @@ async fn what_the_window_cannot_serve_is_refused_up_front() {
     binary::narrow_table(&db, "unique2", 100);
     db.psql("ALTER TABLE unique2 ADD UNIQUE (n)");
     db.psql("CREATE TABLE numbered (id int PRIMARY KEY, seq bigint GENERATED ALWAYS AS IDENTITY)");
-    db.psql("CREATE MATERIALIZED VIEW viewed_v AS SELECT id, n FROM viewed");
+    db.psql("ALTER TABLE viewed ADD COLUMN parent bigint REFERENCES viewed (id)");
     let client = db.client().await;
     let before = CatalogSnapshot::take(&client).await;
     let out = binary::run(&db, &["--table", "viewed", "--alter", "ADD COLUMN x int", "--execute", "--revertible-for", "1h"]).await;
     binary::assert_failure(&out, 3, "--revertible-for");
-    assert!(binary::stderr(&out).contains("materialized view \"public\".\"viewed_v\""), "{}", binary::stderr(&out));
+    assert!(binary::stderr(&out).contains("foreign key \"viewed_parent_fkey\" of \"public\".\"viewed\" references the table itself"), "{}", binary::stderr(&out));
     let out = binary::run(&db, &["--table", "typed", "--alter", "ALTER COLUMN pad TYPE int USING length(pad)", "--execute", "--revertible-for", "1h"]).await;
     binary::assert_failure(&out, 3, "USING");
     // A dropped column with another unique index: the old table could not keep its values.
@@ -491,7 +491,8 @@ async fn killed_right_after_the_swap_back_a_resume_refuses_to_make_the_change_ag
 
 /// Every kind of dependent the swap moves (views on views, incoming foreign keys, triggers
 /// with their states, a rule, policies with row security forced, a publication with a column
-/// list and a row filter, a function of the row type) and an outgoing foreign key: after a
+/// list and a row filter, a function of the row type, a materialized view with an index and a
+/// view on it) and an outgoing foreign key: after a
 /// revert under the control-table workload the whole database's schema is as before the run,
 /// and the table equals its control, `last_update` included (the old table's
 /// `last_update = now()` trigger must not fire on the reverse stream's writes).
@@ -503,7 +504,10 @@ async fn a_revert_moves_every_dependent_back() {
     db.psql(
         "CREATE TABLE public.spares (id int PRIMARY KEY);
          INSERT INTO public.spares SELECT g FROM generate_series(0, 999) g;
-         ALTER TABLE public.orders ADD CONSTRAINT orders_spare_fkey FOREIGN KEY (spare) REFERENCES public.spares (id);",
+         ALTER TABLE public.orders ADD CONSTRAINT orders_spare_fkey FOREIGN KEY (spare) REFERENCES public.spares (id);
+         CREATE MATERIALIZED VIEW reporting.order_buckets AS SELECT id % 10 AS bucket, count(*) AS orders FROM public.orders GROUP BY 1;
+         CREATE UNIQUE INDEX order_buckets_bucket ON reporting.order_buckets (bucket);
+         CREATE VIEW reporting.bucket_list AS SELECT bucket FROM reporting.order_buckets;",
     );
     let before = WholeSchema::take(&db).await;
     let workload = Workload::start(&db, &table, WorkloadOptions::new(3).rate(Some(80))).await;
@@ -532,6 +536,9 @@ async fn a_revert_moves_every_dependent_back() {
     assert_eq!(crate::dependents::foreign_keys_not_valid(&client).await, Vec::<String>::new(), "every foreign key moved back is validated");
     let twin = before.twin_after_plain_sql(&db, "SELECT 1").await;
     assert_whole_schema_equal(&db, &twin, "after a revert, every dependent is back on the original").await;
+    // Built again on the original before the swap back: it holds what its query returned then.
+    let buckets: i64 = client.query_one("SELECT count(*) FROM reporting.order_buckets", &[]).await.unwrap().get(0);
+    assert_eq!(buckets, 10, "the materialized view built again on the original is populated");
     crate::dependents::assert_no_slots_or_publications_but(&client, &["app_pub"]).await;
 }
 
