@@ -79,8 +79,10 @@ const RELATIONS: &str = "SELECT c.oid, c.relkind::text, n.nspname::text, c.relna
                                               AND refobjid IN ($1, $2) AND deptype IN ('a', 'i')))
       ORDER BY c.oid";
 
+/// A constraint trigger's (`t`) is not renamed by the swap: it moves with the triggers, which
+/// the swap creates again on the new table and the revert on the old one.
 const CONSTRAINTS: &str = "SELECT oid, conrelid, conname::text FROM pg_constraint
-      WHERE conrelid IN ($1, $2) AND contype NOT IN ('p', 'u', 'x') ORDER BY oid";
+      WHERE conrelid IN ($1, $2) AND contype NOT IN ('p', 'u', 'x', 't') ORDER BY oid";
 
 const STATISTICS: &str = "SELECT s.oid, n.nspname::text, s.stxname::text
        FROM pg_statistic_ext s JOIN pg_namespace n ON n.oid = s.stxnamespace

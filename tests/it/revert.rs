@@ -579,7 +579,7 @@ async fn a_dependent_on_an_added_column_refuses_the_revert_and_changes_nothing()
 }
 
 /// The ALTER renames a column that a view, a trigger, a policy and a publication's column
-/// list use: after the revert they name it by its old name again. A view created during the
+/// list use (and a constraint trigger moves too): after the revert they name it by its old name again. A view created during the
 /// window on the renamed column comes back reading the old one, and a trigger dropped during
 /// the window stays dropped: the old table ends with the new table's dependents.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -592,6 +592,8 @@ async fn a_renamed_column_is_named_back_in_the_dependents_the_revert_moves() {
          CREATE FUNCTION keep() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;
          CREATE TRIGGER t_pad_changed BEFORE UPDATE OF pad ON t FOR EACH ROW WHEN (OLD.pad IS DISTINCT FROM NEW.pad) EXECUTE FUNCTION keep();
          CREATE TRIGGER t_dropped_in_window BEFORE INSERT ON t FOR EACH ROW EXECUTE FUNCTION keep();
+         CREATE FUNCTION checked() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$;
+         CREATE CONSTRAINT TRIGGER t_checked AFTER UPDATE ON t DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION checked();
          ALTER TABLE t ENABLE ROW LEVEL SECURITY;
          CREATE POLICY t_pad_rows ON t FOR SELECT USING (pad IS NULL OR pad <> '');
          CREATE PUBLICATION t_pub FOR TABLE t (id, pad);
@@ -610,8 +612,10 @@ async fn a_renamed_column_is_named_back_in_the_dependents_the_revert_moves() {
         )
         .await
         .unwrap();
-    binary::assert_success(&binary::command(&db, "revert", &["--table", "t"]).output().await.expect("start pg-ghost revert"));
-    binary::assert_success(&finish(run).await);
+    let revert = binary::command(&db, "revert", &["--table", "t", "--wait", "60s"]).output().await.expect("start pg-ghost revert");
+    let out = finish(run).await;
+    binary::assert_success(&revert);
+    binary::assert_success(&out);
 
     db.psql("UPDATE expected SET pad = 'x' || id WHERE id <= 5; DELETE FROM expected WHERE id = 20; INSERT INTO expected (id, n) VALUES (1000, 1000)");
     let diff = compare_rows(&client, "SELECT * FROM t", "SELECT * FROM expected").await;
