@@ -676,8 +676,17 @@ pub async fn request(cfg: WindowConfig, request: Request) -> Result<()> {
         let state = read(&client, &changelog, checkpoint::STATE).await?;
         let done = match (request, state.as_deref()) {
             (Request::Revert, Some(STATE_REVERTED)) | (Request::Finalize, Some(STATE_FINALIZED)) => true,
-            // The run ends right after, dropping its changelog table.
-            (Request::Revert, None) => current_oid(&client, &table).await? == old_oid,
+            // The run ends right after, dropping its changelog table; gone with the table not
+            // reverted, the run ended otherwise (its window failed).
+            (Request::Revert, None) => match current_oid(&client, &table).await? == old_oid {
+                true => true,
+                false => {
+                    return Err(Error::new(
+                        ErrorKind::Aborted,
+                        format!("the pg-ghost serving the revert window on {table} ended without reverting it; see its log"),
+                    ))
+                }
+            },
             (Request::Finalize, None) => current_oid(&client, &table).await? == Some(oid),
             (_, Some(s)) if s.starts_with(STATE_REVERT_FAILED) || s.starts_with(STATE_IMPOSSIBLE) => {
                 return Err(Error::new(ErrorKind::Refused, format!("{table}: {s}")));
