@@ -38,7 +38,6 @@
 use super::replication::{Background, Replication};
 use super::{aborted, Outcome, Run};
 use crate::checkpoint;
-use crate::config::WindowConfig;
 use crate::cutover::Window;
 use crate::dependents::{back, materialized};
 use crate::error::{Context, Error, ErrorKind, Result};
@@ -55,6 +54,12 @@ use tokio_postgres::Client;
 
 /// How often the running window looks for a request from `pg-ghost revert` / `finalize`.
 const REQUEST_POLL: Duration = Duration::from_millis(250);
+
+mod refusals;
+mod request;
+use refusals::refuse_unserved;
+pub(super) use refusals::{refuse_identity_always, refuse_lossy_write_back, refuse_partitioned, refuse_unmovable};
+pub use request::request;
 
 /// What the DBA asked of the window.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -538,188 +543,6 @@ impl Run {
     }
 }
 
-/// What the window cannot serve, refused before anything is created for it: dependents the
-/// revert could not move back (see [`back::window_refusals`]), and a ghost whose UPDATEs and
-/// DELETEs a publication would make fail (no primary key and no replica identity index).
-async fn refuse_unserved(client: &Client, info: &TableInfo, ghost: &Ghost) -> Result<()> {
-    refuse_partitioned(info)?;
-    let names = Names::for_table(&info.name, info.oid);
-    let deps = crate::dependents::read(client, info.oid, &names.publication).await?;
-    refuse_unmovable(&deps, &info.name)?;
-    let row = client
-        .query_one(
-            "SELECT c.relreplident::text, EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND (i.indisprimary OR i.indisreplident))
-               FROM pg_class c WHERE c.oid = $1",
-            &[&ghost.oid],
-        )
-        .await
-        .context("reading the ghost's replica identity")?;
-    let (identity, has_index): (String, bool) = (row.try_get(0)?, row.try_get(1)?);
-    if identity == "n" || (identity != "f" && !has_index) {
-        return Err(Error::refused(format!(
-            "--revertible-for: the new table would have no primary key or replica identity, and the reverse stream's publication would make the application's UPDATEs and DELETEs on {} fail",
-            info.name
-        )));
-    }
-    Ok(())
-}
-
-/// Dependents a revert could not move back refuse the window, each named.
-pub(super) fn refuse_unmovable(deps: &crate::dependents::Dependents, table: &QualifiedName) -> Result<()> {
-    let refused = back::window_refusals(deps, table);
-    if refused.is_empty() {
-        return Ok(());
-    }
-    Err(Error::refused(format!("--revertible-for: {}; so the revert window is refused (run without --revertible-for)", refused.join("; "))))
-}
-
-/// The swap back does not rename partitions yet.
-pub(super) fn refuse_partitioned(info: &TableInfo) -> Result<()> {
-    if !info.partitioned {
-        return Ok(());
-    }
-    Err(Error::refused(format!(
-        "--revertible-for: {} is a partitioned table, and the swap back does not rename partitions yet, so the revert window is refused (run without --revertible-for)",
-        info.name
-    )))
-}
-
-/// A column the ALTER drops keeps its values on the old table only while rows are written back
-/// in place (an upsert that leaves it alone). With a unique index besides the key, rows are
-/// deleted and written again instead (two rows may swap values), which would lose them: that
-/// combination is refused before anything is created.
-pub(super) async fn refuse_lossy_write_back(client: &Client, info: &TableInfo, dropped: &[String]) -> Result<()> {
-    let Some(first) = dropped.first() else { return Ok(()) };
-    let others: Vec<String> = client
-        .query(
-            "SELECT c.relname::text FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
-              WHERE i.indrelid = $1 AND (i.indisunique OR i.indisexclusion) AND c.relname <> $2 ORDER BY 1",
-            &[&info.oid, &info.key.index_name],
-        )
-        .await
-        .context("reading the table's unique indexes")?
-        .iter()
-        .map(|r| r.try_get(0))
-        .collect::<std::result::Result<_, _>>()?;
-    if let Some(index) = others.first() {
-        return Err(Error::refused(format!(
-            "--revertible-for: the ALTER drops column {} and {} has unique index {} besides its key; the old table could not keep the dropped column's values \
-             while rows are written back (they would be deleted and written again), so the revert window is refused",
-            crate::sql::ident(first),
-            info.name,
-            crate::sql::ident(index)
-        )));
-    }
-    Ok(())
-}
-
-/// Rows are written back by upsert, which cannot set a `GENERATED ALWAYS` identity column
-/// outside the key (the forward apply makes the ghost's `BY DEFAULT` for the copy; the old
-/// table is the original and stays as it is): refused before anything is created.
-pub(super) fn refuse_identity_always(info: &TableInfo) -> Result<()> {
-    let always = info.columns.iter().find(|c| c.identity == crate::schema::Identity::Always && !info.key.columns.contains(&c.name));
-    match always {
-        Some(c) => Err(Error::refused(format!(
-            "--revertible-for: column {} of {} is GENERATED ALWAYS AS IDENTITY outside the key; rows could not be written back to the old table with its values, so the revert window is refused",
-            crate::sql::ident(&c.name),
-            info.name
-        ))),
-        None => Ok(()),
-    }
-}
-
-/// `pg-ghost revert` / `pg-ghost finalize`: asks the pg-ghost running the table's revert window
-/// and waits until it has done it.
-pub async fn request(cfg: WindowConfig, request: Request) -> Result<()> {
-    let conn = cfg.conn.clone().resolve().await?;
-    let client = conn.with_application_name("pg-ghost window").connect().await?;
-    let table = inspect::resolve_table(&client, &cfg.table).await?;
-    let oid: u32 = client.query_one("SELECT $1::text::regclass::oid", &[&table.sql()]).await?.try_get(0)?;
-    let names = Names::for_table(&table, oid);
-    let changelog = names.changelog.clone();
-    let state = read(&client, &changelog, checkpoint::STATE).await?;
-    // A revert that failed (its lock not had in time) left the window open.
-    let open = state.as_deref().is_some_and(|s| s == STATE_OPEN || s.starts_with(STATE_REVERT_FAILED));
-    if !open {
-        return Err(Error::refused(format!(
-            "no revert window is open on {table} (state: {}); a window opens with `pg-ghost run --execute --revertible-for DURATION`",
-            state.as_deref().unwrap_or("no pg-ghost run")
-        )));
-    }
-    // The window's slot is named after the original's OID: the old table's, now.
-    let reverse = recorded_slot(&client, &changelog).await?.ok_or_else(|| Error::refused(format!("the revert window on {table} recorded no slot")))?;
-    let old_oid: Option<u32> = reverse.strip_prefix("pg_ghost_").and_then(|s| s.strip_suffix("_rev")).and_then(|s| s.parse().ok());
-    let slot = slot::slot_info(&client, &reverse).await?;
-    let streaming = slot.as_ref().and_then(|s| s.active_pid).is_some();
-    if slot.is_none() {
-        return Err(Error::refused(format!(
-            "the revert window on {table} has lost its slot {reverse}: it cannot be served any more (`pg-ghost cleanup --table {table}` ends it)"
-        )));
-    }
-    // The state is set back to open first, so that only this request's outcome is waited for.
-    let upsert = checkpoint::upsert_sql(&changelog);
-    client.execute(upsert.as_str(), &[&checkpoint::STATE, &STATE_OPEN]).await.context("asking the running pg-ghost")?;
-    client.execute(upsert.as_str(), &[&checkpoint::WINDOW_REQUEST, &request.name()]).await.context("asking the running pg-ghost")?;
-    if !streaming {
-        let alter = checkpoint::read(&client, &changelog)
-            .await?
-            .and_then(|s| s.plan)
-            .map(|p| p.alter)
-            .ok_or_else(|| Error::refused(format!("the revert window on {table}: the earlier run's plan is missing from its changelog table")))?;
-        drop(client);
-        return take_up(&cfg, &alter, &table, request).await;
-    }
-    tracing::info!(table = %table, request = request.name(), "asked the running pg-ghost; waiting for it");
-    let deadline = tokio::time::Instant::now() + cfg.wait;
-    loop {
-        tokio::time::sleep(REQUEST_POLL).await;
-        let state = read(&client, &changelog, checkpoint::STATE).await?;
-        let done = match (request, state.as_deref()) {
-            (Request::Revert, Some(STATE_REVERTED)) | (Request::Finalize, Some(STATE_FINALIZED)) => true,
-            // The run ends right after, dropping its changelog table; gone with the table not
-            // reverted, the run ended otherwise (its window failed).
-            (Request::Revert, None) => match current_oid(&client, &table).await? == old_oid {
-                true => true,
-                false => {
-                    return Err(Error::new(
-                        ErrorKind::Aborted,
-                        format!("the pg-ghost serving the revert window on {table} ended without reverting it; see its log"),
-                    ))
-                }
-            },
-            (Request::Finalize, None) => current_oid(&client, &table).await? == Some(oid),
-            (_, Some(s)) if s.starts_with(STATE_REVERT_FAILED) || s.starts_with(STATE_IMPOSSIBLE) => {
-                return Err(Error::new(ErrorKind::Refused, format!("{table}: {s}")));
-            }
-            _ => false,
-        };
-        if done {
-            tracing::info!(table = %table, "{}", match request {
-                Request::Revert => "reverted: the table is the original again",
-                Request::Finalize => "the revert window is closed: the table keeps the new definition",
-            });
-            return Ok(());
-        }
-        if tokio::time::Instant::now() > deadline {
-            return Err(Error::new(ErrorKind::Aborted, format!("the running pg-ghost did not {} {table} within {:?} (the request stays; see its log)", request.name(), cfg.wait)));
-        }
-    }
-}
-
-/// No pg-ghost serves the window (the one that opened it was killed): it is taken up here, as
-/// `run --resume` does, with the request already left for it; the window's first act is to
-/// carry it out.
-async fn take_up(cfg: &WindowConfig, alter: &str, table: &QualifiedName, request: Request) -> Result<()> {
-    tracing::info!(table = %table, request = request.name(), "no pg-ghost serves the revert window: taking it up here");
-    // The plan keeps the ALTER as PostgreSQL's parser prints it, on a stand-in table name.
-    let clauses = alter.strip_prefix("ALTER TABLE pg_ghost_t ").unwrap_or(alter);
-    let outcome = Box::pin(super::run(cfg.take_up(clauses)?)).await?;
-    match (request, outcome) {
-        (Request::Revert, Outcome::Reverted) | (Request::Finalize, Outcome::CutOver) => Ok(()),
-        (_, other) => Err(Error::new(ErrorKind::Refused, format!("{table}: the revert window ended otherwise than asked ({other:?})"))),
-    }
-}
-
 /// The run was asked to stop by SIGINT or SIGTERM (not by the panic flag or command).
 fn stopped_by_signal() -> bool {
     use crate::signals::Signal;
@@ -742,9 +565,6 @@ pub(crate) async fn recorded_slot(client: &Client, changelog: &QualifiedName) ->
     read(client, changelog, checkpoint::REVERT_SLOT).await
 }
 
-async fn current_oid(client: &Client, table: &QualifiedName) -> Result<Option<u32>> {
-    Ok(client.query_one("SELECT to_regclass($1)::oid", &[&table.sql()]).await?.try_get(0)?)
-}
 
 /// A value of the changelog table, or None when the row or the table is gone.
 async fn read(client: &Client, changelog: &QualifiedName, key: &str) -> Result<Option<String>> {
