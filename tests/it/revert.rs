@@ -234,12 +234,13 @@ async fn what_the_window_cannot_serve_is_refused_up_front() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_window_whose_run_was_killed_is_ended_by_cleanup_or_resume() {
+async fn a_window_whose_run_was_killed_is_ended_by_cleanup_resume_or_finalize() {
     let db = Cluster::primary().fresh_db("revert_killed");
     binary::narrow_table(&db, "gone", 500);
     binary::narrow_table(&db, "again", 500);
+    binary::narrow_table(&db, "closed", 500);
     let client = db.client().await;
-    for (table, end_with) in [("gone", "cleanup"), ("again", "resume")] {
+    for (table, end_with) in [("gone", "cleanup"), ("again", "resume"), ("closed", "finalize")] {
         let alter = "ADD COLUMN note text";
         let mut run = spawn_run(&db, &["--table", table, "--alter", alter, "--execute", "--revertible-for", "10m"]);
         wait_for_window(&client, table, &mut run).await;
@@ -252,6 +253,8 @@ async fn a_window_whose_run_was_killed_is_ended_by_cleanup_or_resume() {
 
         let out = match end_with {
             "cleanup" => binary::cleanup(&db, &["--table", table]).await,
+            // No pg-ghost serves the window: finalize takes it up and ends it.
+            "finalize" => binary::command(&db, "finalize", &["--table", table]).output().await.expect("start pg-ghost finalize"),
             _ => binary::run(&db, &["--table", table, "--alter", alter, "--execute", "--resume"]).await,
         };
         binary::assert_success(&out);
