@@ -388,9 +388,12 @@ impl Run {
                 Request::Revert => match self.swap_back(names, new, target, repl, background).await {
                     Ok(()) => return Ok(End::Reverted),
                     Err(e) if e.kind() == ErrorKind::RevertImpossible => {
+                        self.drop_materialized_back(target).await;
                         self.revert_impossible(&e).await;
                         return Ok(End::Impossible(e));
                     }
+                    // Materialized views built for the revert on the old table stay: the run
+                    // that takes the window up drops them before it builds them again.
                     Err(e) if matches!(e.kind(), ErrorKind::Aborted | ErrorKind::Connection | ErrorKind::Internal) => return Err(e),
                     Err(e) => {
                         self.drop_materialized_back(target).await;
