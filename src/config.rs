@@ -485,12 +485,28 @@ pub struct WindowConfig {
     pub conn: ConnInfo,
     pub table: String,
     pub wait: Duration,
+    /// The target as given, for a window no pg-ghost serves: it is taken up here, as `run
+    /// --resume` would.
+    pub target: crate::cli::Target,
 }
 
 impl WindowConfig {
     pub fn from_cli(args: &crate::cli::WindowArgs) -> Result<WindowConfig> {
         let (conn, table) = target(&args.target, |k| std::env::var(k).ok())?;
-        Ok(WindowConfig { conn, table, wait: positive("wait", &args.wait, Bare::Refuse)? })
+        Ok(WindowConfig { conn, table, wait: positive("wait", &args.wait, Bare::Refuse)?, target: args.target.clone() })
+    }
+
+    /// The configuration of `pg-ghost run --execute --resume --revertible-for` on this target,
+    /// as the command line would give it: `alter` is the earlier run's ALTER. The window's end
+    /// is the one the earlier run set; the length given here is not used.
+    pub fn take_up(&self, alter: &str) -> Result<Config> {
+        use clap::Parser;
+        let argv = ["pg-ghost", "run", "--conn", &self.target.conn, "--table", &self.target.table, "--alter", alter, "--execute", "--resume", "--revertible-for", "1s"];
+        match crate::cli::Cli::try_parse_from(argv) {
+            Ok(crate::cli::Cli { command: crate::cli::Command::Run(args), .. }) => Config::from_cli(&args),
+            Ok(_) => Err(Error::internal("taking up the revert window: not a run")),
+            Err(e) => Err(Error::internal(format!("taking up the revert window: {e}"))),
+        }
     }
 }
 

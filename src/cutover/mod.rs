@@ -76,7 +76,9 @@ pub enum Window<'a> {
     /// The revert: `orig` is the new table, `ghost` the old one (fed by the reverse stream);
     /// instead of swapping, every name recorded at the forward swap is put back, and the
     /// changelog's state set to [`crate::checkpoint::STATE_REVERTED`] in the same transaction.
-    Revert { recorded: &'a str, changelog: &'a QualifiedName },
+    /// The dependents of the new table move back to the old one (`reverse_publication`, the
+    /// reverse stream's, is not one of them).
+    Revert { recorded: &'a str, changelog: &'a QualifiedName, reverse_publication: &'a str },
 }
 
 /// The cut-over's attempts as they are made, and the lock times of the one that committed.
@@ -345,16 +347,26 @@ impl CutOver<'_> {
             let swapped = if self.swap_back {
                 swap_back::swap_and_back(client, self.orig, self.ghost, self.old_table).await?;
                 swap::Swapped::default()
-            } else if let Window::Revert { recorded, changelog } = self.window {
+            } else if let Window::Revert { recorded, changelog, reverse_publication } = self.window {
                 // The reverse mapping carries (new column, old column).
-                let carried: Vec<(String, String)> = self.ghost.mapping.carried.iter().map(|(n, o)| (o.clone(), n.clone())).collect();
-                let statements = swap_back::revert(client, recorded, &self.ghost.name, &self.orig.name, &carried).await?;
+                let pairs = &self.ghost.mapping.carried;
+                let carried: Vec<(String, String)> = pairs.iter().map(|(n, o)| (o.clone(), n.clone())).collect();
+                let tables = crate::dependents::back::Tables {
+                    name: &self.orig.name,
+                    new_oid: self.orig.oid,
+                    new_columns: &self.orig.columns,
+                    old: &self.ghost.name,
+                    old_oid: self.ghost.oid,
+                    carried: pairs,
+                };
+                let back = crate::dependents::back::read(client, &tables, reverse_publication, Some(self.materialized)).await?;
+                let statements = swap_back::revert(client, recorded, &self.ghost.name, &self.orig.name, &carried, &back).await?;
                 client
                     .execute(crate::checkpoint::upsert_sql(changelog).as_str(), &[&crate::checkpoint::STATE, &crate::checkpoint::STATE_REVERTED])
                     .await
                     .context("recording the revert with it")?;
-                tracing::info!(attempt, statements = statements.len(), "swap-back statements ran under the lock");
-                swap::Swapped { statements, ..Default::default() }
+                tracing::info!(attempt, statements = statements.len(), dependents = back.count, "swap-back statements ran under the lock");
+                swap::Swapped { statements, validations: back.validations, dependents: back.count, ..Default::default() }
             } else {
                 if let Window::Open { changelog, .. } = self.window {
                     let names = swap_back::record_names(client, self.orig.oid, self.ghost.oid).await?;
@@ -364,7 +376,11 @@ impl CutOver<'_> {
                         .context("recording the names before the swap, for the revert window")?;
                 }
                 let swap_started = Instant::now();
-                let swapped = swap::swap(client, self.orig, self.ghost, self.old_table, Some(self.materialized)).await?;
+                let mut swapped = swap::swap(client, self.orig, self.ghost, self.old_table, Some(self.materialized)).await?;
+                if let Window::Open { .. } = self.window {
+                    let old = self.orig.name.sibling(self.old_table.to_string());
+                    swapped.statements.extend(crate::dependents::back::quiet_old_table(client, self.orig.oid, &old).await?);
+                }
                 tracing::info!(
                     attempt,
                     dependents = swapped.dependents,

@@ -404,7 +404,7 @@ async fn partition_renames(tx: &impl GenericClient, orig: &TableInfo, ghost: &Gh
 
 /// The materialized views read under the lock must be those built before it: one created
 /// since cannot be built now, with every writer waiting.
-fn check_materialized_built(deps: &dependents::Dependents, built: &[Built]) -> Result<()> {
+pub(crate) fn check_materialized_built(deps: &dependents::Dependents, built: &[Built]) -> Result<()> {
     let mut now: Vec<&QualifiedName> = deps.materialized_views.iter().map(|m| &m.name).collect();
     let mut before: Vec<&QualifiedName> = built.iter().map(|b| &b.view.name).collect();
     now.sort_by_key(|n| (&n.schema, &n.name));

@@ -20,6 +20,7 @@
 //! renames, and put back by the revert's, which also carries identity sequences back.
 
 use super::swap;
+use crate::dependents::back::MoveBack;
 use crate::error::{Context, Error, Result};
 use crate::ghost::Ghost;
 use crate::schema::TableInfo;
@@ -84,8 +85,10 @@ const RELATIONS: &str = "SELECT c.oid, c.relkind::text, n.nspname::text, c.relna
                                               AND refobjid IN (SELECT relid FROM trees) AND deptype IN ('a', 'i')))
       ORDER BY c.oid";
 
+/// A constraint trigger's (`t`) is not renamed by the swap: it moves with the triggers, which
+/// the swap creates again on the new table and the revert on the old one.
 const CONSTRAINTS: &str = "SELECT oid, conrelid, conname::text FROM pg_constraint
-      WHERE conrelid IN (SELECT relid FROM trees) AND contype NOT IN ('p', 'u', 'x') ORDER BY oid";
+      WHERE conrelid IN (SELECT relid FROM trees) AND contype NOT IN ('p', 'u', 'x', 't') ORDER BY oid";
 
 const STATISTICS: &str = "SELECT s.oid, n.nspname::text, s.stxname::text
        FROM pg_statistic_ext s JOIN pg_namespace n ON n.oid = s.stxnamespace
@@ -281,13 +284,26 @@ pub async fn record_names(tx: &impl GenericClient, orig: u32, ghost: u32) -> Res
 /// identity sequences included; serial sequences go back to their old owner; each identity
 /// sequence of the old table is set to where the new table's stands (rows inserted during
 /// the window drew from it). `carried`: (old column, new column) pairs. The result is read
-/// again and must equal what was recorded, or the transaction fails.
-pub async fn revert(tx: &impl GenericClient, recorded: &str, old: &QualifiedName, new: &QualifiedName, carried: &[(String, String)]) -> Result<Vec<String>> {
+/// again and must equal what was recorded, or the transaction fails. The dependents move back
+/// around the renames (`back`, see [`crate::dependents::back`]).
+pub async fn revert(
+    tx: &impl GenericClient,
+    recorded: &str,
+    old: &QualifiedName,
+    new: &QualifiedName,
+    carried: &[(String, String)],
+    back: &MoveBack,
+) -> Result<Vec<String>> {
     let before: NamesOf = serde_json::from_str(recorded).map_err(|e| Error::internal(format!("cannot read the names recorded at the swap: {e}")))?;
     let (Some(old_oid), Some(new_oid)) = (oid_of(tx, old).await?, oid_of(tx, new).await?) else {
         return Err(Error::internal(format!("{old} or {new} is missing; cannot swap back")));
     };
+    // Identities first: they are found by the old table's own column names.
     let mut sql = carry_identities(tx, old, new, carried).await?;
+    if !back.before.is_empty() {
+        tx.batch_execute(&back.before.join(";\n")).await.context("letting go of the new table's dependents")?;
+        sql.extend(back.before.iter().cloned());
+    }
     let now = NamesOf::read(tx, old_oid, new_oid).await?;
     let undo = undo_statements(&before, &now);
     if !undo.is_empty() {
@@ -302,6 +318,10 @@ pub async fn revert(tx: &impl GenericClient, recorded: &str, old: &QualifiedName
         )));
     }
     sql.extend(undo);
+    if !back.after.is_empty() {
+        tx.batch_execute(&back.after.join(";\n")).await.context("moving the dependents back to the old table")?;
+        sql.extend(back.after.iter().cloned());
+    }
     Ok(sql)
 }
 

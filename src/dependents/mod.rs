@@ -18,7 +18,9 @@
 //!   trigger, policy or publication uses) and what cannot be moved safely is refused by
 //!   [`refusals`] before anything is created, each naming the object.
 //! - After the swap the old table has nothing pointing at it: it drops without CASCADE.
+//! - A revert (`--revertible-for`) moves them back with the same statements ([`back`]).
 
+pub mod back;
 mod catalog;
 mod checks;
 pub mod materialized;

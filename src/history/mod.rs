@@ -260,7 +260,26 @@ async fn prepare(conn: &ConnInfo, given: &str, target: &str) -> Result<Option<(C
         // Made by an earlier pg-ghost: the direct way's steps need their column.
         client.batch_execute(&sql::add_steps_column(&table)).await.with_context(|| format!("adding the steps column to {table}"))?;
     }
+    if exists {
+        upgrade_outcome_check(&client, &table).await?;
+    }
     Ok(Some((client, table)))
+}
+
+/// A table made by an earlier pg-ghost checks for fewer outcomes (`reverted` came later).
+async fn upgrade_outcome_check(client: &Client, table: &QualifiedName) -> Result<()> {
+    let outdated = client
+        .query_opt(sql::OUTDATED_OUTCOME_CHECK, &[&table.sql(), &sql::newest_outcome_pattern()])
+        .await
+        .context("reading the history table's outcome check")?;
+    let Some(row) = outdated else { return Ok(()) };
+    let constraint: String = row.try_get(0)?;
+    client
+        .batch_execute(&sql::replace_outcome_check(table, &constraint))
+        .await
+        .with_context(|| format!("letting {table} record the outcomes of this pg-ghost"))?;
+    tracing::info!(history = %table, "the history table's outcome check now lists every outcome of this pg-ghost");
+    Ok(())
 }
 
 async fn has_steps_column(client: &Client, table: &QualifiedName) -> Result<bool> {

@@ -23,10 +23,13 @@ pub enum Outcome {
     ReplicaTest,
     Failed,
     Aborted,
+    /// The change was made, then undone in its revert window (`pg-ghost revert`).
+    Reverted,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 5] = [Outcome::Success, Outcome::DryRun, Outcome::ReplicaTest, Outcome::Failed, Outcome::Aborted];
+    pub const ALL: [Outcome; 6] =
+        [Outcome::Success, Outcome::DryRun, Outcome::ReplicaTest, Outcome::Failed, Outcome::Aborted, Outcome::Reverted];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -35,6 +38,7 @@ impl Outcome {
             Outcome::ReplicaTest => "replica-test",
             Outcome::Failed => "failed",
             Outcome::Aborted => "aborted",
+            Outcome::Reverted => "reverted",
         }
     }
 

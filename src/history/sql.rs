@@ -24,7 +24,7 @@ pub fn create_table(table: &QualifiedName) -> String {
             updated_at timestamptz NOT NULL DEFAULT clock_timestamp(),
             ended_at timestamptz,
             phase text NOT NULL,
-            outcome text CHECK (outcome IN ('success', 'dry-run', 'replica-test', 'failed', 'aborted')),
+            outcome text CONSTRAINT {outcome_constraint} {check},
             error text,
             error_kind text,
             rows_copied bigint NOT NULL DEFAULT 0,
@@ -35,8 +35,39 @@ pub fn create_table(table: &QualifiedName) -> String {
             steps jsonb
         );
         COMMENT ON TABLE {t} IS 'pg-ghost: one row per run (pg-ghost history)'",
-        t = table.sql()
+        t = table.sql(),
+        outcome_constraint = ident(&outcome_constraint(table)),
+        check = outcome_check(),
     )
+}
+
+/// The check of the outcome column, listing every outcome this pg-ghost records.
+fn outcome_check() -> String {
+    let names: Vec<String> = super::record::Outcome::ALL.iter().map(|o| format!("'{}'", o.name())).collect();
+    format!("CHECK (outcome IN ({}))", names.join(", "))
+}
+
+/// The name PostgreSQL gives the column's check (`runs_outcome_check`), kept by the tables
+/// earlier pg-ghosts created.
+fn outcome_constraint(table: &QualifiedName) -> String {
+    crate::sql::fit_ident(&format!("{}_outcome_check", table.name))
+}
+
+/// `$1` the table: the name of its outcome check when it lacks an outcome of this pg-ghost
+/// (a table made by an earlier one), else no row.
+pub const OUTDATED_OUTCOME_CHECK: &str = "SELECT conname::text FROM pg_constraint
+      WHERE conrelid = $1::text::regclass AND contype = 'c' AND pg_get_constraintdef(oid) LIKE '%outcome%'
+        AND pg_get_constraintdef(oid) NOT LIKE $2";
+
+/// The `LIKE` pattern an up-to-date outcome check matches (`$2` of [`OUTDATED_OUTCOME_CHECK`]).
+pub fn newest_outcome_pattern() -> String {
+    let newest = super::record::Outcome::ALL.last().map(|o| o.name()).unwrap_or("success");
+    format!("%'{newest}'%")
+}
+
+/// Replaces an outdated outcome check (`constraint`) with this pg-ghost's.
+pub fn replace_outcome_check(table: &QualifiedName, constraint: &str) -> String {
+    format!("ALTER TABLE {} DROP CONSTRAINT {c}, ADD CONSTRAINT {c} {}", table.sql(), outcome_check(), c = ident(constraint))
 }
 
 pub fn create_schema(table: &QualifiedName) -> String {
@@ -162,5 +193,12 @@ mod tests {
             assert!(sql.contains(&format!("'{}'", o.name())), "{}", o.name());
         }
         assert!(sql.contains("DEFAULT '{}'"), "the braces of the default survive format!");
+        assert!(sql.contains("CONSTRAINT \"runs_outcome_check\" CHECK (outcome IN ('success',"), "{sql}");
+        assert_eq!(newest_outcome_pattern(), "%'reverted'%");
+        assert_eq!(
+            replace_outcome_check(&QualifiedName::new("pgghost", "runs"), "runs_outcome_check"),
+            "ALTER TABLE \"pgghost\".\"runs\" DROP CONSTRAINT \"runs_outcome_check\", ADD CONSTRAINT \"runs_outcome_check\" \
+             CHECK (outcome IN ('success', 'dry-run', 'replica-test', 'failed', 'aborted', 'reverted'))"
+        );
     }
 }

@@ -656,13 +656,8 @@ impl Run {
             window::refuse_lossy_write_back(&self.client, info, &changes.dropped).await?;
             window::refuse_identity_always(info)?;
         }
-        if self.cfg.revertible_for.is_some() && deps.count() > 0 {
-            return Err(Error::refused(format!(
-                "--revertible-for: {} has {} dependent object(s) (views, materialized views, foreign keys, triggers, rules, policies, publications or functions) that the swap moves to the new table; \
-                 moving them back at a revert is not supported yet, so the revert window is refused (run without --revertible-for)",
-                info.name,
-                deps.count()
-            )));
+        if self.cfg.revertible_for.is_some() {
+            window::refuse_unmovable(&deps, &info.name)?;
         }
         if deps.count() > 0 {
             tracing::info!(
@@ -1163,7 +1158,7 @@ fn history_outcome(outcome: &Outcome) -> history::Outcome {
         Outcome::DryRunComplete => history::Outcome::DryRun,
         Outcome::ReplicaTested(_) => history::Outcome::ReplicaTest,
         Outcome::Direct { .. } => history::Outcome::Success,
-        Outcome::Reverted => history::Outcome::Success,
+        Outcome::Reverted => history::Outcome::Reverted,
     }
 }
 

@@ -286,7 +286,17 @@ impl Background {
 
     /// Stops every task, then drops the slot on the stream's own connection; when that is
     /// not possible (the stream failed) the caller drops it over SQL.
-    pub async fn shutdown(mut self) -> Result<()> {
+    pub async fn shutdown(self) -> Result<()> {
+        self.stop(true).await
+    }
+
+    /// Stops the stream and leaves its slot where its flushed position stands, for a later
+    /// run to take up (a revert window stopped by a signal).
+    pub async fn stop_keeping_slot(self) -> Result<()> {
+        self.stop(false).await
+    }
+
+    async fn stop(mut self, drop_slot: bool) -> Result<()> {
         if let Some(task) = self.throttle.take() {
             task.abort();
             let _ = task.await;
@@ -309,7 +319,9 @@ impl Background {
             }
         };
         let mut conn = stream.stop().await?;
-        conn.drop_slot(&self.slot, true).await?;
+        if drop_slot {
+            conn.drop_slot(&self.slot, true).await?;
+        }
         let _ = conn.close().await;
         Ok(())
     }

@@ -15,7 +15,7 @@ use std::time::Duration;
 /// Views, foreign keys, triggers, a rule, policies, a publication and a function around the
 /// oracle table `public.orders` (and its control, which gets the same `last_update` column
 /// and trigger, so both carry the same `now()` of the transaction that wrote them).
-const APP_SCHEMA: &str = r#"
+pub(crate) const APP_SCHEMA: &str = r#"
 BEGIN;
 ALTER TABLE public.orders ADD COLUMN last_update timestamptz NOT NULL DEFAULT now();
 ALTER TABLE public.orders_control ADD COLUMN last_update timestamptz NOT NULL DEFAULT now();
@@ -109,7 +109,7 @@ async fn run_case(c: Case<'_>) {
     assert_no_slots_or_publications_but(&client, &["app_pub"]).await;
 }
 
-async fn foreign_keys_not_valid(client: &tokio_postgres::Client) -> Vec<String> {
+pub(crate) async fn foreign_keys_not_valid(client: &tokio_postgres::Client) -> Vec<String> {
     client
         .query("SELECT conname::text FROM pg_constraint WHERE contype = 'f' AND NOT convalidated ORDER BY 1", &[])
         .await
@@ -119,7 +119,7 @@ async fn foreign_keys_not_valid(client: &tokio_postgres::Client) -> Vec<String> 
         .collect()
 }
 
-async fn assert_no_slots_or_publications_but(client: &tokio_postgres::Client, keep: &[&str]) {
+pub(crate) async fn assert_no_slots_or_publications_but(client: &tokio_postgres::Client, keep: &[&str]) {
     let slots: i64 = client.query_one("SELECT count(*) FROM pg_replication_slots WHERE database = current_database()", &[]).await.expect("slots").get(0);
     assert_eq!(slots, 0, "a replication slot was left behind");
     let pubs: Vec<String> =

@@ -135,6 +135,28 @@ async fn a_dry_run_is_recorded_as_such() {
     assert!(!phase_seconds(&row).contains_key("cut-over"));
 }
 
+/// A history table an earlier pg-ghost created checks for fewer outcomes: its check is
+/// brought up to date, and a `reverted` run can be recorded in it.
+#[tokio::test]
+async fn an_earlier_history_table_learns_the_newer_outcomes() {
+    let db = Cluster::primary().fresh_db("hi_upgrade");
+    narrow_table(&db, "t", 100);
+    let client = db.client().await;
+    binary::assert_success(&binary::run(&db, &["--table", "t", "--alter", ALTER]).await);
+    client
+        .batch_execute(
+            "ALTER TABLE pgghost.runs DROP CONSTRAINT runs_outcome_check,
+               ADD CONSTRAINT runs_outcome_check CHECK (outcome IN ('success', 'dry-run', 'replica-test', 'failed', 'aborted'))",
+        )
+        .await
+        .unwrap();
+    binary::assert_success(&binary::run(&db, &["--table", "t", "--alter", ALTER]).await);
+    let outcomes: Vec<Option<String>> =
+        client.query("SELECT outcome FROM pgghost.runs ORDER BY started_at", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    assert_eq!(outcomes, [Some("dry-run".to_string()), Some("dry-run".to_string())]);
+    client.batch_execute("UPDATE pgghost.runs SET outcome = 'reverted'").await.expect("the check takes the newer outcome");
+}
+
 // ---- the direct way -------------------------------------------------------------------------
 
 /// The direct way's runs: strategy `direct`, and each step with its SQL, kind, lock, tries,

@@ -48,6 +48,17 @@ async fn slots(client: &Client) -> Vec<String> {
         .collect()
 }
 
+/// The outcomes the history of runs recorded for `table`, oldest first.
+async fn recorded_outcomes(client: &Client, table: &str) -> Vec<Option<String>> {
+    client
+        .query("SELECT outcome FROM pgghost.runs WHERE table_name = $1 ORDER BY started_at", &[&table])
+        .await
+        .expect("reading pgghost.runs")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
 async fn wait_until(client: &Client, what: &str, sql: &str) {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while !client.query_one(sql, &[]).await.unwrap().get::<_, bool>(0) {
@@ -94,6 +105,11 @@ async fn revert_under_load_gives_back_the_original_with_every_write() {
     assert_whole_schema_equal(&db, &twin, "after a revert, the database is as before the run").await;
     assert_eq!(slots(&client).await, Vec::<String>::new(), "replication slots left behind");
     assert_no_slots_or_publications(&client).await;
+    assert_eq!(recorded_outcomes(&client, "orders").await, [Some("reverted".to_string())]);
+    let history = binary::command(&db, "history", &[]).output().await.expect("start pg-ghost history");
+    binary::assert_success(&history);
+    let shown = String::from_utf8_lossy(&history.stdout).into_owned();
+    assert!(shown.lines().any(|l| l.contains("public.orders") && l.contains("reverted")), "{shown}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -147,6 +163,7 @@ async fn finalize_ends_the_window_and_drops_the_reverse_slot() {
         .map(|r| vec![r.get(0), r.get(1), r.get(2)])
         .unwrap();
     assert_eq!(kept, vec![Some("items".to_string()), Some("_items_del".to_string()), None]);
+    assert_eq!(recorded_outcomes(&client, "items").await, [Some("success".to_string())], "a finalized run is a success");
     let revert = binary::command(&db, "revert", &["--table", "items"]).output().await.unwrap();
     binary::assert_failure(&revert, 3, "no revert window is open");
 }
@@ -200,12 +217,12 @@ async fn what_the_window_cannot_serve_is_refused_up_front() {
     binary::narrow_table(&db, "unique2", 100);
     db.psql("ALTER TABLE unique2 ADD UNIQUE (n)");
     db.psql("CREATE TABLE numbered (id int PRIMARY KEY, seq bigint GENERATED ALWAYS AS IDENTITY)");
-    db.psql("CREATE VIEW viewed_v AS SELECT id, n FROM viewed");
+    db.psql("ALTER TABLE viewed ADD COLUMN parent bigint REFERENCES viewed (id)");
     let client = db.client().await;
     let before = CatalogSnapshot::take(&client).await;
     let out = binary::run(&db, &["--table", "viewed", "--alter", "ADD COLUMN x int", "--execute", "--revertible-for", "1h"]).await;
     binary::assert_failure(&out, 3, "--revertible-for");
-    assert!(binary::stderr(&out).contains("dependent"), "{}", binary::stderr(&out));
+    assert!(binary::stderr(&out).contains("foreign key \"viewed_parent_fkey\" of \"public\".\"viewed\" references the table itself"), "{}", binary::stderr(&out));
     let out = binary::run(&db, &["--table", "typed", "--alter", "ALTER COLUMN pad TYPE int USING length(pad)", "--execute", "--revertible-for", "1h"]).await;
     binary::assert_failure(&out, 3, "USING");
     // A dropped column with another unique index: the old table could not keep its values.
@@ -217,12 +234,13 @@ async fn what_the_window_cannot_serve_is_refused_up_front() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_window_whose_run_was_killed_is_ended_by_cleanup_or_resume() {
+async fn a_window_whose_run_was_killed_is_ended_by_cleanup_resume_or_finalize() {
     let db = Cluster::primary().fresh_db("revert_killed");
     binary::narrow_table(&db, "gone", 500);
     binary::narrow_table(&db, "again", 500);
+    binary::narrow_table(&db, "closed", 500);
     let client = db.client().await;
-    for (table, end_with) in [("gone", "cleanup"), ("again", "resume")] {
+    for (table, end_with) in [("gone", "cleanup"), ("again", "resume"), ("closed", "finalize")] {
         let alter = "ADD COLUMN note text";
         let mut run = spawn_run(&db, &["--table", table, "--alter", alter, "--execute", "--revertible-for", "10m"]);
         wait_for_window(&client, table, &mut run).await;
@@ -232,11 +250,11 @@ async fn a_window_whose_run_was_killed_is_ended_by_cleanup_or_resume() {
         let reverse = format!("pg_ghost_{}_rev", client.query_one(&format!("SELECT '_{table}_del'::regclass::oid"), &[]).await.unwrap().get::<_, u32>(0));
         wait_until(&client, "the killed run's walsender gone", "SELECT NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE active)").await;
         assert_eq!(slots(&client).await, vec![reverse.clone()], "{table}");
-        let revert = binary::command(&db, "revert", &["--table", table]).output().await.unwrap();
-        binary::assert_failure(&revert, 3, "not being served");
 
         let out = match end_with {
             "cleanup" => binary::cleanup(&db, &["--table", table]).await,
+            // No pg-ghost serves the window: finalize takes it up and ends it.
+            "finalize" => binary::command(&db, "finalize", &["--table", table]).output().await.expect("start pg-ghost finalize"),
             _ => binary::run(&db, &["--table", table, "--alter", alter, "--execute", "--resume"]).await,
         };
         binary::assert_success(&out);
@@ -472,4 +490,228 @@ async fn killed_right_after_the_swap_back_a_resume_refuses_to_make_the_change_ag
     assert_eq!(columns, 0, "the change was made again");
     binary::assert_success(&binary::cleanup(&db, &["--table", "back"]).await);
     assert_eq!(slots(&client).await, Vec::<String>::new());
+}
+
+/// Every kind of dependent the swap moves (views on views, incoming foreign keys, triggers
+/// with their states, a rule, policies with row security forced, a publication with a column
+/// list and a row filter, a function of the row type, a materialized view with an index and a
+/// view on it) and an outgoing foreign key: after a
+/// revert under the control-table workload the whole database's schema is as before the run,
+/// and the table equals its control, `last_update` included (the old table's
+/// `last_update = now()` trigger must not fire on the reverse stream's writes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revert_moves_every_dependent_back() {
+    let db = Cluster::primary().fresh_db("revert_deps");
+    let table = OracleTable::create(&db, "orders", KeyKind::Identity, 3_000).await;
+    db.psql(crate::dependents::APP_SCHEMA);
+    db.psql(
+        "CREATE TABLE public.spares (id int PRIMARY KEY);
+         INSERT INTO public.spares SELECT g FROM generate_series(0, 999) g;
+         ALTER TABLE public.orders ADD CONSTRAINT orders_spare_fkey FOREIGN KEY (spare) REFERENCES public.spares (id);
+         CREATE MATERIALIZED VIEW reporting.order_buckets AS SELECT id % 10 AS bucket, count(*) AS orders FROM public.orders GROUP BY 1;
+         CREATE UNIQUE INDEX order_buckets_bucket ON reporting.order_buckets (bucket);
+         CREATE VIEW reporting.bucket_list AS SELECT bucket FROM reporting.order_buckets;",
+    );
+    let before = WholeSchema::take(&db).await;
+    let workload = Workload::start(&db, &table, WorkloadOptions::new(3).rate(Some(80))).await;
+    workload.wait_for_more_commits(30, Duration::from_secs(30)).await;
+
+    let alter = "ALTER COLUMN spare TYPE bigint, ADD COLUMN flag boolean NOT NULL DEFAULT true";
+    let mut run = spawn_run(&db, &["--table", "orders", "--alter", alter, "--execute", "--revertible-for", "10m", "--chunk-size", "500", "--ok-to-drop-table"]);
+    let client = db.client().await;
+    wait_for_window(&client, "orders", &mut run).await;
+    let after_swap = workload.committed_after_swap();
+    while workload.committed_after_swap() < after_swap + 60 {
+        assert!(!run.is_finished(), "pg-ghost ended during its window");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let revert = binary::command(&db, "revert", &["--table", "orders"]).output().await.expect("start pg-ghost revert");
+    binary::assert_success(&revert);
+    let out = finish(run).await;
+    binary::assert_success(&out);
+    workload.wait_for_more_commits(30, Duration::from_secs(30)).await;
+    let report = workload.stop().await;
+    assert!(report.errors.is_empty(), "workload errors (seed {}): {:#?}", report.seed, report.errors);
+    assert!(report.committed_after_swap_by_op.get("update_columns").copied().unwrap_or(0) > 0, "no updates in the window: {report:?}");
+
+    table.assert_matches_control(&client, &table.projection().add("last_update", "last_update")).await;
+    assert_eq!(crate::dependents::foreign_keys_not_valid(&client).await, Vec::<String>::new(), "every foreign key moved back is validated");
+    let twin = before.twin_after_plain_sql(&db, "SELECT 1").await;
+    assert_whole_schema_equal(&db, &twin, "after a revert, every dependent is back on the original").await;
+    // Built again on the original before the swap back: it holds what its query returned then.
+    let buckets: i64 = client.query_one("SELECT count(*) FROM reporting.order_buckets", &[]).await.unwrap().get(0);
+    assert_eq!(buckets, 10, "the materialized view built again on the original is populated");
+    crate::dependents::assert_no_slots_or_publications_but(&client, &["app_pub"]).await;
+}
+
+/// A view created during the window on a column the ALTER added cannot move back: the revert
+/// is refused naming it and changes nothing; the window stays open, and once the view is gone
+/// the revert goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dependent_on_an_added_column_refuses_the_revert_and_changes_nothing() {
+    let db = Cluster::primary().fresh_db("revert_added_dep");
+    binary::narrow_table(&db, "flagged", 1_000);
+    db.psql("CREATE VIEW flagged_n AS SELECT id, n FROM flagged");
+    let client = db.client().await;
+    let original: u32 = client.query_one("SELECT 'flagged'::regclass::oid", &[]).await.unwrap().get(0);
+    let before = WholeSchema::take(&db).await;
+    let mut run = spawn_run(&db, &["--table", "flagged", "--alter", "ADD COLUMN flag boolean NOT NULL DEFAULT true", "--execute", "--revertible-for", "10m", "--ok-to-drop-table"]);
+    wait_for_window(&client, "flagged", &mut run).await;
+    client.batch_execute("CREATE VIEW public.flags AS SELECT id, flag FROM public.flagged; UPDATE flagged SET n = -n WHERE id <= 10").await.unwrap();
+
+    let in_window = CatalogSnapshot::take(&client).await;
+    let new_oid: u32 = client.query_one("SELECT 'flagged'::regclass::oid", &[]).await.unwrap().get(0);
+    let refused = binary::command(&db, "revert", &["--table", "flagged"]).output().await.expect("start pg-ghost revert");
+    binary::assert_failure(&refused, 3, "flags");
+    assert!(binary::stderr(&refused).contains("\"flag\""), "{}", binary::stderr(&refused));
+    assert_catalog_unchanged(&in_window, &CatalogSnapshot::take(&client).await);
+    let now: u32 = client.query_one("SELECT 'flagged'::regclass::oid", &[]).await.unwrap().get(0);
+    assert_eq!(now, new_oid, "the refused revert moved the table");
+    assert!(!run.is_finished(), "a refused revert ended the window");
+
+    client.batch_execute("DROP VIEW public.flags").await.unwrap();
+    binary::assert_success(&binary::command(&db, "revert", &["--table", "flagged"]).output().await.expect("start pg-ghost revert"));
+    binary::assert_success(&finish(run).await);
+    let now: u32 = client.query_one("SELECT 'flagged'::regclass::oid", &[]).await.unwrap().get(0);
+    assert_eq!(now, original, "the original is not back under its name");
+    let diff = compare_rows(&client, "SELECT id, n, pad FROM flagged", "SELECT id, CASE WHEN id <= 10 THEN -n ELSE n END, pad FROM flagged_before").await;
+    assert!(diff.is_empty(), "{diff:?}");
+    let twin = before.twin_after_plain_sql(&db, "SELECT 1").await;
+    assert_whole_schema_equal(&db, &twin, "after the revert, the view is back on the original").await;
+}
+
+/// The ALTER renames a column that a view, a trigger, a policy and a publication's column
+/// list use (and a constraint trigger moves too): after the revert they name it by its old name again. A view created during the
+/// window on the renamed column comes back reading the old one, and a trigger dropped during
+/// the window stays dropped: the old table ends with the new table's dependents.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renamed_column_is_named_back_in_the_dependents_the_revert_moves() {
+    let db = Cluster::primary().fresh_db("revert_rename_deps");
+    binary::narrow_table(&db, "t", 300);
+    db.psql(
+        "CREATE TABLE expected AS TABLE t;
+         CREATE VIEW t_pads AS SELECT id, pad FROM t WHERE pad IS NOT NULL;
+         CREATE FUNCTION keep() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;
+         CREATE TRIGGER t_pad_changed BEFORE UPDATE OF pad ON t FOR EACH ROW WHEN (OLD.pad IS DISTINCT FROM NEW.pad) EXECUTE FUNCTION keep();
+         CREATE TRIGGER t_dropped_in_window BEFORE INSERT ON t FOR EACH ROW EXECUTE FUNCTION keep();
+         CREATE FUNCTION checked() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$;
+         CREATE CONSTRAINT TRIGGER t_checked AFTER UPDATE ON t DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION checked();
+         ALTER TABLE t ENABLE ROW LEVEL SECURITY;
+         CREATE POLICY t_pad_rows ON t FOR SELECT USING (pad IS NULL OR pad <> '');
+         CREATE PUBLICATION t_pub FOR TABLE t (id, pad);
+         CREATE TABLE t_refs (id int PRIMARY KEY, t_id bigint REFERENCES t (id) ON DELETE CASCADE);
+         INSERT INTO t_refs SELECT id, id FROM t WHERE id % 10 = 0;",
+    );
+    let before = WholeSchema::take(&db).await;
+    let client = db.client().await;
+    let mut run = spawn_run(&db, &["--table", "t", "--alter", "RENAME COLUMN pad TO filler", "--execute", "--revertible-for", "10m", "--ok-to-drop-table"]);
+    wait_for_window(&client, "t", &mut run).await;
+    client
+        .batch_execute(
+            "UPDATE t SET filler = 'x' || id WHERE id <= 5; DELETE FROM t WHERE id = 20; INSERT INTO t (id, n) VALUES (1000, 1000);
+             CREATE VIEW t_fillers AS SELECT id, filler FROM t;
+             DROP TRIGGER t_dropped_in_window ON t;",
+        )
+        .await
+        .unwrap();
+    let revert = binary::command(&db, "revert", &["--table", "t", "--wait", "60s"]).output().await.expect("start pg-ghost revert");
+    let out = finish(run).await;
+    binary::assert_success(&revert);
+    binary::assert_success(&out);
+
+    db.psql("UPDATE expected SET pad = 'x' || id WHERE id <= 5; DELETE FROM expected WHERE id = 20; INSERT INTO expected (id, n) VALUES (1000, 1000)");
+    let diff = compare_rows(&client, "SELECT * FROM t", "SELECT * FROM expected").await;
+    assert!(diff.is_empty(), "{diff:?}");
+    let refs = compare_rows(&client, "SELECT id, t_id FROM t_refs", "SELECT id, id FROM expected WHERE id % 10 = 0 AND id <= 300").await;
+    assert!(refs.is_empty(), "the cascade of the window's delete: {refs:?}");
+    let twin = before
+        .twin_after_plain_sql(
+            &db,
+            "CREATE VIEW public.t_fillers AS SELECT id, pad AS filler FROM public.t;
+             DROP TRIGGER t_dropped_in_window ON public.t",
+        )
+        .await;
+    assert_whole_schema_equal(&db, &twin, "the dependents are back on the original, under its column names").await;
+    assert_eq!(crate::dependents::foreign_keys_not_valid(&client).await, Vec::<String>::new());
+    assert_eq!(slots(&client).await, Vec::<String>::new());
+}
+
+/// The pg-ghost serving the window is killed; `pg-ghost revert` then takes the window up
+/// itself (as `run --resume` would), catches the reverse stream up with the writes made
+/// while no pg-ghost ran, and swaps back, under the control-table workload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revert_takes_up_a_window_no_pg_ghost_serves() {
+    let db = Cluster::primary().fresh_db("revert_take_up");
+    let table = OracleTable::create(&db, "orders", KeyKind::Identity, 2_000).await;
+    let before = WholeSchema::take(&db).await;
+    let workload = Workload::start(&db, &table, WorkloadOptions::new(3).rate(Some(80))).await;
+    workload.wait_for_more_commits(20, Duration::from_secs(30)).await;
+    let alter = "ALTER COLUMN n TYPE bigint, ADD COLUMN flag boolean NOT NULL DEFAULT true";
+    let mut run = spawn_run(&db, &["--table", "orders", "--alter", alter, "--execute", "--revertible-for", "10m", "--chunk-size", "500"]);
+    let client = db.client().await;
+    wait_for_window(&client, "orders", &mut run).await;
+    run.abort();
+    let _ = run.await;
+    wait_until(&client, "the killed run's walsender gone", "SELECT NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE active)").await;
+    let killed_at = workload.committed_after_swap();
+    while workload.committed_after_swap() < killed_at + 40 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let revert = binary::command(&db, "revert", &["--table", "orders"]).output().await.expect("start pg-ghost revert");
+    binary::assert_success(&revert);
+    assert!(binary::stderr(&revert).contains("taking it up here"), "{}", binary::stderr(&revert));
+    workload.wait_for_more_commits(20, Duration::from_secs(30)).await;
+    let report = workload.stop().await;
+    assert!(report.errors.is_empty(), "workload errors (seed {}): {:#?}", report.seed, report.errors);
+
+    table.assert_matches_control(&client, &table.projection()).await;
+    assert_sequences_ahead(&client, &table.qualified()).await;
+    // Without the first run's --ok-to-drop-table the table that carried the change is kept;
+    // nothing points at it.
+    client.batch_execute("DROP TABLE public._orders_gho").await.expect("the kept table drops without CASCADE");
+    let twin = before.twin_after_plain_sql(&db, "SELECT 1").await;
+    assert_whole_schema_equal(&db, &twin, "after a revert that took the window up, the database is as before the run").await;
+    assert_no_slots_or_publications(&client).await;
+    assert_eq!(recorded_outcomes(&client, "orders").await, [Some("reverted".to_string())]);
+}
+
+/// SIGTERM in the window (a restart) leaves it open: the reverse slot stays, and `pg-ghost
+/// revert` takes the window up and swaps back with every write, those made while no pg-ghost
+/// ran included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_in_the_window_leaves_it_open_for_revert() {
+    let db = Cluster::primary().fresh_db("revert_sigterm");
+    binary::narrow_table(&db, "t", 500);
+    let client = db.client().await;
+    let original: u32 = client.query_one("SELECT 't'::regclass::oid", &[]).await.unwrap().get(0);
+    let before = WholeSchema::take(&db).await;
+    let mut run = spawn_run(&db, &["--table", "t", "--alter", "ALTER COLUMN n TYPE bigint", "--execute", "--revertible-for", "10m", "--ok-to-drop-table"]);
+    wait_for_window(&client, "t", &mut run).await;
+    client.batch_execute("UPDATE t SET n = n + 1 WHERE id <= 10").await.unwrap();
+    let pid: i32 = client.query_one("SELECT pid FROM pgghost.runs WHERE table_name = 't'", &[]).await.unwrap().get(0);
+    let killed = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().expect("run kill");
+    assert!(killed.success());
+    let out = finish(run).await;
+    binary::assert_failure(&out, 4, "left open");
+
+    let reverse = format!("pg_ghost_{original}_rev");
+    wait_until(&client, "the stopped run's walsender gone", "SELECT NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE active)").await;
+    assert_eq!(slots(&client).await, vec![reverse], "the reverse slot is kept");
+    assert_eq!(binary::changelog_value(&client, "t", "state").await.as_deref(), Some("revert-window"));
+    client.batch_execute("DELETE FROM t WHERE id = 20; INSERT INTO t VALUES (5000, 5000000000, 'big but reverted away')").await.unwrap();
+    client.batch_execute("DELETE FROM t WHERE id = 5000").await.unwrap();
+
+    binary::assert_success(&binary::command(&db, "revert", &["--table", "t"]).output().await.expect("start pg-ghost revert"));
+    let now: u32 = client.query_one("SELECT 't'::regclass::oid", &[]).await.unwrap().get(0);
+    assert_eq!(now, original, "the original is not back under its name");
+    let expected = "SELECT id, CASE WHEN id <= 10 THEN n + 1 ELSE n END, pad FROM t_before WHERE id <> 20";
+    let diff = compare_rows(&client, "SELECT id, n, pad FROM t", expected).await;
+    assert!(diff.is_empty(), "{diff:?}");
+    client.batch_execute("DROP TABLE public._t_gho").await.expect("the kept table drops without CASCADE");
+    let twin = before.twin_after_plain_sql(&db, "SELECT 1").await;
+    assert_whole_schema_equal(&db, &twin, "after SIGTERM in the window and a revert").await;
+    assert_no_slots_or_publications(&client).await;
+    assert_eq!(recorded_outcomes(&client, "t").await, [Some("reverted".to_string())]);
 }

@@ -107,7 +107,7 @@ fn fingerprints_ignore_spelling_and_constants() {
 #[test]
 fn outcome_names_are_the_documented_ones() {
     let names: Vec<_> = Outcome::ALL.iter().map(|o| o.name()).collect();
-    assert_eq!(names, ["success", "dry-run", "replica-test", "failed", "aborted"]);
+    assert_eq!(names, ["success", "dry-run", "replica-test", "failed", "aborted", "reverted"]);
 }
 
 #[test]

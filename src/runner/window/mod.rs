@@ -38,8 +38,8 @@
 use super::replication::{Background, Replication};
 use super::{aborted, Outcome, Run};
 use crate::checkpoint;
-use crate::config::WindowConfig;
 use crate::cutover::Window;
+use crate::dependents::{back, materialized};
 use crate::error::{Context, Error, ErrorKind, Result};
 use crate::ghost::Ghost;
 use crate::hooks::HookEvent;
@@ -54,6 +54,12 @@ use tokio_postgres::Client;
 
 /// How often the running window looks for a request from `pg-ghost revert` / `finalize`.
 const REQUEST_POLL: Duration = Duration::from_millis(250);
+
+mod refusals;
+mod request;
+use refusals::refuse_unserved;
+pub(super) use refusals::{refuse_identity_always, refuse_lossy_write_back, refuse_partitioned, refuse_unmovable};
+pub use request::request;
 
 /// What the DBA asked of the window.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -257,6 +263,10 @@ impl Run {
         );
         let table = &w.table;
         let end = self.serve_window(names, &new, &target, &repl, background, w.length).await;
+        let end = match end {
+            Err(e) if e.kind() == ErrorKind::Aborted && stopped_by_signal() => return Err(self.leave_open(table, background, e).await),
+            other => other,
+        };
         if end.is_err() {
             // The window failed: the old table may be all that is left of the old shape.
             self.keep_old_table = true;
@@ -295,6 +305,28 @@ impl Run {
         }
     }
 
+    /// SIGINT or SIGTERM in the window (a restart, a deploy) does not end it: the reverse
+    /// stream stops where it stands, and its slot, its publication and the changelog stay for
+    /// `pg-ghost revert`, `finalize` or `run --resume` to take the window up (`pg-ghost
+    /// cleanup` ends it). Dropping the slot would make the revert impossible for good, where
+    /// keeping it costs WAL until then. The panic flag still ends the window at once.
+    async fn leave_open(&mut self, table: &QualifiedName, background: &mut Option<Background>, e: Error) -> Error {
+        self.keep_old_table = true;
+        if let Some(bg) = background.take() {
+            if let Err(stop) = bg.stop_keeping_slot().await {
+                tracing::debug!(error = %stop, "stopping the reverse stream cleanly failed; its slot stays where it was confirmed");
+            }
+        }
+        // The run's cleanup leaves what the window needs.
+        self.created.reverse = false;
+        self.created.changelog = false;
+        tracing::warn!(
+            table = %table,
+            "the revert window is left open, its reverse slot retaining WAL: `pg-ghost revert --table {table}` or `pg-ghost finalize --table {table}` take it up, `pg-ghost cleanup --table {table}` ends it"
+        );
+        e.context(format!("the revert window on {table} is left open"))
+    }
+
     /// Waits for the window's end: its length elapsed, a request, or a reverse apply that
     /// failed. A revert that fails (the lock not had in time) leaves the window open.
     async fn serve_window(
@@ -312,9 +344,12 @@ impl Run {
         let mut abort = self.abort.clone();
         let mut socket = self.controls.window.subscribe();
         socket.mark_unchanged();
+        // A request left while no pg-ghost served the window comes before its end, even one
+        // already past (`pg-ghost revert` taking the window up).
+        let mut pending = self.take_request(names).await;
         loop {
             let bg = background.as_mut().ok_or_else(|| Error::internal("the reverse stream is not running"))?;
-            let request = tokio::select! {
+            let request = if let Some(r) = pending.take() { r } else { tokio::select! {
                 biased;
                 why = aborted(&mut abort) => return Err(Error::new(ErrorKind::Aborted, why).context("during the revert window (the new table keeps the name; the old table is kept)")),
                 e = bg.failed() => {
@@ -346,18 +381,22 @@ impl Run {
                     Some(r) => r,
                     None => continue,
                 },
-            };
+            } };
             tracing::info!(request = request.name(), "revert window request");
             match request {
                 Request::Finalize => return Ok(End::Finalize("finalize")),
                 Request::Revert => match self.swap_back(names, new, target, repl, background).await {
                     Ok(()) => return Ok(End::Reverted),
                     Err(e) if e.kind() == ErrorKind::RevertImpossible => {
+                        self.drop_materialized_back(target).await;
                         self.revert_impossible(&e).await;
                         return Ok(End::Impossible(e));
                     }
+                    // Materialized views built for the revert on the old table stay: the run
+                    // that takes the window up drops them before it builds them again.
                     Err(e) if matches!(e.kind(), ErrorKind::Aborted | ErrorKind::Connection | ErrorKind::Internal) => return Err(e),
                     Err(e) => {
+                        self.drop_materialized_back(target).await;
                         tracing::error!(error = %e.chain(), "the revert failed; the new table keeps the name and the window stays open (try `pg-ghost revert` again)");
                         self.record_state(names, &format!("{STATE_REVERT_FAILED}: {}", e.message())).await;
                         self.enter(Phase::RevertWindow);
@@ -377,10 +416,21 @@ impl Run {
             .context("reading the names recorded at the swap")?
             .ok_or_else(|| Error::internal("the names recorded at the swap are missing from the changelog table"))?
             .try_get::<_, String>(0)?;
+        // What cannot move back is refused before anything waits on a lock (and again under it).
+        let tables = back::Tables {
+            name: &new.name,
+            new_oid: new.oid,
+            new_columns: &new.columns,
+            old: &target.name,
+            old_oid: target.oid,
+            carried: &target.mapping.carried,
+        };
+        back::read(&self.client, &tables, &names.reverse, None).await?;
         let bg = background.as_mut().ok_or_else(|| Error::internal("the reverse stream is not running"))?;
+        self.build_materialized_back(new, target, bg).await?;
         super::guard(self.catch_up(repl), &mut self.abort.clone(), Some(&mut *bg)).await?;
         let mut cut_over = self.cut_over(new, target, &names.ghost.name, repl, false);
-        cut_over.window = Window::Revert { recorded: &recorded, changelog: &names.changelog };
+        cut_over.window = Window::Revert { recorded: &recorded, changelog: &names.changelog, reverse_publication: &names.reverse };
         self.controls.cut_over_locked.send_replace(true);
         let report = super::guard(cut_over.run(), &mut self.abort.clone(), Some(&mut *bg)).await;
         self.controls.cut_over_locked.send_replace(false);
@@ -389,9 +439,45 @@ impl Run {
             attempts = report.attempts,
             lock_held_ms = report.lock_held.as_millis() as u64,
             final_keys = report.final_keys,
+            dependents = report.dependents,
             "swap back committed"
         );
+        // The swap back has committed: a key that fails to validate is named, the revert stands.
+        if let Err(e) = crate::dependents::validate(&self.client, &report.validations, self.cfg.cut_over.lock_timeout, self.cfg.cut_over.retries).await {
+            tracing::error!(error = %e.chain(), "reverted, but a foreign key moved back could not be validated");
+        }
         Ok(())
+    }
+
+    /// Materialized views that read the new table are built again on the old one before the
+    /// revert's lock, as the forward run builds them on the ghost; one the old table's columns
+    /// cannot serve refuses the revert, naming it.
+    async fn build_materialized_back(&mut self, new: &TableInfo, target: &Ghost, bg: &mut Background) -> Result<()> {
+        self.materialized.clear();
+        let views = materialized::read_recipes(&mut self.client, new.oid).await?;
+        if views.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(count = views.len(), "building the materialized views that read the table on the old table");
+        let build = materialized::build(&self.client, &views, &new.name, new.oid, &target.name);
+        match super::guard(build, &mut self.abort.clone(), Some(bg)).await {
+            Ok(built) => {
+                self.materialized = built;
+                Ok(())
+            }
+            Err(e) => {
+                self.drop_materialized_back(target).await;
+                Err(Error::refused(format!("a materialized view cannot be built again on the old table, so the revert is refused: {}", e.message())))
+            }
+        }
+    }
+
+    /// After a revert that did not commit: the views built for it on the old table go.
+    async fn drop_materialized_back(&mut self, target: &Ghost) {
+        self.materialized.clear();
+        if let Err(e) = materialized::drop_leftovers(&self.client, &target.name).await {
+            tracing::warn!(error = %e, old_table = %target.name, "could not drop the materialized views built on the old table for the revert");
+        }
     }
 
     async fn revert_impossible(&mut self, e: &Error) {
@@ -460,152 +546,10 @@ impl Run {
     }
 }
 
-/// What the window cannot serve, refused before anything is created for it: objects the
-/// swap moves (views, foreign keys, triggers, ... would have to move back too, which this
-/// version does not do), and a ghost whose UPDATEs and DELETEs a publication would make fail
-/// (no primary key and no replica identity index).
-async fn refuse_unserved(client: &Client, info: &TableInfo, ghost: &Ghost) -> Result<()> {
-    refuse_partitioned(info)?;
-    let names = Names::for_table(&info.name, info.oid);
-    let deps = crate::dependents::read(client, info.oid, &names.publication).await?;
-    if deps.count() > 0 {
-        return Err(Error::refused(format!(
-            "--revertible-for: {} has {} dependent object(s) (views, materialized views, foreign keys, triggers, rules, policies, publications or functions) that the swap moves to the new table; \
-             moving them back is not supported yet, so the revert window is refused (run without --revertible-for)",
-            info.name,
-            deps.count()
-        )));
-    }
-    let row = client
-        .query_one(
-            "SELECT c.relreplident::text, EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND (i.indisprimary OR i.indisreplident))
-               FROM pg_class c WHERE c.oid = $1",
-            &[&ghost.oid],
-        )
-        .await
-        .context("reading the ghost's replica identity")?;
-    let (identity, has_index): (String, bool) = (row.try_get(0)?, row.try_get(1)?);
-    if identity == "n" || (identity != "f" && !has_index) {
-        return Err(Error::refused(format!(
-            "--revertible-for: the new table would have no primary key or replica identity, and the reverse stream's publication would make the application's UPDATEs and DELETEs on {} fail",
-            info.name
-        )));
-    }
-    Ok(())
-}
-
-/// The swap back does not rename partitions yet.
-pub(super) fn refuse_partitioned(info: &TableInfo) -> Result<()> {
-    if !info.partitioned {
-        return Ok(());
-    }
-    Err(Error::refused(format!(
-        "--revertible-for: {} is a partitioned table, and the swap back does not rename partitions yet, so the revert window is refused (run without --revertible-for)",
-        info.name
-    )))
-}
-
-/// A column the ALTER drops keeps its values on the old table only while rows are written back
-/// in place (an upsert that leaves it alone). With a unique index besides the key, rows are
-/// deleted and written again instead (two rows may swap values), which would lose them: that
-/// combination is refused before anything is created.
-pub(super) async fn refuse_lossy_write_back(client: &Client, info: &TableInfo, dropped: &[String]) -> Result<()> {
-    let Some(first) = dropped.first() else { return Ok(()) };
-    let others: Vec<String> = client
-        .query(
-            "SELECT c.relname::text FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
-              WHERE i.indrelid = $1 AND (i.indisunique OR i.indisexclusion) AND c.relname <> $2 ORDER BY 1",
-            &[&info.oid, &info.key.index_name],
-        )
-        .await
-        .context("reading the table's unique indexes")?
-        .iter()
-        .map(|r| r.try_get(0))
-        .collect::<std::result::Result<_, _>>()?;
-    if let Some(index) = others.first() {
-        return Err(Error::refused(format!(
-            "--revertible-for: the ALTER drops column {} and {} has unique index {} besides its key; the old table could not keep the dropped column's values \
-             while rows are written back (they would be deleted and written again), so the revert window is refused",
-            crate::sql::ident(first),
-            info.name,
-            crate::sql::ident(index)
-        )));
-    }
-    Ok(())
-}
-
-/// Rows are written back by upsert, which cannot set a `GENERATED ALWAYS` identity column
-/// outside the key (the forward apply makes the ghost's `BY DEFAULT` for the copy; the old
-/// table is the original and stays as it is): refused before anything is created.
-pub(super) fn refuse_identity_always(info: &TableInfo) -> Result<()> {
-    let always = info.columns.iter().find(|c| c.identity == crate::schema::Identity::Always && !info.key.columns.contains(&c.name));
-    match always {
-        Some(c) => Err(Error::refused(format!(
-            "--revertible-for: column {} of {} is GENERATED ALWAYS AS IDENTITY outside the key; rows could not be written back to the old table with its values, so the revert window is refused",
-            crate::sql::ident(&c.name),
-            info.name
-        ))),
-        None => Ok(()),
-    }
-}
-
-/// `pg-ghost revert` / `pg-ghost finalize`: asks the pg-ghost running the table's revert window
-/// and waits until it has done it.
-pub async fn request(cfg: WindowConfig, request: Request) -> Result<()> {
-    let conn = cfg.conn.resolve().await?;
-    let client = conn.with_application_name("pg-ghost window").connect().await?;
-    let table = inspect::resolve_table(&client, &cfg.table).await?;
-    let oid: u32 = client.query_one("SELECT $1::text::regclass::oid", &[&table.sql()]).await?.try_get(0)?;
-    let names = Names::for_table(&table, oid);
-    let changelog = names.changelog.clone();
-    let state = read(&client, &changelog, checkpoint::STATE).await?;
-    // A revert that failed (its lock not had in time) left the window open.
-    let open = state.as_deref().is_some_and(|s| s == STATE_OPEN || s.starts_with(STATE_REVERT_FAILED));
-    if !open {
-        return Err(Error::refused(format!(
-            "no revert window is open on {table} (state: {}); a window opens with `pg-ghost run --execute --revertible-for DURATION`",
-            state.as_deref().unwrap_or("no pg-ghost run")
-        )));
-    }
-    // The window's slot is named after the original's OID: the old table's, now.
-    let reverse = recorded_slot(&client, &changelog).await?.ok_or_else(|| Error::refused(format!("the revert window on {table} recorded no slot")))?;
-    let old_oid: Option<u32> = reverse.strip_prefix("pg_ghost_").and_then(|s| s.strip_suffix("_rev")).and_then(|s| s.parse().ok());
-    let streaming = slot::slot_info(&client, &reverse).await?.and_then(|s| s.active_pid).is_some();
-    if !streaming {
-        return Err(Error::refused(format!(
-            "the revert window on {table} is not being served: no pg-ghost is streaming its slot {reverse} (was it killed? `pg-ghost cleanup --table {table}` ends the window)"
-        )));
-    }
-    // The state is set back to open first, so that only this request's outcome is waited for.
-    let upsert = checkpoint::upsert_sql(&changelog);
-    client.execute(upsert.as_str(), &[&checkpoint::STATE, &STATE_OPEN]).await.context("asking the running pg-ghost")?;
-    client.execute(upsert.as_str(), &[&checkpoint::WINDOW_REQUEST, &request.name()]).await.context("asking the running pg-ghost")?;
-    tracing::info!(table = %table, request = request.name(), "asked the running pg-ghost; waiting for it");
-    let deadline = tokio::time::Instant::now() + cfg.wait;
-    loop {
-        tokio::time::sleep(REQUEST_POLL).await;
-        let state = read(&client, &changelog, checkpoint::STATE).await?;
-        let done = match (request, state.as_deref()) {
-            (Request::Revert, Some(STATE_REVERTED)) | (Request::Finalize, Some(STATE_FINALIZED)) => true,
-            // The run ends right after, dropping its changelog table.
-            (Request::Revert, None) => current_oid(&client, &table).await? == old_oid,
-            (Request::Finalize, None) => current_oid(&client, &table).await? == Some(oid),
-            (_, Some(s)) if s.starts_with(STATE_REVERT_FAILED) || s.starts_with(STATE_IMPOSSIBLE) => {
-                return Err(Error::new(ErrorKind::Refused, format!("{table}: {s}")));
-            }
-            _ => false,
-        };
-        if done {
-            tracing::info!(table = %table, "{}", match request {
-                Request::Revert => "reverted: the table is the original again",
-                Request::Finalize => "the revert window is closed: the table keeps the new definition",
-            });
-            return Ok(());
-        }
-        if tokio::time::Instant::now() > deadline {
-            return Err(Error::new(ErrorKind::Aborted, format!("the running pg-ghost did not {} {table} within {:?} (the request stays; see its log)", request.name(), cfg.wait)));
-        }
-    }
+/// The run was asked to stop by SIGINT or SIGTERM (not by the panic flag or command).
+fn stopped_by_signal() -> bool {
+    use crate::signals::Signal;
+    crate::signals::requested().is_some_and(|s| matches!(s.signal, Signal::Interrupt | Signal::Terminate))
 }
 
 /// Whether the earlier run's changelog says its revert window was open when it stopped.
@@ -624,9 +568,6 @@ pub(crate) async fn recorded_slot(client: &Client, changelog: &QualifiedName) ->
     read(client, changelog, checkpoint::REVERT_SLOT).await
 }
 
-async fn current_oid(client: &Client, table: &QualifiedName) -> Result<Option<u32>> {
-    Ok(client.query_one("SELECT to_regclass($1)::oid", &[&table.sql()]).await?.try_get(0)?)
-}
 
 /// A value of the changelog table, or None when the row or the table is gone.
 async fn read(client: &Client, changelog: &QualifiedName, key: &str) -> Result<Option<String>> {

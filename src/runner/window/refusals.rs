@@ -1,0 +1,100 @@
+//! What a revert window cannot serve, refused before anything is created for it, each
+//! refusal naming its object.
+
+use crate::dependents::back;
+use crate::error::{Context, Error, Result};
+use crate::ghost::Ghost;
+use crate::names::Names;
+use crate::schema::TableInfo;
+use crate::sql::QualifiedName;
+use tokio_postgres::Client;
+
+/// What the window cannot serve, refused before anything is created for it: dependents the
+/// revert could not move back (see [`back::window_refusals`]), and a ghost whose UPDATEs and
+/// DELETEs a publication would make fail (no primary key and no replica identity index).
+pub(super) async fn refuse_unserved(client: &Client, info: &TableInfo, ghost: &Ghost) -> Result<()> {
+    refuse_partitioned(info)?;
+    let names = Names::for_table(&info.name, info.oid);
+    let deps = crate::dependents::read(client, info.oid, &names.publication).await?;
+    refuse_unmovable(&deps, &info.name)?;
+    let row = client
+        .query_one(
+            "SELECT c.relreplident::text, EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND (i.indisprimary OR i.indisreplident))
+               FROM pg_class c WHERE c.oid = $1",
+            &[&ghost.oid],
+        )
+        .await
+        .context("reading the ghost's replica identity")?;
+    let (identity, has_index): (String, bool) = (row.try_get(0)?, row.try_get(1)?);
+    if identity == "n" || (identity != "f" && !has_index) {
+        return Err(Error::refused(format!(
+            "--revertible-for: the new table would have no primary key or replica identity, and the reverse stream's publication would make the application's UPDATEs and DELETEs on {} fail",
+            info.name
+        )));
+    }
+    Ok(())
+}
+
+/// Dependents a revert could not move back refuse the window, each named.
+pub(in crate::runner) fn refuse_unmovable(deps: &crate::dependents::Dependents, table: &QualifiedName) -> Result<()> {
+    let refused = back::window_refusals(deps, table);
+    if refused.is_empty() {
+        return Ok(());
+    }
+    Err(Error::refused(format!("--revertible-for: {}; so the revert window is refused (run without --revertible-for)", refused.join("; "))))
+}
+
+/// The swap back does not rename partitions yet.
+pub(in crate::runner) fn refuse_partitioned(info: &TableInfo) -> Result<()> {
+    if !info.partitioned {
+        return Ok(());
+    }
+    Err(Error::refused(format!(
+        "--revertible-for: {} is a partitioned table, and the swap back does not rename partitions yet, so the revert window is refused (run without --revertible-for)",
+        info.name
+    )))
+}
+
+/// A column the ALTER drops keeps its values on the old table only while rows are written back
+/// in place (an upsert that leaves it alone). With a unique index besides the key, rows are
+/// deleted and written again instead (two rows may swap values), which would lose them: that
+/// combination is refused before anything is created.
+pub(in crate::runner) async fn refuse_lossy_write_back(client: &Client, info: &TableInfo, dropped: &[String]) -> Result<()> {
+    let Some(first) = dropped.first() else { return Ok(()) };
+    let others: Vec<String> = client
+        .query(
+            "SELECT c.relname::text FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+              WHERE i.indrelid = $1 AND (i.indisunique OR i.indisexclusion) AND c.relname <> $2 ORDER BY 1",
+            &[&info.oid, &info.key.index_name],
+        )
+        .await
+        .context("reading the table's unique indexes")?
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<std::result::Result<_, _>>()?;
+    if let Some(index) = others.first() {
+        return Err(Error::refused(format!(
+            "--revertible-for: the ALTER drops column {} and {} has unique index {} besides its key; the old table could not keep the dropped column's values \
+             while rows are written back (they would be deleted and written again), so the revert window is refused",
+            crate::sql::ident(first),
+            info.name,
+            crate::sql::ident(index)
+        )));
+    }
+    Ok(())
+}
+
+/// Rows are written back by upsert, which cannot set a `GENERATED ALWAYS` identity column
+/// outside the key (the forward apply makes the ghost's `BY DEFAULT` for the copy; the old
+/// table is the original and stays as it is): refused before anything is created.
+pub(in crate::runner) fn refuse_identity_always(info: &TableInfo) -> Result<()> {
+    let always = info.columns.iter().find(|c| c.identity == crate::schema::Identity::Always && !info.key.columns.contains(&c.name));
+    match always {
+        Some(c) => Err(Error::refused(format!(
+            "--revertible-for: column {} of {} is GENERATED ALWAYS AS IDENTITY outside the key; rows could not be written back to the old table with its values, so the revert window is refused",
+            crate::sql::ident(&c.name),
+            info.name
+        ))),
+        None => Ok(()),
+    }
+}
