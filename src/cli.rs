@@ -390,6 +390,27 @@ pub struct RunArgs {
     #[arg(long, value_name = "INDEX")]
     pub key: Option<String>,
 
+    /// Convert the (plain) table into a partitioned table with this partition key, e.g.
+    /// "RANGE (created_at)", its partitions given by --partitions or --partitions-auto. Every
+    /// primary key and unique constraint must include the key's columns, as PostgreSQL
+    /// requires: replace them in --alter ("DROP CONSTRAINT t_pkey, ADD PRIMARY KEY (id,
+    /// created_at)"); rows are still found by the original key. Always through a ghost.
+    #[arg(long, value_name = "KEY", requires = "partitions_source")]
+    pub partition_by: Option<String>,
+
+    /// With --partition-by: a file of `CREATE TABLE <name> PARTITION OF <table> <bound>;`
+    /// statements. The names are the partitions' final names (an unqualified one is in the
+    /// table's schema; a name already taken is refused); the parent must be the table itself.
+    #[arg(long, value_name = "FILE", group = "partitions_source", requires = "partition_by")]
+    pub partitions: Option<PathBuf>,
+
+    /// With --partition-by "RANGE (column)": make the partitions, e.g. "monthly from 2022-01
+    /// to 2027-01, default" (daily YYYY-MM-DD, monthly YYYY-MM or yearly YYYY; START
+    /// included, END excluded), named <table>_p2022_01 (_p2022, _p2022_01_31) and
+    /// <table>_default.
+    #[arg(long, value_name = "SPEC", group = "partitions_source", requires = "partition_by")]
+    pub partitions_auto: Option<String>,
+
     /// Continue an interrupted run from its checkpoint (copy cursor and confirmed LSN in the
     /// changelog table) instead of starting over.
     #[arg(long)]

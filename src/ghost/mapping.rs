@@ -30,9 +30,20 @@ pub struct Mapping {
     pub key_source_types: Vec<String>,
     /// Every original column that lives on in the ghost: (original name, ghost name).
     pub carried: Vec<(String, String)>,
+    /// Ghost columns that the unique index writes conflict on has beyond the key: a table
+    /// converted to a partitioned one can have no unique index on the key alone, so the
+    /// ghost's is on the key and the partition key's columns (`crate::ghost::convert`).
+    #[serde(default)]
+    pub conflict_extra: Vec<String>,
 }
 
 impl Mapping {
+    /// The columns of the unique index that `ON CONFLICT` names: the key, and for a
+    /// conversion the partition key's columns that are not in it.
+    pub fn conflict_target(&self) -> Vec<&str> {
+        self.key_ghost.iter().chain(&self.conflict_extra).map(String::as_str).collect()
+    }
+
     /// The ghost's name for an original column, if the ALTER kept it.
     pub fn ghost_name_of(&self, source: &str) -> Option<&str> {
         self.carried.iter().find(|(s, _)| s == source).map(|(_, g)| g.as_str())
@@ -92,6 +103,7 @@ impl Mapping {
             key_ghost,
             key_ghost_types,
             carried,
+            conflict_extra: Vec::new(),
         })
     }
 }
@@ -162,6 +174,7 @@ impl Mapping {
             key_ghost: self.key_source.clone(),
             key_ghost_types: self.key_source_types.clone(),
             carried: self.carried.iter().map(|(o, g)| (g.clone(), o.clone())).collect(),
+            conflict_extra: Vec::new(),
         };
         Ok(Reverse { mapping, cast_back })
     }

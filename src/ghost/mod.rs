@@ -6,11 +6,14 @@
 //! transaction, so a failing ALTER leaves nothing behind.
 
 pub mod autovacuum;
+mod conversion;
+pub mod convert;
 mod create;
 mod mapping;
 pub mod partitions;
 pub mod statistics;
 
 pub(crate) use create::grant_statements;
-pub use create::{create, rebuild_deferred, temp_name, trial, trial_with_dependents, Deferred, Ghost, Trial};
+pub use create::{create, create_with_conversion, trial_with_conversion, rebuild_deferred, temp_name, trial, trial_with_dependents, Deferred, Ghost, Trial};
+pub use convert::Conversion;
 pub use mapping::{CastBack, Mapping, Reverse};

@@ -37,6 +37,7 @@
 //! For the ghost way, the objects that depend on the table are checked after these, against
 //! the ALTER as it applies to a rolled-back trial ghost (`crate::dependents`).
 
+pub mod conversion;
 mod key;
 mod partitions;
 mod preflight;
