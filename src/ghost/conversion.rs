@@ -167,7 +167,9 @@ pub(super) async fn stand_ins(tx: &impl GenericClient, orig: &TableInfo, partiti
 pub(super) async fn create_stand_ins(tx: &impl GenericClient, ghost: &QualifiedName, stand_ins: &[StandIn]) -> Result<()> {
     for s in stand_ins {
         let cols = ident_list(s.columns.iter().chain(&s.missing).map(String::as_str));
-        tx.batch_execute(&format!("ALTER TABLE {} ADD CONSTRAINT {} {} ({cols})", ghost.sql(), ident(&super::temp_name(&s.index)), s.kind))
+        // UNIQUE even for a primary key: a stand-in must not make the partition key's columns
+        // NOT NULL, which a key the ALTER puts in its place may not do.
+        tx.batch_execute(&format!("ALTER TABLE {} ADD CONSTRAINT {} UNIQUE ({cols})", ghost.sql(), ident(&super::temp_name(&s.index))))
             .await
             .with_context(|| format!("standing in for {} on the partitioned ghost", ident(&s.constraint)))?;
     }
@@ -202,9 +204,8 @@ pub(super) async fn check_stand_ins_replaced(tx: &impl GenericClient, ghost_oid:
     let example_cols = ident_list(first.columns.iter().chain(&first.missing).map(String::as_str));
     Err(Error::refused(format!(
         "{table} cannot be partitioned by {partition_by} as it is: {}; PostgreSQL requires every primary key and unique constraint of a partitioned table \
-         to include the partition key: replace it in --alter, e.g. --alter \"DROP CONSTRAINT {}, ADD {} ({example_cols})\"; nothing was created",
+         to include the partition key: replace it in --alter, e.g. --alter {}; nothing was created",
         list.join("; "),
-        ident(&first.constraint),
-        first.kind
+        crate::inspect::shell_quote(&format!("DROP CONSTRAINT {}, ADD {} ({example_cols})", ident(&first.constraint), first.kind)),
     )))
 }
