@@ -605,6 +605,14 @@ impl Run {
         let server = inspect::preflight(&self.client, &info, &options).await.map_err(ghost_needs)?;
         if let (Some(c), false) = (&self.cfg.conversion, self.cfg.resume) {
             inspect::conversion::check(&self.client, &info, c).await?;
+            let partitions: Vec<String> = c.partitions.iter().map(|p| p.final_name(&info.name).to_string()).collect();
+            tracing::info!(
+                table = %info.name,
+                partition_by = %c.partition_by,
+                partitions = partitions.len(),
+                names = %partitions.join(", "),
+                "converting into a partitioned table"
+            );
         }
         if !self.cfg.resume {
             self.check_dependents(&info, &names, server.is_superuser).await?;
