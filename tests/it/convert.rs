@@ -39,8 +39,8 @@ const DEPENDENTS: &str = "
         CONSTRAINT order_notes_order FOREIGN KEY (tenant, id) REFERENCES public.orders (tenant, id) ON UPDATE CASCADE ON DELETE CASCADE);";
 
 /// Writes the partition statements where `--partitions` reads them.
-fn partitions_file(db: &TestDb<'_>, statements: &str) -> String {
-    let path = flag_path(db, "partitions.sql");
+fn partitions_file(db: &TestDb<'_>, what: &str, statements: &str) -> String {
+    let path = flag_path(db, &format!("{what}.sql"));
     std::fs::write(&path, statements).unwrap();
     path.to_string_lossy().into_owned()
 }
@@ -82,7 +82,7 @@ async fn convert_under_workload(c: Conversion<'_>) {
     let table = plain_table(&db, 3_000).await;
     db.psql(&format!("{DEPENDENTS} {}", c.extra));
     let oid_before = db.psql("SELECT 'public.orders'::regclass::oid");
-    let file = partitions_file(&db, c.partitions);
+    let file = partitions_file(&db, "partitions", c.partitions);
     let workload = Workload::start(&db, &table, WorkloadOptions::new(3).rate(Some(80))).await;
     workload.wait_for_more_commits(30, Duration::from_secs(30)).await;
 
@@ -180,11 +180,11 @@ async fn rows_without_a_partition_are_refused() {
     db.psql("UPDATE public.orders SET tenant = 5 + id % 4 WHERE id % 3 = 0");
     let expected = db.psql("SELECT count(*) FROM public.orders WHERE tenant >= 5");
     assert_ne!(expected, "0");
-    let file = partitions_file(&db, NOT_COVERING);
+    let file = partitions_file(&db, "not_covering", NOT_COVERING);
     let args = ["--table", "orders", "--partition-by", BY_TENANT, "--partitions", &file, "--alter", "ADD COLUMN x int", "--execute"];
     assert_refused(&db, &args, &format!("{expected} row(s) of \"public\".\"orders\" would have no partition")).await;
 
-    let file = partitions_file(&db, &format!("{NOT_COVERING} CREATE TABLE orders_rest PARTITION OF orders DEFAULT;"));
+    let file = partitions_file(&db, "with_default", &format!("{NOT_COVERING} CREATE TABLE orders_rest PARTITION OF orders DEFAULT;"));
     let args = ["--table", "orders", "--partition-by", BY_TENANT, "--partitions", &file, "--alter", "ADD COLUMN x int"];
     binary::assert_success(&binary::run(&db, &args).await);
     assert_eq!(db.psql("SELECT relkind FROM pg_class WHERE oid = 'public.orders'::regclass"), "r", "a dry run converts nothing");
@@ -233,7 +233,7 @@ async fn killed_during_a_conversion_copy_resumes() {
     let table = OracleTable::create(&db, "orders", KeyKind::Identity, 10_000).await;
     db.psql("ALTER TABLE public.orders RESET (fillfactor)");
     let oid_before = db.psql("SELECT 'public.orders'::regclass::oid");
-    let file = partitions_file(&db, BY_ID);
+    let file = partitions_file(&db, "by_id", BY_ID);
     let client = db.client().await;
     let workload = Workload::start(&db, &table, WorkloadOptions::new(3).rate(Some(50))).await;
     workload.wait_for_more_commits(20, Duration::from_secs(30)).await;
@@ -253,6 +253,14 @@ async fn killed_during_a_conversion_copy_resumes() {
         assert!(Instant::now() < deadline, "the killed run's slot is still active after 15 s");
         tokio::time::sleep(POLL).await;
     }
+
+    // Resuming without the conversion, or with other partitions, is refused, naming both.
+    let out = binary::run(&db, &["--table", "orders", "--alter", ALTER, "--execute", "--resume"]).await;
+    binary::assert_failure(&out, 3, "the conversion differs from the earlier run's: it made --partition-by RANGE (\"id\") into \"public\".\"orders_a\", \"public\".\"orders_b\", this run asks for no conversion");
+    let other = partitions_file(&db, "other", "CREATE TABLE orders_all PARTITION OF orders DEFAULT;");
+    let out = binary::run(&db, &["--table", "orders", "--partition-by", "RANGE (id)", "--partitions", &other, "--alter", ALTER, "--execute", "--resume"]).await;
+    binary::assert_failure(&out, 3, "this run asks for --partition-by RANGE (\"id\") into \"public\".\"orders_all\"");
+    assert_eq!(db.psql("SELECT relkind FROM pg_class WHERE oid = 'public._orders_gho'::regclass"), "p", "the refusals left the ghost");
 
     let out = binary::run(&db, &[&args[..], &["--resume"][..]].concat()).await;
     binary::assert_success(&out);
