@@ -273,3 +273,48 @@ async fn killed_during_a_conversion_copy_resumes() {
     let projection = table.projection().map("n", "n::bigint");
     assert_converted(&db, &table, &[("orders_a", "id < 5000"), ("orders_b", "id >= 5000")], &projection, &log).await;
 }
+
+/// The cut-over of a conversion postponed, then the panic flag: the run stops at once, the
+/// original stays a plain table with its rows; `pg-ghost cleanup` removes the ghost with its
+/// partitions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postponed_conversion_panics_and_leaves_the_original() {
+    let db = Cluster::primary().fresh_db("conv_panic");
+    let table = plain_table(&db, 2_000).await;
+    let oid_before = db.psql("SELECT 'public.orders'::regclass::oid");
+    let file = partitions_file(&db, "partitions", WITH_DEFAULT);
+    let (postpone, panic) = (flag_path(&db, "postpone"), flag_path(&db, "panic"));
+    std::fs::write(&postpone, b"").unwrap();
+    let workload = Workload::start(&db, &table, WorkloadOptions::new(2).rate(Some(60))).await;
+    let args = [
+        "--table", "orders", "--partition-by", BY_TENANT, "--partitions", &file, "--alter", "ADD COLUMN note text", "--execute",
+        "--postpone-cut-over-flag-file", postpone.to_str().unwrap(), "--panic-flag-file", panic.to_str().unwrap(),
+    ];
+    let mut run = Running::spawn(&db, "run", &args);
+    let client = db.client().await;
+    wait_for_state(&client, &mut run, "orders", "postponed", Duration::from_secs(60)).await;
+    assert_eq!(
+        db.psql("SELECT string_agg(c.relname || ' ' || c.relkind::text, ', ' ORDER BY c.relname) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'public._orders_gho'::regclass"),
+        "_orders_rest_gho r, _orders_t1_gho r, _orders_t3_gho r",
+        "while postponed, the ghost is partitioned under temporary names"
+    );
+    std::fs::write(&panic, b"").unwrap();
+    let out = run.wait(Duration::from_secs(30)).await;
+    binary::assert_failure(&out, 4, "panic");
+    let _ = std::fs::remove_file(&postpone);
+    let _ = std::fs::remove_file(&panic);
+
+    workload.wait_for_more_commits(20, Duration::from_secs(30)).await;
+    let report = workload.stop().await;
+    assert!(report.errors.is_empty(), "workload errors (seed {}): {:#?}", report.seed, report.errors);
+    assert_eq!(db.psql("SELECT 'public.orders'::regclass::oid"), oid_before, "the original keeps its name");
+    assert_eq!(db.psql("SELECT relkind FROM pg_class WHERE oid = 'public.orders'::regclass"), "r");
+    table.assert_matches_control(&client, &table.projection()).await;
+    assert_no_slots_or_publications(&client).await;
+    // A failed run keeps its ghost for inspection; `pg-ghost cleanup` removes it with its
+    // partitions.
+    let tables = "SELECT string_agg(relname, ', ' ORDER BY relname) FROM pg_class WHERE relnamespace = 'public'::regnamespace AND relkind IN ('r', 'p')";
+    assert_eq!(db.psql(tables), "_orders_gho, _orders_rest_gho, _orders_t1_gho, _orders_t3_gho, orders, orders_control");
+    binary::assert_success(&binary::cleanup(&db, &["--table", "orders"]).await);
+    assert_eq!(db.psql(tables), "orders, orders_control", "the ghost and its partitions are gone");
+}
