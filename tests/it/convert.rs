@@ -318,3 +318,99 @@ async fn a_postponed_conversion_panics_and_leaves_the_original() {
     binary::assert_success(&binary::cleanup(&db, &["--table", "orders"]).await);
     assert_eq!(db.psql(tables), "orders, orders_control", "the ghost and its partitions are gone");
 }
+
+/// The common case: `events` keyed by `id` alone, converted to monthly partitions on
+/// `created_at` (`--partitions-auto`, no DEFAULT) with the primary key replaced by one that
+/// includes it, under writes that insert, delete and move rows between months (each written
+/// to a control table in the same statement). Rows are found by `id` throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn primary_key_replaced_and_rows_moving_between_months() {
+    const ALTER: &str = "DROP CONSTRAINT events_pkey, ADD PRIMARY KEY (id, created_at)";
+    const AUTO: &str = "monthly from 2024-01 to 2025-01";
+    const TABLES: &str = "
+        CREATE TABLE public.events_control (id bigint PRIMARY KEY, created_at timestamptz NOT NULL, payload text);
+        COMMENT ON TABLE public.events IS 'events by month';";
+    let db = Cluster::primary().fresh_db("conv_pkey");
+    db.psql(&format!(
+        "SET TimeZone = 'UTC';
+         CREATE TABLE public.events (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, created_at timestamptz NOT NULL, payload text);
+         CREATE INDEX ON public.events (created_at);
+         {TABLES}
+         INSERT INTO public.events (created_at, payload)
+           SELECT timestamptz '2024-01-01 00:00:00+00' + (g * 7919 % 360) * interval '1 day' + g * interval '1 second', 'e' || g
+           FROM generate_series(1, 4000) g;
+         INSERT INTO public.events_control SELECT * FROM public.events;"
+    ));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = tokio::spawn(move_events(db.client().await, stop.clone()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let args = ["--table", "events", "--partition-by", "RANGE (created_at)", "--partitions-auto", AUTO, "--alter", ALTER, "--execute", "--chunk-size", "300"];
+    let out = binary::run(&db, &args).await;
+    binary::assert_success(&out);
+    let log = binary::stderr(&out);
+    assert!(log.contains("converting into a partitioned table"), "{log}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (writes, after_swap) = writer.await.unwrap();
+    assert!(writes > 50 && after_swap > 0, "too few writes ({writes}, {after_swap} after the swap)");
+
+    let client = db.client().await;
+    let cols = "id, created_at, payload";
+    let diff = compare::compare_rows(&client, &format!("SELECT {cols} FROM public.events"), &format!("SELECT {cols} FROM public.events_control")).await;
+    assert!(diff.is_empty(), "events does not hold the control's rows:\n{diff}\n{log}");
+    assert_eq!(db.psql("SELECT count(*) FROM pg_inherits WHERE inhparent = 'public.events'::regclass"), "12");
+    client.batch_execute("DROP TABLE public._events_del").await.unwrap_or_else(|e| panic!("the old table must drop without CASCADE: {}", compare::db_message(&e)));
+    assert_no_slots_or_publications(&client).await;
+
+    let twin = db.cluster.fresh_db("convert_twin");
+    let months: Vec<String> = (1..=12)
+        .map(|m| {
+            let next = if m == 12 { "2025-01-01".to_string() } else { format!("2024-{:02}-01", m + 1) };
+            format!("CREATE TABLE public.events_p2024_{m:02} PARTITION OF public.events FOR VALUES FROM ('2024-{m:02}-01') TO ('{next}');")
+        })
+        .collect();
+    twin.psql(&format!(
+        "SET TimeZone = 'UTC';
+         CREATE TABLE public.events (id bigint GENERATED ALWAYS AS IDENTITY, created_at timestamptz NOT NULL, payload text, PRIMARY KEY (id, created_at))
+           PARTITION BY RANGE (created_at);
+         {}
+         CREATE INDEX ON public.events (created_at);
+         {TABLES}",
+        months.join("\n")
+    ));
+    assert_whole_schema_equal(&db, &twin, ALTER).await;
+}
+
+/// Inserts, deletes and moves events between months (by key, one statement for the table and
+/// its control) until `stop`; returns how many writes it made, and how many after the swap.
+async fn move_events(client: tokio_postgres::Client, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> (u64, u64) {
+    use rand::{Rng, SeedableRng};
+    let seed: u64 = rand::random();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let (mut writes, mut after_swap) = (0u64, 0u64);
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        let id: i64 = rng.gen_range(1..4_200);
+        let day: i64 = rng.gen_range(0..365);
+        let sql = match rng.gen_range(0..10) {
+            0..=2 => format!(
+                "WITH i AS (INSERT INTO public.events (created_at, payload) VALUES (timestamptz '2024-01-01 00:00:00+00' + {day} * interval '1 day', 'new') RETURNING *)
+                 INSERT INTO public.events_control SELECT id, created_at, payload FROM i"
+            ),
+            3 => format!("WITH d AS (DELETE FROM public.events WHERE id = {id} RETURNING id) DELETE FROM public.events_control c USING d WHERE c.id = d.id"),
+            _ => format!(
+                "WITH u AS (UPDATE public.events SET created_at = timestamptz '2024-01-01 00:00:00+00' + {day} * interval '1 day', payload = payload || '.'
+                             WHERE id = {id} RETURNING id, created_at, payload)
+                 UPDATE public.events_control c SET created_at = u.created_at, payload = u.payload FROM u WHERE c.id = u.id"
+            ),
+        };
+        if let Err(e) = client.batch_execute(&sql).await {
+            panic!("a write failed (seed {seed}): {}\n{sql}", compare::db_message(&e));
+        }
+        writes += 1;
+        let swapped: bool = client.query_one("SELECT relkind = 'p' FROM pg_class WHERE oid = 'public.events'::regclass", &[]).await.unwrap().get(0);
+        after_swap += u64::from(swapped);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    (writes, after_swap)
+}
