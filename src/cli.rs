@@ -371,8 +371,9 @@ pub struct RunArgs {
 
     /// The change, as the clauses that follow `ALTER TABLE name`; several separated by
     /// commas (`ALTER COLUMN id TYPE bigint, ADD COLUMN flag boolean NOT NULL DEFAULT false`).
-    #[arg(long, value_name = "CLAUSES")]
-    pub alter: String,
+    /// Optional with --partition-by.
+    #[arg(long, value_name = "CLAUSES", required_unless_present = "partition_by")]
+    pub alter: Option<String>,
 
     /// Really swap the tables. Without it, pg-ghost does everything but the cut-over, then
     /// cleans up, and the database ends exactly as it started.

@@ -41,7 +41,8 @@ pub struct Config {
     pub conn: ConnInfo,
     /// `--table` as given (`[schema.]name` in SQL syntax); `inspect` resolves it.
     pub table: String,
-    /// The clauses that follow `ALTER TABLE name`.
+    /// The clauses that follow `ALTER TABLE name`; empty only for a conversion into a
+    /// partitioned table given without `--alter`.
     pub alter: String,
     /// Index to copy and apply by; `None`: the primary key.
     pub key: Option<String>,
@@ -170,7 +171,11 @@ impl Config {
         Ok(Config {
             conn,
             table,
-            alter: required("alter", &args.alter)?,
+            alter: match (&args.alter, &conversion) {
+                (Some(alter), _) => required("alter", alter)?,
+                (None, Some(_)) => String::new(),
+                (None, None) => return Err(Error::config("--alter is missing: give the clauses that follow ALTER TABLE <name>")),
+            },
             key: args.key.as_deref().map(|k| required("key", k)).transpose()?,
             conversion,
             execute: args.execute,

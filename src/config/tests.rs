@@ -395,6 +395,16 @@ fn partition_by_takes_a_file_or_an_automatic_spec() {
 }
 
 #[test]
+fn alter_is_optional_with_partition_by_only() {
+    let argv = ["pg-ghost", "run", "--table", "orders", "--partition-by", "RANGE (at)", "--partitions-auto", "yearly from 2023 to 2024"];
+    let Command::Run(args) = Cli::try_parse_from(argv).unwrap().command else { unreachable!("the argv says run") };
+    let c = Config::from_cli_with_env(&args, env).unwrap();
+    assert_eq!(c.alter, "");
+    assert!(c.conversion.is_some());
+    assert!(Cli::try_parse_from(["pg-ghost", "run", "--table", "orders"]).is_err(), "--alter is required without --partition-by");
+}
+
+#[test]
 fn partition_flags_go_together() {
     let parse = |extra: &[&str]| {
         let mut argv = vec!["pg-ghost", "run", "--table", "orders", "--alter", "ADD COLUMN f int"];

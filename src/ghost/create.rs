@@ -230,7 +230,10 @@ async fn build(tx: &Transaction<'_>, orig: &TableInfo, ghost: &QualifiedName, al
     let indexes = original_indexes(tx, orig.oid).await?;
     let constraint_names: HashMap<String, String> =
         indexes.iter().filter_map(|i| i.constraint.as_ref().map(|(n, _)| (n.clone(), temp_name(&i.name)))).collect();
-    let plan = alter::plan(alter, ghost, &constraint_names)?;
+    let plan = match conversion {
+        Some(_) if alter.trim().is_empty() => AlterPlan::none(),
+        _ => alter::plan(alter, ghost, &constraint_names)?,
+    };
 
     let mut tree = match conversion {
         None => PartitionTree::read(tx, orig.oid).await?,

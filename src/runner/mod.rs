@@ -558,7 +558,10 @@ impl Run {
             }
         }
         // The ALTER is read before anything is created, so a malformed one changes nothing.
-        let planned = alter::plan(&self.cfg.alter, &names.ghost, &HashMap::new())?;
+        let planned = match &self.cfg.conversion {
+            Some(_) if self.cfg.alter.trim().is_empty() => alter::AlterPlan::none(),
+            _ => alter::plan(&self.cfg.alter, &names.ghost, &HashMap::new())?,
+        };
         if let (Some(_), Some(column)) = (self.cfg.revertible_for, planned.using.keys().min()) {
             return Err(Error::refused(format!(
                 "--revertible-for: the ALTER rewrites column {} with USING, which has no way back; revert windows take type changes without USING only",

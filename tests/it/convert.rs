@@ -171,13 +171,14 @@ async fn assert_refused(db: &TestDb<'_>, args: &[&str], needle: &str) {
 }
 
 /// Rows of tenants 5 to 8 would have no partition: refused, counting them and naming some;
-/// the same partitions with a DEFAULT one are accepted (dry run).
+/// the same partitions with a DEFAULT one are accepted, without `--alter` (the primary key
+/// has the partition key already): a dry run, then the conversion.
 #[tokio::test]
 async fn rows_without_a_partition_are_refused() {
     let db = Cluster::primary().fresh_db("conv_unrouted");
-    plain_table(&db, 400).await;
+    let table = plain_table(&db, 400).await;
     // The seed writes tenants 1 to 4 only.
-    db.psql("UPDATE public.orders SET tenant = 5 + id % 4 WHERE id % 3 = 0");
+    db.psql("UPDATE public.orders SET tenant = 5 + id % 4 WHERE id % 3 = 0; UPDATE public.orders_control SET tenant = 5 + id % 4 WHERE id % 3 = 0");
     let expected = db.psql("SELECT count(*) FROM public.orders WHERE tenant >= 5");
     assert_ne!(expected, "0");
     let file = partitions_file(&db, "not_covering", NOT_COVERING);
@@ -185,7 +186,7 @@ async fn rows_without_a_partition_are_refused() {
     assert_refused(&db, &args, &format!("{expected} row(s) of \"public\".\"orders\" would have no partition")).await;
 
     let file = partitions_file(&db, "with_default", &format!("{NOT_COVERING} CREATE TABLE orders_rest PARTITION OF orders DEFAULT;"));
-    let args = ["--table", "orders", "--partition-by", BY_TENANT, "--partitions", &file, "--alter", "ADD COLUMN x int"];
+    let args = ["--table", "orders", "--partition-by", BY_TENANT, "--partitions", &file];
     binary::assert_success(&binary::run(&db, &args).await);
     assert_eq!(db.psql("SELECT relkind FROM pg_class WHERE oid = 'public.orders'::regclass"), "r", "a dry run converts nothing");
     assert_eq!(
@@ -193,6 +194,10 @@ async fn rows_without_a_partition_are_refused() {
         "orders, orders_control",
         "the dry run's ghost and its partitions are gone"
     );
+    let out = binary::run(&db, &[&args[..], &["--execute"][..]].concat()).await;
+    binary::assert_success(&out);
+    let ranges = [("orders_t1", "tenant >= 1 AND tenant < 3"), ("orders_t3", "tenant >= 3 AND tenant < 5"), ("orders_rest", "NOT (tenant >= 1 AND tenant < 5)")];
+    assert_converted(&db, &table, &ranges, &table.projection(), &binary::stderr(&out)).await;
 }
 
 /// The primary key lacks the partition key: refused, naming both and how to replace the key;
