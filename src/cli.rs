@@ -396,20 +396,20 @@ pub struct RunArgs {
     /// primary key and unique constraint must include the key's columns, as PostgreSQL
     /// requires: replace them in --alter ("DROP CONSTRAINT t_pkey, ADD PRIMARY KEY (id,
     /// created_at)"); rows are still found by the original key. Always through a ghost.
-    #[arg(long, value_name = "KEY", requires = "partitions_source")]
+    #[arg(long, value_name = "KEY", requires = "partitions_source", help_heading = "Conversion into a partitioned table")]
     pub partition_by: Option<String>,
 
     /// With --partition-by: a file of `CREATE TABLE <name> PARTITION OF <table> <bound>;`
     /// statements. The names are the partitions' final names (an unqualified one is in the
     /// table's schema; a name already taken is refused); the parent must be the table itself.
-    #[arg(long, value_name = "FILE", group = "partitions_source", requires = "partition_by")]
+    #[arg(long, value_name = "FILE", group = "partitions_source", requires = "partition_by", help_heading = "Conversion into a partitioned table")]
     pub partitions: Option<PathBuf>,
 
     /// With --partition-by "RANGE (column)": make the partitions, e.g. "monthly from 2022-01
     /// to 2027-01, default" (daily YYYY-MM-DD, monthly YYYY-MM or yearly YYYY; START
     /// included, END excluded), named <table>_p2022_01 (_p2022, _p2022_01_31) and
     /// <table>_default.
-    #[arg(long, value_name = "SPEC", group = "partitions_source", requires = "partition_by")]
+    #[arg(long, value_name = "SPEC", group = "partitions_source", requires = "partition_by", help_heading = "Conversion into a partitioned table")]
     pub partitions_auto: Option<String>,
 
     /// Continue an interrupted run from its checkpoint (copy cursor and confirmed LSN in the
