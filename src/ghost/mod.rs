@@ -2,7 +2,9 @@
 //! index but the key's set aside to be built after the copy.
 //!
 //! Invariants: the ghost always has a unique index on the (mapped) key, so copy and apply
-//! can use `ON CONFLICT (key)`; the original is only read; everything is created in one
+//! can use `ON CONFLICT (key)` (on the key and the partition key's columns for a table
+//! converted into a partitioned one, which can have no unique index on the key alone: see
+//! [`convert`] and [`Mapping::conflict_target`]); the original is only read; everything is created in one
 //! transaction, so a failing ALTER leaves nothing behind.
 
 pub mod autovacuum;
