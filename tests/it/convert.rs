@@ -226,24 +226,36 @@ async fn what_a_partitioned_table_cannot_have_is_refused() {
     assert_refused(&db, &with("DROP CONSTRAINT orders_pkey, ADD PRIMARY KEY (id, at)"), "the name of partition \"public\".\"orders_p2024_03\" is taken").await;
 }
 
+/// A conversion killed in its copy, then resumed.
+struct Killed<'a> {
+    prefix: &'a str,
+    kind: KeyKind,
+    /// SQL on the original before the run.
+    extra: &'a str,
+    by: &'a str,
+    partitions: &'a str,
+    ranges: &'a [(&'a str, &'a str)],
+    alter: &'a str,
+    flags: &'a [&'a str],
+    /// How the resume refusals name the partitions: `<by> into <names>`.
+    named: &'a str,
+}
+
 /// SIGKILL in the middle of a conversion's copy, then `--resume`: the original is intact
-/// meanwhile, and the resumed run (its copy meeting rows already there) converts it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_during_a_conversion_copy_resumes() {
-    const ALTER: &str = "ALTER COLUMN n TYPE bigint";
-    const BY_ID: &str = "
-        CREATE TABLE orders_a PARTITION OF orders FOR VALUES FROM (MINVALUE) TO (5000);
-        CREATE TABLE orders_b PARTITION OF orders FOR VALUES FROM (5000) TO (MAXVALUE);";
-    let db = Cluster::primary().fresh_db("conv_resume");
-    let table = OracleTable::create(&db, "orders", KeyKind::Identity, 10_000).await;
-    db.psql("ALTER TABLE public.orders RESET (fillfactor)");
+/// meanwhile; resuming without the conversion or with other partitions is refused; the
+/// resumed run (its copy meeting rows already there) converts the table.
+async fn killed_then_resumed(c: Killed<'_>) {
+    let db = Cluster::primary().fresh_db(c.prefix);
+    let table = OracleTable::create(&db, "orders", c.kind, 10_000).await;
+    db.psql(&format!("ALTER TABLE public.orders RESET (fillfactor); {}", c.extra));
     let oid_before = db.psql("SELECT 'public.orders'::regclass::oid");
-    let file = partitions_file(&db, "by_id", BY_ID);
+    let file = partitions_file(&db, "partitions", c.partitions);
     let client = db.client().await;
     let workload = Workload::start(&db, &table, WorkloadOptions::new(3).rate(Some(50))).await;
     workload.wait_for_more_commits(20, Duration::from_secs(30)).await;
 
-    let args = ["--table", "orders", "--partition-by", "RANGE (id)", "--partitions", &file, "--alter", ALTER, "--execute", "--status-interval", "1s"];
+    let base = ["--table", "orders", "--partition-by", c.by, "--partitions", &file, "--alter", c.alter, "--execute", "--status-interval", "1s"];
+    let args = [&base[..], c.flags].concat();
     let slow = ["--chunk-size", "100", "--chunk-time", "1ms", "--nice-ratio", "1"];
     let mut run = Running::spawn(&db, "run", &[&args[..], &slow[..]].concat());
     wait_for_state(&client, &mut run, "orders", "copy", Duration::from_secs(30)).await;
@@ -260,11 +272,12 @@ async fn killed_during_a_conversion_copy_resumes() {
     }
 
     // Resuming without the conversion, or with other partitions, is refused, naming both.
-    let out = binary::run(&db, &["--table", "orders", "--alter", ALTER, "--execute", "--resume"]).await;
-    binary::assert_failure(&out, 3, "the conversion differs from the earlier run's: it made --partition-by RANGE (\"id\") into \"public\".\"orders_a\", \"public\".\"orders_b\", this run asks for no conversion");
+    let out = binary::run(&db, &[&["--table", "orders", "--alter", c.alter, "--execute", "--resume"][..], c.flags].concat()).await;
+    binary::assert_failure(&out, 3, &format!("the conversion differs from the earlier run's: it made --partition-by {}, this run asks for no conversion", c.named));
     let other = partitions_file(&db, "other", "CREATE TABLE orders_all PARTITION OF orders DEFAULT;");
-    let out = binary::run(&db, &["--table", "orders", "--partition-by", "RANGE (id)", "--partitions", &other, "--alter", ALTER, "--execute", "--resume"]).await;
-    binary::assert_failure(&out, 3, "this run asks for --partition-by RANGE (\"id\") into \"public\".\"orders_all\"");
+    let out = binary::run(&db, &[&["--table", "orders", "--partition-by", c.by, "--partitions", &other, "--alter", c.alter, "--execute", "--resume"][..], c.flags].concat()).await;
+    binary::assert_failure(&out, 3, "this run asks for --partition-by");
+    assert!(binary::stderr(&out).contains("into \"public\".\"orders_all\""), "{}", binary::stderr(&out));
     assert_eq!(db.psql("SELECT relkind FROM pg_class WHERE oid = 'public._orders_gho'::regclass"), "p", "the refusals left the ghost");
 
     let out = binary::run(&db, &[&args[..], &["--resume"][..]].concat()).await;
@@ -276,7 +289,45 @@ async fn killed_during_a_conversion_copy_resumes() {
     assert!(report.errors.is_empty(), "workload errors (seed {}): {:#?}", report.seed, report.errors);
     assert!(report.committed_after_swap > 0, "no writes after the swap: {report:?}");
     let projection = table.projection().map("n", "n::bigint");
-    assert_converted(&db, &table, &[("orders_a", "id < 5000"), ("orders_b", "id >= 5000")], &projection, &log).await;
+    assert_converted(&db, &table, c.ranges, &projection, &log).await;
+}
+
+/// Partitioned by the key itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_during_a_conversion_copy_resumes() {
+    killed_then_resumed(Killed {
+        prefix: "conv_resume",
+        kind: KeyKind::Identity,
+        extra: "",
+        by: "RANGE (id)",
+        partitions: "
+            CREATE TABLE orders_a PARTITION OF orders FOR VALUES FROM (MINVALUE) TO (5000);
+            CREATE TABLE orders_b PARTITION OF orders FOR VALUES FROM (5000) TO (MAXVALUE);",
+        ranges: &[("orders_a", "id < 5000"), ("orders_b", "id >= 5000")],
+        alter: "ALTER COLUMN n TYPE bigint",
+        flags: &[],
+        named: "RANGE (\"id\") into \"public\".\"orders_a\", \"public\".\"orders_b\"",
+    })
+    .await;
+}
+
+/// Partitioned by a column outside the key (rows found by `id`, `--key`), copied by two
+/// workers: the resumed copy meets rows written above its watermark and skips them by the
+/// key and the partition key, while the workload moves rows between partitions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_during_a_conversion_copy_by_another_key_resumes() {
+    killed_then_resumed(Killed {
+        prefix: "conv_resume_key",
+        kind: KeyKind::Composite,
+        extra: "ALTER TABLE public.orders ADD CONSTRAINT orders_id_key UNIQUE (id); ALTER TABLE public.orders REPLICA IDENTITY FULL;",
+        by: BY_TENANT,
+        partitions: COVERING,
+        ranges: COVERING_RANGES,
+        alter: "ALTER COLUMN n TYPE bigint, DROP CONSTRAINT orders_id_key",
+        flags: &["--key", "orders_id_key", "--copy-workers", "2"],
+        named: "RANGE (\"tenant\") into \"public\".\"orders_low\", \"public\".\"orders_high\"",
+    })
+    .await;
 }
 
 /// The cut-over of a conversion postponed, then the panic flag: the run stops at once, the
