@@ -87,7 +87,7 @@ pub(super) async fn refuse_unrouted(tx: &impl GenericClient, orig: &TableInfo, c
     Err(Error::refused(format!(
         "{count} row(s) of {} would have no partition (key ({}) = {}{}): add partitions that take them, or a DEFAULT partition; nothing was created",
         orig.name,
-        orig.key.columns.join(", "),
+        ident_list(orig.key.columns.iter().map(String::as_str)),
         samples.join(", "),
         if count > samples.len() as i64 { ", ..." } else { "" }
     )))

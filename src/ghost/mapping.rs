@@ -30,9 +30,11 @@ pub struct Mapping {
     pub key_source_types: Vec<String>,
     /// Every original column that lives on in the ghost: (original name, ghost name).
     pub carried: Vec<(String, String)>,
-    /// Ghost columns that the unique index writes conflict on has beyond the key: a table
-    /// converted to a partitioned one can have no unique index on the key alone, so the
-    /// ghost's is on the key and the partition key's columns (`crate::ghost::convert`).
+    /// The columns beyond the key of the unique index that writes conflict on: a table
+    /// converted into a partitioned one can have no unique index on the key alone, so the
+    /// ghost's is on the key and the partition key's columns (`crate::ghost::convert`). A
+    /// flush still deletes by the key alone before writing again (the ghost's unique index
+    /// is not the key's, so it never updates in place), so a row moves partition.
     #[serde(default)]
     pub conflict_extra: Vec<String>,
 }
