@@ -29,6 +29,14 @@ pub struct AlterPlan {
     pub renamed_constraints: HashMap<String, String>,
 }
 
+impl AlterPlan {
+    /// No ALTER at all: a conversion into a partitioned table given without `--alter`
+    /// (the conversion itself rewrites the table).
+    pub fn none() -> AlterPlan {
+        AlterPlan { ghost_sql: String::new(), using: HashMap::new(), rewrites: true, renamed_constraints: HashMap::new() }
+    }
+}
+
 /// Parses `alter` as it would apply to `ghost`. `constraint_names` maps constraint names of
 /// the original table to the temporary names they carry on the ghost, so that clauses such
 /// as `DROP CONSTRAINT orders_pkey` find what they name.
@@ -110,6 +118,10 @@ pub fn plan(alter: &str, ghost: &QualifiedName, constraint_names: &HashMap<Strin
 /// (spacing, case of keywords, a trailing `;`) compare equal.
 pub fn canonical(alter: &str) -> Result<String> {
     let alter = alter.trim().trim_end_matches(';').trim();
+    // Only a conversion into a partitioned table runs without an ALTER (see `AlterPlan::none`).
+    if alter.is_empty() {
+        return Ok(String::new());
+    }
     let parsed = pg_query::parse(&format!("ALTER TABLE pg_ghost_t {alter}"), pg_query::ParserOptions::DEFAULT)
         .map_err(|e| Error::config(format!("--alter is not valid SQL: {}", parse_message(&e))))?;
     pg_query::deparse(&parsed.protobuf, Default::default()).map_err(|e| Error::internal(format!("cannot deparse the ALTER: {e}")))

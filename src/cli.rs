@@ -371,8 +371,9 @@ pub struct RunArgs {
 
     /// The change, as the clauses that follow `ALTER TABLE name`; several separated by
     /// commas (`ALTER COLUMN id TYPE bigint, ADD COLUMN flag boolean NOT NULL DEFAULT false`).
-    #[arg(long, value_name = "CLAUSES")]
-    pub alter: String,
+    /// Optional with --partition-by.
+    #[arg(long, value_name = "CLAUSES", required_unless_present = "partition_by")]
+    pub alter: Option<String>,
 
     /// Really swap the tables. Without it, pg-ghost does everything but the cut-over, then
     /// cleans up, and the database ends exactly as it started.
@@ -389,6 +390,27 @@ pub struct RunArgs {
     /// The unique NOT NULL index to copy and apply rows by, by name. Default: the primary key.
     #[arg(long, value_name = "INDEX")]
     pub key: Option<String>,
+
+    /// Convert the (plain) table into a partitioned table with this partition key, e.g.
+    /// "RANGE (created_at)", its partitions given by --partitions or --partitions-auto. Every
+    /// primary key and unique constraint must include the key's columns, as PostgreSQL
+    /// requires: replace them in --alter ("DROP CONSTRAINT t_pkey, ADD PRIMARY KEY (id,
+    /// created_at)"); rows are still found by the original key. Always through a ghost.
+    #[arg(long, value_name = "KEY", requires = "partitions_source", help_heading = "Conversion into a partitioned table")]
+    pub partition_by: Option<String>,
+
+    /// With --partition-by: a file of `CREATE TABLE <name> PARTITION OF <table> <bound>;`
+    /// statements. The names are the partitions' final names (an unqualified one is in the
+    /// table's schema; a name already taken is refused); the parent must be the table itself.
+    #[arg(long, value_name = "FILE", group = "partitions_source", requires = "partition_by", help_heading = "Conversion into a partitioned table")]
+    pub partitions: Option<PathBuf>,
+
+    /// With --partition-by "RANGE (column)": make the partitions, e.g. "monthly from 2022-01
+    /// to 2027-01, default" (daily YYYY-MM-DD, monthly YYYY-MM or yearly YYYY; START
+    /// included, END excluded), named <table>_p2022_01 (_p2022, _p2022_01_31) and
+    /// <table>_default.
+    #[arg(long, value_name = "SPEC", group = "partitions_source", requires = "partition_by", help_heading = "Conversion into a partitioned table")]
+    pub partitions_auto: Option<String>,
 
     /// Continue an interrupted run from its checkpoint (copy cursor and confirmed LSN in the
     /// changelog table) instead of starting over.

@@ -41,10 +41,13 @@ pub struct Config {
     pub conn: ConnInfo,
     /// `--table` as given (`[schema.]name` in SQL syntax); `inspect` resolves it.
     pub table: String,
-    /// The clauses that follow `ALTER TABLE name`.
+    /// The clauses that follow `ALTER TABLE name`; empty only for a conversion into a
+    /// partitioned table given without `--alter`.
     pub alter: String,
     /// Index to copy and apply by; `None`: the primary key.
     pub key: Option<String>,
+    /// `--partition-by` with its partitions: the table becomes a partitioned table.
+    pub conversion: Option<crate::ghost::Conversion>,
     /// `false`: dry run, everything but the cut-over, then cleanup.
     pub execute: bool,
     /// `--strategy`.
@@ -164,11 +167,17 @@ impl Config {
         let (conn, table) = run_target(args, env)?;
         let tunables = tunables_from(args)?;
         let throttle = throttle_from(args, &tunables)?;
+        let conversion = conversion_from(args, &table)?;
         Ok(Config {
             conn,
             table,
-            alter: required("alter", &args.alter)?,
+            alter: match (&args.alter, &conversion) {
+                (Some(alter), _) => required("alter", alter)?,
+                (None, Some(_)) => String::new(),
+                (None, None) => return Err(Error::config("--alter is missing: give the clauses that follow ALTER TABLE <name>")),
+            },
             key: args.key.as_deref().map(|k| required("key", k)).transpose()?,
+            conversion,
             execute: args.execute,
             strategy: strategy(args)?,
             resume: resume(args)?,
@@ -539,6 +548,21 @@ fn resume(args: &RunArgs) -> Result<bool> {
         return Err(Error::config("--resume and --initially-drop-ghost-table contradict each other: choose one"));
     }
     Ok(args.resume)
+}
+
+/// `--partition-by` with `--partitions FILE` or `--partitions-auto SPEC`.
+fn conversion_from(args: &RunArgs, table: &str) -> Result<Option<crate::ghost::Conversion>> {
+    use crate::ghost::convert;
+    let Some(spec) = &args.partition_by else { return Ok(None) };
+    let (partition_by, columns) = convert::partition_by(spec)?;
+    let text = match (&args.partitions, &args.partitions_auto) {
+        (Some(file), None) => std::fs::read_to_string(file)
+            .map_err(|e| Error::config(format!("--partitions {}: cannot read it: {e}", file.display())))?,
+        (None, Some(auto)) => convert::auto_partitions(auto, table, &partition_by, &columns)?,
+        _ => return Err(Error::config("--partition-by needs --partitions FILE or --partitions-auto SPEC (one of them)")),
+    };
+    let partitions = convert::read_partitions(&text)?;
+    Ok(Some(crate::ghost::Conversion { partition_by, columns, partitions }))
 }
 
 fn required(flag: &str, text: &str) -> Result<String> {

@@ -59,7 +59,7 @@ impl FlushSql {
         let updates: Vec<String> = m
             .ghost_columns
             .iter()
-            .filter(|c| !m.key_ghost.contains(c))
+            .filter(|c| !m.conflict_target().contains(&c.as_str()))
             .map(|c| format!("{0} = EXCLUDED.{0}", ident(c)))
             .collect();
         let on_conflict = if updates.is_empty() {
@@ -71,7 +71,7 @@ impl FlushSql {
             "{} WHERE {} ON CONFLICT ({}) {}",
             insert_select(orig, ghost, m),
             source_key.in_set(1),
-            crate::sql::ident_list(m.key_ghost.iter().map(String::as_str)),
+            crate::sql::ident_list(m.conflict_target()),
             on_conflict
         );
         // The DELETE sees the ghost as it was before the upsert (one snapshot for the whole

@@ -101,6 +101,7 @@ const EVERY_FLAG: &[&str] = &[
     "--serve-socket-file", "/tmp/s.sock", "--serve-tcp-port", "9001",
     "--hooks-path", "/etc/hooks", "--hooks-timeout", "10s", "--hooks-status-interval", "1m",
     "--metrics-listen", "127.0.0.1:9187", "--strategy", "auto",
+    "--partition-by", "RANGE (at)", "--partitions-auto", "yearly from 2023 to 2024",
 ];
 
 #[test]
@@ -111,6 +112,7 @@ fn every_flag_reaches_its_field() {
     assert!(c.execute && c.resume && c.skip_checksum);
     assert_eq!(c.strategy, crate::cli::StrategyArg::Auto);
     assert_eq!(c.key.as_deref(), Some("orders_uk"));
+    assert_eq!(c.conversion.as_ref().map(|c| c.partitions.len()), Some(1));
     assert_eq!(c.revertible_for, Some(Duration::from_secs(7200)));
     assert_eq!(c.history_table.as_deref(), Some("ops.runs"));
     assert_eq!(c.status_interval, ms(2_000));
@@ -296,8 +298,10 @@ fn the_clap_definition_is_consistent() {
     Cli::command().debug_assert();
 }
 
-/// Flags that cannot join [`EVERY_FLAG`] (it has `--resume` and `--execute`), with their own tests.
-const TESTED_ALONE: [&str; 6] = [
+/// Flags that cannot join [`EVERY_FLAG`] (it has `--resume` and `--execute`; `--partitions`
+/// excludes its `--partitions-auto`), with their own tests.
+const TESTED_ALONE: [&str; 7] = [
+    "--partitions",
     "--table",
     "--alter",
     "--initially-drop-ghost-table",
@@ -365,4 +369,51 @@ fn history_command_takes_table_format_and_limit() {
     assert_eq!((c.table.as_deref(), c.history_table.as_str(), c.format, c.limit), (Some("public.orders"), "ops.runs", HistoryFormat::Json, 5));
     assert_eq!(parse(&["--limit", "0"]).unwrap_err().kind(), ErrorKind::Config);
     assert!(Cli::try_parse_from(["pg-ghost", "history", "--format", "yaml"]).is_err());
+}
+
+#[test]
+fn partition_by_takes_a_file_or_an_automatic_spec() {
+    assert_eq!(config(&[]).unwrap().conversion, None);
+    let c = config(&["--partition-by", "RANGE (at)", "--partitions-auto", "yearly from 2023 to 2025, default"]).unwrap();
+    let conv = c.conversion.expect("a conversion");
+    assert_eq!((conv.partition_by.as_str(), conv.columns.as_slice()), ("RANGE (\"at\")", &["at".to_string()][..]));
+    let names: Vec<&str> = conv.partitions.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["orders_p2023", "orders_p2024", "orders_default"]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("parts.sql");
+    std::fs::write(&file, "CREATE TABLE orders_eu PARTITION OF orders FOR VALUES IN ('eu');").unwrap();
+    let c = config(&["--partition-by", "LIST (region)", "--partitions", file.to_str().unwrap()]).unwrap();
+    assert_eq!(c.conversion.expect("a conversion").partitions[0].name, "orders_eu");
+
+    let missing = dir.path().join("missing.sql");
+    let e = config(&["--partition-by", "LIST (region)", "--partitions", missing.to_str().unwrap()]).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Config);
+    assert!(e.to_string().contains("cannot read it"), "{e}");
+    let e = config(&["--partition-by", "LIST (region)", "--partitions-auto", "monthly from 2024-01 to 2024-03"]).unwrap_err();
+    assert!(e.to_string().contains("needs --partition-by \"RANGE (column)\""), "{e}");
+}
+
+#[test]
+fn alter_is_optional_with_partition_by_only() {
+    let argv = ["pg-ghost", "run", "--table", "orders", "--partition-by", "RANGE (at)", "--partitions-auto", "yearly from 2023 to 2024"];
+    let Command::Run(args) = Cli::try_parse_from(argv).unwrap().command else { unreachable!("the argv says run") };
+    let c = Config::from_cli_with_env(&args, env).unwrap();
+    assert_eq!(c.alter, "");
+    assert!(c.conversion.is_some());
+    assert!(Cli::try_parse_from(["pg-ghost", "run", "--table", "orders"]).is_err(), "--alter is required without --partition-by");
+}
+
+#[test]
+fn partition_flags_go_together() {
+    let parse = |extra: &[&str]| {
+        let mut argv = vec!["pg-ghost", "run", "--table", "orders", "--alter", "ADD COLUMN f int"];
+        argv.extend_from_slice(extra);
+        Cli::try_parse_from(argv).map(|_| ())
+    };
+    assert!(parse(&["--partition-by", "RANGE (at)"]).is_err(), "--partition-by alone");
+    assert!(parse(&["--partitions", "f.sql"]).is_err(), "--partitions without --partition-by");
+    assert!(parse(&["--partitions-auto", "yearly from 2023 to 2025"]).is_err());
+    assert!(parse(&["--partition-by", "RANGE (at)", "--partitions", "f.sql", "--partitions-auto", "yearly from 2023 to 2025"]).is_err(), "both");
+    assert!(parse(&["--partition-by", "RANGE (at)", "--partitions", "f.sql"]).is_ok());
 }

@@ -104,7 +104,7 @@ fn statements(job: &CopyJob) -> Statements {
     // may already hold some of the chunk's keys.
     let conflict = match job.fresh {
         true => String::new(),
-        false => format!("ON CONFLICT ({}) DO NOTHING", ident_list(job.mapping.key_ghost.iter().map(String::as_str))),
+        false => format!("ON CONFLICT ({}) DO NOTHING", ident_list(job.mapping.conflict_target())),
     };
     let upto = format!("{} <= {}", source.tuple(), source.params(1));
     Statements {

@@ -227,6 +227,7 @@ pub async fn swap(tx: &impl GenericClient, orig: &TableInfo, ghost: &Ghost, old_
     }
     sql.push(format!("ALTER TABLE {} RENAME TO {}", o.sql(), ident(old_table)));
     let partitions = match &ghost.partitions {
+        Some(tree) if tree.converted => Some(converted_partition_renames(tx, orig, ghost, tree).await?),
         Some(tree) => Some(partition_renames(tx, orig, ghost, tree).await?),
         None => None,
     };
@@ -375,6 +376,41 @@ async fn partition_renames(tx: &impl GenericClient, orig: &TableInfo, ghost: &Gh
             take.push(format!("ALTER INDEX {} RENAME TO {}", QualifiedName::new(gi.schema.clone(), gi.name.clone()).sql(), ident(&new)));
         }
     }
+    take.extend(partition_constraints_and_names(tx, orig, ghost, tree).await?);
+    Ok(PartitionRenames { aside, take })
+}
+
+/// A plain table converted into a partitioned one: the original has no partitions to step
+/// aside; each of the ghost's takes the name the DBA gave it, and its indexes the names
+/// PostgreSQL gives them under that name (those of the temporary key go with it).
+async fn converted_partition_renames(tx: &impl GenericClient, orig: &TableInfo, ghost: &Ghost, tree: &PartitionTree) -> Result<PartitionRenames> {
+    let ghost_tables: HashMap<u32, QualifiedName> = partitions::tree_tables(tx, ghost.oid).await?.into_iter().collect();
+    let ghost_indexes = partitions::tree_indexes(tx, ghost.oid).await?;
+    let mut dropped: Vec<u32> =
+        ghost_indexes.iter().filter(|i| i.table == ghost.oid && Some(&i.name) == ghost.temp_key_index.as_ref()).map(|i| i.oid).collect();
+    let mut take = Vec::new();
+    for gi in ghost_indexes.iter().filter(|i| i.table != ghost.oid) {
+        if gi.parent.is_some_and(|p| dropped.contains(&p)) {
+            dropped.push(gi.oid);
+            continue;
+        }
+        let Some(table) = ghost_tables.get(&gi.table) else { continue };
+        let Some(p) = tree.partitions.iter().find(|p| &p.ghost_name() == table) else {
+            return Err(Error::internal(format!("the ghost's partition {table} is not one pg-ghost created")));
+        };
+        if let Some(new) = final_name(&gi.name, &table.name, &p.name.name, &[]).filter(|n| *n != gi.name) {
+            take.push(format!("ALTER INDEX {} RENAME TO {}", QualifiedName::new(gi.schema.clone(), gi.name.clone()).sql(), ident(&new)));
+        }
+    }
+    take.extend(partition_constraints_and_names(tx, orig, ghost, tree).await?);
+    Ok(PartitionRenames { aside: Vec::new(), take })
+}
+
+/// The last renames of a partitioned ghost's partitions: the foreign keys on them, their
+/// storage parameters given back, then their names.
+async fn partition_constraints_and_names(tx: &impl GenericClient, orig: &TableInfo, ghost: &Ghost, tree: &PartitionTree) -> Result<Vec<String>> {
+    let (o, g) = (&orig.name, &ghost.name);
+    let mut take = Vec::new();
     // Foreign keys the ALTER added reach the partitions under the parent's name.
     for p in &tree.partitions {
         let gp = p.ghost_name();
@@ -399,7 +435,7 @@ async fn partition_renames(tx: &impl GenericClient, orig: &TableInfo, ghost: &Gh
     for p in &tree.partitions {
         take.push(format!("ALTER TABLE {} RENAME TO {}", p.ghost_name().sql(), ident(&p.name.name)));
     }
-    Ok(PartitionRenames { aside, take })
+    Ok(take)
 }
 
 /// The materialized views read under the lock must be those built before it: one created

@@ -1,4 +1,6 @@
 use super::autovacuum::{self, AutovacuumSettings};
+use super::conversion;
+use super::convert::Conversion;
 use super::mapping::Mapping;
 use super::partitions::{self, PartitionTree};
 use crate::alter::{self, AlterPlan};
@@ -71,8 +73,19 @@ struct OrigIndex {
 
 /// Creates the ghost of `orig` with `alter` applied, in one transaction.
 pub async fn create(client: &mut Client, orig: &TableInfo, ghost: &QualifiedName, alter: &str) -> Result<Ghost> {
+    create_with_conversion(client, orig, ghost, alter, None).await
+}
+
+/// [`create`], converting the table into a partitioned one when `conversion` says so.
+pub async fn create_with_conversion(
+    client: &mut Client,
+    orig: &TableInfo,
+    ghost: &QualifiedName,
+    alter: &str,
+    conversion: Option<&Conversion>,
+) -> Result<Ghost> {
     let tx = client.transaction().await.context("starting the ghost's transaction")?;
-    let built = build(&tx, orig, ghost, alter).await?;
+    let built = build(&tx, orig, ghost, alter, conversion).await?;
     tx.commit().await.context("committing the ghost table")?;
     let g = built.ghost;
     tracing::info!(ghost = %ghost, deferred = g.deferred.len(), rewrites = g.alter.rewrites, "ghost table created");
@@ -88,11 +101,17 @@ pub struct Trial {
 
 /// The table's dependents, read in a transaction that is rolled back, and the trial ghost
 /// against them (see [`trial`]).
-pub async fn trial_with_dependents(client: &mut Client, orig: &TableInfo, names: &crate::names::Names, alter: &str) -> Result<(Dependents, Trial)> {
+pub async fn trial_with_dependents(
+    client: &mut Client,
+    orig: &TableInfo,
+    names: &crate::names::Names,
+    alter: &str,
+    conversion: Option<&Conversion>,
+) -> Result<(Dependents, Trial)> {
     let tx = client.transaction().await.context("starting to read the dependents")?;
     let deps = crate::dependents::read(&tx, orig.oid, &names.publication).await?;
     tx.rollback().await.context("ending the read of the dependents")?;
-    let trial = trial(client, orig, &names.ghost, alter, &deps).await?;
+    let trial = trial_with_conversion(client, orig, &names.ghost, alter, &deps, conversion).await?;
     Ok((deps, trial))
 }
 
@@ -101,12 +120,19 @@ pub async fn trial_with_dependents(client: &mut Client, orig: &TableInfo, names:
 /// could break, and whether every foreign key that references the table can reference the
 /// changed table (PostgreSQL itself checks the types). A foreign key that cannot is refused
 /// with PostgreSQL's reason.
-pub async fn trial(
+pub async fn trial(client: &mut Client, orig: &TableInfo, ghost: &QualifiedName, alter: &str, dependents: &Dependents) -> Result<Trial> {
+    trial_with_conversion(client, orig, ghost, alter, dependents, None).await
+}
+
+/// [`trial`] of a conversion into a partitioned table when `conversion` says so; refused
+/// here too when rows would have no partition.
+pub async fn trial_with_conversion(
     client: &mut Client,
     orig: &TableInfo,
     ghost: &QualifiedName,
     alter: &str,
     dependents: &Dependents,
+    conversion: Option<&Conversion>,
 ) -> Result<Trial> {
     let tx = client.transaction().await.context("starting the trial ghost's transaction")?;
     // A ghost left by an earlier run that this run may drop is dropped here too (rolled back).
@@ -114,7 +140,10 @@ pub async fn trial(
     if leftover.is_some() {
         tx.batch_execute(&format!("DROP TABLE {}", ghost.sql())).await.context("making room for the trial ghost")?;
     }
-    let built = build(&tx, orig, ghost, alter).await?;
+    let built = build(&tx, orig, ghost, alter, conversion).await?;
+    if let Some(condition) = &built.unrouted {
+        conversion::refuse_unrouted(&tx, orig, condition).await?;
+    }
     // A foreign key may reference a unique index set aside for the copy: the empty trial
     // ghost gets them all back at once.
     for d in &built.ghost.deferred {
@@ -161,6 +190,19 @@ pub async fn trial(
         );
         if let Err(e) = tx.batch_execute(&sql).await {
             let e = Error::from(e);
+            if let Some(c) = conversion {
+                return Err(Error::refused(format!(
+                    "foreign key {} on {} references {} ({}) and could not reference it once it is partitioned by {}: {} \
+                     (a foreign key must reference a primary key or unique constraint, and on a partitioned table those include the partition key); \
+                     drop the foreign key for the run, or make it reference columns that include the partition key",
+                    ident(&fk.name),
+                    fk.table,
+                    orig.name,
+                    ident_list(fk.referenced_columns.iter().map(String::as_str)),
+                    c.partition_by,
+                    e.message()
+                )));
+            }
             return Err(Error::refused(format!(
                 "foreign key {} on {} references {} and could not reference it after this ALTER: {} (a plain ALTER TABLE would fail the same way)",
                 ident(&fk.name),
@@ -177,25 +219,44 @@ pub async fn trial(
 
 struct Prepared {
     ghost: Ghost,
+    /// For a conversion without a DEFAULT partition: the rows no partition takes.
+    unrouted: Option<String>,
     /// The ghost's columns after the ALTER.
     after: Vec<Column>,
     data_checks: Checks,
 }
 
-async fn build(tx: &Transaction<'_>, orig: &TableInfo, ghost: &QualifiedName, alter: &str) -> Result<Prepared> {
+async fn build(tx: &Transaction<'_>, orig: &TableInfo, ghost: &QualifiedName, alter: &str, conversion: Option<&Conversion>) -> Result<Prepared> {
     let indexes = original_indexes(tx, orig.oid).await?;
     let constraint_names: HashMap<String, String> =
         indexes.iter().filter_map(|i| i.constraint.as_ref().map(|(n, _)| (n.clone(), temp_name(&i.name)))).collect();
-    let plan = alter::plan(alter, ghost, &constraint_names)?;
+    let plan = match conversion {
+        Some(_) if alter.trim().is_empty() => AlterPlan::none(),
+        _ => alter::plan(alter, ghost, &constraint_names)?,
+    };
 
-    let tree = PartitionTree::read(tx, orig.oid).await?;
+    let mut tree = match conversion {
+        None => PartitionTree::read(tx, orig.oid).await?,
+        Some(c) => Some(conversion::tree(c, &orig.name)),
+    };
+    let stand_ins = match conversion {
+        None => Vec::new(),
+        Some(c) => conversion::stand_ins(tx, orig, &c.columns).await?,
+    };
     create_table(tx, orig, ghost, tree.as_ref()).await?;
-    copy_table_properties(tx, orig, ghost).await?;
+    copy_table_properties(tx, orig, ghost, tree.is_some()).await?;
     copy_column_settings(tx, orig.oid, ghost).await?;
-    if let Some(tree) = &tree {
-        partitions::create(tx, tree, &orig.name, ghost).await?;
+    let mut unrouted = None;
+    match (conversion, tree.as_mut()) {
+        (Some(c), Some(tree)) => {
+            conversion::create_partitions(tx, c, &orig.name, ghost, tree).await?;
+            unrouted = conversion::unrouted_condition(tx, tree).await?;
+        }
+        (_, Some(tree)) => partitions::create(tx, tree, &orig.name, ghost).await?,
+        (_, None) => {}
     }
-    for index in &indexes {
+    conversion::create_stand_ins(tx, ghost, &stand_ins).await?;
+    for index in indexes.iter().filter(|i| !stand_ins.iter().any(|s| s.index == i.name)) {
         create_original_index(tx, ghost, index).await?;
     }
     copy_foreign_keys(tx, orig.oid, ghost).await?;
@@ -213,10 +274,25 @@ async fn build(tx: &Transaction<'_>, orig: &TableInfo, ghost: &QualifiedName, al
         ))
     })?;
 
+    if let Some(c) = conversion {
+        conversion::check_stand_ins_replaced(tx, ghost_oid, &orig.name, &c.partition_by, &stand_ins).await?;
+    }
     let after = crate::inspect::columns(tx, ghost_oid).await?;
     let source_key: Vec<(String, String)> =
         orig.key.columns.iter().cloned().zip(orig.key.types.iter().cloned()).collect();
-    let mapping = Mapping::build(&attnum_names, &after, &plan.using, &source_key)?;
+    let mut mapping = Mapping::build(&attnum_names, &after, &plan.using, &source_key)?;
+    if let Some(c) = conversion {
+        // No unique index on the key alone can exist: writes conflict on the key and the
+        // partition key's columns (see `Mapping::conflict_extra`).
+        for column in &c.columns {
+            let g = mapping.ghost_name_of(column).map(str::to_string).ok_or_else(|| {
+                Error::refused(format!("the ALTER drops partition key column {}", ident(column)))
+            })?;
+            if !mapping.key_ghost.contains(&g) && !mapping.conflict_extra.contains(&g) {
+                mapping.conflict_extra.push(g);
+            }
+        }
+    }
     let original_names: HashMap<String, String> =
         indexes.iter().map(|i| (temp_name(&i.name), i.constraint.as_ref().map_or(&i.name, |(c, _)| c).clone())).collect();
     let data_checks = datacheck::clauses::read(
@@ -225,7 +301,8 @@ async fn build(tx: &Transaction<'_>, orig: &TableInfo, ghost: &QualifiedName, al
         &datacheck::After { ghost_oid, orig, columns: &after, mapping: &mapping, using: &plan.using, original_names: &original_names },
     )
     .await?;
-    let (mut deferred, temp_key_index) = set_aside_indexes(tx, ghost, ghost_oid, &mapping, tree.is_some()).await?;
+    let conflict_key: Vec<String> = mapping.conflict_target().into_iter().map(str::to_string).collect();
+    let (mut deferred, temp_key_index) = set_aside_indexes(tx, ghost, ghost_oid, &conflict_key, tree.is_some()).await?;
     if let Some(tree) = &tree {
         deferred.extend(partitions::set_aside_own_indexes(tx, tree).await?);
     }
@@ -258,7 +335,7 @@ async fn build(tx: &Transaction<'_>, orig: &TableInfo, ghost: &QualifiedName, al
         partitions: tree,
         partition_autovacuum,
     };
-    Ok(Prepared { ghost, after, data_checks })
+    Ok(Prepared { ghost, unrouted, after, data_checks })
 }
 
 /// Builds the indexes and constraints set aside before the copy.
@@ -359,7 +436,7 @@ async fn create_table(tx: &impl GenericClient, orig: &TableInfo, ghost: &Qualifi
 /// What `LIKE ... INCLUDING ALL` leaves out: owner, grants, storage parameters (the TOAST
 /// table's too), the table's comment, replica identity and row security. `FORCE ROW LEVEL SECURITY` waits for the swap:
 /// forced on the ghost, policies would filter pg-ghost's own writes.
-async fn copy_table_properties(tx: &impl GenericClient, orig: &TableInfo, ghost: &QualifiedName) -> Result<()> {
+async fn copy_table_properties(tx: &impl GenericClient, orig: &TableInfo, ghost: &QualifiedName, partitioned: bool) -> Result<()> {
     let g = ghost.sql();
     let row = tx
         .query_one(
@@ -372,10 +449,12 @@ async fn copy_table_properties(tx: &impl GenericClient, orig: &TableInfo, ghost:
         .await?;
     let owner: String = row.try_get(0)?;
     let we_own: bool = row.try_get(1)?;
-    let reloptions: Vec<String> = row.try_get(2)?;
+    // A partitioned table takes no storage parameters (a conversion refuses a table with
+    // any, see `crate::inspect::conversion`).
+    let reloptions: Vec<String> = if partitioned { Vec::new() } else { row.try_get(2)? };
     let comment: Option<String> = row.try_get(3)?;
     let replident: String = row.try_get(4)?;
-    let toast_options: Vec<String> = row.try_get(6)?;
+    let toast_options: Vec<String> = if partitioned { Vec::new() } else { row.try_get(6)? };
     let mut sql = Vec::new();
     if !we_own {
         sql.push(format!("ALTER TABLE {g} OWNER TO {}", ident(&owner)));
@@ -568,7 +647,7 @@ async fn set_aside_indexes(
     tx: &impl GenericClient,
     ghost: &QualifiedName,
     ghost_oid: u32,
-    mapping: &Mapping,
+    key: &[String],
     partitioned: bool,
 ) -> Result<(Vec<Deferred>, Option<String>)> {
     let rows = tx
@@ -584,7 +663,7 @@ async fn set_aside_indexes(
                LEFT JOIN pg_constraint c ON c.conindid = i.indexrelid AND c.conrelid = i.indrelid AND c.contype IN ('p', 'u', 'x')
               WHERE i.indrelid = $1
               ORDER BY c.contype = 'p' DESC NULLS LAST, i.indexrelid",
-            &[&ghost_oid, &mapping.key_ghost],
+            &[&ghost_oid, &key],
         )
         .await
         .context("reading the ghost's indexes")?;
@@ -621,7 +700,7 @@ async fn set_aside_indexes(
             "CREATE UNIQUE INDEX {} ON {} ({})",
             ident(&name),
             ghost.sql(),
-            ident_list(mapping.key_ghost.iter().map(String::as_str))
+            ident_list(key.iter().map(String::as_str))
         ))
         .await
         .context("creating a unique index on the key for the copy")?;

@@ -30,9 +30,22 @@ pub struct Mapping {
     pub key_source_types: Vec<String>,
     /// Every original column that lives on in the ghost: (original name, ghost name).
     pub carried: Vec<(String, String)>,
+    /// The columns beyond the key of the unique index that writes conflict on: a table
+    /// converted into a partitioned one can have no unique index on the key alone, so the
+    /// ghost's is on the key and the partition key's columns (`crate::ghost::convert`). A
+    /// flush still deletes by the key alone before writing again (the ghost's unique index
+    /// is not the key's, so it never updates in place), so a row moves partition.
+    #[serde(default)]
+    pub conflict_extra: Vec<String>,
 }
 
 impl Mapping {
+    /// The columns of the unique index that `ON CONFLICT` names: the key, and for a
+    /// conversion the partition key's columns that are not in it.
+    pub fn conflict_target(&self) -> Vec<&str> {
+        self.key_ghost.iter().chain(&self.conflict_extra).map(String::as_str).collect()
+    }
+
     /// The ghost's name for an original column, if the ALTER kept it.
     pub fn ghost_name_of(&self, source: &str) -> Option<&str> {
         self.carried.iter().find(|(s, _)| s == source).map(|(_, g)| g.as_str())
@@ -92,6 +105,7 @@ impl Mapping {
             key_ghost,
             key_ghost_types,
             carried,
+            conflict_extra: Vec::new(),
         })
     }
 }
@@ -162,6 +176,7 @@ impl Mapping {
             key_ghost: self.key_source.clone(),
             key_ghost_types: self.key_source_types.clone(),
             carried: self.carried.iter().map(|(o, g)| (g.clone(), o.clone())).collect(),
+            conflict_extra: Vec::new(),
         };
         Ok(Reverse { mapping, cast_back })
     }

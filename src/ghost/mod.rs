@@ -2,15 +2,20 @@
 //! index but the key's set aside to be built after the copy.
 //!
 //! Invariants: the ghost always has a unique index on the (mapped) key, so copy and apply
-//! can use `ON CONFLICT (key)`; the original is only read; everything is created in one
+//! can use `ON CONFLICT (key)` (on the key and the partition key's columns for a table
+//! converted into a partitioned one, which can have no unique index on the key alone: see
+//! [`convert`] and [`Mapping::conflict_target`]); the original is only read; everything is created in one
 //! transaction, so a failing ALTER leaves nothing behind.
 
 pub mod autovacuum;
+mod conversion;
+pub mod convert;
 mod create;
 mod mapping;
 pub mod partitions;
 pub mod statistics;
 
 pub(crate) use create::grant_statements;
-pub use create::{create, rebuild_deferred, temp_name, trial, trial_with_dependents, Deferred, Ghost, Trial};
+pub use create::{create, create_with_conversion, trial_with_conversion, rebuild_deferred, temp_name, trial, trial_with_dependents, Deferred, Ghost, Trial};
+pub use convert::Conversion;
 pub use mapping::{CastBack, Mapping, Reverse};

@@ -51,6 +51,10 @@ pub struct PartitionTree {
     /// The root's `pg_get_partkeydef`, e.g. `RANGE (created_at)`.
     pub partition_by: String,
     pub partitions: Vec<Partition>,
+    /// The tree is new: the original is a plain table converted into a partitioned one
+    /// (`crate::ghost::convert`); its partitions' names are free until the swap takes them.
+    #[serde(default)]
+    pub converted: bool,
 }
 
 impl PartitionTree {
@@ -85,7 +89,7 @@ impl PartitionTree {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Some(PartitionTree { partition_by, partitions }))
+        Ok(Some(PartitionTree { partition_by, partitions, converted: false }))
     }
 
     /// The ghost's name of `table`, the root or one of its partitions.

@@ -31,12 +31,16 @@
 //!    - [`preflight`], the ghost way: (1) server version >= 14, (2) not a standby, (3)
 //!      `wal_level = logical`, (4) a free replication slot, (5) a free walsender, (6)
 //!      privileges, (7) replica identity matches the key, (8) no `FOR ALL TABLES` or `FOR
-//!      TABLES IN SCHEMA` publication covers the table, (9) no leftovers of an earlier run.
+//!      TABLES IN SCHEMA` publication covers the table, (9) no leftovers of an earlier run;
+//!      then, for a conversion into a partitioned table (`--partition-by`),
+//!      [`conversion::check`]: each partition's parent is the table, its name is free, the
+//!      table has no storage parameters.
 //!    - the direct way: none beyond step 3.
 //!
 //! For the ghost way, the objects that depend on the table are checked after these, against
 //! the ALTER as it applies to a rolled-back trial ghost (`crate::dependents`).
 
+pub mod conversion;
 mod key;
 mod partitions;
 mod preflight;

@@ -142,7 +142,7 @@ async fn check_data(mut client: tokio_postgres::Client, conn: &ConnInfo, table: 
         }
     };
     let names = crate::names::Names::for_table(table, info.oid);
-    let (_, trial) = crate::ghost::trial_with_dependents(&mut client, &info, &names, alter).await?;
+    let (_, trial) = crate::ghost::trial_with_dependents(&mut client, &info, &names, alter, None).await?;
     let limits = crate::datacheck::Limits {
         report: limit,
         chunk_size: 10_000,

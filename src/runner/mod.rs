@@ -253,6 +253,13 @@ impl Run {
         if self.cfg.strategy == StrategyArg::Ghost || self.cfg.test_on_replica.is_some() || self.cfg.resume || self.cfg.revertible_for.is_some() {
             return Ok(Choice::Ghost(None));
         }
+        // A conversion into a partitioned table makes a new table: only a ghost can.
+        if self.cfg.conversion.is_some() {
+            if self.cfg.strategy == StrategyArg::Direct {
+                return Err(Error::refused("--strategy direct: --partition-by makes a new, partitioned table, which pg-ghost does through a ghost only; use --strategy ghost or auto"));
+            }
+            return Ok(Choice::Ghost(Some(format!("--partition-by converts {table} into a partitioned table, which pg-ghost does through a ghost table"))));
+        }
         // The direct way's steps (CREATE INDEX CONCURRENTLY, foreign keys added NOT VALID)
         // do not all exist for a partitioned table: it is changed through a ghost.
         if partitioned {
@@ -539,8 +546,24 @@ impl Run {
         self.history.resolved(&name);
         let described = inspect::describe(&self.client, &name, self.cfg.key.as_deref()).await?;
         let names = Names::for_table(&described.name, described.oid);
+        if let Some(c) = &self.cfg.conversion {
+            if described.partitioned {
+                return Err(Error::refused(format!(
+                    "--partition-by: {} is already a partitioned table (by {}); change it with --alter alone",
+                    described.name, c.partition_by
+                )));
+            }
+            if self.cfg.test_on_replica.is_some() || self.cfg.revertible_for.is_some() {
+                return Err(Error::refused(
+                    "--partition-by: the swap back of --test-on-replica and --revertible-for does not handle a conversion into a partitioned table yet; run without them",
+                ));
+            }
+        }
         // The ALTER is read before anything is created, so a malformed one changes nothing.
-        let planned = alter::plan(&self.cfg.alter, &names.ghost, &HashMap::new())?;
+        let planned = match &self.cfg.conversion {
+            Some(_) if self.cfg.alter.trim().is_empty() => alter::AlterPlan::none(),
+            _ => alter::plan(&self.cfg.alter, &names.ghost, &HashMap::new())?,
+        };
         if let (Some(_), Some(column)) = (self.cfg.revertible_for, planned.using.keys().min()) {
             return Err(Error::refused(format!(
                 "--revertible-for: the ALTER rewrites column {} with USING, which has no way back; revert windows take type changes without USING only",
@@ -585,6 +608,17 @@ impl Run {
         let mut options = PreflightOptions::new(&names, self.cfg.initially_drop_ghost_table);
         options.resuming = self.cfg.resume;
         let server = inspect::preflight(&self.client, &info, &options).await.map_err(ghost_needs)?;
+        if let (Some(c), false) = (&self.cfg.conversion, self.cfg.resume) {
+            inspect::conversion::check(&self.client, &info, c).await?;
+            let partitions: Vec<String> = c.partitions.iter().map(|p| p.final_name(&info.name).to_string()).collect();
+            tracing::info!(
+                table = %info.name,
+                partition_by = %c.partition_by,
+                partitions = partitions.len(),
+                names = %partitions.join(", "),
+                "converting into a partitioned table"
+            );
+        }
         if !self.cfg.resume {
             self.check_dependents(&info, &names, server.is_superuser).await?;
         }
@@ -606,7 +640,7 @@ impl Run {
     /// another table, they stay on this one as after a plain ALTER TABLE.
     async fn inspect_direct(&mut self, table: &inspect::Described, names: &Names, server: &inspect::ServerInfo) -> Result<()> {
         match &table.keyed {
-            Ok(info) => match ghost::trial_with_dependents(&mut self.client, info, names, &self.cfg.alter).await {
+            Ok(info) => match ghost::trial_with_dependents(&mut self.client, info, names, &self.cfg.alter, None).await {
                 Ok((_, trial)) => self.data_checks = Some(trial.data_checks),
                 // What the copy would refuse is no obstacle here; the validation steps check the rows.
                 Err(e) if e.kind() == ErrorKind::Refused => {
@@ -637,7 +671,7 @@ impl Run {
     /// that is rolled back: everything that cannot follow the table is refused here, before
     /// anything is created.
     async fn check_dependents(&mut self, info: &TableInfo, names: &Names, superuser: bool) -> Result<()> {
-        let (deps, trial) = ghost::trial_with_dependents(&mut self.client, info, names, &self.cfg.alter).await?;
+        let (deps, trial) = ghost::trial_with_dependents(&mut self.client, info, names, &self.cfg.alter, self.cfg.conversion.as_ref()).await?;
         let changes = trial.changes;
         self.data_checks = Some(trial.data_checks);
         let bypass_rls: bool = self
@@ -775,7 +809,7 @@ impl Run {
         if let Some(run_id) = self.history.run_id() {
             self.record_value(names, checkpoint::RUN_ID, &run_id).await;
         }
-        let ghost = ghost::create(&mut self.client, info, &names.ghost, &self.cfg.alter).await?;
+        let ghost = ghost::create_with_conversion(&mut self.client, info, &names.ghost, &self.cfg.alter, self.cfg.conversion.as_ref()).await?;
         self.created.ghost = true;
         let plan = checkpoint::Plan::new(
             alter::canonical(&self.cfg.alter)?,

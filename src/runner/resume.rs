@@ -80,6 +80,7 @@ pub async fn load(client: &Client, cfg: &Config, info: &TableInfo) -> Result<Fou
             plan.alter, alter_now
         )));
     }
+    check_conversion(cfg.conversion.as_ref(), &plan.ghost, info, &table)?;
     if checkpoint::shape(client, info.oid).await? != plan.table_shape {
         return Err(Error::refused(format!(
             "the columns of {} changed since the earlier run started; its ghost no longer fits: run `pg-ghost cleanup --table {table}` and start again",
@@ -95,6 +96,25 @@ pub async fn load(client: &Client, cfg: &Config, info: &TableInfo) -> Result<Fou
         copy_done: saved.copy_done(),
         run_id: saved.run_id.clone(),
     }))
+}
+
+/// A conversion into a partitioned table resumes with the same `--partition-by` and the same
+/// partitions (by name; their bounds are the ghost's), and a run without one resumes none.
+fn check_conversion(now: Option<&crate::ghost::Conversion>, ghost: &crate::ghost::Ghost, info: &TableInfo, table: &str) -> Result<()> {
+    let then = ghost.partitions.as_ref().filter(|t| t.converted).map(|t| (t.partition_by.clone(), t.partitions.iter().map(|p| p.name.clone()).collect::<Vec<_>>()));
+    let now = now.map(|c| (c.partition_by.clone(), c.partitions.iter().map(|p| p.final_name(&info.name)).collect::<Vec<_>>()));
+    if then == now {
+        return Ok(());
+    }
+    let describe = |c: &Option<(String, Vec<QualifiedName>)>| match c {
+        None => "no conversion".to_string(),
+        Some((by, parts)) => format!("--partition-by {by} into {}", parts.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ")),
+    };
+    Err(Error::refused(format!(
+        "the conversion differs from the earlier run's: it made {}, this run asks for {}; resume with the same --partition-by and partitions, or run `pg-ghost cleanup --table {table}` and start again",
+        describe(&then),
+        describe(&now)
+    )))
 }
 
 async fn check_ghost(client: &Client, ghost: &QualifiedName, plan: &checkpoint::Plan, table: &str) -> Result<()> {

@@ -14,6 +14,7 @@ mod cutover_lock;
 mod datacheck;
 mod control;
 mod controls_e2e;
+mod convert;
 mod engine_parts;
 mod flush_strategy;
 mod history;

@@ -1,0 +1,211 @@
+//! Building the partitioned ghost of a plain table (see [`super::convert`] for the flags).
+//!
+//! The ghost is created `PARTITION BY` the new key and gets the DBA's partitions under
+//! temporary names before anything else, so that every index made on it afterwards reaches
+//! them. PostgreSQL allows no primary key or unique constraint on a partitioned table that
+//! lacks a partition key column, yet the ALTER must find the original's to drop it: such a
+//! constraint is made on the ghost as a stand-in with the partition key's columns added,
+//! under the name the ALTER's `DROP CONSTRAINT` is redirected to. After the ALTER, a stand-in
+//! still there means the ALTER kept a key PostgreSQL cannot have: refused, naming it (in the
+//! trial, before anything is created). A unique index that is no constraint, or an exclusion
+//! constraint, cannot be replaced by the ALTER and is refused at once.
+
+use super::convert::Conversion;
+use super::partitions::{Partition, PartitionTree};
+use crate::error::{Context, Error, Result};
+use crate::schema::TableInfo;
+use crate::sql::{ident, ident_list, QualifiedName};
+use tokio_postgres::GenericClient;
+
+/// The tree the ghost of a converted table gets: the DBA's partitions, by their final names,
+/// each with the table as its parent (bounds are read once they are created).
+pub(super) fn tree(c: &Conversion, table: &QualifiedName) -> PartitionTree {
+    PartitionTree {
+        partition_by: c.partition_by.clone(),
+        partitions: c
+            .partitions
+            .iter()
+            .map(|p| Partition { name: p.final_name(table), parent: table.clone(), bound: String::new(), partition_by: None })
+            .collect(),
+        converted: true,
+    }
+}
+
+/// Creates the ghost's partitions from the DBA's statements, and records each one's bound as
+/// PostgreSQL prints it.
+pub(super) async fn create_partitions(tx: &impl GenericClient, c: &Conversion, table: &QualifiedName, ghost: &QualifiedName, tree: &mut PartitionTree) -> Result<()> {
+    for (p, node) in c.partitions.iter().zip(tree.partitions.iter_mut()) {
+        let sql = p.ghost_sql(table, ghost)?;
+        tx.batch_execute(&sql).await.map_err(|e| {
+            let e = Error::from(e);
+            Error::refused(format!("PostgreSQL rejected partition {} on the ghost table: {} ({sql})", node.name, e.message()))
+        })?;
+        let row = tx
+            .query_one("SELECT pg_get_expr(relpartbound, oid) FROM pg_class WHERE oid = $1::text::regclass", &[&node.ghost_name().sql()])
+            .await
+            .with_context(|| format!("reading the bound of partition {}", node.name))?;
+        node.bound = row.try_get::<_, Option<String>>(0)?.unwrap_or_default();
+    }
+    Ok(())
+}
+
+/// The rows of the original no partition takes, as a condition over its columns; `None`
+/// with a DEFAULT partition. Read from the ghost's partitions before the ALTER, when their
+/// columns carry the original's names.
+pub(super) async fn unrouted_condition(tx: &impl GenericClient, tree: &PartitionTree) -> Result<Option<String>> {
+    if tree.partitions.iter().any(|p| p.bound == "DEFAULT") {
+        return Ok(None);
+    }
+    let mut takes = Vec::new();
+    for p in &tree.partitions {
+        let row = tx
+            .query_one("SELECT pg_get_partition_constraintdef($1::text::regclass)", &[&p.ghost_name().sql()])
+            .await
+            .with_context(|| format!("reading what partition {} takes", p.name))?;
+        match row.try_get::<_, Option<String>>(0)? {
+            Some(c) => takes.push(format!("coalesce(({c}), false)")),
+            None => return Ok(None), // takes every row
+        }
+    }
+    Ok(Some(format!("NOT ({})", if takes.is_empty() { "false".to_string() } else { takes.join(" OR ") })))
+}
+
+/// Refuses the conversion when rows of the original would have no partition; counts them
+/// and names a few by their key. Run in the trial, while its ghost exists.
+pub(super) async fn refuse_unrouted(tx: &impl GenericClient, orig: &TableInfo, condition: &str) -> Result<()> {
+    let keys: Vec<String> = orig.key.columns.iter().map(|k| format!("{}::text", ident(k))).collect();
+    let key_list = ident_list(orig.key.columns.iter().map(String::as_str));
+    let sql = format!(
+        "SELECT count(*) OVER (), {} FROM {} WHERE {condition} ORDER BY {key_list} LIMIT 5",
+        keys.join(" || ', ' || "),
+        orig.name.sql()
+    );
+    let rows = tx.query(sql.as_str(), &[]).await.context("counting the rows no partition would take")?;
+    let Some(first) = rows.first() else { return Ok(()) };
+    let count: i64 = first.try_get(0)?;
+    let samples: Vec<String> = rows.iter().map(|r| r.try_get::<_, Option<String>>(1).map(|k| format!("({})", k.unwrap_or_default()))).collect::<std::result::Result<_, _>>()?;
+    Err(Error::refused(format!(
+        "{count} row(s) of {} would have no partition (key ({}) = {}{}): add partitions that take them, or a DEFAULT partition; nothing was created",
+        orig.name,
+        ident_list(orig.key.columns.iter().map(String::as_str)),
+        samples.join(", "),
+        if count > samples.len() as i64 { ", ..." } else { "" }
+    )))
+}
+
+/// A primary key or unique constraint of the original that lacks partition key columns,
+/// made on the ghost with them added until the ALTER replaces it.
+#[derive(Clone, Debug)]
+pub(super) struct StandIn {
+    /// The original index's name (its constraint's temporary name on the ghost is
+    /// [`super::temp_name`] of it).
+    pub index: String,
+    pub constraint: String,
+    pub kind: &'static str,
+    pub columns: Vec<String>,
+    pub missing: Vec<String>,
+}
+
+/// The original's unique indexes and constraints that lack partition key columns: a primary
+/// key or unique constraint on plain columns gets a stand-in; anything else is refused.
+pub(super) async fn stand_ins(tx: &impl GenericClient, orig: &TableInfo, partition_columns: &[String]) -> Result<Vec<StandIn>> {
+    let rows = tx
+        .query(
+            "SELECT ci.relname::text, c.conname::text, c.contype::text, i.indexprs IS NULL AND i.indpred IS NULL,
+                    ARRAY(SELECT a.attname::text FROM unnest(i.indkey::int2[]) WITH ORDINALITY k(n, o)
+                            JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.n
+                           WHERE k.o <= i.indnkeyatts ORDER BY k.o),
+                    ARRAY(SELECT x FROM unnest($2::text[]) x WHERE x NOT IN (
+                          SELECT a.attname::text FROM unnest(i.indkey::int2[]) WITH ORDINALITY k(n, o)
+                            JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.n WHERE k.o <= i.indnkeyatts))
+               FROM pg_index i JOIN pg_class ci ON ci.oid = i.indexrelid
+               LEFT JOIN pg_constraint c ON c.conindid = i.indexrelid AND c.conrelid = i.indrelid AND c.contype IN ('p', 'u', 'x')
+              WHERE i.indrelid = $1 AND (i.indisunique OR i.indisexclusion)
+              ORDER BY i.indexrelid",
+            &[&orig.oid, &partition_columns],
+        )
+        .await
+        .context("reading the original's unique indexes")?;
+    let mut out = Vec::new();
+    let mut refused = Vec::new();
+    for r in rows {
+        let index: String = r.try_get(0)?;
+        let constraint: Option<String> = r.try_get(1)?;
+        let contype: Option<String> = r.try_get(2)?;
+        let plain: bool = r.try_get(3)?;
+        let columns: Vec<String> = r.try_get(4)?;
+        let missing: Vec<String> = r.try_get(5)?;
+        if missing.is_empty() && contype.as_deref() != Some("x") {
+            continue;
+        }
+        let missing_list = ident_list(missing.iter().map(String::as_str));
+        match (constraint, contype.as_deref()) {
+            (Some(constraint), Some(t @ ("p" | "u"))) if plain => out.push(StandIn {
+                index,
+                constraint,
+                kind: if t == "p" { "PRIMARY KEY" } else { "UNIQUE" },
+                columns,
+                missing,
+            }),
+            (Some(constraint), Some("x")) => refused.push(format!(
+                "exclusion constraint {} (PostgreSQL 15 allows none on a partitioned table; drop it before the run)",
+                ident(&constraint)
+            )),
+            _ => refused.push(format!(
+                "unique index {} lacks partition key column(s) {missing_list} (PostgreSQL allows no such index on a partitioned table, and an ALTER TABLE cannot drop an index: drop it before the run, or make it a constraint)",
+                ident(&index)
+            )),
+        }
+    }
+    if !refused.is_empty() {
+        return Err(Error::refused(format!("{} cannot become a partitioned table as it is: {}", orig.name, refused.join("; "))));
+    }
+    Ok(out)
+}
+
+/// Makes the stand-in of each constraint on the ghost, under its temporary name.
+pub(super) async fn create_stand_ins(tx: &impl GenericClient, ghost: &QualifiedName, stand_ins: &[StandIn]) -> Result<()> {
+    for s in stand_ins {
+        let cols = ident_list(s.columns.iter().chain(&s.missing).map(String::as_str));
+        // UNIQUE even for a primary key: a stand-in must not make the partition key's columns
+        // NOT NULL, which a key the ALTER puts in its place may not do.
+        tx.batch_execute(&format!("ALTER TABLE {} ADD CONSTRAINT {} UNIQUE ({cols})", ghost.sql(), ident(&super::temp_name(&s.index))))
+            .await
+            .with_context(|| format!("standing in for {} on the partitioned ghost", ident(&s.constraint)))?;
+    }
+    Ok(())
+}
+
+/// After the ALTER: every stand-in must be gone (replaced by a key with the partition key).
+pub(super) async fn check_stand_ins_replaced(tx: &impl GenericClient, ghost_oid: u32, table: &QualifiedName, partition_by: &str, stand_ins: &[StandIn]) -> Result<()> {
+    let mut kept = Vec::new();
+    for s in stand_ins {
+        let row = tx
+            .query_one("SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = $1 AND conname = $2)", &[&ghost_oid, &super::temp_name(&s.index)])
+            .await
+            .context("looking for the constraints the ALTER was to replace")?;
+        if row.try_get::<_, bool>(0)? {
+            kept.push(s);
+        }
+    }
+    let Some(first) = kept.first() else { return Ok(()) };
+    let list: Vec<String> = kept
+        .iter()
+        .map(|s| {
+            format!(
+                "{} {} ({}) lacks partition key column(s) {}",
+                if s.kind == "PRIMARY KEY" { "primary key" } else { "unique constraint" },
+                ident(&s.constraint),
+                ident_list(s.columns.iter().map(String::as_str)),
+                ident_list(s.missing.iter().map(String::as_str))
+            )
+        })
+        .collect();
+    let example_cols = ident_list(first.columns.iter().chain(&first.missing).map(String::as_str));
+    Err(Error::refused(format!(
+        "{table} cannot be partitioned by {partition_by} as it is: {}; PostgreSQL requires every primary key and unique constraint of a partitioned table \
+         to include the partition key: replace it in --alter, e.g. --alter {}; nothing was created",
+        list.join("; "),
+        crate::inspect::shell_quote(&format!("DROP CONSTRAINT {}, ADD {} ({example_cols})", ident(&first.constraint), first.kind)),
+    )))
+}

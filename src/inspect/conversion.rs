@@ -1,0 +1,53 @@
+//! The checks of a conversion into a partitioned table (`--partition-by`), before anything
+//! is created: each statement's parent is the table itself, each partition's name is free,
+//! the table has no storage parameters (a partitioned table takes none). What needs the
+//! ghost (keys that lack the partition key, rows no partition takes, foreign keys that could
+//! not reference the partitioned table) is refused by the trial ghost (`crate::ghost`).
+
+use crate::error::{Context, Error, Result};
+use crate::ghost::Conversion;
+use crate::schema::TableInfo;
+
+pub async fn check(client: &tokio_postgres::Client, table: &TableInfo, c: &Conversion) -> Result<()> {
+    let t = &table.name;
+    let mut problems = Vec::new();
+    for p in &c.partitions {
+        let parent: Option<u32> = client
+            .query_one("SELECT to_regclass($1)::oid", &[&p.parent_sql()])
+            .await
+            .context("resolving the parent of a partition")?
+            .try_get(0)?;
+        if parent != Some(table.oid) {
+            problems.push(format!("partition {} is made PARTITION OF {}, which is not {t}", p.final_name(t), p.parent_sql()));
+        }
+        let name = p.final_name(t);
+        let taken = client
+            .query_opt(
+                "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2",
+                &[&name.schema, &name.name],
+            )
+            .await
+            .context("reading whether a partition's name is taken")?;
+        if taken.is_some() {
+            problems.push(format!("the name of partition {name} is taken (the partitions are new tables: give another name)"));
+        }
+    }
+    let row = client
+        .query_one(
+            "SELECT coalesce(c.reloptions, '{}') || coalesce(t.reloptions, '{}') FROM pg_class c LEFT JOIN pg_class t ON t.oid = c.reltoastrelid WHERE c.oid = $1",
+            &[&table.oid],
+        )
+        .await
+        .context("reading the table's storage parameters")?;
+    let options: Vec<String> = row.try_get(0)?;
+    if !options.is_empty() {
+        problems.push(format!(
+            "{t} has storage parameters ({}), which a partitioned table does not take: give them to the partitions in their statements (WITH (...)) and reset them on {t} for the run",
+            options.join(", ")
+        ));
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(Error::refused(format!("{t} cannot be converted to a table partitioned by {}: {}", c.partition_by, problems.join("; "))))
+}
