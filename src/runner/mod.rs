@@ -686,7 +686,6 @@ impl Run {
             return Err(Error::refused(refusals.join("; ")));
         }
         if self.cfg.revertible_for.is_some() {
-            window::refuse_partitioned(info)?;
             window::refuse_lossy_write_back(&self.client, info, &changes.dropped).await?;
             window::refuse_identity_always(info)?;
         }

@@ -44,15 +44,22 @@ const SLOT_CREATION_LIMIT: Duration = Duration::from_secs(600);
 /// leaf (a leaf without one would also make the application's UPDATEs and DELETEs fail once
 /// the table is published).
 pub async fn create_publication(client: &Client, names: &Names, orig: &TableInfo) -> Result<()> {
-    if !orig.partitioned {
-        return slot::create_publication(client, &names.publication, std::slice::from_ref(&orig.name)).await;
+    publish(client, &names.publication, &orig.name, orig.partitioned).await
+}
+
+/// The revert window's publication of the new table (the ghost before the swap), published
+/// like the original was.
+pub async fn create_reverse_publication(client: &Client, publication: &str, ghost: &crate::ghost::Ghost) -> Result<()> {
+    publish(client, publication, &ghost.name, ghost.partitions.is_some()).await
+}
+
+async fn publish(client: &Client, publication: &str, table: &crate::sql::QualifiedName, partitioned: bool) -> Result<()> {
+    if !partitioned {
+        return slot::create_publication(client, publication, std::slice::from_ref(table)).await;
     }
-    let sql = format!(
-        "{} WITH (publish_via_partition_root = true)",
-        slot::create_publication_sql(&names.publication, std::slice::from_ref(&orig.name))?
-    );
-    client.batch_execute(&sql).await.with_context(|| format!("creating publication {:?}", names.publication))?;
-    tracing::info!(publication = %names.publication, "publication created (via the partition root)");
+    let sql = format!("{} WITH (publish_via_partition_root = true)", slot::create_publication_sql(publication, std::slice::from_ref(table))?);
+    client.batch_execute(&sql).await.with_context(|| format!("creating publication {publication:?}"))?;
+    tracing::info!(publication, "publication created (via the partition root)");
     Ok(())
 }
 

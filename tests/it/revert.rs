@@ -715,3 +715,49 @@ async fn sigterm_in_the_window_leaves_it_open_for_revert() {
     assert_no_slots_or_publications(&client).await;
     assert_eq!(recorded_outcomes(&client, "t").await, [Some("reverted".to_string())]);
 }
+
+/// A partitioned table (a range level with a default, a hash sub-level, a partition's own
+/// index) under a workload that moves rows between partitions: the reverse stream comes
+/// through the new tree's root, the revert gives every partition of the old tree its name
+/// back, and the database is as before the run with every write of the window kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_table_reverts_with_its_partitions() {
+    const TREE: &str = "
+        CREATE TABLE public.orders_t1 PARTITION OF {t} FOR VALUES FROM (1) TO (3);
+        CREATE TABLE public.orders_t3 PARTITION OF {t} FOR VALUES FROM (3) TO (5) PARTITION BY HASH (id);
+        CREATE TABLE public.orders_t3_h0 PARTITION OF public.orders_t3 FOR VALUES WITH (MODULUS 2, REMAINDER 0);
+        CREATE TABLE public.orders_t3_h1 PARTITION OF public.orders_t3 FOR VALUES WITH (MODULUS 2, REMAINDER 1);
+        CREATE TABLE public.orders_rest PARTITION OF {t} DEFAULT;
+        CREATE INDEX orders_t1_n ON public.orders_t1 (n);";
+    let db = Cluster::primary().fresh_db("revert_part");
+    let table = OracleTable::create_partitioned(&db, "orders", KeyKind::Composite, 3_000, "RANGE (tenant)", TREE).await;
+    let before = WholeSchema::take(&db).await;
+    let workload = Workload::start(&db, &table, WorkloadOptions::new(3).rate(Some(80))).await;
+    workload.wait_for_more_commits(30, Duration::from_secs(30)).await;
+
+    let alter = "ALTER COLUMN n TYPE bigint, ADD COLUMN flag boolean NOT NULL DEFAULT true";
+    let mut run = spawn_run(&db, &["--table", "orders", "--alter", alter, "--execute", "--revertible-for", "10m", "--chunk-size", "500", "--ok-to-drop-table"]);
+    let client = db.client().await;
+    wait_for_window(&client, "orders", &mut run).await;
+    assert_eq!(db.psql("SELECT count(*) FROM pg_attribute WHERE attrelid = 'public.orders_t3_h1'::regclass AND attname = 'flag'"), "1");
+    let after_swap = workload.committed_after_swap();
+    while workload.committed_after_swap() < after_swap + 60 {
+        assert!(!run.is_finished(), "pg-ghost ended during its window");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let revert = binary::command(&db, "revert", &["--table", "orders"]).output().await.expect("start pg-ghost revert");
+    binary::assert_success(&revert);
+    let out = finish(run).await;
+    binary::assert_success(&out);
+    workload.wait_for_more_commits(30, Duration::from_secs(30)).await;
+    let report = workload.stop().await;
+    assert!(report.errors.is_empty(), "workload errors (seed {}): {:#?}", report.seed, report.errors);
+    assert!(report.committed_after_swap_by_op.get("insert").copied().unwrap_or(0) > 0, "no inserts in the window: {report:?}");
+
+    table.assert_matches_control(&client, &table.projection()).await;
+    assert_eq!(db.psql("SELECT count(*) FROM pg_attribute WHERE attname = 'flag' AND NOT attisdropped"), "0", "a partition kept the ALTER's column");
+    let twin = before.twin_after_plain_sql(&db, "SELECT 1").await;
+    assert_whole_schema_equal(&db, &twin, "after a revert, the database is as before the run").await;
+    assert_no_slots_or_publications(&client).await;
+}

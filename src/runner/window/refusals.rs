@@ -13,7 +13,6 @@ use tokio_postgres::Client;
 /// revert could not move back (see [`back::window_refusals`]), and a ghost whose UPDATEs and
 /// DELETEs a publication would make fail (no primary key and no replica identity index).
 pub(super) async fn refuse_unserved(client: &Client, info: &TableInfo, ghost: &Ghost) -> Result<()> {
-    refuse_partitioned(info)?;
     let names = Names::for_table(&info.name, info.oid);
     let deps = crate::dependents::read(client, info.oid, &names.publication).await?;
     refuse_unmovable(&deps, &info.name)?;
@@ -42,17 +41,6 @@ pub(in crate::runner) fn refuse_unmovable(deps: &crate::dependents::Dependents, 
         return Ok(());
     }
     Err(Error::refused(format!("--revertible-for: {}; so the revert window is refused (run without --revertible-for)", refused.join("; "))))
-}
-
-/// The swap back does not rename partitions yet.
-pub(in crate::runner) fn refuse_partitioned(info: &TableInfo) -> Result<()> {
-    if !info.partitioned {
-        return Ok(());
-    }
-    Err(Error::refused(format!(
-        "--revertible-for: {} is a partitioned table, and the swap back does not rename partitions yet, so the revert window is refused (run without --revertible-for)",
-        info.name
-    )))
 }
 
 /// A column the ALTER drops keeps its values on the old table only while rows are written back
