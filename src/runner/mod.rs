@@ -553,9 +553,9 @@ impl Run {
                     described.name, c.partition_by
                 )));
             }
-            if self.cfg.test_on_replica.is_some() || self.cfg.revertible_for.is_some() {
+            if self.cfg.revertible_for.is_some() {
                 return Err(Error::refused(
-                    "--partition-by: the swap back of --test-on-replica and --revertible-for does not handle a conversion into a partitioned table yet; run without them",
+                    "--partition-by: the revert window does not handle a conversion into a partitioned table yet; run without --revertible-for",
                 ));
             }
         }

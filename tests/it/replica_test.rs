@@ -303,6 +303,44 @@ async fn rehearses_a_partitioned_table() {
     assert_catalog_unchanged(&sub_before, &CatalogSnapshot::take(&sub_client).await);
 }
 
+/// A conversion rehearsed: the subscriber's plain table is converted into one partitioned by
+/// ranges of its key, swapped and swapped back; the original comes out as it was, the
+/// partitioned ghost beside it holds the migrated rows, each in its partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rehearses_a_conversion_into_a_partitioned_table() {
+    let r = Replicated::start("rt_conv", 2_000).await;
+    // A partitioned table takes no storage parameters of its own.
+    r.subscriber.psql("ALTER TABLE orders RESET (fillfactor)");
+    let sub_client = r.subscriber.client().await;
+    let sub_before = CatalogSnapshot::take(&sub_client).await;
+    let file = std::env::temp_dir().join(format!("pg-ghost-{}-{}-partitions.sql", std::process::id(), r.subscriber.name));
+    std::fs::write(
+        &file,
+        "CREATE TABLE orders_low PARTITION OF orders FOR VALUES FROM (MINVALUE) TO (1000);
+         CREATE TABLE orders_high PARTITION OF orders FOR VALUES FROM (1000) TO (MAXVALUE);",
+    )
+    .unwrap();
+    let out = binary::run(
+        &r.subscriber,
+        &["--table", "orders", "--alter", ALTER, "--partition-by", "RANGE (id)", "--partitions", file.to_str().unwrap(), "--test-on-replica", "--execute"],
+    )
+    .await;
+    binary::assert_success(&out);
+    let report = stdout(&out);
+    assert!(report.starts_with("test on replica: clean."), "{report}");
+    assert_eq!(r.subscriber.psql("SELECT relkind FROM pg_class WHERE relname = 'orders'"), "r", "the original is not a plain table any more");
+    assert_eq!(r.subscriber.psql("SELECT relkind FROM pg_class WHERE relname = '_orders_gho'"), "p");
+    assert_eq!(
+        r.subscriber.psql("SELECT string_agg(c.relname, ',' ORDER BY c.relname) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = '_orders_gho'::regclass"),
+        "_orders_high_gho,_orders_low_gho"
+    );
+    assert_eq!(r.subscriber.psql("SELECT count(*) FROM _orders_low_gho WHERE id >= 1000"), "0");
+    assert_same_rows(&sub_client, GHOST, ORDERS, &migrated(&r.table)).await;
+    r.subscriber.psql(report_line(&report, "clean up:"));
+    assert_catalog_unchanged(&sub_before, &CatalogSnapshot::take(&sub_client).await);
+    let _ = std::fs::remove_file(&file);
+}
+
 /// With `--test-on-replica-skip-replica-stop` pg-ghost leaves the subscription alone and
 /// waits at the cut-over until someone else has disabled it. Without that flag, a
 /// subscription disabled beforehand is refused.
