@@ -1,20 +1,24 @@
 #!/usr/bin/env bash
 # Partitioned tables: the same rows in a plain table and in a table range-partitioned by month
 # (--partitions leaves, no default), both keyed by (id, created_at), changed by
-# ALTER COLUMN customer_id TYPE bigint, no concurrent load, contenders interleaved:
+# ALTER COLUMN customer_id TYPE bigint, no concurrent load, contenders interleaved; and the
+# plain table converted into the partitioned one with the same change ("convert"):
 #
-#   alter      plain blocking ALTER TABLE (on the partitioned parent: every leaf rewritten)
-#   ghost-N    pg-ghost run --execute --copy-workers N
+#   alter      plain blocking ALTER TABLE (on the partitioned parent: every leaf rewritten);
+#              for "convert", the conversion done offline: the partitioned table created, the
+#              rows inserted, the tables renamed, in one transaction
+#   ghost-N    pg-ghost run --execute --copy-workers N (for "convert": --partition-by
+#              "RANGE (created_at)" --partitions-auto "monthly from 2020-01 to ...")
 #
 # Reports per table shape: wall time, pg-ghost's row copy (seconds, rows/s overall and per
 # partition), and its cut-over: lock held (ms, all attempts) and the statements the swap ran
 # under the lock (a partitioned swap renames every leaf and its indexes).
 #
-#   scripts/bench/partitioned.sh [--rows N] [--partitions N] [--runs N] [--workers "1 2"] [--shapes "plain part"]
+#   scripts/bench/partitioned.sh [--rows N] [--partitions N] [--runs N] [--workers "1 2"] [--shapes "plain part convert"]
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
-ROWS=1000000 PARTS=60 RUNS=3 WORKERS="1 2" SHAPES="plain part"
+ROWS=1000000 PARTS=60 RUNS=3 WORKERS="1 2" SHAPES="plain part convert"
 while [[ $# -gt 0 ]]; do
   case $1 in
     --rows) ROWS=$2; shift 2 ;;
@@ -22,7 +26,7 @@ while [[ $# -gt 0 ]]; do
     --runs) RUNS=$2; shift 2 ;;
     --workers) WORKERS=$2; shift 2 ;;
     --shapes) SHAPES=$2; shift 2 ;;
-    *) sed -n '2,13p' "$0"; exit 2 ;;
+    *) sed -n '2,18p' "$0"; exit 2 ;;
   esac
 done
 
@@ -71,10 +75,32 @@ SQL
 CONTENDERS=(alter)
 for w in $WORKERS; do CONTENDERS+=("ghost-$w"); done
 
+# "convert" starts from the plain table.
+template() { [[ $1 == convert ]] && echo tpl_plain || echo "tpl_$1"; }
+LAST_MONTH=$(python3 -c "import sys; n = int(sys.argv[1]); print(f'{2020 + n // 12}-{n % 12 + 1:02d}')" "$PARTS")
+PARTITION_MONTHS="SELECT format('CREATE TABLE %I PARTITION OF orders_new FOR VALUES FROM (%L) TO (%L)',
+              'orders_p' || to_char(m, 'YYYY_MM'), m, m + interval '1 month')
+  FROM generate_series(timestamptz '2020-01-01 00:00:00+00', timestamptz '2020-01-01 00:00:00+00' + ($PARTS - 1) * interval '1 month', interval '1 month') m"
+convert_offline() {
+  q "$PORT" run <<SQL
+BEGIN;
+CREATE TABLE orders_new (LIKE orders INCLUDING ALL) PARTITION BY RANGE (created_at);
+$PARTITION_MONTHS
+\gexec
+ALTER TABLE orders_new $ALTER_CLAUSE;
+INSERT INTO orders_new OVERRIDING SYSTEM VALUE SELECT * FROM orders;
+DROP TABLE orders;
+ALTER TABLE orders_new RENAME TO orders;
+COMMIT;
+SQL
+}
+
 for shape in $SHAPES; do
+  [[ $shape == convert ]] && continue
   say "loading $ROWS rows into the $shape template"
   load_shape "$shape"
 done
+[[ " $SHAPES " == *" convert "* && " $SHAPES " != *" plain "* ]] && { say "loading $ROWS rows into the plain template"; load_shape plain; }
 say "leaves of the partitioned table: $(qc "$PORT" tpl_part "SELECT count(*) FROM pg_partition_tree('orders') WHERE isleaf" 2>/dev/null || echo -)"
 
 # From pg-ghost's log: row copy s, cut-over lock held ms (all attempts), swap statements.
@@ -89,13 +115,16 @@ ghost_figures() {
 for run in $(seq 1 "$RUNS"); do
   for shape in $SHAPES; do
     for c in "${CONTENDERS[@]}"; do
-      fresh_db "$PORT" "tpl_$shape" run
+      fresh_db "$PORT" "$(template "$shape")" run
       log="$OUT/partitioned-$shape-$c-$run.log"
+      extra=()
+      [[ $shape == convert ]] && extra=(--partition-by "RANGE (created_at)" --partitions-auto "monthly from 2020-01 to $LAST_MONTH")
       t0=$(now)
-      case $c in
-        alter) qc "$PORT" run "ALTER TABLE orders $ALTER_CLAUSE" ;;
-        ghost-*)
-          "$GHOST" run --conn "$(conninfo "$PORT" run)" --table orders --alter "$ALTER_CLAUSE" --execute \
+      case $shape/$c in
+        convert/alter) convert_offline ;;
+        */alter) qc "$PORT" run "ALTER TABLE orders $ALTER_CLAUSE" ;;
+        */ghost-*)
+          "$GHOST" run --conn "$(conninfo "$PORT" run)" --table orders --alter "$ALTER_CLAUSE" --execute "${extra[@]}" \
             --ok-to-drop-table --copy-workers "${c#ghost-}" --throttle-additional-flag-file '' >"$log" 2>&1 || { tail -n 20 "$log" >&2; exit 1; } ;;
       esac
       t1=$(now)
@@ -111,7 +140,7 @@ for run in $(seq 1 "$RUNS"); do
 done
 
 echo
-echo "### Partitioned tables: $ROWS rows, plain or in $PARTS monthly partitions, \`$ALTER_CLAUSE\`, no concurrent load"
+echo "### Partitioned tables: $ROWS rows, plain, in $PARTS monthly partitions, or converted into them; \`$ALTER_CLAUSE\`, no concurrent load"
 echo
 echo "$(machine_note). $RUNS interleaved runs; median (min–max)."
 echo
@@ -119,11 +148,21 @@ echo "| table | contender | wall time s | row copy s | rows/s copied | rows/s pe
 echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
 for shape in $SHAPES; do
   parts=1
-  [[ $shape == part ]] && parts=$PARTS
+  [[ $shape != plain ]] && parts=$PARTS
   for c in "${CONTENDERS[@]}"; do
     sel() { awk -F'\t' -v s="$shape" -v c="$c" -v f="$1" '$1 == s && $2 == c {split($5, a, " "); print (f == 0 ? $4 : a[f])}' "$RAW"; }
     read -r med lo hi < <(sel 0 | stats3)
-    row="| $([[ $shape == part ]] && echo "$PARTS partitions" || echo plain) | $([[ $c == alter ]] && echo "plain ALTER TABLE" || echo "pg-ghost, --copy-workers ${c#ghost-}") | $med ($lo–$hi)"
+    case $shape in
+      plain) table=plain ;;
+      part) table="$PARTS partitions" ;;
+      convert) table="plain into $PARTS partitions" ;;
+    esac
+    case $shape/$c in
+      convert/alter) who="offline conversion (one transaction)" ;;
+      */alter) who="plain ALTER TABLE" ;;
+      *) who="pg-ghost, --copy-workers ${c#ghost-}" ;;
+    esac
+    row="| $table | $who | $med ($lo–$hi)"
     if [[ $c == ghost-* ]]; then
       read -r cp _ _ < <(sel 1 | stats3)
       read -r lh llo lhi < <(sel 2 | stats3)
