@@ -36,7 +36,10 @@ struct Relation {
     name: QualifiedName,
 }
 
-/// A constraint that is not backed by an index (those follow their index's name).
+/// A CHECK or NOT NULL-like constraint, not backed by an index (those follow their index's
+/// name). Foreign keys are left out: the swap never renames one (a ghost's carries the
+/// original's name), and those that move between the tables are dropped and added again by
+/// `crate::dependents`, under new OIDs.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct Constraint {
     oid: u32,
@@ -86,9 +89,10 @@ const RELATIONS: &str = "SELECT c.oid, c.relkind::text, n.nspname::text, c.relna
       ORDER BY c.oid";
 
 /// A constraint trigger's (`t`) is not renamed by the swap: it moves with the triggers, which
-/// the swap creates again on the new table and the revert on the old one.
+/// the swap creates again on the new table and the revert on the old one; foreign keys (`f`),
+/// see [`Constraint`].
 const CONSTRAINTS: &str = "SELECT oid, conrelid, conname::text FROM pg_constraint
-      WHERE conrelid IN (SELECT relid FROM trees) AND contype NOT IN ('p', 'u', 'x', 't') ORDER BY oid";
+      WHERE conrelid IN (SELECT relid FROM trees) AND contype NOT IN ('p', 'u', 'x', 't', 'f') ORDER BY oid";
 
 const STATISTICS: &str = "SELECT s.oid, n.nspname::text, s.stxname::text
        FROM pg_statistic_ext s JOIN pg_namespace n ON n.oid = s.stxnamespace

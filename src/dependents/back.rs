@@ -110,22 +110,7 @@ fn changes_back(new_columns: &[Column], old_columns: &[Column], carried: &[(Stri
 
 /// Every reason the dependents cannot go back, each naming its object.
 fn refusals_back(d: &Dependents, table: &QualifiedName, changes: &ColumnChanges, role: RoleRights) -> Vec<String> {
-    let mut out = checks::refusals(d, table, changes, role);
-    out.extend(window_refusals(d, table));
-    out
-}
-
-/// What the revert window cannot serve whatever the ALTER: refused before the window opens
-/// and again at the revert.
-pub fn window_refusals(d: &Dependents, table: &QualifiedName) -> Vec<String> {
-    let mut out = Vec::new();
-    for fk in d.foreign_keys.iter().filter(|fk| fk.self_reference) {
-        out.push(format!(
-            "foreign key {} of {table} references the table itself; the reverse stream's writes to the old table could break it between batches",
-            ident(&fk.name)
-        ));
-    }
-    out
+    checks::refusals(d, table, changes, role)
 }
 
 /// The old table's own triggers, rules and policies: left on it by the forward swap, dropped
@@ -163,11 +148,23 @@ async fn own_objects(tx: &impl GenericClient, oid: u32) -> Result<OwnObjects> {
 /// its triggers and rules are disabled and its row security no longer forced, so that none
 /// acts on the reverse stream's writes (a `last_update = now()` trigger would change the rows
 /// it writes back). The revert replaces them with the new table's.
+///
+/// Its foreign keys to itself are dropped too: the reverse stream writes rows back in batches
+/// (deleting a key before writing it again), which a self-reference checked at each statement's
+/// end would refuse. The new table keeps them; the revert adds them back on the old table
+/// `NOT VALID` and validates them, as any foreign key that moves.
 pub async fn quiet_old_table(tx: &impl GenericClient, old_oid: u32, old: &QualifiedName) -> Result<Vec<String>> {
     let own = own_objects(tx, old_oid).await?;
     let on = old.sql();
     let mut sql = vec![format!("ALTER TABLE {on} DISABLE TRIGGER USER"), format!("ALTER TABLE {on} NO FORCE ROW LEVEL SECURITY")];
     sql.extend(own.rules.iter().map(|r| format!("ALTER TABLE {on} DISABLE RULE {}", ident(r))));
+    let self_references = tx
+        .query("SELECT conname::text FROM pg_constraint WHERE contype = 'f' AND conrelid = $1 AND confrelid = $1 ORDER BY 1", &[&old_oid])
+        .await
+        .context("reading the old table's foreign keys to itself")?;
+    for r in &self_references {
+        sql.push(format!("ALTER TABLE {on} DROP CONSTRAINT {}", ident(&r.try_get::<_, String>(0)?)));
+    }
     tx.batch_execute(&sql.join(";\n")).await.context("disabling the old table's triggers and rules for the revert window")?;
     Ok(sql)
 }
@@ -203,33 +200,6 @@ mod tests {
         assert_eq!(out.len(), 1, "{out:?}");
         assert!(out[0].contains("view reporting.flags") && out[0].contains("\"flag\""), "{out:?}");
         assert!(refusals_back(&d, &t, &ColumnChanges::default(), su).is_empty());
-    }
-
-    #[test]
-    fn the_window_refuses_self_references() {
-        let t = QualifiedName::new("public", "orders");
-        let fk = ForeignKey {
-            name: "orders_parent_fkey".into(),
-            table: t.clone(),
-            partitioned: false,
-            leaves: vec![],
-            definition: String::new(),
-            comment: None,
-            self_reference: true,
-            owned: true,
-            validated: true,
-            columns: vec![],
-            referenced_columns: vec![],
-        };
-        let d = Dependents {
-            materialized_views: vec![MaterializedView::example(QualifiedName::new("public", "mv"))],
-            foreign_keys: vec![fk],
-            ..Dependents::default()
-        };
-        let out = window_refusals(&d, &t);
-        assert_eq!(out.len(), 1, "{out:?}");
-        assert!(out[0].starts_with("foreign key \"orders_parent_fkey\""));
-        assert!(window_refusals(&Dependents::default(), &t).is_empty());
     }
 
     #[test]

@@ -179,8 +179,11 @@ async fn publications(tx: &impl GenericClient, oid: u32, own: &str) -> Result<Ve
 }
 
 async fn foreign_keys(tx: &impl GenericClient, oid: u32) -> Result<Vec<ForeignKey>> {
-    // conparentid = 0: a foreign key on a partitioned table is cloned onto each partition;
-    // only the one the DBA created is moved (the clones follow it).
+    // conparentid = 0: a foreign key on a partitioned table is cloned onto each partition,
+    // and one that references a partitioned table has a copy for each partition it
+    // references; only the one the DBA created is moved (the copies follow it). A key that
+    // references one partition of a partitioned table is the DBA's own and moves too: added
+    // again after the renames, its definition names the new partition.
     let rows = tx
         .query(
             "SELECT con.conname::text, n.nspname::text, c.relname::text, c.relkind::text, pg_get_constraintdef(con.oid),
@@ -194,7 +197,8 @@ async fn foreign_keys(tx: &impl GenericClient, oid: u32) -> Result<Vec<ForeignKe
                FROM pg_constraint con
                JOIN pg_class c ON c.oid = con.conrelid
                JOIN pg_namespace n ON n.oid = c.relnamespace
-              WHERE con.contype = 'f' AND con.confrelid = $1 AND con.conparentid = 0
+              WHERE con.contype = 'f' AND con.conparentid = 0
+                AND (con.confrelid = $1 OR con.confrelid IN (SELECT relid FROM pg_partition_tree($1::oid::regclass)))
               ORDER BY 2, 3, 1",
             &[&oid],
         )

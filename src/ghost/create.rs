@@ -305,6 +305,7 @@ async fn build(tx: &Transaction<'_>, orig: &TableInfo, ghost: &QualifiedName, al
     let (mut deferred, temp_key_index) = set_aside_indexes(tx, ghost, ghost_oid, &conflict_key, tree.is_some()).await?;
     if let Some(tree) = &tree {
         deferred.extend(partitions::set_aside_own_indexes(tx, tree).await?);
+        deferred.extend(partitions::set_aside_own_constraints(tx, tree).await?);
     }
     let replica_identity_index = indexes.iter().find(|i| i.replica_identity).map(|i| temp_name(&i.name));
     let cluster_on = indexes.iter().find(|i| i.clustered).map(|i| temp_name(&i.name));

@@ -188,8 +188,63 @@ pub(super) async fn create(
             let sql = crate::sqltree::retarget_index(&indexdef, &temp_name(&name), &g)?;
             tx.batch_execute(&sql).await.with_context(|| format!("creating index {} of partition {} on the ghost", ident(&name), p.name))?;
         }
+        for (name, definition) in own_constraints(tx, oid).await? {
+            tx.batch_execute(&format!("ALTER TABLE {} ADD CONSTRAINT {} {definition}", g.sql(), ident(&name)))
+                .await
+                .with_context(|| format!("creating constraint {} of partition {} on the ghost", ident(&name), p.name))?;
+        }
     }
     Ok(())
+}
+
+/// A partition's own CHECK constraints and foreign keys (not its parent's copies), with
+/// `pg_get_constraintdef` (`NOT VALID` included when it is): created on the ghost's partition
+/// before the ALTER, so that the ALTER changes them as it changes the original's.
+async fn own_constraints(tx: &impl GenericClient, partition: u32) -> Result<Vec<(String, String)>> {
+    let rows = tx
+        .query(
+            "SELECT conname::text, pg_get_constraintdef(oid) FROM pg_constraint
+              WHERE conrelid = $1 AND conparentid = 0 AND coninhcount = 0 AND contype IN ('c', 'f') ORDER BY oid",
+            &[&partition],
+        )
+        .await
+        .context("reading a partition's own constraints")?;
+    rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+}
+
+/// Sets aside, until after the copy, what the ghost's partitions have of their own that would
+/// check every copied row: foreign keys, and CHECK constraints that were `NOT VALID` (they
+/// must stay so: rows the original holds may break them). Each comes back `NOT VALID`, and a
+/// valid foreign key is validated then, as the table's own are.
+pub(super) async fn set_aside_own_constraints(tx: &impl GenericClient, tree: &PartitionTree) -> Result<Vec<super::Deferred>> {
+    let mut out = Vec::new();
+    for p in tree.partitions.iter().filter(|p| p.is_leaf()) {
+        let g = p.ghost_name();
+        let rows = tx
+            .query(
+                "SELECT conname::text, pg_get_constraintdef(oid), convalidated FROM pg_constraint
+                  WHERE conrelid = $1::text::regclass AND conparentid = 0 AND coninhcount = 0
+                    AND (contype = 'f' OR (contype = 'c' AND NOT convalidated)) ORDER BY oid",
+                &[&g.sql()],
+            )
+            .await
+            .with_context(|| format!("reading the constraints of {g}"))?;
+        for r in &rows {
+            let name: String = r.try_get(0)?;
+            let definition: String = r.try_get(1)?;
+            let validated: bool = r.try_get(2)?;
+            tx.batch_execute(&format!("ALTER TABLE {} DROP CONSTRAINT {}", g.sql(), ident(&name)))
+                .await
+                .with_context(|| format!("setting aside {} until after the copy", ident(&name)))?;
+            let definition = if validated { format!("{definition} NOT VALID") } else { definition };
+            out.push(super::Deferred {
+                sql: format!("ALTER TABLE {} ADD CONSTRAINT {} {definition}", g.sql(), ident(&name)),
+                then: validated.then(|| format!("ALTER TABLE {} VALIDATE CONSTRAINT {}", g.sql(), ident(&name))),
+                name,
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// The indexes of a partition that belong to no index of its parent (created on the

@@ -4,11 +4,11 @@
 //! The ghost's partitions get the partition key, bounds, storage parameters, tablespace,
 //! comment, owner, grants, replica identity and own indexes of the original's (see
 //! `crate::ghost::partitions`). Objects that hang on one partition rather than on the
-//! partitioned table (its own triggers, rules, policies, constraints, statistics objects,
-//! publications, views reading it, foreign keys referencing it) would stay behind on the old
-//! partition: they are refused, each named. Foreign keys that reference the partitioned
-//! table itself move with it like any table's (`crate::dependents`): PostgreSQL keeps their
-//! copies on each partition, which go with the key.
+//! partitioned table (its own triggers, rules, policies, primary key, unique or exclusion
+//! constraints, statistics objects, publications, views reading it) would stay behind on the
+//! old partition: they are refused, each named. Its own CHECK constraints and foreign keys are
+//! created on the ghost's partition (`crate::ghost::partitions`). Foreign keys that reference the partitioned table, or one of its partitions,
+//! move with it like any table's (`crate::dependents`).
 
 use super::get;
 use crate::error::{Context, Error, Result};
@@ -52,10 +52,7 @@ pub(super) async fn check(client: &Client, table: &TableInfo) -> Result<()> {
              UNION ALL
              SELECT p.name, 'has constraint ' || quote_ident(con.conname) || ' of its own'
                FROM parts p JOIN pg_constraint con ON con.conrelid = p.oid
-              WHERE con.conparentid = 0 AND con.coninhcount = 0 AND con.contype IN ('c', 'f', 'p', 'u', 'x')
-             UNION ALL
-             SELECT p.name, 'is referenced by foreign key ' || quote_ident(con.conname) || ' of ' || con.conrelid::regclass::text
-               FROM parts p JOIN pg_constraint con ON con.confrelid = p.oid WHERE con.contype = 'f' AND con.conparentid = 0
+              WHERE con.conparentid = 0 AND con.coninhcount = 0 AND con.contype IN ('p', 'u', 'x')
              UNION ALL
              SELECT p.name, 'has its own default for column ' || quote_ident(a.attname)
                FROM parts p JOIN pg_attribute a ON a.attrelid = p.oid AND a.attnum > 0 AND NOT a.attisdropped

@@ -689,9 +689,6 @@ impl Run {
             window::refuse_lossy_write_back(&self.client, info, &changes.dropped).await?;
             window::refuse_identity_always(info)?;
         }
-        if self.cfg.revertible_for.is_some() {
-            window::refuse_unmovable(&deps, &info.name)?;
-        }
         if deps.count() > 0 {
             tracing::info!(
                 table = %info.name,

@@ -24,7 +24,8 @@ const TENANT_TREE: &str = "
     CREATE TABLE public.orders_t3_h1 PARTITION OF public.orders_t3 FOR VALUES WITH (MODULUS 2, REMAINDER 1);
     CREATE TABLE public.orders_rest PARTITION OF {t} DEFAULT;";
 /// What partitions have of their own (a leaf with REPLICA IDENTITY FULL: its old rows come
-/// whole, converted to the partitioned table's columns).
+/// whole, converted to the partitioned table's columns; CHECK constraints, one `NOT VALID`, and
+/// a foreign key of a leaf).
 const PARTITIONS_OWN: &str = "
     CREATE INDEX orders_t1_at_n ON public.orders_t1 (at, n);
     CREATE UNIQUE INDEX orders_rest_id_n ON public.orders_rest (id, tenant, n);
@@ -33,6 +34,11 @@ const PARTITIONS_OWN: &str = "
     REVOKE ALL ON public.orders_t1 FROM PUBLIC;
     GRANT SELECT ON public.orders_rest TO PUBLIC;
     ALTER TABLE public.orders_t3_h0 REPLICA IDENTITY FULL;
+    ALTER TABLE public.orders_t1 ADD CONSTRAINT orders_t1_tenant CHECK (tenant >= 1 AND tenant < 3);
+    ALTER TABLE public.orders_rest ADD CONSTRAINT orders_rest_tenant CHECK (tenant > 0) NOT VALID;
+    CREATE TABLE public.tenant_ids (id int PRIMARY KEY);
+    INSERT INTO public.tenant_ids SELECT generate_series(0, 100);
+    ALTER TABLE public.orders_t3_h0 ADD CONSTRAINT orders_t3_h0_tenant_fk FOREIGN KEY (tenant) REFERENCES public.tenant_ids (id);
     ANALYZE;";
 
 struct Case<'a> {
@@ -135,8 +141,8 @@ async fn range_partitioned_drop_primary_key() {
     tenant_case("part_drop_pkey", "", "DROP CONSTRAINT orders_pkey", |p| p).await;
 }
 
-/// A view, triggers, a policy, a publication and a foreign key that references the
-/// partitioned table follow it in the swap.
+/// A view, triggers, a policy, a publication, a foreign key that references the partitioned
+/// table and one that references one of its partitions follow it in the swap.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dependents_of_a_partitioned_table_follow_it() {
     tenant_case(
@@ -151,7 +157,10 @@ async fn dependents_of_a_partitioned_table_follow_it() {
          CREATE TABLE public.order_notes (note_id int PRIMARY KEY, tenant int NOT NULL, order_id bigint NOT NULL,
              CONSTRAINT order_notes_order_fk FOREIGN KEY (tenant, order_id) REFERENCES public.orders (tenant, id)
                  ON DELETE CASCADE ON UPDATE CASCADE);
-         INSERT INTO public.order_notes SELECT row_number() OVER (), tenant, id FROM public.orders WHERE id % 7 = 0;",
+         INSERT INTO public.order_notes SELECT row_number() OVER (), tenant, id FROM public.orders WHERE id % 7 = 0;
+         CREATE TABLE public.t1_flags (tenant int NOT NULL, order_id bigint NOT NULL,
+             CONSTRAINT t1_flags_order_fk FOREIGN KEY (tenant, order_id) REFERENCES public.orders_t1 (tenant, id) ON DELETE CASCADE ON UPDATE CASCADE);
+         INSERT INTO public.t1_flags SELECT tenant, id FROM public.orders_t1 WHERE id % 5 = 0;",
         "ADD COLUMN flag boolean NOT NULL DEFAULT true",
         |p| p.add("flag", "true"),
     )

@@ -58,7 +58,7 @@ const REQUEST_POLL: Duration = Duration::from_millis(250);
 mod refusals;
 mod request;
 use refusals::refuse_unserved;
-pub(super) use refusals::{refuse_identity_always, refuse_lossy_write_back, refuse_unmovable};
+pub(super) use refusals::{refuse_identity_always, refuse_lossy_write_back};
 pub use request::request;
 
 /// What the DBA asked of the window.

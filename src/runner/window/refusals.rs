@@ -1,21 +1,15 @@
 //! What a revert window cannot serve, refused before anything is created for it, each
 //! refusal naming its object.
 
-use crate::dependents::back;
 use crate::error::{Context, Error, Result};
 use crate::ghost::Ghost;
-use crate::names::Names;
 use crate::schema::TableInfo;
-use crate::sql::QualifiedName;
 use tokio_postgres::Client;
 
-/// What the window cannot serve, refused before anything is created for it: dependents the
-/// revert could not move back (see [`back::window_refusals`]), and a ghost whose UPDATEs and
-/// DELETEs a publication would make fail (no primary key and no replica identity index).
+/// What the window cannot serve, refused before anything is created for it: a ghost whose
+/// UPDATEs and DELETEs a publication would make fail (no primary key and no replica identity
+/// index).
 pub(super) async fn refuse_unserved(client: &Client, info: &TableInfo, ghost: &Ghost) -> Result<()> {
-    let names = Names::for_table(&info.name, info.oid);
-    let deps = crate::dependents::read(client, info.oid, &names.publication).await?;
-    refuse_unmovable(&deps, &info.name)?;
     let row = client
         .query_one(
             "SELECT c.relreplident::text, EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND (i.indisprimary OR i.indisreplident))
@@ -32,15 +26,6 @@ pub(super) async fn refuse_unserved(client: &Client, info: &TableInfo, ghost: &G
         )));
     }
     Ok(())
-}
-
-/// Dependents a revert could not move back refuse the window, each named.
-pub(in crate::runner) fn refuse_unmovable(deps: &crate::dependents::Dependents, table: &QualifiedName) -> Result<()> {
-    let refused = back::window_refusals(deps, table);
-    if refused.is_empty() {
-        return Ok(());
-    }
-    Err(Error::refused(format!("--revertible-for: {}; so the revert window is refused (run without --revertible-for)", refused.join("; "))))
 }
 
 /// A column the ALTER drops keeps its values on the old table only while rows are written back
