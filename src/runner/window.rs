@@ -114,7 +114,7 @@ impl Run {
         let new_columns = inspect::columns(&self.client, ghost.oid).await?;
         ghost.mapping.reverse(&info.columns, &new_columns)?;
         refuse_unserved(&self.client, info, ghost).await?;
-        slot::create_publication(&self.client, &names.reverse, std::slice::from_ref(&ghost.name)).await?;
+        super::replication::create_reverse_publication(&self.client, &names.reverse, ghost).await?;
         self.created.reverse = true;
         let reverse_names = Names { slot: names.reverse.clone(), publication: names.reverse.clone(), ..names.clone() };
         let created = super::replication::create_slot(&self.cfg.conn, &self.client, &reverse_names);
