@@ -53,12 +53,13 @@ pub fn table_publication_sql(name: &str, table: &QualifiedName, columns: Option<
 pub async fn key_publication_columns(client: &Client, table: u32, key: &[String]) -> Result<Option<Vec<String>>> {
     let row = client
         .query_one(
-            "SELECT current_setting('server_version_num')::int >= 150000
-                AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_partition_tree($1::oid::regclass) t
-                                  JOIN pg_catalog.pg_class c ON c.oid = t.relid
+            // pg_partition_tree() lists nothing for a table outside any partition tree.
+            "WITH tree AS (SELECT $1::oid AS relid UNION SELECT relid FROM pg_catalog.pg_partition_tree($1::oid::regclass))
+             SELECT current_setting('server_version_num')::int >= 150000
+                AND NOT EXISTS (SELECT 1 FROM tree t JOIN pg_catalog.pg_class c ON c.oid = t.relid
                                  WHERE c.relreplident = 'f'),
                     ARRAY(SELECT DISTINCT a.attname::text
-                            FROM pg_catalog.pg_partition_tree($1::oid::regclass) t
+                            FROM tree t
                             JOIN pg_catalog.pg_class c ON c.oid = t.relid
                             JOIN pg_catalog.pg_index i ON i.indrelid = c.oid
                                  AND ((c.relreplident = 'd' AND i.indisprimary) OR (c.relreplident = 'i' AND i.indisreplident))
