@@ -61,19 +61,35 @@ def copy(dirs):
 
 
 def apply(dirs):
+    # apply.tsv: contender, rows per transaction, run, seconds, and (newer drivers) walsender,
+    # apply and pg-ghost CPU seconds, load, walsender CPU seconds while the burst was written.
     d = {}
     for sess in dirs:
         for line in open(f"{sess}/apply.tsv"):
-            c, p, run, secs = line.split("\t")
-            d.setdefault((c, p), []).append(float(secs))
-    print("| consumer | rows per transaction | time s | changes/s |")
-    print("| --- | --- | --- | --- |")
+            f = line.rstrip("\n").split("\t")
+            d.setdefault((f[0], f[1]), []).append(f)
+    extra = any(len(r) > 4 for rows in d.values() for r in rows)
+    head = "| consumer | rows per transaction | time s | changes/s |"
+    if extra:
+        head += " walsender CPU s | of which while the burst was written | apply backend CPU s | pg-ghost CPU s | load |"
+    print(head)
+    print("|" + " --- |" * (head.count("|") - 1))
+    labels = {
+        "ghost": "pg-ghost (copy done, cut-over postponed)",
+        "before": "pg-ghost, earlier build (copy done, cut-over postponed)",
+        "native": "native logical replication (subscriber, second cluster)",
+    }
     for p in sorted({p for _, p in d}, key=int):
-        for c in ["ghost", "native"]:
-            x = d[(c, p)]
+        for c in [c for c in ["before", "ghost", "native"] if (c, p) in d]:
+            rows = d[(c, p)]
+            x = [float(r[3]) for r in rows]
             r = [CHANGES / v for v in x]
-            lab = "pg-ghost (copy done, cut-over postponed)" if c == "ghost" else "native logical replication (subscriber, second cluster)"
-            print(f"| {lab} | {p} | {m(x, '{:.2f}')} | {m(r, '{:,.0f}')} |")
+            line = f"| {labels[c]} | {p} | {m(x, '{:.2f}')} | {m(r, '{:,.0f}')} |"
+            if extra:
+                for i in (4, 8, 5, 6, 7):
+                    vals = [float(r[i]) for r in rows if len(r) > i and r[i] != ""]
+                    line += f" {m(vals, '{:.2f}') if vals else ''} |"
+            print(line)
 
 
 def impact(dirs):

@@ -40,6 +40,8 @@ pub struct ChangeExtractor {
     gate: Option<(Lsn, String)>,
     /// The open transaction carried the gate's marker.
     marker_xid: Option<Xid>,
+    /// The publication sends only some columns ([`ChangeExtractor::publishing_only`]).
+    narrowed: bool,
 }
 
 impl ChangeExtractor {
@@ -56,7 +58,20 @@ impl ChangeExtractor {
             current_block: None,
             gate: None,
             marker_xid: None,
+            narrowed: false,
         }
+    }
+
+    /// The publication sends only `published` of the table's columns (a column list): the
+    /// Relation message then lists those, in the table's column order. Column changes outside
+    /// the list no longer show on the stream (the cut-over checks the definition again).
+    /// Every Relation message of the table then also yields [`StreamItem::RelationResent`]:
+    /// pgoutput sends one again after any change to the table's definition, and only the
+    /// catalog can tell whether a column outside the list changed.
+    pub fn publishing_only(mut self, published: &[String]) -> Self {
+        self.expected.retain(|c| published.contains(&c.name));
+        self.narrowed = true;
+        self
     }
 
     /// The revert window's gate: drops the keys of every transaction that committed at or
@@ -118,7 +133,12 @@ impl ChangeExtractor {
                 let xid = self.xid.take().filter(|_| self.touched && !keys.is_empty());
                 out.push(StreamItem::Committed { keys: std::mem::take(keys), end_lsn: c.end_lsn, xid });
             }
-            Message::Relation(r) => self.on_relation(&r)?,
+            Message::Relation(r) => {
+                self.on_relation(&r)?;
+                if self.narrowed && r.id == self.relation_oid {
+                    out.push(StreamItem::RelationResent);
+                }
+            }
             Message::Insert(m) if m.relation_id == self.relation_oid => {
                 let key = self.key_of(&m.new, "inserted")?;
                 self.collect(m.xid, key, keys);
@@ -522,6 +542,30 @@ mod tests {
         t.put_u8(0);
         t.put_u32(REL);
         let e = f.feed(&[begin(1), t.freeze()]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::SchemaChanged);
+    }
+
+    #[test]
+    fn a_key_only_publication_carries_keys_and_still_stops_on_key_changes() {
+        let mut f = Feed::new();
+        f.extractor = ChangeExtractor::new(REL, expected(), vec!["id".into()]).publishing_only(&["id".to_string()]);
+        let mut update = BytesMut::new();
+        update.put_u8(b'U');
+        update.put_u32(REL);
+        update.put_u8(b'K');
+        tuple(&mut update, &[Some("3")]);
+        update.put_u8(b'N');
+        tuple(&mut update, &[Some("4")]);
+        let mut delete = BytesMut::new();
+        delete.put_u8(b'D');
+        delete.put_u32(REL);
+        delete.put_u8(b'K');
+        tuple(&mut delete, &[Some("9")]);
+        let out = f.feed(&[begin(5), relation(None, &[("id", 20)]), update.freeze(), delete.freeze(), commit(0x300)]).unwrap();
+        assert!(matches!(out[0], StreamItem::RelationResent), "{out:?}");
+        assert_eq!(committed(&out), vec![(vec![key("3"), key("4"), key("9")], 0x300, Some(5))]);
+        // A change of the key column's type still shows on the stream.
+        let e = f.feed(&[begin(6), relation(None, &[("id", 23)])]).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::SchemaChanged);
     }
 

@@ -22,6 +22,10 @@ use std::sync::Arc;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::GenericClient;
 
+fn shape(columns: &[crate::schema::Column]) -> Vec<(String, String)> {
+    columns.iter().map(|c| (c.name.clone(), c.type_sql.clone())).collect()
+}
+
 /// A key as text values, one per key column, in key order.
 pub type Key = Box<[String]>;
 
@@ -42,6 +46,16 @@ pub struct FlushSql {
     /// old type unchanged; returns the first key whose row does not (see
     /// [`FlushSql::checking_cast_back`]).
     cast_back: Option<CastBackCheck>,
+    /// The table's columns (name, type) when the flushes began, for
+    /// [`FlushSql::check_definition`].
+    definition: Option<Definition>,
+}
+
+#[derive(Clone, Debug)]
+struct Definition {
+    oid: u32,
+    name: QualifiedName,
+    shape: Vec<(String, String)>,
 }
 
 #[derive(Clone, Debug)]
@@ -99,7 +113,33 @@ impl FlushSql {
             source_key,
             checkpoint: None,
             cast_back: None,
+            definition: None,
         }
+    }
+
+    /// [`FlushSql::check_definition`] compares the columns of `table` (its source) with these.
+    pub fn checking_definition(mut self, table: &crate::schema::TableInfo) -> FlushSql {
+        self.definition = Some(Definition { oid: table.oid, name: table.name.clone(), shape: shape(&table.columns) });
+        self
+    }
+
+    /// Fails with [`crate::error::ErrorKind::SchemaChanged`] when the source table's columns
+    /// (names and types) are no longer those the run started with. For a stream that carries
+    /// only some columns, whose Relation messages cannot show the others.
+    pub async fn check_definition(&self, client: &impl GenericClient) -> Result<()> {
+        let Some(d) = &self.definition else { return Ok(()) };
+        let now = shape(&crate::inspect::columns(client, d.oid).await?);
+        if now == d.shape {
+            return Ok(());
+        }
+        Err(crate::error::Error::new(
+            crate::error::ErrorKind::SchemaChanged,
+            format!(
+                "{}: its definition changed during the run (columns now: {}); pg-ghost stops, the original is untouched",
+                d.name,
+                now.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ")
+            ),
+        ))
     }
 
     /// Before writing rows back (the revert window: `orig` is the new table, `m` the reverse

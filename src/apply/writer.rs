@@ -34,6 +34,9 @@ pub enum StreamItem {
     Idle(Lsn),
     /// A control message (the cut-over sentinel) passed the stream.
     Sentinel(String),
+    /// The table's Relation message came (again) on a stream that carries only some of its
+    /// columns: the next flush first checks the definition in the catalog.
+    RelationResent,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -134,6 +137,8 @@ pub struct Writer {
     pause_waiters: Vec<oneshot::Sender<()>>,
     draining: Option<(String, oneshot::Sender<Vec<Key>>)>,
     flush: Option<(FlushTask, Lsn)>,
+    /// The next flush checks the table's definition first ([`StreamItem::RelationResent`]).
+    check_definition: bool,
 }
 
 impl Writer {
@@ -162,6 +167,7 @@ impl Writer {
             pause_waiters: Vec::new(),
             draining: None,
             flush: None,
+            check_definition: false,
         };
         let task = tokio::spawn(writer.run(cmd_rx, items, stats_tx));
         (WriterHandle { commands: cmd_tx, stats: stats_rx }, task)
@@ -238,6 +244,7 @@ impl Writer {
                     self.acknowledge(lsn);
                 }
             }
+            StreamItem::RelationResent => self.check_definition = true,
             StreamItem::Sentinel(id) => {
                 if self.draining.as_ref().map_or(false, |(want, _)| *want == id) {
                     if let Some((_, reply)) = self.draining.take() {
@@ -261,8 +268,20 @@ impl Writer {
         // Keys still deferred from earlier flushes keep the ghost short of `upto`.
         let complete = self.deferred.is_empty().then_some(upto);
         let (session, sql, inflight) = (self.session.clone(), self.sql.clone(), self.inflight.clone());
+        let check_definition = std::mem::take(&mut self.check_definition);
         let task = tokio::spawn(async move {
-            let result = flush_outside_chunks(&mut *session.lock().await, &sql, &inflight, keys, &xids, complete).await;
+            let mut session = session.lock().await;
+            let result = match check_definition {
+                true => {
+                    let sql = &*sql;
+                    session.run("checking the table's definition (asks again)", |c| async move { sql.check_definition(&*c).await }).await
+                }
+                false => Ok(()),
+            };
+            let result = match result {
+                Ok(()) => flush_outside_chunks(&mut session, &sql, &inflight, keys, &xids, complete).await,
+                Err(e) => Err(e),
+            };
             inflight.flush_ended();
             result
         });

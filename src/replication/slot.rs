@@ -24,6 +24,99 @@ pub fn create_publication_sql(name: &str, tables: &[QualifiedName]) -> Result<St
     Ok(format!("CREATE PUBLICATION {} FOR TABLE {list}", ident(name)))
 }
 
+/// `CREATE PUBLICATION name FOR TABLE table [(columns)] [WITH (publish_via_partition_root = true)]`.
+/// `columns`: a column list (PostgreSQL 15+), in any order; pgoutput then sends only those
+/// columns, in the table's column order.
+pub fn table_publication_sql(name: &str, table: &QualifiedName, columns: Option<&[String]>, via_root: bool) -> Result<String> {
+    let mut sql = create_publication_sql(name, std::slice::from_ref(table))?;
+    if let Some(columns) = columns {
+        if columns.is_empty() {
+            return Err(Error::internal(format!("publication {name:?}: an empty column list")));
+        }
+        sql.push_str(&format!(" ({})", crate::sql::ident_list(columns.iter().map(String::as_str))));
+    }
+    if via_root {
+        sql.push_str(" WITH (publish_via_partition_root = true)");
+    }
+    Ok(sql)
+}
+
+/// The columns a publication of `table` (by OID) must carry for pg-ghost: the key columns
+/// and, on the table and on each of its partitions, the replica identity's (PostgreSQL
+/// refuses an UPDATE or DELETE on a published table whose identity the column list does not
+/// cover). Nothing else is read from the stream: a flush re-reads the rows by key.
+///
+/// `None` when a column list cannot be used, so the whole row is published: before
+/// PostgreSQL 15 (no column lists), with `REPLICA IDENTITY FULL` on the table or a partition
+/// (its identity is every column), or with a generated column among them (not allowed in a
+/// column list).
+pub async fn key_publication_columns(client: &Client, table: u32, key: &[String]) -> Result<Option<Vec<String>>> {
+    let row = client
+        .query_one(
+            // pg_partition_tree() lists nothing for a table outside any partition tree.
+            "WITH tree AS (SELECT $1::oid AS relid UNION SELECT relid FROM pg_catalog.pg_partition_tree($1::oid::regclass))
+             SELECT current_setting('server_version_num')::int >= 150000
+                AND NOT EXISTS (SELECT 1 FROM tree t JOIN pg_catalog.pg_class c ON c.oid = t.relid
+                                 WHERE c.relreplident = 'f'),
+                    ARRAY(SELECT DISTINCT a.attname::text
+                            FROM tree t
+                            JOIN pg_catalog.pg_class c ON c.oid = t.relid
+                            JOIN pg_catalog.pg_index i ON i.indrelid = c.oid
+                                 AND ((c.relreplident = 'd' AND i.indisprimary) OR (c.relreplident = 'i' AND i.indisreplident))
+                            JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY(i.indkey::int2[]))",
+            &[&table],
+        )
+        .await
+        .context("reading the key and replica identity columns to publish")?;
+    let usable: bool = row.try_get(0)?;
+    let identity: Vec<String> = row.try_get(1)?;
+    if !usable {
+        return Ok(None);
+    }
+    let mut columns: Vec<String> = key.to_vec();
+    for c in identity {
+        if !columns.contains(&c) {
+            columns.push(c);
+        }
+    }
+    // PostgreSQL refuses a generated column in a column list.
+    let any_generated: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
+                             WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
+                               AND a.attgenerated <> '' AND a.attname::text = ANY($2))",
+            &[&table, &columns],
+        )
+        .await
+        .context("reading the columns to publish")?
+        .try_get(0)?;
+    Ok((!any_generated).then_some(columns))
+}
+
+/// The columns `publication` sends for the table with OID `table` when it has a column list
+/// (PostgreSQL 15+); `None` when it sends whole rows (no list, or an older server).
+pub async fn published_columns(client: &Client, publication: &str, table: u32) -> Result<Option<Vec<String>>> {
+    let version: i32 = client
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await
+        .context("reading the server version")?
+        .try_get(0)?;
+    if version < 150000 {
+        return Ok(None);
+    }
+    let row = client
+        .query_opt(
+            "SELECT ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a
+                           WHERE a.attrelid = pr.prrelid AND a.attnum = ANY(pr.prattrs::int2[]) ORDER BY a.attnum)
+               FROM pg_catalog.pg_publication_rel pr JOIN pg_catalog.pg_publication p ON p.oid = pr.prpubid
+              WHERE p.pubname = $1 AND pr.prrelid = $2 AND pr.prattrs IS NOT NULL",
+            &[&publication, &table],
+        )
+        .await
+        .with_context(|| format!("reading the column list of publication {publication:?}"))?;
+    Ok(row.map(|r| r.try_get(0)).transpose()?)
+}
+
 pub fn drop_publication_sql(name: &str) -> String {
     format!("DROP PUBLICATION IF EXISTS {}", ident(name))
 }
@@ -249,5 +342,21 @@ mod tests {
         );
         assert_eq!(drop_publication_sql("p\"; DROP"), "DROP PUBLICATION IF EXISTS \"p\"\"; DROP\"");
         assert!(create_publication_sql("p", &[]).is_err());
+    }
+
+    #[test]
+    fn table_publication_sql_lists_columns_and_the_root() {
+        let t = QualifiedName::new("public", "orders");
+        let cols = vec!["id".to_string(), "Region \"A\"".to_string()];
+        assert_eq!(
+            table_publication_sql("p", &t, Some(&cols), false).unwrap(),
+            "CREATE PUBLICATION \"p\" FOR TABLE \"public\".\"orders\" (\"id\", \"Region \"\"A\"\"\")"
+        );
+        assert_eq!(
+            table_publication_sql("p", &t, Some(&cols[..1]), true).unwrap(),
+            "CREATE PUBLICATION \"p\" FOR TABLE \"public\".\"orders\" (\"id\") WITH (publish_via_partition_root = true)"
+        );
+        assert_eq!(table_publication_sql("p", &t, None, false).unwrap(), create_publication_sql("p", &[t.clone()]).unwrap());
+        assert!(table_publication_sql("p", &t, Some(&[]), false).is_err());
     }
 }

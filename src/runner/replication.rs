@@ -26,6 +26,17 @@ const SLOT_CREATION_LIMIT: Duration = Duration::from_secs(600);
 
 /// Creates the publication (FOR TABLE the original only).
 ///
+/// From PostgreSQL 15 it publishes only the key and replica identity columns (a column
+/// list, see [`slot::key_publication_columns`]): the apply reads nothing else from the
+/// stream, since a flush re-reads each changed key's row from the original. The walsender
+/// then converts and sends one or two values per change instead of the whole row (a quarter
+/// less of its CPU on single-row transactions in `scripts/bench/apply.sh`). Older servers, and
+/// tables whose identity is every column (`REPLICA IDENTITY FULL`), publish whole rows. What
+/// the stream no longer shows is a DDL on a column outside the list (its Relation message
+/// still lists the same columns): each Relation message of the table makes the apply read the
+/// definition from the catalog (`FlushSql::check_definition`), and the cut-over checks it
+/// again under its lock.
+///
 /// A partitioned table is published with `publish_via_partition_root = true`: every
 /// partition's changes, at every level, arrive as changes of the partitioned table, under its
 /// OID and in its column order (pgoutput converts each row). The apply then sees one
@@ -42,24 +53,29 @@ const SLOT_CREATION_LIMIT: Duration = Duration::from_secs(600);
 /// each leaf it meets; the apply ignores relations other than the root. The old key comes
 /// from the leaf's own replica identity, which `inspect` requires to carry the key on every
 /// leaf (a leaf without one would also make the application's UPDATEs and DELETEs fail once
-/// the table is published).
+/// the table is published). The root's column list applies to every leaf (PostgreSQL 15
+/// accepts a column list on a partitioned table only with `publish_via_partition_root`); a
+/// leaf's UPDATEs and DELETEs need its identity inside that list, hence whole rows as soon as
+/// one leaf has `REPLICA IDENTITY FULL`.
 pub async fn create_publication(client: &Client, names: &Names, orig: &TableInfo) -> Result<()> {
-    publish(client, &names.publication, &orig.name, orig.partitioned).await
+    create_key_publication(client, &names.publication, orig.oid, &orig.name, &orig.key.columns, orig.partitioned).await
 }
 
-/// The revert window's publication of the new table (the ghost before the swap), published
-/// like the original was.
-pub async fn create_reverse_publication(client: &Client, publication: &str, ghost: &crate::ghost::Ghost) -> Result<()> {
-    publish(client, publication, &ghost.name, ghost.partitions.is_some()).await
+/// The revert window's reverse publication, of the new table and its key: the same column
+/// list as [`create_publication`]'s, through the root for a partitioned table.
+pub async fn create_reverse_publication(client: &Client, publication: &str, new: &Ghost) -> Result<()> {
+    create_key_publication(client, publication, new.oid, &new.name, &new.mapping.key_ghost, new.partitions.is_some()).await
 }
 
-async fn publish(client: &Client, publication: &str, table: &crate::sql::QualifiedName, partitioned: bool) -> Result<()> {
-    if !partitioned {
-        return slot::create_publication(client, publication, std::slice::from_ref(table)).await;
-    }
-    let sql = format!("{} WITH (publish_via_partition_root = true)", slot::create_publication_sql(publication, std::slice::from_ref(table))?);
+async fn create_key_publication(client: &Client, publication: &str, oid: u32, table: &crate::sql::QualifiedName, key: &[String], via_root: bool) -> Result<()> {
+    let columns = slot::key_publication_columns(client, oid, key).await?;
+    let sql = slot::table_publication_sql(publication, table, columns.as_deref(), via_root)?;
     client.batch_execute(&sql).await.with_context(|| format!("creating publication {publication:?}"))?;
-    tracing::info!(publication, "publication created (via the partition root)");
+    let columns = columns.map_or_else(|| "all".to_string(), |c| c.join(", "));
+    match via_root {
+        true => tracing::info!(publication, columns, "publication created (via the partition root)"),
+        false => tracing::info!(publication, columns, "publication created"),
+    }
     Ok(())
 }
 
@@ -131,7 +147,7 @@ impl Replication {
     pub async fn start(conn: &ConnInfo, names: &Names, orig: &TableInfo, ghost: &Ghost, fresh_copy: bool) -> Result<(Replication, Background)> {
         let flush = FlushSql::new(&orig.name, &ghost.name, &ghost.mapping);
         let recorded = flush.clone().recording_in(&names.changelog);
-        let stream = Stream { slot: &names.slot, publication: &names.publication, extractor: extractor_for(orig), flush, recorded, fresh_copy };
+        let stream = Stream { slot: &names.slot, publication: &names.publication, table: orig, extractor: extractor_for(orig), flush, recorded, fresh_copy };
         Self::start_stream(conn, stream, ghost).await
     }
 
@@ -151,7 +167,7 @@ impl Replication {
     ) -> Result<(Replication, Background)> {
         let flush = FlushSql::new(&new.name, &old.name, &old.mapping).checking_cast_back(&new.name, &old.mapping, cast_back);
         let extractor = extractor_for(new).skipping_through(through, marker.to_string());
-        let stream = Stream { slot, publication, extractor, recorded: flush.clone(), flush, fresh_copy: false };
+        let stream = Stream { slot, publication, table: new, extractor, recorded: flush.clone(), flush, fresh_copy: false };
         Self::start_stream(conn, stream, old).await
     }
 
@@ -167,8 +183,14 @@ impl Replication {
         let (stop_tx, stop_rx) = oneshot::channel();
         let release = Arc::new(Notify::new());
         let apply_session = Session::connect(conn.with_application_name("pg-ghost apply")).await?.tell_when_unreachable(release.clone());
+        // Read from the catalog, not assumed: a resumed run streams from the publication an
+        // earlier run (perhaps an earlier version) created.
+        let (extractor, recorded) = match slot::published_columns(apply_session.client(), s.publication, s.table.oid).await? {
+            Some(columns) => (s.extractor.publishing_only(&columns), s.recorded.checking_definition(s.table)),
+            None => (s.extractor, s.recorded),
+        };
         let ack = acks.acker();
-        let pump = Pump { source, acks, extractor: s.extractor, items: items_tx, positions: positions.clone(), release };
+        let pump = Pump { source, acks, extractor, items: items_tx, positions: positions.clone(), release };
         let pump = tokio::spawn(pump.run(stream, stop_rx));
         let inflight = InFlight::new();
         if s.fresh_copy {
@@ -176,7 +198,7 @@ impl Replication {
         }
         let flush = s.flush;
         flush.choose_strategy(apply_session.client(), ghost.oid, &ghost.mapping.key_ghost).await?;
-        let (writer, writer_task) = Writer::spawn(apply_session, s.recorded, inflight.clone(), ack, items_rx);
+        let (writer, writer_task) = Writer::spawn(apply_session, recorded, inflight.clone(), ack, items_rx);
         let background = Background {
             writer: writer.clone(),
             stop_pump: Some(stop_tx),
@@ -195,6 +217,8 @@ impl Replication {
 struct Stream<'a> {
     slot: &'a str,
     publication: &'a str,
+    /// The table streamed (the original; the new table for the revert window).
+    table: &'a TableInfo,
     extractor: ChangeExtractor,
     /// The flush the cut-over runs under its lock, and the one the apply loop runs (which may
     /// also record the applied LSN); clones of one another.
