@@ -407,27 +407,15 @@ async fn refuses_a_table_that_is_not_replicated() {
     assert_catalog_unchanged(&before, &CatalogSnapshot::take(&client).await);
 }
 
-/// The swap and the swap back in one transaction, on a table with an identity key, a serial
-/// column, a CHECK, a UNIQUE and a partial index: afterwards every name of both tables is
-/// what it was, the ghost holds the migrated rows, and dropping the ghost takes nothing of
-/// the original's with it (the serial sequence went back to its owner).
-#[tokio::test]
-async fn swap_and_back_leaves_every_name_as_it_was() {
-    let db = Cluster::primary().fresh_db("rt_swap_back");
-    db.psql(
-        "CREATE TABLE orders (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, n int NOT NULL CHECK (n >= 0),
-                              email text UNIQUE, serial_no serial, label text);
-         CREATE INDEX orders_label_idx ON orders (label) WHERE label IS NOT NULL;
-         INSERT INTO orders (n, email, label) SELECT i % 50, 'e' || i, CASE WHEN i % 3 = 0 THEN 'l' || i END FROM generate_series(1, 2000) i;",
-    );
+/// The ghost of `orders` with `alter` applied, created, copied and with its indexes built, as
+/// a run leaves it before its cut-over: the session that made it, the table, its names, the ghost.
+async fn copied_ghost(db: &TestDb<'_>, alter: &str) -> (tokio_postgres::Client, pg_ghost::schema::TableInfo, Names, ghost::Ghost) {
     let conn = ConnInfo::parse(&db.conninfo()).unwrap();
     let mut client = conn.connect().await.unwrap();
     let name = inspect::resolve_table(&client, "orders").await.unwrap();
     let info = inspect::table_info(&client, &name, None).await.unwrap();
     let names = Names::for_table(&name, info.oid);
-    let g = ghost::create(&mut client, &info, &names.ghost, "ALTER COLUMN n TYPE bigint, ADD CONSTRAINT n_small CHECK (n < 1000)")
-        .await
-        .unwrap();
+    let g = ghost::create(&mut client, &info, &names.ghost, alter).await.unwrap();
     let job = CopyJob {
         conn: conn.clone(),
         orig: name.clone(),
@@ -442,6 +430,23 @@ async fn swap_and_back_leaves_every_name_as_it_was() {
     let (_gate_tx, gate) = tokio::sync::watch::channel(GateState::Open);
     copy_table(job, pg_ghost::apply::InFlight::new(), CopyProgress::new(500), gate).await.unwrap();
     ghost::rebuild_deferred(&client, &g).await.unwrap();
+    (client, info, names, g)
+}
+
+/// The swap and the swap back in one transaction, on a table with an identity key, a serial
+/// column, a CHECK, a UNIQUE and a partial index: afterwards every name of both tables is
+/// what it was, the ghost holds the migrated rows, and dropping the ghost takes nothing of
+/// the original's with it (the serial sequence went back to its owner).
+#[tokio::test]
+async fn swap_and_back_leaves_every_name_as_it_was() {
+    let db = Cluster::primary().fresh_db("rt_swap_back");
+    db.psql(
+        "CREATE TABLE orders (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, n int NOT NULL CHECK (n >= 0),
+                              email text UNIQUE, serial_no serial, label text);
+         CREATE INDEX orders_label_idx ON orders (label) WHERE label IS NOT NULL;
+         INSERT INTO orders (n, email, label) SELECT i % 50, 'e' || i, CASE WHEN i % 3 = 0 THEN 'l' || i END FROM generate_series(1, 2000) i;",
+    );
+    let (client, info, names, g) = copied_ghost(&db, "ALTER COLUMN n TYPE bigint, ADD CONSTRAINT n_small CHECK (n < 1000)").await;
     let observer = db.client().await;
     let before = CatalogSnapshot::take(&observer).await;
 
@@ -485,28 +490,7 @@ async fn swap_and_back_of_a_partitioned_table_leaves_every_name_as_it_was() {
          CREATE INDEX orders_t1_n ON orders_t1 (n);
          INSERT INTO orders SELECT 1 + i % 8, i, i % 50, 'l' || i FROM generate_series(1, 2000) i;",
     );
-    let conn = ConnInfo::parse(&db.conninfo()).unwrap();
-    let mut client = conn.connect().await.unwrap();
-    let name = inspect::resolve_table(&client, "orders").await.unwrap();
-    let info = inspect::table_info(&client, &name, None).await.unwrap();
-    let names = Names::for_table(&name, info.oid);
-    let g = ghost::create(&mut client, &info, &names.ghost, "ALTER COLUMN n TYPE bigint, ADD CONSTRAINT n_small CHECK (n < 1000)")
-        .await
-        .unwrap();
-    let job = CopyJob {
-        conn: conn.clone(),
-        orig: name.clone(),
-        ghost: g.name.clone(),
-        mapping: g.mapping.clone(),
-        workers: 1,
-        chunk_time: Duration::from_millis(50),
-        changelog: None,
-        resume_after: None,
-        fresh: false,
-    };
-    let (_gate_tx, gate) = tokio::sync::watch::channel(GateState::Open);
-    copy_table(job, pg_ghost::apply::InFlight::new(), CopyProgress::new(500), gate).await.unwrap();
-    ghost::rebuild_deferred(&client, &g).await.unwrap();
+    let (client, info, names, g) = copied_ghost(&db, "ALTER COLUMN n TYPE bigint, ADD CONSTRAINT n_small CHECK (n < 1000)").await;
     let observer = db.client().await;
     let names_of = |sql: &'static str| {
         let observer = &observer;

@@ -33,6 +33,29 @@ async fn wait_for_window(client: &Client, table: &str, run: &mut JoinHandle<Outp
     }
 }
 
+/// `pg-ghost run --table <table> <args> --execute --revertible-for 10m --ok-to-drop-table`
+/// under `workload`: once the window is open and the application has committed 60 more
+/// transactions, `pg-ghost revert`; both must succeed. The run's output.
+async fn revert_after_writes(db: &TestDb<'_>, workload: &Workload, table: &str, args: &[&str]) -> Output {
+    let mut all = vec!["--table", table];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--execute", "--revertible-for", "10m", "--ok-to-drop-table"]);
+    let mut run = spawn_run(db, &all);
+    let client = db.client().await;
+    wait_for_window(&client, table, &mut run).await;
+    // The application keeps writing to the new table during the window.
+    let after_swap = workload.committed_after_swap();
+    while workload.committed_after_swap() < after_swap + 60 {
+        assert!(!run.is_finished(), "pg-ghost ended during its window");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let revert = binary::command(db, "revert", &["--table", table]).output().await.expect("start pg-ghost revert");
+    let out = finish(run).await;
+    assert!(revert.status.success(), "the revert failed:\n{}\nthe window's run:\n{}", binary::stderr(&revert), binary::stderr(&out));
+    binary::assert_success(&out);
+    out
+}
+
 async fn finish(run: JoinHandle<Output>) -> Output {
     tokio::time::timeout(Duration::from_secs(120), run).await.expect("pg-ghost did not end").expect("pg-ghost task")
 }
@@ -76,23 +99,8 @@ async fn revert_under_load_gives_back_the_original_with_every_write() {
     workload.wait_for_more_commits(30, Duration::from_secs(30)).await;
 
     let alter = "ALTER COLUMN n TYPE bigint, ADD COLUMN flag boolean NOT NULL DEFAULT true";
-    let mut run = spawn_run(
-        &db,
-        &["--table", "orders", "--alter", alter, "--execute", "--revertible-for", "10m", "--chunk-size", "500", "--ok-to-drop-table", "--status-interval", "1s"],
-    );
+    revert_after_writes(&db, &workload, "orders", &["--alter", alter, "--chunk-size", "500", "--status-interval", "1s"]).await;
     let client = db.client().await;
-    wait_for_window(&client, "orders", &mut run).await;
-    // The application keeps writing to the new table during the window.
-    let after_swap = workload.committed_after_swap();
-    while workload.committed_after_swap() < after_swap + 60 {
-        assert!(!run.is_finished(), "pg-ghost ended during its window");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-
-    let revert = binary::command(&db, "revert", &["--table", "orders"]).output().await.expect("start pg-ghost revert");
-    binary::assert_success(&revert);
-    let out = finish(run).await;
-    binary::assert_success(&out);
     // And on the original, once it is back.
     workload.wait_for_more_commits(30, Duration::from_secs(30)).await;
     let report = workload.stop().await;
@@ -512,19 +520,8 @@ async fn a_revert_moves_every_dependent_back() {
     workload.wait_for_more_commits(30, Duration::from_secs(30)).await;
 
     let alter = "ALTER COLUMN spare TYPE bigint, ADD COLUMN flag boolean NOT NULL DEFAULT true";
-    let mut run = spawn_run(&db, &["--table", "orders", "--alter", alter, "--execute", "--revertible-for", "10m", "--chunk-size", "500", "--ok-to-drop-table"]);
+    revert_after_writes(&db, &workload, "orders", &["--alter", alter, "--chunk-size", "500"]).await;
     let client = db.client().await;
-    wait_for_window(&client, "orders", &mut run).await;
-    let after_swap = workload.committed_after_swap();
-    while workload.committed_after_swap() < after_swap + 60 {
-        assert!(!run.is_finished(), "pg-ghost ended during its window");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-
-    let revert = binary::command(&db, "revert", &["--table", "orders"]).output().await.expect("start pg-ghost revert");
-    binary::assert_success(&revert);
-    let out = finish(run).await;
-    binary::assert_success(&out);
     workload.wait_for_more_commits(30, Duration::from_secs(30)).await;
     let report = workload.stop().await;
     assert!(report.errors.is_empty(), "workload errors (seed {}): {:#?}", report.seed, report.errors);
@@ -731,20 +728,10 @@ async fn a_partitioned_table_reverts_with_its_partitions() {
     workload.wait_for_more_commits(30, Duration::from_secs(30)).await;
 
     let alter = "ALTER COLUMN n TYPE bigint, ADD COLUMN flag boolean NOT NULL DEFAULT true";
-    let mut run = spawn_run(&db, &["--table", "orders", "--alter", alter, "--execute", "--revertible-for", "10m", "--chunk-size", "500", "--ok-to-drop-table"]);
+    let out = revert_after_writes(&db, &workload, "orders", &["--alter", alter, "--chunk-size", "500"]).await;
+    let log = binary::stderr(&out);
+    assert!(log.lines().any(|l| l.contains("publication created (via the partition root)") && l.contains("_rev")), "the reverse publication is not the root's:\n{log}");
     let client = db.client().await;
-    wait_for_window(&client, "orders", &mut run).await;
-    assert_eq!(db.psql("SELECT count(*) FROM pg_attribute WHERE attrelid = 'public.orders_t3_h1'::regclass AND attname = 'flag'"), "1");
-    let after_swap = workload.committed_after_swap();
-    while workload.committed_after_swap() < after_swap + 60 {
-        assert!(!run.is_finished(), "pg-ghost ended during its window");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-
-    let revert = binary::command(&db, "revert", &["--table", "orders"]).output().await.expect("start pg-ghost revert");
-    binary::assert_success(&revert);
-    let out = finish(run).await;
-    binary::assert_success(&out);
     workload.wait_for_more_commits(30, Duration::from_secs(30)).await;
     let report = workload.stop().await;
     assert!(report.errors.is_empty(), "workload errors (seed {}): {:#?}", report.seed, report.errors);
