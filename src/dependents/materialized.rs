@@ -332,7 +332,7 @@ pub async fn build(client: &impl GenericClient, views: &[Recipe], table: &Qualif
     for (m, query) in views.iter().zip(retargeted(views, table, ghost)?) {
         let started = std::time::Instant::now();
         let b = build_one(client, m, &query, views, table_oid).await?;
-        tracing::info!(view = %m.name, temp = %b.temp, populated = m.populated, secs = started.elapsed().as_secs_f64(), "materialized view built on the new table");
+        tracing::info!(view = %m.name, on = %ghost, temp = %b.temp, populated = m.populated, secs = started.elapsed().as_secs_f64(), "materialized view built again, on the table that takes the name in the swap");
         built.push(b);
     }
     Ok(built)
