@@ -553,11 +553,6 @@ impl Run {
                     described.name, c.partition_by
                 )));
             }
-            if self.cfg.revertible_for.is_some() {
-                return Err(Error::refused(
-                    "--partition-by: the revert window does not handle a conversion into a partitioned table yet; run without --revertible-for",
-                ));
-            }
         }
         // The ALTER is read before anything is created, so a malformed one changes nothing.
         let planned = match &self.cfg.conversion {

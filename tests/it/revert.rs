@@ -793,3 +793,39 @@ async fn a_table_with_a_foreign_key_to_itself_reverts() {
     assert_whole_schema_equal(&db, &twin, "after a revert, the database is as before the run").await;
     assert_no_slots_or_publications(&client).await;
 }
+
+/// A conversion into a partitioned table reverted: the reverse stream comes from the
+/// partitioned table's root and writes back into the plain table by the original key; the
+/// revert gives the plain table its name back and the database is as before the run, every
+/// write of the window kept (the workload moves rows between the partitions meanwhile).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conversion_into_a_partitioned_table_reverts() {
+    let db = Cluster::primary().fresh_db("revert_conv");
+    let table = OracleTable::create(&db, "orders", KeyKind::Composite, 3_000).await;
+    // A partitioned table takes no storage parameters of its own.
+    db.psql("ALTER TABLE public.orders RESET (fillfactor); CREATE VIEW public.orders_small AS SELECT tenant, id, n FROM public.orders WHERE n < 1000;");
+    let before = WholeSchema::take(&db).await;
+    let file = crate::run_faults::flag_path(&db, "partitions.sql");
+    std::fs::write(
+        &file,
+        "CREATE TABLE orders_low PARTITION OF orders FOR VALUES FROM (1) TO (5);
+         CREATE TABLE orders_high PARTITION OF orders FOR VALUES FROM (5) TO (9);",
+    )
+    .unwrap();
+    let file = file.to_string_lossy().into_owned();
+    let workload = Workload::start(&db, &table, WorkloadOptions::new(3).rate(Some(80))).await;
+    workload.wait_for_more_commits(30, Duration::from_secs(30)).await;
+
+    let args = ["--partition-by", "RANGE (tenant)", "--partitions", &file, "--alter", "ADD COLUMN note text NOT NULL DEFAULT 'none'", "--chunk-size", "500"];
+    revert_after_writes(&db, &workload, "orders", &args).await;
+    workload.wait_for_more_commits(30, Duration::from_secs(30)).await;
+    let report = workload.stop().await;
+    assert!(report.errors.is_empty(), "workload errors (seed {}): {:#?}", report.seed, report.errors);
+
+    let client = db.client().await;
+    assert_eq!(db.psql("SELECT relkind FROM pg_class WHERE oid = 'public.orders'::regclass"), "r", "the plain table is not back");
+    table.assert_matches_control(&client, &table.projection()).await;
+    let twin = before.twin_after_plain_sql(&db, "SELECT 1").await;
+    assert_whole_schema_equal(&db, &twin, "after reverting a conversion, the database is as before the run").await;
+    assert_no_slots_or_publications(&client).await;
+}
