@@ -719,11 +719,15 @@ async fn set_aside_indexes(
 ///
 /// PostgreSQL 15 cannot add a foreign key `NOT VALID` on a partitioned table: there the
 /// foreign keys stay on the ghost and check the rows as they are copied.
-async fn set_aside_foreign_keys(tx: &impl GenericClient, ghost: &QualifiedName, ghost_oid: u32, partitioned: bool) -> Result<Vec<Deferred>> {
+///
+/// Only the table's own constraints: on a partition, those it has as copies of its parent's
+/// go with the parent's.
+pub(super) async fn set_aside_foreign_keys(tx: &impl GenericClient, ghost: &QualifiedName, ghost_oid: u32, partitioned: bool) -> Result<Vec<Deferred>> {
     let rows = tx
         .query(
             "SELECT conname::text, pg_get_constraintdef(oid), convalidated FROM pg_constraint
-              WHERE conrelid = $1 AND ((contype = 'f' AND NOT $2) OR (contype = 'c' AND NOT convalidated)) ORDER BY oid",
+              WHERE conrelid = $1 AND conparentid = 0 AND coninhcount = 0
+                AND ((contype = 'f' AND NOT $2) OR (contype = 'c' AND NOT convalidated)) ORDER BY oid",
             &[&ghost_oid, &partitioned],
         )
         .await?;

@@ -212,39 +212,21 @@ async fn own_constraints(tx: &impl GenericClient, partition: u32) -> Result<Vec<
     rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
 }
 
-/// Sets aside, until after the copy, what the ghost's partitions have of their own that would
-/// check every copied row: foreign keys, and CHECK constraints that were `NOT VALID` (they
-/// must stay so: rows the original holds may break them). Each comes back `NOT VALID`, and a
-/// valid foreign key is validated then, as the table's own are.
+/// Sets aside, until after the copy, what the ghost's leaf partitions have of their own that
+/// would check every copied row (foreign keys, `NOT VALID` CHECKs), as the table's own are.
 pub(super) async fn set_aside_own_constraints(tx: &impl GenericClient, tree: &PartitionTree) -> Result<Vec<super::Deferred>> {
     let mut out = Vec::new();
     for p in tree.partitions.iter().filter(|p| p.is_leaf()) {
         let g = p.ghost_name();
-        let rows = tx
-            .query(
-                "SELECT conname::text, pg_get_constraintdef(oid), convalidated FROM pg_constraint
-                  WHERE conrelid = $1::text::regclass AND conparentid = 0 AND coninhcount = 0
-                    AND (contype = 'f' OR (contype = 'c' AND NOT convalidated)) ORDER BY oid",
-                &[&g.sql()],
-            )
-            .await
-            .with_context(|| format!("reading the constraints of {g}"))?;
-        for r in &rows {
-            let name: String = r.try_get(0)?;
-            let definition: String = r.try_get(1)?;
-            let validated: bool = r.try_get(2)?;
-            tx.batch_execute(&format!("ALTER TABLE {} DROP CONSTRAINT {}", g.sql(), ident(&name)))
-                .await
-                .with_context(|| format!("setting aside {} until after the copy", ident(&name)))?;
-            let definition = if validated { format!("{definition} NOT VALID") } else { definition };
-            out.push(super::Deferred {
-                sql: format!("ALTER TABLE {} ADD CONSTRAINT {} {definition}", g.sql(), ident(&name)),
-                then: validated.then(|| format!("ALTER TABLE {} VALIDATE CONSTRAINT {}", g.sql(), ident(&name))),
-                name,
-            });
-        }
+        out.extend(super::create::set_aside_foreign_keys(tx, &g, ghost_oid(tx, &g).await?, false).await?);
     }
     Ok(out)
+}
+
+/// A ghost partition's OID.
+async fn ghost_oid(tx: &impl GenericClient, g: &QualifiedName) -> Result<u32> {
+    let row = tx.query_one("SELECT $1::text::regclass::oid", &[&g.sql()]).await.with_context(|| format!("looking up {g}"))?;
+    Ok(row.try_get(0)?)
 }
 
 /// The indexes of a partition that belong to no index of its parent (created on the
@@ -272,8 +254,7 @@ pub(super) async fn set_aside_own_indexes(tx: &impl GenericClient, tree: &Partit
     let mut out = Vec::new();
     for p in &tree.partitions {
         let g = p.ghost_name();
-        let row = tx.query_one("SELECT $1::text::regclass::oid", &[&g.sql()]).await.with_context(|| format!("looking up {g}"))?;
-        let oid: u32 = row.try_get(0)?;
+        let oid = ghost_oid(tx, &g).await?;
         for (name, indexdef) in own_indexes(tx, oid).await? {
             let sql = crate::sqltree::retarget_index(&indexdef, &name, &g)?;
             tx.batch_execute(&format!("DROP INDEX {}", g.sibling(name.clone()).sql()))
@@ -292,8 +273,7 @@ pub(super) async fn autovacuum_off(tx: &impl GenericClient, tree: &PartitionTree
     let mut out = Vec::new();
     for p in tree.partitions.iter().filter(|p| p.is_leaf()) {
         let g = p.ghost_name();
-        let row = tx.query_one("SELECT $1::text::regclass::oid", &[&g.sql()]).await.with_context(|| format!("looking up {g}"))?;
-        let oid: u32 = row.try_get(0)?;
+        let oid = ghost_oid(tx, &g).await?;
         out.push((g.clone(), autovacuum::turn_off(tx, &g, oid).await?));
     }
     Ok(out)

@@ -10,8 +10,8 @@
 use crate::binary;
 use crate::harness::{Cluster, TestDb};
 use crate::oracle::*;
-use crate::run_faults::{flag_path, wait_for_copy_past, wait_for_state, Running, POLL};
-use std::time::{Duration, Instant};
+use crate::run_faults::{flag_path, wait_for_copy_past, wait_for_state, Running};
+use std::time::Duration;
 
 const BY_TENANT: &str = "RANGE (tenant)";
 /// The workload writes tenants 1 to 8 and moves rows between them.
@@ -265,11 +265,7 @@ async fn killed_then_resumed(c: Killed<'_>) {
     assert_eq!(db.psql("SELECT 'public.orders'::regclass::oid"), oid_before, "the original was swapped out");
     assert_eq!(db.psql("SELECT relkind FROM pg_class WHERE oid = 'public.orders'::regclass"), "r");
     workload.wait_for_more_commits(30, Duration::from_secs(30)).await;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while db.psql("SELECT count(*) FROM pg_replication_slots WHERE database = current_database() AND active") != "0" {
-        assert!(Instant::now() < deadline, "the killed run's slot is still active after 15 s");
-        tokio::time::sleep(POLL).await;
-    }
+    crate::resume::wait_slot_released(&client).await;
 
     // Resuming without the conversion, or with other partitions, is refused, naming both.
     let out = binary::run(&db, &[&["--table", "orders", "--alter", c.alter, "--execute", "--resume"][..], c.flags].concat()).await;

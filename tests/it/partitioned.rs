@@ -10,14 +10,14 @@
 use crate::binary;
 use crate::harness::{Cluster, TestDb};
 use crate::oracle::*;
-use crate::run_faults::{flag_path, wait_for_copy_past, wait_for_state, Running, POLL};
-use std::time::{Duration, Instant};
+use crate::run_faults::{flag_path, wait_for_copy_past, wait_for_state, Running};
+use std::time::Duration;
 
 /// By tenant (the workload writes tenants 1 to 8 and moves rows between them): tenants 1-2 in
 /// a partition of their own, 3-4 in one partitioned again by hash of the id, the others in the
 /// default partition.
-const BY_TENANT: &str = "RANGE (tenant)";
-const TENANT_TREE: &str = "
+pub(crate) const BY_TENANT: &str = "RANGE (tenant)";
+pub(crate) const TENANT_TREE: &str = "
     CREATE TABLE public.orders_t1 PARTITION OF {t} FOR VALUES FROM (1) TO (3) WITH (fillfactor = 90);
     CREATE TABLE public.orders_t3 PARTITION OF {t} FOR VALUES FROM (3) TO (5) PARTITION BY HASH (id);
     CREATE TABLE public.orders_t3_h0 PARTITION OF public.orders_t3 FOR VALUES WITH (MODULUS 2, REMAINDER 0) WITH (fillfactor = 80);
@@ -297,12 +297,7 @@ async fn killed_then_resumed(prefix: &str, fault: Option<&str>) {
     assert_eq!(db.psql("SELECT 'public.orders'::regclass::oid"), oid_before, "the original was swapped out");
     assert_eq!(db.psql("SELECT count(*) FROM pg_class WHERE relname LIKE '%\\_del'"), "0", "something was swapped");
     workload.wait_for_more_commits(30, Duration::from_secs(30)).await;
-    // The killed run's walsender lets go of the slot.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while db.psql("SELECT count(*) FROM pg_replication_slots WHERE database = current_database() AND active") != "0" {
-        assert!(Instant::now() < deadline, "the killed run's slot is still active after 15 s");
-        tokio::time::sleep(POLL).await;
-    }
+    crate::resume::wait_slot_released(&db.client().await).await;
 
     let out = binary::run(&db, &[&args[..], &["--resume"][..]].concat()).await;
     binary::assert_success(&out);

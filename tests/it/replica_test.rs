@@ -269,13 +269,8 @@ async fn rehearses_on_a_subscriber_and_leaves_both_tables() {
 /// back, and leaves the original's tree with every name it had, the migrated tree beside it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rehearses_a_partitioned_table() {
-    const TREE: &str = "
-        CREATE TABLE public.orders_t1 PARTITION OF {t} FOR VALUES FROM (1) TO (3);
-        CREATE TABLE public.orders_t3 PARTITION OF {t} FOR VALUES FROM (3) TO (5) PARTITION BY HASH (id);
-        CREATE TABLE public.orders_t3_h0 PARTITION OF public.orders_t3 FOR VALUES WITH (MODULUS 2, REMAINDER 0);
-        CREATE TABLE public.orders_t3_h1 PARTITION OF public.orders_t3 FOR VALUES WITH (MODULUS 2, REMAINDER 1);
-        CREATE TABLE public.orders_rest PARTITION OF {t} DEFAULT;";
-    let r = Replicated::start_with("rt_part", 2_000, Some(("RANGE (tenant)", TREE))).await;
+    use crate::partitioned::{BY_TENANT, TENANT_TREE};
+    let r = Replicated::start_with("rt_part", 2_000, Some((BY_TENANT, TENANT_TREE))).await;
     let (pub_client, sub_client) = (r.publisher.client().await, r.subscriber.client().await);
     let workload = Workload::start(&r.publisher, &r.table, WorkloadOptions::new(2).rate(Some(40))).await;
     workload.wait_for_more_commits(20, Duration::from_secs(30)).await;

@@ -34,9 +34,12 @@ async fn wait_for_window(client: &Client, table: &str, run: &mut JoinHandle<Outp
 }
 
 /// `pg-ghost run --table <table> <args> --execute --revertible-for 10m --ok-to-drop-table`
-/// under `workload`: once the window is open and the application has committed 60 more
-/// transactions, `pg-ghost revert`; both must succeed. The run's output.
-async fn revert_after_writes(db: &TestDb<'_>, workload: &Workload, table: &str, args: &[&str]) -> Output {
+/// under `workload`, which has written before: once the window is open and the application
+/// has committed 60 more transactions, `pg-ghost revert`; both must succeed. Then the
+/// workload writes on the original and stops, without an error. The run's output and the
+/// workload's report.
+async fn revert_after_writes(db: &TestDb<'_>, workload: Workload, table: &str, args: &[&str]) -> (Output, WorkloadReport) {
+    workload.wait_for_more_commits(30, Duration::from_secs(30)).await;
     let mut all = vec!["--table", table];
     all.extend_from_slice(args);
     all.extend_from_slice(&["--execute", "--revertible-for", "10m", "--ok-to-drop-table"]);
@@ -49,11 +52,30 @@ async fn revert_after_writes(db: &TestDb<'_>, workload: &Workload, table: &str, 
         assert!(!run.is_finished(), "pg-ghost ended during its window");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let out = revert_now(db, table, run).await;
+    // And on the original, once it is back.
+    workload.wait_for_more_commits(30, Duration::from_secs(30)).await;
+    let report = workload.stop().await;
+    assert!(report.errors.is_empty(), "workload errors (seed {}): {:#?}", report.seed, report.errors);
+    (out, report)
+}
+
+/// `pg-ghost revert --table <table>` while `run` serves the window; both must succeed. The
+/// run's output.
+async fn revert_now(db: &TestDb<'_>, table: &str, run: JoinHandle<Output>) -> Output {
     let revert = binary::command(db, "revert", &["--table", table]).output().await.expect("start pg-ghost revert");
     let out = finish(run).await;
     assert!(revert.status.success(), "the revert failed:\n{}\nthe window's run:\n{}", binary::stderr(&revert), binary::stderr(&out));
     binary::assert_success(&out);
     out
+}
+
+/// The whole database's schema is as in `before` again (`what`: after what), and pg-ghost
+/// left no slot or publication.
+async fn assert_as_before_the_run(db: &TestDb<'_>, before: &WholeSchema, what: &str) {
+    let twin = before.twin_after_plain_sql(db, "SELECT 1").await;
+    assert_whole_schema_equal(db, &twin, what).await;
+    assert_no_slots_or_publications(&db.client().await).await;
 }
 
 async fn finish(run: JoinHandle<Output>) -> Output {
@@ -96,23 +118,16 @@ async fn revert_under_load_gives_back_the_original_with_every_write() {
     let table = OracleTable::create(&db, "orders", KeyKind::Identity, 3_000).await;
     let before = WholeSchema::take(&db).await;
     let workload = Workload::start(&db, &table, WorkloadOptions::new(3).rate(Some(80))).await;
-    workload.wait_for_more_commits(30, Duration::from_secs(30)).await;
 
     let alter = "ALTER COLUMN n TYPE bigint, ADD COLUMN flag boolean NOT NULL DEFAULT true";
-    revert_after_writes(&db, &workload, "orders", &["--alter", alter, "--chunk-size", "500", "--status-interval", "1s"]).await;
+    let (_, report) = revert_after_writes(&db, workload, "orders", &["--alter", alter, "--chunk-size", "500", "--status-interval", "1s"]).await;
     let client = db.client().await;
-    // And on the original, once it is back.
-    workload.wait_for_more_commits(30, Duration::from_secs(30)).await;
-    let report = workload.stop().await;
-    assert!(report.errors.is_empty(), "workload errors (seed {}): {:#?}", report.seed, report.errors);
     assert!(report.committed_after_swap_by_op.get("insert").copied().unwrap_or(0) > 0, "no inserts in the window: {report:?}");
 
     table.assert_matches_control(&client, &table.projection()).await;
     assert_sequences_ahead(&client, &table.qualified()).await;
-    let twin = before.twin_after_plain_sql(&db, "SELECT 1").await;
-    assert_whole_schema_equal(&db, &twin, "after a revert, the database is as before the run").await;
     assert_eq!(slots(&client).await, Vec::<String>::new(), "replication slots left behind");
-    assert_no_slots_or_publications(&client).await;
+    assert_as_before_the_run(&db, &before, "after a revert, the database is as before the run").await;
     assert_eq!(recorded_outcomes(&client, "orders").await, [Some("reverted".to_string())]);
     let history = binary::command(&db, "history", &[]).output().await.expect("start pg-ghost history");
     binary::assert_success(&history);
@@ -367,10 +382,8 @@ async fn killed_in_the_window_resumes_it_and_reverts_losing_nothing() {
 
     table.assert_matches_control(&client, &table.projection()).await;
     assert_sequences_ahead(&client, &table.qualified()).await;
-    let twin = before.twin_after_plain_sql(&db, "SELECT 1").await;
-    assert_whole_schema_equal(&db, &twin, "after a resumed window and a revert, the database is as before the run").await;
     assert_eq!(slots(&client).await, Vec::<String>::new());
-    assert_no_slots_or_publications(&client).await;
+    assert_as_before_the_run(&db, &before, "after a resumed window and a revert, the database is as before the run").await;
 }
 
 /// Each kind of ALTER, reverted after writes in the window: the table is what the original
@@ -517,14 +530,10 @@ async fn a_revert_moves_every_dependent_back() {
     );
     let before = WholeSchema::take(&db).await;
     let workload = Workload::start(&db, &table, WorkloadOptions::new(3).rate(Some(80))).await;
-    workload.wait_for_more_commits(30, Duration::from_secs(30)).await;
 
     let alter = "ALTER COLUMN spare TYPE bigint, ADD COLUMN flag boolean NOT NULL DEFAULT true";
-    revert_after_writes(&db, &workload, "orders", &["--alter", alter, "--chunk-size", "500"]).await;
+    let (_, report) = revert_after_writes(&db, workload, "orders", &["--alter", alter, "--chunk-size", "500"]).await;
     let client = db.client().await;
-    workload.wait_for_more_commits(30, Duration::from_secs(30)).await;
-    let report = workload.stop().await;
-    assert!(report.errors.is_empty(), "workload errors (seed {}): {:#?}", report.seed, report.errors);
     assert!(report.committed_after_swap_by_op.get("update_columns").copied().unwrap_or(0) > 0, "no updates in the window: {report:?}");
 
     table.assert_matches_control(&client, &table.projection().add("last_update", "last_update")).await;
@@ -663,9 +672,7 @@ async fn revert_takes_up_a_window_no_pg_ghost_serves() {
     // Without the first run's --ok-to-drop-table the table that carried the change is kept;
     // nothing points at it.
     client.batch_execute("DROP TABLE public._orders_gho").await.expect("the kept table drops without CASCADE");
-    let twin = before.twin_after_plain_sql(&db, "SELECT 1").await;
-    assert_whole_schema_equal(&db, &twin, "after a revert that took the window up, the database is as before the run").await;
-    assert_no_slots_or_publications(&client).await;
+    assert_as_before_the_run(&db, &before, "after a revert that took the window up, the database is as before the run").await;
     assert_eq!(recorded_outcomes(&client, "orders").await, [Some("reverted".to_string())]);
 }
 
@@ -702,9 +709,7 @@ async fn sigterm_in_the_window_leaves_it_open_for_revert() {
     let diff = compare_rows(&client, "SELECT id, n, pad FROM t", expected).await;
     assert!(diff.is_empty(), "{diff:?}");
     client.batch_execute("DROP TABLE public._t_gho").await.expect("the kept table drops without CASCADE");
-    let twin = before.twin_after_plain_sql(&db, "SELECT 1").await;
-    assert_whole_schema_equal(&db, &twin, "after SIGTERM in the window and a revert").await;
-    assert_no_slots_or_publications(&client).await;
+    assert_as_before_the_run(&db, &before, "after SIGTERM in the window and a revert").await;
     assert_eq!(recorded_outcomes(&client, "t").await, [Some("reverted".to_string())]);
 }
 
@@ -714,34 +719,23 @@ async fn sigterm_in_the_window_leaves_it_open_for_revert() {
 /// back, and the database is as before the run with every write of the window kept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partitioned_table_reverts_with_its_partitions() {
-    const TREE: &str = "
-        CREATE TABLE public.orders_t1 PARTITION OF {t} FOR VALUES FROM (1) TO (3);
-        CREATE TABLE public.orders_t3 PARTITION OF {t} FOR VALUES FROM (3) TO (5) PARTITION BY HASH (id);
-        CREATE TABLE public.orders_t3_h0 PARTITION OF public.orders_t3 FOR VALUES WITH (MODULUS 2, REMAINDER 0);
-        CREATE TABLE public.orders_t3_h1 PARTITION OF public.orders_t3 FOR VALUES WITH (MODULUS 2, REMAINDER 1);
-        CREATE TABLE public.orders_rest PARTITION OF {t} DEFAULT;
-        CREATE INDEX orders_t1_n ON public.orders_t1 (n);";
+    use crate::partitioned::{BY_TENANT, TENANT_TREE};
     let db = Cluster::primary().fresh_db("revert_part");
-    let table = OracleTable::create_partitioned(&db, "orders", KeyKind::Composite, 3_000, "RANGE (tenant)", TREE).await;
+    let table = OracleTable::create_partitioned(&db, "orders", KeyKind::Composite, 3_000, BY_TENANT, TENANT_TREE).await;
+    db.psql("CREATE INDEX orders_t1_n ON public.orders_t1 (n)");
     let before = WholeSchema::take(&db).await;
     let workload = Workload::start(&db, &table, WorkloadOptions::new(3).rate(Some(80))).await;
-    workload.wait_for_more_commits(30, Duration::from_secs(30)).await;
 
     let alter = "ALTER COLUMN n TYPE bigint, ADD COLUMN flag boolean NOT NULL DEFAULT true";
-    let out = revert_after_writes(&db, &workload, "orders", &["--alter", alter, "--chunk-size", "500"]).await;
+    let (out, report) = revert_after_writes(&db, workload, "orders", &["--alter", alter, "--chunk-size", "500"]).await;
     let log = binary::stderr(&out);
     assert!(log.lines().any(|l| l.contains("publication created (via the partition root)") && l.contains("_rev")), "the reverse publication is not the root's:\n{log}");
     let client = db.client().await;
-    workload.wait_for_more_commits(30, Duration::from_secs(30)).await;
-    let report = workload.stop().await;
-    assert!(report.errors.is_empty(), "workload errors (seed {}): {:#?}", report.seed, report.errors);
     assert!(report.committed_after_swap_by_op.get("insert").copied().unwrap_or(0) > 0, "no inserts in the window: {report:?}");
 
     table.assert_matches_control(&client, &table.projection()).await;
     assert_eq!(db.psql("SELECT count(*) FROM pg_attribute WHERE attname = 'flag' AND NOT attisdropped"), "0", "a partition kept the ALTER's column");
-    let twin = before.twin_after_plain_sql(&db, "SELECT 1").await;
-    assert_whole_schema_equal(&db, &twin, "after a revert, the database is as before the run").await;
-    assert_no_slots_or_publications(&client).await;
+    assert_as_before_the_run(&db, &before, "after a revert, the database is as before the run").await;
 }
 
 /// A table with a foreign key to itself (`ON DELETE CASCADE`): during the window the old table
@@ -778,10 +772,7 @@ async fn a_table_with_a_foreign_key_to_itself_reverts() {
     assert!(refused.is_err(), "the new table took a row whose parent does not exist");
     wait_until(&client, "the old table caught up", "SELECT count(*) = (SELECT count(*) FROM tree_expected) FROM _tree_del").await;
 
-    let revert = binary::command(&db, "revert", &["--table", "tree"]).output().await.expect("start pg-ghost revert");
-    let out = finish(run).await;
-    assert!(revert.status.success(), "the revert failed:\n{}\nthe window's run:\n{}", binary::stderr(&revert), binary::stderr(&out));
-    binary::assert_success(&out);
+    let out = revert_now(&db, "tree", run).await;
 
     let differing = db.psql(
         "SELECT count(*) FROM ((TABLE tree EXCEPT TABLE tree_expected) UNION ALL (TABLE tree_expected EXCEPT TABLE tree)) d",
@@ -789,9 +780,7 @@ async fn a_table_with_a_foreign_key_to_itself_reverts() {
     assert_eq!(differing, "0", "the reverted table differs from the same writes on a copy:\n{}", binary::stderr(&out));
     assert_eq!(db.psql("SELECT convalidated FROM pg_constraint WHERE conname = 'tree_parent_fkey' AND conrelid = 'tree'::regclass"), "t");
     db.psql("DROP TABLE tree_expected");
-    let twin = before.twin_after_plain_sql(&db, "SELECT 1").await;
-    assert_whole_schema_equal(&db, &twin, "after a revert, the database is as before the run").await;
-    assert_no_slots_or_publications(&client).await;
+    assert_as_before_the_run(&db, &before, "after a revert, the database is as before the run").await;
 }
 
 /// A conversion into a partitioned table reverted: the reverse stream comes from the
@@ -814,18 +803,12 @@ async fn a_conversion_into_a_partitioned_table_reverts() {
     .unwrap();
     let file = file.to_string_lossy().into_owned();
     let workload = Workload::start(&db, &table, WorkloadOptions::new(3).rate(Some(80))).await;
-    workload.wait_for_more_commits(30, Duration::from_secs(30)).await;
 
     let args = ["--partition-by", "RANGE (tenant)", "--partitions", &file, "--alter", "ADD COLUMN note text NOT NULL DEFAULT 'none'", "--chunk-size", "500"];
-    revert_after_writes(&db, &workload, "orders", &args).await;
-    workload.wait_for_more_commits(30, Duration::from_secs(30)).await;
-    let report = workload.stop().await;
-    assert!(report.errors.is_empty(), "workload errors (seed {}): {:#?}", report.seed, report.errors);
+    revert_after_writes(&db, workload, "orders", &args).await;
 
     let client = db.client().await;
     assert_eq!(db.psql("SELECT relkind FROM pg_class WHERE oid = 'public.orders'::regclass"), "r", "the plain table is not back");
     table.assert_matches_control(&client, &table.projection()).await;
-    let twin = before.twin_after_plain_sql(&db, "SELECT 1").await;
-    assert_whole_schema_equal(&db, &twin, "after reverting a conversion, the database is as before the run").await;
-    assert_no_slots_or_publications(&client).await;
+    assert_as_before_the_run(&db, &before, "after reverting a conversion, the database is as before the run").await;
 }

@@ -2,9 +2,22 @@
 //! applied only once they commit, subtransactions included, and dropped when they abort.
 
 use crate::binary;
-use crate::harness::Cluster;
+use crate::harness::{Cluster, TestDb};
 use crate::oracle::*;
+use crate::run_faults::{flag_path, wait_for_state, Running};
+use std::path::PathBuf;
 use std::time::Duration;
+
+/// `pg-ghost run` changing `orders`, held at its postponed cut-over by a flag file; the run
+/// and the flag, whose removal lets it cut over.
+async fn postponed_run(db: &TestDb<'_>) -> (Running, PathBuf) {
+    let flag = flag_path(db, "postpone");
+    std::fs::write(&flag, b"").unwrap();
+    let args = ["--table", "orders", "--alter", "ALTER COLUMN n TYPE bigint", "--execute", "--postpone-cut-over-flag-file", flag.to_str().unwrap()];
+    let mut run = Running::spawn(db, "run", &args);
+    wait_for_state(&db.client().await, &mut run, "orders", "postponed", Duration::from_secs(60)).await;
+    (run, flag)
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streamed_transactions_with_subtransactions_and_aborts() {
@@ -12,23 +25,7 @@ async fn streamed_transactions_with_subtransactions_and_aborts() {
     // Small enough that every transaction below is streamed in pieces before its commit.
     db.psql(&format!("ALTER DATABASE \"{}\" SET logical_decoding_work_mem = '64kB'", db.name));
     let table = OracleTable::create(&db, "orders", KeyKind::Identity, 3_000).await;
-    let flag = std::env::temp_dir().join(format!("pg-ghost-streaming-{}-{}", std::process::id(), rand::random::<u32>()));
-    std::fs::write(&flag, b"").unwrap();
-    let child = binary::command(
-        &db,
-        "run",
-        &["--table", "orders", "--alter", "ALTER COLUMN n TYPE bigint", "--execute", "--postpone-cut-over-flag-file", flag.to_str().unwrap()],
-    )
-    .stderr(std::process::Stdio::piped())
-    .spawn()
-    .unwrap();
-    let watcher = db.client().await;
-    let state = || async { binary::changelog_value(&watcher, "orders", "state").await.unwrap_or_default() };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while state().await != "postponed" {
-        assert!(tokio::time::Instant::now() < deadline, "pg-ghost did not reach the postponed state");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (run, flag) = postponed_run(&db).await;
 
     // Every statement runs on the table and on its control, in the same transaction.
     let both = |sql: &str| format!("{}; {}", sql.replace("$T", "orders"), sql.replace("$T", "orders_control"));
@@ -52,7 +49,7 @@ async fn streamed_transactions_with_subtransactions_and_aborts() {
     db.psql(&aborted);
 
     std::fs::remove_file(&flag).unwrap();
-    let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output()).await.expect("pg-ghost did not finish").unwrap();
+    let out = run.wait(Duration::from_secs(120)).await;
     binary::assert_success(&out);
     let client = db.client().await;
     table.assert_matches_control(&client, &table.projection().map("n", "n::bigint")).await;
@@ -70,23 +67,7 @@ async fn the_publication_carries_the_key_columns_unless_the_identity_is_full() {
         if full {
             db.psql("ALTER TABLE orders REPLICA IDENTITY FULL");
         }
-        let flag = std::env::temp_dir().join(format!("pg-ghost-keycols-{}-{}", std::process::id(), rand::random::<u32>()));
-        std::fs::write(&flag, b"").unwrap();
-        let child = binary::command(
-            &db,
-            "run",
-            &["--table", "orders", "--alter", "ALTER COLUMN n TYPE bigint", "--execute", "--postpone-cut-over-flag-file", flag.to_str().unwrap()],
-        )
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-        let watcher = db.client().await;
-        let state = || async { binary::changelog_value(&watcher, "orders", "state").await.unwrap_or_default() };
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        while state().await != "postponed" {
-            assert!(tokio::time::Instant::now() < deadline, "pg-ghost did not reach the postponed state");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let (run, flag) = postponed_run(&db).await;
         let columns = db.psql(
             "SELECT CASE WHEN pr.prattrs IS NULL THEN '' ELSE (SELECT array_agg(a.attname ORDER BY a.attnum) FROM pg_attribute a
                      WHERE a.attrelid = pr.prrelid AND a.attnum = ANY(pr.prattrs::int2[]))::text END
@@ -106,7 +87,7 @@ async fn the_publication_carries_the_key_columns_unless_the_identity_is_full() {
         db.psql(&writes);
 
         std::fs::remove_file(&flag).unwrap();
-        let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output()).await.expect("pg-ghost did not finish").unwrap();
+        let out = run.wait(Duration::from_secs(120)).await;
         binary::assert_success(&out);
         let client = db.client().await;
         table.assert_matches_control(&client, &table.projection().map("n", "n::bigint")).await;
