@@ -259,7 +259,9 @@ async fn schema_change_by_someone_else_aborts() {
     narrow_table(&db, "items", 100_000);
     let client = db.client().await;
 
-    let mut args = vec!["--table", "items", "--alter", "ADD COLUMN flag int NOT NULL DEFAULT 0", "--execute"];
+    // The copy rests as long again as each chunk takes, so the ALTER below lands while it
+    // runs even on a busy machine (it waits for a chunk to let go of the table).
+    let mut args = vec!["--table", "items", "--alter", "ADD COLUMN flag int NOT NULL DEFAULT 0", "--execute", "--nice-ratio", "1"];
     args.extend(SLOW_COPY);
     let mut run = Running::spawn(&db, "run", &args);
     wait_for_state(&client, &mut run, "items", "copy", Duration::from_secs(30)).await;
