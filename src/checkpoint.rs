@@ -6,7 +6,9 @@
 //!   OID, column shape and the whole ghost plan (mapping, indexes set aside, replica
 //!   identity), written once the ghost exists;
 //! - `copy_watermark`: a key at or below which every row of the original was copied, written
-//!   in the same transaction as the chunk that completes that prefix;
+//!   in the same transaction as the chunk that completes that prefix; a partitioned table's
+//!   partitions are copied each on its own, with a watermark each:
+//!   `copy_watermark:<schema>.<partition>` (quoted as in SQL);
 //! - `applied_lsn`: the end of the last transaction whose changes are in the ghost, written
 //!   in the same transaction as the flush that put them there;
 //! - `state`: the phase the run was in;
@@ -28,6 +30,11 @@ const PLAN_VERSION: u32 = 1;
 
 pub const PLAN: &str = "plan";
 pub const COPY_WATERMARK: &str = "copy_watermark";
+
+/// The changelog key of a partition's own copy watermark.
+pub fn part_watermark_key(partition: &QualifiedName) -> String {
+    format!("{COPY_WATERMARK}:{}", partition.sql())
+}
 pub const APPLIED_LSN: &str = "applied_lsn";
 pub const STATE: &str = "state";
 pub const RUN_ID: &str = "run_id";
@@ -73,6 +80,8 @@ pub struct Saved {
     pub plan: Option<Plan>,
     pub state: Option<String>,
     pub copy_watermark: Option<Bound>,
+    /// Partitions' own watermarks, by [`part_watermark_key`].
+    pub part_watermarks: std::collections::BTreeMap<String, Bound>,
     pub applied_lsn: Option<String>,
     pub run_id: Option<String>,
 }
@@ -125,6 +134,11 @@ pub async fn read(client: &impl GenericClient, changelog: &QualifiedName) -> Res
                 let bound = serde_json::from_str(&value)
                     .map_err(|e| Error::refused(format!("the changelog's copy watermark {value:?} is unreadable: {e}")))?;
                 saved.copy_watermark = Some(bound);
+            }
+            k if k.starts_with(COPY_WATERMARK) && k.as_bytes().get(COPY_WATERMARK.len()) == Some(&b':') => {
+                let bound = serde_json::from_str(&value)
+                    .map_err(|e| Error::refused(format!("the changelog's copy watermark {key} = {value:?} is unreadable: {e}")))?;
+                saved.part_watermarks.insert(key.clone(), bound);
             }
             APPLIED_LSN => saved.applied_lsn = Some(value),
             STATE => saved.state = Some(value),

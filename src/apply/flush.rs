@@ -224,7 +224,15 @@ impl FlushSql {
         }
         let n = self.key_len;
         let cols: Vec<String> = (0..n).map(|i| format!("_pg_ghost_k{i}")).collect();
-        let key = self.source_key.typed(&cols);
+        // The keys typed under their own column names, so that a partition's constraint
+        // (written over those names) reads them as the partition's rows.
+        let typed: Vec<String> = cols
+            .iter()
+            .zip(&self.source_key.types)
+            .zip(&self.source_key.names)
+            .map(|((c, t), name)| format!("{c}::{t} AS {}", crate::sql::ident(name)))
+            .collect();
+        let key = self.source_key.tuple();
         let mut next = n + 1;
         let mut values: Vec<&str> = Vec::new();
         let mut conditions = Vec::new();
@@ -237,13 +245,19 @@ impl FlushSql {
                 next += n;
                 values.extend(lo.iter().map(String::as_str));
             }
+            if let Some(part) = &range.part {
+                cond.push_str(&format!(" AND ({}) IS TRUE", part.predicate));
+            }
             conditions.push(cond);
         }
         let arrays: Vec<String> = (1..=n).map(|i| format!("${i}::text[]")).collect();
         let cases: Vec<String> = conditions.iter().enumerate().map(|(i, c)| format!("WHEN {c} THEN {i}")).collect();
         let sql = format!(
-            "SELECT _pg_ghost_ord::int8, CASE {} END::int8 FROM unnest({}) WITH ORDINALITY AS _pg_ghost_k({}, _pg_ghost_ord) WHERE {}",
+            "SELECT _pg_ghost_ord::int8, CASE {} END::int8 \
+               FROM (SELECT _pg_ghost_ord, {} FROM unnest({}) WITH ORDINALITY AS _pg_ghost_k({}, _pg_ghost_ord)) AS _pg_ghost_t \
+              WHERE {}",
             cases.join(" "),
+            typed.join(", "),
             arrays.join(", "),
             cols.join(", "),
             conditions.iter().map(|c| format!("({c})")).collect::<Vec<_>>().join(" OR ")

@@ -34,8 +34,9 @@ struct Inner {
     ended: Vec<u64>,
     /// For each registered chunk not started yet, the flush it must wait for.
     waits_for: BTreeMap<u64, Option<u64>>,
-    /// The keys a fresh copy has not handed out yet.
-    uncopied: Option<Range>,
+    /// The keys a fresh copy has not handed out yet: one region for the whole table, or one
+    /// per partition copied on its own.
+    uncopied: Vec<Range>,
     /// A fresh copy is about to start: no flush until it says which keys it will copy.
     copy_pending: bool,
 }
@@ -46,7 +47,7 @@ pub struct CopyView {
     /// Ranges of chunks in flight: their keys are deferred.
     pub in_flight: Vec<(u64, Range)>,
     /// Keys no chunk has reached yet: skipped, the copy will read them.
-    pub uncopied: Option<Range>,
+    pub uncopied: Vec<Range>,
 }
 
 #[derive(Default)]
@@ -109,13 +110,13 @@ impl InFlight {
         self.lock().copy_pending = true;
     }
 
-    /// The fresh copy will hand out every key in `region` (None: nothing to copy), in order,
-    /// through [`register`]; flushes may run again.
+    /// The fresh copy will hand out every key in `regions` (none: nothing to copy), each
+    /// region's in order, through [`register`]; flushes may run again.
     ///
     /// [`register`]: InFlight::register
-    pub fn copy_planned(&self, region: Option<Range>) {
+    pub fn copy_planned(&self, regions: Vec<Range>) {
         let mut g = self.lock();
-        g.uncopied = region;
+        g.uncopied = regions;
         g.copy_pending = false;
         drop(g);
         self.chunk_ended.notify_one();
@@ -140,9 +141,11 @@ impl InFlight {
         let id = g.next_id;
         g.next_id += 1;
         g.ranges.insert(id, range.clone());
-        if let Some(region) = g.uncopied.take() {
-            if range.hi != region.hi {
-                g.uncopied = Some(Range { lo: Some(range.hi.clone()), hi: region.hi });
+        if let Some(i) = g.uncopied.iter().position(|region| region.part == range.part) {
+            if range.hi == g.uncopied[i].hi {
+                g.uncopied.remove(i);
+            } else {
+                g.uncopied[i].lo = Some(range.hi.clone());
             }
         }
         let running = (g.flush_started > g.flush_finished).then_some(g.flush_started);
@@ -211,7 +214,7 @@ mod tests {
     use std::time::Duration;
 
     fn range(lo: Option<&str>, hi: &str) -> Range {
-        Range { lo: lo.map(|l| vec![l.to_string()]), hi: vec![hi.to_string()] }
+        Range::new(lo.map(|l| vec![l.to_string()]), vec![hi.to_string()])
     }
 
     #[tokio::test]
@@ -249,18 +252,42 @@ mod tests {
         let f = InFlight::new();
         f.expect_copy();
         assert!(!f.flushes_allowed());
-        f.copy_planned(Some(range(None, "30")));
+        f.copy_planned(vec![range(None, "30")]);
         assert!(f.flushes_allowed());
         let a = f.register(&range(None, "10"));
-        assert_eq!(f.flush_starting().uncopied, Some(range(Some("10"), "30")));
+        assert_eq!(f.flush_starting().uncopied, vec![range(Some("10"), "30")]);
         f.flush_ended();
         let b = f.register(&range(Some("10"), "30"));
         let view = f.flush_starting();
-        assert_eq!(view.uncopied, None, "the last chunk reaches the maximum");
+        assert_eq!(view.uncopied, vec![], "the last chunk reaches the maximum");
         assert_eq!(view.in_flight.len(), 2);
         f.flush_ended();
         f.chunk_ended(a);
         f.chunk_ended(b);
+    }
+
+    #[test]
+    fn each_partition_copied_on_its_own_shrinks_its_own_region() {
+        let part = |n: &str| {
+            Some(Arc::new(crate::copy::Part {
+                orig: crate::sql::QualifiedName::new("public", n),
+                ghost: crate::sql::QualifiedName::new("public", format!("_{n}_gho")),
+                predicate: "true".into(),
+            }))
+        };
+        let of = |p: &Option<Arc<crate::copy::Part>>, lo: Option<&str>, hi: &str| Range { part: p.clone(), ..range(lo, hi) };
+        let (a, b) = (part("a"), part("b"));
+        let f = InFlight::new();
+        f.expect_copy();
+        f.copy_planned(vec![of(&a, None, "30"), of(&b, None, "50")]);
+        let t1 = f.register(&of(&b, None, "20"));
+        assert_eq!(f.flush_starting().uncopied, vec![of(&a, None, "30"), of(&b, Some("20"), "50")]);
+        f.flush_ended();
+        let t2 = f.register(&of(&a, None, "30"));
+        assert_eq!(f.flush_starting().uncopied, vec![of(&b, Some("20"), "50")], "a's only chunk reached its maximum");
+        f.flush_ended();
+        f.chunk_ended(t1);
+        f.chunk_ended(t2);
     }
 
     #[tokio::test]

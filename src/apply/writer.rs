@@ -403,7 +403,7 @@ async fn flush_outside_chunks(
     // Only now: a chunk that registers after this reads the changes just made visible.
     let view = inflight.flush_starting();
     let mut deferred: HashMap<u64, Vec<Key>> = HashMap::new();
-    let keys = if view.in_flight.is_empty() && view.uncopied.is_none() {
+    let keys = if view.in_flight.is_empty() && view.uncopied.is_empty() {
         keys
     } else {
         let mut regions: Vec<_> = view.in_flight.iter().map(|(_, r)| r.clone()).collect();

@@ -30,7 +30,7 @@ pub use audit::{audit, Audit};
 
 use crate::apply::InFlight;
 use crate::conn::ConnInfo;
-use crate::copy::{Bound, Chunker};
+use crate::copy::{Bound, Cursor, Part};
 use crate::error::{Context, Error, ErrorKind, Result};
 use crate::ghost::Mapping;
 use crate::keysql::KeyCols;
@@ -61,6 +61,9 @@ pub struct ChecksumJob {
     pub workers: usize,
     /// Counted as ranges are done, for the metrics; the caller may share it.
     pub progress: Arc<ChecksumProgress>,
+    /// A partitioned original's leaves, each compared with the ghost's on its own; empty:
+    /// the tables are compared by ranges of the key.
+    pub parts: Vec<Arc<Part>>,
 }
 
 impl ChecksumJob {
@@ -77,6 +80,7 @@ impl ChecksumJob {
             rechecks: Self::DEFAULT_RECHECKS,
             workers: 1,
             progress: Arc::default(),
+            parts: Vec::new(),
         }
     }
 }
@@ -249,45 +253,75 @@ fn persistent_difference(range: &CheckRange, keys: &DifferingKeys) -> Error {
     )
 }
 
-/// What one pass over the table needs: the session settings, the statements (read from the
-/// catalog) and the ranges, handed out to the pass's workers one by one.
-async fn start_pass(job: &ChecksumJob) -> Result<(ConnInfo, ChecksumSql, Mutex<Ranges>)> {
+/// What one pass over the table needs: the session settings and the ranges, with the
+/// statements (read from the catalog) that compare them, handed out to the pass's workers
+/// one by one.
+async fn start_pass(job: &ChecksumJob) -> Result<(ConnInfo, Mutex<Ranges>)> {
     let conn = job.conn.with_application_name("pg-ghost checksum");
-    let catalog_client = conn.connect().await?;
-    let sql = catalog::load(&catalog_client, &job.orig, &job.ghost, &job.mapping).await?;
-    drop(catalog_client);
-    let chunker = Chunker::start(conn.connect().await?, &job.orig, &KeyCols::source(&job.mapping), None).await?;
-    Ok((conn, sql, Mutex::new(Ranges { chunker, tail_done: false })))
+    let client = conn.connect().await?;
+    let key = KeyCols::source(&job.mapping);
+    let mut walks = Vec::new();
+    if job.parts.is_empty() {
+        let sql = catalog::load(&client, &job.orig, &job.ghost, &job.mapping).await?;
+        let cursor = Cursor::start(&client, &job.orig, &key, None).await?;
+        walks.push(Walk { sql: Arc::new(sql), cursor, tail_done: false });
+    }
+    for part in &job.parts {
+        let sql = catalog::load(&client, &part.orig, &part.ghost, &job.mapping).await?;
+        let cursor = Cursor::start_part(&client, part.clone(), &key, None).await?;
+        walks.push(Walk { sql: Arc::new(sql), cursor, tail_done: false });
+    }
+    Ok((conn, Mutex::new(Ranges { client, walks, turn: 0 })))
 }
 
-/// The ranges to compare: the chunker's, up to the original's maximum when the checksum
+/// The ranges of one table or partition: the cursor's, up to its maximum when the checksum
 /// starts, then the open range above it.
-struct Ranges {
-    chunker: Chunker,
+struct Walk {
+    sql: Arc<ChecksumSql>,
+    cursor: Cursor,
     tail_done: bool,
 }
 
+/// Every walk's ranges, taken from the walks in turn so that workers spread over partitions.
+struct Ranges {
+    client: tokio_postgres::Client,
+    walks: Vec<Walk>,
+    turn: usize,
+}
+
 impl Ranges {
-    /// The next range; asked again on a new session when the chunker's is lost.
-    async fn next(&mut self, conn: &ConnInfo, size: u64) -> Result<Option<CheckRange>> {
+    /// The next range and the statements that compare it; asked again on a new session
+    /// when the walks' session is lost.
+    async fn next(&mut self, conn: &ConnInfo, size: u64) -> Result<Option<(Arc<ChecksumSql>, CheckRange)>> {
+        for _ in 0..self.walks.len() {
+            let i = self.turn % self.walks.len();
+            self.turn += 1;
+            if let Some(range) = self.next_of(i, conn, size).await? {
+                return Ok(Some((self.walks[i].sql.clone(), range)));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn next_of(&mut self, i: usize, conn: &ConnInfo, size: u64) -> Result<Option<CheckRange>> {
         let mut outage = Outage::new();
         let next = loop {
-            match self.chunker.next(size).await {
+            match self.walks[i].cursor.next(&self.client, size).await {
                 Err(e) if e.kind().is_lost_connection() => {
-                    let client = reconnect::connect_again(conn, &mut outage, e, "the next checksum range (asked again)").await?;
-                    self.chunker.replace_client(client);
+                    self.client = reconnect::connect_again(conn, &mut outage, e, "the next checksum range (asked again)").await?;
                 }
                 other => break other?,
             }
         };
+        let walk = &mut self.walks[i];
         if let Some(r) = next {
             return Ok(Some(CheckRange { lo: r.lo, hi: Some(r.hi) }));
         }
-        if self.tail_done {
+        if walk.tail_done {
             return Ok(None);
         }
-        self.tail_done = true;
-        Ok(Some(CheckRange { lo: self.chunker.max().cloned(), hi: None }))
+        walk.tail_done = true;
+        Ok(Some(CheckRange { lo: walk.cursor.max().cloned(), hi: None }))
     }
 }
 
@@ -326,8 +360,8 @@ pub async fn verify<'a>(
     catch_up: impl Fn() -> BoxFuture<'a, Result<()>>,
 ) -> Result<ChecksumReport> {
     let started = Instant::now();
-    let (conn, sql, ranges) = start_pass(job).await?;
-    let ctx = Worker { job, sql: &sql, ranges: &ranges, inflight, catch_up: &catch_up };
+    let (conn, ranges) = start_pass(job).await?;
+    let ctx = Worker { job, ranges: &ranges, inflight, catch_up: &catch_up };
     // The workers run in this task: the first error drops the others, whose connections
     // close and roll back whatever they were doing, and whose ranges are released.
     let parts = try_join_all((0..job.workers.max(1)).map(|_| ctx.run(&conn))).await?;
@@ -348,10 +382,9 @@ pub async fn verify<'a>(
     Ok(report)
 }
 
-/// What every worker shares: ranges are handed out one at a time from one chunker.
+/// What every worker shares: ranges are handed out one at a time.
 struct Worker<'j, C> {
     job: &'j ChecksumJob,
-    sql: &'j ChecksumSql,
     ranges: &'j Mutex<Ranges>,
     inflight: &'j InFlight,
     catch_up: &'j C,
@@ -364,12 +397,12 @@ impl<'j, 'a, C: Fn() -> BoxFuture<'a, Result<()>>> Worker<'j, C> {
         loop {
             // The lock is released before the range is compared.
             let next = self.ranges.lock().await.next(conn, self.job.range_rows.max(1)).await?;
-            let Some(range) = next else { return Ok(part) };
+            let Some((sql, range)) = next else { return Ok(part) };
             // A range is only read, or repaired in one transaction: a lost session's work is
             // simply done again on a new one.
             let mut outage = Outage::new();
             let checked = loop {
-                match check_range(&mut client, self.sql, self.inflight, self.catch_up, self.job.rechecks, &range).await {
+                match check_range(&mut client, &sql, self.inflight, self.catch_up, self.job.rechecks, &range).await {
                     Err(e) if e.kind().is_lost_connection() => {
                         client = reconnect::connect_again(conn, &mut outage, e, "a checksum range (checked again)").await?;
                     }

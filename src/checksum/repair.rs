@@ -44,7 +44,7 @@ pub(super) async fn repair(client: &mut Client, sql: &ChecksumSql, inflight: &In
 /// has now (later keys are new changes, which the stream brings).
 async fn bounded(client: &Client, sql: &ChecksumSql, range: &CheckRange) -> Result<Option<Range>> {
     if let Some(hi) = &range.hi {
-        return Ok(Some(Range { lo: range.lo.clone(), hi: hi.clone() }));
+        return Ok(Some(Range::new(range.lo.clone(), hi.clone())));
     }
     let lo: Vec<&str> = range.lo.iter().flatten().map(String::as_str).collect();
     let params: Vec<&(dyn ToSql + Sync)> = lo.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
@@ -56,7 +56,7 @@ async fn bounded(client: &Client, sql: &ChecksumSql, range: &CheckRange) -> Resu
         Some(row) => (0..row.len()).map(|i| row.try_get::<_, String>(i)).collect::<Result<Vec<_>, _>>()?,
         None => return Ok(None),
     };
-    Ok(Some(Range { lo: range.lo.clone(), hi }))
+    Ok(Some(Range::new(range.lo.clone(), hi)))
 }
 
 async fn repair_once(client: &mut Client, sql: &ChecksumSql, range: &Range) -> Result<()> {

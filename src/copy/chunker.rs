@@ -8,21 +8,44 @@
 use crate::error::{Context, Result};
 use crate::keysql::KeyCols;
 use crate::sql::QualifiedName;
+use std::sync::Arc;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
 
 /// A key as text values, in key order.
 pub type Bound = Vec<String>;
 
-/// The rows with `lo < key <= hi` (no lower bound for the first range).
+/// The rows with `lo < key <= hi` (no lower bound for the first range), of one partition
+/// when `part` is set, of the whole table otherwise.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Range {
     pub lo: Option<Bound>,
     pub hi: Bound,
+    pub part: Option<Arc<Part>>,
 }
 
-pub struct Chunker {
-    client: Client,
+impl Range {
+    /// A range over the whole table.
+    pub fn new(lo: Option<Bound>, hi: Bound) -> Range {
+        Range { lo, hi, part: None }
+    }
+}
+
+/// A leaf partition of a partitioned original, copied and checked on its own: its rows are
+/// read from the original's partition and written into the ghost's.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Part {
+    pub orig: QualifiedName,
+    pub ghost: QualifiedName,
+    /// The partition's constraint (`pg_get_partition_constraintdef`, its ancestors' included),
+    /// over the key's column names: true exactly for the keys whose row lives in it. It may
+    /// only name key columns (see `crate::copy::partitions`).
+    pub predicate: String,
+}
+
+/// Where a chunked walk of one table (or partition) stands, without a session of its own:
+/// the caller lends one to each step, so that many partitions' walks share one.
+pub struct Cursor {
     /// `INSERT ... ON CONFLICT` recording the range handed out last in the changelog table,
     /// for DBAs watching the copy (and for tests that aim writes at the chunk in flight).
     record: Option<String>,
@@ -31,6 +54,13 @@ pub struct Chunker {
     max: Option<Bound>,
     lo: Option<Bound>,
     done: bool,
+    part: Option<Arc<Part>>,
+}
+
+/// A [`Cursor`] with its own session.
+pub struct Chunker {
+    client: Client,
+    cursor: Cursor,
 }
 
 /// Reads a row of `key::text` columns as a bound.
@@ -42,11 +72,11 @@ fn params(values: &[&Bound]) -> Vec<String> {
     values.iter().flat_map(|b| b.iter().cloned()).collect()
 }
 
-impl Chunker {
-    /// Reads the key's current maximum; an empty table gives a chunker with no ranges.
-    pub async fn start(client: Client, orig: &QualifiedName, key: &KeyCols, resume_after: Option<Bound>) -> Result<Chunker> {
-        let max_sql = format!("SELECT {} FROM {} ORDER BY {} LIMIT 1", key.as_text(), orig.sql(), key.order_by(true));
-        let max = match client.query_opt(&max_sql, &[]).await.context("reading the key's maximum")? {
+impl Cursor {
+    /// Reads the key's current maximum in `table`; an empty table gives a cursor with no ranges.
+    pub async fn start(client: &Client, table: &QualifiedName, key: &KeyCols, resume_after: Option<Bound>) -> Result<Cursor> {
+        let max_sql = format!("SELECT {} FROM {} ORDER BY {} LIMIT 1", key.as_text(), table.sql(), key.order_by(true));
+        let max = match client.query_opt(&max_sql, &[]).await.with_context(|| format!("reading the key's maximum in {table}"))? {
             Some(row) => Some(bound(&row)?),
             None => None,
         };
@@ -55,14 +85,30 @@ impl Chunker {
             format!(
                 "SELECT {} FROM {} WHERE {filter} ORDER BY {} OFFSET $1::bigint LIMIT 1",
                 key.as_text(),
-                orig.sql(),
+                table.sql(),
                 key.order_by(false)
             )
         };
         let upto = format!("{} <= {}", key.tuple(), key.params(2));
         let boundary_from_start = select(upto.clone());
         let boundary_after = select(format!("{} > {} AND {upto}", key.tuple(), key.params(2 + n)));
-        Ok(Chunker { client, record: None, boundary_from_start, boundary_after, done: max.is_none(), max, lo: resume_after })
+        Ok(Cursor { record: None, boundary_from_start, boundary_after, done: max.is_none(), max, lo: resume_after, part: None })
+    }
+
+    /// The ranges of one partition: a walk of the original's partition, its ranges marked as its.
+    pub async fn start_part(client: &Client, part: Arc<Part>, key: &KeyCols, resume_after: Option<Bound>) -> Result<Cursor> {
+        let mut cursor = Cursor::start(client, &part.orig, key, resume_after).await?;
+        cursor.part = Some(part);
+        Ok(cursor)
+    }
+
+    pub fn part(&self) -> Option<&Arc<Part>> {
+        self.part.as_ref()
+    }
+
+    /// Where the walk starts or stands: every key at or below it is behind it.
+    pub fn position(&self) -> Option<&Bound> {
+        self.lo.as_ref()
     }
 
     /// Records each range handed out as `copy_range` = `<lo>..<hi>` in `changelog`.
@@ -74,15 +120,10 @@ impl Chunker {
         self.max.as_ref()
     }
 
-    /// Goes on with a new session after the old one was lost.
-    pub fn replace_client(&mut self, client: Client) {
-        self.client = client;
-    }
-
-    /// The next range of about `size` rows, or None when the copy has reached the maximum.
+    /// The next range of about `size` rows, or None when the walk has reached the maximum.
     /// On an error nothing moves: the same call again hands out the same range (or one
     /// that ends elsewhere, never a gap).
-    pub async fn next(&mut self, size: u64) -> Result<Option<Range>> {
+    pub async fn next(&mut self, client: &Client, size: u64) -> Result<Option<Range>> {
         let Some(max) = self.max.clone().filter(|_| !self.done) else { return Ok(None) };
         let offset = size.saturating_sub(1).min(i64::MAX as u64) as i64;
         let row = match &self.lo {
@@ -90,13 +131,13 @@ impl Chunker {
                 let values = params(&[&max]);
                 let mut p: Vec<&(dyn ToSql + Sync)> = vec![&offset];
                 p.extend(values.iter().map(|v| v as &(dyn ToSql + Sync)));
-                self.client.query_opt(&self.boundary_from_start, &p).await
+                client.query_opt(&self.boundary_from_start, &p).await
             }
             Some(lo) => {
                 let values = params(&[&max, lo]);
                 let mut p: Vec<&(dyn ToSql + Sync)> = vec![&offset];
                 p.extend(values.iter().map(|v| v as &(dyn ToSql + Sync)));
-                self.client.query_opt(&self.boundary_after, &p).await
+                client.query_opt(&self.boundary_after, &p).await
             }
         }
         .context("finding the next chunk boundary")?;
@@ -104,13 +145,40 @@ impl Chunker {
             Some(row) => bound(&row)?,
             None => max.clone(),
         };
-        let range = Range { lo: self.lo.clone(), hi };
+        let range = Range { lo: self.lo.clone(), hi, part: self.part.clone() };
         if let Some(sql) = &self.record {
             let text = format!("{}..{}", range.lo.as_ref().map(|b| b.join(",")).unwrap_or_default(), range.hi.join(","));
-            self.client.execute(sql.as_str(), &[&"copy_range", &text]).await.context("recording the copy range")?;
+            client.execute(sql.as_str(), &[&"copy_range", &text]).await.context("recording the copy range")?;
         }
         self.done = range.hi == max;
         self.lo = Some(range.hi.clone());
         Ok(Some(range))
+    }
+}
+
+impl Chunker {
+    /// Reads the key's current maximum; an empty table gives a chunker with no ranges.
+    pub async fn start(client: Client, orig: &QualifiedName, key: &KeyCols, resume_after: Option<Bound>) -> Result<Chunker> {
+        let cursor = Cursor::start(&client, orig, key, resume_after).await?;
+        Ok(Chunker { client, cursor })
+    }
+
+    /// Records each range handed out as `copy_range` = `<lo>..<hi>` in `changelog`.
+    pub fn record_ranges_in(&mut self, changelog: &QualifiedName) {
+        self.cursor.record_ranges_in(changelog);
+    }
+
+    pub fn max(&self) -> Option<&Bound> {
+        self.cursor.max()
+    }
+
+    /// Goes on with a new session after the old one was lost.
+    pub fn replace_client(&mut self, client: Client) {
+        self.client = client;
+    }
+
+    /// See [`Cursor::next`].
+    pub async fn next(&mut self, size: u64) -> Result<Option<Range>> {
+        self.cursor.next(&self.client, size).await
     }
 }

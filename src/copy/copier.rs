@@ -1,4 +1,4 @@
-use super::chunker::{Bound, Chunker, Range};
+use super::chunker::{Bound, Cursor, Part, Range};
 use super::watermark::Watermark;
 use super::sizing::next_chunk_size;
 use crate::apply::inflight::{ChunkTicket, Registered};
@@ -10,6 +10,7 @@ use crate::ghost::Mapping;
 use crate::keysql::{insert_select, KeyCols};
 use crate::reconnect::{self, Outage};
 use crate::sql::{ident_list, QualifiedName};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,6 +36,12 @@ pub struct CopyJob {
     /// leaves keys the copy has not reached to it. A resumed copy finds rows in the ghost and
     /// skips them instead.
     pub fresh: bool,
+    /// The original's leaf partitions, each copied on its own from the original's partition
+    /// into the ghost's; empty: the table is copied by ranges of its key.
+    pub parts: Vec<Arc<Part>>,
+    /// A resumed copy of partitions: their watermarks, by [`checkpoint::part_watermark_key`]
+    /// (a partition without one starts after `resume_after`).
+    pub resume_parts: BTreeMap<String, Bound>,
 }
 
 /// Shared counters, read by the status line and written by the workers.
@@ -96,10 +103,10 @@ struct Statements {
     checkpoint: Option<String>,
 }
 
-fn statements(job: &CopyJob) -> Statements {
+fn statements(job: &CopyJob, orig: &QualifiedName, ghost: &QualifiedName) -> Statements {
     let source = KeyCols::source(&job.mapping);
     let n = source.len();
-    let head = insert_select(&job.orig, &job.ghost, &job.mapping);
+    let head = insert_select(orig, ghost, &job.mapping);
     // Speculative insertion writes a second WAL record per row: only pay it when the ghost
     // may already hold some of the chunk's keys.
     let conflict = match job.fresh {
@@ -114,8 +121,101 @@ fn statements(job: &CopyJob) -> Statements {
     }
 }
 
-/// Copies every row up to the key's maximum at the start. Returns when all chunks are
-/// committed, or with the first error (the other workers stop at their next chunk).
+/// One walk of the copy: the whole table, or one partition.
+struct Unit {
+    cursor: Cursor,
+    sql: Arc<Statements>,
+    watermark: Arc<Watermark>,
+    /// The changelog key its watermark is recorded under.
+    mark_key: Arc<str>,
+    /// Workers whose last chunk came from it.
+    workers: usize,
+    /// Every range of it handed out.
+    exhausted: bool,
+}
+
+/// A chunk handed to a worker, with what its commit records.
+struct Taken {
+    seq: u64,
+    ticket: ChunkTicket,
+    range: Range,
+    sql: Arc<Statements>,
+    watermark: Arc<Watermark>,
+    mark_key: Arc<str>,
+}
+
+/// The walks, and the one session that finds every walk's chunk boundaries.
+struct Units {
+    client: Client,
+    list: Vec<Unit>,
+    /// The walk each worker took its last chunk from.
+    assigned: Vec<Option<usize>>,
+}
+
+impl Units {
+    async fn start(job: &CopyJob, client: Client) -> Result<Units> {
+        let key = KeyCols::source(&job.mapping);
+        let mut list = Vec::new();
+        if job.parts.is_empty() {
+            let cursor = Cursor::start(&client, &job.orig, &key, job.resume_after.clone()).await?;
+            list.push(Unit::new(job, cursor, &job.orig, &job.ghost, checkpoint::COPY_WATERMARK.into()));
+        }
+        for part in &job.parts {
+            let mark_key = checkpoint::part_watermark_key(&part.orig);
+            let after = job.resume_parts.get(&mark_key).or(job.resume_after.as_ref()).cloned();
+            let cursor = Cursor::start_part(&client, part.clone(), &key, after).await?;
+            list.push(Unit::new(job, cursor, &part.orig, &part.ghost, mark_key));
+        }
+        if let Some(changelog) = &job.changelog {
+            for unit in &mut list {
+                unit.cursor.record_ranges_in(changelog);
+            }
+        }
+        Ok(Units { client, list, assigned: vec![None; job.workers.max(1)] })
+    }
+
+    /// What no chunk has covered yet: from where each walk starts to its maximum.
+    fn uncopied(&self) -> Vec<Range> {
+        self.list
+            .iter()
+            .filter_map(|u| {
+                let hi = u.cursor.max()?.clone();
+                Some(Range { lo: u.cursor.position().cloned(), hi, part: u.cursor.part().cloned() })
+            })
+            .collect()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.list.iter().all(|u| u.cursor.max().is_none())
+    }
+
+    /// The walk `worker` takes its next chunk from: the one it is on while it has ranges,
+    /// else the one with the fewest workers, so that workers spread over partitions.
+    fn walk_for(&mut self, worker: usize) -> Option<usize> {
+        if let Some(i) = self.assigned[worker].filter(|&i| !self.list[i].exhausted) {
+            return Some(i);
+        }
+        let best = self.list.iter().enumerate().filter(|(_, u)| !u.exhausted).min_by_key(|(i, u)| (u.workers, *i)).map(|(i, _)| i)?;
+        if let Some(old) = self.assigned[worker] {
+            self.list[old].workers -= 1;
+        }
+        self.list[best].workers += 1;
+        self.assigned[worker] = Some(best);
+        Some(best)
+    }
+}
+
+impl Unit {
+    fn new(job: &CopyJob, cursor: Cursor, orig: &QualifiedName, ghost: &QualifiedName, mark_key: String) -> Unit {
+        let watermark = Arc::new(Watermark::new(cursor.position().cloned()));
+        let exhausted = cursor.max().is_none();
+        Unit { cursor, sql: Arc::new(statements(job, orig, ghost)), watermark, mark_key: mark_key.into(), workers: 0, exhausted }
+    }
+}
+
+/// Copies every row up to the key's maximum at the start (each partition's, when copied by
+/// partition). Returns when all chunks are committed, or with the first error (the other
+/// workers stop at their next chunk).
 pub async fn copy_table(
     job: CopyJob,
     inflight: Arc<InFlight>,
@@ -123,22 +223,18 @@ pub async fn copy_table(
     gate: Gate,
 ) -> Result<()> {
     let chunker_client = job.conn.with_application_name("pg-ghost copy").connect().await?;
-    let mut chunker =
-        Chunker::start(chunker_client, &job.orig, &KeyCols::source(&job.mapping), job.resume_after.clone()).await?;
-    if let Some(changelog) = &job.changelog {
-        chunker.record_ranges_in(changelog);
-    }
+    let units = Units::start(&job, chunker_client).await?;
     if job.fresh {
-        let region = chunker.max().map(|max| Range { lo: job.resume_after.clone(), hi: max.clone() });
-        inflight.copy_planned(region);
+        inflight.copy_planned(units.uncopied());
     }
-    if chunker.max().is_none() {
+    if units.is_empty() {
         progress.done.store(true, Ordering::Relaxed);
         return Ok(());
     }
-    let chunker = Arc::new(Mutex::new(chunker));
-    let sql = Arc::new(statements(&job));
-    let watermark = Arc::new(Watermark::new(job.resume_after.clone()));
+    if !job.parts.is_empty() {
+        tracing::info!(partitions = job.parts.len(), workers = job.workers.max(1), "copying partition by partition");
+    }
+    let units = Arc::new(Mutex::new(units));
     let failed = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for worker in 0..job.workers.max(1) {
@@ -148,9 +244,7 @@ pub async fn copy_table(
             worker,
             conn,
             client,
-            chunker: chunker.clone(),
-            sql: sql.clone(),
-            watermark: watermark.clone(),
+            units: units.clone(),
             inflight: inflight.clone(),
             progress: progress.clone(),
             gate: gate.clone(),
@@ -184,9 +278,7 @@ struct WorkerCtx {
     /// Opens the worker's session again when it is lost, and the chunker's.
     conn: ConnInfo,
     client: Client,
-    chunker: Arc<Mutex<Chunker>>,
-    sql: Arc<Statements>,
-    watermark: Arc<Watermark>,
+    units: Arc<Mutex<Units>>,
     inflight: Arc<InFlight>,
     progress: Arc<CopyProgress>,
     gate: Gate,
@@ -210,17 +302,18 @@ impl WorkerCtx {
                 return Ok(());
             }
             let size = self.progress.chunk_size.load(Ordering::Relaxed);
-            let Some((seq, ticket, range)) = self.next_range(size).await? else { return Ok(()) };
+            let Some(taken) = self.next_range(size).await? else { return Ok(()) };
             let started = Instant::now();
             let inflight = self.inflight.clone();
-            let registered = Registered::new(&inflight, ticket);
+            let registered = Registered::new(&inflight, taken.ticket);
             registered.wait_for_earlier_flushes().await;
-            let rows = self.copy_range_again_if_lost(seq, &range).await;
+            let chunk = Chunk { seq: taken.seq, range: &taken.range, sql: &taken.sql, watermark: &taken.watermark, mark_key: &taken.mark_key };
+            let rows = self.copy_range_again_if_lost(&chunk).await;
             // Only once the chunk's rows are visible (or it gave up) may the flusher touch
             // keys in its range.
             drop(registered);
             let rows = rows?;
-            self.watermark.committed(seq, range.hi.clone());
+            taken.watermark.committed(taken.seq, taken.range.hi.clone());
             let took = started.elapsed();
             self.progress.rows.fetch_add(rows, Ordering::Relaxed);
             self.progress.chunks.fetch_add(1, Ordering::Relaxed);
@@ -241,32 +334,50 @@ impl WorkerCtx {
         }
     }
 
-    /// The chunker's next range, numbered and registered as in flight under the chunker's
-    /// lock (so both follow key order); when the chunker's session is lost, asked again on a
-    /// new one.
-    async fn next_range(&self, size: u64) -> Result<Option<(u64, ChunkTicket, Range)>> {
-        let mut chunker = self.chunker.lock().await;
+    /// The next range of the walk this worker is on (or moves to), numbered and registered
+    /// as in flight under the walks' lock (so both follow each walk's key order); when the
+    /// walks' session is lost, asked again on a new one.
+    async fn next_range(&self, size: u64) -> Result<Option<Taken>> {
+        let mut units = self.units.lock().await;
         let mut outage = Outage::new();
         loop {
-            match chunker.next(size).await {
+            let Some(i) = units.walk_for(self.worker) else { return Ok(None) };
+            let Units { client, list, .. } = &mut *units;
+            let unit = &mut list[i];
+            match unit.cursor.next(client, size).await {
                 Err(e) if e.kind().is_lost_connection() => {
-                    let client = reconnect::connect_again(&self.conn, &mut outage, e, "the next copy range (asked again)").await?;
-                    chunker.replace_client(client);
+                    units.client = reconnect::connect_again(&self.conn, &mut outage, e, "the next copy range (asked again)").await?;
                 }
-                Ok(Some(range)) => return Ok(Some((self.watermark.issue(), self.inflight.register(&range), range))),
-                Ok(None) => return Ok(None),
+                Ok(Some(range)) => {
+                    let seq = unit.watermark.issue();
+                    let ticket = self.inflight.register(&range);
+                    return Ok(Some(Taken {
+                        seq,
+                        ticket,
+                        range,
+                        sql: unit.sql.clone(),
+                        watermark: unit.watermark.clone(),
+                        mark_key: unit.mark_key.clone(),
+                    }));
+                }
+                Ok(None) => {
+                    unit.exhausted = true;
+                    if let Some(part) = unit.cursor.part() {
+                        tracing::debug!(partition = %part.orig, "every range of the partition handed out");
+                    }
+                }
                 Err(e) => return Err(e),
             }
         }
     }
 
-    /// Copies `range`; when the worker's session is lost, copies it again on a new one. A
+    /// Copies the chunk; when the worker's session is lost, copies it again on a new one. A
     /// chunk is safe to repeat: the lost one rolled back, and its range stays registered in
     /// flight until it is done.
-    async fn copy_range_again_if_lost(&mut self, seq: u64, range: &Range) -> Result<u64> {
+    async fn copy_range_again_if_lost(&mut self, chunk: &Chunk<'_>) -> Result<u64> {
         let mut outage = Outage::new();
         loop {
-            match RETRY.retry("copying a chunk", || self.copy_range(seq, range)).await {
+            match RETRY.retry("copying a chunk", || self.copy_range(chunk)).await {
                 Err(e) if e.kind().is_lost_connection() => {
                     let what = format!("copy worker {}'s chunk (copied again)", self.worker);
                     self.client = reconnect::connect_again(&self.conn, &mut outage, e, &what).await?;
@@ -291,28 +402,30 @@ impl WorkerCtx {
         }
     }
 
-    async fn copy_range(&self, seq: u64, range: &Range) -> Result<u64> {
+    async fn copy_range(&self, chunk: &Chunk<'_>) -> Result<u64> {
+        let range = chunk.range;
         let mut values: Vec<&str> = range.hi.iter().map(String::as_str).collect();
         if let Some(lo) = &range.lo {
             values.extend(lo.iter().map(String::as_str));
         }
         let params: Vec<&(dyn ToSql + Sync)> = values.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-        let sql = if range.lo.is_some() { &self.sql.after } else { &self.sql.first };
-        let result = self.copy_in_transaction(sql, &params, seq, &range.hi).await;
+        let sql = if range.lo.is_some() { &chunk.sql.after } else { &chunk.sql.first };
+        let result = self.copy_in_transaction(sql, &params, chunk).await;
         result.map_err(|e| {
             let lo = range.lo.as_ref().map(|b| b.join(", ")).unwrap_or_else(|| "start".into());
-            e.context(format!("copying rows with key in ({lo}, {}]", range.hi.join(", ")))
+            let of = range.part.as_ref().map(|p| format!(" of partition {}", p.orig)).unwrap_or_default();
+            e.context(format!("copying rows{of} with key in ({lo}, {}]", range.hi.join(", ")))
         })
     }
 
     /// The chunk and the watermark its commit makes true, in one transaction.
-    async fn copy_in_transaction(&self, sql: &str, params: &[&(dyn ToSql + Sync)], seq: u64, hi: &Bound) -> Result<u64> {
+    async fn copy_in_transaction(&self, sql: &str, params: &[&(dyn ToSql + Sync)], chunk: &Chunk<'_>) -> Result<u64> {
         self.client.batch_execute("BEGIN").await?;
         let work = async {
             let rows = self.client.execute(sql, params).await?;
-            if let (Some(record), Some(mark)) = (&self.sql.checkpoint, self.watermark.value_at_commit_of(seq, hi)) {
+            if let (Some(record), Some(mark)) = (&chunk.sql.checkpoint, chunk.watermark.value_at_commit_of(chunk.seq, &chunk.range.hi)) {
                 let value = checkpoint::encode_bound(&mark);
-                self.client.execute(record.as_str(), &[&checkpoint::COPY_WATERMARK, &value]).await?;
+                self.client.execute(record.as_str(), &[&&*chunk.mark_key, &value]).await?;
             }
             self.client.batch_execute("COMMIT").await?;
             Ok::<_, Error>(rows)
@@ -323,4 +436,13 @@ impl WorkerCtx {
         }
         result
     }
+}
+
+/// A chunk being copied.
+struct Chunk<'a> {
+    seq: u64,
+    range: &'a Range,
+    sql: &'a Statements,
+    watermark: &'a Watermark,
+    mark_key: &'a str,
 }

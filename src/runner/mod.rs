@@ -48,7 +48,7 @@ use crate::sql::QualifiedName;
 use crate::throttle::{forward_gate, ThrottleJob, Throttler};
 use controls::Controls;
 use replication::{Background, Replication};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -103,9 +103,9 @@ enum CatchUp {
 enum CopyFrom {
     /// From the start, into the empty ghost this run created.
     Fresh,
-    /// A resumed run's copy: after this key (None: from the start), into a ghost that may
-    /// hold some of the rows already.
-    After(Option<crate::copy::Bound>),
+    /// A resumed run's copy: after this key (None: from the start), a partition after its
+    /// own watermark, into a ghost that may hold some of the rows already.
+    After(Option<crate::copy::Bound>, BTreeMap<String, crate::copy::Bound>),
     /// Nowhere: a resumed run whose copy had finished.
     Done,
 }
@@ -458,7 +458,7 @@ impl Run {
             Some(r) => {
                 // The earlier run's objects are this run's now: cleanup treats them alike.
                 self.created = Created { changelog: true, ghost: true, publication: true, slot: true, reverse: false };
-                let copy = if r.copy_done { CopyFrom::Done } else { CopyFrom::After(r.copy_after) };
+                let copy = if r.copy_done { CopyFrom::Done } else { CopyFrom::After(r.copy_after, r.copy_after_parts) };
                 (r.ghost, copy)
             }
             None => (self.prepare(&info, &names).await?, CopyFrom::Fresh),
@@ -873,8 +873,8 @@ impl Run {
                 tracing::info!("the earlier run had copied every row: the copy is skipped");
                 0.0
             }
-            CopyFrom::Fresh => self.copy_rows(info, names, ghost, None, true, repl, bg, &progress, gate).await?,
-            CopyFrom::After(after) => self.copy_rows(info, names, ghost, after, false, repl, bg, &progress, gate).await?,
+            CopyFrom::Fresh => self.copy_rows(info, names, ghost, (None, BTreeMap::new()), true, repl, bg, &progress, gate).await?,
+            CopyFrom::After(after, parts) => self.copy_rows(info, names, ghost, (after, parts), false, repl, bg, &progress, gate).await?,
         };
         self.fire(HookEvent::RowCopyComplete, Some(&mut *bg)).await?;
 
@@ -894,6 +894,7 @@ impl Run {
             let mut job = ChecksumJob::new(self.cfg.conn.clone(), info.name.clone(), ghost.name.clone(), ghost.mapping.clone());
             job.workers = self.cfg.copy.workers;
             job.progress = self.checksum_progress.clone();
+            job.parts = self.partition_walks(info, ghost).await?;
             let catch_up = || -> BoxFuture<'_, Result<()>> { Box::pin(self.applied_up_to_now(repl)) };
             let report = guard(checksum::verify(&job, &repl.inflight, catch_up), &mut self.abort.clone(), Some(&mut *bg)).await?;
             tracing::info!(
@@ -1010,7 +1011,7 @@ impl Run {
         info: &TableInfo,
         names: &Names,
         ghost: &Ghost,
-        after: Option<crate::copy::Bound>,
+        (after, after_parts): (Option<crate::copy::Bound>, BTreeMap<String, crate::copy::Bound>),
         fresh: bool,
         repl: &Replication,
         bg: &mut Background,
@@ -1021,6 +1022,10 @@ impl Run {
         if let Some(key) = &after {
             tracing::info!(after = %key.join(", "), "the copy continues after the earlier run's watermark");
         }
+        if !after_parts.is_empty() {
+            tracing::info!(partitions = after_parts.len(), "the copy of partitions continues after the earlier run's watermarks");
+        }
+        let parts = self.partition_walks(info, ghost).await?;
         let job = CopyJob {
             conn: self.cfg.conn.clone(),
             orig: info.name.clone(),
@@ -1031,12 +1036,30 @@ impl Run {
             changelog: Some(names.changelog.clone()),
             resume_after: after,
             fresh,
+            parts,
+            resume_parts: after_parts,
         };
         let started = std::time::Instant::now();
         guard(copy_table(job, repl.inflight.clone(), progress.clone(), gate), &mut self.abort.clone(), Some(bg)).await?;
         let copy_secs = started.elapsed().as_secs_f64();
         tracing::info!(rows = progress.rows.load(Ordering::Relaxed), secs = copy_secs, "row copy complete");
         Ok(copy_secs)
+    }
+
+    /// The leaves a partitioned original is copied by, one by one (see `crate::copy::partition_walks`);
+    /// none for a plain table, or when its partitions cannot be told apart by key.
+    async fn partition_walks(&mut self, info: &TableInfo, ghost: &Ghost) -> Result<Vec<Arc<crate::copy::Part>>> {
+        let Some(tree) = &ghost.partitions else { return Ok(Vec::new()) };
+        self.ensure_session().await?;
+        match crate::copy::partition_walks(&self.client, info.oid, tree, &ghost.mapping.key_source).await? {
+            Ok(parts) => Ok(parts),
+            Err(why) => {
+                if !tree.converted {
+                    tracing::info!(reason = %why, "copying by ranges of the key through the partitioned table, not partition by partition");
+                }
+                Ok(Vec::new())
+            }
+        }
     }
 
     /// The cut-over as the flags describe it; `swap_back` for `--test-on-replica`.

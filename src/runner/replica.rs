@@ -352,6 +352,7 @@ impl Run {
         }
         let mut job = ChecksumJob::new(self.cfg.conn.clone(), info.name.clone(), ghost.name.clone(), ghost.mapping.clone());
         job.workers = self.cfg.copy.workers;
+        job.parts = self.partition_walks(info, ghost).await?;
         let audit = guard(checksum::audit(&job), &mut self.abort.clone(), Some(&mut *bg)).await?;
         if !audit.clean() {
             return Err(differences_found(&info.name, &ghost.name, &audit));

@@ -44,6 +44,8 @@ pub struct Resumed {
     pub ghost: Ghost,
     /// The copy restarts after this key; None: from the start.
     pub copy_after: Option<Bound>,
+    /// Partitions copied one by one restart after their own watermarks.
+    pub copy_after_parts: std::collections::BTreeMap<String, Bound>,
     pub copy_done: bool,
     pub run_id: Option<String>,
 }
@@ -93,6 +95,7 @@ pub async fn load(client: &Client, cfg: &Config, info: &TableInfo) -> Result<Fou
     Ok(Found::Continue(Resumed {
         ghost: plan.ghost,
         copy_after: saved.copy_watermark.clone(),
+        copy_after_parts: saved.part_watermarks.clone(),
         copy_done: saved.copy_done(),
         run_id: saved.run_id.clone(),
     }))
@@ -170,7 +173,11 @@ async fn report(client: &Client, names: &Names, saved: &Saved) {
     tracing::info!(
         state = saved.state.as_deref().unwrap_or("unknown"),
         copy = if saved.copy_done() { "complete".to_string() } else {
-            saved.copy_watermark.as_ref().map(|b| format!("continues after key ({})", b.join(", "))).unwrap_or_else(|| "starts over".into())
+            match (&saved.copy_watermark, saved.part_watermarks.len()) {
+                (_, n) if n > 0 => format!("continues after the watermarks of {n} partitions"),
+                (Some(b), _) => format!("continues after key ({})", b.join(", ")),
+                (None, _) => "starts over".into(),
+            }
         },
         applied_lsn = saved.applied_lsn.as_deref().unwrap_or("none"),
         slot_confirmed_lsn = %confirmed.map(|l| l.to_string()).unwrap_or_else(|| "none".into()),

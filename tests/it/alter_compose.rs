@@ -371,6 +371,8 @@ async fn through_pg_ghost(db: &TestDb<'_>, table: &str, alter_text: &str) -> Gho
         changelog: None,
         resume_after: None,
         fresh: true,
+        parts: Vec::new(),
+        resume_parts: Default::default(),
     };
     let (_gate_tx, gate) = tokio::sync::watch::channel(GateState::Open);
     let finished: Result<(), Error> = async {

@@ -8,7 +8,7 @@ use futures_util::future::BoxFuture;
 use pg_ghost::apply::InFlight;
 use pg_ghost::checksum::{verify, ChecksumJob, ChecksumReport};
 use pg_ghost::conn::ConnInfo;
-use pg_ghost::copy::{copy_table, CopyJob, CopyProgress, GateState};
+use pg_ghost::copy::{copy_table, partition_walks, CopyJob, CopyProgress, GateState, Part};
 use pg_ghost::ghost::{self, Ghost};
 use pg_ghost::inspect;
 use pg_ghost::names::Names;
@@ -26,12 +26,15 @@ struct Built<'c> {
     orig: QualifiedName,
     ghost: Ghost,
     copy_time: Duration,
+    /// The leaves copied (and to be checked) one by one; empty for a plain table.
+    parts: Vec<Arc<Part>>,
 }
 
 impl Built<'_> {
     fn job(&self, range_rows: u64) -> ChecksumJob {
         let mut job = ChecksumJob::new(self.conn.clone(), self.orig.clone(), self.ghost.name.clone(), self.ghost.mapping.clone());
         job.range_rows = range_rows;
+        job.parts = self.parts.clone();
         job
     }
 
@@ -52,6 +55,11 @@ impl Built<'_> {
 }
 
 async fn build<'c>(prefix: &str, schema: &str, table: &str, alter: &str) -> Built<'c> {
+    build_with(prefix, schema, table, alter, false).await
+}
+
+/// `by_partition`: a partitioned table's leaves are copied one by one, as the runner does.
+async fn build_with<'c>(prefix: &str, schema: &str, table: &str, alter: &str, by_partition: bool) -> Built<'c> {
     let db = Cluster::primary().fresh_db(prefix);
     db.psql(schema);
     let conn = ConnInfo::parse(&db.conninfo()).unwrap();
@@ -60,6 +68,10 @@ async fn build<'c>(prefix: &str, schema: &str, table: &str, alter: &str) -> Buil
     let info = inspect::table_info(&client, &orig, None).await.unwrap();
     let names = Names::for_table(&orig, info.oid);
     let ghost = ghost::create(&mut client, &info, &names.ghost, alter).await.unwrap();
+    let parts = match (&ghost.partitions, by_partition) {
+        (Some(tree), true) => partition_walks(&client, info.oid, tree, &ghost.mapping.key_source).await.unwrap().unwrap(),
+        _ => Vec::new(),
+    };
     let job = CopyJob {
         conn: conn.clone(),
         orig: orig.clone(),
@@ -70,13 +82,15 @@ async fn build<'c>(prefix: &str, schema: &str, table: &str, alter: &str) -> Buil
         changelog: None,
         resume_after: None,
         fresh: false,
+        parts: parts.clone(),
+        resume_parts: Default::default(),
     };
     let (_gate_tx, gate) = tokio::sync::watch::channel(GateState::Open);
     let started = Instant::now();
     copy_table(job, InFlight::new(), CopyProgress::new(1_000), gate).await.unwrap();
     ghost::rebuild_deferred(&client, &ghost).await.unwrap();
     let copy_time = started.elapsed();
-    Built { db, conn, orig, ghost, copy_time }
+    Built { db, conn, orig, ghost, copy_time, parts }
 }
 
 /// Nothing streams in these tests: the apply is always caught up.
@@ -178,6 +192,52 @@ async fn a_changed_value_a_missing_row_and_extra_rows_are_found_and_repaired() {
 
     let report = verify(&job, &InFlight::new(), caught_up()).await.unwrap();
     assert_eq!((report.rows, report.differing_ranges), (4_000, 0));
+}
+
+/// A list-partitioned table with a hash-partitioned level and a default partition; 6,000 rows,
+/// 1,200 in each of regions 0 to 4.
+const LEDGER: &str = "
+CREATE TABLE ledger (id int, region int, amount int, PRIMARY KEY (id, region)) PARTITION BY LIST (region);
+CREATE TABLE ledger_a PARTITION OF ledger FOR VALUES IN (1, 2);
+CREATE TABLE ledger_b PARTITION OF ledger FOR VALUES IN (3) PARTITION BY HASH (id);
+CREATE TABLE ledger_b0 PARTITION OF ledger_b FOR VALUES WITH (MODULUS 2, REMAINDER 0);
+CREATE TABLE ledger_b1 PARTITION OF ledger_b FOR VALUES WITH (MODULUS 2, REMAINDER 1);
+CREATE TABLE ledger_rest PARTITION OF ledger DEFAULT;
+INSERT INTO ledger SELECT i, i % 5, i * 3 FROM generate_series(1, 6000) i;";
+
+#[tokio::test]
+async fn partitions_are_copied_and_checked_one_by_one() {
+    let b = build_with("checksum_parts", LEDGER, "ledger", "ALTER COLUMN amount TYPE bigint", true).await;
+    let leaves: Vec<String> = b.parts.iter().map(|p| p.orig.to_string()).collect();
+    assert_eq!(leaves.len(), 4, "{leaves:?}");
+    b.assert_ghost_equals("SELECT id, region, amount::bigint FROM ledger", "id, region, amount");
+    // Each ghost leaf holds exactly its original leaf's rows: they were written there directly.
+    for p in &b.parts {
+        let (o, g) = (p.orig.sql(), p.ghost.sql());
+        let diff = b.db.psql(&format!(
+            "SELECT count(*) FROM ((SELECT id, region, amount::bigint FROM {o} EXCEPT ALL SELECT id, region, amount FROM {g})
+                                   UNION ALL (SELECT id, region, amount FROM {g} EXCEPT ALL SELECT id, region, amount::bigint FROM {o})) d"
+        ));
+        assert_eq!(diff, "0", "{o} and {g} differ");
+    }
+    let g = b.ghost_sql();
+    b.db.psql(&format!(
+        "UPDATE {g} SET amount = -1 WHERE (id, region) IN ((6, 1), (8, 3), (9, 3));
+         DELETE FROM {g} WHERE (id, region) = (10, 0);
+         INSERT INTO {g} VALUES (7000, 4, 1), (7001, 9, 1);"
+    ));
+    let mut job = b.job(400);
+    job.workers = 2;
+    let report = verify(&job, &InFlight::new(), caught_up()).await.unwrap();
+    assert_eq!(report.rows, 6_000);
+    // Every leaf's ranges and the open range above each leaf's maximum: 2,400 rows in
+    // ledger_a, 1,200 in ledger_b's two leaves, 2,400 in ledger_rest (regions 0 and 4).
+    assert!(report.ranges >= 6 + 3 + 6 + 4, "{report:?}");
+    // The two bad rows of ledger_b are in one range or in one of each of its leaves.
+    assert!((4..=5).contains(&report.repaired_ranges), "{report:?}");
+    b.assert_ghost_equals("SELECT id, region, amount::bigint FROM ledger", "id, region, amount");
+    let report = verify(&job, &InFlight::new(), caught_up()).await.unwrap();
+    assert_eq!((report.rows, report.differing_ranges), (6_000, 0));
 }
 
 #[tokio::test]

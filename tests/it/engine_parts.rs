@@ -66,6 +66,8 @@ async fn ghost_copy_flush_and_swap_keep_data_and_names() {
         changelog: None,
         resume_after: None,
         fresh: false,
+        parts: Vec::new(),
+        resume_parts: Default::default(),
     };
     let progress = CopyProgress::new(300);
     let (_gate_tx, gate) = tokio::sync::watch::channel(GateState::Open);

@@ -70,6 +70,7 @@ async fn run_case(c: Case<'_>) {
     binary::assert_success(&out);
     let log = binary::stderr(&out);
     assert!(log.contains("publication created (via the partition root)"), "{log}");
+    assert!(log.contains("copying partition by partition"), "{log}");
     assert!(log.contains("checksum complete"), "{log}");
     binary::assert_checksum_repaired_nothing(&out);
 
@@ -303,6 +304,9 @@ async fn killed_then_resumed(prefix: &str, fault: Option<&str>) {
     binary::assert_success(&out);
     let log = binary::stderr(&out);
     assert!(log.contains("resuming the earlier run"), "the run did not say it resumed:\n{log}");
+    if fault.is_none() {
+        assert!(log.contains("the copy of partitions continues after the earlier run's watermarks"), "{log}");
+    }
     workload.wait_for_more_commits(30, Duration::from_secs(30)).await;
     let report = workload.stop().await;
     assert!(report.errors.is_empty(), "workload errors (seed {}): {:#?}", report.seed, report.errors);

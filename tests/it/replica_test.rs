@@ -421,6 +421,8 @@ async fn copied_ghost(db: &TestDb<'_>, alter: &str) -> (tokio_postgres::Client, 
         changelog: None,
         resume_after: None,
         fresh: false,
+        parts: Vec::new(),
+        resume_parts: Default::default(),
     };
     let (_gate_tx, gate) = tokio::sync::watch::channel(GateState::Open);
     copy_table(job, pg_ghost::apply::InFlight::new(), CopyProgress::new(500), gate).await.unwrap();
