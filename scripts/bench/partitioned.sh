@@ -10,9 +10,11 @@
 #   ghost-N    pg-ghost run --execute --copy-workers N (for "convert": --partition-by
 #              "RANGE (created_at)" --partitions-auto "monthly from 2020-01 to ...")
 #
+#   before-N   the same with the build given as PG_GHOST_BEFORE_BIN (a before/after of a change)
+#
 # Reports per table shape: wall time, pg-ghost's row copy (seconds, rows/s overall and per
-# partition), and its cut-over: lock held (ms, all attempts) and the statements the swap ran
-# under the lock (a partitioned swap renames every leaf and its indexes).
+# partition), its checksum (seconds), and its cut-over: lock held (ms, all attempts) and the
+# statements the swap ran under the lock (a partitioned swap renames every leaf and its indexes).
 #
 #   scripts/bench/partitioned.sh [--rows N] [--partitions N] [--runs N] [--workers "1 2"] [--shapes "plain part convert"]
 set -euo pipefail
@@ -74,6 +76,10 @@ SQL
 
 CONTENDERS=(alter)
 for w in $WORKERS; do CONTENDERS+=("ghost-$w"); done
+if [[ -n ${PG_GHOST_BEFORE_BIN:-} ]]; then
+  [[ -x $PG_GHOST_BEFORE_BIN ]] || { echo "bench: PG_GHOST_BEFORE_BIN is not an executable" >&2; exit 2; }
+  for w in $WORKERS; do CONTENDERS+=("before-$w"); done
+fi
 
 # "convert" starts from the plain table.
 template() { [[ $1 == convert ]] && echo tpl_plain || echo "tpl_$1"; }
@@ -103,13 +109,14 @@ done
 [[ " $SHAPES " == *" convert "* && " $SHAPES " != *" plain "* ]] && { say "loading $ROWS rows into the plain template"; load_shape plain; }
 say "leaves of the partitioned table: $(qc "$PORT" tpl_part "SELECT count(*) FROM pg_partition_tree('orders') WHERE isleaf" 2>/dev/null || echo -)"
 
-# From pg-ghost's log: row copy s, cut-over lock held ms (all attempts), swap statements.
+# From pg-ghost's log: row copy s, cut-over lock held ms (all attempts), swap statements, checksum s.
 ghost_figures() {
-  local log=$1 copy held stmts
+  local log=$1 copy held stmts sum
   copy=$(grep -o 'row copy complete.*' "$log" | grep -o 'secs=[0-9.]*' | head -1 | cut -d= -f2)
+  sum=$(grep -o 'checksum complete.*' "$log" | grep -o 'secs=[0-9.]*' | head -1 | cut -d= -f2)
   held=$(python3 "$BENCH_DIR/phases.py" --cut-over "$log" | cut -d' ' -f3)
   stmts=$(grep 'swap statements ran under the lock' "$log" | tail -1 | grep -o 'statements=[0-9]*' | cut -d= -f2)
-  echo "${copy:-?} ${held:-?} ${stmts:-?}"
+  echo "${copy:-?} ${held:-?} ${stmts:-?} ${sum:-?}"
 }
 
 for run in $(seq 1 "$RUNS"); do
@@ -123,16 +130,18 @@ for run in $(seq 1 "$RUNS"); do
       case $shape/$c in
         convert/alter) convert_offline ;;
         */alter) qc "$PORT" run "ALTER TABLE orders $ALTER_CLAUSE" ;;
-        */ghost-*)
-          "$GHOST" run --conn "$(conninfo "$PORT" run)" --table orders --alter "$ALTER_CLAUSE" --execute "${extra[@]}" \
-            --ok-to-drop-table --copy-workers "${c#ghost-}" --throttle-additional-flag-file '' >"$log" 2>&1 || { tail -n 20 "$log" >&2; exit 1; } ;;
+        */ghost-*|*/before-*)
+          bin=$GHOST
+          [[ $c == before-* ]] && bin=$PG_GHOST_BEFORE_BIN
+          "$bin" run --conn "$(conninfo "$PORT" run)" --table orders --alter "$ALTER_CLAUSE" --execute "${extra[@]}" \
+            --ok-to-drop-table --copy-workers "${c#*-}" --throttle-additional-flag-file '' >"$log" 2>&1 || { tail -n 20 "$log" >&2; exit 1; } ;;
       esac
       t1=$(now)
       secs=$(elapsed "$t0" "$t1")
       n=$(qc "$PORT" run "SELECT count(*) FROM orders")
       [[ $n == "$ROWS" ]] || { echo "bench: $shape/$c left $n rows, expected $ROWS" >&2; exit 1; }
-      figures="- - -"
-      [[ $c == ghost-* ]] && figures=$(ghost_figures "$log")
+      figures="- - - -"
+      [[ $c == ghost-* || $c == before-* ]] && figures=$(ghost_figures "$log")
       printf '%s\t%s\t%s\t%s\t%s\n' "$shape" "$c" "$run" "$secs" "$figures" | tee -a "$RAW" >&2
       drop_db "$PORT" run
     done
@@ -144,8 +153,8 @@ echo "### Partitioned tables: $ROWS rows, plain, in $PARTS monthly partitions, o
 echo
 echo "$(machine_note). $RUNS interleaved runs; median (min–max)."
 echo
-echo "| table | contender | wall time s | row copy s | rows/s copied | rows/s per partition | cut-over lock held ms | statements under the lock |"
-echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
+echo "| table | contender | wall time s | row copy s | rows/s copied | rows/s per partition | checksum s | cut-over lock held ms | statements under the lock |"
+echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
 for shape in $SHAPES; do
   parts=1
   [[ $shape != plain ]] && parts=$PARTS
@@ -160,17 +169,19 @@ for shape in $SHAPES; do
     case $shape/$c in
       convert/alter) who="offline conversion (one transaction)" ;;
       */alter) who="plain ALTER TABLE" ;;
+      */before-*) who="pg-ghost before, --copy-workers ${c#before-}" ;;
       *) who="pg-ghost, --copy-workers ${c#ghost-}" ;;
     esac
     row="| $table | $who | $med ($lo–$hi)"
-    if [[ $c == ghost-* ]]; then
+    if [[ $c == ghost-* || $c == before-* ]]; then
       read -r cp _ _ < <(sel 1 | stats3)
+      read -r cs _ _ < <(sel 4 | stats3)
       read -r lh llo lhi < <(sel 2 | stats3)
       st=$(sel 3 | head -1)
       rate=$(python3 -c "import sys; r, c, p = map(float, sys.argv[1:]); print(f'{r / c:,.0f} | {r / c / p:,.0f}')" "$ROWS" "$cp" "$parts")
-      row="$row | $cp | $rate | $lh ($llo–$lhi) | $st |"
+      row="$row | $cp | $rate | $cs | $lh ($llo–$lhi) | $st |"
     else
-      row="$row | | | | | |"
+      row="$row | | | | | | |"
     fi
     echo "$row"
   done
