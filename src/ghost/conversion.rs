@@ -49,6 +49,57 @@ pub(super) async fn create_partitions(tx: &impl GenericClient, c: &Conversion, t
     Ok(())
 }
 
+/// Each partition of the DBA's statements with its bound as PostgreSQL prints it, in this
+/// session: the statements are run on a temporary partitioned table with the original's
+/// columns, in a transaction that is rolled back (for `--resume`, which compares them with
+/// the earlier run's ghost).
+pub async fn statement_bounds(client: &tokio_postgres::Client, orig: &TableInfo, c: &Conversion) -> Result<Vec<(QualifiedName, String)>> {
+    client.batch_execute("BEGIN").await.context("starting to read the partitions' bounds")?;
+    let read = read_statement_bounds(client, orig, c).await;
+    let ended = client.batch_execute("ROLLBACK").await.context("ending the read of the partitions' bounds");
+    let bounds = read?;
+    ended?;
+    Ok(bounds)
+}
+
+async fn read_statement_bounds(client: &tokio_postgres::Client, orig: &TableInfo, c: &Conversion) -> Result<Vec<(QualifiedName, String)>> {
+    let scratch = QualifiedName::new("pg_temp", "pg_ghost_bounds");
+    client
+        .batch_execute(&format!("CREATE TABLE {} (LIKE {}) PARTITION BY {}", scratch.sql(), orig.name.sql(), c.partition_by))
+        .await
+        .context("making a temporary partitioned table to read the partitions' bounds")?;
+    let mut out = Vec::new();
+    for (i, p) in c.partitions.iter().enumerate() {
+        let name = p.final_name(&orig.name);
+        let temp = QualifiedName::new("pg_temp", format!("pg_ghost_bound_{i}"));
+        let sql = p.sql_as(&temp, &scratch)?;
+        client.batch_execute(&sql).await.map_err(|e| {
+            let e = Error::from(e);
+            Error::refused(format!("PostgreSQL rejected partition {name}: {} ({})", e.message(), p.sql))
+        })?;
+        let row = client
+            .query_one("SELECT pg_get_expr(relpartbound, oid) FROM pg_class WHERE oid = $1::text::regclass", &[&temp.sql()])
+            .await
+            .with_context(|| format!("reading the bound of partition {name}"))?;
+        out.push((name, row.try_get::<_, Option<String>>(0)?.unwrap_or_default()));
+    }
+    Ok(out)
+}
+
+/// The bounds of a converted ghost's partitions as they are, by final name (`None` for one
+/// that is gone).
+pub async fn ghost_bounds(client: &impl GenericClient, tree: &PartitionTree) -> Result<Vec<(QualifiedName, Option<String>)>> {
+    let mut out = Vec::new();
+    for p in &tree.partitions {
+        let row = client
+            .query_opt("SELECT pg_get_expr(relpartbound, oid) FROM pg_class WHERE oid = to_regclass($1)", &[&p.ghost_name().sql()])
+            .await
+            .with_context(|| format!("reading the bound of the ghost's partition {}", p.ghost_name()))?;
+        out.push((p.name.clone(), row.map(|r| r.try_get::<_, Option<String>>(0)).transpose()?.flatten()));
+    }
+    Ok(out)
+}
+
 /// The rows of the original no partition takes, as a condition over its columns; `None`
 /// with a DEFAULT partition. Read from the ghost's partitions before the ALTER, when their
 /// columns carry the original's names.
