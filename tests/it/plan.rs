@@ -253,6 +253,8 @@ async fn a_conversion_is_planned_without_changing_anything() {
     assert_eq!(c["rows_without_partition"]["count"], unrouted, "{c}");
     let refused = json["refused"].as_str().unwrap_or_default();
     assert!(refused.contains("primary key \"events_pkey\" (\"id\") lacks partition key column(s) \"created_at\""), "{refused}");
+    // The plan alone left nothing: no relation, slot or publication.
+    assert_catalog_unchanged(&before, &CatalogSnapshot::take(&client).await);
     let out = binary::run(&db, &[&["--table", "events"][..], &BY_MONTH[..]].concat()).await;
     binary::assert_failure(&out, 3, refused);
 
@@ -288,12 +290,14 @@ async fn a_conversion_is_planned_without_changing_anything() {
     }
     assert!(text.lines().any(|l| l.trim_start().starts_with("\"public\".\"events_default\"") && l.trim_end().ends_with(" DEFAULT")), "{text}");
     assert!(!text.contains("would refuse"), "{text}");
+    assert_catalog_unchanged(&before, &CatalogSnapshot::take(&client).await);
+    assert_no_slots_or_publications(&client).await;
     let command = json["run"][0].as_str().unwrap();
     assert!(command.contains("--partition-by 'RANGE (created_at)' --partitions-auto 'monthly from 2024-01 to 2024-04, default'") && command.ends_with(&format!("--alter '{NEW_KEY}' --execute")), "{command}");
     let out = binary::run(&db, &[&["--table", "events"][..], &with_default[..]].concat()).await;
     binary::assert_success(&out);
 
-    // Nothing the plans did is left: no relation, slot or publication (the dry run cleaned up).
+    // Nor after the runs (the dry run cleaned up).
     assert_catalog_unchanged(&before, &CatalogSnapshot::take(&client).await);
     assert_no_slots_or_publications(&client).await;
 }
