@@ -265,9 +265,13 @@ pub struct PlanArgs {
     #[command(flatten)]
     pub target: Target,
 
-    /// The change, as the clauses that follow `ALTER TABLE name`.
-    #[arg(long, value_name = "CLAUSES")]
-    pub alter: String,
+    /// The change, as the clauses that follow `ALTER TABLE name`. Optional with
+    /// --partition-by.
+    #[arg(long, value_name = "CLAUSES", required_unless_present = "partition_by")]
+    pub alter: Option<String>,
+
+    #[command(flatten)]
+    pub conversion: ConversionArgs,
 
     /// `text` for people, `json` for tools.
     #[arg(long, value_enum, default_value_t = PlanFormat::Text)]
@@ -364,6 +368,31 @@ pub struct HistoryArgs {
     pub limit: u32,
 }
 
+/// `--partition-by` and its partitions, shared by `run` and `plan`.
+#[derive(Clone, Debug, Default, Args)]
+pub struct ConversionArgs {
+    /// Convert the (plain) table into a partitioned table with this partition key, e.g.
+    /// "RANGE (created_at)", its partitions given by --partitions or --partitions-auto. Every
+    /// primary key and unique constraint must include the key's columns, as PostgreSQL
+    /// requires: replace them in --alter ("DROP CONSTRAINT t_pkey, ADD PRIMARY KEY (id,
+    /// created_at)"); rows are still found by the original key. Always through a ghost.
+    #[arg(long, value_name = "KEY", requires = "partitions_source", help_heading = "Conversion into a partitioned table")]
+    pub partition_by: Option<String>,
+
+    /// With --partition-by: a file of `CREATE TABLE <name> PARTITION OF <table> <bound>;`
+    /// statements. The names are the partitions' final names (an unqualified one is in the
+    /// table's schema; a name already taken is refused); the parent must be the table itself.
+    #[arg(long, value_name = "FILE", group = "partitions_source", requires = "partition_by", help_heading = "Conversion into a partitioned table")]
+    pub partitions: Option<PathBuf>,
+
+    /// With --partition-by "RANGE (column)": make the partitions, e.g. "monthly from 2022-01
+    /// to 2027-01, default" (daily YYYY-MM-DD, monthly YYYY-MM or yearly YYYY; START
+    /// included, END excluded), named <table>_p2022_01 (_p2022, _p2022_01_31) and
+    /// <table>_default.
+    #[arg(long, value_name = "SPEC", group = "partitions_source", requires = "partition_by", help_heading = "Conversion into a partitioned table")]
+    pub partitions_auto: Option<String>,
+}
+
 #[derive(Clone, Debug, Args)]
 pub struct RunArgs {
     #[command(flatten)]
@@ -391,26 +420,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "INDEX")]
     pub key: Option<String>,
 
-    /// Convert the (plain) table into a partitioned table with this partition key, e.g.
-    /// "RANGE (created_at)", its partitions given by --partitions or --partitions-auto. Every
-    /// primary key and unique constraint must include the key's columns, as PostgreSQL
-    /// requires: replace them in --alter ("DROP CONSTRAINT t_pkey, ADD PRIMARY KEY (id,
-    /// created_at)"); rows are still found by the original key. Always through a ghost.
-    #[arg(long, value_name = "KEY", requires = "partitions_source", help_heading = "Conversion into a partitioned table")]
-    pub partition_by: Option<String>,
-
-    /// With --partition-by: a file of `CREATE TABLE <name> PARTITION OF <table> <bound>;`
-    /// statements. The names are the partitions' final names (an unqualified one is in the
-    /// table's schema; a name already taken is refused); the parent must be the table itself.
-    #[arg(long, value_name = "FILE", group = "partitions_source", requires = "partition_by", help_heading = "Conversion into a partitioned table")]
-    pub partitions: Option<PathBuf>,
-
-    /// With --partition-by "RANGE (column)": make the partitions, e.g. "monthly from 2022-01
-    /// to 2027-01, default" (daily YYYY-MM-DD, monthly YYYY-MM or yearly YYYY; START
-    /// included, END excluded), named <table>_p2022_01 (_p2022, _p2022_01_31) and
-    /// <table>_default.
-    #[arg(long, value_name = "SPEC", group = "partitions_source", requires = "partition_by", help_heading = "Conversion into a partitioned table")]
-    pub partitions_auto: Option<String>,
+    #[command(flatten)]
+    pub conversion: ConversionArgs,
 
     /// Continue an interrupted run from its checkpoint (copy cursor and confirmed LSN in the
     /// changelog table) instead of starting over.

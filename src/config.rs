@@ -167,7 +167,7 @@ impl Config {
         let (conn, table) = run_target(args, env)?;
         let tunables = tunables_from(args)?;
         let throttle = throttle_from(args, &tunables)?;
-        let conversion = conversion_from(args, &table)?;
+        let conversion = conversion_from(&args.conversion, &table)?;
         Ok(Config {
             conn,
             table,
@@ -224,10 +224,16 @@ impl Config {
 /// `pg-ghost plan`'s flags.
 pub fn plan_config(args: &crate::cli::PlanArgs) -> Result<crate::plan::PlanConfig> {
     let (conn, table) = target(&args.target, |k| std::env::var(k).ok())?;
+    let conversion = conversion_from(&args.conversion, &table)?;
     Ok(crate::plan::PlanConfig {
         conn,
+        alter: match (&args.alter, &conversion) {
+            (Some(alter), _) => required("alter", alter)?,
+            (None, Some(_)) => String::new(),
+            (None, None) => return Err(Error::config("--alter is missing: give the clauses that follow ALTER TABLE <name>")),
+        },
+        conversion: conversion.map(|conversion| crate::plan::PlanConversion { conversion, flags: conversion_flags(&args.conversion) }),
         table,
-        alter: required("alter", &args.alter)?,
         check_data: match (args.check_data, args.data_check_limit) {
             (false, _) => None,
             (true, 1..=1000) => Some(args.data_check_limit),
@@ -550,8 +556,8 @@ fn resume(args: &RunArgs) -> Result<bool> {
     Ok(args.resume)
 }
 
-/// `--partition-by` with `--partitions FILE` or `--partitions-auto SPEC`.
-fn conversion_from(args: &RunArgs, table: &str) -> Result<Option<crate::ghost::Conversion>> {
+/// `--partition-by` with `--partitions FILE` or `--partitions-auto SPEC` (of `run` and `plan`).
+fn conversion_from(args: &crate::cli::ConversionArgs, table: &str) -> Result<Option<crate::ghost::Conversion>> {
     use crate::ghost::convert;
     let Some(spec) = &args.partition_by else { return Ok(None) };
     let (partition_by, columns) = convert::partition_by(spec)?;
@@ -563,6 +569,21 @@ fn conversion_from(args: &RunArgs, table: &str) -> Result<Option<crate::ghost::C
     };
     let partitions = convert::read_partitions(&text)?;
     Ok(Some(crate::ghost::Conversion { partition_by, columns, partitions }))
+}
+
+/// The conversion flags as given, to repeat in the `pg-ghost run` command a plan prints.
+fn conversion_flags(args: &crate::cli::ConversionArgs) -> Vec<(String, String)> {
+    let mut flags = Vec::new();
+    if let Some(by) = &args.partition_by {
+        flags.push(("--partition-by".to_string(), by.clone()));
+    }
+    if let Some(file) = &args.partitions {
+        flags.push(("--partitions".to_string(), file.display().to_string()));
+    }
+    if let Some(auto) = &args.partitions_auto {
+        flags.push(("--partitions-auto".to_string(), auto.clone()));
+    }
+    flags
 }
 
 fn required(flag: &str, text: &str) -> Result<String> {

@@ -417,3 +417,34 @@ fn partition_flags_go_together() {
     assert!(parse(&["--partition-by", "RANGE (at)", "--partitions", "f.sql", "--partitions-auto", "yearly from 2023 to 2025"]).is_err(), "both");
     assert!(parse(&["--partition-by", "RANGE (at)", "--partitions", "f.sql"]).is_ok());
 }
+
+#[test]
+fn plan_takes_the_partition_flags_of_run() {
+    let plan_args = |extra: &[&str]| {
+        let mut argv = vec!["pg-ghost", "plan", "--conn", "host=db1 user=dba dbname=app", "--table", "orders"];
+        argv.extend_from_slice(extra);
+        Cli::try_parse_from(argv).map(|cli| match cli.command {
+            Command::Plan(args) => args,
+            _ => unreachable!("the argv says plan"),
+        })
+    };
+    // The same pairing rules as run's.
+    assert!(plan_args(&[]).is_err(), "--alter is required without --partition-by");
+    assert!(plan_args(&["--alter", "ADD COLUMN f int", "--partition-by", "RANGE (at)"]).is_err(), "--partition-by alone");
+    assert!(plan_args(&["--alter", "ADD COLUMN f int", "--partitions-auto", "yearly from 2023 to 2025"]).is_err());
+    assert!(plan_args(&["--partition-by", "RANGE (at)", "--partitions", "f.sql", "--partitions-auto", "yearly from 2023 to 2025"]).is_err(), "both");
+
+    let spec = "yearly from 2023 to 2025, default";
+    let c = crate::config::plan_config(&plan_args(&["--partition-by", "RANGE (at)", "--partitions-auto", spec]).unwrap()).unwrap();
+    assert_eq!(c.alter, "");
+    let conv = c.conversion.expect("a conversion");
+    assert_eq!(conv.conversion.partition_by, "RANGE (\"at\")");
+    assert_eq!(conv.conversion.partitions.len(), 3);
+    assert_eq!(conv.flags, [("--partition-by".to_string(), "RANGE (at)".to_string()), ("--partitions-auto".to_string(), spec.to_string())]);
+    // The same validation as run's, with the same messages.
+    let e = crate::config::plan_config(&plan_args(&["--partition-by", "LIST (region)", "--partitions-auto", "monthly from 2024-01 to 2024-03"]).unwrap()).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Config);
+    assert!(e.to_string().contains("needs --partition-by \"RANGE (column)\""), "{e}");
+    let c = crate::config::plan_config(&plan_args(&["--alter", "ADD COLUMN f int"]).unwrap()).unwrap();
+    assert!(c.conversion.is_none());
+}

@@ -49,6 +49,57 @@ pub(super) async fn create_partitions(tx: &impl GenericClient, c: &Conversion, t
     Ok(())
 }
 
+/// Each partition of the DBA's statements with its bound as PostgreSQL prints it, in this
+/// session: the statements are run on a temporary partitioned table with the original's
+/// columns, in a transaction that is rolled back (for `--resume`, which compares them with
+/// the earlier run's ghost).
+pub async fn statement_bounds(client: &tokio_postgres::Client, orig: &TableInfo, c: &Conversion) -> Result<Vec<(QualifiedName, String)>> {
+    client.batch_execute("BEGIN").await.context("starting to read the partitions' bounds")?;
+    let read = read_statement_bounds(client, orig, c).await;
+    let ended = client.batch_execute("ROLLBACK").await.context("ending the read of the partitions' bounds");
+    let bounds = read?;
+    ended?;
+    Ok(bounds)
+}
+
+async fn read_statement_bounds(client: &tokio_postgres::Client, orig: &TableInfo, c: &Conversion) -> Result<Vec<(QualifiedName, String)>> {
+    let scratch = QualifiedName::new("pg_temp", "pg_ghost_bounds");
+    client
+        .batch_execute(&format!("CREATE TABLE {} (LIKE {}) PARTITION BY {}", scratch.sql(), orig.name.sql(), c.partition_by))
+        .await
+        .context("making a temporary partitioned table to read the partitions' bounds")?;
+    let mut out = Vec::new();
+    for (i, p) in c.partitions.iter().enumerate() {
+        let name = p.final_name(&orig.name);
+        let temp = QualifiedName::new("pg_temp", format!("pg_ghost_bound_{i}"));
+        let sql = p.sql_as(&temp, &scratch)?;
+        client.batch_execute(&sql).await.map_err(|e| {
+            let e = Error::from(e);
+            Error::refused(format!("PostgreSQL rejected partition {name}: {} ({})", e.message(), p.sql))
+        })?;
+        let row = client
+            .query_one("SELECT pg_get_expr(relpartbound, oid) FROM pg_class WHERE oid = $1::text::regclass", &[&temp.sql()])
+            .await
+            .with_context(|| format!("reading the bound of partition {name}"))?;
+        out.push((name, row.try_get::<_, Option<String>>(0)?.unwrap_or_default()));
+    }
+    Ok(out)
+}
+
+/// The bounds of a converted ghost's partitions as they are, by final name (`None` for one
+/// that is gone).
+pub async fn ghost_bounds(client: &impl GenericClient, tree: &PartitionTree) -> Result<Vec<(QualifiedName, Option<String>)>> {
+    let mut out = Vec::new();
+    for p in &tree.partitions {
+        let row = client
+            .query_opt("SELECT pg_get_expr(relpartbound, oid) FROM pg_class WHERE oid = to_regclass($1)", &[&p.ghost_name().sql()])
+            .await
+            .with_context(|| format!("reading the bound of the ghost's partition {}", p.ghost_name()))?;
+        out.push((p.name.clone(), row.map(|r| r.try_get::<_, Option<String>>(0)).transpose()?.flatten()));
+    }
+    Ok(out)
+}
+
 /// The rows of the original no partition takes, as a condition over its columns; `None`
 /// with a DEFAULT partition. Read from the ghost's partitions before the ALTER, when their
 /// columns carry the original's names.
@@ -70,9 +121,36 @@ pub(super) async fn unrouted_condition(tx: &impl GenericClient, tree: &Partition
     Ok(Some(format!("NOT ({})", if takes.is_empty() { "false".to_string() } else { takes.join(" OR ") })))
 }
 
-/// Refuses the conversion when rows of the original would have no partition; counts them
-/// and names a few by their key. Run in the trial, while its ghost exists.
-pub(super) async fn refuse_unrouted(tx: &impl GenericClient, orig: &TableInfo, condition: &str) -> Result<()> {
+/// The rows of the original that no partition would take.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Unrouted {
+    pub count: i64,
+    /// The keys of the first few, as `(k1, k2)`.
+    pub samples: Vec<String>,
+}
+
+impl Unrouted {
+    /// The refusal of `pg-ghost run` when there are any.
+    pub fn refusal(&self, orig: &TableInfo) -> Option<Error> {
+        (self.count > 0).then(|| {
+            Error::refused(format!(
+                "{} row(s) of {} would have no partition (key ({}) = {}{}): add partitions that take them, or a DEFAULT partition; nothing was created",
+                self.count,
+                orig.name,
+                ident_list(orig.key.columns.iter().map(String::as_str)),
+                self.samples.join(", "),
+                if self.count > self.samples.len() as i64 { ", ..." } else { "" }
+            ))
+        })
+    }
+}
+
+/// Counts the rows of the original that match `condition` (see [`unrouted_condition`]) and
+/// names the first few by their key. One statement that reads the whole table, holding
+/// nothing but its ACCESS SHARE lock: it runs outside the trial ghost's transaction, whose
+/// foreign keys lock the tables they reference against writes. The session's
+/// `statement_timeout` bounds it.
+pub async fn count_unrouted(client: &impl GenericClient, orig: &TableInfo, condition: &str) -> Result<Unrouted> {
     let keys: Vec<String> = orig.key.columns.iter().map(|k| format!("{}::text", ident(k))).collect();
     let key_list = ident_list(orig.key.columns.iter().map(String::as_str));
     let sql = format!(
@@ -80,23 +158,53 @@ pub(super) async fn refuse_unrouted(tx: &impl GenericClient, orig: &TableInfo, c
         keys.join(" || ', ' || "),
         orig.name.sql()
     );
-    let rows = tx.query(sql.as_str(), &[]).await.context("counting the rows no partition would take")?;
-    let Some(first) = rows.first() else { return Ok(()) };
+    tracing::info!(table = %orig.name, "counting the rows no partition would take (one read of the whole table)");
+    let rows = client.query(sql.as_str(), &[]).await.map_err(|e| {
+        let e = Error::from(e);
+        match e.sqlstate() {
+            Some("57014") => e.context(format!(
+                "counting the rows of {} that no partition would take (one read of the whole table) was cancelled, by statement_timeout or by hand",
+                orig.name
+            )),
+            _ => e.context("counting the rows no partition would take"),
+        }
+    })?;
+    let Some(first) = rows.first() else { return Ok(Unrouted { count: 0, samples: Vec::new() }) };
     let count: i64 = first.try_get(0)?;
-    let samples: Vec<String> = rows.iter().map(|r| r.try_get::<_, Option<String>>(1).map(|k| format!("({})", k.unwrap_or_default()))).collect::<std::result::Result<_, _>>()?;
-    Err(Error::refused(format!(
-        "{count} row(s) of {} would have no partition (key ({}) = {}{}): add partitions that take them, or a DEFAULT partition; nothing was created",
-        orig.name,
-        ident_list(orig.key.columns.iter().map(String::as_str)),
-        samples.join(", "),
-        if count > samples.len() as i64 { ", ..." } else { "" }
-    )))
+    let samples = rows.iter().map(|r| r.try_get::<_, Option<String>>(1).map(|k| format!("({})", k.unwrap_or_default()))).collect::<std::result::Result<_, _>>()?;
+    Ok(Unrouted { count, samples })
+}
+
+/// Refuses the conversion when rows of the original would have no partition, counting them
+/// and naming a few by their key.
+pub(super) async fn refuse_unrouted(client: &impl GenericClient, orig: &TableInfo, condition: &str) -> Result<()> {
+    match count_unrouted(client, orig, condition).await?.refusal(orig) {
+        Some(refusal) => Err(refusal),
+        None => Ok(()),
+    }
+}
+
+/// What the trial ghost of a conversion found, as far as it got (filled as it goes, so a
+/// trial refused midway still tells what it learnt before).
+#[derive(Clone, Debug, Default)]
+pub struct ConversionFindings {
+    /// Each partition by its final name, with its bound as PostgreSQL prints it; empty until
+    /// they are created on the trial ghost.
+    pub partitions: Vec<(QualifiedName, String)>,
+    /// The rows no partition takes, as a condition over the original's columns; `None` with a
+    /// DEFAULT partition, or before the partitions are created.
+    pub unrouted: Option<String>,
+    /// The original's primary key and unique constraints that lack partition key columns;
+    /// `None` until read.
+    pub lacking: Option<Vec<StandIn>>,
+    /// Those of `lacking` the ALTER left in place; `None` until the ALTER ran.
+    pub kept: Option<Vec<StandIn>>,
 }
 
 /// A primary key or unique constraint of the original that lacks partition key columns,
 /// made on the ghost with them added until the ALTER replaces it.
-#[derive(Clone, Debug)]
-pub(super) struct StandIn {
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StandIn {
     /// The original index's name (its constraint's temporary name on the ghost is
     /// [`super::temp_name`] of it).
     pub index: String,
@@ -176,8 +284,9 @@ pub(super) async fn create_stand_ins(tx: &impl GenericClient, ghost: &QualifiedN
     Ok(())
 }
 
-/// After the ALTER: every stand-in must be gone (replaced by a key with the partition key).
-pub(super) async fn check_stand_ins_replaced(tx: &impl GenericClient, ghost_oid: u32, table: &QualifiedName, partition_by: &str, stand_ins: &[StandIn]) -> Result<()> {
+/// After the ALTER: the stand-ins it left in place (each should be replaced by a key with
+/// the partition key).
+pub(super) async fn kept_stand_ins(tx: &impl GenericClient, ghost_oid: u32, stand_ins: &[StandIn]) -> Result<Vec<StandIn>> {
     let mut kept = Vec::new();
     for s in stand_ins {
         let row = tx
@@ -185,27 +294,39 @@ pub(super) async fn check_stand_ins_replaced(tx: &impl GenericClient, ghost_oid:
             .await
             .context("looking for the constraints the ALTER was to replace")?;
         if row.try_get::<_, bool>(0)? {
-            kept.push(s);
+            kept.push(s.clone());
         }
     }
-    let Some(first) = kept.first() else { return Ok(()) };
-    let list: Vec<String> = kept
-        .iter()
-        .map(|s| {
-            format!(
-                "{} {} ({}) lacks partition key column(s) {}",
-                if s.kind == "PRIMARY KEY" { "primary key" } else { "unique constraint" },
-                ident(&s.constraint),
-                ident_list(s.columns.iter().map(String::as_str)),
-                ident_list(s.missing.iter().map(String::as_str))
-            )
-        })
-        .collect();
-    let example_cols = ident_list(first.columns.iter().chain(&first.missing).map(String::as_str));
-    Err(Error::refused(format!(
+    Ok(kept)
+}
+
+impl StandIn {
+    /// `primary key "t_pkey" ("id") lacks partition key column(s) "at"`
+    pub fn describe(&self) -> String {
+        format!(
+            "{} {} ({}) lacks partition key column(s) {}",
+            if self.kind == "PRIMARY KEY" { "primary key" } else { "unique constraint" },
+            ident(&self.constraint),
+            ident_list(self.columns.iter().map(String::as_str)),
+            ident_list(self.missing.iter().map(String::as_str))
+        )
+    }
+
+    /// The clauses that replace it with one that includes the partition key.
+    pub fn replacement(&self) -> String {
+        let cols = ident_list(self.columns.iter().chain(&self.missing).map(String::as_str));
+        format!("DROP CONSTRAINT {}, ADD {} ({cols})", ident(&self.constraint), self.kind)
+    }
+}
+
+/// The refusal when the ALTER left keys PostgreSQL does not allow on a partitioned table.
+pub(super) fn kept_refusal(table: &QualifiedName, partition_by: &str, kept: &[StandIn]) -> Option<Error> {
+    let first = kept.first()?;
+    let list: Vec<String> = kept.iter().map(StandIn::describe).collect();
+    Some(Error::refused(format!(
         "{table} cannot be partitioned by {partition_by} as it is: {}; PostgreSQL requires every primary key and unique constraint of a partitioned table \
          to include the partition key: replace it in --alter, e.g. --alter {}; nothing was created",
         list.join("; "),
-        crate::inspect::shell_quote(&format!("DROP CONSTRAINT {}, ADD {} ({example_cols})", ident(&first.constraint), first.kind)),
+        crate::inspect::shell_quote(&first.replacement()),
     )))
 }

@@ -54,7 +54,13 @@ impl PartitionStatement {
 
     /// The statement that creates this partition on `ghost` under its temporary name.
     pub fn ghost_sql(&self, table: &QualifiedName, ghost: &QualifiedName) -> Result<String> {
-        let temp = self.temp_name(table);
+        self.sql_as(&self.temp_name(table), ghost)
+    }
+
+    /// The statement, retargeted through its parse tree: the partition named `name`, made
+    /// `PARTITION OF parent`, with the statement's bound and options.
+    pub fn sql_as(&self, name: &QualifiedName, parent: &QualifiedName) -> Result<String> {
+        let (temp, ghost) = (name, parent);
         let mut tree = parse(&self.sql)?;
         let stmt = match tree.stmts.as_mut_slice() {
             [one] => match one.stmt.as_mut().and_then(|s| s.node.as_mut()) {

@@ -1,5 +1,5 @@
 use super::autovacuum::{self, AutovacuumSettings};
-use super::conversion;
+use super::conversion::{self, ConversionFindings};
 use super::convert::Conversion;
 use super::mapping::Mapping;
 use super::partitions::{self, PartitionTree};
@@ -85,7 +85,7 @@ pub async fn create_with_conversion(
     conversion: Option<&Conversion>,
 ) -> Result<Ghost> {
     let tx = client.transaction().await.context("starting the ghost's transaction")?;
-    let built = build(&tx, orig, ghost, alter, conversion).await?;
+    let built = build(&tx, orig, ghost, alter, conversion, &mut ConversionFindings::default()).await?;
     tx.commit().await.context("committing the ghost table")?;
     let g = built.ghost;
     tracing::info!(ghost = %ghost, deferred = g.deferred.len(), rewrites = g.alter.rewrites, "ghost table created");
@@ -125,7 +125,7 @@ pub async fn trial(client: &mut Client, orig: &TableInfo, ghost: &QualifiedName,
 }
 
 /// [`trial`] of a conversion into a partitioned table when `conversion` says so; refused
-/// here too when rows would have no partition.
+/// here too when rows would have no partition (counted once the trial is rolled back).
 pub async fn trial_with_conversion(
     client: &mut Client,
     orig: &TableInfo,
@@ -134,16 +134,52 @@ pub async fn trial_with_conversion(
     dependents: &Dependents,
     conversion: Option<&Conversion>,
 ) -> Result<Trial> {
+    let mut findings = ConversionFindings::default();
+    let trial = trial_finding(client, orig, ghost, alter, dependents, conversion, &mut findings).await?;
+    if let Some(condition) = &findings.unrouted {
+        conversion::refuse_unrouted(&*client, orig, condition).await?;
+    }
+    Ok(trial)
+}
+
+/// The trial of a conversion as `pg-ghost plan` explains it: what the trial found (also when
+/// it was refused midway) and its refusal, if any. The rows no partition takes are not
+/// counted here (see [`conversion::count_unrouted`]).
+pub async fn explain_conversion(
+    client: &mut Client,
+    orig: &TableInfo,
+    names: &crate::names::Names,
+    alter: &str,
+    conversion: &Conversion,
+) -> Result<(ConversionFindings, Option<Error>)> {
+    let tx = client.transaction().await.context("starting to read the dependents")?;
+    let deps = crate::dependents::read(&tx, orig.oid, &names.publication).await?;
+    tx.rollback().await.context("ending the read of the dependents")?;
+    let mut findings = ConversionFindings::default();
+    match trial_finding(client, orig, &names.ghost, alter, &deps, Some(conversion), &mut findings).await {
+        Ok(_) => Ok((findings, None)),
+        Err(e) if e.kind() == ErrorKind::Refused => Ok((findings, Some(e))),
+        Err(e) => Err(e),
+    }
+}
+
+/// The trial ghost, in a transaction that is rolled back; `findings` is filled as it goes.
+async fn trial_finding(
+    client: &mut Client,
+    orig: &TableInfo,
+    ghost: &QualifiedName,
+    alter: &str,
+    dependents: &Dependents,
+    conversion: Option<&Conversion>,
+    findings: &mut ConversionFindings,
+) -> Result<Trial> {
     let tx = client.transaction().await.context("starting the trial ghost's transaction")?;
     // A ghost left by an earlier run that this run may drop is dropped here too (rolled back).
     let leftover: Option<u32> = tx.query_one("SELECT to_regclass($1)::oid", &[&ghost.sql()]).await?.try_get(0)?;
     if leftover.is_some() {
         tx.batch_execute(&format!("DROP TABLE {}", ghost.sql())).await.context("making room for the trial ghost")?;
     }
-    let built = build(&tx, orig, ghost, alter, conversion).await?;
-    if let Some(condition) = &built.unrouted {
-        conversion::refuse_unrouted(&tx, orig, condition).await?;
-    }
+    let built = build(&tx, orig, ghost, alter, conversion, findings).await?;
     // A foreign key may reference a unique index set aside for the copy: the empty trial
     // ghost gets them all back at once.
     for d in &built.ghost.deferred {
@@ -219,14 +255,21 @@ pub async fn trial_with_conversion(
 
 struct Prepared {
     ghost: Ghost,
-    /// For a conversion without a DEFAULT partition: the rows no partition takes.
-    unrouted: Option<String>,
     /// The ghost's columns after the ALTER.
     after: Vec<Column>,
     data_checks: Checks,
 }
 
-async fn build(tx: &Transaction<'_>, orig: &TableInfo, ghost: &QualifiedName, alter: &str, conversion: Option<&Conversion>) -> Result<Prepared> {
+/// Builds the ghost in `tx`. For a conversion, `findings` gets what is learnt on the way
+/// (partitions and their bounds, the keys that lack the partition key, what the ALTER left).
+async fn build(
+    tx: &Transaction<'_>,
+    orig: &TableInfo,
+    ghost: &QualifiedName,
+    alter: &str,
+    conversion: Option<&Conversion>,
+    findings: &mut ConversionFindings,
+) -> Result<Prepared> {
     let indexes = original_indexes(tx, orig.oid).await?;
     let constraint_names: HashMap<String, String> =
         indexes.iter().filter_map(|i| i.constraint.as_ref().map(|(n, _)| (n.clone(), temp_name(&i.name)))).collect();
@@ -243,14 +286,15 @@ async fn build(tx: &Transaction<'_>, orig: &TableInfo, ghost: &QualifiedName, al
         None => Vec::new(),
         Some(c) => conversion::stand_ins(tx, orig, &c.columns).await?,
     };
+    findings.lacking = Some(stand_ins.clone());
     create_table(tx, orig, ghost, tree.as_ref()).await?;
     copy_table_properties(tx, orig, ghost, tree.is_some()).await?;
     copy_column_settings(tx, orig.oid, ghost).await?;
-    let mut unrouted = None;
     match (conversion, tree.as_mut()) {
         (Some(c), Some(tree)) => {
             conversion::create_partitions(tx, c, &orig.name, ghost, tree).await?;
-            unrouted = conversion::unrouted_condition(tx, tree).await?;
+            findings.partitions = tree.partitions.iter().map(|p| (p.name.clone(), p.bound.clone())).collect();
+            findings.unrouted = conversion::unrouted_condition(tx, tree).await?;
         }
         (_, Some(tree)) => partitions::create(tx, tree, &orig.name, ghost).await?,
         (_, None) => {}
@@ -275,7 +319,11 @@ async fn build(tx: &Transaction<'_>, orig: &TableInfo, ghost: &QualifiedName, al
     })?;
 
     if let Some(c) = conversion {
-        conversion::check_stand_ins_replaced(tx, ghost_oid, &orig.name, &c.partition_by, &stand_ins).await?;
+        let kept = conversion::kept_stand_ins(tx, ghost_oid, &stand_ins).await?;
+        findings.kept = Some(kept.clone());
+        if let Some(refusal) = conversion::kept_refusal(&orig.name, &c.partition_by, &kept) {
+            return Err(refusal);
+        }
     }
     let after = crate::inspect::columns(tx, ghost_oid).await?;
     let source_key: Vec<(String, String)> =
@@ -336,7 +384,7 @@ async fn build(tx: &Transaction<'_>, orig: &TableInfo, ghost: &QualifiedName, al
         partitions: tree,
         partition_autovacuum,
     };
-    Ok(Prepared { ghost, unrouted, after, data_checks })
+    Ok(Prepared { ghost, after, data_checks })
 }
 
 /// Builds the indexes and constraints set aside before the copy.

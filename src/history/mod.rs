@@ -109,7 +109,10 @@ impl History {
                 return Ok(History::off());
             }
         };
-        let record = Record::new(cfg.run_id.clone().unwrap_or_else(record::new_run_id), Origin::this_process(), &cfg.table, &cfg.alter, cfg.execute);
+        let mut record = Record::new(cfg.run_id.clone().unwrap_or_else(record::new_run_id), Origin::this_process(), &cfg.table, &cfg.alter, cfg.execute);
+        if let Some(c) = &cfg.conversion {
+            record.conversion(&c.partition_by, c.partitions.len());
+        }
         tracing::info!(run_id = %record.run_id, history = %table, "recording the run in the history of runs");
         let start = if cfg.resume { Start::Waiting } else { Start::Insert };
         let state = Arc::new(Mutex::new(State { record, start, copy: None }));
@@ -482,7 +485,7 @@ async fn insert(client: &Client, table: &QualifiedName, r: &Record) -> Result<()
             &[
                 &r.run_id,
                 &r.table,
-                &r.alter,
+                &r.change(),
                 &r.strategy,
                 &r.origin.version,
                 &r.origin.client_host,

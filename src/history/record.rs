@@ -162,6 +162,9 @@ pub struct Record {
     pub schema: Option<String>,
     pub table: String,
     pub alter: String,
+    /// For a conversion into a partitioned table: the partition key and the number of
+    /// partitions (see [`Record::change`]).
+    pub partition_by: Option<(String, usize)>,
     pub fingerprint: Option<String>,
     pub strategy: &'static str,
     pub execute: bool,
@@ -212,6 +215,7 @@ impl Record {
             schema: None,
             table: table.to_string(),
             alter: alter.to_string(),
+            partition_by: None,
             fingerprint: fingerprint(table, alter),
             strategy: STRATEGY_GHOST,
             execute,
@@ -231,11 +235,37 @@ impl Record {
         }
     }
 
+    /// The run converts the table into one partitioned by `partition_by` (as pg-ghost reads
+    /// it: `RANGE ("at")`), in `partitions` partitions.
+    pub fn conversion(&mut self, partition_by: &str, partitions: usize) {
+        self.partition_by = Some((partition_by.to_string(), partitions));
+        self.fingerprint = conversion_fingerprint(&self.table, partition_by, &self.alter);
+    }
+
+    /// The change as recorded (column `alter_clauses`): the ALTER as given; for a conversion,
+    /// `PARTITION BY RANGE ("at") (12 partitions)`, then `; ` and the ALTER when there is one.
+    pub fn change(&self) -> String {
+        match &self.partition_by {
+            None => self.alter.clone(),
+            Some((by, count)) => {
+                let mut change = format!("PARTITION BY {by} ({count} partition{})", if *count == 1 { "" } else { "s" });
+                if !self.alter.trim().is_empty() {
+                    change.push_str("; ");
+                    change.push_str(self.alter.trim());
+                }
+                change
+            }
+        }
+    }
+
     /// The table is resolved: its real name, and the fingerprint of the statement on it.
     pub fn resolved(&mut self, schema: &str, table: &str, qualified_sql: &str) {
         self.schema = Some(schema.to_string());
         self.table = table.to_string();
-        self.fingerprint = fingerprint(qualified_sql, &self.alter);
+        self.fingerprint = match &self.partition_by {
+            None => fingerprint(qualified_sql, &self.alter),
+            Some((by, _)) => conversion_fingerprint(qualified_sql, by, &self.alter),
+        };
     }
 
     pub fn phase(&self) -> Phase {
@@ -336,6 +366,18 @@ pub fn fingerprint(table_sql: &str, alter: &str) -> Option<String> {
     pg_query::fingerprint(&format!("ALTER TABLE {table_sql} {alter}"), pg_query::ParserOptions::DEFAULT, pg_query::FingerprintOptions::DEFAULT)
         .ok()
         .map(|f| f.hex)
+}
+
+/// The fingerprint of a conversion: that of `CREATE TABLE <table> () PARTITION BY <key>`
+/// followed by the ALTER, if any. The same key and ALTER give the same one, whatever the
+/// partitions; it differs from the ALTER's alone.
+pub fn conversion_fingerprint(table_sql: &str, partition_by: &str, alter: &str) -> Option<String> {
+    let alter = alter.trim().trim_end_matches(';').trim();
+    let mut sql = format!("CREATE TABLE {table_sql} () PARTITION BY {partition_by}");
+    if !alter.is_empty() {
+        sql.push_str(&format!("; ALTER TABLE {table_sql} {alter}"));
+    }
+    pg_query::fingerprint(&sql, pg_query::ParserOptions::DEFAULT, pg_query::FingerprintOptions::DEFAULT).ok().map(|f| f.hex)
 }
 
 fn round_ms(ms: f64) -> f64 {

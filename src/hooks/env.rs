@@ -15,13 +15,15 @@ use std::time::Duration;
 
 /// Every variable pg-ghost may set. Hooks start without any inherited copy of these, so a
 /// variable from pg-ghost's own environment never poses as one that applies.
-pub const ENV_NAMES: [&str; 18] = [
+pub const ENV_NAMES: [&str; 20] = [
     "PG_GHOST_DATABASE_NAME",
     "PG_GHOST_SCHEMA_NAME",
     "PG_GHOST_TABLE_NAME",
     "PG_GHOST_GHOST_TABLE_NAME",
     "PG_GHOST_OLD_TABLE_NAME",
     "PG_GHOST_DDL",
+    "PG_GHOST_PARTITION_BY",
+    "PG_GHOST_PARTITION_COUNT",
     "PG_GHOST_STRATEGY",
     "PG_GHOST_ELAPSED_SECONDS",
     "PG_GHOST_ELAPSED_COPY_SECONDS",
@@ -50,6 +52,9 @@ pub struct HookEnv {
     pub old_table: Option<String>,
     /// The ALTER clauses, as given.
     pub ddl: String,
+    /// For a conversion into a partitioned table: the partition key (`RANGE ("created_at")`)
+    /// and how many partitions the new table gets.
+    pub partition_by: Option<(String, usize)>,
     /// `ghost` or `direct`, once the run has chosen.
     pub strategy: Option<&'static str>,
     pub dry_run: bool,
@@ -86,6 +91,12 @@ impl HookEnv {
         self.table = table.name.clone();
         self.ghost_table = None;
         self.old_table = None;
+        self
+    }
+
+    /// The run converts the table into one partitioned by `partition_by`, in `partitions`.
+    pub fn with_conversion(mut self, partition_by: &str, partitions: usize) -> HookEnv {
+        self.partition_by = Some((partition_by.to_string(), partitions));
         self
     }
 
@@ -128,6 +139,10 @@ impl HookEnv {
             vars.push(("PG_GHOST_OLD_TABLE_NAME", old.clone()));
         }
         vars.push(("PG_GHOST_DDL", self.ddl.clone()));
+        if let Some((by, count)) = &self.partition_by {
+            vars.push(("PG_GHOST_PARTITION_BY", by.clone()));
+            vars.push(("PG_GHOST_PARTITION_COUNT", count.to_string()));
+        }
         if let Some(strategy) = self.strategy {
             vars.push(("PG_GHOST_STRATEGY", strategy.to_string()));
         }
@@ -270,6 +285,21 @@ mod tests {
     }
 
     #[test]
+    fn a_conversion_says_its_partition_key_and_count_to_every_event() {
+        let plain = HookEnv::new("db", "t", "ADD COLUMN x int", false);
+        for event in HookEvent::ALL {
+            assert_eq!(get(&plain.vars(event), "PG_GHOST_PARTITION_BY"), None, "{event}");
+        }
+        let env = HookEnv::new("db", "t", "", false).with_conversion("RANGE (\"created_at\")", 60);
+        for event in HookEvent::ALL {
+            let vars = env.vars(event);
+            assert_eq!(get(&vars, "PG_GHOST_PARTITION_BY"), Some("RANGE (\"created_at\")"), "{event}");
+            assert_eq!(get(&vars, "PG_GHOST_PARTITION_COUNT"), Some("60"), "{event}");
+            assert_eq!(get(&vars, "PG_GHOST_DDL"), Some(""), "{event}");
+        }
+    }
+
+    #[test]
     fn status_command_and_error_only_for_their_event() {
         let env = HookEnv::new("db", "t", "x", false).with_status("Copy: 1/2").with_command("throttle").with_error("boom");
         for event in HookEvent::ALL {
@@ -286,6 +316,7 @@ mod tests {
         let table = QualifiedName::new("s", "t");
         let mut env = HookEnv::new("db", "t", "x", false)
             .resolved(&table, &Names::for_table(&table, 1))
+            .with_conversion("RANGE (\"at\")", 3)
             .with_strategy("ghost")
             .with_progress(&Progress { rows_estimated: Some(1), copy_rate: Some(1.0), ..Progress::new(Phase::Copy) })
             .with_status("s")

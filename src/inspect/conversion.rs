@@ -1,5 +1,6 @@
 //! The checks of a conversion into a partitioned table (`--partition-by`), before anything
-//! is created: each statement's parent is the table itself, each partition's name is free,
+//! is created: the partition key's columns are the table's, each statement's parent is the
+//! table itself, each partition's name is free,
 //! the table has no storage parameters (a partitioned table takes none). What needs the
 //! ghost (keys that lack the partition key, rows no partition takes, foreign keys that could
 //! not reference the partitioned table) is refused by the trial ghost (`crate::ghost`).
@@ -8,9 +9,17 @@ use crate::error::{Context, Error, Result};
 use crate::ghost::Conversion;
 use crate::schema::TableInfo;
 
+/// `--partition-by` on a table that is partitioned already.
+pub fn already_partitioned(table: &crate::sql::QualifiedName, partition_by: &str) -> Error {
+    Error::refused(format!("--partition-by: {table} is already a partitioned table (by {partition_by}); change it with --alter alone"))
+}
+
 pub async fn check(client: &tokio_postgres::Client, table: &TableInfo, c: &Conversion) -> Result<()> {
     let t = &table.name;
     let mut problems = Vec::new();
+    for column in c.columns.iter().filter(|col| table.column(col).is_none()) {
+        problems.push(format!("the partition key names column {}, which {t} does not have", crate::sql::ident(column)));
+    }
     for p in &c.partitions {
         let parent: Option<u32> = client
             .query_one("SELECT to_regclass($1)::oid", &[&p.parent_sql()])

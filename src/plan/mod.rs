@@ -3,12 +3,14 @@
 //! creates are temporary tables of its own session, dropped before it ends.
 
 mod clauses;
+mod conversion;
 mod estimate;
 mod probe;
 mod report;
 mod steps;
 
 pub use clauses::{split, Clause};
+pub use conversion::{ConversionPlan, KeyPlan, PartitionPlan, PlanConversion};
 pub use estimate::{Cost, Rates, Sizes};
 pub use probe::Observation;
 pub use report::sql_lock as lock_mode_sql;
@@ -22,7 +24,10 @@ use crate::sql::QualifiedName;
 pub struct PlanConfig {
     pub conn: ConnInfo,
     pub table: String,
+    /// Empty only for a conversion given without `--alter`.
     pub alter: String,
+    /// `--partition-by` with its partitions: a conversion into a partitioned table.
+    pub conversion: Option<PlanConversion>,
     pub format: Format,
     /// `--check-data`: read the rows too, showing at most this many offending ones.
     pub check_data: Option<usize>,
@@ -78,15 +83,20 @@ pub struct Plan {
     /// the ghost way's missing key or logical WAL, a role that does not own the table, ...
     /// None when that way's checks pass.
     pub refused: Option<String>,
+    /// With `--partition-by`: the conversion into a partitioned table.
+    pub conversion: Option<ConversionPlan>,
 }
 
 pub async fn plan(cfg: &PlanConfig) -> Result<Plan> {
     let conn = cfg.conn.clone().resolve().await?;
-    let client = conn.with_application_name("pg-ghost plan").connect().await?;
+    let mut client = conn.with_application_name("pg-ghost plan").connect().await?;
     // Nothing the plan does may wait long for a lock: it only reads the table.
     client.batch_execute("SET lock_timeout = '2s'; SET client_min_messages = warning").await?;
     let table = crate::inspect::resolve_table(&client, &cfg.table).await?;
-    let (clauses, clause_plans) = analyse(&client, &table, &cfg.alter).await?;
+    let (clauses, clause_plans) = match cfg.alter.trim().is_empty() {
+        true => (Vec::new(), Vec::new()),
+        false => analyse(&client, &table, &cfg.alter).await?,
+    };
     let sizes = Sizes::read(&client, &table).await?;
     let oid: u32 = client.query_one("SELECT $1::text::regclass::oid", &[&table.sql()]).await?.try_get(0)?;
     let columns: Vec<String> = crate::inspect::columns(&client, oid).await?.into_iter().filter(|c| !c.generated).map(|c| c.name).collect();
@@ -98,16 +108,26 @@ pub async fn plan(cfg: &PlanConfig) -> Result<Plan> {
     let rates = Rates::measure(&client, &table, &columns, &sizes).await?;
     client.batch_execute(&format!("DROP TABLE pg_temp.{}", crate::sql::ident(clauses::CLONE))).await?;
 
-    let mut plan = decide(&table, &conn, &cfg.alter, sizes, rates, clause_plans, &clauses);
-    plan.refused = would_refuse(&client, &table, plan.strategy).await?;
-    if let Some(limit) = cfg.check_data {
+    let mut plan = match &cfg.conversion {
+        None => decide(&table, &conn, &cfg.alter, sizes, rates, clause_plans, &clauses),
+        Some(c) => decide_conversion(&table, &conn, &cfg.alter, c, sizes, rates, clause_plans),
+    };
+    match &cfg.conversion {
+        None => plan.refused = would_refuse(&client, &table, plan.strategy).await?,
+        Some(c) => {
+            let (explained, refused) = conversion::explain(&mut client, &table, &cfg.alter, &c.conversion).await?;
+            plan.conversion = Some(explained);
+            plan.refused = refused;
+        }
+    }
+    if let Some(limit) = cfg.check_data.filter(|_| !cfg.alter.trim().is_empty()) {
         plan.data = check_data(client, &conn, &table, &cfg.alter, limit).await?;
     }
     Ok(plan)
 }
 
 /// The checks `pg-ghost run` makes for `strategy` (read-only): the refusal it would give.
-async fn would_refuse(client: &tokio_postgres::Client, table: &QualifiedName, strategy: Strategy) -> Result<Option<String>> {
+pub(super) async fn would_refuse(client: &tokio_postgres::Client, table: &QualifiedName, strategy: Strategy) -> Result<Option<String>> {
     let refusal = |e: Error| match e.kind() {
         ErrorKind::Refused => Ok(Some(e.message().to_string())),
         _ => Err(e),
@@ -285,7 +305,47 @@ fn decide(table: &QualifiedName, conn: &ConnInfo, alter: &str, sizes: Sizes, rat
         crate::inspect::shell_quote(&table.sql()),
         crate::inspect::shell_quote(alter.trim())
     )];
-    Plan { table: table.to_string(), sizes, rates, clauses, strategy, why, chosen, plain_alter, run, steps, data: None, refused: None }
+    Plan { table: table.to_string(), sizes, rates, clauses, strategy, why, chosen, plain_alter, run, steps, data: None, refused: None, conversion: None }
+}
+
+/// A conversion into a partitioned table: always a copy into a new (partitioned) table,
+/// whatever the clauses do; the plain way to compare with is the same copy made offline.
+fn decide_conversion(table: &QualifiedName, conn: &ConnInfo, alter: &str, c: &PlanConversion, sizes: Sizes, rates: Rates, clauses: Vec<ClausePlan>) -> Plan {
+    let copy = estimate::copy_seconds(&sizes, &rates, estimate::GHOST_SLOWDOWN);
+    let offline = estimate::copy_seconds(&sizes, &rates, estimate::REWRITE_SLOWDOWN);
+    let chosen = Cost { seconds: copy, wal_bytes: sizes.copy_bytes(), extra_disk_bytes: sizes.copy_bytes(), writes_blocked: "milliseconds, at the swap".into() };
+    let plain_alter = Cost {
+        seconds: offline,
+        wal_bytes: sizes.copy_bytes(),
+        extra_disk_bytes: sizes.copy_bytes(),
+        writes_blocked: "the whole time (no ALTER TABLE partitions a table: offline, it is CREATE TABLE ... PARTITION BY, INSERT ... SELECT and renames in one transaction)".into(),
+    };
+    let why = format!(
+        "--partition-by converts {table} into a partitioned table, which pg-ghost does through a ghost table: PostgreSQL cannot make a table partitioned in place"
+    );
+    let mut command = format!("pg-ghost run --conn {} --table {}", crate::inspect::shell_quote(&conn.redacted()), crate::inspect::shell_quote(&table.sql()));
+    for (flag, value) in &c.flags {
+        command.push_str(&format!(" {flag} {}", crate::inspect::shell_quote(value)));
+    }
+    if !alter.trim().is_empty() {
+        command.push_str(&format!(" --alter {}", crate::inspect::shell_quote(alter.trim())));
+    }
+    command.push_str(" --execute");
+    Plan {
+        table: table.to_string(),
+        sizes,
+        rates,
+        clauses,
+        strategy: Strategy::Ghost,
+        why,
+        chosen,
+        plain_alter,
+        run: vec![command],
+        steps: Vec::new(),
+        data: None,
+        refused: None,
+        conversion: None,
+    }
 }
 
 fn list(numbers: &[usize]) -> String {

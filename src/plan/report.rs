@@ -38,6 +38,10 @@ pub fn text(p: &Plan) -> String {
             let _ = writeln!(out, "   (on a clone: {e})");
         }
     }
+    if let Some(c) = &p.conversion {
+        let _ = writeln!(out);
+        super::conversion::text(&mut out, c);
+    }
     match &p.data {
         None => {}
         Some(Ok(())) => {
@@ -69,7 +73,7 @@ pub fn text(p: &Plan) -> String {
     }
     let _ = writeln!(out, "  {:<14} {:>10} {:>10} {:>11}  writes blocked", "", "time", "WAL", "extra disk");
     row(&mut out, "pg-ghost", &p.chosen);
-    row(&mut out, "ALTER TABLE", &p.plain_alter);
+    row(&mut out, if p.conversion.is_some() { "offline copy" } else { "ALTER TABLE" }, &p.plain_alter);
     if !p.steps.is_empty() {
         let _ = writeln!(out, "\nSteps of the direct way (each waits for its lock at most --cut-over-lock-timeout, then retries):");
         for (i, step) in p.steps.iter().enumerate() {

@@ -41,7 +41,10 @@ pub struct Controls {
 impl Controls {
     pub fn new(cfg: &Config) -> Result<Controls> {
         let hooks: Arc<dyn Hooks> = Arc::new(OneAtATime { inner: hooks::from_config(&cfg.hooks)?, lock: tokio::sync::Mutex::new(()) });
-        let env = HookEnv::new(&cfg.conn.dbname, &cfg.table, &cfg.alter, !cfg.execute || cfg.test_on_replica.is_some());
+        let mut env = HookEnv::new(&cfg.conn.dbname, &cfg.table, &cfg.alter, !cfg.execute || cfg.test_on_replica.is_some());
+        if let Some(c) = &cfg.conversion {
+            env = env.with_conversion(&c.partition_by, c.partitions.len());
+        }
         let (tunables_tx, tunables) = watch::channel(cfg.tunables.clone());
         let (overrides_tx, overrides) = watch::channel(Override::None);
         let (cut_over_locked, _) = watch::channel(false);

@@ -548,10 +548,7 @@ impl Run {
         let names = Names::for_table(&described.name, described.oid);
         if let Some(c) = &self.cfg.conversion {
             if described.partitioned {
-                return Err(Error::refused(format!(
-                    "--partition-by: {} is already a partitioned table (by {}); change it with --alter alone",
-                    described.name, c.partition_by
-                )));
+                return Err(inspect::conversion::already_partitioned(&described.name, &c.partition_by));
             }
         }
         // The ALTER is read before anything is created, so a malformed one changes nothing.

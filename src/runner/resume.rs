@@ -83,6 +83,9 @@ pub async fn load(client: &Client, cfg: &Config, info: &TableInfo) -> Result<Fou
         )));
     }
     check_conversion(cfg.conversion.as_ref(), &plan.ghost, info, &table)?;
+    if let (Some(c), Some(tree)) = (&cfg.conversion, &plan.ghost.partitions) {
+        check_bounds(client, c, tree, info, &table).await?;
+    }
     if checkpoint::shape(client, info.oid).await? != plan.table_shape {
         return Err(Error::refused(format!(
             "the columns of {} changed since the earlier run started; its ghost no longer fits: run `pg-ghost cleanup --table {table}` and start again",
@@ -117,6 +120,28 @@ fn check_conversion(now: Option<&crate::ghost::Conversion>, ghost: &crate::ghost
         "the conversion differs from the earlier run's: it made {}, this run asks for {}; resume with the same --partition-by and partitions, or run `pg-ghost cleanup --table {table}` and start again",
         describe(&then),
         describe(&now)
+    )))
+}
+
+/// The same partitions must have the same bounds: each partition the earlier run made on the
+/// ghost against what this run's statements make (both as PostgreSQL prints them now).
+async fn check_bounds(client: &Client, c: &crate::ghost::Conversion, tree: &crate::ghost::partitions::PartitionTree, info: &TableInfo, table: &str) -> Result<()> {
+    let then = crate::ghost::ghost_bounds(client, tree).await?;
+    let now = crate::ghost::statement_bounds(client, info, c).await?;
+    let mut differ = Vec::new();
+    for ((name, was), (_, asked)) in then.iter().zip(&now) {
+        match was {
+            None => differ.push(format!("partition {name} of the earlier run's ghost is gone")),
+            Some(was) if was != asked => differ.push(format!("partition {name} was made {was}, this run asks for {asked}")),
+            Some(_) => {}
+        }
+    }
+    if differ.is_empty() {
+        return Ok(());
+    }
+    Err(Error::refused(format!(
+        "the conversion differs from the earlier run's: {}; resume with the same partitions, or run `pg-ghost cleanup --table {table}` and start again",
+        differ.join("; ")
     )))
 }
 

@@ -239,6 +239,9 @@ struct Killed<'a> {
     flags: &'a [&'a str],
     /// How the resume refusals name the partitions: `<by> into <names>`.
     named: &'a str,
+    /// The same partitions with other bounds, and how the refusal to resume with them starts.
+    moved: &'a str,
+    moved_refusal: &'a str,
 }
 
 /// SIGKILL in the middle of a conversion's copy, then `--resume`: the original is intact
@@ -274,6 +277,9 @@ async fn killed_then_resumed(c: Killed<'_>) {
     let out = binary::run(&db, &[&["--table", "orders", "--partition-by", c.by, "--partitions", &other, "--alter", c.alter, "--execute", "--resume"][..], c.flags].concat()).await;
     binary::assert_failure(&out, 3, "this run asks for --partition-by");
     assert!(binary::stderr(&out).contains("into \"public\".\"orders_all\""), "{}", binary::stderr(&out));
+    let moved = partitions_file(&db, "moved", c.moved);
+    let out = binary::run(&db, &[&["--table", "orders", "--partition-by", c.by, "--partitions", &moved, "--alter", c.alter, "--execute", "--resume"][..], c.flags].concat()).await;
+    binary::assert_failure(&out, 3, &format!("the conversion differs from the earlier run's: {}", c.moved_refusal));
     assert_eq!(db.psql("SELECT relkind FROM pg_class WHERE oid = 'public._orders_gho'::regclass"), "p", "the refusals left the ghost");
 
     let out = binary::run(&db, &[&args[..], &["--resume"][..]].concat()).await;
@@ -303,6 +309,12 @@ async fn killed_during_a_conversion_copy_resumes() {
         alter: "ALTER COLUMN n TYPE bigint",
         flags: &[],
         named: "RANGE (\"id\") into \"public\".\"orders_a\", \"public\".\"orders_b\"",
+        moved: "
+            CREATE TABLE orders_a PARTITION OF orders FOR VALUES FROM (MINVALUE) TO (6000);
+            CREATE TABLE orders_b PARTITION OF orders FOR VALUES FROM (6000) TO (MAXVALUE);",
+        moved_refusal: "partition \"public\".\"orders_a\" was made FOR VALUES FROM (MINVALUE) TO ('5000'), this run asks for FOR VALUES FROM (MINVALUE) TO ('6000'); \
+                        partition \"public\".\"orders_b\" was made FOR VALUES FROM ('5000') TO (MAXVALUE), this run asks for FOR VALUES FROM ('6000') TO (MAXVALUE); \
+                        resume with the same partitions",
     })
     .await;
 }
@@ -322,6 +334,10 @@ async fn killed_during_a_conversion_copy_by_another_key_resumes() {
         alter: "ALTER COLUMN n TYPE bigint, DROP CONSTRAINT orders_id_key",
         flags: &["--key", "orders_id_key", "--copy-workers", "2"],
         named: "RANGE (\"tenant\") into \"public\".\"orders_low\", \"public\".\"orders_high\"",
+        moved: "
+            CREATE TABLE orders_low PARTITION OF orders FOR VALUES FROM (1) TO (4);
+            CREATE TABLE orders_high PARTITION OF orders FOR VALUES FROM (4) TO (9);",
+        moved_refusal: "partition \"public\".\"orders_low\" was made FOR VALUES FROM (1) TO (5), this run asks for FOR VALUES FROM (1) TO (4)",
     })
     .await;
 }
@@ -465,4 +481,39 @@ async fn move_events(client: tokio_postgres::Client, stop: std::sync::Arc<std::s
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     (writes, after_swap)
+}
+
+/// A conversion given without `--alter` is recorded in the history as what it does (the
+/// partition key and the number of partitions), with a fingerprint of its own, and its hooks
+/// are told the partition key and the count (`PG_GHOST_PARTITION_BY`,
+/// `PG_GHOST_PARTITION_COUNT`) from startup on.
+#[tokio::test]
+async fn a_conversion_is_recorded_and_told_to_hooks() {
+    let db = Cluster::primary().fresh_db("conv_history_hooks");
+    plain_table(&db, 200).await;
+    let file = partitions_file(&db, "partitions", WITH_DEFAULT);
+    let hooks = flag_path(&db, "hooks");
+    std::fs::create_dir_all(&hooks).unwrap();
+    let log = hooks.join("log");
+    for name in ["pg-ghost-on-startup", "pg-ghost-on-validated", "pg-ghost-on-success"] {
+        crate::hooks::recorder(&hooks, name, &log);
+    }
+    let out = binary::run(&db, &["--table", "orders", "--partition-by", BY_TENANT, "--partitions", &file, "--hooks-path", hooks.to_str().unwrap()]).await;
+    binary::assert_success(&out);
+
+    let client = db.client().await;
+    let row = client.query_one("SELECT alter_clauses, fingerprint, outcome FROM pgghost.runs", &[]).await.unwrap();
+    assert_eq!(row.get::<_, &str>(0), "PARTITION BY RANGE (\"tenant\") (3 partitions)");
+    assert!(row.get::<_, Option<&str>>(1).is_some_and(|f| f.len() == 16), "{:?}", row.get::<_, Option<&str>>(1));
+    assert_eq!(row.get::<_, &str>(2), "dry-run");
+
+    let ran = crate::hooks::blocks(&log);
+    let names: Vec<&str> = ran.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["pg-ghost-on-startup", "pg-ghost-on-validated", "pg-ghost-on-success"]);
+    for (name, vars) in &ran {
+        for wanted in ["PG_GHOST_PARTITION_BY=RANGE (\"tenant\")", "PG_GHOST_PARTITION_COUNT=3", "PG_GHOST_DDL="] {
+            assert!(vars.iter().any(|v| v == wanted), "{name} was not told {wanted:?}: {vars:?}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&hooks);
 }

@@ -18,12 +18,12 @@ fn script(dir: &Path, name: &str, body: &str, mode: u32) {
 }
 
 /// Appends `== <its name>` and its sorted PG_GHOST_* variables to `log`.
-fn recorder(dir: &Path, name: &str, log: &Path) {
+pub(crate) fn recorder(dir: &Path, name: &str, log: &Path) {
     script(dir, name, &format!("{{ echo \"== $(basename \"$0\")\"; env | grep '^PG_GHOST_' | sort; }} >> '{}'", log.display()), 0o755);
 }
 
 /// The log as (hook name, its variables) in the order the hooks ran.
-fn blocks(log: &Path) -> Vec<(String, Vec<String>)> {
+pub(crate) fn blocks(log: &Path) -> Vec<(String, Vec<String>)> {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let mut out: Vec<(String, Vec<String>)> = Vec::new();
     for line in text.lines() {

@@ -106,7 +106,7 @@ fn pg_ghost_lock_strength(mode: &str) -> usize {
 }
 
 fn config(db: &TestDb<'_>, alter: &str) -> PlanConfig {
-    PlanConfig { conn: ConnInfo::parse(&db.conninfo()).unwrap(), table: "t".into(), alter: alter.into(), format: Format::Json, check_data: None }
+    PlanConfig { conn: ConnInfo::parse(&db.conninfo()).unwrap(), table: "t".into(), alter: alter.into(), conversion: None, format: Format::Json, check_data: None }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -201,4 +201,148 @@ async fn the_plan_reads_only() {
     assert!(!out.status.success());
     let out = binary::command(&db, "plan", &["--table", "t", "--alter", "ADD COLUMN"]).output().await.unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", binary::stderr(&out));
+}
+
+/// `events` keyed by `id` alone, dated in 2023 and 2024: a conversion by month of 2024 leaves
+/// the 2023 rows without a partition, and needs the primary key replaced.
+const EVENTS: &str = "
+    CREATE TABLE events (id int PRIMARY KEY, created_at timestamptz NOT NULL, body text);
+    INSERT INTO events SELECT g, timestamptz '2024-01-01 12:00+00' + (g % 90) * interval '1 day', md5(g::text) FROM generate_series(1, 3000) g;
+    UPDATE events SET created_at = created_at - interval '1 year' WHERE id % 7 = 0;
+    ANALYZE events;";
+const BY_MONTH: [&str; 4] = ["--partition-by", "RANGE (created_at)", "--partitions-auto", "monthly from 2024-01 to 2024-04"];
+const NEW_KEY: &str = "DROP CONSTRAINT events_pkey, ADD PRIMARY KEY (id, created_at)";
+
+async fn plan_json(db: &TestDb<'_>, args: &[&str]) -> serde_json::Value {
+    let out = binary::command(db, "plan", &[&["--table", "events", "--format", "json"][..], args].concat()).output().await.unwrap();
+    binary::assert_success(&out);
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("plan --format json is not JSON ({e}):\n{}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// `plan --partition-by`: the way (a copy into a new partitioned table), each partition with
+/// its bound, the key that lacks the partition key and the `--alter` that replaces it, the
+/// rows no partition takes counted as PostgreSQL counts them, and what `pg-ghost run` would
+/// refuse (held against the run's own refusal); then, with the key replaced and a DEFAULT
+/// partition, nothing to refuse, and the run it prints converts as a dry run. Nothing is left
+/// on the server: no relation, no slot, no publication.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conversion_is_planned_without_changing_anything() {
+    let db = Cluster::primary().fresh_db("plan_convert");
+    db.psql(EVENTS);
+    let client = db.client().await;
+    let before = CatalogSnapshot::take(&client).await;
+    let unrouted: i64 = db.psql("SELECT count(*) FROM events WHERE created_at < '2024-01-01 00:00+00' OR created_at >= '2024-04-01 00:00+00'").parse().unwrap();
+    assert!(unrouted > 0);
+
+    // As given: the key lacks created_at (refused first, as run refuses it first), and the
+    // 2023 rows have no partition.
+    let json = plan_json(&db, &BY_MONTH).await;
+    assert_eq!(json["strategy"], "ghost");
+    let c = &json["conversion"];
+    assert_eq!(c["partition_by"], "RANGE (\"created_at\")");
+    assert!(c["method"].as_str().unwrap().starts_with("a copy through a new partitioned table"), "{c}");
+    assert_eq!(c["partition_count"], 3);
+    let names: Vec<&str> = c["partitions"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["\"public\".\"events_p2024_01\"", "\"public\".\"events_p2024_02\"", "\"public\".\"events_p2024_03\""]);
+    let first_bound = c["partitions"][0]["bound"].as_str().unwrap_or_default();
+    assert!(first_bound.starts_with("FOR VALUES FROM ('2024-01-01") && first_bound.contains(") TO ('2024-02-01"), "{first_bound}");
+    assert_eq!(c["keys_include_partition_key"], false);
+    assert_eq!(c["keys"][0]["constraint"], "events_pkey");
+    assert_eq!(c["keys"][0]["replaced_by_alter"], false);
+    assert_eq!(c["keys"][0]["replacement"], "DROP CONSTRAINT \"events_pkey\", ADD PRIMARY KEY (\"id\", \"created_at\")");
+    assert_eq!(c["rows_without_partition"]["count"], unrouted, "{c}");
+    let refused = json["refused"].as_str().unwrap_or_default();
+    assert!(refused.contains("primary key \"events_pkey\" (\"id\") lacks partition key column(s) \"created_at\""), "{refused}");
+    // The plan alone left nothing: no relation, slot or publication.
+    assert_catalog_unchanged(&before, &CatalogSnapshot::take(&client).await);
+    let out = binary::run(&db, &[&["--table", "events"][..], &BY_MONTH[..]].concat()).await;
+    binary::assert_failure(&out, 3, refused);
+
+    // The key replaced: the rows without a partition are what run refuses, by their number.
+    let json = plan_json(&db, &[&BY_MONTH[..], &["--alter", NEW_KEY][..]].concat()).await;
+    assert_eq!(json["conversion"]["keys"][0]["replaced_by_alter"], true);
+    let refused = json["refused"].as_str().unwrap_or_default();
+    assert!(refused.starts_with(&format!("{unrouted} row(s) of \"public\".\"events\" would have no partition")), "{refused}");
+    let out = binary::run(&db, &[&["--table", "events", "--alter", NEW_KEY][..], &BY_MONTH[..]].concat()).await;
+    binary::assert_failure(&out, 3, refused);
+
+    // With a DEFAULT partition: nothing refused; the text names the way, the partitions and
+    // the run to make, whose dry run converts.
+    let with_default = ["--partition-by", "RANGE (created_at)", "--partitions-auto", "monthly from 2024-01 to 2024-04, default", "--alter", NEW_KEY];
+    let json = plan_json(&db, &with_default).await;
+    assert_eq!(json["refused"], serde_json::Value::Null, "{json}");
+    assert_eq!(json["conversion"]["partitions"][3]["bound"], "DEFAULT");
+    assert_eq!(json["conversion"]["rows_without_partition"], serde_json::Value::Null);
+    assert!(json["chosen"]["seconds"].as_f64().unwrap() > 0.0, "{}", json["chosen"]);
+    let out = binary::command(&db, "plan", &[&["--table", "events"][..], &with_default[..]].concat()).output().await.unwrap();
+    binary::assert_success(&out);
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "Conversion into a table partitioned by RANGE (\"created_at\")",
+        "method: a copy through a new partitioned table",
+        "partitions to create: 4 (one DEFAULT)",
+        "primary key \"events_pkey\" (\"id\") lacks partition key column(s) \"created_at\"; the --alter replaces it",
+        "rows without a partition: none: a partition takes every row",
+        "Strategy: ghost",
+        "offline copy",
+    ] {
+        assert!(text.contains(needle), "{needle:?} not in:\n{text}");
+    }
+    assert!(text.lines().any(|l| l.trim_start().starts_with("\"public\".\"events_default\"") && l.trim_end().ends_with(" DEFAULT")), "{text}");
+    assert!(!text.contains("would refuse"), "{text}");
+    assert_catalog_unchanged(&before, &CatalogSnapshot::take(&client).await);
+    assert_no_slots_or_publications(&client).await;
+    let command = json["run"][0].as_str().unwrap();
+    assert!(command.contains("--partition-by 'RANGE (created_at)' --partitions-auto 'monthly from 2024-01 to 2024-04, default'") && command.ends_with(&format!("--alter '{NEW_KEY}' --execute")), "{command}");
+    let out = binary::run(&db, &[&["--table", "events"][..], &with_default[..]].concat()).await;
+    binary::assert_success(&out);
+
+    // Nor after the runs (the dry run cleaned up).
+    assert_catalog_unchanged(&before, &CatalogSnapshot::take(&client).await);
+    assert_no_slots_or_publications(&client).await;
+}
+
+/// Bad conversion flags: a usage error, or a refusal that names the problem; nothing changes.
+#[tokio::test]
+async fn a_conversion_plan_refuses_bad_input_clearly() {
+    let db = Cluster::primary().fresh_db("plan_convert_bad");
+    db.psql(EVENTS);
+    let client = db.client().await;
+    let before = CatalogSnapshot::take(&client).await;
+    let plan = |args: &'static [&'static str]| {
+        let db = &db;
+        async move { binary::command(db, "plan", &[&["--table", "events"][..], args].concat()).output().await.unwrap() }
+    };
+    // Usage: partitions without a key, a key without partitions, both sources.
+    let out = plan(&["--partition-by", "RANGE (created_at)"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", binary::stderr(&out));
+    let out = plan(&["--partitions-auto", "monthly from 2024-01 to 2024-02"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", binary::stderr(&out));
+    let out = plan(&["--partition-by", "RANGE (created_at)", "--partitions-auto", "weekly from 2024-01 to 2024-02"]).await;
+    binary::assert_failure(&out, 2, "--partitions-auto \"weekly from 2024-01 to 2024-02\": unknown step \"weekly\"");
+    let out = plan(&["--partition-by", "RANGE (lower(body))", "--partitions-auto", "monthly from 2024-01 to 2024-02"]).await;
+    binary::assert_failure(&out, 2, "the partition key must be plain columns");
+    // A column the table does not have: refused, named, as run refuses it.
+    let out = plan(&["--partition-by", "RANGE (nope)", "--partitions-auto", "monthly from 2024-01 to 2024-02", "--alter", NEW_KEY, "--format", "json"]).await;
+    binary::assert_success(&out);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let refused = json["refused"].as_str().unwrap_or_default();
+    assert!(refused.contains("the partition key names column \"nope\", which \"public\".\"events\" does not have"), "{refused}");
+    let out = binary::run(&db, &["--table", "events", "--partition-by", "RANGE (nope)", "--partitions-auto", "monthly from 2024-01 to 2024-02", "--alter", NEW_KEY]).await;
+    binary::assert_failure(&out, 3, refused);
+    // A partition of another table: what run refuses, said by the plan.
+    db.psql("CREATE TABLE other (id int)");
+    let file = crate::run_faults::flag_path(&db, "other.sql");
+    std::fs::write(&file, "CREATE TABLE events_all PARTITION OF other DEFAULT;").unwrap();
+    let out = binary::command(&db, "plan", &["--table", "events", "--partition-by", "RANGE (created_at)", "--partitions", file.to_str().unwrap(), "--alter", NEW_KEY, "--format", "json"])
+        .output()
+        .await
+        .unwrap();
+    binary::assert_success(&out);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let refused = json["refused"].as_str().unwrap_or_default();
+    assert!(refused.contains("partition \"public\".\"events_all\" is made PARTITION OF \"other\", which is not \"public\".\"events\""), "{refused}");
+    db.psql("DROP TABLE other");
+    assert_catalog_unchanged(&before, &CatalogSnapshot::take(&client).await);
+    assert_no_slots_or_publications(&client).await;
 }

@@ -105,6 +105,26 @@ fn fingerprints_ignore_spelling_and_constants() {
 }
 
 #[test]
+fn a_conversion_records_its_partition_key_and_count() {
+    let mut r = record();
+    let plain = r.fingerprint.clone();
+    r.alter = String::new();
+    r.conversion("RANGE (\"at\")", 12);
+    assert_eq!(r.change(), "PARTITION BY RANGE (\"at\") (12 partitions)");
+    let bare = r.fingerprint.clone();
+    assert!(bare.is_some() && bare != plain, "{bare:?} {plain:?}");
+    r.alter = "ADD COLUMN x int ".into();
+    r.conversion("RANGE (\"at\")", 1);
+    assert_eq!(r.change(), "PARTITION BY RANGE (\"at\") (1 partition); ADD COLUMN x int");
+    let with_alter = r.fingerprint.clone();
+    assert!(with_alter.is_some() && with_alter != bare);
+    r.resolved("public", "orders", "\"public\".\"orders\"");
+    assert_eq!(r.fingerprint, conversion_fingerprint("\"public\".\"orders\"", "RANGE (\"at\")", "ADD COLUMN x int"));
+    assert_ne!(r.fingerprint, fingerprint("\"public\".\"orders\"", "ADD COLUMN x int"), "not the ALTER's alone");
+    assert_ne!(conversion_fingerprint("t", "RANGE (at)", ""), conversion_fingerprint("t", "LIST (at)", ""));
+}
+
+#[test]
 fn outcome_names_are_the_documented_ones() {
     let names: Vec<_> = Outcome::ALL.iter().map(|o| o.name()).collect();
     assert_eq!(names, ["success", "dry-run", "replica-test", "failed", "aborted", "reverted"]);
