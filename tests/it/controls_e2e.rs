@@ -482,6 +482,42 @@ async fn throttle_flag_files_hold_the_copy_while_present() {
     assert_migrated(&client, "t").await;
 }
 
+/// A partitioned table's copy, which goes partition by partition, is held by the throttle
+/// flag file and stopped by the panic flag as a plain table's is: under writes, the original
+/// stays as the writes left it (equal to its control), no slot or publication is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_copy_is_throttled_and_stopped_by_the_panic_flag() {
+    let db = Cluster::primary().fresh_db("ce_part");
+    let table = OracleTable::create_partitioned(&db, "orders", KeyKind::Identity, 20_000, "HASH (id)", crate::partitioned::HASH_TREE).await;
+    let client = db.client().await;
+    let (flag, panic) = (temp_path(&db, "throttle"), temp_path(&db, "panic"));
+    let _cleanup = (Removed(flag.clone()), Removed(panic.clone()));
+    let workload = Workload::start(&db, &table, WorkloadOptions::new(2).rate(Some(50))).await;
+
+    let (flag_arg, panic_arg) = (flag.to_str().unwrap(), panic.to_str().unwrap());
+    let mut args = vec!["--table", "orders", "--alter", ALTER, "--execute", "--throttle-flag-file", flag_arg, "--panic-flag-file", panic_arg];
+    args.extend(SLOW_COPY);
+    let mut run = Running::spawn(&db, &args);
+    run.wait_log("copying partition by partition", Duration::from_secs(60)).await;
+    wait_for_copy_past(&client, &mut run, "orders", 500, Duration::from_secs(60)).await;
+
+    std::fs::write(&flag, b"").unwrap();
+    run.wait_log(&format!("throttled: throttle flag file {} exists", flag.display()), Duration::from_secs(20)).await;
+    let held = assert_copy_stalled(&client, &mut run, "orders", "the throttle flag file exists").await;
+    std::fs::remove_file(&flag).unwrap();
+    assert_copy_resumes(&client, &mut run, "orders", held, Duration::from_secs(20)).await;
+
+    std::fs::write(&panic, b"").unwrap();
+    let out = run.wait(Duration::from_secs(30)).await;
+    assert_exit(&out, 4, &["panic flag"]);
+    workload.wait_for_more_commits(20, Duration::from_secs(30)).await;
+    let report = workload.stop().await;
+    assert!(report.errors.is_empty(), "workload errors (seed {}): {:#?}", report.seed, report.errors);
+    table.assert_matches_control(&client, &table.projection()).await;
+    assert_eq!(column_type(&client, "orders", "n").await, "integer");
+    assert_no_slots_or_publications(&client).await;
+}
+
 fn out_count(out: &Output, needle: &str) -> usize {
     binary::stderr(out).lines().filter(|l| l.contains(needle)).count()
 }

@@ -170,7 +170,7 @@ async fn dependents_of_a_partitioned_table_follow_it() {
 
 /// By hash of the id (the workload's key updates move rows between partitions); one
 /// partition lives in another schema.
-const HASH_TREE: &str = "
+pub(crate) const HASH_TREE: &str = "
     CREATE TABLE public.orders_h0 PARTITION OF {t} FOR VALUES WITH (MODULUS 3, REMAINDER 0);
     CREATE TABLE public.orders_h1 PARTITION OF {t} FOR VALUES WITH (MODULUS 3, REMAINDER 1) WITH (fillfactor = 70);
     CREATE SCHEMA archive;
