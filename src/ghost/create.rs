@@ -3,6 +3,7 @@ use super::conversion;
 use super::convert::Conversion;
 use super::mapping::Mapping;
 use super::partitions::{self, PartitionTree};
+use super::locks::{self, LockWait};
 use crate::alter::{self, AlterPlan};
 use crate::datacheck::{self, Checks};
 use crate::error::{Context, Error, ErrorKind, Result};
@@ -73,20 +74,35 @@ struct OrigIndex {
 
 /// Creates the ghost of `orig` with `alter` applied, in one transaction.
 pub async fn create(client: &mut Client, orig: &TableInfo, ghost: &QualifiedName, alter: &str) -> Result<Ghost> {
-    create_with_conversion(client, orig, ghost, alter, None).await
+    create_with_conversion(client, orig, ghost, alter, None, &LockWait::default()).await
 }
 
-/// [`create`], converting the table into a partitioned one when `conversion` says so.
+/// [`create`], converting the table into a partitioned one when `conversion` says so. The
+/// tables the foreign keys reference are locked as [`super::locks`] says, waiting as `wait`
+/// allows; a wait that runs out starts the transaction again.
 pub async fn create_with_conversion(
     client: &mut Client,
     orig: &TableInfo,
     ghost: &QualifiedName,
     alter: &str,
     conversion: Option<&Conversion>,
+    wait: &LockWait,
 ) -> Result<Ghost> {
-    let tx = client.transaction().await.context("starting the ghost's transaction")?;
-    let built = build(&tx, orig, ghost, alter, conversion).await?;
-    tx.commit().await.context("committing the ghost table")?;
+    let mut attempt = 0;
+    let built = loop {
+        attempt += 1;
+        let tx = client.transaction().await.context("starting the ghost's transaction")?;
+        match build(&tx, orig, ghost, alter, conversion, wait).await {
+            Ok(built) => {
+                tx.commit().await.context("committing the ghost table")?;
+                break built;
+            }
+            Err(e) => {
+                let _ = tx.rollback().await;
+                locks::again(e, attempt, wait, "creating the ghost table").await?;
+            }
+        }
+    };
     let g = built.ghost;
     tracing::info!(ghost = %ghost, deferred = g.deferred.len(), rewrites = g.alter.rewrites, "ghost table created");
     Ok(g)
@@ -107,11 +123,12 @@ pub async fn trial_with_dependents(
     names: &crate::names::Names,
     alter: &str,
     conversion: Option<&Conversion>,
+    wait: &LockWait,
 ) -> Result<(Dependents, Trial)> {
     let tx = client.transaction().await.context("starting to read the dependents")?;
     let deps = crate::dependents::read(&tx, orig.oid, &names.publication).await?;
     tx.rollback().await.context("ending the read of the dependents")?;
-    let trial = trial_with_conversion(client, orig, &names.ghost, alter, &deps, conversion).await?;
+    let trial = trial_with_conversion(client, orig, &names.ghost, alter, &deps, conversion, wait).await?;
     Ok((deps, trial))
 }
 
@@ -121,7 +138,7 @@ pub async fn trial_with_dependents(
 /// changed table (PostgreSQL itself checks the types). A foreign key that cannot is refused
 /// with PostgreSQL's reason.
 pub async fn trial(client: &mut Client, orig: &TableInfo, ghost: &QualifiedName, alter: &str, dependents: &Dependents) -> Result<Trial> {
-    trial_with_conversion(client, orig, ghost, alter, dependents, None).await
+    trial_with_conversion(client, orig, ghost, alter, dependents, None, &LockWait::default()).await
 }
 
 /// [`trial`] of a conversion into a partitioned table when `conversion` says so; refused
@@ -133,16 +150,42 @@ pub async fn trial_with_conversion(
     alter: &str,
     dependents: &Dependents,
     conversion: Option<&Conversion>,
+    wait: &LockWait,
 ) -> Result<Trial> {
-    let tx = client.transaction().await.context("starting the trial ghost's transaction")?;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let tx = client.transaction().await.context("starting the trial ghost's transaction")?;
+        match trial_once(&tx, orig, ghost, alter, dependents, conversion, wait).await {
+            Ok(trial) => {
+                tx.rollback().await.context("rolling back the trial ghost")?;
+                return Ok(trial);
+            }
+            Err(e) => {
+                let _ = tx.rollback().await;
+                locks::again(e, attempt, wait, "building the trial ghost").await?;
+            }
+        }
+    }
+}
+
+async fn trial_once(
+    tx: &Transaction<'_>,
+    orig: &TableInfo,
+    ghost: &QualifiedName,
+    alter: &str,
+    dependents: &Dependents,
+    conversion: Option<&Conversion>,
+    wait: &LockWait,
+) -> Result<Trial> {
     // A ghost left by an earlier run that this run may drop is dropped here too (rolled back).
     let leftover: Option<u32> = tx.query_one("SELECT to_regclass($1)::oid", &[&ghost.sql()]).await?.try_get(0)?;
     if leftover.is_some() {
         tx.batch_execute(&format!("DROP TABLE {}", ghost.sql())).await.context("making room for the trial ghost")?;
     }
-    let built = build(&tx, orig, ghost, alter, conversion).await?;
+    let built = build(tx, orig, ghost, alter, conversion, wait).await?;
     if let Some(condition) = &built.unrouted {
-        conversion::refuse_unrouted(&tx, orig, condition).await?;
+        conversion::refuse_unrouted(tx, orig, condition).await?;
     }
     // A foreign key may reference a unique index set aside for the copy: the empty trial
     // ghost gets them all back at once.
@@ -212,8 +255,7 @@ pub async fn trial_with_conversion(
             )));
         }
     }
-    crate::dependents::materialized::trial(&tx, &dependents.materialized_views, &orig.name, orig.oid, ghost).await?;
-    tx.rollback().await.context("rolling back the trial ghost")?;
+    crate::dependents::materialized::trial(tx, &dependents.materialized_views, &orig.name, orig.oid, ghost).await?;
     Ok(Trial { changes, data_checks: built.data_checks })
 }
 
@@ -226,7 +268,8 @@ struct Prepared {
     data_checks: Checks,
 }
 
-async fn build(tx: &Transaction<'_>, orig: &TableInfo, ghost: &QualifiedName, alter: &str, conversion: Option<&Conversion>) -> Result<Prepared> {
+async fn build(tx: &Transaction<'_>, orig: &TableInfo, ghost: &QualifiedName, alter: &str, conversion: Option<&Conversion>, wait: &LockWait) -> Result<Prepared> {
+    let referenced = locks::referenced_tables(tx, orig.oid, &orig.name, alter).await?;
     let indexes = original_indexes(tx, orig.oid).await?;
     let constraint_names: HashMap<String, String> =
         indexes.iter().filter_map(|i| i.constraint.as_ref().map(|(n, _)| (n.clone(), temp_name(&i.name)))).collect();
@@ -246,6 +289,12 @@ async fn build(tx: &Transaction<'_>, orig: &TableInfo, ghost: &QualifiedName, al
     create_table(tx, orig, ghost, tree.as_ref()).await?;
     copy_table_properties(tx, orig, ghost, tree.is_some()).await?;
     copy_column_settings(tx, orig.oid, ghost).await?;
+    // The partitions of a partitioned original bring their own foreign keys: the tables they
+    // reference are locked before the partitions are made, else just before the table's own.
+    let partitions_first = tree.as_ref().is_some_and(|t| !t.converted);
+    if partitions_first {
+        locks::lock(tx, &referenced, wait.lock_timeout).await?;
+    }
     let mut unrouted = None;
     match (conversion, tree.as_mut()) {
         (Some(c), Some(tree)) => {
@@ -258,6 +307,9 @@ async fn build(tx: &Transaction<'_>, orig: &TableInfo, ghost: &QualifiedName, al
     conversion::create_stand_ins(tx, ghost, &stand_ins).await?;
     for index in indexes.iter().filter(|i| !stand_ins.iter().any(|s| s.index == i.name)) {
         create_original_index(tx, ghost, index).await?;
+    }
+    if !partitions_first {
+        locks::lock(tx, &referenced, wait.lock_timeout).await?;
     }
     copy_foreign_keys(tx, orig.oid, ghost).await?;
     let ghost_oid = relation_oid(tx, ghost).await?;

@@ -358,3 +358,70 @@ async fn a_write_between_two_locked_tables_is_never_the_deadlock_victim() {
     assert_eq!(db.psql("SELECT note FROM child WHERE id = 1001"), "new");
     assert_eq!(db.psql("SELECT confrelid::regclass::text FROM pg_constraint WHERE conrelid = 'child'::regclass AND contype = 'f'"), "parent");
 }
+
+// ---- a write caught by the ghost's creation ------------------------------------------------
+
+/// The pid of a pg-ghost session whose lock request waits (other than the cut-over's: any).
+async fn waiting_pg_ghost_pid(db: &TestDb<'_>, run: &mut Running) -> i32 {
+    let sql = "SELECT a.pid FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+                WHERE NOT l.granted AND a.application_name LIKE 'pg-ghost%' AND a.datname = current_database() LIMIT 1";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(pid) = db.psql(sql).parse::<i32>() {
+            return pid;
+        }
+        run.assert_running("a pg-ghost session to wait for a lock").await;
+        assert!(Instant::now() < deadline, "no pg-ghost session waited for a lock within 60 s");
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// DAViCal's `dav_binding` as it was when an application write on it was chosen as a deadlock
+/// victim: foreign keys to `principal` (the older one) and `collection`, and a CHECK calling a
+/// function that reads `collection`. An INSERT reads `collection` in its CHECK, then checks its
+/// foreign keys (ROW SHARE on `principal`). The ghost's creation adds the original's foreign
+/// keys to the ghost and drops them again for the copy, which takes ACCESS EXCLUSIVE on each
+/// referenced table in turn: holding `principal`, it waited for `collection`, which the write
+/// held, and the write then waited for `principal`. pg-ghost's wait began first, so its one
+/// deadlock check (after `deadlock_timeout`) came before the cycle closed and found nothing; the
+/// write's came later and aborted the write. pg-ghost must take the referenced tables all at
+/// once with a wait shorter than any write's `deadlock_timeout`, holding nothing a write
+/// waits for while it waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_is_never_the_deadlock_victim_of_the_ghosts_creation() {
+    let db = Cluster::primary().fresh_db("creation_deadlock");
+    db.psql(
+        "CREATE TABLE principal (principal_id int8 PRIMARY KEY, displayname text);
+         INSERT INTO principal SELECT g, 'p' || g FROM generate_series(1, 100) g;
+         CREATE TABLE collection (collection_id int8 PRIMARY KEY, dav_name text UNIQUE NOT NULL);
+         INSERT INTO collection SELECT g, '/c' || g || '/' FROM generate_series(1, 100) g;
+         CREATE FUNCTION real_path_exists(in_path text) RETURNS boolean LANGUAGE plpgsql AS $$
+           BEGIN RETURN EXISTS (SELECT 1 FROM collection WHERE dav_name = in_path); END $$;
+         CREATE TABLE dav_binding (
+           bind_id int8 PRIMARY KEY,
+           dav_owner_id int8 NOT NULL REFERENCES principal (principal_id) ON UPDATE CASCADE ON DELETE CASCADE,
+           bound_source_id int8 REFERENCES collection (collection_id) ON UPDATE CASCADE ON DELETE CASCADE,
+           dav_name text UNIQUE NOT NULL CONSTRAINT dav_name_does_not_exist CHECK (NOT real_path_exists(dav_name)),
+           n int NOT NULL);
+         INSERT INTO dav_binding SELECT g, g, g, '/b' || g || '/', g FROM generate_series(1, 100) g;",
+    );
+    assert_eq!(db.psql("SHOW deadlock_timeout"), "1s");
+    // The write's CHECK has read `collection` when pg-ghost starts.
+    let writer = db.client().await;
+    writer.batch_execute("BEGIN; SELECT real_path_exists('/b101/')").await.unwrap();
+    let mut run = Running::spawn(&db, "run", &["--table", "dav_binding", "--alter", ALTER, "--execute"]);
+    waiting_pg_ghost_pid(&db, &mut run).await;
+    // Past pg-ghost's own deadlock check, as when the write's foreign-key check came late.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let insert = writer.batch_execute("INSERT INTO dav_binding VALUES (101, 1, 1, '/b101/', 101)");
+    let inserted = tokio::time::timeout(Duration::from_secs(20), insert).await.expect("the write never finished");
+    if let Err(e) = inserted {
+        panic!("the write was aborted: {}", crate::oracle::compare::db_message(&e));
+    }
+    writer.batch_execute("COMMIT").await.unwrap();
+
+    let out = run.wait(Duration::from_secs(60)).await;
+    binary::assert_success(&out);
+    assert_eq!(column_type(&db, "dav_binding", "n"), "bigint");
+    assert_eq!(db.psql("SELECT dav_name FROM dav_binding WHERE bind_id = 101"), "/b101/");
+}
