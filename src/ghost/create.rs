@@ -289,11 +289,11 @@ async fn build(tx: &Transaction<'_>, orig: &TableInfo, ghost: &QualifiedName, al
     create_table(tx, orig, ghost, tree.as_ref()).await?;
     copy_table_properties(tx, orig, ghost, tree.is_some()).await?;
     copy_column_settings(tx, orig.oid, ghost).await?;
-    // The partitions of a partitioned original bring their own foreign keys: the tables they
-    // reference are locked before the partitions are made, else just before the table's own.
-    let partitions_first = tree.as_ref().is_some_and(|t| !t.converted);
+    // Locked as late as can be (ACCESS EXCLUSIVE stops reads too): before the partitions are
+    // made when one of them brings its own foreign keys, else just before the table's own.
+    let partitions_first = referenced.by_partitions && tree.as_ref().is_some_and(|t| !t.converted);
     if partitions_first {
-        locks::lock(tx, &referenced, wait.lock_timeout).await?;
+        locks::lock(tx, &referenced.tables, wait.lock_timeout).await?;
     }
     let mut unrouted = None;
     match (conversion, tree.as_mut()) {
@@ -309,7 +309,7 @@ async fn build(tx: &Transaction<'_>, orig: &TableInfo, ghost: &QualifiedName, al
         create_original_index(tx, ghost, index).await?;
     }
     if !partitions_first {
-        locks::lock(tx, &referenced, wait.lock_timeout).await?;
+        locks::lock(tx, &referenced.tables, wait.lock_timeout).await?;
     }
     copy_foreign_keys(tx, orig.oid, ghost).await?;
     let ghost_oid = relation_oid(tx, ghost).await?;

@@ -46,9 +46,17 @@ impl From<&crate::config::CutOverConfig> for LockWait {
     }
 }
 
-/// The tables other than the tree's own that a foreign key of the original or of one of its
-/// partitions references, or that one the ALTER adds does, sorted by schema and name.
-pub(super) async fn referenced_tables(tx: &impl GenericClient, orig_oid: u32, orig: &QualifiedName, alter: &str) -> Result<Vec<QualifiedName>> {
+/// The tables other than the tree's own that the foreign keys of the original or of its
+/// partitions reference, or those the ALTER adds do.
+pub(super) struct Referenced {
+    /// Sorted by schema and name.
+    pub tables: Vec<QualifiedName>,
+    /// Whether a partition's own foreign key references one: the ghost's partitions get theirs
+    /// when they are made, before the table's own.
+    pub by_partitions: bool,
+}
+
+pub(super) async fn referenced_tables(tx: &impl GenericClient, orig_oid: u32, orig: &QualifiedName, alter: &str) -> Result<Referenced> {
     let mut names: Vec<String> = Vec::new();
     if !alter.trim().is_empty() {
         for clause in crate::plan::clauses::split(alter, orig)? {
@@ -62,19 +70,25 @@ pub(super) async fn referenced_tables(tx: &impl GenericClient, orig_oid: u32, or
         .query(
             "WITH tree AS (SELECT $1::oid AS relid UNION SELECT relid FROM pg_partition_tree($1::oid::regclass)),
                   referenced AS (
-                    SELECT con.confrelid AS relid FROM pg_constraint con
+                    SELECT con.confrelid AS relid, con.conrelid <> $1::oid AS by_partition FROM pg_constraint con
                      WHERE con.contype = 'f' AND con.conparentid = 0 AND con.conrelid IN (SELECT relid FROM tree)
                     UNION
-                    SELECT to_regclass(name)::oid FROM unnest($2::text[]) AS name)
-             SELECT DISTINCT n.nspname::text, c.relname::text
+                    SELECT to_regclass(name)::oid, false FROM unnest($2::text[]) AS name)
+             SELECT n.nspname::text, c.relname::text, bool_or(r.by_partition)
                FROM referenced r JOIN pg_class c ON c.oid = r.relid JOIN pg_namespace n ON n.oid = c.relnamespace
               WHERE r.relid NOT IN (SELECT relid FROM tree)
+              GROUP BY 1, 2
               ORDER BY 1, 2",
             &[&orig_oid, &names],
         )
         .await
         .context("reading the tables the foreign keys reference")?;
-    rows.iter().map(|r| Ok(QualifiedName::new(r.try_get::<_, String>(0)?, r.try_get::<_, String>(1)?))).collect()
+    let mut referenced = Referenced { tables: Vec::new(), by_partitions: false };
+    for r in &rows {
+        referenced.tables.push(QualifiedName::new(r.try_get::<_, String>(0)?, r.try_get::<_, String>(1)?));
+        referenced.by_partitions |= r.try_get::<_, bool>(2)?;
+    }
+    Ok(referenced)
 }
 
 /// Locks `tables` in ACCESS EXCLUSIVE mode in one statement, waiting at most `lock_timeout`
