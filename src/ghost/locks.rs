@@ -147,3 +147,33 @@ pub(super) async fn again(e: Error, attempt: u32, wait: &LockWait, what: &str) -
     tokio::time::sleep(delay).await;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn only_a_lock_timeout_with_attempts_left_is_tried_again() {
+        let wait = LockWait { lock_timeout: Duration::from_millis(500), retries: 3 };
+        let timeout = || Error::new(ErrorKind::LockTimeout, "could not lock");
+        assert!(again(timeout(), 1, &wait, "building").await.is_ok());
+        assert!(again(timeout(), 2, &wait, "building").await.is_ok());
+        assert_eq!(again(timeout(), 3, &wait, "building").await.map_err(|e| e.kind()), Err(ErrorKind::LockTimeout));
+        let refused = Error::refused("no");
+        assert_eq!(again(refused, 1, &wait, "building").await.map_err(|e| e.kind()), Err(ErrorKind::Refused));
+    }
+
+    #[test]
+    fn the_wait_is_the_cut_overs() {
+        let c = crate::config::CutOverConfig {
+            lock_timeout: Duration::from_millis(300),
+            retries: 7,
+            kill_blockers_after: None,
+            ok_to_drop_table: false,
+            timestamp_old_table: false,
+            postpone_flag_file: None,
+        };
+        let w = LockWait::from(&c);
+        assert_eq!((w.lock_timeout, w.retries), (Duration::from_millis(300), 7));
+    }
+}
