@@ -1,8 +1,10 @@
 //! The cut-over: one transaction that swaps the ghost in for the original.
 //!
 //! Pause the flusher (its reads of the original would queue behind our lock); take ACCESS
-//! EXCLUSIVE on the original with a short `lock_timeout` (a waiting LOCK stalls every later
-//! query on the table, so try often and briefly); emit a sentinel through the stream from a
+//! EXCLUSIVE on the original, and every lock the swap's statements will ask for (see
+//! [`also_locked`]), in one wait bounded by a short `lock_timeout` (a waiting LOCK stalls every
+//! later query on the table, so try often and briefly; and no statement after it may wait for a
+//! lock, or an application session could be chosen as a deadlock victim); emit a sentinel through the stream from a
 //! second connection and read the stream up to it, which yields every change committed
 //! before the lock; flush those keys inside the locked transaction; carry sequences over,
 //! rename, commit. Any failure rolls back: the original is untouched and the keys go back
@@ -11,6 +13,7 @@
 //! LOCK terminates the sessions in its way. A session lost to `pg_terminate_backend` is
 //! replaced before the next attempt.
 
+pub(crate) mod also_locked;
 pub(crate) mod autovacuum;
 mod blockers;
 pub(crate) mod sessions;
@@ -202,14 +205,20 @@ impl CutOver<'_> {
         }
     }
 
-    /// Takes ACCESS EXCLUSIVE on both tables, waiting at most `lock_timeout`. While it waits,
-    /// the blockers are reported once, and terminated when the killer is due.
-    async fn lock_tables(&self, sessions: &Sessions, attempt: u32, killer: Option<&mut BlockerKiller>) -> Result<()> {
+    /// Takes ACCESS EXCLUSIVE on both tables, and every lock the swap's statements will ask for
+    /// (see [`also_locked`]), waiting at most `lock_timeout` in all. While it waits, the
+    /// blockers are reported once, and terminated when the killer is due.
+    /// Returns what it locked besides the tables, to be checked once the lock is held.
+    async fn lock_tables(&self, sessions: &Sessions, attempt: u32, killer: Option<&mut BlockerKiller>) -> Result<Vec<also_locked::AlsoLocked>> {
         let mut tables = vec![self.orig.name.sql(), self.ghost.name.sql()];
         if !self.swap_back {
             tables.extend(swap::referencing_tables(&sessions.client, self.orig.oid).await?.iter().map(QualifiedName::sql));
         }
-        let wait = lock_wait_limit(self.lock_timeout, sessions.deadlock_timeout, tables.len() + self.materialized.len() > 2);
+        let others = also_locked::read(&sessions.client, self.orig.oid, &self.readees()).await?;
+        tables.extend(others.iter().filter(|o| o.is_table()).map(|o| o.name.sql()));
+        let renamed: Vec<String> = others.iter().filter_map(also_locked::AlsoLocked::rename_sql).flatten().collect();
+        let several = tables.len() + self.materialized.len() + renamed.len() > 2;
+        let wait = lock_wait_limit(self.lock_timeout, sessions.deadlock_timeout, several);
         if wait < self.lock_timeout && attempt == 1 {
             tracing::info!(
                 wait_ms = wait.as_millis() as u64,
@@ -225,11 +234,16 @@ impl CutOver<'_> {
             .batch_execute(&format!("SET LOCAL statement_timeout = '{}ms'", wait.as_millis().max(1)))
             .await
             .context("bounding the cut-over lock wait")?;
-        // Materialized views first, in the same statement: a query that reads one waits for a
-        // moment, rather than a write to the table.
+        // Materialized views, views and sequences first, in the same statement: a query that
+        // reads one waits for a moment, rather than a write to the table.
         let mut lock_sql: Vec<String> = self.materialized.iter().flat_map(|m| m.view.lock_sql()).collect();
+        lock_sql.extend(renamed);
         lock_sql.push(format!("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE", tables.join(", ")));
-        waiting::run(sessions, &lock_sql.join(";\n"), wait, attempt, killer, "cut-over lock")
+        let sql = match sessions.plpgsql {
+            true => also_locked::one_statement(&lock_sql),
+            false => lock_sql.join(";\n"),
+        };
+        waiting::run(sessions, &sql, wait, attempt, killer, "cut-over lock")
             .await
             .map_err(|e| match e.kind() {
                 ErrorKind::LockTimeout if !self.materialized.is_empty() => {
@@ -243,7 +257,30 @@ impl CutOver<'_> {
                 _ => e.context("locking the tables"),
             })?;
         let restore = format!("SET LOCAL statement_timeout = {}", crate::sql::literal(&sessions.statement_timeout));
-        sessions.client.batch_execute(&restore).await.context("restoring statement_timeout after the cut-over lock")
+        sessions.client.batch_execute(&restore).await.context("restoring statement_timeout after the cut-over lock")?;
+        Ok(others)
+    }
+
+    /// The relations whose views and rules the swap replaces: the table and the materialized
+    /// views rebuilt on it.
+    fn readees(&self) -> Vec<u32> {
+        let mut oids = vec![self.orig.oid];
+        oids.extend(self.materialized.iter().map(|m| m.view.oid));
+        oids
+    }
+
+    /// Under the lock: a view, rule or sequence made while the LOCK waited was not locked with
+    /// the tables, and the swap would wait for it holding them. The attempt is tried again.
+    async fn check_also_locked(&self, client: &Client, locked: &[also_locked::AlsoLocked]) -> Result<()> {
+        let now = also_locked::read(client, self.orig.oid, &self.readees()).await?;
+        let new: Vec<String> = now.iter().filter(|o| !locked.contains(o)).map(|o| o.name.to_string()).collect();
+        match new.is_empty() {
+            true => Ok(()),
+            false => Err(Error::new(
+                ErrorKind::Busy,
+                format!("{} appeared while the cut-over waited for its lock, which did not take them; trying again", new.join(", ")),
+            )),
+        }
     }
 
     /// Before the LOCK: autovacuum workers holding a lock on the tables are cancelled, left to
@@ -316,12 +353,13 @@ impl CutOver<'_> {
             .await
             .map_err(|e| fail(e.into()))?;
         let wait_started = Instant::now();
-        self.lock_tables(sessions, attempt, killer).await.map_err(fail)?;
+        let also_locked = self.lock_tables(sessions, attempt, killer).await.map_err(fail)?;
         let lock_wait = wait_started.elapsed();
         let locked_at = Instant::now();
         *held_since = Some(locked_at);
         tracing::info!(attempt, wait_ms = lock_wait.as_millis() as u64, "cut-over lock acquired");
         self.check_definition_unchanged(client).await.map_err(fail)?;
+        self.check_also_locked(client, &also_locked).await.map_err(fail)?;
 
         let sentinel = format!("cut-over {} {}", std::process::id(), attempt);
         let drain = self.writer.expect_sentinel(&sentinel).await.map_err(fail)?;
@@ -421,9 +459,9 @@ impl CutOver<'_> {
     }
 }
 
-/// How long the cut-over's LOCK may wait in all. When it locks tables the application writes
-/// together (the referencing tables of moved foreign keys), a write can hold one of them and
-/// wait behind the LOCK for another: a deadlock. PostgreSQL looks for one `deadlock_timeout`
+/// How long the cut-over's LOCK may wait in all. When it locks relations the application uses
+/// together (the referencing tables of moved foreign keys, views, sequences), a session can
+/// hold one of them and wait behind the LOCK for another: a deadlock. PostgreSQL looks for one `deadlock_timeout`
 /// after a session starts waiting and aborts whoever looks first; every write caught in such a
 /// cycle started waiting after the LOCK did, so a LOCK that gives up within half of
 /// `deadlock_timeout` (margin for a loaded server) is always gone before any write looks.

@@ -22,6 +22,8 @@ pub(crate) struct Sessions {
     pub statement_timeout: String,
     /// What to do about autovacuum workers in the LOCK's way.
     pub autovacuum: super::autovacuum::Policy,
+    /// Whether PL/pgSQL is there for a `DO` block (see [`super::also_locked::one_statement`]).
+    pub plpgsql: bool,
 }
 
 impl Sessions {
@@ -31,7 +33,8 @@ impl Sessions {
         let row = client
             .query_one(
                 "SELECT (SELECT setting::bigint FROM pg_settings WHERE name = 'deadlock_timeout'),
-                        current_setting('statement_timeout')",
+                        current_setting('statement_timeout'),
+                        EXISTS (SELECT FROM pg_language WHERE lanname = 'plpgsql' AND has_language_privilege(oid, 'USAGE'))",
                 &[],
             )
             .await
@@ -42,7 +45,7 @@ impl Sessions {
         // `GRANT SET ON PARAMETER`), without changing anything.
         let may_lower = client.batch_execute(&format!("SET deadlock_timeout = '{deadlock_ms}ms'")).await.is_ok();
         let autovacuum = super::autovacuum::Policy::new(may_lower);
-        Ok(Sessions { client, monitor, pid, deadlock_timeout, statement_timeout: row.try_get(1)?, autovacuum })
+        Ok(Sessions { client, monitor, pid, deadlock_timeout, statement_timeout: row.try_get(1)?, autovacuum, plpgsql: row.try_get(2)? })
     }
 
     /// Replaces the sessions that were lost. A session that still answers is kept: its

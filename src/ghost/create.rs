@@ -3,6 +3,7 @@ use super::conversion::{self, ConversionFindings};
 use super::convert::Conversion;
 use super::mapping::Mapping;
 use super::partitions::{self, PartitionTree};
+use super::locks::{self, LockWait};
 use crate::alter::{self, AlterPlan};
 use crate::datacheck::{self, Checks};
 use crate::error::{Context, Error, ErrorKind, Result};
@@ -73,20 +74,35 @@ struct OrigIndex {
 
 /// Creates the ghost of `orig` with `alter` applied, in one transaction.
 pub async fn create(client: &mut Client, orig: &TableInfo, ghost: &QualifiedName, alter: &str) -> Result<Ghost> {
-    create_with_conversion(client, orig, ghost, alter, None).await
+    create_with_conversion(client, orig, ghost, alter, None, &LockWait::default()).await
 }
 
-/// [`create`], converting the table into a partitioned one when `conversion` says so.
+/// [`create`], converting the table into a partitioned one when `conversion` says so. The
+/// tables the foreign keys reference are locked as [`super::locks`] says, waiting as `wait`
+/// allows; a wait that runs out starts the transaction again.
 pub async fn create_with_conversion(
     client: &mut Client,
     orig: &TableInfo,
     ghost: &QualifiedName,
     alter: &str,
     conversion: Option<&Conversion>,
+    wait: &LockWait,
 ) -> Result<Ghost> {
-    let tx = client.transaction().await.context("starting the ghost's transaction")?;
-    let built = build(&tx, orig, ghost, alter, conversion, &mut ConversionFindings::default()).await?;
-    tx.commit().await.context("committing the ghost table")?;
+    let mut attempt = 0;
+    let built = loop {
+        attempt += 1;
+        let tx = client.transaction().await.context("starting the ghost's transaction")?;
+        match build(&tx, orig, ghost, alter, conversion, wait, &mut ConversionFindings::default()).await {
+            Ok(built) => {
+                tx.commit().await.context("committing the ghost table")?;
+                break built;
+            }
+            Err(e) => {
+                let _ = tx.rollback().await;
+                locks::again(e, attempt, wait, "creating the ghost table").await?;
+            }
+        }
+    };
     let g = built.ghost;
     tracing::info!(ghost = %ghost, deferred = g.deferred.len(), rewrites = g.alter.rewrites, "ghost table created");
     Ok(g)
@@ -107,11 +123,12 @@ pub async fn trial_with_dependents(
     names: &crate::names::Names,
     alter: &str,
     conversion: Option<&Conversion>,
+    wait: &LockWait,
 ) -> Result<(Dependents, Trial)> {
     let tx = client.transaction().await.context("starting to read the dependents")?;
     let deps = crate::dependents::read(&tx, orig.oid, &names.publication).await?;
     tx.rollback().await.context("ending the read of the dependents")?;
-    let trial = trial_with_conversion(client, orig, &names.ghost, alter, &deps, conversion).await?;
+    let trial = trial_with_conversion(client, orig, &names.ghost, alter, &deps, conversion, wait).await?;
     Ok((deps, trial))
 }
 
@@ -121,7 +138,7 @@ pub async fn trial_with_dependents(
 /// changed table (PostgreSQL itself checks the types). A foreign key that cannot is refused
 /// with PostgreSQL's reason.
 pub async fn trial(client: &mut Client, orig: &TableInfo, ghost: &QualifiedName, alter: &str, dependents: &Dependents) -> Result<Trial> {
-    trial_with_conversion(client, orig, ghost, alter, dependents, None).await
+    trial_with_conversion(client, orig, ghost, alter, dependents, None, &LockWait::default()).await
 }
 
 /// [`trial`] of a conversion into a partitioned table when `conversion` says so; refused
@@ -133,9 +150,10 @@ pub async fn trial_with_conversion(
     alter: &str,
     dependents: &Dependents,
     conversion: Option<&Conversion>,
+    wait: &LockWait,
 ) -> Result<Trial> {
     let mut findings = ConversionFindings::default();
-    let trial = trial_finding(client, orig, ghost, alter, dependents, conversion, &mut findings).await?;
+    let trial = trial_finding(client, orig, ghost, alter, dependents, conversion, wait, &mut findings).await?;
     if let Some(condition) = &findings.unrouted {
         conversion::refuse_unrouted(&*client, orig, condition).await?;
     }
@@ -156,14 +174,17 @@ pub async fn explain_conversion(
     let deps = crate::dependents::read(&tx, orig.oid, &names.publication).await?;
     tx.rollback().await.context("ending the read of the dependents")?;
     let mut findings = ConversionFindings::default();
-    match trial_finding(client, orig, &names.ghost, alter, &deps, Some(conversion), &mut findings).await {
+    let wait = LockWait::default();
+    match trial_finding(client, orig, &names.ghost, alter, &deps, Some(conversion), &wait, &mut findings).await {
         Ok(_) => Ok((findings, None)),
         Err(e) if e.kind() == ErrorKind::Refused => Ok((findings, Some(e))),
         Err(e) => Err(e),
     }
 }
 
-/// The trial ghost, in a transaction that is rolled back; `findings` is filled as it goes.
+/// The trial ghost, in a transaction that is rolled back (started again when a lock wait
+/// runs out); `findings` is filled as it goes.
+#[allow(clippy::too_many_arguments)]
 async fn trial_finding(
     client: &mut Client,
     orig: &TableInfo,
@@ -171,15 +192,44 @@ async fn trial_finding(
     alter: &str,
     dependents: &Dependents,
     conversion: Option<&Conversion>,
+    wait: &LockWait,
     findings: &mut ConversionFindings,
 ) -> Result<Trial> {
-    let tx = client.transaction().await.context("starting the trial ghost's transaction")?;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        *findings = ConversionFindings::default();
+        let tx = client.transaction().await.context("starting the trial ghost's transaction")?;
+        match trial_once(&tx, orig, ghost, alter, dependents, conversion, wait, findings).await {
+            Ok(trial) => {
+                tx.rollback().await.context("rolling back the trial ghost")?;
+                return Ok(trial);
+            }
+            Err(e) => {
+                let _ = tx.rollback().await;
+                locks::again(e, attempt, wait, "building the trial ghost").await?;
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn trial_once(
+    tx: &Transaction<'_>,
+    orig: &TableInfo,
+    ghost: &QualifiedName,
+    alter: &str,
+    dependents: &Dependents,
+    conversion: Option<&Conversion>,
+    wait: &LockWait,
+    findings: &mut ConversionFindings,
+) -> Result<Trial> {
     // A ghost left by an earlier run that this run may drop is dropped here too (rolled back).
     let leftover: Option<u32> = tx.query_one("SELECT to_regclass($1)::oid", &[&ghost.sql()]).await?.try_get(0)?;
     if leftover.is_some() {
         tx.batch_execute(&format!("DROP TABLE {}", ghost.sql())).await.context("making room for the trial ghost")?;
     }
-    let built = build(&tx, orig, ghost, alter, conversion, findings).await?;
+    let built = build(tx, orig, ghost, alter, conversion, wait, findings).await?;
     // A foreign key may reference a unique index set aside for the copy: the empty trial
     // ghost gets them all back at once.
     for d in &built.ghost.deferred {
@@ -248,8 +298,7 @@ async fn trial_finding(
             )));
         }
     }
-    crate::dependents::materialized::trial(&tx, &dependents.materialized_views, &orig.name, orig.oid, ghost).await?;
-    tx.rollback().await.context("rolling back the trial ghost")?;
+    crate::dependents::materialized::trial(tx, &dependents.materialized_views, &orig.name, orig.oid, ghost).await?;
     Ok(Trial { changes, data_checks: built.data_checks })
 }
 
@@ -262,14 +311,17 @@ struct Prepared {
 
 /// Builds the ghost in `tx`. For a conversion, `findings` gets what is learnt on the way
 /// (partitions and their bounds, the keys that lack the partition key, what the ALTER left).
+/// The tables its foreign keys reference are locked as [`super::locks`] says.
 async fn build(
     tx: &Transaction<'_>,
     orig: &TableInfo,
     ghost: &QualifiedName,
     alter: &str,
     conversion: Option<&Conversion>,
+    wait: &LockWait,
     findings: &mut ConversionFindings,
 ) -> Result<Prepared> {
+    let referenced = locks::referenced_tables(tx, orig.oid, &orig.name, alter).await?;
     let indexes = original_indexes(tx, orig.oid).await?;
     let constraint_names: HashMap<String, String> =
         indexes.iter().filter_map(|i| i.constraint.as_ref().map(|(n, _)| (n.clone(), temp_name(&i.name)))).collect();
@@ -290,6 +342,12 @@ async fn build(
     create_table(tx, orig, ghost, tree.as_ref()).await?;
     copy_table_properties(tx, orig, ghost, tree.is_some()).await?;
     copy_column_settings(tx, orig.oid, ghost).await?;
+    // Locked as late as can be (ACCESS EXCLUSIVE stops reads too): before the partitions are
+    // made when one of them brings its own foreign keys, else just before the table's own.
+    let partitions_first = referenced.by_partitions && tree.as_ref().is_some_and(|t| !t.converted);
+    if partitions_first {
+        locks::lock(tx, &referenced.tables, wait.lock_timeout).await?;
+    }
     match (conversion, tree.as_mut()) {
         (Some(c), Some(tree)) => {
             conversion::create_partitions(tx, c, &orig.name, ghost, tree).await?;
@@ -302,6 +360,9 @@ async fn build(
     conversion::create_stand_ins(tx, ghost, &stand_ins).await?;
     for index in indexes.iter().filter(|i| !stand_ins.iter().any(|s| s.index == i.name)) {
         create_original_index(tx, ghost, index).await?;
+    }
+    if !partitions_first {
+        locks::lock(tx, &referenced.tables, wait.lock_timeout).await?;
     }
     copy_foreign_keys(tx, orig.oid, ghost).await?;
     let ghost_oid = relation_oid(tx, ghost).await?;

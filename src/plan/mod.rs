@@ -2,7 +2,7 @@
 //! would make the change and why, and what each way costs. Read-only: the only objects it
 //! creates are temporary tables of its own session, dropped before it ends.
 
-mod clauses;
+pub(crate) mod clauses;
 mod conversion;
 mod estimate;
 mod probe;
@@ -162,7 +162,7 @@ async fn check_data(mut client: tokio_postgres::Client, conn: &ConnInfo, table: 
         }
     };
     let names = crate::names::Names::for_table(table, info.oid);
-    let (_, trial) = crate::ghost::trial_with_dependents(&mut client, &info, &names, alter, None).await?;
+    let (_, trial) = crate::ghost::trial_with_dependents(&mut client, &info, &names, alter, None, &crate::ghost::LockWait::default()).await?;
     let limits = crate::datacheck::Limits {
         report: limit,
         chunk_size: 10_000,

@@ -632,7 +632,7 @@ impl Run {
     /// another table, they stay on this one as after a plain ALTER TABLE.
     async fn inspect_direct(&mut self, table: &inspect::Described, names: &Names, server: &inspect::ServerInfo) -> Result<()> {
         match &table.keyed {
-            Ok(info) => match ghost::trial_with_dependents(&mut self.client, info, names, &self.cfg.alter, None).await {
+            Ok(info) => match ghost::trial_with_dependents(&mut self.client, info, names, &self.cfg.alter, None, &ghost::LockWait::from(&self.cfg.cut_over)).await {
                 Ok((_, trial)) => self.data_checks = Some(trial.data_checks),
                 // What the copy would refuse is no obstacle here; the validation steps check the rows.
                 Err(e) if e.kind() == ErrorKind::Refused => {
@@ -663,7 +663,7 @@ impl Run {
     /// that is rolled back: everything that cannot follow the table is refused here, before
     /// anything is created.
     async fn check_dependents(&mut self, info: &TableInfo, names: &Names, superuser: bool) -> Result<()> {
-        let (deps, trial) = ghost::trial_with_dependents(&mut self.client, info, names, &self.cfg.alter, self.cfg.conversion.as_ref()).await?;
+        let (deps, trial) = ghost::trial_with_dependents(&mut self.client, info, names, &self.cfg.alter, self.cfg.conversion.as_ref(), &ghost::LockWait::from(&self.cfg.cut_over)).await?;
         let changes = trial.changes;
         self.data_checks = Some(trial.data_checks);
         let bypass_rls: bool = self
@@ -797,7 +797,7 @@ impl Run {
         if let Some(run_id) = self.history.run_id() {
             self.record_value(names, checkpoint::RUN_ID, &run_id).await;
         }
-        let ghost = ghost::create_with_conversion(&mut self.client, info, &names.ghost, &self.cfg.alter, self.cfg.conversion.as_ref()).await?;
+        let ghost = ghost::create_with_conversion(&mut self.client, info, &names.ghost, &self.cfg.alter, self.cfg.conversion.as_ref(), &ghost::LockWait::from(&self.cfg.cut_over)).await?;
         self.created.ghost = true;
         let plan = checkpoint::Plan::new(
             alter::canonical(&self.cfg.alter)?,

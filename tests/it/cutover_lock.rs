@@ -358,3 +358,142 @@ async fn a_write_between_two_locked_tables_is_never_the_deadlock_victim() {
     assert_eq!(db.psql("SELECT note FROM child WHERE id = 1001"), "new");
     assert_eq!(db.psql("SELECT confrelid::regclass::text FROM pg_constraint WHERE conrelid = 'child'::regclass AND contype = 'f'"), "parent");
 }
+
+// ---- a write caught by the ghost's creation ------------------------------------------------
+
+/// The pid of a pg-ghost session whose lock request waits (other than the cut-over's: any).
+async fn waiting_pg_ghost_pid(db: &TestDb<'_>, run: &mut Running) -> i32 {
+    let sql = "SELECT a.pid FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+                WHERE NOT l.granted AND a.application_name LIKE 'pg-ghost%' AND a.datname = current_database() LIMIT 1";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(pid) = db.psql(sql).parse::<i32>() {
+            return pid;
+        }
+        run.assert_running("a pg-ghost session to wait for a lock").await;
+        assert!(Instant::now() < deadline, "no pg-ghost session waited for a lock within 60 s");
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// DAViCal's `dav_binding` as it was when an application write on it was chosen as a deadlock
+/// victim: foreign keys to `principal` (the older one) and `collection`, and a CHECK calling a
+/// function that reads `collection`. An INSERT reads `collection` in its CHECK, then checks its
+/// foreign keys (ROW SHARE on `principal`). The ghost's creation adds the original's foreign
+/// keys to the ghost and drops them again for the copy, which takes ACCESS EXCLUSIVE on each
+/// referenced table in turn: holding `principal`, it waited for `collection`, which the write
+/// held, and the write then waited for `principal`. pg-ghost's wait began first, so its one
+/// deadlock check (after `deadlock_timeout`) came before the cycle closed and found nothing; the
+/// write's came later and aborted the write. pg-ghost must take the referenced tables all at
+/// once with a wait shorter than any write's `deadlock_timeout`, holding nothing a write
+/// waits for while it waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_is_never_the_deadlock_victim_of_the_ghosts_creation() {
+    let db = Cluster::primary().fresh_db("creation_deadlock");
+    db.psql(
+        "CREATE TABLE principal (principal_id int8 PRIMARY KEY, displayname text);
+         INSERT INTO principal SELECT g, 'p' || g FROM generate_series(1, 100) g;
+         CREATE TABLE collection (collection_id int8 PRIMARY KEY, dav_name text UNIQUE NOT NULL);
+         INSERT INTO collection SELECT g, '/c' || g || '/' FROM generate_series(1, 100) g;
+         CREATE FUNCTION real_path_exists(in_path text) RETURNS boolean LANGUAGE plpgsql AS $$
+           BEGIN RETURN EXISTS (SELECT 1 FROM collection WHERE dav_name = in_path); END $$;
+         CREATE TABLE dav_binding (
+           bind_id int8 PRIMARY KEY,
+           dav_owner_id int8 NOT NULL REFERENCES principal (principal_id) ON UPDATE CASCADE ON DELETE CASCADE,
+           bound_source_id int8 REFERENCES collection (collection_id) ON UPDATE CASCADE ON DELETE CASCADE,
+           dav_name text UNIQUE NOT NULL CONSTRAINT dav_name_does_not_exist CHECK (NOT real_path_exists(dav_name)),
+           n int NOT NULL);
+         INSERT INTO dav_binding SELECT g, g, g, '/b' || g || '/', g FROM generate_series(1, 100) g;",
+    );
+    assert_eq!(db.psql("SHOW deadlock_timeout"), "1s");
+    // The write's CHECK has read `collection` when pg-ghost starts.
+    let writer = db.client().await;
+    writer.batch_execute("BEGIN; SELECT real_path_exists('/b101/')").await.unwrap();
+    let mut run = Running::spawn(&db, "run", &["--table", "dav_binding", "--alter", ALTER, "--execute"]);
+    waiting_pg_ghost_pid(&db, &mut run).await;
+    // Past pg-ghost's own deadlock check, as when the write's foreign-key check came late.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let insert = writer.batch_execute("INSERT INTO dav_binding VALUES (101, 1, 1, '/b101/', 101)");
+    let inserted = tokio::time::timeout(Duration::from_secs(20), insert).await.expect("the write never finished");
+    if let Err(e) = inserted {
+        panic!("the write was aborted: {}", crate::oracle::compare::db_message(&e));
+    }
+    writer.batch_execute("COMMIT").await.unwrap();
+
+    let out = run.wait(Duration::from_secs(60)).await;
+    binary::assert_success(&out);
+    assert_eq!(column_type(&db, "dav_binding", "n"), "bigint");
+    assert_eq!(db.psql("SELECT dav_name FROM dav_binding WHERE bind_id = 101"), "/b101/");
+}
+
+// ---- what the swap changes besides the tables ----------------------------------------------
+
+/// Runs `alter` on `table` with a long lock timeout while a blocker holds the table, so that
+/// the cut-over's LOCK waits; then the application session, after `setup` in its open
+/// transaction, runs `statement`, which queues behind the LOCK. It waits long enough that its
+/// deadlock check would come before the cut-over's; then the blocker lets go. The statement
+/// must go through and the run succeed.
+async fn queued_behind_the_cut_over(db: &TestDb<'static>, table: &str, alter: &str, setup: &str, statement: &'static str) {
+    let flag = flag_path(db, "postpone");
+    std::fs::write(&flag, b"").unwrap();
+    let args = ["--table", table, "--alter", alter, "--execute", "--cut-over-lock-timeout", "5s", "--postpone-cut-over-flag-file", flag.to_str().unwrap()];
+    let mut run = Running::spawn(db, "run", &args);
+    let watcher = db.client().await;
+    wait_for_state(&watcher, &mut run, table, "postponed", Duration::from_secs(60)).await;
+
+    let blocker = db.client().await;
+    blocker.batch_execute(&format!("BEGIN; LOCK TABLE {} IN ACCESS SHARE MODE", ident(table))).await.unwrap();
+    let app = db.client().await;
+    app.batch_execute(&format!("BEGIN; {setup}")).await.unwrap();
+    std::fs::remove_file(&flag).unwrap();
+    waiting_cut_over_pid(db, &mut run, None).await;
+
+    let queued = tokio::spawn(async move {
+        let r = app.batch_execute(statement).await;
+        (app, r)
+    });
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    blocker.batch_execute("COMMIT").await.unwrap();
+    let (app, done) = tokio::time::timeout(Duration::from_secs(20), queued).await.expect("the statement never finished").unwrap();
+    if let Err(e) = done {
+        panic!("the application's statement was aborted: {}", crate::oracle::compare::db_message(&e));
+    }
+    app.batch_execute("COMMIT").await.unwrap();
+    binary::assert_success(&run.wait(Duration::from_secs(60)).await);
+}
+
+/// A view on the table is replaced in the swap (`CREATE OR REPLACE VIEW`, ACCESS EXCLUSIVE on
+/// the view), which LOCK TABLE on the table does not take. A query on the view locks the view,
+/// then the table: one that arrives while the cut-over's LOCK waits holds the view and queues
+/// for the table; once the LOCK is granted the swap waits for the view, and the query, waiting
+/// since before, looks for the deadlock first and is aborted, whatever the cut-over's own
+/// `deadlock_timeout`. The cut-over must take the view in its bounded wait, with the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_on_a_view_the_swap_replaces_is_never_the_deadlock_victim() {
+    let db = Cluster::primary().fresh_db("cutover_view_deadlock");
+    db.psql(
+        "CREATE TABLE accounts (id int PRIMARY KEY, n int NOT NULL);
+         INSERT INTO accounts SELECT g, g FROM generate_series(1, 1000) g;
+         CREATE VIEW account_totals AS SELECT id, n FROM accounts;",
+    );
+    queued_behind_the_cut_over(&db, "accounts", "ADD COLUMN note text", "SELECT 1", "SELECT count(*) FROM account_totals").await;
+    assert_eq!(db.psql("SELECT count(*) FROM account_totals"), "1000");
+    assert_eq!(db.psql("SELECT count(*) FROM pg_attribute WHERE attrelid = 'accounts'::regclass AND attname = 'note'"), "1");
+}
+
+/// The swap renames the table's identity sequence (ACCESS EXCLUSIVE on it), which LOCK TABLE
+/// cannot take. A transaction that took a value from it (`nextval`, ROW EXCLUSIVE until it
+/// ends) and then writes the table queues behind the LOCK; once the LOCK is granted the rename
+/// waits for it. The cut-over must take the sequence in its bounded wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_took_a_sequence_value_is_never_the_deadlock_victim() {
+    let db = Cluster::primary().fresh_db("cutover_sequence_deadlock");
+    db.psql(
+        "CREATE TABLE tickets (id int GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY, n int NOT NULL);
+         INSERT INTO tickets (n) SELECT g FROM generate_series(1, 1000) g;",
+    );
+    let statement = "INSERT INTO tickets (id, n) VALUES (100001, 0)";
+    queued_behind_the_cut_over(&db, "tickets", "ADD COLUMN note text", "SELECT nextval(pg_get_serial_sequence('tickets', 'id'))", statement).await;
+    assert_eq!(db.psql("SELECT count(*) FROM tickets"), "1001");
+    assert_eq!(db.psql("SELECT pg_get_serial_sequence('tickets', 'id')"), "public.tickets_id_seq");
+}
