@@ -153,7 +153,8 @@ pub async fn trial_with_conversion(
     wait: &LockWait,
 ) -> Result<Trial> {
     let mut findings = ConversionFindings::default();
-    let trial = trial_finding(client, orig, ghost, alter, dependents, conversion, wait, &mut findings).await?;
+    let of = TrialOf { orig, ghost, alter, dependents, conversion, wait };
+    let trial = trial_finding(client, of, &mut findings).await?;
     if let Some(condition) = &findings.unrouted {
         conversion::refuse_unrouted(&*client, orig, condition).await?;
     }
@@ -175,55 +176,48 @@ pub async fn explain_conversion(
     tx.rollback().await.context("ending the read of the dependents")?;
     let mut findings = ConversionFindings::default();
     let wait = LockWait::default();
-    match trial_finding(client, orig, &names.ghost, alter, &deps, Some(conversion), &wait, &mut findings).await {
+    let of = TrialOf { orig, ghost: &names.ghost, alter, dependents: &deps, conversion: Some(conversion), wait: &wait };
+    match trial_finding(client, of, &mut findings).await {
         Ok(_) => Ok((findings, None)),
         Err(e) if e.kind() == ErrorKind::Refused => Ok((findings, Some(e))),
         Err(e) => Err(e),
     }
 }
 
+/// What a trial ghost is built from.
+#[derive(Clone, Copy)]
+struct TrialOf<'a> {
+    orig: &'a TableInfo,
+    ghost: &'a QualifiedName,
+    alter: &'a str,
+    dependents: &'a Dependents,
+    conversion: Option<&'a Conversion>,
+    wait: &'a LockWait,
+}
+
 /// The trial ghost, in a transaction that is rolled back (started again when a lock wait
 /// runs out); `findings` is filled as it goes.
-#[allow(clippy::too_many_arguments)]
-async fn trial_finding(
-    client: &mut Client,
-    orig: &TableInfo,
-    ghost: &QualifiedName,
-    alter: &str,
-    dependents: &Dependents,
-    conversion: Option<&Conversion>,
-    wait: &LockWait,
-    findings: &mut ConversionFindings,
-) -> Result<Trial> {
+async fn trial_finding(client: &mut Client, of: TrialOf<'_>, findings: &mut ConversionFindings) -> Result<Trial> {
     let mut attempt = 0;
     loop {
         attempt += 1;
         *findings = ConversionFindings::default();
         let tx = client.transaction().await.context("starting the trial ghost's transaction")?;
-        match trial_once(&tx, orig, ghost, alter, dependents, conversion, wait, findings).await {
+        match trial_once(&tx, of, findings).await {
             Ok(trial) => {
                 tx.rollback().await.context("rolling back the trial ghost")?;
                 return Ok(trial);
             }
             Err(e) => {
                 let _ = tx.rollback().await;
-                locks::again(e, attempt, wait, "building the trial ghost").await?;
+                locks::again(e, attempt, of.wait, "building the trial ghost").await?;
             }
         }
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn trial_once(
-    tx: &Transaction<'_>,
-    orig: &TableInfo,
-    ghost: &QualifiedName,
-    alter: &str,
-    dependents: &Dependents,
-    conversion: Option<&Conversion>,
-    wait: &LockWait,
-    findings: &mut ConversionFindings,
-) -> Result<Trial> {
+async fn trial_once(tx: &Transaction<'_>, of: TrialOf<'_>, findings: &mut ConversionFindings) -> Result<Trial> {
+    let TrialOf { orig, ghost, alter, dependents, conversion, wait } = of;
     // A ghost left by an earlier run that this run may drop is dropped here too (rolled back).
     let leftover: Option<u32> = tx.query_one("SELECT to_regclass($1)::oid", &[&ghost.sql()]).await?.try_get(0)?;
     if leftover.is_some() {
