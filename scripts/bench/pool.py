@@ -5,6 +5,7 @@ over all runs), as RESULTS.md does with two sessions each of copy, apply and imp
   pool.py copy   OUT_DIR...   (copy.tsv and the pg-ghost logs of each copy.sh --runs session)
   pool.py apply  OUT_DIR...   (apply.tsv; 200,000 changes)
   pool.py impact OUT_DIR...   (impact.tsv)
+  pool.py partitioned OUT_DIR...   (partitioned.tsv; 1,000,000 rows, the default)
 
 Sizes are those of the defaults (2,000,000 rows, 179 MB of heap and TOAST, 200,000 changes).
 """
@@ -109,8 +110,28 @@ def impact(dirs):
         print(f"pg-ghost cut-over (attempts, wait ms, held ms all attempts, held ms last): {x[9]}; workload max latency {x[6]} ms")
 
 
+def partitioned(dirs, rows=1000000):
+    d = {}
+    for sess in dirs:
+        for line in open(f"{sess}/partitioned.tsv"):
+            f = line.rstrip("\n").split("\t")
+            d.setdefault((f[0], f[1]), []).append(f)
+    print("| table | contender | runs | wall time s | row copy s | rows/s copied | checksum s | cut-over lock held ms |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for (shape, c), r in d.items():
+        fig = lambda i: [float(x[4].split(" ")[i]) for x in r if x[4].split(" ")[i] not in ("-", "?")]
+        wall = m([float(x[3]) for x in r])
+        if c == "alter":
+            print(f"| {shape} | {c} | {len(r)} | {wall} | | | | |")
+            continue
+        copy_s = fig(0)
+        rate = f"{rows / statistics.median(copy_s):,.0f}"
+        print(f"| {shape} | {c} | {len(r)} | {wall} | {m(copy_s, '{:.2f}')} | {rate} | {m(fig(3), '{:.2f}')} | {m(fig(1), '{:.0f}')} |")
+
+
 if __name__ == "__main__":
-    if len(sys.argv) < 3 or sys.argv[1] not in ("copy", "apply", "impact"):
+    drivers = {"copy": copy, "apply": apply, "impact": impact, "partitioned": partitioned}
+    if len(sys.argv) < 3 or sys.argv[1] not in drivers:
         print(__doc__)
         sys.exit(2)
-    {"copy": copy, "apply": apply, "impact": impact}[sys.argv[1]](sys.argv[2:])
+    drivers[sys.argv[1]](sys.argv[2:])
