@@ -444,12 +444,21 @@ async fn build(
 
 /// Builds the indexes and constraints set aside before the copy.
 pub async fn rebuild_deferred(client: &Client, ghost: &Ghost) -> Result<()> {
+    rebuild_deferred_waiting(client, ghost, &LockWait::default()).await
+}
+
+/// [`rebuild_deferred`], adding foreign keys with waits bounded by `wait`: adding one takes
+/// SHARE ROW EXCLUSIVE on the table it references, and while that waits for a long
+/// transaction that wrote the referenced table, every write to it queues behind.
+pub async fn rebuild_deferred_waiting(client: &Client, ghost: &Ghost, wait: &LockWait) -> Result<()> {
     for d in &ghost.deferred {
         let started = std::time::Instant::now();
         match built_on(client, ghost.oid, &d.name).await? {
             // A resumed run finds what the earlier one built (each build is one transaction).
             Built::Validated => continue,
             Built::NotValidated => {}
+            // Only foreign keys are validated afterwards; an index locks nothing but the ghost.
+            Built::No if d.then.is_some() => add_foreign_key(client, d, wait).await?,
             Built::No => {
                 client.batch_execute(&d.sql).await.with_context(|| format!("building {} on the ghost", ident(&d.name)))?;
             }
@@ -476,6 +485,26 @@ pub async fn rebuild_deferred(client: &Client, ghost: &Ghost) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Adds a foreign key set aside for the copy (`NOT VALID`), giving up on the referenced
+/// table's lock after `wait.lock_timeout` and trying again after a back-off, so that writes
+/// to that table never queue behind it for longer.
+async fn add_foreign_key(client: &Client, d: &Deferred, wait: &LockWait) -> Result<()> {
+    let bounded = format!("BEGIN; SET LOCAL lock_timeout = '{}ms'; {}; COMMIT", wait.lock_timeout.as_millis().max(1), d.sql);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match client.batch_execute(&bounded).await {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                // The failed statement leaves its transaction block open.
+                let _ = client.batch_execute("ROLLBACK").await;
+                let e = Error::from(e).context(format!("adding {} to the ghost", ident(&d.name)));
+                locks::again(e, attempt, wait, "adding a foreign key to the ghost").await?;
+            }
+        }
+    }
 }
 
 /// Whether the ALTER left this index of the original on the ghost.

@@ -879,7 +879,7 @@ impl Run {
         self.record_state(names, "build-indexes").await;
         repl.flush.delete_first();
         self.ensure_session().await?;
-        guard(ghost::rebuild_deferred(&self.client, ghost), &mut self.abort.clone(), Some(&mut *bg)).await?;
+        guard(ghost::rebuild_deferred_waiting(&self.client, ghost, &ghost::LockWait::from(&self.cfg.cut_over)), &mut self.abort.clone(), Some(&mut *bg)).await?;
         repl.flush.choose_strategy(&self.client, ghost.oid, &ghost.mapping.key_ghost).await?;
 
         self.enter(Phase::CatchUp);

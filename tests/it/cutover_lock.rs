@@ -497,3 +497,55 @@ async fn a_write_that_took_a_sequence_value_is_never_the_deadlock_victim() {
     assert_eq!(db.psql("SELECT count(*) FROM tickets"), "1001");
     assert_eq!(db.psql("SELECT pg_get_serial_sequence('tickets', 'id')"), "public.tickets_id_seq");
 }
+
+// ---- the foreign keys added back after the copy ----------------------------------------------
+
+/// A foreign key of the table, set aside for the copy, is added back to the ghost with a
+/// bounded wait: while a long transaction that wrote the referenced table holds it, pg-ghost's
+/// request gives up after `--cut-over-lock-timeout` and tries again, so other writes to the
+/// referenced table go through meanwhile instead of queueing behind it; the run completes once
+/// the long transaction ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adding_a_foreign_key_back_never_holds_up_writes_to_the_referenced_table() {
+    let db = Cluster::primary().fresh_db("cl_fk_back");
+    db.psql(
+        "CREATE TABLE accounts (id int PRIMARY KEY, balance int NOT NULL);
+         INSERT INTO accounts SELECT i, 0 FROM generate_series(1, 10) i;
+         CREATE TABLE entries (id int PRIMARY KEY, account int NOT NULL REFERENCES accounts, n int NOT NULL);
+         INSERT INTO entries SELECT i, i % 10 + 1, i FROM generate_series(1, 20000) i;",
+    );
+    let client = db.client().await;
+    let args = ["--table", "entries", "--alter", "ALTER COLUMN n TYPE bigint", "--execute", "--cut-over-lock-timeout", "200ms", "--chunk-size", "500"];
+    let mut run = Running::spawn(&db, "run", &args);
+    wait_for_state(&client, &mut run, "entries", "copy", Duration::from_secs(60)).await;
+    // A long transaction that wrote the referenced table: ROW EXCLUSIVE, which adding a
+    // foreign key that references the table (SHARE ROW EXCLUSIVE) must wait for.
+    let long = db.client().await;
+    long.batch_execute("BEGIN; UPDATE accounts SET balance = balance + 1 WHERE id = 1").await.unwrap();
+
+    let waiting = "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+                    WHERE NOT l.granted AND l.relation = 'accounts'::regclass AND a.application_name LIKE 'pg-ghost%'";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while client.query_one(waiting, &[]).await.unwrap().get::<_, i64>(0) == 0 {
+        run.assert_running("pg-ghost to wait for the referenced table").await;
+        assert!(Instant::now() < deadline, "pg-ghost never waited for the referenced table's lock");
+        tokio::time::sleep(POLL).await;
+    }
+    // pg-ghost waits for the referenced table now: another write to it must not queue behind.
+    let writer = db.client().await;
+    writer
+        .batch_execute("SET statement_timeout = '3s'; UPDATE accounts SET balance = balance + 1 WHERE id = 2")
+        .await
+        .unwrap_or_else(|e| panic!("a write to the referenced table was held up: {}", crate::oracle::compare::db_message(&e)));
+    long.batch_execute("COMMIT").await.unwrap();
+
+    let out = run.wait(Duration::from_secs(60)).await;
+    binary::assert_success(&out);
+    let log = binary::stderr(&out);
+    assert!(log.contains("adding a foreign key to the ghost: retrying"), "{log}");
+    assert_eq!(column_type(&db, "entries", "n"), "bigint");
+    assert_eq!(
+        db.psql("SELECT confrelid::regclass::text || ' ' || convalidated FROM pg_constraint WHERE conrelid = 'entries'::regclass AND contype = 'f'"),
+        "accounts true"
+    );
+}
