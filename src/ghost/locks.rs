@@ -137,7 +137,7 @@ pub(super) async fn lock(tx: &impl GenericClient, tables: &[QualifiedName], lock
 
 /// After a failed attempt at building: a lock timeout with attempts left waits its back-off
 /// and returns Ok (try again); anything else is returned.
-pub(super) async fn again(e: Error, attempt: u32, wait: &LockWait, what: &str) -> Result<()> {
+pub(crate) async fn again(e: Error, attempt: u32, wait: &LockWait, what: &str) -> Result<()> {
     if e.kind() != ErrorKind::LockTimeout || attempt >= wait.retries {
         return Err(e);
     }

@@ -21,4 +21,5 @@ pub use conversion::{count_unrouted, ghost_bounds, statement_bounds, ConversionF
 pub use create::{create, create_with_conversion, explain_conversion, trial_with_conversion, rebuild_deferred, rebuild_deferred_waiting, temp_name, trial, trial_with_dependents, Deferred, Ghost, Trial};
 pub use convert::Conversion;
 pub use locks::LockWait;
+pub(crate) use locks::again as retry_after_lock_timeout;
 pub use mapping::{CastBack, Mapping, Reverse};

@@ -55,7 +55,7 @@ pub async fn cleanup(cfg: CleanupConfig) -> Result<()> {
             if t == &names.ghost {
                 crate::dependents::materialized::drop_leftovers(&client, t).await?;
             }
-            client.batch_execute(&format!("DROP TABLE {}", t.sql())).await.map_err(Error::from)?;
+            super::dropping::drop_table(&client, t, &crate::ghost::LockWait::default()).await?;
             removed.push(format!("table {t}"));
         }
     }

@@ -12,6 +12,7 @@
 
 mod cleanup;
 mod controls;
+mod dropping;
 mod replica;
 mod replication;
 mod resume;
@@ -783,7 +784,8 @@ impl Run {
 
     async fn prepare(&mut self, info: &TableInfo, names: &Names) -> Result<Ghost> {
         if self.cfg.initially_drop_ghost_table {
-            drop_ghost(&self.client, &names.ghost).await.context("dropping the ghost table of an earlier run")?;
+            let wait = ghost::LockWait::from(&self.cfg.cut_over);
+            drop_ghost(&self.client, &names.ghost, &wait).await.context("dropping the ghost table of an earlier run")?;
         }
         self.client
             .batch_execute(&format!(
@@ -1187,10 +1189,11 @@ impl Run {
             note("changelog table", drop_table(&self.client, &names.changelog).await);
         }
         if self.created.ghost && self.old_table.is_none() && !self.keeps_ghost() {
-            note("ghost table", drop_ghost(&self.client, &names.ghost).await);
+            note("ghost table", drop_ghost(&self.client, &names.ghost, &ghost::LockWait::from(&self.cfg.cut_over)).await);
         }
         if let (Some(old), true) = (&self.old_table, self.cfg.cut_over.ok_to_drop_table && !self.keep_old_table) {
-            note("old table", drop_table(&self.client, &names.old.sibling(old.clone())).await);
+            let wait = ghost::LockWait::from(&self.cfg.cut_over);
+            note("old table", dropping::drop_table(&self.client, &names.old.sibling(old.clone()), &wait).await);
         }
         failed
     }
@@ -1280,9 +1283,9 @@ async fn vacuum_analyze(client: &Client, table: &QualifiedName) -> Result<()> {
 }
 
 /// The ghost goes with the materialized views built on it.
-pub(crate) async fn drop_ghost(client: &Client, ghost: &QualifiedName) -> Result<()> {
+pub(crate) async fn drop_ghost(client: &Client, ghost: &QualifiedName, wait: &ghost::LockWait) -> Result<()> {
     materialized::drop_leftovers(client, ghost).await?;
-    drop_table(client, ghost).await
+    dropping::drop_table(client, ghost, wait).await
 }
 
 async fn drop_table(client: &Client, table: &QualifiedName) -> Result<()> {

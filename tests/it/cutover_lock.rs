@@ -523,20 +523,8 @@ async fn adding_a_foreign_key_back_never_holds_up_writes_to_the_referenced_table
     let long = db.client().await;
     long.batch_execute("BEGIN; UPDATE accounts SET balance = balance + 1 WHERE id = 1").await.unwrap();
 
-    let waiting = "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-                    WHERE NOT l.granted AND l.relation = 'accounts'::regclass AND a.application_name LIKE 'pg-ghost%'";
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while client.query_one(waiting, &[]).await.unwrap().get::<_, i64>(0) == 0 {
-        run.assert_running("pg-ghost to wait for the referenced table").await;
-        assert!(Instant::now() < deadline, "pg-ghost never waited for the referenced table's lock");
-        tokio::time::sleep(POLL).await;
-    }
-    // pg-ghost waits for the referenced table now: another write to it must not queue behind.
-    let writer = db.client().await;
-    writer
-        .batch_execute("SET statement_timeout = '3s'; UPDATE accounts SET balance = balance + 1 WHERE id = 2")
-        .await
-        .unwrap_or_else(|e| panic!("a write to the referenced table was held up: {}", crate::oracle::compare::db_message(&e)));
+    wait_until_pg_ghost_waits_for(&client, &mut run, "accounts").await;
+    assert_write_gets_through(&db, "UPDATE accounts SET balance = balance + 1 WHERE id = 2").await;
     long.batch_execute("COMMIT").await.unwrap();
 
     let out = run.wait(Duration::from_secs(60)).await;
@@ -548,4 +536,70 @@ async fn adding_a_foreign_key_back_never_holds_up_writes_to_the_referenced_table
         db.psql("SELECT confrelid::regclass::text || ' ' || convalidated FROM pg_constraint WHERE conrelid = 'entries'::regclass AND contype = 'f'"),
         "accounts true"
     );
+}
+
+/// The old table, dropped after the swap (`--ok-to-drop-table`), gives up its foreign keys
+/// first, each with a bounded wait: while a long transaction reads the referenced table,
+/// pg-ghost's ACCESS EXCLUSIVE request on it gives up and tries again, so other sessions'
+/// writes to it go through meanwhile; the old table is gone once the long transaction ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_old_table_never_holds_up_the_tables_it_references() {
+    let db = Cluster::primary().fresh_db("cl_drop_old");
+    db.psql(
+        "CREATE TABLE accounts (id int PRIMARY KEY, balance int NOT NULL);
+         INSERT INTO accounts SELECT i, 0 FROM generate_series(1, 10) i;
+         CREATE TABLE entries (id int PRIMARY KEY, account int NOT NULL REFERENCES accounts, n int NOT NULL);
+         INSERT INTO entries SELECT i, i % 10 + 1, i FROM generate_series(1, 2000) i;",
+    );
+    let client = db.client().await;
+    let flag = flag_path(&db, "postpone");
+    std::fs::write(&flag, b"").unwrap();
+    let args = [
+        "--table", "entries", "--alter", "ALTER COLUMN n TYPE bigint", "--execute", "--ok-to-drop-table",
+        "--cut-over-lock-timeout", "200ms", "--postpone-cut-over-flag-file", flag.to_str().unwrap(),
+    ];
+    let mut run = Running::spawn(&db, "run", &args);
+    wait_for_state(&client, &mut run, "entries", "postponed", Duration::from_secs(60)).await;
+    // A long reader of the referenced table: ACCESS SHARE, which dropping a foreign key that
+    // references the table (ACCESS EXCLUSIVE there) must wait for.
+    let long = db.client().await;
+    long.batch_execute("BEGIN; SELECT count(*) FROM accounts").await.unwrap();
+    std::fs::remove_file(&flag).unwrap();
+
+    wait_until_pg_ghost_waits_for(&client, &mut run, "accounts").await;
+    assert_write_gets_through(&db, "UPDATE accounts SET balance = balance + 1 WHERE id = 2").await;
+    long.batch_execute("COMMIT").await.unwrap();
+
+    let out = run.wait(Duration::from_secs(60)).await;
+    binary::assert_success(&out);
+    let log = binary::stderr(&out);
+    assert!(log.contains("dropping a foreign key: retrying"), "{log}");
+    assert_eq!(column_type(&db, "entries", "n"), "bigint");
+    assert_eq!(db.psql("SELECT count(*) FROM pg_class WHERE relname = '_entries_del'"), "0", "the old table was not dropped");
+    assert_eq!(
+        db.psql("SELECT confrelid::regclass::text FROM pg_constraint WHERE conrelid = 'entries'::regclass AND contype = 'f'"),
+        "accounts"
+    );
+}
+
+/// Waits until one of pg-ghost's sessions waits for a lock on `table`.
+async fn wait_until_pg_ghost_waits_for(client: &Client, run: &mut Running, table: &str) {
+    let waiting = "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+                    WHERE NOT l.granted AND l.relation = to_regclass($1) AND a.application_name LIKE 'pg-ghost%'";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while client.query_one(waiting, &[&table]).await.unwrap().get::<_, i64>(0) == 0 {
+        run.assert_running(&format!("pg-ghost to wait for a lock on {table}")).await;
+        assert!(Instant::now() < deadline, "pg-ghost never waited for a lock on {table}");
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// `sql`, run by another session while pg-ghost waits for a lock, is not held up behind it
+/// (for as long as a statement timeout of 3 s; pg-ghost's waits here are 200 ms).
+async fn assert_write_gets_through(db: &TestDb<'_>, sql: &str) {
+    let writer = db.client().await;
+    writer
+        .batch_execute(&format!("SET statement_timeout = '3s'; {sql}"))
+        .await
+        .unwrap_or_else(|e| panic!("{sql} was held up behind pg-ghost: {}", crate::oracle::compare::db_message(&e)));
 }
