@@ -219,8 +219,11 @@ async fn trial_finding(client: &mut Client, of: TrialOf<'_>, findings: &mut Conv
 async fn trial_once(tx: &Transaction<'_>, of: TrialOf<'_>, findings: &mut ConversionFindings) -> Result<Trial> {
     let TrialOf { orig, ghost, alter, dependents, conversion, wait } = of;
     // A ghost left by an earlier run that this run may drop is dropped here too (rolled back).
+    // Its foreign keys' tables are locked first, in one bounded wait, as building does.
     let leftover: Option<u32> = tx.query_one("SELECT to_regclass($1)::oid", &[&ghost.sql()]).await?.try_get(0)?;
-    if leftover.is_some() {
+    if let Some(oid) = leftover {
+        let referenced = locks::referenced_tables(tx, oid, ghost, "").await?;
+        locks::lock(tx, &referenced.tables, wait.lock_timeout).await?;
         tx.batch_execute(&format!("DROP TABLE {}", ghost.sql())).await.context("making room for the trial ghost")?;
     }
     let built = build(tx, orig, ghost, alter, conversion, wait, findings).await?;
