@@ -376,6 +376,20 @@ async fn partition_renames(tx: &impl GenericClient, orig: &TableInfo, ghost: &Gh
             take.push(format!("ALTER INDEX {} RENAME TO {}", QualifiedName::new(gi.schema.clone(), gi.name.clone()).sql(), ident(&new)));
         }
     }
+    // A partition's own statistics objects: the original's step aside, the ghost's take
+    // their names.
+    for (&ghost_oid, &orig_oid) in counterpart.iter().filter(|(g, _)| **g != ghost.oid) {
+        let orig_statistics = statistics::names(tx, orig_oid).await?;
+        for s in &orig_statistics {
+            aside.push(format!("ALTER STATISTICS {} RENAME TO {}", s.sql(), ident(&old_object_name(&s.name))));
+        }
+        let orig_names: Vec<String> = orig_statistics.into_iter().map(|s| s.name).collect();
+        for s in statistics::names(tx, ghost_oid).await? {
+            if let Some(new) = orig_names.iter().find(|n| temp_name(n) == s.name) {
+                take.push(format!("ALTER STATISTICS {} RENAME TO {}", s.sql(), ident(new)));
+            }
+        }
+    }
     take.extend(partition_constraints_and_names(tx, orig, ghost, tree).await?);
     Ok(PartitionRenames { aside, take })
 }

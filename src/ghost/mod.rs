@@ -12,6 +12,7 @@ mod conversion;
 pub mod convert;
 mod create;
 mod mapping;
+mod partition_own;
 pub mod partitions;
 pub mod statistics;
 

@@ -4,7 +4,9 @@
 //! `PARTITION BY`, and each partition (at every level, the default ones too) created
 //! `PARTITION OF` its parent's ghost with the same bounds, under a temporary name
 //! ([`super::temp_name`]), with its own storage parameters, tablespace, comment, owner,
-//! grants, replica identity and the indexes it has apart from its parent's. The ALTER runs
+//! grants, replica identity, the indexes it has apart from its parent's, and what else it has
+//! of its own (constraints, column settings, statistics, row security: see
+//! `super::partition_own`). The ALTER runs
 //! on the ghost's root only: PostgreSQL carries it to every partition, as a plain `ALTER
 //! TABLE` on the original's root would. The swap gives every partition and every object on
 //! it back the name it has on the original (see `crate::cutover::swap`).
@@ -188,28 +190,9 @@ pub(super) async fn create(
             let sql = crate::sqltree::retarget_index(&indexdef, &temp_name(&name), &g)?;
             tx.batch_execute(&sql).await.with_context(|| format!("creating index {} of partition {} on the ghost", ident(&name), p.name))?;
         }
-        for (name, definition) in own_constraints(tx, oid).await? {
-            tx.batch_execute(&format!("ALTER TABLE {} ADD CONSTRAINT {} {definition}", g.sql(), ident(&name)))
-                .await
-                .with_context(|| format!("creating constraint {} of partition {} on the ghost", ident(&name), p.name))?;
-        }
+        super::partition_own::create(tx, oid, &g).await?;
     }
     Ok(())
-}
-
-/// A partition's own CHECK constraints and foreign keys (not its parent's copies), with
-/// `pg_get_constraintdef` (`NOT VALID` included when it is): created on the ghost's partition
-/// before the ALTER, so that the ALTER changes them as it changes the original's.
-async fn own_constraints(tx: &impl GenericClient, partition: u32) -> Result<Vec<(String, String)>> {
-    let rows = tx
-        .query(
-            "SELECT conname::text, pg_get_constraintdef(oid) FROM pg_constraint
-              WHERE conrelid = $1 AND conparentid = 0 AND coninhcount = 0 AND contype IN ('c', 'f') ORDER BY oid",
-            &[&partition],
-        )
-        .await
-        .context("reading a partition's own constraints")?;
-    rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
 }
 
 /// Sets aside, until after the copy, what the ghost's leaf partitions have of their own that
@@ -246,10 +229,10 @@ async fn own_indexes(tx: &impl GenericClient, partition: u32) -> Result<Vec<(Str
     rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
 }
 
-/// Drops the indexes the ghost's partitions have of their own (created before the ALTER, so
-/// that it changes them as it changes the original's), to be built after the copy as the
-/// root's are: a unique one would otherwise meet, while the copy runs, a stale row of a chunk
-/// next to the row the stream brought.
+/// Drops the indexes and index-backed constraints the ghost's partitions have of their own
+/// (created before the ALTER, so that it changes them as it changes the original's), to be
+/// built after the copy as the root's are: a unique one would otherwise meet, while the copy
+/// runs, a stale row of a chunk next to the row the stream brought.
 pub(super) async fn set_aside_own_indexes(tx: &impl GenericClient, tree: &PartitionTree) -> Result<Vec<super::Deferred>> {
     let mut out = Vec::new();
     for p in &tree.partitions {
@@ -262,6 +245,7 @@ pub(super) async fn set_aside_own_indexes(tx: &impl GenericClient, tree: &Partit
                 .with_context(|| format!("setting aside {} until after the copy", ident(&name)))?;
             out.push(super::Deferred { name, sql, then: None });
         }
+        out.extend(super::partition_own::set_aside_keys(tx, &g).await?);
     }
     Ok(out)
 }
