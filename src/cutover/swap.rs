@@ -292,7 +292,8 @@ pub async fn swap(tx: &impl GenericClient, orig: &TableInfo, ghost: &Ghost, old_
 
     // One round trip: every statement here runs while writers wait on the lock.
     tx.batch_execute(&sql.join(";\n")).await.context("swapping the tables")?;
-    let publications = deps.publications.iter().map(|p| p.publication.clone()).collect();
+    let partitions_publications = deps.partitions.iter().flat_map(|p| &p.dependents.publications);
+    let publications = deps.publications.iter().chain(partitions_publications).map(|p| p.publication.clone()).collect();
     Ok(Swapped { statements: sql, validations: deps.validations(), dependents: deps.count(), dependents_read, publications })
 }
 

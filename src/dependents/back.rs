@@ -82,6 +82,9 @@ pub async fn read(tx: &impl GenericClient, t: &Tables<'_>, reverse_publication: 
         renamed.iter().map(|(new, old)| format!("ALTER TABLE {} RENAME COLUMN {} TO {}", t.old.sql(), ident(old), ident(new))).collect();
     before.extend(deps.before_renames(t.name));
     before.extend(own_objects(tx, t.old_oid).await?.drop_sql(t.old));
+    for (oid, partition) in partitions_of(tx, t.old_oid).await? {
+        before.extend(own_objects(tx, oid).await?.drop_sql(&partition));
+    }
     // As in the forward swap: the rebuilt views take their names, the views that read them
     // are pointed at them, and the ones that read the new table go (last built first).
     let mut after: Vec<String> = built.iter().flat_map(Built::rename_sql).collect();
@@ -113,8 +116,9 @@ fn refusals_back(d: &Dependents, table: &QualifiedName, changes: &ColumnChanges,
     checks::refusals(d, table, changes, role)
 }
 
-/// The old table's own triggers, rules and policies: left on it by the forward swap, dropped
-/// by the revert before the new table's are created on it.
+/// The old table's own triggers, rules and policies (or one old partition's: not the copies of
+/// its parent's triggers): left on it by the forward swap, dropped by the revert before the new
+/// table's are created on it.
 #[derive(Debug, Default)]
 struct OwnObjects {
     triggers: Vec<String>,
@@ -138,7 +142,7 @@ async fn own_objects(tx: &impl GenericClient, oid: u32) -> Result<OwnObjects> {
         rows.iter().map(|r| r.try_get::<_, String>(0).map_err(Error::from)).collect::<Result<Vec<String>>>()
     };
     Ok(OwnObjects {
-        triggers: names("SELECT tgname::text FROM pg_trigger WHERE tgrelid = $1 AND NOT tgisinternal ORDER BY 1").await?,
+        triggers: names("SELECT tgname::text FROM pg_trigger WHERE tgrelid = $1 AND NOT tgisinternal AND tgparentid = 0 ORDER BY 1").await?,
         rules: names("SELECT rulename::text FROM pg_rewrite WHERE ev_class = $1 AND rulename <> '_RETURN' ORDER BY 1").await?,
         policies: names("SELECT polname::text FROM pg_policy WHERE polrelid = $1 ORDER BY 1").await?,
     })
@@ -158,6 +162,13 @@ pub async fn quiet_old_table(tx: &impl GenericClient, old_oid: u32, old: &Qualif
     let on = old.sql();
     let mut sql = vec![format!("ALTER TABLE {on} DISABLE TRIGGER USER"), format!("ALTER TABLE {on} NO FORCE ROW LEVEL SECURITY")];
     sql.extend(own.rules.iter().map(|r| format!("ALTER TABLE {on} DISABLE RULE {}", ident(r))));
+    // On a partitioned table that reaches only the copies of its own triggers: a partition's
+    // own are disabled on the partition.
+    for (oid, partition) in partitions_of(tx, old_oid).await? {
+        if !own_objects(tx, oid).await?.triggers.is_empty() {
+            sql.push(format!("ALTER TABLE {} DISABLE TRIGGER USER", partition.sql()));
+        }
+    }
     let self_references = tx
         .query("SELECT conname::text FROM pg_constraint WHERE contype = 'f' AND conrelid = $1 AND confrelid = $1 ORDER BY 1", &[&old_oid])
         .await
@@ -167,6 +178,11 @@ pub async fn quiet_old_table(tx: &impl GenericClient, old_oid: u32, old: &Qualif
     }
     tx.batch_execute(&sql.join(";\n")).await.context("disabling the old table's triggers and rules for the revert window")?;
     Ok(sql)
+}
+
+/// The partitions of `root` under their current names (none when it is not partitioned).
+async fn partitions_of(tx: &impl GenericClient, root: u32) -> Result<Vec<(u32, QualifiedName)>> {
+    Ok(crate::ghost::partitions::tree_tables(tx, root).await?.into_iter().filter(|(oid, _)| *oid != root).collect())
 }
 
 #[cfg(test)]
