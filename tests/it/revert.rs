@@ -239,6 +239,13 @@ async fn what_the_window_cannot_serve_is_refused_up_front() {
     binary::narrow_table(&db, "unique2", 100);
     db.psql("ALTER TABLE unique2 ADD UNIQUE (n)");
     db.psql("CREATE TABLE numbered (id int PRIMARY KEY, seq bigint GENERATED ALWAYS AS IDENTITY)");
+    // A partition's own unique constraint counts; the partitions' copies of the key do not.
+    db.psql(
+        "CREATE TABLE parted (id bigint PRIMARY KEY, n int NOT NULL, pad text) PARTITION BY RANGE (id);
+         CREATE TABLE parted_1 PARTITION OF parted FOR VALUES FROM (0) TO (1000);
+         ALTER TABLE parted_1 ADD CONSTRAINT parted_1_zz_n UNIQUE (n);
+         INSERT INTO parted SELECT g, g, md5(g::text) FROM generate_series(1, 100) g;",
+    );
     let client = db.client().await;
     let before = CatalogSnapshot::take(&client).await;
     let out = binary::run(&db, &["--table", "typed", "--alter", "ALTER COLUMN pad TYPE int USING length(pad)", "--execute", "--revertible-for", "1h"]).await;
@@ -246,6 +253,8 @@ async fn what_the_window_cannot_serve_is_refused_up_front() {
     // A dropped column with another unique index: the old table could not keep its values.
     let out = binary::run(&db, &["--table", "unique2", "--alter", "DROP COLUMN pad", "--execute", "--revertible-for", "1h"]).await;
     binary::assert_failure(&out, 3, "unique index \"unique2_n_key\"");
+    let out = binary::run(&db, &["--table", "parted", "--alter", "DROP COLUMN pad", "--execute", "--revertible-for", "1h"]).await;
+    binary::assert_failure(&out, 3, "unique index \"parted_1_zz_n\"");
     let out = binary::run(&db, &["--table", "numbered", "--alter", "ADD COLUMN x int", "--execute", "--revertible-for", "1h"]).await;
     binary::assert_failure(&out, 3, "GENERATED ALWAYS");
     assert_catalog_unchanged(&before, &CatalogSnapshot::take(&client).await);
