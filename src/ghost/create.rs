@@ -19,7 +19,8 @@ pub struct Deferred {
     pub name: String,
     /// The statement that builds it again on the ghost.
     pub sql: String,
-    /// A statement to run after `sql` (validating a foreign key added `NOT VALID`).
+    /// Statements to run after `sql`: validating a foreign key added `NOT VALID`, giving back
+    /// the comments dropping it took along.
     pub then: Option<String>,
 }
 
@@ -725,7 +726,7 @@ async fn set_aside_indexes(
 pub(super) async fn set_aside_foreign_keys(tx: &impl GenericClient, ghost: &QualifiedName, ghost_oid: u32, partitioned: bool) -> Result<Vec<Deferred>> {
     let rows = tx
         .query(
-            "SELECT conname::text, pg_get_constraintdef(oid), convalidated FROM pg_constraint
+            "SELECT conname::text, pg_get_constraintdef(oid), convalidated, obj_description(oid, 'pg_constraint') FROM pg_constraint
               WHERE conrelid = $1 AND conparentid = 0 AND coninhcount = 0
                 AND ((contype = 'f' AND NOT $2) OR (contype = 'c' AND NOT convalidated)) ORDER BY oid",
             &[&ghost_oid, &partitioned],
@@ -736,12 +737,19 @@ pub(super) async fn set_aside_foreign_keys(tx: &impl GenericClient, ghost: &Qual
         let name: String = r.try_get(0)?;
         let def: String = r.try_get(1)?;
         let validated: bool = r.try_get(2)?;
+        let comment: Option<String> = r.try_get(3)?;
         let g = ghost.sql();
         tx.batch_execute(&format!("ALTER TABLE {g} DROP CONSTRAINT {}", ident(&name))).await?;
         let def = if validated { format!("{def} NOT VALID") } else { def };
+        // Dropping it took its comment along.
+        let then: Vec<String> = validated
+            .then(|| format!("ALTER TABLE {g} VALIDATE CONSTRAINT {}", ident(&name)))
+            .into_iter()
+            .chain(comment.map(|c| format!("COMMENT ON CONSTRAINT {} ON {g} IS {}", ident(&name), literal(&c))))
+            .collect();
         out.push(Deferred {
             sql: format!("ALTER TABLE {g} ADD CONSTRAINT {} {def}", ident(&name)),
-            then: validated.then(|| format!("ALTER TABLE {g} VALIDATE CONSTRAINT {}", ident(&name))),
+            then: (!then.is_empty()).then(|| then.join(";\n")),
             name,
         });
     }

@@ -2,8 +2,8 @@
 //! before the ALTER runs (so that the ALTER changes it as a plain `ALTER TABLE` on the root
 //! changes the original's): its own primary key, unique and exclusion constraints (under
 //! temporary names, as the root's), CHECK constraints and foreign keys, column defaults,
-//! storage, compression, statistics targets and options, extended statistics objects, and row
-//! level security. Triggers, policies, `FORCE ROW LEVEL SECURITY`, views and publications wait
+//! storage, compression, statistics targets, options and comments, extended statistics
+//! objects, and row level security. Triggers, policies, `FORCE ROW LEVEL SECURITY`, views and publications wait
 //! for the swap (see `crate::dependents`): on the ghost they would act on pg-ghost's writes.
 //!
 //! Index-backed constraints are set aside after the ALTER and built again after the copy, as
@@ -77,15 +77,17 @@ fn comment_sql(constraint: &str, table: &QualifiedName, comment: Option<&str>, i
     sql
 }
 
-/// Column defaults, storage, compression, statistics targets and options where the original
-/// partition's differ from what the ghost's partition took from its parent (`PARTITION OF`
-/// takes the parent's defaults, storage and compression, but not its statistics targets).
+/// Column defaults, storage, compression, statistics targets, options and comments where the
+/// original partition's differ from what the ghost's partition took from its parent
+/// (`PARTITION OF` takes the parent's defaults, storage and compression, but not its
+/// statistics targets or comments).
 async fn column_settings(tx: &impl GenericClient, orig: u32, ghost: &QualifiedName) -> Result<Vec<String>> {
     let rows = tx
         .query(
             "SELECT a.attname::text, pg_get_expr(od.adbin, od.adrelid), pg_get_expr(gd.adbin, gd.adrelid),
                     a.attstorage::text, g.attstorage::text, a.attcompression::text, g.attcompression::text,
-                    a.attstattarget, g.attstattarget, coalesce(a.attoptions, '{}'), coalesce(g.attoptions, '{}')
+                    a.attstattarget, g.attstattarget, coalesce(a.attoptions, '{}'), coalesce(g.attoptions, '{}'),
+                    col_description(a.attrelid, a.attnum), col_description(g.attrelid, g.attnum)
                FROM pg_attribute a
                JOIN pg_attribute g ON g.attrelid = $2::text::regclass AND g.attname = a.attname AND NOT g.attisdropped
                LEFT JOIN pg_attrdef od ON od.adrelid = a.attrelid AND od.adnum = a.attnum AND a.attgenerated = ''
@@ -99,7 +101,8 @@ async fn column_settings(tx: &impl GenericClient, orig: u32, ghost: &QualifiedNa
     let g = ghost.sql();
     let mut sql = Vec::new();
     for r in rows {
-        let c = ident(&r.try_get::<_, String>(0)?);
+        let column: String = r.try_get(0)?;
+        let c = ident(&column);
         let alter = |what: String| format!("ALTER TABLE {g} ALTER COLUMN {c} {what}");
         let (default, ghost_default): (Option<String>, Option<String>) = (r.try_get(1)?, r.try_get(2)?);
         if default != ghost_default {
@@ -130,6 +133,11 @@ async fn column_settings(tx: &impl GenericClient, orig: u32, ghost: &QualifiedNa
             if !set.is_empty() {
                 sql.push(alter(format!("SET ({})", set.join(", "))));
             }
+        }
+        let (comment, ghost_comment): (Option<String>, Option<String>) = (r.try_get(11)?, r.try_get(12)?);
+        if comment != ghost_comment {
+            let is = comment.as_deref().map_or("NULL".to_string(), literal);
+            sql.push(format!("COMMENT ON COLUMN {g}.{c} IS {is}"));
         }
     }
     Ok(sql)

@@ -186,9 +186,13 @@ pub(super) async fn create(
         for s in statements {
             tx.batch_execute(&s).await.with_context(|| format!("creating the ghost's partition of {} ({s})", p.name))?;
         }
-        for (name, indexdef) in own_indexes(tx, oid).await? {
-            let sql = crate::sqltree::retarget_index(&indexdef, &temp_name(&name), &g)?;
-            tx.batch_execute(&sql).await.with_context(|| format!("creating index {} of partition {} on the ghost", ident(&name), p.name))?;
+        for (name, indexdef, comment) in own_indexes(tx, oid).await? {
+            let temp = temp_name(&name);
+            let mut sql = vec![crate::sqltree::retarget_index(&indexdef, &temp, &g)?];
+            sql.extend(comment.map(|c| index_comment(&g.sibling(temp), &c)));
+            for s in sql {
+                tx.batch_execute(&s).await.with_context(|| format!("creating index {} of partition {} on the ghost", ident(&name), p.name))?;
+            }
         }
         super::partition_own::create(tx, oid, &g).await?;
     }
@@ -212,12 +216,16 @@ async fn ghost_oid(tx: &impl GenericClient, g: &QualifiedName) -> Result<u32> {
     Ok(row.try_get(0)?)
 }
 
+fn index_comment(index: &QualifiedName, comment: &str) -> String {
+    format!("COMMENT ON INDEX {} IS {}", index.sql(), literal(comment))
+}
+
 /// The indexes of a partition that belong to no index of its parent (created on the
-/// partition alone): (name, `pg_get_indexdef`).
-async fn own_indexes(tx: &impl GenericClient, partition: u32) -> Result<Vec<(String, String)>> {
+/// partition alone): (name, `pg_get_indexdef`, comment).
+async fn own_indexes(tx: &impl GenericClient, partition: u32) -> Result<Vec<(String, String, Option<String>)>> {
     let rows = tx
         .query(
-            "SELECT ci.relname::text, pg_get_indexdef(i.indexrelid)
+            "SELECT ci.relname::text, pg_get_indexdef(i.indexrelid), obj_description(i.indexrelid, 'pg_class')
                FROM pg_index i JOIN pg_class ci ON ci.oid = i.indexrelid
               WHERE i.indrelid = $1 AND NOT EXISTS (SELECT 1 FROM pg_inherits h WHERE h.inhrelid = i.indexrelid)
                 AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid AND c.conrelid = i.indrelid)
@@ -226,7 +234,7 @@ async fn own_indexes(tx: &impl GenericClient, partition: u32) -> Result<Vec<(Str
         )
         .await
         .context("reading a partition's own indexes")?;
-    rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+    rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?))).collect()
 }
 
 /// Drops the indexes and index-backed constraints the ghost's partitions have of their own
@@ -238,12 +246,13 @@ pub(super) async fn set_aside_own_indexes(tx: &impl GenericClient, tree: &Partit
     for p in &tree.partitions {
         let g = p.ghost_name();
         let oid = ghost_oid(tx, &g).await?;
-        for (name, indexdef) in own_indexes(tx, oid).await? {
+        for (name, indexdef, comment) in own_indexes(tx, oid).await? {
             let sql = crate::sqltree::retarget_index(&indexdef, &name, &g)?;
-            tx.batch_execute(&format!("DROP INDEX {}", g.sibling(name.clone()).sql()))
+            let index = g.sibling(name.clone());
+            tx.batch_execute(&format!("DROP INDEX {}", index.sql()))
                 .await
                 .with_context(|| format!("setting aside {} until after the copy", ident(&name)))?;
-            out.push(super::Deferred { name, sql, then: None });
+            out.push(super::Deferred { then: comment.map(|c| index_comment(&index, &c)), name, sql });
         }
         out.extend(super::partition_own::set_aside_keys(tx, &g).await?);
     }

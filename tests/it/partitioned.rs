@@ -169,13 +169,17 @@ async fn dependents_of_a_partitioned_table_follow_it() {
     .await;
 }
 
-/// What single partitions have of their own besides `PARTITIONS_OWN`: a unique constraint (on
+/// What single partitions have of their own besides `PARTITIONS_OWN`: comments on a column,
+/// an index and a foreign key; a unique constraint (on
 /// a column the ALTER retypes) and an exclusion constraint, with comments; triggers in each
 /// state (one logs who fired it, one that would fail every write is disabled); row level
 /// security enabled and forced, with a policy; a statistics object; column defaults, storage,
 /// compression, statistics targets and options; views reading a leaf and a sub-partitioned
 /// partition; publications listing partitions (one with a column list and a row filter).
 pub(crate) const PARTITIONS_OWN_DEPENDENTS: &str = "
+    COMMENT ON COLUMN public.orders_t1.n IS 'quantity in t1';
+    COMMENT ON INDEX public.orders_t1_at_n IS 'by time';
+    COMMENT ON CONSTRAINT orders_t3_h0_tenant_fk ON public.orders_t3_h0 IS 'known tenants';
     ALTER TABLE public.orders_t1 ADD CONSTRAINT orders_t1_key_spare UNIQUE (id, tenant, spare);
     COMMENT ON CONSTRAINT orders_t1_key_spare ON public.orders_t1 IS 'spare per key';
     ALTER TABLE public.orders_rest ADD CONSTRAINT orders_rest_excl EXCLUDE USING btree (id WITH =, tenant WITH =);
