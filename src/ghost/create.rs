@@ -260,6 +260,9 @@ async fn build(tx: &Transaction<'_>, orig: &TableInfo, ghost: &QualifiedName, al
     for index in indexes.iter().filter(|i| !stand_ins.iter().any(|s| s.index == i.name)) {
         create_original_index(tx, ghost, index).await?;
     }
+    if let (None, Some(tree)) = (conversion, tree.as_ref()) {
+        partitions::create_own_indexes(tx, tree).await?;
+    }
     copy_foreign_keys(tx, orig.oid, ghost).await?;
     let ghost_oid = relation_oid(tx, ghost).await?;
     super::statistics::copy_from_original(tx, orig.oid, ghost_oid).await?;

@@ -1,10 +1,11 @@
 //! What one partition has of its own, apart from its parent's, given to the ghost's partition
 //! before the ALTER runs (so that the ALTER changes it as a plain `ALTER TABLE` on the root
 //! changes the original's): its own primary key, unique and exclusion constraints (under
-//! temporary names, as the root's), CHECK constraints and foreign keys, column defaults,
-//! storage, compression, statistics targets, options and comments, extended statistics
-//! objects, and row level security. Triggers, policies, `FORCE ROW LEVEL SECURITY`, views and publications wait
-//! for the swap (see `crate::dependents`): on the ghost they would act on pg-ghost's writes.
+//! temporary names, as the root's; [`create_keys`], once the root's indexes exist), CHECK
+//! constraints and foreign keys, column defaults, storage, compression, statistics targets,
+//! options and comments, extended statistics objects, and row level security ([`create`]).
+//! Triggers, policies, `FORCE ROW LEVEL SECURITY`, views and publications wait for the swap
+//! (see `crate::dependents`): on the ghost they would act on pg-ghost's writes.
 //!
 //! Index-backed constraints are set aside after the ALTER and built again after the copy, as
 //! the partitions' own indexes are ([`set_aside_keys`]): a unique one would otherwise meet,
@@ -17,10 +18,10 @@ use crate::sql::{ident, literal, QualifiedName};
 use tokio_postgres::GenericClient;
 
 /// Gives the ghost's partition `ghost` (already created `PARTITION OF` its parent's ghost)
-/// what the original partition `orig` has of its own.
+/// what the original partition `orig` has of its own, but its keys.
 pub(super) async fn create(tx: &impl GenericClient, orig: u32, ghost: &QualifiedName) -> Result<()> {
     let mut sql = column_settings(tx, orig, ghost).await?;
-    sql.extend(constraints(tx, orig, ghost).await?);
+    sql.extend(constraints(tx, orig, ghost, false).await?);
     let row_security: bool = tx
         .query_one("SELECT relrowsecurity FROM pg_class WHERE oid = $1", &[&orig])
         .await
@@ -37,17 +38,28 @@ pub(super) async fn create(tx: &impl GenericClient, orig: u32, ghost: &Qualified
     super::statistics::create_like(tx, orig, ghost).await
 }
 
-/// The partition's own constraints (not its parent's copies), with `pg_get_constraintdef`
-/// (`NOT VALID` included when it is). Index-backed ones take the temporary name that the swap
-/// turns back into theirs; their comments come along.
-async fn constraints(tx: &impl GenericClient, orig: u32, ghost: &QualifiedName) -> Result<Vec<String>> {
+/// Creates on the ghost's partition `ghost` the primary key, unique and exclusion constraints
+/// the original partition `orig` has of its own, under the temporary names the swap turns back
+/// into theirs (see `super::partitions::create_own_indexes` for when).
+pub(super) async fn create_keys(tx: &impl GenericClient, orig: u32, ghost: &QualifiedName) -> Result<()> {
+    for s in constraints(tx, orig, ghost, true).await? {
+        tx.batch_execute(&s).await.with_context(|| format!("giving the ghost's partition {ghost} a key of the original's ({s})"))?;
+    }
+    Ok(())
+}
+
+/// The partition's own constraints (not its parent's copies) with `pg_get_constraintdef`
+/// (`NOT VALID` included when it is): the index-backed ones (`keys`), under temporary names,
+/// or the others; with their comments.
+async fn constraints(tx: &impl GenericClient, orig: u32, ghost: &QualifiedName, keys: bool) -> Result<Vec<String>> {
     let rows = tx
         .query(
             "SELECT conname::text, pg_get_constraintdef(oid), contype IN ('p', 'u', 'x'),
                     obj_description(oid, 'pg_constraint'), obj_description(conindid, 'pg_class')
                FROM pg_constraint
-              WHERE conrelid = $1 AND conparentid = 0 AND coninhcount = 0 AND contype IN ('c', 'f', 'p', 'u', 'x') ORDER BY oid",
-            &[&orig],
+              WHERE conrelid = $1 AND conparentid = 0 AND coninhcount = 0
+                AND contype IN ('c', 'f', 'p', 'u', 'x') AND (contype IN ('p', 'u', 'x')) = $2 ORDER BY oid",
+            &[&orig, &keys],
         )
         .await
         .context("reading a partition's own constraints")?;

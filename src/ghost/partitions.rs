@@ -186,6 +186,25 @@ pub(super) async fn create(
         for s in statements {
             tx.batch_execute(&s).await.with_context(|| format!("creating the ghost's partition of {} ({s})", p.name))?;
         }
+        super::partition_own::create(tx, oid, &g).await?;
+    }
+    Ok(())
+}
+
+/// Creates on the ghost's partitions the indexes and index-backed constraints the original's
+/// have of their own, once the root's indexes exist: created earlier, one equal to an index of
+/// the root would be taken by it as its partition's copy (as PostgreSQL does when a partitioned
+/// table's index finds an equal one on a partition), no longer of its own. Before the ALTER,
+/// so that an index the ALTER creates on the root takes an equal one as it would on the
+/// original.
+pub(super) async fn create_own_indexes(tx: &impl GenericClient, tree: &PartitionTree) -> Result<()> {
+    for p in &tree.partitions {
+        let g = p.ghost_name();
+        let oid: u32 = tx
+            .query_one("SELECT $1::text::regclass::oid", &[&p.name.sql()])
+            .await
+            .with_context(|| format!("looking up partition {}", p.name))?
+            .try_get(0)?;
         for (name, indexdef, comment) in own_indexes(tx, oid).await? {
             let temp = temp_name(&name);
             let mut sql = vec![crate::sqltree::retarget_index(&indexdef, &temp, &g)?];
@@ -194,7 +213,7 @@ pub(super) async fn create(
                 tx.batch_execute(&s).await.with_context(|| format!("creating index {} of partition {} on the ghost", ident(&name), p.name))?;
             }
         }
-        super::partition_own::create(tx, oid, &g).await?;
+        super::partition_own::create_keys(tx, oid, &g).await?;
     }
     Ok(())
 }

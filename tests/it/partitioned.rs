@@ -169,14 +169,16 @@ async fn dependents_of_a_partitioned_table_follow_it() {
     .await;
 }
 
-/// What single partitions have of their own besides `PARTITIONS_OWN`: comments on a column,
-/// an index and a foreign key; a unique constraint (on
+/// What single partitions have of their own besides `PARTITIONS_OWN`: an index equal to one of
+/// the partitioned table's (its own, not the table's copy); comments on a column, an index and
+/// a foreign key; a unique constraint (on
 /// a column the ALTER retypes) and an exclusion constraint, with comments; triggers in each
 /// state (one logs who fired it, one that would fail every write is disabled); row level
 /// security enabled and forced, with a policy; a statistics object; column defaults, storage,
 /// compression, statistics targets and options; views reading a leaf and a sub-partitioned
 /// partition; publications listing partitions (one with a column list and a row filter).
 pub(crate) const PARTITIONS_OWN_DEPENDENTS: &str = "
+    CREATE INDEX orders_t1_n_own ON public.orders_t1 (n);
     COMMENT ON COLUMN public.orders_t1.n IS 'quantity in t1';
     COMMENT ON INDEX public.orders_t1_at_n IS 'by time';
     COMMENT ON CONSTRAINT orders_t3_h0_tenant_fk ON public.orders_t3_h0 IS 'known tenants';
@@ -224,6 +226,31 @@ async fn partitions_carry_their_own_objects() {
     assert_eq!(db.psql("SELECT count(*) FROM public.trigger_log WHERE app LIKE 'pg-ghost%'"), "0", "a partition's trigger fired on pg-ghost's writes");
     let on_new = db.psql("SELECT count(*) FROM public.trigger_log WHERE relid = 'public.orders_t1'::regclass");
     assert_ne!(on_new, "0", "the trigger that moved to the new partition never fired on the workload's writes");
+}
+
+/// The partitioned table has a unique key and no primary key; each leaf has a primary key of
+/// its own on it (its replica identity): created on the ghost's leaves, set aside for the copy
+/// and built after it, each under its name after the swap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_with_primary_keys_of_their_own() {
+    run_case(Case {
+        prefix: "part_own_pkey",
+        kind: KeyKind::Composite,
+        by: BY_TENANT,
+        tree: TENANT_TREE,
+        extra: "ALTER TABLE public.orders DROP CONSTRAINT orders_pkey;
+                ALTER TABLE public.orders ADD CONSTRAINT orders_key UNIQUE (tenant, id);
+                ALTER TABLE public.orders REPLICA IDENTITY USING INDEX orders_key;
+                ALTER TABLE public.orders_t1 ADD PRIMARY KEY (tenant, id);
+                ALTER TABLE public.orders_t3_h0 ADD CONSTRAINT orders_t3_h0_own_pkey PRIMARY KEY (id, tenant);
+                COMMENT ON CONSTRAINT orders_t3_h0_own_pkey ON public.orders_t3_h0 IS 'by id first';
+                ALTER TABLE public.orders_t3_h1 ADD PRIMARY KEY (tenant, id);
+                ALTER TABLE public.orders_rest ADD PRIMARY KEY (tenant, id);",
+        alter: "ALTER COLUMN n TYPE bigint",
+        project: |p| p.map("n", "n::bigint"),
+        flags: &["--key", "orders_key"],
+    })
+    .await;
 }
 
 /// What is not carried from a partition to the new one (a rule of its own, a materialized view
