@@ -356,7 +356,7 @@ pub async fn rebuild_deferred(client: &Client, ghost: &Ghost) -> Result<()> {
             }
         }
         if let Some(then) = &d.then {
-            client.batch_execute(then).await.with_context(|| format!("validating {} on the ghost", ident(&d.name)))?;
+            client.batch_execute(then).await.with_context(|| format!("finishing {} on the ghost (validating it, giving back its comments)", ident(&d.name)))?;
         }
         tracing::info!(name = %d.name, secs = started.elapsed().as_secs_f64(), "built on the ghost");
     }
@@ -662,7 +662,8 @@ async fn set_aside_indexes(
                       AND (SELECT array_agg(a.attname::text ORDER BY a.attname)
                              FROM unnest(i.indkey::int2[]) k JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k)
                           = (SELECT array_agg(x ORDER BY x) FROM unnest($2::text[]) x)
-                      AND i.indnkeyatts = cardinality($2::text[])
+                      AND i.indnkeyatts = cardinality($2::text[]),
+                    obj_description(i.indexrelid, 'pg_class'), obj_description(c.oid, 'pg_constraint')
                FROM pg_index i
                JOIN pg_class ci ON ci.oid = i.indexrelid
                LEFT JOIN pg_constraint c ON c.conindid = i.indexrelid AND c.conrelid = i.indrelid AND c.contype IN ('p', 'u', 'x')
@@ -684,6 +685,17 @@ async fn set_aside_indexes(
             key_kept = true;
             continue;
         }
+        // Dropping it takes its comments along: given back once it is built again.
+        let index_comment: Option<String> = r.try_get(5)?;
+        let constraint_comment: Option<String> = r.try_get(6)?;
+        let comments: Vec<String> = index_comment
+            .map(|c| format!("COMMENT ON INDEX {} IS {}", ghost.sibling(name.clone()).sql(), literal(&c)))
+            .into_iter()
+            .chain(constraint.as_ref().zip(constraint_comment).map(|(con, c)| {
+                format!("COMMENT ON CONSTRAINT {} ON {} IS {}", ident(con), ghost.sql(), literal(&c))
+            }))
+            .collect();
+        let then = (!comments.is_empty()).then(|| comments.join(";\n"));
         let (drop, sql) = match (constraint, condef) {
             (Some(con), Some(def)) => (
                 format!("ALTER TABLE {} DROP CONSTRAINT {}", ghost.sql(), ident(&con)),
@@ -694,7 +706,7 @@ async fn set_aside_indexes(
             _ => (format!("DROP INDEX {}", ghost.sibling(name.clone()).sql()), indexdef),
         };
         tx.batch_execute(&drop).await.with_context(|| format!("setting aside {} until after the copy", ident(&name)))?;
-        deferred.push(Deferred { name, sql, then: None });
+        deferred.push(Deferred { name, sql, then });
     }
     deferred.extend(set_aside_foreign_keys(tx, ghost, ghost_oid, partitioned).await?);
     let temp_key_index = if key_kept {

@@ -127,11 +127,15 @@ pub(crate) async fn assert_no_slots_or_publications_but(client: &tokio_postgres:
     assert_eq!(pubs, keep, "pg-ghost's publication was left behind");
 }
 
+/// With comments on the table's own index and unique constraint, which the ghost's set aside
+/// for the copy must give back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_dependent_follows_the_table() {
     run_case(Case {
         prefix: "dep_all",
-        extra: "",
+        extra: "COMMENT ON INDEX public.orders_label_idx IS 'by label';
+                ALTER TABLE public.orders ADD CONSTRAINT orders_id_n UNIQUE (id, n);
+                COMMENT ON CONSTRAINT orders_id_n ON public.orders IS 'id with n';",
         alter: "ALTER COLUMN spare TYPE bigint, ADD COLUMN flag boolean NOT NULL DEFAULT true",
         project: |p| p.map("spare", "spare::bigint").add("flag", "true"),
     })

@@ -179,6 +179,8 @@ async fn dependents_of_a_partitioned_table_follow_it() {
 /// partition; publications listing partitions (one with a column list and a row filter).
 pub(crate) const PARTITIONS_OWN_DEPENDENTS: &str = "
     CREATE INDEX orders_t1_n_own ON public.orders_t1 (n);
+    COMMENT ON INDEX public.orders_label_idx IS 'by label';
+    COMMENT ON CONSTRAINT orders_pkey ON public.orders IS 'the key';
     COMMENT ON COLUMN public.orders_t1.n IS 'quantity in t1';
     COMMENT ON INDEX public.orders_t1_at_n IS 'by time';
     COMMENT ON CONSTRAINT orders_t3_h0_tenant_fk ON public.orders_t3_h0 IS 'known tenants';
