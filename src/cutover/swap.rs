@@ -171,7 +171,7 @@ pub async fn swap(tx: &impl GenericClient, orig: &TableInfo, ghost: &Ghost, old_
     };
     // A column the ALTER drops loses its labels, as under a plain ALTER; the others' are
     // read under the names the ALTER gives them (the original's columns were renamed above).
-    deps.security_labels.retain(|l| l.column.as_ref().is_none_or(|c| ghost.mapping.carried.iter().any(|(_, to)| to == c)));
+    deps.retain_column_labels(|c| ghost.mapping.carried.iter().any(|(_, to)| to == c));
     let dependents_read = started.elapsed();
     check_materialized_built(&deps, materialized)?;
     let mut sql = deps.before_renames(o);

@@ -76,7 +76,7 @@ pub async fn read(tx: &impl GenericClient, t: &Tables<'_>, reverse_publication: 
     }
     let built = materialized.unwrap_or_default();
     // Labels of a column the revert drops go with it, as under a plain ALTER.
-    deps.security_labels.retain(|l| l.column.as_ref().is_none_or(|c| !changes.dropped.contains(c)));
+    deps.retain_column_labels(|c| !changes.dropped.iter().any(|d| d == c));
     let renamed: Vec<&(String, String)> = t.carried.iter().filter(|(new, old)| new != old).collect();
     let mut before: Vec<String> =
         renamed.iter().map(|(new, old)| format!("ALTER TABLE {} RENAME COLUMN {} TO {}", t.old.sql(), ident(old), ident(new))).collect();

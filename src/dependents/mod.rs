@@ -199,6 +199,15 @@ pub struct ColumnDependent {
 }
 
 impl Dependents {
+    /// Keeps the security labels of the table's columns (and of its partitions' columns) for
+    /// which `keep` holds: a column the ALTER drops loses its labels, as under a plain ALTER.
+    pub fn retain_column_labels(&mut self, keep: impl Fn(&str) -> bool + Copy) {
+        self.security_labels.retain(|l| l.column.as_deref().is_none_or(keep));
+        for p in &mut self.partitions {
+            p.dependents.retain_column_labels(keep);
+        }
+    }
+
     /// The tables the swap alters besides the table itself: those whose foreign keys it
     /// moves. The cut-over locks them together with the table.
     pub fn referencing_tables(&self) -> Vec<QualifiedName> {

@@ -1,7 +1,8 @@
 //! What hangs on one partition of a partitioned table rather than on the table, and moves
 //! to the new partition of the same name in the swap as the table's own dependents move to
 //! the new table: its own triggers (not the copies of the table's), policies, `FORCE ROW
-//! LEVEL SECURITY`, views that read it and publications that list it.
+//! LEVEL SECURITY`, views that read it, publications that list it, and its and its columns'
+//! security labels.
 //!
 //! Invariants:
 //! - Read under the same empty `search_path` as the table's dependents: a trigger's or view's
@@ -20,7 +21,8 @@ use crate::sql::QualifiedName;
 use tokio_postgres::GenericClient;
 
 /// One partition and what it has of its own that moves with it. In `dependents` only the
-/// views, triggers, policies, publications, row security and column dependents are read.
+/// views, triggers, policies, publications, row security, security labels and column
+/// dependents are read.
 #[derive(Clone, Debug)]
 pub struct PartitionDependents {
     pub partition: QualifiedName,
@@ -40,6 +42,7 @@ pub(super) async fn read(tx: &impl GenericClient, root: u32, own_publication: &s
                      OR EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = c.oid AND NOT g.tgisinternal AND g.tgparentid = 0)
                      OR EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = c.oid)
                      OR EXISTS (SELECT 1 FROM pg_publication_rel pr WHERE pr.prrelid = c.oid)
+                     OR EXISTS (SELECT 1 FROM pg_seclabel l WHERE l.classoid = 'pg_class'::regclass AND l.objoid = c.oid)
                      OR EXISTS (SELECT 1 FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid
                                  WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
                                    AND d.refobjid = c.oid AND r.ev_class <> c.oid))
@@ -65,6 +68,7 @@ pub(super) async fn read(tx: &impl GenericClient, root: u32, own_publication: &s
             publications: catalog::publications(tx, oid, own_publication).await?,
             column_dependents: catalog::column_dependents(tx, oid).await?,
             force_row_security,
+            security_labels: catalog::security_labels(tx, oid).await?,
             ..Dependents::default()
         };
         out.push(PartitionDependents { partition, dependents });
