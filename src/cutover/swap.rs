@@ -379,16 +379,15 @@ async fn partition_renames(tx: &impl GenericClient, orig: &TableInfo, ghost: &Gh
     }
     // A partition's own statistics objects: the original's step aside, the ghost's take
     // their names.
-    for (&ghost_oid, &orig_oid) in counterpart.iter().filter(|(g, _)| **g != ghost.oid) {
-        let orig_statistics = statistics::names(tx, orig_oid).await?;
-        for s in &orig_statistics {
-            aside.push(format!("ALTER STATISTICS {} RENAME TO {}", s.sql(), ident(&old_object_name(&s.name))));
-        }
-        let orig_names: Vec<String> = orig_statistics.into_iter().map(|s| s.name).collect();
-        for s in statistics::names(tx, ghost_oid).await? {
-            if let Some(new) = orig_names.iter().find(|n| temp_name(n) == s.name) {
-                take.push(format!("ALTER STATISTICS {} RENAME TO {}", s.sql(), ident(new)));
-            }
+    let orig_statistics = statistics::names_on_partitions(tx, orig.oid).await?;
+    for (_, s) in &orig_statistics {
+        aside.push(format!("ALTER STATISTICS {} RENAME TO {}", s.sql(), ident(&old_object_name(&s.name))));
+    }
+    for (table, s) in statistics::names_on_partitions(tx, ghost.oid).await? {
+        let Some(&orig_table) = counterpart.get(&table) else { continue };
+        let original = orig_statistics.iter().find(|(t, o)| *t == orig_table && temp_name(&o.name) == s.name);
+        if let Some((_, o)) = original {
+            take.push(format!("ALTER STATISTICS {} RENAME TO {}", s.sql(), ident(&o.name)));
         }
     }
     take.extend(partition_constraints_and_names(tx, orig, ghost, tree).await?);

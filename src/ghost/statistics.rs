@@ -117,6 +117,21 @@ fn kinds_sql(stxkind: &str) -> String {
     }
 }
 
+/// The statistics on the partitions of `root` (not on `root` itself), by the partition's
+/// oid: one query for the whole tree, as the swap reads them under its lock.
+pub async fn names_on_partitions(tx: &impl GenericClient, root: u32) -> Result<Vec<(u32, QualifiedName)>> {
+    let rows = tx
+        .query(
+            "SELECT s.stxrelid, n.nspname::text, s.stxname::text
+               FROM pg_statistic_ext s JOIN pg_namespace n ON n.oid = s.stxnamespace
+              WHERE s.stxrelid IN (SELECT relid FROM pg_partition_tree($1::oid::regclass) WHERE level > 0) ORDER BY s.oid",
+            &[&root],
+        )
+        .await
+        .context("reading the extended statistics of the partitions")?;
+    rows.iter().map(|r| Ok((r.try_get(0)?, QualifiedName::new(r.try_get::<_, String>(1)?, r.try_get::<_, String>(2)?)))).collect()
+}
+
 /// The statistics of a table, schema-qualified, for the swap's renames.
 pub async fn names(tx: &impl GenericClient, table_oid: u32) -> Result<Vec<QualifiedName>> {
     Ok(read(tx, table_oid).await?.into_iter().map(|s| s.name).collect())
