@@ -391,13 +391,13 @@ async fn a_partition_and_the_direct_way_are_refused() {
 
 /// SIGKILL in the middle of a partitioned table's copy (or inside the cut-over, before its
 /// commit), then `--resume`: the original is intact meanwhile, the resumed run builds what is
-/// missing (a partition's own index among it) and swaps every partition.
+/// missing (a partition's own index and unique constraint among it) and swaps every partition.
 async fn killed_then_resumed(prefix: &str, fault: Option<&str>) {
     const ALTER: &str = "ALTER COLUMN n TYPE bigint";
     let rows = if fault.is_some() { 2_000 } else { 10_000 };
     let db = Cluster::primary().fresh_db(prefix);
     let table = OracleTable::create_partitioned(&db, "orders", KeyKind::Identity, rows, "HASH (id)", HASH_TREE).await;
-    db.psql("CREATE INDEX orders_h1_at ON public.orders_h1 (at)");
+    db.psql("CREATE INDEX orders_h1_at ON public.orders_h1 (at); ALTER TABLE public.orders_h0 ADD CONSTRAINT orders_h0_own UNIQUE (id, n);");
     let before = WholeSchema::take(&db).await;
     let oid_before = db.psql("SELECT 'public.orders'::regclass::oid");
     let client = db.client().await;
