@@ -9,9 +9,10 @@
 //!   uses a column the ALTER added, or reads one it retyped), and what cannot move back, is
 //!   refused naming the object, before any statement runs: the revert changes nothing.
 //! - While the window is open the old table's own triggers and rules stay on it, disabled
-//!   ([`quiet_old_table`]): the reverse stream writes it and none may fire on those writes.
-//!   The revert drops them and creates the new table's again, so the old table ends with
-//!   what the new one had, in the state it had them.
+//!   ([`quiet_old_table`]), and so do its partitions' own triggers: the reverse stream writes
+//!   them and none may fire on those writes. The revert drops them (the partitions' own
+//!   triggers and policies too) and creates the new table's and new partitions' again, so the
+//!   old table ends with what the new one had, in the state it had them.
 //! - The old table's columns carry the new table's names while the definitions (read with
 //!   the new names) are created, and get their own names back at the end: a renamed column
 //!   comes out renamed in its dependents, as a plain `ALTER TABLE ... RENAME COLUMN` does.
@@ -82,7 +83,7 @@ pub async fn read(tx: &impl GenericClient, t: &Tables<'_>, reverse_publication: 
         renamed.iter().map(|(new, old)| format!("ALTER TABLE {} RENAME COLUMN {} TO {}", t.old.sql(), ident(old), ident(new))).collect();
     before.extend(deps.before_renames(t.name));
     before.extend(own_objects(tx, t.old_oid).await?.drop_sql(t.old));
-    for (oid, partition) in partitions_of(tx, t.old_oid).await? {
+    for (oid, partition) in partitions_with_own_objects(tx, t.old_oid).await? {
         before.extend(own_objects(tx, oid).await?.drop_sql(&partition));
     }
     // As in the forward swap: the rebuilt views take their names, the views that read them
@@ -164,7 +165,7 @@ pub async fn quiet_old_table(tx: &impl GenericClient, old_oid: u32, old: &Qualif
     sql.extend(own.rules.iter().map(|r| format!("ALTER TABLE {on} DISABLE RULE {}", ident(r))));
     // On a partitioned table that reaches only the copies of its own triggers: a partition's
     // own are disabled on the partition.
-    for (oid, partition) in partitions_of(tx, old_oid).await? {
+    for (oid, partition) in partitions_with_own_objects(tx, old_oid).await? {
         if !own_objects(tx, oid).await?.triggers.is_empty() {
             sql.push(format!("ALTER TABLE {} DISABLE TRIGGER USER", partition.sql()));
         }
@@ -183,7 +184,7 @@ pub async fn quiet_old_table(tx: &impl GenericClient, old_oid: u32, old: &Qualif
 /// The partitions of `root` that have triggers, rules or policies of their own, under their
 /// current names (none when it is not partitioned): one query under the lock, however many
 /// bare partitions the tree has.
-async fn partitions_of(tx: &impl GenericClient, root: u32) -> Result<Vec<(u32, QualifiedName)>> {
+async fn partitions_with_own_objects(tx: &impl GenericClient, root: u32) -> Result<Vec<(u32, QualifiedName)>> {
     let rows = tx
         .query(
             "SELECT c.oid, n.nspname::text, c.relname::text
