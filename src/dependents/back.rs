@@ -64,7 +64,17 @@ pub async fn read(tx: &impl GenericClient, t: &Tables<'_>, reverse_publication: 
         .await
         .context("reading the role's rights")?;
     let role = RoleRights { superuser: role.try_get(0)?, bypass_rls: role.try_get(1)? };
-    let refused = refusals_back(&deps, t.name, &changes, role);
+    let mut refused = refusals_back(&deps, t.name, &changes, role);
+    // A conversion into a partitioned table reverts to a plain table: what a new partition has
+    // of its own has no partition to go back to.
+    if !deps.partitions.is_empty() && crate::ghost::partitions::tree_tables(tx, t.old_oid).await?.is_empty() {
+        for p in &deps.partitions {
+            refused.push(format!(
+                "partition {} of the new table has triggers, policies, views, publications or security labels of its own, which the plain table cannot take back",
+                p.partition
+            ));
+        }
+    }
     if !refused.is_empty() {
         return Err(Error::refused(format!(
             "the revert cannot move every dependent of {} back to the old table: {}; nothing was changed (the window stays open: change or drop them, then revert again)",

@@ -772,6 +772,41 @@ async fn partitions_with_objects_of_their_own_revert() {
     crate::dependents::assert_no_slots_or_publications_but(&client, &["rest_inserts", "t1_pub"]).await;
 }
 
+/// A conversion into a partitioned table, reverted while a new partition has a trigger of its
+/// own: the plain table has no partition to take it back, so the revert is refused, naming the
+/// partition, and changes nothing; once the trigger is gone the revert goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_partitions_own_trigger_refuses_the_revert_of_a_conversion() {
+    let db = Cluster::primary().fresh_db("revert_conv_own");
+    OracleTable::create(&db, "orders", KeyKind::Composite, 500).await;
+    db.psql("ALTER TABLE public.orders RESET (fillfactor); CREATE FUNCTION public.nothing() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;");
+    let client = db.client().await;
+    let before = WholeSchema::take(&db).await;
+    let file = crate::run_faults::flag_path(&db, "partitions.sql");
+    std::fs::write(
+        &file,
+        "CREATE TABLE orders_low PARTITION OF orders FOR VALUES FROM (1) TO (5);
+         CREATE TABLE orders_high PARTITION OF orders FOR VALUES FROM (5) TO (9);",
+    )
+    .unwrap();
+    let file = file.to_string_lossy().into_owned();
+    let args = ["--table", "orders", "--partition-by", "RANGE (tenant)", "--partitions", &file, "--execute", "--revertible-for", "10m", "--ok-to-drop-table"];
+    let mut run = spawn_run(&db, &args);
+    wait_for_window(&client, "orders", &mut run).await;
+    client.batch_execute("CREATE TRIGGER low_touch BEFORE UPDATE ON public.orders_low FOR EACH ROW EXECUTE FUNCTION public.nothing()").await.unwrap();
+
+    let in_window = CatalogSnapshot::take(&client).await;
+    let refused = binary::command(&db, "revert", &["--table", "orders"]).output().await.expect("start pg-ghost revert");
+    binary::assert_failure(&refused, 3, "partition \"public\".\"orders_low\" of the new table");
+    assert_catalog_unchanged(&in_window, &CatalogSnapshot::take(&client).await);
+    assert!(!run.is_finished(), "a refused revert ended the window");
+
+    client.batch_execute("DROP TRIGGER low_touch ON public.orders_low").await.unwrap();
+    revert_now(&db, "orders", run).await;
+    assert_eq!(db.psql("SELECT relkind FROM pg_class WHERE oid = 'public.orders'::regclass"), "r", "the plain table is not back");
+    assert_as_before_the_run(&db, &before, "after reverting a conversion, the database is as before the run").await;
+}
+
 /// A table with a foreign key to itself (`ON DELETE CASCADE`): during the window the old table
 /// does without it (the reverse stream deletes a key before writing it again, which the key
 /// would refuse mid-batch) while the new table enforces it; the revert adds it back on the old
