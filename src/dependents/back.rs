@@ -70,7 +70,7 @@ pub async fn read(tx: &impl GenericClient, t: &Tables<'_>, reverse_publication: 
     if !deps.partitions.is_empty() && crate::ghost::partitions::tree_tables(tx, t.old_oid).await?.is_empty() {
         for p in &deps.partitions {
             refused.push(format!(
-                "partition {} of the new table has triggers, policies, views, publications or security labels of its own, which the plain table cannot take back",
+                "partition {} of the new table has triggers, policies, views, rules, publications or security labels of its own (or read by others), which the plain table cannot take back",
                 p.partition
             ));
         }

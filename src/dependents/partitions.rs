@@ -1,8 +1,8 @@
 //! What hangs on one partition of a partitioned table rather than on the table, and moves
 //! to the new partition of the same name in the swap as the table's own dependents move to
 //! the new table: its own triggers (not the copies of the table's), policies, `FORCE ROW
-//! LEVEL SECURITY`, views that read it, publications that list it, and its and its columns'
-//! security labels.
+//! LEVEL SECURITY`, views and other relations' rules that read it, publications that list it,
+//! and its and its columns' security labels.
 //!
 //! Invariants:
 //! - Read under the same empty `search_path` as the table's dependents: a trigger's or view's
@@ -11,8 +11,8 @@
 //!   writes (a partition's triggers fire on rows the copy and the apply route into it).
 //! - One query finds the partitions that have any (most have none), so that reading them under
 //!   the cut-over's lock costs one round trip for a tree of many bare partitions.
-//! - Rules on a partition and other relations' rules or materialized views that read one stay
-//!   refused (`crate::inspect::partitions`).
+//! - Rules on a partition and materialized views that read one stay refused
+//!   (`crate::inspect::partitions`).
 
 use super::catalog;
 use super::Dependents;
@@ -21,8 +21,8 @@ use crate::sql::QualifiedName;
 use tokio_postgres::GenericClient;
 
 /// One partition and what it has of its own that moves with it. In `dependents` only the
-/// views, triggers, policies, publications, row security, security labels and column
-/// dependents are read.
+/// views, other relations' rules, triggers, policies, publications, row security, security
+/// labels and column dependents are read.
 #[derive(Clone, Debug)]
 pub struct PartitionDependents {
     pub partition: QualifiedName,
@@ -60,9 +60,10 @@ pub(super) async fn read(tx: &impl GenericClient, root: u32, own_publication: &s
             .await
             .with_context(|| format!("reading the row security of partition {partition}"))?
             .try_get(0)?;
-        let (views, _, _) = catalog::rewrite_dependents(tx, oid).await?;
+        let (views, foreign_rules, _) = catalog::rewrite_dependents(tx, oid).await?;
         let dependents = Dependents {
             views,
+            foreign_rules,
             triggers: catalog::triggers(tx, oid).await?,
             policies: catalog::policies(tx, oid).await?,
             publications: catalog::publications(tx, oid, own_publication).await?,

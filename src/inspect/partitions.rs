@@ -7,9 +7,10 @@
 //! `crate::ghost::partitions`). A partition's own triggers, policies, forced row security, the
 //! views that read it and the publications that list it move to the new partition in the swap
 //! (`crate::dependents`), as foreign keys that reference the partitioned table or one of its
-//! partitions do. Refused, each named: partitions whose rows cannot be copied or streamed
-//! (foreign, unlogged, temporary), a replica identity that does not carry the key, and rules:
-//! a partition's own, and other relations' rules and materialized views that read a partition.
+//! partitions do, and other relations' rules that read a partition. Refused, each named:
+//! partitions whose rows cannot be copied or streamed (foreign, unlogged, temporary), a
+//! replica identity that does not carry the key, a partition's own rules, and materialized
+//! views that read a partition.
 
 use super::get;
 use crate::error::{Context, Error, Result};
@@ -35,11 +36,10 @@ pub(super) async fn check(client: &Client, table: &TableInfo) -> Result<()> {
              UNION ALL
              SELECT p.name, 'has rule ' || quote_ident(r.rulename) FROM parts p JOIN pg_rewrite r ON r.ev_class = p.oid
              UNION ALL
-             SELECT DISTINCT p.name, 'is read by ' || CASE WHEN v.relkind = 'm' THEN 'materialized view ' ELSE 'rule ' || quote_ident(r.rulename) || ' of ' END
-                    || r.ev_class::regclass::text
+             SELECT DISTINCT p.name, 'is read by materialized view ' || r.ev_class::regclass::text
                FROM parts p JOIN pg_depend d ON d.refobjid = p.oid AND d.refclassid = 'pg_class'::regclass AND d.classid = 'pg_rewrite'::regclass
                JOIN pg_rewrite r ON r.oid = d.objid JOIN pg_class v ON v.oid = r.ev_class
-              WHERE r.ev_class <> p.oid AND NOT (r.rulename = '_RETURN' AND v.relkind = 'v')
+              WHERE r.ev_class <> p.oid AND v.relkind = 'm'
              UNION ALL
              SELECT p.name, 'has replica identity ' || CASE p.replident WHEN 'n' THEN 'NOTHING' WHEN 'i' THEN 'USING INDEX' ELSE 'DEFAULT without a primary key on the key' END
                     || ', so the stream would not carry the old key of its updates and deletes (make it REPLICA IDENTITY DEFAULT with the partitioned table''s primary key, or FULL)'

@@ -176,7 +176,8 @@ async fn dependents_of_a_partitioned_table_follow_it() {
 /// state (one logs who fired it, one that would fail every write is disabled); row level
 /// security enabled and forced, with a policy; a statistics object; column defaults, storage,
 /// compression, statistics targets and options; views reading a leaf and a sub-partitioned
-/// partition; publications listing partitions (one with a column list and a row filter).
+/// partition, another table's rule reading a leaf; publications listing partitions (one with a
+/// column list and a row filter).
 pub(crate) const PARTITIONS_OWN_DEPENDENTS: &str = "
     CREATE INDEX orders_t1_n_own ON public.orders_t1 (n);
     COMMENT ON INDEX public.orders_label_idx IS 'by label';
@@ -209,6 +210,8 @@ pub(crate) const PARTITIONS_OWN_DEPENDENTS: &str = "
         ALTER COLUMN n SET (n_distinct = 100), ALTER COLUMN doc SET COMPRESSION pglz;
     CREATE VIEW public.t1_small AS SELECT tenant, id, n FROM public.orders_t1 WHERE n < 1000;
     CREATE VIEW public.t3_count AS SELECT count(*) AS rows FROM public.orders_t3;
+    CREATE TABLE public.t1_requests (n int);
+    CREATE RULE t1_requests_count AS ON INSERT TO public.t1_requests DO ALSO SELECT count(*) FROM public.orders_t1 WHERE orders_t1.n = NEW.n;
     CREATE PUBLICATION t1_pub FOR TABLE public.orders_t1;
     CREATE PUBLICATION rest_inserts FOR TABLE public.orders_rest (tenant, id, n) WHERE (n > 0) WITH (publish = 'insert');";
 
