@@ -9,9 +9,9 @@
 //!   uses a column the ALTER added, or reads one it retyped), and what cannot move back, is
 //!   refused naming the object, before any statement runs: the revert changes nothing.
 //! - While the window is open the old table's own triggers and rules stay on it, disabled
-//!   ([`quiet_old_table`]), and so do its partitions' own triggers: the reverse stream writes
-//!   them and none may fire on those writes. The revert drops them (the partitions' own
-//!   triggers and policies too) and creates the new table's and new partitions' again, so the
+//!   ([`quiet_old_table`]), and so do its partitions' own triggers and rules: the reverse
+//!   stream writes them and none may fire on those writes. The revert drops them (the
+//!   partitions' own triggers, rules and policies too) and creates the new table's and new partitions' again, so the
 //!   old table ends with what the new one had, in the state it had them.
 //! - The old table's columns carry the new table's names while the definitions (read with
 //!   the new names) are created, and get their own names back at the end: a renamed column
@@ -174,11 +174,14 @@ pub async fn quiet_old_table(tx: &impl GenericClient, old_oid: u32, old: &Qualif
     let mut sql = vec![format!("ALTER TABLE {on} DISABLE TRIGGER USER"), format!("ALTER TABLE {on} NO FORCE ROW LEVEL SECURITY")];
     sql.extend(own.rules.iter().map(|r| format!("ALTER TABLE {on} DISABLE RULE {}", ident(r))));
     // On a partitioned table that reaches only the copies of its own triggers: a partition's
-    // own are disabled on the partition.
+    // own triggers and rules are disabled on the partition.
     for (oid, partition) in partitions_with_own_objects(tx, old_oid).await? {
-        if !own_objects(tx, oid).await?.triggers.is_empty() {
-            sql.push(format!("ALTER TABLE {} DISABLE TRIGGER USER", partition.sql()));
+        let own = own_objects(tx, oid).await?;
+        let on = partition.sql();
+        if !own.triggers.is_empty() {
+            sql.push(format!("ALTER TABLE {on} DISABLE TRIGGER USER"));
         }
+        sql.extend(own.rules.iter().map(|r| format!("ALTER TABLE {on} DISABLE RULE {}", ident(r))));
     }
     let self_references = tx
         .query("SELECT conname::text FROM pg_constraint WHERE contype = 'f' AND conrelid = $1 AND confrelid = $1 ORDER BY 1", &[&old_oid])

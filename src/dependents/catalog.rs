@@ -92,7 +92,7 @@ pub(super) async fn rewrite_dependents(tx: &impl GenericClient, oid: u32) -> Res
     Ok((views, rules, matviews))
 }
 
-async fn rules(tx: &impl GenericClient, oid: u32) -> Result<Vec<Rule>> {
+pub(super) async fn rules(tx: &impl GenericClient, oid: u32) -> Result<Vec<Rule>> {
     let rows = tx
         .query(
             "SELECT r.rulename::text, pg_get_ruledef(r.oid), r.ev_enabled::text, obj_description(r.oid, 'pg_rewrite'),

@@ -1,6 +1,6 @@
 //! What hangs on one partition of a partitioned table rather than on the table, and moves
 //! to the new partition of the same name in the swap as the table's own dependents move to
-//! the new table: its own triggers (not the copies of the table's), policies, `FORCE ROW
+//! the new table: its own triggers (not the copies of the table's), rules, policies, `FORCE ROW
 //! LEVEL SECURITY`, views and other relations' rules that read it, publications that list it,
 //! and its and its columns' security labels.
 //!
@@ -8,11 +8,11 @@
 //! - Read under the same empty `search_path` as the table's dependents: a trigger's or view's
 //!   text names `public.orders_t1`, which after the renames means the new partition.
 //! - None of them exists on the ghost's partitions before the swap, so none acts on pg-ghost's
-//!   writes (a partition's triggers fire on rows the copy and the apply route into it).
+//!   writes (a partition's triggers fire on rows the copy and the apply route into it; its
+//!   rules would act only on statements that name it, which pg-ghost's do not).
 //! - One query finds the partitions that have any (most have none), so that reading them under
 //!   the cut-over's lock costs one round trip for a tree of many bare partitions.
-//! - Rules on a partition and materialized views that read one stay refused
-//!   (`crate::inspect::partitions`).
+//! - Materialized views that read a partition stay refused (`crate::inspect::partitions`).
 
 use super::catalog;
 use super::Dependents;
@@ -21,8 +21,8 @@ use crate::sql::QualifiedName;
 use tokio_postgres::GenericClient;
 
 /// One partition and what it has of its own that moves with it. In `dependents` only the
-/// views, other relations' rules, triggers, policies, publications, row security, security
-/// labels and column dependents are read.
+/// views, rules (its own and other relations' that read it), triggers, policies,
+/// publications, row security, security labels and column dependents are read.
 #[derive(Clone, Debug)]
 pub struct PartitionDependents {
     pub partition: QualifiedName,
@@ -41,6 +41,7 @@ pub(super) async fn read(tx: &impl GenericClient, root: u32, own_publication: &s
                 AND (c.relforcerowsecurity
                      OR EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = c.oid AND NOT g.tgisinternal AND g.tgparentid = 0)
                      OR EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = c.oid)
+                     OR EXISTS (SELECT 1 FROM pg_rewrite r WHERE r.ev_class = c.oid AND r.rulename <> '_RETURN')
                      OR EXISTS (SELECT 1 FROM pg_publication_rel pr WHERE pr.prrelid = c.oid)
                      OR EXISTS (SELECT 1 FROM pg_seclabel l WHERE l.classoid = 'pg_class'::regclass AND l.objoid = c.oid)
                      OR EXISTS (SELECT 1 FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid
@@ -64,6 +65,7 @@ pub(super) async fn read(tx: &impl GenericClient, root: u32, own_publication: &s
         let dependents = Dependents {
             views,
             foreign_rules,
+            rules: catalog::rules(tx, oid).await?,
             triggers: catalog::triggers(tx, oid).await?,
             policies: catalog::policies(tx, oid).await?,
             publications: catalog::publications(tx, oid, own_publication).await?,

@@ -4,13 +4,13 @@
 //! comment, owner, grants, replica identity, own indexes, own constraints (primary key,
 //! unique, exclusion, CHECK, foreign keys), column defaults, storage, compression and
 //! statistics targets, statistics objects and row level security of the original's (see
-//! `crate::ghost::partitions`). A partition's own triggers, policies, forced row security, the
-//! views that read it and the publications that list it move to the new partition in the swap
-//! (`crate::dependents`), as foreign keys that reference the partitioned table or one of its
-//! partitions do, and other relations' rules that read a partition. Refused, each named:
-//! partitions whose rows cannot be copied or streamed (foreign, unlogged, temporary), a
-//! replica identity that does not carry the key, a partition's own rules, and materialized
-//! views that read a partition.
+//! `crate::ghost::partitions`). A partition's own triggers, rules, policies, forced row
+//! security and security labels, the views and other relations' rules that read it and the
+//! publications that list it move to the new partition in the swap (`crate::dependents`), as
+//! foreign keys that reference the partitioned table or one of its partitions do. Refused,
+//! each named: partitions whose rows cannot be copied or streamed (foreign, unlogged,
+//! temporary), a replica identity that does not carry the key, and materialized views that
+//! read a partition.
 
 use super::get;
 use crate::error::{Context, Error, Result};
@@ -33,8 +33,6 @@ pub(super) async fn check(client: &Client, table: &TableInfo) -> Result<()> {
              UNION ALL
              SELECT p.name, 'is ' || CASE p.persistence WHEN 'u' THEN 'UNLOGGED: its changes are not in the WAL' ELSE 'temporary' END
                FROM parts p WHERE p.persistence <> 'p'
-             UNION ALL
-             SELECT p.name, 'has rule ' || quote_ident(r.rulename) FROM parts p JOIN pg_rewrite r ON r.ev_class = p.oid
              UNION ALL
              SELECT DISTINCT p.name, 'is read by materialized view ' || r.ev_class::regclass::text
                FROM parts p JOIN pg_depend d ON d.refobjid = p.oid AND d.refclassid = 'pg_class'::regclass AND d.classid = 'pg_rewrite'::regclass
