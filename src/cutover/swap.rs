@@ -171,7 +171,7 @@ pub async fn swap(tx: &impl GenericClient, orig: &TableInfo, ghost: &Ghost, old_
     };
     // A column the ALTER drops loses its labels, as under a plain ALTER; the others' are
     // read under the names the ALTER gives them (the original's columns were renamed above).
-    deps.security_labels.retain(|l| l.column.as_ref().is_none_or(|c| ghost.mapping.carried.iter().any(|(_, to)| to == c)));
+    deps.retain_column_labels(|c| ghost.mapping.carried.iter().any(|(_, to)| to == c));
     let dependents_read = started.elapsed();
     check_materialized_built(&deps, materialized)?;
     let mut sql = deps.before_renames(o);
@@ -292,7 +292,8 @@ pub async fn swap(tx: &impl GenericClient, orig: &TableInfo, ghost: &Ghost, old_
 
     // One round trip: every statement here runs while writers wait on the lock.
     tx.batch_execute(&sql.join(";\n")).await.context("swapping the tables")?;
-    let publications = deps.publications.iter().map(|p| p.publication.clone()).collect();
+    let partitions_publications = deps.partitions.iter().flat_map(|p| &p.dependents.publications);
+    let publications = deps.publications.iter().chain(partitions_publications).map(|p| p.publication.clone()).collect();
     Ok(Swapped { statements: sql, validations: deps.validations(), dependents: deps.count(), dependents_read, publications })
 }
 
@@ -374,6 +375,19 @@ async fn partition_renames(tx: &impl GenericClient, orig: &TableInfo, ghost: &Gh
         };
         if let Some(new) = new.filter(|n| *n != gi.name) {
             take.push(format!("ALTER INDEX {} RENAME TO {}", QualifiedName::new(gi.schema.clone(), gi.name.clone()).sql(), ident(&new)));
+        }
+    }
+    // A partition's own statistics objects: the original's step aside, the ghost's take
+    // their names.
+    let orig_statistics = statistics::names_on_partitions(tx, orig.oid).await?;
+    for (_, s) in &orig_statistics {
+        aside.push(format!("ALTER STATISTICS {} RENAME TO {}", s.sql(), ident(&old_object_name(&s.name))));
+    }
+    for (table, s) in statistics::names_on_partitions(tx, ghost.oid).await? {
+        let Some(&orig_table) = counterpart.get(&table) else { continue };
+        let original = orig_statistics.iter().find(|(t, o)| *t == orig_table && temp_name(&o.name) == s.name);
+        if let Some((_, o)) = original {
+            take.push(format!("ALTER STATISTICS {} RENAME TO {}", s.sql(), ident(&o.name)));
         }
     }
     take.extend(partition_constraints_and_names(tx, orig, ghost, tree).await?);

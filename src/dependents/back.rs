@@ -9,9 +9,10 @@
 //!   uses a column the ALTER added, or reads one it retyped), and what cannot move back, is
 //!   refused naming the object, before any statement runs: the revert changes nothing.
 //! - While the window is open the old table's own triggers and rules stay on it, disabled
-//!   ([`quiet_old_table`]): the reverse stream writes it and none may fire on those writes.
-//!   The revert drops them and creates the new table's again, so the old table ends with
-//!   what the new one had, in the state it had them.
+//!   ([`quiet_old_table`]), and so do its partitions' own triggers and rules: the reverse
+//!   stream writes them and none may fire on those writes. The revert drops them (the
+//!   partitions' own triggers, rules and policies too) and creates the new table's and new partitions' again, so the
+//!   old table ends with what the new one had, in the state it had them.
 //! - The old table's columns carry the new table's names while the definitions (read with
 //!   the new names) are created, and get their own names back at the end: a renamed column
 //!   comes out renamed in its dependents, as a plain `ALTER TABLE ... RENAME COLUMN` does.
@@ -63,7 +64,17 @@ pub async fn read(tx: &impl GenericClient, t: &Tables<'_>, reverse_publication: 
         .await
         .context("reading the role's rights")?;
     let role = RoleRights { superuser: role.try_get(0)?, bypass_rls: role.try_get(1)? };
-    let refused = refusals_back(&deps, t.name, &changes, role);
+    let mut refused = refusals_back(&deps, t.name, &changes, role);
+    // A conversion into a partitioned table reverts to a plain table: what a new partition has
+    // of its own has no partition to go back to.
+    if !deps.partitions.is_empty() && crate::ghost::partitions::tree_tables(tx, t.old_oid).await?.is_empty() {
+        for p in &deps.partitions {
+            refused.push(format!(
+                "partition {} of the new table has triggers, policies, views, rules, publications or security labels of its own (or read by others), which the plain table cannot take back",
+                p.partition
+            ));
+        }
+    }
     if !refused.is_empty() {
         return Err(Error::refused(format!(
             "the revert cannot move every dependent of {} back to the old table: {}; nothing was changed (the window stays open: change or drop them, then revert again)",
@@ -76,12 +87,15 @@ pub async fn read(tx: &impl GenericClient, t: &Tables<'_>, reverse_publication: 
     }
     let built = materialized.unwrap_or_default();
     // Labels of a column the revert drops go with it, as under a plain ALTER.
-    deps.security_labels.retain(|l| l.column.as_ref().is_none_or(|c| !changes.dropped.contains(c)));
+    deps.retain_column_labels(|c| !changes.dropped.iter().any(|d| d == c));
     let renamed: Vec<&(String, String)> = t.carried.iter().filter(|(new, old)| new != old).collect();
     let mut before: Vec<String> =
         renamed.iter().map(|(new, old)| format!("ALTER TABLE {} RENAME COLUMN {} TO {}", t.old.sql(), ident(old), ident(new))).collect();
     before.extend(deps.before_renames(t.name));
     before.extend(own_objects(tx, t.old_oid).await?.drop_sql(t.old));
+    for (oid, partition) in partitions_with_own_objects(tx, t.old_oid).await? {
+        before.extend(own_objects(tx, oid).await?.drop_sql(&partition));
+    }
     // As in the forward swap: the rebuilt views take their names, the views that read them
     // are pointed at them, and the ones that read the new table go (last built first).
     let mut after: Vec<String> = built.iter().flat_map(Built::rename_sql).collect();
@@ -113,8 +127,9 @@ fn refusals_back(d: &Dependents, table: &QualifiedName, changes: &ColumnChanges,
     checks::refusals(d, table, changes, role)
 }
 
-/// The old table's own triggers, rules and policies: left on it by the forward swap, dropped
-/// by the revert before the new table's are created on it.
+/// The old table's own triggers, rules and policies (or one old partition's: not the copies of
+/// its parent's triggers): left on it by the forward swap, dropped by the revert before the new
+/// table's are created on it.
 #[derive(Debug, Default)]
 struct OwnObjects {
     triggers: Vec<String>,
@@ -138,7 +153,7 @@ async fn own_objects(tx: &impl GenericClient, oid: u32) -> Result<OwnObjects> {
         rows.iter().map(|r| r.try_get::<_, String>(0).map_err(Error::from)).collect::<Result<Vec<String>>>()
     };
     Ok(OwnObjects {
-        triggers: names("SELECT tgname::text FROM pg_trigger WHERE tgrelid = $1 AND NOT tgisinternal ORDER BY 1").await?,
+        triggers: names("SELECT tgname::text FROM pg_trigger WHERE tgrelid = $1 AND NOT tgisinternal AND tgparentid = 0 ORDER BY 1").await?,
         rules: names("SELECT rulename::text FROM pg_rewrite WHERE ev_class = $1 AND rulename <> '_RETURN' ORDER BY 1").await?,
         policies: names("SELECT polname::text FROM pg_policy WHERE polrelid = $1 ORDER BY 1").await?,
     })
@@ -158,6 +173,16 @@ pub async fn quiet_old_table(tx: &impl GenericClient, old_oid: u32, old: &Qualif
     let on = old.sql();
     let mut sql = vec![format!("ALTER TABLE {on} DISABLE TRIGGER USER"), format!("ALTER TABLE {on} NO FORCE ROW LEVEL SECURITY")];
     sql.extend(own.rules.iter().map(|r| format!("ALTER TABLE {on} DISABLE RULE {}", ident(r))));
+    // On a partitioned table that reaches only the copies of its own triggers: a partition's
+    // own triggers and rules are disabled on the partition.
+    for (oid, partition) in partitions_with_own_objects(tx, old_oid).await? {
+        let own = own_objects(tx, oid).await?;
+        let on = partition.sql();
+        if !own.triggers.is_empty() {
+            sql.push(format!("ALTER TABLE {on} DISABLE TRIGGER USER"));
+        }
+        sql.extend(own.rules.iter().map(|r| format!("ALTER TABLE {on} DISABLE RULE {}", ident(r))));
+    }
     let self_references = tx
         .query("SELECT conname::text FROM pg_constraint WHERE contype = 'f' AND conrelid = $1 AND confrelid = $1 ORDER BY 1", &[&old_oid])
         .await
@@ -167,6 +192,27 @@ pub async fn quiet_old_table(tx: &impl GenericClient, old_oid: u32, old: &Qualif
     }
     tx.batch_execute(&sql.join(";\n")).await.context("disabling the old table's triggers and rules for the revert window")?;
     Ok(sql)
+}
+
+/// The partitions of `root` that have triggers, rules or policies of their own, under their
+/// current names (none when it is not partitioned): one query under the lock, however many
+/// bare partitions the tree has.
+async fn partitions_with_own_objects(tx: &impl GenericClient, root: u32) -> Result<Vec<(u32, QualifiedName)>> {
+    let rows = tx
+        .query(
+            "SELECT c.oid, n.nspname::text, c.relname::text
+               FROM pg_partition_tree($1::oid::regclass) t
+               JOIN pg_class c ON c.oid = t.relid JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE t.level > 0
+                AND (EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = c.oid AND NOT g.tgisinternal AND g.tgparentid = 0)
+                     OR EXISTS (SELECT 1 FROM pg_rewrite r WHERE r.ev_class = c.oid AND r.rulename <> '_RETURN')
+                     OR EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = c.oid))
+              ORDER BY t.level, n.nspname, c.relname",
+            &[&root],
+        )
+        .await
+        .context("reading which partitions have triggers, rules or policies of their own")?;
+    rows.iter().map(|r| Ok((r.try_get(0)?, QualifiedName::new(r.try_get::<_, String>(1)?, r.try_get::<_, String>(2)?)))).collect()
 }
 
 #[cfg(test)]

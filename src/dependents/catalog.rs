@@ -51,6 +51,7 @@ async fn read_all(tx: &impl GenericClient, oid: u32, own_publication: &str) -> R
         column_dependents: column_dependents(tx, oid).await?,
         force_row_security: row.try_get(0)?,
         security_labels: security_labels(tx, oid).await?,
+        partitions: super::partitions::read(tx, oid, own_publication).await?,
     })
 }
 
@@ -91,7 +92,7 @@ pub(super) async fn rewrite_dependents(tx: &impl GenericClient, oid: u32) -> Res
     Ok((views, rules, matviews))
 }
 
-async fn rules(tx: &impl GenericClient, oid: u32) -> Result<Vec<Rule>> {
+pub(super) async fn rules(tx: &impl GenericClient, oid: u32) -> Result<Vec<Rule>> {
     let rows = tx
         .query(
             "SELECT r.rulename::text, pg_get_ruledef(r.oid), r.ev_enabled::text, obj_description(r.oid, 'pg_rewrite'),
@@ -116,12 +117,13 @@ async fn rules(tx: &impl GenericClient, oid: u32) -> Result<Vec<Rule>> {
         .collect()
 }
 
-async fn triggers(tx: &impl GenericClient, oid: u32) -> Result<Vec<Trigger>> {
-    // Internal triggers implement foreign keys and come with the constraint.
+pub(super) async fn triggers(tx: &impl GenericClient, oid: u32) -> Result<Vec<Trigger>> {
+    // Internal triggers implement foreign keys and come with the constraint; on a partition,
+    // the copies of its parent's triggers (`tgparentid`) come with the parent's.
     let rows = tx
         .query(
             "SELECT tgname::text, pg_get_triggerdef(oid), tgenabled::text, obj_description(oid, 'pg_trigger')
-               FROM pg_trigger WHERE tgrelid = $1 AND NOT tgisinternal ORDER BY 1",
+               FROM pg_trigger WHERE tgrelid = $1 AND NOT tgisinternal AND tgparentid = 0 ORDER BY 1",
             &[&oid],
         )
         .await
@@ -131,7 +133,7 @@ async fn triggers(tx: &impl GenericClient, oid: u32) -> Result<Vec<Trigger>> {
         .collect()
 }
 
-async fn policies(tx: &impl GenericClient, oid: u32) -> Result<Vec<Policy>> {
+pub(super) async fn policies(tx: &impl GenericClient, oid: u32) -> Result<Vec<Policy>> {
     let rows = tx
         .query(
             "SELECT p.polname::text, p.polpermissive, p.polcmd::text,
@@ -159,7 +161,7 @@ async fn policies(tx: &impl GenericClient, oid: u32) -> Result<Vec<Policy>> {
         .collect()
 }
 
-async fn publications(tx: &impl GenericClient, oid: u32, own: &str) -> Result<Vec<PublicationMember>> {
+pub(super) async fn publications(tx: &impl GenericClient, oid: u32, own: &str) -> Result<Vec<PublicationMember>> {
     let rows = tx
         .query(
             "SELECT p.pubname::text, pg_has_role(p.pubowner, 'USAGE'),
@@ -312,7 +314,7 @@ async fn row_type_users(tx: &impl GenericClient, oid: u32) -> Result<Vec<String>
 }
 
 /// Objects that depend on single columns (what blocks a DROP or a type change of them).
-async fn column_dependents(tx: &impl GenericClient, oid: u32) -> Result<Vec<ColumnDependent>> {
+pub(super) async fn column_dependents(tx: &impl GenericClient, oid: u32) -> Result<Vec<ColumnDependent>> {
     let rows = tx
         .query(
             "SELECT a.attname::text, d.classid::regclass::text, pg_describe_object(d.classid, d.objid, d.objsubid)

@@ -24,6 +24,13 @@ pub struct RoleRights {
 pub fn refusals(d: &Dependents, table: &QualifiedName, changes: &ColumnChanges, role: RoleRights) -> Vec<String> {
     let superuser = role.superuser;
     let mut out = plain_alter_refusals(d, table, changes);
+    // A partition's columns carry the table's names: the ALTER drops or retypes them there
+    // too. Its forced row security needs no rights: pg-ghost reads and writes rows through the
+    // partitioned table, where a partition's policies do not apply.
+    for p in &d.partitions {
+        let through_root = Dependents { force_row_security: false, ..p.dependents.clone() };
+        out.extend(refusals(&through_root, &p.partition, changes, role));
+    }
     if d.force_row_security && !superuser && !role.bypass_rls {
         out.push(format!(
             "{table} has FORCE ROW LEVEL SECURITY, so its policies would decide which rows pg-ghost reads and writes even as the owner; connect as a role with BYPASSRLS or a superuser"
@@ -154,6 +161,28 @@ mod tests {
         assert!(retyped[1].contains("trigger definition"));
         let dropped = refusals(&d, &t(), &ColumnChanges { dropped: vec!["note".into()], ..Default::default() }, su);
         assert_eq!(dropped, vec!["cannot drop column \"note\" of table \"public\".\"orders\" because other objects depend on it: policy p on table orders (as a plain ALTER TABLE would refuse)"]);
+    }
+
+    #[test]
+    fn a_partitions_dependents_are_checked_under_its_name() {
+        let part = QualifiedName::new("public", "orders_t1");
+        let d = Dependents {
+            partitions: vec![PartitionDependents {
+                partition: part,
+                dependents: Dependents {
+                    column_dependents: vec![dep("note", "pg_rewrite", "rule _RETURN on view t1_notes")],
+                    force_row_security: true,
+                    ..Dependents::default()
+                },
+            }],
+            ..Dependents::default()
+        };
+        let su = RoleRights { superuser: true, bypass_rls: true };
+        let dropped = refusals(&d, &t(), &ColumnChanges { dropped: vec!["note".into()], ..Default::default() }, su);
+        assert_eq!(dropped.len(), 1, "{dropped:#?}");
+        assert!(dropped[0].starts_with("cannot drop column \"note\" of table \"public\".\"orders_t1\""), "{dropped:#?}");
+        // Rows go through the partitioned table: a partition's forced row security needs no rights.
+        assert!(refusals(&d, &t(), &ColumnChanges::default(), RoleRights::default()).is_empty());
     }
 
     #[test]

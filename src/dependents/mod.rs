@@ -1,7 +1,8 @@
 //! Objects that depend on the table by OID and must follow the new table inside the swap
 //! transaction: views, rules, triggers, policies, publication membership, incoming foreign
 //! keys, functions typed with the table's row type, and materialized views (built again
-//! on the ghost, see [`materialized`]).
+//! on the ghost, see [`materialized`]); for a partitioned table, what its partitions have of
+//! their own of these ([`partitions`]).
 //!
 //! Invariants:
 //! - Definitions are read with an empty `search_path`, so every name in them is qualified
@@ -24,12 +25,14 @@ pub mod back;
 mod catalog;
 mod checks;
 pub mod materialized;
+mod partitions;
 mod statements;
 mod validation;
 
 pub use catalog::read;
 pub use checks::{refusals, ColumnChanges, RoleRights};
 pub use materialized::MaterializedView;
+pub use partitions::PartitionDependents;
 pub use validation::{validate, PartitionedKey, Validation};
 
 use crate::sql::QualifiedName;
@@ -58,6 +61,9 @@ pub struct Dependents {
     pub force_row_security: bool,
     /// The table's and its columns' security labels, set on the new table in the swap.
     pub security_labels: Vec<SecurityLabel>,
+    /// The partitions with triggers, policies, forced row security, views or publications of
+    /// their own: each moves to the new partition of its name.
+    pub partitions: Vec<PartitionDependents>,
 }
 
 /// `SECURITY LABEL FOR provider ON ... IS label`, of a relation or one of its columns.
@@ -193,6 +199,15 @@ pub struct ColumnDependent {
 }
 
 impl Dependents {
+    /// Keeps the security labels of the table's columns (and of its partitions' columns) for
+    /// which `keep` holds: a column the ALTER drops loses its labels, as under a plain ALTER.
+    pub fn retain_column_labels(&mut self, keep: impl Fn(&str) -> bool + Copy) {
+        self.security_labels.retain(|l| l.column.as_deref().is_none_or(keep));
+        for p in &mut self.partitions {
+            p.dependents.retain_column_labels(keep);
+        }
+    }
+
     /// The tables the swap alters besides the table itself: those whose foreign keys it
     /// moves. The cut-over locks them together with the table.
     pub fn referencing_tables(&self) -> Vec<QualifiedName> {
@@ -234,5 +249,6 @@ impl Dependents {
             + self.foreign_keys.len()
             + self.functions.len()
             + self.materialized_views.len()
+            + self.partitions.iter().map(|p| p.dependents.count()).sum::<usize>()
     }
 }

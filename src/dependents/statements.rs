@@ -23,6 +23,9 @@ impl Dependents {
         for p in &self.publications {
             sql.push(format!("ALTER PUBLICATION {} DROP TABLE {}", ident(&p.publication), table.sql()));
         }
+        for p in &self.partitions {
+            sql.extend(p.dependents.before_renames(&p.partition));
+        }
         sql
     }
 
@@ -89,6 +92,10 @@ impl Dependents {
         }
         for fk in &self.foreign_keys {
             sql.extend(super::Validation::add_sql(fk));
+        }
+        // By then each partition's name means the new partition.
+        for p in &self.partitions {
+            sql.extend(p.dependents.after_renames(&p.partition)?);
         }
         Ok(sql)
     }
@@ -202,6 +209,34 @@ mod tests {
         assert!(sql.contains(&"ALTER TABLE \"public\".\"orders\" ENABLE REPLICA TRIGGER \"touch\"".to_string()));
         assert!(sql.contains(&"ALTER TABLE \"public\".\"orders\" FORCE ROW LEVEL SECURITY".to_string()));
         assert_eq!(d.before_renames(&t()), vec!["ALTER PUBLICATION \"pub\" DROP TABLE \"public\".\"orders\"".to_string()]);
+    }
+
+    #[test]
+    fn a_partitions_own_dependents_move_under_its_name() {
+        let part = QualifiedName::new("public", "orders_t1");
+        let d = Dependents {
+            partitions: vec![PartitionDependents {
+                partition: part.clone(),
+                dependents: Dependents {
+                    triggers: vec![Trigger { name: "t1_touch".into(), definition: "CREATE TRIGGER t1_touch ...".into(), enabled: "D".into(), comment: None }],
+                    publications: vec![PublicationMember { publication: "t1_pub".into(), owned: true, columns: None, row_filter: None }],
+                    force_row_security: true,
+                    ..Dependents::default()
+                },
+            }],
+            ..Dependents::default()
+        };
+        assert_eq!(d.before_renames(&t()), vec!["ALTER PUBLICATION \"t1_pub\" DROP TABLE \"public\".\"orders_t1\"".to_string()]);
+        assert_eq!(
+            d.after_renames(&t()).unwrap(),
+            vec![
+                "CREATE TRIGGER t1_touch ...".to_string(),
+                "ALTER TABLE \"public\".\"orders_t1\" DISABLE TRIGGER \"t1_touch\"".to_string(),
+                "ALTER TABLE \"public\".\"orders_t1\" FORCE ROW LEVEL SECURITY".to_string(),
+                "ALTER PUBLICATION \"t1_pub\" ADD TABLE \"public\".\"orders_t1\"".to_string(),
+            ]
+        );
+        assert_eq!(d.count(), 2);
     }
 
     #[test]

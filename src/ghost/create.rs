@@ -20,7 +20,8 @@ pub struct Deferred {
     pub name: String,
     /// The statement that builds it again on the ghost.
     pub sql: String,
-    /// A statement to run after `sql` (validating a foreign key added `NOT VALID`).
+    /// Statements to run after `sql`: validating a foreign key added `NOT VALID`, giving back
+    /// the comments dropping it took along.
     pub then: Option<String>,
 }
 
@@ -358,6 +359,9 @@ async fn build(
     for index in indexes.iter().filter(|i| !stand_ins.iter().any(|s| s.index == i.name)) {
         create_original_index(tx, ghost, index).await?;
     }
+    if let (None, Some(tree)) = (conversion, tree.as_ref()) {
+        partitions::create_own_indexes(tx, tree).await?;
+    }
     if !partitions_first {
         locks::lock(tx, &referenced.tables, wait.lock_timeout).await?;
     }
@@ -467,7 +471,7 @@ pub async fn rebuild_deferred_waiting(client: &Client, ghost: &Ghost, wait: &Loc
             }
         }
         if let Some(then) = &d.then {
-            client.batch_execute(then).await.with_context(|| format!("validating {} on the ghost", ident(&d.name)))?;
+            client.batch_execute(then).await.with_context(|| format!("finishing {} on the ghost (validating it, giving back its comments)", ident(&d.name)))?;
         }
         tracing::info!(name = %d.name, secs = started.elapsed().as_secs_f64(), "built on the ghost");
     }
@@ -522,8 +526,8 @@ async fn index_exists(client: &Client, table_oid: u32, index: &str) -> Result<bo
     Ok(row.try_get(0)?)
 }
 
-/// Whether `name` exists on the ghost: a constraint of the ghost, or an index of it or of
-/// one of its partitions (a partition's own index is built again too).
+/// Whether `name` exists on the ghost: a constraint or an index of it or of one of its
+/// partitions (a partition's own index and foreign key are built again too).
 enum Built {
     No,
     /// A foreign key added `NOT VALID`, not validated yet.
@@ -534,9 +538,10 @@ enum Built {
 async fn built_on(client: &Client, ghost_oid: u32, name: &str) -> Result<Built> {
     let row = client
         .query_one(
-            "SELECT (SELECT convalidated FROM pg_constraint WHERE conrelid = $1 AND conname = $2),
+            "WITH tree AS (SELECT $1::oid AS relid UNION SELECT relid FROM pg_partition_tree($1::oid::regclass))
+             SELECT (SELECT bool_and(convalidated) FROM pg_constraint WHERE conrelid IN (SELECT relid FROM tree) AND conname = $2),
                     EXISTS (SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
-                             WHERE (i.indrelid = $1 OR i.indrelid IN (SELECT relid FROM pg_partition_tree($1::oid::regclass))) AND c.relname = $2)",
+                             WHERE i.indrelid IN (SELECT relid FROM tree) AND c.relname = $2)",
             &[&ghost_oid, &name],
         )
         .await
@@ -793,7 +798,8 @@ async fn set_aside_indexes(
                       AND (SELECT array_agg(a.attname::text ORDER BY a.attname)
                              FROM unnest(i.indkey::int2[]) k JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k)
                           = (SELECT array_agg(x ORDER BY x) FROM unnest($2::text[]) x)
-                      AND i.indnkeyatts = cardinality($2::text[])
+                      AND i.indnkeyatts = cardinality($2::text[]),
+                    obj_description(i.indexrelid, 'pg_class'), obj_description(c.oid, 'pg_constraint')
                FROM pg_index i
                JOIN pg_class ci ON ci.oid = i.indexrelid
                LEFT JOIN pg_constraint c ON c.conindid = i.indexrelid AND c.conrelid = i.indrelid AND c.contype IN ('p', 'u', 'x')
@@ -815,6 +821,17 @@ async fn set_aside_indexes(
             key_kept = true;
             continue;
         }
+        // Dropping it takes its comments along: given back once it is built again.
+        let index_comment: Option<String> = r.try_get(5)?;
+        let constraint_comment: Option<String> = r.try_get(6)?;
+        let comments: Vec<String> = index_comment
+            .map(|c| format!("COMMENT ON INDEX {} IS {}", ghost.sibling(name.clone()).sql(), literal(&c)))
+            .into_iter()
+            .chain(constraint.as_ref().zip(constraint_comment).map(|(con, c)| {
+                format!("COMMENT ON CONSTRAINT {} ON {} IS {}", ident(con), ghost.sql(), literal(&c))
+            }))
+            .collect();
+        let then = (!comments.is_empty()).then(|| comments.join(";\n"));
         let (drop, sql) = match (constraint, condef) {
             (Some(con), Some(def)) => (
                 format!("ALTER TABLE {} DROP CONSTRAINT {}", ghost.sql(), ident(&con)),
@@ -825,7 +842,7 @@ async fn set_aside_indexes(
             _ => (format!("DROP INDEX {}", ghost.sibling(name.clone()).sql()), indexdef),
         };
         tx.batch_execute(&drop).await.with_context(|| format!("setting aside {} until after the copy", ident(&name)))?;
-        deferred.push(Deferred { name, sql, then: None });
+        deferred.push(Deferred { name, sql, then });
     }
     deferred.extend(set_aside_foreign_keys(tx, ghost, ghost_oid, partitioned).await?);
     let temp_key_index = if key_kept {
@@ -860,7 +877,7 @@ async fn set_aside_indexes(
 pub(super) async fn set_aside_foreign_keys(tx: &impl GenericClient, ghost: &QualifiedName, ghost_oid: u32, partitioned: bool) -> Result<Vec<Deferred>> {
     let rows = tx
         .query(
-            "SELECT conname::text, pg_get_constraintdef(oid), convalidated FROM pg_constraint
+            "SELECT conname::text, pg_get_constraintdef(oid), convalidated, obj_description(oid, 'pg_constraint') FROM pg_constraint
               WHERE conrelid = $1 AND conparentid = 0 AND coninhcount = 0
                 AND ((contype = 'f' AND NOT $2) OR (contype = 'c' AND NOT convalidated)) ORDER BY oid",
             &[&ghost_oid, &partitioned],
@@ -871,12 +888,19 @@ pub(super) async fn set_aside_foreign_keys(tx: &impl GenericClient, ghost: &Qual
         let name: String = r.try_get(0)?;
         let def: String = r.try_get(1)?;
         let validated: bool = r.try_get(2)?;
+        let comment: Option<String> = r.try_get(3)?;
         let g = ghost.sql();
         tx.batch_execute(&format!("ALTER TABLE {g} DROP CONSTRAINT {}", ident(&name))).await?;
         let def = if validated { format!("{def} NOT VALID") } else { def };
+        // Dropping it took its comment along.
+        let then: Vec<String> = validated
+            .then(|| format!("ALTER TABLE {g} VALIDATE CONSTRAINT {}", ident(&name)))
+            .into_iter()
+            .chain(comment.map(|c| format!("COMMENT ON CONSTRAINT {} ON {g} IS {}", ident(&name), literal(&c))))
+            .collect();
         out.push(Deferred {
             sql: format!("ALTER TABLE {g} ADD CONSTRAINT {} {def}", ident(&name)),
-            then: validated.then(|| format!("ALTER TABLE {g} VALIDATE CONSTRAINT {}", ident(&name))),
+            then: (!then.is_empty()).then(|| then.join(";\n")),
             name,
         });
     }

@@ -13,6 +13,7 @@ pub mod convert;
 mod create;
 mod locks;
 mod mapping;
+mod partition_own;
 pub mod partitions;
 pub mod statistics;
 

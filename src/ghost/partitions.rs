@@ -4,7 +4,9 @@
 //! `PARTITION BY`, and each partition (at every level, the default ones too) created
 //! `PARTITION OF` its parent's ghost with the same bounds, under a temporary name
 //! ([`super::temp_name`]), with its own storage parameters, tablespace, comment, owner,
-//! grants, replica identity and the indexes it has apart from its parent's. The ALTER runs
+//! grants, replica identity, the indexes it has apart from its parent's, and what else it has
+//! of its own (constraints, column settings, statistics, row security: see
+//! `super::partition_own`). The ALTER runs
 //! on the ghost's root only: PostgreSQL carries it to every partition, as a plain `ALTER
 //! TABLE` on the original's root would. The swap gives every partition and every object on
 //! it back the name it has on the original (see `crate::cutover::swap`).
@@ -184,32 +186,36 @@ pub(super) async fn create(
         for s in statements {
             tx.batch_execute(&s).await.with_context(|| format!("creating the ghost's partition of {} ({s})", p.name))?;
         }
-        for (name, indexdef) in own_indexes(tx, oid).await? {
-            let sql = crate::sqltree::retarget_index(&indexdef, &temp_name(&name), &g)?;
-            tx.batch_execute(&sql).await.with_context(|| format!("creating index {} of partition {} on the ghost", ident(&name), p.name))?;
-        }
-        for (name, definition) in own_constraints(tx, oid).await? {
-            tx.batch_execute(&format!("ALTER TABLE {} ADD CONSTRAINT {} {definition}", g.sql(), ident(&name)))
-                .await
-                .with_context(|| format!("creating constraint {} of partition {} on the ghost", ident(&name), p.name))?;
-        }
+        super::partition_own::create(tx, oid, &g).await?;
     }
     Ok(())
 }
 
-/// A partition's own CHECK constraints and foreign keys (not its parent's copies), with
-/// `pg_get_constraintdef` (`NOT VALID` included when it is): created on the ghost's partition
-/// before the ALTER, so that the ALTER changes them as it changes the original's.
-async fn own_constraints(tx: &impl GenericClient, partition: u32) -> Result<Vec<(String, String)>> {
-    let rows = tx
-        .query(
-            "SELECT conname::text, pg_get_constraintdef(oid) FROM pg_constraint
-              WHERE conrelid = $1 AND conparentid = 0 AND coninhcount = 0 AND contype IN ('c', 'f') ORDER BY oid",
-            &[&partition],
-        )
-        .await
-        .context("reading a partition's own constraints")?;
-    rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+/// Creates on the ghost's partitions the indexes and index-backed constraints the original's
+/// have of their own, once the root's indexes exist: created earlier, one equal to an index of
+/// the root would be taken by it as its partition's copy (as PostgreSQL does when a partitioned
+/// table's index finds an equal one on a partition), no longer of its own. Before the ALTER,
+/// so that an index the ALTER creates on the root takes an equal one as it would on the
+/// original.
+pub(super) async fn create_own_indexes(tx: &impl GenericClient, tree: &PartitionTree) -> Result<()> {
+    for p in &tree.partitions {
+        let g = p.ghost_name();
+        let oid: u32 = tx
+            .query_one("SELECT $1::text::regclass::oid", &[&p.name.sql()])
+            .await
+            .with_context(|| format!("looking up partition {}", p.name))?
+            .try_get(0)?;
+        for (name, indexdef, comment) in own_indexes(tx, oid).await? {
+            let temp = temp_name(&name);
+            let mut sql = vec![crate::sqltree::retarget_index(&indexdef, &temp, &g)?];
+            sql.extend(comment.map(|c| index_comment(&g.sibling(temp), &c)));
+            for s in sql {
+                tx.batch_execute(&s).await.with_context(|| format!("creating index {} of partition {} on the ghost", ident(&name), p.name))?;
+            }
+        }
+        super::partition_own::create_keys(tx, oid, &g).await?;
+    }
+    Ok(())
 }
 
 /// Sets aside, until after the copy, what the ghost's leaf partitions have of their own that
@@ -229,12 +235,16 @@ async fn ghost_oid(tx: &impl GenericClient, g: &QualifiedName) -> Result<u32> {
     Ok(row.try_get(0)?)
 }
 
+fn index_comment(index: &QualifiedName, comment: &str) -> String {
+    format!("COMMENT ON INDEX {} IS {}", index.sql(), literal(comment))
+}
+
 /// The indexes of a partition that belong to no index of its parent (created on the
-/// partition alone): (name, `pg_get_indexdef`).
-async fn own_indexes(tx: &impl GenericClient, partition: u32) -> Result<Vec<(String, String)>> {
+/// partition alone): (name, `pg_get_indexdef`, comment).
+async fn own_indexes(tx: &impl GenericClient, partition: u32) -> Result<Vec<(String, String, Option<String>)>> {
     let rows = tx
         .query(
-            "SELECT ci.relname::text, pg_get_indexdef(i.indexrelid)
+            "SELECT ci.relname::text, pg_get_indexdef(i.indexrelid), obj_description(i.indexrelid, 'pg_class')
                FROM pg_index i JOIN pg_class ci ON ci.oid = i.indexrelid
               WHERE i.indrelid = $1 AND NOT EXISTS (SELECT 1 FROM pg_inherits h WHERE h.inhrelid = i.indexrelid)
                 AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid AND c.conrelid = i.indrelid)
@@ -243,25 +253,27 @@ async fn own_indexes(tx: &impl GenericClient, partition: u32) -> Result<Vec<(Str
         )
         .await
         .context("reading a partition's own indexes")?;
-    rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+    rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?))).collect()
 }
 
-/// Drops the indexes the ghost's partitions have of their own (created before the ALTER, so
-/// that it changes them as it changes the original's), to be built after the copy as the
-/// root's are: a unique one would otherwise meet, while the copy runs, a stale row of a chunk
-/// next to the row the stream brought.
+/// Drops the indexes and index-backed constraints the ghost's partitions have of their own
+/// (created before the ALTER, so that it changes them as it changes the original's), to be
+/// built after the copy as the root's are: a unique one would otherwise meet, while the copy
+/// runs, a stale row of a chunk next to the row the stream brought.
 pub(super) async fn set_aside_own_indexes(tx: &impl GenericClient, tree: &PartitionTree) -> Result<Vec<super::Deferred>> {
     let mut out = Vec::new();
     for p in &tree.partitions {
         let g = p.ghost_name();
         let oid = ghost_oid(tx, &g).await?;
-        for (name, indexdef) in own_indexes(tx, oid).await? {
+        for (name, indexdef, comment) in own_indexes(tx, oid).await? {
             let sql = crate::sqltree::retarget_index(&indexdef, &name, &g)?;
-            tx.batch_execute(&format!("DROP INDEX {}", g.sibling(name.clone()).sql()))
+            let index = g.sibling(name.clone());
+            tx.batch_execute(&format!("DROP INDEX {}", index.sql()))
                 .await
                 .with_context(|| format!("setting aside {} until after the copy", ident(&name)))?;
-            out.push(super::Deferred { name, sql, then: None });
+            out.push(super::Deferred { then: comment.map(|c| index_comment(&index, &c)), name, sql });
         }
+        out.extend(super::partition_own::set_aside_keys(tx, &g).await?);
     }
     Ok(out)
 }

@@ -9,6 +9,7 @@ use crate::sql::{ident, QualifiedName};
 use tokio_postgres::GenericClient;
 
 struct Statistics {
+    oid: u32,
     name: QualifiedName,
     /// What it is on: `pg_get_statisticsobjdef_columns` and the kinds.
     definition: (String, String),
@@ -20,7 +21,7 @@ async fn read(tx: &impl GenericClient, table_oid: u32) -> Result<Vec<Statistics>
     let rows = tx
         .query(
             "SELECT n.nspname::text, s.stxname::text, pg_get_statisticsobjdef_columns(s.oid), s.stxkind::text,
-                    s.stxstattarget, pg_get_userbyid(s.stxowner)::text
+                    s.stxstattarget, pg_get_userbyid(s.stxowner)::text, s.oid
                FROM pg_statistic_ext s JOIN pg_namespace n ON n.oid = s.stxnamespace
               WHERE s.stxrelid = $1 ORDER BY s.oid",
             &[&table_oid],
@@ -34,6 +35,7 @@ async fn read(tx: &impl GenericClient, table_oid: u32) -> Result<Vec<Statistics>
                 definition: (r.try_get(2)?, r.try_get(3)?),
                 target: r.try_get(4)?,
                 owner: r.try_get(5)?,
+                oid: r.try_get(6)?,
             })
         })
         .collect()
@@ -67,7 +69,82 @@ pub async fn copy_from_original(tx: &impl GenericClient, orig_oid: u32, ghost_oi
     Ok(())
 }
 
+/// Creates on `ghost` (a partition's ghost, which `PARTITION OF` gave none) the statistics
+/// the partition `orig_oid` has, under temporary names, with their target, owner and comment.
+/// Runs before the ALTER, while both tables still have the same columns.
+pub async fn create_like(tx: &impl GenericClient, orig_oid: u32, ghost: &QualifiedName) -> Result<()> {
+    for o in read(tx, orig_oid).await? {
+        let temp = o.name.sibling(temp_name(&o.name.name));
+        let row = tx
+            .query_one("SELECT obj_description($1, 'pg_statistic_ext'), $2 = current_user::text", &[&o.oid, &o.owner])
+            .await
+            .context("reading a statistics object's comment")?;
+        let (comment, ours): (Option<String>, bool) = (row.try_get(0)?, row.try_get(1)?);
+        let kinds = kinds_sql(&o.definition.1);
+        let mut sql = vec![format!("CREATE STATISTICS {}{kinds} ON {} FROM {}", temp.sql(), o.definition.0, ghost.sql())];
+        if o.target >= 0 {
+            sql.push(format!("ALTER STATISTICS {} SET STATISTICS {}", temp.sql(), o.target));
+        }
+        if !ours {
+            sql.push(format!("ALTER STATISTICS {} OWNER TO {}", temp.sql(), ident(&o.owner)));
+        }
+        if let Some(c) = comment {
+            sql.push(format!("COMMENT ON STATISTICS {} IS {}", temp.sql(), crate::sql::literal(&c)));
+        }
+        for s in sql {
+            tx.batch_execute(&s).await.with_context(|| format!("creating the statistics {} on {ghost} ({s})", o.name))?;
+        }
+    }
+    Ok(())
+}
+
+/// `stxkind` as the kinds clause of `CREATE STATISTICS`: the kinds other than the expression
+/// statistics (`e`), which PostgreSQL adds by itself and which alone takes no clause.
+fn kinds_sql(stxkind: &str) -> String {
+    let kinds: Vec<&str> = stxkind
+        .trim_matches(|c| c == '{' || c == '}')
+        .split(',')
+        .filter_map(|k| match k {
+            "d" => Some("ndistinct"),
+            "f" => Some("dependencies"),
+            "m" => Some("mcv"),
+            _ => None,
+        })
+        .collect();
+    match kinds.is_empty() {
+        true => String::new(),
+        false => format!(" ({})", kinds.join(", ")),
+    }
+}
+
+/// The statistics on the partitions of `root` (not on `root` itself), by the partition's
+/// oid: one query for the whole tree, as the swap reads them under its lock.
+pub async fn names_on_partitions(tx: &impl GenericClient, root: u32) -> Result<Vec<(u32, QualifiedName)>> {
+    let rows = tx
+        .query(
+            "SELECT s.stxrelid, n.nspname::text, s.stxname::text
+               FROM pg_statistic_ext s JOIN pg_namespace n ON n.oid = s.stxnamespace
+              WHERE s.stxrelid IN (SELECT relid FROM pg_partition_tree($1::oid::regclass) WHERE level > 0) ORDER BY s.oid",
+            &[&root],
+        )
+        .await
+        .context("reading the extended statistics of the partitions")?;
+    rows.iter().map(|r| Ok((r.try_get(0)?, QualifiedName::new(r.try_get::<_, String>(1)?, r.try_get::<_, String>(2)?)))).collect()
+}
+
 /// The statistics of a table, schema-qualified, for the swap's renames.
 pub async fn names(tx: &impl GenericClient, table_oid: u32) -> Result<Vec<QualifiedName>> {
     Ok(read(tx, table_oid).await?.into_iter().map(|s| s.name).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kinds_sql;
+
+    #[test]
+    fn kinds_as_create_statistics_takes_them() {
+        assert_eq!(kinds_sql("{d,f,m}"), " (ndistinct, dependencies, mcv)");
+        assert_eq!(kinds_sql("{d,e}"), " (ndistinct)");
+        assert_eq!(kinds_sql("{e}"), "");
+    }
 }

@@ -692,6 +692,7 @@ impl Run {
                 policies = deps.policies.len(),
                 publications = deps.publications.len(),
                 functions = deps.functions.len(),
+                partitions = deps.partitions.len(),
                 "objects that depend on the table will move to the new table in the swap"
             );
         }

@@ -127,11 +127,15 @@ pub(crate) async fn assert_no_slots_or_publications_but(client: &tokio_postgres:
     assert_eq!(pubs, keep, "pg-ghost's publication was left behind");
 }
 
+/// With comments on the table's own index and unique constraint, which the ghost's set aside
+/// for the copy must give back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_dependent_follows_the_table() {
     run_case(Case {
         prefix: "dep_all",
-        extra: "",
+        extra: "COMMENT ON INDEX public.orders_label_idx IS 'by label';
+                ALTER TABLE public.orders ADD CONSTRAINT orders_id_n UNIQUE (id, n);
+                COMMENT ON CONSTRAINT orders_id_n ON public.orders IS 'id with n';",
         alter: "ALTER COLUMN spare TYPE bigint, ADD COLUMN flag boolean NOT NULL DEFAULT true",
         project: |p| p.map("spare", "spare::bigint").add("flag", "true"),
     })
@@ -326,6 +330,34 @@ async fn security_labels_follow_the_table() {
     assert_eq!(labels, 5, "every label is on the new objects");
     client.batch_execute("DROP TABLE public._t_del").await.unwrap_or_else(|e| panic!("the old table must drop without CASCADE: {}", compare::db_message(&e)));
     let twin = before.twin_after_plain_alter(&db, "public.t", alter).await;
+    assert_whole_schema_equal(&db, &twin, alter).await;
+}
+
+/// Security labels on a partition and its columns move to the new partition of its name (a
+/// dropped column's label goes with it), as under a plain ALTER on the partitioned table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn security_labels_of_a_partition_follow_it() {
+    let cluster = cluster_with_label_provider();
+    let db = cluster.fresh_db("dep_part_labels");
+    db.psql(
+        "CREATE TABLE public.pt (id bigint PRIMARY KEY, n int NOT NULL, pad text) PARTITION BY RANGE (id);
+         CREATE TABLE public.pt_low PARTITION OF public.pt FOR VALUES FROM (0) TO (1000);
+         CREATE TABLE public.pt_high PARTITION OF public.pt FOR VALUES FROM (1000) TO (MAXVALUE);
+         INSERT INTO public.pt SELECT g, g % 100, md5(g::text) FROM generate_series(1, 2000) g;
+         SECURITY LABEL FOR pg_ghost_test ON TABLE public.pt IS 'confidential';
+         SECURITY LABEL FOR pg_ghost_test ON TABLE public.pt_low IS 'archive';
+         SECURITY LABEL FOR pg_ghost_test ON COLUMN public.pt_low.n IS 'MASKED WITH VALUE 0';
+         SECURITY LABEL FOR pg_ghost_test ON COLUMN public.pt_high.pad IS 'MASKED WITH VALUE NULL';",
+    );
+    let before = WholeSchema::take(&db).await;
+    let alter = "DROP COLUMN pad, ADD COLUMN x int NOT NULL DEFAULT 1";
+    let out = binary::run(&db, &["--table", "pt", "--alter", alter, "--execute"]).await;
+    binary::assert_success(&out);
+    let client = db.client().await;
+    client.batch_execute("DROP TABLE public._pt_del").await.unwrap_or_else(|e| panic!("the old table must drop without CASCADE: {}", compare::db_message(&e)));
+    let labels: i64 = client.query_one("SELECT count(*) FROM pg_seclabels WHERE label IN ('archive', 'MASKED WITH VALUE 0')", &[]).await.expect("labels").get(0);
+    assert_eq!(labels, 2, "the partition's labels are on the new partition");
+    let twin = before.twin_after_plain_alter(&db, "public.pt", alter).await;
     assert_whole_schema_equal(&db, &twin, alter).await;
 }
 

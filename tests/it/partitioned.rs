@@ -26,7 +26,7 @@ pub(crate) const TENANT_TREE: &str = "
 /// What partitions have of their own (a leaf with REPLICA IDENTITY FULL: its old rows come
 /// whole, converted to the partitioned table's columns; CHECK constraints, one `NOT VALID`, and
 /// a foreign key of a leaf).
-const PARTITIONS_OWN: &str = "
+pub(crate) const PARTITIONS_OWN: &str = "
     CREATE INDEX orders_t1_at_n ON public.orders_t1 (at, n);
     CREATE UNIQUE INDEX orders_rest_id_n ON public.orders_rest (id, tenant, n);
     COMMENT ON TABLE public.orders_t3_h1 IS 'odd hashes';
@@ -54,7 +54,8 @@ struct Case<'a> {
     flags: &'a [&'a str],
 }
 
-async fn run_case(c: Case<'_>) {
+/// Runs the case; returns its database for further checks.
+async fn run_case(c: Case<'_>) -> TestDb<'static> {
     let db = Cluster::primary().fresh_db(c.prefix);
     let table = OracleTable::create_partitioned(&db, "orders", c.kind, 3_000, c.by, c.tree).await;
     if !c.extra.is_empty() {
@@ -79,6 +80,7 @@ async fn run_case(c: Case<'_>) {
     assert!(report.errors.is_empty(), "workload errors (seed {}): {:#?}", report.seed, report.errors);
     assert!(report.committed_after_swap > 0, "nothing written after the swap: {report:?}");
     assert_after_run(&db, &table, &before, c.alter, &(c.project)(table.projection()), &log).await;
+    db
 }
 
 /// The table equals its control, the old table drops without CASCADE, the whole schema is a
@@ -96,9 +98,9 @@ async fn assert_after_run(db: &TestDb<'_>, table: &OracleTable, before: &WholeSc
     assert_eq!(db.psql("SELECT count(*) FROM pg_publication WHERE pubname LIKE 'pg\\_ghost%'"), "0", "pg-ghost's publication was left behind");
 }
 
-async fn tenant_case(prefix: &str, extra: &str, alter: &str, project: fn(Projection) -> Projection) {
+async fn tenant_case(prefix: &str, extra: &str, alter: &str, project: fn(Projection) -> Projection) -> TestDb<'static> {
     let extra = format!("{PARTITIONS_OWN} {extra}");
-    run_case(Case { prefix, kind: KeyKind::Composite, by: BY_TENANT, tree: TENANT_TREE, extra: &extra, alter, project, flags: &[] }).await;
+    run_case(Case { prefix, kind: KeyKind::Composite, by: BY_TENANT, tree: TENANT_TREE, extra: &extra, alter, project, flags: &[] }).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -166,6 +168,137 @@ async fn dependents_of_a_partitioned_table_follow_it() {
         |p| p.add("flag", "true"),
     )
     .await;
+}
+
+/// What single partitions have of their own besides `PARTITIONS_OWN`: an index equal to one of
+/// the partitioned table's (its own, not the table's copy); comments on a column, an index and
+/// a foreign key; a unique constraint (on
+/// a column the ALTER retypes) and an exclusion constraint, with comments; triggers in each
+/// state (one logs who fired it, one that would fail every write is disabled); row level
+/// security enabled and forced, with a policy; a statistics object; column defaults, storage,
+/// compression, statistics targets and options; views reading a leaf and a sub-partitioned
+/// partition, another table's rule reading a leaf; rules of a partition's own (one disabled);
+/// publications listing partitions (one with a column list and a row filter).
+pub(crate) const PARTITIONS_OWN_DEPENDENTS: &str = "
+    CREATE INDEX orders_t1_n_own ON public.orders_t1 (n);
+    COMMENT ON INDEX public.orders_label_idx IS 'by label';
+    COMMENT ON CONSTRAINT orders_pkey ON public.orders IS 'the key';
+    COMMENT ON COLUMN public.orders_t1.n IS 'quantity in t1';
+    COMMENT ON INDEX public.orders_t1_at_n IS 'by time';
+    COMMENT ON CONSTRAINT orders_t3_h0_tenant_fk ON public.orders_t3_h0 IS 'known tenants';
+    ALTER TABLE public.orders_t1 ADD CONSTRAINT orders_t1_key_spare UNIQUE (id, tenant, spare);
+    COMMENT ON CONSTRAINT orders_t1_key_spare ON public.orders_t1 IS 'spare per key';
+    ALTER TABLE public.orders_rest ADD CONSTRAINT orders_rest_excl EXCLUDE USING btree (id WITH =, tenant WITH =);
+    CREATE TABLE public.trigger_log (app text, relid oid, op text);
+    CREATE FUNCTION public.log_firing() RETURNS trigger LANGUAGE plpgsql AS $$
+      BEGIN INSERT INTO public.trigger_log VALUES (current_setting('application_name'), TG_RELID, TG_OP); RETURN NULL; END $$;
+    CREATE FUNCTION public.refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'disabled trigger fired'; END $$;
+    CREATE TRIGGER orders_t1_log AFTER INSERT OR UPDATE OR DELETE ON public.orders_t1 FOR EACH ROW EXECUTE FUNCTION public.log_firing();
+    CREATE TRIGGER orders_t3_h0_log AFTER UPDATE OF n ON public.orders_t3_h0 FOR EACH ROW WHEN (OLD.n IS DISTINCT FROM NEW.n) EXECUTE FUNCTION public.log_firing();
+    ALTER TABLE public.orders_t3_h0 ENABLE REPLICA TRIGGER orders_t3_h0_log;
+    CREATE TRIGGER orders_rest_refuse BEFORE INSERT ON public.orders_rest FOR EACH ROW EXECUTE FUNCTION public.refuse();
+    ALTER TABLE public.orders_rest DISABLE TRIGGER orders_rest_refuse;
+    COMMENT ON TRIGGER orders_t1_log ON public.orders_t1 IS 'who writes';
+    ALTER TABLE public.orders_t3_h1 ENABLE ROW LEVEL SECURITY;
+    ALTER TABLE public.orders_t3_h1 FORCE ROW LEVEL SECURITY;
+    CREATE POLICY h1_visible ON public.orders_t3_h1 AS PERMISSIVE FOR SELECT TO PUBLIC USING (n IS DISTINCT FROM -1);
+    ALTER TABLE public.orders_t1 ENABLE ROW LEVEL SECURITY;
+    CREATE STATISTICS public.orders_t1_n_at (ndistinct, dependencies) ON n, at FROM public.orders_t1;
+    ALTER STATISTICS public.orders_t1_n_at SET STATISTICS 500;
+    COMMENT ON STATISTICS public.orders_t1_n_at IS 'n with at';
+    ALTER TABLE public.orders_t1 ALTER COLUMN spare SET DEFAULT 7, ALTER COLUMN label SET DEFAULT 'from t1';
+    ALTER TABLE public.orders_t3_h0 ALTER COLUMN label SET STORAGE MAIN, ALTER COLUMN n SET STATISTICS 250,
+        ALTER COLUMN n SET (n_distinct = 100), ALTER COLUMN doc SET COMPRESSION pglz;
+    CREATE VIEW public.t1_small AS SELECT tenant, id, n FROM public.orders_t1 WHERE n < 1000;
+    CREATE VIEW public.t3_count AS SELECT count(*) AS rows FROM public.orders_t3;
+    CREATE RULE orders_t1_keep AS ON DELETE TO public.orders_t1 WHERE OLD.n = -12345 DO INSTEAD NOTHING;
+    CREATE RULE orders_rest_note AS ON UPDATE TO public.orders_rest DO ALSO NOTIFY orders_rest_changed;
+    ALTER TABLE public.orders_rest DISABLE RULE orders_rest_note;
+    COMMENT ON RULE orders_t1_keep ON public.orders_t1 IS 'never deleted';
+    CREATE TABLE public.t1_requests (n int);
+    CREATE RULE t1_requests_count AS ON INSERT TO public.t1_requests DO ALSO SELECT count(*) FROM public.orders_t1 WHERE orders_t1.n = NEW.n;
+    CREATE PUBLICATION t1_pub FOR TABLE public.orders_t1;
+    CREATE PUBLICATION rest_inserts FOR TABLE public.orders_rest (tenant, id, n) WHERE (n > 0) WITH (publish = 'insert');";
+
+/// A partition's own objects are carried over to the new partition of its name, as a plain
+/// ALTER on the partitioned table leaves them: the whole schema's dump equals the twin's. No
+/// trigger of a partition ever fires on pg-ghost's own writes (none exists on the ghost before
+/// the swap), and the triggers that moved fire on the workload's writes after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_carry_their_own_objects() {
+    let db = tenant_case(
+        "part_own_objects",
+        PARTITIONS_OWN_DEPENDENTS,
+        "ALTER COLUMN spare TYPE bigint, ADD COLUMN note text NOT NULL DEFAULT 'none'",
+        |p| p.map("spare", "spare::bigint").add("note", "'none'::text"),
+    )
+    .await;
+    assert_eq!(db.psql("SELECT count(*) FROM public.trigger_log WHERE app LIKE 'pg-ghost%'"), "0", "a partition's trigger fired on pg-ghost's writes");
+    let on_new = db.psql("SELECT count(*) FROM public.trigger_log WHERE relid = 'public.orders_t1'::regclass");
+    assert_ne!(on_new, "0", "the trigger that moved to the new partition never fired on the workload's writes");
+}
+
+/// The partitioned table has a unique key and no primary key; each leaf has a primary key of
+/// its own on it (its replica identity): created on the ghost's leaves, set aside for the copy
+/// and built after it, each under its name after the swap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_with_primary_keys_of_their_own() {
+    run_case(Case {
+        prefix: "part_own_pkey",
+        kind: KeyKind::Composite,
+        by: BY_TENANT,
+        tree: TENANT_TREE,
+        extra: "ALTER TABLE public.orders DROP CONSTRAINT orders_pkey;
+                ALTER TABLE public.orders ADD CONSTRAINT orders_key UNIQUE (tenant, id);
+                ALTER TABLE public.orders REPLICA IDENTITY USING INDEX orders_key;
+                ALTER TABLE public.orders_t1 ADD PRIMARY KEY (tenant, id);
+                ALTER TABLE public.orders_t3_h0 ADD CONSTRAINT orders_t3_h0_own_pkey PRIMARY KEY (id, tenant);
+                COMMENT ON CONSTRAINT orders_t3_h0_own_pkey ON public.orders_t3_h0 IS 'by id first';
+                ALTER TABLE public.orders_t3_h1 ADD PRIMARY KEY (tenant, id);
+                ALTER TABLE public.orders_rest ADD PRIMARY KEY (tenant, id);",
+        alter: "ALTER COLUMN n TYPE bigint",
+        project: |p| p.map("n", "n::bigint"),
+        flags: &["--key", "orders_key"],
+    })
+    .await;
+}
+
+/// What is not carried from a partition to the new one (a materialized view reading it) is
+/// refused before anything is created, named; so is an ALTER that a plain ALTER TABLE would
+/// refuse because of a partition's own dependent (a view reading a column it drops). The
+/// database is left as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_partition_has_that_is_not_carried_is_refused_by_name() {
+    let db = Cluster::primary().fresh_db("part_own_refused");
+    let table = OracleTable::create_partitioned(&db, "orders", KeyKind::Composite, 500, BY_TENANT, TENANT_TREE).await;
+    db.psql(
+        "CREATE RULE orders_t1_keep AS ON DELETE TO public.orders_t1 WHERE OLD.n = -1 DO INSTEAD NOTHING;
+         CREATE MATERIALIZED VIEW public.rest_snapshot AS SELECT tenant, id FROM public.orders_rest;
+         CREATE VIEW public.t3_h1_spare AS SELECT tenant, id, spare FROM public.orders_t3_h1;",
+    );
+    let before = WholeSchema::take(&db).await;
+    let out = binary::run(&db, &["--table", "orders", "--alter", "ADD COLUMN note text", "--execute"]).await;
+    binary::assert_failure(&out, 3, "partition public.orders_rest is read by materialized view rest_snapshot");
+    let log = binary::stderr(&out);
+    assert!(!log.contains("t3_h1_spare") && !log.contains("orders_t1_keep"), "a view reading a partition and a partition's rule move with it:\n{log}");
+    assert_unchanged(&db, &table, &before, "after refusing a materialized view that reads a partition").await;
+
+    db.psql("DROP MATERIALIZED VIEW public.rest_snapshot;");
+    let before = WholeSchema::take(&db).await;
+    let out = binary::run(&db, &["--table", "orders", "--alter", "DROP COLUMN spare", "--execute"]).await;
+    binary::assert_failure(&out, 3, "cannot drop column \"spare\" of table \"public\".\"orders_t3_h1\" because other objects depend on it");
+    assert!(binary::stderr(&out).contains("t3_h1_spare"), "{}", binary::stderr(&out));
+    assert_unchanged(&db, &table, &before, "after refusing to drop a column a partition's view reads").await;
+}
+
+/// Nothing pg-ghost could have left: no slot or publication, the rows as the control has them,
+/// the whole schema as before.
+async fn assert_unchanged(db: &TestDb<'_>, table: &OracleTable, before: &WholeSchema, what: &str) {
+    let client = db.client().await;
+    assert_no_slots_or_publications(&client).await;
+    table.assert_matches_control(&client, &table.projection()).await;
+    let twin = before.twin_after_plain_sql(db, "SELECT 1").await;
+    assert_whole_schema_equal(db, &twin, what).await;
 }
 
 /// By hash of the id (the workload's key updates move rows between partitions); one
@@ -264,13 +397,13 @@ async fn a_partition_and_the_direct_way_are_refused() {
 
 /// SIGKILL in the middle of a partitioned table's copy (or inside the cut-over, before its
 /// commit), then `--resume`: the original is intact meanwhile, the resumed run builds what is
-/// missing (a partition's own index among it) and swaps every partition.
+/// missing (a partition's own index and unique constraint among it) and swaps every partition.
 async fn killed_then_resumed(prefix: &str, fault: Option<&str>) {
     const ALTER: &str = "ALTER COLUMN n TYPE bigint";
     let rows = if fault.is_some() { 2_000 } else { 10_000 };
     let db = Cluster::primary().fresh_db(prefix);
     let table = OracleTable::create_partitioned(&db, "orders", KeyKind::Identity, rows, "HASH (id)", HASH_TREE).await;
-    db.psql("CREATE INDEX orders_h1_at ON public.orders_h1 (at)");
+    db.psql("CREATE INDEX orders_h1_at ON public.orders_h1 (at); ALTER TABLE public.orders_h0 ADD CONSTRAINT orders_h0_own UNIQUE (id, n);");
     let before = WholeSchema::take(&db).await;
     let oid_before = db.psql("SELECT 'public.orders'::regclass::oid");
     let client = db.client().await;

@@ -470,8 +470,9 @@ async fn swap_and_back_leaves_every_name_as_it_was() {
 }
 
 /// The swap and the swap back on a partitioned table (a range level with a default, a hash
-/// sub-level, a partition's own index and CHECK): every partition, index and constraint of
-/// both trees carries its old name afterwards, and the ghost's tree holds the migrated rows.
+/// sub-level, a partition's own index, unique constraint, statistics and CHECK): every
+/// partition, index, constraint and statistics object of both trees carries its old name
+/// afterwards, and the ghost's tree holds the migrated rows.
 #[tokio::test]
 async fn swap_and_back_of_a_partitioned_table_leaves_every_name_as_it_was() {
     let db = Cluster::primary().fresh_db("rt_swap_back_part");
@@ -485,6 +486,8 @@ async fn swap_and_back_of_a_partitioned_table_leaves_every_name_as_it_was() {
          CREATE TABLE orders_rest PARTITION OF orders DEFAULT;
          CREATE INDEX orders_label_idx ON orders (label);
          CREATE INDEX orders_t1_n ON orders_t1 (n);
+         ALTER TABLE orders_t1 ADD CONSTRAINT orders_t1_own_key UNIQUE (id, tenant);
+         CREATE STATISTICS orders_t1_n_label ON n, label FROM orders_t1;
          INSERT INTO orders SELECT 1 + i % 8, i, i % 50, 'l' || i FROM generate_series(1, 2000) i;",
     );
     let (client, info, names, g) = copied_ghost(&db, "ALTER COLUMN n TYPE bigint, ADD CONSTRAINT n_small CHECK (n < 1000)").await;
@@ -508,7 +511,9 @@ async fn swap_and_back_of_a_partitioned_table_leaves_every_name_as_it_was() {
                             WHERE n.nspname = 'public' ORDER BY 1";
     const CONSTRAINTS: &str = "SELECT k.conname::text || ' on ' || t.relname::text FROM pg_constraint k JOIN pg_class t ON t.oid = k.conrelid
                                 JOIN pg_namespace n ON n.oid = t.relnamespace WHERE n.nspname = 'public' ORDER BY 1";
-    let before = (names_of(PARTITIONS).await, names_of(INDEXES).await, names_of(CONSTRAINTS).await);
+    const STATISTICS: &str = "SELECT s.stxname::text || ' on ' || t.relname::text FROM pg_statistic_ext s JOIN pg_class t ON t.oid = s.stxrelid ORDER BY 1";
+    let before = (names_of(PARTITIONS).await, names_of(INDEXES).await, names_of(CONSTRAINTS).await, names_of(STATISTICS).await);
+    assert!(before.3.iter().any(|s| s.ends_with(" on _orders_t1_gho")), "the ghost's partition has no statistics: {:?}", before.3);
     assert!(before.0.iter().any(|p| p.ends_with(" of _orders_gho")), "the ghost has no partitions: {:?}", before.0);
 
     client.batch_execute("BEGIN; LOCK TABLE orders, _orders_gho IN ACCESS EXCLUSIVE MODE").await.unwrap();
@@ -516,7 +521,7 @@ async fn swap_and_back_of_a_partitioned_table_leaves_every_name_as_it_was() {
     client.batch_execute("COMMIT").await.unwrap();
     assert!(sql.iter().any(|s| s.contains(r#"RENAME TO "orders_t3_h0""#)), "the swap did not rename the partitions: {sql:#?}");
 
-    let after = (names_of(PARTITIONS).await, names_of(INDEXES).await, names_of(CONSTRAINTS).await);
+    let after = (names_of(PARTITIONS).await, names_of(INDEXES).await, names_of(CONSTRAINTS).await, names_of(STATISTICS).await);
     assert_eq!(before, after, "names differ after the swap and back");
     // (The oracle's row compare reads its control with ONLY, which a partitioned table fails.)
     assert_eq!(db.psql("SELECT count(*) FROM _orders_gho"), "2000");

@@ -239,6 +239,13 @@ async fn what_the_window_cannot_serve_is_refused_up_front() {
     binary::narrow_table(&db, "unique2", 100);
     db.psql("ALTER TABLE unique2 ADD UNIQUE (n)");
     db.psql("CREATE TABLE numbered (id int PRIMARY KEY, seq bigint GENERATED ALWAYS AS IDENTITY)");
+    // A partition's own unique constraint counts; the partitions' copies of the key do not.
+    db.psql(
+        "CREATE TABLE parted (id bigint PRIMARY KEY, n int NOT NULL, pad text) PARTITION BY RANGE (id);
+         CREATE TABLE parted_1 PARTITION OF parted FOR VALUES FROM (0) TO (1000);
+         ALTER TABLE parted_1 ADD CONSTRAINT parted_1_zz_n UNIQUE (n);
+         INSERT INTO parted SELECT g, g, md5(g::text) FROM generate_series(1, 100) g;",
+    );
     let client = db.client().await;
     let before = CatalogSnapshot::take(&client).await;
     let out = binary::run(&db, &["--table", "typed", "--alter", "ALTER COLUMN pad TYPE int USING length(pad)", "--execute", "--revertible-for", "1h"]).await;
@@ -246,6 +253,8 @@ async fn what_the_window_cannot_serve_is_refused_up_front() {
     // A dropped column with another unique index: the old table could not keep its values.
     let out = binary::run(&db, &["--table", "unique2", "--alter", "DROP COLUMN pad", "--execute", "--revertible-for", "1h"]).await;
     binary::assert_failure(&out, 3, "unique index \"unique2_n_key\"");
+    let out = binary::run(&db, &["--table", "parted", "--alter", "DROP COLUMN pad", "--execute", "--revertible-for", "1h"]).await;
+    binary::assert_failure(&out, 3, "unique index \"parted_1_zz_n\"");
     let out = binary::run(&db, &["--table", "numbered", "--alter", "ADD COLUMN x int", "--execute", "--revertible-for", "1h"]).await;
     binary::assert_failure(&out, 3, "GENERATED ALWAYS");
     assert_catalog_unchanged(&before, &CatalogSnapshot::take(&client).await);
@@ -736,6 +745,66 @@ async fn a_partitioned_table_reverts_with_its_partitions() {
     table.assert_matches_control(&client, &table.projection()).await;
     assert_eq!(db.psql("SELECT count(*) FROM pg_attribute WHERE attname = 'flag' AND NOT attisdropped"), "0", "a partition kept the ALTER's column");
     assert_as_before_the_run(&db, &before, "after a revert, the database is as before the run").await;
+}
+
+/// Partitions with objects of their own (keys, triggers in each state, row security and a
+/// policy, statistics, column settings, views, publications) under the workload: during the
+/// window the old partitions' own triggers fire on none of the reverse stream's writes, and the
+/// revert gives them back the objects that moved to the new partitions, leaving the database as
+/// before the run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_with_objects_of_their_own_revert() {
+    use crate::partitioned::{BY_TENANT, PARTITIONS_OWN, PARTITIONS_OWN_DEPENDENTS, TENANT_TREE};
+    let db = Cluster::primary().fresh_db("revert_part_own");
+    let table = OracleTable::create_partitioned(&db, "orders", KeyKind::Composite, 3_000, BY_TENANT, TENANT_TREE).await;
+    db.psql(&format!("{PARTITIONS_OWN} {PARTITIONS_OWN_DEPENDENTS}"));
+    let before = WholeSchema::take(&db).await;
+    let workload = Workload::start(&db, &table, WorkloadOptions::new(3).rate(Some(80))).await;
+
+    let alter = "ALTER COLUMN spare TYPE bigint, ADD COLUMN note text NOT NULL DEFAULT 'none'";
+    let (out, _) = revert_after_writes(&db, workload, "orders", &["--alter", alter, "--chunk-size", "500"]).await;
+    let log = binary::stderr(&out);
+    let client = db.client().await;
+    table.assert_matches_control(&client, &table.projection()).await;
+    assert_eq!(db.psql("SELECT count(*) FROM public.trigger_log WHERE app LIKE 'pg-ghost%'"), "0", "a partition's trigger fired on pg-ghost's writes:\n{log}");
+    let twin = before.twin_after_plain_sql(&db, "SELECT 1").await;
+    assert_whole_schema_equal(&db, &twin, "after a revert, the partitions have their own objects as before the run").await;
+    crate::dependents::assert_no_slots_or_publications_but(&client, &["rest_inserts", "t1_pub"]).await;
+}
+
+/// A conversion into a partitioned table, reverted while a new partition has a trigger of its
+/// own: the plain table has no partition to take it back, so the revert is refused, naming the
+/// partition, and changes nothing; once the trigger is gone the revert goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_partitions_own_trigger_refuses_the_revert_of_a_conversion() {
+    let db = Cluster::primary().fresh_db("revert_conv_own");
+    OracleTable::create(&db, "orders", KeyKind::Composite, 500).await;
+    db.psql("ALTER TABLE public.orders RESET (fillfactor); CREATE FUNCTION public.nothing() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;");
+    let client = db.client().await;
+    let before = WholeSchema::take(&db).await;
+    let file = crate::run_faults::flag_path(&db, "partitions.sql");
+    std::fs::write(
+        &file,
+        "CREATE TABLE orders_low PARTITION OF orders FOR VALUES FROM (1) TO (5);
+         CREATE TABLE orders_high PARTITION OF orders FOR VALUES FROM (5) TO (9);",
+    )
+    .unwrap();
+    let file = file.to_string_lossy().into_owned();
+    let args = ["--table", "orders", "--partition-by", "RANGE (tenant)", "--partitions", &file, "--execute", "--revertible-for", "10m", "--ok-to-drop-table"];
+    let mut run = spawn_run(&db, &args);
+    wait_for_window(&client, "orders", &mut run).await;
+    client.batch_execute("CREATE TRIGGER low_touch BEFORE UPDATE ON public.orders_low FOR EACH ROW EXECUTE FUNCTION public.nothing()").await.unwrap();
+
+    let in_window = CatalogSnapshot::take(&client).await;
+    let refused = binary::command(&db, "revert", &["--table", "orders"]).output().await.expect("start pg-ghost revert");
+    binary::assert_failure(&refused, 3, "partition \"public\".\"orders_low\" of the new table");
+    assert_catalog_unchanged(&in_window, &CatalogSnapshot::take(&client).await);
+    assert!(!run.is_finished(), "a refused revert ended the window");
+
+    client.batch_execute("DROP TRIGGER low_touch ON public.orders_low").await.unwrap();
+    revert_now(&db, "orders", run).await;
+    assert_eq!(db.psql("SELECT relkind FROM pg_class WHERE oid = 'public.orders'::regclass"), "r", "the plain table is not back");
+    assert_as_before_the_run(&db, &before, "after reverting a conversion, the database is as before the run").await;
 }
 
 /// A table with a foreign key to itself (`ON DELETE CASCADE`): during the window the old table

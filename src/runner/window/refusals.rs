@@ -31,13 +31,20 @@ pub(super) async fn refuse_unserved(client: &Client, info: &TableInfo, ghost: &G
 /// A column the ALTER drops keeps its values on the old table only while rows are written back
 /// in place (an upsert that leaves it alone). With a unique index besides the key, rows are
 /// deleted and written again instead (two rows may swap values), which would lose them: that
-/// combination is refused before anything is created.
+/// combination is refused before anything is created. A partitioned table's partitions count,
+/// with the unique indexes of their own (the write-back chooses its way by them too), but not
+/// their copies of the key's index.
 pub(in crate::runner) async fn refuse_lossy_write_back(client: &Client, info: &TableInfo, dropped: &[String]) -> Result<()> {
     let Some(first) = dropped.first() else { return Ok(()) };
     let others: Vec<String> = client
         .query(
-            "SELECT c.relname::text FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
-              WHERE i.indrelid = $1 AND (i.indisunique OR i.indisexclusion) AND c.relname <> $2 ORDER BY 1",
+            "WITH key AS (SELECT i.indexrelid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = $1 AND c.relname = $2)
+             SELECT c.relname::text FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+              WHERE (i.indrelid = $1 OR i.indrelid IN (SELECT relid FROM pg_partition_tree($1::oid::regclass)))
+                AND (i.indisunique OR i.indisexclusion)
+                AND i.indexrelid NOT IN (SELECT indexrelid FROM key)
+                AND NOT EXISTS (SELECT 1 FROM pg_partition_ancestors(i.indexrelid) a WHERE a.relid IN (SELECT indexrelid FROM key))
+              ORDER BY 1",
             &[&info.oid, &info.key.index_name],
         )
         .await

@@ -1,0 +1,80 @@
+//! What hangs on one partition of a partitioned table rather than on the table, and moves
+//! to the new partition of the same name in the swap as the table's own dependents move to
+//! the new table: its own triggers (not the copies of the table's), rules, policies, `FORCE ROW
+//! LEVEL SECURITY`, views and other relations' rules that read it, publications that list it,
+//! and its and its columns' security labels.
+//!
+//! Invariants:
+//! - Read under the same empty `search_path` as the table's dependents: a trigger's or view's
+//!   text names `public.orders_t1`, which after the renames means the new partition.
+//! - None of them exists on the ghost's partitions before the swap, so none acts on pg-ghost's
+//!   writes (a partition's triggers fire on rows the copy and the apply route into it; its
+//!   rules would act only on statements that name it, which pg-ghost's do not).
+//! - One query finds the partitions that have any (most have none), so that reading them under
+//!   the cut-over's lock costs one round trip for a tree of many bare partitions.
+//! - Materialized views that read a partition stay refused (`crate::inspect::partitions`).
+
+use super::catalog;
+use super::Dependents;
+use crate::error::{Context, Result};
+use crate::sql::QualifiedName;
+use tokio_postgres::GenericClient;
+
+/// One partition and what it has of its own that moves with it. In `dependents` only the
+/// views, rules (its own and other relations' that read it), triggers, policies,
+/// publications, row security, security labels and column dependents are read.
+#[derive(Clone, Debug)]
+pub struct PartitionDependents {
+    pub partition: QualifiedName,
+    pub dependents: Dependents,
+}
+
+/// The partitions of `root` (none when it is not partitioned) that have anything of their
+/// own to move, parents first.
+pub(super) async fn read(tx: &impl GenericClient, root: u32, own_publication: &str) -> Result<Vec<PartitionDependents>> {
+    let rows = tx
+        .query(
+            "SELECT c.oid, n.nspname::text, c.relname::text
+               FROM pg_partition_tree($1::oid::regclass) t
+               JOIN pg_class c ON c.oid = t.relid JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE t.level > 0
+                AND (c.relforcerowsecurity
+                     OR EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = c.oid AND NOT g.tgisinternal AND g.tgparentid = 0)
+                     OR EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = c.oid)
+                     OR EXISTS (SELECT 1 FROM pg_rewrite r WHERE r.ev_class = c.oid AND r.rulename <> '_RETURN')
+                     OR EXISTS (SELECT 1 FROM pg_publication_rel pr WHERE pr.prrelid = c.oid)
+                     OR EXISTS (SELECT 1 FROM pg_seclabel l WHERE l.classoid = 'pg_class'::regclass AND l.objoid = c.oid)
+                     OR EXISTS (SELECT 1 FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid
+                                 WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
+                                   AND d.refobjid = c.oid AND r.ev_class <> c.oid))
+              ORDER BY t.level, n.nspname, c.relname",
+            &[&root],
+        )
+        .await
+        .context("reading which partitions have objects of their own")?;
+    let mut out = Vec::new();
+    for r in rows {
+        let oid: u32 = r.try_get(0)?;
+        let partition = QualifiedName::new(r.try_get::<_, String>(1)?, r.try_get::<_, String>(2)?);
+        let force_row_security: bool = tx
+            .query_one("SELECT relforcerowsecurity FROM pg_class WHERE oid = $1", &[&oid])
+            .await
+            .with_context(|| format!("reading the row security of partition {partition}"))?
+            .try_get(0)?;
+        let (views, foreign_rules, _) = catalog::rewrite_dependents(tx, oid).await?;
+        let dependents = Dependents {
+            views,
+            foreign_rules,
+            rules: catalog::rules(tx, oid).await?,
+            triggers: catalog::triggers(tx, oid).await?,
+            policies: catalog::policies(tx, oid).await?,
+            publications: catalog::publications(tx, oid, own_publication).await?,
+            column_dependents: catalog::column_dependents(tx, oid).await?,
+            force_row_security,
+            security_labels: catalog::security_labels(tx, oid).await?,
+            ..Dependents::default()
+        };
+        out.push(PartitionDependents { partition, dependents });
+    }
+    Ok(out)
+}
