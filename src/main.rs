@@ -21,8 +21,12 @@ fn main() -> ExitCode {
     // On a usage error clap prints the usage and exits with 2 itself.
     let cli = Cli::parse();
     init_tracing(cli.log_format, cli.verbose);
+    // A fleet runs whole migrations in spawned tasks, which the workers poll: their futures nest
+    // as deep as the main thread's do, so the workers get the main thread's stack (tokio's
+    // default of 2 MiB overflowed there).
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .thread_stack_size(8 * 1024 * 1024)
         .build()
         .map_err(|e| Error::from(e).context("starting the async runtime"))
         .and_then(|runtime| runtime.block_on(dispatch(cli.command)));
