@@ -340,12 +340,6 @@ async fn build(
     create_table(tx, orig, ghost, tree.as_ref()).await?;
     copy_table_properties(tx, orig, ghost, tree.is_some()).await?;
     copy_column_settings(tx, orig.oid, ghost).await?;
-    // Locked as late as can be (ACCESS EXCLUSIVE stops reads too): before the partitions are
-    // made when one of them brings its own foreign keys, else just before the table's own.
-    let partitions_first = referenced.by_partitions && tree.as_ref().is_some_and(|t| !t.converted);
-    if partitions_first {
-        locks::lock(tx, &referenced.tables, wait.lock_timeout).await?;
-    }
     match (conversion, tree.as_mut()) {
         (Some(c), Some(tree)) => {
             conversion::create_partitions(tx, c, &orig.name, ghost, tree).await?;
@@ -362,8 +356,11 @@ async fn build(
     if let (None, Some(tree)) = (conversion, tree.as_ref()) {
         partitions::create_own_indexes(tx, tree).await?;
     }
-    if !partitions_first {
-        locks::lock(tx, &referenced.tables, wait.lock_timeout).await?;
+    // Locked as late as can be (ACCESS EXCLUSIVE stops reads too): just before the first
+    // statement that touches a referenced table.
+    locks::lock(tx, &referenced.tables, wait.lock_timeout).await?;
+    if let (None, Some(tree)) = (conversion, tree.as_ref()) {
+        partitions::create_own_constraints(tx, tree).await?;
     }
     copy_foreign_keys(tx, orig.oid, ghost).await?;
     let ghost_oid = relation_oid(tx, ghost).await?;

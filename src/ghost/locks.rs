@@ -51,9 +51,6 @@ impl From<&crate::config::CutOverConfig> for LockWait {
 pub(super) struct Referenced {
     /// Sorted by schema and name.
     pub tables: Vec<QualifiedName>,
-    /// Whether a partition's own foreign key references one: the ghost's partitions get theirs
-    /// when they are made, before the table's own.
-    pub by_partitions: bool,
 }
 
 pub(super) async fn referenced_tables(tx: &impl GenericClient, orig_oid: u32, orig: &QualifiedName, alter: &str) -> Result<Referenced> {
@@ -70,23 +67,21 @@ pub(super) async fn referenced_tables(tx: &impl GenericClient, orig_oid: u32, or
         .query(
             "WITH tree AS (SELECT $1::oid AS relid UNION SELECT relid FROM pg_partition_tree($1::oid::regclass)),
                   referenced AS (
-                    SELECT con.confrelid AS relid, con.conrelid <> $1::oid AS by_partition FROM pg_constraint con
+                    SELECT con.confrelid AS relid FROM pg_constraint con
                      WHERE con.contype = 'f' AND con.conparentid = 0 AND con.conrelid IN (SELECT relid FROM tree)
                     UNION
-                    SELECT to_regclass(name)::oid, false FROM unnest($2::text[]) AS name)
-             SELECT n.nspname::text, c.relname::text, bool_or(r.by_partition)
+                    SELECT to_regclass(name)::oid FROM unnest($2::text[]) AS name)
+             SELECT n.nspname::text, c.relname::text
                FROM referenced r JOIN pg_class c ON c.oid = r.relid JOIN pg_namespace n ON n.oid = c.relnamespace
               WHERE r.relid NOT IN (SELECT relid FROM tree)
-              GROUP BY 1, 2
               ORDER BY 1, 2",
             &[&orig_oid, &names],
         )
         .await
         .context("reading the tables the foreign keys reference")?;
-    let mut referenced = Referenced { tables: Vec::new(), by_partitions: false };
+    let mut referenced = Referenced { tables: Vec::new() };
     for r in &rows {
         referenced.tables.push(QualifiedName::new(r.try_get::<_, String>(0)?, r.try_get::<_, String>(1)?));
-        referenced.by_partitions |= r.try_get::<_, bool>(2)?;
     }
     Ok(referenced)
 }

@@ -18,10 +18,9 @@ use crate::sql::{ident, literal, QualifiedName};
 use tokio_postgres::GenericClient;
 
 /// Gives the ghost's partition `ghost` (already created `PARTITION OF` its parent's ghost)
-/// what the original partition `orig` has of its own, but its keys.
+/// what the original partition `orig` has of its own, but its keys and other constraints.
 pub(super) async fn create(tx: &impl GenericClient, orig: u32, ghost: &QualifiedName) -> Result<()> {
     let mut sql = column_settings(tx, orig, ghost).await?;
-    sql.extend(constraints(tx, orig, ghost, false).await?);
     let row_security: bool = tx
         .query_one("SELECT relrowsecurity FROM pg_class WHERE oid = $1", &[&orig])
         .await
@@ -36,6 +35,16 @@ pub(super) async fn create(tx: &impl GenericClient, orig: u32, ghost: &Qualified
         tx.batch_execute(&s).await.with_context(|| format!("giving the ghost's partition {ghost} what the original's has of its own ({s})"))?;
     }
     super::statistics::create_like(tx, orig, ghost).await
+}
+
+/// Creates on the ghost's partition `ghost` the CHECK constraints and foreign keys the
+/// original partition `orig` has of its own (see `super::partitions::create_own_constraints`
+/// for when).
+pub(super) async fn create_constraints(tx: &impl GenericClient, orig: u32, ghost: &QualifiedName) -> Result<()> {
+    for s in constraints(tx, orig, ghost, false).await? {
+        tx.batch_execute(&s).await.with_context(|| format!("giving the ghost's partition {ghost} a constraint of the original's ({s})"))?;
+    }
+    Ok(())
 }
 
 /// Creates on the ghost's partition `ghost` the primary key, unique and exclusion constraints

@@ -218,6 +218,22 @@ pub(super) async fn create_own_indexes(tx: &impl GenericClient, tree: &Partition
     Ok(())
 }
 
+/// Creates on the ghost's partitions the CHECK constraints and foreign keys the original's
+/// have of their own. Apart from the partitions' creation, so that the tables those foreign
+/// keys reference are locked (see `super::locks`) only from here, not while 60 partitions are
+/// created; before the ALTER, which changes them as it changes the original's.
+pub(super) async fn create_own_constraints(tx: &impl GenericClient, tree: &PartitionTree) -> Result<()> {
+    for p in &tree.partitions {
+        let oid: u32 = tx
+            .query_one("SELECT $1::text::regclass::oid", &[&p.name.sql()])
+            .await
+            .with_context(|| format!("looking up partition {}", p.name))?
+            .try_get(0)?;
+        super::partition_own::create_constraints(tx, oid, &p.ghost_name()).await?;
+    }
+    Ok(())
+}
+
 /// Sets aside, until after the copy, what the ghost's leaf partitions have of their own that
 /// would check every copied row (foreign keys, `NOT VALID` CHECKs), as the table's own are.
 pub(super) async fn set_aside_own_constraints(tx: &impl GenericClient, tree: &PartitionTree) -> Result<Vec<super::Deferred>> {
