@@ -216,8 +216,16 @@ impl CutOver<'_> {
         }
         let others = also_locked::read(&sessions.client, self.orig.oid, &self.readees()).await?;
         tables.extend(others.iter().filter(|o| o.is_table()).map(|o| o.name.sql()));
-        let renamed: Vec<String> = others.iter().filter_map(also_locked::AlsoLocked::rename_sql).flatten().collect();
-        let several = tables.len() + self.materialized.len() + renamed.len() > 2;
+        // Views are read before the tables they read, so they are taken before the tables; a
+        // sequence is used after its table (an INSERT holds the table when its default calls
+        // nextval()), so sequences are taken after the tables. Taken the other way round, such
+        // a reader or an INSERT waiting on pg-ghost while holding what pg-ghost waits for
+        // closes a deadlock, which the cut-over loses (an attempt failed) but should not meet.
+        let renames = |sequences: bool| -> Vec<String> {
+            others.iter().filter(|o| (o.kind == "S") == sequences).filter_map(also_locked::AlsoLocked::rename_sql).flatten().collect()
+        };
+        let (renamed, sequences) = (renames(false), renames(true));
+        let several = tables.len() + self.materialized.len() + renamed.len() + sequences.len() > 2;
         let wait = lock_wait_limit(self.lock_timeout, sessions.deadlock_timeout, several);
         if wait < self.lock_timeout && attempt == 1 {
             tracing::info!(
@@ -234,11 +242,11 @@ impl CutOver<'_> {
             .batch_execute(&format!("SET LOCAL statement_timeout = '{}ms'", wait.as_millis().max(1)))
             .await
             .context("bounding the cut-over lock wait")?;
-        // Materialized views, views and sequences first, in the same statement: a query that
-        // reads one waits for a moment, rather than a write to the table.
+        // Materialized views and views first, the sequences last, in the same statement.
         let mut lock_sql: Vec<String> = self.materialized.iter().flat_map(|m| m.view.lock_sql()).collect();
         lock_sql.extend(renamed);
         lock_sql.push(format!("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE", tables.join(", ")));
+        lock_sql.extend(sequences);
         let sql = match sessions.plpgsql {
             true => also_locked::one_statement(&lock_sql),
             false => lock_sql.join(";\n"),
