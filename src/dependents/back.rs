@@ -195,24 +195,13 @@ pub async fn quiet_old_table(tx: &impl GenericClient, old_oid: u32, old: &Qualif
 }
 
 /// The partitions of `root` that have triggers, rules or policies of their own, under their
-/// current names (none when it is not partitioned): one query under the lock, however many
-/// bare partitions the tree has.
+/// current names (none when it is not partitioned).
 async fn partitions_with_own_objects(tx: &impl GenericClient, root: u32) -> Result<Vec<(u32, QualifiedName)>> {
-    let rows = tx
-        .query(
-            "SELECT c.oid, n.nspname::text, c.relname::text
-               FROM pg_partition_tree($1::oid::regclass) t
-               JOIN pg_class c ON c.oid = t.relid JOIN pg_namespace n ON n.oid = c.relnamespace
-              WHERE t.level > 0
-                AND (EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = c.oid AND NOT g.tgisinternal AND g.tgparentid = 0)
-                     OR EXISTS (SELECT 1 FROM pg_rewrite r WHERE r.ev_class = c.oid AND r.rulename <> '_RETURN')
-                     OR EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = c.oid))
-              ORDER BY t.level, n.nspname, c.relname",
-            &[&root],
-        )
-        .await
-        .context("reading which partitions have triggers, rules or policies of their own")?;
-    rows.iter().map(|r| Ok((r.try_get(0)?, QualifiedName::new(r.try_get::<_, String>(1)?, r.try_get::<_, String>(2)?)))).collect()
+    let having = "EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = c.oid AND NOT g.tgisinternal AND g.tgparentid = 0)
+                  OR EXISTS (SELECT 1 FROM pg_rewrite r WHERE r.ev_class = c.oid AND r.rulename <> '_RETURN')
+                  OR EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = c.oid)";
+    let found = super::partitions::partitions_where(tx, root, having, "triggers, rules or policies of their own").await?;
+    Ok(found.into_iter().map(|(oid, name, _)| (oid, name)).collect())
 }
 
 #[cfg(test)]

@@ -32,35 +32,17 @@ pub struct PartitionDependents {
 /// The partitions of `root` (none when it is not partitioned) that have anything of their
 /// own to move, parents first.
 pub(super) async fn read(tx: &impl GenericClient, root: u32, own_publication: &str) -> Result<Vec<PartitionDependents>> {
-    let rows = tx
-        .query(
-            "SELECT c.oid, n.nspname::text, c.relname::text
-               FROM pg_partition_tree($1::oid::regclass) t
-               JOIN pg_class c ON c.oid = t.relid JOIN pg_namespace n ON n.oid = c.relnamespace
-              WHERE t.level > 0
-                AND (c.relforcerowsecurity
-                     OR EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = c.oid AND NOT g.tgisinternal AND g.tgparentid = 0)
-                     OR EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = c.oid)
-                     OR EXISTS (SELECT 1 FROM pg_rewrite r WHERE r.ev_class = c.oid AND r.rulename <> '_RETURN')
-                     OR EXISTS (SELECT 1 FROM pg_publication_rel pr WHERE pr.prrelid = c.oid)
-                     OR EXISTS (SELECT 1 FROM pg_seclabel l WHERE l.classoid = 'pg_class'::regclass AND l.objoid = c.oid)
-                     OR EXISTS (SELECT 1 FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid
-                                 WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
-                                   AND d.refobjid = c.oid AND r.ev_class <> c.oid))
-              ORDER BY t.level, n.nspname, c.relname",
-            &[&root],
-        )
-        .await
-        .context("reading which partitions have objects of their own")?;
+    let having = "c.relforcerowsecurity
+                  OR EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = c.oid AND NOT g.tgisinternal AND g.tgparentid = 0)
+                  OR EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = c.oid)
+                  OR EXISTS (SELECT 1 FROM pg_rewrite r WHERE r.ev_class = c.oid AND r.rulename <> '_RETURN')
+                  OR EXISTS (SELECT 1 FROM pg_publication_rel pr WHERE pr.prrelid = c.oid)
+                  OR EXISTS (SELECT 1 FROM pg_seclabel l WHERE l.classoid = 'pg_class'::regclass AND l.objoid = c.oid)
+                  OR EXISTS (SELECT 1 FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid
+                              WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
+                                AND d.refobjid = c.oid AND r.ev_class <> c.oid)";
     let mut out = Vec::new();
-    for r in rows {
-        let oid: u32 = r.try_get(0)?;
-        let partition = QualifiedName::new(r.try_get::<_, String>(1)?, r.try_get::<_, String>(2)?);
-        let force_row_security: bool = tx
-            .query_one("SELECT relforcerowsecurity FROM pg_class WHERE oid = $1", &[&oid])
-            .await
-            .with_context(|| format!("reading the row security of partition {partition}"))?
-            .try_get(0)?;
+    for (oid, partition, force_row_security) in partitions_where(tx, root, having, "objects of their own").await? {
         let (views, foreign_rules, _) = catalog::rewrite_dependents(tx, oid).await?;
         let dependents = Dependents {
             views,
@@ -77,4 +59,27 @@ pub(super) async fn read(tx: &impl GenericClient, root: u32, own_publication: &s
         out.push(PartitionDependents { partition, dependents });
     }
     Ok(out)
+}
+
+/// The partitions of `root` (none when it is not partitioned), parents first, for which
+/// `having` holds (an SQL condition on `c`, the partition's `pg_class` row), with whether row
+/// security is forced on each; `what` names the condition in an error. One query, however many
+/// partitions the tree has: it runs under the cut-over's lock.
+pub(super) async fn partitions_where(tx: &impl GenericClient, root: u32, having: &str, what: &str) -> Result<Vec<(u32, QualifiedName, bool)>> {
+    let rows = tx
+        .query(
+            &format!(
+                "SELECT c.oid, n.nspname::text, c.relname::text, c.relforcerowsecurity
+                   FROM pg_partition_tree($1::oid::regclass) t
+                   JOIN pg_class c ON c.oid = t.relid JOIN pg_namespace n ON n.oid = c.relnamespace
+                  WHERE t.level > 0 AND ({having})
+                  ORDER BY t.level, n.nspname, c.relname"
+            ),
+            &[&root],
+        )
+        .await
+        .with_context(|| format!("reading which partitions have {what}"))?;
+    rows.iter()
+        .map(|r| Ok((r.try_get(0)?, QualifiedName::new(r.try_get::<_, String>(1)?, r.try_get::<_, String>(2)?), r.try_get(3)?)))
+        .collect()
 }

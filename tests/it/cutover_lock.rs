@@ -508,12 +508,7 @@ async fn a_write_that_took_a_sequence_value_is_never_the_deadlock_victim() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn adding_a_foreign_key_back_never_holds_up_writes_to_the_referenced_table() {
     let db = Cluster::primary().fresh_db("cl_fk_back");
-    db.psql(
-        "CREATE TABLE accounts (id int PRIMARY KEY, balance int NOT NULL);
-         INSERT INTO accounts SELECT i, 0 FROM generate_series(1, 10) i;
-         CREATE TABLE entries (id int PRIMARY KEY, account int NOT NULL REFERENCES accounts, n int NOT NULL);
-         INSERT INTO entries SELECT i, i % 10 + 1, i FROM generate_series(1, 20000) i;",
-    );
+    accounts_and_entries(&db, 20_000);
     let client = db.client().await;
     let args = ["--table", "entries", "--alter", "ALTER COLUMN n TYPE bigint", "--execute", "--cut-over-lock-timeout", "200ms", "--chunk-size", "500"];
     let mut run = Running::spawn(&db, "run", &args);
@@ -545,12 +540,7 @@ async fn adding_a_foreign_key_back_never_holds_up_writes_to_the_referenced_table
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_the_old_table_never_holds_up_the_tables_it_references() {
     let db = Cluster::primary().fresh_db("cl_drop_old");
-    db.psql(
-        "CREATE TABLE accounts (id int PRIMARY KEY, balance int NOT NULL);
-         INSERT INTO accounts SELECT i, 0 FROM generate_series(1, 10) i;
-         CREATE TABLE entries (id int PRIMARY KEY, account int NOT NULL REFERENCES accounts, n int NOT NULL);
-         INSERT INTO entries SELECT i, i % 10 + 1, i FROM generate_series(1, 2000) i;",
-    );
+    accounts_and_entries(&db, 2_000);
     let client = db.client().await;
     let flag = flag_path(&db, "postpone");
     std::fs::write(&flag, b"").unwrap();
@@ -580,6 +570,16 @@ async fn dropping_the_old_table_never_holds_up_the_tables_it_references() {
         db.psql("SELECT confrelid::regclass::text FROM pg_constraint WHERE conrelid = 'entries'::regclass AND contype = 'f'"),
         "accounts"
     );
+}
+
+/// `entries` (`rows` of them), whose foreign key references `accounts` (10 rows).
+fn accounts_and_entries(db: &TestDb<'_>, rows: u32) {
+    db.psql(&format!(
+        "CREATE TABLE accounts (id int PRIMARY KEY, balance int NOT NULL);
+         INSERT INTO accounts SELECT i, 0 FROM generate_series(1, 10) i;
+         CREATE TABLE entries (id int PRIMARY KEY, account int NOT NULL REFERENCES accounts, n int NOT NULL);
+         INSERT INTO entries SELECT i, i % 10 + 1, i FROM generate_series(1, {rows}) i;"
+    ));
 }
 
 /// Waits until one of pg-ghost's sessions waits for a lock on `table`.
