@@ -5,13 +5,16 @@
 #   limit      the physical limit: CREATE TABLE (LIKE) + one INSERT ... SELECT + index builds
 #   alter      plain blocking ALTER TABLE
 #   repack     pg_repack --table (a rebuild without the type change)
-#   ghost-N    pg-ghost run --execute --copy-workers N
+#   ghost-N    pg-ghost run --execute --copy-workers N (the default run: checksum on)
+#   skip-N     the same with --skip-checksum (data movement only)
 #
 # Each run starts from a fresh copy of a template database (CREATE DATABASE ... TEMPLATE,
 # then CHECKPOINT). Reports wall time (median, min, max), rows/s and MB/s (heap+TOAST size
-# of the table / median time) and WAL written (pg_current_wal_lsn() difference).
+# of the table / median time) and WAL written (pg_current_wal_lsn() difference), and each
+# contender's median against the reference: the faster of the blocking ALTER and the
+# physical limit (insert-then-index), when both ran.
 #
-#   scripts/bench/copy.sh [--rows N] [--runs N] [--workers "1 2 4"] [--contenders "limit alter repack ghost"]
+#   scripts/bench/copy.sh [--rows N] [--runs N] [--workers "1 2 4"] [--contenders "limit alter repack ghost skip"]
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -41,7 +44,7 @@ say "table: $(( HEAP / 1048576 )) MB heap+TOAST, $(( TOTAL / 1048576 )) MB with 
 
 CONTENDERS=()
 for c in $WHICH; do
-  if [[ $c == ghost ]]; then for w in $WORKERS; do CONTENDERS+=("ghost-$w"); done; else CONTENDERS+=("$c"); fi
+  if [[ $c == ghost || $c == skip ]]; then for w in $WORKERS; do CONTENDERS+=("$c-$w"); done; else CONTENDERS+=("$c"); fi
 done
 
 run_limit() {
@@ -57,8 +60,8 @@ SQL
 run_alter() { qc "$PORT" run "ALTER TABLE orders $ALTER_CLAUSE"; }
 run_repack() { pg_repack -h 127.0.0.1 -p "$PORT" -U ghost -d run --table=orders >"$1" 2>&1; }
 run_ghost() {
-  local workers=$1 log=$2
-  "$GHOST" run --conn "$(conninfo "$PORT" run)" --table orders --alter "$ALTER_CLAUSE" --execute \
+  local workers=$1 log=$2; shift 2
+  "$GHOST" run "$@" --conn "$(conninfo "$PORT" run)" --table orders --alter "$ALTER_CLAUSE" --execute \
     --ok-to-drop-table --copy-workers "$workers" --throttle-additional-flag-file '' >"$log" 2>&1 \
     || { tail -n 20 "$log" >&2; return 1; }
 }
@@ -90,6 +93,7 @@ for run in $(seq 1 "$RUNS"); do
       alter) run_alter ;;
       repack) run_repack "$log" ;;
       ghost-*) run_ghost "${c#ghost-}" "$log" ;;
+      skip-*) run_ghost "${c#skip-}" "$log" --skip-checksum ;;
     esac
     t1=$(now)
     lsn1=$(wal_lsn "$PORT")
@@ -99,7 +103,10 @@ for run in $(seq 1 "$RUNS"); do
     check=$(qc "$PORT" run "SELECT count(*) || ' ' || format_type(atttypid, atttypmod) FROM $( [[ $c == limit ]] && echo orders_new || echo orders ), pg_attribute
                             WHERE attrelid = '$( [[ $c == limit ]] && echo orders_new || echo orders )'::regclass AND attname = 'customer_id' GROUP BY atttypid, atttypmod")
     phases="- - -"
-    [[ $c == ghost-* ]] && phases=$(ghost_phases "$log")
+    if [[ $c == ghost-* || $c == skip-* ]]; then
+      phases=$(ghost_phases "$log")
+      echo "$c $run $(python3 "$BENCH_DIR/phases.py" "$log")" >>"$OUT/copy-phases.txt"
+    fi
     printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$c" "$run" "$secs" "$wal" "$check" "$phases" | tee -a "$RAW" >&2
     [[ ${check%% *} == "$ROWS" ]] || { echo "bench: $c left ${check%% *} rows, expected $ROWS" >&2; exit 1; }
     drop_db "$PORT" run
@@ -122,6 +129,7 @@ for c in "${CONTENDERS[@]}"; do
     alter) label="plain ALTER TABLE (blocking)" ;;
     repack) label="pg_repack --table (rebuild, no type change)" ;;
     ghost-*) label="pg-ghost, --copy-workers ${c#ghost-}" ;;
+    skip-*) label="pg-ghost --skip-checksum, --copy-workers ${c#skip-}" ;;
   esac
   python3 - "$label" "$med" "$lo" "$hi" "$wmed" "$wlo" "$whi" "$ROWS" "$HEAP" <<'PY'
 import sys
@@ -129,7 +137,19 @@ label, med, lo, hi, wmed, wlo, whi, rows, heap = sys.argv[1], *map(float, sys.ar
 print(f"| {label} | {med:.1f} ({lo:.1f}–{hi:.1f}) | {rows / med:,.0f} | {heap / 1048576 / med:.1f} | {wmed:.0f} ({wlo:.0f}–{whi:.0f}) |")
 PY
 done
-if grep -q '^ghost' "$RAW"; then
+median_of() { awk -F'\t' -v c="$1" '$1 == c {print $3}' "$RAW" | stats3 | cut -d' ' -f1; }
+if grep -q '^limit' "$RAW" && grep -q '^alter' "$RAW"; then
+  REF=$(python3 -c "import sys; print(min(float(sys.argv[1]), float(sys.argv[2])))" "$(median_of limit)" "$(median_of alter)")
+  echo
+  echo "Against the reference, the faster of the blocking ALTER and the physical limit (median $REF s):"
+  echo
+  echo "| contender | median s | × reference |"
+  echo "| --- | --- | --- |"
+  for c in "${CONTENDERS[@]}"; do
+    python3 -c "import sys; m = float(sys.argv[2]); print(f'| {sys.argv[1]} | {m:.2f} | {m / float(sys.argv[3]):.2f} |')" "$c" "$(median_of "$c")" "$REF"
+  done
+fi
+if grep -q -e '^ghost' -e '^skip' "$RAW"; then
   echo
   echo "pg-ghost phases (median of runs): row copy s, index builds on the ghost s, cut-over lock held ms (all attempts, failed ones"
   echo "included), and the run's time had its first cut-over attempt succeeded (up to the cut-over + the successful attempt)"
@@ -137,13 +157,13 @@ if grep -q '^ghost' "$RAW"; then
   echo "| contender | row copy s | index builds s | cut-over lock held ms | time with a first-try cut-over s |"
   echo "| --- | --- | --- | --- | --- |"
   for c in "${CONTENDERS[@]}"; do
-    [[ $c == ghost-* ]] || continue
+    [[ $c == ghost-* || $c == skip-* ]] || continue
     cp=$(awk -F'\t' -v c="$c" '$1 == c {split($6, a, " "); print a[1]}' "$RAW" | stats3 | cut -d' ' -f1)
     ix=$(awk -F'\t' -v c="$c" '$1 == c {split($6, a, " "); print a[2]}' "$RAW" | stats3 | cut -d' ' -f1)
     lh=$(awk -F'\t' -v c="$c" '$1 == c {split($6, a, " "); print a[3]}' "$RAW" | stats3 | cut -d' ' -f1)
     id=$(awk -F'\t' -v c="$c" '$1 == c {split($6, a, " "); print a[4]}' "$RAW" | stats3 | cut -d' ' -f1)
-    echo "| pg-ghost, --copy-workers ${c#ghost-} | $cp | $ix | $lh | $id |"
+    echo "| $c | $cp | $ix | $lh | $id |"
   done
 fi
 echo
-echo "Raw runs: $RAW"
+echo "Raw runs: $RAW; every pg-ghost run's phases (seconds, from its log): $OUT/copy-phases.txt"
