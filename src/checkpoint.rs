@@ -121,7 +121,7 @@ pub async fn read(client: &impl GenericClient, changelog: &QualifiedName) -> Res
         return Ok(None);
     }
     let rows = client
-        .query(&format!("SELECT key, value FROM {}", changelog.sql()), &[])
+        .query(&format!("SELECT key, value FROM {} WHERE NOT starts_with(key, $1)", changelog.sql()), &[&crate::apply::park::PREFIX])
         .await
         .context("reading the changelog table")?;
     let mut saved = Saved::default();

@@ -12,6 +12,7 @@
 //! rows one by one could trip over a value two changed rows swap, so every key is deleted
 //! before any is written again.
 
+use super::park::Parking;
 use crate::error::{Context, Result};
 use crate::copy::Range;
 use crate::ghost::Mapping;
@@ -49,6 +50,8 @@ pub struct FlushSql {
     /// The table's columns (name, type) when the flushes began, for
     /// [`FlushSql::check_definition`].
     definition: Option<Definition>,
+    /// Where keys go while the ghost has no index on its key (see `super::park`).
+    parking: Option<Parking>,
 }
 
 #[derive(Clone, Debug)]
@@ -114,7 +117,25 @@ impl FlushSql {
             checkpoint: None,
             cast_back: None,
             definition: None,
+            parking: None,
         }
+    }
+
+    /// Flushes park their keys in `changelog` while `active` (the ghost's key index is set
+    /// aside for the copy), until [`Parking::stop`].
+    pub fn parking_in(mut self, changelog: &QualifiedName, active: bool) -> FlushSql {
+        self.parking = Some(Parking::new(changelog, active));
+        self
+    }
+
+    /// Where keys are parked, when they may be.
+    pub fn parking(&self) -> Option<&Parking> {
+        self.parking.as_ref()
+    }
+
+    /// The number of key columns.
+    pub fn key_len(&self) -> usize {
+        self.key_len
     }
 
     /// [`FlushSql::check_definition`] compares the columns of `table` (its source) with these.
@@ -349,13 +370,16 @@ impl FlushSql {
         cols
     }
 
-    /// Brings the ghost's rows of `keys` up to date on `client`; the caller owns the
-    /// transaction.
+    /// Brings the ghost's rows of `keys` up to date on `client` (or parks them, while the
+    /// ghost has no key index); the caller owns the transaction.
     pub async fn run(&self, client: &impl GenericClient, keys: &[Key]) -> Result<()> {
         if keys.is_empty() {
             return Ok(());
         }
         let cols = self.columns(keys);
+        if let Some(parking) = self.parking.as_ref().filter(|p| p.active()) {
+            return parking.park(client, &cols).await;
+        }
         let params: Vec<&(dyn ToSql + Sync)> = cols.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
         if let Some(check) = &self.cast_back {
             self.check_cast_back(client, check, keys, &params).await?;

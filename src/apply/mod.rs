@@ -6,6 +6,7 @@ pub mod changes;
 pub mod flush;
 pub mod pump;
 pub mod inflight;
+pub mod park;
 pub mod writer;
 
 pub use flush::{FlushSql, Key};

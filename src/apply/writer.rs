@@ -41,8 +41,11 @@ pub enum StreamItem {
 
 #[derive(Clone, Debug, Default)]
 pub struct ApplyStats {
-    /// Keys flushed so far (a key changed twice between flushes counts once).
+    /// Keys flushed so far (a key changed twice between flushes counts once); parked keys
+    /// count once they are written.
     pub applied_keys: u64,
+    /// Keys parked so far while the ghost had no key index (see `super::park`).
+    pub parked_keys: u64,
     pub backlog_keys: usize,
     pub flushing: bool,
     /// Last LSN acknowledged to the slot.
@@ -59,6 +62,7 @@ enum Command {
     Resume,
     DrainUntil(String, oneshot::Sender<Vec<Key>>),
     Requeue(Vec<Key>),
+    Unpark(oneshot::Sender<u64>),
     Stop(oneshot::Sender<()>),
 }
 
@@ -98,6 +102,15 @@ impl WriterHandle {
         self.send(Command::Requeue(keys)).await
     }
 
+    /// Writes every parked key to the ghost (see `super::park`), a batch at a time between
+    /// the flushes of new changes; returns how many once none is left. Call it once the
+    /// ghost's key index exists and parking has stopped.
+    pub async fn unpark(&self) -> Result<u64> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Unpark(tx)).await?;
+        rx.await.map_err(|_| Error::internal("the apply loop stopped while writing parked keys"))
+    }
+
     pub async fn stop(&self) -> Result<()> {
         let (tx, rx) = oneshot::channel();
         self.send(Command::Stop(tx)).await?;
@@ -114,6 +127,10 @@ struct Flushed {
     keys: usize,
     /// Keys inside copy chunks in flight, by chunk: flushed once the chunk ended.
     deferred: Vec<(u64, Vec<Key>)>,
+    /// A batch of parked keys was written: how many (0: none was left).
+    unparked: Option<usize>,
+    /// The flush parked its keys instead of writing them.
+    parked: bool,
 }
 
 type FlushTask = JoinHandle<Result<Flushed>>;
@@ -139,6 +156,11 @@ pub struct Writer {
     flush: Option<(FlushTask, Lsn)>,
     /// The next flush checks the table's definition first ([`StreamItem::RelationResent`]).
     check_definition: bool,
+    /// Parked keys are being written back: who waits for the end, and how many so far.
+    unparking: Option<(oneshot::Sender<u64>, u64)>,
+    /// While unparking, the next flush is a parked batch even when new keys are pending, so
+    /// that neither starves the other.
+    parked_turn: bool,
 }
 
 impl Writer {
@@ -168,6 +190,8 @@ impl Writer {
             draining: None,
             flush: None,
             check_definition: false,
+            unparking: None,
+            parked_turn: false,
         };
         let task = tokio::spawn(writer.run(cmd_rx, items, stats_tx));
         (WriterHandle { commands: cmd_tx, stats: stats_rx }, task)
@@ -225,6 +249,12 @@ impl Writer {
             Command::Resume => self.paused = false,
             Command::DrainUntil(id, reply) => self.draining = Some((id, reply)),
             Command::Requeue(keys) => self.pending.extend(keys),
+            Command::Unpark(reply) => {
+                if self.sql.parking().is_some_and(|p| p.active()) {
+                    return Err(Error::internal("parked keys were asked for while flushes still park them"));
+                }
+                self.unparking = Some((reply, 0));
+            }
             Command::Stop(_) => {}
         }
         Ok(())
@@ -259,9 +289,25 @@ impl Writer {
     }
 
     fn maybe_start_flush(&mut self) {
-        if self.paused || self.flush.is_some() || self.pending.is_empty() || !self.inflight.flushes_allowed() {
+        if self.paused || self.flush.is_some() || !self.inflight.flushes_allowed() {
             return;
         }
+        if self.unparking.is_some() && (self.pending.is_empty() || self.parked_turn) {
+            self.parked_turn = false;
+            let (session, sql) = (self.session.clone(), self.sql.clone());
+            let task = tokio::spawn(async move {
+                let mut session = session.lock().await;
+                let n = unpark_one_batch(&mut session, &sql).await?;
+                Ok(Flushed { keys: n, deferred: Vec::new(), unparked: Some(n), parked: false })
+            });
+            // Parked keys were acknowledged when they were parked: nothing more to acknowledge.
+            self.flush = Some((task, self.stats.acked));
+            return;
+        }
+        if self.pending.is_empty() {
+            return;
+        }
+        self.parked_turn = true;
         let keys: Vec<Key> = self.pending.drain().collect();
         let xids = std::mem::take(&mut self.xids);
         let upto = self.complete_to;
@@ -269,6 +315,7 @@ impl Writer {
         let complete = self.deferred.is_empty().then_some(upto);
         let (session, sql, inflight) = (self.session.clone(), self.sql.clone(), self.inflight.clone());
         let check_definition = std::mem::take(&mut self.check_definition);
+        let parked = self.sql.parking().is_some_and(|p| p.active());
         let task = tokio::spawn(async move {
             let mut session = session.lock().await;
             let result = match check_definition {
@@ -282,6 +329,7 @@ impl Writer {
                 Ok(()) => flush_outside_chunks(&mut session, &sql, &inflight, keys, &xids, complete).await,
                 Err(e) => Err(e),
             };
+            let result = result.map(|f| Flushed { parked, ..f });
             inflight.flush_ended();
             result
         });
@@ -298,7 +346,20 @@ impl Writer {
     fn flush_done(&mut self, done: (Result<Flushed>, Lsn)) -> Result<()> {
         let (result, upto) = done;
         let flushed = result?;
-        self.stats.applied_keys += flushed.keys as u64;
+        match flushed.parked {
+            true => self.stats.parked_keys += flushed.keys as u64,
+            false => self.stats.applied_keys += flushed.keys as u64,
+        }
+        if let Some(n) = flushed.unparked {
+            if let Some((_, total)) = self.unparking.as_mut() {
+                *total += n as u64;
+            }
+            if n == 0 {
+                if let Some((reply, total)) = self.unparking.take() {
+                    let _ = reply.send(total);
+                }
+            }
+        }
         for (chunk, keys) in flushed.deferred {
             let acked = self.stats.acked;
             self.deferred.entry(chunk).or_insert_with(|| (Vec::new(), acked)).0.extend(keys);
@@ -431,7 +492,41 @@ async fn flush_outside_chunks(
             backoff.retry("flushing changed keys", || flush_in_transaction(&c, sql, now, applied)).await
         })
         .await?;
-    Ok(Flushed { keys: keys.len(), deferred: deferred.into_iter().collect() })
+    Ok(Flushed { keys: keys.len(), deferred: deferred.into_iter().collect(), unparked: None, parked: false })
+}
+
+/// Writes one parked batch to the ghost and removes it from the changelog, in one
+/// transaction; returns its number of keys, 0 when none was left.
+async fn unpark_one_batch(session: &mut Session, sql: &FlushSql) -> Result<usize> {
+    let Some(parking) = sql.parking() else { return Ok(0) };
+    let backoff = crate::error::Backoff { initial: std::time::Duration::from_millis(20), ..Default::default() };
+    session
+        .run("writing parked keys (rolled back; taken again)", |c| async move {
+            backoff
+                .retry("writing parked keys", || async {
+                    c.batch_execute("BEGIN").await.context("starting to write parked keys")?;
+                    let written = async {
+                        let Some(keys) = parking.take(&*c, sql.key_len(), MAX_KEYS_PER_STATEMENT).await? else { return Ok(0) };
+                        for batch in keys.chunks(MAX_KEYS_PER_STATEMENT) {
+                            sql.run(&*c, batch).await?;
+                        }
+                        Ok(keys.len())
+                    }
+                    .await;
+                    match written {
+                        Ok(n) => {
+                            c.batch_execute("COMMIT").await.context("committing parked keys written")?;
+                            Ok(n)
+                        }
+                        Err(e) => {
+                            let _ = c.batch_execute("ROLLBACK").await;
+                            Err(e)
+                        }
+                    }
+                })
+                .await
+        })
+        .await
 }
 
 /// `applied`: the LSN this flush brings the ghost to, recorded with it; None when keys were

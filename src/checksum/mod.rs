@@ -27,6 +27,7 @@ mod repair;
 mod sql;
 
 pub use audit::{audit, Audit};
+pub use repair::clear_after;
 
 use crate::apply::InFlight;
 use crate::conn::ConnInfo;

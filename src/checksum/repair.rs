@@ -13,7 +13,9 @@ use super::sql::ChecksumSql;
 use super::{compare, differing_keys, persistent_difference, CheckRange};
 use crate::apply::inflight::Registered;
 use crate::apply::InFlight;
-use crate::copy::Range;
+use crate::copy::{Bound, Range};
+use crate::ghost::Mapping;
+use crate::sql::QualifiedName;
 use crate::error::{Backoff, Context, ErrorKind, Result};
 use std::time::Duration;
 use tokio_postgres::types::ToSql;
@@ -38,6 +40,19 @@ pub(super) async fn repair(client: &mut Client, sql: &ChecksumSql, inflight: &In
             other => return other.map(|()| true),
         }
     }
+}
+
+/// Removes the ghost's rows whose key comes after `after` in the original key's order (all of
+/// them without it): a resumed copy into a ghost with no key index starts again from its
+/// watermark. Returns how many rows went.
+pub async fn clear_after(client: &Client, orig: &QualifiedName, ghost: &QualifiedName, m: &Mapping, after: Option<&Bound>) -> Result<u64> {
+    let sql = super::catalog::load(client, orig, ghost, m).await?;
+    let values: Vec<&str> = after.into_iter().flatten().map(String::as_str).collect();
+    let params: Vec<&(dyn ToSql + Sync)> = values.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+    client
+        .execute(&sql.delete_after(after.is_some()), &params)
+        .await
+        .context("removing the ghost's rows past the copy's watermark")
 }
 
 /// The range with an upper bound: the open last range ends at the greatest key either side

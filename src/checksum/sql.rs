@@ -172,6 +172,11 @@ impl ChecksumSql {
         format!("DELETE FROM {} WHERE {}", self.ghost.table.sql(), self.predicate(&self.ghost.key, has_lo, true))
     }
 
+    /// Removes the ghost's rows past a key (all of them without one).
+    pub fn delete_after(&self, has_lo: bool) -> String {
+        format!("DELETE FROM {} WHERE {}", self.ghost.table.sql(), self.predicate(&self.ghost.key, has_lo, false))
+    }
+
     /// Copies the original's rows of a bounded range into the ghost, as the copy does.
     pub fn insert(&self, has_lo: bool) -> String {
         format!("{} WHERE {}", self.insert_head, self.predicate(&self.orig.key, has_lo, true))

@@ -207,6 +207,7 @@ pub(super) async fn set_aside_keys(tx: &impl GenericClient, ghost: &QualifiedNam
             sql: format!("ALTER TABLE {g} ADD CONSTRAINT {} {definition}", ident(&name)),
             then: (!comments.is_empty()).then(|| comments.join(";\n")),
             name,
+            plain_index: false,
         });
     }
     Ok(out)

@@ -107,6 +107,9 @@ enum CopyFrom {
     /// A resumed run's copy: after this key (None: from the start), a partition after its
     /// own watermark, into a ghost that may hold some of the rows already.
     After(Option<crate::copy::Bound>, BTreeMap<String, crate::copy::Bound>),
+    /// A resumed run's copy into a ghost that has no index on its key yet: the rows past the
+    /// watermark (None: all) were removed, so it goes on as a fresh copy from there.
+    FreshAfter(Option<crate::copy::Bound>),
     /// Nowhere: a resumed run whose copy had finished.
     Done,
 }
@@ -480,8 +483,17 @@ impl Run {
             guard(created_slot, &mut self.abort.clone(), None).await?;
             self.created.slot = true;
         }
-        let fresh_copy = matches!(copy, CopyFrom::Fresh);
-        let (repl, bg) = Replication::start(&self.cfg.conn, &names, &info, &ghost, fresh_copy).await?;
+        let park = !ghost::has_key_index(&self.client, &ghost).await?;
+        let copy = match copy {
+            CopyFrom::After(after, parts) if park && parts.is_empty() => {
+                let removed = checksum::clear_after(&self.client, &info.name, &ghost.name, &ghost.mapping, after.as_ref()).await?;
+                tracing::info!(rows = removed, "the ghost has no key index yet: its rows past the watermark were removed, the copy goes on from there as a fresh one");
+                CopyFrom::FreshAfter(after)
+            }
+            other => other,
+        };
+        let fresh_copy = matches!(copy, CopyFrom::Fresh | CopyFrom::FreshAfter(_));
+        let (repl, bg) = Replication::start(&self.cfg.conn, &names, &info, &ghost, fresh_copy, park).await?;
         let bg = background.insert(bg);
 
         let throttler = Throttler::spawn(ThrottleJob {
@@ -874,15 +886,20 @@ impl Run {
                 0.0
             }
             CopyFrom::Fresh => self.copy_rows(info, names, ghost, (None, BTreeMap::new()), true, repl, bg, &progress, gate).await?,
+            CopyFrom::FreshAfter(after) => self.copy_rows(info, names, ghost, (after, BTreeMap::new()), true, repl, bg, &progress, gate).await?,
             CopyFrom::After(after, parts) => self.copy_rows(info, names, ghost, (after, parts), false, repl, bg, &progress, gate).await?,
         };
         self.fire(HookEvent::RowCopyComplete, Some(&mut *bg)).await?;
 
         self.enter(Phase::BuildIndexes);
         self.record_state(names, "build-indexes").await;
-        repl.flush.delete_first();
         self.ensure_session().await?;
-        guard(ghost::rebuild_deferred_waiting(&self.client, ghost, &ghost::LockWait::from(&self.cfg.cut_over)), &mut self.abort.clone(), Some(&mut *bg)).await?;
+        if ghost.key_index.is_some() {
+            self.write_parked_keys(ghost, repl, bg).await?;
+        }
+        repl.flush.delete_first();
+        let wait = ghost::LockWait::from(&self.cfg.cut_over);
+        guard(ghost::rebuild_deferred_beside(&self.client, &self.cfg.conn, ghost, &wait), &mut self.abort.clone(), Some(&mut *bg)).await?;
         repl.flush.choose_strategy(&self.client, ghost.oid, &ghost.mapping.key_ghost).await?;
 
         self.enter(Phase::CatchUp);
@@ -984,6 +1001,21 @@ impl Run {
         self.ensure_session().await?;
         dependents::validate(&self.client, &report.validations, self.cfg.cut_over.lock_timeout, self.cfg.cut_over.retries).await?;
         Ok(Outcome::CutOver)
+    }
+
+    /// Builds the key's index the copy went without, then writes the keys parked meanwhile
+    /// (before the other indexes exist, so that writing them maintains one index only).
+    async fn write_parked_keys(&mut self, ghost: &Ghost, repl: &Replication, bg: &mut Background) -> Result<()> {
+        crate::fault::crash_point("before-key-index");
+        guard(ghost::build_key_index(&self.client, ghost), &mut self.abort.clone(), Some(&mut *bg)).await?;
+        repl.flush.choose_strategy(&self.client, ghost.oid, &ghost.mapping.key_ghost).await?;
+        if let Some(parking) = repl.flush.parking() {
+            parking.stop();
+        }
+        let started = std::time::Instant::now();
+        let parked = guard(repl.writer.unpark(), &mut self.abort.clone(), Some(&mut *bg)).await?;
+        tracing::info!(keys = parked, secs = started.elapsed().as_secs_f64(), "keys changed during the copy written to the ghost");
+        Ok(())
     }
 
     /// Materialized views that read the table are built again on the ghost as late as can be

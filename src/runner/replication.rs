@@ -144,8 +144,9 @@ pub struct Background {
 
 impl Replication {
     /// `fresh_copy`: an empty ghost's copy follows; flushes wait until it has planned its ranges.
-    pub async fn start(conn: &ConnInfo, names: &Names, orig: &TableInfo, ghost: &Ghost, fresh_copy: bool) -> Result<(Replication, Background)> {
-        let flush = FlushSql::new(&orig.name, &ghost.name, &ghost.mapping);
+    /// `park`: the ghost has no index on its key yet; flushes park keys until it has.
+    pub async fn start(conn: &ConnInfo, names: &Names, orig: &TableInfo, ghost: &Ghost, fresh_copy: bool, park: bool) -> Result<(Replication, Background)> {
+        let flush = FlushSql::new(&orig.name, &ghost.name, &ghost.mapping).parking_in(&names.changelog, park);
         let recorded = flush.clone().recording_in(&names.changelog);
         let stream = Stream { slot: &names.slot, publication: &names.publication, table: orig, extractor: extractor_for(orig), flush, recorded, fresh_copy };
         Self::start_stream(conn, stream, ghost).await

@@ -81,7 +81,7 @@ async fn build_with<'c>(prefix: &str, schema: &str, table: &str, alter: &str, by
         chunk_time: Duration::from_millis(200),
         changelog: None,
         resume_after: None,
-        fresh: false,
+        fresh: true,
         parts: parts.clone(),
         resume_parts: Default::default(),
     };

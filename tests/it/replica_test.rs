@@ -420,7 +420,7 @@ async fn copied_ghost(db: &TestDb<'_>, alter: &str) -> (tokio_postgres::Client, 
         chunk_time: Duration::from_millis(50),
         changelog: None,
         resume_after: None,
-        fresh: false,
+        fresh: true,
         parts: Vec::new(),
         resume_parts: Default::default(),
     };

@@ -241,6 +241,7 @@ impl Run {
             mapping: reverse.mapping.clone(),
             alter: w.alter.clone(),
             deferred: Vec::new(),
+            key_index: None,
             temp_key_index: None,
             replica_identity_index: None,
             cluster_on: None,
