@@ -70,6 +70,15 @@ impl KeyCols {
         )
     }
 
+    /// The set given as one `text[]` parameter per key column, starting at `$first`, as a
+    /// `SELECT` of typed keys.
+    pub fn set(&self, first: usize) -> String {
+        let cols: Vec<String> = (0..self.len()).map(|i| format!("_pg_ghost_k{i}")).collect();
+        let casts: Vec<String> = cols.iter().zip(&self.types).map(|(c, t)| format!("{c}::{t}")).collect();
+        let arrays: Vec<String> = (0..self.len()).map(|i| format!("${}::text[]", first + i)).collect();
+        format!("SELECT {} FROM unnest({}) AS _pg_ghost_k({})", casts.join(", "), arrays.join(", "), cols.join(", "))
+    }
+
     /// The given columns (holding this key's values as text) cast to the key's types, as one
     /// comparable value.
     pub fn typed(&self, columns: &[String]) -> String {
