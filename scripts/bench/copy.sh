@@ -7,6 +7,7 @@
 #   repack     pg_repack --table (a rebuild without the type change)
 #   ghost-N    pg-ghost run --execute --copy-workers N (the default run: checksum on)
 #   skip-N     the same with --skip-checksum (data movement only)
+#   before-ghost-N, before-skip-N   the same with an earlier build (PG_GHOST_BEFORE_BIN), interleaved
 #
 # Each run starts from a fresh copy of a template database (CREATE DATABASE ... TEMPLATE,
 # then CHECKPOINT). Reports wall time (median, min, max), rows/s and MB/s (heap+TOAST size
@@ -44,7 +45,10 @@ say "table: $(( HEAP / 1048576 )) MB heap+TOAST, $(( TOTAL / 1048576 )) MB with 
 
 CONTENDERS=()
 for c in $WHICH; do
-  if [[ $c == ghost || $c == skip ]]; then for w in $WORKERS; do CONTENDERS+=("$c-$w"); done; else CONTENDERS+=("$c"); fi
+  if [[ $c == ghost || $c == skip || $c == before-ghost || $c == before-skip ]]; then
+    [[ $c == before-* && -z ${PG_GHOST_BEFORE_BIN:-} ]] && { echo "bench: $c needs PG_GHOST_BEFORE_BIN" >&2; exit 2; }
+    for w in $WORKERS; do CONTENDERS+=("$c-$w"); done
+  else CONTENDERS+=("$c"); fi
 done
 
 run_limit() {
@@ -60,8 +64,8 @@ SQL
 run_alter() { qc "$PORT" run "ALTER TABLE orders $ALTER_CLAUSE"; }
 run_repack() { pg_repack -h 127.0.0.1 -p "$PORT" -U ghost -d run --table=orders >"$1" 2>&1; }
 run_ghost() {
-  local workers=$1 log=$2; shift 2
-  "$GHOST" run "$@" --conn "$(conninfo "$PORT" run)" --table orders --alter "$ALTER_CLAUSE" --execute \
+  local bin=$1 workers=$2 log=$3; shift 3
+  "$bin" run "$@" --conn "$(conninfo "$PORT" run)" --table orders --alter "$ALTER_CLAUSE" --execute \
     --ok-to-drop-table --copy-workers "$workers" --throttle-additional-flag-file '' >"$log" 2>&1 \
     || { tail -n 20 "$log" >&2; return 1; }
 }
@@ -92,8 +96,10 @@ for run in $(seq 1 "$RUNS"); do
       limit) run_limit ;;
       alter) run_alter ;;
       repack) run_repack "$log" ;;
-      ghost-*) run_ghost "${c#ghost-}" "$log" ;;
-      skip-*) run_ghost "${c#skip-}" "$log" --skip-checksum ;;
+      ghost-*) run_ghost "$GHOST" "${c#ghost-}" "$log" ;;
+      skip-*) run_ghost "$GHOST" "${c#skip-}" "$log" --skip-checksum ;;
+      before-ghost-*) run_ghost "$PG_GHOST_BEFORE_BIN" "${c#before-ghost-}" "$log" ;;
+      before-skip-*) run_ghost "$PG_GHOST_BEFORE_BIN" "${c#before-skip-}" "$log" --skip-checksum ;;
     esac
     t1=$(now)
     lsn1=$(wal_lsn "$PORT")
@@ -103,7 +109,7 @@ for run in $(seq 1 "$RUNS"); do
     check=$(qc "$PORT" run "SELECT count(*) || ' ' || format_type(atttypid, atttypmod) FROM $( [[ $c == limit ]] && echo orders_new || echo orders ), pg_attribute
                             WHERE attrelid = '$( [[ $c == limit ]] && echo orders_new || echo orders )'::regclass AND attname = 'customer_id' GROUP BY atttypid, atttypmod")
     phases="- - -"
-    if [[ $c == ghost-* || $c == skip-* ]]; then
+    if [[ $c == ghost-* || $c == skip-* || $c == before-* ]]; then
       phases=$(ghost_phases "$log")
       echo "$c $run $(python3 "$BENCH_DIR/phases.py" "$log")" >>"$OUT/copy-phases.txt"
     fi
@@ -130,6 +136,8 @@ for c in "${CONTENDERS[@]}"; do
     repack) label="pg_repack --table (rebuild, no type change)" ;;
     ghost-*) label="pg-ghost, --copy-workers ${c#ghost-}" ;;
     skip-*) label="pg-ghost --skip-checksum, --copy-workers ${c#skip-}" ;;
+    before-ghost-*) label="before: pg-ghost, --copy-workers ${c#before-ghost-}" ;;
+    before-skip-*) label="before: pg-ghost --skip-checksum, --copy-workers ${c#before-skip-}" ;;
   esac
   python3 - "$label" "$med" "$lo" "$hi" "$wmed" "$wlo" "$whi" "$ROWS" "$HEAP" <<'PY'
 import sys
@@ -149,7 +157,7 @@ if grep -q '^limit' "$RAW" && grep -q '^alter' "$RAW"; then
     python3 -c "import sys; m = float(sys.argv[2]); print(f'| {sys.argv[1]} | {m:.2f} | {m / float(sys.argv[3]):.2f} |')" "$c" "$(median_of "$c")" "$REF"
   done
 fi
-if grep -q -e '^ghost' -e '^skip' "$RAW"; then
+if grep -q -e '^ghost' -e '^skip' -e '^before' "$RAW"; then
   echo
   echo "pg-ghost phases (median of runs): row copy s, index builds on the ghost s, cut-over lock held ms (all attempts, failed ones"
   echo "included), and the run's time had its first cut-over attempt succeeded (up to the cut-over + the successful attempt)"
@@ -157,7 +165,7 @@ if grep -q -e '^ghost' -e '^skip' "$RAW"; then
   echo "| contender | row copy s | index builds s | cut-over lock held ms | time with a first-try cut-over s |"
   echo "| --- | --- | --- | --- | --- |"
   for c in "${CONTENDERS[@]}"; do
-    [[ $c == ghost-* || $c == skip-* ]] || continue
+    [[ $c == ghost-* || $c == skip-* || $c == before-* ]] || continue
     cp=$(awk -F'\t' -v c="$c" '$1 == c {split($6, a, " "); print a[1]}' "$RAW" | stats3 | cut -d' ' -f1)
     ix=$(awk -F'\t' -v c="$c" '$1 == c {split($6, a, " "); print a[2]}' "$RAW" | stats3 | cut -d' ' -f1)
     lh=$(awk -F'\t' -v c="$c" '$1 == c {split($6, a, " "); print a[3]}' "$RAW" | stats3 | cut -d' ' -f1)

@@ -904,8 +904,16 @@ impl Run {
 
         self.enter(Phase::CatchUp);
         guard(self.catch_up(repl), &mut self.abort.clone(), Some(&mut *bg)).await?;
+        // The new table must have statistics the moment it carries the name, and its
+        // visibility map set so that index-only scans work from the start. Autovacuum is off
+        // on the ghost (its worker would block the cut-over): pg-ghost vacuums it itself, on
+        // a session of its own beside the checksum, whose reads, repairs and the flusher's
+        // writes do not conflict with VACUUM's SHARE UPDATE EXCLUSIVE on the ghost.
+        let conn = self.cfg.conn.clone();
+        let vacuum = vacuum_ghost(&conn, &ghost.name);
         if self.cfg.skip_checksum {
             tracing::warn!("--skip-checksum: the ghost is not compared with the original before the swap");
+            guard(vacuum, &mut self.abort.clone(), Some(&mut *bg)).await?;
         } else {
             self.record_state(names, "checksum").await;
             let mut job = ChecksumJob::new(self.cfg.conn.clone(), info.name.clone(), ghost.name.clone(), ghost.mapping.clone());
@@ -913,7 +921,8 @@ impl Run {
             job.progress = self.checksum_progress.clone();
             job.parts = self.partition_walks(info, ghost).await?;
             let catch_up = || -> BoxFuture<'_, Result<()>> { Box::pin(self.applied_up_to_now(repl)) };
-            let report = guard(checksum::verify(&job, &repl.inflight, catch_up), &mut self.abort.clone(), Some(&mut *bg)).await?;
+            let both = async { tokio::try_join!(checksum::verify(&job, &repl.inflight, catch_up), vacuum) };
+            let (report, ()) = guard(both, &mut self.abort.clone(), Some(&mut *bg)).await?;
             tracing::info!(
                 ranges = report.ranges,
                 rows = report.rows,
@@ -923,15 +932,6 @@ impl Run {
                 "checksum clean: the ghost holds the original's rows with the ALTER applied"
             );
         }
-
-        // The new table must have statistics the moment it carries the name, and its
-        // visibility map set so that index-only scans work from the start. Autovacuum is off
-        // on the ghost (its worker would block the cut-over): pg-ghost vacuums it itself.
-        self.ensure_session().await?;
-        let started = std::time::Instant::now();
-        tracing::info!(ghost = %ghost.name, "vacuuming and analyzing the ghost (SHARE UPDATE EXCLUSIVE on the ghost only; the original is not locked)");
-        guard(vacuum_analyze(&self.client, &ghost.name), &mut self.abort.clone(), Some(&mut *bg)).await?;
-        tracing::info!(ghost = %ghost.name, secs = started.elapsed().as_secs_f64(), "ghost vacuumed and analyzed");
 
         if let Some(flag) = self.cfg.cut_over.postpone_flag_file.clone() {
             if flag.exists() {
@@ -1313,6 +1313,16 @@ pub(crate) async fn aborted(abort: &mut watch::Receiver<Option<String>>) -> Stri
 /// `VACUUM` runs outside a transaction block: a single statement of its own.
 async fn vacuum_analyze(client: &Client, table: &QualifiedName) -> Result<()> {
     client.batch_execute(&format!("VACUUM (ANALYZE) {}", table.sql())).await.with_context(|| format!("vacuuming and analyzing {table}"))
+}
+
+/// `VACUUM (ANALYZE)` of the ghost on a session of its own.
+async fn vacuum_ghost(conn: &crate::conn::ConnInfo, ghost: &QualifiedName) -> Result<()> {
+    let client = conn.with_application_name("pg-ghost vacuum").connect().await?;
+    let started = std::time::Instant::now();
+    tracing::info!(ghost = %ghost, "vacuuming and analyzing the ghost (SHARE UPDATE EXCLUSIVE on the ghost only; the original is not locked)");
+    vacuum_analyze(&client, ghost).await?;
+    tracing::info!(ghost = %ghost, secs = started.elapsed().as_secs_f64(), "ghost vacuumed and analyzed");
+    Ok(())
 }
 
 /// The ghost goes with the materialized views built on it.
