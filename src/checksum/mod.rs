@@ -3,12 +3,13 @@
 //!
 //! For each key range (the chunker's ranges of the original, then an open range above its
 //! maximum for rows inserted since), one statement reads both sides in one snapshot: the
-//! row count and an order-independent hash aggregate (the XOR of each row's 64-bit
-//! `hashtextextended`) of each side. The original's rows are its mapped expressions cast to
-//! the ghost's column types, the ghost's rows its mapped columns in the same order, so a row
-//! renders the same text on both sides exactly when it holds what the copy writes. Generated
-//! columns and columns the ALTER adds are compared on neither side (their values are the
-//! ghost's own, defaults may be volatile).
+//! row count and an order-independent hash aggregate (the XOR of each row's 64-bit hash, each
+//! value hashed in a form that differs exactly when its text does) of each side. The
+//! original's rows are its mapped expressions cast to the ghost's column types, the ghost's
+//! rows its mapped columns in the same order, so a row hashes the same on both sides exactly
+//! when it holds what the copy writes (collisions of the hash aside). Generated columns and
+//! columns the ALTER adds are compared on neither side (their values are the ghost's own,
+//! defaults may be volatile).
 //!
 //! Invariants:
 //! - The original is only read; the ghost is written only by a repair, inside a range

@@ -336,27 +336,40 @@ async fn a_key_type_without_cross_type_operators_is_compared_in_the_original_ord
     assert_eq!(report.repaired_ranges, 3, "{report:?}");
 }
 
-/// Rows are hashed by their types where equality is identity, and by their text elsewhere:
-/// a value equal by its type but printed otherwise (numeric 1.0 and 1.000, interval 1 day
-/// and 24 hours, json spacing, bpchar trailing spaces) is still a difference, found and
-/// repaired; so is a changed integer or text.
+/// Rows are hashed by their types where equality is identity, numeric by its binary form, and by
+/// their text elsewhere: a value equal by its type but printed otherwise (numeric 1.0 and
+/// 1.000, in a domain or cast from an integer too; interval 1 day and 24 hours, json spacing,
+/// bpchar trailing spaces) is still a difference, found and repaired; so are a numeric's sign
+/// and NaN, Infinity, -Infinity or NULL, which numeric's own hash does not tell apart, and a
+/// changed integer or text.
 #[tokio::test]
 async fn values_equal_by_type_but_printed_otherwise_are_told_apart() {
     let schema = r#"
-        CREATE TABLE mixed (id int PRIMARY KEY, n int, amount numeric, span interval, doc json, code bpchar, label text);
-        INSERT INTO mixed SELECT i, i, i / 4.0, make_interval(days => 1 + i % 3), json_build_object('i', i), 'c' || i, 'l' || i
+        CREATE DOMAIN price AS numeric CHECK (VALUE IS DISTINCT FROM -1);
+        CREATE TABLE mixed (id int PRIMARY KEY, n int, amount numeric, span interval, doc json, code bpchar, label text,
+                            cost price, special numeric);
+        INSERT INTO mixed SELECT i, i, i / 4.0, make_interval(days => 1 + i % 3), json_build_object('i', i), 'c' || i, 'l' || i,
+                                 i / 8.0, (ARRAY['NaN', 'Infinity', '-Infinity', NULL])[1 + i % 4]::numeric
           FROM generate_series(1, 3000) i;"#;
-    let b = build("checksum_mixed", schema, "mixed", "ADD COLUMN extra int").await;
+    let b = build("checksum_mixed", schema, "mixed", "ADD COLUMN extra int, ALTER COLUMN n TYPE numeric(12, 3)").await;
     let g = b.ghost_sql();
     let job = b.job(500);
     let clean = verify(&job, &InFlight::new(), caught_up()).await.unwrap();
     assert_eq!((clean.rows, clean.differing_ranges), (3_000, 0));
+    let special = "coalesce(special::text, 'null')";
     let cases = [
         ("amount = amount::numeric(30, 25)", 4, "amount::text"),
+        ("cost = cost::numeric(30, 10)", 1500, "cost::text"),
+        ("special = NULL", 1000, special),
+        ("special = 'NaN'", 1003, special),
+        ("special = '-Infinity'", 1001, special),
+        ("special = 'NaN'", 1002, special),
+        ("special = 'Infinity'", 1004, special),
         ("span = '24 hours'", 3, "span::text"),
         (r#"doc = '{"i" :  700}'"#, 700, "doc::text"),
         ("code = 'c1200 '", 1200, "octet_length(code)::text"),
-        ("n = -n", 2100, "n::text"),
+        ("amount = -amount", 1800, "amount::text"),
+        ("n = -n", 2100, "n::numeric(12, 3)::text"),
         ("label = 'L2900'", 2900, "label"),
     ];
     for (set, id, read) in cases {
