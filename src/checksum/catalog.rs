@@ -91,7 +91,13 @@ pub(super) async fn load(client: &Client, orig: &QualifiedName, ghost: &Qualifie
     let bounds = KeyCols::source(m);
     let order = key_order(client, orig, ghost, &row, &key, &bounds).await;
     let (orig_side, ghost_side) = sql::sides(orig, ghost, &row, &key, order);
-    Ok(ChecksumSql { orig: orig_side, ghost: ghost_side, bounds, insert_head: insert_select(orig, ghost, m) })
+    Ok(ChecksumSql {
+        orig: orig_side,
+        ghost: ghost_side,
+        bounds,
+        insert_head: insert_select(orig, ghost, m),
+        scans_ghost: order == GhostKeyOrder::CastToSource,
+    })
 }
 
 /// Compares the ghost's key columns themselves with the original's bounds whenever that
@@ -116,6 +122,7 @@ async fn key_order(
             ghost: ghost_side,
             bounds: bounds.clone(),
             insert_head: String::new(),
+            scans_ghost: false,
         }
         .delete(true);
         // Preparing only plans the statement: nothing is deleted.

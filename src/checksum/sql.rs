@@ -39,6 +39,9 @@ pub(super) struct ChecksumSql {
     pub bounds: KeyCols,
     /// `INSERT INTO ghost (...) SELECT <transform> FROM orig`, shared with copy and apply.
     pub insert_head: String,
+    /// Every range reads the whole ghost ([`GhostKeyOrder::CastToSource`]): a range's time is
+    /// mostly that scan, whatever its rows.
+    pub scans_ghost: bool,
 }
 
 /// `a` or `(a, b)`: one comparable value.
@@ -354,6 +357,7 @@ mod tests {
                 types: keys.iter().map(|k| k.source_type.clone()).collect(),
             },
             insert_head: "INSERT INTO \"s\".\"_T_gho\" (\"id\", \"len\") SELECT \"id\", (length(label)) FROM \"s\".\"T\"".into(),
+            scans_ghost: order == GhostKeyOrder::CastToSource,
         }
     }
 

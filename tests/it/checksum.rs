@@ -31,9 +31,11 @@ struct Built<'c> {
 }
 
 impl Built<'_> {
+    /// Ranges of `range_rows` rows each, whatever time they take.
     fn job(&self, range_rows: u64) -> ChecksumJob {
         let mut job = ChecksumJob::new(self.conn.clone(), self.orig.clone(), self.ghost.name.clone(), self.ghost.mapping.clone());
         job.range_rows = range_rows;
+        job.range_time = None;
         job.parts = self.parts.clone();
         job
     }
@@ -135,6 +137,25 @@ async fn a_clean_copy_verifies_clean() {
     // Five ranges up to the maximum, and the open one above it.
     assert_eq!(report.ranges, 6);
     assert_eq!((report.differing_ranges, report.repaired_ranges), (0, 0));
+}
+
+/// Ranges sized by time grow from a small first one while they are fast, and shrink when
+/// they are slow.
+#[tokio::test]
+async fn ranges_are_sized_by_the_time_they_take() {
+    let b = build("checksum_sized", ITEMS, "\"Items\"", "ALTER COLUMN n TYPE bigint").await;
+    let mut job = b.job(100);
+    job.range_time = Some(Duration::from_secs(10));
+    let report = verify(&job, &InFlight::new(), caught_up()).await.unwrap();
+    // 100, 200, 400, 800 and 1,600 rows, then the rest up to the maximum, and the open range.
+    assert_eq!((report.rows, report.differing_ranges), (5_000, 0));
+    assert_eq!(report.ranges, 7, "{report:?}");
+    job.range_rows = 1_000;
+    job.range_time = Some(Duration::from_nanos(1));
+    let report = verify(&job, &InFlight::new(), caught_up()).await.unwrap();
+    // 1,000, 500, 250 and 125 rows, then the floor of 100 rows: over 30 ranges.
+    assert_eq!((report.rows, report.differing_ranges), (5_000, 0));
+    assert!(report.ranges > 30, "{report:?}");
 }
 
 #[tokio::test]
@@ -334,6 +355,12 @@ async fn a_key_type_without_cross_type_operators_is_compared_in_the_original_ord
     )
     .await;
     assert_eq!(report.repaired_ranges, 3, "{report:?}");
+    // Each range scans the whole ghost: ranges are not sized by time there (they would
+    // shrink to a scan each for a hundred rows), but have the fixed size for such tables.
+    let mut job = b.job(100);
+    job.range_time = Some(Duration::from_nanos(1));
+    let report = verify(&job, &InFlight::new(), caught_up()).await.unwrap();
+    assert_eq!((report.rows, report.ranges), (3_000, 2), "{report:?}");
 }
 
 /// Rows are hashed by their types where equality is identity, numeric by its binary form, and by
@@ -396,6 +423,7 @@ async fn checksum_timing() {
     println!("rows=400000 copy (2 workers) + indexes: {:.2}s", b.copy_time.as_secs_f64());
     for workers in [1, 2] {
         let mut job = b.job(ChecksumJob::DEFAULT_RANGE_ROWS);
+        job.range_time = Some(ChecksumJob::DEFAULT_RANGE_TIME);
         job.workers = workers;
         let report = verify(&job, &InFlight::new(), caught_up()).await.unwrap();
         println!("checksum, {workers} worker(s): {:.2}s over {} ranges", report.elapsed.as_secs_f64(), report.ranges);
