@@ -7,11 +7,11 @@
 //! the test's result, so it is reported as found, never repaired.
 
 use super::sql::{ChecksumSql, Side};
-use super::{compare, differing_keys, start_pass, ChecksumJob, CheckRange, RangeSize};
+use super::{compare, differing_keys, feed, start_pass, ChecksumJob, CheckRange, RangeSize};
 use crate::error::Result;
 use crate::reconnect::{self, Outage};
 use crate::sql::literal;
-use futures_util::future::try_join_all;
+use futures_util::future::{try_join, try_join_all};
 use std::time::{Duration, Instant};
 
 /// What the comparison found.
@@ -61,12 +61,12 @@ pub async fn audit(job: &ChecksumJob) -> Result<Audit> {
     let started = Instant::now();
     let (conn, ranges) = start_pass(job).await?;
     let size = RangeSize::new(job);
+    let (finding, feed) = feed(ranges, &conn, &size, job.workers);
     let worker = || async {
         let mut client = conn.connect().await?;
         let mut part = Audit::default();
         loop {
-            let next = ranges.lock().await.next(&conn, &size).await?;
-            let Some((sql, range)) = next else { return Ok::<_, crate::error::Error>(part) };
+            let Some((sql, range)) = feed.next().await else { return Ok::<_, crate::error::Error>(part) };
             // Reading only: a lost session's range is read again on a new one.
             let mut outage = Outage::new();
             loop {
@@ -79,7 +79,7 @@ pub async fn audit(job: &ChecksumJob) -> Result<Audit> {
             }
         }
     };
-    let parts = try_join_all((0..job.workers.max(1)).map(|_| worker())).await?;
+    let ((), parts) = try_join(finding, try_join_all((0..job.workers.max(1)).map(|_| worker()))).await?;
     // The DBA's query reads the whole tables, partitions or not.
     let whole = super::catalog::load(&conn.connect().await?, &job.orig, &job.ghost, &job.mapping).await?;
     let mut audit = Audit { query: query(&whole), ..Audit::default() };

@@ -37,14 +37,15 @@ use crate::ghost::Mapping;
 use crate::keysql::KeyCols;
 use crate::reconnect::{self, Outage};
 use crate::sql::QualifiedName;
-use futures_util::future::{try_join_all, BoxFuture};
+use futures_util::future::{try_join, try_join_all, BoxFuture};
+use std::future::Future;
 use sql::ChecksumSql;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_postgres::types::ToSql;
-use tokio::sync::Mutex;
+use tokio::sync::{mpsc, Mutex};
 use tokio_postgres::GenericClient;
 
 /// What to compare and how.
@@ -273,7 +274,7 @@ fn persistent_difference(range: &CheckRange, keys: &DifferingKeys) -> Error {
 /// What one pass over the table needs: the session settings and the ranges, with the
 /// statements (read from the catalog) that compare them, handed out to the pass's workers
 /// one by one.
-async fn start_pass(job: &ChecksumJob) -> Result<(ConnInfo, Mutex<Ranges>)> {
+async fn start_pass(job: &ChecksumJob) -> Result<(ConnInfo, Ranges)> {
     let conn = job.conn.with_application_name("pg-ghost checksum");
     let client = conn.connect().await?;
     let key = KeyCols::source(&job.mapping);
@@ -288,7 +289,40 @@ async fn start_pass(job: &ChecksumJob) -> Result<(ConnInfo, Mutex<Ranges>)> {
         let cursor = Cursor::start_part(&client, part.clone(), &key, None).await?;
         walks.push(Walk { sql: Arc::new(sql), cursor, tail_done: false });
     }
-    Ok((conn, Mutex::new(Ranges { client, walks, turn: 0 })))
+    Ok((conn, Ranges { client, walks, turn: 0 }))
+}
+
+/// A range to compare, with the statements that compare it.
+type Handed = (Arc<ChecksumSql>, CheckRange);
+
+/// The ranges as the workers take them, one at a time.
+struct Feed {
+    ranges: Mutex<mpsc::Receiver<Handed>>,
+}
+
+impl Feed {
+    /// The next range; None once every range is taken.
+    async fn next(&self) -> Option<Handed> {
+        self.ranges.lock().await.recv().await
+    }
+}
+
+/// Finds the ranges ahead of `workers` workers: each range's end is searched (an index walk
+/// over its rows, about a seventh of what comparing them costs) on the walks' session while
+/// the workers compare, instead of by a worker between two ranges. Returns the future that
+/// finds them, to be run alongside the workers (it ends once every range is found, or once
+/// the workers are gone), and the feed they take them from.
+fn feed<'a>(mut ranges: Ranges, conn: &'a ConnInfo, size: &'a RangeSize, workers: usize) -> (impl Future<Output = Result<()>> + 'a, Feed) {
+    let (tx, rx) = mpsc::channel(workers.max(1));
+    let finding = async move {
+        while let Some(next) = ranges.next(conn, size).await? {
+            if tx.send(next).await.is_err() {
+                break;
+            }
+        }
+        Ok(())
+    };
+    (finding, Feed { ranges: Mutex::new(rx) })
 }
 
 /// The ranges of one table or partition: the cursor's, up to its maximum when the checksum
@@ -428,10 +462,12 @@ pub async fn verify<'a>(
     let started = Instant::now();
     let (conn, ranges) = start_pass(job).await?;
     let size = RangeSize::new(job);
-    let ctx = Worker { job, ranges: &ranges, size: &size, inflight, catch_up: &catch_up };
+    let (finding, feed) = feed(ranges, &conn, &size, job.workers);
+    let ctx = Worker { job, feed: &feed, size: &size, inflight, catch_up: &catch_up };
     // The workers run in this task: the first error drops the others, whose connections
     // close and roll back whatever they were doing, and whose ranges are released.
-    let parts = try_join_all((0..job.workers.max(1)).map(|_| ctx.run(&conn))).await?;
+    let workers = try_join_all((0..job.workers.max(1)).map(|_| ctx.run(&conn)));
+    let ((), parts) = try_join(finding, workers).await?;
     let mut report = ChecksumReport::default();
     for part in &parts {
         report.add(part);
@@ -452,7 +488,7 @@ pub async fn verify<'a>(
 /// What every worker shares: ranges are handed out one at a time.
 struct Worker<'j, C> {
     job: &'j ChecksumJob,
-    ranges: &'j Mutex<Ranges>,
+    feed: &'j Feed,
     size: &'j RangeSize,
     inflight: &'j InFlight,
     catch_up: &'j C,
@@ -463,9 +499,7 @@ impl<'j, 'a, C: Fn() -> BoxFuture<'a, Result<()>>> Worker<'j, C> {
         let mut client = conn.connect().await?;
         let mut part = ChecksumReport::default();
         loop {
-            // The lock is released before the range is compared.
-            let next = self.ranges.lock().await.next(conn, self.size).await?;
-            let Some((sql, range)) = next else { return Ok(part) };
+            let Some((sql, range)) = self.feed.next().await else { return Ok(part) };
             // A range is only read, or repaired in one transaction: a lost session's work is
             // simply done again on a new one.
             let mut outage = Outage::new();
