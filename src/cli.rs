@@ -445,6 +445,11 @@ pub struct RunArgs {
     #[arg(long)]
     pub skip_checksum: bool,
 
+    /// Checksum workers (1 to 64): key ranges compared at once before the swap. Each worker
+    /// is one more connection reading both tables.
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    pub checksum_workers: u32,
+
     /// How often to print the status line on stderr. Units: ms, s, m, h (`5s`, `1m30s`).
     #[arg(long, value_name = "DURATION", default_value = "5s")]
     pub status_interval: String,

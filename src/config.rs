@@ -32,6 +32,9 @@ use std::time::Duration;
 /// The most copy workers: each holds a connection and a transaction at a time.
 pub const MAX_COPY_WORKERS: u32 = 64;
 
+/// The most checksum workers: each holds a connection reading both tables.
+pub const MAX_CHECKSUM_WORKERS: u32 = 64;
+
 /// The most offending rows a data check reports: the refusal is one message.
 pub const MAX_DATA_CHECK_LIMIT: u32 = 1000;
 
@@ -55,6 +58,8 @@ pub struct Config {
     pub resume: bool,
     pub initially_drop_ghost_table: bool,
     pub skip_checksum: bool,
+    /// Key ranges the checksum compares at once; at least 1, at most [`MAX_CHECKSUM_WORKERS`].
+    pub checksum_workers: usize,
     /// `--history-table` as given (resolved on the server); `None` with `--no-history`.
     pub history_table: Option<String>,
     pub status_interval: Duration,
@@ -183,6 +188,7 @@ impl Config {
             resume: resume(args)?,
             initially_drop_ghost_table: args.initially_drop_ghost_table,
             skip_checksum: args.skip_checksum,
+            checksum_workers: checksum_workers(args)?,
             history_table: (!args.no_history).then(|| required("history-table", &args.history_table)).transpose()?,
             status_interval: positive("status-interval", &args.status_interval, Bare::Refuse)?,
             panic_flag_file: args.panic_flag_file.clone(),
@@ -377,6 +383,16 @@ fn copy_from(args: &RunArgs) -> Result<CopyConfig> {
         chunk_time: positive("chunk-time", &args.chunk_time, Bare::Refuse)?,
         workers: args.copy_workers as usize,
     })
+}
+
+fn checksum_workers(args: &RunArgs) -> Result<usize> {
+    if !(1..=MAX_CHECKSUM_WORKERS).contains(&args.checksum_workers) {
+        return Err(Error::config(format!(
+            "--checksum-workers {}: give between 1 and {MAX_CHECKSUM_WORKERS} workers",
+            args.checksum_workers
+        )));
+    }
+    Ok(args.checksum_workers as usize)
 }
 
 fn data_checks_from(args: &RunArgs) -> Result<DataCheckConfig> {
@@ -619,6 +635,7 @@ impl fmt::Debug for Config {
             .field("resume", &self.resume)
             .field("initially_drop_ghost_table", &self.initially_drop_ghost_table)
             .field("skip_checksum", &self.skip_checksum)
+            .field("checksum_workers", &self.checksum_workers)
             .field("history_table", &self.history_table)
             .field("status_interval", &self.status_interval)
             .field("panic_flag_file", &self.panic_flag_file)

@@ -7,11 +7,11 @@
 //! the test's result, so it is reported as found, never repaired.
 
 use super::sql::{ChecksumSql, Side};
-use super::{compare, differing_keys, start_pass, ChecksumJob, CheckRange};
+use super::{compare, differing_keys, feed, start_pass, ChecksumJob, CheckRange, RangeSize};
 use crate::error::Result;
 use crate::reconnect::{self, Outage};
 use crate::sql::literal;
-use futures_util::future::try_join_all;
+use futures_util::future::{try_join, try_join_all};
 use std::time::{Duration, Instant};
 
 /// What the comparison found.
@@ -60,16 +60,17 @@ fn query(sql: &ChecksumSql) -> String {
 pub async fn audit(job: &ChecksumJob) -> Result<Audit> {
     let started = Instant::now();
     let (conn, ranges) = start_pass(job).await?;
+    let size = RangeSize::new(job);
+    let (finding, feed) = feed(ranges, &conn, &size, job.workers);
     let worker = || async {
         let mut client = conn.connect().await?;
         let mut part = Audit::default();
         loop {
-            let next = ranges.lock().await.next(&conn, job.range_rows.max(1)).await?;
-            let Some((sql, range)) = next else { return Ok::<_, crate::error::Error>(part) };
+            let Some((sql, range)) = feed.next().await else { return Ok::<_, crate::error::Error>(part) };
             // Reading only: a lost session's range is read again on a new one.
             let mut outage = Outage::new();
             loop {
-                match check(&client, &sql, &range, &mut part).await {
+                match check(&client, &sql, &range, &size, &mut part).await {
                     Err(e) if e.kind().is_lost_connection() => {
                         client = reconnect::connect_again(&conn, &mut outage, e, "a compared range (compared again)").await?;
                     }
@@ -78,7 +79,7 @@ pub async fn audit(job: &ChecksumJob) -> Result<Audit> {
             }
         }
     };
-    let parts = try_join_all((0..job.workers.max(1)).map(|_| worker())).await?;
+    let ((), parts) = try_join(finding, try_join_all((0..job.workers.max(1)).map(|_| worker()))).await?;
     // The DBA's query reads the whole tables, partitions or not.
     let whole = super::catalog::load(&conn.connect().await?, &job.orig, &job.ghost, &job.mapping).await?;
     let mut audit = Audit { query: query(&whole), ..Audit::default() };
@@ -91,8 +92,10 @@ pub async fn audit(job: &ChecksumJob) -> Result<Audit> {
     Ok(audit)
 }
 
-async fn check(client: &tokio_postgres::Client, sql: &ChecksumSql, range: &CheckRange, part: &mut Audit) -> Result<()> {
+async fn check(client: &tokio_postgres::Client, sql: &ChecksumSql, range: &CheckRange, size: &RangeSize, part: &mut Audit) -> Result<()> {
+    let started = Instant::now();
     let sums = compare(client, sql, range).await?;
+    size.took(sql, sums.orig_rows(), started.elapsed());
     let differing = match sums.equal() {
         true => None,
         false => Some(differing_keys(client, sql, range, None).await?),

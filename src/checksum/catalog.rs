@@ -1,7 +1,7 @@
 //! What the checksum reads from the catalog: the ghost's column types (the types both sides
 //! are rendered in) and both tables' key types and collations (how ranges are compared).
 
-use super::sql::{self, ChecksumSql, GhostKeyOrder, KeyColumn, RowColumn};
+use super::sql::{self, ChecksumSql, GhostKeyOrder, Hashing, KeyColumn, RowColumn};
 use crate::error::{Context, Error, Result};
 use crate::ghost::Mapping;
 use crate::keysql::{insert_select, KeyCols};
@@ -14,21 +14,31 @@ struct ColType {
     type_sql: String,
     /// Quoted, schema-qualified collation name; None for types without collation.
     collation: Option<String>,
-    /// Two values its type's hash calls equal are the same value (see `sql::row_hash`).
-    hash_is_identity: bool,
+    /// How its values are hashed (see `sql::row_hash`).
+    hashing: Hashing,
 }
 
 /// Built-in types (or domains over them) whose equality is identity: equal values print the
-/// same. Not numeric (1.0 = 1.00), floats (-0 = 0), interval (1 day = 24 hours), bpchar
-/// (trailing spaces), timetz, arrays (bounds), json and the like (no hash at all).
+/// same. Not numeric (1.0 = 1.00: hashed by its binary form), floats (-0 = 0), interval (1 day =
+/// 24 hours), bpchar (trailing spaces), timetz, arrays (bounds), json and the like (no hash at
+/// all).
 const HASH_IS_IDENTITY: &[&str] =
     &["int2", "int4", "int8", "oid", "bool", "text", "varchar", "name", "char", "bytea", "uuid", "date", "timestamp", "timestamptz", "time"];
+
+fn how_hashed(identity: bool, numeric: bool) -> Hashing {
+    match (identity, numeric) {
+        (true, _) => Hashing::Native,
+        (false, true) => Hashing::NumericBinary,
+        (false, false) => Hashing::Text,
+    }
+}
 
 async fn columns(client: &Client, table: &QualifiedName) -> Result<HashMap<String, ColType>> {
     let rows = client
         .query(
             "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), n.nspname::text, c.collname::text,
-                    bt.typnamespace = 'pg_catalog'::regnamespace AND bt.typname::text = ANY ($2) AND coalesce(c.collisdeterministic, true)
+                    bt.typnamespace = 'pg_catalog'::regnamespace AND bt.typname::text = ANY ($2) AND coalesce(c.collisdeterministic, true),
+                    bt.oid = 'pg_catalog.numeric'::regtype
                FROM pg_attribute a
                JOIN pg_type t ON t.oid = a.atttypid
                JOIN pg_type bt ON bt.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END
@@ -44,7 +54,8 @@ async fn columns(client: &Client, table: &QualifiedName) -> Result<HashMap<Strin
         let schema: Option<String> = row.try_get(2)?;
         let name: Option<String> = row.try_get(3)?;
         let collation = schema.zip(name).map(|(s, n)| QualifiedName::new(s, n).sql());
-        out.insert(row.try_get(0)?, ColType { type_sql: row.try_get(1)?, collation, hash_is_identity: row.try_get(4)? });
+        let hashing = how_hashed(row.try_get(4)?, row.try_get(5)?);
+        out.insert(row.try_get(0)?, ColType { type_sql: row.try_get(1)?, collation, hashing });
     }
     Ok(out)
 }
@@ -62,7 +73,7 @@ pub(super) async fn load(client: &Client, orig: &QualifiedName, ghost: &Qualifie
     let mut row = Vec::new();
     for (name, expr) in m.ghost_columns.iter().zip(&m.source_exprs) {
         let c = column(&ghost_cols, ghost, name)?;
-        row.push(RowColumn { ghost: name, ghost_type: &c.type_sql, source_expr: expr, hashed: c.hash_is_identity });
+        row.push(RowColumn { ghost: name, ghost_type: &c.type_sql, source_expr: expr, hashing: c.hashing });
     }
     let mut key = Vec::new();
     for (source, ghost_name) in m.key_source.iter().zip(&m.key_ghost) {
@@ -80,7 +91,13 @@ pub(super) async fn load(client: &Client, orig: &QualifiedName, ghost: &Qualifie
     let bounds = KeyCols::source(m);
     let order = key_order(client, orig, ghost, &row, &key, &bounds).await;
     let (orig_side, ghost_side) = sql::sides(orig, ghost, &row, &key, order);
-    Ok(ChecksumSql { orig: orig_side, ghost: ghost_side, bounds, insert_head: insert_select(orig, ghost, m) })
+    Ok(ChecksumSql {
+        orig: orig_side,
+        ghost: ghost_side,
+        bounds,
+        insert_head: insert_select(orig, ghost, m),
+        scans_ghost: order == GhostKeyOrder::CastToSource,
+    })
 }
 
 /// Compares the ghost's key columns themselves with the original's bounds whenever that
@@ -105,6 +122,7 @@ async fn key_order(
             ghost: ghost_side,
             bounds: bounds.clone(),
             insert_head: String::new(),
+            scans_ghost: false,
         }
         .delete(true);
         // Preparing only plans the statement: nothing is deleted.

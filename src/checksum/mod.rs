@@ -3,12 +3,13 @@
 //!
 //! For each key range (the chunker's ranges of the original, then an open range above its
 //! maximum for rows inserted since), one statement reads both sides in one snapshot: the
-//! row count and an order-independent hash aggregate (the XOR of each row's 64-bit
-//! `hashtextextended`) of each side. The original's rows are its mapped expressions cast to
-//! the ghost's column types, the ghost's rows its mapped columns in the same order, so a row
-//! renders the same text on both sides exactly when it holds what the copy writes. Generated
-//! columns and columns the ALTER adds are compared on neither side (their values are the
-//! ghost's own, defaults may be volatile).
+//! row count and an order-independent hash aggregate (the XOR of each row's 64-bit hash, each
+//! value hashed in a form that differs exactly when its text does) of each side. The
+//! original's rows are its mapped expressions cast to the ghost's column types, the ghost's
+//! rows its mapped columns in the same order, so a row hashes the same on both sides exactly
+//! when it holds what the copy writes (collisions of the hash aside). Generated columns and
+//! columns the ALTER adds are compared on neither side (their values are the ghost's own,
+//! defaults may be volatile).
 //!
 //! Invariants:
 //! - The original is only read; the ghost is written only by a repair, inside a range
@@ -31,20 +32,21 @@ pub use repair::clear_after;
 
 use crate::apply::InFlight;
 use crate::conn::ConnInfo;
-use crate::copy::{Bound, Cursor, Part};
+use crate::copy::{next_chunk_size, Bound, Cursor, Part};
 use crate::error::{Context, Error, ErrorKind, Result};
 use crate::ghost::Mapping;
 use crate::keysql::KeyCols;
 use crate::reconnect::{self, Outage};
 use crate::sql::QualifiedName;
-use futures_util::future::{try_join_all, BoxFuture};
+use futures_util::future::{try_join, try_join_all, BoxFuture};
+use std::future::Future;
 use sql::ChecksumSql;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_postgres::types::ToSql;
-use tokio::sync::Mutex;
+use tokio::sync::{mpsc, Mutex};
 use tokio_postgres::GenericClient;
 
 /// What to compare and how.
@@ -54,8 +56,12 @@ pub struct ChecksumJob {
     pub orig: QualifiedName,
     pub ghost: QualifiedName,
     pub mapping: Mapping,
-    /// Rows of the original per compared range.
+    /// Rows of the original in the first compared range; with `range_time` the next ones are
+    /// sized from the time the ranges before them took.
     pub range_rows: u64,
+    /// The time one range's statement should take, which is how long it holds its snapshot;
+    /// None: every range has `range_rows` rows.
+    pub range_time: Option<Duration>,
     /// Re-checks of a differing range, each after a `catch_up()`, before it is repaired.
     pub rechecks: u32,
     /// Ranges compared at once, each on its own connection.
@@ -68,7 +74,18 @@ pub struct ChecksumJob {
 }
 
 impl ChecksumJob {
-    pub const DEFAULT_RANGE_ROWS: u64 = 50_000;
+    /// The first range: small enough for wide rows (50,000 rows of 4 kB took 0.55 s), the
+    /// next ones grow from there.
+    pub const DEFAULT_RANGE_ROWS: u64 = 10_000;
+    /// Each range then costs about 2 ms more than its rows (two statements and their round
+    /// trips: about 2 % here), and a worker done with the last range waits for the others for
+    /// half of it on average; 2M narrow rows take about as long as with 50,000-row ranges, and
+    /// a range holds its snapshot about this long whatever its rows' width.
+    pub const DEFAULT_RANGE_TIME: Duration = Duration::from_millis(100);
+    /// Rows of each range, when sized by time, of a table whose ranges each read the whole
+    /// ghost (see `sql::ChecksumSql::scans_ghost`): time says nothing of their rows there,
+    /// and fewer ranges mean fewer scans.
+    pub const SCANNING_RANGE_ROWS: u64 = 50_000;
     pub const DEFAULT_RECHECKS: u32 = 3;
 
     pub fn new(conn: ConnInfo, orig: QualifiedName, ghost: QualifiedName, mapping: Mapping) -> ChecksumJob {
@@ -78,6 +95,7 @@ impl ChecksumJob {
             ghost,
             mapping,
             range_rows: Self::DEFAULT_RANGE_ROWS,
+            range_time: Some(Self::DEFAULT_RANGE_TIME),
             rechecks: Self::DEFAULT_RECHECKS,
             workers: 1,
             progress: Arc::default(),
@@ -257,7 +275,7 @@ fn persistent_difference(range: &CheckRange, keys: &DifferingKeys) -> Error {
 /// What one pass over the table needs: the session settings and the ranges, with the
 /// statements (read from the catalog) that compare them, handed out to the pass's workers
 /// one by one.
-async fn start_pass(job: &ChecksumJob) -> Result<(ConnInfo, Mutex<Ranges>)> {
+async fn start_pass(job: &ChecksumJob) -> Result<(ConnInfo, Ranges)> {
     let conn = job.conn.with_application_name("pg-ghost checksum");
     let client = conn.connect().await?;
     let key = KeyCols::source(&job.mapping);
@@ -272,7 +290,40 @@ async fn start_pass(job: &ChecksumJob) -> Result<(ConnInfo, Mutex<Ranges>)> {
         let cursor = Cursor::start_part(&client, part.clone(), &key, None).await?;
         walks.push(Walk { sql: Arc::new(sql), cursor, tail_done: false });
     }
-    Ok((conn, Mutex::new(Ranges { client, walks, turn: 0 })))
+    Ok((conn, Ranges { client, walks, turn: 0 }))
+}
+
+/// A range to compare, with the statements that compare it.
+type Handed = (Arc<ChecksumSql>, CheckRange);
+
+/// The ranges as the workers take them, one at a time.
+struct Feed {
+    ranges: Mutex<mpsc::Receiver<Handed>>,
+}
+
+impl Feed {
+    /// The next range; None once every range is taken.
+    async fn next(&self) -> Option<Handed> {
+        self.ranges.lock().await.recv().await
+    }
+}
+
+/// Finds the ranges ahead of `workers` workers: each range's end is searched (an index walk
+/// over its rows, about a seventh of what comparing them costs) on the walks' session while
+/// the workers compare, instead of by a worker between two ranges. Returns the future that
+/// finds them, to be run alongside the workers (it ends once every range is found, or once
+/// the workers are gone), and the feed they take them from.
+fn feed<'a>(mut ranges: Ranges, conn: &'a ConnInfo, size: &'a RangeSize, workers: usize) -> (impl Future<Output = Result<()>> + 'a, Feed) {
+    let (tx, rx) = mpsc::channel(workers.max(1));
+    let finding = async move {
+        while let Some(next) = ranges.next(conn, size).await? {
+            if tx.send(next).await.is_err() {
+                break;
+            }
+        }
+        Ok(())
+    };
+    (finding, Feed { ranges: Mutex::new(rx) })
 }
 
 /// The ranges of one table or partition: the cursor's, up to its maximum when the checksum
@@ -293,11 +344,12 @@ struct Ranges {
 impl Ranges {
     /// The next range and the statements that compare it; asked again on a new session
     /// when the walks' session is lost.
-    async fn next(&mut self, conn: &ConnInfo, size: u64) -> Result<Option<(Arc<ChecksumSql>, CheckRange)>> {
+    async fn next(&mut self, conn: &ConnInfo, size: &RangeSize) -> Result<Option<(Arc<ChecksumSql>, CheckRange)>> {
         for _ in 0..self.walks.len() {
             let i = self.turn % self.walks.len();
             self.turn += 1;
-            if let Some(range) = self.next_of(i, conn, size).await? {
+            let rows = size.rows_for(&self.walks[i].sql);
+            if let Some(range) = self.next_of(i, conn, rows).await? {
                 return Ok(Some((self.walks[i].sql.clone(), range)));
             }
         }
@@ -326,6 +378,52 @@ impl Ranges {
     }
 }
 
+/// The rows asked of the next range, shared by a pass's workers.
+struct RangeSize {
+    rows: AtomicU64,
+    target: Option<Duration>,
+}
+
+impl RangeSize {
+    fn new(job: &ChecksumJob) -> RangeSize {
+        RangeSize { rows: AtomicU64::new(job.range_rows.max(1)), target: job.range_time }
+    }
+
+    fn rows(&self) -> u64 {
+        self.rows.load(Ordering::Relaxed)
+    }
+
+    /// The rows to ask of the next range compared by `sql`.
+    fn rows_for(&self, sql: &ChecksumSql) -> u64 {
+        match self.target {
+            Some(_) if sql.scans_ghost => ChecksumJob::SCANNING_RANGE_ROWS,
+            _ => self.rows(),
+        }
+    }
+
+    /// Sizes the next ranges after a range of `rows` rows was compared by `sql` in `took`.
+    /// Workers reporting at once may overwrite each other's size: either is a fair one.
+    fn took(&self, sql: &ChecksumSql, rows: u64, took: Duration) {
+        match self.target {
+            Some(target) if !sql.scans_ghost => {
+                self.rows.store(next_range_size(self.rows(), rows, took, target), Ordering::Relaxed);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The rows of the next range after one of `rows` rows took `took`, ranges being asked for
+/// `size` rows: it moves towards `target` as the copy's chunks do. A range holding less than
+/// half of `size` (the last one below the maximum, the open one above it, one whose rows were
+/// deleted since) says little about a full one and leaves the size as it is.
+fn next_range_size(size: u64, rows: u64, took: Duration, target: Duration) -> u64 {
+    if rows < size / 2 {
+        return size;
+    }
+    next_chunk_size(rows, took, target)
+}
+
 impl ChecksumReport {
     fn add(&mut self, other: &ChecksumReport) {
         self.ranges += other.ranges;
@@ -347,6 +445,8 @@ struct Checked {
     rows: u64,
     differed: bool,
     repaired: bool,
+    /// How long its first comparison took.
+    took: Duration,
 }
 
 /// Compares the whole ghost with the original, repairing ranges that keep differing.
@@ -362,10 +462,13 @@ pub async fn verify<'a>(
 ) -> Result<ChecksumReport> {
     let started = Instant::now();
     let (conn, ranges) = start_pass(job).await?;
-    let ctx = Worker { job, ranges: &ranges, inflight, catch_up: &catch_up };
+    let size = RangeSize::new(job);
+    let (finding, feed) = feed(ranges, &conn, &size, job.workers);
+    let ctx = Worker { job, feed: &feed, size: &size, inflight, catch_up: &catch_up };
     // The workers run in this task: the first error drops the others, whose connections
     // close and roll back whatever they were doing, and whose ranges are released.
-    let parts = try_join_all((0..job.workers.max(1)).map(|_| ctx.run(&conn))).await?;
+    let workers = try_join_all((0..job.workers.max(1)).map(|_| ctx.run(&conn)));
+    let ((), parts) = try_join(finding, workers).await?;
     let mut report = ChecksumReport::default();
     for part in &parts {
         report.add(part);
@@ -386,7 +489,8 @@ pub async fn verify<'a>(
 /// What every worker shares: ranges are handed out one at a time.
 struct Worker<'j, C> {
     job: &'j ChecksumJob,
-    ranges: &'j Mutex<Ranges>,
+    feed: &'j Feed,
+    size: &'j RangeSize,
     inflight: &'j InFlight,
     catch_up: &'j C,
 }
@@ -396,9 +500,7 @@ impl<'j, 'a, C: Fn() -> BoxFuture<'a, Result<()>>> Worker<'j, C> {
         let mut client = conn.connect().await?;
         let mut part = ChecksumReport::default();
         loop {
-            // The lock is released before the range is compared.
-            let next = self.ranges.lock().await.next(conn, self.job.range_rows.max(1)).await?;
-            let Some((sql, range)) = next else { return Ok(part) };
+            let Some((sql, range)) = self.feed.next().await else { return Ok(part) };
             // A range is only read, or repaired in one transaction: a lost session's work is
             // simply done again on a new one.
             let mut outage = Outage::new();
@@ -410,6 +512,7 @@ impl<'j, 'a, C: Fn() -> BoxFuture<'a, Result<()>>> Worker<'j, C> {
                     other => break other?,
                 }
             };
+            self.size.took(&sql, checked.rows, checked.took);
             part.count(&checked);
             self.job.progress.count(&checked);
         }
@@ -424,9 +527,11 @@ async fn check_range<'a>(
     rechecks: u32,
     range: &CheckRange,
 ) -> Result<Checked> {
+    let started = Instant::now();
     let sums = compare(&*client, sql, range).await?;
+    let took = started.elapsed();
     if sums.equal() {
-        return Ok(Checked { rows: sums.orig_rows(), differed: false, repaired: false });
+        return Ok(Checked { rows: sums.orig_rows(), differed: false, repaired: false, took });
     }
     // Both sides were read in one snapshot: a row that differs there is one whose change the
     // apply had not written yet, or a real difference. Once the apply has written everything
@@ -442,13 +547,13 @@ async fn check_range<'a>(
         keys = differing_keys(&*client, sql, range, Some(&keys)).await?;
     }
     if keys.total == 0 {
-        return Ok(Checked { rows: sums.orig_rows(), differed: false, repaired: false });
+        return Ok(Checked { rows: sums.orig_rows(), differed: false, repaired: false, took });
     }
     tracing::warn!(range = %range, keys = %keys, rechecks, "checksum: range still differs after catching up; repairing it");
     let repaired = repair::repair(client, sql, inflight, range).await?;
     // The repair verified the range in its own snapshot; count the rows as they are now.
     let rows = compare(&*client, sql, range).await?.orig_rows();
-    Ok(Checked { rows, differed: true, repaired })
+    Ok(Checked { rows, differed: true, repaired, took })
 }
 
 #[cfg(test)]
@@ -477,6 +582,19 @@ mod tests {
         let e = persistent_difference(&CheckRange { lo: None, hi: Some(b(&["9"])) }, &keys);
         assert_eq!(e.kind(), ErrorKind::Aborted);
         assert!(e.to_string().contains("in key range (start, 9] right after re-copying it (5 key(s) differ: (1, 2), (3, 4), ...)"), "{e}");
+    }
+
+    #[test]
+    fn ranges_are_sized_by_time_from_full_ranges_only() {
+        let target = Duration::from_millis(100);
+        let ms = Duration::from_millis;
+        assert_eq!(next_range_size(50_000, 50_000, ms(50), target), 100_000);
+        assert_eq!(next_range_size(50_000, 50_000, ms(400), target), 25_000);
+        // Sized from the rows the range held.
+        assert_eq!(next_range_size(50_000, 40_000, ms(40), target), 80_000);
+        // The last range below the maximum, or the open one: the size stays.
+        assert_eq!(next_range_size(50_000, 20_000, ms(1), target), 50_000);
+        assert_eq!(next_range_size(50_000, 0, ms(400), target), 50_000);
     }
 
     #[test]

@@ -36,6 +36,7 @@ fn defaults() {
     assert_eq!(c.conn.user, "dba");
     assert_eq!((c.table.as_str(), c.alter.as_str()), ("orders", "ADD COLUMN f int"));
     assert!(!c.execute && !c.resume && !c.skip_checksum && !c.initially_drop_ghost_table);
+    assert_eq!(c.checksum_workers, 2);
     assert_eq!(c.key, None);
     assert_eq!(c.status_interval, ms(5_000));
     assert_eq!(c.conn.reconnect_timeout, ms(60_000));
@@ -85,7 +86,7 @@ fn defaults() {
 #[rustfmt::skip]
 const EVERY_FLAG: &[&str] = &[
     "--conn", "host=10.0.0.1 port=6000 user=u dbname=app",
-    "--execute", "--key", "orders_uk", "--resume", "--skip-checksum", "--history-table", "ops.runs",
+    "--execute", "--key", "orders_uk", "--resume", "--skip-checksum", "--checksum-workers", "3", "--history-table", "ops.runs",
     "--status-interval", "2s", "--reconnect-timeout", "90s",
     "--chunk-size", "2000", "--chunk-time", "1.5s", "--copy-workers", "4",
     "--data-check-limit", "25", "--skip-data-checks",
@@ -110,6 +111,7 @@ fn every_flag_reaches_its_field() {
     assert_eq!(c.conn.endpoint, Endpoint::Tcp { host: "10.0.0.1".into(), port: 6000 });
     assert_eq!((c.conn.user.as_str(), c.conn.dbname.as_str()), ("u", "app"));
     assert!(c.execute && c.resume && c.skip_checksum);
+    assert_eq!(c.checksum_workers, 3);
     assert_eq!(c.strategy, crate::cli::StrategyArg::Auto);
     assert_eq!(c.key.as_deref(), Some("orders_uk"));
     assert_eq!(c.conversion.as_ref().map(|c| c.partitions.len()), Some(1));
@@ -193,6 +195,8 @@ fn invalid_values_are_config_errors_naming_the_flag() {
         (&["--chunk-time", "fast"], "--chunk-time \"fast\""),
         (&["--copy-workers", "0"], "--copy-workers 0: give between 1 and 64"),
         (&["--copy-workers", "65"], "--copy-workers 65"),
+        (&["--checksum-workers", "0"], "--checksum-workers 0: give between 1 and 64"),
+        (&["--checksum-workers", "65"], "--checksum-workers 65"),
         (&["--data-check-limit", "0"], "--data-check-limit 0: give between 1 and 1000 rows"),
         (&["--data-check-limit", "1001"], "--data-check-limit 1001"),
         (&["--cut-over-lock-timeout", "0ms"], "--cut-over-lock-timeout \"0ms\": give at least 1ms"),

@@ -917,7 +917,7 @@ impl Run {
         } else {
             self.record_state(names, "checksum").await;
             let mut job = ChecksumJob::new(self.cfg.conn.clone(), info.name.clone(), ghost.name.clone(), ghost.mapping.clone());
-            job.workers = self.cfg.copy.workers;
+            job.workers = self.cfg.checksum_workers;
             job.progress = self.checksum_progress.clone();
             job.parts = self.partition_walks(info, ghost).await?;
             let catch_up = || -> BoxFuture<'_, Result<()>> { Box::pin(self.applied_up_to_now(repl)) };

@@ -31,9 +31,11 @@ struct Built<'c> {
 }
 
 impl Built<'_> {
+    /// Ranges of `range_rows` rows each, whatever time they take.
     fn job(&self, range_rows: u64) -> ChecksumJob {
         let mut job = ChecksumJob::new(self.conn.clone(), self.orig.clone(), self.ghost.name.clone(), self.ghost.mapping.clone());
         job.range_rows = range_rows;
+        job.range_time = None;
         job.parts = self.parts.clone();
         job
     }
@@ -135,6 +137,26 @@ async fn a_clean_copy_verifies_clean() {
     // Five ranges up to the maximum, and the open one above it.
     assert_eq!(report.ranges, 6);
     assert_eq!((report.differing_ranges, report.repaired_ranges), (0, 0));
+}
+
+/// Ranges sized by time grow from a small first one while they are fast, and shrink when
+/// they are slow. Ranges are found ahead of the workers, so each size follows a range
+/// compared one or two ranges before.
+#[tokio::test]
+async fn ranges_are_sized_by_the_time_they_take() {
+    let b = build("checksum_sized", ITEMS, "\"Items\"", "ALTER COLUMN n TYPE bigint").await;
+    let mut job = b.job(100);
+    job.range_time = Some(Duration::from_secs(10));
+    let report = verify(&job, &InFlight::new(), caught_up()).await.unwrap();
+    assert_eq!((report.rows, report.differing_ranges), (5_000, 0));
+    // Ranges of 100 rows each would be 51.
+    assert!(report.ranges <= 20, "{report:?}");
+    job.range_rows = 500;
+    job.range_time = Some(Duration::from_nanos(1));
+    let report = verify(&job, &InFlight::new(), caught_up()).await.unwrap();
+    assert_eq!((report.rows, report.differing_ranges), (5_000, 0));
+    // Ranges of 500 rows each would be 11; they halve down to 100 rows.
+    assert!(report.ranges > 25, "{report:?}");
 }
 
 #[tokio::test]
@@ -334,29 +356,48 @@ async fn a_key_type_without_cross_type_operators_is_compared_in_the_original_ord
     )
     .await;
     assert_eq!(report.repaired_ranges, 3, "{report:?}");
+    // Each range scans the whole ghost: ranges are not sized by time there (they would
+    // shrink to a scan each for a hundred rows), but have the fixed size for such tables.
+    let mut job = b.job(100);
+    job.range_time = Some(Duration::from_nanos(1));
+    let report = verify(&job, &InFlight::new(), caught_up()).await.unwrap();
+    assert_eq!((report.rows, report.ranges), (3_000, 2), "{report:?}");
 }
 
-/// Rows are hashed by their types where equality is identity, and by their text elsewhere:
-/// a value equal by its type but printed otherwise (numeric 1.0 and 1.000, interval 1 day
-/// and 24 hours, json spacing, bpchar trailing spaces) is still a difference, found and
-/// repaired; so is a changed integer or text.
+/// Rows are hashed by their types where equality is identity, numeric by its binary form, and by
+/// their text elsewhere: a value equal by its type but printed otherwise (numeric 1.0 and
+/// 1.000, in a domain or cast from an integer too; interval 1 day and 24 hours, json spacing,
+/// bpchar trailing spaces) is still a difference, found and repaired; so are a numeric's sign
+/// and NaN, Infinity, -Infinity or NULL, which numeric's own hash does not tell apart, and a
+/// changed integer or text.
 #[tokio::test]
 async fn values_equal_by_type_but_printed_otherwise_are_told_apart() {
     let schema = r#"
-        CREATE TABLE mixed (id int PRIMARY KEY, n int, amount numeric, span interval, doc json, code bpchar, label text);
-        INSERT INTO mixed SELECT i, i, i / 4.0, make_interval(days => 1 + i % 3), json_build_object('i', i), 'c' || i, 'l' || i
+        CREATE DOMAIN price AS numeric CHECK (VALUE IS DISTINCT FROM -1);
+        CREATE TABLE mixed (id int PRIMARY KEY, n int, amount numeric, span interval, doc json, code bpchar, label text,
+                            cost price, special numeric);
+        INSERT INTO mixed SELECT i, i, i / 4.0, make_interval(days => 1 + i % 3), json_build_object('i', i), 'c' || i, 'l' || i,
+                                 i / 8.0, (ARRAY['NaN', 'Infinity', '-Infinity', NULL])[1 + i % 4]::numeric
           FROM generate_series(1, 3000) i;"#;
-    let b = build("checksum_mixed", schema, "mixed", "ADD COLUMN extra int").await;
+    let b = build("checksum_mixed", schema, "mixed", "ADD COLUMN extra int, ALTER COLUMN n TYPE numeric(12, 3)").await;
     let g = b.ghost_sql();
     let job = b.job(500);
     let clean = verify(&job, &InFlight::new(), caught_up()).await.unwrap();
     assert_eq!((clean.rows, clean.differing_ranges), (3_000, 0));
+    let special = "coalesce(special::text, 'null')";
     let cases = [
         ("amount = amount::numeric(30, 25)", 4, "amount::text"),
+        ("cost = cost::numeric(30, 10)", 1500, "cost::text"),
+        ("special = NULL", 1000, special),
+        ("special = 'NaN'", 1003, special),
+        ("special = '-Infinity'", 1001, special),
+        ("special = 'NaN'", 1002, special),
+        ("special = 'Infinity'", 1004, special),
         ("span = '24 hours'", 3, "span::text"),
         (r#"doc = '{"i" :  700}'"#, 700, "doc::text"),
         ("code = 'c1200 '", 1200, "octet_length(code)::text"),
-        ("n = -n", 2100, "n::text"),
+        ("amount = -amount", 1800, "amount::text"),
+        ("n = -n", 2100, "n::numeric(12, 3)::text"),
         ("label = 'L2900'", 2900, "label"),
     ];
     for (set, id, read) in cases {
@@ -383,6 +424,7 @@ async fn checksum_timing() {
     println!("rows=400000 copy (2 workers) + indexes: {:.2}s", b.copy_time.as_secs_f64());
     for workers in [1, 2] {
         let mut job = b.job(ChecksumJob::DEFAULT_RANGE_ROWS);
+        job.range_time = Some(ChecksumJob::DEFAULT_RANGE_TIME);
         job.workers = workers;
         let report = verify(&job, &InFlight::new(), caught_up()).await.unwrap();
         println!("checksum, {workers} worker(s): {:.2}s over {} ranges", report.elapsed.as_secs_f64(), report.ranges);
