@@ -351,7 +351,7 @@ impl Run {
             tracing::info!("--skip-checksum skips the check before the cut-over only: comparing the tables is what this test is for");
         }
         let mut job = ChecksumJob::new(self.cfg.conn.clone(), info.name.clone(), ghost.name.clone(), ghost.mapping.clone());
-        job.workers = self.cfg.copy.workers;
+        job.workers = self.cfg.checksum_workers;
         job.parts = self.partition_walks(info, ghost).await?;
         let audit = guard(checksum::audit(&job), &mut self.abort.clone(), Some(&mut *bg)).await?;
         if !audit.clean() {
