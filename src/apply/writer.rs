@@ -156,6 +156,10 @@ pub struct Writer {
     flush: Option<(FlushTask, Lsn)>,
     /// The next flush checks the table's definition first ([`StreamItem::RelationResent`]).
     check_definition: bool,
+    /// Keys were handed to a cut-over ([`WriterHandle::expect_sentinel`]) and have not come
+    /// back: they are written in the cut-over's transaction, which may never commit, so no
+    /// position past them may be acknowledged meanwhile.
+    handed_out: bool,
     /// Parked keys are being written back: who waits for the end, and how many so far.
     unparking: Option<(oneshot::Sender<u64>, u64)>,
     /// While unparking, the next flush is a parked batch even when new keys are pending, so
@@ -190,6 +194,7 @@ impl Writer {
             draining: None,
             flush: None,
             check_definition: false,
+            handed_out: false,
             unparking: None,
             parked_turn: false,
         };
@@ -248,7 +253,10 @@ impl Writer {
             }
             Command::Resume => self.paused = false,
             Command::DrainUntil(id, reply) => self.draining = Some((id, reply)),
-            Command::Requeue(keys) => self.pending.extend(keys),
+            Command::Requeue(keys) => {
+                self.pending.extend(keys);
+                self.handed_out = false;
+            }
             Command::Unpark(reply) => {
                 if self.sql.parking().is_some_and(|p| p.active()) {
                     return Err(Error::internal("parked keys were asked for while flushes still park them"));
@@ -270,7 +278,7 @@ impl Writer {
             }
             StreamItem::Idle(lsn) => {
                 self.complete_to = self.complete_to.max(lsn);
-                if self.pending.is_empty() && self.flush.is_none() {
+                if self.pending.is_empty() && self.flush.is_none() && !self.handed_out {
                     self.acknowledge(lsn);
                 }
             }
@@ -279,8 +287,9 @@ impl Writer {
                 if self.draining.as_ref().map_or(false, |(want, _)| *want == id) {
                     if let Some((_, reply)) = self.draining.take() {
                         let keys: Vec<Key> = self.pending.drain().collect();
-                        if let Err(keys) = reply.send(keys) {
-                            self.pending.extend(keys);
+                        match reply.send(keys) {
+                            Ok(()) => self.handed_out = true,
+                            Err(keys) => self.pending.extend(keys),
                         }
                     }
                 }

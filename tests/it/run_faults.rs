@@ -554,7 +554,8 @@ async fn cut_over_gets_its_sentinel_at_the_first_attempt() {
         let out = binary::run(&db, &["--table", &t, "--alter", "ALTER COLUMN n TYPE bigint", "--execute", "--ok-to-drop-table"]).await;
         let _ = stop_tx.send(true);
         let (max_wait, writes_done) = writes.await.unwrap();
-        binary::assert_success(&out);
+        // One row updated every 5 ms: the checksum may repair it as lag.
+        binary::assert_exit_ok(&out);
         let log = binary::stderr(&out);
         let missed: Vec<&str> = log.lines().filter(|l| l.contains("sentinel")).collect();
         assert!(writes_done > 0);
