@@ -22,7 +22,8 @@ use std::sync::Arc;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::GenericClient;
 
-/// The changelog keys of parked batches start with this; a random suffix tells them apart.
+/// The changelog keys of parked batches start with this (a resume reads nothing from them);
+/// a random suffix tells them apart.
 pub const PREFIX: &str = "parked:";
 
 /// Where keys are parked, and whether flushes park them now; clones share the switch.
@@ -102,11 +103,6 @@ impl Parking {
     }
 }
 
-/// Whether a changelog row is a parked batch (which a resume reads nothing from).
-pub fn is_parked_batch(changelog_key: &str) -> bool {
-    changelog_key.starts_with(PREFIX)
-}
-
 /// Keys from their values given column by column.
 fn keys_of(columns: Vec<Vec<String>>) -> Result<Vec<Key>> {
     let n = columns.first().map_or(0, Vec::len);
@@ -132,11 +128,5 @@ mod tests {
         assert_eq!(keys, vec![Key::from(["1".to_string(), "a".to_string()]), Key::from(["2".to_string(), "b".to_string()])]);
         assert!(keys_of(vec![vec!["1".into()], vec![]]).is_err());
         assert_eq!(keys_of(vec![vec![], vec![]]).unwrap(), Vec::<Key>::new());
-    }
-
-    #[test]
-    fn parked_batches_are_told_from_other_rows() {
-        assert!(is_parked_batch("parked:5b1c"));
-        assert!(!is_parked_batch("copy_watermark"));
     }
 }

@@ -127,10 +127,18 @@ struct Flushed {
     keys: usize,
     /// Keys inside copy chunks in flight, by chunk: flushed once the chunk ended.
     deferred: Vec<(u64, Vec<Key>)>,
-    /// A batch of parked keys was written: how many (0: none was left).
-    unparked: Option<usize>,
-    /// The flush parked its keys instead of writing them.
-    parked: bool,
+    wrote: Wrote,
+}
+
+/// Where a flush put its keys.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wrote {
+    /// New changes, into the ghost.
+    Ghost,
+    /// New changes, parked while the ghost has no key index.
+    Parked,
+    /// A batch of parked keys, into the ghost (none: none was left).
+    Unparked,
 }
 
 type FlushTask = JoinHandle<Result<Flushed>>;
@@ -306,8 +314,8 @@ impl Writer {
             let (session, sql) = (self.session.clone(), self.sql.clone());
             let task = tokio::spawn(async move {
                 let mut session = session.lock().await;
-                let n = unpark_one_batch(&mut session, &sql).await?;
-                Ok(Flushed { keys: n, deferred: Vec::new(), unparked: Some(n), parked: false })
+                let keys = unpark_one_batch(&mut session, &sql).await?;
+                Ok(Flushed { keys, deferred: Vec::new(), wrote: Wrote::Unparked })
             });
             // Parked keys were acknowledged when they were parked: nothing more to acknowledge.
             self.flush = Some((task, self.stats.acked));
@@ -324,7 +332,10 @@ impl Writer {
         let complete = self.deferred.is_empty().then_some(upto);
         let (session, sql, inflight) = (self.session.clone(), self.sql.clone(), self.inflight.clone());
         let check_definition = std::mem::take(&mut self.check_definition);
-        let parked = self.sql.parking().is_some_and(|p| p.active());
+        let wrote = match self.sql.parking().is_some_and(|p| p.active()) {
+            true => Wrote::Parked,
+            false => Wrote::Ghost,
+        };
         let task = tokio::spawn(async move {
             let mut session = session.lock().await;
             let result = match check_definition {
@@ -338,7 +349,7 @@ impl Writer {
                 Ok(()) => flush_outside_chunks(&mut session, &sql, &inflight, keys, &xids, complete).await,
                 Err(e) => Err(e),
             };
-            let result = result.map(|f| Flushed { parked, ..f });
+            let result = result.map(|f| Flushed { wrote, ..f });
             inflight.flush_ended();
             result
         });
@@ -355,15 +366,15 @@ impl Writer {
     fn flush_done(&mut self, done: (Result<Flushed>, Lsn)) -> Result<()> {
         let (result, upto) = done;
         let flushed = result?;
-        match flushed.parked {
-            true => self.stats.parked_keys += flushed.keys as u64,
-            false => self.stats.applied_keys += flushed.keys as u64,
+        match flushed.wrote {
+            Wrote::Parked => self.stats.parked_keys += flushed.keys as u64,
+            Wrote::Ghost | Wrote::Unparked => self.stats.applied_keys += flushed.keys as u64,
         }
-        if let Some(n) = flushed.unparked {
+        if flushed.wrote == Wrote::Unparked {
             if let Some((_, total)) = self.unparking.as_mut() {
-                *total += n as u64;
+                *total += flushed.keys as u64;
             }
-            if n == 0 {
+            if flushed.keys == 0 {
                 if let Some((reply, total)) = self.unparking.take() {
                     let _ = reply.send(total);
                 }
@@ -501,7 +512,7 @@ async fn flush_outside_chunks(
             backoff.retry("flushing changed keys", || flush_in_transaction(&c, sql, now, applied)).await
         })
         .await?;
-    Ok(Flushed { keys: keys.len(), deferred: deferred.into_iter().collect(), unparked: None, parked: false })
+    Ok(Flushed { keys: keys.len(), deferred: deferred.into_iter().collect(), wrote: Wrote::Ghost })
 }
 
 /// Writes one parked batch to the ghost and removes it from the changelog, in one
@@ -512,26 +523,14 @@ async fn unpark_one_batch(session: &mut Session, sql: &FlushSql) -> Result<usize
     session
         .run("writing parked keys (rolled back; taken again)", |c| async move {
             backoff
-                .retry("writing parked keys", || async {
-                    c.batch_execute("BEGIN").await.context("starting to write parked keys")?;
-                    let written = async {
+                .retry("writing parked keys", || {
+                    in_transaction(&c, "a write of parked keys", async {
                         let Some(keys) = parking.take(&*c, sql.key_len(), MAX_KEYS_PER_STATEMENT).await? else { return Ok(0) };
                         for batch in keys.chunks(MAX_KEYS_PER_STATEMENT) {
                             sql.run(&*c, batch).await?;
                         }
                         Ok(keys.len())
-                    }
-                    .await;
-                    match written {
-                        Ok(n) => {
-                            c.batch_execute("COMMIT").await.context("committing parked keys written")?;
-                            Ok(n)
-                        }
-                        Err(e) => {
-                            let _ = c.batch_execute("ROLLBACK").await;
-                            Err(e)
-                        }
-                    }
+                    })
                 })
                 .await
         })
@@ -544,23 +543,31 @@ async fn flush_in_transaction(client: &Client, sql: &FlushSql, keys: &[Key], app
     if keys.is_empty() {
         return Ok(());
     }
-    client.batch_execute("BEGIN").await.context("starting a flush")?;
-    for batch in keys.chunks(MAX_KEYS_PER_STATEMENT) {
-        match sql.run(client, batch).await {
-            Ok(()) => {}
-            Err(e) => {
-                let _ = client.batch_execute("ROLLBACK").await;
-                return Err(e);
-            }
+    in_transaction(client, "a flush", async {
+        for batch in keys.chunks(MAX_KEYS_PER_STATEMENT) {
+            sql.run(client, batch).await?;
         }
-    }
-    if let Some(lsn) = applied {
-        if let Err(e) = sql.record_applied(client, lsn).await {
+        if let Some(lsn) = applied {
+            sql.record_applied(client, lsn).await?;
+        }
+        crate::fault::crash_point("apply-before-commit");
+        Ok(())
+    })
+    .await
+}
+
+/// Runs `work` in a transaction of its own on `client`: committed when it succeeds, rolled
+/// back when it fails (the failed statement leaves the transaction block open).
+async fn in_transaction<T>(client: &Client, what: &str, work: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    client.batch_execute("BEGIN").await.with_context(|| format!("starting {what}"))?;
+    match work.await {
+        Ok(v) => {
+            client.batch_execute("COMMIT").await.with_context(|| format!("committing {what}"))?;
+            Ok(v)
+        }
+        Err(e) => {
             let _ = client.batch_execute("ROLLBACK").await;
-            return Err(e);
+            Err(e)
         }
     }
-    crate::fault::crash_point("apply-before-commit");
-    client.batch_execute("COMMIT").await.context("committing a flush")?;
-    Ok(())
 }

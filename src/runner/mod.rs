@@ -1311,16 +1311,12 @@ pub(crate) async fn aborted(abort: &mut watch::Receiver<Option<String>>) -> Stri
 }
 
 /// `VACUUM` runs outside a transaction block: a single statement of its own.
-async fn vacuum_analyze(client: &Client, table: &QualifiedName) -> Result<()> {
-    client.batch_execute(&format!("VACUUM (ANALYZE) {}", table.sql())).await.with_context(|| format!("vacuuming and analyzing {table}"))
-}
-
 /// `VACUUM (ANALYZE)` of the ghost on a session of its own.
 async fn vacuum_ghost(conn: &crate::conn::ConnInfo, ghost: &QualifiedName) -> Result<()> {
     let client = conn.with_application_name("pg-ghost vacuum").connect().await?;
     let started = std::time::Instant::now();
     tracing::info!(ghost = %ghost, "vacuuming and analyzing the ghost (SHARE UPDATE EXCLUSIVE on the ghost only; the original is not locked)");
-    vacuum_analyze(&client, ghost).await?;
+    client.batch_execute(&format!("VACUUM (ANALYZE) {}", ghost.sql())).await.with_context(|| format!("vacuuming and analyzing {ghost}"))?;
     tracing::info!(ghost = %ghost, secs = started.elapsed().as_secs_f64(), "ghost vacuumed and analyzed");
     Ok(())
 }

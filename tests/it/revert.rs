@@ -782,14 +782,7 @@ async fn a_new_partitions_own_trigger_refuses_the_revert_of_a_conversion() {
     db.psql("ALTER TABLE public.orders RESET (fillfactor); CREATE FUNCTION public.nothing() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;");
     let client = db.client().await;
     let before = WholeSchema::take(&db).await;
-    let file = crate::run_faults::flag_path(&db, "partitions.sql");
-    std::fs::write(
-        &file,
-        "CREATE TABLE orders_low PARTITION OF orders FOR VALUES FROM (1) TO (5);
-         CREATE TABLE orders_high PARTITION OF orders FOR VALUES FROM (5) TO (9);",
-    )
-    .unwrap();
-    let file = file.to_string_lossy().into_owned();
+    let file = two_tenant_partitions(&db);
     let args = ["--table", "orders", "--partition-by", "RANGE (tenant)", "--partitions", &file, "--execute", "--revertible-for", "10m", "--ok-to-drop-table"];
     let mut run = spawn_run(&db, &args);
     wait_for_window(&client, "orders", &mut run).await;
@@ -863,14 +856,7 @@ async fn a_conversion_into_a_partitioned_table_reverts() {
     // A partitioned table takes no storage parameters of its own.
     db.psql("ALTER TABLE public.orders RESET (fillfactor); CREATE VIEW public.orders_small AS SELECT tenant, id, n FROM public.orders WHERE n < 1000;");
     let before = WholeSchema::take(&db).await;
-    let file = crate::run_faults::flag_path(&db, "partitions.sql");
-    std::fs::write(
-        &file,
-        "CREATE TABLE orders_low PARTITION OF orders FOR VALUES FROM (1) TO (5);
-         CREATE TABLE orders_high PARTITION OF orders FOR VALUES FROM (5) TO (9);",
-    )
-    .unwrap();
-    let file = file.to_string_lossy().into_owned();
+    let file = two_tenant_partitions(&db);
     let workload = Workload::start(&db, &table, WorkloadOptions::new(3).rate(Some(80))).await;
 
     let args = ["--partition-by", "RANGE (tenant)", "--partitions", &file, "--alter", "ADD COLUMN note text NOT NULL DEFAULT 'none'", "--chunk-size", "500"];
@@ -880,4 +866,16 @@ async fn a_conversion_into_a_partitioned_table_reverts() {
     assert_eq!(db.psql("SELECT relkind FROM pg_class WHERE oid = 'public.orders'::regclass"), "r", "the plain table is not back");
     table.assert_matches_control(&client, &table.projection()).await;
     assert_as_before_the_run(&db, &before, "after reverting a conversion, the database is as before the run").await;
+}
+
+/// A `--partitions` file splitting `orders` by tenant into two partitions; returns its path.
+fn two_tenant_partitions(db: &TestDb<'_>) -> String {
+    let file = crate::run_faults::flag_path(db, "partitions.sql");
+    std::fs::write(
+        &file,
+        "CREATE TABLE orders_low PARTITION OF orders FOR VALUES FROM (1) TO (5);
+         CREATE TABLE orders_high PARTITION OF orders FOR VALUES FROM (5) TO (9);",
+    )
+    .unwrap();
+    file.to_string_lossy().into_owned()
 }
