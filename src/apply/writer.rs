@@ -287,7 +287,8 @@ impl Writer {
             StreamItem::Idle(lsn) => {
                 self.complete_to = self.complete_to.max(lsn);
                 if self.pending.is_empty() && self.flush.is_none() && !self.handed_out {
-                    self.acknowledge(lsn);
+                    // Keys deferred for a chunk in flight are in no flush yet either.
+                    self.acknowledge(self.deferred_floor(lsn));
                 }
             }
             StreamItem::RelationResent => self.check_definition = true,
@@ -387,8 +388,7 @@ impl Writer {
                 self.release(chunk);
             }
         }
-        let floor = self.deferred.values().map(|(_, floor)| *floor).min();
-        self.acknowledge(floor.map_or(upto, |f| f.min(upto)));
+        self.acknowledge(self.deferred_floor(upto));
         for w in self.pause_waiters.drain(..) {
             let _ = w.send(());
         }
@@ -401,6 +401,12 @@ impl Writer {
             self.flush_done(done)?;
         }
         Ok(())
+    }
+
+    /// `lsn`, or less while keys wait for a chunk in flight: the slot may not pass the
+    /// position acknowledged when they were first deferred, since no flush holds them.
+    fn deferred_floor(&self, lsn: Lsn) -> Lsn {
+        self.deferred.values().map(|(_, floor)| *floor).min().map_or(lsn, |f| f.min(lsn))
     }
 
     fn acknowledge(&mut self, lsn: Lsn) {

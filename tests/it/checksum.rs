@@ -20,11 +20,11 @@ use std::time::{Duration, Instant};
 
 /// A table, its ghost after the copy and the deferred indexes, as the runner leaves them
 /// before the checksum.
-struct Built<'c> {
-    db: TestDb<'c>,
-    conn: ConnInfo,
-    orig: QualifiedName,
-    ghost: Ghost,
+pub(crate) struct Built<'c> {
+    pub(crate) db: TestDb<'c>,
+    pub(crate) conn: ConnInfo,
+    pub(crate) orig: QualifiedName,
+    pub(crate) ghost: Ghost,
     copy_time: Duration,
     /// The leaves copied (and to be checked) one by one; empty for a plain table.
     parts: Vec<Arc<Part>>,
@@ -56,7 +56,7 @@ impl Built<'_> {
     }
 }
 
-async fn build<'c>(prefix: &str, schema: &str, table: &str, alter: &str) -> Built<'c> {
+pub(crate) async fn build<'c>(prefix: &str, schema: &str, table: &str, alter: &str) -> Built<'c> {
     build_with(prefix, schema, table, alter, false).await
 }
 

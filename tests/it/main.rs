@@ -4,6 +4,7 @@ mod binary;
 mod harness;
 
 mod alter_compose;
+mod apply_acks;
 mod autovacuum;
 mod checksum;
 mod copy_race;
