@@ -28,6 +28,19 @@ pub struct Deferred {
     /// other plain indexes (constraints take ACCESS EXCLUSIVE and are built one by one).
     #[serde(default)]
     pub plain_index: bool,
+    /// A foreign key: adding it locks the referenced table too.
+    #[serde(default)]
+    pub foreign_key: bool,
+}
+
+impl Deferred {
+    /// Whether building it takes a lock on a table other than the ghost, so that it must give
+    /// up after the lock timeout rather than queue. Plans written before `foreign_key` existed
+    /// marked a foreign key only by the validation that follows it: any constraint with a
+    /// statement after it is taken for one (a bounded wait costs the others nothing).
+    fn locks_another_table(&self) -> bool {
+        self.foreign_key || (!self.plain_index && self.then.is_some())
+    }
 }
 
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -549,15 +562,17 @@ pub async fn has_key_index(client: &Client, ghost: &Ghost) -> Result<bool> {
 async fn build_one(client: &Client, ghost: &Ghost, d: &Deferred, wait: &LockWait) -> Result<()> {
     let started = std::time::Instant::now();
     match built_on(client, ghost.oid, &d.name).await? {
-        // A resumed run finds what the earlier one built (each build is one transaction).
-        Built::Validated => return Ok(()),
-        Built::NotValidated => {}
+        // A resumed run finds what the earlier one built (each build is one transaction),
+        // and still runs what follows it: the earlier run may have died in between, and
+        // validating or commenting again changes nothing.
+        Built::Validated | Built::NotValidated => {}
         // Only foreign keys are validated afterwards; an index locks nothing but the ghost.
-        Built::No if d.then.is_some() => add_foreign_key(client, d, wait).await?,
+        Built::No if d.locks_another_table() => add_foreign_key(client, d, wait).await?,
         Built::No => {
             client.batch_execute(&d.sql).await.with_context(|| format!("building {} on the ghost", ident(&d.name)))?;
         }
     }
+    crate::fault::crash_point("built-before-finishing");
     if let Some(then) = &d.then {
         client.batch_execute(then).await.with_context(|| format!("finishing {} on the ghost (validating it, giving back its comments)", ident(&d.name)))?;
     }
@@ -931,8 +946,8 @@ async fn set_aside_indexes(
         };
         tx.batch_execute(&drop).await.with_context(|| format!("setting aside {} until after the copy", ident(&name)))?;
         match is_the_key {
-            true => key_index = Some(Deferred { name, sql, then, plain_index }),
-            false => deferred.push(Deferred { name, sql, then, plain_index }),
+            true => key_index = Some(Deferred { name, sql, then, plain_index, foreign_key: false }),
+            false => deferred.push(Deferred { name, sql, then, plain_index, foreign_key: false }),
         }
     }
     deferred.extend(set_aside_foreign_keys(tx, ghost, ghost_oid, partitioned).await?);
@@ -944,7 +959,7 @@ async fn set_aside_indexes(
         if partitioned {
             tx.batch_execute(&create).await.context("creating a unique index on the key for the copy")?;
         } else {
-            key_index = Some(Deferred { name: name.clone(), sql: create, then: None, plain_index: true });
+            key_index = Some(Deferred { name: name.clone(), sql: create, then: None, plain_index: true, foreign_key: false });
         }
         Some(name)
     };
@@ -966,7 +981,7 @@ async fn set_aside_indexes(
 pub(super) async fn set_aside_foreign_keys(tx: &impl GenericClient, ghost: &QualifiedName, ghost_oid: u32, partitioned: bool) -> Result<Vec<Deferred>> {
     let rows = tx
         .query(
-            "SELECT conname::text, pg_get_constraintdef(oid), convalidated, obj_description(oid, 'pg_constraint') FROM pg_constraint
+            "SELECT conname::text, pg_get_constraintdef(oid), convalidated, obj_description(oid, 'pg_constraint'), contype = 'f' FROM pg_constraint
               WHERE conrelid = $1 AND conparentid = 0 AND coninhcount = 0
                 AND ((contype = 'f' AND NOT $2) OR (contype = 'c' AND NOT convalidated)) ORDER BY oid",
             &[&ghost_oid, &partitioned],
@@ -978,6 +993,7 @@ pub(super) async fn set_aside_foreign_keys(tx: &impl GenericClient, ghost: &Qual
         let def: String = r.try_get(1)?;
         let validated: bool = r.try_get(2)?;
         let comment: Option<String> = r.try_get(3)?;
+        let foreign_key: bool = r.try_get(4)?;
         let g = ghost.sql();
         tx.batch_execute(&format!("ALTER TABLE {g} DROP CONSTRAINT {}", ident(&name))).await?;
         let def = if validated { format!("{def} NOT VALID") } else { def };
@@ -992,6 +1008,7 @@ pub(super) async fn set_aside_foreign_keys(tx: &impl GenericClient, ghost: &Qual
             then: (!then.is_empty()).then(|| then.join(";\n")),
             name,
             plain_index: false,
+            foreign_key,
         });
     }
     Ok(out)

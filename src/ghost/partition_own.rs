@@ -208,6 +208,7 @@ pub(super) async fn set_aside_keys(tx: &impl GenericClient, ghost: &QualifiedNam
             then: (!comments.is_empty()).then(|| comments.join(";\n")),
             name,
             plain_index: false,
+            foreign_key: false,
         });
     }
     Ok(out)

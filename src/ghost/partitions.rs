@@ -287,7 +287,7 @@ pub(super) async fn set_aside_own_indexes(tx: &impl GenericClient, tree: &Partit
             tx.batch_execute(&format!("DROP INDEX {}", index.sql()))
                 .await
                 .with_context(|| format!("setting aside {} until after the copy", ident(&name)))?;
-            out.push(super::Deferred { then: comment.map(|c| index_comment(&index, &c)), name, sql, plain_index: false });
+            out.push(super::Deferred { then: comment.map(|c| index_comment(&index, &c)), name, sql, plain_index: false, foreign_key: false });
         }
         out.extend(super::partition_own::set_aside_keys(tx, &g).await?);
     }

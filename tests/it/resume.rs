@@ -200,6 +200,34 @@ async fn killed_with_keys_parked_resumes() {
     s.assert_migrated().await;
 }
 
+// ---- killed between an index build and its comments ---------------------------------------------
+
+/// The process dies right after the key's index is built on the ghost, before the comments
+/// dropping it took along are given back. The resumed run finds the index built and still
+/// gives them back: the migrated table has every comment the original had.
+#[cfg(feature = "fault-injection")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_between_a_build_and_its_comments_resumes() {
+    let s = setup("rs_comments", 3_000).await;
+    s.db.psql(
+        "COMMENT ON CONSTRAINT orders_pkey ON orders IS 'the key';
+         COMMENT ON INDEX orders_pkey IS 'the key''s index';
+         COMMENT ON INDEX orders_label_idx IS 'by label'",
+    );
+    let log = die_at(&s.db, "built-before-finishing", &run_args(&[])).await;
+    assert!(log.contains("building") || log.contains("build-indexes"), "the crash was not in the index builds:\n{log}");
+    s.assert_original_intact_and_writable().await;
+    wait_slot_released(&s.client).await;
+    s.resume(&[]).await;
+    let comments = s.db.psql(
+        "SELECT concat_ws(' / ', obj_description(c.oid, 'pg_constraint'), obj_description('orders_pkey'::regclass, 'pg_class'),
+                obj_description('orders_label_idx'::regclass, 'pg_class'))
+           FROM pg_constraint c WHERE c.conrelid = 'orders'::regclass AND c.conname = 'orders_pkey'",
+    );
+    assert_eq!(comments, "the key / the key's index / by label", "comments lost by the resumed run");
+    s.assert_migrated().await;
+}
+
 // ---- killed inside a flush --------------------------------------------------------------------
 
 /// The process dies inside an apply transaction (ghost rows written, not committed).
