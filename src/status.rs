@@ -31,6 +31,9 @@ pub struct Progress {
     pub applied: u64,
     /// Changed keys received but not yet flushed to the ghost.
     pub backlog_keys: u64,
+    /// Changed keys parked in the changelog until the ghost's key index exists (the copy
+    /// writes a ghost without indexes), not written yet.
+    pub parked_keys: u64,
     /// How far the applied position trails the stream (commit time of the last applied change).
     pub lag: Option<Duration>,
     /// How far the applied position trails the server's WAL, in bytes.
@@ -92,6 +95,7 @@ impl Progress {
             copy_rate: None,
             applied: 0,
             backlog_keys: 0,
+            parked_keys: 0,
             lag: None,
             lag_bytes: None,
             throttle_reason: None,
@@ -166,14 +170,23 @@ pub fn status_line(p: &Progress) -> String {
         return format!("Direct: step {}/{}; Elapsed: {}; State: {}", step.number, step.of, format_duration(p.elapsed), p.state());
     }
     format!(
-        "Copy: {}; Applied: {}; Backlog: {} keys; Lag: {}; State: {}; ETA: {}",
+        "Copy: {}; Applied: {}{}; Backlog: {} keys; Lag: {}; State: {}; ETA: {}",
         copy_part(p),
         thousands(p.applied),
+        parked_part(p.parked_keys),
         thousands(p.backlog_keys),
         lag_part(p.lag, p.lag_bytes),
         p.state(),
         p.eta()
     )
+}
+
+/// `; Parked: 120 keys` while keys wait for the ghost's key index; nothing otherwise.
+fn parked_part(parked: u64) -> String {
+    match parked {
+        0 => String::new(),
+        n => format!("; Parked: {} keys", thousands(n)),
+    }
 }
 
 fn copy_part(p: &Progress) -> String {

@@ -46,12 +46,21 @@ pub struct ApplyStats {
     pub applied_keys: u64,
     /// Keys parked so far while the ghost had no key index (see `super::park`).
     pub parked_keys: u64,
+    /// Parked keys written to the ghost so far (a resumed run's include the earlier run's).
+    pub unparked_keys: u64,
     pub backlog_keys: usize,
     pub flushing: bool,
     /// Last LSN acknowledged to the slot.
     pub acked: Lsn,
     /// Last commit LSN seen on the stream.
     pub received: Lsn,
+}
+
+impl ApplyStats {
+    /// Keys parked by this run and not written to the ghost yet.
+    pub fn parked_waiting(&self) -> u64 {
+        self.parked_keys.saturating_sub(self.unparked_keys)
+    }
 }
 
 /// Reports the flushed LSN to the replication stream.
@@ -372,6 +381,7 @@ impl Writer {
             Wrote::Ghost | Wrote::Unparked => self.stats.applied_keys += flushed.keys as u64,
         }
         if flushed.wrote == Wrote::Unparked {
+            self.stats.unparked_keys += flushed.keys as u64;
             if let Some((_, total)) = self.unparking.as_mut() {
                 *total += flushed.keys as u64;
             }

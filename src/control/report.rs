@@ -46,6 +46,9 @@ pub fn status_report(table: &str, p: &Progress, tunables: &Tunables) -> String {
     let _ = writeln!(out, "rate: {}", rate(p.copy_rate));
     let _ = writeln!(out, "eta: {}", p.eta());
     let _ = writeln!(out, "applied: {} changes; backlog: {} keys", thousands(p.applied), thousands(p.backlog_keys));
+    if p.parked_keys > 0 {
+        let _ = writeln!(out, "parked: {} keys (written once the ghost's key index exists)", thousands(p.parked_keys));
+    }
     let _ = writeln!(out, "lag: {}", lag(p));
     let _ = writeln!(out, "throttle: {}", p.throttle_reason.as_deref().map_or("not throttled".into(), one_line));
     let _ = writeln!(out, "elapsed: {} (copy {})", format_duration(p.elapsed), format_duration(p.copy_elapsed));

@@ -173,6 +173,11 @@ impl Collector for Snapshot {
             p.applied,
         )?;
         out.gauge("apply_backlog_keys", "Changed keys received from the stream and not yet written to the ghost table.", p.backlog_keys)?;
+        out.gauge(
+            "apply_parked_keys",
+            "Changed keys parked in the changelog table while the ghost has no key index (during the copy), not yet written to the ghost (the status line's Parked).",
+            p.parked_keys,
+        )?;
         out.gauge_if(
             "stream_lag_bytes",
             "WAL between the server's end of WAL, as the stream last reported it, and the position the apply has acknowledged (the status line's Lag, in bytes).",

@@ -135,6 +135,7 @@ fn snapshot(
     p.copy_rate = rate.rate();
     p.applied = stats.applied_keys;
     p.backlog_keys = stats.backlog_keys as u64;
+    p.parked_keys = stats.parked_waiting();
     p.lag = decision.lag;
     let wal_end = src.stream.server_wal_end();
     p.lag_bytes = Some(wal_end.bytes_since(stats.acked));

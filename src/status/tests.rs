@@ -39,6 +39,10 @@ fn lines_across_phases_and_states() {
             "Copy: 1,000/1,000 100.0%; Applied: 0; Backlog: 0 keys; Lag: N/A; State: cutting over; ETA: due",
         ),
         (
+            Progress { parked_keys: 1_234, ..copying(10, Some(100), Some(1.0)) },
+            "Copy: 10/100 10.0%; Applied: 0; Parked: 1,234 keys; Backlog: 0 keys; Lag: N/A; State: copying; ETA: 1m30s",
+        ),
+        (
             Progress { lag_bytes: Some(100), ..copying(5, None, Some(1.0)) },
             "Copy: 5/N/A; Applied: 0; Backlog: 0 keys; Lag: N/A (100B); State: copying; ETA: N/A",
         ),
