@@ -270,6 +270,11 @@ pub struct PlanArgs {
     #[arg(long, value_name = "CLAUSES", required_unless_present = "partition_by")]
     pub alter: Option<String>,
 
+    /// The unique NOT NULL index `pg-ghost run --key` would copy and apply rows by, by name.
+    /// Default: the primary key.
+    #[arg(long, value_name = "INDEX")]
+    pub key: Option<String>,
+
     #[command(flatten)]
     pub conversion: ConversionArgs,
 

@@ -240,6 +240,7 @@ pub fn plan_config(args: &crate::cli::PlanArgs) -> Result<crate::plan::PlanConfi
         },
         conversion: conversion.map(|conversion| crate::plan::PlanConversion { conversion, flags: conversion_flags(&args.conversion) }),
         table,
+        key: args.key.as_deref().map(|k| required("key", k)).transpose()?,
         check_data: match (args.check_data, args.data_check_limit) {
             (false, _) => None,
             (true, 1..=1000) => Some(args.data_check_limit),

@@ -206,7 +206,7 @@ impl PlannedFile {
 /// Asks `plan` about an online statement; a failure is kept, not raised.
 pub async fn plan_online(conn: &crate::conn::ConnInfo, action: &Action, s: &mut PlannedStatement) {
     let Action::Online { table, clauses } = action else { return };
-    let config = crate::plan::PlanConfig { conn: conn.clone(), table: table.clone(), alter: clauses.clone(), conversion: None, format: Format::Text, check_data: None };
+    let config = crate::plan::PlanConfig { conn: conn.clone(), table: table.clone(), alter: clauses.clone(), conversion: None, key: None, format: Format::Text, check_data: None };
     match crate::plan::plan(&config).await {
         Ok(p) => {
             s.plan_text = crate::plan::render(&p, Format::Text).ok();

@@ -62,13 +62,13 @@ pub struct KeyPlan {
 }
 
 /// Explains the conversion of `table` and says what `pg-ghost run` would refuse first.
-pub async fn explain(client: &mut Client, table: &QualifiedName, alter: &str, c: &Conversion) -> Result<(ConversionPlan, Option<String>)> {
+pub async fn explain(client: &mut Client, table: &QualifiedName, key: Option<&str>, alter: &str, c: &Conversion) -> Result<(ConversionPlan, Option<String>)> {
     let mut plan = from_statements(c, table);
     let refusal = |e: Error| match e.kind() {
         ErrorKind::Refused => Ok(Some(e.message().to_string())),
         _ => Err(e),
     };
-    let described = match crate::inspect::describe(client, table, None).await {
+    let described = match crate::inspect::describe(client, table, key).await {
         Ok(d) => d,
         Err(e) => return Ok((plan, refusal(e)?)),
     };
@@ -77,7 +77,7 @@ pub async fn explain(client: &mut Client, table: &QualifiedName, alter: &str, c:
         plan.rows_note = Some("not counted: the table is partitioned already".into());
         return Ok((plan, Some(refused.message().to_string())));
     }
-    let mut first = super::would_refuse(client, table, super::Strategy::Ghost).await?;
+    let mut first = super::would_refuse(client, table, key, super::Strategy::Ghost).await?;
     let info = match described.keyed {
         Ok(info) => info,
         Err(_) => {

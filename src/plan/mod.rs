@@ -28,6 +28,8 @@ pub struct PlanConfig {
     pub alter: String,
     /// `--partition-by` with its partitions: a conversion into a partitioned table.
     pub conversion: Option<PlanConversion>,
+    /// `--key`: the unique index `run --key` would use instead of the primary key.
+    pub key: Option<String>,
     pub format: Format,
     /// `--check-data`: read the rows too, showing at most this many offending ones.
     pub check_data: Option<usize>,
@@ -112,27 +114,35 @@ pub async fn plan(cfg: &PlanConfig) -> Result<Plan> {
         None => decide(&table, &conn, &cfg.alter, sizes, rates, clause_plans, &clauses),
         Some(c) => decide_conversion(&table, &conn, &cfg.alter, c, sizes, rates, clause_plans),
     };
+    if let Some(key) = &cfg.key {
+        let flag = format!(" --key {}", crate::inspect::shell_quote(key));
+        for command in &mut plan.run {
+            if let Some(at) = command.rfind(" --execute") {
+                command.insert_str(at, &flag);
+            }
+        }
+    }
     match &cfg.conversion {
-        None => plan.refused = would_refuse(&client, &table, plan.strategy).await?,
+        None => plan.refused = would_refuse(&client, &table, cfg.key.as_deref(), plan.strategy).await?,
         Some(c) => {
-            let (explained, refused) = conversion::explain(&mut client, &table, &cfg.alter, &c.conversion).await?;
+            let (explained, refused) = conversion::explain(&mut client, &table, cfg.key.as_deref(), &cfg.alter, &c.conversion).await?;
             plan.conversion = Some(explained);
             plan.refused = refused;
         }
     }
     if let Some(limit) = cfg.check_data.filter(|_| !cfg.alter.trim().is_empty()) {
-        plan.data = check_data(client, &conn, &table, &cfg.alter, limit).await?;
+        plan.data = check_data(client, &conn, &table, cfg.key.as_deref(), &cfg.alter, limit).await?;
     }
     Ok(plan)
 }
 
 /// The checks `pg-ghost run` makes for `strategy` (read-only): the refusal it would give.
-pub(super) async fn would_refuse(client: &tokio_postgres::Client, table: &QualifiedName, strategy: Strategy) -> Result<Option<String>> {
+pub(super) async fn would_refuse(client: &tokio_postgres::Client, table: &QualifiedName, key: Option<&str>, strategy: Strategy) -> Result<Option<String>> {
     let refusal = |e: Error| match e.kind() {
         ErrorKind::Refused => Ok(Some(e.message().to_string())),
         _ => Err(e),
     };
-    let described = match crate::inspect::describe(client, table, None).await {
+    let described = match crate::inspect::describe(client, table, key).await {
         Ok(d) => d,
         Err(e) => return refusal(e),
     };
@@ -153,8 +163,15 @@ pub(super) async fn would_refuse(client: &tokio_postgres::Client, table: &Qualif
 /// The data checks of `pg-ghost run`, unthrottled (a plan is run by hand, and reads).
 /// None when the rows cannot be read in chunks (no key: as `run`, which then leaves them to
 /// the direct way's validation steps).
-async fn check_data(mut client: tokio_postgres::Client, conn: &ConnInfo, table: &QualifiedName, alter: &str, limit: usize) -> Result<Option<std::result::Result<(), String>>> {
-    let info = match crate::inspect::describe(&client, table, None).await?.keyed {
+async fn check_data(
+    mut client: tokio_postgres::Client,
+    conn: &ConnInfo,
+    table: &QualifiedName,
+    key: Option<&str>,
+    alter: &str,
+    limit: usize,
+) -> Result<Option<std::result::Result<(), String>>> {
+    let info = match crate::inspect::describe(&client, table, key).await?.keyed {
         Ok(info) => info,
         Err(no_key) => {
             tracing::warn!(reason = %no_key.message(), "--check-data: the rows are not read (no key to read them by in chunks)");

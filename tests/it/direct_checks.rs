@@ -33,7 +33,7 @@ fn keyless_table(db: &TestDb<'_>, name: &str, rows: i64) {
 
 /// `pg-ghost plan` for `alter` on `table`: the way, and what `run` would refuse for it.
 async fn plan_of(db: &TestDb<'_>, table: &str, alter: &str) -> (Strategy, Option<String>) {
-    let cfg = PlanConfig { conn: pg_ghost::conn::ConnInfo::parse(&db.conninfo()).unwrap(), table: table.into(), alter: alter.into(), conversion: None, format: Format::Text, check_data: None };
+    let cfg = PlanConfig { conn: pg_ghost::conn::ConnInfo::parse(&db.conninfo()).unwrap(), table: table.into(), alter: alter.into(), conversion: None, key: None, format: Format::Text, check_data: None };
     let p = plan::plan(&cfg).await.unwrap_or_else(|e| panic!("plan {alter}: {e}"));
     let text = plan::render(&p, Format::Text).unwrap();
     assert_eq!(p.refused.as_ref().map(|r| text.contains(&format!("pg-ghost run would refuse: {r}"))), p.refused.as_ref().map(|_| true), "{text}");

@@ -106,7 +106,7 @@ fn pg_ghost_lock_strength(mode: &str) -> usize {
 }
 
 fn config(db: &TestDb<'_>, alter: &str) -> PlanConfig {
-    PlanConfig { conn: ConnInfo::parse(&db.conninfo()).unwrap(), table: "t".into(), alter: alter.into(), conversion: None, format: Format::Json, check_data: None }
+    PlanConfig { conn: ConnInfo::parse(&db.conninfo()).unwrap(), table: "t".into(), alter: alter.into(), conversion: None, key: None, format: Format::Json, check_data: None }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -201,6 +201,42 @@ async fn the_plan_reads_only() {
     assert!(!out.status.success());
     let out = binary::command(&db, "plan", &["--table", "t", "--alter", "ADD COLUMN"]).output().await.unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", binary::stderr(&out));
+}
+
+/// A table with no primary key but a unique NOT NULL index: the plan refuses the ghost way as
+/// `run` does, and with `--key` it says what `run --key` does, which then goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_names_the_index_run_would_use() {
+    let db = Cluster::primary().fresh_db("plan_key");
+    db.psql(
+        "CREATE TABLE k (code text NOT NULL, n int);
+         CREATE UNIQUE INDEX k_code ON k (code);
+         ALTER TABLE k REPLICA IDENTITY USING INDEX k_code;
+         INSERT INTO k SELECT 'c' || g, g FROM generate_series(1, 500) g;",
+    );
+    let alter = "ALTER COLUMN n TYPE bigint";
+    let plan = |extra: &'static [&'static str]| {
+        let db = &db;
+        async move {
+            let out = binary::command(db, "plan", &[&["--table", "k", "--alter", alter, "--format", "json"][..], extra].concat()).output().await.unwrap();
+            assert!(out.status.success(), "{}", binary::stderr(&out));
+            serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("plan --format json is JSON")
+        }
+    };
+    let without = plan(&[]).await;
+    assert_eq!(without["strategy"], "ghost", "{without}");
+    let refused = without["refused"].as_str().unwrap_or_default().to_string();
+    assert!(refused.contains("primary key") && refused.contains("--key"), "{without}");
+    let out = binary::run(&db, &["--table", "k", "--alter", alter]).await;
+    binary::assert_failure(&out, 3, &refused);
+
+    let with = plan(&["--key", "k_code"]).await;
+    assert_eq!(with["refused"], serde_json::Value::Null, "{with}");
+    let command = with["run"][0].as_str().unwrap_or_default();
+    assert!(command.contains("--key 'k_code' --execute"), "the command the plan gives lacks the key: {command}");
+    binary::assert_success(&binary::run(&db, &["--table", "k", "--alter", alter, "--key", "k_code"]).await);
+    let missing = plan(&["--key", "nope"]).await;
+    assert!(missing["refused"].as_str().unwrap_or_default().contains("nope"), "{missing}");
 }
 
 /// `events` keyed by `id` alone, dated in 2023 and 2024: a conversion by month of 2024 leaves
