@@ -26,11 +26,15 @@
 # Contenders: `ghost` (this build, or PG_GHOST_BIN), `native`, and `before`, an earlier
 # build given as PG_GHOST_BEFORE_BIN, interleaved with the others for a before/after.
 #
-#   scripts/bench/apply.sh [--rows N] [--changes N] [--runs N] [--per-tx "1 10"] [--contenders "ghost native"]
+# --shared-buffers SIZE sets shared_buffers on both clusters (default: pg-local.sh's 256MB,
+# less than the 2M-row table and its indexes, let alone pg-ghost's original and ghost
+# together: the apply then reads and writes pages through the kernel's cache).
+#
+#   scripts/bench/apply.sh [--rows N] [--changes N] [--runs N] [--per-tx "1 10"] [--contenders "ghost native"] [--shared-buffers SIZE]
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
-ROWS=2000000 CHANGES=200000 RUNS=3 PER_TX="1 10" CONTENDERS="ghost native"
+ROWS=2000000 CHANGES=200000 RUNS=3 PER_TX="1 10" CONTENDERS="ghost native" SHARED_BUFFERS=256MB
 while [[ $# -gt 0 ]]; do
   case $1 in
     --rows) ROWS=$2; shift 2 ;;
@@ -38,7 +42,8 @@ while [[ $# -gt 0 ]]; do
     --runs) RUNS=$2; shift 2 ;;
     --per-tx) PER_TX=$2; shift 2 ;;
     --contenders) CONTENDERS=$2; shift 2 ;;
-    *) sed -n '2,30p' "$0"; exit 2 ;;
+    --shared-buffers) BENCH_SETTINGS+=("shared_buffers = '$2'"); SHARED_BUFFERS=$2; shift 2 ;;
+    *) sed -n '2,34p' "$0"; exit 2 ;;
   esac
 done
 [[ " $CONTENDERS " != *" before "* || -x ${PG_GHOST_BEFORE_BIN:-} ]] || { echo "bench: the contender 'before' needs PG_GHOST_BEFORE_BIN" >&2; exit 2; }
@@ -154,7 +159,7 @@ for run in $(seq 1 "$RUNS"); do
 done
 
 echo
-echo "### Apply throughput: a backlog of $CHANGES single-row UPDATEs on a $ROWS-row table"
+echo "### Apply throughput: a backlog of $CHANGES single-row UPDATEs on a $ROWS-row table (shared_buffers $SHARED_BUFFERS)"
 echo
 echo "$(machine_note). $RUNS interleaved runs; median (min–max). Clock: from the consumer's start (pg-ghost: SIGCONT; native: apply worker's backend_start) until its slot's confirmed_flush_lsn reaches the WAL position after the burst. CPU: seconds of utime + stime from /proc (pg-ghost's walsender counted from before the burst, since it decodes while the burst is written); load: the 1-minute load average at each run's end."
 echo
