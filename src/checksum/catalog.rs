@@ -25,8 +25,9 @@ struct ColType {
 const HASH_IS_IDENTITY: &[&str] =
     &["int2", "int4", "int8", "oid", "bool", "text", "varchar", "name", "char", "bytea", "uuid", "date", "timestamp", "timestamptz", "time"];
 
-fn how_hashed(identity: bool, numeric: bool) -> Hashing {
+fn how_hashed(identity: bool, numeric: bool, bigint: bool) -> Hashing {
     match (identity, numeric) {
+        (true, _) if bigint => Hashing::NativeWide,
         (true, _) => Hashing::Native,
         (false, true) => Hashing::NumericBinary,
         (false, false) => Hashing::Text,
@@ -38,7 +39,7 @@ async fn columns(client: &Client, table: &QualifiedName) -> Result<HashMap<Strin
         .query(
             "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), n.nspname::text, c.collname::text,
                     bt.typnamespace = 'pg_catalog'::regnamespace AND bt.typname::text = ANY ($2) AND coalesce(c.collisdeterministic, true),
-                    bt.oid = 'pg_catalog.numeric'::regtype
+                    bt.oid = 'pg_catalog.numeric'::regtype, bt.oid = 'pg_catalog.int8'::regtype
                FROM pg_attribute a
                JOIN pg_type t ON t.oid = a.atttypid
                JOIN pg_type bt ON bt.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END
@@ -54,7 +55,7 @@ async fn columns(client: &Client, table: &QualifiedName) -> Result<HashMap<Strin
         let schema: Option<String> = row.try_get(2)?;
         let name: Option<String> = row.try_get(3)?;
         let collation = schema.zip(name).map(|(s, n)| QualifiedName::new(s, n).sql());
-        let hashing = how_hashed(row.try_get(4)?, row.try_get(5)?);
+        let hashing = how_hashed(row.try_get(4)?, row.try_get(5)?, row.try_get(6)?);
         out.insert(row.try_get(0)?, ColType { type_sql: row.try_get(1)?, collation, hashing });
     }
     Ok(out)

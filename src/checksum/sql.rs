@@ -65,6 +65,10 @@ pub(super) enum Hashing {
     /// By its type's own hash: types whose equality is identity (integers, text under a
     /// deterministic collation, timestamps, uuid, ...).
     Native,
+    /// bigint, whose own hash folds its two 32-bit halves into one: a value and its twin
+    /// extended with zeros instead of its sign (-1 and 4294967295), the mistake an int to
+    /// bigint conversion would make, hash alike. By its own hash and its high half too.
+    NativeWide,
     /// numeric, whose own hash ignores the display scale (1.0 = 1.00), the sign (it hashes
     /// -2 as 2) and which of NaN and ±Infinity it is: by its binary form instead
     /// (`numeric_send`: sign, weight, display scale and digits, leading and trailing zero
@@ -86,6 +90,7 @@ fn row_hash(row: &[String], hashing: &[Hashing]) -> String {
     for (expr, how) in row.iter().zip(hashing) {
         match how {
             Hashing::Native => native.push(expr.clone()),
+            Hashing::NativeWide => native.extend([expr.clone(), format!("({expr} >> 32)::int4")]),
             Hashing::NumericBinary => native.push(format!("numeric_send({expr})")),
             Hashing::Text => text.push(expr.clone()),
         }
@@ -451,5 +456,9 @@ mod tests {
         );
         // A numeric alone is still hashed without its text.
         assert_eq!(row_hash(&row[1..2], &[NumericBinary]), "hash_record_extended(ROW(numeric_send(\"amount\")), 0)");
+        assert_eq!(
+            row_hash(&row[..2], &[Hashing::NativeWide, Text]),
+            "hash_record_extended(ROW(\"id\", (\"id\" >> 32)::int4, hashtextextended(ROW(\"amount\")::text, 0)), 0)"
+        );
     }
 }

@@ -410,6 +410,33 @@ async fn values_equal_by_type_but_printed_otherwise_are_told_apart() {
     }
 }
 
+/// bigint's own hash folds its two 32-bit halves into one, so a value and its twin extended
+/// with zeros instead of its sign (-1 and 4294967295: what a wrong int to bigint conversion
+/// writes) hash alike; the checksum hashes the high half too, and finds them.
+#[tokio::test]
+async fn a_bigint_extended_with_zeros_instead_of_its_sign_is_found() {
+    let schema = r#"
+        CREATE DOMAIN counter AS bigint;
+        CREATE TABLE wide (id int PRIMARY KEY, n int, big bigint, c counter);
+        INSERT INTO wide SELECT i, i - 1500, (i - 1500) * 3, 1500 - i FROM generate_series(1, 3000) i;"#;
+    let b = build("checksum_wide", schema, "wide", "ALTER COLUMN n TYPE bigint").await;
+    let g = b.ghost_sql();
+    let job = b.job(500);
+    let clean = verify(&job, &InFlight::new(), caught_up()).await.unwrap();
+    assert_eq!((clean.rows, clean.differing_ranges), (3_000, 0));
+    for (column, id) in [("n", 1499), ("big", 1000), ("c", 2000)] {
+        let want = b.db.psql(&format!("SELECT {column} FROM {g} WHERE id = {id}"));
+        assert!(want.starts_with('-'), "{column} of row {id} is not negative: {want}");
+        b.db.psql(&format!("UPDATE {g} SET {column} = {column} + 4294967296 WHERE id = {id}"));
+        let folded = format!("SELECT hash_record_extended(ROW({column}::int8), 0) FROM {g} WHERE id = {id}");
+        let before = b.db.psql(&format!("SELECT hash_record_extended(ROW({want}::int8), 0)"));
+        assert_eq!(b.db.psql(&folded), before, "the planted value does not hash like the right one: the test plants nothing hidden");
+        let report = verify(&job, &InFlight::new(), caught_up()).await.unwrap();
+        assert_eq!(report.repaired_ranges, 1, "{column} + 2^32 was not found: {report:?}");
+        assert_eq!(b.db.psql(&format!("SELECT {column} FROM {g} WHERE id = {id}")), want, "{column} was not repaired");
+    }
+}
+
 /// Checksum time beside copy time on a few hundred thousand rows:
 /// `cargo test --release --test it checksum_timing -- --ignored --nocapture`.
 #[tokio::test]
