@@ -9,6 +9,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::ghost::Mapping;
 use crate::keysql::{insert_select, KeyCols};
 use crate::reconnect::{self, Outage};
+use crate::replication::origins;
 use crate::sql::{ident_list, QualifiedName};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -42,6 +43,9 @@ pub struct CopyJob {
     /// A resumed copy of partitions: their watermarks, by [`checkpoint::part_watermark_key`]
     /// (a partition without one starts after `resume_after`).
     pub resume_parts: BTreeMap<String, Bound>,
+    /// The slot whose copy-worker origins mark the workers' sessions, so that the stream
+    /// leaves their writes out ([`crate::replication::origins`]); None: not marked.
+    pub origins: Option<String>,
 }
 
 /// Shared counters, read by the status line and written by the workers.
@@ -239,10 +243,16 @@ pub async fn copy_table(
     let mut tasks = Vec::new();
     for worker in 0..job.workers.max(1) {
         let conn = job.conn.with_application_name("pg-ghost copy");
+        let origin = job.origins.as_deref().map(|slot| origins::for_copy_worker(slot, worker));
         let client = conn.connect().await?;
+        if let Some(name) = &origin {
+            origins::create(&client, name).await?;
+            origins::set_up(&client, name).await?;
+        }
         let ctx = WorkerCtx {
             worker,
             conn,
+            origin,
             client,
             units: units.clone(),
             inflight: inflight.clone(),
@@ -277,6 +287,8 @@ struct WorkerCtx {
     worker: usize,
     /// Opens the worker's session again when it is lost, and the chunker's.
     conn: ConnInfo,
+    /// The replication origin its session writes under, set up again on a new session.
+    origin: Option<String>,
     client: Client,
     units: Arc<Mutex<Units>>,
     inflight: Arc<InFlight>,
@@ -381,6 +393,9 @@ impl WorkerCtx {
                 Err(e) if e.kind().is_lost_connection() => {
                     let what = format!("copy worker {}'s chunk (copied again)", self.worker);
                     self.client = reconnect::connect_again(&self.conn, &mut outage, e, &what).await?;
+                    if let Some(name) = &self.origin {
+                        origins::set_up(&self.client, name).await?;
+                    }
                 }
                 other => return other,
             }

@@ -62,6 +62,9 @@ pub struct CutOver<'a> {
     pub materialized: &'a [crate::dependents::materialized::Built],
     /// What the swap does for the revert window (`--revertible-for`).
     pub window: Window<'a>,
+    /// The stream leaves out changes written under replication origins (the copy's own): the
+    /// swap is refused if an origin other than pg-ghost's exists.
+    pub origins_left_out: bool,
 }
 
 /// The swap's part in the revert window.
@@ -388,6 +391,9 @@ impl CutOver<'_> {
         };
         let final_keys = keys.len();
         let work = async {
+            if self.origins_left_out {
+                crate::replication::origins::refuse_if_foreign(client).await?;
+            }
             for batch in keys.chunks(20_000) {
                 self.flush.run(client, batch).await?;
             }

@@ -493,7 +493,18 @@ impl Run {
             other => other,
         };
         let fresh_copy = matches!(copy, CopyFrom::Fresh | CopyFrom::FreshAfter(_));
-        let (repl, bg) = Replication::start(&self.cfg.conn, &names, &info, &ghost, fresh_copy, park).await?;
+        let origin_none = match crate::replication::origins::may_filter_own_writes(&self.client).await? {
+            Ok(()) => {
+                tracing::info!("the copy's writes are left out of the stream's decoding (replication origins, PostgreSQL 16+)");
+                true
+            }
+            Err(Some(why)) => {
+                tracing::info!(reason = %why, "the stream decodes the copy's writes too");
+                false
+            }
+            Err(None) => false,
+        };
+        let (repl, bg) = Replication::start(&self.cfg.conn, &names, &info, &ghost, fresh_copy, park, origin_none).await?;
         let bg = background.insert(bg);
 
         let throttler = Throttler::spawn(ThrottleJob {
@@ -1070,6 +1081,7 @@ impl Run {
             fresh,
             parts,
             resume_parts: after_parts,
+            origins: repl.origin_none.then(|| names.slot.clone()),
         };
         let started = std::time::Instant::now();
         guard(copy_table(job, repl.inflight.clone(), progress.clone(), gate), &mut self.abort.clone(), Some(bg)).await?;
@@ -1111,6 +1123,7 @@ impl Run {
             tally: &self.cut_over_tally,
             materialized: &self.materialized,
             window: crate::cutover::Window::None,
+            origins_left_out: repl.origin_none,
         }
     }
 

@@ -125,6 +125,8 @@ pub struct Replication {
     pub inflight: Arc<InFlight>,
     pub positions: Arc<StreamPositions>,
     pub flush: FlushSql,
+    /// The stream leaves out changes written under a replication origin (`origin 'none'`).
+    pub origin_none: bool,
 }
 
 /// The background tasks of a run (stream, apply loop, throttler): watched for failure,
@@ -145,10 +147,21 @@ pub struct Background {
 impl Replication {
     /// `fresh_copy`: an empty ghost's copy follows; flushes wait until it has planned its ranges.
     /// `park`: the ghost has no index on its key yet; flushes park keys until it has.
-    pub async fn start(conn: &ConnInfo, names: &Names, orig: &TableInfo, ghost: &Ghost, fresh_copy: bool, park: bool) -> Result<(Replication, Background)> {
+    /// `origin_none`: the stream leaves out changes written under a replication origin (the
+    /// copy's own, see [`crate::replication::origins`]).
+    pub async fn start(
+        conn: &ConnInfo,
+        names: &Names,
+        orig: &TableInfo,
+        ghost: &Ghost,
+        fresh_copy: bool,
+        park: bool,
+        origin_none: bool,
+    ) -> Result<(Replication, Background)> {
         let flush = FlushSql::new(&orig.name, &ghost.name, &ghost.mapping).parking_in(&names.changelog, park);
         let recorded = flush.clone().recording_in(&names.changelog);
-        let stream = Stream { slot: &names.slot, publication: &names.publication, table: orig, extractor: extractor_for(orig), flush, recorded, fresh_copy };
+        let stream =
+            Stream { slot: &names.slot, publication: &names.publication, table: orig, extractor: extractor_for(orig), flush, recorded, fresh_copy, origin_none };
         Self::start_stream(conn, stream, ghost).await
     }
 
@@ -168,7 +181,7 @@ impl Replication {
     ) -> Result<(Replication, Background)> {
         let flush = FlushSql::new(&new.name, &old.name, &old.mapping).checking_cast_back(&new.name, &old.mapping, cast_back);
         let extractor = extractor_for(new).skipping_through(through, marker.to_string());
-        let stream = Stream { slot, publication, table: new, extractor, recorded: flush.clone(), flush, fresh_copy: false };
+        let stream = Stream { slot, publication, table: new, extractor, recorded: flush.clone(), flush, fresh_copy: false, origin_none: false };
         Self::start_stream(conn, stream, old).await
     }
 
@@ -176,6 +189,7 @@ impl Replication {
         let mut options = StreamOptions::new([s.publication.to_string()]);
         options.proto_version = ProtoVersion::V2;
         options.streaming = true;
+        options.origin_none = s.origin_none;
         let source = Source::new(conn.with_application_name("pg-ghost stream"), s.slot.to_string(), options);
         let stream = source.open().await?;
         let acks = Acks::new(stream.feedback());
@@ -192,7 +206,18 @@ impl Replication {
         };
         let ack = acks.acker();
         let pump = Pump { source, acks, extractor, items: items_tx, positions: positions.clone(), release };
-        let pump = tokio::spawn(pump.run(stream, stop_rx));
+        // While the stream leaves origins out, an origin that appears stops the run, through
+        // the stream's task.
+        let watch = s.origin_none.then(|| crate::replication::origins::watch_for_foreign(conn.clone(), crate::replication::origins::WATCH_EVERY));
+        let pump = tokio::spawn(async move {
+            match watch {
+                None => pump.run(stream, stop_rx).await,
+                Some(watch) => tokio::select! {
+                    r = pump.run(stream, stop_rx) => r,
+                    refused = watch => Err(refused),
+                },
+            }
+        });
         let inflight = InFlight::new();
         if s.fresh_copy {
             inflight.expect_copy();
@@ -210,7 +235,7 @@ impl Replication {
             failure: None,
             pump_stopped_cleanly: false,
         };
-        Ok((Replication { writer, inflight, positions, flush }, background))
+        Ok((Replication { writer, inflight, positions, flush, origin_none: s.origin_none }, background))
     }
 }
 
@@ -226,6 +251,7 @@ struct Stream<'a> {
     flush: FlushSql,
     recorded: FlushSql,
     fresh_copy: bool,
+    origin_none: bool,
 }
 
 /// Keys and changes of `table` as pgoutput describes them.

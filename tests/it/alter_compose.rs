@@ -373,6 +373,7 @@ async fn through_pg_ghost(db: &TestDb<'_>, table: &str, alter_text: &str) -> Gho
         fresh: true,
         parts: Vec::new(),
         resume_parts: Default::default(),
+        origins: None,
     };
     let (_gate_tx, gate) = tokio::sync::watch::channel(GateState::Open);
     let finished: Result<(), Error> = async {

@@ -86,6 +86,7 @@ async fn build_with<'c>(prefix: &str, schema: &str, table: &str, alter: &str, by
         fresh: true,
         parts: parts.clone(),
         resume_parts: Default::default(),
+        origins: None,
     };
     let (_gate_tx, gate) = tokio::sync::watch::channel(GateState::Open);
     let started = Instant::now();

@@ -69,6 +69,7 @@ async fn ghost_copy_flush_and_swap_keep_data_and_names() {
         fresh: true,
         parts: Vec::new(),
         resume_parts: Default::default(),
+        origins: None,
     };
     let progress = CopyProgress::new(300);
     let (_gate_tx, gate) = tokio::sync::watch::channel(GateState::Open);

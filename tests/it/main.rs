@@ -4,6 +4,7 @@ mod binary;
 mod harness;
 
 mod alter_compose;
+mod origins;
 mod apply_acks;
 mod autovacuum;
 mod checksum;

@@ -423,6 +423,7 @@ async fn copied_ghost(db: &TestDb<'_>, alter: &str) -> (tokio_postgres::Client, 
         fresh: true,
         parts: Vec::new(),
         resume_parts: Default::default(),
+        origins: None,
     };
     let (_gate_tx, gate) = tokio::sync::watch::channel(GateState::Open);
     copy_table(job, pg_ghost::apply::InFlight::new(), CopyProgress::new(500), gate).await.unwrap();

@@ -41,6 +41,9 @@ pub struct StreamOptions {
     pub streaming: bool,
     /// Column values in binary send/recv format instead of text.
     pub binary: bool,
+    /// `origin 'none'` (PostgreSQL 16+): changes written under any replication origin are
+    /// left out (see `crate::replication::origins`).
+    pub origin_none: bool,
     /// Longest time between two standby status updates, sent whether or not the consumer
     /// keeps up.
     pub status_interval: Duration,
@@ -68,6 +71,7 @@ impl StreamOptions {
             messages: true,
             streaming: false,
             binary: false,
+            origin_none: false,
             status_interval: Duration::from_secs(10),
             fit_status_interval_to_server: true,
             channel_capacity: 16,
@@ -118,6 +122,9 @@ pub(crate) fn start_replication_command(slot: &str, start: Lsn, o: &StreamOption
         if on {
             opts.push(format!("{name} 'true'"));
         }
+    }
+    if o.origin_none {
+        opts.push("origin 'none'".to_string());
     }
     format!("START_REPLICATION SLOT {} LOGICAL {start} ({})", ident(slot), opts.join(", "))
 }
@@ -201,6 +208,8 @@ mod tests {
             "START_REPLICATION SLOT \"s\" LOGICAL 0/0 (proto_version '2', publication_names '\"a\\b\"', \
              streaming 'true', binary 'true')"
         );
+        o.origin_none = true;
+        assert!(start_replication_command("s", Lsn::ZERO, &o).ends_with("binary 'true', origin 'none')"));
     }
 
     #[test]
