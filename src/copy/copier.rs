@@ -240,7 +240,7 @@ pub async fn copy_table(
     }
     let units = Arc::new(Mutex::new(units));
     let failed = Arc::new(AtomicBool::new(false));
-    let mut tasks = Vec::new();
+    let mut tasks = Workers(Vec::new());
     for worker in 0..job.workers.max(1) {
         let conn = job.conn.with_application_name("pg-ghost copy");
         let origin = job.origins.as_deref().map(|slot| origins::for_copy_worker(slot, worker));
@@ -261,10 +261,10 @@ pub async fn copy_table(
             failed: failed.clone(),
             chunk_time: job.chunk_time,
         };
-        tasks.push(tokio::spawn(ctx.run()));
+        tasks.0.push(tokio::spawn(ctx.run()));
     }
     let mut first_error = None;
-    for t in tasks {
+    for t in tasks.0.iter_mut() {
         let result = t.await.unwrap_or_else(|e| Err(Error::internal(format!("copy worker failed: {e}"))));
         if let Err(e) = result {
             first_error.get_or_insert(e);
@@ -275,6 +275,19 @@ pub async fn copy_table(
         None => {
             progress.done.store(true, Ordering::Relaxed);
             Ok(())
+        }
+    }
+}
+
+/// The copy's worker tasks, stopped when the copy is dropped (the run stopped it): a chunk in
+/// flight rolls back with its session, as after a crash, and no worker goes on copying, or
+/// holding its replication origin, behind the run's back.
+struct Workers(Vec<tokio::task::JoinHandle<Result<()>>>);
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
         }
     }
 }
