@@ -350,8 +350,15 @@ impl Writer {
             let mut session = session.lock().await;
             let result = match check_definition {
                 true => {
-                    let sql = &*sql;
-                    session.run("checking the table's definition (asks again)", |c| async move { sql.check_definition(&*c).await }).await
+                    let (sql, xids) = (&*sql, &xids);
+                    // The catalog shows what the transactions that brought the Relation message
+                    // changed only once they are visible, a moment after the stream had them.
+                    session
+                        .run("checking the table's definition (asks again)", |c| async move {
+                            wait_until_visible(&c, xids).await?;
+                            sql.check_definition(&*c).await
+                        })
+                        .await
                 }
                 false => Ok(()),
             };
