@@ -720,7 +720,7 @@ async fn copy_table_properties(tx: &impl GenericClient, orig: &TableInfo, ghost:
 async fn copy_column_settings(tx: &impl GenericClient, oid: u32, ghost: &QualifiedName) -> Result<()> {
     let rows = tx
         .query(
-            "SELECT attname::text, attstattarget, coalesce(attoptions, '{}') FROM pg_attribute
+            "SELECT attname::text, coalesce(attstattarget::int4, -1), coalesce(attoptions, '{}') FROM pg_attribute
               WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped AND (attstattarget >= 0 OR attoptions IS NOT NULL)
               ORDER BY attnum",
             &[&oid],

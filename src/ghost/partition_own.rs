@@ -107,7 +107,7 @@ async fn column_settings(tx: &impl GenericClient, orig: u32, ghost: &QualifiedNa
         .query(
             "SELECT a.attname::text, pg_get_expr(od.adbin, od.adrelid), pg_get_expr(gd.adbin, gd.adrelid),
                     a.attstorage::text, g.attstorage::text, a.attcompression::text, g.attcompression::text,
-                    a.attstattarget, g.attstattarget, coalesce(a.attoptions, '{}'), coalesce(g.attoptions, '{}'),
+                    coalesce(a.attstattarget::int4, -1), coalesce(g.attstattarget::int4, -1), coalesce(a.attoptions, '{}'), coalesce(g.attoptions, '{}'),
                     col_description(a.attrelid, a.attnum), col_description(g.attrelid, g.attnum)
                FROM pg_attribute a
                JOIN pg_attribute g ON g.attrelid = $2::text::regclass AND g.attname = a.attname AND NOT g.attisdropped
