@@ -56,7 +56,12 @@ async fn idle_positions_wait_for_keys_deferred_behind_a_chunk() {
     assert_eq!(b.db.psql(&format!("SELECT v FROM {} WHERE id = 50", b.ghost.name.sql())), "0", "the key was written inside the chunk");
 
     // The chunk commits: the key is written, and then the idle position may be acknowledged.
+    // (An idle position that arrives while a flush runs is not acknowledged: the next one is.)
     inflight.chunk_ended(chunk);
+    tokio::time::timeout(Duration::from_secs(10), stats.wait_for(|s| s.applied_keys >= 1 && s.backlog_keys == 0 && !s.flushing))
+        .await
+        .expect("the deferred key was never flushed once its chunk ended")
+        .unwrap();
     items.send(StreamItem::Idle(Lsn(3_000))).await.unwrap();
     tokio::time::timeout(Duration::from_secs(10), async {
         while acked.load(Ordering::SeqCst) < 3_000 {
