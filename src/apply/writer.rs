@@ -363,7 +363,8 @@ impl Writer {
                 false => Ok(()),
             };
             let result = match result {
-                Ok(()) => flush_outside_chunks(&mut session, &sql, &inflight, keys, &xids, complete).await,
+                // The definition check already waited for these transactions.
+                Ok(()) => flush_outside_chunks(&mut session, &sql, &inflight, keys, if check_definition { &[] } else { &xids }, complete).await,
                 Err(e) => Err(e),
             };
             let result = result.map(|f| Flushed { wrote, ..f });
