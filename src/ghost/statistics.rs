@@ -21,7 +21,7 @@ async fn read(tx: &impl GenericClient, table_oid: u32) -> Result<Vec<Statistics>
     let rows = tx
         .query(
             "SELECT n.nspname::text, s.stxname::text, pg_get_statisticsobjdef_columns(s.oid), s.stxkind::text,
-                    s.stxstattarget, pg_get_userbyid(s.stxowner)::text, s.oid
+                    coalesce(s.stxstattarget::int4, -1), pg_get_userbyid(s.stxowner)::text, s.oid
                FROM pg_statistic_ext s JOIN pg_namespace n ON n.oid = s.stxnamespace
               WHERE s.stxrelid = $1 ORDER BY s.oid",
             &[&table_oid],
@@ -38,7 +38,8 @@ async fn read(tx: &impl GenericClient, table_oid: u32) -> Result<Vec<Statistics>
                 oid: r.try_get(6)?,
             })
         })
-        .collect()
+        .collect::<Result<_>>()
+        .context("reading extended statistics")
 }
 
 /// Gives the ghost's statistics the original's schema, target and owner, under temporary
