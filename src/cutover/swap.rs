@@ -68,7 +68,7 @@ impl NewNames {
 /// `orders_amount_check2` → `orders_amount_check`: the name PostgreSQL numbers when taken.
 /// Only the digits after one of its labels are its number.
 fn chosen_base(name: &str) -> &str {
-    const LABELS: [&str; 6] = ["_check", "_key", "_idx", "_fkey", "_pkey", "_excl"];
+    const LABELS: [&str; 7] = ["_check", "_key", "_idx", "_fkey", "_pkey", "_excl", "_not_null"];
     let trimmed = name.trim_end_matches(|c: char| c.is_ascii_digit());
     match LABELS.iter().any(|l| trimmed.ends_with(l)) {
         true => trimmed,
@@ -82,7 +82,8 @@ async fn names(tx: &impl GenericClient, sql: &str, oid: u32) -> Result<Vec<Strin
 }
 
 const INDEXES: &str = "SELECT c.relname::text FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = $1 ORDER BY 1";
-const PLAIN_CONSTRAINTS: &str = "SELECT conname::text FROM pg_constraint WHERE conrelid = $1 AND contype IN ('c', 'f') ORDER BY 1";
+/// Checks, foreign keys and, from PostgreSQL 18, not-null constraints (which have names).
+const PLAIN_CONSTRAINTS: &str = "SELECT conname::text FROM pg_constraint WHERE conrelid = $1 AND contype IN ('c', 'f', 'n') ORDER BY 1";
 
 /// Identity sequences of a table: (column, sequence's relation name).
 async fn identity_sequences(tx: &impl GenericClient, oid: u32) -> Result<Vec<(String, String, String)>> {

@@ -87,7 +87,9 @@ pub fn direct(table: &QualifiedName, clauses: &[ClausePlan], details: &[super::C
         }
         if clause.kind == "AtSetNotNull" {
             if let Some(column) = &clause.column {
-                let check = fit_ident(&format!("{}_{column}_not_null", table.name));
+                // Not `<table>_<column>_not_null`: from PostgreSQL 18 that is the name SET NOT
+                // NULL gives the column's own not-null constraint, which the check must not take.
+                let check = fit_ident(&format!("{}_{column}_not_null_scan", table.name));
                 out.push(locked(format!("ALTER TABLE {t} ADD CONSTRAINT {} CHECK ({} IS NOT NULL) NOT VALID", ident(&check), ident(column)), exclusive()));
                 out.push(validate(format!("ALTER TABLE {t} VALIDATE CONSTRAINT {}", ident(&check)), drop_constraint(&check)));
                 out.push(locked(plan.statement.clone(), exclusive()));
