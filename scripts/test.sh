@@ -13,3 +13,14 @@ scripts/sample-schema.sh >/dev/null || echo "test.sh: without it the real-schema
 export PG_BINDIR=${PG_BINDIR:-/usr/lib/postgresql/15/bin}
 # The fault-injection feature compiles in the crash points the resume tests use.
 cargo test --locked --features fault-injection "$@"
+
+# What the catalog of newer majors changes is checked on PostgreSQL 18 too (binaries from
+# scripts/pg-binaries.sh): named and NOT VALID not-null constraints, replication origins
+# (16+), the names the swap gives, on plain and partitioned tables. Not when a filter was given.
+if [[ $# == 0 ]]; then
+  newer=(not_null_constraints:: origins:: scenarios::add_column_with_default scenarios::identity_columns
+         direct::each_kind dependents::every_dependent partitioned::hash_partitioned
+         convert::converted_with_a_default alter_compose:: engine_parts::)
+  echo "test.sh: the tests of what changed in newer majors, on PostgreSQL 18" >&2
+  PG_BINDIR=$(scripts/pg-binaries.sh 18) cargo test --locked --features fault-injection --test it -- "${newer[@]}"
+fi

@@ -657,6 +657,31 @@ async fn create_table(tx: &impl GenericClient, orig: &TableInfo, ghost: &Qualifi
         sql.push_str(&format!(" TABLESPACE {}", ident(&ts)));
     }
     tx.batch_execute(&sql).await.context("creating the ghost table")?;
+    keep_not_valid_not_nulls(tx, orig.oid, ghost).await
+}
+
+/// `LIKE` copies a not-null constraint added `NOT VALID` (PostgreSQL 18) as a valid one,
+/// which the NULLs the original kept would break in the copy: on the ghost it is made
+/// `NOT VALID` again, under its name and with its comment, as a plain ALTER keeps it.
+async fn keep_not_valid_not_nulls(tx: &impl GenericClient, orig_oid: u32, ghost: &QualifiedName) -> Result<()> {
+    let rows = tx
+        .query(
+            "SELECT conname::text, pg_get_constraintdef(oid), obj_description(oid, 'pg_constraint') FROM pg_catalog.pg_constraint
+              WHERE conrelid = $1 AND contype = 'n' AND NOT convalidated ORDER BY oid",
+            &[&orig_oid],
+        )
+        .await
+        .context("reading the original's not-null constraints added NOT VALID")?;
+    let g = ghost.sql();
+    for r in rows {
+        let (name, def, comment): (String, String, Option<String>) = (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
+        let name_sql = ident(&name);
+        let mut sql = format!("ALTER TABLE {g} DROP CONSTRAINT {name_sql}; ALTER TABLE {g} ADD CONSTRAINT {name_sql} {def}");
+        if let Some(c) = comment {
+            sql.push_str(&format!("; COMMENT ON CONSTRAINT {name_sql} ON {g} IS {}", literal(&c)));
+        }
+        tx.batch_execute(&sql).await.with_context(|| format!("making not-null constraint {name:?} NOT VALID on the ghost, as on the original"))?;
+    }
     Ok(())
 }
 
@@ -968,10 +993,10 @@ async fn set_aside_indexes(
 
 /// Foreign keys are checked once, after the copy (`NOT VALID`, then `VALIDATE`), rather
 /// than row by row during it.
-/// Foreign keys, and CHECKs added `NOT VALID`, are dropped from the ghost and added back
-/// after the copy: a `NOT VALID` constraint spares the rows that exist when it is added,
-/// which for a plain ALTER are all of them, while every row the copy writes would be
-/// checked. A foreign key that was valid is validated once it is back.
+/// Foreign keys, and CHECKs and not-null constraints (PostgreSQL 18) added `NOT VALID`, are
+/// dropped from the ghost and added back after the copy: a `NOT VALID` constraint spares
+/// the rows that exist when it is added, which for a plain ALTER are all of them, while
+/// every row the copy writes would be checked. A foreign key that was valid is validated once it is back.
 ///
 /// PostgreSQL 15 cannot add a foreign key `NOT VALID` on a partitioned table: there the
 /// foreign keys stay on the ghost and check the rows as they are copied.
@@ -983,7 +1008,7 @@ pub(super) async fn set_aside_foreign_keys(tx: &impl GenericClient, ghost: &Qual
         .query(
             "SELECT conname::text, pg_get_constraintdef(oid), convalidated, obj_description(oid, 'pg_constraint'), contype = 'f' FROM pg_constraint
               WHERE conrelid = $1 AND conparentid = 0 AND coninhcount = 0
-                AND ((contype = 'f' AND NOT $2) OR (contype = 'c' AND NOT convalidated)) ORDER BY oid",
+                AND ((contype = 'f' AND NOT $2) OR (contype IN ('c', 'n') AND NOT convalidated)) ORDER BY oid",
             &[&ghost_oid, &partitioned],
         )
         .await?;

@@ -72,9 +72,8 @@ impl Index {
 pub(super) async fn indexes(client: &Client, table_oid: u32) -> Result<Vec<Index>> {
     // Key columns only: the first indnkeyatts entries of indkey; an expression has attnum 0
     // and joins no column.
-    let rows = client
-        .query(
-            "SELECT ic.relname::text AS name, i.indisprimary, i.indisunique,
+    let sql = format!(
+        "SELECT ic.relname::text AS name, i.indisprimary, i.indisunique,
                     (i.indisvalid AND i.indisready AND i.indislive) AS is_valid, i.indimmediate,
                     i.indpred IS NOT NULL AS is_partial, i.indexprs IS NOT NULL AS has_expressions,
                     i.indisreplident,
@@ -86,13 +85,18 @@ pub(super) async fn indexes(client: &Client, table_oid: u32) -> Result<Vec<Index
                             FROM unnest(i.indkey::int2[]) WITH ORDINALITY k(attnum, ord)
                             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
                            WHERE k.ord <= i.indnkeyatts ORDER BY k.ord) AS types,
-                    ARRAY(SELECT a.attnotnull
+                    ARRAY(SELECT {not_null}
                             FROM unnest(i.indkey::int2[]) WITH ORDINALITY k(attnum, ord)
                             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
                            WHERE k.ord <= i.indnkeyatts ORDER BY k.ord) AS not_null
                FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
               WHERE i.indrelid = $1
               ORDER BY i.indisprimary DESC, ic.relname",
+        not_null = super::NOT_NULL
+    );
+    let rows = client
+        .query(
+            sql.as_str(),
             &[&table_oid],
         )
         .await

@@ -85,13 +85,17 @@ pub async fn describe(client: &Client, table: &QualifiedName, key: Option<&str>)
 /// The live (not dropped) columns of a relation, in attnum order. The engine also reads
 /// the ghost's columns with it after the ALTER, to map them by attnum.
 pub async fn columns(client: &impl tokio_postgres::GenericClient, oid: u32) -> Result<Vec<Column>> {
+    let sql = format!(
+        "SELECT a.attnum, a.attname::text AS name, format_type(a.atttypid, a.atttypmod) AS type_sql,
+                a.atttypid, {} AS attnotnull, a.attidentity::text AS identity, a.attgenerated::text AS generated
+           FROM pg_attribute a
+          WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
+          ORDER BY a.attnum",
+        super::NOT_NULL
+    );
     let rows = client
         .query(
-            "SELECT a.attnum, a.attname::text AS name, format_type(a.atttypid, a.atttypmod) AS type_sql,
-                    a.atttypid, a.attnotnull, a.attidentity::text AS identity, a.attgenerated::text AS generated
-               FROM pg_attribute a
-              WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
-              ORDER BY a.attnum",
+            sql.as_str(),
             &[&oid],
         )
         .await

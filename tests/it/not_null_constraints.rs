@@ -1,0 +1,64 @@
+//! Not-null constraints as PostgreSQL 18 has them: named (`<table>_<column>_not_null`) and
+//! possibly `NOT VALID`, sparing the NULLs the table held when it was added. On older servers
+//! neither exists and these tests say so and end; `scripts/test.sh` runs this module on 18 too.
+
+use crate::binary;
+use crate::harness::{Cluster, TestDb};
+use crate::oracle::{assert_whole_schema_equal, WholeSchema};
+
+fn server_is_18_or_later(db: &TestDb<'_>) -> bool {
+    let yes = db.psql("SELECT current_setting('server_version_num')::int >= 180000") == "t";
+    if !yes {
+        eprintln!("not-null constraints are named and may be NOT VALID from PostgreSQL 18 only: nothing to check on this server");
+    }
+    yes
+}
+
+const TABLE: &str = "CREATE TABLE public.nv (id int PRIMARY KEY, a int, b text);
+     INSERT INTO public.nv SELECT g, CASE WHEN g % 3 = 0 THEN NULL ELSE g END, 'x' || g FROM generate_series(1, 3000) g;
+     ALTER TABLE public.nv ADD CONSTRAINT nv_a_present NOT NULL a NOT VALID;
+     COMMENT ON CONSTRAINT nv_a_present ON public.nv IS 'old rows may lack it';";
+
+/// A column whose not-null constraint was added `NOT VALID` holds NULLs: the copy carries
+/// them, and the constraint stays `NOT VALID` under its name and comment, as under a plain
+/// ALTER; a column the ALTER adds `NOT NULL` gets the constraint name a plain ALTER gives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_not_null_constraint_added_not_valid_keeps_its_nulls_and_stays_not_valid() {
+    let db = Cluster::primary().fresh_db("nn_not_valid");
+    if !server_is_18_or_later(&db) {
+        return;
+    }
+    db.psql(TABLE);
+    let alter = "ALTER COLUMN b TYPE varchar(10), ADD COLUMN c int NOT NULL DEFAULT 1";
+    let before = WholeSchema::take(&db).await;
+    let rows = "SELECT string_agg(format('%s,%s,%s', id, a, b), ';' ORDER BY id) FROM public.nv";
+    let expected_rows = db.psql(rows);
+    let out = binary::run(&db, &["--table", "nv", "--alter", alter, "--execute", "--ok-to-drop-table"]).await;
+    binary::assert_success(&out);
+    assert_eq!(db.psql(rows), expected_rows, "the rows are not the original's");
+    assert_eq!(db.psql("SELECT count(*) FROM public.nv WHERE a IS NULL"), "1000");
+    assert_eq!(
+        db.psql("SELECT string_agg(format('%s %s', conname, convalidated), ', ' ORDER BY conname) FROM pg_constraint WHERE conrelid = 'public.nv'::regclass AND contype = 'n'"),
+        "nv_a_present f, nv_c_not_null t, nv_id_not_null t"
+    );
+    let twin = before.twin_after_plain_alter(&db, "public.nv", alter).await;
+    assert_whole_schema_equal(&db, &twin, alter).await;
+}
+
+/// `SET NOT NULL` on that column must check the rows the `NOT VALID` constraint spared: the
+/// data check finds its NULLs and refuses before anything is made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_not_null_over_a_not_valid_constraint_finds_the_nulls() {
+    let db = Cluster::primary().fresh_db("nn_set_not_null");
+    if !server_is_18_or_later(&db) {
+        return;
+    }
+    db.psql(TABLE);
+    let before = WholeSchema::take(&db).await;
+    let out = binary::run(&db, &["--table", "nv", "--alter", "ALTER COLUMN a SET NOT NULL, ALTER COLUMN b TYPE varchar(10)", "--execute"]).await;
+    assert!(!out.status.success(), "a SET NOT NULL over NULLs went through:\n{}", binary::stderr(&out));
+    let log = binary::stderr(&out);
+    assert!(log.contains("\"a\" NOT NULL") && log.contains("NULLs found"), "the refusal does not name the NULLs:\n{log}");
+    let unchanged = before.twin_after_plain_sql(&db, "SELECT 1").await;
+    assert_whole_schema_equal(&db, &unchanged, "nothing (refused)").await;
+}
