@@ -20,7 +20,7 @@ cargo test --locked --features fault-injection "$@"
 if [[ $# == 0 ]]; then
   newer=(not_null_constraints:: origins:: scenarios::add_column_with_default scenarios::identity_columns
          direct::each_kind dependents::every_dependent partitioned::hash_partitioned
-         convert::converted_with_a_default alter_compose:: engine_parts::)
+         convert::converted_with_a_default alter_compose:: engine_parts:: replica_test::rehearses_a_partitioned_table)
   echo "test.sh: the tests of what changed in newer majors, on PostgreSQL 18" >&2
   PG_BINDIR=$(scripts/pg-binaries.sh 18) cargo test --locked --features fault-injection --test it -- "${newer[@]}"
 fi

@@ -735,7 +735,9 @@ async fn a_partitioned_table_reverts_with_its_partitions() {
     let before = WholeSchema::take(&db).await;
     let workload = Workload::start(&db, &table, WorkloadOptions::new(3).rate(Some(80))).await;
 
-    let alter = "ALTER COLUMN n TYPE bigint, ADD COLUMN flag boolean NOT NULL DEFAULT true";
+    // The CHECK without a name is copied to every partition, whose copies follow the parent's
+    // name through the swap and back.
+    let alter = "ALTER COLUMN n TYPE bigint, ADD COLUMN flag boolean NOT NULL DEFAULT true, ADD CHECK (n = n OR n IS NULL)";
     let (out, report) = revert_after_writes(&db, workload, "orders", &["--alter", alter, "--chunk-size", "500"]).await;
     let log = binary::stderr(&out);
     assert!(log.lines().any(|l| l.contains("publication created (via the partition root)") && l.contains("_rev")), "the reverse publication is not the root's:\n{log}");
