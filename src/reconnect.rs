@@ -120,30 +120,18 @@ pub async fn connect_again(conn: &ConnInfo, outage: &mut Outage, error: Error, w
     Ok(client)
 }
 
-/// What a session does on each new connection before its work (e.g. marking its writes
-/// with a replication origin), so that a session opened again is like the lost one.
-pub type Setup = Arc<dyn Fn(Arc<Client>) -> futures_util::future::BoxFuture<'static, Result<()>> + Send + Sync>;
-
 /// An SQL session that is opened again when lost.
 pub struct Session {
     conn: ConnInfo,
     client: Arc<Client>,
     unreachable: Option<Arc<Notify>>,
-    setup: Option<Setup>,
 }
 
 impl Session {
     /// Opens the session; `conn` (its application name included) is used again to reconnect.
     pub async fn connect(conn: ConnInfo) -> Result<Session> {
         let client = Arc::new(conn.connect().await?);
-        Ok(Session { conn, client, unreachable: None, setup: None })
-    }
-
-    /// Opens the session and runs `setup` on it, and again on every connection that replaces it.
-    pub async fn connect_with(conn: ConnInfo, setup: Setup) -> Result<Session> {
-        let client = Arc::new(conn.connect().await?);
-        setup(client.clone()).await?;
-        Ok(Session { conn, client, unreachable: None, setup: Some(setup) })
+        Ok(Session { conn, client, unreachable: None })
     }
 
     /// `notify` is told each time a new connection cannot be opened for a reason worth waiting
@@ -170,7 +158,7 @@ impl Session {
             match op(self.client.clone()).await {
                 Err(e) if e.kind().is_lost_connection() => {
                     lost(&self.conn, &mut outage, e, what)?;
-                    let (conn, unreachable, setup) = (&self.conn, &self.unreachable, &self.setup);
+                    let (conn, unreachable) = (&self.conn, &self.unreachable);
                     let client = retry(conn.reconnect_timeout, &mut outage, "reconnecting", || async move {
                         let opened = conn.connect().await;
                         if let (Err(e), Some(n)) = (&opened, unreachable) {
@@ -178,15 +166,11 @@ impl Session {
                                 n.notify_one();
                             }
                         }
-                        let client = Arc::new(opened?);
-                        if let Some(setup) = setup {
-                            setup(client.clone()).await?;
-                        }
-                        Ok(client)
+                        opened
                     })
                     .await?;
                     reconnected(&self.conn, &outage);
-                    self.client = client;
+                    self.client = Arc::new(client);
                 }
                 other => return other,
             }

@@ -1,9 +1,9 @@
-//! Replication origins on the sessions that write the ghost (the copy's and the apply's), so
-//! that the walsender leaves pg-ghost's own writes out of its decoding (PostgreSQL 16 and later).
+//! Replication origins on the copy's sessions, so that the walsender leaves the copy's own
+//! writes out of its decoding (PostgreSQL 16 and later).
 //!
 //! The walsender decodes every change of the database, the copy's inserts into the ghost
-//! and the apply's upserts among them, and pgoutput drops those only when it replays their
-//! transaction, as changes of an unpublished table: a quarter of a run's CPU on 2 cores. From PostgreSQL 16 a stream
+//! among them, and pgoutput drops those only when it replays their transaction, as changes
+//! of an unpublished table: a quarter of a run's CPU on 2 cores. From PostgreSQL 16 a stream
 //! asked for `origin 'none'` drops the changes of every session that set up a replication
 //! origin before it queues them (for 2M rows inserted in one statement, 5.7 CPU-s of the
 //! walsender against 1.0; the WAL is still read).
@@ -22,29 +22,17 @@ use crate::error::{Backoff, Context, Error, ErrorKind, Result};
 use std::time::Duration;
 use tokio_postgres::Client;
 
-/// Origins named thus are pg-ghost's own (other runs' included): they mark the sessions of
-/// the copy and of the apply, which write ghosts and changelogs only, never an original.
-/// (PostgreSQL reserves origin names starting with `pg_`.)
+/// Origins named thus are pg-ghost's own (other runs' included): they mark copy sessions,
+/// which write ghosts only. (PostgreSQL reserves origin names starting with `pg_`.)
 const OWN_PREFIX: &str = "pgghost_";
 
 /// The origin of copy worker `worker` of the run streaming from `slot`.
 pub fn for_copy_worker(slot: &str, worker: usize) -> String {
-    format!("{}c{worker}", run_prefix(slot))
+    format!("{}{worker}", workers_prefix(slot))
 }
 
-/// The origin of the apply session of the run streaming from `slot`.
-pub fn for_apply(slot: &str) -> String {
-    format!("{}a", run_prefix(slot))
-}
-
-fn run_prefix(slot: &str) -> String {
-    format!("{OWN_PREFIX}{slot}_")
-}
-
-/// Whether `rest`, what follows a run's prefix, names one of the run's origins (and not that
-/// of a run whose slot's name extends this one's).
-fn is_runs_own(rest: &str) -> bool {
-    rest == "a" || rest.strip_prefix('c').is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
+fn workers_prefix(slot: &str) -> String {
+    format!("{OWN_PREFIX}{slot}_c")
 }
 
 /// Whether the run may leave its copy's writes out of the stream, and if not, why; the
@@ -157,7 +145,7 @@ pub async fn set_up(client: &Client, name: &str) -> Result<()> {
 /// ended yet (55006, object in use): retried, then left with a warning (`pg-ghost cleanup`
 /// drops it with the slot).
 pub async fn drop_for_slot(client: &Client, slot: &str) -> Result<()> {
-    let prefix = run_prefix(slot);
+    let prefix = workers_prefix(slot);
     let names: Vec<String> = client
         .query("SELECT roname::text FROM pg_catalog.pg_replication_origin WHERE starts_with(roname, $1)", &[&prefix])
         .await
@@ -165,7 +153,7 @@ pub async fn drop_for_slot(client: &Client, slot: &str) -> Result<()> {
         .iter()
         .map(|r| r.try_get::<_, String>(0))
         .collect::<std::result::Result<_, _>>()?;
-    let ours = names.into_iter().filter(|n| n.strip_prefix(prefix.as_str()).is_some_and(is_runs_own));
+    let ours = names.into_iter().filter(|n| n[prefix.len()..].chars().all(|c| c.is_ascii_digit()) && n.len() > prefix.len());
     let backoff = Backoff { initial: std::time::Duration::from_millis(50), max: std::time::Duration::from_secs(1), attempts: 8 };
     for name in ours {
         let dropped = backoff
@@ -190,18 +178,5 @@ mod tests {
     fn worker_origins_are_named_after_the_slot() {
         assert_eq!(super::for_copy_worker("pg_ghost_16387", 0), "pgghost_pg_ghost_16387_c0");
         assert!(super::for_copy_worker("pg_ghost_1", 3).starts_with(super::OWN_PREFIX));
-        assert_eq!(super::for_apply("pg_ghost_16387"), "pgghost_pg_ghost_16387_a");
-    }
-
-    #[test]
-    fn a_run_drops_its_own_origins_only() {
-        let prefix = super::run_prefix("pg_ghost_1");
-        for own in [super::for_apply("pg_ghost_1"), super::for_copy_worker("pg_ghost_1", 0), super::for_copy_worker("pg_ghost_1", 12)] {
-            assert!(super::is_runs_own(&own[prefix.len()..]), "{own}");
-        }
-        // Another run's slot whose name starts with this one's and an underscore.
-        for other in [super::for_apply("pg_ghost_1_x"), super::for_copy_worker("pg_ghost_1_c", 0), "pgghost_pg_ghost_1_c".into(), "pgghost_pg_ghost_1_ab".into()] {
-            assert!(other.starts_with(&prefix) && !super::is_runs_own(&other[prefix.len()..]), "{other}");
-        }
     }
 }

@@ -229,7 +229,7 @@ pub async fn confirmed_flush_lsn(client: &Client, name: &str) -> Result<Option<L
     }
 }
 
-/// Drops the slot if it exists, and the run's replication origins named after it; returns
+/// Drops the slot if it exists, and the copy's replication origins named after it; returns
 /// whether the slot existed. A walsender still streaming from
 /// it is terminated first, and 55006 (still active: the walsender has not exited yet) is
 /// retried with `backoff`.
@@ -261,7 +261,7 @@ pub async fn drop_slot(client: &Client, name: &str, backoff: &Backoff) -> Result
     if dropped {
         tracing::info!(slot = name, "replication slot dropped");
     }
-    // The run's replication origins go with the slot they were made for.
+    // The copy's replication origins go with the slot they were made for.
     super::origins::drop_for_slot(client, name).await?;
     Ok(dropped)
 }

@@ -10,7 +10,7 @@ use crate::ghost::Ghost;
 use crate::lsn::Lsn;
 use crate::names::Names;
 use crate::reconnect::Session;
-use crate::replication::{origins, slot};
+use crate::replication::slot;
 use crate::replication::transport::{
     ProtoVersion, ReplicationConnection, ReplicationStream, SlotKind, SlotSnapshot, StreamOptions,
 };
@@ -197,14 +197,7 @@ impl Replication {
         let positions = Arc::new(StreamPositions::default());
         let (stop_tx, stop_rx) = oneshot::channel();
         let release = Arc::new(Notify::new());
-        let apply_conn = conn.with_application_name("pg-ghost apply");
-        let apply_session = match s.origin_none {
-            // The apply's writes (upserts into the ghost, the changelog's records) are left out
-            // of the stream's decoding like the copy's.
-            true => Session::connect_with(apply_conn, apply_origin(s.slot)).await?,
-            false => Session::connect(apply_conn).await?,
-        }
-        .tell_when_unreachable(release.clone());
+        let apply_session = Session::connect(conn.with_application_name("pg-ghost apply")).await?.tell_when_unreachable(release.clone());
         // Read from the catalog, not assumed: a resumed run streams from the publication an
         // earlier run (perhaps an earlier version) created.
         let (extractor, recorded) = match slot::published_columns(apply_session.client(), s.publication, s.table.oid).await? {
@@ -215,7 +208,7 @@ impl Replication {
         let pump = Pump { source, acks, extractor, items: items_tx, positions: positions.clone(), release };
         // While the stream leaves origins out, an origin that appears stops the run, through
         // the stream's task.
-        let watch = s.origin_none.then(|| origins::watch_for_foreign(conn.clone(), origins::WATCH_EVERY));
+        let watch = s.origin_none.then(|| crate::replication::origins::watch_for_foreign(conn.clone(), crate::replication::origins::WATCH_EVERY));
         let pump = tokio::spawn(async move {
             match watch {
                 None => pump.run(stream, stop_rx).await,
@@ -244,18 +237,6 @@ impl Replication {
         };
         Ok((Replication { writer, inflight, positions, flush, origin_none: s.origin_none }, background))
     }
-}
-
-/// Marks an apply session's writes with the run's apply origin (made first if need be).
-fn apply_origin(slot: &str) -> crate::reconnect::Setup {
-    let name = origins::for_apply(slot);
-    Arc::new(move |client| {
-        let name = name.clone();
-        Box::pin(async move {
-            origins::create(&client, &name).await?;
-            origins::set_up(&client, &name).await
-        })
-    })
 }
 
 /// One stream and its apply loop, as [`Replication::start_stream`] starts them.

@@ -1,6 +1,6 @@
-//! Replication origins on the copy's and the apply's sessions (PostgreSQL 16 and later): the
-//! stream leaves pg-ghost's own writes out of its decoding, and asks for that only while no
-//! other replication origin exists, since it leaves out every origin's changes. On PostgreSQL 15 (CI) the same
+//! Replication origins on the copy's sessions (PostgreSQL 16 and later): the stream leaves the
+//! copy's own writes out of its decoding, and asks for that only while no other replication
+//! origin exists, since it leaves out every origin's changes. On PostgreSQL 15 (CI) the same
 //! tests check that nothing of it is used: no origin created, the swap made as before.
 //! `PG_BINDIR=<PostgreSQL 16 bin> cargo test --features fault-injection --test it origins::`
 //! runs them on 16.
@@ -24,17 +24,16 @@ fn origins(db: &TestDb<'_>, prefix: &str) -> String {
     ))
 }
 
-/// Under the control-table workload with two copy workers: on 16 the copy's sessions and the
-/// apply's write under origins the stream leaves out, the table ends equal to the control and
-/// no origin is left; on 15 none is ever made.
+/// Under the control-table workload with two copy workers: on 16 the copy's sessions write
+/// under origins the stream leaves out, the table ends equal to the control and no origin is
+/// left; on 15 none is ever made.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_copy_writes_under_origins_the_stream_leaves_out() {
     let db = Cluster::primary().fresh_db("origins_copy");
     let table = OracleTable::create(&db, "orders", KeyKind::Identity, 6_000).await;
     let client = db.client().await;
     // Other tests' runs in the same cluster have origins of their own: only this run's.
-    let run_prefix = format!("pgghost_pg_ghost_{}_", db.psql("SELECT 'orders'::regclass::oid"));
-    let ours = format!("{run_prefix}c");
+    let ours = format!("pgghost_pg_ghost_{}_c", db.psql("SELECT 'orders'::regclass::oid"));
     let workload = Workload::start(&db, &table, WorkloadOptions::new(3).rate(Some(100))).await;
     workload.wait_for_more_commits(20, Duration::from_secs(30)).await;
     let flag = flag_path(&db, "postpone");
@@ -43,9 +42,6 @@ async fn the_copy_writes_under_origins_the_stream_leaves_out() {
     let mut run = Running::spawn(&db, "run", &args);
     wait_for_state(&client, &mut run, "orders", "postponed", Duration::from_secs(120)).await;
     let during = origins(&db, &ours);
-    let apply_during = origins(&db, &format!("{run_prefix}a"));
-    // An origin's local_lsn moves at each commit of a session that writes under it.
-    let apply_committed = db.psql(&format!("SELECT coalesce(local_lsn > '0/0', false) FROM pg_replication_origin_status WHERE external_id = '{run_prefix}a'"));
     std::fs::remove_file(&flag).unwrap();
     let out = run.wait(Duration::from_secs(120)).await;
     binary::assert_success(&out);
@@ -56,15 +52,13 @@ async fn the_copy_writes_under_origins_the_stream_leaves_out() {
             let slot_origins: Vec<&str> = during.split(',').collect();
             assert_eq!(slot_origins.len(), 2, "one origin per copy worker while the run lasts: {during}");
             assert_eq!(during, format!("{ours}0,{ours}1"));
-            assert_eq!(apply_during, format!("{run_prefix}a"), "the apply session has an origin of its own");
-            assert_eq!(apply_committed, "t", "no flush committed under the apply's origin");
         }
         false => {
             assert!(!log.contains("left out of the stream's decoding"), "{log}");
-            assert_eq!((during.as_str(), apply_during.as_str()), ("", ""), "an origin was made on a server older than 16");
+            assert_eq!(during, "", "an origin was made on a server older than 16");
         }
     }
-    assert_eq!(origins(&db, &run_prefix), "", "replication origins left behind");
+    assert_eq!(origins(&db, &ours), "", "replication origins left behind");
     workload.wait_for_more_commits(20, Duration::from_secs(30)).await;
     let report = workload.stop().await;
     assert!(report.errors.is_empty(), "workload errors (seed {}): {:#?}", report.seed, report.errors);
