@@ -116,7 +116,8 @@ fn column(row: &tokio_postgres::Row) -> Result<Column> {
         type_oid: get(row, "atttypid")?,
         not_null: get(row, "attnotnull")?,
         identity,
-        generated: get::<String>(row, "generated")? == "s",
+        // Stored (`s`) or, from PostgreSQL 18, virtual (`v`): computed by the server, never written.
+        generated: !get::<String>(row, "generated")?.is_empty(),
     })
 }
 

@@ -26,7 +26,7 @@ mod libpq;
 mod metrics;
 mod fleet;
 mod migrate;
-mod not_null_constraints;
+mod postgres18;
 mod oracle;
 mod oracle_selftest;
 mod partitioned;
