@@ -996,7 +996,8 @@ async fn set_aside_indexes(
 /// Foreign keys, and CHECKs and not-null constraints (PostgreSQL 18) added `NOT VALID`, are
 /// dropped from the ghost and added back after the copy: a `NOT VALID` constraint spares
 /// the rows that exist when it is added, which for a plain ALTER are all of them, while
-/// every row the copy writes would be checked. A foreign key that was valid is validated once it is back.
+/// every row the copy writes would be checked. A foreign key that was valid is validated
+/// once it is back.
 ///
 /// PostgreSQL 15 cannot add a foreign key `NOT VALID` on a partitioned table: there the
 /// foreign keys stay on the ghost and check the rows as they are copied.

@@ -42,18 +42,18 @@
 
 pub mod conversion;
 mod key;
-
-/// Whether column `a` (a pg_attribute row) holds no NULL: `attnotnull`, unless that comes
-/// from a not-null constraint added `NOT VALID` (PostgreSQL 18), which spares the rows that
-/// were there.
-const NOT_NULL: &str = "(a.attnotnull AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint nn
-      WHERE nn.conrelid = a.attrelid AND nn.contype = 'n' AND NOT nn.convalidated AND nn.conkey[1] = a.attnum))";
 mod partitions;
 mod preflight;
 mod relation;
 mod resolve;
 mod server;
 mod table;
+
+/// Whether column `a` (a pg_attribute row) holds no NULL: `attnotnull`, unless that comes
+/// from a not-null constraint added `NOT VALID` (PostgreSQL 18), which spares the rows that
+/// were there.
+const NOT_NULL: &str = "(a.attnotnull AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint nn
+      WHERE nn.conrelid = a.attrelid AND nn.contype = 'n' AND NOT nn.convalidated AND nn.conkey[1] = a.attnum))";
 
 pub use preflight::{preflight, preflight_shared, PreflightOptions};
 pub use resolve::resolve_table;
