@@ -1,6 +1,7 @@
 //! What PostgreSQL 18 adds to a table: not-null constraints that are named
 //! (`<table>_<column>_not_null`) and may be `NOT VALID`, sparing the NULLs the table held when
-//! added; virtual generated columns, computed when read. On older servers none exists and these
+//! added; constraints `NOT ENFORCED`; virtual generated columns, computed when read. On older
+//! servers none exists and these
 //! tests say so and end; `scripts/test.sh` runs this module on 18 too.
 
 use crate::binary;
@@ -100,5 +101,35 @@ async fn virtual_generated_columns_are_computed_not_copied() {
                      UNION ALL SELECT 10000 + i, i FROM generate_series(0, 199) i) e";
     assert_eq!(rows("public.vg"), rows(expected));
     let twin = before.twin_after_plain_alter(&db, "public.vg", alter).await;
+    assert_whole_schema_equal(&db, &twin, alter).await;
+}
+
+/// Constraints `NOT ENFORCED` (a CHECK, a foreign key of the table's, one from another table
+/// to it) spare rows that break them: those rows are copied, and each constraint stays
+/// `NOT ENFORCED` (never validated) under its name, as under a plain ALTER.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn constraints_not_enforced_stay_so_and_spare_their_rows() {
+    let db = Cluster::primary().fresh_db("not_enforced");
+    if !server_is_18_or_later(&db) {
+        return;
+    }
+    db.psql(
+        "CREATE TABLE public.ne_ref (id int PRIMARY KEY);
+         INSERT INTO public.ne_ref SELECT g FROM generate_series(1, 10) g;
+         CREATE TABLE public.ne (id int PRIMARY KEY, a int, r int, b int);
+         INSERT INTO public.ne SELECT g, g - 500, g, g FROM generate_series(1, 2000) g;
+         ALTER TABLE public.ne ADD CONSTRAINT ne_a_positive CHECK (a > 0) NOT ENFORCED;
+         ALTER TABLE public.ne ADD CONSTRAINT ne_r_fkey FOREIGN KEY (r) REFERENCES public.ne_ref (id) NOT ENFORCED;
+         CREATE TABLE public.ne_child (id int PRIMARY KEY, ne_id int REFERENCES public.ne (id) NOT ENFORCED);
+         INSERT INTO public.ne_child VALUES (1, 5000), (2, 3);",
+    );
+    let alter = "ALTER COLUMN b TYPE bigint";
+    let before = WholeSchema::take(&db).await;
+    let rows = "SELECT string_agg(format('%s,%s,%s,%s', id, a, r, b), ';' ORDER BY id) FROM public.ne";
+    let expected_rows = db.psql(rows);
+    let out = binary::run(&db, &["--table", "ne", "--alter", alter, "--execute", "--ok-to-drop-table"]).await;
+    binary::assert_success(&out);
+    assert_eq!(db.psql(rows), expected_rows, "the rows are not the original's");
+    let twin = before.twin_after_plain_alter(&db, "public.ne", alter).await;
     assert_whole_schema_equal(&db, &twin, alter).await;
 }
