@@ -1,8 +1,8 @@
 //! What PostgreSQL 18 adds to a table: not-null constraints that are named
 //! (`<table>_<column>_not_null`) and may be `NOT VALID`, sparing the NULLs the table held when
 //! added; constraints `NOT ENFORCED`; virtual generated columns, computed when read. On older
-//! servers none exists and these
-//! tests say so and end; `scripts/test.sh` runs this module on 18 too.
+//! servers none exists and these tests say so and end; `scripts/test.sh` runs this module on 18
+//! too.
 
 use crate::binary;
 use crate::harness::{Cluster, TestDb};
