@@ -157,6 +157,22 @@ refusal_tests! {
     };
 }
 
+/// A type change PostgreSQL refuses on the table's clone, where `--strategy auto` reads what
+/// each clause does, is taken to rewrite: the ghost way meets the refusal on the ghost and
+/// stops with PostgreSQL's reason before changing anything (exit 3), instead of the direct way
+/// trying it on the table itself.
+#[tokio::test]
+async fn a_type_change_postgresql_rejects_is_refused_with_its_reason_under_auto() {
+    let db = Cluster::primary().fresh_db("rf_rejected_type");
+    db.psql(ORDERS);
+    db.psql("ALTER TABLE orders ADD COLUMN twice int GENERATED ALWAYS AS (n * 2) STORED");
+    let client = db.client().await;
+    let before = CatalogSnapshot::take(&client).await;
+    let out = binary::run(&db, &["--table", "orders", "--alter", "ALTER COLUMN n TYPE bigint", "--strategy", "auto", "--execute"]).await;
+    assert_exit(&out, 3, &["PostgreSQL rejected the ALTER", "used by a generated column"]);
+    assert_catalog_unchanged(&before, &CatalogSnapshot::take(&client).await);
+}
+
 // ---- names that need quoting, and injection through --table ------------------------------
 
 const WEIRD_SCHEMA: &str = "S p";
