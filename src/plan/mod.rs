@@ -237,12 +237,40 @@ async fn referenced_by(client: &tokio_postgres::Client, table: &QualifiedName, c
     Ok(row.map(|r| r.try_get(0)).transpose()?)
 }
 
+/// Clauses that touch only the table's own columns: the clone (`LIKE ... INCLUDING ALL`) has
+/// all they can meet, so its refusal is PostgreSQL's answer for the table too.
+const OWN_COLUMN_CLAUSES: [&str; 12] = [
+    "AtAddColumn",
+    "AtDropColumn",
+    "AtAlterColumnType",
+    "AtColumnDefault",
+    "AtSetNotNull",
+    "AtDropNotNull",
+    "AtSetExpression",
+    "AtDropExpression",
+    "AtAddIdentity",
+    "AtSetIdentity",
+    "AtDropIdentity",
+    "AtSetCompression",
+];
+
+const REFUSED_ON_CLONE: &str = "refused on a clone, which has all it can meet";
+
 fn clause_plan(clause: &Clause, observed: Observation, referenced: Option<String>) -> ClausePlan {
-    let (observed, source) = match observed.observed {
-        true => (observed, "observed on a clone"),
-        false => (steps::rule_for(&clause.kind, observed.error.clone(), referenced), "rule (the clause names something a clone has not)"),
+    let refused = !observed.observed && OWN_COLUMN_CLAUSES.contains(&clause.kind.as_str());
+    let (mut observed, source) = match (observed.observed, refused) {
+        (true, _) => (observed, "observed on a clone"),
+        (false, true) => (steps::rule_for(&clause.kind, observed.error.clone(), referenced), REFUSED_ON_CLONE),
+        (false, false) => (steps::rule_for(&clause.kind, observed.error.clone(), referenced), "rule (the clause names something a clone has not)"),
     };
-    let action = action(&observed);
+    // Taken to need the ghost, where PostgreSQL refuses it again and the run stops with its
+    // reason before changing anything; the direct way would try it on the table itself, after
+    // the clauses before it.
+    observed.rewrites |= refused;
+    let action = match refused {
+        true => "refuses it: the ghost way, which stops with PostgreSQL's reason before changing anything".to_string(),
+        false => action(&observed),
+    };
     ClausePlan { statement: clause.statement.clone(), kind: clause.kind.clone(), action, source, can_fail_on: clause.can_fail.filter(|_| observed.rewrites || observed.scans || clause.kind != "AtAlterColumnType"), observed }
 }
 
@@ -273,15 +301,23 @@ fn decide(table: &QualifiedName, conn: &ConnInfo, alter: &str, sizes: Sizes, rat
     let scan = estimate::scan_seconds(sizes.heap_bytes + sizes.toast_bytes, &rates) * scanning.len() as f64;
     // A new index: about 32 bytes an entry (tuple header, key, line pointer, fill factor).
     let new_index_bytes = clauses.iter().filter(|c| c.observed.builds_index).count() as i64 * sizes.rows * 32;
+    let refused: Vec<usize> = clauses.iter().enumerate().filter(|(_, c)| c.source == REFUSED_ON_CLONE).map(|(i, _)| i + 1).collect();
     let (strategy, why, chosen, plain_alter) = if !rewriting.is_empty() {
         let copy_cost = Cost { seconds: copy, wal_bytes: sizes.copy_bytes(), extra_disk_bytes: sizes.copy_bytes(), writes_blocked: "milliseconds, at the swap".into() };
         let plain = Cost { seconds: rewrite, wal_bytes: sizes.copy_bytes(), extra_disk_bytes: sizes.copy_bytes(), writes_blocked: "the whole time, reads too (ACCESS EXCLUSIVE)".into() };
-        (
-            Strategy::Ghost,
-            format!(
+        let why = match refused.is_empty() {
+            true => format!(
                 "clause {} rewrites the table: a plain ALTER TABLE would hold ACCESS EXCLUSIVE (no reads, no writes) for the whole rewrite",
                 list(&rewriting)
             ),
+            false => format!(
+                "PostgreSQL refuses clause {} on a clone of the table: run stops with its reason on the ghost, before changing anything, where the direct way would try it on the table after the clauses before it",
+                list(&refused)
+            ),
+        };
+        (
+            Strategy::Ghost,
+            why,
             copy_cost,
             plain,
         )

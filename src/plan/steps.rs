@@ -24,11 +24,7 @@ pub fn rule_for(kind: &str, error: Option<String>, referenced: Option<String>) -
         _ => None,
     };
     let other_locks = referenced.into_iter().zip(other).map(|(t, m)| (t, m.to_string())).collect();
-    // A type change the clone refused is taken to rewrite, as most do: the ghost way then
-    // meets PostgreSQL's refusal on the ghost and stops with it before anything is changed,
-    // where the direct way would try it on the table itself.
-    let rewrites = kind == "AtAlterColumnType";
-    Observation { observed: false, error, scans, lock: Some(lock.to_string()), other_locks, rewrites, ..Default::default() }
+    Observation { observed: false, error, scans, lock: Some(lock.to_string()), other_locks, ..Default::default() }
 }
 
 /// One statement of the direct way.
