@@ -211,9 +211,18 @@ pub async fn analyse(client: &tokio_postgres::Client, table: &QualifiedName, alt
 }
 
 /// The direct way's steps, or the numbers of the clauses that rewrite the table (then
-/// only the ghost way keeps the table available).
+/// only the ghost way keeps the table available); a refusal with PostgreSQL's reason when a
+/// clause on the table's own columns failed on the clone (it would fail on the table too).
 pub async fn direct_steps(client: &tokio_postgres::Client, table: &QualifiedName, alter: &str) -> Result<std::result::Result<Vec<Step>, Vec<usize>>> {
     let (clauses, plans) = analyse(client, table, alter).await?;
+    if let Some((i, p)) = plans.iter().enumerate().find(|(_, p)| p.source == REFUSED_ON_CLONE) {
+        return Err(Error::refused(format!(
+            "PostgreSQL rejected the ALTER on a clone of the table, clause {} ({}): {}; nothing was changed",
+            i + 1,
+            p.statement,
+            p.observed.error.as_deref().unwrap_or("refused")
+        )));
+    }
     let rewriting = rewriting(&plans);
     Ok(match rewriting.is_empty() {
         true => Ok(steps::direct(table, &plans, &clauses)),
@@ -263,12 +272,11 @@ fn clause_plan(clause: &Clause, observed: Observation, referenced: Option<String
         (false, true) => (steps::rule_for(&clause.kind, observed.error.clone(), referenced), REFUSED_ON_CLONE),
         (false, false) => (steps::rule_for(&clause.kind, observed.error.clone(), referenced), "rule (the clause names something a clone has not)"),
     };
-    // Taken to need the ghost, where PostgreSQL refuses it again and the run stops with its
-    // reason before changing anything; the direct way would try it on the table itself, after
-    // the clauses before it.
+    // Never made directly: the direct way would try it on the table itself, after the clauses
+    // before it. `run` refuses it up front ([`direct_steps`]); the plan shows the ghost way.
     observed.rewrites |= refused;
     let action = match refused {
-        true => "refuses it: the ghost way, which stops with PostgreSQL's reason before changing anything".to_string(),
+        true => "refuses it (see below); `pg-ghost run` stops with the reason before changing anything".to_string(),
         false => action(&observed),
     };
     ClausePlan { statement: clause.statement.clone(), kind: clause.kind.clone(), action, source, can_fail_on: clause.can_fail.filter(|_| observed.rewrites || observed.scans || clause.kind != "AtAlterColumnType"), observed }
@@ -311,7 +319,7 @@ fn decide(table: &QualifiedName, conn: &ConnInfo, alter: &str, sizes: Sizes, rat
                 list(&rewriting)
             ),
             false => format!(
-                "PostgreSQL refuses clause {} on a clone of the table: run stops with its reason on the ghost, before changing anything, where the direct way would try it on the table after the clauses before it",
+                "PostgreSQL refuses clause {} on a clone of the table: `pg-ghost run` stops with its reason before changing anything",
                 list(&refused)
             ),
         };

@@ -158,9 +158,9 @@ refusal_tests! {
 }
 
 /// A clause on the table's own columns that PostgreSQL refuses on the table's clone, where
-/// `--strategy auto` reads what each clause does, sends the run the ghost way: there the
-/// refusal stops it with PostgreSQL's reason before anything changes (exit 3), where the
-/// direct way would have added the column of the first clause and then met the refusal.
+/// `--strategy auto` reads what each clause does, stops the run with PostgreSQL's reason and
+/// the clause before anything changes (exit 3), where the direct way would have added the
+/// column of the first clause and then met the refusal on the table.
 #[tokio::test]
 async fn a_type_change_postgresql_rejects_is_refused_with_its_reason_under_auto() {
     let db = Cluster::primary().fresh_db("rf_rejected_type");
@@ -169,7 +169,7 @@ async fn a_type_change_postgresql_rejects_is_refused_with_its_reason_under_auto(
     let client = db.client().await;
     let before = CatalogSnapshot::take(&client).await;
     let out = binary::run(&db, &["--table", "orders", "--alter", "ADD COLUMN x int, ALTER COLUMN n TYPE bigint", "--strategy", "auto", "--execute"]).await;
-    assert_exit(&out, 3, &["PostgreSQL rejected the ALTER", "used by a generated column"]);
+    assert_exit(&out, 3, &["PostgreSQL rejected the ALTER", "clause 2 (ALTER TABLE", "used by a generated column"]);
     assert_catalog_unchanged(&before, &CatalogSnapshot::take(&client).await);
 }
 
