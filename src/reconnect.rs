@@ -125,13 +125,15 @@ pub struct Session {
     conn: ConnInfo,
     client: Arc<Client>,
     unreachable: Option<Arc<Notify>>,
+    /// `unreachable` was told that this connection closed (see [`Session::tell_if_closed`]).
+    closure_told: bool,
 }
 
 impl Session {
     /// Opens the session; `conn` (its application name included) is used again to reconnect.
     pub async fn connect(conn: ConnInfo) -> Result<Session> {
         let client = Arc::new(conn.connect().await?);
-        Ok(Session { conn, client, unreachable: None })
+        Ok(Session { conn, client, unreachable: None, closure_told: false })
     }
 
     /// `notify` is told each time a new connection cannot be opened for a reason worth waiting
@@ -143,6 +145,20 @@ impl Session {
 
     pub fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// Tells `unreachable`, once per connection, that the connection closed while unused (its
+    /// backend terminated: a fast shutdown does that first), without waiting for its next use
+    /// to find out. A server shutting down waits for the walsenders, and a logical walsender
+    /// for its client to confirm what it sent, which a stream whose apply cannot flush never
+    /// does: letting the stream go at once spares the restart `wal_sender_timeout`.
+    pub fn tell_if_closed(&mut self) {
+        if !self.closure_told && self.client.is_closed() {
+            self.closure_told = true;
+            if let Some(n) = &self.unreachable {
+                n.notify_one();
+            }
+        }
     }
 
     /// Runs `op` on the session. When the session is lost, before or during `op`, a new one is
@@ -171,6 +187,7 @@ impl Session {
                     .await?;
                     reconnected(&self.conn, &outage);
                     self.client = Arc::new(client);
+                    self.closure_told = false;
                 }
                 other => return other,
             }

@@ -226,6 +226,8 @@ impl Writer {
         stats: watch::Sender<ApplyStats>,
     ) -> Result<()> {
         let inflight = self.inflight.clone();
+        let mut closed_check = tokio::time::interval(CLOSED_CHECK_EVERY);
+        closed_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             for chunk in inflight.take_ended() {
                 self.release(chunk);
@@ -254,6 +256,13 @@ impl Writer {
                     }
                 },
                 _ = inflight.chunk_ended.notified() => {}
+                // Between flushes the session is unused: a connection the server closed
+                // (shutting down) would go unseen until the next flush.
+                _ = closed_check.tick() => {
+                    if let Ok(mut session) = self.session.try_lock() {
+                        session.tell_if_closed();
+                    }
+                }
             }
         }
     }
@@ -434,6 +443,9 @@ impl Writer {
         }
     }
 }
+
+/// How often the session is looked at between flushes ([`Session::tell_if_closed`]).
+const CLOSED_CHECK_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Resolves when the running flush ends; pending forever when none runs.
 async fn wait_flush(flush: &mut Option<(FlushTask, Lsn)>) -> (Result<Flushed>, Lsn) {
