@@ -64,6 +64,14 @@ pub struct ClausePlan {
     pub can_fail_on: Option<&'static str>,
 }
 
+impl ClausePlan {
+    /// PostgreSQL refused it on the clone, which has all it can meet: it would refuse it on
+    /// the table too.
+    fn refused_on_clone(&self) -> bool {
+        self.source == REFUSED_ON_CLONE
+    }
+}
+
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Plan {
     pub table: String,
@@ -215,7 +223,7 @@ pub async fn analyse(client: &tokio_postgres::Client, table: &QualifiedName, alt
 /// clause on the table's own columns failed on the clone (it would fail on the table too).
 pub async fn direct_steps(client: &tokio_postgres::Client, table: &QualifiedName, alter: &str) -> Result<std::result::Result<Vec<Step>, Vec<usize>>> {
     let (clauses, plans) = analyse(client, table, alter).await?;
-    if let Some((i, p)) = plans.iter().enumerate().find(|(_, p)| p.source == REFUSED_ON_CLONE) {
+    if let Some((i, p)) = plans.iter().enumerate().find(|(_, p)| p.refused_on_clone()) {
         return Err(Error::refused(format!(
             "PostgreSQL rejected the ALTER on a clone of the table, clause {} ({}): {}; nothing was changed",
             i + 1,
@@ -267,10 +275,14 @@ const REFUSED_ON_CLONE: &str = "refused on a clone, which has all it can meet";
 
 fn clause_plan(clause: &Clause, observed: Observation, referenced: Option<String>) -> ClausePlan {
     let refused = !observed.observed && OWN_COLUMN_CLAUSES.contains(&clause.kind.as_str());
-    let (mut observed, source) = match (observed.observed, refused) {
-        (true, _) => (observed, "observed on a clone"),
-        (false, true) => (steps::rule_for(&clause.kind, observed.error.clone(), referenced), REFUSED_ON_CLONE),
-        (false, false) => (steps::rule_for(&clause.kind, observed.error.clone(), referenced), "rule (the clause names something a clone has not)"),
+    let source = match (observed.observed, refused) {
+        (true, _) => "observed on a clone",
+        (false, true) => REFUSED_ON_CLONE,
+        (false, false) => "rule (the clause names something a clone has not)",
+    };
+    let mut observed = match observed.observed {
+        true => observed,
+        false => steps::rule_for(&clause.kind, observed.error.clone(), referenced),
     };
     // Never made directly: the direct way would try it on the table itself, after the clauses
     // before it. `run` refuses it up front ([`direct_steps`]); the plan shows the ghost way.
@@ -309,7 +321,7 @@ fn decide(table: &QualifiedName, conn: &ConnInfo, alter: &str, sizes: Sizes, rat
     let scan = estimate::scan_seconds(sizes.heap_bytes + sizes.toast_bytes, &rates) * scanning.len() as f64;
     // A new index: about 32 bytes an entry (tuple header, key, line pointer, fill factor).
     let new_index_bytes = clauses.iter().filter(|c| c.observed.builds_index).count() as i64 * sizes.rows * 32;
-    let refused: Vec<usize> = clauses.iter().enumerate().filter(|(_, c)| c.source == REFUSED_ON_CLONE).map(|(i, _)| i + 1).collect();
+    let refused: Vec<usize> = clauses.iter().enumerate().filter(|(_, c)| c.refused_on_clone()).map(|(i, _)| i + 1).collect();
     let (strategy, why, chosen, plain_alter) = if !rewriting.is_empty() {
         let copy_cost = Cost { seconds: copy, wal_bytes: sizes.copy_bytes(), extra_disk_bytes: sizes.copy_bytes(), writes_blocked: "milliseconds, at the swap".into() };
         let plain = Cost { seconds: rewrite, wal_bytes: sizes.copy_bytes(), extra_disk_bytes: sizes.copy_bytes(), writes_blocked: "the whole time, reads too (ACCESS EXCLUSIVE)".into() };

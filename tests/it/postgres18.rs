@@ -16,6 +16,18 @@ fn server_is_18_or_later(db: &TestDb<'_>) -> bool {
     yes
 }
 
+/// Runs `alter` on `public.<table>` and requires its rows, each read as `row`, to be what they
+/// were; returns the schema dump taken before, for the plain ALTER's twin.
+async fn run_keeping_rows(db: &TestDb<'_>, table: &str, alter: &str, row: &str) -> WholeSchema {
+    let before = WholeSchema::take(db).await;
+    let rows = format!("SELECT string_agg({row}, ';' ORDER BY id) FROM public.{table}");
+    let expected_rows = db.psql(&rows);
+    let out = binary::run(db, &["--table", table, "--alter", alter, "--execute", "--ok-to-drop-table"]).await;
+    binary::assert_success(&out);
+    assert_eq!(db.psql(&rows), expected_rows, "the rows are not the original's");
+    before
+}
+
 const TABLE: &str = "CREATE TABLE public.nv (id int PRIMARY KEY, a int, b text);
      INSERT INTO public.nv SELECT g, CASE WHEN g % 3 = 0 THEN NULL ELSE g END, 'x' || g FROM generate_series(1, 3000) g;
      ALTER TABLE public.nv ADD CONSTRAINT nv_a_present NOT NULL a NOT VALID;
@@ -32,12 +44,7 @@ async fn a_not_null_constraint_added_not_valid_keeps_its_nulls_and_stays_not_val
     }
     db.psql(TABLE);
     let alter = "ALTER COLUMN b TYPE varchar(10), ADD COLUMN c int NOT NULL DEFAULT 1";
-    let before = WholeSchema::take(&db).await;
-    let rows = "SELECT string_agg(format('%s,%s,%s', id, a, b), ';' ORDER BY id) FROM public.nv";
-    let expected_rows = db.psql(rows);
-    let out = binary::run(&db, &["--table", "nv", "--alter", alter, "--execute", "--ok-to-drop-table"]).await;
-    binary::assert_success(&out);
-    assert_eq!(db.psql(rows), expected_rows, "the rows are not the original's");
+    let before = run_keeping_rows(&db, "nv", alter, "format('%s,%s,%s', id, a, b)").await;
     assert_eq!(db.psql("SELECT count(*) FROM public.nv WHERE a IS NULL"), "1000");
     assert_eq!(
         db.psql("SELECT string_agg(format('%s %s', conname, convalidated), ', ' ORDER BY conname) FROM pg_constraint WHERE conrelid = 'public.nv'::regclass AND contype = 'n'"),
@@ -124,12 +131,7 @@ async fn constraints_not_enforced_stay_so_and_spare_their_rows() {
          INSERT INTO public.ne_child VALUES (1, 5000), (2, 3);",
     );
     let alter = "ALTER COLUMN b TYPE bigint";
-    let before = WholeSchema::take(&db).await;
-    let rows = "SELECT string_agg(format('%s,%s,%s,%s', id, a, r, b), ';' ORDER BY id) FROM public.ne";
-    let expected_rows = db.psql(rows);
-    let out = binary::run(&db, &["--table", "ne", "--alter", alter, "--execute", "--ok-to-drop-table"]).await;
-    binary::assert_success(&out);
-    assert_eq!(db.psql(rows), expected_rows, "the rows are not the original's");
+    let before = run_keeping_rows(&db, "ne", alter, "format('%s,%s,%s,%s', id, a, r, b)").await;
     let twin = before.twin_after_plain_alter(&db, "public.ne", alter).await;
     assert_whole_schema_equal(&db, &twin, alter).await;
 }
