@@ -16,9 +16,9 @@ cargo test --locked --features fault-injection "$@"
 
 # What the catalog of newer majors changes is checked on PostgreSQL 18 too (binaries from
 # scripts/pg-binaries.sh): named and NOT VALID not-null constraints, replication origins
-# (16+), the names the swap gives, on plain and partitioned tables. Not when a filter was given.
+# (16+), failover slots (17+), the names the swap gives, on plain and partitioned tables. Not when a filter was given.
 if [[ $# == 0 ]]; then
-  newer=(postgres18:: origins:: scenarios::add_column_with_default scenarios::identity_columns
+  newer=(postgres18:: origins:: failover:: scenarios::add_column_with_default scenarios::identity_columns
          direct::each_kind dependents::every_dependent partitioned::hash_partitioned
          convert::converted_with_a_default alter_compose:: engine_parts:: replica_test::rehearses_a_partitioned_table)
   echo "test.sh: the tests of what changed in newer majors, on PostgreSQL 18" >&2

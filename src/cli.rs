@@ -465,6 +465,13 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION", default_value = "60s")]
     pub reconnect_timeout: String,
 
+    /// Create the replication slot with FAILOVER (PostgreSQL 17+), so that standbys running
+    /// with `sync_replication_slots = on` keep a copy of it: a run cut short by a failover is
+    /// then resumed on the promoted standby (`--resume`). Needs `synchronized_standby_slots`
+    /// set on the primary; each flush is confirmed only once those standbys have it.
+    #[arg(long)]
+    pub failover_slot: bool,
+
     // ---- copy -------------------------------------------------------------------------
     /// Rows per copy chunk to start with (1 to 1,000,000); the size then adapts to
     /// --chunk-time. Hot-tunable through the socket (`chunk-size=N`).

@@ -58,6 +58,8 @@ pub struct Config {
     pub resume: bool,
     pub initially_drop_ghost_table: bool,
     pub skip_checksum: bool,
+    /// `--failover-slot`: the slot is synchronized to standbys (`crate::replication::failover`).
+    pub failover_slot: bool,
     /// Key ranges the checksum compares at once; at least 1, at most [`MAX_CHECKSUM_WORKERS`].
     pub checksum_workers: usize,
     /// `--history-table` as given (resolved on the server); `None` with `--no-history`.
@@ -188,6 +190,7 @@ impl Config {
             resume: resume(args)?,
             initially_drop_ghost_table: args.initially_drop_ghost_table,
             skip_checksum: args.skip_checksum,
+            failover_slot: args.failover_slot,
             checksum_workers: checksum_workers(args)?,
             history_table: (!args.no_history).then(|| required("history-table", &args.history_table)).transpose()?,
             status_interval: positive("status-interval", &args.status_interval, Bare::Refuse)?,
@@ -636,6 +639,7 @@ impl fmt::Debug for Config {
             .field("resume", &self.resume)
             .field("initially_drop_ghost_table", &self.initially_drop_ghost_table)
             .field("skip_checksum", &self.skip_checksum)
+            .field("failover_slot", &self.failover_slot)
             .field("checksum_workers", &self.checksum_workers)
             .field("history_table", &self.history_table)
             .field("status_interval", &self.status_interval)

@@ -45,6 +45,9 @@ pub enum ErrorKind {
     /// A row of the new table cannot be written back to the old one in its old shape (a
     /// value past the old type's range, say): the revert window cannot go back.
     RevertImpossible,
+    /// A reconnect found a promoted standby, another cluster or a new timeline behind the
+    /// run's address: the run stops and leaves what it made for `--resume` there.
+    FailedOver,
 }
 
 impl ErrorKind {
@@ -81,6 +84,7 @@ impl ErrorKind {
             ErrorKind::Aborted => "aborted",
             ErrorKind::Internal => "internal",
             ErrorKind::RevertImpossible => "revert-impossible",
+            ErrorKind::FailedOver => "failed-over",
         }
     }
 

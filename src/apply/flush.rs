@@ -17,6 +17,7 @@ use crate::error::{Context, Result};
 use crate::copy::Range;
 use crate::ghost::Mapping;
 use crate::keysql::{insert_select, KeyCols};
+use crate::replication::failover::StandbyWait;
 use crate::sql::{ident, QualifiedName};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -52,6 +53,9 @@ pub struct FlushSql {
     definition: Option<Definition>,
     /// Where keys go while the ghost has no index on its key (see `super::park`).
     parking: Option<Parking>,
+    /// The standbys a committed flush waits for before its changes are confirmed (a slot
+    /// synchronized to them, see `crate::replication::failover`).
+    standbys: Option<StandbyWait>,
 }
 
 #[derive(Clone, Debug)]
@@ -122,6 +126,7 @@ impl FlushSql {
             cast_back: None,
             definition: None,
             parking: None,
+            standbys: None,
         }
     }
 
@@ -130,6 +135,21 @@ impl FlushSql {
     pub fn parking_in(mut self, changelog: &QualifiedName, active: bool) -> FlushSql {
         self.parking = Some(Parking::new(changelog, active));
         self
+    }
+
+    /// Committed flushes wait for these standbys ([`FlushSql::wait_for_standbys`]).
+    pub fn waiting_for_standbys(mut self, standbys: Option<StandbyWait>) -> FlushSql {
+        self.standbys = standbys;
+        self
+    }
+
+    /// After a flush committed on `client`: returns once the standbys it must wait for have
+    /// it, so that the changes it wrote may be confirmed.
+    pub async fn wait_for_standbys(&self, client: &impl GenericClient) -> Result<()> {
+        match &self.standbys {
+            Some(standbys) => standbys.wait(client).await,
+            None => Ok(()),
+        }
     }
 
     /// Where keys are parked, when they may be.

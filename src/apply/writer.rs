@@ -589,7 +589,8 @@ async fn flush_in_transaction(client: &Client, sql: &FlushSql, keys: &[Key], app
         crate::fault::crash_point("apply-before-commit");
         Ok(())
     })
-    .await
+    .await?;
+    sql.wait_for_standbys(client).await
 }
 
 /// Runs `work` in a transaction of its own on `client`: committed when it succeeds, rolled

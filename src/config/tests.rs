@@ -86,7 +86,7 @@ fn defaults() {
 #[rustfmt::skip]
 const EVERY_FLAG: &[&str] = &[
     "--conn", "host=10.0.0.1 port=6000 user=u dbname=app",
-    "--execute", "--key", "orders_uk", "--resume", "--skip-checksum", "--checksum-workers", "3", "--history-table", "ops.runs",
+    "--execute", "--key", "orders_uk", "--resume", "--skip-checksum", "--failover-slot", "--checksum-workers", "3", "--history-table", "ops.runs",
     "--status-interval", "2s", "--reconnect-timeout", "90s",
     "--chunk-size", "2000", "--chunk-time", "1.5s", "--copy-workers", "4",
     "--data-check-limit", "25", "--skip-data-checks",
@@ -110,7 +110,7 @@ fn every_flag_reaches_its_field() {
     let c = config(EVERY_FLAG).unwrap();
     assert_eq!(c.conn.endpoint, Endpoint::Tcp { host: "10.0.0.1".into(), port: 6000 });
     assert_eq!((c.conn.user.as_str(), c.conn.dbname.as_str()), ("u", "app"));
-    assert!(c.execute && c.resume && c.skip_checksum);
+    assert!(c.execute && c.resume && c.skip_checksum && c.failover_slot);
     assert_eq!(c.checksum_workers, 3);
     assert_eq!(c.strategy, crate::cli::StrategyArg::Auto);
     assert_eq!(c.key.as_deref(), Some("orders_uk"));

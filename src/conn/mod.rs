@@ -15,12 +15,14 @@ mod conninfo;
 mod hosts;
 mod keywords;
 mod pgpass;
+mod pin;
 mod reconnects;
 mod service;
 mod ssl;
 
 pub use hosts::TargetSession;
 pub use pgpass::DEFAULT_SOCKET_DIR;
+pub use pin::{ServerIdentity, ServerPin};
 pub use reconnects::{Reconnects, DEFAULT_RECONNECT_TIMEOUT};
 pub use service::DEFAULT_SYSCONFDIR;
 pub use ssl::{ChannelBindingMode, RootCert, SslMode, SslSettings};
@@ -79,6 +81,9 @@ pub struct ConnInfo {
     pub reconnect_timeout: Duration,
     /// Reconnections so far, shared by every `ConnInfo` derived from this one.
     pub reconnects: Reconnects,
+    /// The server every session must find once the run pinned it, shared by every `ConnInfo`
+    /// of the same endpoint derived from this one (see `pin`).
+    pub server: ServerPin,
 }
 
 /// A setting and where it came from, for messages.
@@ -179,6 +184,7 @@ impl ConnInfo {
             password_from_file: false,
             reconnect_timeout: DEFAULT_RECONNECT_TIMEOUT,
             reconnects: Default::default(),
+            server: ServerPin::default(),
         };
         Ok(info.at(&endpoint).with_application_name("pg-ghost"))
     }
@@ -187,6 +193,10 @@ impl ConnInfo {
     /// password was given (libpq looks it up per host).
     pub fn at(&self, endpoint: &Endpoint) -> ConnInfo {
         let mut info = ConnInfo { endpoint: endpoint.clone(), ..self.clone() };
+        if *endpoint != self.endpoint {
+            // Another server (a replica, another host of the list): pinned on its own.
+            info.server = ServerPin::default();
+        }
         if let Some(file) = &self.passfile {
             let lookup = pgpass::Lookup { endpoint, dbname: &self.dbname, user: &self.user };
             info.password = pgpass::password(file, lookup);
@@ -264,14 +274,16 @@ impl ConnInfo {
 
     /// Opens an ordinary SQL session; its connection task runs on the current runtime.
     pub async fn connect(&self) -> Result<Client> {
-        crate::tls::connect_sql(&self.to_config(), self).await.map_err(|e| {
+        let client = crate::tls::connect_sql(&self.to_config(), self).await.map_err(|e| {
             // libpq's hint: a refused password may be a stale line of the password file.
             let hint = match (&self.passfile, self.password_from_file, e.kind()) {
                 (Some(file), true, ErrorKind::Auth) => format!(" (password retrieved from file \"{}\")", file.display()),
                 _ => String::new(),
             };
             e.context(format!("connecting to {}{hint}", self.describe()))
-        })
+        })?;
+        self.server.check(&client).await.map_err(|e| e.context(format!("connecting to {}", self.describe())))?;
+        Ok(client)
     }
 }
 

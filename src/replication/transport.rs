@@ -160,7 +160,13 @@ impl ReplicationConnection {
             dbname: info.dbname.clone(),
             tls: session.tls,
         };
-        Ok(ReplicationConnection { framed, meta, busy: false })
+        let mut conn = ReplicationConnection { framed, meta, busy: false };
+        if info.server.is_pinned() {
+            let system = conn.identify_system().await?;
+            let now = crate::conn::ServerIdentity { system_id: system.system_id, timeline: Some(system.timeline) };
+            info.server.check_identity(now).with_context(|| format!("opening a replication connection to {}", conn.meta.peer))?;
+        }
+        Ok(conn)
     }
 
     /// One connection attempt; `try_tls` sends an SSLRequest first.

@@ -214,7 +214,10 @@ pub async fn run(cfg: Config) -> Result<Outcome> {
     let result = run.phases(&mut background, phase_rx).await;
     run.phase.send_replace(Phase::Cleanup);
     run.history.enter(Phase::Cleanup);
-    let cleaned = run.cleanup(background, result.is_ok()).await;
+    let cleaned = match &result {
+        Err(e) if e.kind() == ErrorKind::FailedOver => run.leave_for_resume(background).await,
+        _ => run.cleanup(background, result.is_ok()).await,
+    };
     watchers.abort();
     // Before the final hook, so that the hook finds the run's end in the history.
     let ended = match (&result, &cleaned) {
@@ -479,7 +482,7 @@ impl Run {
             self.created.publication = true;
         }
         if !self.created.slot {
-            let created_slot = replication::create_slot(&self.cfg.conn, &self.client, &names);
+            let created_slot = replication::create_slot(&self.cfg.conn, &self.client, &names, self.cfg.failover_slot);
             guard(created_slot, &mut self.abort.clone(), None).await?;
             self.created.slot = true;
         }
@@ -639,6 +642,9 @@ impl Run {
             self.check_dependents(&info, &names, server.is_superuser).await?;
         }
         replica::preflight(&self.client, &info, self.cfg.test_on_replica.as_ref()).await?;
+        if self.cfg.failover_slot && !self.cfg.resume {
+            crate::replication::failover::check_possible(&self.client).await?;
+        }
         tracing::info!(
             table = %info.name,
             oid = info.oid,
@@ -1172,6 +1178,26 @@ impl Run {
         }
         let stamp: String = self.client.query_one("SELECT to_char(now(), 'YYYYMMDDHH24MISS')", &[]).await?.try_get(0)?;
         Ok(crate::sql::fit_ident(&format!("_{}_{stamp}_del", info.name.name)))
+    }
+
+    /// After a failover: what the run made stays, on whichever server has it, for `--resume`
+    /// against the new primary (a cleanup through a session of this one would drop the slot
+    /// that server may still need).
+    async fn leave_for_resume(&mut self, background: Option<Background>) -> Result<()> {
+        if let Some(bg) = background {
+            if let Err(e) = bg.shutdown().await {
+                tracing::debug!(error = %e, "stopping the stream after a failover");
+            }
+        }
+        if let Some(names) = &self.names {
+            tracing::warn!(
+                ghost = %names.ghost,
+                slot = %names.slot,
+                changelog = %names.changelog,
+                "left for `pg-ghost run --resume` against the new primary (or `pg-ghost cleanup`)"
+            );
+        }
+        Ok(())
     }
 
     async fn cleanup(&mut self, background: Option<Background>, succeeded: bool) -> Result<()> {

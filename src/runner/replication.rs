@@ -79,10 +79,12 @@ async fn create_key_publication(client: &Client, publication: &str, oid: u32, ta
     Ok(())
 }
 
-/// Creates the persistent slot, reporting the transactions its creation waits for.
-pub async fn create_slot(conn: &ConnInfo, monitor: &Client, names: &Names) -> Result<Lsn> {
+/// Creates the persistent slot, reporting the transactions its creation waits for;
+/// `failover`: synchronized to standbys (`--failover-slot`).
+pub async fn create_slot(conn: &ConnInfo, monitor: &Client, names: &Names, failover: bool) -> Result<Lsn> {
     let mut repl = ReplicationConnection::connect(&conn.with_application_name("pg-ghost stream")).await?;
-    let create = repl.create_slot(&names.slot, SlotKind::Persistent, SlotSnapshot::Nothing);
+    let kind = if failover { SlotKind::Failover } else { SlotKind::Persistent };
+    let create = repl.create_slot(&names.slot, kind, SlotSnapshot::Nothing);
     tokio::pin!(create);
     let started = std::time::Instant::now();
     let mut report = tokio::time::interval_at(tokio::time::Instant::now() + Duration::from_secs(2), Duration::from_secs(10));
@@ -203,6 +205,15 @@ impl Replication {
         let (extractor, recorded) = match slot::published_columns(apply_session.client(), s.publication, s.table.oid).await? {
             Some(columns) => (s.extractor.publishing_only(&columns), s.recorded.checking_definition(s.table)),
             None => (s.extractor, s.recorded),
+        };
+        // A slot a promoted standby would have: the run's sessions must keep finding this
+        // server, and its flushes are confirmed once the standbys have them.
+        let recorded = match crate::replication::failover::synchronized(apply_session.client(), s.slot).await? {
+            Some(synchronized) => {
+                conn.server.pin(crate::conn::ServerIdentity::of(apply_session.client()).await?);
+                recorded.waiting_for_standbys(synchronized.wait)
+            }
+            None => recorded,
         };
         let ack = acks.acker();
         let pump = Pump { source, acks, extractor, items: items_tx, positions: positions.clone(), release };

@@ -99,25 +99,55 @@ impl Cluster {
         Cluster { dir, port, socket_clients: false, owned: true }
     }
 
-    /// Restarts the server (e.g. after a change to `postgresql.conf` that needs one), as the
-    /// cluster's owner: `postgres` when the tests run as root.
+    /// Restarts the server (e.g. after a change to `postgresql.conf` that needs one).
     pub fn restart(&self) {
-        let bindir = std::env::var("PG_BINDIR").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".to_string());
-        let pg_ctl = Path::new(&bindir).join("pg_ctl");
         let log = self.dir.join("server.log");
         // -l: without a log file the server would inherit our stdout pipe and output() would
         // wait for it forever.
-        let args = ["-D", self.dir.to_str().unwrap(), "-l", log.to_str().unwrap(), "-w", "-t", "60", "restart"];
+        self.pg_ctl(&["-l", log.to_str().unwrap(), "-w", "-t", "60", "restart"]);
+    }
+
+    /// Stops the server as a crash would (`-m immediate`): what it had not sent to its
+    /// standbys is lost to them.
+    pub fn stop_immediately(&self) {
+        self.pg_ctl(&["-m", "immediate", "-w", "stop"]);
+    }
+
+    /// Stops the server and starts it again listening on `port` (the address of a server
+    /// that is gone, say).
+    pub fn move_to_port(&mut self, port: u16) {
+        self.pg_ctl(&["-m", "fast", "-w", "stop"]);
+        let conf = self.dir.join("postgresql.conf");
+        let text = std::fs::read_to_string(&conf).expect("read postgresql.conf");
+        std::fs::write(&conf, format!("{text}\nport = {port}\n")).expect("write postgresql.conf");
+        std::fs::write(self.dir.join("pg-local.port"), port.to_string()).expect("write pg-local.port");
+        // A standby's directory holds its primary's socket lock file (pg_basebackup copies it),
+        // which would keep the server off that port's socket.
+        let _ = std::fs::remove_file(self.dir.join(format!(".s.PGSQL.{port}.lock")));
+        let log = self.dir.join("server.log");
+        self.pg_ctl(&["-l", log.to_str().unwrap(), "-w", "-t", "60", "start"]);
+        self.port = port;
+    }
+
+    /// Runs `pg_ctl -D <dir> <args>` as the cluster's owner: `postgres` when the tests run as
+    /// root.
+    fn pg_ctl(&self, args: &[&str]) {
+        let bindir = std::env::var("PG_BINDIR").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".to_string());
+        let pg_ctl = Path::new(&bindir).join("pg_ctl");
         let is_root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"));
-        let out = if is_root {
-            Command::new("runuser").args(["-u", "postgres", "--"]).arg(&pg_ctl).args(args).output()
-        } else {
-            Command::new(&pg_ctl).args(args).output()
-        }
-        .expect("cannot run pg_ctl");
+        let mut command = match is_root {
+            true => {
+                let mut c = Command::new("runuser");
+                c.args(["-u", "postgres", "--"]).arg(&pg_ctl);
+                c
+            }
+            false => Command::new(&pg_ctl),
+        };
+        let out = command.arg("-D").arg(&self.dir).args(args).output().expect("cannot run pg_ctl");
         if !out.status.success() {
             panic!(
-                "pg_ctl restart of {} failed:\n{}{}",
+                "pg_ctl {} of {} failed:\n{}{}",
+                args.join(" "),
                 self.dir.display(),
                 String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr)

@@ -18,6 +18,7 @@ mod control;
 mod controls_e2e;
 mod convert;
 mod engine_parts;
+mod failover;
 mod flush_strategy;
 mod history;
 mod hooks;

@@ -145,19 +145,23 @@ pub enum SlotKind {
     Persistent,
     /// Dropped when the connection ends, whatever the reason; cannot be resumed.
     Temporary,
+    /// Persistent, and copied to the standbys that synchronize slots (PostgreSQL 17+), so
+    /// that it survives their promotion.
+    Failover,
 }
 
 pub(crate) fn create_slot_command(name: &str, kind: SlotKind, snapshot: SlotSnapshot) -> String {
-    let temporary = match kind {
-        SlotKind::Persistent => "",
-        SlotKind::Temporary => " TEMPORARY",
+    let (temporary, failover) = match kind {
+        SlotKind::Persistent => ("", ""),
+        SlotKind::Temporary => (" TEMPORARY", ""),
+        SlotKind::Failover => ("", ", FAILOVER"),
     };
     let snapshot = match snapshot {
         SlotSnapshot::Export => "export",
         SlotSnapshot::Nothing => "nothing",
     };
     format!(
-        "CREATE_REPLICATION_SLOT {}{temporary} LOGICAL pgoutput (SNAPSHOT '{snapshot}')",
+        "CREATE_REPLICATION_SLOT {}{temporary} LOGICAL pgoutput (SNAPSHOT '{snapshot}'{failover})",
         ident(name)
     )
 }
@@ -235,6 +239,10 @@ mod tests {
         assert_eq!(
             create_slot_command("s", SlotKind::Temporary, SlotSnapshot::Nothing),
             "CREATE_REPLICATION_SLOT \"s\" TEMPORARY LOGICAL pgoutput (SNAPSHOT 'nothing')"
+        );
+        assert_eq!(
+            create_slot_command("s", SlotKind::Failover, SlotSnapshot::Nothing),
+            "CREATE_REPLICATION_SLOT \"s\" LOGICAL pgoutput (SNAPSHOT 'nothing', FAILOVER)"
         );
         assert_eq!(drop_slot_command("a\"b", true), "DROP_REPLICATION_SLOT \"a\"\"b\" WAIT");
         assert_eq!(drop_slot_command("s", false), "DROP_REPLICATION_SLOT \"s\"");

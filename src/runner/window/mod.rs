@@ -123,7 +123,7 @@ impl Run {
         super::replication::create_reverse_publication(&self.client, &names.reverse, ghost).await?;
         self.created.reverse = true;
         let reverse_names = Names { slot: names.reverse.clone(), publication: names.reverse.clone(), ..names.clone() };
-        let created = super::replication::create_slot(&self.cfg.conn, &self.client, &reverse_names);
+        let created = super::replication::create_slot(&self.cfg.conn, &self.client, &reverse_names, self.cfg.failover_slot);
         super::guard(created, &mut self.abort.clone(), None).await?;
         let marker = format!("swap {} {}", std::process::id(), ghost.oid);
         self.record_value(names, checkpoint::REVERT_MARKER, &marker).await;

@@ -1,0 +1,182 @@
+//! A run that survives a failover (PostgreSQL 17+, `--failover-slot`).
+//!
+//! PostgreSQL 17 copies a logical slot created with `FAILOVER` to the physical standbys that
+//! run with `sync_replication_slots = on`: after a promotion, `pg-ghost run --resume` against
+//! the new primary finds the slot, the ghost and the changelog there and goes on. With the
+//! standbys' physical slots named in `synchronized_standby_slots`, the primary never sends a
+//! change to pg-ghost before those standbys have it, so the synchronized slot never points
+//! past a change the new primary lacks.
+//!
+//! That is not enough for pg-ghost, whose consumer writes into the same server: a flush that
+//! puts changes up to LSN X into the ghost commits later in the WAL than X. Confirming X as
+//! soon as the flush commits on the primary would let the standby's copy of the slot move to
+//! X while the standby does not have the flush yet; promoted then, the new primary would have
+//! a slot past changes its ghost lacks, and a resume would never see them again. So, with a
+//! failover slot, every commit of the apply session waits until the standbys of
+//! `synchronized_standby_slots` have flushed it ([`StandbyWait`]) before the changes it wrote
+//! are confirmed: the confirmed position then never runs ahead of what a promoted standby
+//! holds, as on one server it never runs ahead of what a crash keeps.
+//!
+//! The run itself does not follow a failover: a reconnect that finds another server or a new
+//! timeline behind the same address stops the run (`crate::conn::pin`) and leaves
+//! everything for `--resume`, which reads the copy's watermark and the applied position
+//! from the new primary's changelog instead of trusting what this process remembers.
+
+use crate::error::{Context, Error, Result};
+use crate::sql::ident;
+use std::time::{Duration, Instant};
+use tokio_postgres::GenericClient;
+
+/// The first server version whose slots can be synchronized to standbys.
+const FAILOVER_SLOTS_FROM: i32 = 170000;
+
+/// How often a waiting commit looks at the standbys' slots again, at most.
+const POLL_MAX: Duration = Duration::from_millis(100);
+
+/// How often a wait that goes on is reported.
+const REPORT_EVERY: Duration = Duration::from_secs(10);
+
+/// Reads `synchronized_standby_slots` (empty before PostgreSQL 17 or when unset), with the
+/// server's version.
+async fn standby_slot_names(client: &impl GenericClient) -> Result<(i32, Vec<String>)> {
+    let row = client
+        .query_one(
+            "SELECT current_setting('server_version_num')::int, coalesce(current_setting('synchronized_standby_slots', true), '')",
+            &[],
+        )
+        .await
+        .context("reading synchronized_standby_slots")?;
+    let version: i32 = row.try_get(0)?;
+    let setting: String = row.try_get(1)?;
+    Ok((version, parse_slot_list(&setting)))
+}
+
+/// `synchronized_standby_slots` is a comma-separated list of slot names (PostgreSQL checks
+/// them as identifiers when it is set).
+fn parse_slot_list(setting: &str) -> Vec<String> {
+    setting.split(',').map(|s| s.trim().trim_matches('"').to_string()).filter(|s| !s.is_empty()).collect()
+}
+
+/// What `--failover-slot` needs of the server: PostgreSQL 17 or later, and the standbys to
+/// wait for named in `synchronized_standby_slots`. Returns their slot names.
+pub async fn check_possible(client: &impl GenericClient) -> Result<Vec<String>> {
+    let (version, slots) = standby_slot_names(client).await?;
+    if version < FAILOVER_SLOTS_FROM {
+        return Err(Error::refused(format!(
+            "--failover-slot needs PostgreSQL 17 or later (this server is {}.{}): older servers cannot synchronize a logical slot to a standby",
+            version / 10000,
+            version % 10000 / 100
+        )));
+    }
+    if slots.is_empty() {
+        return Err(Error::refused(
+            "--failover-slot needs synchronized_standby_slots set on the primary to the physical slots of the standbys that may be promoted: \
+             pg-ghost waits for them before it confirms a change, so that a promoted standby has every change its copy of the slot has passed",
+        ));
+    }
+    Ok(slots)
+}
+
+/// A run's slot (fresh or resumed) that PostgreSQL synchronizes to standbys.
+pub struct Synchronized {
+    /// The standbys each commit of the apply waits for; `None` when
+    /// `synchronized_standby_slots` is empty (then said in a warning).
+    pub wait: Option<StandbyWait>,
+}
+
+/// Whether `slot` is synchronized to standbys (created with `FAILOVER`, PostgreSQL 17+).
+pub async fn synchronized(client: &impl GenericClient, slot: &str) -> Result<Option<Synchronized>> {
+    let (version, slots) = standby_slot_names(client).await?;
+    if version < FAILOVER_SLOTS_FROM {
+        return Ok(None);
+    }
+    let failover: Option<bool> = client
+        .query_opt("SELECT failover FROM pg_catalog.pg_replication_slots WHERE slot_name = $1", &[&slot])
+        .await
+        .with_context(|| format!("reading whether slot {slot:?} is synchronized to standbys"))?
+        .map(|r| r.try_get(0))
+        .transpose()?;
+    if failover != Some(true) {
+        return Ok(None);
+    }
+    if slots.is_empty() {
+        tracing::warn!(
+            slot,
+            "the slot is synchronized to standbys but synchronized_standby_slots is empty: a promoted standby may miss changes the slot has passed, and a resume there would not see them"
+        );
+        return Ok(Some(Synchronized { wait: None }));
+    }
+    tracing::info!(slot, standbys = slots.join(", "), "the slot is synchronized to standbys: each flush is confirmed once they have it");
+    Ok(Some(Synchronized { wait: Some(StandbyWait { slots }) }))
+}
+
+/// Waits, after a commit, for the standbys named in `synchronized_standby_slots` to have
+/// flushed it (their physical slots' `restart_lsn`, as PostgreSQL itself reads them).
+#[derive(Clone, Debug)]
+pub struct StandbyWait {
+    slots: Vec<String>,
+}
+
+impl StandbyWait {
+    /// Returns once every standby has flushed the WAL written so far on `client`'s server
+    /// (so everything `client` has committed). A standby that is down or gone makes it wait,
+    /// as it makes the primary hold back the stream itself; the wait is reported every 10 s.
+    pub async fn wait(&self, client: &impl GenericClient) -> Result<()> {
+        let target: String = client
+            .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+            .await
+            .context("reading the position the standbys must reach")?
+            .try_get(0)?;
+        let started = Instant::now();
+        let mut reported = started;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            let behind = client
+                .query(
+                    "SELECT n, s.restart_lsn::text
+                       FROM unnest($1::text[]) AS n
+                       LEFT JOIN pg_catalog.pg_replication_slots s ON s.slot_name = n AND s.slot_type = 'physical'
+                      WHERE s.restart_lsn IS NULL OR s.restart_lsn < $2::text::pg_lsn",
+                    &[&self.slots, &target],
+                )
+                .await
+                .context("waiting for the standbys of synchronized_standby_slots")?;
+            if behind.is_empty() {
+                return Ok(());
+            }
+            if reported.elapsed() >= REPORT_EVERY {
+                reported = Instant::now();
+                let laggards: Vec<String> = behind
+                    .iter()
+                    .map(|r| {
+                        let name: String = r.try_get(0).unwrap_or_default();
+                        match r.try_get::<_, Option<String>>(1).ok().flatten() {
+                            Some(at) => format!("{} at {at}", ident(&name)),
+                            None => format!("{} (no such physical slot, or it reserves no WAL)", ident(&name)),
+                        }
+                    })
+                    .collect();
+                tracing::warn!(
+                    waited_secs = started.elapsed().as_secs(),
+                    target = %target,
+                    standbys = laggards.join(", "),
+                    "the apply waits for standbys of synchronized_standby_slots to flush its last commit before confirming it"
+                );
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(POLL_MAX);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_slot_list() {
+        assert_eq!(parse_slot_list(""), Vec::<String>::new());
+        assert_eq!(parse_slot_list("sb1"), vec!["sb1"]);
+        assert_eq!(parse_slot_list("sb1, sb2 ,\"Sb3\""), vec!["sb1", "sb2", "Sb3"]);
+    }
+}

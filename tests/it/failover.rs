@@ -1,0 +1,165 @@
+//! `--failover-slot`: a run cut short by a failover goes on, with `--resume`, on the promoted
+//! standby that PostgreSQL 17+ kept a copy of the slot on. The standby synchronizes slots
+//! (its worker first, then `pg_sync_replication_slots()` called by the test at the moment it
+//! chooses), and the primary names the standby's physical slot in `synchronized_standby_slots`.
+//!
+//! On servers before 17 these tests check the refusal only; `scripts/test.sh` runs this module
+//! on 18 too.
+
+use crate::binary;
+use crate::harness::{Cluster, TestDb};
+use crate::oracle::*;
+use crate::run_faults::{flag_path, wait_for_state, Running};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const ALTER: &str = "ALTER COLUMN n TYPE bigint";
+
+fn version_num(cluster: &Cluster) -> i32 {
+    cluster.psql("postgres", "SHOW server_version_num").parse().expect("server_version_num")
+}
+
+/// Without a server that can synchronize slots, or without standbys to wait for, the flag is
+/// refused before anything is made, naming what is missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_slot_is_refused_without_what_it_needs() {
+    let db = Cluster::primary().fresh_db("failover_refused");
+    let _table = OracleTable::create(&db, "orders", KeyKind::Identity, 100).await;
+    let client = db.client().await;
+    let before = CatalogSnapshot::take(&client).await;
+    let out = binary::run(&db, &["--table", "orders", "--alter", ALTER, "--execute", "--failover-slot"]).await;
+    let log = binary::stderr(&out);
+    assert_eq!(out.status.code(), Some(3), "not refused:\n{log}");
+    match version_num(db.cluster) >= 170000 {
+        true => assert!(log.contains("synchronized_standby_slots"), "the refusal does not name synchronized_standby_slots:\n{log}"),
+        false => assert!(log.contains("PostgreSQL 17 or later"), "the refusal does not name the version needed:\n{log}"),
+    }
+    assert_catalog_unchanged(&before, &CatalogSnapshot::take(&client).await);
+}
+
+/// Sends `signal` (`STOP`, `CONT`) to a server process.
+fn signal(pid: &str, signal: &str) {
+    let status = Command::new("kill").arg(format!("-{signal}")).arg(pid).status().expect("cannot run kill");
+    assert!(status.success(), "kill -{signal} {pid} failed");
+}
+
+/// Waits until `standby` holds a persistent copy of the run's slot, made by the slot
+/// synchronization worker; returns its name. Then stops the worker, so that the test decides
+/// when the copy is brought up to date (`pg_sync_replication_slots()`). The first copy waits
+/// until the primary's slot has moved past the catalog xmin the standby reserved for it, which
+/// the primary's slot does every 15 s or so: the worker keeps its reservation meanwhile, a
+/// call of the function would drop it at its end.
+fn synchronized_copy(standby: &Cluster, db: &str) -> String {
+    standby.psql("postgres", "ALTER SYSTEM SET sync_replication_slots = on");
+    standby.psql("postgres", "SELECT pg_reload_conf()");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let persisted = format!("SELECT slot_name FROM pg_replication_slots WHERE database = '{db}' AND slot_type = 'logical' AND synced AND NOT temporary");
+    let found = loop {
+        let found = standby.psql("postgres", &persisted);
+        if !found.is_empty() {
+            break found;
+        }
+        if Instant::now() > deadline {
+            let log = std::fs::read_to_string(standby.dir.join("server.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(12).collect();
+            panic!("the standby never held a persistent copy of the run's slot; its log, last lines first:\n{}", tail.join("\n"));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    standby.psql("postgres", "ALTER SYSTEM SET sync_replication_slots = off");
+    standby.psql("postgres", "SELECT pg_reload_conf()");
+    while standby.psql("postgres", "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'slotsync worker'") != "0" {
+        assert!(Instant::now() < deadline, "the slot synchronization worker did not stop");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    found
+}
+
+/// The primary fails while the run waits to cut over, its standby a moment behind it: the
+/// standby's WAL receiver is stopped while the workload and the apply go on, the standby then
+/// copies the slot as it is, and the primary crashes; the standby, promoted, takes over its
+/// address. The run's sessions reconnect there, find the new timeline and stop, leaving
+/// everything. The resumed run finds slot, ghost and changelog, and the table it swaps in
+/// equals the control table row for row, the writes the standby never got missing from both
+/// alike. Without waiting for the standby before confirming a flush, the copy of the slot
+/// points past flushes the standby lacks, and the rows those flushes wrote differ (seen in one
+/// run of two).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_resumes_on_the_promoted_standby() {
+    let primary = Cluster::start("failover");
+    if version_num(&primary) < 170000 {
+        eprintln!("slots are synchronized to standbys from PostgreSQL 17 only: nothing to check on this server");
+        return;
+    }
+    primary.psql("postgres", "SELECT pg_create_physical_replication_slot('sb', true)");
+    let mut standby = primary.standby("failover");
+    let primary_conninfo = format!("host=127.0.0.1 port={} user=ghost password=ghost dbname=postgres", primary.port);
+    standby.psql("postgres", &format!("ALTER SYSTEM SET primary_conninfo = '{primary_conninfo}'"));
+    standby.psql("postgres", "ALTER SYSTEM SET primary_slot_name = 'sb'");
+    standby.psql("postgres", "SELECT pg_reload_conf()");
+    primary.psql("postgres", "ALTER SYSTEM SET synchronized_standby_slots = 'sb'");
+    primary.psql("postgres", "SELECT pg_reload_conf()");
+
+    let db = primary.fresh_db("failover");
+    let table = OracleTable::create(&db, "orders", KeyKind::Identity, 3_000).await;
+    let client = db.client().await;
+    let flag = flag_path(&db, "postpone");
+    std::fs::write(&flag, b"").unwrap();
+    let flag_arg = flag.to_str().unwrap().to_string();
+    let args = ["--table", "orders", "--alter", ALTER, "--execute", "--failover-slot", "--postpone-cut-over-flag-file", &flag_arg, "--status-interval", "1s"];
+    let mut run = Running::spawn(&db, "run", &args);
+    wait_for_state(&client, &mut run, "orders", "postponed", Duration::from_secs(90)).await;
+    let workload = Workload::start(&db, &table, WorkloadOptions::new(3)).await;
+    let slot = synchronized_copy(&standby, &db.name);
+    workload.wait_for_more_commits(200, Duration::from_secs(30)).await;
+
+    // pg-ghost stops reading for a second while the standby keeps up: the changes of that
+    // second wait for it, each already on the standby. Then the standby's WAL receiver stops,
+    // and pg-ghost goes on: it writes those changes into the ghost after the last WAL the
+    // standby got, and may confirm them only once the standby has that write, never here.
+    let ghost_pid = run.pid().expect("pg-ghost's pid").to_string();
+    signal(&ghost_pid, "STOP");
+    workload.wait_for_more_commits(100, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let receiver = standby.psql("postgres", "SELECT pid FROM pg_stat_wal_receiver");
+    assert!(!receiver.is_empty(), "the standby has no WAL receiver");
+    signal(&receiver, "STOP");
+    signal(&ghost_pid, "CONT");
+    workload.wait_for_more_commits(100, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let report = workload.stop().await;
+    assert!(report.errors.is_empty(), "workload errors (seed {}): {:#?}", report.seed, report.errors);
+    // The standby copies the slot as the primary has it now, then the primary fails and the
+    // standby, promoted, takes its address: pg-ghost's sessions reconnect to it.
+    standby.psql("postgres", "SELECT pg_sync_replication_slots()");
+    primary.stop_immediately();
+    signal(&receiver, "CONT");
+    assert_eq!(standby.psql("postgres", "SELECT pg_promote(true, 60)"), "t", "the standby was not promoted");
+    standby.move_to_port(primary.port);
+    // It stops there and leaves what it made for a resume.
+    let out = run.wait(Duration::from_secs(120)).await;
+    let log = binary::stderr(&out);
+    assert!(!out.status.success(), "the run went on on the promoted standby:\n{log}");
+    assert!(log.contains("promoted or recovered") && log.contains("left for `pg-ghost run --resume`"), "the run did not stop for the failover:\n{log}");
+
+    let promoted = TestDb { cluster: &standby, name: db.name.clone() };
+    // The old primary is gone: nothing to drop there.
+    std::mem::forget(db);
+    assert!(!promoted.psql(&format!("SELECT slot_name FROM pg_replication_slots WHERE slot_name = '{slot}'")).is_empty(), "the run dropped its slot");
+    std::fs::remove_file(&flag).unwrap();
+    // Without the checksum, which would find and mend rows a lost flush left stale: the
+    // stream alone must bring the ghost to the control's rows.
+    let mut resume_args = args.to_vec();
+    resume_args.extend(["--resume", "--skip-checksum"]);
+    let out = binary::run(&promoted, &resume_args).await;
+    binary::assert_success(&out);
+    let resumed = binary::stderr(&out);
+    assert!(resumed.contains("resuming the earlier run"), "the run did not resume:\n{resumed}\n(first run:\n{log})");
+    let new_client = promoted.client().await;
+    table.assert_matches_control(&new_client, &table.projection().map("n", "n::bigint")).await;
+    assert_no_slots_or_publications(&new_client).await;
+    assert!(
+        standby.psql("postgres", &format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}'")) == "0",
+        "the run's slot was left on the promoted standby"
+    );
+}
