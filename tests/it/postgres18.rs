@@ -1,6 +1,7 @@
 //! What PostgreSQL 18 adds to a table: not-null constraints that are named
 //! (`<table>_<column>_not_null`) and may be `NOT VALID`, sparing the NULLs the table held when
-//! added; constraints `NOT ENFORCED`; virtual generated columns, computed when read. On older
+//! added; constraints `NOT ENFORCED`; virtual generated columns, computed when read; and
+//! (from 17) `SET EXPRESSION` of a generated column. On older
 //! servers none exists and these tests say so and end; `scripts/test.sh` runs this module on 18
 //! too.
 
@@ -133,5 +134,52 @@ async fn constraints_not_enforced_stay_so_and_spare_their_rows() {
     let alter = "ALTER COLUMN b TYPE bigint";
     let before = run_keeping_rows(&db, "ne", alter, "format('%s,%s,%s,%s', id, a, r, b)").await;
     let twin = before.twin_after_plain_alter(&db, "public.ne", alter).await;
+    assert_whole_schema_equal(&db, &twin, alter).await;
+}
+
+/// `SET EXPRESSION` (PostgreSQL 17+) on a stored generated column rewrites the table under
+/// ACCESS EXCLUSIVE: pg-ghost takes it through a ghost, whose rows get the new expression's
+/// values, writes during the run included; on a virtual column it changes the catalog only,
+/// and `--strategy auto` does it directly. Both end as under a plain ALTER.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_expression_on_a_stored_column_goes_through_a_ghost() {
+    let db = Cluster::primary().fresh_db("set_expression");
+    if !server_is_18_or_later(&db) {
+        return;
+    }
+    db.psql(
+        "CREATE TABLE public.se (id int PRIMARY KEY, a int, tripled int GENERATED ALWAYS AS (a * 2) STORED,
+                                 shown int GENERATED ALWAYS AS (a + 1) VIRTUAL);
+         INSERT INTO public.se (id, a) SELECT g, g FROM generate_series(1, 3000) g;
+         CREATE INDEX ON public.se (tripled);",
+    );
+    let alter = "ALTER COLUMN tripled SET EXPRESSION AS (a * 3)";
+    let before = WholeSchema::take(&db).await;
+    let oid = db.psql("SELECT 'public.se'::regclass::oid");
+    let args = ["--table", "se", "--alter", alter, "--execute", "--ok-to-drop-table", "--strategy", "auto", "--chunk-size", "200"];
+    let run = binary::run(&db, &args);
+    let writes = async {
+        let client = db.client().await;
+        for i in 0..100 {
+            client.batch_execute(&format!("UPDATE public.se SET a = a + 1 WHERE id = {}; INSERT INTO public.se (id, a) VALUES ({}, {i})", i * 7 + 1, 10_000 + i)).await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    };
+    let (out, ()) = tokio::join!(run, writes);
+    binary::assert_success(&out);
+    assert_ne!(db.psql("SELECT 'public.se'::regclass::oid"), oid, "the table was not swapped for a ghost");
+    assert_eq!(db.psql("SELECT count(*) FROM public.se WHERE tripled IS DISTINCT FROM a * 3 OR shown IS DISTINCT FROM a + 1"), "0");
+    assert_eq!(db.psql("SELECT count(*) FROM public.se"), "3100");
+    let twin = before.twin_after_plain_alter(&db, "public.se", alter).await;
+    assert_whole_schema_equal(&db, &twin, alter).await;
+
+    let alter = "ALTER COLUMN shown SET EXPRESSION AS (a + 5)";
+    let before = WholeSchema::take(&db).await;
+    let oid = db.psql("SELECT 'public.se'::regclass::oid");
+    let out = binary::run(&db, &["--table", "se", "--alter", alter, "--execute", "--strategy", "auto"]).await;
+    binary::assert_success(&out);
+    assert_eq!(db.psql("SELECT 'public.se'::regclass::oid"), oid, "a catalog-only change went through a ghost");
+    assert_eq!(db.psql("SELECT count(*) FROM public.se WHERE shown IS DISTINCT FROM a + 5"), "0");
+    let twin = before.twin_after_plain_alter(&db, "public.se", alter).await;
     assert_whole_schema_equal(&db, &twin, alter).await;
 }
