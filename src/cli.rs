@@ -111,6 +111,12 @@ pub struct MigrateArgs {
     #[arg(long)]
     pub keep_old_tables: bool,
 
+    /// Each online change that goes through a ghost creates its slot with FAILOVER, as `run
+    /// --failover-slot` does (PostgreSQL 17+): migrate again on the promoted standby after a
+    /// failover, and the change cut short goes on.
+    #[arg(long)]
+    pub failover_slot: bool,
+
     /// Apply a pending file even when a later version is applied already (it was added behind
     /// the others, by a merge say): it then runs after what it was written before.
     #[arg(long)]
@@ -177,6 +183,11 @@ pub struct FleetArgs {
     /// Keep the old table of each change that went through a ghost (timestamped).
     #[arg(long, help_heading = "Job")]
     pub keep_old_tables: bool,
+
+    /// Each change that goes through a ghost creates its slot with FAILOVER, as `run
+    /// --failover-slot` does (PostgreSQL 17+).
+    #[arg(long, help_heading = "Job")]
+    pub failover_slot: bool,
 
     // ---- order and pace -----------------------------------------------------------------
     /// Targets changed at once.

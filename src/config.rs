@@ -211,16 +211,19 @@ impl Config {
 
     /// The run `migrate` makes for one `ALTER TABLE` of a file: `run --execute --strategy auto`
     /// with `run`'s defaults, on the connection `migrate` resolved, under `migrate`'s lock
-    /// timeout and retries. The old table is dropped after the swap unless `keep_old_table`
+    /// timeout and retries. The old table is dropped after the swap unless `keep_old_tables`
     /// (then it keeps a timestamped name, so that several changes of one table keep theirs).
-    pub fn for_migration(conn: ConnInfo, table: &str, clauses: &str, lock_timeout: Duration, retries: u32, keep_old_table: bool, run_id: String) -> Result<Config> {
+    pub fn for_migration(conn: ConnInfo, table: &str, clauses: &str, how: &MigrationRuns, run_id: String) -> Result<Config> {
         use clap::Parser;
-        let timeout = format!("{}ms", lock_timeout.as_millis().max(1));
-        let retries = retries.to_string();
+        let timeout = format!("{}ms", how.lock_timeout.as_millis().max(1));
+        let retries = how.lock_retries.to_string();
         // The connection is `migrate`'s, put in below; run's parser only needs one to accept.
         let mut argv = vec!["pg-ghost", "run", "--conn", "user=migrate", "--table", table, "--alter", clauses, "--execute", "--strategy", "auto"];
         argv.extend(["--cut-over-lock-timeout", &timeout, "--cut-over-retries", &retries]);
-        argv.push(if keep_old_table { "--timestamp-old-table" } else { "--ok-to-drop-table" });
+        argv.push(if how.keep_old_tables { "--timestamp-old-table" } else { "--ok-to-drop-table" });
+        if how.failover_slot {
+            argv.push("--failover-slot");
+        }
         let cli = crate::cli::Cli::try_parse_from(argv).map_err(|e| Error::internal(format!("the run of a migration: {e}")))?;
         let crate::cli::Command::Run(args) = cli.command else { return Err(Error::internal("the run of a migration is not a run")) };
         let config = Config::from_cli_with_env(&args, |_| None)?;
@@ -228,6 +231,18 @@ impl Config {
         conn.reconnect_timeout = config.conn.reconnect_timeout;
         Ok(Config { conn, run_id: Some(run_id), ..config })
     }
+}
+
+/// What `migrate` and `fleet` give each online change they make.
+#[derive(Clone, Debug)]
+pub struct MigrationRuns {
+    /// How long a statement or a cut-over may wait for its lock.
+    pub lock_timeout: Duration,
+    /// How many times one is tried when its lock is not had in time.
+    pub lock_retries: u32,
+    pub keep_old_tables: bool,
+    /// `--failover-slot` for the changes that go through a ghost.
+    pub failover_slot: bool,
 }
 
 /// `pg-ghost plan`'s flags.
@@ -289,9 +304,12 @@ pub fn migrate_config_with_env(args: &crate::cli::MigrateArgs, env: impl Fn(&str
             (_, true) => Mode::Status,
             _ => Mode::Apply,
         },
-        lock_timeout: positive("lock-timeout", &args.lock_timeout, Bare::Refuse)?,
-        lock_retries: args.lock_retries,
-        keep_old_tables: args.keep_old_tables,
+        runs: MigrationRuns {
+            lock_timeout: positive("lock-timeout", &args.lock_timeout, Bare::Refuse)?,
+            lock_retries: args.lock_retries,
+            keep_old_tables: args.keep_old_tables,
+            failover_slot: args.failover_slot,
+        },
         out_of_order: args.out_of_order,
         format: match args.format {
             crate::cli::PlanFormat::Text => crate::plan::Format::Text,

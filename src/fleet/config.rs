@@ -33,9 +33,8 @@ pub struct FleetConfig {
     pub registry: Option<ConnInfo>,
     pub source: Source,
     pub job: Job,
-    pub lock_timeout: Duration,
-    pub lock_retries: u32,
-    pub keep_old_tables: bool,
+    /// Lock timeout and retries of each statement, and what each online change is given.
+    pub runs: crate::config::MigrationRuns,
     pub limits: Limits,
     pub interval: Duration,
     pub window: Option<Window>,
@@ -128,9 +127,7 @@ pub fn from_args(args: &FleetArgs) -> Result<FleetConfig> {
         registry,
         source,
         job,
-        lock_timeout,
-        lock_retries: args.lock_retries,
-        keep_old_tables: args.keep_old_tables,
+        runs: crate::config::MigrationRuns { lock_timeout, lock_retries: args.lock_retries, keep_old_tables: args.keep_old_tables, failover_slot: args.failover_slot },
         limits: Limits {
             concurrency: args.concurrency as usize,
             per_server: (args.per_server > 0).then_some(args.per_server as usize),

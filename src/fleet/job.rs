@@ -56,9 +56,7 @@ async fn migrate_target(cfg: &FleetConfig, p: &Probed, report: &mut TargetReport
         target: target.clone(),
         phase: *phase,
         mode: Mode::Apply,
-        lock_timeout: cfg.lock_timeout,
-        lock_retries: cfg.lock_retries,
-        keep_old_tables: cfg.keep_old_tables,
+        runs: cfg.runs.clone(),
         out_of_order: *out_of_order,
         format: crate::plan::Format::Text,
     };
@@ -104,7 +102,7 @@ async fn alter_target(cfg: &FleetConfig, p: &Probed, table: &str, clauses: &str,
         return Ok(Status::Skipped);
     }
     let run_id = crate::history::new_run_id();
-    let config = Config::for_migration(p.conn.clone(), table, clauses, cfg.lock_timeout, cfg.lock_retries, cfg.keep_old_tables, run_id)?;
+    let config = Config::for_migration(p.conn.clone(), table, clauses, &cfg.runs, run_id)?;
     match runner::run_or_resume(config).await? {
         Outcome::CutOver | Outcome::Direct { .. } => Ok(Status::Succeeded),
         other => Err(Error::internal(format!("the online change ended as {other:?}"))),

@@ -34,9 +34,8 @@ pub struct MigrateConfig {
     pub target: Option<Version>,
     pub phase: Option<Phase>,
     pub mode: Mode,
-    pub lock_timeout: Duration,
-    pub lock_retries: u32,
-    pub keep_old_tables: bool,
+    /// Lock timeout and retries of each statement, and what each online change is given.
+    pub runs: crate::config::MigrationRuns,
     /// `--out-of-order`.
     pub out_of_order: bool,
     /// How `--status` and `--plan` print.
@@ -220,7 +219,7 @@ async fn apply_steps(
             Action::Online { table, clauses } => {
                 let run_id = crate::history::new_run_id();
                 table::add_run_id(client, &version, &run_id).await?;
-                let config = Config::for_migration(conn.clone(), table, clauses, cfg.lock_timeout, cfg.lock_retries, cfg.keep_old_tables, run_id)?;
+                let config = Config::for_migration(conn.clone(), table, clauses, &cfg.runs, run_id)?;
                 match runner::run_or_resume(config).await.map_err(at)? {
                     Outcome::CutOver | Outcome::Direct { .. } => {}
                     other => return Err(at(Error::internal(format!("the online change ended as {other:?}")))),
@@ -256,10 +255,10 @@ async fn index_concurrently(cfg: &MigrateConfig, sessions: &mut Sessions, conn: 
 
 async fn attempt(cfg: &MigrateConfig, sessions: &Sessions, what: &Attempt<'_>, n: u32) -> Result<()> {
     let c = &sessions.client;
-    c.batch_execute(&format!("SET lock_timeout = '{}ms'", cfg.lock_timeout.as_millis().max(1))).await?;
+    c.batch_execute(&format!("SET lock_timeout = '{}ms'", cfg.runs.lock_timeout.as_millis().max(1))).await?;
     let r = match what {
         Attempt::Direct { sql, what } => {
-            let r = waiting::run(sessions, sql, cfg.lock_timeout, n, None, what).await;
+            let r = waiting::run(sessions, sql, cfg.runs.lock_timeout, n, None, what).await;
             if r.is_err() {
                 // A transaction block that failed halfway is left open and aborted.
                 let _ = c.batch_execute("ROLLBACK").await;
@@ -267,7 +266,7 @@ async fn attempt(cfg: &MigrateConfig, sessions: &Sessions, what: &Attempt<'_>, n
             r
         }
         Attempt::Index { sql, index } => {
-            let r = waiting::run(sessions, sql, cfg.lock_timeout, n, None, "index build").await;
+            let r = waiting::run(sessions, sql, cfg.runs.lock_timeout, n, None, "index build").await;
             if r.is_err() {
                 if let Err(e) = drop_if_invalid(sessions, index).await {
                     tracing::error!(index, error = %e.chain(), "could not drop the invalid index the failed build left; drop it by hand");
@@ -302,7 +301,7 @@ async fn retrying(cfg: &MigrateConfig, sessions: &mut Sessions, conn: &ConnInfo,
         n += 1;
         match attempt(cfg, sessions, what, n).await {
             Ok(()) => return Ok(()),
-            Err(e) if e.is_retryable() && n < cfg.lock_retries.max(1) => {
+            Err(e) if e.is_retryable() && n < cfg.runs.lock_retries.max(1) => {
                 if e.kind() == ErrorKind::Connection {
                     sessions.replace_lost(conn).await?;
                 }

@@ -163,3 +163,17 @@ async fn a_run_resumes_on_the_promoted_standby() {
         "the run's slot was left on the promoted standby"
     );
 }
+
+/// `migrate --failover-slot` gives the flag to the online changes it makes: where the flag is
+/// refused, so is a migration whose change goes through a ghost, before it is made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_gives_failover_slot_to_its_online_changes() {
+    let db = Cluster::primary().fresh_db("failover_migrate");
+    db.psql("CREATE TABLE public.t (id int PRIMARY KEY, n int); INSERT INTO public.t SELECT g, g FROM generate_series(1, 100) g");
+    let dir = crate::migrate::migrations_dir("failover", &[("V1__widen.sql", "ALTER TABLE t ALTER COLUMN n TYPE bigint;\n")]);
+    let out = binary::command(&db, "migrate", &["--dir", dir.to_str().unwrap(), "--failover-slot"]).output().await.expect("start pg-ghost migrate");
+    let needed = if version_num(db.cluster) >= 170000 { "synchronized_standby_slots" } else { "PostgreSQL 17 or later" };
+    binary::assert_failure(&out, 3, needed);
+    assert_eq!(db.psql("SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'public.t'::regclass AND attname = 'n'"), "integer");
+    let _ = std::fs::remove_dir_all(&dir);
+}
