@@ -90,13 +90,7 @@ pub async fn synchronized(client: &impl GenericClient, slot: &str) -> Result<Opt
     if version < FAILOVER_SLOTS_FROM {
         return Ok(None);
     }
-    let failover: Option<bool> = client
-        .query_opt("SELECT failover FROM pg_catalog.pg_replication_slots WHERE slot_name = $1", &[&slot])
-        .await
-        .with_context(|| format!("reading whether slot {slot:?} is synchronized to standbys"))?
-        .map(|r| r.try_get(0))
-        .transpose()?;
-    if failover != Some(true) {
+    if !is_failover(client, slot).await? {
         return Ok(None);
     }
     if slots.is_empty() {
@@ -108,6 +102,18 @@ pub async fn synchronized(client: &impl GenericClient, slot: &str) -> Result<Opt
     }
     tracing::info!(slot, standbys = slots.join(", "), "the slot is synchronized to standbys: each flush is confirmed once they have it");
     Ok(Some(Synchronized { wait: Some(StandbyWait { slots }) }))
+}
+
+/// Whether `slot` was created (or altered) with `FAILOVER`; never before PostgreSQL 17, whose
+/// `pg_replication_slots` has no such column (read through `to_jsonb`, absent there).
+pub async fn is_failover(client: &impl GenericClient, slot: &str) -> Result<bool> {
+    let failover: Option<Option<bool>> = client
+        .query_opt("SELECT (to_jsonb(s) ->> 'failover')::bool FROM pg_catalog.pg_replication_slots s WHERE slot_name = $1", &[&slot])
+        .await
+        .with_context(|| format!("reading whether slot {slot:?} is synchronized to standbys"))?
+        .map(|r| r.try_get(0))
+        .transpose()?;
+    Ok(failover.flatten() == Some(true))
 }
 
 /// Waits, after a commit, for the standbys named in `synchronized_standby_slots` to have

@@ -258,6 +258,14 @@ impl ReplicationConnection {
         Ok(created)
     }
 
+    /// `ALTER_REPLICATION_SLOT name (FAILOVER true)` (PostgreSQL 17+): from now on the slot
+    /// is synchronized to standbys.
+    pub async fn make_failover_slot(&mut self, name: &str) -> Result<()> {
+        self.simple_query(&options::failover_slot_command(name)).await?;
+        tracing::info!(slot = name, "replication slot altered: synchronized to standbys from now on");
+        Ok(())
+    }
+
     /// `DROP_REPLICATION_SLOT name [WAIT]`. With `wait`, a slot still active elsewhere is
     /// waited for instead of failing with 55006 (`ErrorKind::Busy`).
     pub async fn drop_slot(&mut self, name: &str, wait: bool) -> Result<()> {

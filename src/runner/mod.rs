@@ -485,6 +485,8 @@ impl Run {
             let created_slot = replication::create_slot(&self.cfg.conn, &self.client, &names, self.cfg.failover_slot);
             guard(created_slot, &mut self.abort.clone(), None).await?;
             self.created.slot = true;
+        } else if self.cfg.failover_slot {
+            replication::make_failover(&self.cfg.conn, &self.client, &names.slot).await?;
         }
         let park = !ghost::has_key_index(&self.client, &ghost).await?;
         let copy = match copy {
@@ -642,7 +644,11 @@ impl Run {
             self.check_dependents(&info, &names, server.is_superuser).await?;
         }
         replica::preflight(&self.client, &info, self.cfg.test_on_replica.as_ref()).await?;
-        if self.cfg.failover_slot && !self.cfg.resume {
+        // On a resume, before it takes over the earlier run's objects (a refusal later would
+        // clean them up): a slot made without the flag is altered in the stream phase, where
+        // the flag could have been given to a fresh run. One that has it stays as it is, on a
+        // promoted standby too, whose synchronized_standby_slots may name nobody yet.
+        if self.cfg.failover_slot && !(self.cfg.resume && crate::replication::failover::is_failover(&self.client, &names.slot).await?) {
             crate::replication::failover::check_possible(&self.client).await?;
         }
         tracing::info!(

@@ -106,6 +106,17 @@ pub async fn create_slot(conn: &ConnInfo, monitor: &Client, names: &Names, failo
     }
 }
 
+/// `--failover-slot` on a resumed run whose slot was made without it (checked possible
+/// before, with the other preflight checks): the slot is altered; it is idle, since a resume
+/// waits for the earlier walsender to let it go.
+pub async fn make_failover(conn: &ConnInfo, client: &Client, slot: &str) -> Result<()> {
+    if crate::replication::failover::is_failover(client, slot).await? {
+        return Ok(());
+    }
+    let mut repl = ReplicationConnection::connect(&conn.with_application_name("pg-ghost stream")).await?;
+    repl.make_failover_slot(slot).await.with_context(|| format!("making slot {slot:?} synchronized to standbys (--failover-slot)"))
+}
+
 async fn report_open_transactions(monitor: &Client) {
     if let Ok(blockers) = slot::slot_creation_blockers(monitor).await {
         for b in blockers {

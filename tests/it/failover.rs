@@ -30,11 +30,27 @@ async fn failover_slot_is_refused_without_what_it_needs() {
     let out = binary::run(&db, &["--table", "orders", "--alter", ALTER, "--execute", "--failover-slot"]).await;
     let log = binary::stderr(&out);
     assert_eq!(out.status.code(), Some(3), "not refused:\n{log}");
-    match version_num(db.cluster) >= 170000 {
-        true => assert!(log.contains("synchronized_standby_slots"), "the refusal does not name synchronized_standby_slots:\n{log}"),
-        false => assert!(log.contains("PostgreSQL 17 or later"), "the refusal does not name the version needed:\n{log}"),
-    }
+    let needed = if version_num(db.cluster) >= 170000 { "synchronized_standby_slots" } else { "PostgreSQL 17 or later" };
+    assert!(log.contains(needed), "the refusal does not name {needed}:\n{log}");
     assert_catalog_unchanged(&before, &CatalogSnapshot::take(&client).await);
+
+    // Asked for on the resume of a run made without it: refused alike, the slot left as it was.
+    let flag = flag_path(&db, "postpone");
+    std::fs::write(&flag, b"").unwrap();
+    let flag_arg = flag.to_str().unwrap().to_string();
+    let plain = ["--table", "orders", "--alter", ALTER, "--execute", "--postpone-cut-over-flag-file", &flag_arg];
+    let mut run = Running::spawn(&db, "run", &plain);
+    wait_for_state(&client, &mut run, "orders", "postponed", Duration::from_secs(60)).await;
+    run.kill9().await;
+    crate::resume::wait_slot_released(&client).await;
+    let mut resume = plain.to_vec();
+    resume.extend(["--resume", "--failover-slot"]);
+    let out = binary::run(&db, &resume).await;
+    let log = binary::stderr(&out);
+    assert_eq!(out.status.code(), Some(3), "not refused:\n{log}");
+    assert!(log.contains(needed), "the refusal does not name {needed}:\n{log}");
+    assert_eq!(db.psql("SELECT count(*) FROM pg_replication_slots WHERE database = current_database()"), "1", "the slot is gone");
+    let _ = std::fs::remove_file(&flag);
 }
 
 /// Sends `signal` (`STOP`, `CONT`) to a server process.
@@ -75,7 +91,8 @@ fn synchronized_copy(standby: &Cluster, db: &str) -> String {
     found
 }
 
-/// The primary fails while the run waits to cut over, its standby a moment behind it: the
+/// A run made without `--failover-slot`, killed, is resumed with it: its slot is altered.
+/// Then the primary fails while the run waits to cut over, its standby a moment behind it: the
 /// standby's WAL receiver is stopped while the workload and the apply go on, the standby then
 /// copies the slot as it is, and the primary crashes; the standby, promoted, takes over its
 /// address. The run's sessions reconnect there, find the new timeline and stop, leaving
@@ -106,9 +123,22 @@ async fn a_run_resumes_on_the_promoted_standby() {
     let flag = flag_path(&db, "postpone");
     std::fs::write(&flag, b"").unwrap();
     let flag_arg = flag.to_str().unwrap().to_string();
-    let args = ["--table", "orders", "--alter", ALTER, "--execute", "--failover-slot", "--postpone-cut-over-flag-file", &flag_arg, "--status-interval", "1s"];
-    let mut run = Running::spawn(&db, "run", &args);
+    // A first run without the flag, killed: its resume asks for the flag, and the slot it
+    // takes over is altered.
+    let plain = ["--table", "orders", "--alter", ALTER, "--execute", "--postpone-cut-over-flag-file", &flag_arg, "--status-interval", "1s"];
+    let mut run = Running::spawn(&db, "run", &plain);
     wait_for_state(&client, &mut run, "orders", "postponed", Duration::from_secs(90)).await;
+    run.kill9().await;
+    crate::resume::wait_slot_released(&client).await;
+    assert_eq!(db.psql("SELECT string_agg(failover::text, ',') FROM pg_replication_slots WHERE database = current_database()"), "false");
+    let args = ["--table", "orders", "--alter", ALTER, "--execute", "--failover-slot", "--postpone-cut-over-flag-file", &flag_arg, "--status-interval", "1s", "--resume"];
+    let mut run = Running::spawn(&db, "run", &args);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while db.psql("SELECT string_agg(failover::text, ',') FROM pg_replication_slots WHERE database = current_database() AND active") != "true" {
+        run.assert_running("the resumed run's slot to be synchronized to standbys and streamed from").await;
+        assert!(Instant::now() < deadline, "the resumed run's slot was not altered to FAILOVER");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let workload = Workload::start(&db, &table, WorkloadOptions::new(3)).await;
     let slot = synchronized_copy(&standby, &db.name);
     workload.wait_for_more_commits(200, Duration::from_secs(30)).await;
@@ -150,7 +180,7 @@ async fn a_run_resumes_on_the_promoted_standby() {
     // Without the checksum, which would find and mend rows a lost flush left stale: the
     // stream alone must bring the ghost to the control's rows.
     let mut resume_args = args.to_vec();
-    resume_args.extend(["--resume", "--skip-checksum"]);
+    resume_args.push("--skip-checksum");
     let out = binary::run(&promoted, &resume_args).await;
     binary::assert_success(&out);
     let resumed = binary::stderr(&out);

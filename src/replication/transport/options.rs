@@ -166,6 +166,10 @@ pub(crate) fn create_slot_command(name: &str, kind: SlotKind, snapshot: SlotSnap
     )
 }
 
+pub(crate) fn failover_slot_command(name: &str) -> String {
+    format!("ALTER_REPLICATION_SLOT {} (FAILOVER true)", ident(name))
+}
+
 pub(crate) fn drop_slot_command(name: &str, wait: bool) -> String {
     format!("DROP_REPLICATION_SLOT {}{}", ident(name), if wait { " WAIT" } else { "" })
 }
@@ -245,6 +249,7 @@ mod tests {
             "CREATE_REPLICATION_SLOT \"s\" LOGICAL pgoutput (SNAPSHOT 'nothing', FAILOVER)"
         );
         assert_eq!(drop_slot_command("a\"b", true), "DROP_REPLICATION_SLOT \"a\"\"b\" WAIT");
+        assert_eq!(failover_slot_command("s"), "ALTER_REPLICATION_SLOT \"s\" (FAILOVER true)");
         assert_eq!(drop_slot_command("s", false), "DROP_REPLICATION_SLOT \"s\"");
     }
 
