@@ -152,6 +152,19 @@ impl FlushSql {
         }
     }
 
+    /// In the flush's transaction, before its commit (see [`StandbyWait::before_commit`]).
+    pub async fn before_commit(&self, client: &impl GenericClient) -> Result<()> {
+        match &self.standbys {
+            Some(standbys) => standbys.before_commit(client).await,
+            None => Ok(()),
+        }
+    }
+
+    /// The standbys committed flushes wait for, if any.
+    pub fn standbys(&self) -> Option<&StandbyWait> {
+        self.standbys.as_ref()
+    }
+
     /// Where keys are parked, when they may be.
     pub fn parking(&self) -> Option<&Parking> {
         self.parking.as_ref()

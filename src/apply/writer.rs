@@ -586,6 +586,7 @@ async fn flush_in_transaction(client: &Client, sql: &FlushSql, keys: &[Key], app
         if let Some(lsn) = applied {
             sql.record_applied(client, lsn).await?;
         }
+        sql.before_commit(client).await?;
         crate::fault::crash_point("apply-before-commit");
         Ok(())
     })

@@ -12,7 +12,7 @@
 //! soon as the flush commits on the primary would let the standby's copy of the slot move to
 //! X while the standby does not have the flush yet; promoted then, the new primary would have
 //! a slot past changes its ghost lacks, and a resume would never see them again. So, with a
-//! failover slot, every commit of the apply session waits until the standbys of
+//! failover slot, every flush (the commits after which changes are confirmed) waits until the standbys of
 //! `synchronized_standby_slots` have flushed it ([`StandbyWait`]) before the changes it wrote
 //! are confirmed: the confirmed position then never runs ahead of what a promoted standby
 //! holds, as on one server it never runs ahead of what a crash keeps.
@@ -22,7 +22,9 @@
 //! everything for `--resume`, which reads the copy's watermark and the applied position
 //! from the new primary's changelog instead of trusting what this process remembers.
 
-use crate::error::{Context, Error, Result};
+use crate::error::{Context, Error, ErrorKind, Result};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use crate::sql::ident;
 use std::time::{Duration, Instant};
 use tokio_postgres::GenericClient;
@@ -51,10 +53,18 @@ async fn standby_slot_names(client: &impl GenericClient) -> Result<(i32, Vec<Str
     Ok((version, parse_slot_list(&setting)))
 }
 
-/// `synchronized_standby_slots` is a comma-separated list of slot names (PostgreSQL checks
-/// them as identifiers when it is set).
+/// `synchronized_standby_slots` is a comma-separated list of slot names, read as identifiers:
+/// folded to lower case unless quoted (slot names are lower case anyway).
 fn parse_slot_list(setting: &str) -> Vec<String> {
-    setting.split(',').map(|s| s.trim().trim_matches('"').to_string()).filter(|s| !s.is_empty()).collect()
+    setting
+        .split(',')
+        .map(str::trim)
+        .map(|s| match s.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
+            Some(quoted) => quoted.to_string(),
+            None => s.to_lowercase(),
+        })
+        .filter(|s| !s.is_empty())
+        .collect()
 }
 
 /// What `--failover-slot` needs of the server: PostgreSQL 17 or later, and the standbys to
@@ -72,6 +82,18 @@ pub async fn check_possible(client: &impl GenericClient) -> Result<Vec<String>> 
         return Err(Error::refused(
             "--failover-slot needs synchronized_standby_slots set on the primary to the physical slots of the standbys that may be promoted: \
              pg-ghost waits for them before it confirms a change, so that a promoted standby has every change its copy of the slot has passed",
+        ));
+    }
+    let readable: bool = client
+        .query_one("SELECT has_function_privilege('pg_catalog.pg_control_system()', 'EXECUTE')", &[])
+        .await
+        .context("checking the privilege to read the server's identity")?
+        .try_get(0)?;
+    if !readable {
+        return Err(Error::new(
+            ErrorKind::Privilege,
+            "--failover-slot: the role may not execute pg_control_system(), which tells pg-ghost that a reconnected session reached the same server \
+             (GRANT EXECUTE ON FUNCTION pg_control_system() TO <role>)",
         ));
     }
     Ok(slots)
@@ -101,7 +123,7 @@ pub async fn synchronized(client: &impl GenericClient, slot: &str) -> Result<Opt
         return Ok(Some(Synchronized { wait: None }));
     }
     tracing::info!(slot, standbys = slots.join(", "), "the slot is synchronized to standbys: each flush is confirmed once they have it");
-    Ok(Some(Synchronized { wait: Some(StandbyWait { slots }) }))
+    Ok(Some(Synchronized { wait: Some(StandbyWait { slots, give_up: Arc::default() }) }))
 }
 
 /// Whether `slot` was created (or altered) with `FAILOVER`; never before PostgreSQL 17, whose
@@ -121,15 +143,36 @@ pub async fn is_failover(client: &impl GenericClient, slot: &str) -> Result<bool
 #[derive(Clone, Debug)]
 pub struct StandbyWait {
     slots: Vec<String>,
+    /// Set when the stream stops: a wait in progress ends with an error, its flush
+    /// unconfirmed, instead of holding the stop until the standbys come back.
+    give_up: Arc<AtomicBool>,
 }
 
 impl StandbyWait {
-    /// Returns once every standby has flushed the WAL written so far on `client`'s server
-    /// (so everything `client` has committed). A standby that is down or gone makes it wait,
-    /// as it makes the primary hold back the stream itself; the wait is reported every 10 s.
+    /// In the flush's transaction, before its commit: a session with `synchronous_commit =
+    /// off` commits `local` (its commit record flushed before COMMIT returns), so that the
+    /// flushed position after it covers the commit, and no standby waits for WAL nobody
+    /// flushes.
+    pub async fn before_commit(&self, client: &impl GenericClient) -> Result<()> {
+        client
+            .execute("SELECT set_config('synchronous_commit', 'local', true) WHERE current_setting('synchronous_commit') = 'off'", &[])
+            .await
+            .context("making the flush's commit flushed before it returns")?;
+        Ok(())
+    }
+
+    /// Ends waits in progress, and any to come, with an error.
+    pub fn give_up(&self) {
+        self.give_up.store(true, Ordering::Relaxed);
+    }
+
+    /// Returns once every standby has flushed the WAL flushed so far on `client`'s server,
+    /// which covers what `client` has just committed (see [`StandbyWait::before_commit`]). A
+    /// standby that is down or gone makes it wait, as it makes the primary hold back the
+    /// stream itself; the wait is reported every 10 s, and ends when the stream stops.
     pub async fn wait(&self, client: &impl GenericClient) -> Result<()> {
         let target: String = client
-            .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+            .query_one("SELECT pg_current_wal_flush_lsn()::text", &[])
             .await
             .context("reading the position the standbys must reach")?
             .try_get(0)?;
@@ -149,6 +192,12 @@ impl StandbyWait {
                 .context("waiting for the standbys of synchronized_standby_slots")?;
             if behind.is_empty() {
                 return Ok(());
+            }
+            if self.give_up.load(Ordering::Relaxed) {
+                return Err(Error::new(
+                    ErrorKind::Aborted,
+                    "the stream stopped while a flush waited for the standbys of synchronized_standby_slots: its changes stay unconfirmed, and come again",
+                ));
             }
             if reported.elapsed() >= REPORT_EVERY {
                 reported = Instant::now();
@@ -183,6 +232,6 @@ mod tests {
     fn reads_the_slot_list() {
         assert_eq!(parse_slot_list(""), Vec::<String>::new());
         assert_eq!(parse_slot_list("sb1"), vec!["sb1"]);
-        assert_eq!(parse_slot_list("sb1, sb2 ,\"Sb3\""), vec!["sb1", "sb2", "Sb3"]);
+        assert_eq!(parse_slot_list("sb1, SB2 ,\"sb3\""), vec!["sb1", "sb2", "sb3"]);
     }
 }

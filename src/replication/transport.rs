@@ -163,7 +163,10 @@ impl ReplicationConnection {
         let mut conn = ReplicationConnection { framed, meta, busy: false };
         if info.server.is_pinned() {
             let system = conn.identify_system().await?;
-            let now = crate::conn::ServerIdentity { system_id: system.system_id, timeline: Some(system.timeline) };
+            // IDENTIFY_SYSTEM names the timeline a standby replays: a standby writes none.
+            let standby = conn.one_row("SELECT pg_is_in_recovery() AS standby").await?.value(0, "standby") == Some("t");
+            let timeline = (!standby).then_some(system.timeline);
+            let now = crate::conn::ServerIdentity { system_id: system.system_id, timeline };
             info.server.check_identity(now).with_context(|| format!("opening a replication connection to {}", conn.meta.peer))?;
         }
         Ok(conn)

@@ -1191,7 +1191,7 @@ impl Run {
     /// that server may still need).
     async fn leave_for_resume(&mut self, background: Option<Background>) -> Result<()> {
         if let Some(bg) = background {
-            if let Err(e) = bg.shutdown().await {
+            if let Err(e) = bg.stop_keeping_slot().await {
                 tracing::debug!(error = %e, "stopping the stream after a failover");
             }
         }

@@ -155,6 +155,8 @@ pub struct Background {
     failure: Option<Error>,
     /// The pump ended without an error of its own (its apply loop had gone away).
     pump_stopped_cleanly: bool,
+    /// What the apply's flushes wait for (a failover slot), given up when stopping.
+    standbys: Option<crate::replication::failover::StandbyWait>,
 }
 
 impl Replication {
@@ -246,6 +248,7 @@ impl Replication {
         }
         let flush = s.flush;
         flush.choose_strategy(apply_session.client(), ghost.oid, &ghost.mapping.key_ghost).await?;
+        let recorded_standbys = recorded.standbys().cloned();
         let (writer, writer_task) = Writer::spawn(apply_session, recorded, inflight.clone(), ack, items_rx);
         let background = Background {
             writer: writer.clone(),
@@ -256,6 +259,7 @@ impl Replication {
             slot: s.slot.to_string(),
             failure: None,
             pump_stopped_cleanly: false,
+            standbys: recorded_standbys,
         };
         Ok((Replication { writer, inflight, positions, flush, origin_none: s.origin_none }, background))
     }
@@ -380,6 +384,9 @@ impl Background {
         if let Some(task) = self.throttle.take() {
             task.abort();
             let _ = task.await;
+        }
+        if let Some(standbys) = &self.standbys {
+            standbys.give_up();
         }
         let _ = self.writer.stop().await;
         if let Some(task) = self.writer_task.take() {

@@ -266,6 +266,8 @@ impl Run {
         let end = self.serve_window(names, &new, &target, &repl, background, w.length).await;
         let end = match end {
             Err(e) if e.kind() == ErrorKind::Aborted && stopped_by_signal() => return Err(self.leave_open(table, background, e).await),
+            // A session found a promoted standby: the window is taken up there (`--resume`).
+            Err(e) if e.kind() == ErrorKind::FailedOver => return Err(self.leave_open(table, background, e).await),
             other => other,
         };
         if end.is_err() {
@@ -395,7 +397,7 @@ impl Run {
                     }
                     // Materialized views built for the revert on the old table stay: the run
                     // that takes the window up drops them before it builds them again.
-                    Err(e) if matches!(e.kind(), ErrorKind::Aborted | ErrorKind::Connection | ErrorKind::Internal) => return Err(e),
+                    Err(e) if matches!(e.kind(), ErrorKind::Aborted | ErrorKind::Connection | ErrorKind::Internal | ErrorKind::FailedOver) => return Err(e),
                     Err(e) => {
                         self.drop_materialized_back(target).await;
                         tracing::error!(error = %e.chain(), "the revert failed; the new table keeps the name and the window stays open (try `pg-ghost revert` again)");
