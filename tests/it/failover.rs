@@ -91,6 +91,68 @@ fn synchronized_copy(standby: &Cluster, db: &str) -> String {
     found
 }
 
+/// A primary of its own and a standby that can keep copies of its slots: the standby streams
+/// through the physical slot `sb`, which the primary names in `synchronized_standby_slots`.
+/// `None` before PostgreSQL 17.
+fn primary_and_standby() -> Option<(Cluster, Cluster)> {
+    let primary = Cluster::start("failover");
+    if version_num(&primary) < 170000 {
+        eprintln!("slots are synchronized to standbys from PostgreSQL 17 only: nothing to check on this server");
+        return None;
+    }
+    primary.psql("postgres", "SELECT pg_create_physical_replication_slot('sb', true)");
+    let standby = primary.standby("failover");
+    let primary_conninfo = format!("host=127.0.0.1 port={} user=ghost password=ghost dbname=postgres", primary.port);
+    standby.psql("postgres", &format!("ALTER SYSTEM SET primary_conninfo = '{primary_conninfo}'"));
+    standby.psql("postgres", "ALTER SYSTEM SET primary_slot_name = 'sb'");
+    standby.psql("postgres", "SELECT pg_reload_conf()");
+    primary.psql("postgres", "ALTER SYSTEM SET synchronized_standby_slots = 'sb'");
+    primary.psql("postgres", "SELECT pg_reload_conf()");
+    Some((primary, standby))
+}
+
+/// Flushes wait for a standby that has stopped receiving; the panic flag still ends the run at
+/// once (the wait is given up, the flush left unconfirmed), and the run cleans up as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_panic_flag_ends_a_wait_for_a_standby() {
+    let Some((primary, standby)) = primary_and_standby() else { return };
+    let db = primary.fresh_db("failover_panic");
+    let table = OracleTable::create(&db, "orders", KeyKind::Identity, 2_000).await;
+    let client = db.client().await;
+    let postpone = flag_path(&db, "postpone");
+    std::fs::write(&postpone, b"").unwrap();
+    let panic = flag_path(&db, "panic");
+    let args = [
+        "--table", "orders", "--alter", ALTER, "--execute", "--failover-slot", "--status-interval", "1s",
+        "--postpone-cut-over-flag-file", postpone.to_str().unwrap(), "--panic-flag-file", panic.to_str().unwrap(),
+    ];
+    let mut run = Running::spawn(&db, "run", &args);
+    wait_for_state(&client, &mut run, "orders", "postponed", Duration::from_secs(90)).await;
+    let workload = Workload::start(&db, &table, WorkloadOptions::new(2)).await;
+    workload.wait_for_more_commits(100, Duration::from_secs(30)).await;
+    // As in the failover below: pg-ghost has changes to flush once the standby stops.
+    let ghost_pid = run.pid().expect("pg-ghost's pid").to_string();
+    signal(&ghost_pid, "STOP");
+    workload.wait_for_more_commits(50, Duration::from_secs(30)).await;
+    let receiver = standby.psql("postgres", "SELECT pid FROM pg_stat_wal_receiver");
+    assert!(!receiver.is_empty(), "the standby has no WAL receiver");
+    signal(&receiver, "STOP");
+    signal(&ghost_pid, "CONT");
+    let report = workload.stop().await;
+    assert!(report.errors.is_empty(), "workload errors (seed {}): {:#?}", report.seed, report.errors);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    run.assert_running("its flushes to wait for the standby").await;
+
+    std::fs::write(&panic, b"").unwrap();
+    let out = run.wait(Duration::from_secs(30)).await;
+    signal(&receiver, "CONT");
+    let log = binary::stderr(&out);
+    assert_eq!(out.status.code(), Some(4), "the panic flag did not abort the run:\n{log}");
+    assert_no_slots_or_publications(&client).await;
+    let _ = std::fs::remove_file(&postpone);
+    let _ = std::fs::remove_file(&panic);
+}
+
 /// A run made without `--failover-slot`, killed, is resumed with it: its slot is altered.
 /// Then the primary fails while the run waits to cut over, its standby a moment behind it: the
 /// standby's WAL receiver is stopped while the workload and the apply go on, the standby then
@@ -103,19 +165,7 @@ fn synchronized_copy(standby: &Cluster, db: &str) -> String {
 /// run of two).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_resumes_on_the_promoted_standby() {
-    let primary = Cluster::start("failover");
-    if version_num(&primary) < 170000 {
-        eprintln!("slots are synchronized to standbys from PostgreSQL 17 only: nothing to check on this server");
-        return;
-    }
-    primary.psql("postgres", "SELECT pg_create_physical_replication_slot('sb', true)");
-    let mut standby = primary.standby("failover");
-    let primary_conninfo = format!("host=127.0.0.1 port={} user=ghost password=ghost dbname=postgres", primary.port);
-    standby.psql("postgres", &format!("ALTER SYSTEM SET primary_conninfo = '{primary_conninfo}'"));
-    standby.psql("postgres", "ALTER SYSTEM SET primary_slot_name = 'sb'");
-    standby.psql("postgres", "SELECT pg_reload_conf()");
-    primary.psql("postgres", "ALTER SYSTEM SET synchronized_standby_slots = 'sb'");
-    primary.psql("postgres", "SELECT pg_reload_conf()");
+    let Some((primary, mut standby)) = primary_and_standby() else { return };
 
     let db = primary.fresh_db("failover");
     let table = OracleTable::create(&db, "orders", KeyKind::Identity, 3_000).await;
