@@ -598,6 +598,9 @@ impl Run {
                 // Recorded as soon as chosen, so that a refusal from here on says which way.
                 self.history.strategy(history::STRATEGY_DIRECT);
                 self.inspect_direct(&described, &names, &server).await?;
+                if self.cfg.failover_slot {
+                    tracing::info!("--failover-slot: the direct way streams nothing, so it makes no slot");
+                }
                 return Ok(Way::Direct { table: described, steps });
             }
             Choice::Ghost(why) => why,
