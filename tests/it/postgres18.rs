@@ -29,6 +29,23 @@ async fn run_keeping_rows(db: &TestDb<'_>, table: &str, alter: &str, row: &str) 
     before
 }
 
+/// Runs pg-ghost with `args` while `writes` times an UPDATE (`a = a + 1` where `id = 7i + 1`)
+/// and an INSERT (`id = 10000 + i`, `a = i`) go to `public.<table>`, 10 ms apart: spread
+/// over the run, some come through the copy, the rest through the stream.
+async fn run_under_writes(db: &TestDb<'_>, table: &str, args: &[&str], writes: i64) -> std::process::Output {
+    let run = binary::run(db, args);
+    let write = async {
+        let client = db.client().await;
+        for i in 0..writes {
+            let sql = format!("UPDATE public.{table} SET a = a + 1 WHERE id = {}; INSERT INTO public.{table} (id, a) VALUES ({}, {i})", i * 7 + 1, 10_000 + i);
+            client.batch_execute(&sql).await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    };
+    let (out, ()) = tokio::join!(run, write);
+    out
+}
+
 const TABLE: &str = "CREATE TABLE public.nv (id int PRIMARY KEY, a int, b text);
      INSERT INTO public.nv SELECT g, CASE WHEN g % 3 = 0 THEN NULL ELSE g END, 'x' || g FROM generate_series(1, 3000) g;
      ALTER TABLE public.nv ADD CONSTRAINT nv_a_present NOT NULL a NOT VALID;
@@ -90,17 +107,7 @@ async fn virtual_generated_columns_are_computed_not_copied() {
     let alter = "ALTER COLUMN id TYPE bigint, ADD COLUMN d text NOT NULL DEFAULT 'x'";
     let before = WholeSchema::take(&db).await;
     let args = ["--table", "vg", "--alter", alter, "--execute", "--ok-to-drop-table", "--chunk-size", "200"];
-    let run = binary::run(&db, &args);
-    let writes = async {
-        let client = db.client().await;
-        for i in 0..200 {
-            client.batch_execute(&format!("UPDATE public.vg SET a = a + 1 WHERE id = {}; INSERT INTO public.vg (id, a) VALUES ({}, {i})", i * 7 + 1, 10_000 + i)).await.unwrap();
-            // Spread over the run (about 2 s): some come through the copy, the rest through the stream.
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-    };
-    let (out, ()) = tokio::join!(run, writes);
-    binary::assert_success(&out);
+    binary::assert_success(&run_under_writes(&db, "vg", &args, 200).await);
     let wrong = db.psql("SELECT count(*) FROM public.vg WHERE twice IS DISTINCT FROM a * 2 OR next IS DISTINCT FROM a + 1 OR d <> 'x'");
     assert_eq!(wrong, "0");
     // Every write made during the run is there: ids 1, 8, ..., 1394 went up by one.
@@ -157,16 +164,7 @@ async fn set_expression_on_a_stored_column_goes_through_a_ghost() {
     let before = WholeSchema::take(&db).await;
     let oid = db.psql("SELECT 'public.se'::regclass::oid");
     let args = ["--table", "se", "--alter", alter, "--execute", "--ok-to-drop-table", "--strategy", "auto", "--chunk-size", "200"];
-    let run = binary::run(&db, &args);
-    let writes = async {
-        let client = db.client().await;
-        for i in 0..100 {
-            client.batch_execute(&format!("UPDATE public.se SET a = a + 1 WHERE id = {}; INSERT INTO public.se (id, a) VALUES ({}, {i})", i * 7 + 1, 10_000 + i)).await.unwrap();
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-    };
-    let (out, ()) = tokio::join!(run, writes);
-    binary::assert_success(&out);
+    binary::assert_success(&run_under_writes(&db, "se", &args, 100).await);
     assert_ne!(db.psql("SELECT 'public.se'::regclass::oid"), oid, "the table was not swapped for a ghost");
     assert_eq!(db.psql("SELECT count(*) FROM public.se WHERE tripled IS DISTINCT FROM a * 3 OR shown IS DISTINCT FROM a + 1"), "0");
     assert_eq!(db.psql("SELECT count(*) FROM public.se"), "3100");
