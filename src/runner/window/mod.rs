@@ -123,7 +123,10 @@ impl Run {
         super::replication::create_reverse_publication(&self.client, &names.reverse, ghost).await?;
         self.created.reverse = true;
         let reverse_names = Names { slot: names.reverse.clone(), publication: names.reverse.clone(), ..names.clone() };
-        let created = super::replication::create_slot(&self.cfg.conn, &self.client, &reverse_names, self.cfg.failover_slot);
+        // Synchronized to standbys like the run's own slot, whether this run or an earlier one
+        // it resumed asked for it.
+        let failover = self.cfg.failover_slot || crate::replication::failover::is_failover(&self.client, &names.slot).await?;
+        let created = super::replication::create_slot(&self.cfg.conn, &self.client, &reverse_names, failover);
         super::guard(created, &mut self.abort.clone(), None).await?;
         let marker = format!("swap {} {}", std::process::id(), ghost.oid);
         self.record_value(names, checkpoint::REVERT_MARKER, &marker).await;
