@@ -30,6 +30,8 @@ pub struct SlotPosition {
     pub restart: Option<Lsn>,
     /// A walsender is streaming from the slot.
     pub active: bool,
+    /// Synchronized to standbys (`FAILOVER`, PostgreSQL 17+).
+    pub failover: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,7 +59,8 @@ impl CoordinatesSource {
             .query_one(
                 "SELECT pg_current_wal_lsn()::text AS current, s.slot_name IS NOT NULL AS exists,
                         s.confirmed_flush_lsn::text AS confirmed, s.restart_lsn::text AS restart,
-                        coalesce(s.active, false) AS active
+                        coalesce(s.active, false) AS active,
+                        coalesce((to_jsonb(s) ->> 'failover')::bool, false) AS failover
                    FROM (SELECT 1) AS one LEFT JOIN pg_replication_slots s ON s.slot_name = $1",
                 &[&self.slot],
             )
@@ -68,6 +71,7 @@ impl CoordinatesSource {
                 confirmed_flush: lsn(row.try_get("confirmed")?)?,
                 restart: lsn(row.try_get("restart")?)?,
                 active: row.try_get("active")?,
+                failover: row.try_get("failover")?,
             })
         } else {
             None
@@ -92,6 +96,9 @@ impl fmt::Display for Coordinates {
         writeln!(f, "confirmed_flush_lsn: {}", show(pos.confirmed_flush))?;
         writeln!(f, "restart_lsn: {}", show(pos.restart))?;
         writeln!(f, "current_wal_lsn: {}", self.current)?;
+        if pos.failover {
+            writeln!(f, "synchronized to standbys: yes (failover slot)")?;
+        }
         if let Some(confirmed) = pos.confirmed_flush {
             writeln!(f, "unconfirmed: {}", human_bytes(self.current.bytes_since(confirmed)))?;
         }
@@ -118,6 +125,7 @@ mod tests {
                 confirmed_flush: Some("0/1000".parse().unwrap()),
                 restart: Some("0/800".parse().unwrap()),
                 active: true,
+                failover: false,
             }),
             current: "0/1C00".parse().unwrap(),
         };
@@ -134,9 +142,11 @@ mod tests {
         assert_eq!(missing.to_string(), "slot: s (does not exist)\ncurrent_wal_lsn: 0/10\n");
         let fresh = Coordinates {
             slot: "s".into(),
-            position: Some(SlotPosition { confirmed_flush: None, restart: None, active: false }),
+            position: Some(SlotPosition { confirmed_flush: None, restart: None, active: false, failover: false }),
             current: "0/10".parse().unwrap(),
         };
         assert_eq!(fresh.to_string(), "slot: s (not streaming)\nconfirmed_flush_lsn: N/A\nrestart_lsn: N/A\ncurrent_wal_lsn: 0/10\n");
+        let failover = Coordinates { position: Some(SlotPosition { failover: true, ..fresh.position.clone().unwrap() }), ..fresh };
+        assert!(failover.to_string().ends_with("current_wal_lsn: 0/10\nsynchronized to standbys: yes (failover slot)\n"), "{failover}");
     }
 }
