@@ -137,27 +137,10 @@ impl FlushSql {
         self
     }
 
-    /// Committed flushes wait for these standbys ([`FlushSql::wait_for_standbys`]).
+    /// Committed flushes wait for these standbys (see [`StandbyWait`]).
     pub fn waiting_for_standbys(mut self, standbys: Option<StandbyWait>) -> FlushSql {
         self.standbys = standbys;
         self
-    }
-
-    /// After a flush committed on `client`: returns once the standbys it must wait for have
-    /// it, so that the changes it wrote may be confirmed.
-    pub async fn wait_for_standbys(&self, client: &impl GenericClient) -> Result<()> {
-        match &self.standbys {
-            Some(standbys) => standbys.wait(client).await,
-            None => Ok(()),
-        }
-    }
-
-    /// In the flush's transaction, before its commit (see [`StandbyWait::before_commit`]).
-    pub async fn before_commit(&self, client: &impl GenericClient) -> Result<()> {
-        match &self.standbys {
-            Some(standbys) => standbys.before_commit(client).await,
-            None => Ok(()),
-        }
     }
 
     /// The standbys committed flushes wait for, if any.

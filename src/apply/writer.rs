@@ -586,12 +586,18 @@ async fn flush_in_transaction(client: &Client, sql: &FlushSql, keys: &[Key], app
         if let Some(lsn) = applied {
             sql.record_applied(client, lsn).await?;
         }
-        sql.before_commit(client).await?;
+        if let Some(standbys) = sql.standbys() {
+            standbys.before_commit(client).await?;
+        }
         crate::fault::crash_point("apply-before-commit");
         Ok(())
     })
     .await?;
-    sql.wait_for_standbys(client).await
+    // Its changes are confirmed once the standbys have the commit (a failover slot).
+    match sql.standbys() {
+        Some(standbys) => standbys.wait(client).await,
+        None => Ok(()),
+    }
 }
 
 /// Runs `work` in a transaction of its own on `client`: committed when it succeeds, rolled
