@@ -50,6 +50,9 @@ pub struct Progress {
     pub slot_retained_wal: Option<u64>,
     /// In the revert window: the old table's size, kept for the window, in bytes.
     pub old_table_bytes: Option<u64>,
+    /// How long the flush under way has waited for the standbys of a failover slot to have
+    /// it; `None` when none waits.
+    pub standby_wait: Option<Duration>,
     /// Since the run started.
     pub elapsed: Duration,
     /// Since the copy started (zero before it).
@@ -103,6 +106,7 @@ impl Progress {
             stream_lag: None,
             slot_retained_wal: None,
             old_table_bytes: None,
+            standby_wait: None,
             elapsed: Duration::ZERO,
             copy_elapsed: Duration::ZERO,
             direct_step: None,
@@ -170,15 +174,25 @@ pub fn status_line(p: &Progress) -> String {
         return format!("Direct: step {}/{}; Elapsed: {}; State: {}", step.number, step.of, format_duration(p.elapsed), p.state());
     }
     format!(
-        "Copy: {}; Applied: {}{}; Backlog: {} keys; Lag: {}; State: {}; ETA: {}",
+        "Copy: {}; Applied: {}{}; Backlog: {} keys; Lag: {}{}; State: {}; ETA: {}",
         copy_part(p),
         thousands(p.applied),
         parked_part(p.parked_keys),
         thousands(p.backlog_keys),
         lag_part(p.lag, p.lag_bytes),
+        standby_part(p.standby_wait),
         p.state(),
         p.eta()
     )
+}
+
+/// `; Standbys: waited 12s` once a flush has waited a second for the standbys of a failover
+/// slot; nothing for the usual waits of a millisecond or two.
+fn standby_part(wait: Option<Duration>) -> String {
+    match wait {
+        Some(d) if d >= Duration::from_secs(1) => format!("; Standbys: waited {}", format_duration(d)),
+        _ => String::new(),
+    }
 }
 
 /// `; Parked: 120 keys` while keys wait for the ghost's key index; nothing otherwise.

@@ -138,8 +138,8 @@ impl FlushSql {
     }
 
     /// Committed flushes wait for these standbys (see [`StandbyWait`]).
-    pub fn waiting_for_standbys(mut self, standbys: Option<StandbyWait>) -> FlushSql {
-        self.standbys = standbys;
+    pub fn waiting_for_standbys(mut self, standbys: StandbyWait) -> FlushSql {
+        self.standbys = Some(standbys);
         self
     }
 

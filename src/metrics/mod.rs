@@ -193,6 +193,11 @@ impl Collector for Snapshot {
             "The largest replay lag of the replicas given with --throttle-control-replicas (the status line's Lag, in seconds).",
             p.lag.map(|d| d.as_secs_f64()),
         )?;
+        out.gauge(
+            "apply_standby_wait_seconds",
+            "How long the flush under way has waited for the standbys of synchronized_standby_slots to have it before its changes are confirmed (a failover slot); 0 when none waits.",
+            p.standby_wait.map_or(0.0, |d| d.as_secs_f64()),
+        )?;
         out.gauge_if("slot_retained_wal_bytes", "WAL the run's replication slot retains on the server (in the revert window: the reverse slot).", p.slot_retained_wal)?;
         out.gauge_if("revert_window_old_table_bytes", "In the revert window: the size of the old table kept current for a revert.", p.old_table_bytes)?;
         out.gauge("throttled", "1 while the copy is throttled, 0 otherwise.", i64::from(p.throttle_reason.is_some()))?;

@@ -17,6 +17,7 @@ fn snapshot() -> Snapshot {
         old_table_bytes: Some(8192),
         throttle_reason: Some("throttle flag file /tmp/x exists".into()),
         throttle_cause: Some(Cause::FlagFile),
+        standby_wait: Some(Duration::from_millis(2_500)),
         ..Progress::new(Phase::Copy)
     };
     Snapshot {
@@ -85,6 +86,7 @@ fn values_come_from_the_snapshot() {
         ("pg_ghost_stream_lag_seconds", 2.0),
         ("pg_ghost_slot_retained_wal_bytes", 1_048_576.0),
         ("pg_ghost_revert_window_old_table_bytes", 8192.0),
+        ("pg_ghost_apply_standby_wait_seconds", 2.5),
         ("pg_ghost_throttled", 1.0),
         ("pg_ghost_checksum_ranges_total", 3.0),
         ("pg_ghost_checksum_rows_total", 900.0),

@@ -24,7 +24,7 @@
 
 use crate::error::{Context, Error, ErrorKind, Result};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use crate::sql::ident;
 use std::time::{Duration, Instant};
 use tokio_postgres::GenericClient;
@@ -101,9 +101,9 @@ pub async fn check_possible(client: &impl GenericClient) -> Result<Vec<String>> 
 
 /// A run's slot (fresh or resumed) that PostgreSQL synchronizes to standbys.
 pub struct Synchronized {
-    /// The standbys each commit of the apply waits for; `None` when
-    /// `synchronized_standby_slots` is empty (then said in a warning).
-    pub wait: Option<StandbyWait>,
+    /// The standbys each commit of the apply waits for: those named in
+    /// `synchronized_standby_slots`, read again at every wait.
+    pub wait: StandbyWait,
 }
 
 /// Whether `slot` is synchronized to standbys (created with `FAILOVER`, PostgreSQL 17+).
@@ -120,10 +120,10 @@ pub async fn synchronized(client: &impl GenericClient, slot: &str) -> Result<Opt
             slot,
             "the slot is synchronized to standbys but synchronized_standby_slots is empty: a promoted standby may miss changes the slot has passed, and a resume there would not see them"
         );
-        return Ok(Some(Synchronized { wait: None }));
+    } else {
+        tracing::info!(slot, standbys = slots.join(", "), "the slot is synchronized to standbys: each flush is confirmed once they have it");
     }
-    tracing::info!(slot, standbys = slots.join(", "), "the slot is synchronized to standbys: each flush is confirmed once they have it");
-    Ok(Some(Synchronized { wait: Some(StandbyWait { slots, give_up: Arc::default() }) }))
+    Ok(Some(Synchronized { wait: StandbyWait::new(slots) }))
 }
 
 /// Whether `slot` was created (or altered) with `FAILOVER`; never before PostgreSQL 17, whose
@@ -140,15 +140,35 @@ pub async fn is_failover(client: &impl GenericClient, slot: &str) -> Result<bool
 
 /// Waits, after a commit, for the standbys named in `synchronized_standby_slots` to have
 /// flushed it (their physical slots' `restart_lsn`, as PostgreSQL itself reads them).
+///
+/// The setting is read again at every poll, as PostgreSQL's walsenders read it: a DBA who
+/// takes a standby that is gone for good out of it (and reloads) releases the run as well as
+/// the stream.
 #[derive(Clone, Debug)]
 pub struct StandbyWait {
-    slots: Vec<String>,
+    /// The list as last read, the one the next wait starts with.
+    slots: Arc<Mutex<Vec<String>>>,
     /// Set when the stream stops: a wait in progress ends with an error, its flush
     /// unconfirmed, instead of holding the stop until the standbys come back.
     give_up: Arc<AtomicBool>,
+    /// Since when the flush under way has been waiting; `None` when none waits.
+    waiting_since: Arc<Mutex<Option<Instant>>>,
+}
+
+/// Clears [`StandbyWait::waiting_since`] however a wait ends (returned, failed, cancelled).
+struct Waiting<'a>(&'a Mutex<Option<Instant>>);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
 }
 
 impl StandbyWait {
+    fn new(slots: Vec<String>) -> StandbyWait {
+        StandbyWait { slots: Arc::new(Mutex::new(slots)), give_up: Arc::default(), waiting_since: Arc::default() }
+    }
+
     /// In the flush's transaction, before its commit: a session with `synchronous_commit =
     /// off` commits `local` (its commit record flushed before COMMIT returns), so that the
     /// flushed position after it covers the commit, and no standby waits for WAL nobody
@@ -166,10 +186,21 @@ impl StandbyWait {
         self.give_up.store(true, Ordering::Relaxed);
     }
 
+    /// How long the flush under way has waited for the standbys so far; `None` when no flush
+    /// waits.
+    pub fn waiting(&self) -> Option<Duration> {
+        self.waiting_since.lock().unwrap_or_else(|e| e.into_inner()).map(|since| since.elapsed())
+    }
+
+    fn slots(&self) -> Vec<String> {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// Returns once every standby has flushed the WAL flushed so far on `client`'s server,
     /// which covers what `client` has just committed (see [`StandbyWait::before_commit`]). A
     /// standby that is down or gone makes it wait, as it makes the primary hold back the
-    /// stream itself; the wait is reported every 10 s, and ends when the stream stops.
+    /// stream itself; the wait is reported every 10 s, and ends when the stream stops or when
+    /// the standby is no longer named in `synchronized_standby_slots`.
     pub async fn wait(&self, client: &impl GenericClient) -> Result<()> {
         let target: String = client
             .query_one("SELECT pg_current_wal_flush_lsn()::text", &[])
@@ -177,19 +208,37 @@ impl StandbyWait {
             .context("reading the position the standbys must reach")?
             .try_get(0)?;
         let started = Instant::now();
+        *self.waiting_since.lock().unwrap_or_else(|e| e.into_inner()) = Some(started);
+        let _waiting = Waiting(&self.waiting_since);
+        let mut slots = self.slots();
         let mut reported = started;
         let mut pause = Duration::from_millis(1);
         loop {
-            let behind = client
-                .query(
-                    "SELECT n, s.restart_lsn::text
-                       FROM unnest($1::text[]) AS n
-                       LEFT JOIN pg_catalog.pg_replication_slots s ON s.slot_name = n AND s.slot_type = 'physical'
-                      WHERE s.restart_lsn IS NULL OR s.restart_lsn < $2::text::pg_lsn",
-                    &[&self.slots, &target],
+            let row = client
+                .query_one(
+                    "WITH behind AS (
+                       SELECT n, s.restart_lsn::text AS at
+                         FROM unnest($1::text[]) AS n
+                         LEFT JOIN pg_catalog.pg_replication_slots s ON s.slot_name = n AND s.slot_type = 'physical'
+                        WHERE s.restart_lsn IS NULL OR s.restart_lsn < $2::text::pg_lsn)
+                     SELECT coalesce(current_setting('synchronized_standby_slots', true), ''),
+                            ARRAY(SELECT n FROM behind ORDER BY n), ARRAY(SELECT at FROM behind ORDER BY n)",
+                    &[&slots, &target],
                 )
                 .await
                 .context("waiting for the standbys of synchronized_standby_slots")?;
+            let now_named = parse_slot_list(&row.try_get::<_, String>(0)?);
+            if now_named != slots {
+                tracing::info!(
+                    standbys = now_named.join(", "),
+                    was = slots.join(", "),
+                    "synchronized_standby_slots changed: the apply waits for the standbys it names now"
+                );
+                *self.slots.lock().unwrap_or_else(|e| e.into_inner()) = now_named.clone();
+                slots = now_named;
+                continue;
+            }
+            let behind: Vec<String> = row.try_get(1)?;
             if behind.is_empty() {
                 return Ok(());
             }
@@ -201,21 +250,21 @@ impl StandbyWait {
             }
             if reported.elapsed() >= REPORT_EVERY {
                 reported = Instant::now();
+                let at: Vec<Option<String>> = row.try_get(2)?;
                 let laggards: Vec<String> = behind
                     .iter()
-                    .map(|r| {
-                        let name: String = r.try_get(0).unwrap_or_default();
-                        match r.try_get::<_, Option<String>>(1).ok().flatten() {
-                            Some(at) => format!("{} at {at}", ident(&name)),
-                            None => format!("{} (no such physical slot, or it reserves no WAL)", ident(&name)),
-                        }
+                    .zip(at.iter().chain(std::iter::repeat(&None)))
+                    .map(|(name, at)| match at {
+                        Some(at) => format!("{} at {at}", ident(name)),
+                        None => format!("{} (no such physical slot, or it reserves no WAL)", ident(name)),
                     })
                     .collect();
                 tracing::warn!(
                     waited_secs = started.elapsed().as_secs(),
                     target = %target,
                     standbys = laggards.join(", "),
-                    "the apply waits for standbys of synchronized_standby_slots to flush its last commit before confirming it"
+                    "the apply waits for standbys of synchronized_standby_slots to flush its last commit before confirming it \
+                     (one that is gone for good: take it out of synchronized_standby_slots and reload)"
                 );
             }
             tokio::time::sleep(pause).await;

@@ -537,6 +537,7 @@ impl Run {
                 stream: repl.positions.clone(),
                 throttle: decision,
                 estimated_rows: info.estimated_rows,
+                standbys: repl.standbys.clone(),
             },
             self.status_outputs(),
         );

@@ -140,6 +140,8 @@ pub struct Replication {
     pub flush: FlushSql,
     /// The stream leaves out changes written under a replication origin (`origin 'none'`).
     pub origin_none: bool,
+    /// What the flushes wait for before they are confirmed (a failover slot).
+    pub standbys: Option<crate::replication::failover::StandbyWait>,
 }
 
 /// The background tasks of a run (stream, apply loop, throttler): watched for failure,
@@ -259,9 +261,9 @@ impl Replication {
             slot: s.slot.to_string(),
             failure: None,
             pump_stopped_cleanly: false,
-            standbys: recorded_standbys,
+            standbys: recorded_standbys.clone(),
         };
-        Ok((Replication { writer, inflight, positions, flush, origin_none: s.origin_none }, background))
+        Ok((Replication { writer, inflight, positions, flush, origin_none: s.origin_none, standbys: recorded_standbys }, background))
     }
 }
 

@@ -8,6 +8,7 @@ use crate::apply::ApplyStats;
 use crate::copy::CopyProgress;
 use crate::hooks::{HookEnv, HookEvent, Hooks};
 use crate::phase::Phase;
+use crate::replication::failover::StandbyWait;
 use crate::status::{status_line, Progress, RateEstimator, StepOf, StreamLagClock};
 use crate::throttle::Decision;
 use std::sync::atomic::Ordering;
@@ -23,6 +24,8 @@ pub struct Sources {
     pub stream: Arc<StreamPositions>,
     pub throttle: watch::Receiver<Decision>,
     pub estimated_rows: i64,
+    /// What the apply's flushes wait for (a failover slot).
+    pub standbys: Option<StandbyWait>,
 }
 
 pub struct Outputs {
@@ -141,6 +144,7 @@ fn snapshot(
     p.lag_bytes = Some(wal_end.bytes_since(stats.acked));
     p.stream_lag = clock.update(now, wal_end, stats.acked);
     p.slot_retained_wal = decision.retained_wal;
+    p.standby_wait = src.standbys.as_ref().and_then(StandbyWait::waiting);
     p.throttle_cause = decision.cause().filter(|_| decision.throttled);
     p.throttle_reason = decision.reason.filter(|_| decision.throttled);
     p.elapsed = now.duration_since(started);

@@ -46,6 +46,14 @@ fn lines_across_phases_and_states() {
             Progress { lag_bytes: Some(100), ..copying(5, None, Some(1.0)) },
             "Copy: 5/N/A; Applied: 0; Backlog: 0 keys; Lag: N/A (100B); State: copying; ETA: N/A",
         ),
+        (
+            Progress { standby_wait: Some(Duration::from_secs(75)), backlog_keys: 40, ..Progress::new(Phase::Postponed) },
+            "Copy: 0/0 100.0%; Applied: 0; Backlog: 40 keys; Lag: N/A; Standbys: waited 1m15s; State: postponing cut-over; ETA: due",
+        ),
+        (
+            Progress { standby_wait: Some(Duration::from_millis(3)), ..Progress::new(Phase::Postponed) },
+            "Copy: 0/0 100.0%; Applied: 0; Backlog: 0 keys; Lag: N/A; State: postponing cut-over; ETA: due",
+        ),
     ];
     for (p, want) in cases {
         assert_eq!(status_line(&p), want);

@@ -84,6 +84,10 @@ impl Running {
         self.log.lock().unwrap().clone()
     }
 
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// Panics with the log if the process has exited (it was expected to keep running).
     pub(crate) async fn assert_running(&mut self, while_waiting_for: &str) {
         if let Some(status) = self.child.try_wait().expect("try_wait") {

@@ -153,6 +153,49 @@ async fn the_panic_flag_ends_a_wait_for_a_standby() {
     let _ = std::fs::remove_file(&panic);
 }
 
+/// A standby that stops receiving holds the flushes (the status line says for how long), as
+/// it holds the primary's own stream, until the DBA takes it out of
+/// `synchronized_standby_slots` and reloads: then the run goes on and completes, the table
+/// equal to the control table row for row. With the list read once at the start, the run
+/// waited for that standby for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_taken_out_of_synchronized_standby_slots_releases_the_run() {
+    let Some((primary, standby)) = primary_and_standby() else { return };
+    let db = primary.fresh_db("failover_released");
+    let table = OracleTable::create(&db, "orders", KeyKind::Identity, 2_000).await;
+    let client = db.client().await;
+    let postpone = flag_path(&db, "postpone");
+    std::fs::write(&postpone, b"").unwrap();
+    let args = ["--table", "orders", "--alter", ALTER, "--execute", "--failover-slot", "--postpone-cut-over-flag-file", postpone.to_str().unwrap()];
+    let mut run = crate::controls_e2e::Running::spawn(&db, &args);
+    run.wait_log("State: postponing cut-over", Duration::from_secs(90)).await;
+    let workload = Workload::start(&db, &table, WorkloadOptions::new(2)).await;
+    workload.wait_for_more_commits(100, Duration::from_secs(30)).await;
+    // As in the tests above: pg-ghost holds changes the standby has, and flushes them once the
+    // standby has stopped receiving.
+    let ghost_pid = run.pid().expect("pg-ghost's pid").to_string();
+    signal(&ghost_pid, "STOP");
+    workload.wait_for_more_commits(50, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let receiver = standby.psql("postgres", "SELECT pid FROM pg_stat_wal_receiver");
+    assert!(!receiver.is_empty(), "the standby has no WAL receiver");
+    signal(&receiver, "STOP");
+    signal(&ghost_pid, "CONT");
+    run.wait_log("Standbys: waited", Duration::from_secs(30)).await;
+    let report = workload.stop().await;
+    assert!(report.errors.is_empty(), "workload errors (seed {}): {:#?}", report.seed, report.errors);
+
+    primary.psql("postgres", "ALTER SYSTEM SET synchronized_standby_slots = ''");
+    primary.psql("postgres", "SELECT pg_reload_conf()");
+    std::fs::remove_file(&postpone).unwrap();
+    let out = run.wait(Duration::from_secs(120)).await;
+    signal(&receiver, "CONT");
+    binary::assert_success(&out);
+    assert!(binary::stderr(&out).contains("synchronized_standby_slots changed"), "the change was not seen:\n{}", binary::stderr(&out));
+    table.assert_matches_control(&client, &table.projection().map("n", "n::bigint")).await;
+    assert_no_slots_or_publications(&client).await;
+}
+
 /// A run made without `--failover-slot`, killed, is resumed with it: its slot is altered.
 /// Then the primary fails while the run waits to cut over, its standby a moment behind it: the
 /// standby's WAL receiver is stopped while the workload and the apply go on, the standby then

@@ -45,6 +45,7 @@ use crate::ghost::Ghost;
 use crate::hooks::HookEvent;
 use crate::inspect;
 use crate::names::Names;
+use crate::replication::failover::StandbyWait;
 use crate::phase::Phase;
 use crate::replication::slot;
 use crate::schema::TableInfo;
@@ -537,6 +538,7 @@ impl Run {
             p.lag_bytes = Some(wal_end.bytes_since(stats.acked));
             p.slot_retained_wal = retained;
             p.old_table_bytes = size.and_then(|s| u64::try_from(s).ok());
+            p.standby_wait = repl.standbys.as_ref().and_then(StandbyWait::waiting);
         });
         tracing::info!(
             left_secs = deadline.saturating_duration_since(tokio::time::Instant::now()).as_secs(),
@@ -544,6 +546,7 @@ impl Run {
             old_table_bytes = size,
             applied_keys = stats.applied_keys,
             backlog_keys = stats.backlog_keys,
+            standby_wait_secs = repl.standbys.as_ref().and_then(StandbyWait::waiting).map(|d| d.as_secs()),
             "State: {}; the old table {} is kept current",
             Phase::RevertWindow,
             target.name
