@@ -65,11 +65,13 @@ fn signal(pid: &str, signal: &str) {
 /// until the primary's slot has moved past the catalog xmin the standby reserved for it, which
 /// the primary's slot does every 15 s or so: the worker keeps its reservation meanwhile, a
 /// call of the function would drop it at its end.
-fn synchronized_copy(standby: &Cluster, db: &str) -> String {
+fn synchronized_copy(standby: &Cluster, db: &str, name_like: &str) -> String {
     standby.psql("postgres", "ALTER SYSTEM SET sync_replication_slots = on");
     standby.psql("postgres", "SELECT pg_reload_conf()");
     let deadline = Instant::now() + Duration::from_secs(120);
-    let persisted = format!("SELECT slot_name FROM pg_replication_slots WHERE database = '{db}' AND slot_type = 'logical' AND synced AND NOT temporary");
+    let persisted = format!(
+        "SELECT slot_name FROM pg_replication_slots WHERE database = '{db}' AND slot_type = 'logical' AND slot_name LIKE '{name_like}' AND synced AND NOT temporary"
+    );
     let found = loop {
         let found = standby.psql("postgres", &persisted);
         if !found.is_empty() {
@@ -89,6 +91,34 @@ fn synchronized_copy(standby: &Cluster, db: &str) -> String {
         std::thread::sleep(Duration::from_millis(100));
     }
     found
+}
+
+/// pg-ghost stops reading for a second while the workload writes and the standby keeps up;
+/// then the standby's WAL receiver stops and pg-ghost goes on: it holds changes the standby
+/// has, and flushes them into WAL the standby lacks (the stream itself sends nothing the
+/// standby lacks). Returns the WAL receiver's pid.
+async fn flush_past_the_standby(standby: &Cluster, ghost_pid: u32, workload: &Workload) -> String {
+    let ghost_pid = ghost_pid.to_string();
+    signal(&ghost_pid, "STOP");
+    workload.wait_for_more_commits(100, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let receiver = standby.psql("postgres", "SELECT pid FROM pg_stat_wal_receiver");
+    assert!(!receiver.is_empty(), "the standby has no WAL receiver");
+    signal(&receiver, "STOP");
+    signal(&ghost_pid, "CONT");
+    receiver
+}
+
+/// The primary crashes, and so does the standby, whose WAL receiver is frozen: the WAL it
+/// had received but not flushed is lost to it, as to a standby cut off by a network partition.
+/// It comes back, is promoted, and takes the primary's address.
+fn fail_over(primary: &Cluster, standby: &mut Cluster) {
+    primary.stop_immediately();
+    // The frozen receiver ignores the shutdown's SIGQUIT: the postmaster kills it after 5 s.
+    standby.stop_immediately();
+    standby.start_again();
+    assert_eq!(standby.psql("postgres", "SELECT pg_promote(true, 60)"), "t", "the standby was not promoted");
+    standby.move_to_port(primary.port);
 }
 
 /// A primary of its own and a standby that can keep copies of its slots: the standby streams
@@ -130,14 +160,7 @@ async fn the_panic_flag_ends_a_wait_for_a_standby() {
     wait_for_state(&client, &mut run, "orders", "postponed", Duration::from_secs(90)).await;
     let workload = Workload::start(&db, &table, WorkloadOptions::new(2)).await;
     workload.wait_for_more_commits(100, Duration::from_secs(30)).await;
-    // As in the failover below: pg-ghost has changes to flush once the standby stops.
-    let ghost_pid = run.pid().expect("pg-ghost's pid").to_string();
-    signal(&ghost_pid, "STOP");
-    workload.wait_for_more_commits(50, Duration::from_secs(30)).await;
-    let receiver = standby.psql("postgres", "SELECT pid FROM pg_stat_wal_receiver");
-    assert!(!receiver.is_empty(), "the standby has no WAL receiver");
-    signal(&receiver, "STOP");
-    signal(&ghost_pid, "CONT");
+    let receiver = flush_past_the_standby(&standby, run.pid().expect("pg-ghost's pid"), &workload).await;
     let report = workload.stop().await;
     assert!(report.errors.is_empty(), "workload errors (seed {}): {:#?}", report.seed, report.errors);
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -171,16 +194,7 @@ async fn a_standby_taken_out_of_synchronized_standby_slots_releases_the_run() {
     run.wait_log("State: postponing cut-over", Duration::from_secs(90)).await;
     let workload = Workload::start(&db, &table, WorkloadOptions::new(2)).await;
     workload.wait_for_more_commits(100, Duration::from_secs(30)).await;
-    // As in the tests above: pg-ghost holds changes the standby has, and flushes them once the
-    // standby has stopped receiving.
-    let ghost_pid = run.pid().expect("pg-ghost's pid").to_string();
-    signal(&ghost_pid, "STOP");
-    workload.wait_for_more_commits(50, Duration::from_secs(30)).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let receiver = standby.psql("postgres", "SELECT pid FROM pg_stat_wal_receiver");
-    assert!(!receiver.is_empty(), "the standby has no WAL receiver");
-    signal(&receiver, "STOP");
-    signal(&ghost_pid, "CONT");
+    let receiver = flush_past_the_standby(&standby, run.pid().expect("pg-ghost's pid"), &workload).await;
     run.wait_log("Standbys: waited", Duration::from_secs(30)).await;
     let report = workload.stop().await;
     assert!(report.errors.is_empty(), "workload errors (seed {}): {:#?}", report.seed, report.errors);
@@ -199,13 +213,14 @@ async fn a_standby_taken_out_of_synchronized_standby_slots_releases_the_run() {
 /// A run made without `--failover-slot`, killed, is resumed with it: its slot is altered.
 /// Then the primary fails while the run waits to cut over, its standby a moment behind it: the
 /// standby's WAL receiver is stopped while the workload and the apply go on, the standby then
-/// copies the slot as it is, and the primary crashes; the standby, promoted, takes over its
-/// address. The run's sessions reconnect there, find the new timeline and stop, leaving
-/// everything. The resumed run finds slot, ghost and changelog, and the table it swaps in
-/// equals the control table row for row, the writes the standby never got missing from both
-/// alike. Without waiting for the standby before confirming a flush, the copy of the slot
-/// points past flushes the standby lacks, and the rows those flushes wrote differ (seen in one
-/// run of two).
+/// copies the slot as it is, and the primary crashes, the standby with it (losing what it had
+/// received but not flushed); the standby, promoted, takes over its address. The run's
+/// sessions reconnect there, find the new timeline and stop, leaving everything. The resumed
+/// run finds slot, ghost and changelog, and the table it swaps in equals the control table row
+/// for row, the writes the standby never got missing from both alike. Without waiting for the
+/// standby before confirming a flush, the copy of the slot points past flushes the standby
+/// lacks, and the rows those flushes wrote differ (every run of two; the window's test below
+/// likewise).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_resumes_on_the_promoted_standby() {
     let Some((primary, mut standby)) = primary_and_standby() else { return };
@@ -233,21 +248,14 @@ async fn a_run_resumes_on_the_promoted_standby() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let workload = Workload::start(&db, &table, WorkloadOptions::new(3)).await;
-    let slot = synchronized_copy(&standby, &db.name);
+    let slot = synchronized_copy(&standby, &db.name, "%");
     workload.wait_for_more_commits(200, Duration::from_secs(30)).await;
 
     // pg-ghost stops reading for a second while the standby keeps up: the changes of that
     // second wait for it, each already on the standby. Then the standby's WAL receiver stops,
     // and pg-ghost goes on: it writes those changes into the ghost after the last WAL the
     // standby got, and may confirm them only once the standby has that write, never here.
-    let ghost_pid = run.pid().expect("pg-ghost's pid").to_string();
-    signal(&ghost_pid, "STOP");
-    workload.wait_for_more_commits(100, Duration::from_secs(30)).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let receiver = standby.psql("postgres", "SELECT pid FROM pg_stat_wal_receiver");
-    assert!(!receiver.is_empty(), "the standby has no WAL receiver");
-    signal(&receiver, "STOP");
-    signal(&ghost_pid, "CONT");
+    flush_past_the_standby(&standby, run.pid().expect("pg-ghost's pid"), &workload).await;
     workload.wait_for_more_commits(100, Duration::from_secs(30)).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let report = workload.stop().await;
@@ -255,10 +263,7 @@ async fn a_run_resumes_on_the_promoted_standby() {
     // The standby copies the slot as the primary has it now, then the primary fails and the
     // standby, promoted, takes its address: pg-ghost's sessions reconnect to it.
     standby.psql("postgres", "SELECT pg_sync_replication_slots()");
-    primary.stop_immediately();
-    signal(&receiver, "CONT");
-    assert_eq!(standby.psql("postgres", "SELECT pg_promote(true, 60)"), "t", "the standby was not promoted");
-    standby.move_to_port(primary.port);
+    fail_over(&primary, &mut standby);
     // It stops there and leaves what it made for a resume.
     let out = run.wait(Duration::from_secs(120)).await;
     let log = binary::stderr(&out);
@@ -285,6 +290,50 @@ async fn a_run_resumes_on_the_promoted_standby() {
         standby.psql("postgres", &format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}'")) == "0",
         "the run's slot was left on the promoted standby"
     );
+}
+
+/// A failover in the revert window: the window's reverse slot is synchronized to the standby
+/// like the run's, the primary fails (as in the test above) while the reverse apply has flushed
+/// writes the standby lacks, and the run, finding the promoted standby behind its address,
+/// leaves the window open.
+/// `pg-ghost revert` on the new primary takes the window up from the copy of the reverse slot
+/// and swaps back: the original, in its old shape, equals the control table row for row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revert_window_is_taken_up_on_the_promoted_standby() {
+    let Some((primary, mut standby)) = primary_and_standby() else { return };
+    let db = primary.fresh_db("failover_window");
+    let table = OracleTable::create(&db, "orders", KeyKind::Identity, 2_000).await;
+    let client = db.client().await;
+    let workload = Workload::start(&db, &table, WorkloadOptions::new(3)).await;
+    workload.wait_for_more_commits(20, Duration::from_secs(30)).await;
+    let args = ["--table", "orders", "--alter", ALTER, "--execute", "--failover-slot", "--revertible-for", "10m", "--status-interval", "1s"];
+    let mut run = Running::spawn(&db, "run", &args);
+    wait_for_state(&client, &mut run, "orders", "revert-window", Duration::from_secs(120)).await;
+    let slot = synchronized_copy(&standby, &db.name, "%\\_rev");
+    workload.wait_for_more_commits(100, Duration::from_secs(30)).await;
+
+    flush_past_the_standby(&standby, run.pid().expect("pg-ghost's pid"), &workload).await;
+    workload.wait_for_more_commits(100, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let report = workload.stop().await;
+    assert!(report.errors.is_empty(), "workload errors (seed {}): {:#?}", report.seed, report.errors);
+    standby.psql("postgres", "SELECT pg_sync_replication_slots()");
+    fail_over(&primary, &mut standby);
+    let out = run.wait(Duration::from_secs(120)).await;
+    let log = binary::stderr(&out);
+    assert!(!out.status.success(), "the window went on on the promoted standby:\n{log}");
+    assert!(log.contains("promoted or recovered") && log.contains("is left open"), "the run did not leave the window open for the failover:\n{log}");
+
+    let promoted = TestDb { cluster: &standby, name: db.name.clone() };
+    std::mem::forget(db);
+    assert!(!promoted.psql(&format!("SELECT slot_name FROM pg_replication_slots WHERE slot_name = '{slot}'")).is_empty(), "the run dropped the reverse slot");
+    let revert = binary::command(&promoted, "revert", &["--table", "orders"]).output().await.expect("start pg-ghost revert");
+    binary::assert_success(&revert);
+    assert!(binary::stderr(&revert).contains("taking it up here"), "{}", binary::stderr(&revert));
+    let new_client = promoted.client().await;
+    table.assert_matches_control(&new_client, &table.projection()).await;
+    assert_eq!(promoted.psql("SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'public.orders'::regclass AND attname = 'n'"), "integer");
+    assert_no_slots_or_publications(&new_client).await;
 }
 
 /// `migrate --failover-slot` gives the flag to the online changes it makes: where the flag is

@@ -113,6 +113,12 @@ impl Cluster {
         self.pg_ctl(&["-m", "immediate", "-w", "stop"]);
     }
 
+    /// Starts the server again after a stop (it comes up as it was: a standby stays one).
+    pub fn start_again(&self) {
+        let log = self.dir.join("server.log");
+        self.pg_ctl(&["-l", log.to_str().unwrap(), "-w", "-t", "60", "start"]);
+    }
+
     /// Stops the server and starts it again listening on `port` (the address of a server
     /// that is gone, say).
     pub fn move_to_port(&mut self, port: u16) {
