@@ -1,4 +1,5 @@
 use super::autovacuum::{self, AutovacuumSettings};
+use super::build_session::BuildSession;
 use super::conversion::{self, ConversionFindings};
 use super::convert::Conversion;
 use super::mapping::Mapping;
@@ -485,7 +486,9 @@ pub async fn rebuild_deferred_waiting(client: &Client, ghost: &Ghost, wait: &Loc
 }
 
 /// [`rebuild_deferred_waiting`], building the plain indexes [`INDEXES_AT_ONCE`] at a time, on
-/// sessions of `conn` beside `client`.
+/// sessions of `conn` beside `client` (a session of `conn` too), each opened again when its
+/// connection is lost (see [`BuildSession`]). `client` may be left lost: the caller opens its
+/// session again before its next use.
 pub async fn rebuild_deferred_beside(client: &Client, conn: &ConnInfo, ghost: &Ghost, wait: &LockWait) -> Result<()> {
     rebuild(client, Some(conn), ghost, wait).await
 }
@@ -496,32 +499,30 @@ pub async fn rebuild_deferred_beside(client: &Client, conn: &ConnInfo, ghost: &G
 pub const INDEXES_AT_ONCE: usize = 2;
 
 async fn rebuild(client: &Client, beside: Option<&ConnInfo>, ghost: &Ghost, wait: &LockWait) -> Result<()> {
-    build_key_index(client, ghost).await?;
+    let mut main = BuildSession::new(client, beside);
+    build_key_index_on(&mut main, ghost).await?;
     let (plain, others): (Vec<&Deferred>, Vec<&Deferred>) = ghost.deferred.iter().partition(|d| d.plain_index && beside.is_some());
     // Plain indexes first: nothing depends on them. Then the constraints in their order, the
     // foreign keys last (one may reference a unique constraint built just before).
     if let Some(conn) = beside.filter(|_| !plain.is_empty()) {
+        let side_conn = conn.with_application_name("pg-ghost index build");
         let mut sessions = Vec::new();
         for _ in 1..INDEXES_AT_ONCE.min(plain.len()) {
-            sessions.push(conn.with_application_name("pg-ghost index build").connect().await?);
+            sessions.push(side_conn.connect().await?);
         }
         let queue = tokio::sync::Mutex::new(plain.into_iter());
-        let builders = std::iter::once(client).chain(sessions.iter()).map(|c| {
-            let queue = &queue;
-            async move {
-                loop {
-                    let next = queue.lock().await.next();
-                    let Some(d) = next else { return Ok::<(), Error>(()) };
-                    build_one(c, ghost, d, wait).await?;
-                }
-            }
-        });
+        let mut side: Vec<BuildSession> = sessions.iter().map(|c| BuildSession::new(c, Some(&side_conn))).collect();
+        let mut builders: Vec<futures_util::future::BoxFuture<'_, Result<()>>> = vec![Box::pin(build_from(&mut main, &queue, ghost, wait))];
+        for session in side.iter_mut() {
+            builders.push(Box::pin(build_from(session, &queue, ghost, wait)));
+        }
         // The first failure drops the other builds: their sessions close and roll back.
         futures_util::future::try_join_all(builders).await?;
     }
     for d in others {
-        build_one(client, ghost, d, wait).await?;
+        build_one_on(&mut main, ghost, d, wait).await?;
     }
+    let client = main.client();
     if let Some(index) = &ghost.replica_identity_index {
         if index_exists(client, ghost.oid, index).await? {
             client
@@ -542,11 +543,40 @@ async fn rebuild(client: &Client, beside: Option<&ConnInfo>, ghost: &Ghost, wait
 }
 
 /// Builds the key's unique index set aside for the copy, if it is not there yet; from then
-/// on the apply can write the ghost by key.
-pub async fn build_key_index(client: &Client, ghost: &Ghost) -> Result<()> {
+/// on the apply can write the ghost by key. With `conn` (the session's own), a lost
+/// connection is opened again and the build made good (see [`BuildSession`]); `client` may
+/// then be left lost.
+pub async fn build_key_index(client: &Client, conn: Option<&ConnInfo>, ghost: &Ghost) -> Result<()> {
+    build_key_index_on(&mut BuildSession::new(client, conn), ghost).await
+}
+
+async fn build_key_index_on(session: &mut BuildSession<'_>, ghost: &Ghost) -> Result<()> {
     match &ghost.key_index {
-        Some(d) => build_one(client, ghost, d, &LockWait::default()).await,
+        Some(d) => build_one_on(session, ghost, d, &LockWait::default()).await,
         None => Ok(()),
+    }
+}
+
+/// Builds what `queue` hands out on `session`, until it is empty.
+async fn build_from(session: &mut BuildSession<'_>, queue: &tokio::sync::Mutex<std::vec::IntoIter<&Deferred>>, ghost: &Ghost, wait: &LockWait) -> Result<()> {
+    loop {
+        let next = queue.lock().await.next();
+        let Some(d) = next else { return Ok(()) };
+        build_one_on(session, ghost, d, wait).await?;
+    }
+}
+
+/// [`build_one`] on a session that is opened again when lost, the build then made good.
+async fn build_one_on(session: &mut BuildSession<'_>, ghost: &Ghost, d: &Deferred, wait: &LockWait) -> Result<()> {
+    let what = format!("building {} on the ghost", ident(&d.name));
+    loop {
+        let attempt = match session.prepare().await {
+            Ok(()) => build_one(session.client(), ghost, d, wait).await,
+            Err(e) => Err(e),
+        };
+        if !session.again(attempt, &what).await? {
+            return Ok(());
+        }
     }
 }
 

@@ -8,6 +8,7 @@
 //! transaction, so a failing ALTER leaves nothing behind.
 
 pub mod autovacuum;
+mod build_session;
 mod conversion;
 pub mod convert;
 mod create;

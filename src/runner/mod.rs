@@ -926,7 +926,9 @@ impl Run {
         }
         repl.flush.delete_first();
         let wait = ghost::LockWait::from(&self.cfg.cut_over);
-        guard(ghost::rebuild_deferred_beside(&self.client, &self.cfg.conn, ghost, &wait), &mut self.abort.clone(), Some(&mut *bg)).await?;
+        guard(ghost::rebuild_deferred_beside(&self.client, &main_conn(&self.cfg), ghost, &wait), &mut self.abort.clone(), Some(&mut *bg)).await?;
+        // The builds open their sessions again when lost, the main one included.
+        self.ensure_session().await?;
         repl.flush.choose_strategy(&self.client, ghost.oid, &ghost.mapping.key_ghost).await?;
 
         self.enter(Phase::CatchUp);
@@ -1034,7 +1036,8 @@ impl Run {
     /// (before the other indexes exist, so that writing them maintains one index only).
     async fn write_parked_keys(&mut self, ghost: &Ghost, repl: &Replication, bg: &mut Background) -> Result<()> {
         crate::fault::crash_point("before-key-index");
-        guard(ghost::build_key_index(&self.client, ghost), &mut self.abort.clone(), Some(&mut *bg)).await?;
+        guard(ghost::build_key_index(&self.client, Some(&main_conn(&self.cfg)), ghost), &mut self.abort.clone(), Some(&mut *bg)).await?;
+        self.ensure_session().await?;
         repl.flush.choose_strategy(&self.client, ghost.oid, &ghost.mapping.key_ghost).await?;
         if let Some(parking) = repl.flush.parking() {
             parking.stop();

@@ -37,6 +37,11 @@ fn pg_local(args: &[&str]) -> String {
 }
 
 /// A directory for clusters that no other test binary uses.
+/// Whether the tests run as root (then the server binaries run as `postgres`).
+pub fn is_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+}
+
 pub fn scratch_root() -> &'static Path {
     static ROOT: OnceLock<PathBuf> = OnceLock::new();
     ROOT.get_or_init(|| {
@@ -140,8 +145,7 @@ impl Cluster {
     fn pg_ctl(&self, args: &[&str]) {
         let bindir = std::env::var("PG_BINDIR").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".to_string());
         let pg_ctl = Path::new(&bindir).join("pg_ctl");
-        let is_root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"));
-        let mut command = match is_root {
+        let mut command = match is_root() {
             true => {
                 let mut c = Command::new("runuser");
                 c.args(["-u", "postgres", "--"]).arg(&pg_ctl);

@@ -382,3 +382,96 @@ async fn checksum_connection_terminated_mid_check() {
     crate::run_faults::assert_unchanged_rows(&client, "big", &["id", "n", "pad"]).await;
     assert_no_slots_or_publications(&client).await;
 }
+
+/// An index of the table whose build on the ghost takes seconds: its expression sleeps a
+/// millisecond a row (declared immutable, which an index needs and a test may lie about).
+fn slow_index(db: &TestDb<'_>) {
+    db.psql(
+        "CREATE FUNCTION public.slow_n(v bigint) RETURNS bigint IMMUTABLE LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.001); RETURN v; END $$;
+         CREATE INDEX orders_slow ON public.orders (public.slow_n(n))",
+    );
+}
+
+/// Waits until a session of pg-ghost is building the slow index on the ghost; returns its
+/// backend's pid, client port and application name.
+async fn building_slow_index(client: &Client, run: &mut Running) -> (i32, i32, String) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let found = client
+            .query_opt(
+                "SELECT pid, client_port, application_name FROM pg_stat_activity
+                  WHERE datname = current_database() AND application_name LIKE 'pg-ghost%' AND state = 'active' AND query LIKE '%slow_n%'",
+                &[],
+            )
+            .await
+            .unwrap();
+        if let Some(row) = found {
+            return (row.get(0), row.get(1), row.get(2));
+        }
+        run.assert_running("the slow index's build on the ghost").await;
+        assert!(Instant::now() < deadline, "no session built the slow index within 120 s");
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// The run completed, the index it builds again after the copy is on the new table, the data
+/// equals the control's, and the log says the build's session was lost and came back.
+async fn assert_built_again_and_correct(out: &Output, session: &str, table: &OracleTable, workload: Workload, db: &TestDb<'_>, client: &Client) {
+    assert_reconnected_and_correct(out, session, table, workload, client).await;
+    assert_eq!(
+        db.psql("SELECT pg_get_indexdef(indexrelid) FROM pg_index WHERE indrelid = 'public.orders'::regclass AND pg_get_indexdef(indexrelid) LIKE '%slow_n%'"),
+        "CREATE INDEX orders_slow ON public.orders USING btree (slow_n(n))"
+    );
+}
+
+/// The connection of the session building an index on the ghost drops on pg-ghost's side (its
+/// socket destroyed, as by a network fault), while the server goes on building: the run
+/// opens a new session, waits for the lost backend's build to end rather than start a second
+/// one beside it, keeps the index that build committed, and completes. Before, losing an index
+/// build's session stopped the run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_build_whose_connection_drops_is_waited_for_and_kept() {
+    if !crate::harness::is_root() {
+        eprintln!("destroying a socket of another process (ss -K) needs root: not checked here");
+        return;
+    }
+    let db = Cluster::primary().fresh_db("rc_index_drop");
+    let table = OracleTable::create(&db, TABLE, KeyKind::Identity, 3_000).await;
+    slow_index(&db);
+    let client = db.client().await;
+    let workload = Workload::start(&db, &table, workload_options()).await;
+    workload.wait_for_more_commits(20, Duration::from_secs(30)).await;
+    let mut run = Running::spawn(&db, "run", &["--table", TABLE, "--alter", ALTER, "--execute", "--status-interval", "1s"]);
+    let (pid, client_port, session) = building_slow_index(&client, &mut run).await;
+    let killed = std::process::Command::new("ss")
+        .args(["-K", "dport", "=", &format!(":{}", db.cluster.port), "sport", "=", &format!(":{client_port}")])
+        .output()
+        .expect("cannot run ss");
+    assert!(killed.status.success(), "ss -K failed: {}", String::from_utf8_lossy(&killed.stderr));
+    // The server does not notice: its backend still builds.
+    let state = db.psql(&format!("SELECT state FROM pg_stat_activity WHERE pid = {pid}"));
+    assert_eq!(state, "active", "the lost session's backend no longer builds: test nothing");
+
+    let out = run.wait(Duration::from_secs(180)).await;
+    let log = binary::stderr(&out);
+    assert!(log.contains("still runs its build on the server"), "the run did not wait for the lost build:\n{log}");
+    assert_built_again_and_correct(&out, &session, &table, workload, &db, &client).await;
+}
+
+/// The backend building an index on the ghost is terminated: its build rolls back, and the
+/// run builds the index again on a new session and completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_build_whose_backend_is_terminated_is_made_again() {
+    let db = Cluster::primary().fresh_db("rc_index_term");
+    let table = OracleTable::create(&db, TABLE, KeyKind::Identity, 3_000).await;
+    slow_index(&db);
+    let client = db.client().await;
+    let workload = Workload::start(&db, &table, workload_options()).await;
+    workload.wait_for_more_commits(20, Duration::from_secs(30)).await;
+    let mut run = Running::spawn(&db, "run", &["--table", TABLE, "--alter", ALTER, "--execute", "--status-interval", "1s"]);
+    let (pid, _, session) = building_slow_index(&client, &mut run).await;
+    terminate(&client, &[pid]).await;
+
+    let out = run.wait(Duration::from_secs(180)).await;
+    assert_built_again_and_correct(&out, &session, &table, workload, &db, &client).await;
+}
