@@ -1,5 +1,5 @@
-//! A session that builds indexes and constraints on the ghost, and gets its connection back
-//! when it is lost in the middle of a build.
+//! A session that builds indexes and constraints on the ghost (or vacuums it), and gets its
+//! connection back when it is lost in the middle of a build.
 //!
 //! A lost connection does not stop the build it was running: the server notices that its
 //! client is gone only when it next writes to it, after the statement has ended (and its
@@ -11,7 +11,7 @@
 //! network, and two builds of the same index never run side by side.
 
 use crate::conn::ConnInfo;
-use crate::error::{Context, Result};
+use crate::error::{Context, Error, Result};
 use crate::reconnect::{connect_again, Outage};
 use std::time::{Duration, Instant};
 use tokio_postgres::Client;
@@ -29,7 +29,7 @@ struct Backend {
     started: String,
 }
 
-pub(super) struct BuildSession<'a> {
+pub(crate) struct BuildSession<'a> {
     /// Where to open a new connection; without it a lost connection ends the build.
     conn: Option<&'a ConnInfo>,
     first: &'a Client,
@@ -40,7 +40,7 @@ pub(super) struct BuildSession<'a> {
 }
 
 impl<'a> BuildSession<'a> {
-    pub(super) fn new(client: &'a Client, conn: Option<&'a ConnInfo>) -> BuildSession<'a> {
+    pub(crate) fn new(client: &'a Client, conn: Option<&'a ConnInfo>) -> BuildSession<'a> {
         BuildSession { conn, first: client, replaced: None, backend: None, outage: Outage::new() }
     }
 
@@ -55,6 +55,20 @@ impl<'a> BuildSession<'a> {
             self.backend = Some(own_backend(self.client()).await?);
         }
         Ok(())
+    }
+
+    /// Runs `sql` (one statement that is safe to run again once the lost one has ended:
+    /// `VACUUM`, `ANALYZE`) on the session, opened again when lost (see [`BuildSession::again`]).
+    pub(crate) async fn execute(&mut self, sql: &str, what: &str) -> Result<()> {
+        loop {
+            let attempt = match self.prepare().await {
+                Ok(()) => self.client().batch_execute(sql).await.map_err(Error::from).context(what.to_string()),
+                Err(e) => Err(e),
+            };
+            if !self.again(attempt, what).await? {
+                return Ok(());
+            }
+        }
     }
 
     /// After a build (or its [`BuildSession::prepare`]) ended with `result`: `Ok(false)` when it
@@ -122,7 +136,7 @@ async fn wait_for_statement_end(client: &Client, lost: &Backend, what: &str) -> 
                 pid = lost.pid,
                 waited_secs = started.elapsed().as_secs(),
                 what,
-                "the lost session's backend still runs its build on the server: waiting for it to end, so as to keep what it built"
+                "the lost session's backend still runs its statement on the server: waiting for it to end, so as to keep what it does"
             );
         }
         tokio::time::sleep(POLL).await;

@@ -18,6 +18,7 @@ mod partition_own;
 pub mod partitions;
 pub mod statistics;
 
+pub(crate) use build_session::BuildSession;
 pub(crate) use create::grant_statements;
 pub use conversion::{count_unrouted, ghost_bounds, statement_bounds, ConversionFindings, StandIn, Unrouted};
 pub use create::{build_key_index, create, create_with_conversion, has_key_index, explain_conversion, trial_with_conversion, rebuild_deferred, rebuild_deferred_beside, rebuild_deferred_waiting, temp_name, trial, trial_with_dependents, Deferred, Ghost, Trial};

@@ -1365,10 +1365,13 @@ pub(crate) async fn aborted(abort: &mut watch::Receiver<Option<String>>) -> Stri
 /// `VACUUM` runs outside a transaction block: a single statement of its own.
 /// `VACUUM (ANALYZE)` of the ghost on a session of its own.
 async fn vacuum_ghost(conn: &crate::conn::ConnInfo, ghost: &QualifiedName) -> Result<()> {
-    let client = conn.with_application_name("pg-ghost vacuum").connect().await?;
+    let conn = conn.with_application_name("pg-ghost vacuum");
+    let client = conn.connect().await?;
     let started = std::time::Instant::now();
     tracing::info!(ghost = %ghost, "vacuuming and analyzing the ghost (SHARE UPDATE EXCLUSIVE on the ghost only; the original is not locked)");
-    client.batch_execute(&format!("VACUUM (ANALYZE) {}", ghost.sql())).await.with_context(|| format!("vacuuming and analyzing {ghost}"))?;
+    // On a lost connection, vacuumed again once the lost VACUUM has ended: cheap if it went
+    // through (the visibility map lets the second skip every page).
+    ghost::BuildSession::new(&client, Some(&conn)).execute(&format!("VACUUM (ANALYZE) {}", ghost.sql()), &format!("vacuuming and analyzing {ghost}")).await?;
     tracing::info!(ghost = %ghost, secs = started.elapsed().as_secs_f64(), "ghost vacuumed and analyzed");
     Ok(())
 }

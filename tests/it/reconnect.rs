@@ -392,26 +392,37 @@ fn slow_index(db: &TestDb<'_>) {
     );
 }
 
-/// Waits until a session of pg-ghost is building the slow index on the ghost; returns its
-/// backend's pid, client port and application name.
-async fn building_slow_index(client: &Client, run: &mut Running) -> (i32, i32, String) {
+/// Waits until a session of pg-ghost runs a statement that `condition` (SQL on
+/// `pg_stat_activity`) tells apart; returns its backend's pid, client port and application
+/// name.
+async fn active_session(client: &Client, run: &mut Running, condition: &str, what: &str) -> (i32, i32, String) {
     let deadline = Instant::now() + Duration::from_secs(120);
+    let sql = format!(
+        "SELECT pid, client_port, application_name FROM pg_stat_activity
+          WHERE datname = current_database() AND application_name LIKE 'pg-ghost%' AND state = 'active' AND {condition}"
+    );
     loop {
-        let found = client
-            .query_opt(
-                "SELECT pid, client_port, application_name FROM pg_stat_activity
-                  WHERE datname = current_database() AND application_name LIKE 'pg-ghost%' AND state = 'active' AND query LIKE '%slow_n%'",
-                &[],
-            )
-            .await
-            .unwrap();
-        if let Some(row) = found {
+        if let Some(row) = client.query_opt(&sql, &[]).await.unwrap() {
             return (row.get(0), row.get(1), row.get(2));
         }
-        run.assert_running("the slow index's build on the ghost").await;
-        assert!(Instant::now() < deadline, "no session built the slow index within 120 s");
+        run.assert_running(what).await;
+        assert!(Instant::now() < deadline, "no session of pg-ghost ran {what} within 120 s");
         tokio::time::sleep(POLL).await;
     }
+}
+
+async fn building_slow_index(client: &Client, run: &mut Running) -> (i32, i32, String) {
+    active_session(client, run, "query LIKE '%slow_n%'", "the slow index's build on the ghost").await
+}
+
+/// Destroys the socket of pg-ghost's side of the connection from `client_port` (as a network
+/// fault would end it): pg-ghost finds it lost, the server does not notice.
+fn drop_connection(db: &TestDb<'_>, client_port: i32) {
+    let killed = std::process::Command::new("ss")
+        .args(["-K", "dport", "=", &format!(":{}", db.cluster.port), "sport", "=", &format!(":{client_port}")])
+        .output()
+        .expect("cannot run ss");
+    assert!(killed.status.success(), "ss -K failed: {}", String::from_utf8_lossy(&killed.stderr));
 }
 
 /// The run completed, the index it builds again after the copy is on the new table, the data
@@ -443,18 +454,14 @@ async fn an_index_build_whose_connection_drops_is_waited_for_and_kept() {
     workload.wait_for_more_commits(20, Duration::from_secs(30)).await;
     let mut run = Running::spawn(&db, "run", &["--table", TABLE, "--alter", ALTER, "--execute", "--status-interval", "1s"]);
     let (pid, client_port, session) = building_slow_index(&client, &mut run).await;
-    let killed = std::process::Command::new("ss")
-        .args(["-K", "dport", "=", &format!(":{}", db.cluster.port), "sport", "=", &format!(":{client_port}")])
-        .output()
-        .expect("cannot run ss");
-    assert!(killed.status.success(), "ss -K failed: {}", String::from_utf8_lossy(&killed.stderr));
+    drop_connection(&db, client_port);
     // The server does not notice: its backend still builds.
     let state = db.psql(&format!("SELECT state FROM pg_stat_activity WHERE pid = {pid}"));
     assert_eq!(state, "active", "the lost session's backend no longer builds: test nothing");
 
     let out = run.wait(Duration::from_secs(180)).await;
     let log = binary::stderr(&out);
-    assert!(log.contains("still runs its build on the server"), "the run did not wait for the lost build:\n{log}");
+    assert!(log.contains("still runs its statement on the server"), "the run did not wait for the lost build:\n{log}");
     assert_built_again_and_correct(&out, &session, &table, workload, &db, &client).await;
 }
 
@@ -473,5 +480,32 @@ async fn an_index_build_whose_backend_is_terminated_is_made_again() {
     terminate(&client, &[pid]).await;
 
     let out = run.wait(Duration::from_secs(180)).await;
+    assert_built_again_and_correct(&out, &session, &table, workload, &db, &client).await;
+}
+
+/// The ghost's `VACUUM (ANALYZE)` loses its connection on pg-ghost's side (its `ANALYZE` of
+/// the slow index's expression takes seconds) while the server goes on: the run waits for the
+/// lost statement, vacuums again on a new session and completes. Before, the run stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ghosts_vacuum_whose_connection_drops_is_waited_for() {
+    if !crate::harness::is_root() {
+        eprintln!("destroying a socket of another process (ss -K) needs root: not checked here");
+        return;
+    }
+    let db = Cluster::primary().fresh_db("rc_vacuum_drop");
+    let table = OracleTable::create(&db, TABLE, KeyKind::Identity, 3_000).await;
+    slow_index(&db);
+    let client = db.client().await;
+    let workload = Workload::start(&db, &table, workload_options()).await;
+    workload.wait_for_more_commits(20, Duration::from_secs(30)).await;
+    let mut run = Running::spawn(&db, "run", &["--table", TABLE, "--alter", ALTER, "--execute", "--status-interval", "1s"]);
+    let (pid, client_port, session) = active_session(&client, &mut run, "query LIKE 'VACUUM%'", "the ghost's VACUUM").await;
+    drop_connection(&db, client_port);
+    let state = db.psql(&format!("SELECT state FROM pg_stat_activity WHERE pid = {pid}"));
+    assert_eq!(state, "active", "the lost session's backend no longer vacuums: test nothing");
+
+    let out = run.wait(Duration::from_secs(180)).await;
+    let log = binary::stderr(&out);
+    assert!(log.contains("still runs its statement on the server"), "the run did not wait for the lost VACUUM:\n{log}");
     assert_built_again_and_correct(&out, &session, &table, workload, &db, &client).await;
 }
