@@ -934,9 +934,10 @@ struct SetAside {
 
 /// Drops the ghost's indexes and index-backed constraints (and its foreign keys) to build
 /// them after the copy: bulk-built indexes cost a fraction of row-by-row maintenance. The
-/// key's unique index goes too on a plain table, built first after the copy (the apply
-/// parks keys until then); a partitioned ghost keeps it, and a ghost whose ALTER leaves the
-/// key without a unique index gets one of pg-ghost's own for the copy and the apply.
+/// key's unique index goes too, built first after the copy (the apply parks keys until
+/// then; on a partitioned ghost it is built on every leaf in one statement), and a ghost
+/// whose ALTER leaves the key without a unique index gets one of pg-ghost's own, built then
+/// too, for the apply.
 async fn set_aside_indexes(
     tx: &impl GenericClient,
     ghost: &QualifiedName,
@@ -972,12 +973,7 @@ async fn set_aside_indexes(
         let condef: Option<String> = r.try_get(3)?;
         let is_key: bool = r.try_get::<_, Option<bool>>(4)?.unwrap_or(false);
         let is_the_key = is_key && !key_kept;
-        if is_the_key {
-            key_kept = true;
-            if partitioned {
-                continue;
-            }
-        }
+        key_kept |= is_the_key;
         // Dropping it takes its comments along: given back once it is built again.
         let index_comment: Option<String> = r.try_get(5)?;
         let constraint_comment: Option<String> = r.try_get(6)?;
@@ -1011,11 +1007,7 @@ async fn set_aside_indexes(
     } else {
         let name = fit_ident(&format!("{}_key", ghost.name));
         let create = format!("CREATE UNIQUE INDEX {} ON {} ({})", ident(&name), ghost.sql(), ident_list(key.iter().map(String::as_str)));
-        if partitioned {
-            tx.batch_execute(&create).await.context("creating a unique index on the key for the copy")?;
-        } else {
-            key_index = Some(Deferred { name: name.clone(), sql: create, then: None, plain_index: true, foreign_key: false });
-        }
+        key_index = Some(Deferred { name: name.clone(), sql: create, then: None, plain_index: true, foreign_key: false });
         Some(name)
     };
     Ok(SetAside { deferred, key_index, temp_key_index })

@@ -108,8 +108,9 @@ enum CopyFrom {
     /// own watermark, into a ghost that may hold some of the rows already.
     After(Option<crate::copy::Bound>, BTreeMap<String, crate::copy::Bound>),
     /// A resumed run's copy into a ghost that has no index on its key yet: the rows past the
-    /// watermark (None: all) were removed, so it goes on as a fresh copy from there.
-    FreshAfter(Option<crate::copy::Bound>),
+    /// watermark (None: all; a partition's, its own) were removed, so it goes on as a fresh
+    /// copy from there.
+    FreshAfter(Option<crate::copy::Bound>, BTreeMap<String, crate::copy::Bound>),
     /// Nowhere: a resumed run whose copy had finished.
     Done,
 }
@@ -490,14 +491,14 @@ impl Run {
         }
         let park = !ghost::has_key_index(&self.client, &ghost).await?;
         let copy = match copy {
-            CopyFrom::After(after, parts) if park && parts.is_empty() => {
-                let removed = checksum::clear_after(&self.client, &info.name, &ghost.name, &ghost.mapping, after.as_ref()).await?;
+            CopyFrom::After(after, parts) if park => {
+                let removed = self.clear_past_watermarks(&info, &ghost, after.as_ref(), &parts).await?;
                 tracing::info!(rows = removed, "the ghost has no key index yet: its rows past the watermark were removed, the copy goes on from there as a fresh one");
-                CopyFrom::FreshAfter(after)
+                CopyFrom::FreshAfter(after, parts)
             }
             other => other,
         };
-        let fresh_copy = matches!(copy, CopyFrom::Fresh | CopyFrom::FreshAfter(_));
+        let fresh_copy = matches!(copy, CopyFrom::Fresh | CopyFrom::FreshAfter(..));
         let origin_none = match crate::replication::origins::may_filter_own_writes(&self.client).await? {
             Ok(()) => {
                 tracing::info!("the copy's writes are left out of the stream's decoding (replication origins, PostgreSQL 16+)");
@@ -913,7 +914,7 @@ impl Run {
                 0.0
             }
             CopyFrom::Fresh => self.copy_rows(info, names, ghost, (None, BTreeMap::new()), true, repl, bg, &progress, gate).await?,
-            CopyFrom::FreshAfter(after) => self.copy_rows(info, names, ghost, (after, BTreeMap::new()), true, repl, bg, &progress, gate).await?,
+            CopyFrom::FreshAfter(after, parts) => self.copy_rows(info, names, ghost, (after, parts), true, repl, bg, &progress, gate).await?,
             CopyFrom::After(after, parts) => self.copy_rows(info, names, ghost, (after, parts), false, repl, bg, &progress, gate).await?,
         };
         self.fire(HookEvent::RowCopyComplete, Some(&mut *bg)).await?;
@@ -1111,6 +1112,28 @@ impl Run {
 
     /// The leaves a partitioned original is copied by, one by one (see `crate::copy::partition_walks`);
     /// none for a plain table, or when its partitions cannot be told apart by key.
+    /// Removes the rows a resumed copy will write again into a ghost with no key index: those
+    /// past the watermark, or, for a copy partition by partition, those of each leaf past its
+    /// own (all of a leaf's without one). Returns how many went.
+    async fn clear_past_watermarks(
+        &mut self,
+        info: &TableInfo,
+        ghost: &Ghost,
+        after: Option<&crate::copy::Bound>,
+        parts: &BTreeMap<String, crate::copy::Bound>,
+    ) -> Result<u64> {
+        let walks = self.partition_walks(info, ghost).await?;
+        if walks.is_empty() {
+            return checksum::clear_after(&self.client, &info.name, &ghost.name, &ghost.mapping, after).await;
+        }
+        let mut removed = 0;
+        for part in walks {
+            let mark = parts.get(&checkpoint::part_watermark_key(&part.orig));
+            removed += checksum::clear_after(&self.client, &part.orig, &part.ghost, &ghost.mapping, mark).await?;
+        }
+        Ok(removed)
+    }
+
     async fn partition_walks(&mut self, info: &TableInfo, ghost: &Ghost) -> Result<Vec<Arc<crate::copy::Part>>> {
         let Some(tree) = &ghost.partitions else { return Ok(Vec::new()) };
         self.ensure_session().await?;

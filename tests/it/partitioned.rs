@@ -430,6 +430,11 @@ async fn killed_then_resumed(prefix: &str, fault: Option<&str>) {
     }
     assert_eq!(db.psql("SELECT 'public.orders'::regclass::oid"), oid_before, "the original was swapped out");
     assert_eq!(db.psql("SELECT count(*) FROM pg_class WHERE relname LIKE '%\\_del'"), "0", "something was swapped");
+    if fault.is_none() {
+        // Killed mid-copy: the ghost's leaves have no index yet, not even on the key.
+        let indexes = db.psql("SELECT count(*) FROM pg_partition_tree('public._orders_gho') t JOIN pg_index i ON i.indrelid = t.relid");
+        assert_eq!(indexes, "0", "the ghost had indexes during the copy");
+    }
     workload.wait_for_more_commits(30, Duration::from_secs(30)).await;
     crate::resume::wait_slot_released(&db.client().await).await;
 
@@ -439,6 +444,7 @@ async fn killed_then_resumed(prefix: &str, fault: Option<&str>) {
     assert!(log.contains("resuming the earlier run"), "the run did not say it resumed:\n{log}");
     if fault.is_none() {
         assert!(log.contains("the copy of partitions continues after the earlier run's watermarks"), "{log}");
+        assert!(log.contains("the ghost has no key index yet: its rows past the watermark were removed"), "{log}");
     }
     workload.wait_for_more_commits(30, Duration::from_secs(30)).await;
     let report = workload.stop().await;
