@@ -198,13 +198,9 @@ pub(super) async fn create(
 /// so that an index the ALTER creates on the root takes an equal one as it would on the
 /// original.
 pub(super) async fn create_own_indexes(tx: &impl GenericClient, tree: &PartitionTree) -> Result<()> {
-    for p in &tree.partitions {
+    let oids = oids(tx, tree.partitions.iter().map(|p| p.name.clone())).await?;
+    for (p, oid) in tree.partitions.iter().zip(oids) {
         let g = p.ghost_name();
-        let oid: u32 = tx
-            .query_one("SELECT $1::text::regclass::oid", &[&p.name.sql()])
-            .await
-            .with_context(|| format!("looking up partition {}", p.name))?
-            .try_get(0)?;
         for (name, indexdef, comment) in own_indexes(tx, oid).await? {
             let temp = temp_name(&name);
             let mut sql = vec![crate::sqltree::retarget_index(&indexdef, &temp, &g)?];
@@ -223,12 +219,8 @@ pub(super) async fn create_own_indexes(tx: &impl GenericClient, tree: &Partition
 /// keys reference are locked (see `super::locks`) only from here, not while 60 partitions are
 /// created; before the ALTER, which changes them as it changes the original's.
 pub(super) async fn create_own_constraints(tx: &impl GenericClient, tree: &PartitionTree) -> Result<()> {
-    for p in &tree.partitions {
-        let oid: u32 = tx
-            .query_one("SELECT $1::text::regclass::oid", &[&p.name.sql()])
-            .await
-            .with_context(|| format!("looking up partition {}", p.name))?
-            .try_get(0)?;
+    let oids = oids(tx, tree.partitions.iter().map(|p| p.name.clone())).await?;
+    for (p, oid) in tree.partitions.iter().zip(oids) {
         super::partition_own::create_constraints(tx, oid, &p.ghost_name()).await?;
     }
     Ok(())
@@ -238,17 +230,22 @@ pub(super) async fn create_own_constraints(tx: &impl GenericClient, tree: &Parti
 /// would check every copied row (foreign keys, `NOT VALID` CHECKs), as the table's own are.
 pub(super) async fn set_aside_own_constraints(tx: &impl GenericClient, tree: &PartitionTree) -> Result<Vec<super::Deferred>> {
     let mut out = Vec::new();
-    for p in tree.partitions.iter().filter(|p| p.is_leaf()) {
-        let g = p.ghost_name();
-        out.extend(super::create::set_aside_foreign_keys(tx, &g, ghost_oid(tx, &g).await?, false).await?);
+    let leaves: Vec<QualifiedName> = tree.partitions.iter().filter(|p| p.is_leaf()).map(Partition::ghost_name).collect();
+    for (g, oid) in leaves.iter().zip(oids(tx, leaves.iter().cloned()).await?) {
+        out.extend(super::create::set_aside_foreign_keys(tx, g, oid, false).await?);
     }
     Ok(out)
 }
 
-/// A ghost partition's OID.
-async fn ghost_oid(tx: &impl GenericClient, g: &QualifiedName) -> Result<u32> {
-    let row = tx.query_one("SELECT $1::text::regclass::oid", &[&g.sql()]).await.with_context(|| format!("looking up {g}"))?;
-    Ok(row.try_get(0)?)
+/// The OIDs of `tables`, in their order, in one round trip (a tree may have thousands of
+/// partitions).
+async fn oids(tx: &impl GenericClient, tables: impl Iterator<Item = QualifiedName>) -> Result<Vec<u32>> {
+    let names: Vec<String> = tables.map(|t| t.sql()).collect();
+    let rows = tx
+        .query("SELECT n::regclass::oid FROM unnest($1::text[]) WITH ORDINALITY AS t(n, i) ORDER BY i", &[&names])
+        .await
+        .context("looking up the partitions")?;
+    rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
 }
 
 fn index_comment(index: &QualifiedName, comment: &str) -> String {
@@ -278,9 +275,9 @@ async fn own_indexes(tx: &impl GenericClient, partition: u32) -> Result<Vec<(Str
 /// runs, a stale row of a chunk next to the row the stream brought.
 pub(super) async fn set_aside_own_indexes(tx: &impl GenericClient, tree: &PartitionTree) -> Result<Vec<super::Deferred>> {
     let mut out = Vec::new();
-    for p in &tree.partitions {
-        let g = p.ghost_name();
-        let oid = ghost_oid(tx, &g).await?;
+    let ghosts: Vec<QualifiedName> = tree.partitions.iter().map(Partition::ghost_name).collect();
+    for (g, oid) in ghosts.iter().zip(oids(tx, ghosts.iter().cloned()).await?) {
+        let g = g.clone();
         for (name, indexdef, comment) in own_indexes(tx, oid).await? {
             let sql = crate::sqltree::retarget_index(&indexdef, &name, &g)?;
             let index = g.sibling(name.clone());
@@ -299,10 +296,9 @@ pub(super) async fn set_aside_own_indexes(tx: &impl GenericClient, tree: &Partit
 /// name, for the swap to give back.
 pub(super) async fn autovacuum_off(tx: &impl GenericClient, tree: &PartitionTree) -> Result<Vec<(QualifiedName, AutovacuumSettings)>> {
     let mut out = Vec::new();
-    for p in tree.partitions.iter().filter(|p| p.is_leaf()) {
-        let g = p.ghost_name();
-        let oid = ghost_oid(tx, &g).await?;
-        out.push((g.clone(), autovacuum::turn_off(tx, &g, oid).await?));
+    let leaves: Vec<QualifiedName> = tree.partitions.iter().filter(|p| p.is_leaf()).map(Partition::ghost_name).collect();
+    for (g, oid) in leaves.iter().zip(oids(tx, leaves.iter().cloned()).await?) {
+        out.push((g.clone(), autovacuum::turn_off(tx, g, oid).await?));
     }
     Ok(out)
 }
