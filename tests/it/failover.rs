@@ -121,6 +121,25 @@ fn fail_over(primary: &Cluster, standby: &mut Cluster) {
     standby.move_to_port(primary.port);
 }
 
+/// Under the workload, makes `run` flush past the standby ([`flush_past_the_standby`]), stops
+/// the workload, has the standby copy the slots as the primary has them now, then fails over
+/// ([`fail_over`]): the run's sessions reconnect to the promoted standby and stop the run.
+/// Returns the run's log.
+async fn fail_over_under(run: Running, workload: Workload, primary: &Cluster, standby: &mut Cluster) -> String {
+    flush_past_the_standby(standby, run.pid().expect("pg-ghost's pid"), &workload).await;
+    workload.wait_for_more_commits(100, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let report = workload.stop().await;
+    assert!(report.errors.is_empty(), "workload errors (seed {}): {:#?}", report.seed, report.errors);
+    standby.psql("postgres", "SELECT pg_sync_replication_slots()");
+    fail_over(primary, standby);
+    let out = run.wait(Duration::from_secs(120)).await;
+    let log = binary::stderr(&out);
+    assert!(!out.status.success(), "the run went on on the promoted standby:\n{log}");
+    assert!(log.contains("promoted or recovered"), "the run did not stop for the failover:\n{log}");
+    log
+}
+
 /// A primary of its own and a standby that can keep copies of its slots: the standby streams
 /// through the physical slot `sb`, which the primary names in `synchronized_standby_slots`.
 /// `None` before PostgreSQL 17.
@@ -255,20 +274,9 @@ async fn a_run_resumes_on_the_promoted_standby() {
     // second wait for it, each already on the standby. Then the standby's WAL receiver stops,
     // and pg-ghost goes on: it writes those changes into the ghost after the last WAL the
     // standby got, and may confirm them only once the standby has that write, never here.
-    flush_past_the_standby(&standby, run.pid().expect("pg-ghost's pid"), &workload).await;
-    workload.wait_for_more_commits(100, Duration::from_secs(30)).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let report = workload.stop().await;
-    assert!(report.errors.is_empty(), "workload errors (seed {}): {:#?}", report.seed, report.errors);
-    // The standby copies the slot as the primary has it now, then the primary fails and the
-    // standby, promoted, takes its address: pg-ghost's sessions reconnect to it.
-    standby.psql("postgres", "SELECT pg_sync_replication_slots()");
-    fail_over(&primary, &mut standby);
+    let log = fail_over_under(run, workload, &primary, &mut standby).await;
     // It stops there and leaves what it made for a resume.
-    let out = run.wait(Duration::from_secs(120)).await;
-    let log = binary::stderr(&out);
-    assert!(!out.status.success(), "the run went on on the promoted standby:\n{log}");
-    assert!(log.contains("promoted or recovered") && log.contains("left for `pg-ghost run --resume`"), "the run did not stop for the failover:\n{log}");
+    assert!(log.contains("left for `pg-ghost run --resume`"), "the run did not leave its objects for a resume:\n{log}");
 
     let promoted = TestDb { cluster: &standby, name: db.name.clone() };
     // The old primary is gone: nothing to drop there.
@@ -312,17 +320,8 @@ async fn a_revert_window_is_taken_up_on_the_promoted_standby() {
     let slot = synchronized_copy(&standby, &db.name, "%\\_rev");
     workload.wait_for_more_commits(100, Duration::from_secs(30)).await;
 
-    flush_past_the_standby(&standby, run.pid().expect("pg-ghost's pid"), &workload).await;
-    workload.wait_for_more_commits(100, Duration::from_secs(30)).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let report = workload.stop().await;
-    assert!(report.errors.is_empty(), "workload errors (seed {}): {:#?}", report.seed, report.errors);
-    standby.psql("postgres", "SELECT pg_sync_replication_slots()");
-    fail_over(&primary, &mut standby);
-    let out = run.wait(Duration::from_secs(120)).await;
-    let log = binary::stderr(&out);
-    assert!(!out.status.success(), "the window went on on the promoted standby:\n{log}");
-    assert!(log.contains("promoted or recovered") && log.contains("is left open"), "the run did not leave the window open for the failover:\n{log}");
+    let log = fail_over_under(run, workload, &primary, &mut standby).await;
+    assert!(log.contains("is left open"), "the run did not leave the window open for the failover:\n{log}");
 
     let promoted = TestDb { cluster: &standby, name: db.name.clone() };
     std::mem::forget(db);

@@ -392,6 +392,18 @@ fn slow_index(db: &TestDb<'_>) {
     );
 }
 
+/// A run, under the workload, of a table with [`slow_index`].
+async fn run_with_slow_index(prefix: &str) -> (TestDb<'static>, OracleTable, Client, Workload, Running) {
+    let db = Cluster::primary().fresh_db(prefix);
+    let table = OracleTable::create(&db, TABLE, KeyKind::Identity, 3_000).await;
+    slow_index(&db);
+    let client = db.client().await;
+    let workload = Workload::start(&db, &table, workload_options()).await;
+    workload.wait_for_more_commits(20, Duration::from_secs(30)).await;
+    let run = Running::spawn(&db, "run", &["--table", TABLE, "--alter", ALTER, "--execute", "--status-interval", "1s"]);
+    (db, table, client, workload, run)
+}
+
 /// Waits until a session of pg-ghost runs a statement that `condition` (SQL on
 /// `pg_stat_activity`) tells apart; returns its backend's pid, client port and application
 /// name.
@@ -446,13 +458,7 @@ async fn an_index_build_whose_connection_drops_is_waited_for_and_kept() {
         eprintln!("destroying a socket of another process (ss -K) needs root: not checked here");
         return;
     }
-    let db = Cluster::primary().fresh_db("rc_index_drop");
-    let table = OracleTable::create(&db, TABLE, KeyKind::Identity, 3_000).await;
-    slow_index(&db);
-    let client = db.client().await;
-    let workload = Workload::start(&db, &table, workload_options()).await;
-    workload.wait_for_more_commits(20, Duration::from_secs(30)).await;
-    let mut run = Running::spawn(&db, "run", &["--table", TABLE, "--alter", ALTER, "--execute", "--status-interval", "1s"]);
+    let (db, table, client, workload, mut run) = run_with_slow_index("rc_index_drop").await;
     let (pid, client_port, session) = building_slow_index(&client, &mut run).await;
     drop_connection(&db, client_port);
     // The server does not notice: its backend still builds.
@@ -469,13 +475,7 @@ async fn an_index_build_whose_connection_drops_is_waited_for_and_kept() {
 /// run builds the index again on a new session and completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_index_build_whose_backend_is_terminated_is_made_again() {
-    let db = Cluster::primary().fresh_db("rc_index_term");
-    let table = OracleTable::create(&db, TABLE, KeyKind::Identity, 3_000).await;
-    slow_index(&db);
-    let client = db.client().await;
-    let workload = Workload::start(&db, &table, workload_options()).await;
-    workload.wait_for_more_commits(20, Duration::from_secs(30)).await;
-    let mut run = Running::spawn(&db, "run", &["--table", TABLE, "--alter", ALTER, "--execute", "--status-interval", "1s"]);
+    let (db, table, client, workload, mut run) = run_with_slow_index("rc_index_term").await;
     let (pid, _, session) = building_slow_index(&client, &mut run).await;
     terminate(&client, &[pid]).await;
 
@@ -492,13 +492,7 @@ async fn the_ghosts_vacuum_whose_connection_drops_is_waited_for() {
         eprintln!("destroying a socket of another process (ss -K) needs root: not checked here");
         return;
     }
-    let db = Cluster::primary().fresh_db("rc_vacuum_drop");
-    let table = OracleTable::create(&db, TABLE, KeyKind::Identity, 3_000).await;
-    slow_index(&db);
-    let client = db.client().await;
-    let workload = Workload::start(&db, &table, workload_options()).await;
-    workload.wait_for_more_commits(20, Duration::from_secs(30)).await;
-    let mut run = Running::spawn(&db, "run", &["--table", TABLE, "--alter", ALTER, "--execute", "--status-interval", "1s"]);
+    let (db, table, client, workload, mut run) = run_with_slow_index("rc_vacuum_drop").await;
     let (pid, client_port, session) = active_session(&client, &mut run, "query LIKE 'VACUUM%'", "the ghost's VACUUM").await;
     drop_connection(&db, client_port);
     let state = db.psql(&format!("SELECT state FROM pg_stat_activity WHERE pid = {pid}"));
