@@ -22,11 +22,12 @@ const POLL: Duration = Duration::from_millis(500);
 /// How often a wait for the lost session's backend that goes on is reported.
 const REPORT_EVERY: Duration = Duration::from_secs(30);
 
-/// A server backend, told apart from a later one that reuses its pid by its start time.
+/// A server backend, told apart from a later one that reuses its pid by its start time (in
+/// microseconds since the epoch: a text form would depend on the session's settings).
 #[derive(Clone, Debug)]
 struct Backend {
     pid: i32,
-    started: String,
+    started: i64,
 }
 
 pub(crate) struct BuildSession<'a> {
@@ -86,44 +87,83 @@ impl<'a> BuildSession<'a> {
             Err(e) => return Err(e),
         };
         let Some(conn) = self.conn else { return Err(error) };
-        let client = connect_again(conn, &mut self.outage, error, what).await?;
-        if let Some(lost) = self.backend.take() {
-            wait_for_statement_end(&client, &lost, what).await?;
+        let mut error = error;
+        loop {
+            let client = connect_again(conn, &mut self.outage, error, what).await?;
+            // Connected again: a loss from here on (the wait below may last as long as the
+            // lost build) is a new outage, with the whole timeout.
+            self.outage.end();
+            let waited = match &self.backend {
+                Some(lost) => wait_for_statement_end(&client, lost, what).await,
+                None => Ok(()),
+            };
+            match waited {
+                Ok(()) => {
+                    self.backend = None;
+                    self.replaced = Some(client);
+                    return Ok(true);
+                }
+                Err(e) if e.kind().is_lost_connection() => error = e,
+                Err(e) => return Err(e),
+            }
         }
-        self.replaced = Some(client);
-        Ok(true)
     }
 }
 
 async fn own_backend(client: &Client) -> Result<Backend> {
     let row = client
-        .query_one("SELECT pid, backend_start::text FROM pg_catalog.pg_stat_activity WHERE pid = pg_backend_pid()", &[])
+        .query_one(
+            "SELECT pid, (extract(epoch FROM backend_start) * 1000000)::int8 FROM pg_catalog.pg_stat_activity WHERE pid = pg_backend_pid()",
+            &[],
+        )
         .await
-        .context("reading the index build session's backend")?;
+        .context("reading the build session's backend")?;
     Ok(Backend { pid: row.try_get(0)?, started: row.try_get(1)? })
 }
 
 /// Waits until `lost` runs no statement any more: gone, or idle (its statement ended, its
 /// client never to read the result). One that stays idle is terminated, so that it does not
-/// hold a connection slot until the server's TCP keepalives find its client gone.
+/// hold a connection slot until the server's TCP keepalives find its client gone. Where the
+/// server does not track the backend's activity (`track_activities` off: state `disabled`),
+/// it runs a statement for as long as it holds a lock on a relation (a build or a vacuum
+/// holds one on the ghost throughout).
 async fn wait_for_statement_end(client: &Client, lost: &Backend, what: &str) -> Result<()> {
     let started = Instant::now();
     let mut reported: Option<Instant> = None;
     loop {
-        let state: Option<Option<String>> = client
-            .query_opt("SELECT state FROM pg_catalog.pg_stat_activity WHERE pid = $1 AND backend_start::text = $2", &[&lost.pid, &lost.started])
+        let row = client
+            .query_opt(
+                "SELECT a.state, EXISTS (SELECT 1 FROM pg_catalog.pg_locks l WHERE l.pid = a.pid AND l.locktype = 'relation')
+                   FROM pg_catalog.pg_stat_activity a
+                  WHERE a.pid = $1 AND (extract(epoch FROM a.backend_start) * 1000000)::int8 = $2",
+                &[&lost.pid, &lost.started],
+            )
             .await
-            .context("looking at the lost index build session's backend")?
-            .map(|r| r.try_get(0))
-            .transpose()?;
-        let running = match state.as_ref() {
+            .context("looking at the lost session's backend")?;
+        let running = match &row {
             None => false,
-            Some(state) => !state.as_deref().is_some_and(|s| s.starts_with("idle")),
+            Some(row) => {
+                let state: Option<String> = row.try_get(0)?;
+                let holds_locks: bool = row.try_get(1)?;
+                match state.as_deref() {
+                    Some("active") | Some("fastpath function call") => true,
+                    Some(s) if s.starts_with("idle") => false,
+                    _ => holds_locks,
+                }
+            }
         };
         if !running {
-            if state.is_some() {
-                let terminated = client.query_one("SELECT pg_catalog.pg_terminate_backend($1)", &[&lost.pid]).await;
-                tracing::debug!(pid = lost.pid, ?terminated, "the lost index build session's backend was idle: terminated");
+            if row.is_some() {
+                // In one statement with the check, so that no other backend taking the pid
+                // in between can be hit.
+                let terminated = client
+                    .query(
+                        "SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity
+                          WHERE pid = $1 AND (extract(epoch FROM backend_start) * 1000000)::int8 = $2 AND state LIKE 'idle%'",
+                        &[&lost.pid, &lost.started],
+                    )
+                    .await;
+                tracing::debug!(pid = lost.pid, ?terminated, "the lost session's backend, idle, terminated");
             }
             if reported.is_some() {
                 tracing::info!(pid = lost.pid, waited_secs = started.elapsed().as_secs(), what, "the lost session's statement has ended");

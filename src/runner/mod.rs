@@ -149,6 +149,8 @@ struct Run {
     window_marker: Option<String>,
     /// Keep the old table whatever `--ok-to-drop-table` says (the revert turned impossible).
     keep_old_table: bool,
+    /// The partitions the copy and the checksum walk one by one, once found.
+    walks: Option<Vec<Arc<crate::copy::Part>>>,
 }
 
 /// A run on behalf of `migrate` or `fleet`, which may be the second attempt at the change
@@ -210,6 +212,7 @@ pub async fn run(cfg: Config) -> Result<Outcome> {
         materialized: Vec::new(),
         window_marker: None,
         keep_old_table: false,
+        walks: None,
     };
     let mut background = None;
     let result = run.phases(&mut background, phase_rx).await;
@@ -1110,11 +1113,10 @@ impl Run {
         Ok(copy_secs)
     }
 
-    /// The leaves a partitioned original is copied by, one by one (see `crate::copy::partition_walks`);
-    /// none for a plain table, or when its partitions cannot be told apart by key.
     /// Removes the rows a resumed copy will write again into a ghost with no key index: those
     /// past the watermark, or, for a copy partition by partition, those of each leaf past its
-    /// own (all of a leaf's without one). Returns how many went.
+    /// own or, without one, past the whole table's (as the copy takes them up: see
+    /// `crate::copy::CopyJob::resume_parts`). Returns how many went.
     async fn clear_past_watermarks(
         &mut self,
         info: &TableInfo,
@@ -1128,24 +1130,33 @@ impl Run {
         }
         let mut removed = 0;
         for part in walks {
-            let mark = parts.get(&checkpoint::part_watermark_key(&part.orig));
+            let mark = parts.get(&checkpoint::part_watermark_key(&part.orig)).or(after);
             removed += checksum::clear_after(&self.client, &part.orig, &part.ghost, &ghost.mapping, mark).await?;
         }
         Ok(removed)
     }
 
+    /// The leaves a partitioned original is copied by, one by one (see `crate::copy::partition_walks`);
+    /// none for a plain table, or when its partitions cannot be told apart by key. Found once
+    /// a run: the clearing before a resumed copy, the copy and the checksum must walk alike
+    /// (the tree cannot change unseen: the cut-over checks it under its lock).
     async fn partition_walks(&mut self, info: &TableInfo, ghost: &Ghost) -> Result<Vec<Arc<crate::copy::Part>>> {
+        if let Some(walks) = &self.walks {
+            return Ok(walks.clone());
+        }
         let Some(tree) = &ghost.partitions else { return Ok(Vec::new()) };
         self.ensure_session().await?;
-        match crate::copy::partition_walks(&self.client, info.oid, tree, &ghost.mapping.key_source).await? {
-            Ok(parts) => Ok(parts),
+        let walks = match crate::copy::partition_walks(&self.client, info.oid, tree, &ghost.mapping.key_source).await? {
+            Ok(parts) => parts,
             Err(why) => {
                 if !tree.converted {
                     tracing::info!(reason = %why, "copying by ranges of the key through the partitioned table, not partition by partition");
                 }
-                Ok(Vec::new())
+                Vec::new()
             }
-        }
+        };
+        self.walks = Some(walks.clone());
+        Ok(walks)
     }
 
     /// The cut-over as the flags describe it; `swap_back` for `--test-on-replica`.

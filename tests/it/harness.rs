@@ -36,12 +36,12 @@ fn pg_local(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// A directory for clusters that no other test binary uses.
 /// Whether the tests run as root (then the server binaries run as `postgres`).
 pub fn is_root() -> bool {
     Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"))
 }
 
+/// A directory for clusters that no other test binary uses.
 pub fn scratch_root() -> &'static Path {
     static ROOT: OnceLock<PathBuf> = OnceLock::new();
     ROOT.get_or_init(|| {

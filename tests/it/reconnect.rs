@@ -423,7 +423,10 @@ async fn active_session(client: &Client, run: &mut Running, condition: &str, wha
     }
 }
 
+/// The slow index's build after the copy (the ghost's creation makes it too, on the empty
+/// ghost, before setting it aside).
 async fn building_slow_index(client: &Client, run: &mut Running) -> (i32, i32, String) {
+    wait_for_state(client, run, TABLE, "build-indexes", Duration::from_secs(120)).await;
     active_session(client, run, "query LIKE '%slow_n%'", "the slow index's build on the ghost").await
 }
 
@@ -435,6 +438,9 @@ fn drop_connection(db: &TestDb<'_>, client_port: i32) {
         .output()
         .expect("cannot run ss");
     assert!(killed.status.success(), "ss -K failed: {}", String::from_utf8_lossy(&killed.stderr));
+    // ss lists what it destroyed: nothing, where the kernel cannot destroy sockets.
+    let listed = String::from_utf8_lossy(&killed.stdout);
+    assert!(listed.contains(&format!(":{client_port} ")), "ss -K destroyed no socket from port {client_port}:\n{listed}");
 }
 
 /// The run completed, the index it builds again after the copy is on the new table, the data
