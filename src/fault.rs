@@ -2,21 +2,28 @@
 //!
 //! Built with the `fault-injection` feature, `PG_GHOST_FAULT=<point>` makes the process
 //! SIGKILL itself when it reaches that point, as an OOM kill or a lost host would: no
-//! destructor, no cleanup, connections cut mid-transaction. A normal build has no such
-//! points: [`crash_point`] does nothing.
+//! destructor, no cleanup, connections cut mid-transaction; or, at a [`reply_lost`] point,
+//! act as if the server's answer to a COMMIT that went through had been lost with the
+//! connection. A normal build has no such points: both do nothing.
+
+/// Whether `PG_GHOST_FAULT` names `point` and this is the time it asks for (`<point>@<n>`:
+/// the n-th time `count` says the point was reached).
+#[cfg(feature = "fault-injection")]
+fn reached(point: &str, count: &std::sync::atomic::AtomicU64) -> bool {
+    let Ok(wanted) = std::env::var("PG_GHOST_FAULT") else { return false };
+    let (name, nth) = match wanted.split_once('@') {
+        Some((name, n)) => (name.to_string(), n.parse().unwrap_or(1)),
+        None => (wanted, 1),
+    };
+    name == point && count.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == nth
+}
 
 /// Dies here when `PG_GHOST_FAULT` names `point` (fault-injection builds only);
 /// `<point>@<n>` dies the n-th time the point is reached.
 #[cfg(feature = "fault-injection")]
 pub fn crash_point(point: &str) {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static REACHED: AtomicU64 = AtomicU64::new(0);
-    let Ok(wanted) = std::env::var("PG_GHOST_FAULT") else { return };
-    let (name, nth) = match wanted.split_once('@') {
-        Some((name, n)) => (name.to_string(), n.parse().unwrap_or(1)),
-        None => (wanted, 1),
-    };
-    if name == point && REACHED.fetch_add(1, Ordering::SeqCst) + 1 == nth {
+    static REACHED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    if reached(point, &REACHED) {
         tracing::error!(point, "fault injection: killing the process");
         // SAFETY: kill(2) on our own pid with a constant signal has no memory effects.
         unsafe {
@@ -28,3 +35,21 @@ pub fn crash_point(point: &str) {
 #[cfg(not(feature = "fault-injection"))]
 #[inline(always)]
 pub fn crash_point(_point: &str) {}
+
+/// Whether `PG_GHOST_FAULT` names `point` (`<point>@<n>`: the n-th time it is reached): the
+/// caller then acts as if the connection had been lost before the server's answer came.
+#[cfg(feature = "fault-injection")]
+pub fn reply_lost(point: &str) -> bool {
+    static REACHED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let lost = reached(point, &REACHED);
+    if lost {
+        tracing::error!(point, "fault injection: the answer to a COMMIT that went through is taken as lost");
+    }
+    lost
+}
+
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub fn reply_lost(_point: &str) -> bool {
+    false
+}

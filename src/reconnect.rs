@@ -14,7 +14,7 @@
 //! (`reconnected`).
 
 use crate::conn::ConnInfo;
-use crate::error::{Backoff, Error, Result};
+use crate::error::{Backoff, Context, Error, Result};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -118,6 +118,31 @@ pub async fn connect_again(conn: &ConnInfo, outage: &mut Outage, error: Error, w
     let client = retry(conn.reconnect_timeout, outage, "reconnecting", || conn.connect()).await?;
     reconnected(conn, outage);
     Ok(client)
+}
+
+/// The transaction `client` is in, by its xid: read before a COMMIT whose answer may be lost
+/// with the connection, to learn afterwards how it ended ([`committed`]).
+pub async fn current_xid(client: &Client) -> Result<String> {
+    Ok(client.query_one("SELECT pg_current_xact_id()::text", &[]).await.context("reading the transaction's id")?.try_get(0)?)
+}
+
+/// How the transaction `xid` ended, read on `client` (a session other than the one lost):
+/// true when it committed. A COMMIT whose answer was lost may have gone through; until its
+/// backend has finished it, this waits.
+pub async fn committed(client: &Client, xid: &str) -> Result<bool> {
+    loop {
+        let status: Option<String> = client
+            .query_one("SELECT pg_xact_status($1::text::xid8)", &[&xid])
+            .await
+            .context("asking how a transaction whose COMMIT's answer was lost ended")?
+            .try_get(0)?;
+        match status.as_deref() {
+            Some("committed") => return Ok(true),
+            Some("aborted") => return Ok(false),
+            Some(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            None => return Err(Error::internal(format!("how transaction {xid} ended, whose COMMIT's answer was lost, is no longer known"))),
+        }
+    }
 }
 
 /// An SQL session that is opened again when lost.

@@ -260,6 +260,7 @@ pub async fn copy_table(
             gate: gate.clone(),
             failed: failed.clone(),
             chunk_time: job.chunk_time,
+            committing: std::sync::Mutex::new(None),
         };
         tasks.0.push(tokio::spawn(ctx.run()));
     }
@@ -309,6 +310,8 @@ struct WorkerCtx {
     gate: Gate,
     failed: Arc<AtomicBool>,
     chunk_time: Duration,
+    /// The chunk whose COMMIT was sent and not yet answered: its transaction's xid and rows.
+    committing: std::sync::Mutex<Option<(String, u64)>>,
 }
 
 impl WorkerCtx {
@@ -396,18 +399,26 @@ impl WorkerCtx {
         }
     }
 
-    /// Copies the chunk; when the worker's session is lost, copies it again on a new one. A
-    /// chunk is safe to repeat: the lost one rolled back, and its range stays registered in
-    /// flight until it is done.
+    /// Copies the chunk; when the worker's session is lost, copies it again on a new one,
+    /// unless its COMMIT had been sent and went through (asked by its xid: copied again, its
+    /// rows would be in a ghost with no key index twice). A lost chunk that did not commit
+    /// rolled back, and its range stays registered in flight until it is done.
     async fn copy_range_again_if_lost(&mut self, chunk: &Chunk<'_>) -> Result<u64> {
         let mut outage = Outage::new();
         loop {
             match RETRY.retry("copying a chunk", || self.copy_range(chunk)).await {
                 Err(e) if e.kind().is_lost_connection() => {
-                    let what = format!("copy worker {}'s chunk (copied again)", self.worker);
+                    let committing = self.committing.lock().unwrap_or_else(|p| p.into_inner()).take();
+                    let what = format!("copy worker {}'s chunk (copied again unless its COMMIT went through)", self.worker);
                     self.client = reconnect::connect_again(&self.conn, &mut outage, e, &what).await?;
                     if let Some(name) = &self.origin {
                         origins::set_up(&self.client, name).await?;
+                    }
+                    if let Some((xid, rows)) = committing {
+                        if reconnect::committed(&self.client, &xid).await? {
+                            tracing::info!(worker = self.worker, xid, rows, "the lost chunk's COMMIT went through: it is not copied again");
+                            return Ok(rows);
+                        }
                     }
                 }
                 other => return other,
@@ -448,6 +459,7 @@ impl WorkerCtx {
 
     /// The chunk and the watermark its commit makes true, in one transaction.
     async fn copy_in_transaction(&self, sql: &str, params: &[&(dyn ToSql + Sync)], chunk: &Chunk<'_>) -> Result<u64> {
+        *self.committing.lock().unwrap_or_else(|p| p.into_inner()) = None;
         self.client.batch_execute("BEGIN").await?;
         let work = async {
             let rows = self.client.execute(sql, params).await?;
@@ -455,7 +467,13 @@ impl WorkerCtx {
                 let value = checkpoint::encode_bound(&mark);
                 self.client.execute(record.as_str(), &[&&*chunk.mark_key, &value]).await?;
             }
+            let xid = reconnect::current_xid(&self.client).await?;
+            *self.committing.lock().unwrap_or_else(|p| p.into_inner()) = Some((xid, rows));
             self.client.batch_execute("COMMIT").await?;
+            if crate::fault::reply_lost("copy-commit") {
+                return Err(Error::new(ErrorKind::Connection, "fault injection: the answer to the chunk's COMMIT was lost"));
+            }
+            *self.committing.lock().unwrap_or_else(|p| p.into_inner()) = None;
             Ok::<_, Error>(rows)
         };
         let result = work.await;

@@ -179,6 +179,16 @@ impl CutOver<'_> {
         result
     }
 
+    /// Whether the cut-over's transaction `xid`, whose COMMIT lost its answer with the
+    /// connection, committed: asked on a new session (opened for up to
+    /// `--reconnect-timeout`), once the lost backend has finished it.
+    async fn commit_went_through(&self, xid: &str) -> Result<bool> {
+        let conn = self.conn.with_application_name("pg-ghost cut-over");
+        let what = "asking whether the cut-over's COMMIT went through";
+        let client = crate::reconnect::retry(conn.reconnect_timeout, &mut crate::reconnect::Outage::new(), what, || conn.connect()).await?;
+        crate::reconnect::committed(&client, xid).await
+    }
+
     fn check_abort(&self) -> Result<()> {
         crate::abort::check(&self.abort)
     }
@@ -458,7 +468,19 @@ impl CutOver<'_> {
                 swapped
             };
             crate::fault::crash_point("cut-over-before-commit");
-            client.batch_execute("COMMIT").await.context("committing the cut-over")?;
+            let xid = crate::reconnect::current_xid(client).await?;
+            let commit = match client.batch_execute("COMMIT").await {
+                Ok(()) if crate::fault::reply_lost("cut-over-commit") => Err(Error::new(ErrorKind::Connection, "fault injection: the answer to the COMMIT was lost")),
+                other => other.map_err(Error::from),
+            };
+            if let Err(e) = commit {
+                let e = e.context("committing the cut-over");
+                // Taken for a failed attempt, a swap that went through would be tried again.
+                if !e.kind().is_lost_connection() || !self.commit_went_through(&xid).await? {
+                    return Err(e);
+                }
+                tracing::warn!(attempt, xid, "the answer to the cut-over's COMMIT was lost with its connection, but the COMMIT went through");
+            }
             crate::fault::crash_point("cut-over-after-commit");
             Ok::<_, Error>(swapped)
         };

@@ -408,3 +408,43 @@ async fn killed_then_server_restarted_resumes() {
     table.assert_matches_control(&client, &table.projection().map("n", "n::bigint")).await;
     assert_no_slots_or_publications(&client).await;
 }
+
+/// Runs pg-ghost to the end with `PG_GHOST_FAULT=point` armed at a point where the answer to a
+/// COMMIT that went through is taken as lost with the connection; returns the log.
+#[cfg(feature = "fault-injection")]
+async fn run_losing_a_commit_answer(db: &TestDb<'_>, point: &str, args: &[&str]) -> String {
+    let mut cmd = binary::command(db, "run", args);
+    cmd.env("PG_GHOST_FAULT", point);
+    let out = Running::spawn_command(cmd).wait(Duration::from_secs(120)).await;
+    let log = binary::stderr(&out);
+    assert!(log.contains("fault injection: the answer to a COMMIT"), "the fault was not reached at {point}:\n{log}");
+    binary::assert_success(&out);
+    log
+}
+
+/// The answer to the cut-over's COMMIT is lost with its connection, the swap having gone
+/// through: pg-ghost asks how the transaction ended instead of taking the attempt for failed
+/// (a second attempt would find the ghost's name gone and fail the run, the swap done), and
+/// completes.
+#[cfg(feature = "fault-injection")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_over_whose_commit_answer_is_lost_completes() {
+    let s = setup("lost_commit_cut", 2_000).await;
+    let log = run_losing_a_commit_answer(&s.db, "cut-over-commit", &run_args(&["--ok-to-drop-table"])).await;
+    assert!(log.contains("but the COMMIT went through"), "{log}");
+    assert!(!log.contains("cut-over attempt failed"), "the committed swap was taken for a failed attempt:\n{log}");
+    assert!(!relation_exists(&s.client, "public", "_orders_del").await, "the old table was not dropped");
+    s.assert_migrated().await;
+}
+
+/// The answer to a copy chunk's COMMIT is lost with its connection, the chunk having committed:
+/// it is not copied again (its rows would be twice in a ghost with no key index, and the key's
+/// index could not be built), and the run completes.
+#[cfg(feature = "fault-injection")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_chunk_whose_commit_answer_is_lost_is_not_copied_again() {
+    let s = setup("lost_commit_copy", 3_000).await;
+    let log = run_losing_a_commit_answer(&s.db, "copy-commit@3", &run_args(&["--chunk-size", "500", "--chunk-time", "1ms"])).await;
+    assert!(log.contains("the lost chunk's COMMIT went through"), "{log}");
+    s.assert_migrated().await;
+}
