@@ -37,13 +37,14 @@ pub fn crash_point(point: &str) {
 pub fn crash_point(_point: &str) {}
 
 /// Whether `PG_GHOST_FAULT` names `point` (`<point>@<n>`: the n-th time it is reached): the
-/// caller then acts as if the connection had been lost before the server's answer came.
+/// caller then acts as if the connection had been lost before the server's answer came (or
+/// before its COMMIT reached the server).
 #[cfg(feature = "fault-injection")]
 pub fn reply_lost(point: &str) -> bool {
     static REACHED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let lost = reached(point, &REACHED);
     if lost {
-        tracing::error!(point, "fault injection: the answer to a COMMIT that went through is taken as lost");
+        tracing::error!(point, "fault injection: the connection is taken as lost here");
     }
     lost
 }

@@ -5,10 +5,12 @@
 //! way: it opens a new connection, with back-off, until `--reconnect-timeout` has passed
 //! since the loss (one [`Outage`]), then gives up with the last error, which stops the run.
 //! The owner then does again what the lost connection was doing, so only work that is safe
-//! to repeat is redone this way: a copy chunk (`ON CONFLICT DO NOTHING`), a flush by key (it
-//! re-reads the original), `START_REPLICATION` from the slot's confirmed position (the stream
-//! is delivered at least once anyway). The transaction of a lost session rolled back with it,
-//! unless its COMMIT had gone through just before; repeating it is harmless either way.
+//! to repeat is redone this way: a flush by key (it re-reads the original),
+//! `START_REPLICATION` from the slot's confirmed position (the stream is delivered at least
+//! once anyway). The transaction of a lost session rolled back with it, unless its COMMIT had
+//! gone through just before: where repeating it is not harmless (a copy chunk into a ghost
+//! with no key index, the cut-over's swap), its owner asks how it ended ([`committing`],
+//! [`committed`]).
 //!
 //! Each loss is a warning naming the connection and what it lost; each recovery an info line
 //! (`reconnected`).
@@ -120,27 +122,69 @@ pub async fn connect_again(conn: &ConnInfo, outage: &mut Outage, error: Error, w
     Ok(client)
 }
 
-/// The transaction `client` is in, by its xid: read before a COMMIT whose answer may be lost
-/// with the connection, to learn afterwards how it ended ([`committed`]).
-pub async fn current_xid(client: &Client) -> Result<String> {
-    Ok(client.query_one("SELECT pg_current_xact_id()::text", &[]).await.context("reading the transaction's id")?.try_get(0)?)
+/// A transaction about to be committed, told apart so that its outcome can be asked for
+/// if the COMMIT's answer is lost with the connection ([`committed`]).
+#[derive(Clone, Debug)]
+pub struct Committing {
+    pub xid: String,
+    /// Its backend: once the connection is lost, a backend still idle in this transaction
+    /// never got the COMMIT, and holds the transaction's locks until it is ended.
+    pid: i32,
+    /// The backend's start, in microseconds since the epoch (pids are reused).
+    started: i64,
 }
 
-/// How the transaction `xid` ended, read on `client` (a session other than the one lost):
-/// true when it committed. A COMMIT whose answer was lost may have gone through; until its
-/// backend has finished it, this waits.
-pub async fn committed(client: &Client, xid: &str) -> Result<bool> {
+/// Reads, just before its COMMIT, what [`committed`] needs to learn how `client`'s
+/// transaction ended; `None` when it has written nothing (no xid: nothing to lose or to
+/// repeat). One round trip.
+pub async fn committing(client: &Client) -> Result<Option<Committing>> {
+    let row = client
+        .query_one(
+            "SELECT pg_current_xact_id_if_assigned()::text, pid, (extract(epoch FROM backend_start) * 1000000)::int8
+               FROM pg_catalog.pg_stat_activity WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .context("reading the transaction's id")?;
+    let Some(xid) = row.try_get::<_, Option<String>>(0)? else { return Ok(None) };
+    Ok(Some(Committing { xid, pid: row.try_get(1)?, started: row.try_get(2)? }))
+}
+
+/// How the transaction `t` ended, asked on `client` (a session other than the one lost): true
+/// when it committed. A COMMIT whose answer was lost may have gone through. While the
+/// transaction is in progress: a backend that sits idle in it never got the COMMIT (its
+/// client is gone) and is ended, so that the transaction rolls back and lets go of its locks;
+/// otherwise it is finishing, and this waits (a warning every 10 s). An xid the server does
+/// not know yet ("in the future": it restarted before the transaction reached its WAL) never
+/// committed.
+pub async fn committed(client: &Client, t: &Committing) -> Result<bool> {
+    let started = std::time::Instant::now();
+    let mut reported = started;
     loop {
-        let status: Option<String> = client
-            .query_one("SELECT pg_xact_status($1::text::xid8)", &[&xid])
-            .await
-            .context("asking how a transaction whose COMMIT's answer was lost ended")?
-            .try_get(0)?;
+        let status: Option<String> = match client.query_one("SELECT pg_xact_status($1::text::xid8)", &[&t.xid]).await {
+            Ok(row) => row.try_get(0)?,
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::INVALID_PARAMETER_VALUE) => return Ok(false),
+            Err(e) => return Err(Error::from(e).context("asking how a transaction whose COMMIT's answer was lost ended")),
+        };
         match status.as_deref() {
             Some("committed") => return Ok(true),
             Some("aborted") => return Ok(false),
-            Some(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            None => return Err(Error::internal(format!("how transaction {xid} ended, whose COMMIT's answer was lost, is no longer known"))),
+            Some(_) => {
+                client
+                    .execute(
+                        "SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity
+                          WHERE pid = $1 AND (extract(epoch FROM backend_start) * 1000000)::int8 = $2 AND state = 'idle in transaction'",
+                        &[&t.pid, &t.started],
+                    )
+                    .await
+                    .context("ending the lost session's transaction, which never got its COMMIT")?;
+                if reported.elapsed() >= Duration::from_secs(10) {
+                    reported = std::time::Instant::now();
+                    tracing::warn!(xid = t.xid, pid = t.pid, waited_secs = started.elapsed().as_secs(), "waiting for a transaction whose COMMIT's answer was lost to end");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            None => return Err(Error::internal(format!("how transaction {}, whose COMMIT's answer was lost, ended is no longer known", t.xid))),
         }
     }
 }

@@ -310,8 +310,8 @@ struct WorkerCtx {
     gate: Gate,
     failed: Arc<AtomicBool>,
     chunk_time: Duration,
-    /// The chunk whose COMMIT was sent and not yet answered: its transaction's xid and rows.
-    committing: std::sync::Mutex<Option<(String, u64)>>,
+    /// The chunk whose COMMIT was sent and not yet answered: its transaction and rows.
+    committing: std::sync::Mutex<Option<(reconnect::Committing, u64)>>,
 }
 
 impl WorkerCtx {
@@ -409,18 +409,38 @@ impl WorkerCtx {
             match RETRY.retry("copying a chunk", || self.copy_range(chunk)).await {
                 Err(e) if e.kind().is_lost_connection() => {
                     let committing = self.committing.lock().unwrap_or_else(|p| p.into_inner()).take();
-                    let what = format!("copy worker {}'s chunk (copied again unless its COMMIT went through)", self.worker);
-                    self.client = reconnect::connect_again(&self.conn, &mut outage, e, &what).await?;
-                    if let Some(name) = &self.origin {
-                        origins::set_up(&self.client, name).await?;
-                    }
-                    if let Some((xid, rows)) = committing {
-                        if reconnect::committed(&self.client, &xid).await? {
-                            tracing::info!(worker = self.worker, xid, rows, "the lost chunk's COMMIT went through: it is not copied again");
-                            return Ok(rows);
-                        }
+                    if let Some(rows) = self.reconnect_and_ask(&mut outage, e, committing).await? {
+                        return Ok(rows);
                     }
                 }
+                other => return other,
+            }
+        }
+    }
+
+    /// A new session for the worker (its origin set up again) after `lost`; and, when the
+    /// lost chunk's COMMIT had been sent, whether it went through: `Some(rows)` when it did.
+    /// A session lost again meanwhile is opened again within the same outage, the question
+    /// kept.
+    async fn reconnect_and_ask(&mut self, outage: &mut Outage, lost: Error, committing: Option<(reconnect::Committing, u64)>) -> Result<Option<u64>> {
+        let what = format!("copy worker {}'s chunk (copied again unless its COMMIT went through)", self.worker);
+        let mut error = lost;
+        loop {
+            self.client = reconnect::connect_again(&self.conn, outage, error, &what).await?;
+            let asked = async {
+                if let Some(name) = &self.origin {
+                    origins::set_up(&self.client, name).await?;
+                }
+                match &committing {
+                    Some((t, rows)) if reconnect::committed(&self.client, t).await? => {
+                        tracing::info!(worker = self.worker, xid = t.xid, rows, "the lost chunk's COMMIT went through: it is not copied again");
+                        Ok::<_, Error>(Some(*rows))
+                    }
+                    _ => Ok(None),
+                }
+            };
+            match asked.await {
+                Err(e) if e.kind().is_lost_connection() => error = e,
                 other => return other,
             }
         }
@@ -467,8 +487,8 @@ impl WorkerCtx {
                 let value = checkpoint::encode_bound(&mark);
                 self.client.execute(record.as_str(), &[&&*chunk.mark_key, &value]).await?;
             }
-            let xid = reconnect::current_xid(&self.client).await?;
-            *self.committing.lock().unwrap_or_else(|p| p.into_inner()) = Some((xid, rows));
+            let committing = reconnect::committing(&self.client).await?;
+            *self.committing.lock().unwrap_or_else(|p| p.into_inner()) = committing.map(|t| (t, rows));
             self.client.batch_execute("COMMIT").await?;
             if crate::fault::reply_lost("copy-commit") {
                 return Err(Error::new(ErrorKind::Connection, "fault injection: the answer to the chunk's COMMIT was lost"));

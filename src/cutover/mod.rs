@@ -179,14 +179,57 @@ impl CutOver<'_> {
         result
     }
 
-    /// Whether the cut-over's transaction `xid`, whose COMMIT lost its answer with the
-    /// connection, committed: asked on a new session (opened for up to
-    /// `--reconnect-timeout`), once the lost backend has finished it.
-    async fn commit_went_through(&self, xid: &str) -> Result<bool> {
+    /// Whether the cut-over's transaction `t`, whose COMMIT lost its answer with the
+    /// connection (`lost`), committed: asked on a new session (opened again for up to
+    /// `--reconnect-timeout`, again when lost meanwhile), once its backend has finished it or,
+    /// idle in it, been ended. Then the swap is checked in the catalog: the ghost carries the
+    /// original's name exactly when it committed. Where the answer cannot be had, the error
+    /// says so and is not one to retry: an attempt tried again over a swap that went through
+    /// would fail on the ghost's name, and the cleanup would take the original for untouched.
+    async fn commit_went_through(&self, t: &crate::reconnect::Committing, lost: Error) -> Result<bool> {
         let conn = self.conn.with_application_name("pg-ghost cut-over");
-        let what = "asking whether the cut-over's COMMIT went through";
-        let client = crate::reconnect::retry(conn.reconnect_timeout, &mut crate::reconnect::Outage::new(), what, || conn.connect()).await?;
-        crate::reconnect::committed(&client, xid).await
+        let mut outage = crate::reconnect::Outage::new();
+        let mut error = lost;
+        let unknown = |e: Error| {
+            Error::new(
+                ErrorKind::Internal,
+                format!(
+                    "the cut-over's COMMIT was sent and its answer lost, and whether it went through cannot be learned ({}): \
+                     look at which table carries the name {} before anything else (`pg-ghost run --resume` tells)",
+                    e.message(),
+                    self.orig.name
+                ),
+            )
+        };
+        loop {
+            let client = match crate::reconnect::connect_again(&conn, &mut outage, error, "asking whether the cut-over's COMMIT went through").await {
+                Ok(c) => c,
+                Err(e) => return Err(unknown(e)),
+            };
+            let asked = async {
+                let committed = crate::reconnect::committed(&client, t).await?;
+                let now: Option<u32> = client.query_one("SELECT to_regclass($1)::oid", &[&self.orig.name.sql()]).await?.try_get(0)?;
+                Ok::<_, Error>((committed, now))
+            };
+            match asked.await {
+                Ok((committed, now)) => {
+                    // A swap and back (`--test-on-replica`) leaves the names as they were.
+                    let swapped = if self.swap_back { committed } else { now == Some(self.ghost.oid) };
+                    if committed != swapped {
+                        return Err(unknown(Error::internal(format!(
+                            "the transaction {} ended as {}, but {} is {}the ghost",
+                            t.xid,
+                            if committed { "committed" } else { "rolled back" },
+                            self.orig.name,
+                            if swapped { "" } else { "not " }
+                        ))));
+                    }
+                    return Ok(committed);
+                }
+                Err(e) if e.kind().is_lost_connection() => error = e,
+                Err(e) => return Err(unknown(e)),
+            }
+        }
     }
 
     fn check_abort(&self) -> Result<()> {
@@ -468,18 +511,23 @@ impl CutOver<'_> {
                 swapped
             };
             crate::fault::crash_point("cut-over-before-commit");
-            let xid = crate::reconnect::current_xid(client).await?;
-            let commit = match client.batch_execute("COMMIT").await {
-                Ok(()) if crate::fault::reply_lost("cut-over-commit") => Err(Error::new(ErrorKind::Connection, "fault injection: the answer to the COMMIT was lost")),
-                other => other.map_err(Error::from),
+            let committing = crate::reconnect::committing(client).await?;
+            let commit = if crate::fault::reply_lost("cut-over-commit-unsent") {
+                Err(Error::new(ErrorKind::Connection, "fault injection: the connection was lost before the COMMIT reached the server"))
+            } else {
+                match client.batch_execute("COMMIT").await {
+                    Ok(()) if crate::fault::reply_lost("cut-over-commit") => Err(Error::new(ErrorKind::Connection, "fault injection: the answer to the COMMIT was lost")),
+                    other => other.map_err(Error::from),
+                }
             };
             if let Err(e) = commit {
                 let e = e.context("committing the cut-over");
+                let Some(t) = committing.filter(|_| e.kind().is_lost_connection()) else { return Err(e) };
                 // Taken for a failed attempt, a swap that went through would be tried again.
-                if !e.kind().is_lost_connection() || !self.commit_went_through(&xid).await? {
-                    return Err(e);
+                if !self.commit_went_through(&t, e).await? {
+                    return Err(Error::new(ErrorKind::Connection, "the cut-over's COMMIT was lost with its connection and did not go through"));
                 }
-                tracing::warn!(attempt, xid, "the answer to the cut-over's COMMIT was lost with its connection, but the COMMIT went through");
+                tracing::warn!(attempt, xid = t.xid, "the answer to the cut-over's COMMIT was lost with its connection, but the COMMIT went through");
             }
             crate::fault::crash_point("cut-over-after-commit");
             Ok::<_, Error>(swapped)

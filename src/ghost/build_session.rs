@@ -90,15 +90,13 @@ impl<'a> BuildSession<'a> {
         let mut error = error;
         loop {
             let client = connect_again(conn, &mut self.outage, error, what).await?;
-            // Connected again: a loss from here on (the wait below may last as long as the
-            // lost build) is a new outage, with the whole timeout.
-            self.outage.end();
             let waited = match &self.backend {
-                Some(lost) => wait_for_statement_end(&client, lost, what).await,
+                Some(lost) => wait_for_statement_end(&client, lost, what, &mut self.outage).await,
                 None => Ok(()),
             };
             match waited {
                 Ok(()) => {
+                    self.outage.end();
                     self.backend = None;
                     self.replaced = Some(client);
                     return Ok(true);
@@ -127,7 +125,11 @@ async fn own_backend(client: &Client) -> Result<Backend> {
 /// server does not track the backend's activity (`track_activities` off: state `disabled`),
 /// it runs a statement for as long as it holds a lock on a relation (a build or a vacuum
 /// holds one on the ghost throughout).
-async fn wait_for_statement_end(client: &Client, lost: &Backend, what: &str) -> Result<()> {
+///
+/// Each answer ends `outage`: a loss during a wait as long as the lost build is a new outage,
+/// with the whole `--reconnect-timeout`, while sessions that are lost before they answer
+/// anything give up in time.
+async fn wait_for_statement_end(client: &Client, lost: &Backend, what: &str, outage: &mut Outage) -> Result<()> {
     let started = Instant::now();
     let mut reported: Option<Instant> = None;
     loop {
@@ -140,6 +142,7 @@ async fn wait_for_statement_end(client: &Client, lost: &Backend, what: &str) -> 
             )
             .await
             .context("looking at the lost session's backend")?;
+        outage.end();
         let running = match &row {
             None => false,
             Some(row) => {

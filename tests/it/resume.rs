@@ -409,15 +409,15 @@ async fn killed_then_server_restarted_resumes() {
     assert_no_slots_or_publications(&client).await;
 }
 
-/// Runs pg-ghost to the end with `PG_GHOST_FAULT=point` armed at a point where the answer to a
-/// COMMIT that went through is taken as lost with the connection; returns the log.
+/// Runs pg-ghost to the end with `PG_GHOST_FAULT=point` armed at a point where the connection
+/// is taken as lost around a COMMIT; returns the log.
 #[cfg(feature = "fault-injection")]
 async fn run_losing_a_commit_answer(db: &TestDb<'_>, point: &str, args: &[&str]) -> String {
     let mut cmd = binary::command(db, "run", args);
     cmd.env("PG_GHOST_FAULT", point);
     let out = Running::spawn_command(cmd).wait(Duration::from_secs(120)).await;
     let log = binary::stderr(&out);
-    assert!(log.contains("fault injection: the answer to a COMMIT"), "the fault was not reached at {point}:\n{log}");
+    assert!(log.contains("fault injection: the connection is taken as lost here"), "the fault was not reached at {point}:\n{log}");
     binary::assert_success(&out);
     log
 }
@@ -446,5 +446,19 @@ async fn a_copy_chunk_whose_commit_answer_is_lost_is_not_copied_again() {
     let s = setup("lost_commit_copy", 3_000).await;
     let log = run_losing_a_commit_answer(&s.db, "copy-commit@3", &run_args(&["--chunk-size", "500", "--chunk-time", "1ms"])).await;
     assert!(log.contains("the lost chunk's COMMIT went through"), "{log}");
+    s.assert_migrated().await;
+}
+
+/// The connection is lost before the cut-over's COMMIT reaches the server: its session sits
+/// idle in the transaction, holding the table's lock. pg-ghost, asking how the transaction
+/// ended, ends that session (the transaction rolls back, the lock goes), and the next attempt
+/// swaps.
+#[cfg(feature = "fault-injection")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_over_whose_commit_never_arrived_is_tried_again() {
+    let s = setup("lost_commit_unsent", 2_000).await;
+    let log = run_losing_a_commit_answer(&s.db, "cut-over-commit-unsent", &run_args(&["--ok-to-drop-table"])).await;
+    assert!(log.contains("did not go through"), "{log}");
+    assert!(log.contains("cut-over committed attempt=2"), "the second attempt did not swap:\n{log}");
     s.assert_migrated().await;
 }
