@@ -177,6 +177,26 @@ impl Direct<'_> {
         }
     }
 
+    /// Commits a locked step. A COMMIT whose answer is lost with the connection may have gone
+    /// through: how its transaction ended is asked on a new session, and a step that committed
+    /// is done (tried again, its ALTER would fail on what it made, and the failure be undone).
+    async fn commit_step(&self, c: &tokio_postgres::Client) -> Result<()> {
+        let committing = crate::reconnect::committing(c).await?;
+        let e = match c.batch_execute("COMMIT").await {
+            Ok(()) if crate::fault::reply_lost("direct-commit") => Error::new(ErrorKind::Connection, "fault injection: the answer to the step's COMMIT was lost"),
+            Ok(()) => return Ok(()),
+            Err(e) => Error::from(e).context("committing the step"),
+        };
+        let Some(t) = committing.filter(|_| e.kind().is_lost_connection()) else { return Err(e) };
+        let what = "asking whether the step's COMMIT went through";
+        let client = crate::reconnect::retry(self.conn.reconnect_timeout, &mut crate::reconnect::Outage::new(), what, || self.conn.connect()).await?;
+        if !crate::reconnect::committed(&client, &t).await? {
+            return Err(e);
+        }
+        tracing::warn!(xid = t.xid, "the answer to the step's COMMIT was lost with its connection, but the COMMIT went through");
+        Ok(())
+    }
+
     async fn try_step(&self, sessions: &Sessions, step: &Step, attempt: u32, killer: Option<&mut BlockerKiller>) -> Result<()> {
         let several = step.locks.len() > 1;
         let wait = crate::cutover::lock_wait_limit(self.lock_timeout, sessions.deadlock_timeout, several);
@@ -206,7 +226,7 @@ impl Direct<'_> {
                 // writers queue behind it for no longer.
                 c.batch_execute(&format!("BEGIN; SET LOCAL lock_timeout = '{}ms'; SET LOCAL statement_timeout = '{}ms'{early}", ms(lock_timeout), ms(wait))).await?;
                 match waiting::run(sessions, &step.sql, wait, attempt, killer, "direct step").await {
-                    Ok(()) => c.batch_execute("COMMIT").await.context("committing the step"),
+                    Ok(()) => self.commit_step(c).await,
                     Err(e) => {
                         let _ = c.batch_execute("ROLLBACK").await;
                         Err(e)

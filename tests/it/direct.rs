@@ -249,3 +249,25 @@ async fn a_failed_index_build_leaves_no_invalid_index() {
     assert_catalog_unchanged(&before, &CatalogSnapshot::take(&client).await);
     assert_unchanged_rows(&client, "t", &["id", "n", "pad"]).await;
 }
+
+/// The answer to a locked step's COMMIT is lost with its connection, the step having gone
+/// through: pg-ghost asks how its transaction ended instead of running the step again (which
+/// would fail on the column it made, and undo the step before); the change completes, the
+/// whole schema as a plain ALTER leaves it.
+#[cfg(feature = "fault-injection")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_whose_commit_answer_is_lost_is_not_run_again() {
+    let db = Cluster::primary().fresh_db("direct_lost_commit");
+    let _table = OracleTable::create(&db, "orders", KeyKind::Identity, 500).await;
+    let before = WholeSchema::take(&db).await;
+    let alter = "ADD COLUMN flag boolean NOT NULL DEFAULT true";
+    let mut cmd = binary::command(&db, "run", &["--table", "orders", "--alter", alter, "--execute", "--strategy", "direct"]);
+    cmd.env("PG_GHOST_FAULT", "direct-commit");
+    let out = Running::spawn_command(cmd).wait(Duration::from_secs(60)).await;
+    let log = binary::stderr(&out);
+    assert!(log.contains("fault injection: the connection is taken as lost here"), "the fault was not reached:\n{log}");
+    binary::assert_success(&out);
+    assert!(log.contains("but the COMMIT went through"), "{log}");
+    let twin = before.twin_after_plain_alter(&db, "public.orders", alter).await;
+    assert_whole_schema_equal(&db, &twin, alter).await;
+}
