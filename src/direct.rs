@@ -188,9 +188,8 @@ impl Direct<'_> {
             Err(e) => Error::from(e).context("committing the step"),
         };
         let Some(t) = committing.filter(|_| e.kind().is_lost_connection()) else { return Err(e) };
-        let what = "asking whether the step's COMMIT went through";
-        let client = crate::reconnect::retry(self.conn.reconnect_timeout, &mut crate::reconnect::Outage::new(), what, || self.conn.connect()).await?;
-        if !crate::reconnect::committed(&client, &t).await? {
+        let (_, committed) = crate::reconnect::ask_committed(self.conn, &t, "asking whether the step's COMMIT went through").await?;
+        if !committed {
             return Err(e);
         }
         tracing::warn!(xid = t.xid, "the answer to the step's COMMIT was lost with its connection, but the COMMIT went through");

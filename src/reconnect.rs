@@ -189,6 +189,21 @@ pub async fn committed(client: &Client, t: &Committing) -> Result<bool> {
     }
 }
 
+/// [`committed`], asked on a new session of `conn`, opened (again when lost meanwhile) for up
+/// to `--reconnect-timeout` in all; returns that session with the answer. `what` names the
+/// question in errors.
+pub async fn ask_committed(conn: &ConnInfo, t: &Committing, what: &str) -> Result<(Client, bool)> {
+    let mut outage = Outage::new();
+    loop {
+        let client = retry(conn.reconnect_timeout, &mut outage, what, || conn.connect()).await?;
+        match committed(&client, t).await {
+            Ok(answer) => return Ok((client, answer)),
+            Err(e) if e.kind().is_lost_connection() => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// An SQL session that is opened again when lost.
 pub struct Session {
     conn: ConnInfo,

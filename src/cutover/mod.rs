@@ -180,16 +180,13 @@ impl CutOver<'_> {
     }
 
     /// Whether the cut-over's transaction `t`, whose COMMIT lost its answer with the
-    /// connection (`lost`), committed: asked on a new session (opened again for up to
+    /// connection, committed: asked on a new session (opened again for up to
     /// `--reconnect-timeout`, again when lost meanwhile), once its backend has finished it or,
     /// idle in it, been ended. Then the swap is checked in the catalog: the ghost carries the
     /// original's name exactly when it committed. Where the answer cannot be had, the error
     /// says so and is not one to retry: an attempt tried again over a swap that went through
     /// would fail on the ghost's name, and the cleanup would take the original for untouched.
-    async fn commit_went_through(&self, t: &crate::reconnect::Committing, lost: Error) -> Result<bool> {
-        let conn = self.conn.with_application_name("pg-ghost cut-over");
-        let mut outage = crate::reconnect::Outage::new();
-        let mut error = lost;
+    async fn commit_went_through(&self, t: &crate::reconnect::Committing) -> Result<bool> {
         let unknown = |e: Error| {
             Error::new(
                 ErrorKind::Internal,
@@ -201,35 +198,25 @@ impl CutOver<'_> {
                 ),
             )
         };
-        loop {
-            let client = match crate::reconnect::connect_again(&conn, &mut outage, error, "asking whether the cut-over's COMMIT went through").await {
-                Ok(c) => c,
-                Err(e) => return Err(unknown(e)),
-            };
-            let asked = async {
-                let committed = crate::reconnect::committed(&client, t).await?;
-                let now: Option<u32> = client.query_one("SELECT to_regclass($1)::oid", &[&self.orig.name.sql()]).await?.try_get(0)?;
-                Ok::<_, Error>((committed, now))
-            };
-            match asked.await {
-                Ok((committed, now)) => {
-                    // A swap and back (`--test-on-replica`) leaves the names as they were.
-                    let swapped = if self.swap_back { committed } else { now == Some(self.ghost.oid) };
-                    if committed != swapped {
-                        return Err(unknown(Error::internal(format!(
-                            "the transaction {} ended as {}, but {} is {}the ghost",
-                            t.xid,
-                            if committed { "committed" } else { "rolled back" },
-                            self.orig.name,
-                            if swapped { "" } else { "not " }
-                        ))));
-                    }
-                    return Ok(committed);
-                }
-                Err(e) if e.kind().is_lost_connection() => error = e,
-                Err(e) => return Err(unknown(e)),
-            }
+        let conn = self.conn.with_application_name("pg-ghost cut-over");
+        let (client, committed) = crate::reconnect::ask_committed(&conn, t, "asking whether the cut-over's COMMIT went through").await.map_err(unknown)?;
+        let now: Option<u32> = client
+            .query_one("SELECT to_regclass($1)::oid", &[&self.orig.name.sql()])
+            .await
+            .map_err(|e| unknown(e.into()))?
+            .try_get(0)?;
+        // A swap and back (`--test-on-replica`) leaves the names as they were.
+        let swapped = if self.swap_back { committed } else { now == Some(self.ghost.oid) };
+        if committed != swapped {
+            return Err(unknown(Error::internal(format!(
+                "the transaction {} ended as {}, but {} is {}the ghost",
+                t.xid,
+                if committed { "committed" } else { "rolled back" },
+                self.orig.name,
+                if swapped { "" } else { "not " }
+            ))));
         }
+        Ok(committed)
     }
 
     fn check_abort(&self) -> Result<()> {
@@ -524,7 +511,7 @@ impl CutOver<'_> {
                 let e = e.context("committing the cut-over");
                 let Some(t) = committing.filter(|_| e.kind().is_lost_connection()) else { return Err(e) };
                 // Taken for a failed attempt, a swap that went through would be tried again.
-                if !self.commit_went_through(&t, e).await? {
+                if !self.commit_went_through(&t).await? {
                     return Err(Error::new(ErrorKind::Connection, "the cut-over's COMMIT was lost with its connection and did not go through"));
                 }
                 tracing::warn!(attempt, xid = t.xid, "the answer to the cut-over's COMMIT was lost with its connection, but the COMMIT went through");
