@@ -15,7 +15,7 @@ use crate::ghost::{statistics, temp_name, Ghost};
 use std::collections::HashMap;
 use crate::names::Names;
 use crate::schema::TableInfo;
-use crate::sql::{fit_ident, ident, QualifiedName};
+use crate::sql::{fit_ident, ident, literal, QualifiedName};
 use std::time::{Duration, Instant};
 use tokio_postgres::GenericClient;
 
@@ -137,6 +137,68 @@ pub struct Swapped {
     pub publications: Vec<String>,
 }
 
+/// What the swap reads of both tables' catalog, besides their dependents.
+struct Catalog {
+    orig_owned_sequences: Vec<(String, QualifiedName)>,
+    ghost_owned_sequences: Vec<(String, QualifiedName)>,
+    orig_identity: Vec<(String, String, String)>,
+    ghost_identity: Vec<(String, String, String)>,
+    orig_indexes: Vec<String>,
+    orig_statistics: Vec<QualifiedName>,
+    ghost_indexes: Vec<String>,
+    ghost_constraints: Vec<String>,
+    ghost_statistics: Vec<QualifiedName>,
+    partitions: Option<PartitionRenames>,
+}
+
+impl Catalog {
+    /// Every query goes out at once (pipelined on the one connection).
+    async fn read(tx: &impl GenericClient, orig: &TableInfo, ghost: &Ghost) -> Result<Catalog> {
+        let partitions = async {
+            match &ghost.partitions {
+                Some(tree) if tree.converted => Ok(Some(converted_partition_renames(tx, orig, ghost, tree).await?)),
+                Some(tree) => Ok(Some(partition_renames(tx, orig, ghost, tree).await?)),
+                None => Ok(None),
+            }
+        };
+        let (
+            orig_owned_sequences,
+            ghost_owned_sequences,
+            orig_identity,
+            ghost_identity,
+            orig_indexes,
+            orig_statistics,
+            ghost_indexes,
+            ghost_constraints,
+            ghost_statistics,
+            partitions,
+        ) = tokio::try_join!(
+            owned_sequences(tx, orig.oid),
+            owned_sequences(tx, ghost.oid),
+            identity_sequences(tx, orig.oid),
+            identity_sequences(tx, ghost.oid),
+            names(tx, INDEXES, orig.oid),
+            statistics::names(tx, orig.oid),
+            names(tx, INDEXES, ghost.oid),
+            names(tx, PLAIN_CONSTRAINTS, ghost.oid),
+            statistics::names(tx, ghost.oid),
+            partitions,
+        )?;
+        Ok(Catalog {
+            orig_owned_sequences,
+            ghost_owned_sequences,
+            orig_identity,
+            ghost_identity,
+            orig_indexes,
+            orig_statistics,
+            ghost_indexes,
+            ghost_constraints,
+            ghost_statistics,
+            partitions,
+        })
+    }
+}
+
 /// Runs the swap inside the caller's transaction, which holds ACCESS EXCLUSIVE on both
 /// tables and on the tables whose foreign keys reference the original.
 ///
@@ -166,10 +228,15 @@ pub async fn swap(tx: &impl GenericClient, orig: &TableInfo, ghost: &Ghost, old_
         tx.batch_execute(&renames.join(";\n")).await.context("renaming the original's columns as the ALTER does")?;
     }
     let own_publication = Names::for_table(o, orig.oid).publication;
-    let mut deps = match move_dependents {
-        true => dependents::read(tx, orig.oid, &own_publication).await?,
-        false => dependents::Dependents::default(),
+    let deps_read = async {
+        match move_dependents {
+            true => dependents::read(tx, orig.oid, &own_publication).await,
+            false => Ok(dependents::Dependents::default()),
+        }
     };
+    // Every read goes out at once (see `dependents::read`): under the lock, round trips
+    // are what writers wait for, and a partitioned table's would grow with its partitions.
+    let (mut deps, catalog) = tokio::try_join!(deps_read, Catalog::read(tx, orig, ghost))?;
     // A column the ALTER drops loses its labels, as under a plain ALTER; the others' are
     // read under the names the ALTER gives them (the original's columns were renamed above).
     deps.retain_column_labels(|c| ghost.mapping.carried.iter().any(|(_, to)| to == c));
@@ -178,16 +245,16 @@ pub async fn swap(tx: &impl GenericClient, orig: &TableInfo, ghost: &Ghost, old_
     let mut sql = deps.before_renames(o);
 
     // Sequences first: serial ownership moves before anything could drop the original.
-    for (column, seq) in owned_sequences(tx, orig.oid).await? {
-        if let Some(ghost_col) = ghost.mapping.ghost_name_of(&column) {
+    for (column, seq) in &catalog.orig_owned_sequences {
+        if let Some(ghost_col) = ghost.mapping.ghost_name_of(column) {
             sql.push(format!("ALTER SEQUENCE {} OWNED BY {}.{}", seq.sql(), g.sql(), ident(ghost_col)));
         }
     }
     // Serial columns the ALTER added: their sequences take the name a plain ALTER gives them.
     let mut sequence_renames = Vec::new();
-    for (_, seq) in owned_sequences(tx, ghost.oid).await? {
+    for (_, seq) in &catalog.ghost_owned_sequences {
         if let Some(name) = final_name(&seq.name, &g.name, &o.name, &[]) {
-            sequence_renames.push((seq, name));
+            sequence_renames.push((seq.clone(), name));
         }
     }
     // The ghost's GENERATED ALWAYS columns were BY DEFAULT while it was fed (see
@@ -200,16 +267,14 @@ pub async fn swap(tx: &impl GenericClient, orig: &TableInfo, ghost: &Ghost, old_
     if let Some(settings) = &ghost.autovacuum {
         sql.extend(crate::ghost::autovacuum::restore_sql(g, settings));
     }
-    let orig_identity = identity_sequences(tx, orig.oid).await?;
-    let ghost_identity = identity_sequences(tx, ghost.oid).await?;
     let mut identity_renames = Vec::new();
-    for (ghost_col, ghost_seq, schema) in &ghost_identity {
+    for (ghost_col, ghost_seq, schema) in &catalog.ghost_identity {
         let source = ghost.mapping.carried.iter().find(|(_, gc)| gc == ghost_col).map(|(s, _)| s);
-        let orig_seq = source.and_then(|s| orig_identity.iter().find(|(c, _, _)| c == s));
+        let orig_seq = source.and_then(|s| catalog.orig_identity.iter().find(|(c, _, _)| c == s));
         let ghost_seq_name = QualifiedName::new(schema.clone(), ghost_seq.clone());
         if let Some((_, orig_seq, orig_schema)) = orig_seq {
             let orig_seq_name = QualifiedName::new(orig_schema.clone(), orig_seq.clone());
-            carry_sequence_value(tx, &orig_seq_name, &ghost_seq_name).await?;
+            sql.push(carry_sequence_value(&orig_seq_name, &ghost_seq_name));
             sql.push(format!("ALTER SEQUENCE {} RENAME TO {}", orig_seq_name.sql(), ident(&old_object_name(orig_seq))));
             identity_renames.push((ghost_seq_name, orig_seq.clone()));
         } else if let Some(name) = final_name(ghost_seq, &g.name, &o.name, &[]) {
@@ -218,20 +283,14 @@ pub async fn swap(tx: &impl GenericClient, orig: &TableInfo, ghost: &Ghost, old_
     }
 
     // The original steps aside.
-    let orig_indexes = names(tx, INDEXES, orig.oid).await?;
+    let Catalog { orig_indexes, orig_statistics, ghost_indexes, ghost_constraints, ghost_statistics, partitions, .. } = catalog;
     for index in &orig_indexes {
         sql.push(format!("ALTER INDEX {} RENAME TO {}", o.sibling(index.clone()).sql(), ident(&old_object_name(index))));
     }
-    let orig_statistics = statistics::names(tx, orig.oid).await?;
     for s in &orig_statistics {
         sql.push(format!("ALTER STATISTICS {} RENAME TO {}", s.sql(), ident(&old_object_name(&s.name))));
     }
     sql.push(format!("ALTER TABLE {} RENAME TO {}", o.sql(), ident(old_table)));
-    let partitions = match &ghost.partitions {
-        Some(tree) if tree.converted => Some(converted_partition_renames(tx, orig, ghost, tree).await?),
-        Some(tree) => Some(partition_renames(tx, orig, ghost, tree).await?),
-        None => None,
-    };
     if let Some(p) = &partitions {
         sql.extend(p.aside.iter().cloned());
     }
@@ -240,9 +299,7 @@ pub async fn swap(tx: &impl GenericClient, orig: &TableInfo, ghost: &Ghost, old_
     if let Some(temp) = &ghost.temp_key_index {
         sql.push(format!("DROP INDEX {}", g.sibling(temp.clone()).sql()));
     }
-    let ghost_indexes: Vec<String> =
-        names(tx, INDEXES, ghost.oid).await?.into_iter().filter(|i| Some(i) != ghost.temp_key_index.as_ref()).collect();
-    let ghost_constraints = names(tx, PLAIN_CONSTRAINTS, ghost.oid).await?;
+    let ghost_indexes: Vec<String> = ghost_indexes.into_iter().filter(|i| Some(i) != ghost.temp_key_index.as_ref()).collect();
     let mut new_names = NewNames::default();
     for index in &ghost_indexes {
         match orig_indexes.iter().find(|n| &temp_name(n) == index) {
@@ -270,7 +327,7 @@ pub async fn swap(tx: &impl GenericClient, orig: &TableInfo, ghost: &Ghost, old_
         }
     }
     let orig_statistics_names: Vec<String> = orig_statistics.iter().map(|s| s.name.clone()).collect();
-    for s in statistics::names(tx, ghost.oid).await? {
+    for s in ghost_statistics {
         if let Some(new) = final_name(&s.name, &g.name, &o.name, &orig_statistics_names) {
             sql.push(format!("ALTER STATISTICS {} RENAME TO {}", s.sql(), ident(&new)));
         }
@@ -312,8 +369,17 @@ struct PartitionRenames {
 
 async fn partition_renames(tx: &impl GenericClient, orig: &TableInfo, ghost: &Ghost, tree: &PartitionTree) -> Result<PartitionRenames> {
     let (o, g) = (&orig.name, &ghost.name);
-    let orig_tables: HashMap<u32, QualifiedName> = partitions::tree_tables(tx, orig.oid).await?.into_iter().collect();
-    let ghost_tables: HashMap<u32, QualifiedName> = partitions::tree_tables(tx, ghost.oid).await?.into_iter().collect();
+    let (orig_tables, ghost_tables, orig_indexes, ghost_indexes, orig_statistics, ghost_statistics, last) = tokio::try_join!(
+        partitions::tree_tables(tx, orig.oid),
+        partitions::tree_tables(tx, ghost.oid),
+        partitions::tree_indexes(tx, orig.oid),
+        partitions::tree_indexes(tx, ghost.oid),
+        statistics::names_on_partitions(tx, orig.oid),
+        statistics::names_on_partitions(tx, ghost.oid),
+        partition_constraints_and_names(tx, orig, ghost, tree),
+    )?;
+    let orig_tables: HashMap<u32, QualifiedName> = orig_tables.into_iter().collect();
+    let ghost_tables: HashMap<u32, QualifiedName> = ghost_tables.into_iter().collect();
     // The original partition each ghost table stands for, by oid.
     let orig_oid_of = |name: &QualifiedName| orig_tables.iter().find(|(_, n)| *n == name).map(|(oid, _)| *oid);
     let mut counterpart: HashMap<u32, u32> = HashMap::new();
@@ -325,8 +391,6 @@ async fn partition_renames(tx: &impl GenericClient, orig: &TableInfo, ghost: &Gh
             _ => return Err(Error::internal(format!("partition {} has no counterpart on the ghost", p.name))),
         };
     }
-    let orig_indexes = partitions::tree_indexes(tx, orig.oid).await?;
-    let ghost_indexes = partitions::tree_indexes(tx, ghost.oid).await?;
     let mut aside = Vec::new();
     for i in orig_indexes.iter().filter(|i| i.table != orig.oid) {
         aside.push(format!("ALTER INDEX {} RENAME TO {}", QualifiedName::new(i.schema.clone(), i.name.clone()).sql(), ident(&old_object_name(&i.name))));
@@ -380,18 +444,17 @@ async fn partition_renames(tx: &impl GenericClient, orig: &TableInfo, ghost: &Gh
     }
     // A partition's own statistics objects: the original's step aside, the ghost's take
     // their names.
-    let orig_statistics = statistics::names_on_partitions(tx, orig.oid).await?;
     for (_, s) in &orig_statistics {
         aside.push(format!("ALTER STATISTICS {} RENAME TO {}", s.sql(), ident(&old_object_name(&s.name))));
     }
-    for (table, s) in statistics::names_on_partitions(tx, ghost.oid).await? {
+    for (table, s) in ghost_statistics {
         let Some(&orig_table) = counterpart.get(&table) else { continue };
         let original = orig_statistics.iter().find(|(t, o)| *t == orig_table && temp_name(&o.name) == s.name);
         if let Some((_, o)) = original {
             take.push(format!("ALTER STATISTICS {} RENAME TO {}", s.sql(), ident(&o.name)));
         }
     }
-    take.extend(partition_constraints_and_names(tx, orig, ghost, tree).await?);
+    take.extend(last);
     Ok(PartitionRenames { aside, take })
 }
 
@@ -399,8 +462,12 @@ async fn partition_renames(tx: &impl GenericClient, orig: &TableInfo, ghost: &Gh
 /// aside; each of the ghost's takes the name the DBA gave it, and its indexes the names
 /// PostgreSQL gives them under that name (those of the temporary key go with it).
 async fn converted_partition_renames(tx: &impl GenericClient, orig: &TableInfo, ghost: &Ghost, tree: &PartitionTree) -> Result<PartitionRenames> {
-    let ghost_tables: HashMap<u32, QualifiedName> = partitions::tree_tables(tx, ghost.oid).await?.into_iter().collect();
-    let ghost_indexes = partitions::tree_indexes(tx, ghost.oid).await?;
+    let (ghost_tables, ghost_indexes, last) = tokio::try_join!(
+        partitions::tree_tables(tx, ghost.oid),
+        partitions::tree_indexes(tx, ghost.oid),
+        partition_constraints_and_names(tx, orig, ghost, tree),
+    )?;
+    let ghost_tables: HashMap<u32, QualifiedName> = ghost_tables.into_iter().collect();
     let mut dropped: Vec<u32> =
         ghost_indexes.iter().filter(|i| i.table == ghost.oid && Some(&i.name) == ghost.temp_key_index.as_ref()).map(|i| i.oid).collect();
     let mut take = Vec::new();
@@ -417,7 +484,7 @@ async fn converted_partition_renames(tx: &impl GenericClient, orig: &TableInfo, 
             take.push(format!("ALTER INDEX {} RENAME TO {}", QualifiedName::new(gi.schema.clone(), gi.name.clone()).sql(), ident(&new)));
         }
     }
-    take.extend(partition_constraints_and_names(tx, orig, ghost, tree).await?);
+    take.extend(last);
     Ok(PartitionRenames { aside: Vec::new(), take })
 }
 
@@ -426,20 +493,29 @@ async fn converted_partition_renames(tx: &impl GenericClient, orig: &TableInfo, 
 async fn partition_constraints_and_names(tx: &impl GenericClient, orig: &TableInfo, ghost: &Ghost, tree: &PartitionTree) -> Result<Vec<String>> {
     let (o, g) = (&orig.name, &ghost.name);
     let mut take = Vec::new();
-    // Foreign keys the ALTER added reach the partitions under the parent's name.
+    // Foreign keys the ALTER added reach the partitions under the parent's name. One query
+    // for the whole tree: this runs under the lock, where each round trip holds up writers.
+    let rows = tx
+        .query(
+            "SELECT n.nspname::text, c.relname::text, con.conname::text
+               FROM pg_partition_tree($1::oid::regclass) t
+               JOIN pg_constraint con ON con.conrelid = t.relid AND con.contype = 'f' AND con.conparentid <> 0
+               JOIN pg_class c ON c.oid = t.relid JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE t.level > 0 ORDER BY 3",
+            &[&ghost.oid],
+        )
+        .await
+        .context("reading the foreign keys of the ghost's partitions")?;
+    let mut foreign_keys: HashMap<QualifiedName, Vec<String>> = HashMap::new();
+    for r in rows {
+        let table = QualifiedName::new(r.try_get::<_, String>(0)?, r.try_get::<_, String>(1)?);
+        foreign_keys.entry(table).or_default().push(r.try_get(2)?);
+    }
     for p in &tree.partitions {
         let gp = p.ghost_name();
-        let rows = tx
-            .query(
-                "SELECT conname::text FROM pg_constraint WHERE conrelid = $1::text::regclass AND contype = 'f' AND conparentid <> 0 ORDER BY 1",
-                &[&gp.sql()],
-            )
-            .await
-            .context("reading the foreign keys of the ghost's partitions")?;
-        for r in rows {
-            let name: String = r.try_get(0)?;
-            if let Some(new) = final_name(&name, &g.name, &o.name, &[]) {
-                take.push(format!("ALTER TABLE {} RENAME CONSTRAINT {} TO {}", gp.sql(), ident(&name), ident(&new)));
+        for name in foreign_keys.get(&gp).into_iter().flatten() {
+            if let Some(new) = final_name(name, &g.name, &o.name, &[]) {
+                take.push(format!("ALTER TABLE {} RENAME CONSTRAINT {} TO {}", gp.sql(), ident(name), ident(&new)));
             }
         }
     }
@@ -490,17 +566,15 @@ pub async fn referencing_tables(client: &impl GenericClient, orig_oid: u32) -> R
     rows.iter().map(|r| Ok(QualifiedName::new(r.try_get::<_, String>(0)?, r.try_get::<_, String>(1)?))).collect()
 }
 
-/// Sets the ghost's identity sequence to where the original's stands.
-async fn carry_sequence_value(tx: &impl GenericClient, from: &QualifiedName, to: &QualifiedName) -> Result<()> {
-    tx.execute(
-        "SELECT setval($2::text::regclass, coalesce(pg_sequence_last_value($1::text::regclass), s.seqstart),
-                       pg_sequence_last_value($1::text::regclass) IS NOT NULL)
-           FROM pg_sequence s WHERE s.seqrelid = $1::text::regclass",
-        &[&from.sql(), &to.sql()],
+/// Sets the ghost's identity sequence to where the original's stands: a statement of the
+/// swap's batch, before the original's sequence steps aside.
+fn carry_sequence_value(from: &QualifiedName, to: &QualifiedName) -> String {
+    let (from, to) = (literal(&from.sql()), literal(&to.sql()));
+    format!(
+        "SELECT setval({to}::regclass, coalesce(pg_sequence_last_value({from}::regclass), s.seqstart),
+                       pg_sequence_last_value({from}::regclass) IS NOT NULL)
+           FROM pg_sequence s WHERE s.seqrelid = {from}::regclass"
     )
-    .await
-    .with_context(|| format!("carrying the value of {from} over to {to}"))?;
-    Ok(())
 }
 
 #[cfg(test)]

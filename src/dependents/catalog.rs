@@ -20,38 +20,76 @@ pub async fn read(tx: &impl GenericClient, oid: u32, own_publication: &str) -> R
 /// Runs `read` with `search_path` empty for the transaction, so that what the server
 /// deparses names every object with its schema; puts it back after.
 pub(super) async fn with_empty_search_path<T>(tx: &impl GenericClient, read: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    // One round trip: the CTE is read (the setting as it was) before set_config runs.
     let previous: String = tx
-        .query_one("SELECT current_setting('search_path')", &[])
+        .query_one(
+            "WITH was AS MATERIALIZED (SELECT current_setting('search_path') AS path)
+             SELECT path, set_config('search_path', '', true) FROM was",
+            &[],
+        )
         .await
-        .context("reading search_path")?
+        .context("emptying search_path")?
         .try_get(0)?;
-    tx.execute("SELECT set_config('search_path', '', true)", &[]).await.context("emptying search_path")?;
     let read = read.await;
     tx.execute("SELECT set_config('search_path', $1, true)", &[&previous]).await.context("restoring search_path")?;
     read
 }
 
 async fn read_all(tx: &impl GenericClient, oid: u32, own_publication: &str) -> Result<Dependents> {
-    let (views, foreign_rules, _) = rewrite_dependents(tx, oid).await?;
-    let row = tx
-        .query_one("SELECT relforcerowsecurity FROM pg_class WHERE oid = $1", &[&oid])
-        .await
-        .context("reading the table's row security")?;
+    // This runs under the cut-over's lock, where every round trip holds up the writers: the
+    // reads are polled together, so that tokio-postgres sends them one after the other
+    // without waiting for answers (pipelining), and the server answers them in that order.
+    let force_row_security = async {
+        let row = tx
+            .query_one("SELECT relforcerowsecurity FROM pg_class WHERE oid = $1", &[&oid])
+            .await
+            .context("reading the table's row security")?;
+        Ok::<bool, crate::error::Error>(row.try_get(0)?)
+    };
+    let (
+        (views, foreign_rules, _),
+        materialized_views,
+        rules,
+        triggers,
+        policies,
+        publications,
+        foreign_keys,
+        functions,
+        row_type_users,
+        column_dependents,
+        force_row_security,
+        security_labels,
+        partitions,
+    ) = tokio::try_join!(
+        rewrite_dependents(tx, oid),
+        super::materialized::read(tx, oid),
+        rules(tx, oid),
+        triggers(tx, oid),
+        policies(tx, oid),
+        publications(tx, oid, own_publication),
+        foreign_keys(tx, oid),
+        functions(tx, oid),
+        row_type_users(tx, oid),
+        column_dependents(tx, oid),
+        force_row_security,
+        security_labels(tx, oid),
+        super::partitions::read(tx, oid, own_publication),
+    )?;
     Ok(Dependents {
         views,
-        materialized_views: super::materialized::read(tx, oid).await?,
+        materialized_views,
         foreign_rules,
-        rules: rules(tx, oid).await?,
-        triggers: triggers(tx, oid).await?,
-        policies: policies(tx, oid).await?,
-        publications: publications(tx, oid, own_publication).await?,
-        foreign_keys: foreign_keys(tx, oid).await?,
-        functions: functions(tx, oid).await?,
-        row_type_users: row_type_users(tx, oid).await?,
-        column_dependents: column_dependents(tx, oid).await?,
-        force_row_security: row.try_get(0)?,
-        security_labels: security_labels(tx, oid).await?,
-        partitions: super::partitions::read(tx, oid, own_publication).await?,
+        rules,
+        triggers,
+        policies,
+        publications,
+        foreign_keys,
+        functions,
+        row_type_users,
+        column_dependents,
+        force_row_security,
+        security_labels,
+        partitions,
     })
 }
 

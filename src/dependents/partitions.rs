@@ -41,24 +41,33 @@ pub(super) async fn read(tx: &impl GenericClient, root: u32, own_publication: &s
                   OR EXISTS (SELECT 1 FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid
                               WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
                                 AND d.refobjid = c.oid AND r.ev_class <> c.oid)";
-    let mut out = Vec::new();
-    for (oid, partition, force_row_security) in partitions_where(tx, root, having, "objects of their own").await? {
-        let (views, foreign_rules, _) = catalog::rewrite_dependents(tx, oid).await?;
+    let found = partitions_where(tx, root, having, "objects of their own").await?;
+    // Under the cut-over's lock: every partition's reads go out together (see `catalog::read`).
+    let reads = found.into_iter().map(|(oid, partition, force_row_security)| async move {
+        let ((views, foreign_rules, _), rules, triggers, policies, publications, column_dependents, security_labels) = tokio::try_join!(
+            catalog::rewrite_dependents(tx, oid),
+            catalog::rules(tx, oid),
+            catalog::triggers(tx, oid),
+            catalog::policies(tx, oid),
+            catalog::publications(tx, oid, own_publication),
+            catalog::column_dependents(tx, oid),
+            catalog::security_labels(tx, oid),
+        )?;
         let dependents = Dependents {
             views,
             foreign_rules,
-            rules: catalog::rules(tx, oid).await?,
-            triggers: catalog::triggers(tx, oid).await?,
-            policies: catalog::policies(tx, oid).await?,
-            publications: catalog::publications(tx, oid, own_publication).await?,
-            column_dependents: catalog::column_dependents(tx, oid).await?,
+            rules,
+            triggers,
+            policies,
+            publications,
+            column_dependents,
             force_row_security,
-            security_labels: catalog::security_labels(tx, oid).await?,
+            security_labels,
             ..Dependents::default()
         };
-        out.push(PartitionDependents { partition, dependents });
-    }
-    Ok(out)
+        Ok::<_, crate::error::Error>(PartitionDependents { partition, dependents })
+    });
+    futures_util::future::try_join_all(reads).await
 }
 
 /// The partitions of `root` (none when it is not partitioned), parents first, for which
