@@ -138,8 +138,9 @@ pub struct Committing {
 /// transaction ended; `None` when it has written nothing (no xid: nothing to lose or to
 /// repeat). One round trip.
 pub async fn committing(client: &Client) -> Result<Option<Committing>> {
+    // One round trip (no prepare): under the cut-over's lock, writers wait for it.
     let row = client
-        .query_one(
+        .query_typed_one(
             "SELECT pg_current_xact_id_if_assigned()::text, pid, (extract(epoch FROM backend_start) * 1000000)::int8
                FROM pg_catalog.pg_stat_activity WHERE pid = pg_backend_pid()",
             &[],

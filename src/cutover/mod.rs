@@ -35,6 +35,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
+use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 
 /// The prefix of pg-ghost's logical messages in the stream.
@@ -294,6 +295,9 @@ impl CutOver<'_> {
             true => also_locked::one_statement(&lock_sql),
             false => lock_sql.join(";\n"),
         };
+        // The session's statement_timeout comes back in the same message, a round trip less
+        // under the lock: each statement of a simple query has its own timeout (PostgreSQL 13+).
+        let sql = format!("{sql};\nSET LOCAL statement_timeout = {}", crate::sql::literal(&sessions.statement_timeout));
         waiting::run(sessions, &sql, wait, attempt, killer, "cut-over lock")
             .await
             .map_err(|e| match e.kind() {
@@ -307,8 +311,6 @@ impl CutOver<'_> {
                 ErrorKind::LockTimeout => Error::new(ErrorKind::LockTimeout, format!("could not lock {} within {wait:?}", self.orig.name)),
                 _ => e.context("locking the tables"),
             })?;
-        let restore = format!("SET LOCAL statement_timeout = {}", crate::sql::literal(&sessions.statement_timeout));
-        sessions.client.batch_execute(&restore).await.context("restoring statement_timeout after the cut-over lock")?;
         Ok(others)
     }
 
@@ -375,7 +377,13 @@ impl CutOver<'_> {
     /// under the lock, before anything is swapped.
     async fn check_definition_unchanged(&self, client: &Client) -> Result<()> {
         let shape = |cols: &[crate::schema::Column]| cols.iter().map(|c| (c.name.clone(), c.type_sql.clone())).collect::<Vec<_>>();
-        let now = crate::inspect::columns(client, self.orig.oid).await?;
+        let tree = async {
+            match self.ghost.partitions.as_ref().filter(|t| !t.converted) {
+                Some(_) => crate::ghost::partitions::PartitionTree::read(client, self.orig.oid).await,
+                None => Ok(None),
+            }
+        };
+        let (now, tree_now) = tokio::try_join!(crate::inspect::columns(client, self.orig.oid), tree)?;
         if shape(&now) != shape(&self.orig.columns) {
             return Err(Error::new(
                 ErrorKind::SchemaChanged,
@@ -384,7 +392,7 @@ impl CutOver<'_> {
         }
         // A converted table's tree is the ghost's own: the original has none to compare.
         if let Some(tree) = self.ghost.partitions.as_ref().filter(|t| !t.converted) {
-            crate::ghost::partitions::check_unchanged(client, &self.orig.name, self.orig.oid, tree).await?;
+            crate::ghost::partitions::check_unchanged(&self.orig.name, tree, tree_now.as_ref())?;
         }
         Ok(())
     }
@@ -409,13 +417,13 @@ impl CutOver<'_> {
         let locked_at = Instant::now();
         *held_since = Some(locked_at);
         tracing::info!(attempt, wait_ms = lock_wait.as_millis() as u64, "cut-over lock acquired");
-        self.check_definition_unchanged(client).await.map_err(fail)?;
-        self.check_also_locked(client, &also_locked).await.map_err(fail)?;
+        // Both checks' queries go out together: every round trip here holds up writers.
+        tokio::try_join!(self.check_definition_unchanged(client), self.check_also_locked(client, &also_locked)).map_err(fail)?;
 
         let sentinel = format!("cut-over {} {}", std::process::id(), attempt);
         let drain = self.writer.expect_sentinel(&sentinel).await.map_err(fail)?;
         monitor
-            .execute("SELECT pg_logical_emit_message(true, $1, $2)", &[&MESSAGE_PREFIX, &sentinel])
+            .query_typed("SELECT pg_logical_emit_message(true, $1, $2)", &[(&MESSAGE_PREFIX, Type::TEXT), (&sentinel, Type::TEXT)])
             .await
             .map_err(|e| fail(Error::from(e).context("emitting the cut-over sentinel")))?;
         let limit = (self.lock_timeout * 3).max(Duration::from_secs(2));

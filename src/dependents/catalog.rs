@@ -20,9 +20,10 @@ pub async fn read(tx: &impl GenericClient, oid: u32, own_publication: &str) -> R
 /// Runs `read` with `search_path` empty for the transaction, so that what the server
 /// deparses names every object with its schema; puts it back after.
 pub(super) async fn with_empty_search_path<T>(tx: &impl GenericClient, read: impl std::future::Future<Output = Result<T>>) -> Result<T> {
-    // One round trip: the CTE is read (the setting as it was) before set_config runs.
+    // One round trip each way (no prepare): this runs under the cut-over's lock. The CTE is
+    // read (the setting as it was) before set_config runs.
     let previous: String = tx
-        .query_one(
+        .query_typed_one(
             "WITH was AS MATERIALIZED (SELECT current_setting('search_path') AS path)
              SELECT path, set_config('search_path', '', true) FROM was",
             &[],
@@ -31,7 +32,9 @@ pub(super) async fn with_empty_search_path<T>(tx: &impl GenericClient, read: imp
         .context("emptying search_path")?
         .try_get(0)?;
     let read = read.await;
-    tx.execute("SELECT set_config('search_path', $1, true)", &[&previous]).await.context("restoring search_path")?;
+    tx.query_typed("SELECT set_config('search_path', $1, true)", &[(&previous, tokio_postgres::types::Type::TEXT)])
+        .await
+        .context("restoring search_path")?;
     read
 }
 

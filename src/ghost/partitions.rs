@@ -62,35 +62,32 @@ pub struct PartitionTree {
 impl PartitionTree {
     /// Reads the tree under `root`; `None` when `root` is not a partitioned table.
     pub async fn read(client: &impl GenericClient, root: u32) -> Result<Option<PartitionTree>> {
-        let row = client
-            .query_one("SELECT pg_get_partkeydef($1)", &[&root])
-            .await
-            .context("reading the partition key")?;
-        let Some(partition_by) = row.try_get::<_, Option<String>>(0)? else { return Ok(None) };
+        // One query (it runs under the cut-over's lock too): the root's key on every row, and
+        // one row with no partition when the root has none.
         let rows = client
             .query(
-                "SELECT n.nspname::text, c.relname::text, pn.nspname::text, pc.relname::text,
+                "SELECT k.partition_by, n.nspname::text, c.relname::text, pn.nspname::text, pc.relname::text,
                         pg_get_expr(c.relpartbound, c.oid), pg_get_partkeydef(c.oid)
-                   FROM pg_partition_tree($1::oid::regclass) t
-                   JOIN pg_class c ON c.oid = t.relid JOIN pg_namespace n ON n.oid = c.relnamespace
-                   JOIN pg_class pc ON pc.oid = t.parentrelid JOIN pg_namespace pn ON pn.oid = pc.relnamespace
-                  WHERE t.level > 0
+                   FROM (SELECT pg_get_partkeydef($1) AS partition_by) k
+                   LEFT JOIN pg_partition_tree($1::oid::regclass) t ON k.partition_by IS NOT NULL AND t.level > 0
+                   LEFT JOIN pg_class c ON c.oid = t.relid LEFT JOIN pg_namespace n ON n.oid = c.relnamespace
+                   LEFT JOIN pg_class pc ON pc.oid = t.parentrelid LEFT JOIN pg_namespace pn ON pn.oid = pc.relnamespace
                   ORDER BY t.level, n.nspname, c.relname",
                 &[&root],
             )
             .await
             .context("reading the partition tree")?;
-        let partitions = rows
-            .iter()
-            .map(|r| {
-                Ok(Partition {
-                    name: QualifiedName::new(r.try_get::<_, String>(0)?, r.try_get::<_, String>(1)?),
-                    parent: QualifiedName::new(r.try_get::<_, String>(2)?, r.try_get::<_, String>(3)?),
-                    bound: r.try_get(4)?,
-                    partition_by: r.try_get(5)?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let Some(partition_by) = rows.first().map(|r| r.try_get::<_, Option<String>>(0)).transpose()?.flatten() else { return Ok(None) };
+        let mut partitions = Vec::new();
+        for r in &rows {
+            let Some(schema) = r.try_get::<_, Option<String>>(1)? else { continue };
+            partitions.push(Partition {
+                name: QualifiedName::new(schema, r.try_get::<_, String>(2)?),
+                parent: QualifiedName::new(r.try_get::<_, String>(3)?, r.try_get::<_, String>(4)?),
+                bound: r.try_get(5)?,
+                partition_by: r.try_get(6)?,
+            });
+        }
         Ok(Some(PartitionTree { partition_by, partitions, converted: false }))
     }
 
@@ -107,15 +104,14 @@ impl PartitionTree {
 /// Under the cut-over's lock: the tree must be the one the ghost was built from. A
 /// partition attached since holds rows the ghost never received (attaching writes nothing
 /// to the stream); one detached took rows away that the ghost still has.
-pub async fn check_unchanged(client: &impl GenericClient, root: &QualifiedName, root_oid: u32, built: &PartitionTree) -> Result<()> {
-    let now = PartitionTree::read(client, root_oid).await?;
-    if now.as_ref() == Some(built) {
+pub fn check_unchanged(root: &QualifiedName, built: &PartitionTree, now: Option<&PartitionTree>) -> Result<()> {
+    if now == Some(built) {
         return Ok(());
     }
     let names = |t: Option<&PartitionTree>| -> Vec<String> {
         t.map(|t| t.partitions.iter().map(|p| format!("{} {}", p.name, p.bound)).collect()).unwrap_or_default()
     };
-    let (before, after) = (names(Some(built)), names(now.as_ref()));
+    let (before, after) = (names(Some(built)), names(now));
     let added: Vec<&String> = after.iter().filter(|p| !before.contains(p)).collect();
     let gone: Vec<&String> = before.iter().filter(|p| !after.contains(p)).collect();
     Err(Error::new(
