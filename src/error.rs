@@ -34,6 +34,9 @@ pub enum ErrorKind {
     Constraint,
     /// The original table's definition changed during the run.
     SchemaChanged,
+    /// The server ran out of a resource (SQLSTATE class 53: memory, disk, connections, its
+    /// lock table): nothing wrong with the statement; the server needs more.
+    Resources,
     /// Any other error reported by PostgreSQL.
     Sql,
     /// Local I/O (files, sockets, hooks).
@@ -79,6 +82,7 @@ impl ErrorKind {
             ErrorKind::Busy => "busy",
             ErrorKind::Constraint => "constraint",
             ErrorKind::SchemaChanged => "schema-changed",
+            ErrorKind::Resources => "resources",
             ErrorKind::Sql => "sql",
             ErrorKind::Io => "io",
             ErrorKind::Aborted => "aborted",
@@ -99,6 +103,7 @@ impl ErrorKind {
             c if c.starts_with("08") => ErrorKind::Connection,
             c if c.starts_with("28") => ErrorKind::Auth,
             c if c.starts_with("23") => ErrorKind::Constraint,
+            c if c.starts_with("53") => ErrorKind::Resources,
             _ => ErrorKind::Sql,
         }
     }
@@ -331,6 +336,7 @@ mod tests {
     #[test]
     fn maps_sqlstates() {
         assert_eq!(ErrorKind::from_sqlstate("55P03"), ErrorKind::LockTimeout);
+        assert_eq!(ErrorKind::from_sqlstate("53200"), ErrorKind::Resources);
         assert_eq!(ErrorKind::from_sqlstate("23505"), ErrorKind::Constraint);
         assert_eq!(ErrorKind::from_sqlstate("08006"), ErrorKind::Connection);
         assert_eq!(ErrorKind::from_sqlstate("28P01"), ErrorKind::Auth);

@@ -31,7 +31,8 @@
 //!    - [`preflight`], the ghost way: (1) server version >= 14, (2) not a standby, (3)
 //!      `wal_level = logical`, (4) a free replication slot, (5) a free walsender, (6)
 //!      privileges, (7) replica identity matches the key, (8) no `FOR ALL TABLES` or `FOR
-//!      TABLES IN SCHEMA` publication covers the table, (9) no leftovers of an earlier run;
+//!      TABLES IN SCHEMA` publication covers the table, (9) no leftovers of an earlier run,
+//!      (10) the lock table holds what the run locks at once on a partition tree;
 //!      then, for a conversion into a partitioned table (`--partition-by`),
 //!      [`conversion::check`]: each partition's parent is the table, its name is free, the
 //!      table has no storage parameters.
@@ -42,6 +43,7 @@
 
 pub mod conversion;
 mod key;
+mod lock_capacity;
 mod partitions;
 mod preflight;
 mod relation;

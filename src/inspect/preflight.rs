@@ -41,7 +41,7 @@ impl PreflightOptions {
     }
 }
 
-/// Runs checks 1 to 9 and returns what was learned about the server. Reads only.
+/// Runs checks 1 to 10 and returns what was learned about the server. Reads only.
 pub async fn preflight(client: &Client, table: &TableInfo, opts: &PreflightOptions) -> Result<ServerInfo> {
     let server = ServerInfo::read(client).await?;
     server::check_version(server.server_version_num, &server.server_version)?;
@@ -50,6 +50,7 @@ pub async fn preflight(client: &Client, table: &TableInfo, opts: &PreflightOptio
     check_replica_identity(table)?;
     check_covering_publications(table, &covering_publications(client, table.oid, server.server_version_num).await?)?;
     check_leftovers(table, opts, &Leftovers::read(client, opts).await?)?;
+    super::lock_capacity::check(&table.name, &super::lock_capacity::LockCapacity::read(client, table.oid).await?)?;
     info!(
         table = %table.name,
         server_version = %server.server_version,

@@ -317,3 +317,45 @@ async fn dry_run_under_load_leaves_the_catalogs_as_they_were() {
     }
     table.assert_matches_control(&client, &table.projection()).await;
 }
+
+/// A partition tree whose ghost's creation or cut-over would run the server's lock table out
+/// (`max_locks_per_transaction` at its minimum): refused before anything is made, naming the
+/// tree's size and the value to set; with that value the same run goes through.
+#[tokio::test]
+async fn a_tree_the_lock_table_cannot_hold_is_refused_with_the_setting_to_raise() {
+    let cluster = Cluster::start("locks");
+    let db = cluster.fresh_db("rf_locks");
+    db.psql(
+        "CREATE TABLE events (id bigint, day int, note text, PRIMARY KEY (id, day)) PARTITION BY RANGE (day);
+         DO $$ BEGIN FOR d IN 0 .. 299 LOOP
+           EXECUTE format('CREATE TABLE %I PARTITION OF events FOR VALUES FROM (%s) TO (%s)', 'events_' || d, d, d + 1);
+         END LOOP; END $$;
+         CREATE INDEX events_note_idx ON events (note);
+         INSERT INTO events SELECT g, g % 300, 'n' || g FROM generate_series(1, 3000) g;",
+    );
+    // Lowered once the tree exists: creating it in one statement would not fit either.
+    cluster.psql("postgres", "ALTER SYSTEM SET max_locks_per_transaction = 10");
+    cluster.restart();
+    let client = db.client().await;
+    let before = CatalogSnapshot::take(&client).await;
+    let args = ["--table", "events", "--alter", "ALTER COLUMN note TYPE varchar(100)", "--execute"];
+    let out = binary::run(&db, &args).await;
+    assert_exit(&out, 3, &["301 tables and 602 indexes", "max_locks_per_transaction 10", "out of shared memory"]);
+    let after = CatalogSnapshot::take(&client).await;
+    assert_catalog_unchanged(&before, &after);
+    assert_stream_objects_as_before(&before, &after);
+
+    // The value the refusal gives is enough.
+    let reason = reason(&out);
+    let advised = reason
+        .split("max_locks_per_transaction = ")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .unwrap_or_else(|| panic!("no value to set in: {reason}"));
+    cluster.psql("postgres", &format!("ALTER SYSTEM SET max_locks_per_transaction = {advised}"));
+    cluster.restart();
+    let out = binary::run(&db, &args).await;
+    binary::assert_success(&out);
+    assert_eq!(db.psql("SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'events_7'::regclass AND attname = 'note'"), "character varying(100)");
+    assert_eq!(db.psql("SELECT count(*) FROM events"), "3000");
+}
