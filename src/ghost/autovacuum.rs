@@ -29,6 +29,13 @@ pub struct AutovacuumSettings {
 
 /// Turns the ghost's autovacuum off and returns its storage parameters as they were.
 pub async fn turn_off(tx: &impl GenericClient, ghost: &QualifiedName, ghost_oid: u32) -> Result<AutovacuumSettings> {
+    let (settings, sql) = turn_off_sql(tx, ghost, ghost_oid).await?;
+    tx.batch_execute(&sql).await.context("turning the ghost's autovacuum off while pg-ghost writes it")?;
+    Ok(settings)
+}
+
+/// What [`turn_off`] reads, and the statements it runs.
+pub async fn turn_off_sql(tx: &impl GenericClient, ghost: &QualifiedName, ghost_oid: u32) -> Result<(AutovacuumSettings, String)> {
     let row = tx
         .query_one(
             "SELECT coalesce(c.reloptions, '{}'), coalesce(t.reloptions, '{}')
@@ -40,14 +47,12 @@ pub async fn turn_off(tx: &impl GenericClient, ghost: &QualifiedName, ghost_oid:
         .context("reading the ghost's storage parameters")?;
     let settings = AutovacuumSettings { table: row.try_get(0)?, toast: row.try_get(1)? };
     let g = ghost.sql();
-    tx.batch_execute(&format!(
+    let sql = format!(
         "ALTER TABLE {g} SET (autovacuum_enabled = false, toast.autovacuum_enabled = false);
          ALTER TABLE {g} RESET (autovacuum_freeze_max_age, autovacuum_multixact_freeze_max_age,
                                 toast.autovacuum_freeze_max_age, toast.autovacuum_multixact_freeze_max_age)"
-    ))
-    .await
-    .context("turning the ghost's autovacuum off while pg-ghost writes it")?;
-    Ok(settings)
+    );
+    Ok((settings, sql))
 }
 
 /// The statements that give `table` back `settings`. Run in the swap, on the ghost, under

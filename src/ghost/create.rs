@@ -1029,6 +1029,21 @@ async fn set_aside_indexes(
 /// Only the table's own constraints: on a partition, those it has as copies of its parent's
 /// go with the parent's.
 pub(super) async fn set_aside_foreign_keys(tx: &impl GenericClient, ghost: &QualifiedName, ghost_oid: u32, partitioned: bool) -> Result<Vec<Deferred>> {
+    let (drops, deferred) = foreign_keys_to_set_aside(tx, ghost, ghost_oid, partitioned).await?;
+    for d in drops {
+        tx.batch_execute(&d).await?;
+    }
+    Ok(deferred)
+}
+
+/// What [`set_aside_foreign_keys`] sets aside: the statements that drop them, and what adds
+/// them again.
+pub(super) async fn foreign_keys_to_set_aside(
+    tx: &impl GenericClient,
+    ghost: &QualifiedName,
+    ghost_oid: u32,
+    partitioned: bool,
+) -> Result<(Vec<String>, Vec<Deferred>)> {
     let rows = tx
         .query(
             "SELECT conname::text, pg_get_constraintdef(oid), convalidated, obj_description(oid, 'pg_constraint'), contype = 'f' FROM pg_constraint
@@ -1037,7 +1052,7 @@ pub(super) async fn set_aside_foreign_keys(tx: &impl GenericClient, ghost: &Qual
             &[&ghost_oid, &partitioned],
         )
         .await?;
-    let mut out = Vec::new();
+    let (mut drops, mut out) = (Vec::new(), Vec::new());
     for r in rows {
         let name: String = r.try_get(0)?;
         let def: String = r.try_get(1)?;
@@ -1045,7 +1060,7 @@ pub(super) async fn set_aside_foreign_keys(tx: &impl GenericClient, ghost: &Qual
         let comment: Option<String> = r.try_get(3)?;
         let foreign_key: bool = r.try_get(4)?;
         let g = ghost.sql();
-        tx.batch_execute(&format!("ALTER TABLE {g} DROP CONSTRAINT {}", ident(&name))).await?;
+        drops.push(format!("ALTER TABLE {g} DROP CONSTRAINT {}", ident(&name)));
         let def = if validated { format!("{def} NOT VALID") } else { def };
         // Dropping it took its comment along.
         let then: Vec<String> = validated
@@ -1061,7 +1076,7 @@ pub(super) async fn set_aside_foreign_keys(tx: &impl GenericClient, ghost: &Qual
             foreign_key,
         });
     }
-    Ok(out)
+    Ok((drops, out))
 }
 
 async fn relation_oid(tx: &impl GenericClient, name: &QualifiedName) -> Result<u32> {

@@ -17,44 +17,38 @@ use crate::error::{Context, Result};
 use crate::sql::{ident, literal, QualifiedName};
 use tokio_postgres::GenericClient;
 
-/// Gives the ghost's partition `ghost` (already created `PARTITION OF` its parent's ghost)
-/// what the original partition `orig` has of its own, but its keys and other constraints.
-pub(super) async fn create(tx: &impl GenericClient, orig: u32, ghost: &QualifiedName) -> Result<()> {
-    let mut sql = column_settings(tx, orig, ghost).await?;
-    let row_security: bool = tx
-        .query_one("SELECT relrowsecurity FROM pg_class WHERE oid = $1", &[&orig])
-        .await
-        .context("reading a partition's row security")?
-        .try_get(0)?;
+/// The statements that give the ghost's partition `ghost` (already created `PARTITION OF` its
+/// parent's ghost, whose column settings it took) what the original partition `orig` has of
+/// its own, but its keys and other constraints.
+pub(super) async fn create_sql(tx: &impl GenericClient, orig: u32, ghost: &QualifiedName) -> Result<Vec<String>> {
+    let row_security = async {
+        let row = tx.query_one("SELECT relrowsecurity FROM pg_class WHERE oid = $1", &[&orig]).await.context("reading a partition's row security")?;
+        Ok::<bool, crate::error::Error>(row.try_get(0)?)
+    };
+    let (mut sql, row_security, statistics) =
+        tokio::try_join!(column_settings(tx, orig, ghost), row_security, super::statistics::create_like_sql(tx, orig, ghost))?;
     // Enabled only: as on the root, forcing it waits for the swap, where it would otherwise
     // filter pg-ghost's own reads of the ghost.
     if row_security {
         sql.push(format!("ALTER TABLE {} ENABLE ROW LEVEL SECURITY", ghost.sql()));
     }
-    for s in sql {
-        tx.batch_execute(&s).await.with_context(|| format!("giving the ghost's partition {ghost} what the original's has of its own ({s})"))?;
-    }
-    super::statistics::create_like(tx, orig, ghost).await
+    sql.extend(statistics);
+    Ok(sql)
 }
 
-/// Creates on the ghost's partition `ghost` the CHECK constraints and foreign keys the
-/// original partition `orig` has of its own (see `super::partitions::create_own_constraints`
-/// for when).
-pub(super) async fn create_constraints(tx: &impl GenericClient, orig: u32, ghost: &QualifiedName) -> Result<()> {
-    for s in constraints(tx, orig, ghost, false).await? {
-        tx.batch_execute(&s).await.with_context(|| format!("giving the ghost's partition {ghost} a constraint of the original's ({s})"))?;
-    }
-    Ok(())
+/// The statements that create on the ghost's partition `ghost` the CHECK constraints and
+/// foreign keys the original partition `orig` has of its own (see
+/// `super::partitions::create_own_constraints` for when).
+pub(super) async fn constraints_sql(tx: &impl GenericClient, orig: u32, ghost: &QualifiedName) -> Result<Vec<String>> {
+    constraints(tx, orig, ghost, false).await
 }
 
-/// Creates on the ghost's partition `ghost` the primary key, unique and exclusion constraints
-/// the original partition `orig` has of its own, under the temporary names the swap turns back
-/// into theirs (see `super::partitions::create_own_indexes` for when).
-pub(super) async fn create_keys(tx: &impl GenericClient, orig: u32, ghost: &QualifiedName) -> Result<()> {
-    for s in constraints(tx, orig, ghost, true).await? {
-        tx.batch_execute(&s).await.with_context(|| format!("giving the ghost's partition {ghost} a key of the original's ({s})"))?;
-    }
-    Ok(())
+/// The statements that create on the ghost's partition `ghost` the primary key, unique and
+/// exclusion constraints the original partition `orig` has of its own, under the temporary
+/// names the swap turns back into theirs (see `super::partitions::create_own_indexes` for
+/// when).
+pub(super) async fn keys_sql(tx: &impl GenericClient, orig: u32, ghost: &QualifiedName) -> Result<Vec<String>> {
+    constraints(tx, orig, ghost, true).await
 }
 
 /// The partition's own constraints (not its parent's copies) with `pg_get_constraintdef`
@@ -182,9 +176,10 @@ fn compression_name(code: &str) -> &'static str {
     }
 }
 
-/// Drops the index-backed constraints the ghost's partition `ghost` has of its own (as the
-/// ALTER left them), to be added again after the copy with their comments.
-pub(super) async fn set_aside_keys(tx: &impl GenericClient, ghost: &QualifiedName) -> Result<Vec<Deferred>> {
+/// The index-backed constraints the ghost's partition `ghost` has of its own (as the ALTER
+/// left them), to set aside until after the copy: the statements that drop them, and what
+/// adds them again with their comments.
+pub(super) async fn keys_to_set_aside(tx: &impl GenericClient, ghost: &QualifiedName) -> Result<(Vec<String>, Vec<Deferred>)> {
     let rows = tx
         .query(
             "SELECT conname::text, pg_get_constraintdef(oid), obj_description(oid, 'pg_constraint'), obj_description(conindid, 'pg_class')
@@ -195,15 +190,13 @@ pub(super) async fn set_aside_keys(tx: &impl GenericClient, ghost: &QualifiedNam
         .await
         .with_context(|| format!("reading the own keys of the ghost's partition {ghost}"))?;
     let g = ghost.sql();
-    let mut out = Vec::new();
+    let (mut drops, mut deferred) = (Vec::new(), Vec::new());
     for r in rows {
         let name: String = r.try_get(0)?;
         let definition: String = r.try_get(1)?;
         let comments = comment_sql(&name, ghost, r.try_get::<_, Option<String>>(2)?.as_deref(), r.try_get::<_, Option<String>>(3)?.as_deref());
-        tx.batch_execute(&format!("ALTER TABLE {g} DROP CONSTRAINT {}", ident(&name)))
-            .await
-            .with_context(|| format!("setting aside {} until after the copy", ident(&name)))?;
-        out.push(Deferred {
+        drops.push(format!("ALTER TABLE {g} DROP CONSTRAINT {}", ident(&name)));
+        deferred.push(Deferred {
             sql: format!("ALTER TABLE {g} ADD CONSTRAINT {} {definition}", ident(&name)),
             then: (!comments.is_empty()).then(|| comments.join(";\n")),
             name,
@@ -211,7 +204,7 @@ pub(super) async fn set_aside_keys(tx: &impl GenericClient, ghost: &QualifiedNam
             foreign_key: false,
         });
     }
-    Ok(out)
+    Ok((drops, deferred))
 }
 
 #[cfg(test)]

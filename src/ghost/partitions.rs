@@ -91,6 +91,23 @@ impl PartitionTree {
         Ok(Some(PartitionTree { partition_by, partitions, converted: false }))
     }
 
+    /// The partitions' names level by level, the root's own partitions first: each level's
+    /// parents are in the levels before it.
+    pub fn levels(&self) -> Vec<Vec<QualifiedName>> {
+        let mut depth: std::collections::HashMap<&QualifiedName, usize> = std::collections::HashMap::new();
+        let mut levels: Vec<Vec<QualifiedName>> = Vec::new();
+        // Parents come before their partitions in `partitions`.
+        for p in &self.partitions {
+            let d = depth.get(&p.parent).map_or(0, |d| d + 1);
+            depth.insert(&p.name, d);
+            if levels.len() <= d {
+                levels.resize(d + 1, Vec::new());
+            }
+            levels[d].push(p.name.clone());
+        }
+        levels
+    }
+
     /// The ghost's name of `table`, the root or one of its partitions.
     pub fn ghost_of(&self, table: &QualifiedName, root: &QualifiedName, ghost_root: &QualifiedName) -> QualifiedName {
         if table == root {
@@ -126,65 +143,98 @@ pub fn check_unchanged(root: &QualifiedName, built: &PartitionTree, now: Option<
 
 /// Creates the ghost's partitions under `ghost_root`, parents first, each with what a
 /// partition has of its own.
+///
+/// Level by level: every partition of a level created in one batch, then given what it has
+/// of its own in another (which reads what it took from its parent's ghost, so the level
+/// below is created only after). Each batch's reads go out together (pipelined), so a tree
+/// costs a few round trips per level, not a few dozen per partition: across a network, those
+/// were most of a run on a tree of hundreds of partitions.
 pub(super) async fn create(
     tx: &impl GenericClient,
     tree: &PartitionTree,
     root: &QualifiedName,
     ghost_root: &QualifiedName,
 ) -> Result<()> {
-    for p in &tree.partitions {
-        let parent = tree.ghost_of(&p.parent, root, ghost_root);
-        let row = tx
-            .query_one(
-                "SELECT coalesce(c.reloptions, '{}'), coalesce(t.reloptions, '{}'), ts.spcname::text,
-                        obj_description(c.oid, 'pg_class'), c.relreplident::text,
-                        pg_get_userbyid(c.relowner)::text, c.relowner = (SELECT oid FROM pg_roles WHERE rolname = current_user), c.oid
-                   FROM pg_class c LEFT JOIN pg_class t ON t.oid = c.reltoastrelid LEFT JOIN pg_tablespace ts ON ts.oid = c.reltablespace
-                  WHERE c.oid = $1::text::regclass",
-                &[&p.name.sql()],
-            )
-            .await
-            .with_context(|| format!("reading partition {}", p.name))?;
-        let options: Vec<String> = row.try_get(0)?;
-        let toast: Vec<String> = row.try_get(1)?;
-        let tablespace: Option<String> = row.try_get(2)?;
-        let comment: Option<String> = row.try_get(3)?;
-        let replident: String = row.try_get(4)?;
-        let owner: String = row.try_get(5)?;
-        let we_own: bool = row.try_get(6)?;
-        let oid: u32 = row.try_get(7)?;
-        let g = p.ghost_name();
-        let mut with: Vec<String> = options.iter().filter_map(|o| o.split_once('=')).map(|(k, v)| format!("{} = {}", ident(k), literal(v))).collect();
-        with.extend(toast.iter().filter_map(|o| o.split_once('=')).map(|(k, v)| format!("toast.{} = {}", ident(k), literal(v))));
-        let mut sql = format!("CREATE TABLE {} PARTITION OF {} {}", g.sql(), parent.sql(), p.bound);
-        if let Some(by) = &p.partition_by {
-            sql.push_str(&format!(" PARTITION BY {by}"));
-        }
-        if !with.is_empty() {
-            sql.push_str(&format!(" WITH ({})", with.join(", ")));
-        }
-        if let Some(ts) = tablespace {
-            sql.push_str(&format!(" TABLESPACE {}", ident(&ts)));
-        }
-        let mut statements = vec![sql];
-        if let Some(c) = comment {
-            statements.push(format!("COMMENT ON TABLE {} IS {}", g.sql(), literal(&c)));
-        }
-        match replident.as_str() {
-            "f" => statements.push(format!("ALTER TABLE {} REPLICA IDENTITY FULL", g.sql())),
-            "n" => statements.push(format!("ALTER TABLE {} REPLICA IDENTITY NOTHING", g.sql())),
-            _ => {}
-        }
-        if !we_own {
-            statements.push(format!("ALTER TABLE {} OWNER TO {}", g.sql(), ident(&owner)));
-        }
-        statements.extend(grant_statements(tx, oid, &g.sql()).await?);
-        for s in statements {
-            tx.batch_execute(&s).await.with_context(|| format!("creating the ghost's partition of {} ({s})", p.name))?;
-        }
-        super::partition_own::create(tx, oid, &g).await?;
+    let oids = oids(tx, tree.partitions.iter().map(|p| p.name.clone())).await?;
+    let partitions: Vec<(&Partition, u32)> = tree.partitions.iter().zip(oids).collect();
+    for level in tree.levels() {
+        let members: Vec<(&Partition, u32)> = partitions.iter().filter(|(p, _)| level.contains(&p.name)).copied().collect();
+        let created = futures_util::future::try_join_all(members.iter().map(|(p, oid)| creation_sql(tx, tree, p, *oid, root, ghost_root))).await?;
+        execute_all(tx, created.concat(), "creating the ghost's partitions").await?;
+        let own = members.iter().map(|(p, oid)| async move { super::partition_own::create_sql(tx, *oid, &p.ghost_name()).await });
+        let own = futures_util::future::try_join_all(own).await?;
+        execute_all(tx, own.concat(), "giving the ghost's partitions what the original's have of their own").await?;
     }
     Ok(())
+}
+
+/// The statements that create the ghost's partition of `p` (whose OID is `oid`) with its
+/// storage parameters, tablespace, comment, replica identity, owner and grants.
+async fn creation_sql(
+    tx: &impl GenericClient,
+    tree: &PartitionTree,
+    p: &Partition,
+    oid: u32,
+    root: &QualifiedName,
+    ghost_root: &QualifiedName,
+) -> Result<Vec<String>> {
+    let parent = tree.ghost_of(&p.parent, root, ghost_root);
+    let g = p.ghost_name();
+    let props = async {
+        tx.query_one(
+            "SELECT coalesce(c.reloptions, '{}'), coalesce(t.reloptions, '{}'), ts.spcname::text,
+                    obj_description(c.oid, 'pg_class'), c.relreplident::text,
+                    pg_get_userbyid(c.relowner)::text, c.relowner = (SELECT oid FROM pg_roles WHERE rolname = current_user)
+               FROM pg_class c LEFT JOIN pg_class t ON t.oid = c.reltoastrelid LEFT JOIN pg_tablespace ts ON ts.oid = c.reltablespace
+              WHERE c.oid = $1",
+            &[&oid],
+        )
+        .await
+        .with_context(|| format!("reading partition {}", p.name))
+    };
+    let target = g.sql();
+    let (row, grants) = tokio::try_join!(props, grant_statements(tx, oid, &target))?;
+    let options: Vec<String> = row.try_get(0)?;
+    let toast: Vec<String> = row.try_get(1)?;
+    let tablespace: Option<String> = row.try_get(2)?;
+    let comment: Option<String> = row.try_get(3)?;
+    let replident: String = row.try_get(4)?;
+    let owner: String = row.try_get(5)?;
+    let we_own: bool = row.try_get(6)?;
+    let mut with: Vec<String> = options.iter().filter_map(|o| o.split_once('=')).map(|(k, v)| format!("{} = {}", ident(k), literal(v))).collect();
+    with.extend(toast.iter().filter_map(|o| o.split_once('=')).map(|(k, v)| format!("toast.{} = {}", ident(k), literal(v))));
+    let mut sql = format!("CREATE TABLE {} PARTITION OF {} {}", g.sql(), parent.sql(), p.bound);
+    if let Some(by) = &p.partition_by {
+        sql.push_str(&format!(" PARTITION BY {by}"));
+    }
+    if !with.is_empty() {
+        sql.push_str(&format!(" WITH ({})", with.join(", ")));
+    }
+    if let Some(ts) = tablespace {
+        sql.push_str(&format!(" TABLESPACE {}", ident(&ts)));
+    }
+    let mut statements = vec![sql];
+    if let Some(c) = comment {
+        statements.push(format!("COMMENT ON TABLE {} IS {}", g.sql(), literal(&c)));
+    }
+    match replident.as_str() {
+        "f" => statements.push(format!("ALTER TABLE {} REPLICA IDENTITY FULL", g.sql())),
+        "n" => statements.push(format!("ALTER TABLE {} REPLICA IDENTITY NOTHING", g.sql())),
+        _ => {}
+    }
+    if !we_own {
+        statements.push(format!("ALTER TABLE {} OWNER TO {}", g.sql(), ident(&owner)));
+    }
+    statements.extend(grants);
+    Ok(statements)
+}
+
+/// Runs `statements` in one round trip.
+async fn execute_all(tx: &impl GenericClient, statements: Vec<String>, what: &str) -> Result<()> {
+    if statements.is_empty() {
+        return Ok(());
+    }
+    tx.batch_execute(&statements.join(";\n")).await.with_context(|| format!("{what} ({} statements)", statements.len()))
 }
 
 /// Creates on the ghost's partitions the indexes and index-backed constraints the original's
@@ -192,22 +242,23 @@ pub(super) async fn create(
 /// the root would be taken by it as its partition's copy (as PostgreSQL does when a partitioned
 /// table's index finds an equal one on a partition), no longer of its own. Before the ALTER,
 /// so that an index the ALTER creates on the root takes an equal one as it would on the
-/// original.
+/// original. Reads the original only: all reads at once, then one batch, parents first.
 pub(super) async fn create_own_indexes(tx: &impl GenericClient, tree: &PartitionTree) -> Result<()> {
     let oids = oids(tx, tree.partitions.iter().map(|p| p.name.clone())).await?;
-    for (p, oid) in tree.partitions.iter().zip(oids) {
+    let reads = tree.partitions.iter().zip(oids).map(|(p, oid)| async move {
         let g = p.ghost_name();
-        for (name, indexdef, comment) in own_indexes(tx, oid).await? {
+        let (indexes, keys) = tokio::try_join!(own_indexes(tx, oid), super::partition_own::keys_sql(tx, oid, &g))?;
+        let mut sql = Vec::new();
+        for (name, indexdef, comment) in indexes {
             let temp = temp_name(&name);
-            let mut sql = vec![crate::sqltree::retarget_index(&indexdef, &temp, &g)?];
+            sql.push(crate::sqltree::retarget_index(&indexdef, &temp, &g)?);
             sql.extend(comment.map(|c| index_comment(&g.sibling(temp), &c)));
-            for s in sql {
-                tx.batch_execute(&s).await.with_context(|| format!("creating index {} of partition {} on the ghost", ident(&name), p.name))?;
-            }
         }
-        super::partition_own::create_keys(tx, oid, &g).await?;
-    }
-    Ok(())
+        sql.extend(keys);
+        Ok::<_, Error>(sql)
+    });
+    let sql = futures_util::future::try_join_all(reads).await?;
+    execute_all(tx, sql.concat(), "creating the indexes and keys the partitions have of their own on the ghost's").await
 }
 
 /// Creates on the ghost's partitions the CHECK constraints and foreign keys the original's
@@ -216,21 +267,20 @@ pub(super) async fn create_own_indexes(tx: &impl GenericClient, tree: &Partition
 /// created; before the ALTER, which changes them as it changes the original's.
 pub(super) async fn create_own_constraints(tx: &impl GenericClient, tree: &PartitionTree) -> Result<()> {
     let oids = oids(tx, tree.partitions.iter().map(|p| p.name.clone())).await?;
-    for (p, oid) in tree.partitions.iter().zip(oids) {
-        super::partition_own::create_constraints(tx, oid, &p.ghost_name()).await?;
-    }
-    Ok(())
+    let reads = tree.partitions.iter().zip(oids).map(|(p, oid)| async move { super::partition_own::constraints_sql(tx, oid, &p.ghost_name()).await });
+    let sql = futures_util::future::try_join_all(reads).await?;
+    execute_all(tx, sql.concat(), "creating the constraints the partitions have of their own on the ghost's").await
 }
 
 /// Sets aside, until after the copy, what the ghost's leaf partitions have of their own that
 /// would check every copied row (foreign keys, `NOT VALID` CHECKs), as the table's own are.
 pub(super) async fn set_aside_own_constraints(tx: &impl GenericClient, tree: &PartitionTree) -> Result<Vec<super::Deferred>> {
-    let mut out = Vec::new();
     let leaves: Vec<QualifiedName> = tree.partitions.iter().filter(|p| p.is_leaf()).map(Partition::ghost_name).collect();
-    for (g, oid) in leaves.iter().zip(oids(tx, leaves.iter().cloned()).await?) {
-        out.extend(super::create::set_aside_foreign_keys(tx, g, oid, false).await?);
-    }
-    Ok(out)
+    let oids = oids(tx, leaves.iter().cloned()).await?;
+    let reads = leaves.iter().zip(oids).map(|(g, oid)| super::create::foreign_keys_to_set_aside(tx, g, oid, false));
+    let (drops, deferred): (Vec<Vec<String>>, Vec<Vec<super::Deferred>>) = futures_util::future::try_join_all(reads).await?.into_iter().unzip();
+    execute_all(tx, drops.concat(), "setting aside the constraints of the ghost's partitions until after the copy").await?;
+    Ok(deferred.concat())
 }
 
 /// The OIDs of `tables`, in their order, in one round trip (a tree may have thousands of
@@ -270,33 +320,35 @@ async fn own_indexes(tx: &impl GenericClient, partition: u32) -> Result<Vec<(Str
 /// built after the copy as the root's are: a unique one would otherwise meet, while the copy
 /// runs, a stale row of a chunk next to the row the stream brought.
 pub(super) async fn set_aside_own_indexes(tx: &impl GenericClient, tree: &PartitionTree) -> Result<Vec<super::Deferred>> {
-    let mut out = Vec::new();
     let ghosts: Vec<QualifiedName> = tree.partitions.iter().map(Partition::ghost_name).collect();
-    for (g, oid) in ghosts.iter().zip(oids(tx, ghosts.iter().cloned()).await?) {
-        let g = g.clone();
-        for (name, indexdef, comment) in own_indexes(tx, oid).await? {
-            let sql = crate::sqltree::retarget_index(&indexdef, &name, &g)?;
+    let oids = oids(tx, ghosts.iter().cloned()).await?;
+    let reads = ghosts.iter().zip(oids).map(|(g, oid)| async move {
+        let (indexes, (mut drops, keys)) = tokio::try_join!(own_indexes(tx, oid), super::partition_own::keys_to_set_aside(tx, g))?;
+        let mut deferred = Vec::new();
+        for (name, indexdef, comment) in indexes {
+            let sql = crate::sqltree::retarget_index(&indexdef, &name, g)?;
             let index = g.sibling(name.clone());
-            tx.batch_execute(&format!("DROP INDEX {}", index.sql()))
-                .await
-                .with_context(|| format!("setting aside {} until after the copy", ident(&name)))?;
-            out.push(super::Deferred { then: comment.map(|c| index_comment(&index, &c)), name, sql, plain_index: false, foreign_key: false });
+            drops.push(format!("DROP INDEX {}", index.sql()));
+            deferred.push(super::Deferred { then: comment.map(|c| index_comment(&index, &c)), name, sql, plain_index: false, foreign_key: false });
         }
-        out.extend(super::partition_own::set_aside_keys(tx, &g).await?);
-    }
-    Ok(out)
+        deferred.extend(keys);
+        Ok::<_, Error>((drops, deferred))
+    });
+    let (drops, deferred): (Vec<Vec<String>>, Vec<Vec<super::Deferred>>) = futures_util::future::try_join_all(reads).await?.into_iter().unzip();
+    execute_all(tx, drops.concat(), "setting aside the indexes and keys of the ghost's partitions until after the copy").await?;
+    Ok(deferred.concat())
 }
 
 /// Turns autovacuum off on every leaf of the ghost (a partitioned table has no storage and
 /// takes no storage parameters); returns each leaf's parameters as they were, by its ghost
 /// name, for the swap to give back.
 pub(super) async fn autovacuum_off(tx: &impl GenericClient, tree: &PartitionTree) -> Result<Vec<(QualifiedName, AutovacuumSettings)>> {
-    let mut out = Vec::new();
     let leaves: Vec<QualifiedName> = tree.partitions.iter().filter(|p| p.is_leaf()).map(Partition::ghost_name).collect();
-    for (g, oid) in leaves.iter().zip(oids(tx, leaves.iter().cloned()).await?) {
-        out.push((g.clone(), autovacuum::turn_off(tx, g, oid).await?));
-    }
-    Ok(out)
+    let oids = oids(tx, leaves.iter().cloned()).await?;
+    let reads = leaves.iter().zip(oids).map(|(g, oid)| autovacuum::turn_off_sql(tx, g, oid));
+    let (settings, sql): (Vec<AutovacuumSettings>, Vec<String>) = futures_util::future::try_join_all(reads).await?.into_iter().unzip();
+    execute_all(tx, sql, "turning the autovacuum of the ghost's partitions off while pg-ghost writes them").await?;
+    Ok(leaves.into_iter().zip(settings).collect())
 }
 
 /// Every index of a partitioned table's tree: (index oid, name, schema, table oid, the index

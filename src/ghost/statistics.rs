@@ -74,6 +74,15 @@ pub async fn copy_from_original(tx: &impl GenericClient, orig_oid: u32, ghost_oi
 /// the partition `orig_oid` has, under temporary names, with their target, owner and comment.
 /// Runs before the ALTER, while both tables still have the same columns.
 pub async fn create_like(tx: &impl GenericClient, orig_oid: u32, ghost: &QualifiedName) -> Result<()> {
+    for s in create_like_sql(tx, orig_oid, ghost).await? {
+        tx.batch_execute(&s).await.with_context(|| format!("creating extended statistics on {ghost} ({s})"))?;
+    }
+    Ok(())
+}
+
+/// The statements of [`create_like`], read but not run.
+pub async fn create_like_sql(tx: &impl GenericClient, orig_oid: u32, ghost: &QualifiedName) -> Result<Vec<String>> {
+    let mut sql = Vec::new();
     for o in read(tx, orig_oid).await? {
         let temp = o.name.sibling(temp_name(&o.name.name));
         let row = tx
@@ -82,7 +91,7 @@ pub async fn create_like(tx: &impl GenericClient, orig_oid: u32, ghost: &Qualifi
             .context("reading a statistics object's comment")?;
         let (comment, ours): (Option<String>, bool) = (row.try_get(0)?, row.try_get(1)?);
         let kinds = kinds_sql(&o.definition.1);
-        let mut sql = vec![format!("CREATE STATISTICS {}{kinds} ON {} FROM {}", temp.sql(), o.definition.0, ghost.sql())];
+        sql.push(format!("CREATE STATISTICS {}{kinds} ON {} FROM {}", temp.sql(), o.definition.0, ghost.sql()));
         if o.target >= 0 {
             sql.push(format!("ALTER STATISTICS {} SET STATISTICS {}", temp.sql(), o.target));
         }
@@ -92,11 +101,8 @@ pub async fn create_like(tx: &impl GenericClient, orig_oid: u32, ghost: &Qualifi
         if let Some(c) = comment {
             sql.push(format!("COMMENT ON STATISTICS {} IS {}", temp.sql(), crate::sql::literal(&c)));
         }
-        for s in sql {
-            tx.batch_execute(&s).await.with_context(|| format!("creating the statistics {} on {ghost} ({s})", o.name))?;
-        }
     }
-    Ok(())
+    Ok(sql)
 }
 
 /// `stxkind` as the kinds clause of `CREATE STATISTICS`: the kinds other than the expression
