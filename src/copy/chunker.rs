@@ -9,7 +9,7 @@ use crate::error::{Context, Result};
 use crate::keysql::KeyCols;
 use crate::sql::QualifiedName;
 use std::sync::Arc;
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Client;
 
 /// A key as text values, in key order.
@@ -126,21 +126,15 @@ impl Cursor {
     pub async fn next(&mut self, client: &Client, size: u64) -> Result<Option<Range>> {
         let Some(max) = self.max.clone().filter(|_| !self.done) else { return Ok(None) };
         let offset = size.saturating_sub(1).min(i64::MAX as u64) as i64;
-        let row = match &self.lo {
-            None => {
-                let values = params(&[&max]);
-                let mut p: Vec<&(dyn ToSql + Sync)> = vec![&offset];
-                p.extend(values.iter().map(|v| v as &(dyn ToSql + Sync)));
-                client.query_opt(&self.boundary_from_start, &p).await
-            }
-            Some(lo) => {
-                let values = params(&[&max, lo]);
-                let mut p: Vec<&(dyn ToSql + Sync)> = vec![&offset];
-                p.extend(values.iter().map(|v| v as &(dyn ToSql + Sync)));
-                client.query_opt(&self.boundary_after, &p).await
-            }
-        }
-        .context("finding the next chunk boundary")?;
+        // One round trip each (no prepare): across a network, a chunk of a small partition
+        // costs its round trips more than its rows. The key values are text, cast in the SQL.
+        let (sql, values) = match &self.lo {
+            None => (&self.boundary_from_start, params(&[&max])),
+            Some(lo) => (&self.boundary_after, params(&[&max, lo])),
+        };
+        let mut p: Vec<(&(dyn ToSql + Sync), Type)> = vec![(&offset, Type::INT8)];
+        p.extend(values.iter().map(|v| (v as &(dyn ToSql + Sync), Type::TEXT)));
+        let row = client.query_typed_opt(sql, &p).await.context("finding the next chunk boundary")?;
         let hi = match row {
             Some(row) => bound(&row)?,
             None => max.clone(),
@@ -148,7 +142,10 @@ impl Cursor {
         let range = Range { lo: self.lo.clone(), hi, part: self.part.clone() };
         if let Some(sql) = &self.record {
             let text = format!("{}..{}", range.lo.as_ref().map(|b| b.join(",")).unwrap_or_default(), range.hi.join(","));
-            client.execute(sql.as_str(), &[&"copy_range", &text]).await.context("recording the copy range")?;
+            client
+                .execute_typed(sql.as_str(), &[(&"copy_range", Type::TEXT), (&text, Type::TEXT)])
+                .await
+                .context("recording the copy range")?;
         }
         self.done = range.hi == max;
         self.lo = Some(range.hi.clone());
