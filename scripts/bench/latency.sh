@@ -133,8 +133,8 @@ echo "### Round trips: $ROWS rows, plain with dependents or in $PARTS partitions
 echo
 echo "$(machine_note). $RUNS interleaved runs; median (min–max)."
 echo
-echo "| table | round trip ms | contender | wall time s | cut-over lock held ms | inspect s | prepare s | cut-over s |"
-echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
+echo "| table | round trip ms | contender | wall time s | cut-over lock held ms | inspect s | prepare s | copy s | cut-over s |"
+echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
 for shape in $SHAPES; do
   for d in $DELAYS; do
     for c in "${CONTENDERS[@]}"; do
@@ -144,10 +144,11 @@ for shape in $SHAPES; do
       read -r h hl hh < <(sel 6 | stats3)
       read -r i _ _ < <(phase inspect | stats3)
       read -r p _ _ < <(phase prepare | stats3)
+      read -r y _ _ < <(phase copy | stats3)
       read -r k _ _ < <(phase cut-over | stats3)
       table=plain
       [[ $shape == part ]] && table="$PARTS partitions"
-      echo "| $table | ${RTT[$d]} | $c | $w ($wl–$wh) | $h ($hl–$hh) | $i | $p | $k |"
+      echo "| $table | ${RTT[$d]} | $c | $w ($wl–$wh) | $h ($hl–$hh) | $i | $p | $y | $k |"
     done
   done
 done

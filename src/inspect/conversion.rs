@@ -20,27 +20,33 @@ pub async fn check(client: &tokio_postgres::Client, table: &TableInfo, c: &Conve
     for column in c.columns.iter().filter(|col| table.column(col).is_none()) {
         problems.push(format!("the partition key names column {}, which {t} does not have", crate::sql::ident(column)));
     }
-    for p in &c.partitions {
-        let parent: Option<u32> = client
-            .query_one("SELECT to_regclass($1)::oid", &[&p.parent_sql()])
-            .await
-            .context("resolving the parent of a partition")?
-            .try_get(0)?;
-        if parent != Some(table.oid) {
-            problems.push(format!("partition {} is made PARTITION OF {}, which is not {t}", p.final_name(t), p.parent_sql()));
-        }
+    // Every partition's two reads go out at once: a conversion may name a thousand.
+    let reads = c.partitions.iter().map(|p| async move {
         let name = p.final_name(t);
-        let taken = client
-            .query_opt(
-                "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2",
-                &[&name.schema, &name.name],
-            )
-            .await
-            .context("reading whether a partition's name is taken")?;
-        if taken.is_some() {
-            problems.push(format!("the name of partition {name} is taken (the partitions are new tables: give another name)"));
+        let parent = async {
+            let row = client.query_one("SELECT to_regclass($1)::oid", &[&p.parent_sql()]).await.context("resolving the parent of a partition")?;
+            Ok::<Option<u32>, Error>(row.try_get(0)?)
+        };
+        let taken = async {
+            client
+                .query_opt(
+                    "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2",
+                    &[&name.schema, &name.name],
+                )
+                .await
+                .context("reading whether a partition's name is taken")
+        };
+        let (parent, taken) = tokio::try_join!(parent, taken)?;
+        let mut found = Vec::new();
+        if parent != Some(table.oid) {
+            found.push(format!("partition {name} is made PARTITION OF {}, which is not {t}", p.parent_sql()));
         }
-    }
+        if taken.is_some() {
+            found.push(format!("the name of partition {name} is taken (the partitions are new tables: give another name)"));
+        }
+        Ok::<_, Error>(found)
+    });
+    problems.extend(futures_util::future::try_join_all(reads).await?.concat());
     let row = client
         .query_one(
             "SELECT coalesce(c.reloptions, '{}') || coalesce(t.reloptions, '{}') FROM pg_class c LEFT JOIN pg_class t ON t.oid = c.reltoastrelid WHERE c.oid = $1",
@@ -55,8 +61,9 @@ pub async fn check(client: &tokio_postgres::Client, table: &TableInfo, c: &Conve
             options.join(", ")
         ));
     }
-    if problems.is_empty() {
-        return Ok(());
+    if !problems.is_empty() {
+        return Err(Error::refused(format!("{t} cannot be converted to a table partitioned by {}: {}", c.partition_by, problems.join("; "))));
     }
-    Err(Error::refused(format!("{t} cannot be converted to a table partitioned by {}: {}", c.partition_by, problems.join("; "))))
+    let plain = super::lock_capacity::LockCapacity::read(client, table.oid).await?;
+    super::lock_capacity::check(t, &plain.converted_into(c.partitions.len()))
 }

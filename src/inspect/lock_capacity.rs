@@ -39,8 +39,10 @@ impl LockCapacity {
     pub(super) async fn read(client: &Client, oid: u32) -> Result<LockCapacity> {
         let row = client
             .query_one(
-                "SELECT (SELECT count(*) FROM pg_partition_tree($1::oid::regclass)) AS tables,
-                        (SELECT count(*) FROM pg_partition_tree($1::oid::regclass) t JOIN pg_index i ON i.indrelid = t.relid) AS indexes,
+                // pg_partition_tree lists nothing for a table outside any partition tree.
+                "WITH tree AS (SELECT relid FROM pg_partition_tree($1::oid::regclass) UNION SELECT $1::oid::regclass)
+                 SELECT (SELECT count(*) FROM tree) AS tables,
+                        (SELECT count(*) FROM tree t JOIN pg_index i ON i.indrelid = t.relid) AS indexes,
                         current_setting('max_locks_per_transaction')::int8 AS max_locks,
                         current_setting('max_connections')::int8 + current_setting('autovacuum_max_workers')::int8 + 1
                           + current_setting('max_worker_processes')::int8 + current_setting('max_wal_senders')::int8
@@ -55,6 +57,13 @@ impl LockCapacity {
             max_locks_per_transaction: get(&row, "max_locks")?,
             slots: get(&row, "slots")?,
         })
+    }
+
+    /// The same server with this plain table converted into one partitioned into
+    /// `partitions` (`--partition-by`): each partition gets the table's indexes.
+    pub(super) fn converted_into(&self, partitions: usize) -> LockCapacity {
+        let tables = 1 + partitions as i64;
+        LockCapacity { tables, indexes: self.indexes * tables, ..self.clone() }
     }
 
     /// Locks held at once by the larger of the two transactions.
@@ -76,7 +85,7 @@ pub(super) fn check(table: &QualifiedName, l: &LockCapacity) -> Result<()> {
     // Room for the run and as much again for everyone else.
     let advised = (2 * needed + l.slots - 1) / l.slots.max(1);
     let what = format!(
-        "{table} (a tree of {} tables and {} indexes) takes about {needed} locks in one transaction (the ghost's creation, \
+        "the ghost of {table} (a tree of {} tables and {} indexes) takes about {needed} locks in one transaction (the ghost's creation, \
          then the cut-over, which renames every partition and index of both trees), and this server's lock table holds \
          about {capacity} (max_locks_per_transaction {} times {} server processes and prepared transactions)",
         l.tables, l.indexes, l.max_locks_per_transaction, l.slots
@@ -126,6 +135,15 @@ mod tests {
         assert!(m.contains("holds about 7808"), "{m}");
         // Twice what the run needs, spread over the 122 slots: 20020 / 122, rounded up.
         assert!(m.contains("max_locks_per_transaction = 165"), "{m}");
+    }
+
+    #[test]
+    fn a_conversion_counts_the_partitions_it_makes() {
+        let plain = tree(1, 2, 64);
+        let converted = plain.converted_into(1095);
+        assert_eq!((converted.tables, converted.indexes), (1096, 2192));
+        assert!(check(&QualifiedName::new("public", "events"), &converted).is_err());
+        assert!(check(&QualifiedName::new("public", "events"), &plain.converted_into(36)).is_ok());
     }
 
     #[test]

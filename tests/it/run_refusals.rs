@@ -336,11 +336,20 @@ async fn a_tree_the_lock_table_cannot_hold_is_refused_with_the_setting_to_raise(
     // Lowered once the tree exists: creating it in one statement would not fit either.
     cluster.psql("postgres", "ALTER SYSTEM SET max_locks_per_transaction = 10");
     cluster.restart();
+    db.psql(
+        "CREATE TABLE visits (id bigint PRIMARY KEY, at timestamptz NOT NULL);
+         INSERT INTO visits SELECT g, timestamptz '2000-01-01' + g * interval '1 day' FROM generate_series(1, 3000) g;",
+    );
     let client = db.client().await;
     let before = CatalogSnapshot::take(&client).await;
     let args = ["--table", "events", "--alter", "ALTER COLUMN note TYPE varchar(100)", "--execute"];
     let out = binary::run(&db, &args).await;
     assert_exit(&out, 3, &["301 tables and 602 indexes", "max_locks_per_transaction 10", "out of shared memory"]);
+    // A plain table converted into 399 monthly partitions: the tree to be is counted.
+    let months = "monthly from 2000-01 to 2033-04";
+    let convert = ["--table", "visits", "--alter", "DROP CONSTRAINT visits_pkey, ADD PRIMARY KEY (id, at)", "--partition-by", "RANGE (at)", "--partitions-auto", months, "--execute"];
+    let converted = binary::run(&db, &convert).await;
+    assert_exit(&converted, 3, &["400 tables and 400 indexes", "max_locks_per_transaction 10"]);
     let after = CatalogSnapshot::take(&client).await;
     assert_catalog_unchanged(&before, &after);
     assert_stream_objects_as_before(&before, &after);
