@@ -484,7 +484,9 @@ impl WorkerCtx {
     /// (pipelined, without a prepare: `*_typed`), the COMMIT after their answers: two round
     /// trips a chunk where there were eight, which across a network were a chunk's time on a
     /// partition of a few hundred rows. A statement that fails leaves the rest to fail on the
-    /// aborted transaction; its own error is the one reported (the answers come in order).
+    /// aborted transaction; its own error is the one reported: the answers come in order and
+    /// the join looks at the statements in order (`biased`), so that a deadlock is seen as
+    /// one (and the chunk copied again), not as "current transaction is aborted".
     async fn copy_in_transaction(&self, sql: &str, params: &[(&(dyn ToSql + Sync), Type)], chunk: &Chunk<'_>) -> Result<u64> {
         *self.committing.lock().unwrap_or_else(|p| p.into_inner()) = None;
         // Read before the statements go out: the prefix of committed chunks only grows, so the
@@ -500,7 +502,7 @@ impl WorkerCtx {
                 }
                 Ok::<_, Error>(())
             };
-            let ((), rows, (), committing) = tokio::try_join!(begin, copy, record, reconnect::committing(&self.client))?;
+            let ((), rows, (), committing) = tokio::try_join!(biased; begin, copy, record, reconnect::committing(&self.client))?;
             *self.committing.lock().unwrap_or_else(|p| p.into_inner()) = committing.map(|t| (t, rows));
             self.client.batch_execute("COMMIT").await?;
             if crate::fault::reply_lost("copy-commit") {

@@ -383,7 +383,7 @@ impl CutOver<'_> {
                 None => Ok(None),
             }
         };
-        let (now, tree_now) = tokio::try_join!(crate::inspect::columns(client, self.orig.oid), tree)?;
+        let (now, tree_now) = tokio::try_join!(biased; crate::inspect::columns(client, self.orig.oid), tree)?;
         if shape(&now) != shape(&self.orig.columns) {
             return Err(Error::new(
                 ErrorKind::SchemaChanged,
@@ -418,7 +418,7 @@ impl CutOver<'_> {
         *held_since = Some(locked_at);
         tracing::info!(attempt, wait_ms = lock_wait.as_millis() as u64, "cut-over lock acquired");
         // Both checks' queries go out together: every round trip here holds up writers.
-        tokio::try_join!(self.check_definition_unchanged(client), self.check_also_locked(client, &also_locked)).map_err(fail)?;
+        tokio::try_join!(biased; self.check_definition_unchanged(client), self.check_also_locked(client, &also_locked)).map_err(fail)?;
 
         let sentinel = format!("cut-over {} {}", std::process::id(), attempt);
         let drain = self.writer.expect_sentinel(&sentinel).await.map_err(fail)?;

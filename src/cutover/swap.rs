@@ -173,6 +173,7 @@ impl Catalog {
             ghost_statistics,
             partitions,
         ) = tokio::try_join!(
+            biased;
             owned_sequences(tx, orig.oid),
             owned_sequences(tx, ghost.oid),
             identity_sequences(tx, orig.oid),
@@ -236,7 +237,9 @@ pub async fn swap(tx: &impl GenericClient, orig: &TableInfo, ghost: &Ghost, old_
     };
     // Every read goes out at once (see `dependents::read`): under the lock, round trips
     // are what writers wait for, and a partitioned table's would grow with its partitions.
-    let (mut deps, catalog) = tokio::try_join!(deps_read, Catalog::read(tx, orig, ghost))?;
+    // The catalog's queries may run before, under or after the dependents' empty
+    // search_path: they read names and OIDs only, nothing the server deparses.
+    let (mut deps, catalog) = tokio::try_join!(biased; deps_read, Catalog::read(tx, orig, ghost))?;
     // A column the ALTER drops loses its labels, as under a plain ALTER; the others' are
     // read under the names the ALTER gives them (the original's columns were renamed above).
     deps.retain_column_labels(|c| ghost.mapping.carried.iter().any(|(_, to)| to == c));
@@ -370,6 +373,7 @@ struct PartitionRenames {
 async fn partition_renames(tx: &impl GenericClient, orig: &TableInfo, ghost: &Ghost, tree: &PartitionTree) -> Result<PartitionRenames> {
     let (o, g) = (&orig.name, &ghost.name);
     let (orig_tables, ghost_tables, orig_indexes, ghost_indexes, orig_statistics, ghost_statistics, last) = tokio::try_join!(
+        biased;
         partitions::tree_tables(tx, orig.oid),
         partitions::tree_tables(tx, ghost.oid),
         partitions::tree_indexes(tx, orig.oid),
@@ -463,6 +467,7 @@ async fn partition_renames(tx: &impl GenericClient, orig: &TableInfo, ghost: &Gh
 /// PostgreSQL gives them under that name (those of the temporary key go with it).
 async fn converted_partition_renames(tx: &impl GenericClient, orig: &TableInfo, ghost: &Ghost, tree: &PartitionTree) -> Result<PartitionRenames> {
     let (ghost_tables, ghost_indexes, last) = tokio::try_join!(
+        biased;
         partitions::tree_tables(tx, ghost.oid),
         partitions::tree_indexes(tx, ghost.oid),
         partition_constraints_and_names(tx, orig, ghost, tree),

@@ -64,6 +64,7 @@ async fn read_all(tx: &impl GenericClient, oid: u32, own_publication: &str) -> R
         security_labels,
         partitions,
     ) = tokio::try_join!(
+        biased;
         rewrite_dependents(tx, oid),
         super::materialized::read(tx, oid),
         rules(tx, oid),

@@ -45,6 +45,7 @@ pub(super) async fn read(tx: &impl GenericClient, root: u32, own_publication: &s
     // Under the cut-over's lock: every partition's reads go out together (see `catalog::read`).
     let reads = found.into_iter().map(|(oid, partition, force_row_security)| async move {
         let ((views, foreign_rules, _), rules, triggers, policies, publications, column_dependents, security_labels) = tokio::try_join!(
+            biased;
             catalog::rewrite_dependents(tx, oid),
             catalog::rules(tx, oid),
             catalog::triggers(tx, oid),

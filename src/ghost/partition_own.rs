@@ -26,7 +26,7 @@ pub(super) async fn create_sql(tx: &impl GenericClient, orig: u32, ghost: &Quali
         Ok::<bool, crate::error::Error>(row.try_get(0)?)
     };
     let (mut sql, row_security, statistics) =
-        tokio::try_join!(column_settings(tx, orig, ghost), row_security, super::statistics::create_like_sql(tx, orig, ghost))?;
+        tokio::try_join!(biased; column_settings(tx, orig, ghost), row_security, super::statistics::create_like_sql(tx, orig, ghost))?;
     // Enabled only: as on the root, forcing it waits for the swap, where it would otherwise
     // filter pg-ghost's own reads of the ghost.
     if row_security {

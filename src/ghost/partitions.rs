@@ -193,7 +193,7 @@ async fn creation_sql(
         .with_context(|| format!("reading partition {}", p.name))
     };
     let target = g.sql();
-    let (row, grants) = tokio::try_join!(props, grant_statements(tx, oid, &target))?;
+    let (row, grants) = tokio::try_join!(biased; props, grant_statements(tx, oid, &target))?;
     let options: Vec<String> = row.try_get(0)?;
     let toast: Vec<String> = row.try_get(1)?;
     let tablespace: Option<String> = row.try_get(2)?;
@@ -229,12 +229,25 @@ async fn creation_sql(
     Ok(statements)
 }
 
-/// Runs `statements` in one round trip.
+/// Runs `statements` in one round trip, inside the caller's transaction. When the batch
+/// fails, it is undone to a savepoint and run again one statement at a time, so that the
+/// error names the statement that failed (the server's message alone may not name the
+/// partition).
 async fn execute_all(tx: &impl GenericClient, statements: Vec<String>, what: &str) -> Result<()> {
     if statements.is_empty() {
         return Ok(());
     }
-    tx.batch_execute(&statements.join(";\n")).await.with_context(|| format!("{what} ({} statements)", statements.len()))
+    let batch = format!("SAVEPOINT pg_ghost_batch;\n{};\nRELEASE SAVEPOINT pg_ghost_batch", statements.join(";\n"));
+    let Err(e) = tx.batch_execute(&batch).await else { return Ok(()) };
+    let e = Error::from(e);
+    if e.kind().is_lost_connection() {
+        return Err(e.context(what.to_string()));
+    }
+    tx.batch_execute("ROLLBACK TO SAVEPOINT pg_ghost_batch").await.with_context(|| format!("{what}: undoing a failed batch"))?;
+    for s in &statements {
+        tx.batch_execute(s).await.with_context(|| format!("{what} ({s})"))?;
+    }
+    Err(e.context(format!("{what} ({} statements; one by one they went through)", statements.len())))
 }
 
 /// Creates on the ghost's partitions the indexes and index-backed constraints the original's
@@ -247,7 +260,7 @@ pub(super) async fn create_own_indexes(tx: &impl GenericClient, tree: &Partition
     let oids = oids(tx, tree.partitions.iter().map(|p| p.name.clone())).await?;
     let reads = tree.partitions.iter().zip(oids).map(|(p, oid)| async move {
         let g = p.ghost_name();
-        let (indexes, keys) = tokio::try_join!(own_indexes(tx, oid), super::partition_own::keys_sql(tx, oid, &g))?;
+        let (indexes, keys) = tokio::try_join!(biased; own_indexes(tx, oid), super::partition_own::keys_sql(tx, oid, &g))?;
         let mut sql = Vec::new();
         for (name, indexdef, comment) in indexes {
             let temp = temp_name(&name);
@@ -323,7 +336,7 @@ pub(super) async fn set_aside_own_indexes(tx: &impl GenericClient, tree: &Partit
     let ghosts: Vec<QualifiedName> = tree.partitions.iter().map(Partition::ghost_name).collect();
     let oids = oids(tx, ghosts.iter().cloned()).await?;
     let reads = ghosts.iter().zip(oids).map(|(g, oid)| async move {
-        let (indexes, (mut drops, keys)) = tokio::try_join!(own_indexes(tx, oid), super::partition_own::keys_to_set_aside(tx, g))?;
+        let (indexes, (mut drops, keys)) = tokio::try_join!(biased; own_indexes(tx, oid), super::partition_own::keys_to_set_aside(tx, g))?;
         let mut deferred = Vec::new();
         for (name, indexdef, comment) in indexes {
             let sql = crate::sqltree::retarget_index(&indexdef, &name, g)?;

@@ -36,7 +36,7 @@ pub async fn check(client: &tokio_postgres::Client, table: &TableInfo, c: &Conve
                 .await
                 .context("reading whether a partition's name is taken")
         };
-        let (parent, taken) = tokio::try_join!(parent, taken)?;
+        let (parent, taken) = tokio::try_join!(biased; parent, taken)?;
         let mut found = Vec::new();
         if parent != Some(table.oid) {
             found.push(format!("partition {name} is made PARTITION OF {}, which is not {t}", p.parent_sql()));

@@ -44,7 +44,9 @@ impl LockCapacity {
                  SELECT (SELECT count(*) FROM tree) AS tables,
                         (SELECT count(*) FROM tree t JOIN pg_index i ON i.indrelid = t.relid) AS indexes,
                         current_setting('max_locks_per_transaction')::int8 AS max_locks,
-                        current_setting('max_connections')::int8 + current_setting('autovacuum_max_workers')::int8 + 1
+                        current_setting('max_connections')::int8
+                          -- PostgreSQL 18 sizes for autovacuum_worker_slots and two special workers.
+                          + coalesce(current_setting('autovacuum_worker_slots', true)::int8 + 2, current_setting('autovacuum_max_workers')::int8 + 1)
                           + current_setting('max_worker_processes')::int8 + current_setting('max_wal_senders')::int8
                           + current_setting('max_prepared_transactions')::int8 AS slots",
                 &[&oid],
@@ -92,8 +94,9 @@ pub(super) fn check(table: &QualifiedName, l: &LockCapacity) -> Result<()> {
     );
     if needed > capacity {
         return Err(Error::refused(format!(
-            "{what}: the run would fail with \"out of shared memory\"; raise max_locks_per_transaction to at least {advised} \
-             (ALTER SYSTEM SET max_locks_per_transaction = {advised}, then restart the server)"
+            "{what}: the run would fail with \"out of shared memory\"; raise max_locks_per_transaction to {advised}, room for \
+             the run and as much again for the application (ALTER SYSTEM SET max_locks_per_transaction = {advised}, then \
+             restart the server)"
         )));
     }
     if 2 * needed > capacity {
