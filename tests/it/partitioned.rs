@@ -498,3 +498,22 @@ async fn a_partition_detached_during_the_run_abandons_the_cut_over() {
     table.assert_matches_control(&client, &table.projection()).await;
     assert_eq!(db.psql("SELECT count(*) FROM pg_replication_slots WHERE database = current_database()"), "0");
 }
+
+/// Column settings of a partition that has partitions (a default, a storage, a comment),
+/// with one of its own partitions going back to the root's: the ghost's tree is built level
+/// by level, each partition from its parent's ghost as it stands with its own settings, so
+/// every leaf ends as on the original (the schema dump is compared with a plain ALTER's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn column_settings_of_a_partition_with_partitions_reach_them_as_on_the_original() {
+    tenant_case(
+        "part_levels",
+        "ALTER TABLE public.orders_t3 ALTER COLUMN spare SET DEFAULT 7;
+         ALTER TABLE public.orders_t3_h1 ALTER COLUMN spare DROP DEFAULT;
+         ALTER TABLE public.orders_t3 ALTER COLUMN label SET STORAGE MAIN;
+         ALTER TABLE ONLY public.orders_t3_h0 ALTER COLUMN label SET STORAGE EXTENDED;
+         COMMENT ON COLUMN public.orders_t3.n IS 'per tenant pair';",
+        "ALTER COLUMN n TYPE bigint",
+        |p| p.map("n", "n::bigint"),
+    )
+    .await;
+}
