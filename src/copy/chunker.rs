@@ -76,7 +76,7 @@ impl Cursor {
     /// Reads the key's current maximum in `table`; an empty table gives a cursor with no ranges.
     pub async fn start(client: &Client, table: &QualifiedName, key: &KeyCols, resume_after: Option<Bound>) -> Result<Cursor> {
         let max_sql = format!("SELECT {} FROM {} ORDER BY {} LIMIT 1", key.as_text(), table.sql(), key.order_by(true));
-        let max = match client.query_opt(&max_sql, &[]).await.with_context(|| format!("reading the key's maximum in {table}"))? {
+        let max = match client.query_typed_opt(&max_sql, &[]).await.with_context(|| format!("reading the key's maximum in {table}"))? {
             Some(row) => Some(bound(&row)?),
             None => None,
         };

@@ -164,10 +164,14 @@ impl Units {
             let cursor = Cursor::start(&client, &job.orig, &key, job.resume_after.clone()).await?;
             list.push(Unit::new(job, cursor, &job.orig, &job.ghost, checkpoint::COPY_WATERMARK.into()));
         }
-        for part in &job.parts {
+        // Every partition's maximum is read at once (pipelined): one round trip for the tree.
+        let starts = job.parts.iter().map(|part| {
             let mark_key = checkpoint::part_watermark_key(&part.orig);
             let after = job.resume_parts.get(&mark_key).or(job.resume_after.as_ref()).cloned();
-            let cursor = Cursor::start_part(&client, part.clone(), &key, after).await?;
+            let (client, key) = (&client, &key);
+            async move { Ok::<_, Error>((Cursor::start_part(client, part.clone(), key, after).await?, part, mark_key)) }
+        });
+        for (cursor, part, mark_key) in futures_util::future::try_join_all(starts).await? {
             list.push(Unit::new(job, cursor, &part.orig, &part.ghost, mark_key));
         }
         if let Some(changelog) = &job.changelog {
