@@ -21,7 +21,7 @@ use crate::replication::failover::StandbyWait;
 use crate::sql::{ident, QualifiedName};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::GenericClient;
 
 fn shape(columns: &[crate::schema::Column]) -> Vec<(String, String)> {
@@ -251,7 +251,10 @@ impl FlushSql {
     pub async fn record_applied(&self, client: &impl GenericClient, lsn: crate::lsn::Lsn) -> Result<()> {
         if let Some(sql) = &self.checkpoint {
             let value = lsn.to_string();
-            client.execute(sql.as_str(), &[&crate::checkpoint::APPLIED_LSN, &value]).await.context("recording the applied LSN")?;
+            client
+                .execute_typed(sql.as_str(), &[(&crate::checkpoint::APPLIED_LSN, Type::TEXT), (&value, Type::TEXT)])
+                .await
+                .context("recording the applied LSN")?;
         }
         Ok(())
     }
@@ -404,16 +407,20 @@ impl FlushSql {
         if let Some(check) = &self.cast_back {
             self.check_cast_back(client, check, keys, &params).await?;
         }
+        // One round trip each (no prepare; every parameter is a text[] of one key column):
+        // the cut-over's last flush runs under its lock, and across a network a flush's
+        // round trips are the apply's pace.
+        let typed: Vec<(&(dyn ToSql + Sync), Type)> = cols.iter().map(|c| (c as &(dyn ToSql + Sync), Type::TEXT_ARRAY)).collect();
         if self.in_place.load(Ordering::Relaxed) {
             client
-                .execute(&self.upsert_then_delete_missing, &params)
+                .execute_typed(&self.upsert_then_delete_missing, &typed)
                 .await
                 .context("writing changed keys to the ghost and deleting those gone from the original")
                 .map_err(|e| self.cast_back_failed(e))?;
             return Ok(());
         }
-        client.execute(&self.delete, &params).await.context("deleting changed keys from the ghost")?;
-        client.execute(&self.upsert, &params).await.context("writing changed keys to the ghost").map_err(|e| self.cast_back_failed(e))?;
+        client.execute_typed(&self.delete, &typed).await.context("deleting changed keys from the ghost")?;
+        client.execute_typed(&self.upsert, &typed).await.context("writing changed keys to the ghost").map_err(|e| self.cast_back_failed(e))?;
         Ok(())
     }
 }
