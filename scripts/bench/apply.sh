@@ -30,11 +30,14 @@
 # less than the 2M-row table and its indexes, let alone pg-ghost's original and ghost
 # together: the apply then reads and writes pages through the kernel's cache).
 #
-#   scripts/bench/apply.sh [--rows N] [--changes N] [--runs N] [--per-tx "1 10"] [--contenders "ghost native"] [--shared-buffers SIZE]
+# --one-way-ms D puts the publisher a network away from both consumers: pg-ghost and the
+# subscription connect through delay_proxy.py, which holds every byte D ms each way.
+#
+#   scripts/bench/apply.sh [--rows N] [--changes N] [--runs N] [--per-tx "1 10"] [--contenders "ghost native"] [--shared-buffers SIZE] [--one-way-ms D]
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
-ROWS=2000000 CHANGES=200000 RUNS=3 PER_TX="1 10" CONTENDERS="ghost native" SHARED_BUFFERS=256MB
+ROWS=2000000 CHANGES=200000 RUNS=3 PER_TX="1 10" CONTENDERS="ghost native" SHARED_BUFFERS=256MB ONE_WAY_MS=""
 while [[ $# -gt 0 ]]; do
   case $1 in
     --rows) ROWS=$2; shift 2 ;;
@@ -43,7 +46,8 @@ while [[ $# -gt 0 ]]; do
     --per-tx) PER_TX=$2; shift 2 ;;
     --contenders) CONTENDERS=$2; shift 2 ;;
     --shared-buffers) BENCH_SETTINGS+=("shared_buffers = '$2'"); SHARED_BUFFERS=$2; shift 2 ;;
-    *) sed -n '2,34p' "$0"; exit 2 ;;
+    --one-way-ms) ONE_WAY_MS=$2; shift 2 ;;
+    *) sed -n '2,37p' "$0"; exit 2 ;;
   esac
 done
 [[ " $CONTENDERS " != *" before "* || -x ${PG_GHOST_BEFORE_BIN:-} ]] || { echo "bench: the contender 'before' needs PG_GHOST_BEFORE_BIN" >&2; exit 2; }
@@ -62,6 +66,15 @@ say "starting the publisher and the subscriber clusters in $WORK"
 PUB=$(cluster_start pub)
 SUB=$(cluster_start sub)
 install_waiters "$PUB"
+# Where the consumers reach the publisher: itself, or the delaying proxy in front of it.
+PUB_VIA=$PUB
+if [[ -n $ONE_WAY_MS ]]; then
+  PUB_VIA=$((PUB + 100))
+  python3 "$BENCH_DIR/delay_proxy.py" "$PUB_VIA" "$PUB" "$ONE_WAY_MS" &
+  BG_PIDS+=($!)
+  sleep 1
+  say "the consumers reach the publisher through a proxy delaying every byte $ONE_WAY_MS ms each way"
+fi
 say "loading $ROWS rows on both (the subscriber's table already has the new column type, like the ghost)"
 load_template "$PUB" tpl "$ROWS" "$BURST_PROC"
 load_template "$SUB" tpl "$ROWS" "ALTER TABLE orders $ALTER_CLAUSE;"
@@ -77,7 +90,7 @@ run_native() {
   fresh_db "$PUB" tpl run
   fresh_db "$SUB" tpl run
   qc "$PUB" run "CREATE PUBLICATION bench_pub FOR TABLE orders"
-  qc "$SUB" run "CREATE SUBSCRIPTION bench_sub CONNECTION '$(conninfo "$PUB" run)' PUBLICATION bench_pub WITH (copy_data = false, enabled = false)"
+  qc "$SUB" run "CREATE SUBSCRIPTION bench_sub CONNECTION '$(conninfo "$PUB_VIA" run)' PUBLICATION bench_pub WITH (copy_data = false, enabled = false)"
   local target t_end t_start
   target=$(burst "$per_tx")
   qc "$PUB" postgres "CHECKPOINT"; qc "$SUB" postgres "CHECKPOINT"
@@ -103,7 +116,7 @@ run_ghost() {
   local per_tx=$1 log=$2 bin=$3 flag="$WORK/postpone" pid target t0 t_end
   fresh_db "$PUB" tpl run
   touch "$flag"
-  "$bin" run --conn "$(conninfo "$PUB" run)" --table orders --alter "$ALTER_CLAUSE" \
+  "$bin" run --conn "$(conninfo "$PUB_VIA" run)" --table orders --alter "$ALTER_CLAUSE" \
     --postpone-cut-over-flag-file "$flag" --throttle-additional-flag-file '' >"$log" 2>&1 &
   pid=$!
   BG_PIDS+=("$pid")
@@ -159,7 +172,7 @@ for run in $(seq 1 "$RUNS"); do
 done
 
 echo
-echo "### Apply throughput: a backlog of $CHANGES single-row UPDATEs on a $ROWS-row table (shared_buffers $SHARED_BUFFERS)"
+echo "### Apply throughput: a backlog of $CHANGES single-row UPDATEs on a $ROWS-row table (shared_buffers $SHARED_BUFFERS${ONE_WAY_MS:+, consumers $ONE_WAY_MS ms away each way})"
 echo
 echo "$(machine_note). $RUNS interleaved runs; median (min–max). Clock: from the consumer's start (pg-ghost: SIGCONT; native: apply worker's backend_start) until its slot's confirmed_flush_lsn reaches the WAL position after the burst. CPU: seconds of utime + stime from /proc (pg-ghost's walsender counted from before the burst, since it decodes while the burst is written); load: the 1-minute load average at each run's end."
 echo
