@@ -117,10 +117,18 @@ fn over_trees(sql: &str) -> String {
 
 impl NamesOf {
     async fn read(tx: &impl GenericClient, orig: u32, ghost: u32) -> Result<NamesOf> {
-        let relations = tx
-            .query(&over_trees(RELATIONS), &[&orig, &ghost])
-            .await
-            .context("reading the names of both tables' relations")?
+        // Under the lock (the swap's, or the revert's): the four reads go out together.
+        let rows = |sql: &'static str, what: &'static str| async move {
+            tx.query(&over_trees(sql), &[&orig, &ghost]).await.with_context(|| format!("reading {what}"))
+        };
+        let (relations, constraints, owners, statistics) = tokio::try_join!(
+            biased;
+            rows(RELATIONS, "the names of both tables' relations"),
+            rows(CONSTRAINTS, "the names of both tables' constraints"),
+            rows(OWNERS, "the owners of serial sequences"),
+            rows(STATISTICS, "the names of both tables' statistics objects"),
+        )?;
+        let relations = relations
             .iter()
             .map(|r| {
                 Ok(Relation {
@@ -130,24 +138,15 @@ impl NamesOf {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let constraints = tx
-            .query(&over_trees(CONSTRAINTS), &[&orig, &ghost])
-            .await
-            .context("reading the names of both tables' constraints")?
+        let constraints = constraints
             .iter()
             .map(|r| Ok(Constraint { oid: r.try_get(0)?, table: r.try_get(1)?, name: r.try_get(2)?, inherited: r.try_get(3)? }))
             .collect::<Result<Vec<_>>>()?;
-        let owners = tx
-            .query(&over_trees(OWNERS), &[&orig, &ghost])
-            .await
-            .context("reading the owners of serial sequences")?
+        let owners = owners
             .iter()
             .map(|r| Ok(Owner { sequence: r.try_get(0)?, table: r.try_get(1)?, column: r.try_get(2)? }))
             .collect::<Result<Vec<_>>>()?;
-        let statistics = tx
-            .query(&over_trees(STATISTICS), &[&orig, &ghost])
-            .await
-            .context("reading the names of both tables' statistics objects")?
+        let statistics = statistics
             .iter()
             .map(|r| Ok(Statistic { oid: r.try_get(0)?, name: QualifiedName::new(r.try_get::<_, String>(1)?, r.try_get::<_, String>(2)?) }))
             .collect::<Result<Vec<_>>>()?;
