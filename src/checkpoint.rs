@@ -100,6 +100,13 @@ pub fn upsert_sql(changelog: &QualifiedName) -> String {
     )
 }
 
+/// Sets `key` to `value` with `sql` (an [`upsert_sql`]) in one round trip (no prepare: it
+/// runs in every copy chunk and flush, and under the cut-over's lock).
+pub async fn record(client: &impl GenericClient, sql: &str, key: &str, value: &str) -> std::result::Result<u64, tokio_postgres::Error> {
+    use tokio_postgres::types::Type;
+    client.execute_typed(sql, &[(&key, Type::TEXT), (&value, Type::TEXT)]).await
+}
+
 pub async fn write_plan(client: &impl GenericClient, changelog: &QualifiedName, plan: &Plan) -> Result<()> {
     let json = serde_json::to_string(plan).map_err(|e| Error::internal(format!("cannot encode the ghost plan: {e}")))?;
     client.execute(&upsert_sql(changelog), &[&PLAN, &json]).await.context("recording the ghost plan in the changelog table")?;

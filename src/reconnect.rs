@@ -136,9 +136,8 @@ pub struct Committing {
 
 /// Reads, just before its COMMIT, what [`committed`] needs to learn how `client`'s
 /// transaction ended; `None` when it has written nothing (no xid: nothing to lose or to
-/// repeat). One round trip.
+/// repeat). One round trip, without a prepare: under the cut-over's lock, writers wait for it.
 pub async fn committing(client: &Client) -> Result<Option<Committing>> {
-    // One round trip (no prepare): under the cut-over's lock, writers wait for it.
     let row = client
         .query_typed_one(
             "SELECT pg_current_xact_id_if_assigned()::text, pid, (extract(epoch FROM backend_start) * 1000000)::int8

@@ -251,10 +251,7 @@ impl FlushSql {
     pub async fn record_applied(&self, client: &impl GenericClient, lsn: crate::lsn::Lsn) -> Result<()> {
         if let Some(sql) = &self.checkpoint {
             let value = lsn.to_string();
-            client
-                .execute_typed(sql.as_str(), &[(&crate::checkpoint::APPLIED_LSN, Type::TEXT), (&value, Type::TEXT)])
-                .await
-                .context("recording the applied LSN")?;
+            crate::checkpoint::record(client, sql, crate::checkpoint::APPLIED_LSN, &value).await.context("recording the applied LSN")?;
         }
         Ok(())
     }

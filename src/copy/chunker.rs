@@ -142,10 +142,7 @@ impl Cursor {
         let range = Range { lo: self.lo.clone(), hi, part: self.part.clone() };
         if let Some(sql) = &self.record {
             let text = format!("{}..{}", range.lo.as_ref().map(|b| b.join(",")).unwrap_or_default(), range.hi.join(","));
-            client
-                .execute_typed(sql.as_str(), &[(&"copy_range", Type::TEXT), (&text, Type::TEXT)])
-                .await
-                .context("recording the copy range")?;
+            crate::checkpoint::record(client, sql, "copy_range", &text).await.context("recording the copy range")?;
         }
         self.done = range.hi == max;
         self.lo = Some(range.hi.clone());

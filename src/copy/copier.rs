@@ -501,8 +501,7 @@ impl WorkerCtx {
             let copy = async { self.client.execute_typed(sql, params).await.map_err(Error::from) };
             let record = async {
                 if let (Some(record), Some(value)) = (&chunk.sql.checkpoint, &mark) {
-                    let key: &str = &chunk.mark_key;
-                    self.client.execute_typed(record.as_str(), &[(&key, Type::TEXT), (value, Type::TEXT)]).await?;
+                    checkpoint::record(&self.client, record, &chunk.mark_key, value).await?;
                 }
                 Ok::<_, Error>(())
             };

@@ -462,8 +462,7 @@ impl CutOver<'_> {
                 };
                 let back = crate::dependents::back::read(client, &tables, reverse_publication, Some(self.materialized)).await?;
                 let statements = swap_back::revert(client, recorded, &self.ghost.name, &self.orig.name, &carried, &back).await?;
-                client
-                    .execute(crate::checkpoint::upsert_sql(changelog).as_str(), &[&crate::checkpoint::STATE, &crate::checkpoint::STATE_REVERTED])
+                crate::checkpoint::record(client, &crate::checkpoint::upsert_sql(changelog), crate::checkpoint::STATE, crate::checkpoint::STATE_REVERTED)
                     .await
                     .context("recording the revert with it")?;
                 tracing::info!(attempt, statements = statements.len(), dependents = back.count, "swap-back statements ran under the lock");
@@ -471,8 +470,7 @@ impl CutOver<'_> {
             } else {
                 if let Window::Open { changelog, .. } = self.window {
                     let names = swap_back::record_names(client, self.orig.oid, self.ghost.oid).await?;
-                    client
-                        .execute(crate::checkpoint::upsert_sql(changelog).as_str(), &[&crate::checkpoint::REVERT_NAMES, &names])
+                    crate::checkpoint::record(client, &crate::checkpoint::upsert_sql(changelog), crate::checkpoint::REVERT_NAMES, &names)
                         .await
                         .context("recording the names before the swap, for the revert window")?;
                 }

@@ -398,10 +398,12 @@ async fn build(
     tx.batch_execute(&plan.ghost_sql).await.map_err(|e| {
         let e = Error::from(e);
         match e.kind() {
-            ErrorKind::Sql => Error::new(ErrorKind::Refused, format!("PostgreSQL rejected the ALTER on the ghost table: {}", e.message())),
             // Not the ALTER's fault: "out of shared memory" is the lock table, say.
             ErrorKind::Resources => e.context("running the ALTER on the ghost table, the server ran out of a resource"),
-            _ => Error::new(e.kind(), format!("PostgreSQL rejected the ALTER on the ghost table: {}", e.message())),
+            kind => Error::new(
+                if kind == ErrorKind::Sql { ErrorKind::Refused } else { kind },
+                format!("PostgreSQL rejected the ALTER on the ghost table: {}", e.message()),
+            ),
         }
     })?;
 

@@ -893,7 +893,7 @@ impl Run {
             tracing::debug!(error = %e, key, "no session to record a changelog value with");
         }
         let sql = checkpoint::upsert_sql(&names.changelog);
-        if let Err(e) = self.client.execute(&sql, &[&key, &value]).await {
+        if let Err(e) = checkpoint::record(&self.client, &sql, key, value).await {
             tracing::debug!(error = %e, key, "could not record a value in the changelog table");
         }
     }

@@ -43,8 +43,8 @@ pub async fn request(cfg: WindowConfig, request: Request) -> Result<()> {
     }
     // The state is set back to open first, so that only this request's outcome is waited for.
     let upsert = checkpoint::upsert_sql(&changelog);
-    client.execute(upsert.as_str(), &[&checkpoint::STATE, &STATE_OPEN]).await.context("asking the running pg-ghost")?;
-    client.execute(upsert.as_str(), &[&checkpoint::WINDOW_REQUEST, &request.name()]).await.context("asking the running pg-ghost")?;
+    checkpoint::record(&client, &upsert, checkpoint::STATE, STATE_OPEN).await.context("asking the running pg-ghost")?;
+    checkpoint::record(&client, &upsert, checkpoint::WINDOW_REQUEST, request.name()).await.context("asking the running pg-ghost")?;
     if !streaming {
         let alter = checkpoint::read(&client, &changelog)
             .await?
