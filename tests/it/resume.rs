@@ -114,6 +114,24 @@ pub(crate) async fn wait_slot_released(client: &Client) {
     }
 }
 
+/// Waits until every session of the killed run has ended: a chunk whose COMMIT reached the
+/// server before the kill may still be committing when the walsender is gone.
+async fn wait_sessions_gone(client: &Client) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let left: i64 = client
+            .query_one("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name LIKE 'pg-ghost%'", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if left == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the killed run's sessions are still there after 15 s");
+        tokio::time::sleep(POLL).await;
+    }
+}
+
 async fn count(client: &Client, table: &str) -> i64 {
     client.query_one(&format!("SELECT count(*) FROM {}", ident(table)), &[]).await.unwrap().get(0)
 }
@@ -343,6 +361,7 @@ async fn resume_is_refused_without_a_run_or_without_its_slot() {
     wait_for_copy_past(&client, &mut run, "big", 2_000, Duration::from_secs(60)).await;
     run.kill9().await;
     wait_slot_released(&client).await;
+    wait_sessions_gone(&client).await;
     let ghost_rows = count(&client, "_big_gho").await;
 
     // Someone changed the ghost, then the original: each is refused by name.
