@@ -1,6 +1,7 @@
 //! `pg-ghost run` when things go wrong, or wait, mid-run, through the binary: SIGKILL during
 //! the copy, `cleanup` while a run streams, a schema change by someone else, the panic flag,
-//! the postpone flag under load, a leftover ghost table, and what happens to the old table.
+//! the postpone flag under load, a leftover ghost table, what happens to the old table, and copy
+//! chunks and apply flushes the server fails with a deadlock.
 //!
 //! Every test waits on conditions it can see (the changelog's `state` and `copy_range` rows,
 //! the process's exit, workload commits), each with a deadline; nothing sleeps to
@@ -381,6 +382,93 @@ async fn panic_flag_aborts_at_once() {
         db.psql("SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'p'::regclass AND attname = 'n'"),
         "integer"
     );
+}
+
+// ---- statements the server refuses ----------------------------------------------------------
+
+/// How many statements of each session (copy, apply) the trigger of
+/// [`a_deadlocked_chunk_or_flush_is_rolled_back_and_run_again`] fails.
+const STAGED_DEADLOCKS: i64 = 3;
+
+/// Copy chunks and apply flushes whose `INSERT` into the ghost fails on the server with a
+/// deadlock, staged by a trigger the test puts on the ghost mid-copy (SQLSTATE 40P01, raised a
+/// few times for each of the two sessions). A chunk's statements are pipelined: those behind the
+/// `INSERT` fail on the aborted transaction, and what must be reported is the deadlock, so that
+/// the chunk is rolled back and copied again. The ghost has no key index during the copy, so a
+/// chunk copied twice would stay twice (and the key's index would then fail); a chunk or flush
+/// left out would be repaired by the checksum, which `assert_success` refuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadlocked_chunk_or_flush_is_rolled_back_and_run_again() {
+    let db = Cluster::primary().fresh_db("ft_deadlock");
+    let table = OracleTable::create(&db, "orders", KeyKind::Identity, 8_000).await;
+    let client = db.client().await;
+    let flag = flag_path(&db, "postpone");
+    std::fs::write(&flag, b"").unwrap();
+    let workload = Workload::start(&db, &table, WorkloadOptions::new(2).rate(Some(40))).await;
+    workload.wait_for_more_commits(20, Duration::from_secs(30)).await;
+
+    let flag_arg = flag.to_str().unwrap();
+    let args = [
+        "--table", "orders", "--alter", "ALTER COLUMN n TYPE bigint", "--execute", "--postpone-cut-over-flag-file", flag_arg,
+        "--chunk-size", "100", "--chunk-time", "1ms", "--nice-ratio", "2", "--copy-workers", "2",
+    ];
+    let mut run = Running::spawn(&db, "run", &args);
+    wait_for_state(&client, &mut run, "orders", "copy", Duration::from_secs(60)).await;
+    wait_for_copy_past(&client, &mut run, "orders", 1_500, Duration::from_secs(60)).await;
+    client
+        .batch_execute(&format!(
+            "CREATE SEQUENCE staged_copy;
+             CREATE SEQUENCE staged_apply;
+             CREATE FUNCTION stage_deadlock() RETURNS trigger LANGUAGE plpgsql AS $$
+             DECLARE
+                 counter regclass := CASE current_setting('application_name')
+                     WHEN 'pg-ghost copy' THEN 'staged_copy' WHEN 'pg-ghost apply' THEN 'staged_apply' END;
+             BEGIN
+                 IF counter IS NOT NULL THEN
+                     IF nextval(counter) <= {STAGED_DEADLOCKS} THEN
+                         RAISE EXCEPTION 'deadlock staged by the test' USING ERRCODE = 'deadlock_detected';
+                     END IF;
+                 END IF;
+                 RETURN NULL;
+             END $$;
+             CREATE TRIGGER stage_deadlock BEFORE INSERT ON _orders_gho FOR EACH STATEMENT EXECUTE FUNCTION stage_deadlock();"
+        ))
+        .await
+        .unwrap();
+    wait_for_state(&client, &mut run, "orders", "postponed", Duration::from_secs(120)).await;
+    let fired = |counter: &'static str| {
+        let client = &client;
+        async move { client.query_one(&format!("SELECT last_value FROM {counter}"), &[]).await.unwrap().get::<_, i64>(0) }
+    };
+    let copy_statements = fired("staged_copy").await;
+    assert!(copy_statements > STAGED_DEADLOCKS, "the copy ended before {STAGED_DEADLOCKS} chunks had failed ({copy_statements} seen): test nothing");
+    // The apply writes the ghost once it has its key's index; the workload keeps it busy.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while fired("staged_apply").await <= STAGED_DEADLOCKS {
+        run.assert_running("the apply's staged deadlocks").await;
+        assert!(Instant::now() < deadline, "the apply did not write the ghost {STAGED_DEADLOCKS} times within 60 s");
+        tokio::time::sleep(POLL).await;
+    }
+    client.batch_execute("DROP TRIGGER stage_deadlock ON _orders_gho; DROP FUNCTION stage_deadlock()").await.unwrap();
+
+    std::fs::remove_file(&flag).unwrap();
+    let out = run.wait(Duration::from_secs(120)).await;
+    binary::assert_success(&out);
+    let log = binary::stderr(&out);
+    // The apply's first writes to the ghost are the keys it parked during the copy.
+    for (session, whats) in [("copy", &["copying a chunk"][..]), ("apply", &["writing parked keys", "flushing changed keys"][..])] {
+        let retried = log
+            .lines()
+            .filter(|l| l.contains("retrying") && whats.iter().any(|w| l.contains(w)) && l.contains("deadlock staged by the test"))
+            .count();
+        assert_eq!(retried as i64, STAGED_DEADLOCKS, "each staged deadlock of the {session} should be retried, as a deadlock:\n{log}");
+    }
+
+    workload.wait_for_more_commits(20, Duration::from_secs(30)).await;
+    let report = workload.stop().await;
+    assert!(report.errors.is_empty(), "workload errors (seed {}): {:#?}", report.seed, report.errors);
+    table.assert_matches_control(&client, &table.projection().map("n", "n::bigint")).await;
+    assert_no_slots_or_publications(&client).await;
 }
 
 // ---- the postpone flag ---------------------------------------------------------------------
