@@ -1362,25 +1362,40 @@ async fn emit_marker(client: &Client, marker: &str) -> Result<Lsn> {
 }
 
 /// Runs `fut` until it ends, the run is aborted, or a background task fails.
+///
+/// When `fut` fails on a broken invariant (`Internal`) while a background task is failing,
+/// the task's error is the one returned: a handle on the apply loop only sees the loop go
+/// away ("the apply loop stopped while ..."), and can see it before the loop's task has
+/// finished; why the loop stopped is the loop's own error.
 async fn guard<T>(
     fut: impl Future<Output = Result<T>>,
     abort: &mut watch::Receiver<Option<String>>,
-    background: Option<&mut Background>,
+    mut background: Option<&mut Background>,
 ) -> Result<T> {
     if let Some(why) = abort.borrow().clone() {
         return Err(Error::new(ErrorKind::Aborted, why));
     }
     let failed = async {
-        match background {
+        match background.as_deref_mut() {
             Some(bg) => bg.failed().await,
             None => std::future::pending().await,
         }
     };
-    tokio::select! {
+    let own_error = tokio::select! {
         biased;
-        why = aborted(abort) => Err(Error::new(ErrorKind::Aborted, why)),
-        e = failed => Err(e),
-        r = fut => r,
+        why = aborted(abort) => return Err(Error::new(ErrorKind::Aborted, why)),
+        e = failed => return Err(e),
+        r = fut => match r {
+            Ok(v) => return Ok(v),
+            Err(e) => e,
+        },
+    };
+    match background {
+        Some(bg) if own_error.kind() == ErrorKind::Internal => match tokio::time::timeout(Duration::from_secs(2), bg.failed()).await {
+            Ok(cause) => Err(cause),
+            Err(_) => Err(own_error),
+        },
+        _ => Err(own_error),
     }
 }
 

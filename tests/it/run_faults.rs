@@ -390,7 +390,55 @@ async fn panic_flag_aborts_at_once() {
 /// [`a_deadlocked_chunk_or_flush_is_rolled_back_and_run_again`] fails.
 const STAGED_DEADLOCKS: i64 = 3;
 
-/// Copy chunks and apply flushes whose `INSERT` into the ghost fails on the server with a
+/// Puts a trigger on `ghost` that fails the `INSERT`s of pg-ghost's copy sessions (the first
+/// `copy` of them) and of its apply session (the first `apply`) with `errcode` and `message`,
+/// counting them in the sequences `staged_copy` and `staged_apply` (a sequence keeps counting
+/// when the transaction rolls back). Dropped by [`drop_failing_trigger`].
+async fn put_failing_trigger(client: &Client, ghost: &str, (copy, apply): (i64, i64), errcode: &str, message: &str) {
+    client
+        .batch_execute(&format!(
+            "CREATE SEQUENCE staged_copy;
+             CREATE SEQUENCE staged_apply;
+             CREATE FUNCTION stage_failure() RETURNS trigger LANGUAGE plpgsql AS $$
+             DECLARE
+                 counter regclass := CASE current_setting('application_name')
+                     WHEN 'pg-ghost copy' THEN 'staged_copy' WHEN 'pg-ghost apply' THEN 'staged_apply' END;
+                 failures bigint := CASE counter WHEN 'staged_copy'::regclass THEN {copy} ELSE {apply} END;
+             BEGIN
+                 IF counter IS NOT NULL THEN
+                     IF nextval(counter) <= failures THEN
+                         RAISE EXCEPTION '{message}' USING ERRCODE = '{errcode}';
+                     END IF;
+                 END IF;
+                 RETURN NULL;
+             END $$;
+             CREATE TRIGGER stage_failure BEFORE INSERT ON {ghost} FOR EACH STATEMENT EXECUTE FUNCTION stage_failure();"
+        ))
+        .await
+        .unwrap();
+}
+
+async fn drop_failing_trigger(client: &Client, ghost: &str) {
+    client.batch_execute(&format!("DROP TRIGGER stage_failure ON {ghost}; DROP FUNCTION stage_failure()")).await.unwrap();
+}
+
+/// How many statements of the sessions counted in `counter` the trigger has seen.
+async fn staged(client: &Client, counter: &str) -> i64 {
+    client.query_one(&format!("SELECT last_value FROM {counter}"), &[]).await.unwrap().get(0)
+}
+
+/// The run of the tests below: the postpone flag, small chunks with pauses so that the copy
+/// lasts a few seconds, two copy workers.
+fn staged_run(db: &TestDb<'_>, flag: &std::path::Path) -> Running {
+    let flag_arg = flag.to_str().unwrap();
+    let args = [
+        "--table", "orders", "--alter", "ALTER COLUMN n TYPE bigint", "--execute", "--postpone-cut-over-flag-file", flag_arg,
+        "--chunk-size", "100", "--chunk-time", "1ms", "--nice-ratio", "2", "--copy-workers", "2",
+    ];
+    Running::spawn(db, "run", &args)
+}
+
+/// Copy chunks and apply writes whose `INSERT` into the ghost fails on the server with a
 /// deadlock, staged by a trigger the test puts on the ghost mid-copy (SQLSTATE 40P01, raised a
 /// few times for each of the two sessions). A chunk's statements are pipelined: those behind the
 /// `INSERT` fail on the aborted transaction, and what must be reported is the deadlock, so that
@@ -407,49 +455,22 @@ async fn a_deadlocked_chunk_or_flush_is_rolled_back_and_run_again() {
     let workload = Workload::start(&db, &table, WorkloadOptions::new(2).rate(Some(40))).await;
     workload.wait_for_more_commits(20, Duration::from_secs(30)).await;
 
-    let flag_arg = flag.to_str().unwrap();
-    let args = [
-        "--table", "orders", "--alter", "ALTER COLUMN n TYPE bigint", "--execute", "--postpone-cut-over-flag-file", flag_arg,
-        "--chunk-size", "100", "--chunk-time", "1ms", "--nice-ratio", "2", "--copy-workers", "2",
-    ];
-    let mut run = Running::spawn(&db, "run", &args);
+    let mut run = staged_run(&db, &flag);
     wait_for_state(&client, &mut run, "orders", "copy", Duration::from_secs(60)).await;
     wait_for_copy_past(&client, &mut run, "orders", 1_500, Duration::from_secs(60)).await;
-    client
-        .batch_execute(&format!(
-            "CREATE SEQUENCE staged_copy;
-             CREATE SEQUENCE staged_apply;
-             CREATE FUNCTION stage_deadlock() RETURNS trigger LANGUAGE plpgsql AS $$
-             DECLARE
-                 counter regclass := CASE current_setting('application_name')
-                     WHEN 'pg-ghost copy' THEN 'staged_copy' WHEN 'pg-ghost apply' THEN 'staged_apply' END;
-             BEGIN
-                 IF counter IS NOT NULL THEN
-                     IF nextval(counter) <= {STAGED_DEADLOCKS} THEN
-                         RAISE EXCEPTION 'deadlock staged by the test' USING ERRCODE = 'deadlock_detected';
-                     END IF;
-                 END IF;
-                 RETURN NULL;
-             END $$;
-             CREATE TRIGGER stage_deadlock BEFORE INSERT ON _orders_gho FOR EACH STATEMENT EXECUTE FUNCTION stage_deadlock();"
-        ))
-        .await
-        .unwrap();
+    let staged_errors = (STAGED_DEADLOCKS, STAGED_DEADLOCKS);
+    put_failing_trigger(&client, "_orders_gho", staged_errors, "deadlock_detected", "deadlock staged by the test").await;
     wait_for_state(&client, &mut run, "orders", "postponed", Duration::from_secs(120)).await;
-    let fired = |counter: &'static str| {
-        let client = &client;
-        async move { client.query_one(&format!("SELECT last_value FROM {counter}"), &[]).await.unwrap().get::<_, i64>(0) }
-    };
-    let copy_statements = fired("staged_copy").await;
+    let copy_statements = staged(&client, "staged_copy").await;
     assert!(copy_statements > STAGED_DEADLOCKS, "the copy ended before {STAGED_DEADLOCKS} chunks had failed ({copy_statements} seen): test nothing");
     // The apply writes the ghost once it has its key's index; the workload keeps it busy.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while fired("staged_apply").await <= STAGED_DEADLOCKS {
+    while staged(&client, "staged_apply").await <= STAGED_DEADLOCKS {
         run.assert_running("the apply's staged deadlocks").await;
         assert!(Instant::now() < deadline, "the apply did not write the ghost {STAGED_DEADLOCKS} times within 60 s");
         tokio::time::sleep(POLL).await;
     }
-    client.batch_execute("DROP TRIGGER stage_deadlock ON _orders_gho; DROP FUNCTION stage_deadlock()").await.unwrap();
+    drop_failing_trigger(&client, "_orders_gho").await;
 
     std::fs::remove_file(&flag).unwrap();
     let out = run.wait(Duration::from_secs(120)).await;
@@ -468,6 +489,37 @@ async fn a_deadlocked_chunk_or_flush_is_rolled_back_and_run_again() {
     let report = workload.stop().await;
     assert!(report.errors.is_empty(), "workload errors (seed {}): {:#?}", report.seed, report.errors);
     table.assert_matches_control(&client, &table.projection().map("n", "n::bigint")).await;
+    assert_no_slots_or_publications(&client).await;
+}
+
+/// An apply write the server refuses for good (a trigger on the ghost raising an error that is
+/// no deadlock, every time): the run stops naming the server's error, not only that its apply
+/// loop went away; the original is untouched and the workload goes on writing it, the slot and
+/// publication dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apply_write_the_server_refuses_stops_the_run_naming_the_error() {
+    let db = Cluster::primary().fresh_db("ft_apply_refused");
+    let table = OracleTable::create(&db, "orders", KeyKind::Identity, 8_000).await;
+    let client = db.client().await;
+    let oid_before = db.psql("SELECT 'orders'::regclass::oid");
+    let flag = flag_path(&db, "postpone");
+    std::fs::write(&flag, b"").unwrap();
+    let workload = Workload::start(&db, &table, WorkloadOptions::new(2).rate(Some(40))).await;
+    workload.wait_for_more_commits(20, Duration::from_secs(30)).await;
+
+    let mut run = staged_run(&db, &flag);
+    wait_for_state(&client, &mut run, "orders", "copy", Duration::from_secs(60)).await;
+    put_failing_trigger(&client, "_orders_gho", (0, i64::MAX), "P0001", "write refused by the test").await;
+    let out = run.wait(Duration::from_secs(120)).await;
+    let _ = std::fs::remove_file(&flag);
+    assert_exit(&out, 1, &["write refused by the test"]);
+    assert!(staged(&client, "staged_apply").await > 0, "the trigger never saw the apply: test nothing");
+
+    workload.wait_for_more_commits(20, Duration::from_secs(30)).await;
+    let report = workload.stop().await;
+    assert!(report.errors.is_empty(), "workload errors (seed {}): {:#?}", report.seed, report.errors);
+    assert_eq!(db.psql("SELECT 'orders'::regclass::oid"), oid_before, "the original was swapped");
+    table.assert_matches_control(&client, &table.projection()).await;
     assert_no_slots_or_publications(&client).await;
 }
 
