@@ -15,9 +15,13 @@ use crate::cutover::sessions::Sessions;
 use crate::cutover::{autovacuum, waiting, BlockerKiller};
 use crate::error::{Backoff, Context, Error, ErrorKind, Result};
 use crate::plan::{Step, StepKind};
-use crate::sql::QualifiedName;
+use crate::sql::{ident, QualifiedName};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
+
+/// How long past its statement's own limit a locked step's transaction may sit idle before
+/// the server ends it: only a lost connection leaves it idle for more than a round trip.
+const IDLE_IN_LOCKED_STEP: Duration = Duration::from_secs(5);
 
 pub struct Direct<'a> {
     pub conn: &'a ConnInfo,
@@ -54,6 +58,7 @@ impl Direct<'_> {
     /// Runs the steps in order; `report` hears of each (by its index) as it starts and ends.
     pub async fn run(&self, report_step: &(dyn Fn(usize, StepState) + Sync)) -> Result<DirectReport> {
         let mut sessions = Sessions::open(self.conn).await?;
+        check_new_names(&sessions.client, self.table, self.steps).await?;
         let backoff = Backoff { initial: Duration::from_millis(250), max: Duration::from_secs(5), attempts: u32::MAX };
         let mut killer = self.kill_blockers_after.map(|after| BlockerKiller::new(tokio::time::Instant::now() + after));
         let mut report = DirectReport::default();
@@ -74,7 +79,7 @@ impl Direct<'_> {
                         let delay = backoff.delay(attempt);
                         tracing::warn!(step = i + 1, attempt, retry_in_ms = delay.as_millis() as u64, error = %e, "direct step failed; retrying");
                         let replaced = match e.kind() {
-                            ErrorKind::Connection => sessions.replace_lost(self.conn).await,
+                            ErrorKind::Connection => self.after_lost(&mut sessions, step).await,
                             _ => Ok(()),
                         };
                         let waited = match replaced {
@@ -107,7 +112,7 @@ impl Direct<'_> {
     /// error: what was undone, or the statement the DBA must run by hand.
     async fn undo(&self, sessions: &mut Sessions, step: &Step, backoff: &Backoff) -> String {
         let Some(sql) = step.undo.clone().filter(|_| !self.dry_run) else { return String::new() };
-        let undo = Step { sql: sql.clone(), kind: StepKind::Locked, locks: vec![(self.table.sql(), "AccessExclusiveLock".into())], undo: None };
+        let undo = Step { sql: sql.clone(), kind: StepKind::Locked, locks: vec![(self.table.sql(), "AccessExclusiveLock".into())], undo: None, creates: None };
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -118,7 +123,7 @@ impl Direct<'_> {
                 }
                 Err(e) if e.is_retryable() && attempt < self.retries.max(3) => {
                     if e.kind() == ErrorKind::Connection {
-                        if let Err(e) = sessions.replace_lost(self.conn).await {
+                        if let Err(e) = self.after_lost(sessions, &undo).await {
                             tracing::error!(sql = %sql, error = %e, "could not undo the failed step's clause; run it by hand");
                             return format!("; not undone, run by hand: {sql}");
                         }
@@ -130,6 +135,23 @@ impl Direct<'_> {
                     return format!("; not undone, run by hand: {sql}");
                 }
             }
+        }
+    }
+
+    /// After `step` lost its session: opens it again, and deals with the lost session's
+    /// backend if it goes on (lost with the network, the server does not know yet). An index
+    /// build is waited for (it carries on to its end, and what it built is looked at by the
+    /// next attempt: kept when valid); any other step's transaction can never commit, and would
+    /// hold its locks (writers queue behind an ACCESS EXCLUSIVE one) until the server found its
+    /// client gone: its backend is ended.
+    async fn after_lost(&self, sessions: &mut Sessions, step: &Step) -> Result<()> {
+        let Some(lost) = sessions.replace_lost(self.conn).await? else { return Ok(()) };
+        match &step.kind {
+            StepKind::ConcurrentIndex { index } => {
+                let what = format!("the build of index {index}");
+                crate::reconnect::wait_for_statement_end(&sessions.monitor, &lost, &what, &mut crate::reconnect::Outage::new()).await
+            }
+            _ => lost.end(&sessions.monitor).await,
         }
     }
 
@@ -223,7 +245,16 @@ impl Direct<'_> {
             (StepKind::Locked, false) => {
                 // The statement timeout bounds the lock wait and the (catalog-only) work together:
                 // writers queue behind it for no longer.
-                c.batch_execute(&format!("BEGIN; SET LOCAL lock_timeout = '{}ms'; SET LOCAL statement_timeout = '{}ms'{early}", ms(lock_timeout), ms(wait))).await?;
+                // Should the connection go between the statement and its COMMIT, the server ends
+                // the transaction, and its lock, soon after, not when it finds the client gone.
+                let idle = wait + IDLE_IN_LOCKED_STEP;
+                c.batch_execute(&format!(
+                    "BEGIN; SET LOCAL lock_timeout = '{}ms'; SET LOCAL statement_timeout = '{}ms'; SET LOCAL idle_in_transaction_session_timeout = '{}ms'{early}",
+                    ms(lock_timeout),
+                    ms(wait),
+                    ms(idle)
+                ))
+                .await?;
                 match waiting::run(sessions, &step.sql, wait, attempt, killer, "direct step").await {
                     Ok(()) => self.commit_step(c).await,
                     Err(e) => {
@@ -236,7 +267,7 @@ impl Direct<'_> {
                 // Only the wait for SHARE UPDATE EXCLUSIVE is bounded; the scan takes what it takes.
                 c.batch_execute(&format!("BEGIN; SET LOCAL lock_timeout = '{}ms'{early}", ms(lock_timeout))).await?;
                 match waiting::run(sessions, &step.sql, lock_timeout, attempt, killer, "validation").await {
-                    Ok(()) => c.batch_execute("COMMIT").await.context("committing the validation"),
+                    Ok(()) => self.commit_step(c).await,
                     Err(e) => {
                         let _ = c.batch_execute("ROLLBACK").await;
                         Err(e)
@@ -244,19 +275,33 @@ impl Direct<'_> {
                 }
             }
             (StepKind::ConcurrentIndex { index }, false) => {
+                // The name was free before the first step (`check_new_names`): an index of that
+                // name on the table is what an earlier attempt of this step left, its session
+                // lost (and waited for, `after_lost`). Valid, it is built; invalid, built again.
+                match index_valid(c, self.table, index).await? {
+                    Some(true) => {
+                        tracing::warn!(index = %index, "the index an attempt whose session was lost was building is built and valid: kept");
+                        return Ok(());
+                    }
+                    Some(false) => drop_invalid_index(c, self.table, index).await?,
+                    None => {}
+                }
                 // CONCURRENTLY cannot run in a transaction: the session's own setting bounds the wait.
                 c.batch_execute(&format!("SET lock_timeout = '{}ms'", ms(lock_timeout))).await?;
                 let built = waiting::run(sessions, &step.sql, lock_timeout, attempt, killer, "index build").await;
                 let reset = c.batch_execute("RESET lock_timeout").await;
-                if let Err(e) = built {
-                    // A failed CONCURRENTLY leaves an invalid index behind: never keep it.
-                    let index = self.table.sibling(index.clone());
-                    if let Err(drop) = c.batch_execute(&format!("DROP INDEX CONCURRENTLY IF EXISTS {}", index.sql())).await {
-                        tracing::error!(index = %index, error = %Error::from(drop), "could not drop the invalid index the failed build left; drop it by hand");
+                match built {
+                    // Its session is gone, and may go on building: the next attempt looks.
+                    Err(e) if e.kind().is_lost_connection() => Err(e),
+                    Err(e) => {
+                        // A failed CONCURRENTLY leaves an invalid index behind: never keep it.
+                        if let Err(drop) = drop_invalid_index(c, self.table, index).await {
+                            tracing::error!(index = %index, error = %drop, "could not drop the invalid index the failed build left; drop it by hand");
+                        }
+                        Err(e)
                     }
-                    return Err(e);
+                    Ok(()) => reset.map_err(Error::from),
                 }
-                reset.map_err(Error::from)
             }
         }
     }
@@ -294,3 +339,72 @@ impl Direct<'_> {
         }
     }
 }
+
+/// PostgreSQL's longest name, in bytes (`NAMEDATALEN` - 1): a longer one is cut.
+const MAX_NAME_BYTES: usize = 63;
+
+/// Refuses, before anything is changed, a step that would create an index or a constraint
+/// under a name that is taken, or one longer than PostgreSQL keeps. The names come from a
+/// trial on an empty clone of the table, which sees neither the other relations of the
+/// schema nor how PostgreSQL would cut a long name on the table: where the table's own name
+/// may not be what PostgreSQL would give, the DBA names it in the ALTER. (Taken, the step
+/// would fail or PostgreSQL pick another name, and the clean-up after a failure, an invalid
+/// index dropped or a constraint's undo, would hit the object that holds the name.)
+async fn check_new_names(client: &tokio_postgres::Client, table: &QualifiedName, steps: &[Step]) -> Result<()> {
+    for new in steps.iter().filter_map(|s| s.creates.as_ref()) {
+        let what = if new.index { "index" } else { "constraint" };
+        let advice = "name it in the ALTER (`ADD CONSTRAINT <name> ...`)";
+        if new.name.len() > MAX_NAME_BYTES {
+            return Err(Error::refused(format!(
+                "the {what} the ALTER adds would be named {}, longer than PostgreSQL's {MAX_NAME_BYTES} bytes, which it would cut its own way: {advice}",
+                ident(&new.name)
+            )));
+        }
+        let holder: Option<String> = client
+            .query_opt(
+                "SELECT format('%s %s', CASE c.relkind WHEN 'i' THEN 'index' WHEN 'I' THEN 'index' WHEN 'S' THEN 'sequence' WHEN 'v' THEN 'view'
+                                                    WHEN 'm' THEN 'materialized view' ELSE 'table' END, c.oid::regclass)
+                   FROM pg_catalog.pg_class c
+                  WHERE $3 AND c.relname = $2 AND c.relnamespace = (SELECT relnamespace FROM pg_catalog.pg_class WHERE oid = $1::text::regclass)
+                 UNION ALL
+                 SELECT format('constraint %I of %s', conname, conrelid::regclass) FROM pg_catalog.pg_constraint
+                  WHERE conrelid = $1::text::regclass AND conname = $2
+                 LIMIT 1",
+                &[&table.sql(), &new.name, &new.index],
+            )
+            .await
+            .context("looking for the names the direct steps give")?
+            .map(|r| r.try_get(0))
+            .transpose()?;
+        if let Some(holder) = holder {
+            return Err(Error::refused(format!("the {what} the ALTER adds would be named {}, which {holder} already has: {advice}", ident(&new.name))));
+        }
+    }
+    Ok(())
+}
+
+/// Whether the index `name` on `table` is valid; None when the table has no index of that
+/// name.
+async fn index_valid(client: &tokio_postgres::Client, table: &QualifiedName, name: &str) -> Result<Option<bool>> {
+    let row = client
+        .query_opt(
+            "SELECT i.indisvalid FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid
+              WHERE i.indrelid = $1::text::regclass AND c.relname = $2",
+            &[&table.sql(), &name],
+        )
+        .await
+        .context("looking at the index the step builds")?;
+    Ok(row.map(|r| r.try_get(0)).transpose()?)
+}
+
+/// Drops the index `name` if `table` has it and it is invalid (what a failed `CREATE INDEX
+/// CONCURRENTLY` leaves); anything else of that name is left alone.
+async fn drop_invalid_index(client: &tokio_postgres::Client, table: &QualifiedName, name: &str) -> Result<()> {
+    if index_valid(client, table, name).await? == Some(false) {
+        let index = table.sibling(name.to_string());
+        tracing::warn!(index = %index, "dropping the invalid index a failed build left");
+        client.batch_execute(&format!("DROP INDEX CONCURRENTLY IF EXISTS {}", index.sql())).await.context("dropping the invalid index a failed build left")?;
+    }
+    Ok(())
+}
+

@@ -134,6 +134,53 @@ pub struct Committing {
     started: i64,
 }
 
+/// How often a lost session's backend is looked at while it still runs its statement.
+const LOST_POLL: Duration = Duration::from_millis(500);
+
+/// How often a wait for a lost session's backend that goes on is reported.
+const REPORT_EVERY: Duration = Duration::from_secs(30);
+
+/// A server backend, told apart from a later one that reuses its pid by its start time (in
+/// microseconds since the epoch: a text form would depend on the session's settings).
+#[derive(Clone, Debug)]
+pub struct Backend {
+    pub pid: i32,
+    started: i64,
+}
+
+impl Backend {
+    /// The backend of `client`'s session.
+    pub async fn of(client: &Client) -> Result<Backend> {
+        let row = client
+            .query_typed_one(
+                "SELECT pid, (extract(epoch FROM backend_start) * 1000000)::int8 FROM pg_catalog.pg_stat_activity WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .await?;
+        Ok(Backend { pid: row.try_get(0)?, started: row.try_get(1)? })
+    }
+
+    /// Ends this backend of a lost session, if it is still there, asked on `client` (another
+    /// session): whatever transaction it is in can never commit (its client is gone), and
+    /// until the server notices that (its TCP keepalives: hours, by default) it holds that
+    /// transaction's locks, idle in it or still running a statement. Waits up to 5 s for it
+    /// to be gone, so that its locks are released when this returns.
+    pub async fn end(&self, client: &Client) -> Result<()> {
+        let ended = client
+            .query(
+                "SELECT pg_catalog.pg_terminate_backend(pid, 5000) FROM pg_catalog.pg_stat_activity
+                  WHERE pid = $1 AND (extract(epoch FROM backend_start) * 1000000)::int8 = $2",
+                &[&self.pid, &self.started],
+            )
+            .await
+            .context("ending the lost session's backend")?;
+        if !ended.is_empty() {
+            tracing::warn!(pid = self.pid, "the lost session's backend was still there, in its transaction: ended, its locks released");
+        }
+        Ok(())
+    }
+}
+
 /// Reads, just before its COMMIT, what [`committed`] needs to learn how `client`'s
 /// transaction ended; `None` when it has written nothing (no xid: nothing to lose or to
 /// repeat). One round trip, without a prepare: under the cut-over's lock, writers wait for it.
@@ -276,6 +323,73 @@ impl Session {
                 other => return other,
             }
         }
+    }
+}
+
+/// Waits until `lost` runs no statement any more: gone, or idle (its statement ended, its
+/// client never to read the result). One that stays idle is terminated, so that it does not
+/// hold a connection slot until the server's TCP keepalives find its client gone. Where the
+/// server does not track the backend's activity (`track_activities` off: state `disabled`),
+/// it runs a statement for as long as it holds a lock on a relation (a build or a vacuum
+/// holds one on the ghost throughout).
+///
+/// Each answer ends `outage`: a loss during a wait as long as the lost build is a new outage,
+/// with the whole `--reconnect-timeout`, while sessions that are lost before they answer
+/// anything give up in time.
+pub async fn wait_for_statement_end(client: &Client, lost: &Backend, what: &str, outage: &mut Outage) -> Result<()> {
+    let started = std::time::Instant::now();
+    let mut reported: Option<std::time::Instant> = None;
+    loop {
+        let row = client
+            .query_opt(
+                "SELECT a.state, EXISTS (SELECT 1 FROM pg_catalog.pg_locks l WHERE l.pid = a.pid AND l.locktype = 'relation')
+                   FROM pg_catalog.pg_stat_activity a
+                  WHERE a.pid = $1 AND (extract(epoch FROM a.backend_start) * 1000000)::int8 = $2",
+                &[&lost.pid, &lost.started],
+            )
+            .await
+            .context("looking at the lost session's backend")?;
+        outage.end();
+        let running = match &row {
+            None => false,
+            Some(row) => {
+                let state: Option<String> = row.try_get(0)?;
+                let holds_locks: bool = row.try_get(1)?;
+                match state.as_deref() {
+                    Some("active") | Some("fastpath function call") => true,
+                    Some(s) if s.starts_with("idle") => false,
+                    _ => holds_locks,
+                }
+            }
+        };
+        if !running {
+            if row.is_some() {
+                // In one statement with the check, so that no other backend taking the pid
+                // in between can be hit.
+                let terminated = client
+                    .query(
+                        "SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity
+                          WHERE pid = $1 AND (extract(epoch FROM backend_start) * 1000000)::int8 = $2 AND state LIKE 'idle%'",
+                        &[&lost.pid, &lost.started],
+                    )
+                    .await;
+                tracing::debug!(pid = lost.pid, ?terminated, "the lost session's backend, idle, terminated");
+            }
+            if reported.is_some() {
+                tracing::info!(pid = lost.pid, waited_secs = started.elapsed().as_secs(), what, "the lost session's statement has ended");
+            }
+            return Ok(());
+        }
+        if reported.is_none_or(|at| at.elapsed() >= REPORT_EVERY) {
+            reported = Some(std::time::Instant::now());
+            tracing::info!(
+                pid = lost.pid,
+                waited_secs = started.elapsed().as_secs(),
+                what,
+                "the lost session's backend still runs its statement on the server: waiting for it to end, so as to keep what it does"
+            );
+        }
+        tokio::time::sleep(LOST_POLL).await;
     }
 }
 

@@ -41,6 +41,10 @@ use tokio_postgres::Client;
 /// The prefix of pg-ghost's logical messages in the stream.
 pub const MESSAGE_PREFIX: &str = "pg-ghost";
 
+/// How long past the sentinel's wait the cut-over's transaction may sit idle before the
+/// server ends it: only a lost connection leaves it idle for more than a round trip.
+const IDLE_PAST_SENTINEL: Duration = Duration::from_secs(5);
+
 pub struct CutOver<'a> {
     pub conn: &'a ConnInfo,
     pub orig: &'a TableInfo,
@@ -161,7 +165,9 @@ impl CutOver<'_> {
     }
 
     /// One attempt with the flusher paused; after a lost connection the lost session is
-    /// replaced first (that failing fails the attempt, to be retried like any other).
+    /// replaced first (that failing fails the attempt, to be retried like any other), and its
+    /// backend ended if it is still there: lost with the network, it would hold the lock on
+    /// the tables, idle in its transaction, until the server found its client gone.
     async fn try_once(
         &self,
         sessions: &mut Sessions,
@@ -170,7 +176,9 @@ impl CutOver<'_> {
         killer: Option<&mut BlockerKiller>,
     ) -> Result<CutOverReport> {
         if lost_session {
-            sessions.replace_lost(self.conn).await?;
+            if let Some(lost) = sessions.replace_lost(self.conn).await? {
+                lost.end(&sessions.monitor).await?;
+            }
         }
         self.writer.pause().await?;
         let result = self.attempt(sessions, attempt, killer).await;
@@ -407,8 +415,13 @@ impl CutOver<'_> {
         let fail = |e: Error| (e, Vec::new());
         let (client, monitor) = (&sessions.client, &sessions.monitor);
         let timeout_ms = self.lock_timeout.as_millis().max(1);
+        // The sentinel's wait is the longest the transaction sits idle; should the connection
+        // go (the network, not the server), the server ends the transaction and lets go of the
+        // tables soon after that, not when it finds its client gone.
+        let sentinel_limit = (self.lock_timeout * 3).max(Duration::from_secs(2));
+        let idle_ms = (sentinel_limit + IDLE_PAST_SENTINEL).as_millis();
         client
-            .batch_execute(&format!("SET LOCAL lock_timeout = '{timeout_ms}ms'"))
+            .batch_execute(&format!("SET LOCAL lock_timeout = '{timeout_ms}ms'; SET LOCAL idle_in_transaction_session_timeout = '{idle_ms}ms'"))
             .await
             .map_err(|e| fail(e.into()))?;
         let wait_started = Instant::now();
@@ -426,7 +439,7 @@ impl CutOver<'_> {
             .query_typed("SELECT pg_logical_emit_message(true, $1, $2)", &[(&MESSAGE_PREFIX, Type::TEXT), (&sentinel, Type::TEXT)])
             .await
             .map_err(|e| fail(Error::from(e).context("emitting the cut-over sentinel")))?;
-        let limit = (self.lock_timeout * 3).max(Duration::from_secs(2));
+        let limit = sentinel_limit;
         let keys = match tokio::time::timeout(limit, drain).await {
             Ok(Ok(keys)) => keys,
             Ok(Err(_)) => return Err(fail(Error::internal("the apply loop stopped before the sentinel arrived"))),

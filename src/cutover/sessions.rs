@@ -1,10 +1,11 @@
 //! The cut-over's two sessions: the one that locks and swaps, and the monitor that reads who
 //! blocks it and emits the sentinel. Either may be terminated by someone else
-//! (`pg_terminate_backend` from a DBA or a watchdog); a lost one is replaced before the next
-//! attempt, so one termination costs one attempt, not the run.
+//! (`pg_terminate_backend` from a DBA or a watchdog), or lost with the network; a lost one is
+//! replaced before the next attempt, so one loss costs one attempt, not the run.
 
 use crate::conn::ConnInfo;
 use crate::error::{Context, Result};
+use crate::reconnect::{Backend, Outage};
 use std::time::Duration;
 use tokio_postgres::Client;
 
@@ -16,6 +17,8 @@ pub(crate) struct Sessions {
     pub monitor: Client,
     /// The backend pid of `client`, whose blockers the monitor looks up.
     pub pid: i32,
+    /// `client`'s backend, to be ended if `client` is lost while the backend goes on.
+    backend: Backend,
     /// The server's `deadlock_timeout`, which bounds how long the LOCK may wait.
     pub deadlock_timeout: Duration,
     /// `client`'s own `statement_timeout`, restored once the LOCK is granted.
@@ -28,7 +31,7 @@ pub(crate) struct Sessions {
 
 impl Sessions {
     pub async fn open(conn: &ConnInfo) -> Result<Sessions> {
-        let (client, pid) = connect_cut_over(conn).await?;
+        let (client, backend) = connect_cut_over(conn).await?;
         let monitor = connect_monitor(conn).await?;
         let row = client
             .query_one(
@@ -45,30 +48,38 @@ impl Sessions {
         // `GRANT SET ON PARAMETER`), without changing anything.
         let may_lower = client.batch_execute(&format!("SET deadlock_timeout = '{deadlock_ms}ms'")).await.is_ok();
         let autovacuum = super::autovacuum::Policy::new(may_lower);
-        Ok(Sessions { client, monitor, pid, deadlock_timeout, statement_timeout: row.try_get(1)?, autovacuum, plpgsql: row.try_get(2)? })
+        Ok(Sessions { client, monitor, pid: backend.pid, backend, deadlock_timeout, statement_timeout: row.try_get(1)?, autovacuum, plpgsql: row.try_get(2)? })
     }
 
-    /// Replaces the sessions that were lost. A session that still answers is kept: its
-    /// transaction was rolled back when the attempt failed.
-    pub async fn replace_lost(&mut self, conn: &ConnInfo) -> Result<()> {
+    /// Replaces the sessions that were lost, each opened again for up to
+    /// `--reconnect-timeout` (a server restarting refuses connections for a while). A session
+    /// that still answers is kept: its transaction was rolled back when the attempt failed.
+    /// Returns the backend of the lost `client`, which may still be there: the network can
+    /// go without the server knowing. What to do with it is the caller's call (see
+    /// [`Backend::end`], [`crate::reconnect::wait_for_statement_end`]).
+    pub async fn replace_lost(&mut self, conn: &ConnInfo) -> Result<Option<Backend>> {
+        let mut lost = None;
         if !answers(&self.client).await {
-            let (client, pid) = connect_cut_over(conn).await.context("reconnecting the cut-over session")?;
-            tracing::warn!(old_pid = self.pid, new_pid = pid, "the cut-over session was lost; reconnected");
+            let mut outage = Outage::new();
+            let (client, backend) = crate::reconnect::retry(conn.reconnect_timeout, &mut outage, "reconnecting the cut-over session", || connect_cut_over(conn)).await?;
+            tracing::warn!(old_pid = self.pid, new_pid = backend.pid, "the cut-over session was lost; reconnected");
             self.client = client;
-            self.pid = pid;
+            self.pid = backend.pid;
+            lost = Some(std::mem::replace(&mut self.backend, backend));
         }
         if !answers(&self.monitor).await {
-            self.monitor = connect_monitor(conn).await.context("reconnecting the cut-over's monitor session")?;
+            let mut outage = Outage::new();
+            self.monitor = crate::reconnect::retry(conn.reconnect_timeout, &mut outage, "reconnecting the cut-over's monitor session", || connect_monitor(conn)).await?;
             tracing::warn!("the cut-over's monitor session was lost; reconnected");
         }
-        Ok(())
+        Ok(lost)
     }
 }
 
-async fn connect_cut_over(conn: &ConnInfo) -> Result<(Client, i32)> {
+async fn connect_cut_over(conn: &ConnInfo) -> Result<(Client, Backend)> {
     let client = conn.with_application_name("pg-ghost cut-over").connect().await?;
-    let pid: i32 = client.query_one("SELECT pg_backend_pid()", &[]).await?.try_get(0)?;
-    Ok((client, pid))
+    let backend = Backend::of(&client).await.context("reading the cut-over session's backend")?;
+    Ok((client, backend))
 }
 
 async fn connect_monitor(conn: &ConnInfo) -> Result<Client> {

@@ -12,23 +12,8 @@
 
 use crate::conn::ConnInfo;
 use crate::error::{Context, Error, Result};
-use crate::reconnect::{connect_again, Outage};
-use std::time::{Duration, Instant};
+use crate::reconnect::{connect_again, wait_for_statement_end, Backend, Outage};
 use tokio_postgres::Client;
-
-/// How often the lost session's backend is looked at while it still runs its statement.
-const POLL: Duration = Duration::from_millis(500);
-
-/// How often a wait for the lost session's backend that goes on is reported.
-const REPORT_EVERY: Duration = Duration::from_secs(30);
-
-/// A server backend, told apart from a later one that reuses its pid by its start time (in
-/// microseconds since the epoch: a text form would depend on the session's settings).
-#[derive(Clone, Debug)]
-struct Backend {
-    pid: i32,
-    started: i64,
-}
 
 pub(crate) struct BuildSession<'a> {
     /// Where to open a new connection; without it a lost connection ends the build.
@@ -53,7 +38,7 @@ impl<'a> BuildSession<'a> {
     /// that a loss can wait for it.
     pub(super) async fn prepare(&mut self) -> Result<()> {
         if self.backend.is_none() && self.conn.is_some() {
-            self.backend = Some(own_backend(self.client()).await?);
+            self.backend = Some(Backend::of(self.client()).await.context("reading the build session's backend")?);
         }
         Ok(())
     }
@@ -105,83 +90,5 @@ impl<'a> BuildSession<'a> {
                 Err(e) => return Err(e),
             }
         }
-    }
-}
-
-async fn own_backend(client: &Client) -> Result<Backend> {
-    let row = client
-        .query_one(
-            "SELECT pid, (extract(epoch FROM backend_start) * 1000000)::int8 FROM pg_catalog.pg_stat_activity WHERE pid = pg_backend_pid()",
-            &[],
-        )
-        .await
-        .context("reading the build session's backend")?;
-    Ok(Backend { pid: row.try_get(0)?, started: row.try_get(1)? })
-}
-
-/// Waits until `lost` runs no statement any more: gone, or idle (its statement ended, its
-/// client never to read the result). One that stays idle is terminated, so that it does not
-/// hold a connection slot until the server's TCP keepalives find its client gone. Where the
-/// server does not track the backend's activity (`track_activities` off: state `disabled`),
-/// it runs a statement for as long as it holds a lock on a relation (a build or a vacuum
-/// holds one on the ghost throughout).
-///
-/// Each answer ends `outage`: a loss during a wait as long as the lost build is a new outage,
-/// with the whole `--reconnect-timeout`, while sessions that are lost before they answer
-/// anything give up in time.
-async fn wait_for_statement_end(client: &Client, lost: &Backend, what: &str, outage: &mut Outage) -> Result<()> {
-    let started = Instant::now();
-    let mut reported: Option<Instant> = None;
-    loop {
-        let row = client
-            .query_opt(
-                "SELECT a.state, EXISTS (SELECT 1 FROM pg_catalog.pg_locks l WHERE l.pid = a.pid AND l.locktype = 'relation')
-                   FROM pg_catalog.pg_stat_activity a
-                  WHERE a.pid = $1 AND (extract(epoch FROM a.backend_start) * 1000000)::int8 = $2",
-                &[&lost.pid, &lost.started],
-            )
-            .await
-            .context("looking at the lost session's backend")?;
-        outage.end();
-        let running = match &row {
-            None => false,
-            Some(row) => {
-                let state: Option<String> = row.try_get(0)?;
-                let holds_locks: bool = row.try_get(1)?;
-                match state.as_deref() {
-                    Some("active") | Some("fastpath function call") => true,
-                    Some(s) if s.starts_with("idle") => false,
-                    _ => holds_locks,
-                }
-            }
-        };
-        if !running {
-            if row.is_some() {
-                // In one statement with the check, so that no other backend taking the pid
-                // in between can be hit.
-                let terminated = client
-                    .query(
-                        "SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity
-                          WHERE pid = $1 AND (extract(epoch FROM backend_start) * 1000000)::int8 = $2 AND state LIKE 'idle%'",
-                        &[&lost.pid, &lost.started],
-                    )
-                    .await;
-                tracing::debug!(pid = lost.pid, ?terminated, "the lost session's backend, idle, terminated");
-            }
-            if reported.is_some() {
-                tracing::info!(pid = lost.pid, waited_secs = started.elapsed().as_secs(), what, "the lost session's statement has ended");
-            }
-            return Ok(());
-        }
-        if reported.is_none_or(|at| at.elapsed() >= REPORT_EVERY) {
-            reported = Some(Instant::now());
-            tracing::info!(
-                pid = lost.pid,
-                waited_secs = started.elapsed().as_secs(),
-                what,
-                "the lost session's backend still runs its statement on the server: waiting for it to end, so as to keep what it does"
-            );
-        }
-        tokio::time::sleep(POLL).await;
     }
 }

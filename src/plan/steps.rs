@@ -39,6 +39,21 @@ pub struct Step {
     /// failed change leaves no half of a clause behind.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub undo: Option<String>,
+    /// The name of the constraint or index this step creates, which must be free before the
+    /// first step runs: a taken one would make the step fail or take another name, and the
+    /// clean-up after a failure (an invalid index dropped, a constraint's undo) hit the object
+    /// that holds it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub creates: Option<NewName>,
+}
+
+/// A name a step gives to what it creates, on the step's table.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct NewName {
+    pub name: String,
+    /// An index (or a constraint with one): the name is a relation's, unique in the schema.
+    /// Otherwise a constraint's.
+    pub index: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -61,8 +76,10 @@ pub fn direct(table: &QualifiedName, clauses: &[ClausePlan], details: &[super::C
     let t = table.sql();
     let mut out = Vec::new();
     let exclusive = || vec![(t.clone(), "AccessExclusiveLock".to_string())];
-    let locked = |sql: String, locks: Vec<(String, String)>| Step { sql, kind: StepKind::Locked, locks, undo: None };
-    let validate = |sql: String, undo: Option<String>| Step { sql, kind: StepKind::Validate, locks: vec![(t.clone(), "ShareUpdateExclusiveLock".to_string())], undo };
+    let locked = |sql: String, locks: Vec<(String, String)>| Step { sql, kind: StepKind::Locked, locks, undo: None, creates: None };
+    let creating = |step: Step, name: &str, index: bool| Step { creates: Some(NewName { name: name.to_string(), index }), ..step };
+    let validate =
+        |sql: String, undo: Option<String>| Step { sql, kind: StepKind::Validate, locks: vec![(t.clone(), "ShareUpdateExclusiveLock".to_string())], undo, creates: None };
     let drop_constraint = |name: &str| Some(format!("ALTER TABLE {t} DROP CONSTRAINT IF EXISTS {}", ident(name)));
     for (plan, clause) in clauses.iter().zip(details) {
         let o = &plan.observed;
@@ -71,13 +88,16 @@ pub fn direct(table: &QualifiedName, clauses: &[ClausePlan], details: &[super::C
         let name = o.new_constraints.first();
         match (clause.constraint, &clause.not_valid, name) {
             (Some("check" | "foreign"), Some(not_valid), Some(name)) => {
-                out.push(locked(not_valid.clone(), clause_locks));
+                // Named as on the clone, so that the VALIDATE and the undo find what it made.
+                let not_valid = named(not_valid, name).unwrap_or_else(|| not_valid.clone());
+                out.push(creating(locked(not_valid, clause_locks), name, false));
                 out.push(validate(format!("ALTER TABLE {t} VALIDATE CONSTRAINT {}", ident(name)), drop_constraint(name)));
                 continue;
             }
             (Some(kind @ ("unique" | "primary")), _, Some(name)) => {
                 if let Some(index) = o.new_indexes.first().and_then(|def| concurrently(def)) {
-                    out.push(Step { sql: index, kind: StepKind::ConcurrentIndex { index: name.clone() }, locks: vec![(t.clone(), "ShareUpdateExclusiveLock".into())], undo: None });
+                    let build = Step { sql: index, kind: StepKind::ConcurrentIndex { index: name.clone() }, locks: vec![(t.clone(), "ShareUpdateExclusiveLock".into())], undo: None, creates: None };
+                    out.push(creating(build, name, true));
                     let what = if kind == "unique" { "UNIQUE" } else { "PRIMARY KEY" };
                     out.push(locked(format!("ALTER TABLE {t} ADD CONSTRAINT {0} {what} USING INDEX {0}", ident(name)), exclusive()));
                     continue;
@@ -90,7 +110,8 @@ pub fn direct(table: &QualifiedName, clauses: &[ClausePlan], details: &[super::C
                 // Not `<table>_<column>_not_null`: from PostgreSQL 18 that is the name SET NOT
                 // NULL gives the column's own not-null constraint, which the check must not take.
                 let check = fit_ident(&format!("{}_{column}_not_null_scan", table.name));
-                out.push(locked(format!("ALTER TABLE {t} ADD CONSTRAINT {} CHECK ({} IS NOT NULL) NOT VALID", ident(&check), ident(column)), exclusive()));
+                let add = locked(format!("ALTER TABLE {t} ADD CONSTRAINT {} CHECK ({} IS NOT NULL) NOT VALID", ident(&check), ident(column)), exclusive());
+                out.push(creating(add, &check, false));
                 out.push(validate(format!("ALTER TABLE {t} VALIDATE CONSTRAINT {}", ident(&check)), drop_constraint(&check)));
                 out.push(locked(plan.statement.clone(), exclusive()));
                 out.push(locked(format!("ALTER TABLE {t} DROP CONSTRAINT {}", ident(&check)), exclusive()));
@@ -104,6 +125,18 @@ pub fn direct(table: &QualifiedName, clauses: &[ClausePlan], details: &[super::C
         }
     }
     out
+}
+
+/// An `ALTER TABLE ... ADD [CONSTRAINT] ...` whose constraint is given `name`, through
+/// PostgreSQL's parser.
+fn named(alter: &str, name: &str) -> Option<String> {
+    use pg_query::protobuf::node::Node;
+    let mut parsed = pg_query::parse(alter, pg_query::ParserOptions::DEFAULT).ok()?.protobuf;
+    let Node::AlterTableStmt(stmt) = parsed.stmts.first_mut()?.stmt.as_mut()?.node.as_mut()? else { return None };
+    let Node::AlterTableCmd(cmd) = stmt.cmds.first_mut()?.node.as_mut()? else { return None };
+    let Node::Constraint(c) = cmd.def.as_mut()?.node.as_mut()? else { return None };
+    c.conname = name.to_string();
+    pg_query::deparse(&parsed, Default::default()).ok()
 }
 
 /// `CREATE INDEX` made `CONCURRENTLY`, through PostgreSQL's parser.
@@ -120,6 +153,14 @@ fn concurrently(indexdef: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_constraint_added_not_valid_is_given_its_name() {
+        let alter = "ALTER TABLE public.\"Orders\" ADD CHECK (qty > 0) NOT VALID";
+        assert_eq!(named(alter, "Orders_qty_check").as_deref(), Some("ALTER TABLE public.\"Orders\" ADD CONSTRAINT \"Orders_qty_check\" CHECK (qty > 0) NOT VALID"));
+        let fk = "ALTER TABLE t ADD CONSTRAINT old FOREIGN KEY (c) REFERENCES c (id) NOT VALID";
+        assert_eq!(named(fk, "t_c_fkey").as_deref(), Some("ALTER TABLE t ADD CONSTRAINT t_c_fkey FOREIGN KEY (c) REFERENCES c (id) NOT VALID"));
+    }
 
     #[test]
     fn an_index_is_built_concurrently() {

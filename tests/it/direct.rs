@@ -271,3 +271,128 @@ async fn a_step_whose_commit_answer_is_lost_is_not_run_again() {
     let twin = before.twin_after_plain_alter(&db, "public.orders", alter).await;
     assert_whole_schema_equal(&db, &twin, alter).await;
 }
+
+// ---- names, and sessions lost mid-step ------------------------------------------------------
+
+/// A step would create a constraint or an index under a name that is taken (an index of
+/// another table, an index of the table itself that a plain ALTER would have stepped around,
+/// a constraint of the table), or one longer than PostgreSQL keeps: refused before anything
+/// changes, naming the name and what holds it. (An index build that failed on a taken name
+/// used to drop whatever index had it; an unnamed CHECK whose name was taken was added under
+/// another name, and the VALIDATE validated the constraint that had the name.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_a_step_would_take_is_refused_before_anything_changes() {
+    let db = Cluster::primary().fresh_db("direct_names");
+    binary::narrow_table(&db, "t", 200);
+    let long = "t".repeat(60);
+    binary::narrow_table(&db, &long, 20);
+    db.psql("CREATE TABLE u (x int); CREATE INDEX foo ON u (x); CREATE INDEX t_pad_key ON t (pad); ALTER TABLE t ADD CONSTRAINT t_n_check CHECK (n < 5000)");
+    let client = db.client().await;
+    let before = CatalogSnapshot::take(&client).await;
+    let cases = [
+        ("t", "ADD CONSTRAINT foo UNIQUE (n)", "\"foo\", which index foo already has"),
+        ("t", "ADD UNIQUE (pad)", "\"t_pad_key\", which index t_pad_key already has"),
+        ("t", "ADD CHECK (n < 2000)", "\"t_n_check\", which constraint t_n_check of t already has"),
+        (long.as_str(), "ADD UNIQUE (n)", "longer than PostgreSQL's 63 bytes"),
+    ];
+    for (table, alter, needle) in cases {
+        let out = binary::run(&db, &["--table", table, "--alter", alter, "--execute", "--strategy", "direct", "--skip-data-checks"]).await;
+        assert_exit(&out, 3, &[needle, "name it in the ALTER"]);
+    }
+    assert_catalog_unchanged(&before, &CatalogSnapshot::take(&client).await);
+    assert_unchanged_rows(&client, "t", &["id", "n", "pad"]).await;
+}
+
+/// `ADD UNIQUE` on `t (n)` under `--cut-over-lock-timeout 60s`, its index build held by a
+/// transaction of the test's (a `CREATE INDEX CONCURRENTLY` waits for the transactions that
+/// may write the table); returns the run, the blocking session and the build's backend pid
+/// and client port, once the build waits with its invalid index in the catalog.
+async fn index_build_held_back(db: &crate::harness::TestDb<'_>) -> (Running, tokio_postgres::Client, i32, i32) {
+    binary::narrow_table(db, "t", 500);
+    let blocker = db.client().await;
+    blocker.batch_execute("BEGIN; UPDATE t SET pad = pad WHERE id = 1").await.unwrap();
+    let args = ["--table", "t", "--alter", "ADD UNIQUE (n)", "--execute", "--strategy", "direct", "--skip-data-checks", "--cut-over-lock-timeout", "60s"];
+    let mut run = Running::spawn(db, "run", &args);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let found = db.psql(
+            "SELECT pid || ' ' || client_port FROM pg_stat_activity
+              WHERE datname = current_database() AND application_name = 'pg-ghost cut-over' AND state = 'active'
+                AND query LIKE 'CREATE UNIQUE INDEX CONCURRENTLY%' AND to_regclass('t_n_key') IS NOT NULL",
+        );
+        if let Some((pid, port)) = found.split_once(' ') {
+            return (run, blocker, pid.parse().unwrap(), port.parse().unwrap());
+        }
+        run.assert_running("the index build").await;
+        assert!(std::time::Instant::now() < deadline, "the index build never waited for the blocker");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The run succeeded, and `t` has its unique constraint, valid, and no invalid index.
+fn assert_unique_made(db: &crate::harness::TestDb<'_>, out: &std::process::Output) {
+    binary::assert_success(out);
+    assert_eq!(db.psql("SELECT conname || ' ' || convalidated FROM pg_constraint WHERE conrelid = 't'::regclass AND contype = 'u'"), "t_n_key true");
+    assert_eq!(db.psql("SELECT count(*) FROM pg_index WHERE NOT indisvalid"), "0");
+}
+
+/// The index build's backend is terminated while it waits: its invalid index is dropped on
+/// the next attempt and built again (it used to fail on its own leftover, "already exists").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_build_whose_backend_is_terminated_is_made_again() {
+    let db = Cluster::primary().fresh_db("direct_cic_term");
+    let (run, blocker, pid, _) = index_build_held_back(&db).await;
+    db.psql(&format!("SELECT pg_terminate_backend({pid})"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    blocker.batch_execute("COMMIT").await.unwrap();
+    let out = run.wait(Duration::from_secs(90)).await;
+    assert_unique_made(&db, &out);
+    assert!(binary::stderr(&out).contains("dropping the invalid index a failed build left"), "{}", binary::stderr(&out));
+}
+
+/// The index build's connection drops on pg-ghost's side (the server does not know, and goes
+/// on building): the next attempt waits for that build to end and keeps the index it made
+/// (it used to start a second build beside the first, and fail).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_build_whose_connection_drops_is_waited_for_and_kept() {
+    let db = Cluster::primary().fresh_db("direct_cic_drop");
+    let (run, blocker, pid, port) = index_build_held_back(&db).await;
+    crate::reconnect::drop_connection(&db, port);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(db.psql(&format!("SELECT state FROM pg_stat_activity WHERE pid = {pid}")), "active", "the server stopped the build: test nothing");
+    blocker.batch_execute("COMMIT").await.unwrap();
+    let out = run.wait(Duration::from_secs(90)).await;
+    assert_unique_made(&db, &out);
+    assert!(binary::stderr(&out).contains("is built and valid: kept"), "{}", binary::stderr(&out));
+}
+
+/// A validation's connection drops on pg-ghost's side while the server goes on validating
+/// under its lock: that backend is ended (its transaction can never commit) and the step run
+/// again (each attempt used to wait for it, pg-ghost's own session, until the retries ran out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_validation_whose_connection_drops_is_ended_and_run_again() {
+    let db = Cluster::primary().fresh_db("direct_validate_drop");
+    binary::narrow_table(&db, "t", 100);
+    db.psql("CREATE FUNCTION slow_true(int) RETURNS boolean LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.03); RETURN true; END $$");
+    let args = ["--table", "t", "--alter", "ADD CONSTRAINT n_slow CHECK (slow_true(n))", "--execute", "--strategy", "direct", "--skip-data-checks", "--cut-over-retries", "5"];
+    let mut run = Running::spawn(&db, "run", &args);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let (pid, port) = loop {
+        let found = db.psql(
+            "SELECT pid || ' ' || client_port FROM pg_stat_activity
+              WHERE datname = current_database() AND application_name = 'pg-ghost cut-over' AND state = 'active' AND query LIKE '%VALIDATE CONSTRAINT%'",
+        );
+        if let Some((pid, port)) = found.split_once(' ') {
+            break (pid.to_string(), port.parse::<i32>().unwrap());
+        }
+        run.assert_running("the validation").await;
+        assert!(std::time::Instant::now() < deadline, "the validation never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    crate::reconnect::drop_connection(&db, port);
+    let out = run.wait(Duration::from_secs(90)).await;
+    binary::assert_success(&out);
+    assert!(binary::stderr(&out).contains("the lost session's backend was still there"), "{}", binary::stderr(&out));
+    assert_eq!(db.psql("SELECT convalidated::text FROM pg_constraint WHERE conname = 'n_slow'"), "true");
+    assert_eq!(db.psql(&format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {pid}")), "0");
+}

@@ -432,7 +432,7 @@ async fn building_slow_index(client: &Client, run: &mut Running) -> (i32, i32, S
 
 /// Destroys the socket of pg-ghost's side of the connection from `client_port` (as a network
 /// fault would end it): pg-ghost finds it lost, the server does not notice.
-fn drop_connection(db: &TestDb<'_>, client_port: i32) {
+pub(crate) fn drop_connection(db: &TestDb<'_>, client_port: i32) {
     let killed = std::process::Command::new("ss")
         .args(["-K", "dport", "=", &format!(":{}", db.cluster.port), "sport", "=", &format!(":{client_port}")])
         .output()
