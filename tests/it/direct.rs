@@ -396,3 +396,26 @@ async fn a_validation_whose_connection_drops_is_ended_and_run_again() {
     assert_eq!(db.psql("SELECT convalidated::text FROM pg_constraint WHERE conname = 'n_slow'"), "true");
     assert_eq!(db.psql(&format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {pid}")), "0");
 }
+
+/// The server restarts (fast shutdown) in the middle of a validation: the step's sessions
+/// come back once the server does (they were tried once, and the run failed, leaving its
+/// constraint `NOT VALID`), and the validation runs again to the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_validation_cut_by_a_server_restart_is_run_again() {
+    let cluster = Cluster::start("direct_restart");
+    let db = cluster.fresh_db("direct_restart");
+    binary::narrow_table(&db, "t", 100);
+    db.psql("CREATE FUNCTION slow_true(int) RETURNS boolean LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.03); RETURN true; END $$");
+    let args = ["--table", "t", "--alter", "ADD CONSTRAINT n_slow CHECK (slow_true(n))", "--execute", "--strategy", "direct", "--skip-data-checks"];
+    let mut run = Running::spawn(&db, "run", &args);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while db.psql("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pg-ghost cut-over' AND state = 'active' AND query LIKE '%VALIDATE CONSTRAINT%'") != "1" {
+        run.assert_running("the validation").await;
+        assert!(std::time::Instant::now() < deadline, "the validation never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::task::block_in_place(|| cluster.restart());
+    let out = run.wait(Duration::from_secs(120)).await;
+    binary::assert_success(&out);
+    assert_eq!(db.psql("SELECT convalidated::text FROM pg_constraint WHERE conname = 'n_slow'"), "true");
+}
