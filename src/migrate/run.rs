@@ -248,8 +248,7 @@ async fn direct(cfg: &MigrateConfig, sessions: &mut Sessions, conn: &ConnInfo, s
 }
 
 async fn index_concurrently(cfg: &MigrateConfig, sessions: &mut Sessions, conn: &ConnInfo, sql: &str, index: &str) -> Result<()> {
-    // An earlier attempt that died may have left its invalid index behind.
-    drop_if_invalid(sessions, index).await?;
+    // An earlier attempt that died may have left its invalid index behind: each attempt drops it.
     retrying(cfg, sessions, conn, &Attempt::Index { sql, index }).await
 }
 
@@ -266,11 +265,24 @@ async fn attempt(cfg: &MigrateConfig, sessions: &Sessions, what: &Attempt<'_>, n
             r
         }
         Attempt::Index { sql, index } => {
+            // After a lost session (waited for, see `retrying`), the build it was making may
+            // have gone through.
+            if n > 1 && index_valid(sessions, index).await? == Some(true) {
+                tracing::warn!(index, "the index an attempt whose session was lost was building is built and valid: kept");
+                let _ = c.batch_execute("RESET lock_timeout").await;
+                return Ok(());
+            }
+            drop_if_invalid(sessions, index).await?;
             let r = waiting::run(sessions, sql, cfg.runs.lock_timeout, n, None, "index build").await;
-            if r.is_err() {
-                if let Err(e) = drop_if_invalid(sessions, index).await {
-                    tracing::error!(index, error = %e.chain(), "could not drop the invalid index the failed build left; drop it by hand");
+            match &r {
+                // Its session is gone, and may go on building: the next attempt looks.
+                Err(e) if e.kind().is_lost_connection() => {}
+                Err(_) => {
+                    if let Err(e) = drop_if_invalid(sessions, index).await {
+                        tracing::error!(index, error = %e.chain(), "could not drop the invalid index the failed build left; drop it by hand");
+                    }
                 }
+                Ok(()) => {}
             }
             r
         }
@@ -279,13 +291,14 @@ async fn attempt(cfg: &MigrateConfig, sessions: &Sessions, what: &Attempt<'_>, n
     r
 }
 
+/// Whether the index `index` (as the statement names it) is valid; None when there is none.
+async fn index_valid(sessions: &Sessions, index: &str) -> Result<Option<bool>> {
+    let row = sessions.client.query_opt("SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass($1)", &[&index]).await?;
+    Ok(row.map(|r| r.try_get(0)).transpose()?)
+}
+
 async fn drop_if_invalid(sessions: &Sessions, index: &str) -> Result<()> {
-    let invalid: bool = sessions
-        .client
-        .query_one("SELECT coalesce((SELECT NOT indisvalid FROM pg_index WHERE indexrelid = to_regclass($1)), false)", &[&index])
-        .await?
-        .get(0);
-    if invalid {
+    if index_valid(sessions, index).await? == Some(false) {
         tracing::warn!(index, "dropping the invalid index a failed CONCURRENTLY build left");
         sessions.client.batch_execute(&format!("DROP INDEX CONCURRENTLY IF EXISTS {index}")).await?;
     }
@@ -303,7 +316,18 @@ async fn retrying(cfg: &MigrateConfig, sessions: &mut Sessions, conn: &ConnInfo,
             Ok(()) => return Ok(()),
             Err(e) if e.is_retryable() && n < cfg.runs.lock_retries.max(1) => {
                 if e.kind() == ErrorKind::Connection {
-                    sessions.replace_lost(conn).await?;
+                    // The lost session's backend may go on (the network went, not the server):
+                    // an index build is waited for, to be kept if it went through; any other
+                    // statement's transaction can never commit, and is ended with its locks.
+                    if let Some(lost) = sessions.replace_lost(conn).await? {
+                        match what {
+                            Attempt::Index { index, .. } => {
+                                let what = format!("the build of index {index}");
+                                crate::reconnect::wait_for_statement_end(&sessions.monitor, &lost, &what, &mut crate::reconnect::Outage::new()).await?
+                            }
+                            Attempt::Direct { .. } => lost.end(&sessions.monitor).await?,
+                        }
+                    }
                 }
                 let delay = backoff.delay(n);
                 tracing::warn!(attempt = n, retry_in_ms = delay.as_millis() as u64, error = %e, "statement failed; retrying");

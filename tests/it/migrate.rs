@@ -315,3 +315,41 @@ async fn a_migrate_killed_during_an_online_change_takes_it_up_again() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A `CREATE INDEX CONCURRENTLY` of a migration whose connection drops on pg-ghost's side
+/// while the server goes on building (held back by a transaction of the test's): the next
+/// attempt waits for that build and keeps its index, instead of failing on it ("already
+/// exists") or dropping it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_build_whose_connection_drops_is_waited_for_and_kept() {
+    let db = Cluster::primary().fresh_db("migrate_cic_drop");
+    db.psql("CREATE TABLE t (id int PRIMARY KEY, n int); INSERT INTO t SELECT g, g FROM generate_series(1, 500) g");
+    let dir = migrations_dir("cic_drop", &[("V1__index.sql", "CREATE INDEX CONCURRENTLY t_n_idx ON t (n);\n")]);
+    let blocker = db.client().await;
+    blocker.batch_execute("BEGIN; UPDATE t SET n = n WHERE id = 1").await.unwrap();
+    let dir_s = dir.to_str().unwrap();
+    let mut run = crate::run_faults::Running::spawn(&db, "migrate", &["--dir", dir_s, "--lock-timeout", "60s"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let (pid, port) = loop {
+        let found = db.psql(
+            "SELECT pid || ' ' || client_port FROM pg_stat_activity
+              WHERE datname = current_database() AND state = 'active' AND query LIKE 'CREATE INDEX CONCURRENTLY%' AND to_regclass('t_n_idx') IS NOT NULL",
+        );
+        if let Some((pid, port)) = found.split_once(' ') {
+            break (pid.to_string(), port.parse::<i32>().unwrap());
+        }
+        run.assert_running("the index build").await;
+        assert!(std::time::Instant::now() < deadline, "the index build never waited for the blocker");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    crate::reconnect::drop_connection(&db, port);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(db.psql(&format!("SELECT state FROM pg_stat_activity WHERE pid = {pid}")), "active", "the server stopped the build: test nothing");
+    blocker.batch_execute("COMMIT").await.unwrap();
+    let out = run.wait(std::time::Duration::from_secs(90)).await;
+    binary::assert_success(&out);
+    assert!(binary::stderr(&out).contains("is built and valid: kept"), "{}", binary::stderr(&out));
+    assert_eq!(recorded(&db), "1:applied:1");
+    assert_eq!(db.psql("SELECT indisvalid::text FROM pg_index WHERE indexrelid = 't_n_idx'::regclass"), "true");
+    let _ = std::fs::remove_dir_all(&dir);
+}
