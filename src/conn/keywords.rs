@@ -41,7 +41,7 @@ const fn secret(name: &'static str, env: Option<&'static str>, support: Support)
 
 const NO_GSS: &str = "pg-ghost does not speak GSSAPI (Kerberos)";
 const OWN_SESSIONS: &str = "pg-ghost sets up its sessions itself";
-const TCP_DEFAULTS: &str = "pg-ghost keeps the system's TCP settings";
+const KEEPALIVES: &str = "pg-ghost needs TCP keepalives to find a server gone with the network";
 
 /// libpq's keywords (PostgreSQL 17, and 18's where they are harmless to name).
 pub const KEYWORDS: &[Keyword] = &[
@@ -66,11 +66,11 @@ pub const KEYWORDS: &[Keyword] = &[
     ),
     kw("application_name", Some("PGAPPNAME"), Support::Yes),
     kw("fallback_application_name", None, Support::Yes),
-    kw("keepalives", None, Support::Only(&["1"], TCP_DEFAULTS)),
-    kw("keepalives_idle", None, Support::No(TCP_DEFAULTS)),
-    kw("keepalives_interval", None, Support::No(TCP_DEFAULTS)),
-    kw("keepalives_count", None, Support::No(TCP_DEFAULTS)),
-    kw("tcp_user_timeout", None, Support::Only(&["0"], TCP_DEFAULTS)),
+    kw("keepalives", None, Support::Only(&["1"], KEEPALIVES)),
+    kw("keepalives_idle", None, Support::Yes),
+    kw("keepalives_interval", None, Support::Yes),
+    kw("keepalives_count", None, Support::Yes),
+    kw("tcp_user_timeout", None, Support::Yes),
     kw("sslmode", Some("PGSSLMODE"), Support::Yes),
     kw("sslnegotiation", Some("PGSSLNEGOTIATION"), Support::Only(&["postgres"], "pg-ghost negotiates TLS the standard way")),
     kw("sslcompression", Some("PGSSLCOMPRESSION"), Support::Only(&["0"], "pg-ghost never compresses TLS")),

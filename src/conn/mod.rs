@@ -71,6 +71,8 @@ pub struct ConnInfo {
     pub ssl: SslSettings,
     /// `connect_timeout`: how long one attempt to open a session may take; `None`: no limit.
     pub connect_timeout: Option<Duration>,
+    /// TCP keepalives and user timeout of every session.
+    pub tcp: TcpSettings,
     pub target_session: TargetSession,
     /// The password file consulted for each host when no password was given.
     pub passfile: Option<PathBuf>,
@@ -166,6 +168,14 @@ impl ConnInfo {
                 .unwrap_or_default(),
         };
         let connect_timeout = get("connect_timeout").map(connect_timeout).transpose().map_err(|e| parsed("connect_timeout", e))?.flatten();
+        let positive = |k: &str| get(k).map(positive).transpose().map_err(|e| parsed(k, e));
+        let default = TcpSettings::default();
+        let tcp = TcpSettings {
+            idle: positive("keepalives_idle")?.map_or(default.idle, |s| Duration::from_secs(s.into())),
+            interval: positive("keepalives_interval")?.map_or(default.interval, |s| Duration::from_secs(s.into())),
+            count: positive("keepalives_count")?.unwrap_or(default.count),
+            user_timeout: get("tcp_user_timeout").map(tcp_user_timeout).transpose().map_err(|e| parsed("tcp_user_timeout", e))?.flatten(),
+        };
         let target_session =
             get("target_session_attrs").map(str::parse).transpose().map_err(|e| parsed("target_session_attrs", e))?.unwrap_or_default();
         let endpoint = hosts[0].clone();
@@ -179,6 +189,7 @@ impl ConnInfo {
             user_application_name,
             ssl,
             connect_timeout,
+            tcp,
             target_session,
             passfile,
             password_from_file: false,
@@ -269,6 +280,10 @@ impl ConnInfo {
         if let Some(t) = self.connect_timeout {
             cfg.connect_timeout(t);
         }
+        cfg.keepalives(true).keepalives_idle(self.tcp.idle).keepalives_interval(self.tcp.interval).keepalives_retries(self.tcp.count);
+        if let Some(t) = self.tcp.user_timeout {
+            cfg.tcp_user_timeout(t);
+        }
         cfg
     }
 
@@ -299,6 +314,7 @@ impl fmt::Debug for ConnInfo {
             .field("application_name", &self.application_name)
             .field("ssl", &self.ssl)
             .field("connect_timeout", &self.connect_timeout)
+            .field("tcp", &self.tcp)
             .field("target_session", &self.target_session)
             .field("passfile", &self.passfile)
             .field("reconnect_timeout", &self.reconnect_timeout)
@@ -313,6 +329,47 @@ fn default_host(port: u16) -> Endpoint {
     } else {
         Endpoint::Tcp { host: "localhost".into(), port }
     }
+}
+
+/// TCP settings of pg-ghost's sessions (libpq's `keepalives_idle`, `keepalives_interval` and
+/// `keepalives_count`, in seconds and probes, and `tcp_user_timeout`, in milliseconds).
+///
+/// Without them the system's are used, whose first probe comes after two hours of silence: a
+/// server gone with the network (no FIN, no RST reaches pg-ghost) would leave a run waiting
+/// that long for an answer, its slot retaining WAL. pg-ghost's own defaults find it within a
+/// minute, and keep idle sessions through middleboxes that drop quiet connections. A server
+/// that answers its probes is never taken for gone, however long its statement runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpSettings {
+    /// Silence before the first probe.
+    pub idle: Duration,
+    /// Between probes.
+    pub interval: Duration,
+    /// Probes unanswered before the connection is dropped.
+    pub count: u32,
+    /// How long sent data may stay unacknowledged; `None`: the system's.
+    pub user_timeout: Option<Duration>,
+}
+
+impl Default for TcpSettings {
+    fn default() -> Self {
+        TcpSettings { idle: Duration::from_secs(30), interval: Duration::from_secs(10), count: 3, user_timeout: None }
+    }
+}
+
+/// A whole number of at least 1 (libpq's 0, the system's setting, is what pg-ghost moves
+/// away from: see [`TcpSettings`]).
+fn positive(text: &str) -> Result<u32> {
+    match text.trim().parse::<u32>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(Error::config(format!("invalid value {text:?}: a whole number of at least 1"))),
+    }
+}
+
+/// Milliseconds; 0 is the system's setting.
+fn tcp_user_timeout(text: &str) -> Result<Option<Duration>> {
+    let ms: u64 = text.trim().parse().map_err(|_| Error::config(format!("invalid integer value {text:?}")))?;
+    Ok((ms > 0).then(|| Duration::from_millis(ms)))
 }
 
 /// libpq's rule: whole seconds; 0 or less is no limit; under 2 is 2.
@@ -426,6 +483,23 @@ mod tests {
         // What pg-ghost does anyway is accepted.
         let ok = "host=h user=u gssencmode=disable sslsni=1 keepalives=1 client_encoding=utf8 target_session_attrs=primary";
         assert_eq!(ConnInfo::parse_with_env(ok, env(&[])).unwrap().target_session, TargetSession::Primary);
+        assert!(e("host=h user=u keepalives=0", &[]).to_string().contains("find a server gone with the network"));
+    }
+
+    #[test]
+    fn tcp_keepalives_are_pg_ghosts_unless_given() {
+        let tcp = |c: &str| ConnInfo::parse_with_env(c, env(&[])).map(|c| c.tcp);
+        let given = tcp("host=h user=u keepalives_idle=5 keepalives_interval=2 keepalives_count=4 tcp_user_timeout=9000").unwrap();
+        assert_eq!(given, TcpSettings { idle: Duration::from_secs(5), interval: Duration::from_secs(2), count: 4, user_timeout: Some(Duration::from_secs(9)) });
+        assert_eq!(tcp("host=h user=u").unwrap(), TcpSettings::default());
+        assert_eq!(tcp("host=h user=u tcp_user_timeout=0").unwrap().user_timeout, None);
+        for bad in ["keepalives_idle=0", "keepalives_interval=-1", "keepalives_count=x", "tcp_user_timeout=soon"] {
+            let err = tcp(&format!("host=h user=u {bad}")).unwrap_err().to_string();
+            assert!(err.contains(bad.split('=').next().unwrap_or_default()), "{bad}: {err}");
+        }
+        let cfg = ConnInfo::parse_with_env("host=h user=u keepalives_idle=5", env(&[])).unwrap().to_config();
+        assert_eq!(cfg.get_keepalives_idle(), Duration::from_secs(5));
+        assert!(cfg.get_keepalives());
     }
 
     #[test]

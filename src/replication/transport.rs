@@ -180,7 +180,7 @@ impl ReplicationConnection {
         let attempt = async {
             // Any failure to reach the server (a Unix socket missing while it restarts
             // included) is a connection failure, worth trying again.
-            let socket = Socket::connect(&info.endpoint)
+            let socket = Socket::connect(&info.endpoint, &info.tcp)
                 .await
                 .map_err(|e| Error::with_source(ErrorKind::Connection, format!("cannot reach the server: {e}"), e))?;
             let (socket, certificate) = if try_tls { negotiate_tls(socket, plan).await? } else { (socket, None) };

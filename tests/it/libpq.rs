@@ -292,3 +292,66 @@ async fn several_hosts_lead_to_the_primary() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("read-only"), "{}", stderr(&out));
 }
+
+/// The seconds left on a socket's keepalive timer in a line of `ss -o`
+/// (`timer:(keepalive,6.2sec,0)`, `...,750ms,...`, `...,119min,...`); None when it has none.
+fn keepalive_secs(line: &str) -> Option<f64> {
+    let left = line.split("timer:(keepalive,").nth(1)?.split(',').next()?;
+    let (minutes, rest) = match left.split_once("min") {
+        Some((m, rest)) => (m.parse::<f64>().ok()?, rest),
+        None => (0.0, left),
+    };
+    let secs = match rest {
+        "" => 0.0,
+        r if r.ends_with("ms") => r.strip_suffix("ms")?.parse::<f64>().ok()? / 1000.0,
+        r => r.strip_suffix("sec")?.parse::<f64>().ok()?,
+    };
+    Some(minutes * 60.0 + secs)
+}
+
+/// `keepalives_idle` and friends in the connection string reach every socket of the run, the
+/// replication connection's included (its own socket, not tokio-postgres's): while the run
+/// waits on the postpone flag, each of its TCP connections to the server has a keepalive
+/// timer of at most the 7 s given (the system's default is two hours).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalive_settings_reach_every_connection() {
+    let cluster = Cluster::primary();
+    let db = cluster.fresh_db("libpq_keepalive");
+    narrow_table(&db, "t", 1_000);
+    let client = db.client().await;
+    let flag = crate::run_faults::flag_path(&db, "postpone");
+    std::fs::write(&flag, b"").unwrap();
+    let conn = format!("{} keepalives_idle=7 keepalives_interval=3 keepalives_count=2", db.conninfo());
+    let args = ["--table", "t", "--alter", "ALTER COLUMN n TYPE bigint", "--execute", "--postpone-cut-over-flag-file", flag.to_str().unwrap()];
+    let mut run = crate::run_faults::Running::spawn_command(crate::binary::command_with_conn(&conn, "run", &args));
+    crate::run_faults::wait_for_state(&client, &mut run, "t", "postponed", Duration::from_secs(60)).await;
+    let pid = run.pid().expect("the run's pid");
+    let walsender_port: i32 = client
+        .query_one("SELECT client_port FROM pg_stat_activity WHERE backend_type = 'walsender' AND datname = current_database()", &[])
+        .await
+        .unwrap()
+        .get(0);
+
+    // A socket with data in flight shows its retransmission timer instead, for a moment: look
+    // again until every one is idle.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let listed = loop {
+        let ss = std::process::Command::new("ss").args(["-tnpoH", "state", "established", "dport", "=", &format!(":{}", cluster.port)]).output().expect("cannot run ss");
+        let listed = String::from_utf8_lossy(&ss.stdout).into_owned();
+        let ours: Vec<&str> = listed.lines().filter(|l| l.contains(&format!("pid={pid},"))).collect();
+        for line in &ours {
+            assert!(keepalive_secs(line).is_none_or(|s| s <= 7.0), "a socket of pg-ghost's with a keepalive past the 7 s given: {line}");
+        }
+        if ours.iter().all(|l| keepalive_secs(l).is_some()) {
+            break listed;
+        }
+        assert!(Instant::now() < deadline, "a socket of pg-ghost's without a keepalive timer for 10 s:\n{listed}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let ours: Vec<&str> = listed.lines().filter(|l| l.contains(&format!("pid={pid},"))).collect();
+    assert!(ours.len() >= 3, "fewer sockets of pg-ghost's than its sessions:\n{listed}");
+    assert!(ours.iter().any(|l| l.contains(&format!(":{walsender_port} "))), "the replication connection's socket is not among them:\n{listed}");
+
+    std::fs::remove_file(&flag).unwrap();
+    assert_success(&run.wait(Duration::from_secs(60)).await);
+}

@@ -6,7 +6,7 @@
 //! parse is CopyBothResponse (`'W'`), recognised here before the library sees it.
 
 use super::tls::{AsyncTls, StdTls};
-use crate::conn::Endpoint;
+use crate::conn::{Endpoint, TcpSettings};
 use crate::error::{Error, ErrorKind, Result};
 use bytes::{Buf, BytesMut};
 use fallible_iterator::FallibleIterator;
@@ -30,13 +30,20 @@ pub(crate) enum Socket {
 }
 
 impl Socket {
-    pub(crate) async fn connect(endpoint: &Endpoint) -> io::Result<Socket> {
+    pub(crate) async fn connect(endpoint: &Endpoint, tcp: &TcpSettings) -> io::Result<Socket> {
         match endpoint {
             Endpoint::Tcp { host, port } => {
                 let stream = TcpStream::connect((host.as_str(), *port)).await?;
                 // Status updates are a few dozen bytes that must leave at once: a keepalive
                 // reply held back by Nagle's algorithm is a reply the server may time out on.
                 stream.set_nodelay(true)?;
+                // The stream waits for the server's messages; a server gone with the network
+                // is found by these, as on the SQL sessions (see `TcpSettings`).
+                let socket = socket2::SockRef::from(&stream);
+                socket.set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(tcp.idle).with_interval(tcp.interval).with_retries(tcp.count))?;
+                if tcp.user_timeout.is_some() {
+                    socket.set_tcp_user_timeout(tcp.user_timeout)?;
+                }
                 Ok(Socket::Tcp(stream))
             }
             Endpoint::Unix { dir, port } => Ok(Socket::Unix(UnixStream::connect(dir.join(format!(".s.PGSQL.{port}"))).await?)),
