@@ -15,7 +15,7 @@ use crate::cutover::sessions::Sessions;
 use crate::cutover::{autovacuum, waiting, BlockerKiller};
 use crate::error::{Backoff, Context, Error, ErrorKind, Result};
 use crate::plan::{Step, StepKind};
-use crate::sql::{ident, QualifiedName};
+use crate::sql::{ident, QualifiedName, MAX_IDENT_BYTES};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
@@ -340,23 +340,20 @@ impl Direct<'_> {
     }
 }
 
-/// PostgreSQL's longest name, in bytes (`NAMEDATALEN` - 1): a longer one is cut.
-const MAX_NAME_BYTES: usize = 63;
-
 /// Refuses, before anything is changed, a step that would create an index or a constraint
-/// under a name that is taken, or one longer than PostgreSQL keeps. The names come from a
-/// trial on an empty clone of the table, which sees neither the other relations of the
-/// schema nor how PostgreSQL would cut a long name on the table: where the table's own name
-/// may not be what PostgreSQL would give, the DBA names it in the ALTER. (Taken, the step
-/// would fail or PostgreSQL pick another name, and the clean-up after a failure, an invalid
-/// index dropped or a constraint's undo, would hit the object that holds the name.)
+/// under a name that is taken, or one longer than PostgreSQL keeps. The plan numbers a name
+/// PostgreSQL chooses as PostgreSQL would (`crate::plan`'s names); what is left is a name the
+/// DBA gave that is in use (a plain ALTER fails on it too), one taken since the plan, and one
+/// PostgreSQL would cut its own way. (Taken, the step would fail or PostgreSQL pick another
+/// name, and the clean-up after a failure, an invalid index dropped or a constraint's undo,
+/// would hit the object that holds the name.)
 async fn check_new_names(client: &tokio_postgres::Client, table: &QualifiedName, steps: &[Step]) -> Result<()> {
     for new in steps.iter().filter_map(|s| s.creates.as_ref()) {
         let what = if new.index { "index" } else { "constraint" };
         let advice = "name it in the ALTER (`ADD CONSTRAINT <name> ...`)";
-        if new.name.len() > MAX_NAME_BYTES {
+        if new.name.len() > MAX_IDENT_BYTES {
             return Err(Error::refused(format!(
-                "the {what} the ALTER adds would be named {}, longer than PostgreSQL's {MAX_NAME_BYTES} bytes, which it would cut its own way: {advice}",
+                "the {what} the ALTER adds would be named {}, longer than PostgreSQL's {MAX_IDENT_BYTES} bytes, which it would cut its own way: {advice}",
                 ident(&new.name)
             )));
         }

@@ -102,9 +102,45 @@ fn fnv1a32(bytes: &[u8]) -> u32 {
     h
 }
 
+/// `wanted`, or when `taken` says it is in use, the name PostgreSQL numbers it into for an
+/// object it names itself: its label (`_check`, `_key`, ...) followed by 1, 2, ...
+/// (`orders_amount_check` taken: `orders_amount_check1`).
+pub fn first_free_name(wanted: &str, taken: impl Fn(&str) -> bool) -> String {
+    let base = chosen_base(wanted);
+    let mut candidate = wanted.to_string();
+    let mut n = 0;
+    while taken(&candidate) {
+        n += 1;
+        candidate = fit_ident(&format!("{base}{n}"));
+    }
+    candidate
+}
+
+/// `orders_amount_check2` → `orders_amount_check`: the name PostgreSQL numbers when taken.
+/// Only the digits after one of its labels are its number.
+pub fn chosen_base(name: &str) -> &str {
+    const LABELS: [&str; 7] = ["_check", "_key", "_idx", "_fkey", "_pkey", "_excl", "_not_null"];
+    let trimmed = name.trim_end_matches(|c: char| c.is_ascii_digit());
+    match LABELS.iter().any(|l| trimmed.ends_with(l)) {
+        true => trimmed,
+        false => name,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_name_in_use_is_numbered_as_postgres_numbers_it() {
+        let taken = ["orders_amount_check", "orders_amount_check1", "orders_pad_key"];
+        let free = |w: &str| first_free_name(w, |n| taken.contains(&n));
+        assert_eq!(free("orders_amount_check"), "orders_amount_check2");
+        assert_eq!(free("orders_pad_key"), "orders_pad_key1");
+        assert_eq!(free("orders_n_check"), "orders_n_check");
+        assert_eq!(chosen_base("orders_total2_check12"), "orders_total2_check");
+        assert_eq!(chosen_base("orders_amount2"), "orders_amount2");
+    }
 
     #[test]
     fn quotes_identifiers() {

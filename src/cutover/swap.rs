@@ -53,26 +53,9 @@ impl NewNames {
     /// The name for an object the ALTER created, whose name on the original would have been
     /// `wanted` had it been free: PostgreSQL's label (`_check`, `_key`, ...) numbered from 1.
     fn choose(&mut self, wanted: &str) -> String {
-        let base = chosen_base(wanted);
-        let mut candidate = wanted.to_string();
-        let mut n = 0;
-        while self.taken.contains(&candidate) {
-            n += 1;
-            candidate = fit_ident(&format!("{base}{n}"));
-        }
+        let candidate = crate::sql::first_free_name(wanted, |n| self.taken.contains(n));
         self.taken.insert(candidate.clone());
         candidate
-    }
-}
-
-/// `orders_amount_check2` → `orders_amount_check`: the name PostgreSQL numbers when taken.
-/// Only the digits after one of its labels are its number.
-fn chosen_base(name: &str) -> &str {
-    const LABELS: [&str; 7] = ["_check", "_key", "_idx", "_fkey", "_pkey", "_excl", "_not_null"];
-    let trimmed = name.trim_end_matches(|c: char| c.is_ascii_digit());
-    match LABELS.iter().any(|l| trimmed.ends_with(l)) {
-        true => trimmed,
-        false => name,
     }
 }
 
@@ -606,7 +589,5 @@ mod tests {
         assert_eq!(names.choose("orders_amount_check1"), "orders_amount_check2");
         assert_eq!(names.choose("orders_n_check"), "orders_n_check");
         assert_eq!(names.choose("orders_n_check"), "orders_n_check1");
-        assert_eq!(chosen_base("orders_total2_check12"), "orders_total2_check");
-        assert_eq!(chosen_base("orders_amount2"), "orders_amount2");
     }
 }

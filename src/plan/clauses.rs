@@ -25,6 +25,9 @@ pub struct Clause {
     pub column: Option<String>,
     /// For `ADD CONSTRAINT`: `check`, `foreign`, `unique`, `primary`, `exclusion`.
     pub constraint: Option<&'static str>,
+    /// The clause names the constraint it adds (`ADD CONSTRAINT <name> ...`); otherwise
+    /// PostgreSQL chooses its name.
+    pub named: bool,
 }
 
 /// The name of the table's clone, in the session's temporary schema.
@@ -71,6 +74,7 @@ pub fn split(alter: &str, table: &QualifiedName) -> Result<Vec<Clause>> {
                 not_valid: None,
                 column: None,
                 constraint: None,
+                named: false,
             }])
         }
         _ => Err(Error::config("--alter must be the clauses of an ALTER TABLE statement")),
@@ -129,7 +133,8 @@ fn one_command(tree: &protobuf::ParseResult, stmt: &protobuf::AlterTableStmt, cm
         _ => None,
     };
     let column = Some(cmd.name.clone()).filter(|n| !n.is_empty());
-    Ok(Clause { statement, kind: format!("{subtype:?}"), on_clone, references, can_fail: can_fail(subtype, cmd), not_valid, column, constraint })
+    let named = added.is_some_and(|c| !c.conname.is_empty());
+    Ok(Clause { statement, kind: format!("{subtype:?}"), on_clone, references, can_fail: can_fail(subtype, cmd), not_valid, column, constraint, named })
 }
 
 /// The constraints a clause adds: the one of `ADD CONSTRAINT`, those of a column it adds.

@@ -5,6 +5,7 @@
 pub(crate) mod clauses;
 mod conversion;
 mod estimate;
+mod names;
 mod probe;
 mod report;
 mod steps;
@@ -206,7 +207,8 @@ async fn check_data(
 /// Each clause, and what PostgreSQL does for it.
 pub async fn analyse(client: &tokio_postgres::Client, table: &QualifiedName, alter: &str) -> Result<(Vec<Clause>, Vec<ClausePlan>)> {
     let clauses = split(alter, table)?;
-    let observations = probe::observe(client, table, &clauses).await?;
+    let mut observations = probe::observe(client, table, &clauses).await?;
+    names::as_on_table(client, table, &clauses, &mut observations).await?;
     let mut plans = Vec::new();
     for (clause, observed) in clauses.iter().zip(observations) {
         let referenced = match (observed.observed, &clause.column) {

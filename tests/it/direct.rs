@@ -274,25 +274,26 @@ async fn a_step_whose_commit_answer_is_lost_is_not_run_again() {
 
 // ---- names, and sessions lost mid-step ------------------------------------------------------
 
-/// A step would create a constraint or an index under a name that is taken (an index of
-/// another table, an index of the table itself that a plain ALTER would have stepped around,
-/// a constraint of the table), or one longer than PostgreSQL keeps: refused before anything
-/// changes, naming the name and what holds it. (An index build that failed on a taken name
-/// used to drop whatever index had it; an unnamed CHECK whose name was taken was added under
-/// another name, and the VALIDATE validated the constraint that had the name.)
+/// A step would create a constraint or an index under a name the DBA gave that is taken (by
+/// an index of another table, by a constraint of the table), or under one longer than
+/// PostgreSQL keeps: refused before anything changes, naming the name and what holds it. (An
+/// index build that failed on a taken name used to drop whatever index had it.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_name_a_step_would_take_is_refused_before_anything_changes() {
     let db = Cluster::primary().fresh_db("direct_names");
     binary::narrow_table(&db, "t", 200);
     let long = "t".repeat(60);
     binary::narrow_table(&db, &long, 20);
-    db.psql("CREATE TABLE u (x int); CREATE INDEX foo ON u (x); CREATE INDEX t_pad_key ON t (pad); ALTER TABLE t ADD CONSTRAINT t_n_check CHECK (n < 5000)");
+    db.psql(
+        "CREATE TABLE u (x int); CREATE INDEX foo ON u (x);
+         CREATE TABLE p (id int PRIMARY KEY); INSERT INTO p SELECT generate_series(0, 999);
+         ALTER TABLE t ADD CONSTRAINT t_to_p FOREIGN KEY (n) REFERENCES p (id)",
+    );
     let client = db.client().await;
     let before = CatalogSnapshot::take(&client).await;
     let cases = [
         ("t", "ADD CONSTRAINT foo UNIQUE (n)", "\"foo\", which index foo already has"),
-        ("t", "ADD UNIQUE (pad)", "\"t_pad_key\", which index t_pad_key already has"),
-        ("t", "ADD CHECK (n < 2000)", "\"t_n_check\", which constraint t_n_check of t already has"),
+        ("t", "ADD CONSTRAINT t_to_p FOREIGN KEY (id) REFERENCES p (id)", "\"t_to_p\", which constraint t_to_p of t already has"),
         (long.as_str(), "ADD UNIQUE (n)", "longer than PostgreSQL's 63 bytes"),
     ];
     for (table, alter, needle) in cases {
@@ -301,6 +302,29 @@ async fn a_name_a_step_would_take_is_refused_before_anything_changes() {
     }
     assert_catalog_unchanged(&before, &CatalogSnapshot::take(&client).await);
     assert_unchanged_rows(&client, "t", &["id", "n", "pad"]).await;
+}
+
+/// Constraints the ALTER adds without a name take the names PostgreSQL would give them on the
+/// table, which skip names in use in the schema: a UNIQUE on a column that has an index named
+/// `t_pad_key` is `t_pad_key1`, a second CHECK on `n` `t_n_check1`, a UNIQUE whose name an
+/// index of another table has `..._key1`. The whole schema ends as a plain ALTER leaves it.
+/// (The names came from a trial on a clone, which sees none of them: the build and the
+/// validation then hit the objects that had them.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_in_use_are_numbered_as_under_a_plain_alter() {
+    let db = Cluster::primary().fresh_db("direct_numbered");
+    binary::narrow_table(&db, "t", 200);
+    db.psql("CREATE INDEX t_pad_key ON t (pad); ALTER TABLE t ADD CHECK (n < 5000); CREATE TABLE u (x int); CREATE INDEX t_id_n_key ON u (x)");
+    let before = WholeSchema::take(&db).await;
+    let alter = "ADD UNIQUE (pad), ADD CHECK (n < 2000), ADD UNIQUE (id, n)";
+    let out = binary::run(&db, &["--table", "t", "--alter", alter, "--execute", "--strategy", "direct"]).await;
+    binary::assert_success(&out);
+    assert_eq!(
+        db.psql("SELECT string_agg(conname, ',' ORDER BY conname) FROM pg_constraint WHERE conrelid = 't'::regclass AND contype IN ('u', 'c')"),
+        "t_id_n_key1,t_n_check,t_n_check1,t_pad_key1"
+    );
+    let twin = before.twin_after_plain_alter(&db, "public.t", alter).await;
+    assert_whole_schema_equal(&db, &twin, alter).await;
 }
 
 /// `ADD UNIQUE` on `t (n)` under `--cut-over-lock-timeout 60s`, its index build held by a
