@@ -38,13 +38,22 @@ pub fn final_name(object: &str, ghost_table: &str, orig_table: &str, orig_names:
 /// The names the new table's indexes and constraints end with, as a plain ALTER names them:
 /// those of the original's objects come back as they were, then each one the ALTER created
 /// takes the name PostgreSQL would have chosen on the original, which skips names already in
-/// use there (`orders_amount_check` taken: `orders_amount_check1`).
+/// use there (`orders_amount_check` taken: `orders_amount_check1`) and in the schema: an
+/// index's name among the schema's relations and constraints, a constraint's among its
+/// constraints (an index of another table named `orders_pad_key` made the swap fail, after
+/// the whole copy, on "already exists").
 #[derive(Default)]
 struct NewNames {
     taken: std::collections::HashSet<String>,
+    /// The schema's other objects, outside both tables (see [`SchemaNames`]).
+    schema: SchemaNames,
 }
 
 impl NewNames {
+    fn in_schema(schema: SchemaNames) -> NewNames {
+        NewNames { taken: Default::default(), schema }
+    }
+
     /// A name that stays: the original's, or one the ghost kept as given.
     fn keep(&mut self, name: &str) {
         self.taken.insert(name.to_string());
@@ -52,10 +61,50 @@ impl NewNames {
 
     /// The name for an object the ALTER created, whose name on the original would have been
     /// `wanted` had it been free: PostgreSQL's label (`_check`, `_key`, ...) numbered from 1.
-    fn choose(&mut self, wanted: &str) -> String {
-        let candidate = crate::sql::first_free_name(wanted, |n| self.taken.contains(n));
+    /// `index`: the name of an index (a relation), else of a constraint.
+    fn choose(&mut self, wanted: &str, index: bool) -> String {
+        let schema = &self.schema;
+        let taken = |n: &str| self.taken.contains(n) || schema.constraints.contains(n) || (index && schema.relations.contains(n));
+        let candidate = crate::sql::first_free_name(wanted, taken);
         self.taken.insert(candidate.clone());
         candidate
+    }
+}
+
+/// The names of the relations and constraints of the original's schema that belong to
+/// neither table (nor to their partitions, nor to their indexes): those stay where they are.
+#[derive(Default)]
+struct SchemaNames {
+    relations: std::collections::HashSet<String>,
+    constraints: std::collections::HashSet<String>,
+}
+
+impl SchemaNames {
+    async fn read(tx: &impl GenericClient, orig: u32, ghost: u32) -> Result<SchemaNames> {
+        let rows = tx
+            .query(
+                "WITH ours AS (SELECT $1::oid AS oid UNION SELECT $2 UNION SELECT relid FROM pg_partition_tree($1::oid::regclass)
+                                UNION SELECT relid FROM pg_partition_tree($2::oid::regclass)),
+                      schema AS (SELECT relnamespace AS oid FROM pg_class WHERE oid = $1)
+                 SELECT c.relname::text, true FROM pg_class c
+                  WHERE c.relnamespace = (SELECT oid FROM schema) AND c.oid NOT IN (SELECT oid FROM ours)
+                    AND NOT EXISTS (SELECT 1 FROM pg_index i WHERE i.indexrelid = c.oid AND i.indrelid IN (SELECT oid FROM ours))
+                 UNION ALL
+                 SELECT conname::text, false FROM pg_constraint
+                  WHERE connamespace = (SELECT oid FROM schema) AND conrelid NOT IN (SELECT oid FROM ours)",
+                &[&orig, &ghost],
+            )
+            .await
+            .context("reading the names in use in the table's schema")?;
+        let mut names = SchemaNames::default();
+        for row in rows {
+            let (name, relation): (String, bool) = (row.try_get(0)?, row.try_get(1)?);
+            match relation {
+                true => names.relations.insert(name),
+                false => names.constraints.insert(name),
+            };
+        }
+        Ok(names)
     }
 }
 
@@ -132,6 +181,7 @@ struct Catalog {
     ghost_constraints: Vec<String>,
     ghost_statistics: Vec<QualifiedName>,
     partitions: Option<PartitionRenames>,
+    schema_names: SchemaNames,
 }
 
 impl Catalog {
@@ -155,6 +205,7 @@ impl Catalog {
             ghost_constraints,
             ghost_statistics,
             partitions,
+            schema_names,
         ) = tokio::try_join!(
             biased;
             owned_sequences(tx, orig.oid),
@@ -167,6 +218,7 @@ impl Catalog {
             names(tx, PLAIN_CONSTRAINTS, ghost.oid),
             statistics::names(tx, ghost.oid),
             partitions,
+            SchemaNames::read(tx, orig.oid, ghost.oid),
         )?;
         Ok(Catalog {
             orig_owned_sequences,
@@ -179,6 +231,7 @@ impl Catalog {
             ghost_constraints,
             ghost_statistics,
             partitions,
+            schema_names,
         })
     }
 }
@@ -269,7 +322,7 @@ pub async fn swap(tx: &impl GenericClient, orig: &TableInfo, ghost: &Ghost, old_
     }
 
     // The original steps aside.
-    let Catalog { orig_indexes, orig_statistics, ghost_indexes, ghost_constraints, ghost_statistics, partitions, .. } = catalog;
+    let Catalog { orig_indexes, orig_statistics, ghost_indexes, ghost_constraints, ghost_statistics, partitions, schema_names, .. } = catalog;
     for index in &orig_indexes {
         sql.push(format!("ALTER INDEX {} RENAME TO {}", o.sibling(index.clone()).sql(), ident(&old_object_name(index))));
     }
@@ -286,7 +339,7 @@ pub async fn swap(tx: &impl GenericClient, orig: &TableInfo, ghost: &Ghost, old_
         sql.push(format!("DROP INDEX {}", g.sibling(temp.clone()).sql()));
     }
     let ghost_indexes: Vec<String> = ghost_indexes.into_iter().filter(|i| Some(i) != ghost.temp_key_index.as_ref()).collect();
-    let mut new_names = NewNames::default();
+    let mut new_names = NewNames::in_schema(schema_names);
     for index in &ghost_indexes {
         match orig_indexes.iter().find(|n| &temp_name(n) == index) {
             Some(original) => new_names.keep(original),
@@ -300,7 +353,7 @@ pub async fn swap(tx: &impl GenericClient, orig: &TableInfo, ghost: &Ghost, old_
     for index in &ghost_indexes {
         let new = match orig_indexes.iter().find(|n| &temp_name(n) == index) {
             Some(original) => Some(original.clone()),
-            None => final_name(index, &g.name, &o.name, &[]).map(|wanted| new_names.choose(&wanted)),
+            None => final_name(index, &g.name, &o.name, &[]).map(|wanted| new_names.choose(&wanted, true)),
         };
         if let Some(new) = new {
             sql.push(format!("ALTER INDEX {} RENAME TO {}", g.sibling(index.clone()).sql(), ident(&new)));
@@ -308,7 +361,7 @@ pub async fn swap(tx: &impl GenericClient, orig: &TableInfo, ghost: &Ghost, old_
     }
     for constraint in &ghost_constraints {
         if let Some(wanted) = final_name(constraint, &g.name, &o.name, &[]) {
-            let new = new_names.choose(&wanted);
+            let new = new_names.choose(&wanted, false);
             sql.push(format!("ALTER TABLE {} RENAME CONSTRAINT {} TO {}", g.sql(), ident(constraint), ident(&new)));
         }
     }
@@ -582,12 +635,18 @@ mod tests {
 
     #[test]
     fn a_name_the_alter_created_skips_names_in_use_as_postgres_does() {
-        let mut names = NewNames::default();
+        let schema = SchemaNames { relations: ["orders_pad_key".to_string()].into(), constraints: ["orders_x_check".to_string()].into() };
+        let mut names = NewNames::in_schema(schema);
         names.keep("orders_amount_check");
         names.keep("orders_pkey");
-        assert_eq!(names.choose("orders_amount_check"), "orders_amount_check1");
-        assert_eq!(names.choose("orders_amount_check1"), "orders_amount_check2");
-        assert_eq!(names.choose("orders_n_check"), "orders_n_check");
-        assert_eq!(names.choose("orders_n_check"), "orders_n_check1");
+        assert_eq!(names.choose("orders_amount_check", false), "orders_amount_check1");
+        assert_eq!(names.choose("orders_amount_check1", false), "orders_amount_check2");
+        assert_eq!(names.choose("orders_n_check", false), "orders_n_check");
+        assert_eq!(names.choose("orders_n_check", false), "orders_n_check1");
+        // Another table's index is in the way of an index, not of a constraint; another's
+        // constraint of both.
+        assert_eq!(names.choose("orders_pad_key", true), "orders_pad_key1");
+        assert_eq!(names.choose("orders_pad_check", false), "orders_pad_check");
+        assert_eq!(names.choose("orders_x_check", false), "orders_x_check1");
     }
 }

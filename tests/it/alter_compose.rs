@@ -587,3 +587,27 @@ async fn names_the_alter_chooses_skip_names_in_use_as_under_a_plain_alter() {
     let twin = before.twin_after_plain_alter(&db, "public.pl", alter).await;
     crate::oracle::assert_whole_schema_equal(&db, &twin, alter).await;
 }
+
+/// The names PostgreSQL skips are those in use in the whole schema, not only on the table: an
+/// index of another table named `pl_pad_key` makes a new UNIQUE on `pad` `pl_pad_key1`, a
+/// CHECK of another table named `pl_n_check` a new CHECK on `n` `pl_n_check1`, with the ghost
+/// as with a plain ALTER. (The swap renamed the ghost's to the names in use, and failed, after
+/// the whole copy, on "relation already exists".)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_in_use_elsewhere_in_the_schema_are_skipped_as_under_a_plain_alter() {
+    let db = crate::harness::Cluster::primary().fresh_db("compose_schema_names");
+    db.psql(
+        "CREATE TABLE public.pl (id int PRIMARY KEY, n int, pad text);
+         INSERT INTO public.pl SELECT g, g, md5(g::text) FROM generate_series(1, 500) g;
+         CREATE TABLE public.other (x int CONSTRAINT pl_n_check CHECK (x > 0));
+         CREATE INDEX pl_pad_key ON public.other (x);",
+    );
+    let before = crate::oracle::WholeSchema::take(&db).await;
+    let alter = "ALTER COLUMN n TYPE bigint, ADD UNIQUE (pad), ADD CHECK (n < 1000000)";
+    let out = crate::binary::run(&db, &["--table", "pl", "--alter", alter, "--execute", "--ok-to-drop-table"]).await;
+    crate::binary::assert_success(&out);
+    let names = db.psql("SELECT string_agg(conname, ' ' ORDER BY conname) FROM pg_constraint WHERE conrelid = 'public.pl'::regclass AND contype <> 'n'");
+    assert_eq!(names, "pl_n_check1 pl_pad_key1 pl_pkey");
+    let twin = before.twin_after_plain_alter(&db, "public.pl", alter).await;
+    crate::oracle::assert_whole_schema_equal(&db, &twin, alter).await;
+}
