@@ -9,9 +9,10 @@
 //! its clause added `NOT VALID` just before. An abort cancels the statement under way. A dry run takes
 //! each step's locks and releases them, changing nothing.
 
+use crate::concurrent_index;
 use crate::conn::ConnInfo;
 use crate::copy::GateState;
-use crate::cutover::sessions::Sessions;
+use crate::cutover::sessions::{LostStatement, Sessions};
 use crate::cutover::{autovacuum, waiting, BlockerKiller};
 use crate::error::{Backoff, Context, Error, ErrorKind, Result};
 use crate::plan::{Step, StepKind};
@@ -145,14 +146,15 @@ impl Direct<'_> {
     /// hold its locks (writers queue behind an ACCESS EXCLUSIVE one) until the server found its
     /// client gone: its backend is ended.
     async fn after_lost(&self, sessions: &mut Sessions, step: &Step) -> Result<()> {
-        let Some(lost) = sessions.replace_lost(self.conn).await? else { return Ok(()) };
-        match &step.kind {
-            StepKind::ConcurrentIndex { index } => {
-                let what = format!("the build of index {index}");
-                crate::reconnect::wait_for_statement_end(&sessions.monitor, &lost, &what, &mut crate::reconnect::Outage::new()).await
-            }
-            _ => lost.end(&sessions.monitor).await,
-        }
+        let what = match &step.kind {
+            StepKind::ConcurrentIndex { index } => Some(format!("the build of index {index}")),
+            _ => None,
+        };
+        let statement = match &what {
+            Some(what) => LostStatement::OnItsOwn { what },
+            None => LostStatement::InTransaction,
+        };
+        sessions.replace_after_loss(self.conn, statement).await
     }
 
     /// One attempt at a step; an abort (panic flag or command, signal, critical load) while
@@ -278,14 +280,12 @@ impl Direct<'_> {
                 // The name was free before the first step (`check_new_names`): an index of that
                 // name on the table is what an earlier attempt of this step left, its session
                 // lost (and waited for, `after_lost`). Valid, it is built; invalid, built again.
-                match index_valid(c, self.table, index).await? {
-                    Some(true) => {
-                        tracing::warn!(index = %index, "the index an attempt whose session was lost was building is built and valid: kept");
-                        return Ok(());
-                    }
-                    Some(false) => drop_invalid_index(c, self.table, index).await?,
-                    None => {}
+                let table = self.table.sql();
+                if concurrent_index::valid(c, &table, index).await? == Some(true) {
+                    tracing::warn!(index = %index, "the index an attempt whose session was lost was building is built and valid: kept");
+                    return Ok(());
                 }
+                concurrent_index::drop_if_invalid(c, &table, index).await?;
                 // CONCURRENTLY cannot run in a transaction: the session's own setting bounds the wait.
                 c.batch_execute(&format!("SET lock_timeout = '{}ms'", ms(lock_timeout))).await?;
                 let built = waiting::run(sessions, &step.sql, lock_timeout, attempt, killer, "index build").await;
@@ -295,7 +295,7 @@ impl Direct<'_> {
                     Err(e) if e.kind().is_lost_connection() => Err(e),
                     Err(e) => {
                         // A failed CONCURRENTLY leaves an invalid index behind: never keep it.
-                        if let Err(drop) = drop_invalid_index(c, self.table, index).await {
+                        if let Err(drop) = concurrent_index::drop_if_invalid(c, &table, index).await {
                             tracing::error!(index = %index, error = %drop, "could not drop the invalid index the failed build left; drop it by hand");
                         }
                         Err(e)
@@ -379,29 +379,3 @@ async fn check_new_names(client: &tokio_postgres::Client, table: &QualifiedName,
     }
     Ok(())
 }
-
-/// Whether the index `name` on `table` is valid; None when the table has no index of that
-/// name.
-async fn index_valid(client: &tokio_postgres::Client, table: &QualifiedName, name: &str) -> Result<Option<bool>> {
-    let row = client
-        .query_opt(
-            "SELECT i.indisvalid FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid
-              WHERE i.indrelid = $1::text::regclass AND c.relname = $2",
-            &[&table.sql(), &name],
-        )
-        .await
-        .context("looking at the index the step builds")?;
-    Ok(row.map(|r| r.try_get(0)).transpose()?)
-}
-
-/// Drops the index `name` if `table` has it and it is invalid (what a failed `CREATE INDEX
-/// CONCURRENTLY` leaves); anything else of that name is left alone.
-async fn drop_invalid_index(client: &tokio_postgres::Client, table: &QualifiedName, name: &str) -> Result<()> {
-    if index_valid(client, table, name).await? == Some(false) {
-        let index = table.sibling(name.to_string());
-        tracing::warn!(index = %index, "dropping the invalid index a failed build left");
-        client.batch_execute(&format!("DROP INDEX CONCURRENTLY IF EXISTS {}", index.sql())).await.context("dropping the invalid index a failed build left")?;
-    }
-    Ok(())
-}
-

@@ -8,6 +8,7 @@ pub mod conn;
 pub mod tls;
 pub mod plan;
 pub mod direct;
+pub mod concurrent_index;
 pub mod reconnect;
 pub mod replication;
 pub mod sql;

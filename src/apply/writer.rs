@@ -75,6 +75,20 @@ enum Command {
     Stop(oneshot::Sender<()>),
 }
 
+/// How an error says that the apply loop went away, as seen from a handle on it (a command
+/// that got no answer); why it went is the loop's own error (`runner::Background::failed`).
+const LOOP_GONE: &str = "the apply loop stopped";
+
+/// The error of a handle on the apply loop that found it gone `while_doing`.
+pub fn loop_gone(while_doing: &str) -> Error {
+    Error::internal(format!("{LOOP_GONE} {while_doing}"))
+}
+
+/// Whether `e` only says that the apply loop went away (see [`loop_gone`]).
+pub fn is_loop_gone(e: &Error) -> bool {
+    e.kind() == crate::error::ErrorKind::Internal && e.message().starts_with(LOOP_GONE)
+}
+
 #[derive(Clone)]
 pub struct WriterHandle {
     commands: mpsc::Sender<Command>,
@@ -83,14 +97,14 @@ pub struct WriterHandle {
 
 impl WriterHandle {
     async fn send(&self, c: Command) -> Result<()> {
-        self.commands.send(c).await.map_err(|_| Error::internal("the apply loop has stopped"))
+        self.commands.send(c).await.map_err(|_| loop_gone("before taking a command"))
     }
 
     /// Stops flushing; returns once no flush is running.
     pub async fn pause(&self) -> Result<()> {
         let (tx, rx) = oneshot::channel();
         self.send(Command::Pause(tx)).await?;
-        rx.await.map_err(|_| Error::internal("the apply loop stopped while pausing"))
+        rx.await.map_err(|_| loop_gone("while pausing"))
     }
 
     pub async fn resume(&self) -> Result<()> {
@@ -117,7 +131,7 @@ impl WriterHandle {
     pub async fn unpark(&self) -> Result<u64> {
         let (tx, rx) = oneshot::channel();
         self.send(Command::Unpark(tx)).await?;
-        rx.await.map_err(|_| Error::internal("the apply loop stopped while writing parked keys"))
+        rx.await.map_err(|_| loop_gone("while writing parked keys"))
     }
 
     pub async fn stop(&self) -> Result<()> {

@@ -249,8 +249,12 @@ impl CutOver<'_> {
                     // Writers waited all this time too: a failed attempt's stall is reported.
                     tracing::warn!(attempt, lock_held_ms = at.elapsed().as_millis() as u64, "cut-over attempt rolled back after holding the lock");
                 }
+                // The attempt's own error says what happened (a COMMIT in doubt, say); a
+                // requeue fails only with the apply loop gone, which stops the run anyway.
                 if !keys.is_empty() {
-                    self.writer.requeue(keys).await?;
+                    if let Err(gone) = self.writer.requeue(keys).await {
+                        tracing::debug!(error = %gone, "the keys of the failed attempt could not be given back");
+                    }
                 }
                 Err(e)
             }
@@ -442,7 +446,7 @@ impl CutOver<'_> {
         let limit = sentinel_limit;
         let keys = match tokio::time::timeout(limit, drain).await {
             Ok(Ok(keys)) => keys,
-            Ok(Err(_)) => return Err(fail(Error::internal("the apply loop stopped before the sentinel arrived"))),
+            Ok(Err(_)) => return Err(fail(crate::apply::writer::loop_gone("before the sentinel arrived"))),
             Err(_) => {
                 return Err(fail(Error::new(
                     ErrorKind::LockTimeout,

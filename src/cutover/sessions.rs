@@ -76,6 +76,30 @@ impl Sessions {
     }
 }
 
+/// What the lost session's backend, which may go on, is left to (see
+/// [`Sessions::replace_after_loss`]).
+pub(crate) enum LostStatement<'a> {
+    /// Its transaction can never commit (its COMMIT was not sent, or was resolved already),
+    /// and holds its locks until the server finds its client gone: ended.
+    InTransaction,
+    /// A statement that commits by itself (`CREATE INDEX CONCURRENTLY`, a statement outside
+    /// a transaction block): waited for until it has ended, so that what it did is there to
+    /// be looked at and nothing runs beside it. `what` names it in the log.
+    OnItsOwn { what: &'a str },
+}
+
+impl Sessions {
+    /// After a lost connection: replaces the lost sessions (see [`Sessions::replace_lost`]),
+    /// then deals with the lost backend as `statement` says, when it is still there.
+    pub async fn replace_after_loss(&mut self, conn: &ConnInfo, statement: LostStatement<'_>) -> Result<()> {
+        let Some(lost) = self.replace_lost(conn).await? else { return Ok(()) };
+        match statement {
+            LostStatement::InTransaction => lost.end(&self.monitor).await,
+            LostStatement::OnItsOwn { what } => crate::reconnect::wait_for_statement_end(&self.monitor, &lost, what, &mut Outage::new()).await,
+        }
+    }
+}
+
 async fn connect_cut_over(conn: &ConnInfo) -> Result<(Client, Backend)> {
     let client = conn.with_application_name("pg-ghost cut-over").connect().await?;
     let backend = Backend::of(&client).await.context("reading the cut-over session's backend")?;

@@ -7,7 +7,9 @@ use super::statements::{self, one_line, Action, Body, Statement};
 use super::table::{self, Row};
 use crate::config::Config;
 use crate::conn::ConnInfo;
-use crate::cutover::{sessions::Sessions, waiting};
+use crate::concurrent_index;
+use crate::cutover::sessions::{LostStatement, Sessions};
+use crate::cutover::waiting;
 use crate::error::{Backoff, Error, ErrorKind, Result};
 use crate::runner::{self, Outcome};
 use std::collections::HashMap;
@@ -225,7 +227,7 @@ async fn apply_steps(
                     other => return Err(at(Error::internal(format!("the online change ended as {other:?}")))),
                 }
             }
-            Action::ConcurrentIndex { sql, index } => index_concurrently(cfg, sessions, conn, sql, index).await.map_err(at)?,
+            Action::ConcurrentIndex { sql, table, index } => index_concurrently(cfg, sessions, conn, sql, table, index).await.map_err(at)?,
             Action::Direct { sql } => direct(cfg, sessions, conn, sql, "statement").await.map_err(at)?,
         }
         table::progress(client, &version, (i + 1) as i32, &done_checksum(&steps[..=i])).await?;
@@ -238,18 +240,18 @@ enum Attempt<'a> {
     /// `sql` as written, its lock waits bounded by the lock timeout (its work is not: a
     /// backfill takes what it takes).
     Direct { sql: &'a str, what: &'a str },
-    /// `CREATE INDEX CONCURRENTLY`; an invalid index a failed build leaves is dropped, so
-    /// that a retry can build it again.
-    Index { sql: &'a str, index: &'a str },
+    /// `CREATE INDEX CONCURRENTLY` of `index` on `table`; an invalid index a failed build
+    /// leaves is dropped, so that a retry can build it again.
+    Index { sql: &'a str, table: &'a str, index: &'a str },
 }
 
 async fn direct(cfg: &MigrateConfig, sessions: &mut Sessions, conn: &ConnInfo, sql: &str, what: &str) -> Result<()> {
     retrying(cfg, sessions, conn, &Attempt::Direct { sql, what }).await
 }
 
-async fn index_concurrently(cfg: &MigrateConfig, sessions: &mut Sessions, conn: &ConnInfo, sql: &str, index: &str) -> Result<()> {
+async fn index_concurrently(cfg: &MigrateConfig, sessions: &mut Sessions, conn: &ConnInfo, sql: &str, table: &str, index: &str) -> Result<()> {
     // An earlier attempt that died may have left its invalid index behind: each attempt drops it.
-    retrying(cfg, sessions, conn, &Attempt::Index { sql, index }).await
+    retrying(cfg, sessions, conn, &Attempt::Index { sql, table, index }).await
 }
 
 async fn attempt(cfg: &MigrateConfig, sessions: &Sessions, what: &Attempt<'_>, n: u32) -> Result<()> {
@@ -264,21 +266,21 @@ async fn attempt(cfg: &MigrateConfig, sessions: &Sessions, what: &Attempt<'_>, n
             }
             r
         }
-        Attempt::Index { sql, index } => {
+        Attempt::Index { sql, table, index } => {
             // After a lost session (waited for, see `retrying`), the build it was making may
             // have gone through.
-            if n > 1 && index_valid(sessions, index).await? == Some(true) {
+            if n > 1 && concurrent_index::valid(c, table, index).await? == Some(true) {
                 tracing::warn!(index, "the index an attempt whose session was lost was building is built and valid: kept");
                 let _ = c.batch_execute("RESET lock_timeout").await;
                 return Ok(());
             }
-            drop_if_invalid(sessions, index).await?;
+            concurrent_index::drop_if_invalid(c, table, index).await?;
             let r = waiting::run(sessions, sql, cfg.runs.lock_timeout, n, None, "index build").await;
             match &r {
                 // Its session is gone, and may go on building: the next attempt looks.
                 Err(e) if e.kind().is_lost_connection() => {}
                 Err(_) => {
-                    if let Err(e) = drop_if_invalid(sessions, index).await {
+                    if let Err(e) = concurrent_index::drop_if_invalid(c, table, index).await {
                         tracing::error!(index, error = %e.chain(), "could not drop the invalid index the failed build left; drop it by hand");
                     }
                 }
@@ -289,20 +291,6 @@ async fn attempt(cfg: &MigrateConfig, sessions: &Sessions, what: &Attempt<'_>, n
     };
     let _ = c.batch_execute("RESET lock_timeout").await;
     r
-}
-
-/// Whether the index `index` (as the statement names it) is valid; None when there is none.
-async fn index_valid(sessions: &Sessions, index: &str) -> Result<Option<bool>> {
-    let row = sessions.client.query_opt("SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass($1)", &[&index]).await?;
-    Ok(row.map(|r| r.try_get(0)).transpose()?)
-}
-
-async fn drop_if_invalid(sessions: &Sessions, index: &str) -> Result<()> {
-    if index_valid(sessions, index).await? == Some(false) {
-        tracing::warn!(index, "dropping the invalid index a failed CONCURRENTLY build left");
-        sessions.client.batch_execute(&format!("DROP INDEX CONCURRENTLY IF EXISTS {index}")).await?;
-    }
-    Ok(())
 }
 
 /// Tries until the statement runs, it fails for a reason a retry cannot cure, or the tries
@@ -316,16 +304,22 @@ async fn retrying(cfg: &MigrateConfig, sessions: &mut Sessions, conn: &ConnInfo,
             Ok(()) => return Ok(()),
             Err(e) if e.is_retryable() && n < cfg.runs.lock_retries.max(1) => {
                 if e.kind() == ErrorKind::Connection {
-                    // The lost session's backend may go on (the network went, not the server):
-                    // an index build is waited for, to be kept if it went through; any other
-                    // statement's transaction can never commit, and is ended with its locks.
-                    if let Some(lost) = sessions.replace_lost(conn).await? {
-                        match what {
-                            Attempt::Index { index, .. } => {
-                                let what = format!("the build of index {index}");
-                                crate::reconnect::wait_for_statement_end(&sessions.monitor, &lost, &what, &mut crate::reconnect::Outage::new()).await?
-                            }
-                            Attempt::Direct { .. } => lost.end(&sessions.monitor).await?,
+                    // The lost session's backend may go on (the network went, not the server),
+                    // and is waited for: an index build, to be kept if it went through; a
+                    // statement as written, which commits by itself (a transaction block in
+                    // it too), may have done its work, and is not run again: the migration
+                    // stops at it, for the DBA to look.
+                    match what {
+                        Attempt::Index { index, .. } => {
+                            let what = format!("the build of index {index}");
+                            sessions.replace_after_loss(conn, LostStatement::OnItsOwn { what: &what }).await?;
+                        }
+                        Attempt::Direct { .. } => {
+                            sessions.replace_after_loss(conn, LostStatement::OnItsOwn { what: "the lost statement" }).await?;
+                            return Err(e.context(
+                                "the connection was lost while the statement ran, and the server may have carried it out (it commits by itself): \
+                                 look at what it does before running the migration again, which starts with it",
+                            ));
                         }
                     }
                 }

@@ -25,7 +25,8 @@ pub enum Action {
     /// `pg-ghost run --strategy auto --table <table> --alter <clauses> --execute`.
     Online { table: String, clauses: String },
     /// `CREATE INDEX CONCURRENTLY` (`sql`); `index` is dropped when the build fails.
-    ConcurrentIndex { sql: String, index: String },
+    /// `index`: the index's name; `table`: its table, as the statement names it.
+    ConcurrentIndex { sql: String, table: String, index: String },
     /// As written, under a short lock_timeout, with retries.
     Direct { sql: String },
 }
@@ -125,12 +126,12 @@ fn action(tree: &protobuf::ParseResult, node: &N, text: &str) -> Result<Action> 
             if let Some(N::IndexStmt(i)) = tree.stmts[0].stmt.as_mut().and_then(|n| n.node.as_mut()) {
                 i.concurrent = true;
             }
-            let schema = i.relation.as_ref().map(|r| r.schemaname.clone()).unwrap_or_default();
-            let index = match schema.is_empty() {
-                true => ident(&i.idxname),
-                false => format!("{}.{}", ident(&schema), ident(&i.idxname)),
+            let (schema, relation) = i.relation.as_ref().map(|r| (r.schemaname.clone(), r.relname.clone())).unwrap_or_default();
+            let table = match schema.is_empty() {
+                true => ident(&relation),
+                false => format!("{}.{}", ident(&schema), ident(&relation)),
             };
-            Ok(Action::ConcurrentIndex { sql: deparse(&tree)?, index })
+            Ok(Action::ConcurrentIndex { sql: deparse(&tree)?, table, index: i.idxname.clone() })
         }
         _ => Ok(Action::Direct { sql: text.to_string() }),
     }
@@ -207,7 +208,7 @@ mod tests {
             s[0].action,
             Action::Online { table: "\"public\".\"Orders\"".into(), clauses: "ADD COLUMN region text, ALTER COLUMN n TYPE bigint".into() }
         );
-        assert_eq!(s[1].action, Action::ConcurrentIndex { sql: "CREATE INDEX CONCURRENTLY orders_region ON orders USING btree (region)".into(), index: "\"orders_region\"".into() });
+        assert_eq!(s[1].action, Action::ConcurrentIndex { sql: "CREATE INDEX CONCURRENTLY orders_region ON orders USING btree (region)".into(), table: "\"orders\"".into(), index: "orders_region".into() });
         assert_eq!(s[2].action, Action::Direct { sql: "UPDATE orders SET region = 'eu' WHERE region IS NULL".into() });
         assert_eq!(s[2].text, "UPDATE orders SET region = 'eu' WHERE region IS NULL");
     }

@@ -1213,7 +1213,7 @@ impl Run {
                 CatchUp::Applied => s.acked >= target || (s.received >= target && s.backlog_keys == 0 && !s.flushing),
             })
             .await
-            .map_err(|_| Error::internal("the apply loop stopped while catching up"))?;
+            .map_err(|_| crate::apply::writer::loop_gone("while catching up"))?;
         Ok(())
     }
 
@@ -1363,10 +1363,10 @@ async fn emit_marker(client: &Client, marker: &str) -> Result<Lsn> {
 
 /// Runs `fut` until it ends, the run is aborted, or a background task fails.
 ///
-/// When `fut` fails on a broken invariant (`Internal`) while a background task is failing,
-/// the task's error is the one returned: a handle on the apply loop only sees the loop go
-/// away ("the apply loop stopped while ..."), and can see it before the loop's task has
-/// finished; why the loop stopped is the loop's own error.
+/// When `fut` fails only because the apply loop went away (a handle on it sees that, and
+/// can see it before the loop's task has finished: "the apply loop stopped while ..."), the
+/// loop's own error, which says why, is the one returned. Any other error of `fut` is its own
+/// (a cut-over whose COMMIT is in doubt says which table to look at, whatever else fails).
 async fn guard<T>(
     fut: impl Future<Output = Result<T>>,
     abort: &mut watch::Receiver<Option<String>>,
@@ -1391,7 +1391,7 @@ async fn guard<T>(
         },
     };
     match background {
-        Some(bg) if own_error.kind() == ErrorKind::Internal => match tokio::time::timeout(Duration::from_secs(2), bg.failed()).await {
+        Some(bg) if crate::apply::writer::is_loop_gone(&own_error) => match tokio::time::timeout(Duration::from_secs(2), bg.failed()).await {
             Ok(cause) => Err(cause),
             Err(_) => Err(own_error),
         },

@@ -371,7 +371,7 @@ async fn an_index_build_whose_backend_is_terminated_is_made_again() {
     blocker.batch_execute("COMMIT").await.unwrap();
     let out = run.wait(Duration::from_secs(90)).await;
     assert_unique_made(&db, &out);
-    assert!(binary::stderr(&out).contains("dropping the invalid index a failed build left"), "{}", binary::stderr(&out));
+    assert!(binary::stderr(&out).contains("dropping the invalid index a failed CONCURRENTLY build left"), "{}", binary::stderr(&out));
 }
 
 /// The index build's connection drops on pg-ghost's side (the server does not know, and goes

@@ -353,3 +353,30 @@ async fn an_index_build_whose_connection_drops_is_waited_for_and_kept() {
     assert_eq!(db.psql("SELECT indisvalid::text FROM pg_index WHERE indexrelid = 't_n_idx'::regclass"), "true");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A statement run as written (here a transaction block) whose connection drops while the
+/// server goes on with it: it commits by itself, so it is not run again (it was, and did its
+/// work twice); the migration stops at it, saying that the server may have carried it out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_whose_connection_drops_is_not_run_again() {
+    let db = Cluster::primary().fresh_db("migrate_direct_drop");
+    db.psql("CREATE TABLE log (n int)");
+    let dir = migrations_dir("direct_drop", &[("V1__log.sql", "BEGIN;\nSELECT pg_sleep(1);\nINSERT INTO log VALUES (1);\nCOMMIT;\n")]);
+    let mut run = crate::run_faults::Running::spawn(&db, "migrate", &["--dir", dir.to_str().unwrap()]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let port = loop {
+        let found = db.psql("SELECT client_port FROM pg_stat_activity WHERE datname = current_database() AND state = 'active' AND query LIKE '%pg_sleep(1)%' AND pid <> pg_backend_pid()");
+        if let Ok(port) = found.parse::<i32>() {
+            break port;
+        }
+        run.assert_running("the statement").await;
+        assert!(std::time::Instant::now() < deadline, "the statement never ran");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    crate::reconnect::drop_connection(&db, port);
+    let out = run.wait(std::time::Duration::from_secs(60)).await;
+    crate::binary::assert_failure(&out, 1, "may have carried it out");
+    assert_eq!(db.psql("SELECT count(*) FROM log"), "1", "the statement ran twice:\n{}", binary::stderr(&out));
+    assert!(recorded(&db).starts_with("1:failed"), "{}", recorded(&db));
+    let _ = std::fs::remove_dir_all(&dir);
+}
