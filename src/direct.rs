@@ -20,7 +20,7 @@ use crate::sql::{ident, QualifiedName, MAX_IDENT_BYTES};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
-/// How long past its statement's own limit a locked step's transaction may sit idle before
+/// How long a locked step's transaction may sit idle between two of its statements before
 /// the server ends it: only a lost connection leaves it idle for more than a round trip.
 const IDLE_IN_LOCKED_STEP: Duration = Duration::from_secs(5);
 
@@ -249,7 +249,7 @@ impl Direct<'_> {
                 // writers queue behind it for no longer.
                 // Should the connection go between the statement and its COMMIT, the server ends
                 // the transaction, and its lock, soon after, not when it finds the client gone.
-                let idle = wait + IDLE_IN_LOCKED_STEP;
+                let idle = IDLE_IN_LOCKED_STEP;
                 c.batch_execute(&format!(
                     "BEGIN; SET LOCAL lock_timeout = '{}ms'; SET LOCAL statement_timeout = '{}ms'; SET LOCAL idle_in_transaction_session_timeout = '{}ms'{early}",
                     ms(lock_timeout),
@@ -351,9 +351,9 @@ async fn check_new_names(client: &tokio_postgres::Client, table: &QualifiedName,
     for new in steps.iter().filter_map(|s| s.creates.as_ref()) {
         let what = if new.index { "index" } else { "constraint" };
         let advice = "name it in the ALTER (`ADD CONSTRAINT <name> ...`)";
-        if new.name.len() > MAX_IDENT_BYTES {
+        if new.name.len() > MAX_IDENT_BYTES || new.cut {
             return Err(Error::refused(format!(
-                "the {what} the ALTER adds would be named {}, longer than PostgreSQL's {MAX_IDENT_BYTES} bytes, which it would cut its own way: {advice}",
+                "the {what} the ALTER adds would get a name PostgreSQL cuts to {MAX_IDENT_BYTES} bytes, its own way on the table ({} on a trial): {advice}",
                 ident(&new.name)
             )));
         }

@@ -164,20 +164,37 @@ impl Backend {
     /// session): whatever transaction it is in can never commit (its client is gone), and
     /// until the server notices that (its TCP keepalives: hours, by default) it holds that
     /// transaction's locks, idle in it or still running a statement. Waits up to 5 s for it
-    /// to be gone, so that its locks are released when this returns.
+    /// to be gone, so that its locks are released when this returns; still there then, the
+    /// error is one to try again after (its locks may still be held).
     pub async fn end(&self, client: &Client) -> Result<()> {
-        let ended = client
+        let ended: Vec<bool> = client
             .query(
                 "SELECT pg_catalog.pg_terminate_backend(pid, 5000) FROM pg_catalog.pg_stat_activity
                   WHERE pid = $1 AND (extract(epoch FROM backend_start) * 1000000)::int8 = $2",
                 &[&self.pid, &self.started],
             )
             .await
-            .context("ending the lost session's backend")?;
-        if !ended.is_empty() {
-            tracing::warn!(pid = self.pid, "the lost session's backend was still there, in its transaction: ended, its locks released");
+            .context("ending the lost session's backend")?
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<std::result::Result<_, _>>()?;
+        match ended.first() {
+            None => Ok(()),
+            Some(true) => {
+                tracing::warn!(pid = self.pid, "the lost session's backend was still there, in its transaction: ended, its locks released");
+                Ok(())
+            }
+            Some(false) => Err(Error::new(
+                crate::error::ErrorKind::Busy,
+                format!("the lost session's backend (pid {}) was told to end and is still there after 5 s", self.pid),
+            )),
         }
-        Ok(())
+    }
+
+    /// The same backend (a pooler in session mode can hand a new connection the server
+    /// backend a lost one had).
+    pub fn same_as(&self, other: &Backend) -> bool {
+        self.pid == other.pid && self.started == other.started
     }
 }
 

@@ -174,7 +174,10 @@ impl ConnInfo {
             idle: positive("keepalives_idle")?.map_or(default.idle, |s| Duration::from_secs(s.into())),
             interval: positive("keepalives_interval")?.map_or(default.interval, |s| Duration::from_secs(s.into())),
             count: positive("keepalives_count")?.unwrap_or(default.count),
-            user_timeout: get("tcp_user_timeout").map(tcp_user_timeout).transpose().map_err(|e| parsed("tcp_user_timeout", e))?.flatten(),
+            user_timeout: match get("tcp_user_timeout") {
+                Some(v) => tcp_user_timeout(v).map_err(|e| parsed("tcp_user_timeout", e))?,
+                None => default.user_timeout,
+            },
         };
         let target_session =
             get("target_session_attrs").map(str::parse).transpose().map_err(|e| parsed("target_session_attrs", e))?.unwrap_or_default();
@@ -338,7 +341,11 @@ fn default_host(port: u16) -> Endpoint {
 /// server gone with the network (no FIN, no RST reaches pg-ghost) would leave a run waiting
 /// that long for an answer, its slot retaining WAL. pg-ghost's own defaults find it within a
 /// minute, and keep idle sessions through middleboxes that drop quiet connections. A server
-/// that answers its probes is never taken for gone, however long its statement runs.
+/// that answers its probes is never taken for gone, however long its statement runs. Linux
+/// sends no probe while sent data waits for its acknowledgement (the stream sends a status
+/// update every few seconds): the user timeout, as long as the probes take to give up,
+/// bounds that wait too, which retransmissions would otherwise stretch to a quarter of an
+/// hour.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TcpSettings {
     /// Silence before the first probe.
@@ -347,13 +354,14 @@ pub struct TcpSettings {
     pub interval: Duration,
     /// Probes unanswered before the connection is dropped.
     pub count: u32,
-    /// How long sent data may stay unacknowledged; `None`: the system's.
+    /// How long sent data may stay unacknowledged (Linux); `None`: the system's.
     pub user_timeout: Option<Duration>,
 }
 
 impl Default for TcpSettings {
     fn default() -> Self {
-        TcpSettings { idle: Duration::from_secs(30), interval: Duration::from_secs(10), count: 3, user_timeout: None }
+        let (idle, interval, count) = (Duration::from_secs(30), Duration::from_secs(10), 3);
+        TcpSettings { idle, interval, count, user_timeout: Some(idle + interval * count) }
     }
 }
 

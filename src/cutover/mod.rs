@@ -419,9 +419,10 @@ impl CutOver<'_> {
         let fail = |e: Error| (e, Vec::new());
         let (client, monitor) = (&sessions.client, &sessions.monitor);
         let timeout_ms = self.lock_timeout.as_millis().max(1);
-        // The sentinel's wait is the longest the transaction sits idle; should the connection
-        // go (the network, not the server), the server ends the transaction and lets go of the
-        // tables soon after that, not when it finds its client gone.
+        // The sentinel's emit and delivery (bounded together by `sentinel_limit`) are the
+        // longest the transaction sits idle; should the connection go (the network, not the
+        // server), the server ends the transaction and lets go of the tables soon after that,
+        // not when it finds its client gone.
         let sentinel_limit = (self.lock_timeout * 3).max(Duration::from_secs(2));
         let idle_ms = (sentinel_limit + IDLE_PAST_SENTINEL).as_millis();
         client
@@ -439,18 +440,23 @@ impl CutOver<'_> {
 
         let sentinel = format!("cut-over {} {}", std::process::id(), attempt);
         let drain = self.writer.expect_sentinel(&sentinel).await.map_err(fail)?;
-        monitor
-            .query_typed("SELECT pg_logical_emit_message(true, $1, $2)", &[(&MESSAGE_PREFIX, Type::TEXT), (&sentinel, Type::TEXT)])
-            .await
-            .map_err(|e| fail(Error::from(e).context("emitting the cut-over sentinel")))?;
+        // The emit and the stream's delivery of it, bounded together: the locking session sits
+        // idle all that time (see `idle_ms`).
         let limit = sentinel_limit;
-        let keys = match tokio::time::timeout(limit, drain).await {
+        let delivered = async {
+            monitor
+                .query_typed("SELECT pg_logical_emit_message(true, $1, $2)", &[(&MESSAGE_PREFIX, Type::TEXT), (&sentinel, Type::TEXT)])
+                .await
+                .map_err(|e| Error::from(e).context("emitting the cut-over sentinel"))?;
+            drain.await.map_err(|_| crate::apply::writer::loop_gone("before the sentinel arrived"))
+        };
+        let keys = match tokio::time::timeout(limit, delivered).await {
             Ok(Ok(keys)) => keys,
-            Ok(Err(_)) => return Err(fail(crate::apply::writer::loop_gone("before the sentinel arrived"))),
+            Ok(Err(e)) => return Err(fail(e)),
             Err(_) => {
                 return Err(fail(Error::new(
                     ErrorKind::LockTimeout,
-                    format!("the stream did not deliver the cut-over sentinel within {limit:?} while the table was locked"),
+                    format!("the cut-over sentinel was not emitted and delivered by the stream within {limit:?} while the table was locked"),
                 )))
             }
         };

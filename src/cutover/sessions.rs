@@ -65,7 +65,8 @@ impl Sessions {
             tracing::warn!(old_pid = self.pid, new_pid = backend.pid, "the cut-over session was lost; reconnected");
             self.client = client;
             self.pid = backend.pid;
-            lost = Some(std::mem::replace(&mut self.backend, backend));
+            let old = std::mem::replace(&mut self.backend, backend);
+            lost = Some(old).filter(|old| !old.same_as(&self.backend));
         }
         if !answers(&self.monitor).await {
             let mut outage = Outage::new();
@@ -108,9 +109,10 @@ async fn connect_cut_over(conn: &ConnInfo) -> Result<(Client, Backend)> {
 
 async fn connect_monitor(conn: &ConnInfo) -> Result<Client> {
     let monitor = conn.with_application_name("pg-ghost monitor").connect().await?;
-    // The sentinel is emitted here: with synchronous_commit off it would wait for the WAL
-    // writer while the table is locked.
-    monitor.batch_execute("SET synchronous_commit = on").await?;
+    // The sentinel is emitted here, while the table is locked: with synchronous_commit off
+    // it would wait for the WAL writer, on for synchronous standbys; decoding needs the WAL
+    // flushed here only.
+    monitor.batch_execute("SET synchronous_commit = local").await?;
     Ok(monitor)
 }
 

@@ -42,6 +42,9 @@ pub struct Observation {
     pub new_constraints: Vec<String>,
     /// `CREATE INDEX` statements of the indexes it creates, on the table.
     pub new_indexes: Vec<String>,
+    /// A name PostgreSQL gave on the clone is as long as a name may be: cut, perhaps, where
+    /// the table's own name (another length) would have been cut elsewhere or not at all.
+    pub names_cut: bool,
 }
 
 /// Observes every clause; leaves nothing behind (the clones are dropped, and are temporary).
@@ -95,6 +98,7 @@ async fn observe_one(client: &Client, table: &QualifiedName, clause: &Clause) ->
                 lock: locks.get(CLONE).cloned(),
                 other_locks: refs.iter().filter_map(|(name, source)| locks.get(name).map(|m| (source.clone(), m.clone()))).collect(),
                 new_constraints: after.constraints.iter().filter(|c| !before.constraints.contains(c)).map(|c| on_table(c, table)).collect(),
+                names_cut: after.constraints.iter().filter(|c| !before.constraints.contains(c)).any(|c| c.len() >= crate::sql::MAX_IDENT_BYTES),
                 new_indexes,
             })
         }

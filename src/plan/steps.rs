@@ -54,6 +54,10 @@ pub struct NewName {
     /// An index (or a constraint with one): the name is a relation's, unique in the schema.
     /// Otherwise a constraint's.
     pub index: bool,
+    /// PostgreSQL chose it and may have cut it on the trial's clone, where it would not have
+    /// on the table, or elsewhere (see `Observation::names_cut`): the DBA names it instead.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub cut: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -77,7 +81,7 @@ pub fn direct(table: &QualifiedName, clauses: &[ClausePlan], details: &[super::C
     let mut out = Vec::new();
     let exclusive = || vec![(t.clone(), "AccessExclusiveLock".to_string())];
     let locked = |sql: String, locks: Vec<(String, String)>| Step { sql, kind: StepKind::Locked, locks, undo: None, creates: None };
-    let creating = |step: Step, name: &str, index: bool| Step { creates: Some(NewName { name: name.to_string(), index }), ..step };
+    let creating = |step: Step, name: &str, index: bool, cut: bool| Step { creates: Some(NewName { name: name.to_string(), index, cut }), ..step };
     let validate =
         |sql: String, undo: Option<String>| Step { sql, kind: StepKind::Validate, locks: vec![(t.clone(), "ShareUpdateExclusiveLock".to_string())], undo, creates: None };
     let drop_constraint = |name: &str| Some(format!("ALTER TABLE {t} DROP CONSTRAINT IF EXISTS {}", ident(name)));
@@ -90,14 +94,14 @@ pub fn direct(table: &QualifiedName, clauses: &[ClausePlan], details: &[super::C
             (Some("check" | "foreign"), Some(not_valid), Some(name)) => {
                 // Named as on the clone, so that the VALIDATE and the undo find what it made.
                 let not_valid = named(not_valid, name).unwrap_or_else(|| not_valid.clone());
-                out.push(creating(locked(not_valid, clause_locks), name, false));
+                out.push(creating(locked(not_valid, clause_locks), name, false, o.names_cut && !clause.named));
                 out.push(validate(format!("ALTER TABLE {t} VALIDATE CONSTRAINT {}", ident(name)), drop_constraint(name)));
                 continue;
             }
             (Some(kind @ ("unique" | "primary")), _, Some(name)) => {
                 if let Some(index) = o.new_indexes.first().and_then(|def| concurrently(def)) {
                     let build = Step { sql: index, kind: StepKind::ConcurrentIndex { index: name.clone() }, locks: vec![(t.clone(), "ShareUpdateExclusiveLock".into())], undo: None, creates: None };
-                    out.push(creating(build, name, true));
+                    out.push(creating(build, name, true, o.names_cut && !clause.named));
                     let what = if kind == "unique" { "UNIQUE" } else { "PRIMARY KEY" };
                     out.push(locked(format!("ALTER TABLE {t} ADD CONSTRAINT {0} {what} USING INDEX {0}", ident(name)), exclusive()));
                     continue;
@@ -111,7 +115,7 @@ pub fn direct(table: &QualifiedName, clauses: &[ClausePlan], details: &[super::C
                 // NULL gives the column's own not-null constraint, which the check must not take.
                 let check = fit_ident(&format!("{}_{column}_not_null_scan", table.name));
                 let add = locked(format!("ALTER TABLE {t} ADD CONSTRAINT {} CHECK ({} IS NOT NULL) NOT VALID", ident(&check), ident(column)), exclusive());
-                out.push(creating(add, &check, false));
+                out.push(creating(add, &check, false, false));
                 out.push(validate(format!("ALTER TABLE {t} VALIDATE CONSTRAINT {}", ident(&check)), drop_constraint(&check)));
                 out.push(locked(plan.statement.clone(), exclusive()));
                 out.push(locked(format!("ALTER TABLE {t} DROP CONSTRAINT {}", ident(&check)), exclusive()));

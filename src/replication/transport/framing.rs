@@ -41,6 +41,7 @@ impl Socket {
                 // is found by these, as on the SQL sessions (see `TcpSettings`).
                 let socket = socket2::SockRef::from(&stream);
                 socket.set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(tcp.idle).with_interval(tcp.interval).with_retries(tcp.count))?;
+                #[cfg(target_os = "linux")]
                 if tcp.user_timeout.is_some() {
                     socket.set_tcp_user_timeout(tcp.user_timeout)?;
                 }
