@@ -423,19 +423,37 @@ async fn drop_failing_trigger(client: &Client, ghost: &str) {
 }
 
 /// How many statements of the sessions counted in `counter` the trigger has seen.
-async fn staged(client: &Client, counter: &str) -> i64 {
+async fn times_staged(client: &Client, counter: &str) -> i64 {
     client.query_one(&format!("SELECT last_value FROM {counter}"), &[]).await.unwrap().get(0)
 }
 
-/// The run of the tests below: the postpone flag, small chunks with pauses so that the copy
-/// lasts a few seconds, two copy workers.
-fn staged_run(db: &TestDb<'_>, flag: &std::path::Path) -> Running {
-    let flag_arg = flag.to_str().unwrap();
+/// The tests below: `orders` under the workload, and a run started on it with the postpone
+/// flag (which the test removes), small chunks with pauses so that the copy lasts a few
+/// seconds, two copy workers; the copy under way.
+struct Staged {
+    db: TestDb<'static>,
+    table: OracleTable,
+    client: Client,
+    flag: PathBuf,
+    workload: Workload,
+    run: Running,
+}
+
+async fn start_staged(prefix: &str) -> Staged {
+    let db = Cluster::primary().fresh_db(prefix);
+    let table = OracleTable::create(&db, "orders", KeyKind::Identity, 8_000).await;
+    let client = db.client().await;
+    let flag = flag_path(&db, "postpone");
+    std::fs::write(&flag, b"").unwrap();
+    let workload = Workload::start(&db, &table, WorkloadOptions::new(2).rate(Some(40))).await;
+    workload.wait_for_more_commits(20, Duration::from_secs(30)).await;
     let args = [
-        "--table", "orders", "--alter", "ALTER COLUMN n TYPE bigint", "--execute", "--postpone-cut-over-flag-file", flag_arg,
+        "--table", "orders", "--alter", "ALTER COLUMN n TYPE bigint", "--execute", "--postpone-cut-over-flag-file", flag.to_str().unwrap(),
         "--chunk-size", "100", "--chunk-time", "1ms", "--nice-ratio", "2", "--copy-workers", "2",
     ];
-    Running::spawn(db, "run", &args)
+    let mut run = Running::spawn(&db, "run", &args);
+    wait_for_state(&client, &mut run, "orders", "copy", Duration::from_secs(60)).await;
+    Staged { db, table, client, flag, workload, run }
 }
 
 /// Copy chunks and apply writes whose `INSERT` into the ghost fails on the server with a
@@ -447,25 +465,16 @@ fn staged_run(db: &TestDb<'_>, flag: &std::path::Path) -> Running {
 /// left out would be repaired by the checksum, which `assert_success` refuses.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deadlocked_chunk_or_flush_is_rolled_back_and_run_again() {
-    let db = Cluster::primary().fresh_db("ft_deadlock");
-    let table = OracleTable::create(&db, "orders", KeyKind::Identity, 8_000).await;
-    let client = db.client().await;
-    let flag = flag_path(&db, "postpone");
-    std::fs::write(&flag, b"").unwrap();
-    let workload = Workload::start(&db, &table, WorkloadOptions::new(2).rate(Some(40))).await;
-    workload.wait_for_more_commits(20, Duration::from_secs(30)).await;
-
-    let mut run = staged_run(&db, &flag);
-    wait_for_state(&client, &mut run, "orders", "copy", Duration::from_secs(60)).await;
+    let Staged { db: _db, table, client, flag, workload, mut run } = start_staged("ft_deadlock").await;
     wait_for_copy_past(&client, &mut run, "orders", 1_500, Duration::from_secs(60)).await;
     let staged_errors = (STAGED_DEADLOCKS, STAGED_DEADLOCKS);
     put_failing_trigger(&client, "_orders_gho", staged_errors, "deadlock_detected", "deadlock staged by the test").await;
     wait_for_state(&client, &mut run, "orders", "postponed", Duration::from_secs(120)).await;
-    let copy_statements = staged(&client, "staged_copy").await;
+    let copy_statements = times_staged(&client, "staged_copy").await;
     assert!(copy_statements > STAGED_DEADLOCKS, "the copy ended before {STAGED_DEADLOCKS} chunks had failed ({copy_statements} seen): test nothing");
     // The apply writes the ghost once it has its key's index; the workload keeps it busy.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while staged(&client, "staged_apply").await <= STAGED_DEADLOCKS {
+    while times_staged(&client, "staged_apply").await <= STAGED_DEADLOCKS {
         run.assert_running("the apply's staged deadlocks").await;
         assert!(Instant::now() < deadline, "the apply did not write the ghost {STAGED_DEADLOCKS} times within 60 s");
         tokio::time::sleep(POLL).await;
@@ -498,22 +507,13 @@ async fn a_deadlocked_chunk_or_flush_is_rolled_back_and_run_again() {
 /// publication dropped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_apply_write_the_server_refuses_stops_the_run_naming_the_error() {
-    let db = Cluster::primary().fresh_db("ft_apply_refused");
-    let table = OracleTable::create(&db, "orders", KeyKind::Identity, 8_000).await;
-    let client = db.client().await;
+    let Staged { db, table, client, flag, workload, run } = start_staged("ft_apply_refused").await;
     let oid_before = db.psql("SELECT 'orders'::regclass::oid");
-    let flag = flag_path(&db, "postpone");
-    std::fs::write(&flag, b"").unwrap();
-    let workload = Workload::start(&db, &table, WorkloadOptions::new(2).rate(Some(40))).await;
-    workload.wait_for_more_commits(20, Duration::from_secs(30)).await;
-
-    let mut run = staged_run(&db, &flag);
-    wait_for_state(&client, &mut run, "orders", "copy", Duration::from_secs(60)).await;
     put_failing_trigger(&client, "_orders_gho", (0, i64::MAX), "P0001", "write refused by the test").await;
     let out = run.wait(Duration::from_secs(120)).await;
     let _ = std::fs::remove_file(&flag);
     assert_exit(&out, 1, &["write refused by the test"]);
-    assert!(staged(&client, "staged_apply").await > 0, "the trigger never saw the apply: test nothing");
+    assert!(times_staged(&client, "staged_apply").await > 0, "the trigger never saw the apply: test nothing");
 
     workload.wait_for_more_commits(20, Duration::from_secs(30)).await;
     let report = workload.stop().await;
