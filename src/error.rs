@@ -100,6 +100,9 @@ impl ErrorKind {
             "55006" => ErrorKind::Busy,
             "42501" => ErrorKind::Privilege,
             "57P01" | "57P02" | "57P03" => ErrorKind::Connection,
+            // The server ended the session for sitting idle (in a transaction, or at all): it
+            // is gone like a terminated one.
+            "25P03" | "57P05" => ErrorKind::Connection,
             c if c.starts_with("08") => ErrorKind::Connection,
             c if c.starts_with("28") => ErrorKind::Auth,
             c if c.starts_with("23") => ErrorKind::Constraint,
@@ -337,6 +340,7 @@ mod tests {
     fn maps_sqlstates() {
         assert_eq!(ErrorKind::from_sqlstate("55P03"), ErrorKind::LockTimeout);
         assert_eq!(ErrorKind::from_sqlstate("53200"), ErrorKind::Resources);
+        assert_eq!(ErrorKind::from_sqlstate("25P03"), ErrorKind::Connection);
         assert_eq!(ErrorKind::from_sqlstate("23505"), ErrorKind::Constraint);
         assert_eq!(ErrorKind::from_sqlstate("08006"), ErrorKind::Connection);
         assert_eq!(ErrorKind::from_sqlstate("28P01"), ErrorKind::Auth);

@@ -2,9 +2,10 @@
 //!
 //! Built with the `fault-injection` feature, `PG_GHOST_FAULT=<point>` makes the process
 //! SIGKILL itself when it reaches that point, as an OOM kill or a lost host would: no
-//! destructor, no cleanup, connections cut mid-transaction; or, at a [`reply_lost`] point,
-//! act as if the server's answer to a COMMIT that went through had been lost with the
-//! connection. A normal build has no such points: both do nothing.
+//! destructor, no cleanup, connections cut mid-transaction; at a [`reply_lost`] point, act as
+//! if the server's answer to a COMMIT that went through had been lost with the connection; at
+//! a [`freeze_point`], stop until continued, its connections silent. A normal build has no
+//! such points: they do nothing.
 
 /// Whether `PG_GHOST_FAULT` names `point` and this is the time it asks for (`<point>@<n>`:
 /// the n-th time `count` says the point was reached).
@@ -35,6 +36,25 @@ pub fn crash_point(point: &str) {
 #[cfg(not(feature = "fault-injection"))]
 #[inline(always)]
 pub fn crash_point(_point: &str) {}
+
+/// Stops the process here (SIGSTOP, until a SIGCONT) when `PG_GHOST_FAULT` names `point`
+/// (fault-injection builds only): its connections stay open and silent, as when the network
+/// between pg-ghost and the server goes without either end closing them.
+#[cfg(feature = "fault-injection")]
+pub fn freeze_point(point: &str) {
+    static REACHED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    if reached(point, &REACHED) {
+        tracing::error!(point, "fault injection: stopping the process");
+        // SAFETY: kill(2) on our own pid with a constant signal has no memory effects.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGSTOP);
+        }
+    }
+}
+
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub fn freeze_point(_point: &str) {}
 
 /// Whether `PG_GHOST_FAULT` names `point` (`<point>@<n>`: the n-th time it is reached): the
 /// caller then acts as if the connection had been lost before the server's answer came (or

@@ -527,6 +527,7 @@ impl CutOver<'_> {
                 swapped
             };
             crate::fault::crash_point("cut-over-before-commit");
+            crate::fault::freeze_point("cut-over-freeze-before-commit");
             let committing = crate::reconnect::committing(client).await?;
             let commit = if crate::fault::reply_lost("cut-over-commit-unsent") {
                 Err(Error::new(ErrorKind::Connection, "fault injection: the connection was lost before the COMMIT reached the server"))

@@ -720,3 +720,56 @@ async fn cut_over_gets_its_sentinel_at_the_first_attempt() {
     }
     assert_no_slots_or_publications(&client).await;
 }
+
+// ---- a cut-over whose client goes silent ---------------------------------------------------
+
+/// Whether process `pid` is stopped (SIGSTOP): its state in `/proc/<pid>/stat`.
+fn stopped(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('T'))
+}
+
+/// pg-ghost stops dead under the cut-over's lock, its connections open and silent, as when the
+/// network between it and the server goes: the server ends the cut-over's transaction once it
+/// has sat idle past the sentinel's bound, and the application writes again while pg-ghost is
+/// still stopped (they waited until the server found the client gone: hours). Continued,
+/// pg-ghost finds its session gone, tries again and cuts over; the table equals its control.
+#[cfg(feature = "fault-injection")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_over_whose_client_goes_silent_lets_go_of_the_table() {
+    let db = Cluster::primary().fresh_db("ft_silent");
+    let table = OracleTable::create(&db, "orders", KeyKind::Identity, 3_000).await;
+    let client = db.client().await;
+    let oid_before = db.psql("SELECT 'orders'::regclass::oid");
+    let workload = Workload::start(&db, &table, WorkloadOptions::new(2).rate(Some(40))).await;
+    workload.wait_for_more_commits(20, Duration::from_secs(30)).await;
+
+    let args = ["--table", "orders", "--alter", "ALTER COLUMN n TYPE bigint", "--execute", "--cut-over-lock-timeout", "500ms"];
+    let mut cmd = binary::command(&db, "run", &args);
+    cmd.env("PG_GHOST_FAULT", "cut-over-freeze-before-commit");
+    let mut run = Running::spawn_command(cmd);
+    let pid = run.pid().expect("the run's pid");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !stopped(pid) {
+        run.assert_running("the freeze under the cut-over's lock").await;
+        assert!(Instant::now() < deadline, "pg-ghost did not reach the cut-over within 120 s");
+        tokio::time::sleep(POLL).await;
+    }
+    // Stopped with the tables locked: the writes wait, then go on once the server ends the
+    // silent transaction (7 s: the sentinel's 2 s bound and 5 s).
+    workload.wait_for_more_commits(20, Duration::from_secs(30)).await;
+    assert!(stopped(pid), "pg-ghost was continued by someone else: test nothing");
+    assert_eq!(db.psql("SELECT 'orders'::regclass::oid"), oid_before, "the swap committed while pg-ghost was stopped");
+    assert_eq!(workload.committed_after_swap(), 0);
+
+    let continued = std::process::Command::new("kill").args(["-CONT", &pid.to_string()]).status().expect("cannot run kill");
+    assert!(continued.success());
+    let out = run.wait(Duration::from_secs(120)).await;
+    binary::assert_success(&out);
+    assert_ne!(db.psql("SELECT 'orders'::regclass::oid"), oid_before, "no swap after pg-ghost was continued");
+    workload.wait_for_more_commits(20, Duration::from_secs(30)).await;
+    let report = workload.stop().await;
+    assert!(report.errors.is_empty(), "workload errors (seed {}): {:#?}", report.seed, report.errors);
+    table.assert_matches_control(&client, &table.projection().map("n", "n::bigint")).await;
+    assert_no_slots_or_publications(&client).await;
+}
