@@ -258,7 +258,10 @@ impl Direct<'_> {
                 ))
                 .await?;
                 match waiting::run(sessions, &step.sql, wait, attempt, killer, "direct step").await {
-                    Ok(()) => self.commit_step(c).await,
+                    Ok(()) => {
+                        crate::fault::freeze_point("direct-freeze-before-commit");
+                        self.commit_step(c).await
+                    }
                     Err(e) => {
                         let _ = c.batch_execute("ROLLBACK").await;
                         Err(e)

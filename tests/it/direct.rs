@@ -450,3 +450,42 @@ async fn a_validation_cut_by_a_server_restart_is_run_again() {
     binary::assert_success(&out);
     assert_eq!(db.psql("SELECT convalidated::text FROM pg_constraint WHERE conname = 'n_slow'"), "true");
 }
+
+/// pg-ghost stops dead between a locked step's statement and its COMMIT, its connection open
+/// and silent, as when the network goes: the server ends the step's transaction after 5 s
+/// idle, and the application writes again while pg-ghost is still stopped (they waited until
+/// the server found the client gone: hours). Continued, pg-ghost finds its session gone and
+/// makes the step again; the whole schema ends as a plain ALTER leaves it.
+#[cfg(feature = "fault-injection")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_step_whose_client_goes_silent_lets_go_of_the_table() {
+    let db = Cluster::primary().fresh_db("direct_silent");
+    let table = OracleTable::create(&db, "orders", KeyKind::Identity, 500).await;
+    let before = WholeSchema::take(&db).await;
+    let workload = Workload::start(&db, &table, WorkloadOptions::new(2).rate(Some(40))).await;
+    workload.wait_for_more_commits(20, Duration::from_secs(30)).await;
+    let alter = "ADD COLUMN flag boolean NOT NULL DEFAULT true";
+    let mut cmd = binary::command(&db, "run", &["--table", "orders", "--alter", alter, "--execute", "--strategy", "direct"]);
+    cmd.env("PG_GHOST_FAULT", "direct-freeze-before-commit");
+    let mut run = Running::spawn_command(cmd);
+    let pid = run.pid().expect("the run's pid");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !crate::run_faults::stopped(pid) {
+        run.assert_running("the freeze before the step's COMMIT").await;
+        assert!(std::time::Instant::now() < deadline, "pg-ghost did not reach the step's COMMIT within 60 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    workload.wait_for_more_commits(20, Duration::from_secs(30)).await;
+    assert!(crate::run_faults::stopped(pid), "pg-ghost was continued by someone else: test nothing");
+    assert_eq!(db.psql("SELECT count(*) FROM pg_attribute WHERE attrelid = 'orders'::regclass AND attname = 'flag'"), "0", "the step committed while pg-ghost was stopped");
+
+    assert!(std::process::Command::new("kill").args(["-CONT", &pid.to_string()]).status().expect("cannot run kill").success());
+    let out = run.wait(Duration::from_secs(60)).await;
+    binary::assert_success(&out);
+    workload.wait_for_more_commits(20, Duration::from_secs(30)).await;
+    let report = workload.stop().await;
+    assert!(report.errors.is_empty(), "workload errors (seed {}): {:#?}", report.seed, report.errors);
+    table.assert_matches_control(&db.client().await, &table.projection().add("flag", "true")).await;
+    let twin = before.twin_after_plain_alter(&db, "public.orders", alter).await;
+    assert_whole_schema_equal(&db, &twin, alter).await;
+}

@@ -724,7 +724,7 @@ async fn cut_over_gets_its_sentinel_at_the_first_attempt() {
 // ---- a cut-over whose client goes silent ---------------------------------------------------
 
 /// Whether process `pid` is stopped (SIGSTOP): its state in `/proc/<pid>/stat`.
-fn stopped(pid: u32) -> bool {
+pub(crate) fn stopped(pid: u32) -> bool {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('T'))
 }
