@@ -19,18 +19,25 @@ fn reached(point: &str, count: &std::sync::atomic::AtomicU64) -> bool {
     name == point && count.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == nth
 }
 
+/// Sends `signal` to this process when `PG_GHOST_FAULT` names `point` and this is the time it
+/// asks for (`count`: the point's own tally).
+#[cfg(feature = "fault-injection")]
+fn signal_self(point: &str, count: &std::sync::atomic::AtomicU64, signal: libc::c_int, what: &str) {
+    if reached(point, count) {
+        tracing::error!(point, "fault injection: {what}");
+        // SAFETY: kill(2) on our own pid with a constant signal has no memory effects.
+        unsafe {
+            libc::kill(libc::getpid(), signal);
+        }
+    }
+}
+
 /// Dies here when `PG_GHOST_FAULT` names `point` (fault-injection builds only);
 /// `<point>@<n>` dies the n-th time the point is reached.
 #[cfg(feature = "fault-injection")]
 pub fn crash_point(point: &str) {
     static REACHED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    if reached(point, &REACHED) {
-        tracing::error!(point, "fault injection: killing the process");
-        // SAFETY: kill(2) on our own pid with a constant signal has no memory effects.
-        unsafe {
-            libc::kill(libc::getpid(), libc::SIGKILL);
-        }
-    }
+    signal_self(point, &REACHED, libc::SIGKILL, "killing the process");
 }
 
 #[cfg(not(feature = "fault-injection"))]
@@ -43,13 +50,7 @@ pub fn crash_point(_point: &str) {}
 #[cfg(feature = "fault-injection")]
 pub fn freeze_point(point: &str) {
     static REACHED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    if reached(point, &REACHED) {
-        tracing::error!(point, "fault injection: stopping the process");
-        // SAFETY: kill(2) on our own pid with a constant signal has no memory effects.
-        unsafe {
-            libc::kill(libc::getpid(), libc::SIGSTOP);
-        }
-    }
+    signal_self(point, &REACHED, libc::SIGSTOP, "stopping the process");
 }
 
 #[cfg(not(feature = "fault-injection"))]

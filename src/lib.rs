@@ -13,6 +13,7 @@ pub mod reconnect;
 pub mod replication;
 pub mod sql;
 pub mod schema;
+pub mod schema_names;
 pub mod alter;
 pub mod sqltree;
 pub mod ghost;

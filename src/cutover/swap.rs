@@ -15,6 +15,7 @@ use crate::ghost::{statistics, temp_name, Ghost};
 use std::collections::HashMap;
 use crate::names::Names;
 use crate::schema::TableInfo;
+use crate::schema_names::SchemaNames;
 use crate::sql::{fit_ident, ident, literal, QualifiedName};
 use std::time::{Duration, Instant};
 use tokio_postgres::GenericClient;
@@ -45,7 +46,7 @@ pub fn final_name(object: &str, ghost_table: &str, orig_table: &str, orig_names:
 #[derive(Default)]
 struct NewNames {
     taken: std::collections::HashSet<String>,
-    /// The schema's other objects, outside both tables (see [`SchemaNames`]).
+    /// The schema's other objects, outside both tables.
     schema: SchemaNames,
 }
 
@@ -63,48 +64,10 @@ impl NewNames {
     /// `wanted` had it been free: PostgreSQL's label (`_check`, `_key`, ...) numbered from 1.
     /// `index`: the name of an index (a relation), else of a constraint.
     fn choose(&mut self, wanted: &str, index: bool) -> String {
-        let schema = &self.schema;
-        let taken = |n: &str| self.taken.contains(n) || schema.constraints.contains(n) || (index && schema.relations.contains(n));
+        let taken = |n: &str| self.taken.contains(n) || self.schema.taken(n, index);
         let candidate = crate::sql::first_free_name(wanted, taken);
         self.taken.insert(candidate.clone());
         candidate
-    }
-}
-
-/// The names of the relations and constraints of the original's schema that belong to
-/// neither table (nor to their partitions, nor to their indexes): those stay where they are.
-#[derive(Default)]
-struct SchemaNames {
-    relations: std::collections::HashSet<String>,
-    constraints: std::collections::HashSet<String>,
-}
-
-impl SchemaNames {
-    async fn read(tx: &impl GenericClient, orig: u32, ghost: u32) -> Result<SchemaNames> {
-        let rows = tx
-            .query(
-                "WITH ours AS (SELECT $1::oid AS oid UNION SELECT $2 UNION SELECT relid FROM pg_partition_tree($1::oid::regclass)
-                                UNION SELECT relid FROM pg_partition_tree($2::oid::regclass)),
-                      schema AS (SELECT relnamespace AS oid FROM pg_class WHERE oid = $1)
-                 SELECT c.relname::text, true FROM pg_class c
-                  WHERE c.relnamespace = (SELECT oid FROM schema) AND c.oid NOT IN (SELECT oid FROM ours)
-                    AND NOT EXISTS (SELECT 1 FROM pg_index i WHERE i.indexrelid = c.oid AND i.indrelid IN (SELECT oid FROM ours))
-                 UNION ALL
-                 SELECT conname::text, false FROM pg_constraint
-                  WHERE connamespace = (SELECT oid FROM schema) AND conrelid NOT IN (SELECT oid FROM ours)",
-                &[&orig, &ghost],
-            )
-            .await
-            .context("reading the names in use in the table's schema")?;
-        let mut names = SchemaNames::default();
-        for row in rows {
-            let (name, relation): (String, bool) = (row.try_get(0)?, row.try_get(1)?);
-            match relation {
-                true => names.relations.insert(name),
-                false => names.constraints.insert(name),
-            };
-        }
-        Ok(names)
     }
 }
 
@@ -194,6 +157,7 @@ impl Catalog {
                 None => Ok(None),
             }
         };
+        let (orig_sql, both) = (orig.name.sql(), [orig.oid, ghost.oid]);
         let (
             orig_owned_sequences,
             ghost_owned_sequences,
@@ -218,7 +182,7 @@ impl Catalog {
             names(tx, PLAIN_CONSTRAINTS, ghost.oid),
             statistics::names(tx, ghost.oid),
             partitions,
-            SchemaNames::read(tx, orig.oid, ghost.oid),
+            SchemaNames::read(tx, &orig_sql, &both),
         )?;
         Ok(Catalog {
             orig_owned_sequences,

@@ -271,22 +271,22 @@ async fn attempt(cfg: &MigrateConfig, sessions: &Sessions, what: &Attempt<'_>, n
             // have gone through.
             if n > 1 && concurrent_index::valid(c, table, index).await? == Some(true) {
                 tracing::warn!(index, "the index an attempt whose session was lost was building is built and valid: kept");
-                let _ = c.batch_execute("RESET lock_timeout").await;
-                return Ok(());
-            }
-            concurrent_index::drop_if_invalid(c, table, index).await?;
-            let r = waiting::run(sessions, sql, cfg.runs.lock_timeout, n, None, "index build").await;
-            match &r {
-                // Its session is gone, and may go on building: the next attempt looks.
-                Err(e) if e.kind().is_lost_connection() => {}
-                Err(_) => {
-                    if let Err(e) = concurrent_index::drop_if_invalid(c, table, index).await {
-                        tracing::error!(index, error = %e.chain(), "could not drop the invalid index the failed build left; drop it by hand");
+                Ok(())
+            } else {
+                concurrent_index::drop_if_invalid(c, table, index).await?;
+                let r = waiting::run(sessions, sql, cfg.runs.lock_timeout, n, None, "index build").await;
+                match &r {
+                    // Its session is gone, and may go on building: the next attempt looks.
+                    Err(e) if e.kind().is_lost_connection() => {}
+                    Err(_) => {
+                        if let Err(e) = concurrent_index::drop_if_invalid(c, table, index).await {
+                            tracing::error!(index, error = %e.chain(), "could not drop the invalid index the failed build left; drop it by hand");
+                        }
                     }
+                    Ok(()) => {}
                 }
-                Ok(()) => {}
+                r
             }
-            r
         }
     };
     let _ = c.batch_execute("RESET lock_timeout").await;

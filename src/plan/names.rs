@@ -9,9 +9,10 @@
 //! as PostgreSQL chooses them. A name the DBA gave is left as given.
 
 use super::{Clause, Observation};
-use crate::error::{Context, Result};
+use crate::error::Result;
+use crate::schema_names::SchemaNames;
 use crate::sql::{first_free_name, QualifiedName, MAX_IDENT_BYTES};
-use std::collections::HashSet;
+use crate::sqltree::retarget_index;
 use tokio_postgres::Client;
 
 /// Renames, in `observations`, what each clause of `clauses` creates without a name to the
@@ -21,55 +22,27 @@ pub(super) async fn as_on_table(client: &Client, table: &QualifiedName, clauses:
     if !clauses.iter().zip(observations.iter_mut()).any(|p| unnamed(&p)) {
         return Ok(());
     }
-    let rows = client
-        .query(
-            "SELECT relname::text, true FROM pg_catalog.pg_class WHERE relnamespace = (SELECT relnamespace FROM pg_catalog.pg_class WHERE oid = $1::text::regclass)
-             UNION ALL
-             SELECT conname::text, false FROM pg_catalog.pg_constraint WHERE connamespace = (SELECT relnamespace FROM pg_catalog.pg_class WHERE oid = $1::text::regclass)",
-            &[&table.sql()],
-        )
-        .await
-        .context("reading the names in use in the table's schema")?;
-    let (mut relations, mut constraints) = (HashSet::new(), HashSet::new());
-    for row in rows {
-        let (name, relation): (String, bool) = (row.try_get(0)?, row.try_get(1)?);
-        match relation {
-            true => relations.insert(name),
-            false => constraints.insert(name),
-        };
-    }
+    let mut in_use = SchemaNames::read(client, &table.sql(), &[]).await?;
     for (clause, o) in clauses.iter().zip(observations.iter_mut()) {
         let Some(wanted) = o.new_constraints.first().cloned().filter(|_| !clause.named) else { continue };
         let index = !o.new_indexes.is_empty();
-        let name = first_free_name(&wanted, |n| constraints.contains(n) || (index && relations.contains(n)));
+        let name = first_free_name(&wanted, |n| in_use.taken(n, index));
         // Past 63 bytes PostgreSQL cuts a name its own way: left as the trial gave it, for the
         // direct way to refuse with the advice to name it.
         let name = if name.len() > MAX_IDENT_BYTES { wanted.clone() } else { name };
-        constraints.insert(name.clone());
+        in_use.constraints.insert(name.clone());
         if index {
-            relations.insert(name.clone());
+            in_use.relations.insert(name.clone());
         }
         if name == wanted {
             continue;
         }
         o.new_constraints[0] = name.clone();
         if let Some(def) = o.new_indexes.first_mut() {
-            if let Some(renamed) = renamed_index(def, &name) {
-                *def = renamed;
-            }
+            *def = retarget_index(def, &name, table)?;
         }
     }
     Ok(())
-}
-
-/// A `CREATE INDEX` statement with the index named `name`, through PostgreSQL's parser.
-fn renamed_index(def: &str, name: &str) -> Option<String> {
-    let mut parsed = pg_query::parse(def, pg_query::ParserOptions::DEFAULT).ok()?.protobuf;
-    match parsed.stmts.first_mut()?.stmt.as_mut()?.node.as_mut()? {
-        pg_query::protobuf::node::Node::IndexStmt(i) => i.idxname = name.to_string(),
-        _ => return None,
-    }
-    pg_query::deparse(&parsed, Default::default()).ok()
 }
 
 #[cfg(test)]
@@ -79,6 +52,7 @@ mod tests {
     #[test]
     fn an_index_definition_takes_its_new_name() {
         let def = "CREATE UNIQUE INDEX \"Orders_pad_key\" ON public.\"Orders\" USING btree (pad)";
-        assert_eq!(renamed_index(def, "Orders_pad_key1").as_deref(), Some("CREATE UNIQUE INDEX \"Orders_pad_key1\" ON public.\"Orders\" USING btree (pad)"));
+        let renamed = retarget_index(def, "Orders_pad_key1", &QualifiedName::new("public", "Orders")).ok();
+        assert_eq!(renamed.as_deref(), Some("CREATE UNIQUE INDEX \"Orders_pad_key1\" ON public.\"Orders\" USING btree (pad)"));
     }
 }

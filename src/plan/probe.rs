@@ -88,6 +88,7 @@ async fn observe_one(client: &Client, table: &QualifiedName, clause: &Clause) ->
             let new_indexes: Vec<String> = after.indexes.iter().filter(|(oid, _)| !before.indexes.contains_key(oid)).map(|(_, (_, def))| on_table(def, table)).collect();
             let rebuilt = before.indexes.iter().any(|(oid, (node, _))| after.indexes.get(oid).is_some_and(|(n, _)| n != node));
             let rewrites = after.filenode != before.filenode;
+            let new_constraints: Vec<&String> = after.constraints.iter().filter(|c| !before.constraints.contains(c)).collect();
             Ok(Observation {
                 observed: true,
                 error: None,
@@ -97,8 +98,8 @@ async fn observe_one(client: &Client, table: &QualifiedName, clause: &Clause) ->
                 rebuilds_indexes: rebuilt || (rewrites && !before.indexes.is_empty()),
                 lock: locks.get(CLONE).cloned(),
                 other_locks: refs.iter().filter_map(|(name, source)| locks.get(name).map(|m| (source.clone(), m.clone()))).collect(),
-                new_constraints: after.constraints.iter().filter(|c| !before.constraints.contains(c)).map(|c| on_table(c, table)).collect(),
-                names_cut: after.constraints.iter().filter(|c| !before.constraints.contains(c)).any(|c| c.len() >= crate::sql::MAX_IDENT_BYTES),
+                new_constraints: new_constraints.iter().map(|c| on_table(c, table)).collect(),
+                names_cut: new_constraints.iter().any(|c| c.len() >= crate::sql::MAX_IDENT_BYTES),
                 new_indexes,
             })
         }
